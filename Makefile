@@ -1,0 +1,28 @@
+# Quick start: `make demo` and `make test` each create .venv and install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is pinned for development and CI: 2.13.0 has a CPU wheel on our machines,
+# while an unpinned torch pulls several GB of CUDA packages.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: demo test bench clean
+
+$(BIN)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PIN)
+	$(BIN)/python -m pip install -q -e '.[test]' $(TORCH_PIN)
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/roipool demo
+
+test: $(BIN)/.installed
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q
+
+bench: $(BIN)/.installed
+	$(BIN)/roipool bench
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

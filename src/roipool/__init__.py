@@ -1,0 +1,90 @@
+"""roipool: exact, fast Region of Interest pooling for NumPy and PyTorch.
+
+A NumPy array in gives a NumPy array out; a torch tensor in gives a
+differentiable tensor out. Importing roipool never imports torch: the torch
+frontend is loaded only when a tensor arrives. ``docs/semantics.md`` defines
+every op exactly.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ._version import __version__
+
+__all__ = [
+    "__version__",
+    "roi_pool",
+    "roi_pool_with_argmax",
+    "roi_pool_backward",
+    "set_num_threads",
+    "get_num_threads",
+]
+
+
+def _is_tensor(x) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def roi_pool(input, boxes, output_size, spatial_scale=1.0):
+    """RoI max pooling (Fast R-CNN; torchvision's ``roi_pool`` semantics, bit for bit).
+
+    Args:
+        input (ndarray or Tensor[N, C, H, W]): the feature map, floating.
+        boxes (ndarray or Tensor[K, 5], or list of N arrays [L_i, 4]): boxes in
+            input-image coordinates, rows ``[batch_index, x1, y1, x2, y2]``, or
+            per image ``[x1, y1, x2, y2]``.
+        output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
+        spatial_scale (float): image-to-feature-map factor (1/16 for VGG16 conv5).
+
+    Returns:
+        ndarray or Tensor[K, C, pooled_h, pooled_w] of the input's dtype. A
+        tensor input gives a tensor differentiable with respect to ``input``.
+    """
+    if _is_tensor(input):
+        from . import _torch_ops
+
+        return _torch_ops.roi_pool(input, boxes, output_size, spatial_scale)
+    from . import _pool
+
+    return _pool.roi_pool(input, boxes, output_size, spatial_scale)
+
+
+def roi_pool_with_argmax(input, boxes, output_size, spatial_scale=1.0):
+    """NumPy forward that also returns where each maximum came from.
+
+    Returns ``(output, argmax)``: ``argmax`` is int32 of the output's shape, the
+    flat index ``h * W + w`` of each maximum in its image and channel, or -1
+    for an empty bin. Pass it to :func:`roi_pool_backward`.
+    """
+    from . import _pool
+
+    return _pool.roi_pool_with_argmax(input, boxes, output_size, spatial_scale)
+
+
+def roi_pool_backward(grad_output, argmax, boxes, input_shape):
+    """Gradient of :func:`roi_pool` with respect to ``input`` (NumPy).
+
+    ``grad_output (K, C, pooled_h, pooled_w)`` is routed to the input element
+    named by ``argmax`` (from :func:`roi_pool_with_argmax`), summed where
+    several outputs chose the same element. ``boxes`` are those of the forward
+    call (for the batch index). Returns an array of ``input_shape``.
+    """
+    from . import _pool
+
+    return _pool.roi_pool_backward(grad_output, argmax, boxes, input_shape)
+
+
+def set_num_threads(n: int) -> None:
+    """Threads the CPU kernels use (Numba's pool; independent of ``torch.set_num_threads``)."""
+    import numba
+
+    numba.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """Threads the CPU kernels use now."""
+    import numba
+
+    return numba.get_num_threads()

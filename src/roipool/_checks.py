@@ -1,0 +1,125 @@
+"""Argument validation shared by every op and every backend.
+
+Each check raises ``TypeError`` (wrong kind of thing) or ``ValueError`` (right
+kind, bad value) with a message that names the argument. Checks never modify
+the caller's arrays: anything normalised is a new array.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Sequence
+
+import numpy as np
+
+_FLOAT_KINDS = ("f",)
+
+
+def output_size_pair(output_size, name: str = "output_size") -> tuple[int, int]:
+    """``int`` or ``(pooled_h, pooled_w)`` -> ``(pooled_h, pooled_w)``, both positive."""
+    if isinstance(output_size, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int or a pair of ints, got bool {output_size!r}")
+    if isinstance(output_size, numbers.Integral):
+        pair = (output_size, output_size)
+    elif isinstance(output_size, (Sequence, np.ndarray)) and not isinstance(output_size, (str, bytes)):
+        pair = tuple(output_size)
+        if len(pair) != 2:
+            raise ValueError(f"{name} must be an int or a pair (pooled_h, pooled_w), got {len(pair)} values")
+    else:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {type(output_size).__name__}")
+    for v in pair:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{name} must hold ints, got {v!r} of type {type(v).__name__}")
+        if v <= 0:
+            raise ValueError(f"{name} must be positive, got {tuple(int(p) for p in pair)}")
+    return int(pair[0]), int(pair[1])
+
+
+def positive_scale(spatial_scale, name: str = "spatial_scale") -> float:
+    """A finite, positive real number."""
+    if isinstance(spatial_scale, (bool, np.bool_)) or not isinstance(spatial_scale, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(spatial_scale).__name__}")
+    value = float(spatial_scale)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be finite and positive, got {spatial_scale!r}")
+    return value
+
+
+def sampling_ratio_int(sampling_ratio, name: str = "sampling_ratio") -> int:
+    """An int; ``<= 0`` means adaptive."""
+    if isinstance(sampling_ratio, (bool, np.bool_)) or not isinstance(sampling_ratio, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(sampling_ratio).__name__}")
+    return int(sampling_ratio)
+
+
+def feature_map(input, name: str = "input") -> np.ndarray:
+    """A real floating NumPy array of shape ``(N, C, H, W)``; returned as given (not copied)."""
+    if not isinstance(input, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array or a torch tensor, got {type(input).__name__}")
+    if input.dtype.kind != "f":
+        raise TypeError(f"{name} must have a real floating dtype (float16, float32, float64), got {input.dtype}")
+    if input.ndim != 4:
+        raise ValueError(f"{name} must have 4 dimensions (N, C, H, W), got shape {input.shape}")
+    return input
+
+
+def rois_array(boxes, num_images: int, dtype: np.dtype, name: str = "boxes") -> np.ndarray:
+    """Boxes as a new C-contiguous ``(K, 5)`` array of ``dtype``, native byte order.
+
+    ``boxes`` is a ``(K, 5)`` array of ``[batch_index, x1, y1, x2, y2]`` rows or a
+    list of ``num_images`` arrays ``(L_i, 4)`` of ``[x1, y1, x2, y2]``.
+    Batch indices must be whole numbers in ``[0, num_images)`` and coordinates
+    finite.
+    """
+    dtype = np.dtype(dtype).newbyteorder("=")
+    if isinstance(boxes, (list, tuple)):
+        if len(boxes) != num_images:
+            raise ValueError(
+                f"{name} as a list must hold one array per image: got {len(boxes)} arrays for {num_images} images"
+            )
+        parts = []
+        for i, b in enumerate(boxes):
+            arr = _real_array(b, f"{name}[{i}]")
+            if arr.ndim != 2 or arr.shape[1] != 4:
+                raise ValueError(f"{name}[{i}] must have shape (L, 4) of [x1, y1, x2, y2], got {arr.shape}")
+            part = np.empty((arr.shape[0], 5), dtype=dtype)
+            part[:, 0] = i
+            with np.errstate(over="ignore"):  # overflow to inf is reported below
+                part[:, 1:] = arr
+            parts.append(part)
+        rois = np.concatenate(parts, axis=0) if parts else np.empty((0, 5), dtype)
+    else:
+        arr = _real_array(boxes, name)
+        if arr.ndim != 2 or arr.shape[1] != 5:
+            raise ValueError(
+                f"{name} must have shape (K, 5) of [batch_index, x1, y1, x2, y2] "
+                f"or be a list of (L, 4) arrays, got shape {arr.shape}"
+            )
+        batch = arr[:, 0]
+        if arr.dtype.kind == "f":
+            bad = ~np.isfinite(batch) | (batch != np.floor(batch))
+            if bad.any():
+                k = int(np.flatnonzero(bad)[0])
+                raise ValueError(f"{name}[{k}, 0] is the batch index and must be a whole number, got {batch[k]!r}")
+        bad = (batch < 0) | (batch >= num_images)
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"{name}[{k}, 0] is the batch index and must be in [0, {num_images}), got {batch[k]!r}"
+            )
+        with np.errstate(over="ignore"):  # overflow to inf is reported below
+            rois = np.array(arr, dtype=dtype, order="C", copy=True)
+    coords = rois[:, 1:]
+    finite = np.isfinite(coords)
+    if not finite.all():
+        k = int(np.flatnonzero(~finite.all(axis=1))[0])
+        raise ValueError(f"{name}: box {k} has a coordinate that is NaN or infinite (or overflows {dtype}): {rois[k, 1:]}")
+    return rois
+
+
+def _real_array(value, name: str) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "fiu" or arr.dtype.kind == "b":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    return arr

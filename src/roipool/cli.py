@@ -1,0 +1,45 @@
+"""The ``roipool`` command: ``demo`` and ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _demo(args) -> int:
+    from . import demo
+
+    demo.main()
+    return 0
+
+
+def _bench(args) -> int:
+    from . import bench
+
+    return bench.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="roipool", description="Exact, fast RoI pooling.")
+    from ._version import __version__
+
+    parser.add_argument("--version", action="version", version=f"roipool {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="walk through RoI pooling on a worked example")
+    p.set_defaults(func=_demo)
+    p = sub.add_parser("bench", help="time the ops against the installed peers")
+    p.add_argument("--workload", action="append", help="workload name (repeatable; default: all)")
+    p.add_argument("--repeat", type=int, default=7, help="timed repeats per measurement (median reported)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run")
+    p.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Numba CPU kernels. Inputs here are already validated and channels-last."""
