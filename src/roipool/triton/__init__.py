@@ -1,0 +1,11 @@
+"""Triton kernels for the RoI ops (CUDA; CPU tensors under ``TRITON_INTERPRET=1``).
+
+Importing this package imports torch and triton; ``import roipool`` never
+does. ``docs/_parts/triton.md`` describes the kernel design.
+"""
+
+from __future__ import annotations
+
+from .roi_pool import roi_pool_backward, roi_pool_forward
+
+__all__ = ["roi_pool_forward", "roi_pool_backward"]

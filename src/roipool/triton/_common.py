@@ -1,0 +1,107 @@
+"""``@triton.jit`` helpers shared by the RoI kernels.
+
+Each helper restates, for one program's lanes, a rule that
+``roipool._geometry`` and ``roipool.reference`` define on the CPU; the kernels
+call these instead of writing the rule again.
+
+Two facts about Triton shape them:
+
+* ``a / b`` on float32 compiles to the approximate ``div.full.f32`` (2 ulp).
+  Bin sizes decide which cells a bin covers, so every division here goes
+  through :func:`div_exact` (IEEE round-to-nearest for float32 and float64).
+* The launchers pass ``enable_fp_fusion=False``: a fused multiply-add rounds
+  once where the CPU path rounds twice, which can move a bin edge or a
+  sampling point by one ulp and so pick a different cell.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# Rounded box corners are clamped to +-2**30 cells, as roipool._geometry.COORD_LIMIT.
+COORD_LIMIT = tl.constexpr(1073741824.0)
+
+
+@triton.jit
+def div_exact(a, b):
+    """``a / b`` rounded to nearest (float32 or float64)."""
+    if a.dtype == tl.float64:
+        return a / b
+    else:
+        return tl.fdiv(a, b, ieee_rounding=True)
+
+
+@triton.jit
+def round_half_away(v):
+    """C's ``round`` (halves away from zero) of a float, clamped to +-2**30, as int64."""
+    mag = tl.abs(v)
+    whole = tl.floor(mag)
+    # mag - floor(mag) is exact, so the comparison with 0.5 is exact too.
+    whole = tl.where(mag - whole >= 0.5, whole + 1.0, whole)
+    whole = tl.minimum(whole, COORD_LIMIT).to(tl.int64)
+    return tl.where(v >= 0, whole, -whole)
+
+
+@triton.jit
+def pool_bin_edges(p, size, start, limit):
+    """Cells ``[lo, hi)`` of max-pool bin ``p``: ``floor(p*size)``, ``ceil((p+1)*size)``.
+
+    ``size`` is the bin size in the compute float type, ``start`` the RoI's
+    first cell (int64); both ends are offset by ``start`` and clipped to
+    ``[0, limit]``. ``hi <= lo`` means the bin is empty.
+    """
+    pf = tl.cast(p, size.dtype)
+    lo = tl.floor(pf * size).to(tl.int64) + start
+    hi = tl.ceil((pf + 1.0) * size).to(tl.int64) + start
+    lo = tl.minimum(tl.maximum(lo, 0), limit)
+    hi = tl.minimum(tl.maximum(hi, 0), limit)
+    return lo, hi
+
+
+@triton.jit
+def bilinear_axis(y, size):
+    """One axis of torchvision-style bilinear interpolation at coordinate ``y``.
+
+    Returns ``(valid, low, high, w_low, w_high)``: ``valid`` is false for
+    ``y`` outside ``[-1, size]`` (and for NaN), where the whole sample counts
+    zero; otherwise ``y`` is clamped at 0, ``low = floor(y)`` and
+    ``high = low + 1``, both pinned to ``size - 1`` at the far edge (where
+    ``y`` itself becomes ``size - 1``), and the weights are ``1 - (y - low)``
+    and ``y - low``. The 2-D weight of a corner is the product of its two
+    axes' weights, so the backward kernels can treat the axes apart.
+    """
+    valid = (y >= -1.0) & (y <= size)
+    y = tl.where(valid, y, 0.0)
+    y = tl.where(y <= 0.0, 0.0, y)
+    low = y.to(tl.int32)
+    edge = low >= size - 1
+    low = tl.where(edge, size - 1, low)
+    high = tl.where(edge, size - 1, low + 1)
+    y = tl.where(edge, tl.cast(low, y.dtype), y)
+    w_high = y - tl.cast(low, y.dtype)
+    w_low = 1.0 - w_high
+    return valid, low, high, w_low, w_high
+
+
+@triton.jit
+def spans_overlap(lo, hi, first, last):
+    """Whether the inclusive spans ``[lo, hi]`` and ``[first, last]`` meet (``hi < lo`` is empty)."""
+    return (lo <= hi) & (lo <= last) & (hi >= first)
+
+
+@triton.jit
+def cast_rne(x, DTYPE: tl.constexpr):
+    """``x`` (float32 or float64) rounded to nearest-even in ``DTYPE``.
+
+    For bfloat16 the rounding is written out on the bits: the interpreter's
+    float32-to-bfloat16 conversion truncates, and the kernels must round the
+    same way on both (as torch's ``.to(torch.bfloat16)`` does).
+    """
+    if DTYPE == tl.bfloat16:
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        rounded = tl.where(x != x, (bits >> 16) | 0x40, rounded)  # NaN stays a (quiet) NaN
+        return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(DTYPE)
