@@ -134,3 +134,221 @@ def test_launchers_refuse_cpu_tensors_outside_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="CUDA tensors"):
         rt.roi_pool_forward(torch.zeros((1, 1, 2, 2)), torch.zeros((1, 5)), 1.0, 1, 1)
+
+
+# ---------------------------------------------------------------- align family
+# Until the project's references for these ops land, the tests carry small
+# loop versions of torchvision's definitions (forward, and the backward as the
+# per-sample scatter that torchvision's kernels perform).
+
+
+def _bilinear_taps(y, x, height, width):
+    """Corners ``((row, col, weight), ...)`` of a bilinear sample, or () when it counts zero."""
+    if not (-1.0 <= y <= height and -1.0 <= x <= width):
+        return ()
+    y, x = max(y, 0.0), max(x, 0.0)
+    y_low, x_low = int(y), int(x)
+    if y_low >= height - 1:
+        y_low = y_high = height - 1
+        y = float(y_low)
+    else:
+        y_high = y_low + 1
+    if x_low >= width - 1:
+        x_low = x_high = width - 1
+        x = float(x_low)
+    else:
+        x_high = x_low + 1
+    ly, lx = y - y_low, x - x_low
+    hy, hx = 1.0 - ly, 1.0 - lx
+    return ((y_low, x_low, hy * hx), (y_low, x_high, hy * lx), (y_high, x_low, ly * hx), (y_high, x_high, ly * lx))
+
+
+def _align_samples(roi, scale, ph_total, pw_total, sampling_ratio, offset, min_size):
+    """Per bin ``(ph, pw)``: the sample coordinates and the count divisor (float64 loops)."""
+    start_w, start_h = roi[1] * scale - offset, roi[2] * scale - offset
+    roi_w, roi_h = roi[3] * scale - offset - start_w, roi[4] * scale - offset - start_h
+    if min_size is not None:
+        roi_w, roi_h = max(roi_w, min_size), max(roi_h, min_size)
+    bin_h, bin_w = roi_h / ph_total, roi_w / pw_total
+    grid_h = sampling_ratio if sampling_ratio > 0 else int(np.ceil(bin_h))
+    grid_w = sampling_ratio if sampling_ratio > 0 else int(np.ceil(bin_w))
+    for ph in range(ph_total):
+        for pw in range(pw_total):
+            points = [
+                (start_h + ph * bin_h + (iy + 0.5) * bin_h / grid_h, start_w + pw * bin_w + (ix + 0.5) * bin_w / grid_w)
+                for iy in range(max(grid_h, 0))
+                for ix in range(max(grid_w, 0))
+            ]
+            yield ph, pw, points, grid_h * grid_w
+
+
+def expected_align(x, rois, scale, ph_total, pw_total, sampling_ratio, aligned=False, ps=False):
+    """roi_align (``ps=False``) or ps_roi_align (``ps=True``) forward, float64."""
+    n_img, channels, height, width = x.shape
+    c_out = channels // (ph_total * pw_total) if ps else channels
+    out = np.zeros((len(rois), c_out, ph_total, pw_total))
+    for k, roi in enumerate(rois):
+        if ps:
+            bins = _align_samples(roi, scale, ph_total, pw_total, sampling_ratio, 0.5, None)
+        else:
+            bins = _align_samples(roi, scale, ph_total, pw_total, sampling_ratio, 0.5 if aligned else 0.0,
+                                  None if aligned else 1.0)
+        for ph, pw, points, count in bins:
+            for c in range(c_out):
+                c_in = (c * ph_total + ph) * pw_total + pw if ps else c
+                plane = x[int(roi[0]), c_in]
+                total = sum(w * plane[r, s] for y, xx in points for r, s, w in _bilinear_taps(y, xx, height, width))
+                out[k, c, ph, pw] = total / count if ps else total / max(count, 1)
+    return out
+
+
+def expected_align_backward(grad, rois, shape, scale, ph_total, pw_total, sampling_ratio, aligned=False, ps=False):
+    grad_input = np.zeros(shape)
+    height, width = shape[2], shape[3]
+    for k, roi in enumerate(rois):
+        if ps:
+            bins = _align_samples(roi, scale, ph_total, pw_total, sampling_ratio, 0.5, None)
+        else:
+            bins = _align_samples(roi, scale, ph_total, pw_total, sampling_ratio, 0.5 if aligned else 0.0,
+                                  None if aligned else 1.0)
+        for ph, pw, points, count in bins:
+            for c in range(grad.shape[1]):
+                c_in = (c * ph_total + ph) * pw_total + pw if ps else c
+                for y, xx in points:
+                    for r, s, w in _bilinear_taps(y, xx, height, width):
+                        grad_input[int(roi[0]), c_in, r, s] += grad[k, c, ph, pw] * w / count
+    return grad_input
+
+
+def _ps_pool_bins(roi, scale, ph_total, pw_total, height, width, last_row, last_col):
+    x1, y1, x2, y2 = (reference.c_round(v * scale) for v in roi[1:])
+    bin_h, bin_w = max(y2 - y1, 1) / ph_total, max(x2 - x1, 1) / pw_total
+    for ph in range(ph_total):
+        for pw in range(pw_total):
+            h0 = min(max(int(np.floor(ph * bin_h)) + y1, 0), last_row)
+            h1 = min(max(int(np.ceil((ph + 1) * bin_h)) + y1, 0), last_row)
+            w0 = min(max(int(np.floor(pw * bin_w)) + x1, 0), last_col)
+            w1 = min(max(int(np.ceil((pw + 1) * bin_w)) + x1, 0), last_col)
+            yield ph, pw, h0, h1, w0, w1
+
+
+def expected_ps_roi_pool(x, rois, scale, ph_total, pw_total):
+    """torchvision's forward: bin ends clipped to H - 1 and W - 1."""
+    _, channels, height, width = x.shape
+    out = np.zeros((len(rois), channels // (ph_total * pw_total), ph_total, pw_total))
+    for k, roi in enumerate(rois):
+        for ph, pw, h0, h1, w0, w1 in _ps_pool_bins(roi, scale, ph_total, pw_total, height, width, height - 1, width - 1):
+            for c in range(out.shape[1]):
+                if h1 > h0 and w1 > w0:
+                    cells = x[int(roi[0]), (c * ph_total + ph) * pw_total + pw, h0:h1, w0:w1]
+                    out[k, c, ph, pw] = cells.sum() / cells.size
+    return out
+
+
+def expected_ps_roi_pool_backward(grad, rois, shape, scale, ph_total, pw_total):
+    """torchvision's backward: bin ends clipped to H and W."""
+    grad_input = np.zeros(shape)
+    height, width = shape[2], shape[3]
+    for k, roi in enumerate(rois):
+        for ph, pw, h0, h1, w0, w1 in _ps_pool_bins(roi, scale, ph_total, pw_total, height, width, height, width):
+            if h1 > h0 and w1 > w0:
+                for c in range(grad.shape[1]):
+                    c_in = (c * ph_total + ph) * pw_total + pw
+                    grad_input[int(roi[0]), c_in, h0:h1, w0:w1] += grad[k, c, ph, pw] / ((h1 - h0) * (w1 - w0))
+    return grad_input
+
+
+# float32 kernels differ from float64 loops by float32 rounding; float16 and
+# bfloat16 compute in float32 and round once at the end.
+TOLERANCE = {
+    torch.float64: dict(rtol=1e-12, atol=1e-12),
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.float16: dict(rtol=2e-3, atol=2e-3),
+    torch.bfloat16: dict(rtol=1.6e-2, atol=1.6e-2),
+}
+
+ALIGN_CASES = [  # (op, sampling_ratio, aligned)
+    ("roi_align", -1, False),
+    ("roi_align", 2, True),
+    ("ps_roi_align", -1, None),
+    ("ps_roi_align", 2, None),
+    ("ps_roi_pool", None, None),
+]
+
+
+def run_forward(op, x, rois, scale, ph, pw, sampling_ratio, aligned):
+    if op == "roi_align":
+        return rt.roi_align_forward(x, rois, scale, ph, pw, sampling_ratio, aligned)
+    if op == "ps_roi_align":
+        return rt.ps_roi_align_forward(x, rois, scale, ph, pw, sampling_ratio)
+    return rt.ps_roi_pool_forward(x, rois, scale, ph, pw)
+
+
+def run_backward(op, grad, rois, scale, ph, pw, sampling_ratio, aligned, shape):
+    if op == "roi_align":
+        return rt.roi_align_backward(grad, rois, scale, ph, pw, *shape, sampling_ratio, aligned)
+    if op == "ps_roi_align":
+        return rt.ps_roi_align_backward(grad, rois, scale, ph, pw, sampling_ratio, *shape)
+    return rt.ps_roi_pool_backward(grad, rois, scale, ph, pw, *shape)
+
+
+def expected_forward(op, x, rois, scale, ph, pw, sampling_ratio, aligned):
+    if op == "ps_roi_pool":
+        return expected_ps_roi_pool(x, rois, scale, ph, pw)
+    return expected_align(x, rois, scale, ph, pw, sampling_ratio, aligned, ps=op == "ps_roi_align")
+
+
+def expected_backward(op, grad, rois, shape, scale, ph, pw, sampling_ratio, aligned):
+    if op == "ps_roi_pool":
+        return expected_ps_roi_pool_backward(grad, rois, shape, scale, ph, pw)
+    return expected_align_backward(grad, rois, shape, scale, ph, pw, sampling_ratio, aligned, ps=op == "ps_roi_align")
+
+
+def align_inputs(op, dtype, seed):
+    rng = np.random.default_rng(seed)
+    ph, pw = 3, 2
+    channels = 2 * ph * pw if op.startswith("ps_") else C
+    x = torch.from_numpy(rng.standard_normal((N, channels, H, W))).to(dtype)
+    rois = boxes(rng)
+    if op == "ps_roi_align":
+        # torchvision divides by zero samples for a box of zero height: keep boxes proper here
+        rois[:, 1:] = torch.stack([rois[:, [1, 3]].min(1)[0], rois[:, [2, 4]].min(1)[0],
+                                   rois[:, [1, 3]].max(1)[0] + 1, rois[:, [2, 4]].max(1)[0] + 1], 1)
+    rois = rois.to(dtype if dtype == torch.float64 else torch.float32)
+    return x.to(DEVICE), rois.to(DEVICE), ph, pw
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("op,sampling_ratio,aligned", ALIGN_CASES)
+def test_align_family_forward_matches_definition(op, sampling_ratio, aligned, dtype):
+    x, rois, ph, pw = align_inputs(op, dtype, seed=4)
+    out = run_forward(op, x, rois, 0.5, ph, pw, sampling_ratio, aligned)
+    # the definition on the very inputs the kernel saw (half types widen exactly)
+    expected = expected_forward(op, as_numpy32(x).astype(np.float64), as_numpy32(rois).astype(np.float64),
+                                0.5, ph, pw, sampling_ratio, aligned)
+    assert out.dtype == dtype and out.shape == expected.shape
+    np.testing.assert_allclose(as_numpy32(out), expected, **TOLERANCE[dtype])
+    assert np.count_nonzero(expected) > expected.size // 3
+
+
+# Backward: every op in float32 and float64; the half types (which share the
+# float32 accumulation) on roi_align only, to keep the interpreter run short.
+BACKWARD_CASES = [(*case, dtype) for case in ALIGN_CASES for dtype in (torch.float32, torch.float64)] + [
+    ("roi_align", -1, False, torch.float16),
+    ("roi_align", 2, True, torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize("op,sampling_ratio,aligned,dtype", BACKWARD_CASES)
+def test_align_family_backward_matches_definition_and_repeats_bit_for_bit(op, sampling_ratio, aligned, dtype):
+    x, rois, ph, pw = align_inputs(op, dtype, seed=5)
+    rng = np.random.default_rng(6)
+    out_shape = (rois.shape[0], x.shape[1] // (ph * pw) if op.startswith("ps_") else x.shape[1], ph, pw)
+    grad = torch.from_numpy(rng.standard_normal(out_shape)).to(dtype).to(DEVICE)
+    got = run_backward(op, grad, rois, 0.5, ph, pw, sampling_ratio, aligned, tuple(x.shape))
+    again = run_backward(op, grad, rois, 0.5, ph, pw, sampling_ratio, aligned, tuple(x.shape))
+    assert got.dtype == dtype and torch.equal(got, again)
+    expected = expected_backward(op, as_numpy32(grad).astype(np.float64), as_numpy32(rois).astype(np.float64),
+                                 tuple(x.shape), 0.5, ph, pw, sampling_ratio, aligned)
+    np.testing.assert_allclose(as_numpy32(got), expected, **TOLERANCE[dtype])
+    assert np.count_nonzero(expected) > 20

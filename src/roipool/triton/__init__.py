@@ -6,6 +6,17 @@ does. ``docs/_parts/triton.md`` describes the kernel design.
 
 from __future__ import annotations
 
+from .ps_roi import ps_roi_align_backward, ps_roi_align_forward, ps_roi_pool_backward, ps_roi_pool_forward
+from .roi_align import roi_align_backward, roi_align_forward
 from .roi_pool import roi_pool_backward, roi_pool_forward
 
-__all__ = ["roi_pool_forward", "roi_pool_backward"]
+__all__ = [
+    "roi_pool_forward",
+    "roi_pool_backward",
+    "roi_align_forward",
+    "roi_align_backward",
+    "ps_roi_pool_forward",
+    "ps_roi_pool_backward",
+    "ps_roi_align_forward",
+    "ps_roi_align_backward",
+]

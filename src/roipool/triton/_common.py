@@ -105,3 +105,64 @@ def cast_rne(x, DTYPE: tl.constexpr):
         return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
     else:
         return x.to(DTYPE)
+
+
+@triton.jit
+def store_spans(span_ptr, window_ptr, k, p, p_ok, first, last, POOLED: tl.constexpr, WINDOW_AT: tl.constexpr):
+    """Write bin spans ``(K, POOLED, 2)`` and their union into ``window[k, WINDOW_AT:WINDOW_AT + 2]``."""
+    first = first.to(tl.int32)
+    last = last.to(tl.int32)
+    row = span_ptr + (k * POOLED + p) * 2
+    tl.store(row, first, mask=p_ok)
+    tl.store(row + 1, last, mask=p_ok)
+    used = p_ok & (first <= last)
+    lo = tl.min(tl.where(used, first, 2147483647), axis=0)
+    hi = tl.max(tl.where(used, last, -1), axis=0)
+    tl.store(window_ptr + k * 4 + WINDOW_AT, lo)
+    tl.store(window_ptr + k * 4 + WINDOW_AT + 1, hi)
+
+
+@triton.jit
+def sample_at(start, size, p, i, grid):
+    """Sampling coordinate ``i`` of ``grid`` in bin ``p``: ``start + p*size + (i + 0.5)*size/grid``.
+
+    The same association as torchvision's kernels: the bin's first edge, plus
+    the offset inside the bin. ``p`` may be a lane vector; the rest are scalars.
+    """
+    offset = div_exact((tl.cast(i, size.dtype) + 0.5) * size, tl.cast(grid, size.dtype))
+    return (start + tl.cast(p, size.dtype) * size) + offset
+
+
+@triton.jit
+def sample_spans(start, size, grid, p, limit):
+    """Inclusive ``(first, last)`` cells that the samples of bins ``p`` (a lane vector) touch.
+
+    Samples outside ``[-1, limit]`` touch nothing; ``last < first`` means no cell.
+    """
+    first = tl.full(p.shape, 2147483647, tl.int32)
+    last = tl.full(p.shape, -1, tl.int32)
+    for i in range(grid):
+        valid, low, high, w_low, w_high = bilinear_axis(sample_at(start, size, p, i, grid), limit)
+        first = tl.where(valid, tl.minimum(first, low), first)
+        last = tl.where(valid, tl.maximum(last, high), last)
+    return first, last
+
+
+@triton.jit
+def axis_weights(start, size, grid, p, cells, limit, ACC_DTYPE: tl.constexpr):
+    """Summed bilinear weights along one axis that bin ``p``'s samples give ``cells`` (a lane vector).
+
+    Returns ``(weight, touched)``: ``touched`` marks the cells some valid sample
+    names as a corner (even with weight 0, so that a NaN or infinite gradient
+    spreads exactly where a per-sample scatter would put it).
+    """
+    weight = tl.zeros(cells.shape, ACC_DTYPE)
+    touched = cells < 0
+    for i in range(grid):
+        valid, low, high, w_low, w_high = bilinear_axis(sample_at(start, size, p, i, grid), limit)
+        # an invalid sample names cell -1, which no lane holds
+        at_low = cells == tl.where(valid, low, -1)
+        at_high = cells == tl.where(valid, high, -1)
+        weight += tl.where(at_low, w_low, 0.0) + tl.where(at_high, w_high, 0.0)
+        touched = touched | at_low | at_high
+    return weight, touched

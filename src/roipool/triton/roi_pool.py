@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from . import _launch
-from ._common import cast_rne, div_exact, pool_bin_edges, round_half_away, spans_overlap
+from ._common import cast_rne, div_exact, pool_bin_edges, round_half_away, spans_overlap, store_spans
 
 
 @triton.jit
@@ -123,23 +123,8 @@ def _roi_pool_spans_kernel(
     w_ok = pw < POOLED_W
     hstart, hend = pool_bin_edges(ph, size_h, y1, height)
     wstart, wend = pool_bin_edges(pw, size_w, x1, width)
-    _store_spans(row_span_ptr, window_ptr, k, ph, h_ok, hstart, hend - 1, POOLED_H, 0)
-    _store_spans(col_span_ptr, window_ptr, k, pw, w_ok, wstart, wend - 1, POOLED_W, 2)
-
-
-@triton.jit
-def _store_spans(span_ptr, window_ptr, k, p, p_ok, first, last, POOLED: tl.constexpr, WINDOW_AT: tl.constexpr):
-    """Write bin spans ``(K, POOLED, 2)`` and their union into ``window[k, WINDOW_AT:WINDOW_AT + 2]``."""
-    first = first.to(tl.int32)
-    last = last.to(tl.int32)
-    row = span_ptr + (k * POOLED + p) * 2
-    tl.store(row, first, mask=p_ok)
-    tl.store(row + 1, last, mask=p_ok)
-    used = p_ok & (first <= last)
-    lo = tl.min(tl.where(used, first, 2147483647), axis=0)
-    hi = tl.max(tl.where(used, last, -1), axis=0)
-    tl.store(window_ptr + k * 4 + WINDOW_AT, lo)
-    tl.store(window_ptr + k * 4 + WINDOW_AT + 1, hi)
+    store_spans(row_span_ptr, window_ptr, k, ph, h_ok, hstart, hend - 1, POOLED_H, 0)
+    store_spans(col_span_ptr, window_ptr, k, pw, w_ok, wstart, wend - 1, POOLED_W, 2)
 
 
 @triton.jit
