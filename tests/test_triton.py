@@ -163,15 +163,17 @@ def _bilinear_taps(y, x, height, width):
     return ((y_low, x_low, hy * hx), (y_low, x_high, hy * lx), (y_high, x_low, ly * hx), (y_high, x_high, ly * lx))
 
 
-def _align_samples(roi, scale, ph_total, pw_total, sampling_ratio, offset, min_size):
+def _align_samples(roi, scale, ph_total, pw_total, sampling_ratio, offset, min_size, ps_grid=False):
     """Per bin ``(ph, pw)``: the sample coordinates and the count divisor (float64 loops)."""
     start_w, start_h = roi[1] * scale - offset, roi[2] * scale - offset
     roi_w, roi_h = roi[3] * scale - offset - start_w, roi[4] * scale - offset - start_h
     if min_size is not None:
         roi_w, roi_h = max(roi_w, min_size), max(roi_h, min_size)
     bin_h, bin_w = roi_h / ph_total, roi_w / pw_total
-    grid_h = sampling_ratio if sampling_ratio > 0 else int(np.ceil(bin_h))
-    grid_w = sampling_ratio if sampling_ratio > 0 else int(np.ceil(bin_w))
+    # adaptive grid: ceil of the bin size, at least 0 (roi_align) or 1 (ps_roi_align) per side
+    least = 1 if ps_grid else 0
+    grid_h = sampling_ratio if sampling_ratio > 0 else max(int(np.ceil(bin_h)), least)
+    grid_w = sampling_ratio if sampling_ratio > 0 else max(int(np.ceil(bin_w)), least)
     for ph in range(ph_total):
         for pw in range(pw_total):
             points = [
@@ -189,7 +191,7 @@ def expected_align(x, rois, scale, ph_total, pw_total, sampling_ratio, aligned=F
     out = np.zeros((len(rois), c_out, ph_total, pw_total))
     for k, roi in enumerate(rois):
         if ps:
-            bins = _align_samples(roi, scale, ph_total, pw_total, sampling_ratio, 0.5, None)
+            bins = _align_samples(roi, scale, ph_total, pw_total, sampling_ratio, 0.5, None, ps_grid=True)
         else:
             bins = _align_samples(roi, scale, ph_total, pw_total, sampling_ratio, 0.5 if aligned else 0.0,
                                   None if aligned else 1.0)
@@ -198,7 +200,7 @@ def expected_align(x, rois, scale, ph_total, pw_total, sampling_ratio, aligned=F
                 c_in = (c * ph_total + ph) * pw_total + pw if ps else c
                 plane = x[int(roi[0]), c_in]
                 total = sum(w * plane[r, s] for y, xx in points for r, s, w in _bilinear_taps(y, xx, height, width))
-                out[k, c, ph, pw] = total / count if ps else total / max(count, 1)
+                out[k, c, ph, pw] = total / max(count, 1)
     return out
 
 
@@ -207,7 +209,7 @@ def expected_align_backward(grad, rois, shape, scale, ph_total, pw_total, sampli
     height, width = shape[2], shape[3]
     for k, roi in enumerate(rois):
         if ps:
-            bins = _align_samples(roi, scale, ph_total, pw_total, sampling_ratio, 0.5, None)
+            bins = _align_samples(roi, scale, ph_total, pw_total, sampling_ratio, 0.5, None, ps_grid=True)
         else:
             bins = _align_samples(roi, scale, ph_total, pw_total, sampling_ratio, 0.5 if aligned else 0.0,
                                   None if aligned else 1.0)
@@ -246,11 +248,11 @@ def expected_ps_roi_pool(x, rois, scale, ph_total, pw_total):
 
 
 def expected_ps_roi_pool_backward(grad, rois, shape, scale, ph_total, pw_total):
-    """torchvision's backward: bin ends clipped to H and W."""
+    """The forward's adjoint: the same bins (torchvision's own backward clips to H and W instead)."""
     grad_input = np.zeros(shape)
     height, width = shape[2], shape[3]
     for k, roi in enumerate(rois):
-        for ph, pw, h0, h1, w0, w1 in _ps_pool_bins(roi, scale, ph_total, pw_total, height, width, height, width):
+        for ph, pw, h0, h1, w0, w1 in _ps_pool_bins(roi, scale, ph_total, pw_total, height, width, height - 1, width - 1):
             if h1 > h0 and w1 > w0:
                 for c in range(grad.shape[1]):
                     c_in = (c * ph_total + ph) * pw_total + pw
@@ -310,10 +312,6 @@ def align_inputs(op, dtype, seed):
     channels = 2 * ph * pw if op.startswith("ps_") else C
     x = torch.from_numpy(rng.standard_normal((N, channels, H, W))).to(dtype)
     rois = boxes(rng)
-    if op == "ps_roi_align":
-        # torchvision divides by zero samples for a box of zero height: keep boxes proper here
-        rois[:, 1:] = torch.stack([rois[:, [1, 3]].min(1)[0], rois[:, [2, 4]].min(1)[0],
-                                   rois[:, [1, 3]].max(1)[0] + 1, rois[:, [2, 4]].max(1)[0] + 1], 1)
     rois = rois.to(dtype if dtype == torch.float64 else torch.float32)
     return x.to(DEVICE), rois.to(DEVICE), ph, pw
 

@@ -4,9 +4,12 @@ Output channel ``c`` of bin ``(ph, pw)`` reads input channel
 ``c_in = (c * PH + ph) * PW + pw``, so the input has ``C_out * PH * PW``
 channels. Semantics are torchvision's ``ps_roi_pool`` (box rounded half away
 from zero, size ``max(end - start, 1)``, bins ``floor``/``ceil`` clipped to
-the map, mean over the bin, 0 for an empty bin) and ``ps_roi_align`` (box
-scaled and shifted by -0.5, no minimum size, bilinear samples, mean over
-``grid_h * grid_w`` samples). float16 and bfloat16 compute in float32.
+``[0, H - 1] x [0, W - 1]`` as torchvision's forward does, mean over the bin,
+0 for an empty bin; the backward uses the same bins, so it is the forward's
+exact adjoint) and ``ps_roi_align`` (box scaled and shifted by -0.5, no
+minimum size, bilinear samples, mean over ``grid_h * grid_w`` samples with an
+adaptive grid of at least one sample per side, so never 0 / 0). float16 and
+bfloat16 compute in float32. ``roipool.reference`` states both in loops.
 
 Forward: one program per (RoI, block of output channels); lanes are
 ``BLOCK_C`` output channels x ``BLOCK_P`` bins, each lane reading its own
@@ -65,15 +68,20 @@ def _ps_align_box(rois_ptr, k, scale, sampling_ratio, POOLED_H: tl.constexpr, PO
     """Batch index, first corner, bin sizes, sampling grid and count of RoI ``k`` for ``ps_roi_align``."""
     row = rois_ptr + k * 5
     n = tl.load(row).to(tl.int32)
-    start_w = tl.load(row + 1) * scale - 0.5
-    start_h = tl.load(row + 2) * scale - 0.5
-    roi_w = (tl.load(row + 3) * scale - 0.5) - start_w
-    roi_h = (tl.load(row + 4) * scale - 0.5) - start_h
+    # scaled corners are clamped to +-(largest float / 8), which keeps every extent finite
+    if scale.dtype == tl.float64:
+        limit = 2.2471164185778946e307
+    else:
+        limit = 4.2535293329816107e37
+    start_w = tl.minimum(tl.maximum(tl.load(row + 1) * scale, -limit), limit) - 0.5
+    start_h = tl.minimum(tl.maximum(tl.load(row + 2) * scale, -limit), limit) - 0.5
+    roi_w = (tl.minimum(tl.maximum(tl.load(row + 3) * scale, -limit), limit) - 0.5) - start_w
+    roi_h = (tl.minimum(tl.maximum(tl.load(row + 4) * scale, -limit), limit) - 0.5) - start_h
     size_h = div_exact(roi_h, tl.full((), POOLED_H, scale.dtype))
     size_w = div_exact(roi_w, tl.full((), POOLED_W, scale.dtype))
-    grid_h = tl.where(sampling_ratio > 0, sampling_ratio, tl.ceil(size_h).to(tl.int32))
-    grid_w = tl.where(sampling_ratio > 0, sampling_ratio, tl.ceil(size_w).to(tl.int32))
-    # no floor at 1: a box with no samples gives 0 / 0, as torchvision does
+    # adaptive grids take at least one sample per side, so no bin divides by zero
+    grid_h = tl.where(sampling_ratio > 0, sampling_ratio, tl.maximum(tl.ceil(size_h), 1.0).to(tl.int32))
+    grid_w = tl.where(sampling_ratio > 0, sampling_ratio, tl.maximum(tl.ceil(size_w), 1.0).to(tl.int32))
     count = tl.cast(grid_h * grid_w, scale.dtype)
     return n, start_h, start_w, size_h, size_w, grid_h, grid_w, count
 
@@ -133,7 +141,7 @@ def _ps_forward_kernel(
     else:
         n, y1, x1, size_h, size_w = _ps_pool_box(rois_ptr, k, scale, POOLED_H, POOLED_W)
         plane = (n.to(tl.int64) * (channels_out * bins) + (c.to(tl.int64) * bins)[:, None] + p[None, :]) * height * width
-        # torchvision's forward clips bin ends to H - 1 and W - 1 (its backward to H and W)
+        # bins are clipped to [0, H - 1] x [0, W - 1]: the last row and column are never read
         hstart, hend = pool_bin_edges(ph, size_h, y1, height - 1)
         wstart, wend = pool_bin_edges(pw, size_w, x1, width - 1)
         rows = tl.where(p_ok, tl.maximum(hend - hstart, 0), 0)
@@ -179,8 +187,8 @@ def _ps_spans_kernel(
         col_first, col_last = sample_spans(start_w, size_w, grid_w, pw, width)
     else:
         n, y1, x1, size_h, size_w = _ps_pool_box(rois_ptr, k, scale, POOLED_H, POOLED_W)
-        row_first, row_end = pool_bin_edges(ph, size_h, y1, height)
-        col_first, col_end = pool_bin_edges(pw, size_w, x1, width)
+        row_first, row_end = pool_bin_edges(ph, size_h, y1, height - 1)
+        col_first, col_end = pool_bin_edges(pw, size_w, x1, width - 1)
         row_last = row_end - 1
         col_last = col_end - 1
     store_spans(row_span_ptr, window_ptr, k, ph, ph < POOLED_H, row_first, row_last, POOLED_H, 0)

@@ -58,8 +58,9 @@ def _align_box(rois_ptr, k, scale, sampling_ratio, ALIGNED: tl.constexpr, POOLED
         roi_h = tl.maximum(roi_h, 1.0)
     size_h = div_exact(roi_h, tl.full((), POOLED_H, scale.dtype))
     size_w = div_exact(roi_w, tl.full((), POOLED_W, scale.dtype))
-    grid_h = tl.where(sampling_ratio > 0, sampling_ratio, tl.ceil(size_h).to(tl.int32))
-    grid_w = tl.where(sampling_ratio > 0, sampling_ratio, tl.ceil(size_w).to(tl.int32))
+    # adaptive: about one sample per cell; a zero or negative extent gives none
+    grid_h = tl.where(sampling_ratio > 0, sampling_ratio, tl.maximum(tl.ceil(size_h), 0.0).to(tl.int32))
+    grid_w = tl.where(sampling_ratio > 0, sampling_ratio, tl.maximum(tl.ceil(size_w), 0.0).to(tl.int32))
     count = tl.cast(tl.maximum(grid_h * grid_w, 1), scale.dtype)
     return n, start_h, start_w, size_h, size_w, grid_h, grid_w, count
 
