@@ -109,8 +109,8 @@ def test_roi_pool_backward_is_bit_identical_to_cpu_order(dtype):
     rois[2:5] = torch.tensor([[1, 0.0, 0.0, 10.0, 10.0]] * 3, dtype=rois.dtype)
     out, argmax = rt.roi_pool_forward(x, rois, 0.5, 3, 3)
     grad = torch.from_numpy(rng.standard_normal(out.shape).astype(np.float32)).to(dtype).to(DEVICE)
-    got = rt.roi_pool_backward(grad, rois, argmax, 0.5, 3, 3, N, C, H, W)
-    again = rt.roi_pool_backward(grad, rois, argmax, 0.5, 3, 3, N, C, H, W)
+    got = rt.roi_pool_backward(grad, argmax, rois, N, C, H, W)
+    again = rt.roi_pool_backward(grad, argmax, rois, N, C, H, W)
     assert got.dtype == dtype and torch.equal(got, again)
     # the CPU path sums in float32 (float64 for float64) in RoI order, then rounds once
     expected = reference.roi_pool_backward(as_numpy32(grad), argmax.cpu().numpy(), as_numpy32(rois), (N, C, H, W))
@@ -126,8 +126,39 @@ def test_roi_pool_handles_empty_inputs():
     no_rois = torch.zeros((0, 5), device=DEVICE)
     out, argmax = rt.roi_pool_forward(x, no_rois, 1.0, 2, 2)
     assert out.shape == (0, 3, 2, 2) and argmax.shape == (0, 3, 2, 2)
-    grad_input = rt.roi_pool_backward(out, no_rois, argmax, 1.0, 2, 2, 1, 3, 4, 4)
+    grad_input = rt.roi_pool_backward(out, argmax, no_rois, 1, 3, 4, 4)
     assert grad_input.shape == x.shape and not grad_input.any()
+
+
+@pytest.mark.parametrize(
+    "row,message",
+    [
+        ([2, 0, 0, 1, 1], r"boxes\[0, 0\] is the batch index and must be in \[0, 2\)"),
+        ([0.5, 0, 0, 1, 1], "must be a whole number"),
+        ([0, 0, float("nan"), 1, 1], "NaN or infinite"),
+        ([0, 0, 0, 1e39, 1], "NaN or infinite"),  # finite in float64, infinite in float32
+    ],
+)
+def test_forward_launchers_reject_bad_rois_with_the_cpu_paths_errors(row, message):
+    x = torch.zeros((2, 6, 4, 4), device=DEVICE)
+    rois = torch.tensor([row], dtype=torch.float64, device=DEVICE)
+    for call in (
+        lambda: rt.roi_pool_forward(x, rois, 1.0, 2, 2),
+        lambda: rt.roi_align_forward(x, rois, 1.0, 2, 2, -1, False),
+        lambda: rt.ps_roi_pool_forward(x, rois, 1.0, 1, 2),
+    ):
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_backward_launchers_reject_batch_indices_outside_the_batch():
+    grad = torch.zeros((1, 2, 1, 1), device=DEVICE)
+    rois = torch.tensor([[3.0, 0, 0, 1, 1]], device=DEVICE)
+    argmax = torch.zeros((1, 2, 1, 1), dtype=torch.int32, device=DEVICE)
+    with pytest.raises(ValueError, match="batch indices"):
+        rt.roi_pool_backward(grad, argmax, rois, 2, 2, 4, 4)
+    with pytest.raises(ValueError, match="batch indices"):
+        rt.roi_align_backward(grad, rois, 1.0, 1, 1, 2, 2, 4, 4, -1, False)
 
 
 def test_launchers_refuse_cpu_tensors_outside_the_interpreter(monkeypatch):

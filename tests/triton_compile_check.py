@@ -29,8 +29,8 @@ COMPUTE = {"rois_ptr", "scale_ptr"}
 POOL = {"POOLED_H": 7, "POOLED_W": 7}
 KERNELS = [
     (roi_pool._roi_pool_forward_kernel, {**POOL, "BLOCK_C": 32, "BLOCK_P": 64, "WITH_ARGMAX": True}),
-    (roi_pool._roi_pool_spans_kernel, {**POOL, "BLOCK_PH": 8, "BLOCK_PW": 8}),
-    (roi_pool._roi_pool_backward_kernel, {**POOL, "BLOCK_C": 32, "TILE_H": 8, "TILE_W": 8, "ACC_DTYPE": None}),
+    (roi_pool._argmax_spans_kernel, {"BINS": 49, "BLOCK_C": 32, "BLOCK_P": 64}),
+    (roi_pool._roi_pool_backward_kernel, {"BINS": 49, "BLOCK_C": 32, "TILE_H": 8, "TILE_W": 8, "ACC_DTYPE": None}),
     (roi_align._roi_align_forward_kernel, {"ALIGNED": True, **POOL, "BLOCK_C": 32, "BLOCK_P": 64}),
     (roi_align._roi_align_spans_kernel, {"ALIGNED": False, **POOL, "BLOCK_PH": 8, "BLOCK_PW": 8}),
     (roi_align._roi_align_backward_kernel, {"ALIGNED": True, **POOL, "BLOCK_C": 32, "TILE_H": 8, "TILE_W": 8}),

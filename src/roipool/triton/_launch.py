@@ -90,3 +90,46 @@ def channel_block(channels: int, spatial: int, lanes: int = 2048) -> int:
 
 def triton_next_pow2(n: int) -> int:
     return 1 << (max(int(n), 1) - 1).bit_length()
+
+
+def check_rois(rois: torch.Tensor, num_images: int, dtype: torch.dtype) -> None:
+    """Raise the CPU path's error if a batch index or a coordinate is invalid.
+
+    Batch indices must be whole numbers in ``[0, num_images)`` (the kernels
+    index the feature map with them) and coordinates finite in the compute
+    dtype. The test runs on the device; reading its one-element answer is a
+    device synchronisation per call. Only on failure are the rois copied to
+    the host, where ``_checks.rois_array`` words the error as the CPU path does.
+    """
+    if rois.shape[0] == 0:
+        return
+    r = rois.detach()
+    batch = r[:, 0]
+    bad = (batch < 0) | (batch >= num_images)
+    if batch.is_floating_point():
+        bad |= ~torch.isfinite(batch) | (batch != torch.floor(batch))
+    coords = r[:, 1:].to(dtype)
+    bad |= ~torch.isfinite(coords).all(dim=1)
+    if bool(bad.any()):
+        _raise_rois_error(r, num_images, dtype)
+
+
+def check_batch_index(rois: torch.Tensor, num_images: int) -> None:
+    """Raise if column 0 of ``rois``, truncated to int, lies outside ``[0, num_images)`` (as the CPU backward)."""
+    if rois.shape[0] == 0:
+        return
+    batch = rois.detach()[:, 0].to(torch.int32)
+    if bool(((batch < 0) | (batch >= num_images)).any()):
+        raise ValueError(f"rois hold batch indices outside [0, {num_images})")
+
+
+def _raise_rois_error(rois: torch.Tensor, num_images: int, dtype: torch.dtype) -> None:
+    import numpy as np
+
+    from .. import _checks
+
+    host = rois.cpu()
+    if host.dtype == torch.bfloat16:  # NumPy has no bfloat16; the widening is exact
+        host = host.float()
+    _checks.rois_array(host.numpy(), num_images, np.float64 if dtype == torch.float64 else np.float32)
+    raise ValueError("rois hold an invalid batch index or a non-finite coordinate")  # not reached in practice

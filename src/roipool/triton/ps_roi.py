@@ -277,6 +277,7 @@ def _out_channels(channels, ph, pw):
 def _forward(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, align):
     device = _launch.check_device(input=input, rois=rois)
     dtype = _launch.compute_dtype(input.dtype)
+    _launch.check_rois(rois, input.shape[0], dtype)
     input = input.contiguous()
     rois = _launch.prepare_rois(rois, dtype)
     k_total = rois.shape[0]
@@ -303,6 +304,7 @@ def _backward(grad, rois, spatial_scale, pooled_height, pooled_width, sampling_r
               batch_size, channels, height, width):
     device = _launch.check_device(grad=grad, rois=rois)
     dtype = _launch.compute_dtype(grad.dtype)
+    _launch.check_batch_index(rois, batch_size)
     rois = _launch.prepare_rois(rois, dtype)
     ph, pw = int(pooled_height), int(pooled_width)
     channels_out = _out_channels(channels, ph, pw)

@@ -213,6 +213,7 @@ def roi_align_forward(input, rois, spatial_scale, pooled_height, pooled_width, s
     """RoIAlign of ``input (N, C, H, W)`` over ``rois (K, 5)``: ``(K, C, PH, PW)`` of the input's dtype."""
     device = _launch.check_device(input=input, rois=rois)
     dtype = _launch.compute_dtype(input.dtype)
+    _launch.check_rois(rois, input.shape[0], dtype)
     input = input.contiguous()
     rois = _launch.prepare_rois(rois, dtype)
     k_total = rois.shape[0]
@@ -244,6 +245,7 @@ def roi_align_backward(grad, rois, spatial_scale, pooled_height, pooled_width, b
     """
     device = _launch.check_device(grad=grad, rois=rois)
     dtype = _launch.compute_dtype(grad.dtype)
+    _launch.check_batch_index(rois, batch_size)
     rois = _launch.prepare_rois(rois, dtype)
     # every cell is written by the program that owns its tile, so no zero fill
     grad_input = torch.empty((batch_size, channels, height, width), dtype=grad.dtype, device=device)

@@ -12,9 +12,9 @@ cells row by row, so the first maximum in row-major order wins as on the CPU.
 
 Backward (gather): one program per (image, block of channels, 8x8 tile of the
 feature map). It walks the RoIs of its image in ascending index order,
-skips those whose bins miss the tile (per-RoI and per-bin cell spans come
-from a small table computed once), and adds ``grad_output[k, c, ph, pw]`` to
-the tile cell that ``argmax`` names. Each input cell is written by exactly one
+skips those whose maxima all miss the tile (per-RoI and per-bin spans of the
+argmax positions, from one pass over ``argmax``), and adds
+``grad_output[k, c, ph, pw]`` to the tile cell that ``argmax`` names. Each input cell is written by exactly one
 program and summed in the CPU path's order (RoI, then bin), so the result is
 the CPU path's bits, run after run, without atomics and with O(K) extra memory.
 """
@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from . import _launch
-from ._common import cast_rne, div_exact, pool_bin_edges, round_half_away, spans_overlap, store_spans
+from ._common import cast_rne, div_exact, pool_bin_edges, round_half_away, spans_overlap
 
 
 @triton.jit
@@ -101,48 +101,67 @@ def _roi_pool_forward_kernel(
 
 
 @triton.jit
-def _roi_pool_spans_kernel(
-    rois_ptr,
-    scale_ptr,
-    row_span_ptr,  # (K, PH, 2) int32: inclusive [first, last] row of each bin
-    col_span_ptr,  # (K, PW, 2) int32
-    window_ptr,  # (K, 4) int32: first row, last row, first col, last col of all bins
+def _argmax_spans_kernel(
+    argmax_ptr,  # (K, C, PH * PW) int32
+    bin_span_ptr,  # (K, PH * PW, 4) int32: first row, last row, first col, last col of the bin's maxima
+    window_ptr,  # (K, 4) int32: the same over all bins of the RoI
+    channels,
     height,
     width,
-    POOLED_H: tl.constexpr,
-    POOLED_W: tl.constexpr,
-    BLOCK_PH: tl.constexpr,
-    BLOCK_PW: tl.constexpr,
+    BINS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
+    """Where each bin's maxima lie, over all channels (empty: first > last).
+
+    Read from ``argmax`` itself, so the backward needs no geometry and is
+    exact for any argmax; the spans let the gather skip bins that cannot
+    reach its tile.
+    """
     k = tl.program_id(0)
-    scale = tl.load(scale_ptr)
-    n, y1, x1, size_h, size_w = _roi_box(rois_ptr, k, scale, POOLED_H, POOLED_W)
-    ph = tl.arange(0, BLOCK_PH)
-    pw = tl.arange(0, BLOCK_PW)
-    h_ok = ph < POOLED_H
-    w_ok = pw < POOLED_W
-    hstart, hend = pool_bin_edges(ph, size_h, y1, height)
-    wstart, wend = pool_bin_edges(pw, size_w, x1, width)
-    store_spans(row_span_ptr, window_ptr, k, ph, h_ok, hstart, hend - 1, POOLED_H, 0)
-    store_spans(col_span_ptr, window_ptr, k, pw, w_ok, wstart, wend - 1, POOLED_W, 2)
+    p = tl.arange(0, BLOCK_P)
+    p_ok = p < BINS
+    big = 2147483647
+    r_first = tl.full((BLOCK_P,), big, tl.int32)
+    r_last = tl.full((BLOCK_P,), -1, tl.int32)
+    c_first = tl.full((BLOCK_P,), big, tl.int32)
+    c_last = tl.full((BLOCK_P,), -1, tl.int32)
+    for c0 in range(0, channels, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        at = (k.to(tl.int64) * channels + c.to(tl.int64))[:, None] * BINS + p[None, :]
+        a = tl.load(argmax_ptr + at, mask=(c < channels)[:, None] & p_ok[None, :], other=-1)
+        used = (a >= 0) & (a < height * width)
+        row = tl.where(used, a // width, 0)
+        col = tl.where(used, a % width, 0)
+        r_first = tl.minimum(r_first, tl.min(tl.where(used, row, big), axis=0))
+        r_last = tl.maximum(r_last, tl.max(tl.where(used, row, -1), axis=0))
+        c_first = tl.minimum(c_first, tl.min(tl.where(used, col, big), axis=0))
+        c_last = tl.maximum(c_last, tl.max(tl.where(used, col, -1), axis=0))
+    span = bin_span_ptr + (k * BINS + p) * 4
+    tl.store(span, r_first, mask=p_ok)
+    tl.store(span + 1, r_last, mask=p_ok)
+    tl.store(span + 2, c_first, mask=p_ok)
+    tl.store(span + 3, c_last, mask=p_ok)
+    tl.store(window_ptr + k * 4, tl.min(tl.where(p_ok, r_first, big), axis=0))
+    tl.store(window_ptr + k * 4 + 1, tl.max(tl.where(p_ok, r_last, -1), axis=0))
+    tl.store(window_ptr + k * 4 + 2, tl.min(tl.where(p_ok, c_first, big), axis=0))
+    tl.store(window_ptr + k * 4 + 3, tl.max(tl.where(p_ok, c_last, -1), axis=0))
 
 
 @triton.jit
 def _roi_pool_backward_kernel(
-    grad_ptr,  # (K, C, PH, PW)
-    argmax_ptr,  # (K, C, PH, PW) int32
+    grad_ptr,  # (K, C, PH * PW)
+    argmax_ptr,  # (K, C, PH * PW) int32
     order_ptr,  # (K,) int32: RoIs grouped by image, ascending
     starts_ptr,  # (N + 1,) int32
-    row_span_ptr,
-    col_span_ptr,
-    window_ptr,
+    bin_span_ptr,  # (K, PH * PW, 4) int32
+    window_ptr,  # (K, 4) int32
     grad_input_ptr,  # (N, C, H, W)
     channels,
     height,
     width,
     tiles_w,
-    POOLED_H: tl.constexpr,
-    POOLED_W: tl.constexpr,
+    BINS: tl.constexpr,
     BLOCK_C: tl.constexpr,
     TILE_H: tl.constexpr,
     TILE_W: tl.constexpr,
@@ -152,6 +171,8 @@ def _roi_pool_backward_kernel(
     n = tl.program_id(2)
     row0 = (tile // tiles_w) * TILE_H
     col0 = (tile % tiles_w) * TILE_W
+    row1 = row0 + TILE_H - 1
+    col1 = col0 + TILE_W - 1
     s = tl.arange(0, TILE_H * TILE_W)
     hh = row0 + s // TILE_W
     ww = col0 + s % TILE_W
@@ -163,21 +184,18 @@ def _roi_pool_backward_kernel(
     for i in range(tl.load(starts_ptr + n), tl.load(starts_ptr + n + 1)):
         k = tl.load(order_ptr + i)
         win = window_ptr + k * 4
-        near = spans_overlap(tl.load(win), tl.load(win + 1), row0, row0 + TILE_H - 1)
-        near = near & spans_overlap(tl.load(win + 2), tl.load(win + 3), col0, col0 + TILE_W - 1)
+        near = spans_overlap(tl.load(win), tl.load(win + 1), row0, row1)
+        near = near & spans_overlap(tl.load(win + 2), tl.load(win + 3), col0, col1)
         if near:
-            bins = (k.to(tl.int64) * channels + c.to(tl.int64)) * (POOLED_H * POOLED_W)
-            for ph in range(POOLED_H):
-                rs = row_span_ptr + (k * POOLED_H + ph) * 2
-                if spans_overlap(tl.load(rs), tl.load(rs + 1), row0, row0 + TILE_H - 1):
-                    for pw in range(POOLED_W):
-                        cs = col_span_ptr + (k * POOLED_W + pw) * 2
-                        if spans_overlap(tl.load(cs), tl.load(cs + 1), col0, col0 + TILE_W - 1):
-                            at = bins + (ph * POOLED_W + pw)
-                            source = tl.load(argmax_ptr + at, mask=c_ok, other=-1)
-                            g = tl.load(grad_ptr + at, mask=c_ok, other=0.0).to(ACC_DTYPE)
-                            hit = source[:, None] == cell[None, :]
-                            acc = tl.where(hit, acc + g[:, None], acc)
+            base = (k.to(tl.int64) * channels + c.to(tl.int64)) * BINS
+            # bins in row-major order, as the CPU path adds them
+            for p in range(BINS):
+                span = bin_span_ptr + (k * BINS + p) * 4
+                hit_rows = spans_overlap(tl.load(span), tl.load(span + 1), row0, row1)
+                if hit_rows & spans_overlap(tl.load(span + 2), tl.load(span + 3), col0, col1):
+                    source = tl.load(argmax_ptr + base + p, mask=c_ok, other=-1)
+                    g = tl.load(grad_ptr + base + p, mask=c_ok, other=0.0).to(ACC_DTYPE)
+                    acc = tl.where(source[:, None] == cell[None, :], acc + g[:, None], acc)
 
     plane = (n.to(tl.int64) * channels + c.to(tl.int64)) * height * width
     ok = c_ok[:, None] & ((hh < height) & (ww < width))[None, :]
@@ -192,6 +210,7 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_height, pooled_width, wi
     """
     device = _launch.check_device(input=input, rois=rois)
     dtype = _launch.compute_dtype(input.dtype)
+    _launch.check_rois(rois, input.shape[0], dtype)
     input = input.contiguous()
     rois = _launch.prepare_rois(rois, dtype)
     k_total = rois.shape[0]
@@ -214,34 +233,31 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_height, pooled_width, wi
     return output, argmax
 
 
-def roi_pool_backward(grad, rois, argmax, spatial_scale, pooled_height, pooled_width,
-                      batch_size, channels, height, width):
+def roi_pool_backward(grad, argmax, rois, batch_size, channels, height, width):
     """Gradient with respect to the input: ``grad (K, C, PH, PW)`` routed through ``argmax``.
 
-    Deterministic: the same bits on every run, equal to the CPU path's. Extra
-    memory: the RoI order and the bin-span tables, ``O(K * (PH + PW))``.
+    ``rois`` gives each RoI's image (column 0). Deterministic, and the CPU
+    path's bits: each cell sums its gradients in ascending RoI, then bin,
+    order. Extra memory: the RoI order and ``(K, PH * PW, 4)`` int32 spans.
     """
     device = _launch.check_device(grad=grad, rois=rois, argmax=argmax)
     acc_dtype = _launch.compute_dtype(grad.dtype)
-    rois = _launch.prepare_rois(rois, acc_dtype)
+    _launch.check_batch_index(rois, batch_size)
     # every cell is written by the program that owns its tile, so no zero fill
     grad_input = torch.empty((batch_size, channels, height, width), dtype=grad.dtype, device=device)
     if grad_input.numel() == 0:
         return grad_input
-    ph, pw = int(pooled_height), int(pooled_width)
     k_total = rois.shape[0]
+    bins = grad.shape[2] * grad.shape[3]
     grad = grad.contiguous()
     argmax = argmax.to(torch.int32).contiguous()
-    row_span = torch.empty((k_total, ph, 2), dtype=torch.int32, device=device)
-    col_span = torch.empty((k_total, pw, 2), dtype=torch.int32, device=device)
+    bin_span = torch.empty((k_total, bins, 4), dtype=torch.int32, device=device)
     window = torch.empty((k_total, 4), dtype=torch.int32, device=device)
+    block_p = _launch.triton_next_pow2(bins)
     if k_total:
-        _roi_pool_spans_kernel[(k_total,)](
-            rois, _launch.scale_tensor(spatial_scale, acc_dtype, device), row_span, col_span, window,
-            height, width,
-            POOLED_H=ph, POOLED_W=pw,
-            BLOCK_PH=_launch.triton_next_pow2(ph), BLOCK_PW=_launch.triton_next_pow2(pw),
-            enable_fp_fusion=False,
+        _argmax_spans_kernel[(k_total,)](
+            argmax, bin_span, window, channels, height, width,
+            BINS=bins, BLOCK_C=_launch.channel_block(channels, block_p), BLOCK_P=block_p,
         )
     order, starts = _launch.rois_by_image(rois, batch_size)
     tile_h, tile_w = _launch.TILE_H, _launch.TILE_W
@@ -249,10 +265,9 @@ def roi_pool_backward(grad, rois, argmax, spatial_scale, pooled_height, pooled_w
     tiles_w = triton.cdiv(width, tile_w)
     grid = (triton.cdiv(height, tile_h) * tiles_w, triton.cdiv(channels, block_c), batch_size)
     _roi_pool_backward_kernel[grid](
-        grad, argmax, order, starts, row_span, col_span, window, grad_input,
+        grad, argmax, order, starts, bin_span, window, grad_input,
         channels, height, width, tiles_w,
-        POOLED_H=ph, POOLED_W=pw, BLOCK_C=block_c, TILE_H=tile_h, TILE_W=tile_w,
+        BINS=bins, BLOCK_C=block_c, TILE_H=tile_h, TILE_W=tile_w,
         ACC_DTYPE=tl.float64 if acc_dtype == torch.float64 else tl.float32,
-        enable_fp_fusion=False,
     )
     return grad_input
