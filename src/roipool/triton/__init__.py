@@ -1,7 +1,10 @@
 """Triton kernels for the RoI ops (CUDA; CPU tensors under ``TRITON_INTERPRET=1``).
 
-Importing this package imports torch and triton; ``import roipool`` never
-does. ``docs/_parts/triton.md`` describes the kernel design.
+Importing this package imports torch and triton (``import roipool`` never
+does) and registers the launchers as the CUDA kernels of the ``roipool::``
+custom ops (``_register``). The launchers also take CPU tensors under
+``TRITON_INTERPRET=1``, which is how the tests run without a GPU.
+``docs/_parts/triton.md`` describes the kernel design.
 """
 
 from __future__ import annotations
@@ -20,3 +23,7 @@ __all__ = [
     "ps_roi_align_forward",
     "ps_roi_align_backward",
 ]
+
+from . import _register  # noqa: E402
+
+_register.register()
