@@ -401,3 +401,89 @@ def test_every_kernel_compiles_for_sm90_with_exact_division_and_no_fma():
     result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count(": ok") == 48
+
+
+# ---------------------------------------------------------------- the custom ops' CUDA kernels
+
+
+def _torch_ops_or_skip():
+    return pytest.importorskip("roipool._torch_ops", reason="the torch frontend is not in this tree")
+
+
+def _roi_pool_op_args(device):
+    rng = np.random.default_rng(8)
+    x = feature_map(rng, torch.float32).nan_to_num().to(device)
+    rois = boxes(rng).to(device)
+    return x, rois
+
+
+def test_cuda_kernels_built_from_the_op_schemas_equal_the_cpu_ops():
+    """The schema-to-launcher adapter, called as the dispatcher would, against the CPU kernels."""
+    _torch_ops_or_skip()
+    from roipool.triton import _register
+
+    assert {"roi_pool", "roi_pool_with_argmax", "roi_pool_backward"} <= set(_register.REGISTERED)
+    ops = torch.ops.roipool
+    x, rois = _roi_pool_op_args(DEVICE)
+    kernel, reason = _register.cuda_kernel("roi_pool_with_argmax", ops.roi_pool_with_argmax.default._schema)
+    assert reason is None
+    out, argmax = kernel(x, rois, 0.5, 3, 2)
+    cpu_out, cpu_argmax = ops.roi_pool_with_argmax(x.cpu(), rois.cpu(), 0.5, 3, 2)
+    assert torch.equal(out.cpu(), cpu_out) and torch.equal(argmax.cpu(), cpu_argmax)
+    kernel, _ = _register.cuda_kernel("roi_pool", ops.roi_pool.default._schema)
+    assert torch.equal(kernel(x, rois, 0.5, 3, 2).cpu(), cpu_out)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    kernel, _ = _register.cuda_kernel("roi_pool_backward", ops.roi_pool_backward.default._schema)
+    got = kernel(grad, argmax, rois, *x.shape)
+    assert torch.equal(got.cpu(), ops.roi_pool_backward(grad.cpu(), cpu_argmax, rois.cpu(), *x.shape))
+
+
+needs_cuda = pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU (the CUDA dispatch key)")
+
+
+class _deterministic:
+    """``torch.use_deterministic_algorithms(True)`` for a block."""
+
+    def __enter__(self):
+        self.before = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True)
+
+    def __exit__(self, *exc):
+        torch.use_deterministic_algorithms(self.before)
+
+
+@needs_cuda
+def test_registered_cuda_ops_pass_opcheck():
+    _torch_ops_or_skip()
+    from roipool.triton import _register
+
+    ops = torch.ops.roipool
+    x, rois = _roi_pool_op_args("cuda")
+    x.requires_grad_(True)
+    torch.library.opcheck(ops.roi_pool.default, (x, rois, 0.5, 3, 2))
+    torch.library.opcheck(ops.roi_pool_with_argmax.default, (x, rois, 0.5, 3, 2))
+    out, argmax = ops.roi_pool_with_argmax(x.detach(), rois, 0.5, 3, 2)
+    torch.library.opcheck(ops.roi_pool_backward.default, (torch.randn_like(out), argmax, rois, *x.shape))
+    assert "roi_pool" in _register.REGISTERED
+
+
+@needs_cuda
+def test_compiled_roi_pool_on_cuda_matches_eager_and_its_backward_repeats_bit_for_bit():
+    _torch_ops_or_skip()
+    x, rois = _roi_pool_op_args("cuda")
+    x.requires_grad_(True)
+
+    def f(x, rois):
+        return roipool.roi_pool(x, rois, (3, 2), 0.5)
+
+    eager = f(x, rois)
+    compiled = torch.compile(f, fullgraph=True)(x, rois)
+    assert torch.equal(eager, compiled)
+    grads = []
+    with _deterministic():
+        for _ in range(2):
+            (g,) = torch.autograd.grad(f(x, rois), x, torch.ones_like(eager))
+            grads.append(g)
+    assert torch.equal(grads[0], grads[1])
+    cpu = roipool.roi_pool(x.detach().cpu().requires_grad_(True), rois.cpu(), (3, 2), 0.5)
+    assert torch.equal(eager.detach().cpu(), cpu.detach())
