@@ -106,8 +106,14 @@ def _other_device(qualname: str, args):
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the kernels compute in: float32 for 16-bit floats, else ``dtype`` (see ``_pool.compute_dtype``)."""
-    pooled_in = _pool.compute_dtype(np.dtype(f"f{dtype.itemsize}"))
-    return {4: torch.float32, 8: torch.float64}[pooled_in.itemsize]
+    return _COMPUTE_DTYPES[dtype]
+
+
+# Tabled at import from _pool's rule (a dict lookup is also what torch.compile traces best).
+_COMPUTE_DTYPES = {
+    dtype: {4: torch.float32, 8: torch.float64}[_pool.compute_dtype(np.dtype(f"f{dtype.itemsize}")).itemsize]
+    for dtype in SUPPORTED_DTYPES
+}
 
 
 def check_feature_map(input: torch.Tensor, name: str = "input") -> None:
@@ -168,8 +174,18 @@ def cpu_nhwc(input: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
     """
     nhwc = input.detach().permute(0, 2, 3, 1)
     if nhwc.dtype != dtype or not nhwc.is_contiguous():
-        nhwc = torch.empty(nhwc.shape, dtype=dtype).copy_(nhwc)
+        nhwc = new_cpu_tensor(nhwc.shape, dtype).copy_(nhwc)
     return nhwc.numpy()
+
+
+def new_cpu_tensor(shape, dtype: torch.dtype, zeros: bool = False) -> torch.Tensor:
+    """An uninitialised (or zeroed) CPU tensor whose memory NumPy allocated.
+
+    NumPy asks the kernel for huge pages on large arrays, which halves the cost
+    of first touching a large output (the RoI family's outputs and argmaxes
+    are hundreds of MB on detection workloads); torch's CPU allocator does not.
+    """
+    return torch.from_numpy((np.zeros if zeros else np.empty)(tuple(shape), _numpy_dtype(dtype)))
 
 
 def cpu_rois(rois: torch.Tensor, num_images: int, dtype: torch.dtype) -> np.ndarray:
@@ -189,7 +205,7 @@ def cpu_batch_index(rois: torch.Tensor, num_images: int) -> np.ndarray:
 
 
 def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
-    return np.dtype({torch.float32: np.float32, torch.float64: np.float64}[dtype])
+    return np.dtype({torch.float32: np.float32, torch.float64: np.float64, torch.int32: np.int32}[dtype])
 
 
 def register_onnx(name: str, *, symbolic=None, translation=None) -> None:
@@ -239,7 +255,7 @@ class _CpuRoIPool:
 
 def _roi_pool_cpu(input, rois, spatial_scale, pooled_height, pooled_width):
     call = _CpuRoIPool(input, rois, spatial_scale, pooled_height, pooled_width)
-    out = torch.empty(call.flat_shape, dtype=call.dtype)
+    out = new_cpu_tensor(call.flat_shape, call.dtype)
     _pool.launch_forward(call.x, call.bins, out.numpy())
     return call.result(out)
 
@@ -250,8 +266,8 @@ def _roi_pool_fake(input, rois, spatial_scale, pooled_height, pooled_width):
 
 def _roi_pool_with_argmax_cpu(input, rois, spatial_scale, pooled_height, pooled_width):
     call = _CpuRoIPool(input, rois, spatial_scale, pooled_height, pooled_width)
-    out = torch.empty(call.flat_shape, dtype=call.dtype)
-    argmax = torch.empty(call.flat_shape, dtype=torch.int32)
+    out = new_cpu_tensor(call.flat_shape, call.dtype)
+    argmax = new_cpu_tensor(call.flat_shape, torch.int32)
     _pool.launch_forward_argmax(call.x, call.bins, out.numpy(), argmax.numpy())
     return call.result(out), argmax.view(call.shape)
 
@@ -263,11 +279,11 @@ def _roi_pool_with_argmax_fake(input, rois, spatial_scale, pooled_height, pooled
 
 def _roi_pool_backward_cpu(grad, argmax, rois, batch_size, channels, height, width):
     dtype = compute_dtype(grad.dtype)
-    k = grad.shape[0]
-    grad_out = grad.detach().to(dtype).contiguous().numpy().reshape(k, channels, -1)
-    argmax_np = argmax.detach().to(torch.int32).contiguous().numpy().reshape(k, channels, -1)
+    flat = (grad.shape[0], channels, grad.shape[2] * grad.shape[3])
+    grad_out = grad.detach().to(dtype).contiguous().numpy().reshape(flat)
+    argmax_np = argmax.detach().to(torch.int32).contiguous().numpy().reshape(flat)
     batch = cpu_batch_index(rois, batch_size)
-    grad_in = torch.zeros((batch_size, channels, height * width), dtype=dtype)
+    grad_in = new_cpu_tensor((batch_size, channels, height * width), dtype, zeros=True)
     _pool.launch_backward(grad_out, argmax_np, batch, grad_in.numpy())
     return grad_in.view(batch_size, channels, height, width).to(grad.dtype)
 
