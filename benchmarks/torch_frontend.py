@@ -35,6 +35,7 @@ def vgg16_workload(seed=0, k=2000):
 
 
 def median_time(fn, repeat, warmup=2):
+    """Median wall time of ``fn`` over ``repeat`` calls, after ``warmup`` calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -43,6 +44,25 @@ def median_time(fn, repeat, warmup=2):
         fn()
         times.append(time.perf_counter() - t)
     return float(np.median(times))
+
+
+def interleaved(fns, repeat, warmup=1):
+    """Median wall time of each of ``fns`` (a dict), timed in turn within each round.
+
+    On a shared machine the load drifts; taking the variants in turn inside
+    every round exposes them to the same drift, and the median of the per-round
+    ratios is steadier than the ratio of medians.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: np.array(ts) for name, ts in times.items()}
 
 
 def main():
@@ -72,23 +92,28 @@ def main():
         with torch.no_grad():
             fn(x, rois, 7, scale)
 
-    results = {
-        "numpy_train_s": median_time(numpy_train, args.repeat),
-        "torch_train_s": median_time(torch_train, args.repeat),
-        "numpy_infer_s": median_time(numpy_infer, args.repeat),
-        "torch_infer_s": median_time(torch_infer, args.repeat),
-    }
+    variants = {"numpy_train": numpy_train, "torch_train": torch_train,
+                "numpy_infer": numpy_infer, "torch_infer": torch_infer}
     if not args.no_torchvision:
         from torchvision.ops import roi_pool as tv_roi_pool
 
-        # same values first: the comparison is between equal results
-        assert torch.equal(roipool.roi_pool(x, rois, 7, scale), tv_roi_pool(x, rois, 7, scale))
-        results["torchvision_train_s"] = median_time(lambda: torch_train(tv_roi_pool), args.repeat)
-        results["torchvision_infer_s"] = median_time(lambda: torch_infer(tv_roi_pool), args.repeat)
-        results["speedup_train_vs_torchvision"] = results["torchvision_train_s"] / results["torch_train_s"]
-        results["speedup_infer_vs_torchvision"] = results["torchvision_infer_s"] / results["torch_infer_s"]
-    results["torch_overhead_train"] = results["torch_train_s"] / results["numpy_train_s"] - 1
-    results["torch_overhead_infer"] = results["torch_infer_s"] / results["numpy_infer_s"] - 1
+        # equal results first: the comparison is between equal outputs and gradients
+        xa = x.detach().requires_grad_()
+        xb = x.detach().requires_grad_()
+        ya, yb = roipool.roi_pool(xa, rois, 7, scale), tv_roi_pool(xb, rois, 7, scale)
+        ya.backward(grad)
+        yb.backward(grad)
+        assert torch.equal(ya, yb) and torch.equal(xa.grad, xb.grad)
+        variants["torchvision_train"] = lambda: torch_train(tv_roi_pool)
+        variants["torchvision_infer"] = lambda: torch_infer(tv_roi_pool)
+    times = interleaved(variants, args.repeat)
+    results = {f"{name}_s": float(np.median(t)) for name, t in times.items()}
+    for step in ("train", "infer"):
+        results[f"torch_overhead_{step}"] = float(np.median(times[f"torch_{step}"] / times[f"numpy_{step}"]) - 1)
+        if not args.no_torchvision:
+            results[f"speedup_{step}_vs_torchvision"] = float(
+                np.median(times[f"torchvision_{step}"] / times[f"torch_{step}"])
+            )
     results["machine"] = {
         "cpu": platform.processor() or platform.machine(),
         "numba_threads": roipool.get_num_threads(),
