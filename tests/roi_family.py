@@ -281,7 +281,7 @@ class RoIOpTester:
         else:
             buffer = io.BytesIO()
             torch.onnx.export(
-                layer, (x, boxes), buffer, dynamo=False, input_names=["input", "rois"], dynamic_axes={"rois": [0]}
+                layer, (x, boxes), buffer, dynamo=False, input_names=["input", "rois"], dynamic_axes={"rois": {0: "num_rois"}}
             )
             model = onnx.load_from_string(buffer.getvalue())
         assert self.onnx_op_type in [node.op_type for node in model.graph.node]

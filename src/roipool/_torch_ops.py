@@ -42,7 +42,9 @@ are never copied to the CPU behind the caller's back.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import warnings
 
 import numpy as np
 import torch
@@ -161,6 +163,24 @@ def _box_tensor(boxes, input: torch.Tensor, name: str) -> torch.Tensor:
     return torch.from_numpy(arr).to(input.device)
 
 
+def _quiet_when_tracing():
+    """Silence TracerWarnings about the shape checks under ``torch.jit.trace`` (the TorchScript ONNX exporter).
+
+    The checks read shapes, which the tracer records as tensors; they hold for
+    the traced example and decide nothing in the graph, so the warning is noise.
+    """
+    if not torch.jit.is_tracing():
+        return contextlib.nullcontext()
+    return _IgnoreTracerWarnings()
+
+
+class _IgnoreTracerWarnings(warnings.catch_warnings):
+    def __enter__(self):
+        result = super().__enter__()
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return result
+
+
 def needs_grad(input: torch.Tensor) -> bool:
     """Whether autograd will want a gradient for ``input`` (then the training forward runs)."""
     return torch.is_grad_enabled() and input.requires_grad
@@ -221,7 +241,9 @@ def register_onnx(name: str, *, symbolic=None, translation=None) -> None:
     qualname = f"{NAMESPACE}::{name}"
     if symbolic is not None:
         _ONNX_SYMBOLICS[qualname] = symbolic
-        torch.onnx.register_custom_op_symbolic(qualname, symbolic, 15)
+        register = getattr(torch.onnx, "register_custom_op_symbolic", None)
+        if register is not None:  # absent from torch versions without the TorchScript exporter
+            register(qualname, symbolic, 15)
     if translation is not None:
         _ONNX_TRANSLATIONS[name] = translation
 
@@ -404,10 +426,11 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0):
     """
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"input must be a NumPy array or a torch tensor, got {type(input).__name__}")
-    check_feature_map(input)
-    pooled_h, pooled_w = _checks.output_size_pair(output_size)
-    scale = _checks.positive_scale(spatial_scale)
-    rois = boxes_to_rois(boxes, input)
+    with _quiet_when_tracing():
+        check_feature_map(input)
+        pooled_h, pooled_w = _checks.output_size_pair(output_size)
+        scale = _checks.positive_scale(spatial_scale)
+        rois = boxes_to_rois(boxes, input)
     if needs_grad(input):
         return torch.ops.roipool.roi_pool_with_argmax(input, rois, scale, pooled_h, pooled_w)[0]
     return torch.ops.roipool.roi_pool(input, rois, scale, pooled_h, pooled_w)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import List, Tuple, Union
 
-import torch
 from torch import Tensor, nn
 
 from . import _torch_ops
@@ -47,7 +46,3 @@ class RoIPool(nn.Module):
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale})"
-
-
-# torch is imported above on purpose: ``import roipool.nn`` is the torch entry point.
-del torch
