@@ -441,6 +441,40 @@ def test_cuda_kernels_built_from_the_op_schemas_equal_the_cpu_ops():
     assert torch.equal(got.cpu(), ops.roi_pool_backward(grad.cpu(), cpu_argmax, rois.cpu(), *x.shape))
 
 
+@pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter stands in for the GPU here")
+@pytest.mark.parametrize("name", ["roi_pool", "roi_pool_with_argmax", "roi_pool_backward"])
+def test_the_cuda_kernels_pass_opcheck_when_registered_as_a_backend_under_the_interpreter(name):
+    """opcheck on CPU: a twin of each op whose only real kernel is the Triton one.
+
+    The twin has the real op's schema and fake kernel and no CPU kernel of its
+    own; registering the schema-built Triton kernel as its CPU kernel makes the
+    interpreter play the GPU, so opcheck exercises exactly what the CUDA
+    registration installs.
+    """
+    torch_ops = _torch_ops_or_skip()
+    from roipool.triton import _register
+
+    real = getattr(torch.ops.roipool, name).default
+    twin = f"_triton_twin_{name}"
+    if not hasattr(torch.ops.roipool, twin):
+        signature = str(real._schema)
+        op = torch_ops.define(twin, signature[signature.index("("):], cpu=None, fake=lambda *args: real(*args))
+        kernel, reason = _register.cuda_kernel(name, real._schema)
+        assert reason is None
+        op.register_kernel("cpu", kernel)
+    x, rois = _roi_pool_op_args("cpu")
+    if name == "roi_pool_backward":
+        out, argmax = torch.ops.roipool.roi_pool_with_argmax(x, rois, 0.5, 3, 2)
+        args = (torch.randn(out.shape, generator=torch.Generator().manual_seed(1)), argmax, rois, *x.shape)
+    else:
+        args = (x, rois, 0.5, 3, 2)
+    twin_op = getattr(torch.ops.roipool, twin).default
+    torch.library.opcheck(twin_op, args)
+    got, expected = twin_op(*args), real(*args)
+    for g, e in zip(got if isinstance(got, tuple) else (got,), expected if isinstance(expected, tuple) else (expected,)):
+        assert torch.equal(g, e)
+
+
 needs_cuda = pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU (the CUDA dispatch key)")
 
 
