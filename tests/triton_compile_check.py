@@ -44,11 +44,17 @@ KERNELS = [
 DTYPES = {"fp32": "fp32", "fp64": "fp64", "fp16": "fp32", "bf16": "fp32"}  # data -> compute
 
 
-def compile_kernel(kernel, constexprs, data, compute):
+def compile_kernel(kernel, constexprs, data, compute, ints_are_one=False):
+    """Compile for sm_90. ``ints_are_one``: every int argument 1, which Triton's
+    launcher turns into a compile-time constant (as it does whenever an int is 1)."""
     signature = {}
+    constexprs = dict(constexprs)
     for param in kernel.params:
         name = param.name
-        if param.is_constexpr:
+        if ints_are_one and not param.is_constexpr and not name.endswith("_ptr"):
+            signature[name] = "constexpr"
+            constexprs[name] = 1
+        elif param.is_constexpr:
             signature[name] = "constexpr"
         elif name in DATA:
             signature[name] = f"*{data}"
@@ -58,7 +64,6 @@ def compile_kernel(kernel, constexprs, data, compute):
             signature[name] = "*i32"
         else:
             signature[name] = "i32"
-    constexprs = dict(constexprs)
     if "ACC_DTYPE" in constexprs:
         constexprs["ACC_DTYPE"] = tl.float64 if compute == "fp64" else tl.float32
     source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
@@ -67,13 +72,14 @@ def compile_kernel(kernel, constexprs, data, compute):
 
 def main() -> int:
     failures = 0
+    variants = [(data, compute, False) for data, compute in DTYPES.items()] + [("fp32", "fp32", True)]
     for kernel, constexprs in KERNELS:
-        for data, compute in DTYPES.items():
-            ptx = compile_kernel(kernel, constexprs, data, compute).asm["ptx"]
+        for data, compute, ints_are_one in variants:
+            ptx = compile_kernel(kernel, constexprs, data, compute, ints_are_one).asm["ptx"]
             problems = [word for word in ("div.full", "div.approx", "fma.") if word in ptx]
             failures += bool(problems)
-            print(f"{kernel.__name__} {constexprs.get('ALIGN', constexprs.get('ALIGNED', ''))} {data}: "
-                  f"{'FAIL ' + ', '.join(problems) if problems else 'ok'}")
+            print(f"{kernel.__name__} {constexprs.get('ALIGN', constexprs.get('ALIGNED', ''))} {data}"
+                  f"{' ints=1' if ints_are_one else ''}: {'FAIL ' + ', '.join(problems) if problems else 'ok'}")
     return 1 if failures else 0
 
 
