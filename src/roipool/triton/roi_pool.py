@@ -14,9 +14,10 @@ Backward (gather): one program per (image, block of channels, 8x8 tile of the
 feature map). It walks the RoIs of its image in ascending index order,
 skips those whose maxima all miss the tile (per-RoI and per-bin spans of the
 argmax positions, from one pass over ``argmax``), and adds
-``grad_output[k, c, ph, pw]`` to the tile cell that ``argmax`` names. Each input cell is written by exactly one
-program and summed in the CPU path's order (RoI, then bin), so the result is
-the CPU path's bits, run after run, without atomics and with O(K) extra memory.
+``grad_output[k, c, ph, pw]`` to the tile cell that ``argmax`` names. Each
+input cell is written by exactly one program and summed in the CPU path's
+order (RoI, then bin), so the result is the CPU path's bits, run after run,
+without atomics and with O(K * PH * PW) extra memory.
 """
 
 from __future__ import annotations
