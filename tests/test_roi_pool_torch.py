@@ -108,3 +108,17 @@ def test_thread_pool_is_numbas_not_torchs():
     finally:
         roipool.set_num_threads(before[0])
         torch.set_num_threads(before[1])
+
+
+def test_a_device_without_kernels_loads_its_backend_module_or_says_it_is_missing(tmp_path, monkeypatch):
+    # The CUDA hook, exercised on the CPU: an op with no CPU kernel and a
+    # backend module named for "cpu" behaves as roi_pool does on CUDA tensors.
+    op = _torch_ops.define("_test_backend_hook", "(Tensor x) -> Tensor", cpu=None, fake=lambda x: torch.empty_like(x))
+    monkeypatch.setitem(_torch_ops.BACKEND_MODULES, "cpu", "roipool_test_backend")
+    with pytest.raises(NotImplementedError, match="no kernel for cpu tensors .the roipool_test_backend backend is not"):
+        op(torch.ones(3))
+    (tmp_path / "roipool_test_backend.py").write_text(
+        "import torch\ntorch.library.register_kernel('roipool::_test_backend_hook', 'cpu', lambda x: x * 2)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert torch.equal(op(torch.ones(3)), torch.full((3,), 2.0))
