@@ -71,11 +71,23 @@ def test_channels_last_input_is_read_in_place():
     assert nhwc.__array_interface__["data"][0] == x.data_ptr() and nhwc.flags.c_contiguous
 
 
-def test_outputs_share_memory_with_the_kernels():
-    # the output tensor wraps the array the kernel wrote: no copy on the way out
+def test_outputs_share_memory_with_the_kernels(monkeypatch):
+    # the returned tensors wrap the arrays the kernels wrote: no copy on the way out
+    written = {}
+    for name in ("launch_forward", "launch_forward_argmax"):
+        launch = getattr(_torch_ops._pool, name)
+
+        def spy(*args, _launch=launch, _name=name):
+            written[_name] = [a.__array_interface__["data"][0] for a in args[2:]]
+            return _launch(*args)
+
+        monkeypatch.setattr(_torch_ops._pool, name, spy)
     x = make_input((1, 4, 6, 6), torch.float32, "contiguous")
-    out = torch.ops.roipool.roi_pool(x, torch.tensor([[0.0, 0, 0, 5, 5]]), 1.0, 2, 2)
-    assert out.is_contiguous() and isinstance(out.untyped_storage(), torch.UntypedStorage)
+    rois = torch.tensor([[0.0, 0, 0, 5, 5]])
+    out = torch.ops.roipool.roi_pool(x, rois, 1.0, 2, 2)
+    assert written["launch_forward"] == [out.data_ptr()]
+    out, argmax = torch.ops.roipool.roi_pool_with_argmax(x, rois, 1.0, 2, 2)
+    assert written["launch_forward_argmax"] == [out.data_ptr(), argmax.data_ptr()]
 
 
 def test_direct_call_of_the_inference_op_is_differentiable_too():
