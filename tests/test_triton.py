@@ -448,59 +448,77 @@ def _roi_pool_op_args(device):
     return x, rois
 
 
-def test_cuda_kernels_built_from_the_op_schemas_equal_the_cpu_ops():
-    """The schema-to-launcher adapter, called as the dispatcher would, against the CPU kernels."""
-    _torch_ops_or_skip()
-    from roipool.triton import _register
+OP_NAMES = [
+    "roi_pool",
+    "roi_pool_with_argmax",
+    "roi_pool_backward",
+    "roi_align",
+    "roi_align_backward",
+    "ps_roi_pool",
+    "ps_roi_pool_backward",
+    "ps_roi_align",
+    "ps_roi_align_backward",
+]
 
-    assert {"roi_pool", "roi_pool_with_argmax", "roi_pool_backward"} <= set(_register.REGISTERED)
-    ops = torch.ops.roipool
-    x, rois = _roi_pool_op_args(DEVICE)
-    kernel, reason = _register.cuda_kernel("roi_pool_with_argmax", ops.roi_pool_with_argmax.default._schema)
-    assert reason is None
-    out, argmax = kernel(x, rois, 0.5, 3, 2)
-    cpu_out, cpu_argmax = ops.roi_pool_with_argmax(x.cpu(), rois.cpu(), 0.5, 3, 2)
-    assert torch.equal(out.cpu(), cpu_out) and torch.equal(argmax.cpu(), cpu_argmax)
-    kernel, _ = _register.cuda_kernel("roi_pool", ops.roi_pool.default._schema)
-    assert torch.equal(kernel(x, rois, 0.5, 3, 2).cpu(), cpu_out)
-    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(0)).to(DEVICE)
-    kernel, _ = _register.cuda_kernel("roi_pool_backward", ops.roi_pool_backward.default._schema)
-    got = kernel(grad, argmax, rois, *x.shape)
-    assert torch.equal(got.cpu(), ops.roi_pool_backward(grad.cpu(), cpu_argmax, rois.cpu(), *x.shape))
+
+def op_args(name, device):
+    """Arguments for ``roipool::<name>``, filled in by the schema's argument names."""
+    real = getattr(torch.ops.roipool, name).default
+    rng = np.random.default_rng(11)
+    h = w = 6  # opcheck runs the op many times: smaller still than the other tests
+    x = torch.from_numpy(rng.standard_normal((N, 12, h, w)).astype(np.float32)).to(device)  # 12 = 2 x 3 x 2 bins
+    rois = boxes(rng, k=3, h=h, w=w).float().to(device)
+    values = dict(input=x, rois=rois, spatial_scale=0.5, pooled_height=3, pooled_width=2, sampling_ratio=2,
+                  aligned=True, batch_size=N, channels=12, height=h, width=w)
+    if name.endswith("_backward"):
+        forward = name.removesuffix("_backward") + ("_with_argmax" if name == "roi_pool_backward" else "")
+        out = getattr(torch.ops.roipool, forward)(*op_args(forward, device))
+        if isinstance(out, tuple):
+            out, values["argmax"] = out
+        values["grad"] = torch.from_numpy(rng.standard_normal(out.shape).astype(np.float32)).to(device)
+    return tuple(values[a.name] for a in real._schema.arguments)
+
+
+def _defined_op_or_skip(name):
+    _torch_ops_or_skip()
+    if not hasattr(torch.ops.roipool, name):
+        pytest.skip(f"roipool::{name} is not defined in this tree")
+    return getattr(torch.ops.roipool, name).default
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter stands in for the GPU here")
-@pytest.mark.parametrize("name", ["roi_pool", "roi_pool_with_argmax", "roi_pool_backward"])
+@pytest.mark.parametrize("name", OP_NAMES)
 def test_the_cuda_kernels_pass_opcheck_when_registered_as_a_backend_under_the_interpreter(name):
     """opcheck on CPU: a twin of each op whose only real kernel is the Triton one.
 
     The twin has the real op's schema and fake kernel and no CPU kernel of its
     own; registering the schema-built Triton kernel as its CPU kernel makes the
     interpreter play the GPU, so opcheck exercises exactly what the CUDA
-    registration installs.
+    registration installs. The twin's results are then compared with the CPU op.
     """
-    torch_ops = _torch_ops_or_skip()
+    real = _defined_op_or_skip(name)
+    from roipool import _torch_ops
     from roipool.triton import _register
 
-    real = getattr(torch.ops.roipool, name).default
+    assert name in _register.REGISTERED
     twin = f"_triton_twin_{name}"
     if not hasattr(torch.ops.roipool, twin):
         signature = str(real._schema)
-        op = torch_ops.define(twin, signature[signature.index("("):], cpu=None, fake=lambda *args: real(*args))
+        op = _torch_ops.define(twin, signature[signature.index("("):], cpu=None, fake=lambda *args: real(*args))
         kernel, reason = _register.cuda_kernel(name, real._schema)
         assert reason is None
         op.register_kernel("cpu", kernel)
-    x, rois = _roi_pool_op_args("cpu")
-    if name == "roi_pool_backward":
-        out, argmax = torch.ops.roipool.roi_pool_with_argmax(x, rois, 0.5, 3, 2)
-        args = (torch.randn(out.shape, generator=torch.Generator().manual_seed(1)), argmax, rois, *x.shape)
-    else:
-        args = (x, rois, 0.5, 3, 2)
+    args = op_args(name, "cpu")
     twin_op = getattr(torch.ops.roipool, twin).default
     torch.library.opcheck(twin_op, args)
     got, expected = twin_op(*args), real(*args)
-    for g, e in zip(got if isinstance(got, tuple) else (got,), expected if isinstance(expected, tuple) else (expected,)):
-        assert torch.equal(g, e)
+    got = got if isinstance(got, tuple) else (got,)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    for g, e in zip(got, expected):
+        if name.startswith("roi_pool") or name.startswith("ps_roi_pool"):
+            assert torch.equal(g, e)
+        else:
+            torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
 
 
 needs_cuda = pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU (the CUDA dispatch key)")
@@ -518,18 +536,15 @@ class _deterministic:
 
 
 @needs_cuda
-def test_registered_cuda_ops_pass_opcheck():
-    _torch_ops_or_skip()
-    from roipool.triton import _register
-
-    ops = torch.ops.roipool
-    x, rois = _roi_pool_op_args("cuda")
-    x.requires_grad_(True)
-    torch.library.opcheck(ops.roi_pool.default, (x, rois, 0.5, 3, 2))
-    torch.library.opcheck(ops.roi_pool_with_argmax.default, (x, rois, 0.5, 3, 2))
-    out, argmax = ops.roi_pool_with_argmax(x.detach(), rois, 0.5, 3, 2)
-    torch.library.opcheck(ops.roi_pool_backward.default, (torch.randn_like(out), argmax, rois, *x.shape))
-    assert "roi_pool" in _register.REGISTERED
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_registered_cuda_ops_pass_opcheck_and_equal_the_cpu_ops(name):
+    real = _defined_op_or_skip(name)
+    args = op_args(name, "cuda")
+    torch.library.opcheck(real, args)
+    got = real(*args)
+    expected = real(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
+    for g, e in zip(got if isinstance(got, tuple) else (got,), expected if isinstance(expected, tuple) else (expected,)):
+        torch.testing.assert_close(g.cpu(), e, rtol=1e-5, atol=1e-5)
 
 
 @needs_cuda
