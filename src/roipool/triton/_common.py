@@ -166,3 +166,13 @@ def axis_weights(start, size, grid, p, cells, limit, ACC_DTYPE: tl.constexpr):
         weight += tl.where(at_low, w_low, 0.0) + tl.where(at_high, w_high, 0.0)
         touched = touched | at_low | at_high
     return weight, touched
+
+
+@triton.jit
+def clamp_image(n, num_images):
+    """The batch index pinned to ``[0, num_images)``.
+
+    The launchers reject bad indices before launching; this keeps the reads in
+    bounds where they cannot check (inside CUDA graph capture).
+    """
+    return tl.minimum(tl.maximum(n, 0), num_images - 1)

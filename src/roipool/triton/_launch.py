@@ -98,10 +98,10 @@ def check_rois(rois: torch.Tensor, num_images: int, dtype: torch.dtype) -> None:
     Batch indices must be whole numbers in ``[0, num_images)`` (the kernels
     index the feature map with them) and coordinates finite in the compute
     dtype. The test runs on the device; reading its one-element answer is a
-    device synchronisation per call. Only on failure are the rois copied to
+    device synchronisation per call (skipped during CUDA graph capture). Only on failure are the rois copied to
     the host, where ``_checks.rois_array`` words the error as the CPU path does.
     """
-    if rois.shape[0] == 0:
+    if rois.shape[0] == 0 or _capturing(rois):
         return
     r = rois.detach()
     batch = r[:, 0]
@@ -116,11 +116,20 @@ def check_rois(rois: torch.Tensor, num_images: int, dtype: torch.dtype) -> None:
 
 def check_batch_index(rois: torch.Tensor, num_images: int) -> None:
     """Raise if column 0 of ``rois``, truncated to int, lies outside ``[0, num_images)`` (as the CPU backward)."""
-    if rois.shape[0] == 0:
+    if rois.shape[0] == 0 or _capturing(rois):
         return
     batch = rois.detach()[:, 0].to(torch.int32)
     if bool(((batch < 0) | (batch >= num_images)).any()):
         raise ValueError(f"rois hold batch indices outside [0, {num_images})")
+
+
+def _capturing(t: torch.Tensor) -> bool:
+    """Inside CUDA graph capture, where reading a device value (a sync) is not allowed.
+
+    The checks are skipped there; the forward kernels clamp the batch index so
+    their reads stay in bounds, and the backward ignores RoIs of other images.
+    """
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def _raise_rois_error(rois: torch.Tensor, num_images: int, dtype: torch.dtype) -> None:

@@ -36,6 +36,7 @@ from ._common import (
     axis_weights,
     bilinear_axis,
     cast_rne,
+    clamp_image,
     div_exact,
     pool_bin_edges,
     round_half_away,
@@ -93,6 +94,7 @@ def _ps_forward_kernel(
     scale_ptr,  # (1,), compute dtype
     output_ptr,  # (K, C_out, PH, PW), input dtype
     sampling_ratio,
+    num_images,
     channels_out,
     height,
     width,
@@ -117,6 +119,7 @@ def _ps_forward_kernel(
         n, start_h, start_w, size_h, size_w, grid_h, grid_w, count = _ps_align_box(
             rois_ptr, k, scale, sampling_ratio, POOLED_H, POOLED_W
         )
+        n = clamp_image(n, num_images)
         plane = (n.to(tl.int64) * (channels_out * bins) + (c.to(tl.int64) * bins)[:, None] + p[None, :]) * height * width
         for iy in range(grid_h):
             y_ok, y_low, y_high, wy_low, wy_high = bilinear_axis(sample_at(start_h, size_h, ph, iy, grid_h), height)
@@ -140,6 +143,7 @@ def _ps_forward_kernel(
         result = div_exact(acc, count)
     else:
         n, y1, x1, size_h, size_w = _ps_pool_box(rois_ptr, k, scale, POOLED_H, POOLED_W)
+        n = clamp_image(n, num_images)
         plane = (n.to(tl.int64) * (channels_out * bins) + (c.to(tl.int64) * bins)[:, None] + p[None, :]) * height * width
         # bins are clipped to [0, H - 1] x [0, W - 1]: the last row and column are never read
         hstart, hend = pool_bin_edges(ph, size_h, y1, height - 1)
@@ -293,7 +297,7 @@ def _forward(input, rois, spatial_scale, pooled_height, pooled_width, sampling_r
     block_c = _launch.channel_block(channels_out, block_p)
     _ps_forward_kernel[(k_total, triton.cdiv(channels_out, block_c))](
         input, rois, _launch.scale_tensor(spatial_scale, dtype, device), output,
-        int(sampling_ratio), channels_out, height, width,
+        int(sampling_ratio), input.shape[0], channels_out, height, width,
         ALIGN=align, POOLED_H=ph, POOLED_W=pw, BLOCK_C=block_c, BLOCK_P=block_p,
         enable_fp_fusion=False,
     )

@@ -30,6 +30,7 @@ from ._common import (
     axis_weights,
     bilinear_axis,
     cast_rne,
+    clamp_image,
     div_exact,
     sample_at,
     sample_spans,
@@ -72,6 +73,7 @@ def _roi_align_forward_kernel(
     scale_ptr,  # (1,), compute dtype
     output_ptr,  # (K, C, PH, PW), input dtype
     sampling_ratio,
+    num_images,
     channels,
     height,
     width,
@@ -86,6 +88,7 @@ def _roi_align_forward_kernel(
     n, start_h, start_w, size_h, size_w, grid_h, grid_w, count = _align_box(
         rois_ptr, k, scale, sampling_ratio, ALIGNED, POOLED_H, POOLED_W
     )
+    n = clamp_image(n, num_images)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     p = tl.arange(0, BLOCK_P)
     c_ok = c < channels
@@ -229,7 +232,7 @@ def roi_align_forward(input, rois, spatial_scale, pooled_height, pooled_width, s
     grid = (k_total, triton.cdiv(channels, block_c))
     _roi_align_forward_kernel[grid](
         input, rois, _launch.scale_tensor(spatial_scale, dtype, device), output,
-        int(sampling_ratio), channels, height, width,
+        int(sampling_ratio), input.shape[0], channels, height, width,
         ALIGNED=bool(aligned), POOLED_H=ph, POOLED_W=pw, BLOCK_C=block_c, BLOCK_P=block_p,
         enable_fp_fusion=False,
     )

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from . import _launch
-from ._common import cast_rne, div_exact, pool_bin_edges, round_half_away, spans_overlap
+from ._common import cast_rne, clamp_image, div_exact, pool_bin_edges, round_half_away, spans_overlap
 
 
 @triton.jit
@@ -54,6 +54,7 @@ def _roi_pool_forward_kernel(
     scale_ptr,  # (1,), compute dtype
     output_ptr,  # (K, C, PH, PW), input dtype
     argmax_ptr,  # (K, C, PH, PW), int32
+    num_images,
     channels,
     height,
     width,
@@ -66,6 +67,7 @@ def _roi_pool_forward_kernel(
     k = tl.program_id(0)
     scale = tl.load(scale_ptr)
     n, y1, x1, size_h, size_w = _roi_box(rois_ptr, k, scale, POOLED_H, POOLED_W)
+    n = clamp_image(n, num_images)
 
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     p = tl.arange(0, BLOCK_P)
@@ -227,7 +229,7 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_height, pooled_width, wi
     _roi_pool_forward_kernel[grid](
         input, rois, _launch.scale_tensor(spatial_scale, dtype, device), output,
         argmax if with_argmax else output,
-        channels, height, width,
+        input.shape[0], channels, height, width,
         POOLED_H=ph, POOLED_W=pw, BLOCK_C=block_c, BLOCK_P=block_p, WITH_ARGMAX=with_argmax,
         enable_fp_fusion=False,
     )
