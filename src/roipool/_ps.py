@@ -53,15 +53,17 @@ def _forward(op, input, boxes, output_size, spatial_scale, sampling_ratio):
     dtype = _compute_dtype(input_dtype)
     taps = _Taps(op, boxes, n, output_size, spatial_scale, sampling_ratio, height, width, dtype)
     nbins = output_size[0] * output_size[1]
-    out = np.zeros((taps.num_rois, channels_out, nbins), dtype)
+    out = np.empty((nbins, taps.num_rois, channels_out), dtype)  # every (bin, RoI) is written
     if out.size and height and width:
-        if input.dtype != dtype or not input.flags.c_contiguous:
-            input = np.ascontiguousarray(input, dtype=dtype)
+        # bin-major channels-last: (N, C_out * B, H, W) -> (B, N, H, W, C_out)
+        x = np.ascontiguousarray(input.reshape(n, channels_out, nbins, height, width).transpose(2, 0, 3, 4, 1), dtype)
         with launch_lock:
-            x = np.empty((nbins, n, height, width, channels_out), dtype)
-            kernels.to_bin_major(input, nbins, x)
-            kernels.forward(x, taps.batch, *taps.axes, taps.mean, balanced_chunks(taps.cost), out)
-    return out.reshape(taps.num_rois, channels_out, *output_size).astype(input_dtype, copy=False)
+            kernels.forward(x, taps.batch, *taps.axes, taps.mean, _forward_tasks(nbins, taps.cost), out)
+    result = np.empty((taps.num_rois, channels_out, nbins), dtype)
+    if result.size:
+        with launch_lock:
+            kernels.rois_last(out, result)
+    return result.reshape(taps.num_rois, channels_out, *output_size).astype(input_dtype, copy=False)
 
 
 def _backward(op, grad_output, boxes, input_shape, output_size, spatial_scale, sampling_ratio):
@@ -86,16 +88,26 @@ def _backward(op, grad_output, boxes, input_shape, output_size, spatial_scale, s
     grad_in = np.zeros(shape, dtype)
     nbins = output_size[0] * output_size[1]
     if grad_output.size and height and width:
-        # (K, C_out, B) -> (B, K, C_out): a bin's gradients for all RoIs, contiguous per RoI
-        go = np.ascontiguousarray(grad_output.reshape(taps.num_rois, channels_out, nbins).transpose(2, 0, 1), dtype)
+        go = np.ascontiguousarray(grad_output, dtype).reshape(taps.num_rois, channels_out, nbins)
+        go_bins = np.empty((nbins, taps.num_rois, channels_out), dtype)
+        g = np.zeros((nbins, n, height, width, channels_out), dtype)
         with launch_lock:
-            g = np.zeros((nbins, n, height, width, channels_out), dtype)
-            kernels.backward(go, taps.batch, *taps.axes, taps.mean, _tasks(nbins, channels_out), g)
-            kernels.from_bin_major(g, grad_in)
+            # (K, C_out, B) -> (B, K, C_out): a bin's gradients for all RoIs together
+            kernels.bins_first(go, go_bins)
+            kernels.backward(go_bins, taps.batch, *taps.axes, taps.mean, _backward_tasks(nbins, channels_out), g)
+            # (B, N, H, W, C_out) -> (N, C_out, B, H, W), which is (N, C, H, W)
+            kernels.channels_first(g, grad_in.reshape(n, channels_out, nbins, height, width))
     return grad_in.astype(grad_output.dtype, copy=False)
 
 
-def _tasks(nbins: int, channels_out: int) -> np.ndarray:
+def _forward_tasks(nbins: int, cost: np.ndarray) -> np.ndarray:
+    """Rows ``[bin, k0, k1]``: every bin, with the RoIs cut into runs of equal cost, one per thread."""
+    bounds = balanced_chunks(cost, pieces_per_thread=1)
+    runs = np.column_stack([bounds[:-1], bounds[1:]])
+    return np.column_stack([np.repeat(np.arange(nbins), len(runs)), np.tile(runs, (nbins, 1))]).astype(np.int64)
+
+
+def _backward_tasks(nbins: int, channels_out: int) -> np.ndarray:
     """Rows ``[bin, c0, c1]``: every bin, its channels split so that there are enough tasks."""
     import numba
 

@@ -75,7 +75,7 @@ def ps_roi_pool_taps(rois, spatial_scale, pooled_h, pooled_w, height, width):
     return batch, y_first, y_count, y_weight, x_first, x_count, x_weight, cost
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _pool_axis(start, end, pooled, limit, first, count, dtype):
     extent = max(end - start, 1)
     size = dtype.type(extent) / dtype.type(pooled)
@@ -130,7 +130,7 @@ def ps_roi_align_taps(rois, spatial_scale, pooled_h, pooled_w, height, width, sa
             x_first, x_count, x_weight.astype(dtype), cost)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _align_axis(c1, c2, spatial_scale, pooled, sampling_ratio, coord_limit, dtype, out):
     """``out[:] = (start, bin_size, g)`` of one axis; arithmetic in ``dtype``."""
     T = dtype.type
@@ -150,7 +150,7 @@ def _align_axis(c1, c2, spatial_scale, pooled, sampling_ratio, coord_limit, dtyp
     out[2] = g
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _align_bin(geo, p, limit, dtype, eps, first, weight):
     """Cells ``(first, count)`` that the samples of bin ``p`` touch.
 
@@ -195,7 +195,7 @@ def _align_bin(geo, p, limit, dtype, eps, first, weight):
     return lo, hi - lo + 1
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _sample_range(bin_start, bin_size, g, limit, eps):
     """First sample index and how many to visit so as to cover every in-map sample."""
     if g <= 64 + 4 * limit:

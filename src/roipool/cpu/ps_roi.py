@@ -25,52 +25,42 @@ import numpy as np
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def forward(x, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, mean, bounds, out):
-    """``out (K, C_out, B)`` <- weighted bin sums of ``x (B, N, H, W, C_out)``.
+def forward(x, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, mean, tasks, out):
+    """``out (B, K, C_out)`` <- weighted bin sums of ``x (B, N, H, W, C_out)``.
 
-    With ``mean`` each sum is divided by the bin's area ``rows * cols`` (0 for
-    an empty bin), as ps_roi_pool does; otherwise the weights already average.
+    ``tasks (T, 3)`` rows ``[bin, k0, k1]``: bin ``bin`` of RoIs ``k0 .. k1 - 1``.
+    A task reads one bin's slab ``x[bin]`` only, so that slab stays in cache
+    while many RoIs read it. With ``mean`` each sum is divided by the bin's
+    area ``rows * cols`` (0 for an empty bin), as ps_roi_pool does; otherwise
+    the weights already average.
     """
     channels = x.shape[4]
-    pooled_h = y_first.shape[1]
     pooled_w = x_first.shape[1]
-    nbins = pooled_h * pooled_w
-    for run in numba.prange(bounds.shape[0] - 1):
-        buf = np.empty((nbins, channels), x.dtype)
-        for k in range(bounds[run], bounds[run + 1]):
+    for t in numba.prange(tasks.shape[0]):
+        b = tasks[t, 0]
+        ph = b // pooled_w
+        pw = b - ph * pooled_w
+        for k in range(tasks[t, 1], tasks[t, 2]):
             n = batch[k]
-            for ph in range(pooled_h):
-                r0 = y_first[k, ph]
-                nr = y_count[k, ph]
-                wy = y_weight[k, ph]
-                for pw in range(pooled_w):
-                    c0 = x_first[k, pw]
-                    nc = x_count[k, pw]
-                    wx = x_weight[k, pw]
-                    b = ph * pooled_w + pw
-                    acc = buf[b]
-                    acc[:] = 0
-                    plane = x[b, n]
-                    for i in range(nr):
-                        row = plane[r0 + i]
-                        a = wy[i]
-                        for j in range(nc):
-                            w = a * wx[j]
-                            v = row[c0 + j]
-                            for c in range(channels):
-                                acc[c] += w * v[c]
-                    if mean:
-                        area = nr * nc
-                        if area == 0:
-                            acc[:] = 0
-                        else:
-                            area_t = x.dtype.type(area)
-                            for c in range(channels):
-                                acc[c] = acc[c] / area_t
-            dst = out[k]
-            for c in range(channels):
-                for b in range(nbins):
-                    dst[c, b] = buf[b, c]
+            r0 = y_first[k, ph]
+            nr = y_count[k, ph]
+            c0 = x_first[k, pw]
+            nc = x_count[k, pw]
+            acc = out[b, k]
+            acc[:] = 0
+            slab = x[b, n]
+            for i in range(nr):
+                a = y_weight[k, ph, i]
+                row = slab[r0 + i]
+                for j in range(nc):
+                    w = a * x_weight[k, pw, j]
+                    cell = row[c0 + j]
+                    for c in range(channels):
+                        acc[c] += w * cell[c]
+            if mean and nr * nc > 0:
+                area = x.dtype.type(nr * nc)
+                for c in range(channels):
+                    acc[c] = acc[c] / area
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -79,7 +69,8 @@ def backward(grad_out, batch, y_first, y_count, y_weight, x_first, x_count, x_we
     ``grad_out (B, K, C_out)``.
 
     ``tasks (T, 3)`` rows ``[bin, c0, c1]`` partition bins x channels; each
-    task writes only ``grad_in[bin, ..., c0:c1]``.
+    task writes only ``grad_in[bin, ..., c0:c1]`` and adds the RoIs in
+    ascending order.
     """
     k_total = grad_out.shape[1]
     pooled_w = x_first.shape[1]
@@ -89,7 +80,8 @@ def backward(grad_out, batch, y_first, y_count, y_weight, x_first, x_count, x_we
         c_hi = tasks[t, 2]
         ph = b // pooled_w
         pw = b - ph * pooled_w
-        g = np.empty(c_hi - c_lo, grad_out.dtype)
+        nch = c_hi - c_lo
+        g = np.empty(nch, grad_out.dtype)
         for k in range(k_total):
             r0 = y_first[k, ph]
             nr = y_count[k, ph]
@@ -97,53 +89,60 @@ def backward(grad_out, batch, y_first, y_count, y_weight, x_first, x_count, x_we
             nc = x_count[k, pw]
             if nr == 0 or nc == 0:
                 continue
-            src = grad_out[b, k]
-            if mean:
-                area_t = grad_out.dtype.type(nr * nc)
-                for c in range(c_hi - c_lo):
-                    g[c] = src[c_lo + c] / area_t
-            else:
-                for c in range(c_hi - c_lo):
-                    g[c] = src[c_lo + c]
-            wy = y_weight[k, ph]
-            wx = x_weight[k, pw]
-            plane = grad_in[b, batch[k]]
+            area = grad_out.dtype.type(nr * nc) if mean else grad_out.dtype.type(1)
+            for c in range(nch):
+                g[c] = grad_out[b, k, c_lo + c] / area
+            # views hoisted out of the tap loops let the channel loop vectorise
+            slab = grad_in[b, batch[k]]
             for i in range(nr):
-                row = plane[r0 + i]
-                a = wy[i]
+                a = y_weight[k, ph, i]
+                row = slab[r0 + i]
                 for j in range(nc):
-                    w = a * wx[j]
-                    dst = row[c0 + j]
-                    for c in range(c_hi - c_lo):
-                        dst[c_lo + c] += w * g[c]
+                    w = a * x_weight[k, pw, j]
+                    cell = row[c0 + j, c_lo:c_hi]
+                    for c in range(nch):
+                        cell[c] += w * g[c]
+
+
+# ---- layout changes (NumPy's transpose is slow when the inner dimension is short) ----
+
+
+# RoIs are moved in blocks so that every write fills whole cache lines.
+_BLOCK = 32
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def to_bin_major(x, nbins, out):
-    """``out (B, N, H, W, C_out)`` <- ``x (N, C_out * B, H, W)`` (any strides, converting dtype)."""
-    n_total, _, height, width = x.shape
-    channels = out.shape[4]
-    for task in numba.prange(nbins * n_total):
-        b = task // n_total
-        n = task - b * n_total
-        dst = out[b, n]
-        for c in range(channels):
-            src = x[n, c * nbins + b]
-            for h in range(height):
-                for w in range(width):
-                    dst[h, w, c] = src[h, w]
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def from_bin_major(g, out):
-    """``out (N, C_out * B, H, W)`` <- ``g (B, N, H, W, C_out)``, the inverse of :func:`to_bin_major`."""
-    nbins, n_total, height, width, channels = g.shape
-    for task in numba.prange(n_total * channels):
-        n = task // channels
-        c = task - n * channels
+def rois_last(src, dst):
+    """``dst (K, C_out, B)`` <- ``src (B, K, C_out)``."""
+    nbins, k_total, channels = src.shape
+    for blk in numba.prange((k_total + _BLOCK - 1) // _BLOCK):
+        k1 = min(k_total, (blk + 1) * _BLOCK)
         for b in range(nbins):
-            dst = out[n, c * nbins + b]
-            src = g[b, n]
-            for h in range(height):
-                for w in range(width):
-                    dst[h, w] = src[h, w, c]
+            for k in range(blk * _BLOCK, k1):
+                for c in range(channels):
+                    dst[k, c, b] = src[b, k, c]
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def bins_first(src, dst):
+    """``dst (B, K, C_out)`` <- ``src (K, C_out, B)``, the inverse of :func:`rois_last`."""
+    k_total, channels, nbins = src.shape
+    for blk in numba.prange((k_total + _BLOCK - 1) // _BLOCK):
+        k1 = min(k_total, (blk + 1) * _BLOCK)
+        for b in range(nbins):
+            for k in range(blk * _BLOCK, k1):
+                for c in range(channels):
+                    dst[b, k, c] = src[k, c, b]
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def channels_first(src, dst):
+    """``dst (N, C_out, B, H, W)`` <- ``src (B, N, H, W, C_out)``: read in order, write C_out streams."""
+    nbins, n_total, height, width, channels = src.shape
+    for task in numba.prange(n_total * nbins):
+        n = task // nbins
+        b = task - n * nbins
+        for h in range(height):
+            for w in range(width):
+                for c in range(channels):
+                    dst[n, c, b, h, w] = src[b, n, h, w, c]
