@@ -143,7 +143,8 @@ def ps_channels(channels: int, output_size: tuple[int, int]) -> int:
 
 def scale_in_dtype(spatial_scale: float, dtype, name: str = "spatial_scale"):
     """``spatial_scale`` (already checked positive) as a finite, nonzero scalar of ``dtype``."""
-    value = np.dtype(dtype).type(spatial_scale)
+    with np.errstate(over="ignore", under="ignore"):  # reported just below
+        value = np.dtype(dtype).type(spatial_scale)
     if not np.isfinite(value) or value == 0:
         raise ValueError(f"{name}={spatial_scale!r} is not representable in {np.dtype(dtype)}")
     return value

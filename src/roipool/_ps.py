@@ -53,7 +53,9 @@ def _forward(op, input, boxes, output_size, spatial_scale, sampling_ratio):
     dtype = _compute_dtype(input_dtype)
     taps = _Taps(op, boxes, n, output_size, spatial_scale, sampling_ratio, height, width, dtype)
     nbins = output_size[0] * output_size[1]
-    out = np.empty((nbins, taps.num_rois, channels_out), dtype)  # every (bin, RoI) is written
+    # a map without cells pools to zeros; otherwise the kernel writes every (bin, RoI)
+    out = np.empty((nbins, taps.num_rois, channels_out), dtype) if height and width else np.zeros(
+        (nbins, taps.num_rois, channels_out), dtype)
     if out.size and height and width:
         # bin-major channels-last: (N, C_out * B, H, W) -> (B, N, H, W, C_out)
         x = np.ascontiguousarray(input.reshape(n, channels_out, nbins, height, width).transpose(2, 0, 3, 4, 1), dtype)
