@@ -15,22 +15,28 @@ from .cpu import ps_roi as kernels
 from .cpu._parallel import balanced_chunks, launch_lock
 
 
-def _compute_dtype(dtype: np.dtype) -> np.dtype:
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype the kernels compute in: float32 for float16, else ``dtype`` in native byte order."""
     return np.dtype(np.float32) if dtype.itemsize < 4 else dtype.newbyteorder("=")
 
 
-class _Taps:
-    """Validated geometry of one call: batch indices and per-axis taps of every RoI."""
+class Taps:
+    """The geometry of one call: batch indices and per-axis taps of every RoI (``_ps_geometry``).
 
-    def __init__(self, op, boxes, num_images, output_size, spatial_scale, sampling_ratio, height, width, dtype):
+    ``op`` is ``"pool"`` or ``"align"``; ``rois`` a validated ``(K, 5)`` array
+    of the compute dtype (``_checks.rois_array``).
+    """
+
+    def __init__(self, op, rois, output_size, spatial_scale, sampling_ratio, height, width):
+        dtype = rois.dtype
         self.pooled_h, self.pooled_w = output_size
-        self.rois = _checks.rois_array(boxes, num_images, dtype)
+        self.num_rois = rois.shape[0]
         scale = _checks.scale_in_dtype(spatial_scale, dtype)
         if op == "pool":
-            taps = ps_roi_pool_taps(self.rois, scale, self.pooled_h, self.pooled_w, height, width)
+            taps = ps_roi_pool_taps(rois, scale, self.pooled_h, self.pooled_w, height, width)
         else:
             taps = ps_roi_align_taps(
-                self.rois, scale, self.pooled_h, self.pooled_w, height, width, sampling_ratio,
+                rois, scale, self.pooled_h, self.pooled_w, height, width, sampling_ratio,
                 align_coord_limit(dtype), float(np.finfo(dtype).eps),
             )
         self.batch = taps[0]
@@ -38,24 +44,17 @@ class _Taps:
         self.cost = taps[7]
         self.mean = op == "pool"  # ps_roi_pool divides by the bin area; align's weights average
 
-    @property
-    def num_rois(self) -> int:
-        return self.rois.shape[0]
 
-
-def _forward(op, input, boxes, output_size, spatial_scale, sampling_ratio):
-    input = _checks.feature_map(input)
-    output_size = _checks.output_size_pair(output_size)
-    spatial_scale = _checks.positive_scale(spatial_scale)
-    input_dtype = input.dtype
+def run_forward(op, input, rois, output_size, spatial_scale, sampling_ratio) -> np.ndarray:
+    """``(K, C_out, PH, PW)`` in ``rois``' dtype (the compute dtype) from a checked ``input (N, C, H, W)``."""
+    dtype = rois.dtype
     n, channels, height, width = input.shape
-    channels_out = _checks.ps_channels(channels, output_size)
-    dtype = _compute_dtype(input_dtype)
-    taps = _Taps(op, boxes, n, output_size, spatial_scale, sampling_ratio, height, width, dtype)
     nbins = output_size[0] * output_size[1]
+    channels_out = channels // nbins
+    taps = Taps(op, rois, output_size, spatial_scale, sampling_ratio, height, width)
     # a map without cells pools to zeros; otherwise the kernel writes every (bin, RoI)
-    out = np.empty((nbins, taps.num_rois, channels_out), dtype) if height and width else np.zeros(
-        (nbins, taps.num_rois, channels_out), dtype)
+    alloc = np.empty if height and width else np.zeros
+    out = alloc((nbins, taps.num_rois, channels_out), dtype)
     if out.size and height and width:
         # bin-major channels-last: (N, C_out * B, H, W) -> (B, N, H, W, C_out)
         x = np.ascontiguousarray(input.reshape(n, channels_out, nbins, height, width).transpose(2, 0, 3, 4, 1), dtype)
@@ -65,30 +64,17 @@ def _forward(op, input, boxes, output_size, spatial_scale, sampling_ratio):
     if result.size:
         with launch_lock:
             kernels.rois_last(out, result)
-    return result.reshape(taps.num_rois, channels_out, *output_size).astype(input_dtype, copy=False)
+    return result.reshape(taps.num_rois, channels_out, *output_size)
 
 
-def _backward(op, grad_output, boxes, input_shape, output_size, spatial_scale, sampling_ratio):
-    if not isinstance(grad_output, np.ndarray):
-        raise TypeError(f"grad_output must be a NumPy array, got {type(grad_output).__name__}")
-    if grad_output.dtype.kind != "f":
-        raise TypeError(f"grad_output must have a real floating dtype, got {grad_output.dtype}")
-    output_size = _checks.output_size_pair(output_size)
-    spatial_scale = _checks.positive_scale(spatial_scale)
-    shape = _checks.input_shape_tuple(input_shape)
-    n, channels, height, width = shape
-    channels_out = _checks.ps_channels(channels, output_size)
-    dtype = _compute_dtype(grad_output.dtype)
-    taps = _Taps(op, boxes, n, output_size, spatial_scale, sampling_ratio, height, width, dtype)
-    expected = (taps.num_rois, channels_out, *output_size)
-    if grad_output.shape != expected:
-        raise ValueError(
-            f"grad_output must have shape (K, C / (pooled_h * pooled_w), pooled_h, pooled_w) = {expected} "
-            f"for {taps.num_rois} boxes, input_shape={shape} and output_size={output_size}, "
-            f"got {grad_output.shape}"
-        )
-    grad_in = np.zeros(shape, dtype)
+def run_backward(op, grad_output, rois, input_shape, output_size, spatial_scale, sampling_ratio) -> np.ndarray:
+    """``grad_input (N, C, H, W)`` in ``rois``' dtype from a checked ``grad_output (K, C_out, PH, PW)``."""
+    dtype = rois.dtype
+    n, channels, height, width = input_shape
     nbins = output_size[0] * output_size[1]
+    channels_out = channels // nbins
+    taps = Taps(op, rois, output_size, spatial_scale, sampling_ratio, height, width)
+    grad_in = np.zeros(input_shape, dtype)
     if grad_output.size and height and width:
         go = np.ascontiguousarray(grad_output, dtype).reshape(taps.num_rois, channels_out, nbins)
         go_bins = np.empty((nbins, taps.num_rois, channels_out), dtype)
@@ -99,6 +85,39 @@ def _backward(op, grad_output, boxes, input_shape, output_size, spatial_scale, s
             kernels.backward(go_bins, taps.batch, *taps.axes, taps.mean, _backward_tasks(nbins, channels_out), g)
             # (B, N, H, W, C_out) -> (N, C_out, B, H, W), which is (N, C, H, W)
             kernels.channels_first(g, grad_in.reshape(n, channels_out, nbins, height, width))
+    return grad_in
+
+
+def _forward(op, input, boxes, output_size, spatial_scale, sampling_ratio):
+    input = _checks.feature_map(input)
+    output_size = _checks.output_size_pair(output_size)
+    spatial_scale = _checks.positive_scale(spatial_scale)
+    _checks.ps_channels(input.shape[1], output_size)
+    dtype = compute_dtype(input.dtype)
+    rois = _checks.rois_array(boxes, input.shape[0], dtype)
+    out = run_forward(op, input, rois, output_size, spatial_scale, sampling_ratio)
+    return out.astype(input.dtype, copy=False)
+
+
+def _backward(op, grad_output, boxes, input_shape, output_size, spatial_scale, sampling_ratio):
+    if not isinstance(grad_output, np.ndarray):
+        raise TypeError(f"grad_output must be a NumPy array, got {type(grad_output).__name__}")
+    if grad_output.dtype.kind != "f":
+        raise TypeError(f"grad_output must have a real floating dtype, got {grad_output.dtype}")
+    output_size = _checks.output_size_pair(output_size)
+    spatial_scale = _checks.positive_scale(spatial_scale)
+    shape = _checks.input_shape_tuple(input_shape)
+    channels_out = _checks.ps_channels(shape[1], output_size)
+    dtype = compute_dtype(grad_output.dtype)
+    rois = _checks.rois_array(boxes, shape[0], dtype)
+    expected = (rois.shape[0], channels_out, *output_size)
+    if grad_output.shape != expected:
+        raise ValueError(
+            f"grad_output must have shape (K, C / (pooled_h * pooled_w), pooled_h, pooled_w) = {expected} "
+            f"for {rois.shape[0]} boxes, input_shape={shape} and output_size={output_size}, "
+            f"got {grad_output.shape}"
+        )
+    grad_in = run_backward(op, grad_output, rois, shape, output_size, spatial_scale, sampling_ratio)
     return grad_in.astype(grad_output.dtype, copy=False)
 
 
