@@ -14,8 +14,8 @@ an empty bin) and ``weight (K, P, span)`` the weights of those cells
 
 ps_roi_pool (torchvision's rules): corners are scaled in the input's type and
 rounded half away from zero; the RoI spans ``max(end - start, 1)`` cells (no
-``+ 1``, unlike roi_pool); bin ``p`` covers
-``[floor(p * size / P), ceil((p + 1) * size / P))`` offset by the start and
+``+ 1``, unlike roi_pool); with ``size = extent / P`` bin ``p`` covers
+``[floor(p * size), ceil((p + 1) * size))`` offset by the start and
 clipped to ``[0, limit - 1]`` -- so the last row and column of the map are
 never read, exactly as torchvision's forward does. Weights are 1; the
 kernel divides the sum by the bin's area.
@@ -169,6 +169,10 @@ def _align_bin(geo, p, limit, dtype, eps, first, weight):
     i0, n = _sample_range(float(bin_start), float(bin_size), g, limit, eps)
     fill = weight.shape[0] > 0
     inv_g = 1.0 / g
+    if bin_size == 0:
+        # all g samples coincide: visit one, worth all of them
+        n = 1
+        inv_g = 1.0
     lo = limit
     hi = -1
     for j in range(n):
@@ -202,7 +206,7 @@ def _sample_range(bin_start, bin_size, g, limit, eps):
         return 0.0, int(g)
     step = bin_size / g
     if step == 0.0:
-        return 0.0, int(g)
+        return 0.0, 1  # every sample is at bin_start (see _align_bin)
     # a margin for the rounding of positions computed in the compute dtype
     margin = 2.0 + min(4.0 * eps * (abs(bin_start) + abs(bin_size) + limit + 1.0) / abs(step), 1e6)
     t_lo = (-1.0 - bin_start) / step - 0.5
