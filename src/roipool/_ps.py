@@ -58,10 +58,15 @@ def run_forward(op, input, rois, output_size, spatial_scale, sampling_ratio) -> 
     if out.size and height and width:
         # bin-major channels-last: (N, C_out * B, H, W) -> (B, N, H, W, C_out)
         x = np.ascontiguousarray(input.reshape(n, channels_out, nbins, height, width).transpose(2, 0, 3, 4, 1), dtype)
-        with launch_lock:
-            kernels.forward(x, taps.batch, *taps.axes, taps.mean, _forward_tasks(nbins, taps.cost), out)
-    result = np.empty((taps.num_rois, channels_out, nbins), dtype)
-    if result.size:
+        if _small(taps, channels_out):
+            kernels.forward_serial(x, taps.batch, *taps.axes, taps.mean, _forward_tasks(nbins, taps.cost, 1), out)
+        else:
+            with launch_lock:
+                kernels.forward(x, taps.batch, *taps.axes, taps.mean, _forward_tasks(nbins, taps.cost), out)
+    if out.size < _SMALL_LAYOUT:
+        result = np.ascontiguousarray(out.transpose(1, 2, 0))
+    else:
+        result = np.empty((taps.num_rois, channels_out, nbins), dtype)
         with launch_lock:
             kernels.rois_last(out, result)
     return result.reshape(taps.num_rois, channels_out, *output_size)
@@ -77,14 +82,23 @@ def run_backward(op, grad_output, rois, input_shape, output_size, spatial_scale,
     grad_in = np.zeros(input_shape, dtype)
     if grad_output.size and height and width:
         go = np.ascontiguousarray(grad_output, dtype).reshape(taps.num_rois, channels_out, nbins)
-        go_bins = np.empty((nbins, taps.num_rois, channels_out), dtype)
         g = np.zeros((nbins, n, height, width, channels_out), dtype)
-        with launch_lock:
-            # (K, C_out, B) -> (B, K, C_out): a bin's gradients for all RoIs together
-            kernels.bins_first(go, go_bins)
-            kernels.backward(go_bins, taps.batch, *taps.axes, taps.mean, _backward_tasks(nbins, channels_out), g)
-            # (B, N, H, W, C_out) -> (N, C_out, B, H, W), which is (N, C, H, W)
-            kernels.channels_first(g, grad_in.reshape(n, channels_out, nbins, height, width))
+        grad_nc = grad_in.reshape(n, channels_out, nbins, height, width)
+        # (K, C_out, B) -> (B, K, C_out): a bin's gradients for all RoIs together; then the
+        # kernel; then (B, N, H, W, C_out) -> (N, C_out, B, H, W), which is (N, C, H, W)
+        if _small(taps, channels_out):
+            go_bins = np.ascontiguousarray(go.transpose(2, 0, 1))
+            kernels.backward_serial(go_bins, taps.batch, *taps.axes, taps.mean, _backward_tasks(nbins, channels_out, 1), g)
+        else:
+            go_bins = np.empty((nbins, taps.num_rois, channels_out), dtype)
+            with launch_lock:
+                kernels.bins_first(go, go_bins)
+                kernels.backward(go_bins, taps.batch, *taps.axes, taps.mean, _backward_tasks(nbins, channels_out), g)
+        if g.size < _SMALL_LAYOUT:
+            grad_nc[...] = g.transpose(1, 4, 0, 2, 3)
+        else:
+            with launch_lock:
+                kernels.channels_first(g, grad_nc)
     return grad_in
 
 
@@ -121,18 +135,31 @@ def _backward(op, grad_output, boxes, input_shape, output_size, spatial_scale, s
     return grad_in.astype(grad_output.dtype, copy=False)
 
 
-def _forward_tasks(nbins: int, cost: np.ndarray) -> np.ndarray:
+# Below these sizes a parallel launch costs more than it saves (waking the
+# pool takes tens of microseconds, and much more on a loaded machine).
+_SMALL_WORK = 200_000  # multiply-adds: cells read x output channels
+_SMALL_LAYOUT = 1 << 16  # elements moved by a layout change
+
+
+def _small(taps: Taps, channels_out: int) -> bool:
+    return int(taps.cost.sum()) * channels_out < _SMALL_WORK
+
+
+def _forward_tasks(nbins: int, cost: np.ndarray, threads: int | None = None) -> np.ndarray:
     """Rows ``[bin, k0, k1]``: every bin, with the RoIs cut into runs of equal cost, one per thread."""
-    bounds = balanced_chunks(cost, pieces_per_thread=1)
+    if threads == 1:
+        bounds = np.array([0, len(cost)], np.int64)
+    else:
+        bounds = balanced_chunks(cost, pieces_per_thread=1)
     runs = np.column_stack([bounds[:-1], bounds[1:]])
     return np.column_stack([np.repeat(np.arange(nbins), len(runs)), np.tile(runs, (nbins, 1))]).astype(np.int64)
 
 
-def _backward_tasks(nbins: int, channels_out: int) -> np.ndarray:
+def _backward_tasks(nbins: int, channels_out: int, threads: int | None = None) -> np.ndarray:
     """Rows ``[bin, c0, c1]``: every bin, its channels split so that there are enough tasks."""
     import numba
 
-    wanted = 4 * numba.get_num_threads()
+    wanted = 4 * (threads or numba.get_num_threads())
     pieces = max(1, min(channels_out, -(-wanted // nbins)))
     edges = np.linspace(0, channels_out, pieces + 1).round().astype(np.int64)
     return np.array([(b, edges[i], edges[i + 1]) for b in range(nbins) for i in range(pieces)], np.int64)

@@ -24,6 +24,37 @@ import numba
 import numpy as np
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _forward_task(x, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, mean, task, out):
+    """One forward task ``[bin, k0, k1]``: bin ``bin`` of RoIs ``k0 .. k1 - 1``."""
+    channels = x.shape[4]
+    pooled_w = x_first.shape[1]
+    b = task[0]
+    ph = b // pooled_w
+    pw = b - ph * pooled_w
+    for k in range(task[1], task[2]):
+        r0 = y_first[k, ph]
+        nr = y_count[k, ph]
+        c0 = x_first[k, pw]
+        nc = x_count[k, pw]
+        acc = out[b, k]
+        acc[:] = 0
+        # views hoisted out of the tap loops let the channel loop vectorise
+        slab = x[b, batch[k]]
+        for i in range(nr):
+            a = y_weight[k, ph, i]
+            row = slab[r0 + i]
+            for j in range(nc):
+                w = a * x_weight[k, pw, j]
+                cell = row[c0 + j]
+                for c in range(channels):
+                    acc[c] += w * cell[c]
+        if mean and nr * nc > 0:
+            area = x.dtype.type(nr * nc)
+            for c in range(channels):
+                acc[c] = acc[c] / area
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def forward(x, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, mean, tasks, out):
     """``out (B, K, C_out)`` <- weighted bin sums of ``x (B, N, H, W, C_out)``.
@@ -34,33 +65,48 @@ def forward(x, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, me
     area ``rows * cols`` (0 for an empty bin), as ps_roi_pool does; otherwise
     the weights already average.
     """
-    channels = x.shape[4]
-    pooled_w = x_first.shape[1]
     for t in numba.prange(tasks.shape[0]):
-        b = tasks[t, 0]
-        ph = b // pooled_w
-        pw = b - ph * pooled_w
-        for k in range(tasks[t, 1], tasks[t, 2]):
-            n = batch[k]
-            r0 = y_first[k, ph]
-            nr = y_count[k, ph]
-            c0 = x_first[k, pw]
-            nc = x_count[k, pw]
-            acc = out[b, k]
-            acc[:] = 0
-            slab = x[b, n]
-            for i in range(nr):
-                a = y_weight[k, ph, i]
-                row = slab[r0 + i]
-                for j in range(nc):
-                    w = a * x_weight[k, pw, j]
-                    cell = row[c0 + j]
-                    for c in range(channels):
-                        acc[c] += w * cell[c]
-            if mean and nr * nc > 0:
-                area = x.dtype.type(nr * nc)
-                for c in range(channels):
-                    acc[c] = acc[c] / area
+        _forward_task(x, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, mean, tasks[t], out)
+
+
+@numba.njit(cache=True, nogil=True)
+def forward_serial(x, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, mean, tasks, out):
+    """:func:`forward` on the calling thread: small calls skip waking the thread pool."""
+    for t in range(tasks.shape[0]):
+        _forward_task(x, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, mean, tasks[t], out)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _backward_task(grad_out, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, mean, task, grad_in):
+    """One backward task ``[bin, c0, c1]``: all RoIs, in ascending order, of one bin and channel range."""
+    k_total = grad_out.shape[1]
+    pooled_w = x_first.shape[1]
+    b = task[0]
+    c_lo = task[1]
+    c_hi = task[2]
+    ph = b // pooled_w
+    pw = b - ph * pooled_w
+    nch = c_hi - c_lo
+    g = np.empty(nch, grad_out.dtype)
+    for k in range(k_total):
+        r0 = y_first[k, ph]
+        nr = y_count[k, ph]
+        c0 = x_first[k, pw]
+        nc = x_count[k, pw]
+        if nr == 0 or nc == 0:
+            continue
+        area = grad_out.dtype.type(nr * nc) if mean else grad_out.dtype.type(1)
+        for c in range(nch):
+            g[c] = grad_out[b, k, c_lo + c] / area
+        slab = grad_in[b, batch[k]]
+        for i in range(nr):
+            a = y_weight[k, ph, i]
+            row = slab[r0 + i]
+            for j in range(nc):
+                w = a * x_weight[k, pw, j]
+                cell = row[c0 + j, c_lo:c_hi]
+                for c in range(nch):
+                    cell[c] += w * g[c]
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -72,36 +118,15 @@ def backward(grad_out, batch, y_first, y_count, y_weight, x_first, x_count, x_we
     task writes only ``grad_in[bin, ..., c0:c1]`` and adds the RoIs in
     ascending order.
     """
-    k_total = grad_out.shape[1]
-    pooled_w = x_first.shape[1]
     for t in numba.prange(tasks.shape[0]):
-        b = tasks[t, 0]
-        c_lo = tasks[t, 1]
-        c_hi = tasks[t, 2]
-        ph = b // pooled_w
-        pw = b - ph * pooled_w
-        nch = c_hi - c_lo
-        g = np.empty(nch, grad_out.dtype)
-        for k in range(k_total):
-            r0 = y_first[k, ph]
-            nr = y_count[k, ph]
-            c0 = x_first[k, pw]
-            nc = x_count[k, pw]
-            if nr == 0 or nc == 0:
-                continue
-            area = grad_out.dtype.type(nr * nc) if mean else grad_out.dtype.type(1)
-            for c in range(nch):
-                g[c] = grad_out[b, k, c_lo + c] / area
-            # views hoisted out of the tap loops let the channel loop vectorise
-            slab = grad_in[b, batch[k]]
-            for i in range(nr):
-                a = y_weight[k, ph, i]
-                row = slab[r0 + i]
-                for j in range(nc):
-                    w = a * x_weight[k, pw, j]
-                    cell = row[c0 + j, c_lo:c_hi]
-                    for c in range(nch):
-                        cell[c] += w * g[c]
+        _backward_task(grad_out, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, mean, tasks[t], grad_in)
+
+
+@numba.njit(cache=True, nogil=True)
+def backward_serial(grad_out, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, mean, tasks, grad_in):
+    """:func:`backward` on the calling thread (same tasks, same order, same result)."""
+    for t in range(tasks.shape[0]):
+        _backward_task(grad_out, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, mean, tasks[t], grad_in)
 
 
 # ---- layout changes (NumPy's transpose is slow when the inner dimension is short) ----
