@@ -93,14 +93,19 @@ def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
     does; an empty bin gives 0. See ``docs/semantics.md``.
 
     Args:
-        input (ndarray[N, C, H, W]): floating; ``C`` a multiple of ``pooled_h * pooled_w``.
-        boxes (ndarray[K, 5] or list of N arrays [L_i, 4]): as for :func:`roi_pool`.
+        input (ndarray or Tensor[N, C, H, W]): floating; ``C`` a multiple of ``pooled_h * pooled_w``.
+        boxes (ndarray or Tensor[K, 5], or list of N arrays [L_i, 4]): as for :func:`roi_pool`.
         output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
         spatial_scale (float): image-to-feature-map factor.
 
     Returns:
-        ndarray[K, C / (pooled_h * pooled_w), pooled_h, pooled_w] of the input's dtype.
+        ndarray or Tensor[K, C / (pooled_h * pooled_w), pooled_h, pooled_w] of the
+        input's dtype; a tensor result is differentiable with respect to ``input``.
     """
+    if _is_tensor(input):
+        from . import _torch_ops
+
+        return _torch_ops.ps_roi_pool(input, boxes, output_size, spatial_scale)
     from . import _ps
 
     return _ps.ps_roi_pool(input, boxes, output_size, spatial_scale)
@@ -129,15 +134,20 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
     degenerate box gives finite values (torchvision gives NaN there).
 
     Args:
-        input (ndarray[N, C, H, W]): floating; ``C`` a multiple of ``pooled_h * pooled_w``.
-        boxes (ndarray[K, 5] or list of N arrays [L_i, 4]): as for :func:`roi_pool`.
+        input (ndarray or Tensor[N, C, H, W]): floating; ``C`` a multiple of ``pooled_h * pooled_w``.
+        boxes (ndarray or Tensor[K, 5], or list of N arrays [L_i, 4]): as for :func:`roi_pool`.
         output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
         spatial_scale (float): image-to-feature-map factor.
         sampling_ratio (int): samples per bin side; ``<= 0`` adaptive.
 
     Returns:
-        ndarray[K, C / (pooled_h * pooled_w), pooled_h, pooled_w] of the input's dtype.
+        ndarray or Tensor[K, C / (pooled_h * pooled_w), pooled_h, pooled_w] of the
+        input's dtype; a tensor result is differentiable with respect to ``input``.
     """
+    if _is_tensor(input):
+        from . import _torch_ops
+
+        return _torch_ops.ps_roi_align(input, boxes, output_size, spatial_scale, sampling_ratio)
     from . import _ps
 
     return _ps.ps_roi_align(input, boxes, output_size, spatial_scale, sampling_ratio)
