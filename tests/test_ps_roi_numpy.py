@@ -90,7 +90,8 @@ def test_property_both_ops_match_reference(h, w, ph, pw, scale, coords, sampling
         roipool.ps_roi_pool(x, rois, (ph, pw), scale), reference.ps_roi_pool(x, rois, ph, pw, scale)
     )
     got = roipool.ps_roi_align(x, rois, (ph, pw), scale, sampling_ratio)
-    np.testing.assert_allclose(got, reference.ps_roi_align(x, rois, ph, pw, scale, sampling_ratio), **tolerance(np.float32))
+    expected = reference.ps_roi_align(x, rois, ph, pw, scale, sampling_ratio)
+    np.testing.assert_allclose(got, expected, **tolerance(np.float32))
 
 
 # ---- the rules, with numbers (docs/_parts/psroi.md) ----
@@ -238,7 +239,9 @@ def test_huge_sampling_ratio_on_a_zero_size_box_is_one_point():
 def test_tiny_boxes_match_reference():
     rng = np.random.default_rng(5)
     x = ps_input(rng, 1, 2, (2, 2), 6, 6, np.float64)
-    rois = np.array([[0, 2.0, 2.0, 2.0001, 2.0001], [0, 3.3, 1.1, 3.3, 1.1], [0, 5.9, 5.9, 6.0, 6.0], [0, -0.9, -0.9, -0.8, -0.8]])
+    rois = np.array(
+        [[0, 2.0, 2.0, 2.0001, 2.0001], [0, 3.3, 1.1, 3.3, 1.1], [0, 5.9, 5.9, 6.0, 6.0], [0, -0.9, -0.9, -0.8, -0.8]]
+    )
     for sampling_ratio in (-1, 2):
         np.testing.assert_allclose(
             roipool.ps_roi_align(x, rois, 2, 1.0, sampling_ratio),
@@ -330,7 +333,8 @@ def test_float16_is_computed_in_float32():
     g = rng.standard_normal((12, 2, 2, 2)).astype(np.float16)
     got = roipool.ps_roi_align_backward(g, rois, x.shape, 2)
     assert got.dtype == np.float16
-    np.testing.assert_array_equal(got, roipool.ps_roi_align_backward(g.astype(np.float32), rois, x.shape, 2).astype(np.float16))
+    wide = roipool.ps_roi_align_backward(g.astype(np.float32), rois, x.shape, 2)
+    np.testing.assert_array_equal(got, wide.astype(np.float16))
 
 
 # ---- backward ----

@@ -165,4 +165,5 @@ def test_tensor_and_numpy_paths_agree():
     rois = make_rois(2, 7, 9, 0.5, k=20, seed=1)
     for fn, extra in ((roipool.ps_roi_pool, ()), (roipool.ps_roi_align, (0.5, -1))):
         args = (2, *extra) if extra else (2, 0.5)
-        np.testing.assert_array_equal(fn(torch.from_numpy(x), torch.from_numpy(rois), *args).numpy(), fn(x, rois, *args))
+        got = fn(torch.from_numpy(x), torch.from_numpy(rois), *args)
+        np.testing.assert_array_equal(got.numpy(), fn(x, rois, *args))

@@ -88,7 +88,8 @@ def run_backward(op, grad_output, rois, input_shape, output_size, spatial_scale,
         # kernel; then (B, N, H, W, C_out) -> (N, C_out, B, H, W), which is (N, C, H, W)
         if _small(taps, channels_out):
             go_bins = np.ascontiguousarray(go.transpose(2, 0, 1))
-            kernels.backward_serial(go_bins, taps.batch, *taps.axes, taps.mean, _backward_tasks(nbins, channels_out, 1), g)
+            tasks = _backward_tasks(nbins, channels_out, 1)
+            kernels.backward_serial(go_bins, taps.batch, *taps.axes, taps.mean, tasks, g)
         else:
             go_bins = np.empty((nbins, taps.num_rois, channels_out), dtype)
             with launch_lock:
