@@ -125,7 +125,7 @@ class TestPSRoIAlign(PSTester):
 
     # The kernel sums separable per-axis weights, the reference sample by
     # sample: equal up to rounding (16-bit types: one rounding of the float32 result).
-    def value_tolerance(self, dtype):
+    def forward_tolerance(self, dtype):
         return _align_tolerance(dtype)
 
     def grad_tolerance(self, dtype):

@@ -70,9 +70,9 @@ def define(name: str, schema: str, *, cpu, fake):
 
     ``schema`` is the argument list and returns, e.g. ``"(Tensor input, Tensor
     rois, float spatial_scale, int pooled_height, int pooled_width) -> Tensor"``.
-    ``cpu`` runs on CPU tensors; ``fake`` computes only the outputs' shapes and
-    dtypes (for ``torch.compile`` and ``torch.export``). Other devices go
-    through :func:`_other_device`. Returns the ``CustomOpDef``; its
+    ``cpu`` runs on CPU tensors (None: no CPU kernel); ``fake`` computes only the
+    outputs' shapes and dtypes (for ``torch.compile`` and ``torch.export``).
+    Devices without a kernel of their own go through :func:`_other_device`. Returns the ``CustomOpDef``; its
     ``register_autograd`` and ``register_kernel`` add the rest.
     """
     qualname = f"{NAMESPACE}::{name}"
@@ -81,7 +81,8 @@ def define(name: str, schema: str, *, cpu, fake):
         return _other_device(qualname, args)
 
     op = torch.library.custom_op(qualname, other_device, mutates_args=(), schema=schema)
-    op.register_kernel("cpu", cpu)
+    if cpu is not None:
+        op.register_kernel("cpu", cpu)
     op.register_fake(fake)
     return op
 
@@ -91,15 +92,16 @@ def _other_device(qualname: str, args):
     device = next(a.device for a in args if isinstance(a, torch.Tensor))
     key = torch._C._dispatch_key_for_device(device.type)
     module = BACKEND_MODULES.get(device.type)
+    where = f"roipool has no backend for {device.type}"
     if module is not None and not torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key):
+        where = f"the {module} backend registers none"
         try:
             importlib.import_module(module)
-        except ImportError:
-            pass
+        except ImportError as exc:
+            where = f"the {module} backend is not available: {exc}"
     if torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key):
         namespace, name = qualname.split("::")
         return getattr(getattr(torch.ops, namespace), name).default(*args)
-    where = f"the {module} backend is not available" if module else "roipool has no backend for it"
     raise NotImplementedError(
         f"{qualname} has no kernel for {device.type} tensors ({where}); "
         f"move the tensors to the CPU explicitly (tensor.cpu()) to use the CPU kernels"
