@@ -217,6 +217,16 @@ def test_huge_adaptive_grid_visits_only_samples_on_the_map(dtype):
     )
 
 
+def test_large_fixed_grid_on_inverted_boxes_matches_reference():
+    # sampling_ratio 100 on a 3x4 map takes the path that visits only in-map
+    # samples, here with a negative step (x2 < x1) and with a box partly off the map
+    rng = np.random.default_rng(16)
+    x = ps_input(rng, 1, 1, (1, 2), 3, 4, np.float64)
+    rois = np.array([[0, 60.5, 2.6, -40.2, 0.3], [0, -7.3, -0.8, 3.9, 2.2]])
+    got = roipool.ps_roi_align(x, rois, (1, 2), 1.0, 100)
+    np.testing.assert_allclose(got, reference.ps_roi_align(x, rois, 1, 2, 1.0, 100), rtol=1e-12, atol=1e-14)
+
+
 def test_enormous_boxes_return_promptly_and_count_every_sample():
     # A box of side 2e6 has 2e6 x 2e6 samples in its one bin (torchvision visits
     # all of them); only those on the map are visited here. With corners at
