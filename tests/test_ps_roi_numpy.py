@@ -434,6 +434,39 @@ def test_serial_and_parallel_kernels_give_the_same_bits(monkeypatch):
         np.testing.assert_array_equal(call(), expected)
 
 
+def test_concurrent_calls_give_the_same_results():
+    import threading
+
+    rng = np.random.default_rng(17)
+    x = ps_input(rng, 2, 16, (2, 2), 24, 24, np.float32)
+    cases = [random_rois(rng, k, 2, 24, 24, 0.5) for k in (5, 300)]  # one small (serial), one large (parallel)
+    g = [rng.standard_normal((len(r), 16, 2, 2)).astype(np.float32) for r in cases]
+
+    def run(i):
+        r = cases[i % 2]
+        return roipool.ps_roi_align(x, r, 2, 0.5), roipool.ps_roi_pool_backward(g[i % 2], r, x.shape, 2, 0.5)
+
+    expected = [run(0), run(1)]
+    results = [None] * 12
+    errors = []
+
+    def work(i):
+        try:
+            results[i] = run(i)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i, (out, grad) in enumerate(results):
+        np.testing.assert_array_equal(out, expected[i % 2][0])
+        np.testing.assert_array_equal(grad, expected[i % 2][1])
+
+
 # ---- bad input ----
 
 
