@@ -168,9 +168,9 @@ def test_launchers_refuse_cpu_tensors_outside_the_interpreter(monkeypatch):
 
 
 # ---------------------------------------------------------------- align family
-# Until the project's references for these ops land, the tests carry small
-# loop versions of torchvision's definitions (forward, and the backward as the
-# per-sample scatter that torchvision's kernels perform).
+# The ps ops are checked against roipool.reference. Until roi_align's
+# reference lands, the tests carry a small loop version of torchvision's
+# definition (forward, and the backward as a per-sample scatter).
 
 
 def _bilinear_taps(y, x, height, width):
@@ -194,100 +194,46 @@ def _bilinear_taps(y, x, height, width):
     return ((y_low, x_low, hy * hx), (y_low, x_high, hy * lx), (y_high, x_low, ly * hx), (y_high, x_high, ly * lx))
 
 
-def _align_samples(roi, scale, ph_total, pw_total, sampling_ratio, offset, min_size, ps_grid=False):
-    """Per bin ``(ph, pw)``: the sample coordinates and the count divisor (float64 loops)."""
+def _align_bins(roi, scale, ph_total, pw_total, sampling_ratio, aligned):
+    """Per bin ``(ph, pw)``: its sample coordinates and the count divisor (float64)."""
+    offset = 0.5 if aligned else 0.0
     start_w, start_h = roi[1] * scale - offset, roi[2] * scale - offset
     roi_w, roi_h = roi[3] * scale - offset - start_w, roi[4] * scale - offset - start_h
-    if min_size is not None:
-        roi_w, roi_h = max(roi_w, min_size), max(roi_h, min_size)
+    if not aligned:
+        roi_w, roi_h = max(roi_w, 1.0), max(roi_h, 1.0)
     bin_h, bin_w = roi_h / ph_total, roi_w / pw_total
-    # adaptive grid: ceil of the bin size, at least 0 (roi_align) or 1 (ps_roi_align) per side
-    least = 1 if ps_grid else 0
-    grid_h = sampling_ratio if sampling_ratio > 0 else max(int(np.ceil(bin_h)), least)
-    grid_w = sampling_ratio if sampling_ratio > 0 else max(int(np.ceil(bin_w)), least)
+    grid_h = sampling_ratio if sampling_ratio > 0 else max(int(np.ceil(bin_h)), 0)
+    grid_w = sampling_ratio if sampling_ratio > 0 else max(int(np.ceil(bin_w)), 0)
     for ph in range(ph_total):
         for pw in range(pw_total):
             points = [
                 (start_h + ph * bin_h + (iy + 0.5) * bin_h / grid_h, start_w + pw * bin_w + (ix + 0.5) * bin_w / grid_w)
-                for iy in range(max(grid_h, 0))
-                for ix in range(max(grid_w, 0))
+                for iy in range(grid_h)
+                for ix in range(grid_w)
             ]
-            yield ph, pw, points, grid_h * grid_w
+            yield ph, pw, points, max(grid_h * grid_w, 1)
 
 
-def expected_align(x, rois, scale, ph_total, pw_total, sampling_ratio, aligned=False, ps=False):
-    """roi_align (``ps=False``) or ps_roi_align (``ps=True``) forward, float64."""
-    n_img, channels, height, width = x.shape
-    c_out = channels // (ph_total * pw_total) if ps else channels
-    out = np.zeros((len(rois), c_out, ph_total, pw_total))
+def expected_align(x, rois, scale, ph_total, pw_total, sampling_ratio, aligned):
+    height, width = x.shape[2], x.shape[3]
+    out = np.zeros((len(rois), x.shape[1], ph_total, pw_total))
     for k, roi in enumerate(rois):
-        if ps:
-            bins = _align_samples(roi, scale, ph_total, pw_total, sampling_ratio, 0.5, None, ps_grid=True)
-        else:
-            bins = _align_samples(roi, scale, ph_total, pw_total, sampling_ratio, 0.5 if aligned else 0.0,
-                                  None if aligned else 1.0)
-        for ph, pw, points, count in bins:
-            for c in range(c_out):
-                c_in = (c * ph_total + ph) * pw_total + pw if ps else c
-                plane = x[int(roi[0]), c_in]
+        for ph, pw, points, count in _align_bins(roi, scale, ph_total, pw_total, sampling_ratio, aligned):
+            for c in range(x.shape[1]):
+                plane = x[int(roi[0]), c]
                 total = sum(w * plane[r, s] for y, xx in points for r, s, w in _bilinear_taps(y, xx, height, width))
-                out[k, c, ph, pw] = total / max(count, 1)
+                out[k, c, ph, pw] = total / count
     return out
 
 
-def expected_align_backward(grad, rois, shape, scale, ph_total, pw_total, sampling_ratio, aligned=False, ps=False):
+def expected_align_backward(grad, rois, shape, scale, ph_total, pw_total, sampling_ratio, aligned):
     grad_input = np.zeros(shape)
-    height, width = shape[2], shape[3]
     for k, roi in enumerate(rois):
-        if ps:
-            bins = _align_samples(roi, scale, ph_total, pw_total, sampling_ratio, 0.5, None, ps_grid=True)
-        else:
-            bins = _align_samples(roi, scale, ph_total, pw_total, sampling_ratio, 0.5 if aligned else 0.0,
-                                  None if aligned else 1.0)
-        for ph, pw, points, count in bins:
+        for ph, pw, points, count in _align_bins(roi, scale, ph_total, pw_total, sampling_ratio, aligned):
             for c in range(grad.shape[1]):
-                c_in = (c * ph_total + ph) * pw_total + pw if ps else c
                 for y, xx in points:
-                    for r, s, w in _bilinear_taps(y, xx, height, width):
-                        grad_input[int(roi[0]), c_in, r, s] += grad[k, c, ph, pw] * w / count
-    return grad_input
-
-
-def _ps_pool_bins(roi, scale, ph_total, pw_total, height, width, last_row, last_col):
-    x1, y1, x2, y2 = (reference.c_round(v * scale) for v in roi[1:])
-    bin_h, bin_w = max(y2 - y1, 1) / ph_total, max(x2 - x1, 1) / pw_total
-    for ph in range(ph_total):
-        for pw in range(pw_total):
-            h0 = min(max(int(np.floor(ph * bin_h)) + y1, 0), last_row)
-            h1 = min(max(int(np.ceil((ph + 1) * bin_h)) + y1, 0), last_row)
-            w0 = min(max(int(np.floor(pw * bin_w)) + x1, 0), last_col)
-            w1 = min(max(int(np.ceil((pw + 1) * bin_w)) + x1, 0), last_col)
-            yield ph, pw, h0, h1, w0, w1
-
-
-def expected_ps_roi_pool(x, rois, scale, ph_total, pw_total):
-    """torchvision's forward: bin ends clipped to H - 1 and W - 1."""
-    _, channels, height, width = x.shape
-    out = np.zeros((len(rois), channels // (ph_total * pw_total), ph_total, pw_total))
-    for k, roi in enumerate(rois):
-        for ph, pw, h0, h1, w0, w1 in _ps_pool_bins(roi, scale, ph_total, pw_total, height, width, height - 1, width - 1):
-            for c in range(out.shape[1]):
-                if h1 > h0 and w1 > w0:
-                    cells = x[int(roi[0]), (c * ph_total + ph) * pw_total + pw, h0:h1, w0:w1]
-                    out[k, c, ph, pw] = cells.sum() / cells.size
-    return out
-
-
-def expected_ps_roi_pool_backward(grad, rois, shape, scale, ph_total, pw_total):
-    """The forward's adjoint: the same bins (torchvision's own backward clips to H and W instead)."""
-    grad_input = np.zeros(shape)
-    height, width = shape[2], shape[3]
-    for k, roi in enumerate(rois):
-        for ph, pw, h0, h1, w0, w1 in _ps_pool_bins(roi, scale, ph_total, pw_total, height, width, height - 1, width - 1):
-            if h1 > h0 and w1 > w0:
-                for c in range(grad.shape[1]):
-                    c_in = (c * ph_total + ph) * pw_total + pw
-                    grad_input[int(roi[0]), c_in, h0:h1, w0:w1] += grad[k, c, ph, pw] / ((h1 - h0) * (w1 - w0))
+                    for r, s, w in _bilinear_taps(y, xx, shape[2], shape[3]):
+                        grad_input[int(roi[0]), c, r, s] += grad[k, c, ph, pw] * w / count
     return grad_input
 
 
@@ -326,34 +272,28 @@ def run_backward(op, grad, rois, scale, ph, pw, sampling_ratio, aligned, shape):
 
 
 def expected_forward(op, x, rois, scale, ph, pw, sampling_ratio, aligned):
-    """The project's reference when this tree has it, else the loops above."""
-    if hasattr(reference, op):
-        if op == "roi_align":
-            return reference.roi_align(x, rois, ph, pw, scale, sampling_ratio, aligned)
-        if op == "ps_roi_align":
-            return reference.ps_roi_align(x, rois, ph, pw, scale, sampling_ratio)
-        return reference.ps_roi_pool(x, rois, ph, pw, scale)
+    """``roipool.reference`` (roi_align: the loops above until the tree has it)."""
     if op == "ps_roi_pool":
-        return expected_ps_roi_pool(x, rois, scale, ph, pw)
-    return expected_align(x, rois, scale, ph, pw, sampling_ratio, aligned, ps=op == "ps_roi_align")
+        return reference.ps_roi_pool(x, rois, ph, pw, scale)
+    if op == "ps_roi_align":
+        return reference.ps_roi_align(x, rois, ph, pw, scale, sampling_ratio)
+    if hasattr(reference, "roi_align"):
+        return reference.roi_align(x, rois, ph, pw, scale, sampling_ratio, aligned)
+    return expected_align(x, rois, scale, ph, pw, sampling_ratio, aligned)
 
 
 def expected_backward(op, grad, rois, shape, scale, ph, pw, sampling_ratio, aligned):
-    if hasattr(reference, f"{op}_backward"):
-        if op == "roi_align":
-            return reference.roi_align_backward(grad, rois, shape, scale, sampling_ratio, aligned)
-        if op == "ps_roi_align":
-            return reference.ps_roi_align_backward(grad, rois, shape, scale, sampling_ratio)
-        return reference.ps_roi_pool_backward(grad, rois, shape, scale)
     if op == "ps_roi_pool":
-        return expected_ps_roi_pool_backward(grad, rois, shape, scale, ph, pw)
-    return expected_align_backward(grad, rois, shape, scale, ph, pw, sampling_ratio, aligned, ps=op == "ps_roi_align")
+        return reference.ps_roi_pool_backward(grad, rois, shape, scale)
+    if op == "ps_roi_align":
+        return reference.ps_roi_align_backward(grad, rois, shape, scale, sampling_ratio)
+    if hasattr(reference, "roi_align_backward"):
+        return reference.roi_align_backward(grad, rois, shape, scale, sampling_ratio, aligned)
+    return expected_align_backward(grad, rois, shape, scale, ph, pw, sampling_ratio, aligned)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
 def test_ps_roi_pool_is_bit_identical_to_the_reference_both_ways(dtype):
-    if not hasattr(reference, "ps_roi_pool_backward"):
-        pytest.skip("roipool.reference has no ps_roi_pool in this tree")
     x, rois, ph, pw = align_inputs("ps_roi_pool", dtype, seed=9)
     rois = rois.to(dtype)
     x_np, rois_np = x.cpu().numpy(), rois.cpu().numpy()
