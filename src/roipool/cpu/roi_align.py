@@ -29,30 +29,44 @@ _FASTMATH = {"contract"}  # allow fused multiply-add; no reassociation
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=_FASTMATH)
 def forward(x, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, out):
     """``out (K, C, PH * PW)`` <- RoIAlign of ``x (N, H, W, C)`` from the taps."""
-    channels = x.shape[3]
-    pooled_h = hptr.shape[1] - 1
-    pooled_w = wptr.shape[1] - 1
-    nbins = pooled_h * pooled_w
+    nbins = out.shape[2]
     for run in numba.prange(bounds.shape[0] - 1):
-        buf = np.empty((nbins, channels), x.dtype)
+        buf = np.empty((nbins, x.shape[3]), x.dtype)
         for k in range(bounds[run], bounds[run + 1]):
-            n = batch[k]
-            for ph in range(pooled_h):
-                for pw in range(pooled_w):
-                    acc = buf[ph * pooled_w + pw]
-                    acc[:] = 0
-                    for i in range(hptr[k, ph], hptr[k, ph + 1]):
-                        row = hidx[i]
-                        wy = hwt[i]
-                        for j in range(wptr[k, pw], wptr[k, pw + 1]):
-                            weight = wy * wwt[j]
-                            v = x[n, row, widx[j]]
-                            for c in range(channels):
-                                acc[c] += weight * v[c]
-            dst = out[k]
+            _forward_roi(x[batch[k]], hptr[k], hidx, hwt, wptr[k], widx, wwt, buf)
+            _transpose(buf, out[k])
+
+
+# The per-RoI loops live in plain functions: LLVM vectorises the channel loop
+# there, but not when the same loops sit in the body of a prange.
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _forward_roi(image, hptr, hidx, hwt, wptr, widx, wwt, buf):
+    """``buf (PH * PW, C)`` <- the bins of one RoI over ``image (H, W, C)``."""
+    channels = image.shape[2]
+    pooled_h = hptr.shape[0] - 1
+    pooled_w = wptr.shape[0] - 1
+    for ph in range(pooled_h):
+        for pw in range(pooled_w):
+            acc = buf[ph * pooled_w + pw]
             for c in range(channels):
-                for b in range(nbins):
-                    dst[c, b] = buf[b, c]
+                acc[c] = 0
+            for i in range(hptr[ph], hptr[ph + 1]):
+                row = image[hidx[i]]
+                wy = hwt[i]
+                for j in range(wptr[pw], wptr[pw + 1]):
+                    weight = wy * wwt[j]
+                    v = row[widx[j]]
+                    for c in range(channels):
+                        acc[c] += weight * v[c]
+
+
+@numba.njit(cache=True, nogil=True)
+def _transpose(buf, dst):
+    """``dst (C, B)`` <- ``buf (B, C)``."""
+    nbins, channels = buf.shape
+    for c in range(channels):
+        for b in range(nbins):
+            dst[c, b] = buf[b, c]
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=_FASTMATH)
@@ -62,27 +76,32 @@ def backward(grad_out, batch, hptr, hidx, hwt, wptr, widx, wwt, block, grad_in):
     Channel blocks of ``block`` channels are the unit of parallel work.
     """
     k_total, channels, nbins = grad_out.shape
-    pooled_h = hptr.shape[1] - 1
-    pooled_w = wptr.shape[1] - 1
     nblocks = (channels + block - 1) // block
     for blk in numba.prange(nblocks):
         c0 = blk * block
-        width = min(channels, c0 + block) - c0
-        g = np.empty((nbins, width), grad_out.dtype)
+        c1 = min(channels, c0 + block)
+        g = np.empty((nbins, c1 - c0), grad_out.dtype)
         for k in range(k_total):
-            n = batch[k]
-            src = grad_out[k]
-            for c in range(width):
-                for b in range(nbins):
-                    g[b, c] = src[c0 + c, b]
-            for ph in range(pooled_h):
-                for pw in range(pooled_w):
-                    gb = g[ph * pooled_w + pw]
-                    for i in range(hptr[k, ph], hptr[k, ph + 1]):
-                        row = hidx[i]
-                        wy = hwt[i]
-                        for j in range(wptr[k, pw], wptr[k, pw + 1]):
-                            weight = wy * wwt[j]
-                            dst = grad_in[n, row, widx[j]]
-                            for c in range(width):
-                                dst[c0 + c] += weight * gb[c]
+            _transpose(grad_out[k, c0:c1], g)
+            _backward_roi(g, hptr[k], hidx, hwt, wptr[k], widx, wwt, grad_in[batch[k]], c0)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _backward_roi(g, hptr, hidx, hwt, wptr, widx, wwt, image_grad, c0):
+    """``image_grad[:, :, c0:c0 + c] (H, W, C)`` += the taps of one RoI weighted by ``g (PH * PW, c)``."""
+    width = g.shape[1]
+    pooled_h = hptr.shape[0] - 1
+    pooled_w = wptr.shape[0] - 1
+    for ph in range(pooled_h):
+        for pw in range(pooled_w):
+            gb = g[ph * pooled_w + pw]
+            for i in range(hptr[ph], hptr[ph + 1]):
+                row = image_grad[hidx[i]]
+                wy = hwt[i]
+                for j in range(wptr[pw], wptr[pw + 1]):
+                    weight = wy * wwt[j]
+                    # a slice, not an offset index: c0 + c might be negative
+                    # for all Numba knows, and the wraparound test blocks SIMD
+                    dst = row[widx[j], c0 : c0 + width]
+                    for c in range(width):
+                        dst[c] += weight * gb[c]
