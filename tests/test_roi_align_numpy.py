@@ -95,6 +95,21 @@ def test_adversarial_boxes_match_reference(aligned, sampling_ratio):
         check_against_reference(x.astype(rows.dtype), rows, (3, 2), 1.0, sampling_ratio, aligned)
 
 
+@pytest.mark.parametrize("path", ["DIRECT", "ROWS_FIRST"])
+def test_both_evaluation_orders_match_reference(monkeypatch, path):
+    # the kernels choose per RoI between two orders of the same sum; force each
+    from roipool import _align
+    from roipool.cpu import roi_align as kernels
+
+    monkeypatch.setattr(_align, "PATH", getattr(kernels, path))
+    rng = np.random.default_rng(15)
+    for dtype in (np.float32, np.float64):
+        x = rng.standard_normal((2, 20, 11, 13)).astype(dtype)
+        rois = random_rois(rng, 30, 2, 11, 13, 0.5)
+        check_against_reference(x, rois, (3, 4), 0.5, -1, True)
+        check_against_reference(x, rois, 2, 0.5, 2, False)
+
+
 def test_many_samples_per_bin_skip_only_samples_off_the_map():
     # more than 32 samples per side: the kernels bisect for the samples near the map
     x = np.random.default_rng(2).standard_normal((1, 2, 4, 5))

@@ -16,6 +16,11 @@ from .cpu import roi_align as kernels
 from .cpu._parallel import balanced_chunks, launch_lock
 
 
+# How the kernels evaluate each RoI (``kernels.AUTO``: the cheaper way per
+# RoI); the tests force each way in turn.
+PATH = kernels.AUTO
+
+
 def compute_dtype(dtype) -> np.dtype:
     """float16 is computed in float32; float32 and float64 in themselves (native order)."""
     dtype = np.dtype(dtype)
@@ -75,7 +80,7 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
         x = np.ascontiguousarray(input.transpose(0, 2, 3, 1), dtype=dtype)
         bounds = balanced_chunks(taps.cost)
         with launch_lock:
-            kernels.forward(x, *taps.arrays, bounds, out)
+            kernels.forward(x, *taps.arrays, bounds, PATH, out)
     out = out.reshape(out.shape[0], channels, taps.pooled_h, taps.pooled_w)
     return out.astype(input.dtype, copy=False)
 
@@ -105,16 +110,16 @@ def roi_align_backward(
     if grad_output.size and grad_in.size:
         go = np.ascontiguousarray(grad_output, dtype=dtype).reshape(k, channels, taps.pooled_h * taps.pooled_w)
         with launch_lock:
-            kernels.backward(go, *taps.arrays, _channel_block(channels), grad_in)
+            kernels.backward(go, *taps.arrays, _channel_block(channels), PATH, grad_in)
     return grad_in.transpose(0, 3, 1, 2).astype(grad_output.dtype, order="C")
 
 
 def _channel_block(channels: int) -> int:
-    """Channels per backward work item: a multiple of 16 (whole cache lines of
-    float32), small enough to give every thread a few items."""
-    threads = numba.get_num_threads()
-    per_item = -(-channels // (4 * threads))
-    return max(16, -(-per_item // 16) * 16)
+    """Channels per backward work item: one equal share per thread, rounded up to
+    a multiple of 16 (whole cache lines of float32). Wide blocks pay: each block
+    re-reads the RoI taps and transposes its slice of ``grad_output``."""
+    share = -(-channels // numba.get_num_threads())
+    return max(16, -(-share // 16) * 16)
 
 
 def _input_shape(input_shape) -> tuple[int, int, int, int]:
