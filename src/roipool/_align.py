@@ -3,6 +3,11 @@
 Semantics: ``docs/_parts/align.md`` (torchvision's ``roi_align``, sample for
 sample). The geometry is computed once per call (``_geometry.roi_align_taps``)
 and shared by every channel.
+
+As in ``_pool``, the pieces below the NumPy functions' checks are shared with
+the torch frontend (``_torch_ops``): :class:`Taps` (the geometry and work
+split of one call) and the ``launch_*`` functions, which take channels-last
+inputs and caller-allocated outputs.
 """
 
 from __future__ import annotations
@@ -12,41 +17,59 @@ import numpy as np
 
 from . import _checks
 from ._geometry import roi_align_taps
+from ._pool import compute_dtype
 from .cpu import roi_align as kernels
 from .cpu._parallel import balanced_chunks, launch_lock
-
 
 # How the kernels evaluate each RoI (``kernels.AUTO``: the cheaper way per
 # RoI); the tests force each way in turn.
 PATH = kernels.AUTO
 
 
-def compute_dtype(dtype) -> np.dtype:
-    """float16 is computed in float32; float32 and float64 in themselves (native order)."""
-    dtype = np.dtype(dtype)
-    return np.dtype(np.float32) if dtype.itemsize < 4 else dtype.newbyteorder("=")
-
-
 class Taps:
-    """Validated arguments and the separable bilinear taps of every RoI."""
+    """The separable bilinear taps of every RoI and the split of the RoIs into balanced runs.
 
-    def __init__(self, boxes, num_images, height, width, output_size, spatial_scale, sampling_ratio, aligned, dtype):
-        self.pooled_h, self.pooled_w = _checks.output_size_pair(output_size)
-        scale = _checks.positive_scale(spatial_scale)
-        self.sampling_ratio = _checks.sampling_ratio_int(sampling_ratio)
-        self.aligned = _checks.flag(aligned, "aligned")
-        self.dtype = dtype
-        self.rois = _checks.rois_array(boxes, num_images, dtype)
-        t = dtype.type
-        _check_scaled_boxes(self.rois, t(scale), self.aligned, self.pooled_h, self.pooled_w)
+    ``rois (K, 5)`` are validated (``_checks.rois_array``) and in the compute
+    dtype; the feature map is ``height x width``. Raises ``ValueError`` for a
+    box whose scaled corners or extent overflow the compute dtype.
+    :attr:`arrays` and ``bounds`` are what the kernels take.
+    """
+
+    def __init__(self, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width):
+        self.pooled_h, self.pooled_w = pooled_h, pooled_w
+        self.num_rois = rois.shape[0]
+        scale = rois.dtype.type(spatial_scale)
+        _check_scaled_boxes(rois, scale, aligned, pooled_h, pooled_w)
         (self.batch, self.hptr, self.hidx, self.hwt, self.wptr, self.widx, self.wwt, cost) = roi_align_taps(
-            self.rois, t(scale), self.pooled_h, self.pooled_w, self.sampling_ratio, self.aligned, height, width
+            rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width
         )
-        self.cost = cost
+        self.bounds = balanced_chunks(cost)
 
     @property
     def arrays(self):
         return self.batch, self.hptr, self.hidx, self.hwt, self.wptr, self.widx, self.wwt
+
+
+def launch_forward(x_nhwc, taps: Taps, out) -> None:
+    """``out (K, C, PH * PW)`` <- RoIAlign of ``x_nhwc (N, H, W, C)`` (C-contiguous, compute dtype)."""
+    if out.size:
+        with launch_lock:
+            kernels.forward(x_nhwc, *taps.arrays, taps.bounds, PATH, out)
+
+
+def launch_backward(grad_out, taps: Taps, grad_in_nhwc) -> None:
+    """``grad_in_nhwc (N, H, W, C)`` (zeroed by the caller) += the adjoint applied to ``grad_out (K, C, PH * PW)``."""
+    if grad_out.size and grad_in_nhwc.size:
+        with launch_lock:
+            kernels.backward(grad_out, *taps.arrays, _channel_block(grad_out.shape[1]), PATH, grad_in_nhwc)
+
+
+def _channel_block(channels: int) -> int:
+    """Channels per backward work item: one equal share per thread, rounded up to
+    a multiple of 16 (whole cache lines of float32). Wide blocks pay: each block
+    re-reads the RoI taps and transposes its slice of ``grad_output``."""
+    share = -(-channels // numba.get_num_threads())
+    return max(16, -(-share // 16) * 16)
 
 
 def _check_scaled_boxes(rois, scale, aligned, pooled_h, pooled_w):
@@ -70,19 +93,24 @@ def _check_scaled_boxes(rois, scale, aligned, pooled_h, pooled_w):
         )
 
 
+def arguments(output_size, spatial_scale, sampling_ratio, aligned):
+    """Checked ``(pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned)``."""
+    pooled_h, pooled_w = _checks.output_size_pair(output_size)
+    scale = _checks.positive_scale(spatial_scale)
+    return pooled_h, pooled_w, scale, _checks.sampling_ratio_int(sampling_ratio), _checks.flag(aligned, "aligned")
+
+
 def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
     input = _checks.feature_map(input)
     n, channels, height, width = input.shape
+    pooled_h, pooled_w, scale, sampling_ratio, aligned = arguments(output_size, spatial_scale, sampling_ratio, aligned)
     dtype = compute_dtype(input.dtype)
-    taps = Taps(boxes, n, height, width, output_size, spatial_scale, sampling_ratio, aligned, dtype)
-    out = np.empty((taps.rois.shape[0], channels, taps.pooled_h * taps.pooled_w), dtype)
+    rois = _checks.rois_array(boxes, n, dtype)
+    taps = Taps(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width)
+    out = np.empty((rois.shape[0], channels, pooled_h * pooled_w), dtype)
     if out.size:
-        x = np.ascontiguousarray(input.transpose(0, 2, 3, 1), dtype=dtype)
-        bounds = balanced_chunks(taps.cost)
-        with launch_lock:
-            kernels.forward(x, *taps.arrays, bounds, PATH, out)
-    out = out.reshape(out.shape[0], channels, taps.pooled_h, taps.pooled_w)
-    return out.astype(input.dtype, copy=False)
+        launch_forward(np.ascontiguousarray(input.transpose(0, 2, 3, 1), dtype=dtype), taps, out)
+    return out.reshape(out.shape[0], channels, pooled_h, pooled_w).astype(input.dtype, copy=False)
 
 
 def roi_align_backward(
@@ -93,33 +121,22 @@ def roi_align_backward(
         raise TypeError(f"grad_output must have a real floating dtype, got {grad_output.dtype}")
     if grad_output.ndim != 4:
         raise ValueError(f"grad_output must have shape (K, C, pooled_h, pooled_w), got {grad_output.shape}")
-    shape = _input_shape(input_shape)
-    n, channels, height, width = shape
+    n, channels, height, width = _input_shape(input_shape)
     if grad_output.shape[1] != channels:
         raise ValueError(f"grad_output has {grad_output.shape[1]} channels but input_shape has {channels}")
+    pooled_h, pooled_w, scale, sampling_ratio, aligned = arguments(output_size, spatial_scale, sampling_ratio, aligned)
+    if grad_output.shape[2:] != (pooled_h, pooled_w):
+        raise ValueError(f"grad_output has bins {grad_output.shape[2:]} but output_size is {(pooled_h, pooled_w)}")
     dtype = compute_dtype(grad_output.dtype)
-    taps = Taps(boxes, n, height, width, output_size, spatial_scale, sampling_ratio, aligned, dtype)
-    if grad_output.shape[2:] != (taps.pooled_h, taps.pooled_w):
-        raise ValueError(
-            f"grad_output has bins {grad_output.shape[2:]} but output_size is {(taps.pooled_h, taps.pooled_w)}"
-        )
+    rois = _checks.rois_array(boxes, n, dtype)
     k = grad_output.shape[0]
-    if taps.rois.shape[0] != k:
-        raise ValueError(f"boxes hold {taps.rois.shape[0]} RoIs but grad_output has {k}")
+    if rois.shape[0] != k:
+        raise ValueError(f"boxes hold {rois.shape[0]} RoIs but grad_output has {k}")
+    taps = Taps(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width)
     grad_in = np.zeros((n, height, width, channels), dtype)
-    if grad_output.size and grad_in.size:
-        go = np.ascontiguousarray(grad_output, dtype=dtype).reshape(k, channels, taps.pooled_h * taps.pooled_w)
-        with launch_lock:
-            kernels.backward(go, *taps.arrays, _channel_block(channels), PATH, grad_in)
+    go = np.ascontiguousarray(grad_output, dtype=dtype).reshape(k, channels, pooled_h * pooled_w)
+    launch_backward(go, taps, grad_in)
     return grad_in.transpose(0, 3, 1, 2).astype(grad_output.dtype, order="C")
-
-
-def _channel_block(channels: int) -> int:
-    """Channels per backward work item: one equal share per thread, rounded up to
-    a multiple of 16 (whole cache lines of float32). Wide blocks pay: each block
-    re-reads the RoI taps and transposes its slice of ``grad_output``."""
-    share = -(-channels // numba.get_num_threads())
-    return max(16, -(-share // 16) * 16)
 
 
 def _input_shape(input_shape) -> tuple[int, int, int, int]:
