@@ -478,3 +478,19 @@ def test_bad_backward_arguments_are_named(kwargs, error, words):
     args.update(kwargs)
     with pytest.raises(error, match=words):
         roipool.roi_align_backward(**args)
+
+
+def test_bisection_of_falling_positions_and_zero_size_boxes():
+    # an inverted box with aligned=True has negative bins: its sample positions
+    # fall with the index, and the bisection for the samples near the map must
+    # follow them; 40 samples per side is above the bisection threshold
+    x = np.random.default_rng(16).standard_normal((1, 2, 5, 6))
+    inverted = np.array([[0, 60.0, 50.0, -40.0, -45.0], [0, 5.0, 4.0, 1.0, 0.5]])
+    check_against_reference(x, inverted, 2, 1.0, 40, True)
+    # a zero-size box puts every sample on one point, visited once, so even the
+    # largest grid costs nothing and reads that point
+    zero = np.array([[0, 2.25, 3.5, 2.25, 3.5]])
+    np.testing.assert_allclose(
+        roipool.roi_align(x, zero, 1, 1.0, 2**31 - 1, True), roipool.roi_align(x, zero, 1, 1.0, 1, True), rtol=1e-12
+    )
+    check_against_reference(x, zero, 2, 1.0, 40, True)

@@ -174,14 +174,21 @@ def _sample_position(base, bin_size, grid, i, dtype):
 
 @numba.njit(cache=True, nogil=True)
 def _window(base, bin_size, grid, size, dtype):
-    """Sample indices ``[i0, i1)`` that may lie in ``[-1, size]``; a superset of them."""
-    if grid <= _WINDOW_MIN_GRID or not bin_size > 0:
+    """Sample indices ``[i0, i1)`` that hold every sample lying in ``[-1, size]``.
+
+    Positions move monotonically with the sample index (every rounding step is
+    monotone): up for a positive bin size, down for a negative one (an
+    inverted box with ``aligned=True``), so the window is found by bisection.
+    """
+    if grid <= _WINDOW_MIN_GRID or bin_size == 0:
         return 0, grid
-    # positions rise with i (every rounding step is monotone), so bisect
+    rising = bin_size > 0
+    # first index past the samples before the map (rising) or after it (falling)
     lo, hi = 0, grid
     while lo < hi:
         mid = (lo + hi) // 2
-        if _sample_position(base, bin_size, grid, mid, dtype) >= -1:
+        y = _sample_position(base, bin_size, grid, mid, dtype)
+        if (y >= -1) if rising else (y <= size):
             hi = mid
         else:
             lo = mid + 1
@@ -189,7 +196,8 @@ def _window(base, bin_size, grid, size, dtype):
     hi = grid
     while lo < hi:
         mid = (lo + hi) // 2
-        if _sample_position(base, bin_size, grid, mid, dtype) > size:
+        y = _sample_position(base, bin_size, grid, mid, dtype)
+        if (y > size) if rising else (y < -1):
             hi = mid
         else:
             lo = mid + 1
@@ -211,6 +219,11 @@ def _axis_taps(start, bin_size, grid, size, ptr, idx, wt, pos, scratch, dtype):
         ptr[p] = pos
         base = start + t(p) * bin_size
         i0, i1 = _window(base, bin_size, grid, size, dtype)
+        repeat = t(1.0)
+        if bin_size == 0 and i1 > i0:
+            # every sample of the bin sits at the same point: visit it once
+            repeat = t(i1 - i0)
+            i1 = i0 + 1
         lo = size
         hi = -1
         for i in range(i0, i1):
@@ -227,8 +240,8 @@ def _axis_taps(start, bin_size, grid, size, ptr, idx, wt, pos, scratch, dtype):
             else:
                 high = low + 1
             frac = y - t(low)
-            scratch[low] += t(1.0) - frac
-            scratch[high] += frac
+            scratch[low] += (t(1.0) - frac) * repeat
+            scratch[high] += frac * repeat
             lo = min(lo, low)
             hi = max(hi, high)
         for r in range(lo, hi + 1):
