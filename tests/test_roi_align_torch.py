@@ -50,7 +50,7 @@ class TestRoIAlign(RoIOpTester):
         assert np.abs(rois).max() < 64
         return rois
 
-    def value_tolerance(self, dtype):
+    def forward_tolerance(self, dtype):
         return TOLERANCE[dtype]
 
     def grad_tolerance(self, dtype):

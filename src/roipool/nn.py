@@ -19,7 +19,18 @@ from torch import Tensor, nn
 from . import _torch_ops
 from ._torch_ops import onnx_translation_table
 
-__all__ = ["RoIPool", "roi_pool", "RoIAlign", "MultiScaleRoIAlign", "roi_align", "onnx_translation_table"]
+__all__ = [
+    "RoIPool",
+    "roi_pool",
+    "RoIAlign",
+    "MultiScaleRoIAlign",
+    "roi_align",
+    "PSRoIPool",
+    "ps_roi_pool",
+    "PSRoIAlign",
+    "ps_roi_align",
+    "onnx_translation_table",
+]
 
 roi_pool = _torch_ops.roi_pool
 roi_align = _torch_ops.roi_align
@@ -48,6 +59,62 @@ class RoIPool(nn.Module):
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale})"
+
+
+# ---- position-sensitive layers (R-FCN) ----
+
+ps_roi_pool = _torch_ops.ps_roi_pool
+ps_roi_align = _torch_ops.ps_roi_align
+
+
+class PSRoIPool(nn.Module):
+    """Position-sensitive RoI average pooling layer (R-FCN); see :func:`roipool.ps_roi_pool`.
+
+    Args:
+        output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
+        spatial_scale (float): image-to-feature-map factor.
+
+    ``forward(input (Tensor[N, C, H, W]), rois (Tensor[K, 5] or List[Tensor[L, 4]]))``
+    returns ``Tensor[K, C / (pooled_h * pooled_w), pooled_h, pooled_w]``.
+    """
+
+    def __init__(self, output_size: Union[int, Tuple[int, int]], spatial_scale: float):
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+
+    def forward(self, input: Tensor, rois: Boxes) -> Tensor:
+        return _torch_ops.ps_roi_pool(input, rois, self.output_size, self.spatial_scale)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale})"
+
+
+class PSRoIAlign(nn.Module):
+    """Position-sensitive RoIAlign layer; see :func:`roipool.ps_roi_align`.
+
+    Args:
+        output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
+        spatial_scale (float): image-to-feature-map factor.
+        sampling_ratio (int): samples per bin side; ``<= 0`` adaptive (at least one).
+
+    ``forward(input, rois)`` as :class:`PSRoIPool`.
+    """
+
+    def __init__(self, output_size: Union[int, Tuple[int, int]], spatial_scale: float, sampling_ratio: int):
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+
+    def forward(self, input: Tensor, rois: Boxes) -> Tensor:
+        return _torch_ops.ps_roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio)
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+            f"sampling_ratio={self.sampling_ratio})"
+        )
 
 
 class RoIAlign(nn.Module):
