@@ -494,3 +494,31 @@ def test_bisection_of_falling_positions_and_zero_size_boxes():
         roipool.roi_align(x, zero, 1, 1.0, 2**31 - 1, True), roipool.roi_align(x, zero, 1, 1.0, 1, True), rtol=1e-12
     )
     check_against_reference(x, zero, 2, 1.0, 40, True)
+
+
+def test_concurrent_calls_from_python_threads_give_the_same_results():
+    import threading
+
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((2, 24, 12, 12)).astype(np.float32)
+    cases = [random_rois(rng, 80, 2, 12, 12, 0.5) for _ in range(3)]
+    expected = [roipool.roi_align(x, r, 3, 0.5, -1, True) for r in cases]
+    grads = [roipool.roi_align_backward(e, r, x.shape, 3, 0.5, -1, True) for e, r in zip(expected, cases)]
+    results, errors = [None] * 9, []
+
+    def work(i):
+        try:
+            out = roipool.roi_align(x, cases[i % 3], 3, 0.5, -1, True)
+            results[i] = (out, roipool.roi_align_backward(out, cases[i % 3], x.shape, 3, 0.5, -1, True))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i, (out, grad) in enumerate(results):
+        np.testing.assert_array_equal(out, expected[i % 3])
+        np.testing.assert_array_equal(grad, grads[i % 3])
