@@ -298,7 +298,8 @@ class RoIOpTester:
         other = torch.from_numpy(self.rois(k=9, seed=6)).float()
         names = [i.name for i in session.get_inputs()]
         (got,) = session.run(None, dict(zip(names, [x.numpy(), other.numpy()])))
-        np.testing.assert_array_equal(got, layer(x, other).numpy())
+        # ONNX Runtime sums interpolated samples in its own order: the forward's tolerance
+        torch.testing.assert_close(torch.from_numpy(got), layer(x, other), **self.forward_tolerance(torch.float32))
 
     @pytest.mark.parametrize("boxes_format", BOX_FORMATS)
     def test_empty_boxes(self, boxes_format):

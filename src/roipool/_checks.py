@@ -47,10 +47,20 @@ def positive_scale(spatial_scale, name: str = "spatial_scale") -> float:
 
 
 def sampling_ratio_int(sampling_ratio, name: str = "sampling_ratio") -> int:
-    """An int; ``<= 0`` means adaptive."""
+    """An int below ``2**31`` (a C int, as in torchvision); ``<= 0`` means adaptive."""
     if isinstance(sampling_ratio, (bool, np.bool_)) or not isinstance(sampling_ratio, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(sampling_ratio).__name__}")
+    if sampling_ratio >= 2**31:
+        raise ValueError(f"{name} must be below 2**31 samples per bin side, got {sampling_ratio}")
     return int(sampling_ratio)
+
+
+def flag(value, name: str) -> bool:
+    """A bool (Python or NumPy); anything else is a TypeError, so that a
+    misplaced positional argument (say a sampling ratio) is not read as truth."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
 
 
 def feature_map(input, name: str = "input") -> np.ndarray:

@@ -49,7 +49,7 @@ import warnings
 import numpy as np
 import torch
 
-from . import _checks, _pool, _ps
+from . import _align, _checks, _pool, _ps
 
 NAMESPACE = "roipool"
 
@@ -617,3 +617,167 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
     rois, scale, pooled_h, pooled_w = _ps_public(input, boxes, output_size, spatial_scale)
     ratio = _checks.sampling_ratio_int(sampling_ratio)
     return torch.ops.roipool.ps_roi_align(input, rois, scale, pooled_h, pooled_w, ratio)
+
+
+# ---- roi_align ----
+
+_ROI_ALIGN_PARAMS = "float spatial_scale, int pooled_height, int pooled_width, int sampling_ratio, bool aligned"
+
+
+def _roi_align_cpu(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    n, channels, height, width = input.shape
+    dtype = compute_dtype(input.dtype)
+    x = cpu_nhwc(input, dtype)
+    rois_np = cpu_rois(rois, n, dtype)
+    taps = _align.Taps(rois_np, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, height, width)
+    out = new_cpu_tensor((rois_np.shape[0], channels, pooled_height * pooled_width), dtype)
+    _align.launch_forward(x, taps, out.numpy())
+    return out.view(rois_np.shape[0], channels, pooled_height, pooled_width).to(input.dtype)
+
+
+def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+
+
+def _roi_align_backward_cpu(
+    grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, sampling_ratio, aligned
+):
+    dtype = compute_dtype(grad.dtype)
+    k = grad.shape[0]
+    grad_out = grad.detach().to(dtype).contiguous().numpy().reshape(k, channels, pooled_height * pooled_width)
+    rois_np = cpu_rois(rois, batch_size, dtype)
+    taps = _align.Taps(rois_np, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, height, width)
+    grad_nhwc = np.zeros((batch_size, height, width, channels), _numpy_dtype(dtype))
+    _align.launch_backward(grad_out, taps, grad_nhwc)
+    grad_in = new_cpu_tensor((batch_size, channels, height, width), dtype)
+    grad_in.numpy()[...] = grad_nhwc.transpose(0, 3, 1, 2)  # NumPy's transposing copy (see cpu_nhwc)
+    return grad_in.to(grad.dtype)
+
+
+def _roi_align_backward_fake(
+    grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, sampling_ratio, aligned
+):
+    return grad.new_empty((batch_size, channels, height, width))
+
+
+# One op serves training and inference: the backward needs only the boxes and
+# the input's shape, so the forward keeps no extra state.
+roi_align_op = define(
+    "roi_align", f"(Tensor input, Tensor rois, {_ROI_ALIGN_PARAMS}) -> Tensor", cpu=_roi_align_cpu, fake=_roi_align_fake
+)
+roi_align_backward_op = define(
+    "roi_align_backward",
+    "(Tensor grad, Tensor rois, float spatial_scale, int pooled_height, int pooled_width, "
+    "int batch_size, int channels, int height, int width, int sampling_ratio, bool aligned) -> Tensor",
+    cpu=_roi_align_backward_cpu,
+    fake=_roi_align_backward_fake,
+)
+
+
+def _roi_align_setup(ctx, inputs, output):
+    input, rois, *ctx.params = inputs
+    ctx.save_for_backward(rois)
+    ctx.input_shape = tuple(input.shape)
+
+
+def _roi_align_grad(ctx, grad_output):
+    (rois,) = ctx.saved_tensors
+    spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = ctx.params
+    grad_input = torch.ops.roipool.roi_align_backward(
+        grad_output, rois, spatial_scale, pooled_height, pooled_width, *ctx.input_shape, sampling_ratio, aligned
+    )
+    return grad_input, None, None, None, None, None, None
+
+
+def _roi_align_backward_setup(ctx, inputs, output):
+    _, rois, spatial_scale, pooled_height, pooled_width, *_, sampling_ratio, aligned = inputs
+    ctx.params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
+    ctx.save_for_backward(rois)
+
+
+def _roi_align_backward_grad(ctx, grad_grad_input):
+    # The backward is linear in ``grad`` and its adjoint is the forward itself,
+    # so double backward (e.g. gradient penalties) costs one forward.
+    (rois,) = ctx.saved_tensors
+    grad_grad = torch.ops.roipool.roi_align(grad_grad_input, rois, *ctx.params)
+    return (grad_grad,) + (None,) * 10
+
+
+roi_align_op.register_autograd(_roi_align_grad, setup_context=_roi_align_setup)
+roi_align_backward_op.register_autograd(_roi_align_backward_grad, setup_context=_roi_align_backward_setup)
+
+
+def _roi_align_symbolic(g, input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    from torch.onnx import symbolic_helper
+
+    scale = symbolic_helper._get_const(spatial_scale, "f", "spatial_scale")
+    ph = symbolic_helper._get_const(pooled_height, "i", "pooled_height")
+    pw = symbolic_helper._get_const(pooled_width, "i", "pooled_width")
+    ratio = symbolic_helper._get_const(sampling_ratio, "i", "sampling_ratio")
+    aligned = bool(symbolic_helper._get_const(aligned, "b", "aligned"))
+    batch = g.op("Gather", rois, g.op("Constant", value_t=torch.tensor(0, dtype=torch.int64)), axis_i=1)
+    batch = g.op("Cast", batch, to_i=7)  # INT64
+    boxes = g.op("Gather", rois, g.op("Constant", value_t=torch.tensor([1, 2, 3, 4], dtype=torch.int64)), axis_i=1)
+    boxes = g.op("CastLike", boxes, input)
+    attrs = dict(output_height_i=ph, output_width_i=pw, spatial_scale_f=scale, sampling_ratio_i=max(ratio, 0), mode_s="avg")
+    opset = symbolic_helper.GLOBALS.export_onnx_opset_version
+    if opset >= 16:
+        attrs["coordinate_transformation_mode_s"] = "half_pixel" if aligned else "output_half_pixel"
+    elif aligned:
+        # Before opset 16 RoiAlign knows only the legacy rule. Shifting the boxes
+        # by half a cell would still differ on boxes under one cell (the legacy
+        # rule stretches them), so refuse rather than export a different op.
+        raise ValueError(f"roi_align with aligned=True needs ONNX opset 16 or later to export exactly, got opset {opset}")
+    return g.op("RoiAlign", input, boxes, batch, **attrs)
+
+
+def _roi_align_translation():
+    from onnxscript import opset18 as op
+
+    def roi_align(
+        input, rois, spatial_scale: float, pooled_height: int, pooled_width: int, sampling_ratio: int, aligned: bool
+    ):
+        batch = op.Cast(op.Gather(rois, op.Constant(value_int=0), axis=1), to=7)  # INT64
+        boxes = op.CastLike(op.Gather(rois, op.Constant(value_ints=[1, 2, 3, 4]), axis=1), input)
+        mode = "half_pixel" if aligned else "output_half_pixel"
+        return op.RoiAlign(
+            input,
+            boxes,
+            batch,
+            output_height=pooled_height,
+            output_width=pooled_width,
+            spatial_scale=spatial_scale,
+            sampling_ratio=sampling_ratio if sampling_ratio > 0 else 0,
+            mode="avg",
+            coordinate_transformation_mode=mode,
+        )
+
+    return roi_align
+
+
+register_onnx("roi_align", symbolic=_roi_align_symbolic, translation=_roi_align_translation)
+
+
+def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+    """Tensor RoIAlign; see :func:`roipool.roi_align`.
+
+    Args:
+        input (Tensor[N, C, H, W]): float16, bfloat16, float32 or float64; any
+            strides (channels-last is read in place).
+        boxes (Tensor[K, 5] or List[Tensor[L, 4]]): on ``input``'s device.
+        output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
+        spatial_scale (float): image-to-feature-map factor.
+        sampling_ratio (int): samples per bin side; ``<= 0`` is adaptive.
+        aligned (bool): half-cell pixel model (``True``) or the legacy rule.
+
+    Returns:
+        Tensor[K, C, pooled_h, pooled_w] of ``input``'s dtype, differentiable
+        with respect to ``input`` (twice: the backward is differentiable too).
+    """
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a NumPy array or a torch tensor, got {type(input).__name__}")
+    with _quiet_when_tracing():
+        check_feature_map(input)
+        pooled_h, pooled_w, scale, ratio, aligned = _align.arguments(output_size, spatial_scale, sampling_ratio, aligned)
+        rois = boxes_to_rois(boxes, input)
+    return torch.ops.roipool.roi_align(input, rois, scale, pooled_h, pooled_w, ratio, aligned)
