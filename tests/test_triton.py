@@ -168,76 +168,11 @@ def test_launchers_refuse_cpu_tensors_outside_the_interpreter(monkeypatch):
 
 
 # ---------------------------------------------------------------- align family
-# The ps ops are checked against roipool.reference. Until roi_align's
-# reference lands, the tests carry a small loop version of torchvision's
-# definition (forward, and the backward as a per-sample scatter).
+# Against roipool.reference, computed in float64 on the very inputs the
+# kernels saw.
 
 
-def _bilinear_taps(y, x, height, width):
-    """Corners ``((row, col, weight), ...)`` of a bilinear sample, or () when it counts zero."""
-    if not (-1.0 <= y <= height and -1.0 <= x <= width):
-        return ()
-    y, x = max(y, 0.0), max(x, 0.0)
-    y_low, x_low = int(y), int(x)
-    if y_low >= height - 1:
-        y_low = y_high = height - 1
-        y = float(y_low)
-    else:
-        y_high = y_low + 1
-    if x_low >= width - 1:
-        x_low = x_high = width - 1
-        x = float(x_low)
-    else:
-        x_high = x_low + 1
-    ly, lx = y - y_low, x - x_low
-    hy, hx = 1.0 - ly, 1.0 - lx
-    return ((y_low, x_low, hy * hx), (y_low, x_high, hy * lx), (y_high, x_low, ly * hx), (y_high, x_high, ly * lx))
-
-
-def _align_bins(roi, scale, ph_total, pw_total, sampling_ratio, aligned):
-    """Per bin ``(ph, pw)``: its sample coordinates and the count divisor (float64)."""
-    offset = 0.5 if aligned else 0.0
-    start_w, start_h = roi[1] * scale - offset, roi[2] * scale - offset
-    roi_w, roi_h = roi[3] * scale - offset - start_w, roi[4] * scale - offset - start_h
-    if not aligned:
-        roi_w, roi_h = max(roi_w, 1.0), max(roi_h, 1.0)
-    bin_h, bin_w = roi_h / ph_total, roi_w / pw_total
-    grid_h = sampling_ratio if sampling_ratio > 0 else max(int(np.ceil(bin_h)), 0)
-    grid_w = sampling_ratio if sampling_ratio > 0 else max(int(np.ceil(bin_w)), 0)
-    for ph in range(ph_total):
-        for pw in range(pw_total):
-            points = [
-                (start_h + ph * bin_h + (iy + 0.5) * bin_h / grid_h, start_w + pw * bin_w + (ix + 0.5) * bin_w / grid_w)
-                for iy in range(grid_h)
-                for ix in range(grid_w)
-            ]
-            yield ph, pw, points, max(grid_h * grid_w, 1)
-
-
-def expected_align(x, rois, scale, ph_total, pw_total, sampling_ratio, aligned):
-    height, width = x.shape[2], x.shape[3]
-    out = np.zeros((len(rois), x.shape[1], ph_total, pw_total))
-    for k, roi in enumerate(rois):
-        for ph, pw, points, count in _align_bins(roi, scale, ph_total, pw_total, sampling_ratio, aligned):
-            for c in range(x.shape[1]):
-                plane = x[int(roi[0]), c]
-                total = sum(w * plane[r, s] for y, xx in points for r, s, w in _bilinear_taps(y, xx, height, width))
-                out[k, c, ph, pw] = total / count
-    return out
-
-
-def expected_align_backward(grad, rois, shape, scale, ph_total, pw_total, sampling_ratio, aligned):
-    grad_input = np.zeros(shape)
-    for k, roi in enumerate(rois):
-        for ph, pw, points, count in _align_bins(roi, scale, ph_total, pw_total, sampling_ratio, aligned):
-            for c in range(grad.shape[1]):
-                for y, xx in points:
-                    for r, s, w in _bilinear_taps(y, xx, shape[2], shape[3]):
-                        grad_input[int(roi[0]), c, r, s] += grad[k, c, ph, pw] * w / count
-    return grad_input
-
-
-# float32 kernels differ from float64 loops by float32 rounding; float16 and
+# float32 kernels differ from the float64 reference by float32 rounding; float16 and
 # bfloat16 compute in float32 and round once at the end.
 TOLERANCE = {
     torch.float64: dict(rtol=1e-12, atol=1e-12),
@@ -272,14 +207,11 @@ def run_backward(op, grad, rois, scale, ph, pw, sampling_ratio, aligned, shape):
 
 
 def expected_forward(op, x, rois, scale, ph, pw, sampling_ratio, aligned):
-    """``roipool.reference`` (roi_align: the loops above until the tree has it)."""
     if op == "ps_roi_pool":
         return reference.ps_roi_pool(x, rois, ph, pw, scale)
     if op == "ps_roi_align":
         return reference.ps_roi_align(x, rois, ph, pw, scale, sampling_ratio)
-    if hasattr(reference, "roi_align"):
-        return reference.roi_align(x, rois, ph, pw, scale, sampling_ratio, aligned)
-    return expected_align(x, rois, scale, ph, pw, sampling_ratio, aligned)
+    return reference.roi_align(x, rois, ph, pw, scale, sampling_ratio, aligned)
 
 
 def expected_backward(op, grad, rois, shape, scale, ph, pw, sampling_ratio, aligned):
@@ -287,9 +219,7 @@ def expected_backward(op, grad, rois, shape, scale, ph, pw, sampling_ratio, alig
         return reference.ps_roi_pool_backward(grad, rois, shape, scale)
     if op == "ps_roi_align":
         return reference.ps_roi_align_backward(grad, rois, shape, scale, sampling_ratio)
-    if hasattr(reference, "roi_align_backward"):
-        return reference.roi_align_backward(grad, rois, shape, scale, sampling_ratio, aligned)
-    return expected_align_backward(grad, rois, shape, scale, ph, pw, sampling_ratio, aligned)
+    return reference.roi_align_backward(grad, rois, shape, scale, sampling_ratio, aligned)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
