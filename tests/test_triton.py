@@ -267,7 +267,9 @@ BACKWARD_CASES = [(*case, dtype) for case in ALIGN_CASES for dtype in (torch.flo
 
 
 @pytest.mark.parametrize(
-    "op,sampling_ratio,aligned,dtype", BACKWARD_CASES, ids=[f"{c[0]}-{c[1]}-{c[2]}-{dtype_id(c[3])}" for c in BACKWARD_CASES]
+    "op,sampling_ratio,aligned,dtype",
+    BACKWARD_CASES,
+    ids=[f"{c[0]}-{c[1]}-{c[2]}-{dtype_id(c[3])}" for c in BACKWARD_CASES],
 )
 def test_align_family_backward_matches_definition(op, sampling_ratio, aligned, dtype):
     x, rois, ph, pw = align_inputs(op, dtype, seed=5)
@@ -413,7 +415,9 @@ def test_registered_cuda_ops_pass_opcheck_and_equal_the_cpu_ops(name):
     torch.library.opcheck(real, args)
     got = real(*args)
     expected = real(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
-    for g, e in zip(got if isinstance(got, tuple) else (got,), expected if isinstance(expected, tuple) else (expected,)):
+    got = got if isinstance(got, tuple) else (got,)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    for g, e in zip(got, expected):
         torch.testing.assert_close(g.cpu(), e, rtol=1e-5, atol=1e-5)
 
 

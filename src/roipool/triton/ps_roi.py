@@ -88,6 +88,12 @@ def _ps_align_box(rois_ptr, k, scale, sampling_ratio, POOLED_H: tl.constexpr, PO
 
 
 @triton.jit
+def _input_planes(n, c, p, channels_out, height, width, BINS: tl.constexpr):
+    """Offsets ``(BLOCK_C, BLOCK_P)`` of the input planes: output channel ``c``, bin ``p`` -> ``c * BINS + p``."""
+    return (n.to(tl.int64) * (channels_out * BINS) + (c.to(tl.int64) * BINS)[:, None] + p[None, :]) * height * width
+
+
+@triton.jit
 def _ps_forward_kernel(
     input_ptr,  # (N, C_out * PH * PW, H, W), contiguous
     rois_ptr,  # (K, 5), compute dtype
@@ -120,7 +126,7 @@ def _ps_forward_kernel(
             rois_ptr, k, scale, sampling_ratio, POOLED_H, POOLED_W
         )
         n = clamp_image(n, num_images)
-        plane = (n.to(tl.int64) * (channels_out * bins) + (c.to(tl.int64) * bins)[:, None] + p[None, :]) * height * width
+        plane = _input_planes(n, c, p, channels_out, height, width, bins)
         for iy in range(grid_h):
             y_ok, y_low, y_high, wy_low, wy_high = bilinear_axis(sample_at(start_h, size_h, ph, iy, grid_h), height)
             for ix in range(grid_w):
@@ -144,7 +150,7 @@ def _ps_forward_kernel(
     else:
         n, y1, x1, size_h, size_w = _ps_pool_box(rois_ptr, k, scale, POOLED_H, POOLED_W)
         n = clamp_image(n, num_images)
-        plane = (n.to(tl.int64) * (channels_out * bins) + (c.to(tl.int64) * bins)[:, None] + p[None, :]) * height * width
+        plane = _input_planes(n, c, p, channels_out, height, width, bins)
         # bins are clipped to [0, H - 1] x [0, W - 1]: the last row and column are never read
         hstart, hend = pool_bin_edges(ph, size_h, y1, height - 1)
         wstart, wend = pool_bin_edges(pw, size_w, x1, width - 1)
