@@ -441,3 +441,53 @@ def test_compiled_roi_pool_on_cuda_matches_eager_and_its_backward_repeats_bit_fo
     assert torch.equal(grads[0], grads[1])
     cpu = roipool.roi_pool(x.detach().cpu().requires_grad_(True), rois.cpu(), (3, 2), 0.5)
     assert torch.equal(eager.detach().cpu(), cpu.detach())
+
+
+# ---------------------------------------------------------------- random cases
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_cases_match_the_references_for_every_op_both_ways(seed):
+    """Random shapes, scales, boxes (off the map, half-way, inverted), float32 and float64."""
+    rng = np.random.default_rng(2000 + seed)
+    dtype = [np.float32, np.float64][seed % 2]
+    n, c, h, w, k = (int(rng.integers(1, 3)), int(rng.integers(1, 4)), int(rng.integers(1, 13)),
+                     int(rng.integers(1, 13)), int(rng.integers(1, 7)))
+    ph, pw = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+    scale = float(rng.choice([1.0, 0.5, 1 / 16, 1 / 3]))
+    sampling_ratio, aligned = int(rng.choice([-1, 1, 2])), bool(seed % 3 == 1)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    x_ps = rng.standard_normal((n, c * ph * pw, h, w)).astype(dtype)
+    xs = np.round(rng.uniform(-0.4 * w / scale, 1.4 * w / scale, (k, 2)) * 2) / 2
+    ys = np.round(rng.uniform(-0.4 * h / scale, 1.4 * h / scale, (k, 2)) * 2) / 2
+    rois = np.column_stack([rng.integers(0, n, k), xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]]).astype(dtype)
+    grad = rng.standard_normal((k, c, ph, pw)).astype(dtype)
+    t = lambda a: torch.from_numpy(a).to(DEVICE)  # noqa: E731
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    as64 = lambda a: a.astype(np.float64)  # noqa: E731
+
+    out, argmax = rt.roi_pool_forward(t(x), t(rois), scale, ph, pw)
+    expected, expected_argmax = reference.roi_pool(x, rois, ph, pw, dtype(scale))
+    np.testing.assert_array_equal(out.cpu().numpy(), expected)
+    np.testing.assert_array_equal(argmax.cpu().numpy(), expected_argmax)
+    got = rt.roi_pool_backward(t(grad), argmax, t(rois), n, c, h, w).cpu().numpy()
+    np.testing.assert_array_equal(got, roipool.roi_pool_backward(grad, expected_argmax, rois, x.shape))
+
+    got = rt.roi_align_forward(t(x), t(rois), scale, ph, pw, sampling_ratio, aligned).cpu().numpy()
+    np.testing.assert_allclose(got, reference.roi_align(as64(x), as64(rois), ph, pw, scale, sampling_ratio, aligned),
+                               **tol)
+    got = rt.roi_align_backward(t(grad), t(rois), scale, ph, pw, n, c, h, w, sampling_ratio, aligned).cpu().numpy()
+    expected = reference.roi_align_backward(as64(grad), as64(rois), x.shape, scale, sampling_ratio, aligned)
+    np.testing.assert_allclose(got, expected, **tol)
+
+    got = rt.ps_roi_pool_forward(t(x_ps), t(rois), scale, ph, pw).cpu().numpy()
+    np.testing.assert_array_equal(got, reference.ps_roi_pool(x_ps, rois, ph, pw, scale))
+    got = rt.ps_roi_pool_backward(t(grad), t(rois), scale, ph, pw, *x_ps.shape).cpu().numpy()
+    np.testing.assert_array_equal(got, reference.ps_roi_pool_backward(grad, rois, x_ps.shape, scale))
+
+    got = rt.ps_roi_align_forward(t(x_ps), t(rois), scale, ph, pw, sampling_ratio).cpu().numpy()
+    np.testing.assert_allclose(got, reference.ps_roi_align(as64(x_ps), as64(rois), ph, pw, scale, sampling_ratio),
+                               **tol)
+    got = rt.ps_roi_align_backward(t(grad), t(rois), scale, ph, pw, sampling_ratio, *x_ps.shape).cpu().numpy()
+    expected = reference.ps_roi_align_backward(as64(grad), as64(rois), x_ps.shape, scale, sampling_ratio)
+    np.testing.assert_allclose(got, expected, **tol)
