@@ -95,6 +95,13 @@ def vmax(typingctx, best, value):
     return best(best, value), codegen
 
 
+def _splat_int32(builder, index, lanes):
+    """``lanes`` copies of the integer ``index`` (truncated to int32)."""
+    vector_type = ir.VectorType(ir.IntType(32), lanes)
+    one = builder.insert_element(ir.Constant(vector_type, ir.Undefined), builder.trunc(index, ir.IntType(32)), ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, one, ir.Constant(vector_type, None))
+
+
 @intrinsic
 def vmax_index(typingctx, best, best_index, value, index):
     """:func:`vmax` that also tracks where the maximum came from.
@@ -108,9 +115,7 @@ def vmax_index(typingctx, best, best_index, value, index):
     def codegen(context, builder, sig, args):
         b, bi, v, i = args
         take = _beats(builder, v, b)
-        i32 = builder.trunc(i, ir.IntType(32))
-        splat = builder.insert_element(ir.Constant(bi.type, ir.Undefined), i32, ir.Constant(ir.IntType(32), 0))
-        splat = builder.shuffle_vector(splat, splat, ir.Constant(ir.VectorType(ir.IntType(32), best.lanes), None))
+        splat = _splat_int32(builder, i, best.lanes)
         return context.make_tuple(builder, ret, [builder.select(take, v, b), builder.select(take, splat, bi)])
 
     return ret(best, best_index, value, types.intp), codegen
@@ -122,9 +127,7 @@ def vsplat_index(typingctx, index, like):
     it = Vector(types.int32, like.lanes)
 
     def codegen(context, builder, sig, args):
-        i32 = builder.trunc(args[0], ir.IntType(32))
-        splat = builder.insert_element(ir.Constant(ir.VectorType(ir.IntType(32), like.lanes), ir.Undefined), i32, ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(splat, splat, ir.Constant(ir.VectorType(ir.IntType(32), like.lanes), None))
+        return _splat_int32(builder, args[0], like.lanes)
 
     return it(types.intp, like), codegen
 
