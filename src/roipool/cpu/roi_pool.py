@@ -37,10 +37,11 @@ def forward(x, batch, hbins, wbins, bounds, out):
 
     ``batch (K,)``, ``hbins (K, PH, 2)``, ``wbins (K, PW, 2)`` come from
     ``_geometry.roi_pool_bins``; ``bounds`` splits the RoIs into runs.
-    ``x`` and ``out`` are C-contiguous.
+    ``out`` must be C-contiguous (it is written through a flat view); ``x``
+    should be (a strided ``x`` is copied first).
     """
     _, height, width, channels = x.shape
-    xf = x.reshape(-1)
+    xf = np.ascontiguousarray(x).reshape(-1)
     outf = out.reshape(-1)
     nbins = hbins.shape[1] * wbins.shape[1]
     block = UNROLL * (64 // x.itemsize)
@@ -56,9 +57,12 @@ def forward(x, batch, hbins, wbins, bounds, out):
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def forward_argmax(x, batch, hbins, wbins, bounds, out, argmax):
-    """As :func:`forward`, also writing ``argmax (K, C, PH * PW)``: ``h * W + w`` or -1."""
+    """As :func:`forward`, also writing ``argmax (K, C, PH * PW)``: ``h * W + w`` or -1.
+
+    ``out`` and ``argmax`` must be C-contiguous.
+    """
     _, height, width, channels = x.shape
-    xf = x.reshape(-1)
+    xf = np.ascontiguousarray(x).reshape(-1)
     outf = out.reshape(-1)
     argf = argmax.reshape(-1)
     nbins = hbins.shape[1] * wbins.shape[1]
