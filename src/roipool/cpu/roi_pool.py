@@ -25,7 +25,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._simd import transpose_block, vload, vmax, vmax_index, vsplat_index, vstore
+from ._simd import VECTOR_BYTES, transpose_block, vload, vmax, vmax_index, vsplat_index, vstore
 
 # Vectors pooled together per bin pass (128 float32 / 64 float64 channels).
 UNROLL = 8
@@ -44,7 +44,7 @@ def forward(x, batch, hbins, wbins, bounds, out):
     xf = np.ascontiguousarray(x).reshape(-1)
     outf = out.reshape(-1)
     nbins = hbins.shape[1] * wbins.shape[1]
-    block = UNROLL * (64 // x.itemsize)
+    block = UNROLL * (VECTOR_BYTES // x.itemsize)
     for run in numba.prange(bounds.shape[0] - 1):
         tile = np.empty(nbins * block, x.dtype)
         for k in range(bounds[run], bounds[run + 1]):
@@ -66,7 +66,7 @@ def forward_argmax(x, batch, hbins, wbins, bounds, out, argmax):
     outf = out.reshape(-1)
     argf = argmax.reshape(-1)
     nbins = hbins.shape[1] * wbins.shape[1]
-    block = UNROLL * (64 // x.itemsize)
+    block = UNROLL * (VECTOR_BYTES // x.itemsize)
     for run in numba.prange(bounds.shape[0] - 1):
         tile = np.empty(nbins * block, x.dtype)
         itile = np.empty(nbins * block, np.int32)
@@ -88,7 +88,7 @@ def _pool_tile(xf, origin, width, channels, cw, hb, wb, tile, stride):
     the RoI's image; cell ``(h, w)`` of channel ``j`` is at
     ``origin + (h * width + w) * channels + j``.
     """
-    lanes = 64 // xf.itemsize
+    lanes = VECTOR_BYTES // xf.itemsize
     pooled_w = wb.shape[0]
     for ph in range(hb.shape[0]):
         h0 = hb[ph, 0]
@@ -114,7 +114,7 @@ def _pool_tile(xf, origin, width, channels, cw, hb, wb, tile, stride):
 @numba.njit(nogil=True)
 def _pool_tile_argmax(xf, origin, width, channels, cw, hb, wb, tile, itile, stride):
     """:func:`_pool_tile` that also fills ``itile`` with each maximum's ``h * W + w``."""
-    lanes = 64 // xf.itemsize
+    lanes = VECTOR_BYTES // xf.itemsize
     pooled_w = wb.shape[0]
     for ph in range(hb.shape[0]):
         h0 = hb[ph, 0]
@@ -144,7 +144,7 @@ def _pool_tile_argmax(xf, origin, width, channels, cw, hb, wb, tile, itile, stri
 
 @numba.njit(nogil=True)
 def _bin_max8(xf, origin, width, channels, h0, h1, w0, w1, tile, t):
-    lanes = 64 // xf.itemsize
+    lanes = VECTOR_BYTES // xf.itemsize
     o = origin + (h0 * width + w0) * channels
     a0 = vload(xf, o)
     a1 = vload(xf, o + lanes)
@@ -197,7 +197,7 @@ def _bin_max_scalar(xf, origin, width, channels, h0, h1, w0, w1):
 
 @numba.njit(nogil=True)
 def _bin_argmax8(xf, origin, width, channels, h0, h1, w0, w1, tile, itile, t):
-    lanes = 64 // xf.itemsize
+    lanes = VECTOR_BYTES // xf.itemsize
     o = origin + (h0 * width + w0) * channels
     a0 = vload(xf, o)
     a1 = vload(xf, o + lanes)
@@ -271,7 +271,7 @@ def _store_transposed(tile, stride, cw, nbins, dst, start):
     Whole ``lanes x lanes`` blocks go through registers; the ragged edges
     (``nbins`` or ``cw`` not a multiple of ``lanes``) are copied one by one.
     """
-    lanes = 64 // tile.itemsize
+    lanes = VECTOR_BYTES // tile.itemsize
     jv = cw - cw % lanes
     bv = nbins - nbins % lanes
     for j0 in range(0, jv, lanes):
