@@ -1,0 +1,175 @@
+"""A 64-byte SIMD vector for the Numba kernels: load, store, max, transpose.
+
+LLVM's auto-vectoriser keeps a running maximum in memory when the loop runs
+over channels, and it prefers 256-bit registers on AVX-512 machines. These
+intrinsics give the kernels an explicit vector value instead: one cache
+line of a channels-last row (16 float32 or 8 float64 lanes) that lives in a
+register while a bin's cells are scanned. LLVM lowers the vector to whatever
+the CPU has (one zmm register on AVX-512, two ymm on AVX2, NEON pieces on
+ARM), so the results never depend on the machine.
+
+All loads and stores are unaligned and unchecked: callers index in range.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, models, register_model
+
+VECTOR_BYTES = 64
+
+
+class Vector(types.Type):
+    """``lanes`` values of ``dtype`` held in one SIMD register (or a few)."""
+
+    def __init__(self, dtype, lanes):
+        self.dtype = dtype
+        self.lanes = lanes
+        super().__init__(name=f"Vector({dtype} x {lanes})")
+
+
+@register_model(Vector)
+class _VectorModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        element = dmm.lookup(fe_type.dtype).get_value_type()
+        super().__init__(dmm, fe_type, ir.VectorType(element, fe_type.lanes))
+
+
+def lanes_of(dtype) -> int:
+    """Lanes of a 64-byte vector of ``dtype`` (a Numba scalar type)."""
+    return VECTOR_BYTES * 8 // dtype.bitwidth
+
+
+def _element_pointer(context, builder, array_type, array, index, vector_type):
+    data = context.make_array(array_type)(context, builder, array).data
+    return builder.bitcast(builder.gep(data, [index]), context.get_value_type(vector_type).as_pointer())
+
+
+@intrinsic
+def vload(typingctx, array, index):
+    """The vector ``array[index : index + lanes]`` of a contiguous 1-D array."""
+    vt = Vector(array.dtype, lanes_of(array.dtype))
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], vt)
+        return builder.load(ptr, align=array.dtype.bitwidth // 8)
+
+    return vt(array, types.intp), codegen
+
+
+@intrinsic
+def vstore(typingctx, array, index, value):
+    """``array[index : index + lanes] = value``."""
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[2])
+        builder.store(args[2], ptr, align=array.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.void(array, types.intp, value), codegen
+
+
+def _beats(builder, value, best):
+    """Lane mask: ``value`` replaces ``best`` (strictly greater, or a NaN over a number)."""
+    # "unordered or greater" is true for a NaN on either side; the second
+    # test keeps a NaN already held.
+    greater_or_nan = builder.fcmp_unordered(">", value, best)
+    best_is_number = builder.fcmp_ordered("ord", best, best)
+    return builder.and_(greater_or_nan, best_is_number)
+
+
+@intrinsic
+def vmax(typingctx, best, value):
+    """Lane-wise running maximum: ``value`` where it beats ``best``, else ``best``.
+
+    "Beats" is the pooling rule: strictly greater (ties keep the earlier
+    value, so -0.0 seen first stays -0.0), and a NaN beats any number but
+    not an earlier NaN (the first NaN is kept, payload and all).
+    """
+
+    def codegen(context, builder, sig, args):
+        b, v = args
+        return builder.select(_beats(builder, v, b), v, b)
+
+    return best(best, value), codegen
+
+
+def _splat_int32(builder, index, lanes):
+    """``lanes`` copies of the integer ``index`` (truncated to int32)."""
+    vector_type = ir.VectorType(ir.IntType(32), lanes)
+    one = builder.insert_element(ir.Constant(vector_type, ir.Undefined), builder.trunc(index, ir.IntType(32)), ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, one, ir.Constant(vector_type, None))
+
+
+@intrinsic
+def vmax_index(typingctx, best, best_index, value, index):
+    """:func:`vmax` that also tracks where the maximum came from.
+
+    Returns ``(best, best_index)`` after seeing ``value`` at scalar position
+    ``index``; ``best_index`` is an int32 vector.
+    """
+    it = Vector(types.int32, best.lanes)
+    ret = types.Tuple((best, it))
+
+    def codegen(context, builder, sig, args):
+        b, bi, v, i = args
+        take = _beats(builder, v, b)
+        splat = _splat_int32(builder, i, best.lanes)
+        return context.make_tuple(builder, ret, [builder.select(take, v, b), builder.select(take, splat, bi)])
+
+    return ret(best, best_index, value, types.intp), codegen
+
+
+@intrinsic
+def vsplat_index(typingctx, index, like):
+    """An int32 vector with ``index`` in every lane, as many lanes as ``like``."""
+    it = Vector(types.int32, like.lanes)
+
+    def codegen(context, builder, sig, args):
+        return _splat_int32(builder, args[0], like.lanes)
+
+    return it(types.intp, like), codegen
+
+
+@intrinsic
+def transpose_block(typingctx, src, src_start, src_stride, dst, dst_start, dst_stride):
+    """Write the transpose of a ``lanes x lanes`` block.
+
+    Reads rows ``src[src_start + r * src_stride :][:lanes]`` and writes
+    ``dst[dst_start + j * dst_stride + r] = src[src_start + r * src_stride + j]``
+    for ``r, j < lanes``, as ``lanes`` vector loads, ``lanes * log2(lanes)``
+    two-source shuffles and ``lanes`` vector stores. ``src`` and ``dst`` are
+    contiguous 1-D arrays of the same 4- or 8-byte type.
+    """
+    lanes = lanes_of(src.dtype)
+    vt = Vector(src.dtype, lanes)
+
+    def codegen(context, builder, sig, args):
+        s, s0, ss, d, d0, ds = args
+        rows = []
+        for r in range(lanes):
+            off = builder.add(s0, builder.mul(ss, ir.Constant(ss.type, r)))
+            rows.append(builder.load(_element_pointer(context, builder, sig.args[0], s, off, vt), align=src.dtype.bitwidth // 8))
+        # Butterfly: at distance step, rows i and i + step swap the step x step
+        # blocks off the diagonal; after step = 1, 2, 4, ... it is transposed.
+        step = 1
+        while step < lanes:
+            for i in range(lanes):
+                if i & step:
+                    continue
+                a, b = rows[i], rows[i | step]
+                # lanes of the concatenation (a, b): a[j] is j, b[j] is lanes + j
+                lo = [j if not (j & step) else lanes + (j ^ step) for j in range(lanes)]
+                hi = [(j ^ step) if not (j & step) else lanes + j for j in range(lanes)]
+                mask_lo = ir.Constant(ir.VectorType(ir.IntType(32), lanes), lo)
+                mask_hi = ir.Constant(ir.VectorType(ir.IntType(32), lanes), hi)
+                rows[i] = builder.shuffle_vector(a, b, mask_lo)
+                rows[i | step] = builder.shuffle_vector(a, b, mask_hi)
+            step *= 2
+        for j in range(lanes):
+            off = builder.add(d0, builder.mul(ds, ir.Constant(ds.type, j)))
+            builder.store(rows[j], _element_pointer(context, builder, sig.args[3], d, off, vt), align=dst.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.void(src, types.intp, types.intp, dst, types.intp, types.intp), codegen
