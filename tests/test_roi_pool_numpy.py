@@ -295,3 +295,23 @@ def test_worked_example_of_the_semantics_document():
     out = roipool.roi_pool(x, np.array([[0, 8, 8, 72, 40]], np.float32), (2, 3), 1 / 16)
     np.testing.assert_array_equal(out[0, 0], [[14, 16, 17], [20, 22, 23]])
     np.testing.assert_array_equal(out, max_roi_pool(x, np.array([[0, 8, 8, 72, 40]], np.float32), 2, 3, 1 / 16))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wide_channel_blocks_match_reference_bit_for_bit(dtype):
+    # 147 = 128 + 16 + 3 channels: the 8-vector scan, the one-vector scan and
+    # the scalar tail; integers make ties, plus NaN, -0.0 and -inf
+    rng = np.random.default_rng(21)
+    x = rng.integers(-3, 3, (2, 147, 9, 11)).astype(dtype)
+    x[rng.random(x.shape) < 0.03] = np.nan
+    x[rng.random(x.shape) < 0.05] = -0.0
+    x[rng.random(x.shape) < 0.02] = -np.inf
+    rois = random_rois(rng, 20, 2, 9, 11, 0.5)
+    expected, expected_argmax = reference.roi_pool(x, rois.astype(dtype), 7, 7, 0.5)
+    out, argmax = roipool.roi_pool_with_argmax(x, rois, 7, 0.5)
+    assert out.tobytes() == expected.tobytes()
+    assert roipool.roi_pool(x, rois, 7, 0.5).tobytes() == expected.tobytes()
+    np.testing.assert_array_equal(argmax, expected_argmax)
+    grad = rng.standard_normal(out.shape).astype(dtype)
+    got = roipool.roi_pool_backward(grad, argmax, rois, x.shape)
+    assert got.tobytes() == reference.roi_pool_backward(grad, expected_argmax, rois, x.shape).tobytes()
