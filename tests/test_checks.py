@@ -81,5 +81,8 @@ def test_backward_rejects_mismatched_arguments():
         roipool.roi_pool_backward(out, argmax, ROIS[:1], X.shape)
     with pytest.raises(ValueError, match="argmax holds indices outside"):
         roipool.roi_pool_backward(out, argmax + 1000, ROIS, X.shape)
+    for bad in (argmax - 2, (argmax + 1000).astype(np.int64), np.asfortranarray(argmax - 2)):
+        with pytest.raises(ValueError, match="argmax holds indices outside"):
+            roipool.roi_pool_backward(out, bad, ROIS, X.shape)
     with pytest.raises(TypeError, match="argmax must hold integers"):
         roipool.roi_pool_backward(out, argmax.astype(np.float32), ROIS, X.shape)

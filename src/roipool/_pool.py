@@ -107,6 +107,14 @@ def roi_pool_with_argmax(input, boxes, output_size, spatial_scale=1.0):
     return prep.shaped(out).astype(prep.input_dtype, copy=False), prep.shaped(argmax)
 
 
+def _argmax_outside(argmax: np.ndarray, cells: int) -> bool:
+    """Whether any index lies outside ``[-1, cells)``; int32 (what the forward returns) in one parallel pass."""
+    if argmax.dtype == np.int32 and argmax.flags.c_contiguous and argmax.dtype.isnative:
+        with launch_lock:
+            return kernels.count_outside(argmax.reshape(-1), -1, cells) > 0
+    return bool(argmax.min() < -1 or argmax.max() >= cells)
+
+
 def roi_pool_backward(grad_output, argmax, boxes, input_shape):
     grad_output = np.asarray(grad_output)
     argmax = np.asarray(argmax)
@@ -124,7 +132,7 @@ def roi_pool_backward(grad_output, argmax, boxes, input_shape):
     n, channels, height, width = shape
     if grad_output.shape[1] != channels:
         raise ValueError(f"grad_output has {grad_output.shape[1]} channels but input_shape has {channels}")
-    if argmax.size and (argmax.min() < -1 or argmax.max() >= height * width):
+    if argmax.size and _argmax_outside(argmax, height * width):
         raise ValueError(f"argmax holds indices outside [-1, H * W = {height * width})")
     dtype = compute_dtype(grad_output.dtype)
     rois = _checks.rois_array(boxes, n, dtype)

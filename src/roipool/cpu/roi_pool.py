@@ -315,3 +315,13 @@ def backward(grad_out, argmax, batch, grad_in):
                     i = a[b]
                     if i >= 0:
                         plane[i] += g[b]
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def count_outside(values, lo, hi):
+    """How many of ``values`` (1-D) lie outside ``[lo, hi)``: one parallel pass."""
+    bad = 0
+    for i in numba.prange(values.shape[0]):
+        v = values[i]
+        bad += (v < lo) | (v >= hi)
+    return bad
