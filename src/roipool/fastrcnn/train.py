@@ -35,7 +35,7 @@ from .proposals import dense_proposals
 
 @dataclass
 class TrainConfig:
-    epochs: int = 8
+    epochs: int = 16
     images_per_epoch: int = 320
     batch_images: int = 4
     rois_per_image: int = 64
