@@ -11,54 +11,55 @@ X = np.zeros((2, 3, 8, 8), np.float32)
 ROIS = np.array([[0, 0, 0, 4, 4], [1, 1, 1, 5, 5]], np.float32)
 
 
-@pytest.mark.parametrize(
-    "input, error, words",
-    [
-        (np.zeros((3, 8, 8), np.float32), ValueError, "input must have 4 dimensions"),
-        (np.zeros((2, 3, 8, 8), np.int32), TypeError, "input must have a real floating dtype"),
-        (np.zeros((2, 3, 8, 8), np.complex64), TypeError, "input must have a real floating dtype"),
-        ([[[[0.0]]]], TypeError, "input must be a NumPy array"),
-    ],
-)
+# The case lists are shared with the torch path's tests (tests/roi_family.py).
+BAD_INPUTS = [
+    (np.zeros((3, 8, 8), np.float32), ValueError, "input must have 4 dimensions"),
+    (np.zeros((2, 3, 8, 8), np.int32), TypeError, "input must have a real floating dtype"),
+    (np.zeros((2, 3, 8, 8), np.complex64), TypeError, "input must have a real floating dtype"),
+    ([[[[0.0]]]], TypeError, "input must be a NumPy array"),
+]
+
+BAD_BOXES = [
+    (np.zeros((2, 4), np.float32), ValueError, r"boxes must have shape \(K, 5\)"),
+    (np.zeros((5,), np.float32), ValueError, r"boxes must have shape \(K, 5\)"),
+    (np.array([[0.5, 0, 0, 1, 1]]), ValueError, r"boxes\[0, 0\] is the batch index and must be a whole number"),
+    (np.array([[-1, 0, 0, 1, 1]]), ValueError, r"batch index and must be in \[0, 2\)"),
+    (np.array([[2, 0, 0, 1, 1]]), ValueError, r"batch index and must be in \[0, 2\)"),
+    (np.array([[np.nan, 0, 0, 1, 1]]), ValueError, "whole number"),
+    (np.array([[0, 0, np.nan, 1, 1]]), ValueError, "NaN or infinite"),
+    (np.array([[0, 0, 0, np.inf, 1]]), ValueError, "NaN or infinite"),
+    (np.array([[0, 0, 0, 1e39, 1]]), ValueError, "NaN or infinite"),
+    (np.array([["0", "0", "0", "1", "1"]]), TypeError, "boxes must hold real numbers"),
+    ([np.zeros((1, 4))], ValueError, "one array per image: got 1 arrays for 2 images"),
+    ([np.zeros((1, 5)), np.zeros((1, 4))], ValueError, r"boxes\[0\] must have shape \(L, 4\)"),
+]
+
+BAD_OUTPUT_SIZES = [(0, ValueError), (-1, ValueError), ((2, 0), ValueError), ((2,), ValueError), (2.0, TypeError),
+                    ((2, 2.5), TypeError), (True, TypeError), ("7", TypeError), ((1, 2, 3), ValueError)]
+
+BAD_SCALES = [(0.0, ValueError), (-1.0, ValueError), (np.inf, ValueError), (np.nan, ValueError), ("1", TypeError),
+              (None, TypeError)]
+
+
+@pytest.mark.parametrize("input, error, words", BAD_INPUTS)
 def test_bad_input(input, error, words):
     with pytest.raises(error, match=words):
         roipool.roi_pool(input, ROIS, 2)
 
 
-@pytest.mark.parametrize(
-    "boxes, error, words",
-    [
-        (np.zeros((2, 4), np.float32), ValueError, r"boxes must have shape \(K, 5\)"),
-        (np.zeros((5,), np.float32), ValueError, r"boxes must have shape \(K, 5\)"),
-        (np.array([[0.5, 0, 0, 1, 1]]), ValueError, r"boxes\[0, 0\] is the batch index and must be a whole number"),
-        (np.array([[-1, 0, 0, 1, 1]]), ValueError, r"batch index and must be in \[0, 2\)"),
-        (np.array([[2, 0, 0, 1, 1]]), ValueError, r"batch index and must be in \[0, 2\)"),
-        (np.array([[np.nan, 0, 0, 1, 1]]), ValueError, "whole number"),
-        (np.array([[0, 0, np.nan, 1, 1]]), ValueError, "NaN or infinite"),
-        (np.array([[0, 0, 0, np.inf, 1]]), ValueError, "NaN or infinite"),
-        (np.array([[0, 0, 0, 1e39, 1]]), ValueError, "NaN or infinite"),
-        (np.array([["0", "0", "0", "1", "1"]]), TypeError, "boxes must hold real numbers"),
-        ([np.zeros((1, 4))], ValueError, "one array per image: got 1 arrays for 2 images"),
-        ([np.zeros((1, 5)), np.zeros((1, 4))], ValueError, r"boxes\[0\] must have shape \(L, 4\)"),
-    ],
-)
+@pytest.mark.parametrize("boxes, error, words", BAD_BOXES)
 def test_bad_boxes(boxes, error, words):
     with pytest.raises(error, match=words):
         roipool.roi_pool(X, boxes, 2)
 
 
-@pytest.mark.parametrize(
-    "output_size, error",
-    [(0, ValueError), (-1, ValueError), ((2, 0), ValueError), ((2,), ValueError), (2.0, TypeError),
-     ((2, 2.5), TypeError), (True, TypeError), ("7", TypeError), ((1, 2, 3), ValueError)],
-)
+@pytest.mark.parametrize("output_size, error", BAD_OUTPUT_SIZES)
 def test_bad_output_size(output_size, error):
     with pytest.raises(error, match="output_size"):
         roipool.roi_pool(X, ROIS, output_size)
 
 
-@pytest.mark.parametrize("scale, error", [(0.0, ValueError), (-1.0, ValueError), (np.inf, ValueError),
-                                          (np.nan, ValueError), ("1", TypeError), (None, TypeError)])
+@pytest.mark.parametrize("scale, error", BAD_SCALES)
 def test_bad_spatial_scale(scale, error):
     with pytest.raises(error, match="spatial_scale"):
         roipool.roi_pool(X, ROIS, 2, scale)

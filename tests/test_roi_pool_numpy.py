@@ -288,3 +288,10 @@ def test_thread_count_does_not_change_results(threads):
         np.testing.assert_array_equal(roipool.roi_pool(x, rois, 4), expected)
     finally:
         roipool.set_num_threads(before)
+
+
+def test_worked_example_of_the_semantics_document():
+    x = (6 * np.arange(6)[:, None] + np.arange(6)[None, :]).astype(np.float32)[None, None]
+    out = roipool.roi_pool(x, np.array([[0, 8, 8, 72, 40]], np.float32), (2, 3), 1 / 16)
+    np.testing.assert_array_equal(out[0, 0], [[14, 16, 17], [20, 22, 23]])
+    np.testing.assert_array_equal(out, max_roi_pool(x, np.array([[0, 8, 8, 72, 40]], np.float32), 2, 3, 1 / 16))

@@ -57,11 +57,23 @@ def feature_map(input, name: str = "input") -> np.ndarray:
     """A real floating NumPy array of shape ``(N, C, H, W)``; returned as given (not copied)."""
     if not isinstance(input, np.ndarray):
         raise TypeError(f"{name} must be a NumPy array or a torch tensor, got {type(input).__name__}")
-    if input.dtype.kind != "f":
-        raise TypeError(f"{name} must have a real floating dtype (float16, float32, float64), got {input.dtype}")
-    if input.ndim != 4:
-        raise ValueError(f"{name} must have 4 dimensions (N, C, H, W), got shape {input.shape}")
+    feature_map_dtype_and_shape(input.dtype.kind == "f", input.dtype, input.shape, name)
     return input
+
+
+def feature_map_dtype_and_shape(
+    is_real_floating: bool, dtype, shape, name: str = "input", supported: str = "float16, float32, float64"
+) -> None:
+    """The feature-map rule on an array's properties, for any array library.
+
+    ``is_real_floating`` says whether ``dtype`` (named in the message) is one of
+    the ``supported`` real floating types; ``shape`` must have 4 dimensions
+    ``(N, C, H, W)``.
+    """
+    if not is_real_floating:
+        raise TypeError(f"{name} must have a real floating dtype ({supported}), got {dtype}")
+    if len(shape) != 4:
+        raise ValueError(f"{name} must have 4 dimensions (N, C, H, W), got shape {tuple(shape)}")
 
 
 def rois_array(boxes, num_images: int, dtype: np.dtype, name: str = "boxes") -> np.ndarray:
@@ -74,15 +86,11 @@ def rois_array(boxes, num_images: int, dtype: np.dtype, name: str = "boxes") -> 
     """
     dtype = np.dtype(dtype).newbyteorder("=")
     if isinstance(boxes, (list, tuple)):
-        if len(boxes) != num_images:
-            raise ValueError(
-                f"{name} as a list must hold one array per image: got {len(boxes)} arrays for {num_images} images"
-            )
+        box_list_length(len(boxes), num_images, name)
         parts = []
         for i, b in enumerate(boxes):
             arr = _real_array(b, f"{name}[{i}]")
-            if arr.ndim != 2 or arr.shape[1] != 4:
-                raise ValueError(f"{name}[{i}] must have shape (L, 4) of [x1, y1, x2, y2], got {arr.shape}")
+            box_list_item_shape(arr.shape, f"{name}[{i}]")
             part = np.empty((arr.shape[0], 5), dtype=dtype)
             part[:, 0] = i
             with np.errstate(over="ignore"):  # overflow to inf is reported below
@@ -91,11 +99,7 @@ def rois_array(boxes, num_images: int, dtype: np.dtype, name: str = "boxes") -> 
         rois = np.concatenate(parts, axis=0) if parts else np.empty((0, 5), dtype)
     else:
         arr = _real_array(boxes, name)
-        if arr.ndim != 2 or arr.shape[1] != 5:
-            raise ValueError(
-                f"{name} must have shape (K, 5) of [batch_index, x1, y1, x2, y2] "
-                f"or be a list of (L, 4) arrays, got shape {arr.shape}"
-            )
+        rois_shape(arr.shape, name)
         batch = arr[:, 0]
         if arr.dtype.kind == "f":
             bad = ~np.isfinite(batch) | (batch != np.floor(batch))
@@ -118,8 +122,34 @@ def rois_array(boxes, num_images: int, dtype: np.dtype, name: str = "boxes") -> 
     return rois
 
 
+def box_list_length(length: int, num_images: int, name: str = "boxes") -> None:
+    """Boxes given per image: one array for each of the ``num_images`` images."""
+    if length != num_images:
+        raise ValueError(f"{name} as a list must hold one array per image: got {length} arrays for {num_images} images")
+
+
+def box_list_item_shape(shape, name: str) -> None:
+    """One image's boxes: shape ``(L, 4)`` of ``[x1, y1, x2, y2]``."""
+    if len(shape) != 2 or shape[1] != 4:
+        raise ValueError(f"{name} must have shape (L, 4) of [x1, y1, x2, y2], got {tuple(shape)}")
+
+
+def rois_shape(shape, name: str = "boxes") -> None:
+    """Boxes with their batch index: shape ``(K, 5)`` of ``[batch_index, x1, y1, x2, y2]``."""
+    if len(shape) != 2 or shape[1] != 5:
+        raise ValueError(
+            f"{name} must have shape (K, 5) of [batch_index, x1, y1, x2, y2] "
+            f"or be a list of (L, 4) arrays, got shape {tuple(shape)}"
+        )
+
+
+def real_numbers(is_real: bool, dtype, name: str) -> None:
+    """Boxes hold real numbers (integers or floating point, not bool or complex)."""
+    if not is_real:
+        raise TypeError(f"{name} must hold real numbers, got dtype {dtype}")
+
+
 def _real_array(value, name: str) -> np.ndarray:
     arr = np.asarray(value)
-    if arr.dtype.kind not in "fiu" or arr.dtype.kind == "b":
-        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    real_numbers(arr.dtype.kind in "fiu", arr.dtype, name)
     return arr

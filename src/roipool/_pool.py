@@ -1,4 +1,11 @@
-"""RoI max pooling on NumPy arrays: checks, layout, and the CPU kernels."""
+"""RoI max pooling on NumPy arrays: checks, layout, and the CPU kernels.
+
+The pieces below the NumPy functions' checks are shared with the torch
+frontend (``_torch_ops``): :func:`compute_dtype`, :class:`Bins` (the geometry
+and work split of one call) and the three ``launch_*`` functions, which take
+channels-last inputs and caller-allocated outputs so that torch can hand in
+views of its own tensors.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,54 @@ from .cpu import roi_pool as kernels
 from .cpu._parallel import balanced_chunks, launch_lock
 
 
+def compute_dtype(dtype) -> np.dtype:
+    """The dtype the kernels pool in: float32 for 16-bit inputs, else the input's (native order).
+
+    16-bit floats are pooled in float32: the conversion is exact both ways and
+    the maximum is one of the inputs, so the result is the same.
+    """
+    dtype = np.dtype(dtype)
+    return np.dtype(np.float32) if dtype.itemsize < 4 else dtype.newbyteorder("=")
+
+
+class Bins:
+    """Bin edges of every RoI and the split of the RoIs into balanced runs.
+
+    ``rois (K, 5)`` are validated and in the compute dtype; the feature map is
+    ``height x width``. Attributes ``batch (K,)``, ``hbins (K, PH, 2)``,
+    ``wbins (K, PW, 2)`` and ``bounds`` are what the kernels take.
+    """
+
+    def __init__(self, rois, spatial_scale, pooled_h, pooled_w, height, width):
+        self.pooled_h, self.pooled_w = pooled_h, pooled_w
+        self.num_rois = rois.shape[0]
+        self.batch, self.hbins, self.wbins, cost = roi_pool_bins(
+            rois, rois.dtype.type(spatial_scale), pooled_h, pooled_w, height, width
+        )
+        self.bounds = balanced_chunks(cost)
+
+
+def launch_forward(x_nhwc, bins: Bins, out) -> None:
+    """``out (K, C, PH * PW)`` <- bin maxima of ``x_nhwc (N, H, W, C)`` (C-contiguous, compute dtype)."""
+    if out.size:
+        with launch_lock:
+            kernels.forward(x_nhwc, bins.batch, bins.hbins, bins.wbins, bins.bounds, out)
+
+
+def launch_forward_argmax(x_nhwc, bins: Bins, out, argmax) -> None:
+    """As :func:`launch_forward`, also writing ``argmax (K, C, PH * PW)`` (int32)."""
+    if out.size:
+        with launch_lock:
+            kernels.forward_argmax(x_nhwc, bins.batch, bins.hbins, bins.wbins, bins.bounds, out, argmax)
+
+
+def launch_backward(grad_out, argmax, batch, grad_in) -> None:
+    """``grad_in (N, C, H * W)`` (zeroed by the caller) += ``grad_out (K, C, B)`` routed by ``argmax``."""
+    if grad_out.size:
+        with launch_lock:
+            kernels.backward(grad_out, argmax, batch, grad_in)
+
+
 class Prepared:
     """Validated arguments and RoI geometry, computed once per call."""
 
@@ -18,16 +73,11 @@ class Prepared:
         self.pooled_h, self.pooled_w = _checks.output_size_pair(output_size)
         scale = _checks.positive_scale(spatial_scale)
         self.input_dtype = input.dtype
-        # float16 is pooled in float32: the conversion is exact both ways and
-        # the maximum is one of the inputs, so the result is the same.
-        self.dtype = np.dtype(np.float32) if input.itemsize < 4 else input.dtype.newbyteorder("=")
+        self.dtype = compute_dtype(input.dtype)
         self.input_shape = input.shape
         n, _, height, width = input.shape
         self.rois = _checks.rois_array(boxes, n, self.dtype)
-        self.batch, self.hbins, self.wbins, cost = roi_pool_bins(
-            self.rois, self.dtype.type(scale), self.pooled_h, self.pooled_w, height, width
-        )
-        self.bounds = balanced_chunks(cost)
+        self.bins = Bins(self.rois, scale, self.pooled_h, self.pooled_w, height, width)
         self.input = input
 
     def channels_last(self) -> np.ndarray:
@@ -45,9 +95,7 @@ class Prepared:
 def roi_pool(input, boxes, output_size, spatial_scale=1.0):
     prep = Prepared(input, boxes, output_size, spatial_scale)
     out = prep.empty_output(prep.dtype)
-    if out.size:
-        with launch_lock:
-            kernels.forward(prep.channels_last(), prep.batch, prep.hbins, prep.wbins, prep.bounds, out)
+    launch_forward(prep.channels_last(), prep.bins, out)
     return prep.shaped(out).astype(prep.input_dtype, copy=False)
 
 
@@ -55,11 +103,7 @@ def roi_pool_with_argmax(input, boxes, output_size, spatial_scale=1.0):
     prep = Prepared(input, boxes, output_size, spatial_scale)
     out = prep.empty_output(prep.dtype)
     argmax = prep.empty_output(np.int32)
-    if out.size:
-        with launch_lock:
-            kernels.forward_argmax(
-                prep.channels_last(), prep.batch, prep.hbins, prep.wbins, prep.bounds, out, argmax
-            )
+    launch_forward_argmax(prep.channels_last(), prep.bins, out, argmax)
     return prep.shaped(out).astype(prep.input_dtype, copy=False), prep.shaped(argmax)
 
 
@@ -82,7 +126,7 @@ def roi_pool_backward(grad_output, argmax, boxes, input_shape):
         raise ValueError(f"grad_output has {grad_output.shape[1]} channels but input_shape has {channels}")
     if argmax.size and (argmax.min() < -1 or argmax.max() >= height * width):
         raise ValueError(f"argmax holds indices outside [-1, H * W = {height * width})")
-    dtype = np.dtype(np.float32) if grad_output.itemsize < 4 else grad_output.dtype.newbyteorder("=")
+    dtype = compute_dtype(grad_output.dtype)
     rois = _checks.rois_array(boxes, n, dtype)
     if rois.shape[0] != grad_output.shape[0]:
         raise ValueError(f"boxes hold {rois.shape[0]} RoIs but grad_output has {grad_output.shape[0]}")
@@ -91,7 +135,5 @@ def roi_pool_backward(grad_output, argmax, boxes, input_shape):
     if grad_output.size:
         go = np.ascontiguousarray(grad_output, dtype=dtype).reshape(k, channels, ph * pw)
         am = np.ascontiguousarray(argmax, dtype=np.int32).reshape(k, channels, ph * pw)
-        batch = rois[:, 0].astype(np.int32)
-        with launch_lock:
-            kernels.backward(go, am, batch, grad_in)
+        launch_backward(go, am, rois[:, 0].astype(np.int32), grad_in)
     return grad_in.reshape(shape).astype(grad_output.dtype, copy=False)

@@ -1,0 +1,436 @@
+"""PyTorch frontend: custom ops, autograd, device dispatch and ONNX for the RoI family.
+
+Imported only when a torch tensor reaches a public function (or by
+``roipool.nn``), so ``import roipool`` never imports torch.
+
+How an op family is wired (``roi_pool`` below is the worked example; the
+align family follows the same four steps):
+
+1. **Custom ops.** :func:`define` creates ``roipool::<name>`` from a schema
+   string, a CPU kernel and a fake (shape-only) kernel. Each family has
+
+   - ``roipool::<op>``: the inference forward, output only;
+   - ``roipool::<op>_with_<saved>`` (when the backward needs state, e.g.
+     ``roi_pool_with_argmax``): the training forward, output plus what the
+     backward needs;
+   - ``roipool::<op>_backward``: the gradient with respect to ``input``.
+
+   Ops take ``rois (K, 5)`` of any real dtype; the kernel converts them to the
+   compute dtype (:func:`compute_dtype`) before scaling, as the NumPy path does.
+2. **Autograd.** ``op.register_autograd(backward, setup_context=...)`` on the
+   training forward; the backward calls the ``_backward`` op, so
+   ``torch.compile`` and ``torch.export`` see only custom ops.
+3. **ONNX.** :func:`register_onnx` records a TorchScript symbolic and an
+   onnxscript translation (see :func:`onnx_translation_table`).
+4. **Public function.** Static checks (types, shapes, ``output_size``,
+   ``spatial_scale``) from ``_checks``, boxes to rois (:func:`boxes_to_rois`),
+   then the training op if a gradient is wanted (:func:`needs_grad`) and the
+   inference op otherwise, so no argmax is computed when no one will use it.
+
+Value checks that depend on the boxes' contents (batch index, finite
+coordinates) run inside the kernels (:func:`cpu_rois`): eager, compiled and
+exported calls then raise the same errors, with no graph break, and the
+kernels never index out of range whichever path called them.
+
+**Devices.** :func:`define` registers a default kernel for every device that
+imports the backend module named in :data:`BACKEND_MODULES` (``roipool.triton``
+for CUDA) and calls the op again; that module plugs its kernels in with
+``torch.library.register_kernel("roipool::<name>", "cuda", fn)``. Without one
+the call raises :class:`NotImplementedError` naming the missing backend; tensors
+are never copied to the CPU behind the caller's back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import warnings
+
+import numpy as np
+import torch
+
+from . import _checks, _pool
+
+NAMESPACE = "roipool"
+
+#: Device type -> module whose import registers that device's kernels.
+BACKEND_MODULES = {"cuda": "roipool.triton"}
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+_ONNX_SYMBOLICS: dict[str, object] = {}
+_ONNX_TRANSLATIONS: dict[str, object] = {}
+
+
+# ---- machinery shared by every op family ----
+
+
+def define(name: str, schema: str, *, cpu, fake):
+    """Create the custom op ``roipool::<name>`` with a CPU kernel and a fake kernel.
+
+    ``schema`` is the argument list and returns, e.g. ``"(Tensor input, Tensor
+    rois, float spatial_scale, int pooled_height, int pooled_width) -> Tensor"``.
+    ``cpu`` runs on CPU tensors; ``fake`` computes only the outputs' shapes and
+    dtypes (for ``torch.compile`` and ``torch.export``). Other devices go
+    through :func:`_other_device`. Returns the ``CustomOpDef``; its
+    ``register_autograd`` and ``register_kernel`` add the rest.
+    """
+    qualname = f"{NAMESPACE}::{name}"
+
+    def other_device(*args):
+        return _other_device(qualname, args)
+
+    op = torch.library.custom_op(qualname, other_device, mutates_args=(), schema=schema)
+    op.register_kernel("cpu", cpu)
+    op.register_fake(fake)
+    return op
+
+
+def _other_device(qualname: str, args):
+    """Default kernel: load the device's backend module, or say clearly that there is none."""
+    device = next(a.device for a in args if isinstance(a, torch.Tensor))
+    key = torch._C._dispatch_key_for_device(device.type)
+    module = BACKEND_MODULES.get(device.type)
+    if module is not None and not torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
+    if torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key):
+        namespace, name = qualname.split("::")
+        return getattr(getattr(torch.ops, namespace), name).default(*args)
+    where = f"the {module} backend is not available" if module else "roipool has no backend for it"
+    raise NotImplementedError(
+        f"{qualname} has no kernel for {device.type} tensors ({where}); "
+        f"move the tensors to the CPU explicitly (tensor.cpu()) to use the CPU kernels"
+    )
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels compute in: float32 for 16-bit floats, else ``dtype`` (see ``_pool.compute_dtype``)."""
+    return _COMPUTE_DTYPES[dtype]
+
+
+# Tabled at import from _pool's rule (a dict lookup is also what torch.compile traces best).
+_COMPUTE_DTYPES = {
+    dtype: {4: torch.float32, 8: torch.float64}[_pool.compute_dtype(np.dtype(f"f{dtype.itemsize}")).itemsize]
+    for dtype in SUPPORTED_DTYPES
+}
+
+
+def check_feature_map(input: torch.Tensor, name: str = "input") -> None:
+    """``input`` is a ``(N, C, H, W)`` tensor of a supported floating dtype (the ``_checks`` rule)."""
+    _checks.feature_map_dtype_and_shape(
+        input.dtype in SUPPORTED_DTYPES, input.dtype, input.shape, name, "float16, bfloat16, float32, float64"
+    )
+
+
+def boxes_to_rois(boxes, input: torch.Tensor, name: str = "boxes") -> torch.Tensor:
+    """``Tensor[K, 5]`` or a list of ``N`` ``Tensor[L, 4]`` -> a ``(K, 5)`` rois tensor on ``input``'s device.
+
+    Shapes, dtypes and devices are checked here; the batch index and the
+    coordinates' values are checked by the kernels (:func:`cpu_rois`). A list
+    is assembled in the compute dtype, as ``_checks.rois_array`` does; a
+    ``(K, 5)`` tensor is passed on as given (no copy).
+    """
+    if isinstance(boxes, (list, tuple)):
+        _checks.box_list_length(len(boxes), input.shape[0], name)
+        dtype = compute_dtype(input.dtype)
+        parts = []
+        for i, b in enumerate(boxes):
+            b = _box_tensor(b, input, f"{name}[{i}]")
+            _checks.box_list_item_shape(b.shape, f"{name}[{i}]")
+            index = torch.full((b.shape[0], 1), i, dtype=dtype, device=input.device)
+            parts.append(torch.cat([index, b.to(dtype)], dim=1))
+        if not parts:
+            return torch.empty((0, 5), dtype=dtype, device=input.device)
+        return torch.cat(parts, dim=0)
+    rois = _box_tensor(boxes, input, name)
+    _checks.rois_shape(rois.shape, name)
+    return rois
+
+
+def _box_tensor(boxes, input: torch.Tensor, name: str) -> torch.Tensor:
+    if isinstance(boxes, torch.Tensor):
+        real = not (boxes.dtype.is_complex or boxes.dtype == torch.bool)
+        _checks.real_numbers(real, boxes.dtype, name)
+        if boxes.device != input.device:
+            raise ValueError(f"{name} must be on the input's device ({input.device}), got {boxes.device}")
+        return boxes
+    arr = np.asarray(boxes)
+    _checks.real_numbers(arr.dtype.kind in "fiu", arr.dtype, name)
+    arr = np.ascontiguousarray(arr, arr.dtype.newbyteorder("="))
+    return torch.from_numpy(arr).to(input.device)
+
+
+def _quiet_when_tracing():
+    """Silence TracerWarnings about the shape checks under ``torch.jit.trace`` (the TorchScript ONNX exporter).
+
+    The checks read shapes, which the tracer records as tensors; they hold for
+    the traced example and decide nothing in the graph, so the warning is noise.
+    """
+    if not torch.jit.is_tracing():
+        return contextlib.nullcontext()
+    return _IgnoreTracerWarnings()
+
+
+class _IgnoreTracerWarnings(warnings.catch_warnings):
+    def __enter__(self):
+        result = super().__enter__()
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return result
+
+
+def needs_grad(input: torch.Tensor) -> bool:
+    """Whether autograd will want a gradient for ``input`` (then the training forward runs)."""
+    return torch.is_grad_enabled() and input.requires_grad
+
+
+def cpu_nhwc(input: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """``input (N, C, H, W)`` as a C-contiguous ``(N, H, W, C)`` NumPy array of ``dtype``.
+
+    A view, no copy, when ``input`` is channels-last in ``dtype``; otherwise one
+    NumPy copy that also converts the dtype (NumPy's transposing copy is an
+    order of magnitude faster than ``Tensor.copy_`` from a permuted view here).
+    """
+    nhwc = input.detach().permute(0, 2, 3, 1)
+    if nhwc.dtype == torch.bfloat16:  # NumPy has no bfloat16; widening keeps the strides
+        nhwc = nhwc.float()
+    return np.ascontiguousarray(nhwc.numpy(), dtype=_numpy_dtype(dtype))
+
+
+def new_cpu_tensor(shape, dtype: torch.dtype, zeros: bool = False) -> torch.Tensor:
+    """An uninitialised (or zeroed) CPU tensor whose memory NumPy allocated.
+
+    NumPy asks the kernel for huge pages on large arrays, which halves the cost
+    of first touching a large output (the RoI family's outputs and argmaxes
+    are hundreds of MB on detection workloads); torch's CPU allocator does not.
+    """
+    return torch.from_numpy((np.zeros if zeros else np.empty)(tuple(shape), _numpy_dtype(dtype)))
+
+
+def cpu_rois(rois: torch.Tensor, num_images: int, dtype: torch.dtype) -> np.ndarray:
+    """Validated ``(K, 5)`` rois converted to ``dtype`` (``_checks.rois_array``: batch index, finiteness)."""
+    r = rois.detach()
+    if r.dtype == torch.bfloat16:  # NumPy has no bfloat16; the widening is exact
+        r = r.float()
+    return _checks.rois_array(r.numpy(), num_images, _numpy_dtype(dtype))
+
+
+def cpu_batch_index(rois: torch.Tensor, num_images: int) -> np.ndarray:
+    """Column 0 of ``rois`` as int32, checked to lie in ``[0, num_images)`` (the backward's writes depend on it)."""
+    batch = rois.detach()[:, 0].to(torch.int32).numpy()
+    if batch.size and (batch.min() < 0 or batch.max() >= num_images):
+        raise ValueError(f"rois hold batch indices outside [0, {num_images})")
+    return batch
+
+
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    return np.dtype({torch.float32: np.float32, torch.float64: np.float64, torch.int32: np.int32}[dtype])
+
+
+def register_onnx(name: str, *, symbolic=None, translation=None) -> None:
+    """Record ONNX exporters for ``roipool::<name>``.
+
+    ``symbolic(g, *args)`` is a TorchScript-exporter symbolic (registered right
+    away for opset >= 15, so ``torch.onnx.export(..., dynamo=False)`` needs no
+    extra argument); ``translation()`` returns an onnxscript function for the
+    dynamo exporter (collected by :func:`onnx_translation_table`; built lazily
+    because onnxscript is an optional extra).
+    """
+    qualname = f"{NAMESPACE}::{name}"
+    if symbolic is not None:
+        _ONNX_SYMBOLICS[qualname] = symbolic
+        register = getattr(torch.onnx, "register_custom_op_symbolic", None)
+        if register is not None:  # absent from torch versions without the TorchScript exporter
+            register(qualname, symbolic, 15)
+    if translation is not None:
+        _ONNX_TRANSLATIONS[name] = translation
+
+
+def onnx_translation_table() -> dict:
+    """``{op: onnxscript function}`` for ``torch.onnx.export(..., custom_translation_table=...)``."""
+    namespace = getattr(torch.ops, NAMESPACE)
+    return {getattr(namespace, name).default: make() for name, make in _ONNX_TRANSLATIONS.items()}
+
+
+# ---- roi_pool ----
+
+_ROI_POOL_ARGS = "Tensor input, Tensor rois, float spatial_scale, int pooled_height, int pooled_width"
+
+
+class _CpuRoIPool:
+    """One CPU call: the input as channels-last NumPy and the bins, in the compute dtype."""
+
+    def __init__(self, input, rois, spatial_scale, pooled_height, pooled_width):
+        n, self.channels, height, width = input.shape
+        self.input_dtype = input.dtype
+        self.dtype = compute_dtype(input.dtype)
+        self.x = cpu_nhwc(input, self.dtype)
+        rois_np = cpu_rois(rois, n, self.dtype)
+        self.bins = _pool.Bins(rois_np, spatial_scale, pooled_height, pooled_width, height, width)
+        self.flat_shape = (rois_np.shape[0], self.channels, pooled_height * pooled_width)
+        self.shape = (rois_np.shape[0], self.channels, pooled_height, pooled_width)
+
+    def result(self, flat: torch.Tensor) -> torch.Tensor:
+        return flat.view(self.shape).to(self.input_dtype)
+
+
+def _roi_pool_cpu(input, rois, spatial_scale, pooled_height, pooled_width):
+    call = _CpuRoIPool(input, rois, spatial_scale, pooled_height, pooled_width)
+    out = new_cpu_tensor(call.flat_shape, call.dtype)
+    _pool.launch_forward(call.x, call.bins, out.numpy())
+    return call.result(out)
+
+
+def _roi_pool_fake(input, rois, spatial_scale, pooled_height, pooled_width):
+    return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+
+
+def _roi_pool_with_argmax_cpu(input, rois, spatial_scale, pooled_height, pooled_width):
+    call = _CpuRoIPool(input, rois, spatial_scale, pooled_height, pooled_width)
+    out = new_cpu_tensor(call.flat_shape, call.dtype)
+    argmax = new_cpu_tensor(call.flat_shape, torch.int32)
+    _pool.launch_forward_argmax(call.x, call.bins, out.numpy(), argmax.numpy())
+    return call.result(out), argmax.view(call.shape)
+
+
+def _roi_pool_with_argmax_fake(input, rois, spatial_scale, pooled_height, pooled_width):
+    shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
+    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int32)
+
+
+def _roi_pool_backward_cpu(grad, argmax, rois, batch_size, channels, height, width):
+    dtype = compute_dtype(grad.dtype)
+    flat = (grad.shape[0], channels, grad.shape[2] * grad.shape[3])
+    grad_out = grad.detach().to(dtype).contiguous().numpy().reshape(flat)
+    argmax_np = argmax.detach().to(torch.int32).contiguous().numpy().reshape(flat)
+    batch = cpu_batch_index(rois, batch_size)
+    grad_in = new_cpu_tensor((batch_size, channels, height * width), dtype, zeros=True)
+    _pool.launch_backward(grad_out, argmax_np, batch, grad_in.numpy())
+    return grad_in.view(batch_size, channels, height, width).to(grad.dtype)
+
+
+def _roi_pool_backward_fake(grad, argmax, rois, batch_size, channels, height, width):
+    return grad.new_empty((batch_size, channels, height, width))
+
+
+roi_pool_op = define("roi_pool", f"({_ROI_POOL_ARGS}) -> Tensor", cpu=_roi_pool_cpu, fake=_roi_pool_fake)
+roi_pool_with_argmax_op = define(
+    "roi_pool_with_argmax",
+    f"({_ROI_POOL_ARGS}) -> (Tensor, Tensor)",
+    cpu=_roi_pool_with_argmax_cpu,
+    fake=_roi_pool_with_argmax_fake,
+)
+roi_pool_backward_op = define(
+    "roi_pool_backward",
+    "(Tensor grad, Tensor argmax, Tensor rois, int batch_size, int channels, int height, int width) -> Tensor",
+    cpu=_roi_pool_backward_cpu,
+    fake=_roi_pool_backward_fake,
+)
+
+
+def _roi_pool_with_argmax_setup(ctx, inputs, output):
+    input, rois = inputs[:2]
+    ctx.save_for_backward(rois, output[1])
+    ctx.input_shape = tuple(input.shape)
+
+
+def _roi_pool_with_argmax_grad(ctx, grad_output, _grad_argmax):
+    rois, argmax = ctx.saved_tensors
+    grad_input = torch.ops.roipool.roi_pool_backward(grad_output, argmax, rois, *ctx.input_shape)
+    return grad_input, None, None, None, None
+
+
+def _roi_pool_setup(ctx, inputs, output):
+    input, rois, *ctx.params = inputs
+    ctx.save_for_backward(input, rois)
+
+
+def _roi_pool_grad(ctx, grad_output):
+    # Only direct calls of roipool::roi_pool get here (roi_pool() picks the
+    # training op when a gradient is wanted): recompute the argmax.
+    input, rois = ctx.saved_tensors
+    _, argmax = torch.ops.roipool.roi_pool_with_argmax(input, rois, *ctx.params)
+    grad_input = torch.ops.roipool.roi_pool_backward(grad_output, argmax, rois, *input.shape)
+    return grad_input, None, None, None, None
+
+
+roi_pool_with_argmax_op.register_autograd(_roi_pool_with_argmax_grad, setup_context=_roi_pool_with_argmax_setup)
+roi_pool_op.register_autograd(_roi_pool_grad, setup_context=_roi_pool_setup)
+
+
+def _roi_pool_symbolic(g, input, rois, spatial_scale, pooled_height, pooled_width):
+    from torch.onnx.symbolic_helper import _get_const
+
+    scale = _get_const(spatial_scale, "f", "spatial_scale")
+    ph = _get_const(pooled_height, "i", "pooled_height")
+    pw = _get_const(pooled_width, "i", "pooled_width")
+    if rois.type().scalarType() != input.type().scalarType():
+        rois = g.op("CastLike", rois, input)
+    return g.op("MaxRoiPool", input, rois, pooled_shape_i=[ph, pw], spatial_scale_f=scale)
+
+
+def _roi_pool_with_argmax_symbolic(g, *args):
+    # ONNX's MaxRoiPool has no argmax output; only the pooled values are exported.
+    return _roi_pool_symbolic(g, *args), None
+
+
+def _roi_pool_translation():
+    from onnxscript import opset18 as op
+
+    def roi_pool(input, rois, spatial_scale: float, pooled_height: int, pooled_width: int):
+        return op.MaxRoiPool(
+            input, op.CastLike(rois, input), pooled_shape=[pooled_height, pooled_width], spatial_scale=spatial_scale
+        )
+
+    return roi_pool
+
+
+def _roi_pool_with_argmax_translation():
+    from onnx import TensorProto, helper
+    from onnxscript import opset18 as op
+
+    minus_one = helper.make_tensor("minus_one", TensorProto.INT32, [1], [-1])
+
+    def roi_pool_with_argmax(input, rois, spatial_scale: float, pooled_height: int, pooled_width: int):
+        output = op.MaxRoiPool(
+            input, op.CastLike(rois, input), pooled_shape=[pooled_height, pooled_width], spatial_scale=spatial_scale
+        )
+        # MaxRoiPool has no argmax output and an exported model never runs the
+        # backward, so nothing reads this placeholder and the exporter drops it.
+        return output, op.ConstantOfShape(op.Shape(output), value=minus_one)
+
+    return roi_pool_with_argmax
+
+
+register_onnx("roi_pool", symbolic=_roi_pool_symbolic, translation=_roi_pool_translation)
+register_onnx(
+    "roi_pool_with_argmax", symbolic=_roi_pool_with_argmax_symbolic, translation=_roi_pool_with_argmax_translation
+)
+
+
+def roi_pool(input, boxes, output_size, spatial_scale=1.0):
+    """Tensor RoI max pooling; see :func:`roipool.roi_pool`.
+
+    Args:
+        input (Tensor[N, C, H, W]): float16, bfloat16, float32 or float64; any
+            strides (channels-last is read in place).
+        boxes (Tensor[K, 5] or List[Tensor[L, 4]]): on ``input``'s device.
+        output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
+        spatial_scale (float): image-to-feature-map factor.
+
+    Returns:
+        Tensor[K, C, pooled_h, pooled_w] of ``input``'s dtype, differentiable
+        with respect to ``input``.
+    """
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a NumPy array or a torch tensor, got {type(input).__name__}")
+    with _quiet_when_tracing():
+        check_feature_map(input)
+        pooled_h, pooled_w = _checks.output_size_pair(output_size)
+        scale = _checks.positive_scale(spatial_scale)
+        rois = boxes_to_rois(boxes, input)
+    if needs_grad(input):
+        return torch.ops.roipool.roi_pool_with_argmax(input, rois, scale, pooled_h, pooled_w)[0]
+    return torch.ops.roipool.roi_pool(input, rois, scale, pooled_h, pooled_w)

@@ -1,0 +1,110 @@
+"""roi_pool on torch tensors: the RoI family's tester plus what is particular to RoIPool."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from .roi_family import RoIOpTester, make_input, torch
+
+import roipool  # noqa: E402
+import roipool.nn  # noqa: E402
+from roipool import _torch_ops, reference  # noqa: E402
+
+from .test_checks import BAD_OUTPUT_SIZES, BAD_SCALES  # noqa: E402
+
+
+class TestRoIPool(RoIOpTester):
+    params = dict(output_size=(3, 2), spatial_scale=0.5)
+    onnx_op_type = "MaxRoiPool"
+    train_op = "roipool::roi_pool_with_argmax"
+    infer_op = "roipool::roi_pool"
+
+    def fn(self, input, boxes, output_size, spatial_scale=1.0):
+        return roipool.roi_pool(input, boxes, output_size, spatial_scale)
+
+    def make_layer(self, output_size, spatial_scale):
+        return roipool.nn.RoIPool(output_size, spatial_scale)
+
+    def expected_fn(self, x, rois, output_size, spatial_scale):
+        return reference.roi_pool(x, rois, *output_size, spatial_scale)
+
+    def expected_grad_fn(self, x, rois, grad, argmax, output_size, spatial_scale):
+        return reference.roi_pool_backward(grad, argmax, rois, x.shape)
+
+    def opcheck_cases(self, x, rois):
+        args = (x, rois, 0.5, 3, 2)
+        _, argmax = torch.ops.roipool.roi_pool_with_argmax(*args)
+        grad = torch.randn(argmax.shape, dtype=x.dtype)
+        return [
+            (torch.ops.roipool.roi_pool.default, args),
+            (torch.ops.roipool.roi_pool_with_argmax.default, args),
+            (torch.ops.roipool.roi_pool_backward.default, (grad, argmax, rois, *x.shape)),
+        ]
+
+    @pytest.mark.parametrize("output_size, error", BAD_OUTPUT_SIZES)
+    def test_bad_output_size(self, output_size, error):
+        with pytest.raises(error, match="output_size"):
+            roipool.roi_pool(torch.zeros((1, 2, 5, 5)), torch.zeros((1, 5)), output_size)
+
+    @pytest.mark.parametrize("scale, error", BAD_SCALES)
+    def test_bad_spatial_scale(self, scale, error):
+        with pytest.raises(error, match="spatial_scale"):
+            roipool.roi_pool(torch.zeros((1, 2, 5, 5)), torch.zeros((1, 5)), 2, scale)
+
+
+def test_layer_matches_torchvisions_interface():
+    layer = roipool.nn.RoIPool((7, 7), 1 / 16)
+    assert repr(layer) == "RoIPool(output_size=(7, 7), spatial_scale=0.0625)"
+    assert repr(roipool.nn.RoIPool(3, 0.5)) == "RoIPool(output_size=3, spatial_scale=0.5)"
+    x = make_input((2, 3, 8, 8), torch.float32, "contiguous")
+    boxes = [torch.tensor([[0.0, 0, 60, 60]]), torch.tensor([[16.0, 16, 100, 90]])]
+    assert torch.equal(layer(x, boxes), roipool.roi_pool(x, boxes, 7, 1 / 16))
+
+
+def test_channels_last_input_is_read_in_place():
+    x = make_input((2, 5, 6, 7), torch.float32, "channels_last")
+    nhwc = _torch_ops.cpu_nhwc(x, torch.float32)
+    assert nhwc.__array_interface__["data"][0] == x.data_ptr() and nhwc.flags.c_contiguous
+
+
+def test_outputs_share_memory_with_the_kernels():
+    # the output tensor wraps the array the kernel wrote: no copy on the way out
+    x = make_input((1, 4, 6, 6), torch.float32, "contiguous")
+    out = torch.ops.roipool.roi_pool(x, torch.tensor([[0.0, 0, 0, 5, 5]]), 1.0, 2, 2)
+    assert out.is_contiguous() and isinstance(out.untyped_storage(), torch.UntypedStorage)
+
+
+def test_direct_call_of_the_inference_op_is_differentiable_too():
+    x = make_input((1, 2, 5, 5), torch.float64, "contiguous").requires_grad_()
+    rois = torch.tensor([[0.0, 0, 0, 5, 5], [0, 1, 2, 4, 4]], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda t: torch.ops.roipool.roi_pool(t, rois, 1.0, 2, 3), (x,))
+
+
+def test_value_errors_are_the_same_when_compiled():
+    compiled = torch.compile(lambda x, b: roipool.roi_pool(x, b, 2), fullgraph=True, backend="eager")
+    with pytest.raises(ValueError, match=r"boxes\[0, 0\] is the batch index and must be in \[0, 1\)"):
+        compiled(torch.zeros((1, 2, 5, 5)), torch.tensor([[3.0, 0, 0, 2, 2]]))
+
+
+def test_importing_roipool_does_not_import_torch():
+    code = "import roipool, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_thread_pool_is_numbas_not_torchs():
+    x = make_input((1, 3, 8, 8), torch.float32, "contiguous")
+    rois = torch.tensor([[0.0, 0, 0, 7, 7], [0, 2, 2, 5, 6]])
+    expected = roipool.roi_pool(x, rois, 3)
+    before = (roipool.get_num_threads(), torch.get_num_threads())
+    try:
+        torch.set_num_threads(1)
+        assert roipool.get_num_threads() == before[0]
+        roipool.set_num_threads(1)
+        assert torch.equal(roipool.roi_pool(x, rois, 3), expected)
+    finally:
+        roipool.set_num_threads(before[0])
+        torch.set_num_threads(before[1])
