@@ -13,35 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-import roipool
-
 STRIDE = 8  # three 2x2 max pools
 POOLERS = ("roi_pool", "roi_align")
-
-
-class _StopGapRoIPool(torch.autograd.Function):
-    """STOP-GAP until ``roipool.nn.RoIPool`` lands: roipool's NumPy forward/backward wrapped for autograd.
-
-    Used only when ``roipool.nn`` has no ``RoIPool``; the gradient goes to the
-    feature map (boxes are not differentiable), routed by the forward's argmax.
-    """
-
-    @staticmethod
-    def forward(ctx, features, rois, output_size, spatial_scale):
-        x = features.detach().cpu().numpy()
-        r = rois.detach().cpu().numpy()
-        out, argmax = roipool.roi_pool_with_argmax(x, r, output_size, spatial_scale)
-        ctx.save_for_backward(torch.from_numpy(argmax), rois)
-        ctx.input_shape = tuple(features.shape)
-        return torch.from_numpy(out).to(features.device)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        argmax, rois = ctx.saved_tensors
-        grad = roipool.roi_pool_backward(
-            grad_output.detach().cpu().numpy(), argmax.numpy(), rois.detach().cpu().numpy(), ctx.input_shape
-        )
-        return torch.from_numpy(grad).to(grad_output.device), None, None, None
 
 
 class RoIPooling(nn.Module):
@@ -52,28 +25,17 @@ class RoIPooling(nn.Module):
         if kind not in POOLERS:
             raise ValueError(f"pooler must be one of {POOLERS}, got {kind!r}")
         self.kind, self.output_size, self.spatial_scale = kind, output_size, spatial_scale
-        layers = _roipool_nn()
+        from roipool import nn as layers
+
         if kind == "roi_pool":
-            layer = getattr(layers, "RoIPool", None)
-            self.layer = None if layer is None else layer(output_size, spatial_scale)
+            self.layer = layers.RoIPool(output_size, spatial_scale)
         else:
-            layer = getattr(layers, "RoIAlign", None)
-            if layer is None:
+            if not hasattr(layers, "RoIAlign"):
                 raise NotImplementedError("roi_align needs roipool.nn.RoIAlign, which has not landed yet")
-            self.layer = layer(output_size, spatial_scale, sampling_ratio=2, aligned=True)
+            self.layer = layers.RoIAlign(output_size, spatial_scale, sampling_ratio=2, aligned=True)
 
     def forward(self, features: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
-        if self.layer is not None:
-            return self.layer(features, rois)
-        return _StopGapRoIPool.apply(features, rois, self.output_size, self.spatial_scale)
-
-
-def _roipool_nn():
-    try:
-        from roipool import nn as layers
-    except ImportError:
-        return None
-    return layers
+        return self.layer(features, rois)
 
 
 def _conv(cin: int, cout: int) -> list[nn.Module]:

@@ -132,7 +132,7 @@ def measure(
         "proposals": proposals,
         "image_size": image_size,
         "pooler": model.pool.kind,
-        "pool_impl": "roipool.nn" if model.pool.layer is not None else "stop-gap autograd.Function over NumPy",
+        "pool_impl": f"roipool.nn.{type(model.pool.layer).__name__}",
         "svd_rank": svd_rank,
         "crop_size": crop_size,
         "crop_batch": crop_batch,
