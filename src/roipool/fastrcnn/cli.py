@@ -44,6 +44,8 @@ def add_parser(sub) -> None:
     p.add_argument("--svd-rank", type=int, default=32, help="truncated-SVD rank of fc6/fc7 (0: full head)")
     p.add_argument("--repeat", type=int, default=5, help="timed rounds (medians reported)")
     p.add_argument("--crop-batch", type=int, default=250, help="crops per backbone call in the per-proposal path")
+    p.add_argument("--threads", type=int, default=None, help="threads for torch and roipool (default: as set)")
+    p.add_argument("--nchw", action="store_true", help="contiguous NCHW tensors instead of channels-last")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_speed)
 
@@ -99,13 +101,14 @@ def _speed(args) -> int:
         from .evaluate import load
 
         model = load(args.model)
-    r = measure(model, args.proposals, args.image_size, args.svd_rank, args.crop_batch, args.repeat)
+    r = measure(model, args.proposals, args.image_size, args.svd_rank, args.crop_batch, args.repeat,
+                channels_last=not args.nchw, threads=args.threads)  # fmt: skip
     if args.json:
         print(json.dumps(r))
         return 0
     p = r["shared_parts"]
     print(f"{r['proposals']} proposals on a {r['image_size']}x{r['image_size']} image "
-          f"(float32, {r['torch_threads']} torch threads, {r['roipool_threads']} roipool threads; "
+          f"(float32 {r['memory_format']}, {r['torch_threads']} torch threads, {r['roipool_threads']} roipool threads; "
           f"fc6/fc7 SVD rank {r['svd_rank'] or 'full'})")
     print(f"  shared features (Fast R-CNN): {r['shared_ms']:9.1f} ms  "
           f"(backbone {p['backbone_ms']:.1f}, {r['pooler']} {p['pool_ms']:.1f}, head {p['head_ms']:.1f})")
