@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 
-
 def add_parser(sub) -> None:
     """Add the ``fast-rcnn`` command group to the main parser's subparsers."""
     group = sub.add_parser("fast-rcnn", help="a small Fast R-CNN on generated shapes (needs the fastrcnn extra)")
