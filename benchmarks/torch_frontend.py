@@ -6,7 +6,7 @@ sides log-uniform between 16 px and the image side, placed uniformly inside a
 that keeps the argmax plus the backward of a random output gradient.
 
 Run (torchvision only for this local comparison, never a dependency):
-    PYTHONPATH=src /work/peer-venv/bin/python benchmarks/torch_frontend.py [--repeat 15]
+    PYTHONPATH=src /work/peer-venv/bin/python benchmarks/torch_frontend.py [--repeat 15] [--threads 1]
 """
 
 from __future__ import annotations
@@ -69,7 +69,11 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--no-torchvision", action="store_true")
+    parser.add_argument("--threads", type=int, help="threads for both pools (roipool's Numba pool and torch's)")
     args = parser.parse_args()
+    if args.threads:
+        roipool.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)
     x_np, rois_np = vgg16_workload()
     scale = 1 / 16
     grad_np = np.random.default_rng(1).standard_normal((rois_np.shape[0], 512, 7, 7)).astype(np.float32)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from .roi_family import RoIOpTester, make_input, torch
@@ -71,11 +70,23 @@ def test_channels_last_input_is_read_in_place():
     assert nhwc.__array_interface__["data"][0] == x.data_ptr() and nhwc.flags.c_contiguous
 
 
-def test_outputs_share_memory_with_the_kernels():
-    # the output tensor wraps the array the kernel wrote: no copy on the way out
+def test_outputs_share_memory_with_the_kernels(monkeypatch):
+    # the returned tensors wrap the arrays the kernels wrote: no copy on the way out
+    written = {}
+    for name in ("launch_forward", "launch_forward_argmax"):
+        launch = getattr(_torch_ops._pool, name)
+
+        def spy(*args, _launch=launch, _name=name):
+            written[_name] = [a.__array_interface__["data"][0] for a in args[2:]]
+            return _launch(*args)
+
+        monkeypatch.setattr(_torch_ops._pool, name, spy)
     x = make_input((1, 4, 6, 6), torch.float32, "contiguous")
-    out = torch.ops.roipool.roi_pool(x, torch.tensor([[0.0, 0, 0, 5, 5]]), 1.0, 2, 2)
-    assert out.is_contiguous() and isinstance(out.untyped_storage(), torch.UntypedStorage)
+    rois = torch.tensor([[0.0, 0, 0, 5, 5]])
+    out = torch.ops.roipool.roi_pool(x, rois, 1.0, 2, 2)
+    assert written["launch_forward"] == [out.data_ptr()]
+    out, argmax = torch.ops.roipool.roi_pool_with_argmax(x, rois, 1.0, 2, 2)
+    assert written["launch_forward_argmax"] == [out.data_ptr(), argmax.data_ptr()]
 
 
 def test_direct_call_of_the_inference_op_is_differentiable_too():
@@ -108,3 +119,17 @@ def test_thread_pool_is_numbas_not_torchs():
     finally:
         roipool.set_num_threads(before[0])
         torch.set_num_threads(before[1])
+
+
+def test_a_device_without_kernels_loads_its_backend_module_or_says_it_is_missing(tmp_path, monkeypatch):
+    # The CUDA hook, exercised on the CPU: an op with no CPU kernel and a
+    # backend module named for "cpu" behaves as roi_pool does on CUDA tensors.
+    op = _torch_ops.define("_test_backend_hook", "(Tensor x) -> Tensor", cpu=None, fake=lambda x: torch.empty_like(x))
+    monkeypatch.setitem(_torch_ops.BACKEND_MODULES, "cpu", "roipool_test_backend")
+    with pytest.raises(NotImplementedError, match="no kernel for cpu tensors .the roipool_test_backend backend is not"):
+        op(torch.ones(3))
+    (tmp_path / "roipool_test_backend.py").write_text(
+        "import torch\ntorch.library.register_kernel('roipool::_test_backend_hook', 'cpu', lambda x: x * 2)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert torch.equal(op(torch.ones(3)), torch.full((3,), 2.0))

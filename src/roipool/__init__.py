@@ -17,6 +17,12 @@ __all__ = [
     "roi_pool",
     "roi_pool_with_argmax",
     "roi_pool_backward",
+    "roi_align",
+    "roi_align_backward",
+    "ps_roi_pool",
+    "ps_roi_pool_backward",
+    "ps_roi_align",
+    "ps_roi_align_backward",
     "set_num_threads",
     "get_num_threads",
 ]
@@ -74,6 +80,142 @@ def roi_pool_backward(grad_output, argmax, boxes, input_shape):
     from . import _pool
 
     return _pool.roi_pool_backward(grad_output, argmax, boxes, input_shape)
+
+
+# ---- roi_align ----
+
+
+def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+    """RoIAlign (Mask R-CNN): bilinear samples averaged over each bin; torchvision's ``roi_align``.
+
+    Args:
+        input (ndarray or Tensor[N, C, H, W]): the feature map, floating
+            (float16 is computed in float32).
+        boxes (ndarray or Tensor[K, 5], or list of N arrays [L_i, 4]): boxes in
+            input-image coordinates, rows ``[batch_index, x1, y1, x2, y2]``, or
+            per image ``[x1, y1, x2, y2]``.
+        output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
+        spatial_scale (float): image-to-feature-map factor (1/16 for VGG16 conv5).
+        sampling_ratio (int): samples per bin side; ``<= 0`` means adaptive,
+            ``ceil(roi_size / output_size)`` per side.
+        aligned (bool): ``True`` shifts boxes by half a cell so that cell
+            centres sit at half-integer coordinates (the correct pixel model);
+            ``False`` keeps the legacy rule (no shift; extents below one cell
+            are stretched to one cell).
+
+    Returns:
+        ndarray or Tensor[K, C, pooled_h, pooled_w] of the input's dtype. The
+        exact rules, including boxes that leave the map or are inverted, are
+        in ``docs/semantics.md`` (RoIAlign).
+    """
+    if _is_tensor(input):
+        from . import _torch_ops
+
+        return _torch_ops.roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
+    from . import _align
+
+    return _align.roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
+
+
+def roi_align_backward(
+    grad_output, boxes, input_shape, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False
+):
+    """Gradient of :func:`roi_align` with respect to ``input`` (NumPy).
+
+    ``grad_output (K, C, pooled_h, pooled_w)`` with the ``boxes`` and
+    arguments of the forward call; returns an array of ``input_shape``
+    ``(N, C, H, W)`` in ``grad_output``'s dtype. Deterministic: the result does
+    not depend on the thread count.
+    """
+    from . import _align
+
+    return _align.roi_align_backward(
+        grad_output, boxes, input_shape, output_size, spatial_scale, sampling_ratio, aligned
+    )
+
+
+# ---- position-sensitive pooling (R-FCN): ps_roi_pool, ps_roi_align ----
+
+
+def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
+    """Position-sensitive RoI average pooling (R-FCN; torchvision's ``ps_roi_pool``).
+
+    Output channel ``c`` of bin ``(ph, pw)`` averages input channel
+    ``(c * pooled_h + ph) * pooled_w + pw`` over the bin. Box corners are
+    rounded as in :func:`roi_pool`, but the RoI spans ``max(x2 - x1, 1)``
+    cells and bins are clipped to ``[0, H - 1]`` / ``[0, W - 1]`` as torchvision
+    does; an empty bin gives 0. See ``docs/semantics.md``.
+
+    Args:
+        input (ndarray or Tensor[N, C, H, W]): floating; ``C`` a multiple of ``pooled_h * pooled_w``.
+        boxes (ndarray or Tensor[K, 5], or list of N arrays [L_i, 4]): as for :func:`roi_pool`.
+        output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
+        spatial_scale (float): image-to-feature-map factor.
+
+    Returns:
+        ndarray or Tensor[K, C / (pooled_h * pooled_w), pooled_h, pooled_w] of the
+        input's dtype; a tensor result is differentiable with respect to ``input``.
+    """
+    if _is_tensor(input):
+        from . import _torch_ops
+
+        return _torch_ops.ps_roi_pool(input, boxes, output_size, spatial_scale)
+    from . import _ps
+
+    return _ps.ps_roi_pool(input, boxes, output_size, spatial_scale)
+
+
+def ps_roi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0):
+    """Gradient of :func:`ps_roi_pool` with respect to ``input`` (NumPy).
+
+    ``grad_output (K, C / (pooled_h * pooled_w), pooled_h, pooled_w)``; ``boxes``,
+    ``output_size`` and ``spatial_scale`` as in the forward call. Each output's
+    gradient, divided by its bin's area, goes to every cell of the bin. Returns
+    an array of ``input_shape`` ``(N, C, H, W)``.
+    """
+    from . import _ps
+
+    return _ps.ps_roi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_scale)
+
+
+def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1):
+    """Position-sensitive RoIAlign (torchvision's ``ps_roi_align``), never NaN.
+
+    Like :func:`ps_roi_pool` in channels, but each bin is the mean of bilinear
+    samples: corners are ``x * spatial_scale - 0.5`` (no rounding), each bin
+    takes ``sampling_ratio`` samples per side, or ``ceil(bin size)`` when
+    ``sampling_ratio <= 0`` -- and always at least one, so an inverted or
+    degenerate box gives finite values (torchvision gives NaN there).
+
+    Args:
+        input (ndarray or Tensor[N, C, H, W]): floating; ``C`` a multiple of ``pooled_h * pooled_w``.
+        boxes (ndarray or Tensor[K, 5], or list of N arrays [L_i, 4]): as for :func:`roi_pool`.
+        output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
+        spatial_scale (float): image-to-feature-map factor.
+        sampling_ratio (int): samples per bin side; ``<= 0`` adaptive.
+
+    Returns:
+        ndarray or Tensor[K, C / (pooled_h * pooled_w), pooled_h, pooled_w] of the
+        input's dtype; a tensor result is differentiable with respect to ``input``.
+    """
+    if _is_tensor(input):
+        from . import _torch_ops
+
+        return _torch_ops.ps_roi_align(input, boxes, output_size, spatial_scale, sampling_ratio)
+    from . import _ps
+
+    return _ps.ps_roi_align(input, boxes, output_size, spatial_scale, sampling_ratio)
+
+
+def ps_roi_align_backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0, sampling_ratio=-1):
+    """Gradient of :func:`ps_roi_align` with respect to ``input`` (NumPy).
+
+    Arguments as :func:`ps_roi_pool_backward`, plus the forward's
+    ``sampling_ratio``. Returns an array of ``input_shape`` ``(N, C, H, W)``.
+    """
+    from . import _ps
+
+    return _ps.ps_roi_align_backward(grad_output, boxes, input_shape, output_size, spatial_scale, sampling_ratio)
 
 
 def set_num_threads(n: int) -> None:

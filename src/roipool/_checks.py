@@ -47,10 +47,20 @@ def positive_scale(spatial_scale, name: str = "spatial_scale") -> float:
 
 
 def sampling_ratio_int(sampling_ratio, name: str = "sampling_ratio") -> int:
-    """An int; ``<= 0`` means adaptive."""
+    """An int below ``2**31`` (a C int, as in torchvision); ``<= 0`` means adaptive."""
     if isinstance(sampling_ratio, (bool, np.bool_)) or not isinstance(sampling_ratio, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(sampling_ratio).__name__}")
+    if sampling_ratio >= 2**31:
+        raise ValueError(f"{name} must be below 2**31 samples per bin side, got {sampling_ratio}")
     return int(sampling_ratio)
+
+
+def flag(value, name: str) -> bool:
+    """A bool (Python or NumPy); anything else is a TypeError, so that a
+    misplaced positional argument (say a sampling ratio) is not read as truth."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
 
 
 def feature_map(input, name: str = "input") -> np.ndarray:
@@ -153,3 +163,39 @@ def _real_array(value, name: str) -> np.ndarray:
     arr = np.asarray(value)
     real_numbers(arr.dtype.kind in "fiu", arr.dtype, name)
     return arr
+
+
+# ---- position-sensitive pooling (ps_roi_pool, ps_roi_align) ----
+
+
+def ps_channels(channels: int, output_size: tuple[int, int]) -> int:
+    """Output channels ``C / (pooled_h * pooled_w)``; ValueError unless ``C`` is a multiple."""
+    pooled_h, pooled_w = output_size
+    bins = pooled_h * pooled_w
+    if channels % bins:
+        raise ValueError(
+            f"input has {channels} channels, which is not a multiple of pooled_h * pooled_w = "
+            f"{pooled_h} * {pooled_w} = {bins} from output_size={output_size}: position-sensitive "
+            f"pooling reads one input channel per output channel and bin"
+        )
+    return channels // bins
+
+
+def scale_in_dtype(spatial_scale: float, dtype, name: str = "spatial_scale"):
+    """``spatial_scale`` (already checked positive) as a finite, nonzero scalar of ``dtype``."""
+    with np.errstate(over="ignore", under="ignore"):  # reported just below
+        value = np.dtype(dtype).type(spatial_scale)
+    if not np.isfinite(value) or value == 0:
+        raise ValueError(f"{name}={spatial_scale!r} is not representable in {np.dtype(dtype)}")
+    return value
+
+
+def input_shape_tuple(input_shape, name: str = "input_shape") -> tuple[int, int, int, int]:
+    """``(N, C, H, W)`` of non-negative ints."""
+    try:
+        shape = tuple(int(s) for s in input_shape)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of 4 ints (N, C, H, W), got {input_shape!r}") from None
+    if len(shape) != 4 or min(shape) < 0:
+        raise ValueError(f"{name} must be (N, C, H, W) of non-negative ints, got {input_shape!r}")
+    return shape

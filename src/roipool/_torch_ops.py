@@ -49,7 +49,7 @@ import warnings
 import numpy as np
 import torch
 
-from . import _checks, _pool
+from . import _align, _checks, _pool, _ps
 
 NAMESPACE = "roipool"
 
@@ -70,9 +70,9 @@ def define(name: str, schema: str, *, cpu, fake):
 
     ``schema`` is the argument list and returns, e.g. ``"(Tensor input, Tensor
     rois, float spatial_scale, int pooled_height, int pooled_width) -> Tensor"``.
-    ``cpu`` runs on CPU tensors; ``fake`` computes only the outputs' shapes and
-    dtypes (for ``torch.compile`` and ``torch.export``). Other devices go
-    through :func:`_other_device`. Returns the ``CustomOpDef``; its
+    ``cpu`` runs on CPU tensors (None: no CPU kernel); ``fake`` computes only the
+    outputs' shapes and dtypes (for ``torch.compile`` and ``torch.export``).
+    Devices without a kernel of their own go through :func:`_other_device`. Returns the ``CustomOpDef``; its
     ``register_autograd`` and ``register_kernel`` add the rest.
     """
     qualname = f"{NAMESPACE}::{name}"
@@ -81,7 +81,8 @@ def define(name: str, schema: str, *, cpu, fake):
         return _other_device(qualname, args)
 
     op = torch.library.custom_op(qualname, other_device, mutates_args=(), schema=schema)
-    op.register_kernel("cpu", cpu)
+    if cpu is not None:
+        op.register_kernel("cpu", cpu)
     op.register_fake(fake)
     return op
 
@@ -91,15 +92,16 @@ def _other_device(qualname: str, args):
     device = next(a.device for a in args if isinstance(a, torch.Tensor))
     key = torch._C._dispatch_key_for_device(device.type)
     module = BACKEND_MODULES.get(device.type)
+    where = f"roipool has no backend for {device.type}"
     if module is not None and not torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key):
+        where = f"the {module} backend registers none"
         try:
             importlib.import_module(module)
-        except ImportError:
-            pass
+        except ImportError as exc:
+            where = f"the {module} backend is not available: {exc}"
     if torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key):
         namespace, name = qualname.split("::")
         return getattr(getattr(torch.ops, namespace), name).default(*args)
-    where = f"the {module} backend is not available" if module else "roipool has no backend for it"
     raise NotImplementedError(
         f"{qualname} has no kernel for {device.type} tensors ({where}); "
         f"move the tensors to the CPU explicitly (tensor.cpu()) to use the CPU kernels"
@@ -434,3 +436,348 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0):
     if needs_grad(input):
         return torch.ops.roipool.roi_pool_with_argmax(input, rois, scale, pooled_h, pooled_w)[0]
     return torch.ops.roipool.roi_pool(input, rois, scale, pooled_h, pooled_w)
+
+
+# ---- ps_roi_pool, ps_roi_align (position-sensitive, R-FCN) ----
+#
+# Both ops are linear in the input, so the backward needs only the boxes: one
+# forward op (no training variant) whose autograd calls the backward op, and a
+# backward op whose own gradient is the forward again (double backward).
+
+
+def _cpu_nchw(input: torch.Tensor) -> np.ndarray:
+    """``input`` as a NumPy view ``(N, C, H, W)`` (bfloat16 widened); ``_ps`` makes the one bin-major copy."""
+    x = input.detach()
+    if x.dtype == torch.bfloat16:
+        x = x.float()
+    return x.numpy()
+
+
+def _ps_forward_cpu(op, input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio):
+    dtype = compute_dtype(input.dtype)
+    _checks.ps_channels(input.shape[1], (pooled_height, pooled_width))
+    rois_np = cpu_rois(rois, input.shape[0], dtype)
+    out = _ps.run_forward(
+        op, _cpu_nchw(input), rois_np, (pooled_height, pooled_width), spatial_scale, sampling_ratio
+    )
+    return torch.from_numpy(out).to(input.dtype)
+
+
+def _ps_backward_cpu(op, grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, shape):
+    dtype = compute_dtype(grad.dtype)
+    channels_out = _checks.ps_channels(shape[1], (pooled_height, pooled_width))
+    rois_np = cpu_rois(rois, shape[0], dtype)
+    expected = (rois_np.shape[0], channels_out, pooled_height, pooled_width)
+    if tuple(grad.shape) != expected:
+        raise ValueError(f"grad must have shape {expected} for these rois and input shape {shape}, got {tuple(grad.shape)}")
+    g = grad.detach()
+    if g.dtype == torch.bfloat16:
+        g = g.float()
+    grad_in = _ps.run_backward(
+        op, g.numpy(), rois_np, shape, (pooled_height, pooled_width), spatial_scale, sampling_ratio
+    )
+    return torch.from_numpy(grad_in).to(grad.dtype)
+
+
+def _ps_forward_fake(input, rois, spatial_scale, pooled_height, pooled_width, *sampling_ratio):
+    channels_out = input.shape[1] // (pooled_height * pooled_width)
+    return input.new_empty((rois.shape[0], channels_out, pooled_height, pooled_width))
+
+
+def _ps_backward_fake(grad, rois, spatial_scale, pooled_height, pooled_width, *rest):
+    batch_size, channels, height, width = rest[-4:]
+    return grad.new_empty((batch_size, channels, height, width))
+
+
+def _ps_roi_pool_cpu(input, rois, spatial_scale, pooled_height, pooled_width):
+    return _ps_forward_cpu("pool", input, rois, spatial_scale, pooled_height, pooled_width, 0)
+
+
+def _ps_roi_pool_backward_cpu(grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width):
+    shape = (batch_size, channels, height, width)
+    return _ps_backward_cpu("pool", grad, rois, spatial_scale, pooled_height, pooled_width, 0, shape)
+
+
+def _ps_roi_align_cpu(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio):
+    return _ps_forward_cpu("align", input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio)
+
+
+def _ps_roi_align_backward_cpu(
+    grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, batch_size, channels, height, width
+):
+    shape = (batch_size, channels, height, width)
+    return _ps_backward_cpu("align", grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, shape)
+
+
+_PS_ARGS = "Tensor rois, float spatial_scale, int pooled_height, int pooled_width"
+_PS_SHAPE = "int batch_size, int channels, int height, int width"
+
+ps_roi_pool_op = define(
+    "ps_roi_pool", f"(Tensor input, {_PS_ARGS}) -> Tensor", cpu=_ps_roi_pool_cpu, fake=_ps_forward_fake
+)
+ps_roi_pool_backward_op = define(
+    "ps_roi_pool_backward",
+    f"(Tensor grad, {_PS_ARGS}, {_PS_SHAPE}) -> Tensor",
+    cpu=_ps_roi_pool_backward_cpu,
+    fake=_ps_backward_fake,
+)
+ps_roi_align_op = define(
+    "ps_roi_align",
+    f"(Tensor input, {_PS_ARGS}, int sampling_ratio) -> Tensor",
+    cpu=_ps_roi_align_cpu,
+    fake=_ps_forward_fake,
+)
+ps_roi_align_backward_op = define(
+    "ps_roi_align_backward",
+    f"(Tensor grad, {_PS_ARGS}, int sampling_ratio, {_PS_SHAPE}) -> Tensor",
+    cpu=_ps_roi_align_backward_cpu,
+    fake=_ps_backward_fake,
+)
+
+
+def _ps_forward_setup(ctx, inputs, output):
+    input, rois, *ctx.params = inputs  # spatial_scale, pooled sizes (, sampling_ratio)
+    ctx.save_for_backward(rois)
+    ctx.input_shape = tuple(input.shape)
+
+
+def _ps_backward_setup(ctx, inputs, output):
+    _, rois, *params = inputs
+    ctx.save_for_backward(rois)
+    ctx.params = params[:-4]
+    ctx.num_args = len(inputs)
+
+
+def _ps_roi_pool_grad(ctx, grad_output):
+    (rois,) = ctx.saved_tensors
+    grad_input = torch.ops.roipool.ps_roi_pool_backward(grad_output, rois, *ctx.params, *ctx.input_shape)
+    return grad_input, None, None, None, None
+
+
+def _ps_roi_align_grad(ctx, grad_output):
+    (rois,) = ctx.saved_tensors
+    grad_input = torch.ops.roipool.ps_roi_align_backward(grad_output, rois, *ctx.params, *ctx.input_shape)
+    return grad_input, None, None, None, None, None
+
+
+def _ps_roi_pool_backward_grad(ctx, grad_grad_input):
+    # the backward is linear in grad with the forward as its adjoint
+    (rois,) = ctx.saved_tensors
+    return (torch.ops.roipool.ps_roi_pool(grad_grad_input, rois, *ctx.params),) + (None,) * (ctx.num_args - 1)
+
+
+def _ps_roi_align_backward_grad(ctx, grad_grad_input):
+    (rois,) = ctx.saved_tensors
+    return (torch.ops.roipool.ps_roi_align(grad_grad_input, rois, *ctx.params),) + (None,) * (ctx.num_args - 1)
+
+
+ps_roi_pool_op.register_autograd(_ps_roi_pool_grad, setup_context=_ps_forward_setup)
+ps_roi_align_op.register_autograd(_ps_roi_align_grad, setup_context=_ps_forward_setup)
+ps_roi_pool_backward_op.register_autograd(_ps_roi_pool_backward_grad, setup_context=_ps_backward_setup)
+ps_roi_align_backward_op.register_autograd(_ps_roi_align_backward_grad, setup_context=_ps_backward_setup)
+
+
+def _ps_public(input, boxes, output_size, spatial_scale):
+    """Static checks shared by the two public functions; returns ``(rois, scale, pooled_h, pooled_w)``."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a NumPy array or a torch tensor, got {type(input).__name__}")
+    with _quiet_when_tracing():
+        check_feature_map(input)
+        pooled_h, pooled_w = _checks.output_size_pair(output_size)
+        scale = _checks.positive_scale(spatial_scale)
+        _checks.ps_channels(input.shape[1], (pooled_h, pooled_w))
+        rois = boxes_to_rois(boxes, input)
+    return rois, scale, pooled_h, pooled_w
+
+
+def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
+    """Tensor position-sensitive RoI average pooling; see :func:`roipool.ps_roi_pool`.
+
+    Args:
+        input (Tensor[N, C, H, W]): float16, bfloat16, float32 or float64, ``C``
+            a multiple of ``pooled_h * pooled_w``; any strides.
+        boxes (Tensor[K, 5] or List[Tensor[L, 4]]): on ``input``'s device.
+        output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
+        spatial_scale (float): image-to-feature-map factor.
+
+    Returns:
+        Tensor[K, C / (pooled_h * pooled_w), pooled_h, pooled_w] of ``input``'s
+        dtype, differentiable with respect to ``input``.
+    """
+    rois, scale, pooled_h, pooled_w = _ps_public(input, boxes, output_size, spatial_scale)
+    return torch.ops.roipool.ps_roi_pool(input, rois, scale, pooled_h, pooled_w)
+
+
+def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1):
+    """Tensor position-sensitive RoIAlign; see :func:`roipool.ps_roi_align`.
+
+    Arguments and result as :func:`ps_roi_pool`, plus ``sampling_ratio``
+    (samples per bin side; ``<= 0`` adaptive, at least one).
+    """
+    rois, scale, pooled_h, pooled_w = _ps_public(input, boxes, output_size, spatial_scale)
+    ratio = _checks.sampling_ratio_int(sampling_ratio)
+    return torch.ops.roipool.ps_roi_align(input, rois, scale, pooled_h, pooled_w, ratio)
+
+
+# ---- roi_align ----
+
+_ROI_ALIGN_PARAMS = "float spatial_scale, int pooled_height, int pooled_width, int sampling_ratio, bool aligned"
+
+
+def _roi_align_cpu(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    n, channels, height, width = input.shape
+    dtype = compute_dtype(input.dtype)
+    x = cpu_nhwc(input, dtype)
+    rois_np = cpu_rois(rois, n, dtype)
+    taps = _align.Taps(rois_np, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, height, width)
+    out = new_cpu_tensor((rois_np.shape[0], channels, pooled_height * pooled_width), dtype)
+    _align.launch_forward(x, taps, out.numpy())
+    return out.view(rois_np.shape[0], channels, pooled_height, pooled_width).to(input.dtype)
+
+
+def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+
+
+def _roi_align_backward_cpu(
+    grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, sampling_ratio, aligned
+):
+    dtype = compute_dtype(grad.dtype)
+    k = grad.shape[0]
+    grad_out = grad.detach().to(dtype).contiguous().numpy().reshape(k, channels, pooled_height * pooled_width)
+    rois_np = cpu_rois(rois, batch_size, dtype)
+    taps = _align.Taps(rois_np, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, height, width)
+    grad_nhwc = np.zeros((batch_size, height, width, channels), _numpy_dtype(dtype))
+    _align.launch_backward(grad_out, taps, grad_nhwc)
+    grad_in = new_cpu_tensor((batch_size, channels, height, width), dtype)
+    grad_in.numpy()[...] = grad_nhwc.transpose(0, 3, 1, 2)  # NumPy's transposing copy (see cpu_nhwc)
+    return grad_in.to(grad.dtype)
+
+
+def _roi_align_backward_fake(
+    grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, sampling_ratio, aligned
+):
+    return grad.new_empty((batch_size, channels, height, width))
+
+
+# One op serves training and inference: the backward needs only the boxes and
+# the input's shape, so the forward keeps no extra state.
+roi_align_op = define(
+    "roi_align", f"(Tensor input, Tensor rois, {_ROI_ALIGN_PARAMS}) -> Tensor", cpu=_roi_align_cpu, fake=_roi_align_fake
+)
+roi_align_backward_op = define(
+    "roi_align_backward",
+    "(Tensor grad, Tensor rois, float spatial_scale, int pooled_height, int pooled_width, "
+    "int batch_size, int channels, int height, int width, int sampling_ratio, bool aligned) -> Tensor",
+    cpu=_roi_align_backward_cpu,
+    fake=_roi_align_backward_fake,
+)
+
+
+def _roi_align_setup(ctx, inputs, output):
+    input, rois, *ctx.params = inputs
+    ctx.save_for_backward(rois)
+    ctx.input_shape = tuple(input.shape)
+
+
+def _roi_align_grad(ctx, grad_output):
+    (rois,) = ctx.saved_tensors
+    spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = ctx.params
+    grad_input = torch.ops.roipool.roi_align_backward(
+        grad_output, rois, spatial_scale, pooled_height, pooled_width, *ctx.input_shape, sampling_ratio, aligned
+    )
+    return grad_input, None, None, None, None, None, None
+
+
+def _roi_align_backward_setup(ctx, inputs, output):
+    _, rois, spatial_scale, pooled_height, pooled_width, *_, sampling_ratio, aligned = inputs
+    ctx.params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
+    ctx.save_for_backward(rois)
+
+
+def _roi_align_backward_grad(ctx, grad_grad_input):
+    # The backward is linear in ``grad`` and its adjoint is the forward itself,
+    # so double backward (e.g. gradient penalties) costs one forward.
+    (rois,) = ctx.saved_tensors
+    grad_grad = torch.ops.roipool.roi_align(grad_grad_input, rois, *ctx.params)
+    return (grad_grad,) + (None,) * 10
+
+
+roi_align_op.register_autograd(_roi_align_grad, setup_context=_roi_align_setup)
+roi_align_backward_op.register_autograd(_roi_align_backward_grad, setup_context=_roi_align_backward_setup)
+
+
+def _roi_align_symbolic(g, input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    from torch.onnx import symbolic_helper
+
+    scale = symbolic_helper._get_const(spatial_scale, "f", "spatial_scale")
+    ph = symbolic_helper._get_const(pooled_height, "i", "pooled_height")
+    pw = symbolic_helper._get_const(pooled_width, "i", "pooled_width")
+    ratio = symbolic_helper._get_const(sampling_ratio, "i", "sampling_ratio")
+    aligned = bool(symbolic_helper._get_const(aligned, "b", "aligned"))
+    batch = g.op("Gather", rois, g.op("Constant", value_t=torch.tensor(0, dtype=torch.int64)), axis_i=1)
+    batch = g.op("Cast", batch, to_i=7)  # INT64
+    boxes = g.op("Gather", rois, g.op("Constant", value_t=torch.tensor([1, 2, 3, 4], dtype=torch.int64)), axis_i=1)
+    boxes = g.op("CastLike", boxes, input)
+    attrs = dict(output_height_i=ph, output_width_i=pw, spatial_scale_f=scale, sampling_ratio_i=max(ratio, 0), mode_s="avg")
+    opset = symbolic_helper.GLOBALS.export_onnx_opset_version
+    if opset >= 16:
+        attrs["coordinate_transformation_mode_s"] = "half_pixel" if aligned else "output_half_pixel"
+    elif aligned:
+        # Before opset 16 RoiAlign knows only the legacy rule. Shifting the boxes
+        # by half a cell would still differ on boxes under one cell (the legacy
+        # rule stretches them), so refuse rather than export a different op.
+        raise ValueError(f"roi_align with aligned=True needs ONNX opset 16 or later to export exactly, got opset {opset}")
+    return g.op("RoiAlign", input, boxes, batch, **attrs)
+
+
+def _roi_align_translation():
+    from onnxscript import opset18 as op
+
+    def roi_align(
+        input, rois, spatial_scale: float, pooled_height: int, pooled_width: int, sampling_ratio: int, aligned: bool
+    ):
+        batch = op.Cast(op.Gather(rois, op.Constant(value_int=0), axis=1), to=7)  # INT64
+        boxes = op.CastLike(op.Gather(rois, op.Constant(value_ints=[1, 2, 3, 4]), axis=1), input)
+        mode = "half_pixel" if aligned else "output_half_pixel"
+        return op.RoiAlign(
+            input,
+            boxes,
+            batch,
+            output_height=pooled_height,
+            output_width=pooled_width,
+            spatial_scale=spatial_scale,
+            sampling_ratio=sampling_ratio if sampling_ratio > 0 else 0,
+            mode="avg",
+            coordinate_transformation_mode=mode,
+        )
+
+    return roi_align
+
+
+register_onnx("roi_align", symbolic=_roi_align_symbolic, translation=_roi_align_translation)
+
+
+def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+    """Tensor RoIAlign; see :func:`roipool.roi_align`.
+
+    Args:
+        input (Tensor[N, C, H, W]): float16, bfloat16, float32 or float64; any
+            strides (channels-last is read in place).
+        boxes (Tensor[K, 5] or List[Tensor[L, 4]]): on ``input``'s device.
+        output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
+        spatial_scale (float): image-to-feature-map factor.
+        sampling_ratio (int): samples per bin side; ``<= 0`` is adaptive.
+        aligned (bool): half-cell pixel model (``True``) or the legacy rule.
+
+    Returns:
+        Tensor[K, C, pooled_h, pooled_w] of ``input``'s dtype, differentiable
+        with respect to ``input`` (twice: the backward is differentiable too).
+    """
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a NumPy array or a torch tensor, got {type(input).__name__}")
+    with _quiet_when_tracing():
+        check_feature_map(input)
+        pooled_h, pooled_w, scale, ratio, aligned = _align.arguments(output_size, spatial_scale, sampling_ratio, aligned)
+        rois = boxes_to_rois(boxes, input)
+    return torch.ops.roipool.roi_align(input, rois, scale, pooled_h, pooled_w, ratio, aligned)

@@ -36,6 +36,8 @@ class Workload:
     spatial_scale: float
     sampling_ratio: int = 2
     aligned: bool = True
+    # position-sensitive workloads (C = C_out * output_size**2) run only the ps_ ops, the others never
+    position_sensitive: bool = False
 
     def make(self, seed: int = 0):
         """Feature map ``(N, C, H, W)`` float32 and boxes ``(K, 5)`` float32.
@@ -61,6 +63,10 @@ WORKLOADS = {
         Workload("vgg16", "600x800 image through VGG16 conv5_3, 2000 proposals", 1, 512, 38, 50, 600, 800, 2000, 7, 1 / 16),
         Workload("small-batch", "8 images of 256x256, stride 8, 256 proposals each", 8, 256, 32, 32, 256, 256, 256, 7, 1 / 8),
         Workload("tiny", "a smoke test: 2 images of 128x128, stride 8, 32 proposals each", 2, 16, 16, 16, 128, 128, 32, 7, 1 / 8),
+        Workload(
+            "rfcn", "R-FCN head: 600x800 image, stride 16, 7x7 bins x 21 classes, 2000 proposals",
+            1, 7 * 7 * 21, 38, 50, 600, 800, 2000, 7, 1 / 16, position_sensitive=True,
+        ),
     ]
 }
 
@@ -263,8 +269,8 @@ def run(workloads, repeat: int, device: str = "cpu", ops=OPS) -> list[Row]:
     for wname in workloads:
         workload = WORKLOADS[wname]
         for op in ops:
-            if op.startswith("ps_"):
-                continue  # position-sensitive ops need C divisible by bins: a workload of their own
+            if op.startswith("ps_") != workload.position_sensitive:
+                continue  # position-sensitive ops need C divisible by bins: workloads of their own
             forward_peers: list[Row] = []
             for mode in MODES:
                 cands = candidates(workload, op, mode, device)

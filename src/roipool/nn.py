@@ -11,16 +11,29 @@ ops and their ONNX exporters.
 
 from __future__ import annotations
 
-from typing import List, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
+import torch
 from torch import Tensor, nn
 
 from . import _torch_ops
 from ._torch_ops import onnx_translation_table
 
-__all__ = ["RoIPool", "roi_pool", "onnx_translation_table"]
+__all__ = [
+    "RoIPool",
+    "roi_pool",
+    "RoIAlign",
+    "MultiScaleRoIAlign",
+    "roi_align",
+    "PSRoIPool",
+    "ps_roi_pool",
+    "PSRoIAlign",
+    "ps_roi_align",
+    "onnx_translation_table",
+]
 
 roi_pool = _torch_ops.roi_pool
+roi_align = _torch_ops.roi_align
 
 Boxes = Union[Tensor, List[Tensor]]
 
@@ -46,3 +59,190 @@ class RoIPool(nn.Module):
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale})"
+
+
+# ---- position-sensitive layers (R-FCN) ----
+
+ps_roi_pool = _torch_ops.ps_roi_pool
+ps_roi_align = _torch_ops.ps_roi_align
+
+
+class PSRoIPool(nn.Module):
+    """Position-sensitive RoI average pooling layer (R-FCN); see :func:`roipool.ps_roi_pool`.
+
+    Args:
+        output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
+        spatial_scale (float): image-to-feature-map factor.
+
+    ``forward(input (Tensor[N, C, H, W]), rois (Tensor[K, 5] or List[Tensor[L, 4]]))``
+    returns ``Tensor[K, C / (pooled_h * pooled_w), pooled_h, pooled_w]``.
+    """
+
+    def __init__(self, output_size: Union[int, Tuple[int, int]], spatial_scale: float):
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+
+    def forward(self, input: Tensor, rois: Boxes) -> Tensor:
+        return _torch_ops.ps_roi_pool(input, rois, self.output_size, self.spatial_scale)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale})"
+
+
+class PSRoIAlign(nn.Module):
+    """Position-sensitive RoIAlign layer; see :func:`roipool.ps_roi_align`.
+
+    Args:
+        output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
+        spatial_scale (float): image-to-feature-map factor.
+        sampling_ratio (int): samples per bin side; ``<= 0`` adaptive (at least one).
+
+    ``forward(input, rois)`` as :class:`PSRoIPool`.
+    """
+
+    def __init__(self, output_size: Union[int, Tuple[int, int]], spatial_scale: float, sampling_ratio: int):
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+
+    def forward(self, input: Tensor, rois: Boxes) -> Tensor:
+        return _torch_ops.ps_roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio)
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+            f"sampling_ratio={self.sampling_ratio})"
+        )
+
+
+class RoIAlign(nn.Module):
+    """RoIAlign layer (Mask R-CNN); see :func:`roipool.roi_align`.
+
+    Args:
+        output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
+        spatial_scale (float): image-to-feature-map factor.
+        sampling_ratio (int): samples per bin side; ``<= 0`` is adaptive.
+        aligned (bool): half-cell pixel model (``True``) or the legacy rule.
+
+    ``forward(input (Tensor[N, C, H, W]), rois (Tensor[K, 5] or List[Tensor[L, 4]]))``
+    returns ``Tensor[K, C, pooled_h, pooled_w]``.
+    """
+
+    def __init__(
+        self, output_size: Union[int, Tuple[int, int]], spatial_scale: float, sampling_ratio: int, aligned: bool = False
+    ):
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+
+    def forward(self, input: Tensor, rois: Boxes) -> Tensor:
+        return _torch_ops.roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+            f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned})"
+        )
+
+
+class MultiScaleRoIAlign(nn.Module):
+    """RoIAlign over a feature pyramid, each box pooled from the level that suits its size.
+
+    Same interface and rules as torchvision's ``MultiScaleRoIAlign``:
+
+    - the feature maps used are the entries of ``x`` named in ``featmap_names``,
+      in ``x``'s order, finest first;
+    - on the first call each level's scale is inferred as ``2 ** round(log2(H_level / H_image))``
+      where ``H_image`` is the largest image height in ``image_shapes``; the
+      coarsest and finest levels give ``k_min = int(-log2(finest scale))`` and
+      ``k_max = int(-log2(coarsest scale))``, and all are kept for later calls;
+    - a box of area ``w * h`` (image pixels) goes to level
+      ``floor(canonical_level + log2(sqrt(w * h) / canonical_scale) + 1e-6)``,
+      clamped to ``[k_min, k_max]`` (eq. 1 of the FPN paper: a
+      ``canonical_scale``-sided box lands on ``canonical_level``);
+    - it is pooled there by :func:`roipool.roi_align` with ``aligned=False``.
+
+    Args:
+        featmap_names (List[str]): names of the feature maps to pool from.
+        output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
+        sampling_ratio (int): samples per bin side; ``<= 0`` is adaptive.
+        canonical_scale (int): box side that maps to ``canonical_level``.
+        canonical_level (int): pyramid level of a ``canonical_scale``-sided box.
+
+    ``forward(x (Dict[str, Tensor[N, C, H_l, W_l]]), boxes (List[Tensor[L_i, 4]]),
+    image_shapes (List[(height, width)]))`` returns ``Tensor[K, C, pooled_h, pooled_w]``
+    with the boxes of all images in order.
+    """
+
+    def __init__(
+        self,
+        featmap_names: List[str],
+        output_size: Union[int, Tuple[int, int], List[int]],
+        sampling_ratio: int,
+        *,
+        canonical_scale: int = 224,
+        canonical_level: int = 4,
+    ):
+        super().__init__()
+        if isinstance(output_size, int):
+            output_size = (output_size, output_size)
+        self.featmap_names = featmap_names
+        self.sampling_ratio = sampling_ratio
+        self.output_size = tuple(output_size)
+        self.canonical_scale = canonical_scale
+        self.canonical_level = canonical_level
+        self.scales: Optional[List[float]] = None
+        self.level_range: Optional[Tuple[int, int]] = None
+
+    def forward(self, x: Dict[str, Tensor], boxes: List[Tensor], image_shapes: List[Tuple[int, int]]) -> Tensor:
+        features = [v for k, v in x.items() if k in self.featmap_names]
+        if not features:
+            raise ValueError(f"x holds none of the feature maps {self.featmap_names}")
+        if self.scales is None or self.level_range is None:
+            self.scales, self.level_range = infer_scales(features, image_shapes)
+        rois = _torch_ops.boxes_to_rois(list(boxes), features[0])
+        if len(features) == 1:
+            return _torch_ops.roi_align(features[0], rois, self.output_size, self.scales[0], self.sampling_ratio)
+        levels = box_levels(boxes, self.level_range, self.canonical_scale, self.canonical_level)
+        first = features[0]
+        result = first.new_zeros((rois.shape[0], first.shape[1]) + self.output_size)
+        for level, (feature, scale) in enumerate(zip(features, self.scales)):
+            index = torch.where(levels == level)[0]
+            pooled = _torch_ops.roi_align(feature, rois[index], self.output_size, scale, self.sampling_ratio)
+            result[index] = pooled.to(result.dtype)
+        return result
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}(featmap_names={self.featmap_names}, "
+            f"output_size={self.output_size}, sampling_ratio={self.sampling_ratio})"
+        )
+
+
+def infer_scales(features: List[Tensor], image_shapes: List[Tuple[int, int]]) -> Tuple[List[float], Tuple[int, int]]:
+    """Each level's scale (a power of two, from the heights) and the pyramid's ``(k_min, k_max)``."""
+    if not image_shapes:
+        raise ValueError("image_shapes must name the size of at least one image")
+    image_h = max(int(shape[0]) for shape in image_shapes)
+    scales = []
+    for feature in features:
+        # log2 in float32 and round half to even, as torchvision computes it
+        exponent = torch.tensor(float(feature.shape[-2]) / float(image_h)).log2().round()
+        scales.append(2.0 ** float(exponent))
+    k_min = int(-torch.log2(torch.tensor(scales[0], dtype=torch.float32)).item())
+    k_max = int(-torch.log2(torch.tensor(scales[-1], dtype=torch.float32)).item())
+    return scales, (k_min, k_max)
+
+
+def box_levels(boxes: List[Tensor], level_range: Tuple[int, int], canonical_scale: int, canonical_level: int) -> Tensor:
+    """Pyramid level index (0 = finest level used) of every box, in the boxes' dtype arithmetic."""
+    k_min, k_max = level_range
+    b = torch.cat(list(boxes), dim=0)
+    side = torch.sqrt((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))
+    eps = torch.tensor(1e-6, dtype=side.dtype)
+    level = torch.floor(canonical_level + torch.log2(side / canonical_scale) + eps)
+    return torch.clamp(level, min=k_min, max=k_max).to(torch.int64) - k_min

@@ -1,0 +1,149 @@
+"""RoIAlign on NumPy arrays: checks, layout, and the CPU kernels.
+
+Semantics: ``docs/_parts/align.md`` (torchvision's ``roi_align``, sample for
+sample). The geometry is computed once per call (``_geometry.roi_align_taps``)
+and shared by every channel.
+
+As in ``_pool``, the pieces below the NumPy functions' checks are shared with
+the torch frontend (``_torch_ops``): :class:`Taps` (the geometry and work
+split of one call) and the ``launch_*`` functions, which take channels-last
+inputs and caller-allocated outputs.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from . import _checks
+from ._geometry import roi_align_taps
+from ._pool import compute_dtype
+from .cpu import roi_align as kernels
+from .cpu._parallel import balanced_chunks, launch_lock
+
+# How the kernels evaluate each RoI (``kernels.AUTO``: the cheaper way per
+# RoI); the tests force each way in turn.
+PATH = kernels.AUTO
+
+
+class Taps:
+    """The separable bilinear taps of every RoI and the split of the RoIs into balanced runs.
+
+    ``rois (K, 5)`` are validated (``_checks.rois_array``) and in the compute
+    dtype; the feature map is ``height x width``. Raises ``ValueError`` for a
+    box whose scaled corners or extent overflow the compute dtype.
+    :attr:`arrays` and ``bounds`` are what the kernels take.
+    """
+
+    def __init__(self, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width):
+        self.pooled_h, self.pooled_w = pooled_h, pooled_w
+        self.num_rois = rois.shape[0]
+        scale = rois.dtype.type(spatial_scale)
+        _check_scaled_boxes(rois, scale, aligned, pooled_h, pooled_w)
+        (self.batch, self.hptr, self.hidx, self.hwt, self.wptr, self.widx, self.wwt, cost) = roi_align_taps(
+            rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width
+        )
+        self.bounds = balanced_chunks(cost)
+
+    @property
+    def arrays(self):
+        return self.batch, self.hptr, self.hidx, self.hwt, self.wptr, self.widx, self.wwt
+
+
+def launch_forward(x_nhwc, taps: Taps, out) -> None:
+    """``out (K, C, PH * PW)`` <- RoIAlign of ``x_nhwc (N, H, W, C)`` (C-contiguous, compute dtype)."""
+    if out.size:
+        with launch_lock:
+            kernels.forward(x_nhwc, *taps.arrays, taps.bounds, PATH, out)
+
+
+def launch_backward(grad_out, taps: Taps, grad_in_nhwc) -> None:
+    """``grad_in_nhwc (N, H, W, C)`` (zeroed by the caller) += the adjoint applied to ``grad_out (K, C, PH * PW)``."""
+    if grad_out.size and grad_in_nhwc.size:
+        with launch_lock:
+            kernels.backward(grad_out, *taps.arrays, _channel_block(grad_out.shape[1]), PATH, grad_in_nhwc)
+
+
+def _channel_block(channels: int) -> int:
+    """Channels per backward work item: one equal share per thread, rounded up to
+    a multiple of 16 (whole cache lines of float32). Wide blocks pay: each block
+    re-reads the RoI taps and transposes its slice of ``grad_output``."""
+    share = -(-channels // numba.get_num_threads())
+    return max(16, -(-share // 16) * 16)
+
+
+def _check_scaled_boxes(rois, scale, aligned, pooled_h, pooled_w):
+    """Corners, extents and bin sizes must stay finite in the compute dtype.
+
+    Only boxes beyond about 1e38 / spatial_scale (float32) overflow; the
+    kernels would otherwise sample at infinite or NaN positions.
+    """
+    t = rois.dtype.type
+    offset = t(0.5) if aligned else t(0.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        corners = rois[:, 1:] * scale - offset
+        extents = corners[:, 2:] - corners[:, :2]
+        bins = extents / np.array([pooled_w, pooled_h], rois.dtype)
+    ok = np.isfinite(corners).all(axis=1) & np.isfinite(extents).all(axis=1) & np.isfinite(bins).all(axis=1)
+    if not ok.all():
+        k = int(np.flatnonzero(~ok)[0])
+        raise ValueError(
+            f"boxes: box {k} {rois[k, 1:]} times spatial_scale {scale} overflows {rois.dtype} "
+            "(corners or extent not finite)"
+        )
+
+
+def arguments(output_size, spatial_scale, sampling_ratio, aligned):
+    """Checked ``(pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned)``."""
+    pooled_h, pooled_w = _checks.output_size_pair(output_size)
+    scale = _checks.positive_scale(spatial_scale)
+    return pooled_h, pooled_w, scale, _checks.sampling_ratio_int(sampling_ratio), _checks.flag(aligned, "aligned")
+
+
+def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+    input = _checks.feature_map(input)
+    n, channels, height, width = input.shape
+    pooled_h, pooled_w, scale, sampling_ratio, aligned = arguments(output_size, spatial_scale, sampling_ratio, aligned)
+    dtype = compute_dtype(input.dtype)
+    rois = _checks.rois_array(boxes, n, dtype)
+    taps = Taps(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width)
+    out = np.empty((rois.shape[0], channels, pooled_h * pooled_w), dtype)
+    if out.size:
+        launch_forward(np.ascontiguousarray(input.transpose(0, 2, 3, 1), dtype=dtype), taps, out)
+    return out.reshape(out.shape[0], channels, pooled_h, pooled_w).astype(input.dtype, copy=False)
+
+
+def roi_align_backward(
+    grad_output, boxes, input_shape, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False
+):
+    grad_output = np.asarray(grad_output)
+    if grad_output.dtype.kind != "f":
+        raise TypeError(f"grad_output must have a real floating dtype, got {grad_output.dtype}")
+    if grad_output.ndim != 4:
+        raise ValueError(f"grad_output must have shape (K, C, pooled_h, pooled_w), got {grad_output.shape}")
+    n, channels, height, width = _input_shape(input_shape)
+    if grad_output.shape[1] != channels:
+        raise ValueError(f"grad_output has {grad_output.shape[1]} channels but input_shape has {channels}")
+    pooled_h, pooled_w, scale, sampling_ratio, aligned = arguments(output_size, spatial_scale, sampling_ratio, aligned)
+    if grad_output.shape[2:] != (pooled_h, pooled_w):
+        raise ValueError(f"grad_output has bins {grad_output.shape[2:]} but output_size is {(pooled_h, pooled_w)}")
+    dtype = compute_dtype(grad_output.dtype)
+    rois = _checks.rois_array(boxes, n, dtype)
+    k = grad_output.shape[0]
+    if rois.shape[0] != k:
+        raise ValueError(f"boxes hold {rois.shape[0]} RoIs but grad_output has {k}")
+    taps = Taps(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width)
+    grad_in = np.zeros((n, height, width, channels), dtype)
+    go = np.ascontiguousarray(grad_output, dtype=dtype).reshape(k, channels, pooled_h * pooled_w)
+    launch_backward(go, taps, grad_in)
+    return grad_in.transpose(0, 3, 1, 2).astype(grad_output.dtype, order="C")
+
+
+def _input_shape(input_shape) -> tuple[int, int, int, int]:
+    try:
+        shape = tuple(int(s) for s in input_shape)
+    except TypeError:
+        raise TypeError(f"input_shape must be a sequence of 4 ints (N, C, H, W), got {input_shape!r}") from None
+    if len(shape) != 4 or min(shape) < 0:
+        raise ValueError(f"input_shape must be (N, C, H, W) with no negative size, got {input_shape!r}")
+    return shape

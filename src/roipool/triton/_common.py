@@ -1,0 +1,178 @@
+"""``@triton.jit`` helpers shared by the RoI kernels.
+
+Each helper restates, for one program's lanes, a rule that
+``roipool._geometry`` and ``roipool.reference`` define on the CPU; the kernels
+call these instead of writing the rule again.
+
+Two facts about Triton shape them:
+
+* ``a / b`` on float32 compiles to the approximate ``div.full.f32`` (2 ulp).
+  Bin sizes decide which cells a bin covers, so every division here goes
+  through :func:`div_exact` (IEEE round-to-nearest for float32 and float64).
+* The launchers pass ``enable_fp_fusion=False``: a fused multiply-add rounds
+  once where the CPU path rounds twice, which can move a bin edge or a
+  sampling point by one ulp and so pick a different cell.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# Rounded box corners are clamped to +-2**30 cells, as roipool._geometry.COORD_LIMIT.
+COORD_LIMIT = tl.constexpr(1073741824.0)
+
+
+@triton.jit
+def div_exact(a, b):
+    """``a / b`` rounded to nearest (float32 or float64)."""
+    if a.dtype == tl.float64:
+        return a / b
+    else:
+        return tl.fdiv(a, b, ieee_rounding=True)
+
+
+@triton.jit
+def round_half_away(v):
+    """C's ``round`` (halves away from zero) of a float, clamped to +-2**30, as int64."""
+    mag = tl.abs(v)
+    whole = tl.floor(mag)
+    # mag - floor(mag) is exact, so the comparison with 0.5 is exact too.
+    whole = tl.where(mag - whole >= 0.5, whole + 1.0, whole)
+    whole = tl.minimum(whole, COORD_LIMIT).to(tl.int64)
+    return tl.where(v >= 0, whole, -whole)
+
+
+@triton.jit
+def pool_bin_edges(p, size, start, limit):
+    """Cells ``[lo, hi)`` of max-pool bin ``p``: ``floor(p*size)``, ``ceil((p+1)*size)``.
+
+    ``size`` is the bin size in the compute float type, ``start`` the RoI's
+    first cell (int64); both ends are offset by ``start`` and clipped to
+    ``[0, limit]``. ``hi <= lo`` means the bin is empty.
+    """
+    pf = tl.cast(p, size.dtype)
+    lo = tl.floor(pf * size).to(tl.int64) + start
+    hi = tl.ceil((pf + 1.0) * size).to(tl.int64) + start
+    lo = tl.minimum(tl.maximum(lo, 0), limit)
+    hi = tl.minimum(tl.maximum(hi, 0), limit)
+    return lo, hi
+
+
+@triton.jit
+def bilinear_axis(y, size):
+    """One axis of torchvision-style bilinear interpolation at coordinate ``y``.
+
+    Returns ``(valid, low, high, w_low, w_high)``: ``valid`` is false for
+    ``y`` outside ``[-1, size]`` (and for NaN), where the whole sample counts
+    zero; otherwise ``y`` is clamped at 0, ``low = floor(y)`` and
+    ``high = low + 1``, both pinned to ``size - 1`` at the far edge (where
+    ``y`` itself becomes ``size - 1``), and the weights are ``1 - (y - low)``
+    and ``y - low``. The 2-D weight of a corner is the product of its two
+    axes' weights, so the backward kernels can treat the axes apart.
+    """
+    valid = (y >= -1.0) & (y <= size)
+    y = tl.where(valid, y, 0.0)
+    y = tl.where(y <= 0.0, 0.0, y)
+    low = y.to(tl.int32)
+    edge = low >= size - 1
+    low = tl.where(edge, size - 1, low)
+    high = tl.where(edge, size - 1, low + 1)
+    y = tl.where(edge, tl.cast(low, y.dtype), y)
+    w_high = y - tl.cast(low, y.dtype)
+    w_low = 1.0 - w_high
+    return valid, low, high, w_low, w_high
+
+
+@triton.jit
+def spans_overlap(lo, hi, first, last):
+    """Whether the inclusive spans ``[lo, hi]`` and ``[first, last]`` meet (``hi < lo`` is empty)."""
+    return (lo <= hi) & (lo <= last) & (hi >= first)
+
+
+@triton.jit
+def cast_rne(x, DTYPE: tl.constexpr):
+    """``x`` (float32 or float64) rounded to nearest-even in ``DTYPE``.
+
+    For bfloat16 the rounding is written out on the bits: the interpreter's
+    float32-to-bfloat16 conversion truncates, and the kernels must round the
+    same way on both (as torch's ``.to(torch.bfloat16)`` does).
+    """
+    if DTYPE == tl.bfloat16:
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        rounded = tl.where(x != x, (bits >> 16) | 0x40, rounded)  # NaN stays a (quiet) NaN
+        return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(DTYPE)
+
+
+@triton.jit
+def store_spans(span_ptr, window_ptr, k, p, p_ok, first, last, POOLED: tl.constexpr, WINDOW_AT: tl.constexpr):
+    """Write bin spans ``(K, POOLED, 2)`` and their union into ``window[k, WINDOW_AT:WINDOW_AT + 2]``."""
+    first = first.to(tl.int32)
+    last = last.to(tl.int32)
+    row = span_ptr + (k * POOLED + p) * 2
+    tl.store(row, first, mask=p_ok)
+    tl.store(row + 1, last, mask=p_ok)
+    used = p_ok & (first <= last)
+    lo = tl.min(tl.where(used, first, 2147483647), axis=0)
+    hi = tl.max(tl.where(used, last, -1), axis=0)
+    tl.store(window_ptr + k * 4 + WINDOW_AT, lo)
+    tl.store(window_ptr + k * 4 + WINDOW_AT + 1, hi)
+
+
+@triton.jit
+def sample_at(start, size, p, i, grid):
+    """Sampling coordinate ``i`` of ``grid`` in bin ``p``: ``start + p*size + (i + 0.5)*size/grid``.
+
+    The same association as torchvision's kernels: the bin's first edge, plus
+    the offset inside the bin. ``p`` may be a lane vector; the rest are scalars.
+    """
+    offset = div_exact((tl.cast(i, size.dtype) + 0.5) * size, tl.cast(grid, size.dtype))
+    return (start + tl.cast(p, size.dtype) * size) + offset
+
+
+@triton.jit
+def sample_spans(start, size, grid, p, limit):
+    """Inclusive ``(first, last)`` cells that the samples of bins ``p`` (a lane vector) touch.
+
+    Samples outside ``[-1, limit]`` touch nothing; ``last < first`` means no cell.
+    """
+    first = tl.full(p.shape, 2147483647, tl.int32)
+    last = tl.full(p.shape, -1, tl.int32)
+    for i in range(grid):
+        valid, low, high, w_low, w_high = bilinear_axis(sample_at(start, size, p, i, grid), limit)
+        first = tl.where(valid, tl.minimum(first, low), first)
+        last = tl.where(valid, tl.maximum(last, high), last)
+    return first, last
+
+
+@triton.jit
+def axis_weights(start, size, grid, p, cells, limit, ACC_DTYPE: tl.constexpr):
+    """Summed bilinear weights along one axis that bin ``p``'s samples give ``cells`` (a lane vector).
+
+    Returns ``(weight, touched)``: ``touched`` marks the cells some valid sample
+    names as a corner (even with weight 0, so that a NaN or infinite gradient
+    spreads exactly where a per-sample scatter would put it).
+    """
+    weight = tl.zeros(cells.shape, ACC_DTYPE)
+    touched = cells < 0
+    for i in range(grid):
+        valid, low, high, w_low, w_high = bilinear_axis(sample_at(start, size, p, i, grid), limit)
+        # an invalid sample names cell -1, which no lane holds
+        at_low = cells == tl.where(valid, low, -1)
+        at_high = cells == tl.where(valid, high, -1)
+        weight += tl.where(at_low, w_low, 0.0) + tl.where(at_high, w_high, 0.0)
+        touched = touched | at_low | at_high
+    return weight, touched
+
+
+@triton.jit
+def clamp_image(n, num_images):
+    """The batch index pinned to ``[0, num_images)``.
+
+    The launchers reject bad indices before launching; this keeps the reads in
+    bounds where they cannot check (inside CUDA graph capture).
+    """
+    return tl.minimum(tl.maximum(n, 0), num_images - 1)

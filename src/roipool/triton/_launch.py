@@ -1,0 +1,144 @@
+"""Python-side helpers shared by the Triton launchers.
+
+Real dispatch reaches the launchers through the CUDA registration of the
+torch custom ops, with CUDA tensors. Under the Triton interpreter
+(``TRITON_INTERPRET=1``) every program runs in NumPy on the host, so the
+launchers also accept CPU tensors there: that is how the tests exercise the
+kernels without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+# Lanes of one program: channels x spatial positions (a power of two each).
+TILE_H = 8
+TILE_W = 8
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its NumPy interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def check_device(**tensors: torch.Tensor) -> torch.device:
+    """The common device of ``tensors``: CUDA, or CPU under the interpreter."""
+    devices = {t.device for t in tensors.values()}
+    if len(devices) != 1:
+        named = ", ".join(f"{name} on {t.device}" for name, t in tensors.items())
+        raise ValueError(f"tensors must be on one device, got {named}")
+    device = devices.pop()
+    if device.type != "cuda" and not (device.type == "cpu" and interpreting()):
+        raise ValueError(
+            f"the Triton kernels take CUDA tensors (CPU tensors only under TRITON_INTERPRET=1), got {device}"
+        )
+    return device
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; float32, float16 and bfloat16 compute in float32.
+
+    Half-precision inputs convert to float32 exactly, as the CPU path does.
+    """
+    if dtype == torch.float64:
+        return torch.float64
+    if dtype in (torch.float32, torch.float16, torch.bfloat16):
+        return torch.float32
+    raise TypeError(f"input must be float16, bfloat16, float32 or float64, got {dtype}")
+
+
+def prepare_rois(rois: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``(K, 5)`` boxes as a contiguous tensor of the compute dtype (rounded as the CPU path rounds)."""
+    if rois.dim() != 2 or rois.shape[1] != 5:
+        raise ValueError(f"rois must have shape (K, 5), got {tuple(rois.shape)}")
+    return rois.to(dtype).contiguous()
+
+
+def scale_tensor(spatial_scale: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``spatial_scale`` rounded to the compute dtype, as a one-element tensor.
+
+    A Python float argument would reach a kernel as float32 (and the
+    interpreter always makes it float32), which would round a float64 scale.
+    """
+    return torch.full((1,), float(spatial_scale), dtype=dtype, device=device)
+
+
+def rois_by_image(rois: torch.Tensor, num_images: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoI indices grouped by image, ascending within each image.
+
+    Returns ``order (K,)`` int32 and ``starts (num_images + 1,)`` int32: the
+    RoIs of image ``n`` are ``order[starts[n]:starts[n + 1]]``. The sort is
+    stable, so a backward kernel that walks ``order`` adds RoIs in ascending
+    index order, as the CPU path does. ``torch.sort(stable=True)`` and
+    ``searchsorted`` are deterministic on CUDA.
+    """
+    batch = rois[:, 0].to(torch.int32)
+    sorted_batch, order = torch.sort(batch, stable=True)
+    bounds = torch.arange(num_images + 1, dtype=torch.int32, device=rois.device)
+    starts = torch.searchsorted(sorted_batch, bounds).to(torch.int32)
+    return order.to(torch.int32), starts
+
+
+def channel_block(channels: int, spatial: int, lanes: int = 2048) -> int:
+    """Channels per program so that channels x spatial lanes stay near ``lanes``."""
+    block = max(1, lanes // max(spatial, 1))
+    block = min(triton_next_pow2(block), triton_next_pow2(max(channels, 1)))
+    return max(block, 1)
+
+
+def triton_next_pow2(n: int) -> int:
+    return 1 << (max(int(n), 1) - 1).bit_length()
+
+
+def check_rois(rois: torch.Tensor, num_images: int, dtype: torch.dtype) -> None:
+    """Raise the CPU path's error if a batch index or a coordinate is invalid.
+
+    Batch indices must be whole numbers in ``[0, num_images)`` (the kernels
+    index the feature map with them) and coordinates finite in the compute
+    dtype. The test runs on the device; reading its one-element answer is a
+    device synchronisation per call (skipped during CUDA graph capture). Only on failure are the rois copied to
+    the host, where ``_checks.rois_array`` words the error as the CPU path does.
+    """
+    if rois.shape[0] == 0 or _capturing(rois):
+        return
+    r = rois.detach()
+    batch = r[:, 0]
+    bad = (batch < 0) | (batch >= num_images)
+    if batch.is_floating_point():
+        bad |= ~torch.isfinite(batch) | (batch != torch.floor(batch))
+    coords = r[:, 1:].to(dtype)
+    bad |= ~torch.isfinite(coords).all(dim=1)
+    if bool(bad.any()):
+        _raise_rois_error(r, num_images, dtype)
+
+
+def check_batch_index(rois: torch.Tensor, num_images: int) -> None:
+    """Raise if column 0 of ``rois``, truncated to int, lies outside ``[0, num_images)`` (as the CPU backward)."""
+    if rois.shape[0] == 0 or _capturing(rois):
+        return
+    batch = rois.detach()[:, 0].to(torch.int32)
+    if bool(((batch < 0) | (batch >= num_images)).any()):
+        raise ValueError(f"rois hold batch indices outside [0, {num_images})")
+
+
+def _capturing(t: torch.Tensor) -> bool:
+    """Inside CUDA graph capture, where reading a device value (a sync) is not allowed.
+
+    The checks are skipped there; the forward kernels clamp the batch index so
+    their reads stay in bounds, and the backward ignores RoIs of other images.
+    """
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def _raise_rois_error(rois: torch.Tensor, num_images: int, dtype: torch.dtype) -> None:
+    import numpy as np
+
+    from .. import _checks
+
+    host = rois.cpu()
+    if host.dtype == torch.bfloat16:  # NumPy has no bfloat16; the widening is exact
+        host = host.float()
+    _checks.rois_array(host.numpy(), num_images, np.float64 if dtype == torch.float64 else np.float32)
+    raise ValueError("rois hold an invalid batch index or a non-finite coordinate")  # not reached in practice

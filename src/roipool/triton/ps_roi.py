@@ -1,0 +1,374 @@
+"""Position-sensitive RoI pooling (R-FCN) in Triton: ``ps_roi_pool`` and ``ps_roi_align``.
+
+Output channel ``c`` of bin ``(ph, pw)`` reads input channel
+``c_in = (c * PH + ph) * PW + pw``, so the input has ``C_out * PH * PW``
+channels. Semantics are torchvision's ``ps_roi_pool`` (box rounded half away
+from zero, size ``max(end - start, 1)``, bins ``floor``/``ceil`` clipped to
+``[0, H - 1] x [0, W - 1]`` as torchvision's forward does, mean over the bin,
+0 for an empty bin; the backward uses the same bins, so it is the forward's
+exact adjoint) and ``ps_roi_align`` (box scaled and shifted by -0.5, no
+minimum size, bilinear samples, mean over ``grid_h * grid_w`` samples with an
+adaptive grid of at least one sample per side, so never 0 / 0). float16 and
+bfloat16 compute in float32. ``roipool.reference`` states both in loops.
+
+Forward: one program per (RoI, block of output channels); lanes are
+``BLOCK_C`` output channels x ``BLOCK_P`` bins, each lane reading its own
+input channel.
+
+Backward (gather): since an input channel belongs to one bin, a program owns
+(image, bin, block of output channels, 8x8 tile): its lanes are the input
+channels ``c * PH * PW + bin`` of that bin. It walks its image's RoIs in
+ascending order and adds each RoI's bin gradient to the cells the bin covers
+(``ps_roi_pool``: ``grad / area`` on every cell of the bin; ``ps_roi_align``:
+``grad / count * wy * wx``, the bilinear weights factored by axis). No
+atomics, one writer per cell, a fixed order: the same bits on every run;
+extra memory ``O(K * (PH + PW))``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _launch
+from ._common import (
+    axis_weights,
+    bilinear_axis,
+    cast_rne,
+    clamp_image,
+    div_exact,
+    pool_bin_edges,
+    round_half_away,
+    sample_at,
+    sample_spans,
+    spans_overlap,
+    store_spans,
+)
+
+
+@triton.jit
+def _ps_pool_box(rois_ptr, k, scale, POOLED_H: tl.constexpr, POOLED_W: tl.constexpr):
+    """Batch index, first cell ``(y1, x1)`` and bin sizes of RoI ``k`` for ``ps_roi_pool``."""
+    row = rois_ptr + k * 5
+    n = tl.load(row).to(tl.int32)
+    x1 = round_half_away(tl.load(row + 1) * scale)
+    y1 = round_half_away(tl.load(row + 2) * scale)
+    x2 = round_half_away(tl.load(row + 3) * scale)
+    y2 = round_half_away(tl.load(row + 4) * scale)
+    # exclusive end here (no +1, unlike roi_pool); a degenerate box becomes one cell
+    roi_h = tl.maximum(y2 - y1, 1)
+    roi_w = tl.maximum(x2 - x1, 1)
+    size_h = div_exact(tl.cast(roi_h, scale.dtype), tl.full((), POOLED_H, scale.dtype))
+    size_w = div_exact(tl.cast(roi_w, scale.dtype), tl.full((), POOLED_W, scale.dtype))
+    return n, y1, x1, size_h, size_w
+
+
+@triton.jit
+def _ps_align_box(rois_ptr, k, scale, sampling_ratio, POOLED_H: tl.constexpr, POOLED_W: tl.constexpr):
+    """Batch index, first corner, bin sizes, sampling grid and count of RoI ``k`` for ``ps_roi_align``."""
+    row = rois_ptr + k * 5
+    n = tl.load(row).to(tl.int32)
+    # scaled corners are clamped to +-(largest float / 8), which keeps every extent finite
+    if scale.dtype == tl.float64:
+        limit = 2.2471164185778946e307
+    else:
+        limit = 4.2535293329816107e37
+    start_w = tl.minimum(tl.maximum(tl.load(row + 1) * scale, -limit), limit) - 0.5
+    start_h = tl.minimum(tl.maximum(tl.load(row + 2) * scale, -limit), limit) - 0.5
+    roi_w = (tl.minimum(tl.maximum(tl.load(row + 3) * scale, -limit), limit) - 0.5) - start_w
+    roi_h = (tl.minimum(tl.maximum(tl.load(row + 4) * scale, -limit), limit) - 0.5) - start_h
+    size_h = div_exact(roi_h, tl.full((), POOLED_H, scale.dtype))
+    size_w = div_exact(roi_w, tl.full((), POOLED_W, scale.dtype))
+    # adaptive grids take at least one sample per side, so no bin divides by zero
+    grid_h = tl.where(sampling_ratio > 0, sampling_ratio, tl.maximum(tl.ceil(size_h), 1.0).to(tl.int32))
+    grid_w = tl.where(sampling_ratio > 0, sampling_ratio, tl.maximum(tl.ceil(size_w), 1.0).to(tl.int32))
+    count = tl.cast(grid_h * grid_w, scale.dtype)
+    return n, start_h, start_w, size_h, size_w, grid_h, grid_w, count
+
+
+@triton.jit
+def _input_planes(n, c, p, channels_out, height, width, BINS: tl.constexpr):
+    """Offsets ``(BLOCK_C, BLOCK_P)`` of the input planes: output channel ``c``, bin ``p`` -> ``c * BINS + p``."""
+    return (n.to(tl.int64) * (channels_out * BINS) + (c.to(tl.int64) * BINS)[:, None] + p[None, :]) * height * width
+
+
+@triton.jit
+def _ps_forward_kernel(
+    input_ptr,  # (N, C_out * PH * PW, H, W), contiguous
+    rois_ptr,  # (K, 5), compute dtype
+    scale_ptr,  # (1,), compute dtype
+    output_ptr,  # (K, C_out, PH, PW), input dtype
+    sampling_ratio,
+    num_images,
+    channels_out,
+    height,
+    width,
+    ALIGN: tl.constexpr,  # False: ps_roi_pool, True: ps_roi_align
+    POOLED_H: tl.constexpr,
+    POOLED_W: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    k = tl.program_id(0)
+    scale = tl.load(scale_ptr)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    p = tl.arange(0, BLOCK_P)
+    c_ok = c < channels_out
+    p_ok = p < POOLED_H * POOLED_W
+    ph = p // POOLED_W
+    pw = p % POOLED_W
+    bins: tl.constexpr = POOLED_H * POOLED_W
+    acc = tl.zeros((BLOCK_C, BLOCK_P), scale.dtype)
+
+    if ALIGN:
+        n, start_h, start_w, size_h, size_w, grid_h, grid_w, count = _ps_align_box(
+            rois_ptr, k, scale, sampling_ratio, POOLED_H, POOLED_W
+        )
+        n = clamp_image(n, num_images)
+        plane = _input_planes(n, c, p, channels_out, height, width, bins)
+        for iy in range(grid_h):
+            y_ok, y_low, y_high, wy_low, wy_high = bilinear_axis(sample_at(start_h, size_h, ph, iy, grid_h), height)
+            for ix in range(grid_w):
+                x_ok, x_low, x_high, wx_low, wx_high = bilinear_axis(
+                    sample_at(start_w, size_w, pw, ix, grid_w), width
+                )
+                ok = p_ok & y_ok & x_ok
+                m = c_ok[:, None] & ok[None, :]
+                v1 = tl.load(input_ptr + plane + (y_low * width + x_low)[None, :], mask=m, other=0.0)
+                v2 = tl.load(input_ptr + plane + (y_low * width + x_high)[None, :], mask=m, other=0.0)
+                v3 = tl.load(input_ptr + plane + (y_high * width + x_low)[None, :], mask=m, other=0.0)
+                v4 = tl.load(input_ptr + plane + (y_high * width + x_high)[None, :], mask=m, other=0.0)
+                val = (
+                    (wy_low * wx_low)[None, :] * v1.to(scale.dtype)
+                    + (wy_low * wx_high)[None, :] * v2.to(scale.dtype)
+                    + (wy_high * wx_low)[None, :] * v3.to(scale.dtype)
+                    + (wy_high * wx_high)[None, :] * v4.to(scale.dtype)
+                )
+                acc = tl.where(ok[None, :], acc + val, acc)
+        result = div_exact(acc, count)
+    else:
+        n, y1, x1, size_h, size_w = _ps_pool_box(rois_ptr, k, scale, POOLED_H, POOLED_W)
+        n = clamp_image(n, num_images)
+        plane = _input_planes(n, c, p, channels_out, height, width, bins)
+        # bins are clipped to [0, H - 1] x [0, W - 1]: the last row and column are never read
+        hstart, hend = pool_bin_edges(ph, size_h, y1, height - 1)
+        wstart, wend = pool_bin_edges(pw, size_w, x1, width - 1)
+        rows = tl.where(p_ok, tl.maximum(hend - hstart, 0), 0)
+        cols = tl.where(p_ok, tl.maximum(wend - wstart, 0), 0)
+        for i in range(tl.max(rows, axis=0)):
+            for j in range(tl.max(cols, axis=0)):
+                ok = (i < rows) & (j < cols)
+                cell = (hstart + i) * width + (wstart + j)
+                v = tl.load(input_ptr + plane + cell[None, :], mask=c_ok[:, None] & ok[None, :], other=0.0)
+                acc = tl.where(ok[None, :], acc + v.to(scale.dtype), acc)
+        area = tl.cast(rows * cols, scale.dtype)[None, :]
+        result = tl.where(area > 0, div_exact(acc, tl.maximum(area, 1.0)), 0.0)
+
+    out = (k.to(tl.int64) * channels_out + c.to(tl.int64))[:, None] * bins + p[None, :]
+    tl.store(output_ptr + out, cast_rne(result, output_ptr.dtype.element_ty), mask=c_ok[:, None] & p_ok[None, :])
+
+
+@triton.jit
+def _ps_spans_kernel(
+    rois_ptr,
+    scale_ptr,
+    row_span_ptr,  # (K, PH, 2) int32: inclusive first and last row of each bin
+    col_span_ptr,  # (K, PW, 2) int32
+    window_ptr,  # (K, 4) int32: union over bins
+    sampling_ratio,
+    height,
+    width,
+    ALIGN: tl.constexpr,
+    POOLED_H: tl.constexpr,
+    POOLED_W: tl.constexpr,
+    BLOCK_PH: tl.constexpr,
+    BLOCK_PW: tl.constexpr,
+):
+    k = tl.program_id(0)
+    scale = tl.load(scale_ptr)
+    ph = tl.arange(0, BLOCK_PH)
+    pw = tl.arange(0, BLOCK_PW)
+    if ALIGN:
+        n, start_h, start_w, size_h, size_w, grid_h, grid_w, count = _ps_align_box(
+            rois_ptr, k, scale, sampling_ratio, POOLED_H, POOLED_W
+        )
+        row_first, row_last = sample_spans(start_h, size_h, grid_h, ph, height)
+        col_first, col_last = sample_spans(start_w, size_w, grid_w, pw, width)
+    else:
+        n, y1, x1, size_h, size_w = _ps_pool_box(rois_ptr, k, scale, POOLED_H, POOLED_W)
+        row_first, row_end = pool_bin_edges(ph, size_h, y1, height - 1)
+        col_first, col_end = pool_bin_edges(pw, size_w, x1, width - 1)
+        row_last = row_end - 1
+        col_last = col_end - 1
+    store_spans(row_span_ptr, window_ptr, k, ph, ph < POOLED_H, row_first, row_last, POOLED_H, 0)
+    store_spans(col_span_ptr, window_ptr, k, pw, pw < POOLED_W, col_first, col_last, POOLED_W, 2)
+
+
+@triton.jit
+def _ps_backward_kernel(
+    grad_ptr,  # (K, C_out, PH, PW), contiguous
+    rois_ptr,
+    scale_ptr,
+    order_ptr,  # (K,) int32: RoIs grouped by image, ascending
+    starts_ptr,  # (N + 1,) int32
+    row_span_ptr,
+    col_span_ptr,
+    window_ptr,
+    grad_input_ptr,  # (N, C_out * PH * PW, H, W)
+    sampling_ratio,
+    channels_out,
+    channel_blocks,
+    height,
+    width,
+    tiles_w,
+    ALIGN: tl.constexpr,
+    POOLED_H: tl.constexpr,
+    POOLED_W: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    TILE_H: tl.constexpr,
+    TILE_W: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    b = tl.program_id(1) // channel_blocks  # the bin this program owns
+    ph = b // POOLED_W
+    pw = b % POOLED_W
+    n = tl.program_id(2)
+    row0 = (tile // tiles_w) * TILE_H
+    col0 = (tile % tiles_w) * TILE_W
+    s = tl.arange(0, TILE_H * TILE_W)
+    hh = row0 + s // TILE_W
+    ww = col0 + s % TILE_W
+    c = (tl.program_id(1) % channel_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < channels_out
+    bins: tl.constexpr = POOLED_H * POOLED_W
+    scale = tl.load(scale_ptr)
+
+    acc = tl.zeros((BLOCK_C, TILE_H * TILE_W), scale.dtype)
+    for i in range(tl.load(starts_ptr + n), tl.load(starts_ptr + n + 1)):
+        k = tl.load(order_ptr + i)
+        rs = row_span_ptr + (k * POOLED_H + ph) * 2
+        cs = col_span_ptr + (k * POOLED_W + pw) * 2
+        r_first = tl.load(rs)
+        r_last = tl.load(rs + 1)
+        c_first = tl.load(cs)
+        c_last = tl.load(cs + 1)
+        near = spans_overlap(r_first, r_last, row0, row0 + TILE_H - 1)
+        near = near & spans_overlap(c_first, c_last, col0, col0 + TILE_W - 1)
+        if near:
+            g = tl.load(grad_ptr + (k.to(tl.int64) * channels_out + c.to(tl.int64)) * bins + b, mask=c_ok, other=0.0)
+            g = g.to(scale.dtype)
+            if ALIGN:
+                _, start_h, start_w, size_h, size_w, grid_h, grid_w, count = _ps_align_box(
+                    rois_ptr, k, scale, sampling_ratio, POOLED_H, POOLED_W
+                )
+                wy, ty = axis_weights(start_h, size_h, grid_h, ph, hh, height, scale.dtype)
+                wx, tx = axis_weights(start_w, size_w, grid_w, pw, ww, width, scale.dtype)
+                acc = tl.where((ty & tx)[None, :], acc + div_exact(g, count)[:, None] * (wy * wx)[None, :], acc)
+            else:
+                area = tl.cast((r_last - r_first + 1) * (c_last - c_first + 1), scale.dtype)
+                inside = (hh >= r_first) & (hh <= r_last) & (ww >= c_first) & (ww <= c_last)
+                acc = tl.where(inside[None, :], acc + div_exact(g, area)[:, None], acc)
+
+    plane = (n.to(tl.int64) * (channels_out * bins) + c.to(tl.int64) * bins + b) * height * width
+    ok = c_ok[:, None] & ((hh < height) & (ww < width))[None, :]
+    tl.store(grad_input_ptr + plane[:, None] + (hh * width + ww)[None, :],
+             cast_rne(acc, grad_input_ptr.dtype.element_ty), mask=ok)
+
+
+def _out_channels(channels, ph, pw):
+    if channels % (ph * pw):
+        raise ValueError(
+            f"input channels ({channels}) must be a multiple of output_size[0] * output_size[1] ({ph * pw})"
+        )
+    return channels // (ph * pw)
+
+
+def _forward(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, align):
+    device = _launch.check_device(input=input, rois=rois)
+    dtype = _launch.compute_dtype(input.dtype)
+    _launch.check_rois(rois, input.shape[0], dtype)
+    input = input.contiguous()
+    rois = _launch.prepare_rois(rois, dtype)
+    k_total = rois.shape[0]
+    _, channels, height, width = input.shape
+    ph, pw = int(pooled_height), int(pooled_width)
+    channels_out = _out_channels(channels, ph, pw)
+    output = torch.empty((k_total, channels_out, ph, pw), dtype=input.dtype, device=device)
+    if output.numel() == 0:
+        return output
+    if height == 0 or width == 0:
+        return output.zero_()
+    block_p = _launch.triton_next_pow2(ph * pw)
+    block_c = _launch.channel_block(channels_out, block_p)
+    _ps_forward_kernel[(k_total, triton.cdiv(channels_out, block_c))](
+        input, rois, _launch.scale_tensor(spatial_scale, dtype, device), output,
+        int(sampling_ratio), input.shape[0], channels_out, height, width,
+        ALIGN=align, POOLED_H=ph, POOLED_W=pw, BLOCK_C=block_c, BLOCK_P=block_p,
+        enable_fp_fusion=False,
+    )
+    return output
+
+
+def _backward(grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, align,
+              batch_size, channels, height, width):
+    device = _launch.check_device(grad=grad, rois=rois)
+    dtype = _launch.compute_dtype(grad.dtype)
+    _launch.check_batch_index(rois, batch_size)
+    rois = _launch.prepare_rois(rois, dtype)
+    ph, pw = int(pooled_height), int(pooled_width)
+    channels_out = _out_channels(channels, ph, pw)
+    # every cell is written by the program that owns its tile, so no zero fill
+    grad_input = torch.empty((batch_size, channels, height, width), dtype=grad.dtype, device=device)
+    if grad_input.numel() == 0:
+        return grad_input
+    k_total = rois.shape[0]
+    grad = grad.contiguous()
+    scale = _launch.scale_tensor(spatial_scale, dtype, device)
+    row_span = torch.empty((k_total, ph, 2), dtype=torch.int32, device=device)
+    col_span = torch.empty((k_total, pw, 2), dtype=torch.int32, device=device)
+    window = torch.empty((k_total, 4), dtype=torch.int32, device=device)
+    if k_total:
+        _ps_spans_kernel[(k_total,)](
+            rois, scale, row_span, col_span, window, int(sampling_ratio), height, width,
+            ALIGN=align, POOLED_H=ph, POOLED_W=pw,
+            BLOCK_PH=_launch.triton_next_pow2(ph), BLOCK_PW=_launch.triton_next_pow2(pw),
+            enable_fp_fusion=False,
+        )
+    order, starts = _launch.rois_by_image(rois, batch_size)
+    tile_h, tile_w = _launch.TILE_H, _launch.TILE_W
+    block_c = _launch.channel_block(channels_out, tile_h * tile_w)
+    channel_blocks = triton.cdiv(channels_out, block_c)
+    tiles_w = triton.cdiv(width, tile_w)
+    grid = (triton.cdiv(height, tile_h) * tiles_w, ph * pw * channel_blocks, batch_size)
+    _ps_backward_kernel[grid](
+        grad, rois, scale, order, starts, row_span, col_span, window, grad_input,
+        int(sampling_ratio), channels_out, channel_blocks, height, width, tiles_w,
+        ALIGN=align, POOLED_H=ph, POOLED_W=pw, BLOCK_C=block_c, TILE_H=tile_h, TILE_W=tile_w,
+        enable_fp_fusion=False,
+    )
+    return grad_input
+
+
+def ps_roi_pool_forward(input, rois, spatial_scale, pooled_height, pooled_width):
+    """PS-RoI pooling of ``input (N, C_out*PH*PW, H, W)``: ``(K, C_out, PH, PW)`` of the input's dtype."""
+    return _forward(input, rois, spatial_scale, pooled_height, pooled_width, 0, False)
+
+
+def ps_roi_pool_backward(grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels,
+                         height, width):
+    """Gradient of :func:`ps_roi_pool_forward` with respect to its input; deterministic."""
+    return _backward(grad, rois, spatial_scale, pooled_height, pooled_width, 0, False,
+                     batch_size, channels, height, width)
+
+
+def ps_roi_align_forward(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio):
+    """PS-RoIAlign of ``input (N, C_out*PH*PW, H, W)``: ``(K, C_out, PH, PW)`` of the input's dtype."""
+    return _forward(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, True)
+
+
+def ps_roi_align_backward(grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio,
+                          batch_size, channels, height, width):
+    """Gradient of :func:`ps_roi_align_forward` with respect to its input; deterministic."""
+    return _backward(grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, True,
+                     batch_size, channels, height, width)

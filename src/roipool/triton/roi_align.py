@@ -1,0 +1,282 @@
+"""RoIAlign in Triton: forward and a deterministic backward.
+
+Semantics are torchvision's ``roi_align`` (``docs/semantics.md``): box corners
+scaled (and shifted by -0.5 when ``aligned``), bins of ``roi_size / pooled``
+sampled on a ``grid_h x grid_w`` grid (``sampling_ratio``, or
+``ceil(bin size)`` when it is <= 0), bilinear interpolation that counts a
+sample outside ``[-1, size]`` as zero, and the mean over the samples.
+float16 and bfloat16 compute in float32.
+
+Forward: one program per (RoI, block of channels); lanes are ``BLOCK_C``
+channels x ``BLOCK_P`` bins, the sampling grid a loop (its size is per RoI).
+
+Backward (gather): one program per (image, block of channels, 8x8 tile). It
+walks its image's RoIs in ascending order, skips RoIs and bins whose samples
+touch no cell of the tile (spans from a small per-RoI table), and adds
+``grad / count * wy * wx`` to the tile, where ``wy`` (``wx``) is the summed
+weight that the bin's row (column) samples give each cell: bilinear weights
+factor by axis. No atomics: each cell is summed by one program in a fixed
+order, so the bits are the same on every run; extra memory is O(K * (PH + PW)).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _launch
+from ._common import (
+    axis_weights,
+    bilinear_axis,
+    cast_rne,
+    clamp_image,
+    div_exact,
+    sample_at,
+    sample_spans,
+    spans_overlap,
+    store_spans,
+)
+
+
+@triton.jit
+def _align_box(rois_ptr, k, scale, sampling_ratio, ALIGNED: tl.constexpr, POOLED_H: tl.constexpr,
+               POOLED_W: tl.constexpr):
+    """Batch index, first corner, bin sizes, sampling grid and sample count of RoI ``k``."""
+    row = rois_ptr + k * 5
+    n = tl.load(row).to(tl.int32)
+    if ALIGNED:
+        offset = 0.5
+    else:
+        offset = 0.0
+    start_w = tl.load(row + 1) * scale - offset
+    start_h = tl.load(row + 2) * scale - offset
+    roi_w = (tl.load(row + 3) * scale - offset) - start_w
+    roi_h = (tl.load(row + 4) * scale - offset) - start_h
+    if not ALIGNED:
+        # a malformed box becomes 1x1
+        roi_w = tl.maximum(roi_w, 1.0)
+        roi_h = tl.maximum(roi_h, 1.0)
+    size_h = div_exact(roi_h, tl.full((), POOLED_H, scale.dtype))
+    size_w = div_exact(roi_w, tl.full((), POOLED_W, scale.dtype))
+    # adaptive: about one sample per cell; a zero or negative extent gives none
+    grid_h = tl.where(sampling_ratio > 0, sampling_ratio, tl.maximum(tl.ceil(size_h), 0.0).to(tl.int32))
+    grid_w = tl.where(sampling_ratio > 0, sampling_ratio, tl.maximum(tl.ceil(size_w), 0.0).to(tl.int32))
+    count = tl.cast(tl.maximum(grid_h * grid_w, 1), scale.dtype)
+    return n, start_h, start_w, size_h, size_w, grid_h, grid_w, count
+
+
+@triton.jit
+def _roi_align_forward_kernel(
+    input_ptr,  # (N, C, H, W), contiguous
+    rois_ptr,  # (K, 5), compute dtype
+    scale_ptr,  # (1,), compute dtype
+    output_ptr,  # (K, C, PH, PW), input dtype
+    sampling_ratio,
+    num_images,
+    channels,
+    height,
+    width,
+    ALIGNED: tl.constexpr,
+    POOLED_H: tl.constexpr,
+    POOLED_W: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    k = tl.program_id(0)
+    scale = tl.load(scale_ptr)
+    n, start_h, start_w, size_h, size_w, grid_h, grid_w, count = _align_box(
+        rois_ptr, k, scale, sampling_ratio, ALIGNED, POOLED_H, POOLED_W
+    )
+    n = clamp_image(n, num_images)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    p = tl.arange(0, BLOCK_P)
+    c_ok = c < channels
+    p_ok = p < POOLED_H * POOLED_W
+    ph = p // POOLED_W
+    pw = p % POOLED_W
+    plane = ((n.to(tl.int64) * channels + c.to(tl.int64)) * height * width)[:, None]
+
+    acc = tl.zeros((BLOCK_C, BLOCK_P), scale.dtype)
+    for iy in range(grid_h):
+        y_ok, y_low, y_high, wy_low, wy_high = bilinear_axis(sample_at(start_h, size_h, ph, iy, grid_h), height)
+        for ix in range(grid_w):
+            x_ok, x_low, x_high, wx_low, wx_high = bilinear_axis(sample_at(start_w, size_w, pw, ix, grid_w), width)
+            ok = p_ok & y_ok & x_ok
+            m = c_ok[:, None] & ok[None, :]
+            v1 = tl.load(input_ptr + plane + (y_low * width + x_low)[None, :], mask=m, other=0.0).to(scale.dtype)
+            v2 = tl.load(input_ptr + plane + (y_low * width + x_high)[None, :], mask=m, other=0.0).to(scale.dtype)
+            v3 = tl.load(input_ptr + plane + (y_high * width + x_low)[None, :], mask=m, other=0.0).to(scale.dtype)
+            v4 = tl.load(input_ptr + plane + (y_high * width + x_high)[None, :], mask=m, other=0.0).to(scale.dtype)
+            w1 = (wy_low * wx_low)[None, :]
+            w2 = (wy_low * wx_high)[None, :]
+            w3 = (wy_high * wx_low)[None, :]
+            w4 = (wy_high * wx_high)[None, :]
+            acc = tl.where(ok[None, :], acc + (w1 * v1 + w2 * v2 + w3 * v3 + w4 * v4), acc)
+
+    out = (k.to(tl.int64) * channels + c.to(tl.int64))[:, None] * (POOLED_H * POOLED_W) + p[None, :]
+    tl.store(output_ptr + out, cast_rne(div_exact(acc, count), output_ptr.dtype.element_ty),
+             mask=c_ok[:, None] & p_ok[None, :])
+
+
+@triton.jit
+def _roi_align_spans_kernel(
+    rois_ptr,
+    scale_ptr,
+    row_span_ptr,  # (K, PH, 2) int32: inclusive first and last row the bin's samples touch
+    col_span_ptr,  # (K, PW, 2) int32
+    window_ptr,  # (K, 4) int32: union over bins
+    sampling_ratio,
+    height,
+    width,
+    ALIGNED: tl.constexpr,
+    POOLED_H: tl.constexpr,
+    POOLED_W: tl.constexpr,
+    BLOCK_PH: tl.constexpr,
+    BLOCK_PW: tl.constexpr,
+):
+    k = tl.program_id(0)
+    scale = tl.load(scale_ptr)
+    n, start_h, start_w, size_h, size_w, grid_h, grid_w, count = _align_box(
+        rois_ptr, k, scale, sampling_ratio, ALIGNED, POOLED_H, POOLED_W
+    )
+    ph = tl.arange(0, BLOCK_PH)
+    pw = tl.arange(0, BLOCK_PW)
+    first, last = sample_spans(start_h, size_h, grid_h, ph, height)
+    store_spans(row_span_ptr, window_ptr, k, ph, ph < POOLED_H, first, last, POOLED_H, 0)
+    first, last = sample_spans(start_w, size_w, grid_w, pw, width)
+    store_spans(col_span_ptr, window_ptr, k, pw, pw < POOLED_W, first, last, POOLED_W, 2)
+
+
+@triton.jit
+def _roi_align_backward_kernel(
+    grad_ptr,  # (K, C, PH, PW), contiguous
+    rois_ptr,
+    scale_ptr,
+    order_ptr,  # (K,) int32: RoIs grouped by image, ascending
+    starts_ptr,  # (N + 1,) int32
+    row_span_ptr,
+    col_span_ptr,
+    window_ptr,
+    grad_input_ptr,  # (N, C, H, W)
+    sampling_ratio,
+    channels,
+    height,
+    width,
+    tiles_w,
+    ALIGNED: tl.constexpr,
+    POOLED_H: tl.constexpr,
+    POOLED_W: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    TILE_H: tl.constexpr,
+    TILE_W: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    n = tl.program_id(2)
+    row0 = (tile // tiles_w) * TILE_H
+    col0 = (tile % tiles_w) * TILE_W
+    s = tl.arange(0, TILE_H * TILE_W)
+    hh = row0 + s // TILE_W
+    ww = col0 + s % TILE_W
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < channels
+    scale = tl.load(scale_ptr)
+
+    acc = tl.zeros((BLOCK_C, TILE_H * TILE_W), scale.dtype)
+    for i in range(tl.load(starts_ptr + n), tl.load(starts_ptr + n + 1)):
+        k = tl.load(order_ptr + i)
+        win = window_ptr + k * 4
+        near = spans_overlap(tl.load(win), tl.load(win + 1), row0, row0 + TILE_H - 1)
+        near = near & spans_overlap(tl.load(win + 2), tl.load(win + 3), col0, col0 + TILE_W - 1)
+        if near:
+            _, start_h, start_w, size_h, size_w, grid_h, grid_w, count = _align_box(
+                rois_ptr, k, scale, sampling_ratio, ALIGNED, POOLED_H, POOLED_W
+            )
+            bins = (k.to(tl.int64) * channels + c.to(tl.int64)) * (POOLED_H * POOLED_W)
+            for ph in range(POOLED_H):
+                rs = row_span_ptr + (k * POOLED_H + ph) * 2
+                if spans_overlap(tl.load(rs), tl.load(rs + 1), row0, row0 + TILE_H - 1):
+                    wy, ty = axis_weights(start_h, size_h, grid_h, ph, hh, height, scale.dtype)
+                    for pw in range(POOLED_W):
+                        cs = col_span_ptr + (k * POOLED_W + pw) * 2
+                        if spans_overlap(tl.load(cs), tl.load(cs + 1), col0, col0 + TILE_W - 1):
+                            wx, tx = axis_weights(start_w, size_w, grid_w, pw, ww, width, scale.dtype)
+                            g = tl.load(grad_ptr + bins + (ph * POOLED_W + pw), mask=c_ok, other=0.0)
+                            g = div_exact(g.to(scale.dtype), count)
+                            w = (wy * wx)[None, :]
+                            acc = tl.where((ty & tx)[None, :], acc + g[:, None] * w, acc)
+
+    plane = (n.to(tl.int64) * channels + c.to(tl.int64)) * height * width
+    ok = c_ok[:, None] & ((hh < height) & (ww < width))[None, :]
+    tl.store(grad_input_ptr + plane[:, None] + (hh * width + ww)[None, :],
+             cast_rne(acc, grad_input_ptr.dtype.element_ty), mask=ok)
+
+
+def roi_align_forward(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    """RoIAlign of ``input (N, C, H, W)`` over ``rois (K, 5)``: ``(K, C, PH, PW)`` of the input's dtype."""
+    device = _launch.check_device(input=input, rois=rois)
+    dtype = _launch.compute_dtype(input.dtype)
+    _launch.check_rois(rois, input.shape[0], dtype)
+    input = input.contiguous()
+    rois = _launch.prepare_rois(rois, dtype)
+    k_total = rois.shape[0]
+    _, channels, height, width = input.shape
+    ph, pw = int(pooled_height), int(pooled_width)
+    output = torch.empty((k_total, channels, ph, pw), dtype=input.dtype, device=device)
+    if output.numel() == 0:
+        return output
+    if height == 0 or width == 0:
+        return output.zero_()
+    block_p = _launch.triton_next_pow2(ph * pw)
+    block_c = _launch.channel_block(channels, block_p)
+    grid = (k_total, triton.cdiv(channels, block_c))
+    _roi_align_forward_kernel[grid](
+        input, rois, _launch.scale_tensor(spatial_scale, dtype, device), output,
+        int(sampling_ratio), input.shape[0], channels, height, width,
+        ALIGNED=bool(aligned), POOLED_H=ph, POOLED_W=pw, BLOCK_C=block_c, BLOCK_P=block_p,
+        enable_fp_fusion=False,
+    )
+    return output
+
+
+def roi_align_backward(grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels,
+                       height, width, sampling_ratio, aligned):
+    """Gradient of :func:`roi_align_forward` with respect to its input, ``(N, C, H, W)``.
+
+    Deterministic (a fixed summation order, no atomics); extra memory
+    ``O(K * (PH + PW))`` for the RoI order and the span tables.
+    """
+    device = _launch.check_device(grad=grad, rois=rois)
+    dtype = _launch.compute_dtype(grad.dtype)
+    _launch.check_batch_index(rois, batch_size)
+    rois = _launch.prepare_rois(rois, dtype)
+    # every cell is written by the program that owns its tile, so no zero fill
+    grad_input = torch.empty((batch_size, channels, height, width), dtype=grad.dtype, device=device)
+    if grad_input.numel() == 0:
+        return grad_input
+    ph, pw = int(pooled_height), int(pooled_width)
+    k_total = rois.shape[0]
+    grad = grad.contiguous()
+    scale = _launch.scale_tensor(spatial_scale, dtype, device)
+    row_span = torch.empty((k_total, ph, 2), dtype=torch.int32, device=device)
+    col_span = torch.empty((k_total, pw, 2), dtype=torch.int32, device=device)
+    window = torch.empty((k_total, 4), dtype=torch.int32, device=device)
+    if k_total:
+        _roi_align_spans_kernel[(k_total,)](
+            rois, scale, row_span, col_span, window, int(sampling_ratio), height, width,
+            ALIGNED=bool(aligned), POOLED_H=ph, POOLED_W=pw,
+            BLOCK_PH=_launch.triton_next_pow2(ph), BLOCK_PW=_launch.triton_next_pow2(pw),
+            enable_fp_fusion=False,
+        )
+    order, starts = _launch.rois_by_image(rois, batch_size)
+    tile_h, tile_w = _launch.TILE_H, _launch.TILE_W
+    block_c = _launch.channel_block(channels, tile_h * tile_w)
+    tiles_w = triton.cdiv(width, tile_w)
+    grid = (triton.cdiv(height, tile_h) * tiles_w, triton.cdiv(channels, block_c), batch_size)
+    _roi_align_backward_kernel[grid](
+        grad, rois, scale, order, starts, row_span, col_span, window, grad_input,
+        int(sampling_ratio), channels, height, width, tiles_w,
+        ALIGNED=bool(aligned), POOLED_H=ph, POOLED_W=pw, BLOCK_C=block_c, TILE_H=tile_h, TILE_W=tile_w,
+        enable_fp_fusion=False,
+    )
+    return grad_input
