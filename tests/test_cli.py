@@ -23,8 +23,8 @@ def test_demo_walks_through_the_worked_example(capsys):
     )
 
 
-def test_demo_command_prints_shapes(capsys):
-    assert cli.main(["demo"]) == 0
+def test_demo_command_prints_shapes(capsys, tmp_path):
+    assert cli.main(["demo", "--out", str(tmp_path)]) == 0
     assert "-> (300, 256, 7, 7)" in capsys.readouterr().out
 
 

@@ -1,4 +1,4 @@
-"""The ``roipool`` command: ``demo`` and ``bench``."""
+"""The ``roipool`` command: ``demo``, ``bench`` and ``fast-rcnn``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 def _demo(args) -> int:
     from . import demo
 
-    demo.main()
+    demo.main(out_dir=args.out)
     return 0
 
 
@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"roipool {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="walk through RoI pooling on a worked example")
+    p = sub.add_parser("demo", help="walk through RoI pooling on a worked example, and draw it")
+    p.add_argument("--out", default="roipool-demo", help="folder for the pictures (default: roipool-demo/)")
     p.set_defaults(func=_demo)
     p = sub.add_parser("bench", help="time the ops against the installed peers")
     p.add_argument("--workload", action="append", help="workload name (repeatable; default: all)")
@@ -33,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run")
     p.set_defaults(func=_bench)
+    from .fastrcnn.cli import add_parser as add_fast_rcnn
+
+    add_fast_rcnn(sub)
     return parser
 
 

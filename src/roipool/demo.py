@@ -90,6 +90,33 @@ def batch_example(print=print, seed: int = 0):
     return out
 
 
-def main(print=print) -> None:
+def pictures(out_dir, print=print) -> list:
+    """Draw the worked example and the proposals picture into ``out_dir``; print and return the paths.
+
+    Needs matplotlib (the ``viz`` extra); without it, says so and draws nothing.
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("\n(pictures skipped: install matplotlib, e.g. pip install 'roipool[viz]')")
+        return []
+    from pathlib import Path
+
+    from . import viz
+
+    out_dir = Path(out_dir)
+    paths = [
+        viz.forward_pass_figure(out_dir / "roi-pool-forward.png"),
+        viz.proposals_figure(out_dir / "roi-pool-proposals.png"),
+    ]
+    print("\nPictures:")
+    print(f"   {paths[0]}  (the walk-through above: bins, each bin's maximum, the pooled grid)")
+    print(f"   {paths[1]}  (proposals on a generated image beside their 7x7 pooled outputs)")
+    return paths
+
+
+def main(print=print, out_dir=None) -> None:
     walk_through(print)
     batch_example(print)
+    if out_dir is not None:
+        pictures(out_dir, print)
