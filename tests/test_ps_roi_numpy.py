@@ -1,7 +1,7 @@
 """ps_roi_pool and ps_roi_align on NumPy: the kernels against the slow reference, and the rules pinned.
 
 torchvision is not an oracle here (it is not a test dependency); the
-comparison against it is done locally and reported in docs/_parts/psroi.md.
+comparison against it is done locally and reported in docs/semantics.md (verification).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def test_property_both_ops_match_reference(h, w, ph, pw, scale, coords, sampling
     np.testing.assert_allclose(got, expected, **tolerance(np.float32))
 
 
-# ---- the rules, with numbers (docs/_parts/psroi.md) ----
+# ---- the rules, with numbers (docs/semantics.md) ----
 
 
 def test_channel_mapping_reads_channel_c_times_bins_plus_bin():

@@ -1,6 +1,6 @@
 """RoIAlign on NumPy arrays: checks, layout, and the CPU kernels.
 
-Semantics: ``docs/_parts/align.md`` (torchvision's ``roi_align``, sample for
+Semantics: ``docs/semantics.md`` (roi_align) (torchvision's ``roi_align``, sample for
 sample). The geometry is computed once per call (``_geometry.roi_align_taps``)
 and shared by every channel.
 

@@ -105,7 +105,7 @@ def roi_align_taps(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, alig
 
     Also returns ``batch (K,)`` int32 and ``cost (K,)`` int64, the number of
     (row, column) taps the RoI reads, for load balancing. The sample rules are
-    those of ``docs/_parts/align.md``; ``reference.py`` restates them per sample.
+    those of ``docs/semantics.md`` (roi_align); ``reference.py`` restates them per sample.
     Coordinates, extents and bin sizes must be finite in ``T`` (the frontend checks).
     """
     k_total = rois.shape[0]

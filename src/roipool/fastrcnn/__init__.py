@@ -5,5 +5,5 @@ windows, NumPy), ``boxes`` (IoU, box coding, NMS), ``model`` (backbone, RoI
 pooling, head), ``train``, ``evaluate`` (VOC AP), ``speed`` (shared features
 against per-proposal R-CNN). Only ``boxes``, ``model``, ``train``,
 ``evaluate`` and ``speed`` import torch; importing this package does not.
-See ``docs/_parts/fastrcnn.md``.
+See ``docs/fastrcnn.md``.
 """

@@ -4,7 +4,7 @@ Importing this package imports torch and triton (``import roipool`` never
 does) and registers the launchers as the CUDA kernels of the ``roipool::``
 custom ops (``_register``). The launchers also take CPU tensors under
 ``TRITON_INTERPRET=1``, which is how the tests run without a GPU.
-``docs/_parts/triton.md`` describes the kernel design.
+``docs/gpu.md`` describes the kernel design.
 """
 
 from __future__ import annotations
