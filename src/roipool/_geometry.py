@@ -204,6 +204,29 @@ def _window(base, bin_size, grid, size, dtype):
     return first, lo
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def bilinear_corners(y, size, dtype):
+    """Bilinear corners of a sample at ``y`` on an axis of ``size`` cells: ``(low, high, frac)``.
+
+    ``y`` must already lie in ``[-1, size]`` (a sample further out reads 0 and
+    the callers skip it). ``y`` is clamped at 0; at the far edge both corners
+    are ``size - 1``. ``frac = y - low`` in ``dtype``: the weight of ``high``,
+    ``1 - frac`` that of ``low``. The one definition for the align and the
+    position-sensitive align taps.
+    """
+    t = dtype.type
+    if y <= 0:
+        y = t(0.0)
+    low = int(y)
+    if low >= size - 1:
+        low = size - 1
+        high = low
+        y = t(low)
+    else:
+        high = low + 1
+    return low, high, y - t(low)
+
+
 @numba.njit(cache=True, nogil=True)
 def _axis_taps(start, bin_size, grid, size, ptr, idx, wt, pos, scratch, dtype):
     """Taps of each bin along one axis, appended at ``pos``; returns the new ``pos``.
@@ -230,16 +253,7 @@ def _axis_taps(start, bin_size, grid, size, ptr, idx, wt, pos, scratch, dtype):
             y = _sample_position(base, bin_size, grid, i, dtype)
             if not (y >= -1 and y <= size):
                 continue  # more than a cell outside the map: the sample reads 0
-            if y <= 0:
-                y = t(0.0)
-            low = int(y)
-            if low >= size - 1:
-                low = size - 1
-                high = low
-                y = t(low)
-            else:
-                high = low + 1
-            frac = y - t(low)
+            low, high, frac = bilinear_corners(y, size, dtype)
             scratch[low] += (t(1.0) - frac) * repeat
             scratch[high] += frac * repeat
             lo = min(lo, low)

@@ -36,7 +36,7 @@ import math
 import numba
 import numpy as np
 
-from ._geometry import round_half_away
+from ._geometry import bilinear_corners, round_half_away
 
 
 def align_coord_limit(dtype) -> float:
@@ -179,16 +179,7 @@ def _align_bin(geo, p, limit, dtype, eps, first, weight):
         y = bin_start + (T(i0 + j + 0.5) * bin_size) / g_t
         if not (y >= -1 and y <= limit):
             continue  # off the map: adds 0 but still counts in g
-        if y <= 0:
-            y = T(0)
-        low = int(y)
-        if low >= limit - 1:
-            low = limit - 1
-            high = low
-            y = T(low)
-        else:
-            high = low + 1
-        frac = y - T(low)
+        low, high, frac = bilinear_corners(y, limit, dtype)
         lo = min(lo, low)
         hi = max(hi, high)
         if fill:
