@@ -32,6 +32,20 @@ def round_half_away(v):
     return int(a) if v >= 0 else -int(a)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def rounded_box(rois, k, spatial_scale):
+    """Corners ``(x1, y1, x2, y2)`` of RoI ``k`` on the feature map: scaled, then rounded by :func:`round_half_away`.
+
+    The box rule of ``roi_pool`` and ``ps_roi_pool`` (they differ only in
+    whether the end cell is inside, which the callers decide).
+    """
+    x1 = round_half_away(rois[k, 1] * spatial_scale)
+    y1 = round_half_away(rois[k, 2] * spatial_scale)
+    x2 = round_half_away(rois[k, 3] * spatial_scale)
+    y2 = round_half_away(rois[k, 4] * spatial_scale)
+    return x1, y1, x2, y2
+
+
 @numba.njit(cache=True, nogil=True)
 def roi_pool_bins(rois, spatial_scale, pooled_h, pooled_w, height, width):
     """Bin edges of every RoI.
@@ -49,10 +63,7 @@ def roi_pool_bins(rois, spatial_scale, pooled_h, pooled_w, height, width):
     cost = np.empty(k_total, np.int64)
     for k in range(k_total):
         batch[k] = int(rois[k, 0])
-        x1 = round_half_away(rois[k, 1] * spatial_scale)
-        y1 = round_half_away(rois[k, 2] * spatial_scale)
-        x2 = round_half_away(rois[k, 3] * spatial_scale)
-        y2 = round_half_away(rois[k, 4] * spatial_scale)
+        x1, y1, x2, y2 = rounded_box(rois, k, spatial_scale)
         rows = _bin_edges(y1, y2, pooled_h, height, hbins[k], rois.dtype)
         cols = _bin_edges(x1, x2, pooled_w, width, wbins[k], rois.dtype)
         cost[k] = rows * cols + pooled_h * pooled_w

@@ -39,7 +39,7 @@ from ._common import (
     clamp_image,
     div_exact,
     pool_bin_edges,
-    round_half_away,
+    rounded_box,
     sample_at,
     sample_spans,
     spans_overlap,
@@ -50,12 +50,7 @@ from ._common import (
 @triton.jit
 def _ps_pool_box(rois_ptr, k, scale, POOLED_H: tl.constexpr, POOLED_W: tl.constexpr):
     """Batch index, first cell ``(y1, x1)`` and bin sizes of RoI ``k`` for ``ps_roi_pool``."""
-    row = rois_ptr + k * 5
-    n = tl.load(row).to(tl.int32)
-    x1 = round_half_away(tl.load(row + 1) * scale)
-    y1 = round_half_away(tl.load(row + 2) * scale)
-    x2 = round_half_away(tl.load(row + 3) * scale)
-    y2 = round_half_away(tl.load(row + 4) * scale)
+    n, x1, y1, x2, y2 = rounded_box(rois_ptr, k, scale)
     # exclusive end here (no +1, unlike roi_pool); a degenerate box becomes one cell
     roi_h = tl.maximum(y2 - y1, 1)
     roi_w = tl.maximum(x2 - x1, 1)

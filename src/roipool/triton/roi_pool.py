@@ -27,18 +27,13 @@ import triton
 import triton.language as tl
 
 from . import _launch
-from ._common import cast_rne, clamp_image, div_exact, pool_bin_edges, round_half_away, spans_overlap
+from ._common import cast_rne, clamp_image, div_exact, pool_bin_edges, rounded_box, spans_overlap
 
 
 @triton.jit
 def _roi_box(rois_ptr, k, scale, POOLED_H: tl.constexpr, POOLED_W: tl.constexpr):
     """Batch index, first cell ``(y1, x1)`` and bin sizes of RoI ``k``."""
-    row = rois_ptr + k * 5
-    n = tl.load(row).to(tl.int32)
-    x1 = round_half_away(tl.load(row + 1) * scale)
-    y1 = round_half_away(tl.load(row + 2) * scale)
-    x2 = round_half_away(tl.load(row + 3) * scale)
-    y2 = round_half_away(tl.load(row + 4) * scale)
+    n, x1, y1, x2, y2 = rounded_box(rois_ptr, k, scale)
     # inclusive end; a box whose end is before its start becomes one cell
     roi_h = tl.maximum(y2 - y1 + 1, 1)
     roi_w = tl.maximum(x2 - x1 + 1, 1)
