@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 import roipool
 from roipool import reference
 
+from .helpers import run_in_threads
+
 SAMPLING_RATIOS = [-1, 0, 1, 2, 3]
 
 
@@ -435,8 +437,6 @@ def test_serial_and_parallel_kernels_give_the_same_bits(monkeypatch):
 
 
 def test_concurrent_calls_give_the_same_results():
-    import threading
-
     rng = np.random.default_rng(17)
     x = ps_input(rng, 2, 16, (2, 2), 24, 24, np.float32)
     cases = [random_rois(rng, k, 2, 24, 24, 0.5) for k in (5, 300)]  # one small (serial), one large (parallel)
@@ -447,20 +447,7 @@ def test_concurrent_calls_give_the_same_results():
         return roipool.ps_roi_align(x, r, 2, 0.5), roipool.ps_roi_pool_backward(g[i % 2], r, x.shape, 2, 0.5)
 
     expected = [run(0), run(1)]
-    results = [None] * 12
-    errors = []
-
-    def work(i):
-        try:
-            results[i] = run(i)
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results, errors = run_in_threads(run, 12)
     assert not errors
     for i, (out, grad) in enumerate(results):
         np.testing.assert_array_equal(out, expected[i % 2][0])

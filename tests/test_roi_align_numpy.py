@@ -10,19 +10,11 @@ from hypothesis import strategies as st
 import roipool
 from roipool import reference
 
+from .helpers import random_rois, run_in_threads
 from .ort_oracle import roi_align as ort_roi_align
 
 RTOL = {np.float32: 2e-5, np.float64: 1e-12}
 ATOL = {np.float32: 2e-5, np.float64: 1e-12}
-
-
-def random_rois(rng, k, n, height, width, scale, spread=1.5):
-    """Boxes in image coordinates, some reaching past the map and some inverted."""
-    img_h, img_w = height / scale, width / scale
-    x = rng.uniform(-spread * 0.3 * img_w, spread * img_w, (k, 2))
-    y = rng.uniform(-spread * 0.3 * img_h, spread * img_h, (k, 2))
-    batch = rng.integers(0, n, k)
-    return np.column_stack([batch, x[:, 0], y[:, 0], x[:, 1], y[:, 1]])
 
 
 def valid_rois(rng, k, n, height, width, scale):
@@ -497,27 +489,17 @@ def test_bisection_of_falling_positions_and_zero_size_boxes():
 
 
 def test_concurrent_calls_from_python_threads_give_the_same_results():
-    import threading
-
     rng = np.random.default_rng(17)
     x = rng.standard_normal((2, 24, 12, 12)).astype(np.float32)
     cases = [random_rois(rng, 80, 2, 12, 12, 0.5) for _ in range(3)]
     expected = [roipool.roi_align(x, r, 3, 0.5, -1, True) for r in cases]
     grads = [roipool.roi_align_backward(e, r, x.shape, 3, 0.5, -1, True) for e, r in zip(expected, cases)]
-    results, errors = [None] * 9, []
 
-    def work(i):
-        try:
-            out = roipool.roi_align(x, cases[i % 3], 3, 0.5, -1, True)
-            results[i] = (out, roipool.roi_align_backward(out, cases[i % 3], x.shape, 3, 0.5, -1, True))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+    def call(i):
+        out = roipool.roi_align(x, cases[i % 3], 3, 0.5, -1, True)
+        return out, roipool.roi_align_backward(out, cases[i % 3], x.shape, 3, 0.5, -1, True)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(9)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results, errors = run_in_threads(call, 9)
     assert not errors
     for i, (out, grad) in enumerate(results):
         np.testing.assert_array_equal(out, expected[i % 3])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,16 +10,8 @@ from hypothesis import strategies as st
 import roipool
 from roipool import reference
 
+from .helpers import random_rois, run_in_threads
 from .ort_oracle import max_roi_pool
-
-
-def random_rois(rng, k, n, height, width, scale, spread=1.5):
-    """Boxes in image coordinates, some reaching past the map and some inverted."""
-    img_h, img_w = height / scale, width / scale
-    x = rng.uniform(-spread * 0.3 * img_w, spread * img_w, (k, 2))
-    y = rng.uniform(-spread * 0.3 * img_h, spread * img_h, (k, 2))
-    batch = rng.integers(0, n, k)
-    return np.column_stack([batch, x[:, 0], y[:, 0], x[:, 1], y[:, 1]])
 
 
 def check_against_reference(x, rois, output_size, scale):
@@ -255,20 +245,7 @@ def test_concurrent_calls_give_the_same_results():
     x = rng.standard_normal((2, 8, 20, 20)).astype(np.float32)
     cases = [random_rois(rng, 200, 2, 20, 20, 0.5) for _ in range(4)]
     expected = [roipool.roi_pool_with_argmax(x, r, 5, 0.5) for r in cases]
-    results = [None] * 16
-    errors = []
-
-    def work(i):
-        try:
-            results[i] = roipool.roi_pool_with_argmax(x, cases[i % 4], 5, 0.5)
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results, errors = run_in_threads(lambda i: roipool.roi_pool_with_argmax(x, cases[i % 4], 5, 0.5), 16)
     assert not errors
     for i, (out, argmax) in enumerate(results):
         np.testing.assert_array_equal(out, expected[i % 4][0])

@@ -32,6 +32,20 @@ def round_half_away(v):
     return int(a) if v >= 0 else -int(a)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def rounded_box(rois, k, spatial_scale):
+    """Corners ``(x1, y1, x2, y2)`` of RoI ``k`` on the feature map: scaled, then rounded by :func:`round_half_away`.
+
+    The box rule of ``roi_pool`` and ``ps_roi_pool`` (they differ only in
+    whether the end cell is inside, which the callers decide).
+    """
+    x1 = round_half_away(rois[k, 1] * spatial_scale)
+    y1 = round_half_away(rois[k, 2] * spatial_scale)
+    x2 = round_half_away(rois[k, 3] * spatial_scale)
+    y2 = round_half_away(rois[k, 4] * spatial_scale)
+    return x1, y1, x2, y2
+
+
 @numba.njit(cache=True, nogil=True)
 def roi_pool_bins(rois, spatial_scale, pooled_h, pooled_w, height, width):
     """Bin edges of every RoI.
@@ -49,10 +63,7 @@ def roi_pool_bins(rois, spatial_scale, pooled_h, pooled_w, height, width):
     cost = np.empty(k_total, np.int64)
     for k in range(k_total):
         batch[k] = int(rois[k, 0])
-        x1 = round_half_away(rois[k, 1] * spatial_scale)
-        y1 = round_half_away(rois[k, 2] * spatial_scale)
-        x2 = round_half_away(rois[k, 3] * spatial_scale)
-        y2 = round_half_away(rois[k, 4] * spatial_scale)
+        x1, y1, x2, y2 = rounded_box(rois, k, spatial_scale)
         rows = _bin_edges(y1, y2, pooled_h, height, hbins[k], rois.dtype)
         cols = _bin_edges(x1, x2, pooled_w, width, wbins[k], rois.dtype)
         cost[k] = rows * cols + pooled_h * pooled_w
@@ -204,6 +215,29 @@ def _window(base, bin_size, grid, size, dtype):
     return first, lo
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def bilinear_corners(y, size, dtype):
+    """Bilinear corners of a sample at ``y`` on an axis of ``size`` cells: ``(low, high, frac)``.
+
+    ``y`` must already lie in ``[-1, size]`` (a sample further out reads 0 and
+    the callers skip it). ``y`` is clamped at 0; at the far edge both corners
+    are ``size - 1``. ``frac = y - low`` in ``dtype``: the weight of ``high``,
+    ``1 - frac`` that of ``low``. The one definition for the align and the
+    position-sensitive align taps.
+    """
+    t = dtype.type
+    if y <= 0:
+        y = t(0.0)
+    low = int(y)
+    if low >= size - 1:
+        low = size - 1
+        high = low
+        y = t(low)
+    else:
+        high = low + 1
+    return low, high, y - t(low)
+
+
 @numba.njit(cache=True, nogil=True)
 def _axis_taps(start, bin_size, grid, size, ptr, idx, wt, pos, scratch, dtype):
     """Taps of each bin along one axis, appended at ``pos``; returns the new ``pos``.
@@ -230,16 +264,7 @@ def _axis_taps(start, bin_size, grid, size, ptr, idx, wt, pos, scratch, dtype):
             y = _sample_position(base, bin_size, grid, i, dtype)
             if not (y >= -1 and y <= size):
                 continue  # more than a cell outside the map: the sample reads 0
-            if y <= 0:
-                y = t(0.0)
-            low = int(y)
-            if low >= size - 1:
-                low = size - 1
-                high = low
-                y = t(low)
-            else:
-                high = low + 1
-            frac = y - t(low)
+            low, high, frac = bilinear_corners(y, size, dtype)
             scratch[low] += (t(1.0) - frac) * repeat
             scratch[high] += frac * repeat
             lo = min(lo, low)

@@ -36,7 +36,7 @@ import math
 import numba
 import numpy as np
 
-from ._geometry import round_half_away
+from ._geometry import bilinear_corners, rounded_box
 
 
 def align_coord_limit(dtype) -> float:
@@ -63,10 +63,7 @@ def ps_roi_pool_taps(rois, spatial_scale, pooled_h, pooled_w, height, width):
     x_count = np.empty((k_total, pooled_w), np.int64)
     for k in range(k_total):
         batch[k] = int(rois[k, 0])
-        x1 = round_half_away(rois[k, 1] * spatial_scale)
-        y1 = round_half_away(rois[k, 2] * spatial_scale)
-        x2 = round_half_away(rois[k, 3] * spatial_scale)
-        y2 = round_half_away(rois[k, 4] * spatial_scale)
+        x1, y1, x2, y2 = rounded_box(rois, k, spatial_scale)
         _pool_axis(y1, y2, pooled_h, height, y_first[k], y_count[k], rois.dtype)
         _pool_axis(x1, x2, pooled_w, width, x_first[k], x_count[k], rois.dtype)
     y_weight = np.ones((k_total, pooled_h, max(1, _max_or_zero(y_count))), rois.dtype)
@@ -179,16 +176,7 @@ def _align_bin(geo, p, limit, dtype, eps, first, weight):
         y = bin_start + (T(i0 + j + 0.5) * bin_size) / g_t
         if not (y >= -1 and y <= limit):
             continue  # off the map: adds 0 but still counts in g
-        if y <= 0:
-            y = T(0)
-        low = int(y)
-        if low >= limit - 1:
-            low = limit - 1
-            high = low
-            y = T(low)
-        else:
-            high = low + 1
-        frac = y - T(low)
+        low, high, frac = bilinear_corners(y, limit, dtype)
         lo = min(lo, low)
         hi = max(hi, high)
         if fill:

@@ -44,6 +44,21 @@ def round_half_away(v):
 
 
 @triton.jit
+def rounded_box(rois_ptr, k, scale):
+    """Batch index and corners ``(n, x1, y1, x2, y2)`` of RoI ``k``: scaled, then :func:`round_half_away`.
+
+    The box rule of ``roi_pool`` and ``ps_roi_pool``, as ``roipool._geometry.rounded_box``.
+    """
+    row = rois_ptr + k * 5
+    n = tl.load(row).to(tl.int32)
+    x1 = round_half_away(tl.load(row + 1) * scale)
+    y1 = round_half_away(tl.load(row + 2) * scale)
+    x2 = round_half_away(tl.load(row + 3) * scale)
+    y2 = round_half_away(tl.load(row + 4) * scale)
+    return n, x1, y1, x2, y2
+
+
+@triton.jit
 def pool_bin_edges(p, size, start, limit):
     """Cells ``[lo, hi)`` of max-pool bin ``p``: ``floor(p*size)``, ``ceil((p+1)*size)``.
 

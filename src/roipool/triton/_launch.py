@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 import torch
+import triton
 
 # Lanes of one program: channels x spatial positions (a power of two each).
 TILE_H = 8
@@ -142,3 +143,29 @@ def _raise_rois_error(rois: torch.Tensor, num_images: int, dtype: torch.dtype) -
         host = host.float()
     _checks.rois_array(host.numpy(), num_images, np.float64 if dtype == torch.float64 else np.float32)
     raise ValueError("rois hold an invalid batch index or a non-finite coordinate")  # not reached in practice
+
+
+def forward_inputs(input: torch.Tensor, rois: torch.Tensor):
+    """The checks and conversions every forward launcher starts with.
+
+    Returns ``(input, rois, device, dtype)``: ``input`` contiguous, ``rois``
+    ``(K, 5)`` in the compute ``dtype``, both on ``device``.
+    """
+    device = check_device(input=input, rois=rois)
+    dtype = compute_dtype(input.dtype)
+    check_rois(rois, input.shape[0], dtype)
+    return input.contiguous(), prepare_rois(rois, dtype), device, dtype
+
+
+def span_tables(k_total: int, pooled_height: int, pooled_width: int, device: torch.device):
+    """Empty int32 ``row_span (K, PH, 2)``, ``col_span (K, PW, 2)`` and ``window (K, 4)`` for a spans kernel."""
+    row_span = torch.empty((k_total, pooled_height, 2), dtype=torch.int32, device=device)
+    col_span = torch.empty((k_total, pooled_width, 2), dtype=torch.int32, device=device)
+    window = torch.empty((k_total, 4), dtype=torch.int32, device=device)
+    return row_span, col_span, window
+
+
+def tile_grid(height: int, width: int) -> tuple[int, int]:
+    """``(tiles, tiles_w)``: how many ``TILE_H x TILE_W`` tiles cover an ``height x width`` plane, and per row."""
+    tiles_w = triton.cdiv(width, TILE_W)
+    return triton.cdiv(height, TILE_H) * tiles_w, tiles_w

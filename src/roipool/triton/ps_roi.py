@@ -39,7 +39,7 @@ from ._common import (
     clamp_image,
     div_exact,
     pool_bin_edges,
-    round_half_away,
+    rounded_box,
     sample_at,
     sample_spans,
     spans_overlap,
@@ -50,12 +50,7 @@ from ._common import (
 @triton.jit
 def _ps_pool_box(rois_ptr, k, scale, POOLED_H: tl.constexpr, POOLED_W: tl.constexpr):
     """Batch index, first cell ``(y1, x1)`` and bin sizes of RoI ``k`` for ``ps_roi_pool``."""
-    row = rois_ptr + k * 5
-    n = tl.load(row).to(tl.int32)
-    x1 = round_half_away(tl.load(row + 1) * scale)
-    y1 = round_half_away(tl.load(row + 2) * scale)
-    x2 = round_half_away(tl.load(row + 3) * scale)
-    y2 = round_half_away(tl.load(row + 4) * scale)
+    n, x1, y1, x2, y2 = rounded_box(rois_ptr, k, scale)
     # exclusive end here (no +1, unlike roi_pool); a degenerate box becomes one cell
     roi_h = tl.maximum(y2 - y1, 1)
     roi_w = tl.maximum(x2 - x1, 1)
@@ -285,11 +280,7 @@ def _out_channels(channels, ph, pw):
 
 
 def _forward(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, align):
-    device = _launch.check_device(input=input, rois=rois)
-    dtype = _launch.compute_dtype(input.dtype)
-    _launch.check_rois(rois, input.shape[0], dtype)
-    input = input.contiguous()
-    rois = _launch.prepare_rois(rois, dtype)
+    input, rois, device, dtype = _launch.forward_inputs(input, rois)
     k_total = rois.shape[0]
     _, channels, height, width = input.shape
     ph, pw = int(pooled_height), int(pooled_width)
@@ -325,9 +316,7 @@ def _backward(grad, rois, spatial_scale, pooled_height, pooled_width, sampling_r
     k_total = rois.shape[0]
     grad = grad.contiguous()
     scale = _launch.scale_tensor(spatial_scale, dtype, device)
-    row_span = torch.empty((k_total, ph, 2), dtype=torch.int32, device=device)
-    col_span = torch.empty((k_total, pw, 2), dtype=torch.int32, device=device)
-    window = torch.empty((k_total, 4), dtype=torch.int32, device=device)
+    row_span, col_span, window = _launch.span_tables(k_total, ph, pw, device)
     if k_total:
         _ps_spans_kernel[(k_total,)](
             rois, scale, row_span, col_span, window, int(sampling_ratio), height, width,
@@ -336,15 +325,14 @@ def _backward(grad, rois, spatial_scale, pooled_height, pooled_width, sampling_r
             enable_fp_fusion=False,
         )
     order, starts = _launch.rois_by_image(rois, batch_size)
-    tile_h, tile_w = _launch.TILE_H, _launch.TILE_W
-    block_c = _launch.channel_block(channels_out, tile_h * tile_w)
+    tiles, tiles_w = _launch.tile_grid(height, width)
+    block_c = _launch.channel_block(channels_out, _launch.TILE_H * _launch.TILE_W)
     channel_blocks = triton.cdiv(channels_out, block_c)
-    tiles_w = triton.cdiv(width, tile_w)
-    grid = (triton.cdiv(height, tile_h) * tiles_w, ph * pw * channel_blocks, batch_size)
+    grid = (tiles, ph * pw * channel_blocks, batch_size)
     _ps_backward_kernel[grid](
         grad, rois, scale, order, starts, row_span, col_span, window, grad_input,
         int(sampling_ratio), channels_out, channel_blocks, height, width, tiles_w,
-        ALIGN=align, POOLED_H=ph, POOLED_W=pw, BLOCK_C=block_c, TILE_H=tile_h, TILE_W=tile_w,
+        ALIGN=align, POOLED_H=ph, POOLED_W=pw, BLOCK_C=block_c, TILE_H=_launch.TILE_H, TILE_W=_launch.TILE_W,
         enable_fp_fusion=False,
     )
     return grad_input

@@ -214,11 +214,7 @@ def _roi_align_backward_kernel(
 
 def roi_align_forward(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
     """RoIAlign of ``input (N, C, H, W)`` over ``rois (K, 5)``: ``(K, C, PH, PW)`` of the input's dtype."""
-    device = _launch.check_device(input=input, rois=rois)
-    dtype = _launch.compute_dtype(input.dtype)
-    _launch.check_rois(rois, input.shape[0], dtype)
-    input = input.contiguous()
-    rois = _launch.prepare_rois(rois, dtype)
+    input, rois, device, dtype = _launch.forward_inputs(input, rois)
     k_total = rois.shape[0]
     _, channels, height, width = input.shape
     ph, pw = int(pooled_height), int(pooled_width)
@@ -258,9 +254,7 @@ def roi_align_backward(grad, rois, spatial_scale, pooled_height, pooled_width, b
     k_total = rois.shape[0]
     grad = grad.contiguous()
     scale = _launch.scale_tensor(spatial_scale, dtype, device)
-    row_span = torch.empty((k_total, ph, 2), dtype=torch.int32, device=device)
-    col_span = torch.empty((k_total, pw, 2), dtype=torch.int32, device=device)
-    window = torch.empty((k_total, 4), dtype=torch.int32, device=device)
+    row_span, col_span, window = _launch.span_tables(k_total, ph, pw, device)
     if k_total:
         _roi_align_spans_kernel[(k_total,)](
             rois, scale, row_span, col_span, window, int(sampling_ratio), height, width,
@@ -269,14 +263,13 @@ def roi_align_backward(grad, rois, spatial_scale, pooled_height, pooled_width, b
             enable_fp_fusion=False,
         )
     order, starts = _launch.rois_by_image(rois, batch_size)
-    tile_h, tile_w = _launch.TILE_H, _launch.TILE_W
-    block_c = _launch.channel_block(channels, tile_h * tile_w)
-    tiles_w = triton.cdiv(width, tile_w)
-    grid = (triton.cdiv(height, tile_h) * tiles_w, triton.cdiv(channels, block_c), batch_size)
+    tiles, tiles_w = _launch.tile_grid(height, width)
+    block_c = _launch.channel_block(channels, _launch.TILE_H * _launch.TILE_W)
+    grid = (tiles, triton.cdiv(channels, block_c), batch_size)
     _roi_align_backward_kernel[grid](
         grad, rois, scale, order, starts, row_span, col_span, window, grad_input,
         int(sampling_ratio), channels, height, width, tiles_w,
-        ALIGNED=bool(aligned), POOLED_H=ph, POOLED_W=pw, BLOCK_C=block_c, TILE_H=tile_h, TILE_W=tile_w,
+        ALIGNED=bool(aligned), POOLED_H=ph, POOLED_W=pw, BLOCK_C=block_c, TILE_H=_launch.TILE_H, TILE_W=_launch.TILE_W,
         enable_fp_fusion=False,
     )
     return grad_input

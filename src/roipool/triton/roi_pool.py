@@ -27,18 +27,13 @@ import triton
 import triton.language as tl
 
 from . import _launch
-from ._common import cast_rne, clamp_image, div_exact, pool_bin_edges, round_half_away, spans_overlap
+from ._common import cast_rne, clamp_image, div_exact, pool_bin_edges, rounded_box, spans_overlap
 
 
 @triton.jit
 def _roi_box(rois_ptr, k, scale, POOLED_H: tl.constexpr, POOLED_W: tl.constexpr):
     """Batch index, first cell ``(y1, x1)`` and bin sizes of RoI ``k``."""
-    row = rois_ptr + k * 5
-    n = tl.load(row).to(tl.int32)
-    x1 = round_half_away(tl.load(row + 1) * scale)
-    y1 = round_half_away(tl.load(row + 2) * scale)
-    x2 = round_half_away(tl.load(row + 3) * scale)
-    y2 = round_half_away(tl.load(row + 4) * scale)
+    n, x1, y1, x2, y2 = rounded_box(rois_ptr, k, scale)
     # inclusive end; a box whose end is before its start becomes one cell
     roi_h = tl.maximum(y2 - y1 + 1, 1)
     roi_w = tl.maximum(x2 - x1 + 1, 1)
@@ -211,11 +206,7 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_height, pooled_width, wi
     Returns ``(output (K, C, PH, PW), argmax (K, C, PH, PW) int32)`` (argmax
     ``None`` when ``with_argmax`` is false); ``output`` has the input's dtype.
     """
-    device = _launch.check_device(input=input, rois=rois)
-    dtype = _launch.compute_dtype(input.dtype)
-    _launch.check_rois(rois, input.shape[0], dtype)
-    input = input.contiguous()
-    rois = _launch.prepare_rois(rois, dtype)
+    input, rois, device, dtype = _launch.forward_inputs(input, rois)
     k_total = rois.shape[0]
     _, channels, height, width = input.shape
     ph, pw = int(pooled_height), int(pooled_width)
@@ -263,14 +254,13 @@ def roi_pool_backward(grad, argmax, rois, batch_size, channels, height, width):
             BINS=bins, BLOCK_C=_launch.channel_block(channels, block_p), BLOCK_P=block_p,
         )
     order, starts = _launch.rois_by_image(rois, batch_size)
-    tile_h, tile_w = _launch.TILE_H, _launch.TILE_W
-    block_c = _launch.channel_block(channels, tile_h * tile_w)
-    tiles_w = triton.cdiv(width, tile_w)
-    grid = (triton.cdiv(height, tile_h) * tiles_w, triton.cdiv(channels, block_c), batch_size)
+    tiles, tiles_w = _launch.tile_grid(height, width)
+    block_c = _launch.channel_block(channels, _launch.TILE_H * _launch.TILE_W)
+    grid = (tiles, triton.cdiv(channels, block_c), batch_size)
     _roi_pool_backward_kernel[grid](
         grad, argmax, order, starts, bin_span, window, grad_input,
         channels, height, width, tiles_w,
-        BINS=bins, BLOCK_C=block_c, TILE_H=tile_h, TILE_W=tile_w,
+        BINS=bins, BLOCK_C=block_c, TILE_H=_launch.TILE_H, TILE_W=_launch.TILE_W,
         ACC_DTYPE=tl.float64 if acc_dtype == torch.float64 else tl.float32,
     )
     return grad_input
