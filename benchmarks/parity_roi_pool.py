@@ -18,7 +18,7 @@ import torchvision  # noqa: E402
 
 import roipool  # noqa: E402
 from tests.ort_oracle import max_roi_pool  # noqa: E402
-from tests.test_roi_pool_numpy import random_rois  # noqa: E402
+from tests.helpers import random_rois  # noqa: E402
 
 
 def random_case(rng, case):
