@@ -81,6 +81,10 @@ def test_backward_rejects_mismatched_arguments():
         roipool.roi_pool_backward(out, argmax, ROIS[:1], X.shape)
     with pytest.raises(ValueError, match="argmax holds indices outside"):
         roipool.roi_pool_backward(out, argmax + 1000, ROIS, X.shape)
+    with pytest.raises(ValueError, match=r"input_shape must be \(N, C, H, W\)"):
+        roipool.roi_pool_backward(out, argmax, ROIS, X.shape[:3])
+    with pytest.raises(TypeError, match="input_shape must be a sequence of 4 ints"):
+        roipool.roi_pool_backward(out, argmax, ROIS, 8)
     for bad in (argmax - 2, (argmax + 1000).astype(np.int64), np.asfortranarray(argmax - 2)):
         with pytest.raises(ValueError, match="argmax holds indices outside"):
             roipool.roi_pool_backward(out, bad, ROIS, X.shape)

@@ -121,7 +121,7 @@ def roi_align_backward(
         raise TypeError(f"grad_output must have a real floating dtype, got {grad_output.dtype}")
     if grad_output.ndim != 4:
         raise ValueError(f"grad_output must have shape (K, C, pooled_h, pooled_w), got {grad_output.shape}")
-    n, channels, height, width = _input_shape(input_shape)
+    n, channels, height, width = _checks.input_shape_tuple(input_shape)
     if grad_output.shape[1] != channels:
         raise ValueError(f"grad_output has {grad_output.shape[1]} channels but input_shape has {channels}")
     pooled_h, pooled_w, scale, sampling_ratio, aligned = arguments(output_size, spatial_scale, sampling_ratio, aligned)
@@ -137,13 +137,3 @@ def roi_align_backward(
     go = np.ascontiguousarray(grad_output, dtype=dtype).reshape(k, channels, pooled_h * pooled_w)
     launch_backward(go, taps, grad_in)
     return grad_in.transpose(0, 3, 1, 2).astype(grad_output.dtype, order="C")
-
-
-def _input_shape(input_shape) -> tuple[int, int, int, int]:
-    try:
-        shape = tuple(int(s) for s in input_shape)
-    except TypeError:
-        raise TypeError(f"input_shape must be a sequence of 4 ints (N, C, H, W), got {input_shape!r}") from None
-    if len(shape) != 4 or min(shape) < 0:
-        raise ValueError(f"input_shape must be (N, C, H, W) with no negative size, got {input_shape!r}")
-    return shape

@@ -126,9 +126,7 @@ def roi_pool_backward(grad_output, argmax, boxes, input_shape):
         raise ValueError(f"argmax must have the shape of grad_output {grad_output.shape}, got {argmax.shape}")
     if argmax.dtype.kind not in "iu":
         raise TypeError(f"argmax must hold integers, got dtype {argmax.dtype}")
-    shape = tuple(int(s) for s in input_shape)
-    if len(shape) != 4 or min(shape) < 0:
-        raise ValueError(f"input_shape must be (N, C, H, W), got {input_shape!r}")
+    shape = _checks.input_shape_tuple(input_shape)
     n, channels, height, width = shape
     if grad_output.shape[1] != channels:
         raise ValueError(f"grad_output has {grad_output.shape[1]} channels but input_shape has {channels}")
