@@ -191,7 +191,7 @@ def ps_roi_align(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio)
                     samples = _ps_align_samples(input.dtype.type, rois[k], spatial_scale, ph, pw,
                                                 pooled_h, pooled_w, sampling_ratio)
                     for y, x in samples:
-                        for h, w, weight in _bilinear_taps(input.dtype.type, y, x, height, width):
+                        for h, w, weight in bilinear_taps(y, x, height, width):
                             total += float(weight) * float(input[n, channel, h, w])
                     output[k, c, ph, pw] = total / len(samples)
     return output
@@ -222,28 +222,6 @@ def _ps_align_samples(dtype, roi, spatial_scale, ph, pw, pooled_h, pooled_w, sam
     ]
 
 
-def _bilinear_taps(dtype, y, x, height, width):
-    """``[(h, w, weight), ...]`` of a bilinear sample; empty if it lies outside ``[-1, size]``."""
-    if not (-1 <= y <= height and -1 <= x <= width):
-        return []
-    y = max(y, dtype(0))
-    x = max(x, dtype(0))
-    y_low, x_low = int(y), int(x)
-    if y_low >= height - 1:
-        y_low = y_high = height - 1
-        y = dtype(y_low)
-    else:
-        y_high = y_low + 1
-    if x_low >= width - 1:
-        x_low = x_high = width - 1
-        x = dtype(x_low)
-    else:
-        x_high = x_low + 1
-    ly, lx = y - dtype(y_low), x - dtype(x_low)
-    hy, hx = dtype(1) - ly, dtype(1) - lx
-    return [(y_low, x_low, hy * hx), (y_low, x_high, hy * lx), (y_high, x_low, ly * hx), (y_high, x_high, ly * lx)]
-
-
 def ps_roi_align_backward(grad_output, rois, input_shape, spatial_scale, sampling_ratio):
     """Gradient of :func:`ps_roi_align`: each sample passes ``grad * weight / samples`` to its four cells."""
     grad_input = np.zeros(input_shape, np.float64)
@@ -260,7 +238,7 @@ def ps_roi_align_backward(grad_output, rois, input_shape, spatial_scale, samplin
                                                 pooled_h, pooled_w, sampling_ratio)
                     share = float(grad_output[k, c, ph, pw]) / len(samples)
                     for y, x in samples:
-                        for h, w, weight in _bilinear_taps(dtype, y, x, height, width):
+                        for h, w, weight in bilinear_taps(y, x, height, width):
                             grad_input[n, channel, h, w] += share * float(weight)
     return grad_input.astype(grad_output.dtype)
 
