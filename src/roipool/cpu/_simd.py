@@ -13,6 +13,7 @@ All loads and stores are unaligned and unchecked: callers index in range.
 
 from __future__ import annotations
 
+import numba
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, models, register_model
@@ -173,3 +174,26 @@ def transpose_block(typingctx, src, src_start, src_stride, dst, dst_start, dst_s
         return context.get_dummy_value()
 
     return types.void(src, types.intp, types.intp, dst, types.intp, types.intp), codegen
+
+
+@numba.njit(nogil=True)
+def transpose_tile(src, src_start, src_stride, rows, cols, dst, dst_start, dst_stride):
+    """``dst[dst_start + j * dst_stride + r] = src[src_start + r * src_stride + j]`` for ``r < rows``, ``j < cols``.
+
+    Whole ``lanes x lanes`` blocks go through registers (:func:`transpose_block`);
+    the ragged edges (``rows`` or ``cols`` not a multiple of ``lanes``) are
+    copied one value at a time. ``src`` and ``dst`` are contiguous 1-D arrays
+    of the same 4- or 8-byte type.
+    """
+    lanes = VECTOR_BYTES // src.itemsize
+    jv = cols - cols % lanes
+    rv = rows - rows % lanes
+    for j0 in range(0, jv, lanes):
+        for r0 in range(0, rv, lanes):
+            transpose_block(src, src_start + r0 * src_stride + j0, src_stride, dst, dst_start + j0 * dst_stride + r0, dst_stride)
+        for j in range(j0, j0 + lanes):
+            for r in range(rv, rows):
+                dst[dst_start + j * dst_stride + r] = src[src_start + r * src_stride + j]
+    for j in range(jv, cols):
+        for r in range(rows):
+            dst[dst_start + j * dst_stride + r] = src[src_start + r * src_stride + j]

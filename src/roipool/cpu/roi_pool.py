@@ -10,7 +10,7 @@ the latency of each max, and nothing is stored until the bin is done.
 The output is ``(K, C, PH * PW)``: per RoI, channel-major. Each block of
 channels is pooled into a small ``(bins, block)`` tile that stays in L1, and
 the tile is written to the output transposed, ``lanes x lanes`` at a time in
-registers (``transpose_block``), so every output row is written once, in
+registers (``_simd.transpose_tile``), so every output row is written once, in
 order. Runs of RoIs (``bounds``, from ``_parallel.balanced_chunks``) are
 split between threads; each RoI's output is written by exactly one thread.
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._simd import VECTOR_BYTES, transpose_block, vload, vmax, vmax_index, vsplat_index, vstore
+from ._simd import VECTOR_BYTES, transpose_tile, vload, vmax, vmax_index, vsplat_index, vstore
 
 # Vectors pooled together per bin pass (128 float32 / 64 float64 channels).
 UNROLL = 8
@@ -52,7 +52,7 @@ def forward(x, batch, hbins, wbins, bounds, out):
             for c0 in range(0, channels, block):
                 cw = min(block, channels - c0)
                 _pool_tile(xf, base + c0, width, channels, cw, hbins[k], wbins[k], tile, block)
-                _store_transposed(tile, block, cw, nbins, outf, (k * channels + c0) * nbins)
+                transpose_tile(tile, 0, block, nbins, cw, outf, (k * channels + c0) * nbins, nbins)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -76,8 +76,8 @@ def forward_argmax(x, batch, hbins, wbins, bounds, out, argmax):
                 cw = min(block, channels - c0)
                 _pool_tile_argmax(xf, base + c0, width, channels, cw, hbins[k], wbins[k], tile, itile, block)
                 dst = (k * channels + c0) * nbins
-                _store_transposed(tile, block, cw, nbins, outf, dst)
-                _store_transposed(itile, block, cw, nbins, argf, dst)
+                transpose_tile(tile, 0, block, nbins, cw, outf, dst, nbins)
+                transpose_tile(itile, 0, block, nbins, cw, argf, dst, nbins)
 
 
 @numba.njit(nogil=True)
@@ -262,27 +262,6 @@ def _bin_argmax_scalar(xf, origin, width, channels, h0, h1, w0, w1):
                 best = v
                 best_cell = cell
     return best, np.int32(best_cell)
-
-
-@numba.njit(nogil=True)
-def _store_transposed(tile, stride, cw, nbins, dst, start):
-    """``dst[start + j * nbins + b] = tile[b * stride + j]`` for ``j < cw``, ``b < nbins``.
-
-    Whole ``lanes x lanes`` blocks go through registers; the ragged edges
-    (``nbins`` or ``cw`` not a multiple of ``lanes``) are copied one by one.
-    """
-    lanes = VECTOR_BYTES // tile.itemsize
-    jv = cw - cw % lanes
-    bv = nbins - nbins % lanes
-    for j0 in range(0, jv, lanes):
-        for b0 in range(0, bv, lanes):
-            transpose_block(tile, b0 * stride + j0, stride, dst, start + j0 * nbins + b0, nbins)
-        for j in range(j0, j0 + lanes):
-            for b in range(bv, nbins):
-                dst[start + j * nbins + b] = tile[b * stride + j]
-    for j in range(jv, cw):
-        for b in range(nbins):
-            dst[start + j * nbins + b] = tile[b * stride + j]
 
 
 # Channels per backward task: the task's slice of grad_in (32 planes of
