@@ -202,10 +202,14 @@ def _torch_candidate(impl, fn, xt, rt, size, scale, extra, mode, torch, is_ours=
             return y
     else:
         xg = xt.detach().clone().requires_grad_(True)
+        # The upstream gradient is made once, outside the timed step: it is the
+        # next layer's output, not part of this layer's work (200 MB on vgg16).
+        with torch.no_grad():
+            upstream = torch.ones_like(fn(xt, rt, size, scale, **extra))
 
         def run():
             y = fn(xg, rt, size, scale, **extra)
-            (g,) = torch.autograd.grad(y, xg, torch.ones_like(y))
+            (g,) = torch.autograd.grad(y, xg, upstream)
             sync()
             return g
 
