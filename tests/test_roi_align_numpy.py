@@ -102,6 +102,26 @@ def test_both_evaluation_orders_match_reference(monkeypatch, path):
         check_against_reference(x, rois, 2, 0.5, 2, False)
 
 
+@pytest.mark.parametrize("path", ["DIRECT", "ROWS_FIRST"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wide_channel_blocks_match_reference(monkeypatch, path, dtype):
+    # 147 float32 channels = a 128-channel register block + one 16-lane vector
+    # + 3 single channels (float64: 2 x 64 + 2 x 8 + 3); the backward runs with
+    # its widest block and with a one-vector block
+    from roipool import _align
+    from roipool.cpu import roi_align as kernels
+    from roipool.cpu._simd import VECTOR_BYTES
+
+    monkeypatch.setattr(_align, "PATH", getattr(kernels, path))
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal((2, 147, 9, 12)).astype(dtype)
+    rois = random_rois(rng, 12, 2, 9, 12, 0.5)
+    for block in (kernels.UNROLL * lanes, lanes):
+        monkeypatch.setattr(_align, "channel_block", lambda *args, block=block: block)
+        check_against_reference(x, rois, (3, 4), 0.5, 2, True)
+
+
 def test_many_samples_per_bin_skip_only_samples_off_the_map():
     # more than 32 samples per side: the kernels bisect for the samples near the map
     x = np.random.default_rng(2).standard_normal((1, 2, 4, 5))

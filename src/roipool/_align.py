@@ -20,6 +20,7 @@ from ._geometry import roi_align_taps
 from ._pool import compute_dtype
 from .cpu import roi_align as kernels
 from .cpu._parallel import balanced_chunks, launch_lock
+from .cpu._simd import VECTOR_BYTES
 
 # How the kernels evaluate each RoI (``kernels.AUTO``: the cheaper way per
 # RoI); the tests force each way in turn.
@@ -57,19 +58,44 @@ def launch_forward(x_nhwc, taps: Taps, out) -> None:
             kernels.forward(x_nhwc, *taps.arrays, taps.bounds, PATH, out)
 
 
-def launch_backward(grad_out, taps: Taps, grad_in_nhwc) -> None:
-    """``grad_in_nhwc (N, H, W, C)`` (zeroed by the caller) += the adjoint applied to ``grad_out (K, C, PH * PW)``."""
-    if grad_out.size and grad_in_nhwc.size:
-        with launch_lock:
-            kernels.backward(grad_out, *taps.arrays, _channel_block(grad_out.shape[1]), PATH, grad_in_nhwc)
+def launch_backward(grad_out, taps: Taps, grad_in) -> None:
+    """``grad_in (N, C, H, W)`` (C-contiguous) <- the adjoint applied to ``grad_out (K, C, PH * PW)``.
+
+    Every element of ``grad_in`` is written (no zeroing needed beforehand).
+    """
+    if not grad_in.size:
+        return
+    if not grad_out.size:
+        grad_in[...] = 0
+        return
+    images, channels = grad_in.shape[:2]
+    # The RoIs of each image, in ascending order: each kernel task sums one
+    # image's RoIs into its own scratch.
+    order = np.argsort(taps.batch, kind="stable")
+    starts = np.searchsorted(taps.batch[order], np.arange(images + 1)).astype(np.int64)
+    block = channel_block(channels, images, grad_out.itemsize, numba.get_num_threads())
+    with launch_lock:
+        kernels.backward(grad_out, *taps.arrays, order, starts, block, PATH, grad_in)
 
 
-def _channel_block(channels: int) -> int:
-    """Channels per backward work item: one equal share per thread, rounded up to
-    a multiple of 16 (whole cache lines of float32). Wide blocks pay: each block
-    re-reads the RoI taps and transposes its slice of ``grad_output``."""
-    share = -(-channels // numba.get_num_threads())
-    return max(16, -(-share // 16) * 16)
+def channel_block(channels: int, images: int, itemsize: int, threads: int) -> int:
+    """Channels per backward task: a multiple of the vector lanes, at most one register block.
+
+    Tasks are (image, channel block) pairs; the block chosen minimises the
+    channels on the busiest thread, about ``ceil(tasks / threads) * block``
+    but never more than all of them (ties go to the wider block, whose taps
+    are read once for more channels). Each task keeps an ``(H, W, block)``
+    scratch, which stays in L2 for maps of detection size.
+    """
+    lanes = VECTOR_BYTES // itemsize
+    best, best_load = lanes, None
+    for vectors in range(kernels.UNROLL, 0, -1):
+        block = vectors * lanes
+        tasks = images * -(-channels // block)
+        load = min(-(-tasks // threads) * min(block, channels), images * channels)
+        if best_load is None or load < best_load:
+            best, best_load = block, load
+    return best
 
 
 def _check_scaled_boxes(rois, scale, aligned, pooled_h, pooled_w):
@@ -133,7 +159,7 @@ def roi_align_backward(
     if rois.shape[0] != k:
         raise ValueError(f"boxes hold {rois.shape[0]} RoIs but grad_output has {k}")
     taps = Taps(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width)
-    grad_in = np.zeros((n, height, width, channels), dtype)
+    grad_in = np.empty((n, channels, height, width), dtype)
     go = np.ascontiguousarray(grad_output, dtype=dtype).reshape(k, channels, pooled_h * pooled_w)
     launch_backward(go, taps, grad_in)
-    return grad_in.transpose(0, 3, 1, 2).astype(grad_output.dtype, order="C")
+    return grad_in.astype(grad_output.dtype, copy=False)

@@ -647,10 +647,8 @@ def _roi_align_backward_cpu(
     grad_out = grad.detach().to(dtype).contiguous().numpy().reshape(k, channels, pooled_height * pooled_width)
     rois_np = cpu_rois(rois, batch_size, dtype)
     taps = _align.Taps(rois_np, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, height, width)
-    grad_nhwc = np.zeros((batch_size, height, width, channels), _numpy_dtype(dtype))
-    _align.launch_backward(grad_out, taps, grad_nhwc)
     grad_in = new_cpu_tensor((batch_size, channels, height, width), dtype)
-    grad_in.numpy()[...] = grad_nhwc.transpose(0, 3, 1, 2)  # NumPy's transposing copy (see cpu_nhwc)
+    _align.launch_backward(grad_out, taps, grad_in.numpy())
     return grad_in.to(grad.dtype)
 
 

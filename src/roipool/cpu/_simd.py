@@ -197,3 +197,35 @@ def transpose_tile(src, src_start, src_stride, rows, cols, dst, dst_start, dst_s
     for j in range(jv, cols):
         for r in range(rows):
             dst[dst_start + j * dst_stride + r] = src[src_start + r * src_stride + j]
+
+
+@intrinsic
+def vzeros(typingctx, like):
+    """A vector of zeros of the dtype of the array ``like``."""
+    vt = Vector(like.dtype, lanes_of(like.dtype))
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(context.get_value_type(vt), None)
+
+    return vt(like), codegen
+
+
+@intrinsic
+def vmuladd(typingctx, acc, weight, value):
+    """``acc + weight * value`` lane by lane, ``weight`` a scalar.
+
+    Flagged ``contract`` only: LLVM may fuse the pair into one FMA (as the
+    kernels' ``fastmath={"contract"}`` allows for scalar code) but may not
+    reassociate, so every lane sums in the order the caller wrote.
+    """
+
+    def codegen(context, builder, sig, args):
+        a, w, v = args
+        w = context.cast(builder, w, sig.args[1], acc.dtype)
+        vector_type = context.get_value_type(acc)
+        one = builder.insert_element(ir.Constant(vector_type, ir.Undefined), w, ir.Constant(ir.IntType(32), 0))
+        splat = builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32), acc.lanes), None))
+        product = builder.fmul(splat, v, flags=("contract",))
+        return builder.fadd(a, product, flags=("contract",))
+
+    return acc(acc, weight, value), codegen
