@@ -51,11 +51,25 @@ class Taps:
         return self.batch, self.hptr, self.hidx, self.hwt, self.wptr, self.widx, self.wwt
 
 
-def launch_forward(x_nhwc, taps: Taps, out) -> None:
-    """``out (K, C, PH * PW)`` <- RoIAlign of ``x_nhwc (N, H, W, C)`` (C-contiguous, compute dtype)."""
-    if out.size:
-        with launch_lock:
-            kernels.forward(x_nhwc, *taps.arrays, taps.bounds, PATH, out)
+def launch_forward(x, taps: Taps, out) -> None:
+    """``out (K, C, PH * PW)`` <- RoIAlign of ``x (N, C, H, W)`` (compute dtype, any strides).
+
+    The kernel reads the map in a channel-blocked layout (``kernels.channel_blocks``),
+    a copy the size of ``x``, made here from ``(N, C, H, W)`` or channels-last
+    memory directly, otherwise from a C-contiguous copy.
+    """
+    if not out.size:
+        return
+    xb = np.empty(x.shape, x.dtype)
+    if x.flags.c_contiguous:
+        flat, cell_step, channel_step = x.reshape(-1), 1, x.shape[2] * x.shape[3]
+    elif x.transpose(0, 2, 3, 1).flags.c_contiguous:
+        flat, cell_step, channel_step = x.transpose(0, 2, 3, 1).reshape(-1), x.shape[1], 1
+    else:
+        flat, cell_step, channel_step = np.ascontiguousarray(x).reshape(-1), 1, x.shape[2] * x.shape[3]
+    with launch_lock:
+        kernels.channel_blocks(flat, cell_step, channel_step, xb)
+        kernels.forward(xb, *taps.arrays, taps.bounds, PATH, out)
 
 
 def launch_backward(grad_out, taps: Taps, grad_in) -> None:
@@ -135,7 +149,7 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     taps = Taps(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width)
     out = np.empty((rois.shape[0], channels, pooled_h * pooled_w), dtype)
     if out.size:
-        launch_forward(np.ascontiguousarray(input.transpose(0, 2, 3, 1), dtype=dtype), taps, out)
+        launch_forward(input.astype(dtype, copy=False), taps, out)
     return out.reshape(out.shape[0], channels, pooled_h, pooled_w).astype(input.dtype, copy=False)
 
 

@@ -627,7 +627,7 @@ _ROI_ALIGN_PARAMS = "float spatial_scale, int pooled_height, int pooled_width, i
 def _roi_align_cpu(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
     n, channels, height, width = input.shape
     dtype = compute_dtype(input.dtype)
-    x = cpu_nhwc(input, dtype)
+    x = input.detach().to(dtype).numpy()  # no copy in the compute dtype; the kernel reads any strides
     rois_np = cpu_rois(rois, n, dtype)
     taps = _align.Taps(rois_np, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, height, width)
     out = new_cpu_tensor((rois_np.shape[0], channels, pooled_height * pooled_width), dtype)

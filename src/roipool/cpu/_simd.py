@@ -16,6 +16,7 @@ from __future__ import annotations
 import numba
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 VECTOR_BYTES = 64
@@ -229,3 +230,24 @@ def vmuladd(typingctx, acc, weight, value):
         return builder.fadd(a, product, flags=("contract",))
 
     return acc(acc, weight, value), codegen
+
+
+@intrinsic
+def prefetch(typingctx, array, index):
+    """Hint that ``array[index]`` will be read soon: start loading its cache line into L1.
+
+    A hint only (``llvm.prefetch``): it never faults, even past the end of the array.
+    """
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        ptr = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]), "llvm.prefetch.p0"
+        )
+        # read, keep in all cache levels, data cache
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(array, types.intp), codegen

@@ -42,7 +42,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._simd import VECTOR_BYTES, transpose_tile, vload, vmuladd, vstore, vzeros
+from ._simd import VECTOR_BYTES, prefetch, transpose_tile, vload, vmuladd, vstore, vzeros
 
 _FASTMATH = {"contract"}  # allow fused multiply-add; no reassociation
 
@@ -80,38 +80,70 @@ def _rows_first_pays(hptr, wptr, span, path):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def forward(x, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, path, out):
-    """``out (K, C, PH * PW)`` <- RoIAlign of ``x (N, H, W, C)`` from the taps.
+def channel_blocks(x, cell_step, channel_step, xb):
+    """``xb`` <- the feature map in the channel-blocked layout :func:`forward` reads.
 
-    ``x`` and ``out`` must be C-contiguous (they are read and written through flat views).
+    ``x`` is a flat C-contiguous array holding ``xb.shape == (N, C, H, W)``
+    with element ``(n, c, h, w)`` at ``n * C * H * W + c * channel_step +
+    (h * W + w) * cell_step``: ``(H * W, 1)`` for ``(N, C, H, W)``,
+    ``(C, 1)`` swapped for ``(N, H, W, C)``. In the blocked layout the
+    channels ``[c0, c0 + cw)`` of a block (``UNROLL`` vectors wide; the last
+    may be narrower) of image ``n`` form one ``(H, W, cw)`` channels-last
+    array at ``(n * C + c0) * H * W``: a RoI's block of channels then reads
+    one compact region, and each cell's channels are contiguous.
     """
-    _, height, width, channels = x.shape
-    xf = x.reshape(-1)
+    images, channels, height, width = xb.shape
+    xbf = xb.reshape(-1)
+    plane = height * width
+    block = UNROLL * (VECTOR_BYTES // xb.itemsize)
+    nblocks = (channels + block - 1) // block
+    for item in numba.prange(images * nblocks):
+        n = item // nblocks
+        c0 = (item % nblocks) * block
+        cw = min(block, channels - c0)
+        src = n * channels * plane + c0 * channel_step
+        dst = (n * channels + c0) * plane
+        if cell_step == 1:
+            transpose_tile(x, src, channel_step, cw, plane, xbf, dst, cw)
+        else:
+            for cell in range(plane):
+                xbf[dst + cell * cw : dst + (cell + 1) * cw] = x[src + cell * cell_step : src + cell * cell_step + cw]
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def forward(xb, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, path, out):
+    """``out (K, C, PH * PW)`` <- RoIAlign of ``xb`` (shape ``(N, C, H, W)``, the layout of
+    :func:`channel_blocks`) from the taps. ``out`` must be C-contiguous.
+    """
+    _, channels, height, width = xb.shape
+    xf = xb.reshape(-1)
     outf = out.reshape(-1)
     nbins = out.shape[2]
-    block = UNROLL * (VECTOR_BYTES // x.itemsize)
+    plane = height * width
+    block = UNROLL * (VECTOR_BYTES // xb.itemsize)
     for run in numba.prange(bounds.shape[0] - 1):
-        tile = np.empty(nbins * block, x.dtype)
-        rows = np.empty(width * block, x.dtype)
-        for k in range(bounds[run], bounds[run + 1]):
-            cmin, span = _column_span(wptr[k], widx)
-            rows_first = _rows_first_pays(hptr[k], wptr[k], span, path)
-            for c0 in range(0, channels, block):
-                cw = min(block, channels - c0)
-                origin = batch[k] * height * width * channels + c0
-                if rows_first:
+        tile = np.empty(nbins * block, xb.dtype)
+        rows = np.empty(width * block, xb.dtype)
+        # Channel blocks outermost: the run's RoIs then read one block of the
+        # map (H * W * block values, L2-sized) before moving to the next.
+        for c0 in range(0, channels, block):
+            cw = min(block, channels - c0)
+            for k in range(bounds[run], bounds[run + 1]):
+                cmin, span = _column_span(wptr[k], widx)
+                origin = (batch[k] * channels + c0) * plane
+                if _rows_first_pays(hptr[k], wptr[k], span, path):
                     _forward_rows_first(
-                        xf, origin, width, channels, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, cmin, span, rows, tile, block
+                        xf, origin, width, cw, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, cmin, span, rows, tile, block
                     )
                 else:
-                    _forward_direct(xf, origin, width, channels, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, tile, block)
+                    _forward_direct(xf, origin, width, cw, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, tile, block)
                 transpose_tile(tile, 0, block, nbins, cw, outf, (k * channels + c0) * nbins, nbins)
 
 
 @numba.njit(cache=True, nogil=True)
 def _forward_direct(xf, origin, width, channels, cw, hptr, hidx, hwt, wptr, widx, wwt, tile, stride):
     """``tile[b * stride + c]`` <- bin ``b`` of channel ``c < cw``; cell ``(h, w)`` of
-    channel ``c`` is ``xf[origin + (h * width + w) * channels + c]``."""
+    channel ``c`` is ``xf[origin + (h * width + w) * channels + c]`` (``channels``: the cell step)."""
     pooled_h = hptr.shape[0] - 1
     pooled_w = wptr.shape[0] - 1
     for ph in range(pooled_h):
@@ -160,21 +192,31 @@ def backward(grad_out, batch, hptr, hidx, hwt, wptr, widx, wwt, order, starts, b
         for r in range(starts[n], starts[n + 1]):
             k = order[r]
             transpose_tile(gof, (k * channels + c0) * nbins, nbins, cw, nbins, g, 0, block)
+            # While this RoI is summed, the next one's gradient comes in from
+            # memory (a hint per bin, so the loads overlap the arithmetic).
+            ahead = (order[r + 1] * channels + c0) * nbins if r + 1 < starts[n + 1] else 0
+            ahead_len = cw * nbins if r + 1 < starts[n + 1] else 0
             cmin, span = _column_span(wptr[k], widx)
             if _rows_first_pays(hptr[k], wptr[k], span, path):
-                _backward_rows_first(g, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, width, cmin, span, cols, block)
+                _backward_rows_first(
+                    g, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, width, cmin, span, cols, block, gof, ahead, ahead_len
+                )
             else:
-                _backward_direct(g, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, width, block)
+                _backward_direct(g, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, width, block, gof, ahead, ahead_len)
         transpose_tile(acc, 0, block, cells, cw, gif, (n * channels + c0) * cells, cells)
 
 
 @numba.njit(cache=True, nogil=True)
-def _backward_direct(g, cw, hptr, hidx, hwt, wptr, widx, wwt, acc, width, stride):
-    """``acc[(h * width + w) * stride + c] +=`` the taps of one RoI weighted by ``g[b * stride + c]``, ``c < cw``."""
+def _backward_direct(g, cw, hptr, hidx, hwt, wptr, widx, wwt, acc, width, stride, ahead, ahead_start, ahead_len):
+    """``acc[(h * width + w) * stride + c] +=`` the taps of one RoI weighted by ``g[b * stride + c]``, ``c < cw``.
+
+    Prefetches ``ahead[ahead_start : ahead_start + ahead_len]`` on the way.
+    """
     pooled_h = hptr.shape[0] - 1
     pooled_w = wptr.shape[0] - 1
     for ph in range(pooled_h):
         for pw in range(pooled_w):
+            _prefetch_part(ahead, ahead_start, ahead_len, ph * pooled_w + pw, pooled_h * pooled_w)
             _scatter2(
                 g, (ph * pooled_w + pw) * stride, acc, 0, width * stride, hidx, hwt, hptr[ph], hptr[ph + 1],
                 stride, widx, wwt, wptr[pw], wptr[pw + 1], cw,
@@ -182,7 +224,9 @@ def _backward_direct(g, cw, hptr, hidx, hwt, wptr, widx, wwt, acc, width, stride
 
 
 @numba.njit(cache=True, nogil=True)
-def _backward_rows_first(g, cw, hptr, hidx, hwt, wptr, widx, wwt, acc, width, cmin, span, cols, stride):
+def _backward_rows_first(
+    g, cw, hptr, hidx, hwt, wptr, widx, wwt, acc, width, cmin, span, cols, stride, ahead, ahead_start, ahead_len
+):
     """As :func:`_backward_direct`, gathering each bin row's gradient per column first
     (``cols (>= span * stride)`` is scratch), then spreading it over the row taps."""
     pooled_h = hptr.shape[0] - 1
@@ -190,10 +234,20 @@ def _backward_rows_first(g, cw, hptr, hidx, hwt, wptr, widx, wwt, acc, width, cm
     for ph in range(pooled_h):
         cols[: span * stride] = 0
         for pw in range(pooled_w):
+            _prefetch_part(ahead, ahead_start, ahead_len, ph * pooled_w + pw, pooled_h * pooled_w)
             # cols[u] gathers column cmin + u
             _scatter(g, (ph * pooled_w + pw) * stride, cols, -cmin * stride, stride, widx, wwt, wptr[pw], wptr[pw + 1], cw)
         for u in range(span):
             _scatter(cols, u * stride, acc, (cmin + u) * stride, width * stride, hidx, hwt, hptr[ph], hptr[ph + 1], cw)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _prefetch_part(array, start, length, part, parts):
+    """Prefetch the cache lines of ``array[start : start + length]`` in part ``part`` of ``parts`` equal parts."""
+    lo = start + length * part // parts
+    hi = start + length * (part + 1) // parts
+    for i in range(lo, hi, VECTOR_BYTES // array.itemsize):
+        prefetch(array, i)
 
 
 # ---- weighted sums over taps, a block of channels at a time ----
