@@ -95,18 +95,23 @@ def launch_backward(grad_out, taps: Taps, grad_in) -> None:
 def channel_block(channels: int, images: int, itemsize: int, threads: int) -> int:
     """Channels per backward task: a multiple of the vector lanes, at most one register block.
 
-    Tasks are (image, channel block) pairs; the block chosen minimises the
-    channels on the busiest thread, about ``ceil(tasks / threads) * block``
-    but never more than all of them (ties go to the wider block, whose taps
-    are read once for more channels). Each task keeps an ``(H, W, block)``
-    scratch, which stays in L2 for maps of detection size.
+    Tasks are (image, channel block) pairs, split between the threads in
+    contiguous runs of about equal count (as ``prange`` schedules them). The
+    block chosen minimises the estimated work of the busiest thread, in
+    channels, where a channel outside a full register block costs 1.5 times
+    as much: it goes one vector at a time, re-reading the taps for each
+    (measured 1.4 to 1.7 times slower on the vgg16 workload). Ties go to the
+    wider block. Each task keeps an ``(H, W, block)`` scratch, which stays in
+    L2 for maps of detection size.
     """
     lanes = VECTOR_BYTES // itemsize
+    full = kernels.UNROLL * lanes
     best, best_load = lanes, None
-    for vectors in range(kernels.UNROLL, 0, -1):
-        block = vectors * lanes
-        tasks = images * -(-channels // block)
-        load = min(-(-tasks // threads) * min(block, channels), images * channels)
+    for block in range(full, 0, -lanes):
+        widths = [min(block, channels - c0) for c0 in range(0, channels, block)] * images
+        work = [w if w == full else 1.5 * w for w in widths]
+        bounds = [len(work) * t // threads for t in range(threads + 1)]
+        load = max(sum(work[bounds[t] : bounds[t + 1]]) for t in range(threads))
         if best_load is None or load < best_load:
             best, best_load = block, load
     return best
