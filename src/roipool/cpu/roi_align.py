@@ -1,17 +1,16 @@
 """RoIAlign on the CPU: forward and backward over separable bilinear taps.
 
-Layout: the feature map arrives channels-last ``(N, H, W, C)`` so that the
-inner loops run over ``C`` contiguously. The sample positions and bilinear
-weights of a RoI are shared by every channel, so they are computed once per
-call by ``_geometry.roi_align_taps`` as short per-axis tap lists, (row,
-weight) for each bin row and (column, weight) for each bin column; bin
-``(ph, pw)`` is the sum of ``wy * wx * x[n, row, col, :]`` over the row taps
-of ``ph`` and the column taps of ``pw``. Taps of zero weight are never read.
+The sample positions and bilinear weights of a RoI are shared by every
+channel, so they are computed once per call by ``_geometry.roi_align_taps``
+as short per-axis tap lists, (row, weight) for each bin row and (column,
+weight) for each bin column; bin ``(ph, pw)`` is the sum of
+``wy * wx * x[n, row, col, :]`` over the row taps of ``ph`` and the column
+taps of ``pw``. Taps of zero weight are never read.
 
 Two ways to evaluate that sum, chosen per RoI by operation count:
 
 - *direct*: every (row tap, column tap) pair of every bin, one multiply-add
-  over ``C`` each; best for large RoIs, whose bins share few cells;
+  over the channels each; best for large RoIs, whose bins share few cells;
 - *rows first*: for each bin row, first combine its row taps into one
   interpolated row over the columns the RoI touches, then each bin of that
   row combines its column taps from it; best for small RoIs, whose
@@ -22,19 +21,22 @@ float64 channels): a bin's block of sums lives in registers while its taps
 stream past (``_simd.vmuladd``), and is stored once. Narrower remainders go
 one vector, then one channel, at a time.
 
-Forward: runs of RoIs (``bounds``, balanced by tap count) go to threads.
-Each channel block of a RoI is summed into a small ``(bins, block)`` tile
-that stays in L1, and the tile is written transposed into the caller's
-``(K, C, PH * PW)`` output by ``_simd.transpose_tile``, so every output row
-is written once, whole.
+Forward: the map is first copied into a channel-blocked layout
+(:func:`channel_blocks`): each block of channels of an image is one compact
+channels-last ``(H, W, block)`` array. Runs of RoIs (``bounds``, balanced by
+tap count) go to threads, and a run walks its RoIs once per channel block,
+so the block of the map it reads stays in L2. Each channel block of a RoI is
+summed into a small ``(bins, block)`` tile in L1, transposed
+(``_simd.transpose_tile``) into a staging buffer and copied to the caller's
+``(K, C, PH * PW)`` output as whole aligned cache lines.
 
 Backward: threads take (image, channel block) pairs, so each owns the part
 of ``grad_input`` it writes: no atomics, and every element sums its
 contributions in the same order whatever the thread count (deterministic).
 A pair accumulates into a private channels-last ``(H, W, block)`` scratch
 that fits in L2, reading each RoI's gradient as a transposed ``(bins,
-block)`` tile, and finally writes the scratch transposed into the
-``(N, C, H, W)`` gradient.
+block)`` tile (the next RoI's is prefetched meanwhile), and finally writes
+the scratch transposed into the ``(N, C, H, W)`` gradient.
 """
 
 from __future__ import annotations
