@@ -338,6 +338,27 @@ def test_backward_is_deterministic_and_independent_of_thread_count():
 # ---- layouts, dtypes and empty sets ----
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_is_the_same_for_every_channel_block(monkeypatch, dtype):
+    # the thread count picks the backward's channel block (a multiple of the
+    # vector lanes); every channel must sum in the same order whatever it is
+    from roipool import _align
+    from roipool.cpu import roi_align as kernels
+    from roipool.cpu._simd import VECTOR_BYTES
+
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(17)
+    x_shape = (2, 300, 11, 13)  # 300: register blocks, single vectors and a scalar tail
+    rois = random_rois(rng, 80, 2, 11, 13, 0.5)
+    g = rng.standard_normal((80, 300, 3, 4)).astype(dtype)
+    results = []
+    for block in (kernels.UNROLL * lanes, 3 * lanes, lanes):
+        monkeypatch.setattr(_align, "channel_block", lambda *args, block=block: block)
+        results.append(roipool.roi_align_backward(g, rois, x_shape, (3, 4), 0.5, -1, True))
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+
+
 def test_float16_is_computed_in_float32():
     rng = np.random.default_rng(12)
     x = rng.standard_normal((1, 3, 6, 7)).astype(np.float16)
