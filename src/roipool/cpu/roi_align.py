@@ -179,16 +179,23 @@ def _forward_direct(xf, origin, width, channels, cw, hptr, hidx, hwt, wptr, widx
 
 
 @numba.njit(cache=True, nogil=True)
-def _forward_rows_first(xf, origin, width, channels, cw, hptr, hidx, hwt, wptr, widx, wwt, cmin, span, rows, tile, stride):
+def _forward_rows_first(
+    xf, origin, width, channels, cw, hptr, hidx, hwt, wptr, widx, wwt, cmin, span, rows, tile, stride
+):
     """As :func:`_forward_direct`, interpolating each bin row once: ``rows (>= span * stride)`` is scratch."""
     pooled_h = hptr.shape[0] - 1
     pooled_w = wptr.shape[0] - 1
     for ph in range(pooled_h):
         for u in range(span):
-            _gather(xf, origin + (cmin + u) * channels, width * channels, hidx, hwt, hptr[ph], hptr[ph + 1], rows, u * stride, cw)
+            _gather(
+                xf, origin + (cmin + u) * channels, width * channels, hidx, hwt, hptr[ph], hptr[ph + 1],
+                rows, u * stride, cw,
+            )
         for pw in range(pooled_w):
             # rows[u] holds column cmin + u
-            _gather(rows, -cmin * stride, stride, widx, wwt, wptr[pw], wptr[pw + 1], tile, (ph * pooled_w + pw) * stride, cw)
+            _gather(
+                rows, -cmin * stride, stride, widx, wwt, wptr[pw], wptr[pw + 1], tile, (ph * pooled_w + pw) * stride, cw
+            )
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -200,7 +207,7 @@ def backward(grad_out, batch, hptr, hidx, hwt, wptr, widx, wwt, order, starts, b
     channels) pairs are the unit of parallel work; ``block`` must be a
     multiple of the vector lanes. Both arrays must be C-contiguous.
     """
-    k_total, channels, nbins = grad_out.shape
+    _, channels, nbins = grad_out.shape
     images, _, height, width = grad_in.shape
     gof = grad_out.reshape(-1)
     gif = grad_in.reshape(-1)
@@ -223,10 +230,13 @@ def backward(grad_out, batch, hptr, hidx, hwt, wptr, widx, wwt, order, starts, b
             cmin, span = _column_span(wptr[k], widx)
             if _rows_first_pays(hptr[k], wptr[k], span, path):
                 _backward_rows_first(
-                    g, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, width, cmin, span, cols, block, gof, ahead, ahead_len
+                    g, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, width, cmin, span, cols, block,
+                    gof, ahead, ahead_len,
                 )
             else:
-                _backward_direct(g, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, width, block, gof, ahead, ahead_len)
+                _backward_direct(
+                    g, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, width, block, gof, ahead, ahead_len
+                )
         transpose_tile(acc, 0, block, cells, cw, gif, (n * channels + c0) * cells, cells)
 
 
@@ -260,7 +270,9 @@ def _backward_rows_first(
         for pw in range(pooled_w):
             _prefetch_part(ahead, ahead_start, ahead_len, ph * pooled_w + pw, pooled_h * pooled_w)
             # cols[u] gathers column cmin + u
-            _scatter(g, (ph * pooled_w + pw) * stride, cols, -cmin * stride, stride, widx, wwt, wptr[pw], wptr[pw + 1], cw)
+            _scatter(
+                g, (ph * pooled_w + pw) * stride, cols, -cmin * stride, stride, widx, wwt, wptr[pw], wptr[pw + 1], cw
+            )
         for u in range(span):
             _scatter(cols, u * stride, acc, (cmin + u) * stride, width * stride, hidx, hwt, hptr[ph], hptr[ph + 1], cw)
 
