@@ -102,6 +102,26 @@ def test_both_evaluation_orders_match_reference(monkeypatch, path):
         check_against_reference(x, rois, 2, 0.5, 2, False)
 
 
+@pytest.mark.parametrize("path", ["DIRECT", "ROWS_FIRST"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wide_channel_blocks_match_reference(monkeypatch, path, dtype):
+    # 147 float32 channels = a 128-channel register block + one 16-lane vector
+    # + 3 single channels (float64: 2 x 64 + 2 x 8 + 3); the backward runs with
+    # its widest block and with a one-vector block
+    from roipool import _align
+    from roipool.cpu import roi_align as kernels
+    from roipool.cpu._simd import VECTOR_BYTES
+
+    monkeypatch.setattr(_align, "PATH", getattr(kernels, path))
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal((2, 147, 9, 12)).astype(dtype)
+    rois = random_rois(rng, 12, 2, 9, 12, 0.5)
+    for block in (kernels.UNROLL * lanes, lanes):
+        monkeypatch.setattr(_align, "channel_block", lambda *args, block=block: block)
+        check_against_reference(x, rois, (3, 4), 0.5, 2, True)
+
+
 def test_many_samples_per_bin_skip_only_samples_off_the_map():
     # more than 32 samples per side: the kernels bisect for the samples near the map
     x = np.random.default_rng(2).standard_normal((1, 2, 4, 5))
@@ -316,6 +336,27 @@ def test_backward_is_deterministic_and_independent_of_thread_count():
 
 
 # ---- layouts, dtypes and empty sets ----
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_is_the_same_for_every_channel_block(monkeypatch, dtype):
+    # the thread count picks the backward's channel block (a multiple of the
+    # vector lanes); every channel must sum in the same order whatever it is
+    from roipool import _align
+    from roipool.cpu import roi_align as kernels
+    from roipool.cpu._simd import VECTOR_BYTES
+
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(17)
+    x_shape = (2, 300, 11, 13)  # 300: register blocks, single vectors and a scalar tail
+    rois = random_rois(rng, 80, 2, 11, 13, 0.5)
+    g = rng.standard_normal((80, 300, 3, 4)).astype(dtype)
+    results = []
+    for block in (kernels.UNROLL * lanes, 3 * lanes, lanes):
+        monkeypatch.setattr(_align, "channel_block", lambda *args, block=block: block)
+        results.append(roipool.roi_align_backward(g, rois, x_shape, (3, 4), 0.5, -1, True))
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
 
 
 def test_float16_is_computed_in_float32():

@@ -20,6 +20,7 @@ from ._geometry import roi_align_taps
 from ._pool import compute_dtype
 from .cpu import roi_align as kernels
 from .cpu._parallel import balanced_chunks, launch_lock
+from .cpu._simd import VECTOR_BYTES
 
 # How the kernels evaluate each RoI (``kernels.AUTO``: the cheaper way per
 # RoI); the tests force each way in turn.
@@ -50,26 +51,70 @@ class Taps:
         return self.batch, self.hptr, self.hidx, self.hwt, self.wptr, self.widx, self.wwt
 
 
-def launch_forward(x_nhwc, taps: Taps, out) -> None:
-    """``out (K, C, PH * PW)`` <- RoIAlign of ``x_nhwc (N, H, W, C)`` (C-contiguous, compute dtype)."""
-    if out.size:
-        with launch_lock:
-            kernels.forward(x_nhwc, *taps.arrays, taps.bounds, PATH, out)
+def launch_forward(x, taps: Taps, out) -> None:
+    """``out (K, C, PH * PW)`` <- RoIAlign of ``x (N, C, H, W)`` (compute dtype, any strides).
+
+    The kernel reads the map in a channel-blocked layout (``kernels.channel_blocks``),
+    a copy the size of ``x``, made here from ``(N, C, H, W)`` or channels-last
+    memory directly, otherwise from a C-contiguous copy.
+    """
+    if not out.size:
+        return
+    xb = np.empty(x.shape, x.dtype)
+    if x.flags.c_contiguous:
+        flat, cell_step, channel_step = x.reshape(-1), 1, x.shape[2] * x.shape[3]
+    elif x.transpose(0, 2, 3, 1).flags.c_contiguous:
+        flat, cell_step, channel_step = x.transpose(0, 2, 3, 1).reshape(-1), x.shape[1], 1
+    else:
+        flat, cell_step, channel_step = np.ascontiguousarray(x).reshape(-1), 1, x.shape[2] * x.shape[3]
+    with launch_lock:
+        kernels.channel_blocks(flat, cell_step, channel_step, xb)
+        kernels.forward(xb, *taps.arrays, taps.bounds, PATH, out)
 
 
-def launch_backward(grad_out, taps: Taps, grad_in_nhwc) -> None:
-    """``grad_in_nhwc (N, H, W, C)`` (zeroed by the caller) += the adjoint applied to ``grad_out (K, C, PH * PW)``."""
-    if grad_out.size and grad_in_nhwc.size:
-        with launch_lock:
-            kernels.backward(grad_out, *taps.arrays, _channel_block(grad_out.shape[1]), PATH, grad_in_nhwc)
+def launch_backward(grad_out, taps: Taps, grad_in) -> None:
+    """``grad_in (N, C, H, W)`` (C-contiguous) <- the adjoint applied to ``grad_out (K, C, PH * PW)``.
+
+    Every element of ``grad_in`` is written (no zeroing needed beforehand).
+    """
+    if not grad_in.size:
+        return
+    if not grad_out.size:
+        grad_in[...] = 0
+        return
+    images, channels = grad_in.shape[:2]
+    # The RoIs of each image, in ascending order: each kernel task sums one
+    # image's RoIs into its own scratch.
+    order = np.argsort(taps.batch, kind="stable")
+    starts = np.searchsorted(taps.batch[order], np.arange(images + 1)).astype(np.int64)
+    block = channel_block(channels, images, grad_out.itemsize, numba.get_num_threads())
+    with launch_lock:
+        kernels.backward(grad_out, *taps.arrays, order, starts, block, PATH, grad_in)
 
 
-def _channel_block(channels: int) -> int:
-    """Channels per backward work item: one equal share per thread, rounded up to
-    a multiple of 16 (whole cache lines of float32). Wide blocks pay: each block
-    re-reads the RoI taps and transposes its slice of ``grad_output``."""
-    share = -(-channels // numba.get_num_threads())
-    return max(16, -(-share // 16) * 16)
+def channel_block(channels: int, images: int, itemsize: int, threads: int) -> int:
+    """Channels per backward task: a multiple of the vector lanes, at most one register block.
+
+    Tasks are (image, channel block) pairs, split between the threads in
+    contiguous runs of about equal count (as ``prange`` schedules them). The
+    block chosen minimises the estimated work of the busiest thread, in
+    channels, where a channel outside a full register block costs 1.5 times
+    as much: it goes one vector at a time, re-reading the taps for each
+    (measured 1.4 to 1.7 times slower on the vgg16 workload). Ties go to the
+    wider block. Each task keeps an ``(H, W, block)`` scratch, which stays in
+    L2 for maps of detection size.
+    """
+    lanes = VECTOR_BYTES // itemsize
+    full = kernels.UNROLL * lanes
+    best, best_load = lanes, None
+    for block in range(full, 0, -lanes):
+        widths = [min(block, channels - c0) for c0 in range(0, channels, block)] * images
+        work = [w if w == full else 1.5 * w for w in widths]
+        bounds = [len(work) * t // threads for t in range(threads + 1)]
+        load = max(sum(work[bounds[t] : bounds[t + 1]]) for t in range(threads))
+        if best_load is None or load < best_load:
+            best, best_load = block, load
+    return best
 
 
 def _check_scaled_boxes(rois, scale, aligned, pooled_h, pooled_w):
@@ -109,7 +154,7 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     taps = Taps(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width)
     out = np.empty((rois.shape[0], channels, pooled_h * pooled_w), dtype)
     if out.size:
-        launch_forward(np.ascontiguousarray(input.transpose(0, 2, 3, 1), dtype=dtype), taps, out)
+        launch_forward(input.astype(dtype, copy=False), taps, out)
     return out.reshape(out.shape[0], channels, pooled_h, pooled_w).astype(input.dtype, copy=False)
 
 
@@ -133,7 +178,7 @@ def roi_align_backward(
     if rois.shape[0] != k:
         raise ValueError(f"boxes hold {rois.shape[0]} RoIs but grad_output has {k}")
     taps = Taps(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width)
-    grad_in = np.zeros((n, height, width, channels), dtype)
+    grad_in = np.empty((n, channels, height, width), dtype)
     go = np.ascontiguousarray(grad_output, dtype=dtype).reshape(k, channels, pooled_h * pooled_w)
     launch_backward(go, taps, grad_in)
-    return grad_in.transpose(0, 3, 1, 2).astype(grad_output.dtype, order="C")
+    return grad_in.astype(grad_output.dtype, copy=False)

@@ -627,7 +627,7 @@ _ROI_ALIGN_PARAMS = "float spatial_scale, int pooled_height, int pooled_width, i
 def _roi_align_cpu(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
     n, channels, height, width = input.shape
     dtype = compute_dtype(input.dtype)
-    x = cpu_nhwc(input, dtype)
+    x = input.detach().to(dtype).numpy()  # no copy in the compute dtype; the kernel reads any strides
     rois_np = cpu_rois(rois, n, dtype)
     taps = _align.Taps(rois_np, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, height, width)
     out = new_cpu_tensor((rois_np.shape[0], channels, pooled_height * pooled_width), dtype)
@@ -647,10 +647,8 @@ def _roi_align_backward_cpu(
     grad_out = grad.detach().to(dtype).contiguous().numpy().reshape(k, channels, pooled_height * pooled_width)
     rois_np = cpu_rois(rois, batch_size, dtype)
     taps = _align.Taps(rois_np, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, height, width)
-    grad_nhwc = np.zeros((batch_size, height, width, channels), _numpy_dtype(dtype))
-    _align.launch_backward(grad_out, taps, grad_nhwc)
     grad_in = new_cpu_tensor((batch_size, channels, height, width), dtype)
-    grad_in.numpy()[...] = grad_nhwc.transpose(0, 3, 1, 2)  # NumPy's transposing copy (see cpu_nhwc)
+    _align.launch_backward(grad_out, taps, grad_in.numpy())
     return grad_in.to(grad.dtype)
 
 

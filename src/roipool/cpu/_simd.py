@@ -16,6 +16,7 @@ from __future__ import annotations
 import numba
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 VECTOR_BYTES = 64
@@ -197,3 +198,56 @@ def transpose_tile(src, src_start, src_stride, rows, cols, dst, dst_start, dst_s
     for j in range(jv, cols):
         for r in range(rows):
             dst[dst_start + j * dst_stride + r] = src[src_start + r * src_stride + j]
+
+
+@intrinsic
+def vzeros(typingctx, like):
+    """A vector of zeros of the dtype of the array ``like``."""
+    vt = Vector(like.dtype, lanes_of(like.dtype))
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(context.get_value_type(vt), None)
+
+    return vt(like), codegen
+
+
+@intrinsic
+def vmuladd(typingctx, acc, weight, value):
+    """``acc + weight * value`` lane by lane, ``weight`` a scalar.
+
+    Flagged ``contract`` only: LLVM may fuse the pair into one FMA (as the
+    kernels' ``fastmath={"contract"}`` allows for scalar code) but may not
+    reassociate, so every lane sums in the order the caller wrote.
+    """
+
+    def codegen(context, builder, sig, args):
+        a, w, v = args
+        w = context.cast(builder, w, sig.args[1], acc.dtype)
+        vector_type = context.get_value_type(acc)
+        one = builder.insert_element(ir.Constant(vector_type, ir.Undefined), w, ir.Constant(ir.IntType(32), 0))
+        splat = builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32), acc.lanes), None))
+        product = builder.fmul(splat, v, flags=("contract",))
+        return builder.fadd(a, product, flags=("contract",))
+
+    return acc(acc, weight, value), codegen
+
+
+@intrinsic
+def prefetch(typingctx, array, index):
+    """Hint that ``array[index]`` will be read soon: start loading its cache line into L1.
+
+    A hint only (``llvm.prefetch``): it never faults, even past the end of the array.
+    """
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        ptr = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]), "llvm.prefetch.p0"
+        )
+        # read, keep in all cache levels, data cache
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(array, types.intp), codegen

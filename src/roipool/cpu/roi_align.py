@@ -1,31 +1,42 @@
 """RoIAlign on the CPU: forward and backward over separable bilinear taps.
 
-Layout: the feature map arrives channels-last ``(N, H, W, C)`` so that the
-inner loops run over ``C`` contiguously and vectorise. The sample positions
-and bilinear weights of a RoI are shared by every channel, so they are
-computed once per call by ``_geometry.roi_align_taps`` as short per-axis tap
-lists, (row, weight) for each bin row and (column, weight) for each bin
-column; bin ``(ph, pw)`` is the sum of ``wy * wx * x[n, row, col, :]`` over
-the row taps of ``ph`` and the column taps of ``pw``. Taps of zero weight are
-never read.
+The sample positions and bilinear weights of a RoI are shared by every
+channel, so they are computed once per call by ``_geometry.roi_align_taps``
+as short per-axis tap lists, (row, weight) for each bin row and (column,
+weight) for each bin column; bin ``(ph, pw)`` is the sum of
+``wy * wx * x[n, row, col, :]`` over the row taps of ``ph`` and the column
+taps of ``pw``. Taps of zero weight are never read.
 
 Two ways to evaluate that sum, chosen per RoI by operation count:
 
 - *direct*: every (row tap, column tap) pair of every bin, one multiply-add
-  over ``C`` each; best for large RoIs, whose bins share few cells;
+  over the channels each; best for large RoIs, whose bins share few cells;
 - *rows first*: for each bin row, first combine its row taps into one
   interpolated row over the columns the RoI touches, then each bin of that
   row combines its column taps from it; best for small RoIs, whose
   neighbouring bins read the same cells.
 
-Forward: runs of RoIs (``bounds``, balanced by tap count) go to threads; each
-run fills a per-thread ``(bins, C)`` buffer and writes it transposed into the
-caller's ``(K, C, pooled_h * pooled_w)`` output.
+Channels go in blocks of ``UNROLL`` 64-byte vectors (128 float32 or 64
+float64 channels): a bin's block of sums lives in registers while its taps
+stream past (``_simd.vmuladd``), and is stored once. Narrower remainders go
+one vector, then one channel, at a time.
 
-Backward: threads split the channels into blocks, so each owns the part of
-``grad_input`` it writes: no atomics, no private copies of the input
-gradient, and every element sums its contributions in the same order
-whatever the thread count (deterministic).
+Forward: the map is first copied into a channel-blocked layout
+(:func:`channel_blocks`): each block of channels of an image is one compact
+channels-last ``(H, W, block)`` array. Runs of RoIs (``bounds``, balanced by
+tap count) go to threads, and a run walks its RoIs once per channel block,
+so the block of the map it reads stays in L2. Each channel block of a RoI is
+summed into a small ``(bins, block)`` tile in L1, transposed
+(``_simd.transpose_tile``) into a staging buffer and copied to the caller's
+``(K, C, PH * PW)`` output as whole aligned cache lines.
+
+Backward: threads take (image, channel block) pairs, so each owns the part
+of ``grad_input`` it writes: no atomics, and every element sums its
+contributions in the same order whatever the thread count (deterministic).
+A pair accumulates into a private channels-last ``(H, W, block)`` scratch
+that fits in L2, reading each RoI's gradient as a transposed ``(bins,
+block)`` tile (the next RoI's is prefetched meanwhile), and finally writes
+the scratch transposed into the ``(N, C, H, W)`` gradient.
 """
 
 from __future__ import annotations
@@ -33,10 +44,16 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ._simd import VECTOR_BYTES, prefetch, transpose_tile, vload, vmuladd, vstore, vzeros
+
 _FASTMATH = {"contract"}  # allow fused multiply-add; no reassociation
 
 # ``path`` argument of the kernels: choose per RoI, or force one way (tests).
 AUTO, DIRECT, ROWS_FIRST = 0, 1, 2
+
+# Vectors summed together per pass over a bin's taps: 8 accumulators (and,
+# in the backward, 8 gradient vectors) stay in registers.
+UNROLL = 8
 
 
 @numba.njit(cache=True, nogil=True)
@@ -65,151 +82,388 @@ def _rows_first_pays(hptr, wptr, span, path):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def forward(x, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, path, out):
-    """``out (K, C, PH * PW)`` <- RoIAlign of ``x (N, H, W, C)`` from the taps."""
-    nbins = out.shape[2]
-    for run in numba.prange(bounds.shape[0] - 1):
-        buf = np.empty((nbins, x.shape[3]), x.dtype)
-        rows = np.empty((x.shape[2], x.shape[3]), x.dtype)
-        for k in range(bounds[run], bounds[run + 1]):
-            cmin, span = _column_span(wptr[k], widx)
-            if _rows_first_pays(hptr[k], wptr[k], span, path):
-                _forward_rows_first(x[batch[k]], hptr[k], hidx, hwt, wptr[k], widx, wwt, cmin, span, rows, buf)
-            else:
-                _forward_direct(x[batch[k]], hptr[k], hidx, hwt, wptr[k], widx, wwt, buf)
-            _transpose(buf, out[k])
+def channel_blocks(x, cell_step, channel_step, xb):
+    """``xb`` <- the feature map in the channel-blocked layout :func:`forward` reads.
 
-
-# The per-RoI loops live in plain functions: LLVM vectorises the channel loops
-# there, but not when the same loops sit in the body of a prange.
-@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _forward_direct(image, hptr, hidx, hwt, wptr, widx, wwt, buf):
-    """``buf (PH * PW, C)`` <- the bins of one RoI over ``image (H, W, C)``."""
-    channels = image.shape[2]
-    pooled_h = hptr.shape[0] - 1
-    pooled_w = wptr.shape[0] - 1
-    for ph in range(pooled_h):
-        for pw in range(pooled_w):
-            acc = buf[ph * pooled_w + pw]
-            for c in range(channels):
-                acc[c] = 0
-            for i in range(hptr[ph], hptr[ph + 1]):
-                row = image[hidx[i]]
-                wy = hwt[i]
-                for j in range(wptr[pw], wptr[pw + 1]):
-                    weight = wy * wwt[j]
-                    v = row[widx[j]]
-                    for c in range(channels):
-                        acc[c] += weight * v[c]
-
-
-@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _forward_rows_first(image, hptr, hidx, hwt, wptr, widx, wwt, cmin, span, rows, buf):
-    """As :func:`_forward_direct`, interpolating each bin row once: ``rows (>= span, C)`` is scratch."""
-    channels = image.shape[2]
-    pooled_h = hptr.shape[0] - 1
-    pooled_w = wptr.shape[0] - 1
-    for ph in range(pooled_h):
-        for u in range(span):
-            r = rows[u]
-            for c in range(channels):
-                r[c] = 0
-        for i in range(hptr[ph], hptr[ph + 1]):
-            src = image[hidx[i]]
-            wy = hwt[i]
-            for u in range(span):
-                v = src[cmin + u]
-                r = rows[u]
-                for c in range(channels):
-                    r[c] += wy * v[c]
-        for pw in range(pooled_w):
-            acc = buf[ph * pooled_w + pw]
-            for c in range(channels):
-                acc[c] = 0
-            for j in range(wptr[pw], wptr[pw + 1]):
-                wx = wwt[j]
-                r = rows[widx[j] - cmin]
-                for c in range(channels):
-                    acc[c] += wx * r[c]
-
-
-@numba.njit(cache=True, nogil=True)
-def _transpose(buf, dst):
-    """``dst (C, B)`` <- ``buf (B, C)``."""
-    nbins, channels = buf.shape
-    for c in range(channels):
-        for b in range(nbins):
-            dst[c, b] = buf[b, c]
+    ``x`` is a flat C-contiguous array holding ``xb.shape == (N, C, H, W)``
+    with element ``(n, c, h, w)`` at ``n * C * H * W + c * channel_step +
+    (h * W + w) * cell_step``: ``(H * W, 1)`` for ``(N, C, H, W)``,
+    ``(C, 1)`` swapped for ``(N, H, W, C)``. In the blocked layout the
+    channels ``[c0, c0 + cw)`` of a block (``UNROLL`` vectors wide; the last
+    may be narrower) of image ``n`` form one ``(H, W, cw)`` channels-last
+    array at ``(n * C + c0) * H * W``: a RoI's block of channels then reads
+    one compact region, and each cell's channels are contiguous.
+    """
+    images, channels, height, width = xb.shape
+    xbf = xb.reshape(-1)
+    plane = height * width
+    block = UNROLL * (VECTOR_BYTES // xb.itemsize)
+    nblocks = (channels + block - 1) // block
+    for item in numba.prange(images * nblocks):
+        n = item // nblocks
+        c0 = (item % nblocks) * block
+        cw = min(block, channels - c0)
+        src = n * channels * plane + c0 * channel_step
+        dst = (n * channels + c0) * plane
+        if cell_step == 1:
+            transpose_tile(x, src, channel_step, cw, plane, xbf, dst, cw)
+        else:
+            for cell in range(plane):
+                xbf[dst + cell * cw : dst + (cell + 1) * cw] = x[src + cell * cell_step : src + cell * cell_step + cw]
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def backward(grad_out, batch, hptr, hidx, hwt, wptr, widx, wwt, block, path, grad_in):
-    """``grad_in (N, H, W, C)`` += the adjoint of :func:`forward` applied to ``grad_out (K, C, PH * PW)``.
-
-    Channel blocks of ``block`` channels are the unit of parallel work.
+def forward(xb, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, path, out):
+    """``out (K, C, PH * PW)`` <- RoIAlign of ``xb`` (shape ``(N, C, H, W)``, the layout of
+    :func:`channel_blocks`) from the taps. ``out`` must be C-contiguous.
     """
-    k_total, channels, nbins = grad_out.shape
-    nblocks = (channels + block - 1) // block
-    for blk in numba.prange(nblocks):
-        c0 = blk * block
-        c1 = min(channels, c0 + block)
-        g = np.empty((nbins, c1 - c0), grad_out.dtype)
-        cols = np.empty((grad_in.shape[2], c1 - c0), grad_out.dtype)
-        for k in range(k_total):
-            _transpose(grad_out[k, c0:c1], g)
-            cmin, span = _column_span(wptr[k], widx)
-            if _rows_first_pays(hptr[k], wptr[k], span, path):
-                _backward_rows_first(g, hptr[k], hidx, hwt, wptr[k], widx, wwt, grad_in[batch[k]], c0, cmin, span, cols)
-            else:
-                _backward_direct(g, hptr[k], hidx, hwt, wptr[k], widx, wwt, grad_in[batch[k]], c0)
+    _, channels, height, width = xb.shape
+    xf = xb.reshape(-1)
+    outf = out.reshape(-1)
+    nbins = out.shape[2]
+    plane = height * width
+    block = UNROLL * (VECTOR_BYTES // xb.itemsize)
+    for run in numba.prange(bounds.shape[0] - 1):
+        tile = np.empty(nbins * block, xb.dtype)
+        stage = np.empty(nbins * block, xb.dtype)
+        rows = np.empty(width * block, xb.dtype)
+        # Channel blocks outermost: the run's RoIs then read one block of the
+        # map (H * W * block values, L2-sized) before moving to the next.
+        for c0 in range(0, channels, block):
+            cw = min(block, channels - c0)
+            for k in range(bounds[run], bounds[run + 1]):
+                cmin, span = _column_span(wptr[k], widx)
+                origin = (batch[k] * channels + c0) * plane
+                if _rows_first_pays(hptr[k], wptr[k], span, path):
+                    _forward_rows_first(
+                        xf, origin, width, cw, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, cmin, span, rows, tile, block
+                    )
+                else:
+                    _forward_direct(xf, origin, width, cw, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, tile, block)
+                transpose_tile(tile, 0, block, nbins, cw, stage, 0, nbins)
+                _copy_to_lines(stage, outf, (k * channels + c0) * nbins, cw * nbins)
 
 
-# Writes go through slices ``[c0 : c0 + width]``, not offset indices: Numba
-# cannot tell that ``c0 + c`` is not negative, and the wraparound test it
-# would insert blocks vectorisation.
-@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _backward_direct(g, hptr, hidx, hwt, wptr, widx, wwt, image_grad, c0):
-    """``image_grad[:, :, c0:c0 + c] (H, W, C)`` += the taps of one RoI weighted by ``g (PH * PW, c)``."""
-    width = g.shape[1]
+@numba.njit(cache=True, nogil=True)
+def _copy_to_lines(src, dst, start, length):
+    """``dst[start : start + length] = src[:length]``, storing whole aligned 64-byte lines.
+
+    The output rows of a RoI (``PH * PW`` values each) do not start on cache
+    lines, so transposing straight into them would split most vector stores
+    over two lines; the tile is transposed into ``src`` (in L1) instead.
+    """
+    lanes = VECTOR_BYTES // dst.itemsize
+    head = min(length, ((-(dst.ctypes.data + start * dst.itemsize)) % VECTOR_BYTES) // dst.itemsize)
+    for i in range(head):
+        dst[start + i] = src[i]
+    i = head
+    while i + lanes <= length:
+        vstore(dst, start + i, vload(src, i))
+        i += lanes
+    for j in range(i, length):
+        dst[start + j] = src[j]
+
+
+@numba.njit(cache=True, nogil=True)
+def _forward_direct(xf, origin, width, channels, cw, hptr, hidx, hwt, wptr, widx, wwt, tile, stride):
+    """``tile[b * stride + c]`` <- bin ``b`` of channel ``c < cw``; cell ``(h, w)`` of
+    channel ``c`` is ``xf[origin + (h * width + w) * channels + c]`` (``channels``: the cell step)."""
     pooled_h = hptr.shape[0] - 1
     pooled_w = wptr.shape[0] - 1
     for ph in range(pooled_h):
         for pw in range(pooled_w):
-            gb = g[ph * pooled_w + pw]
-            for i in range(hptr[ph], hptr[ph + 1]):
-                row = image_grad[hidx[i]]
-                wy = hwt[i]
-                for j in range(wptr[pw], wptr[pw + 1]):
-                    weight = wy * wwt[j]
-                    dst = row[widx[j], c0 : c0 + width]
-                    for c in range(width):
-                        dst[c] += weight * gb[c]
+            _gather2(
+                xf, origin, width * channels, hidx, hwt, hptr[ph], hptr[ph + 1],
+                channels, widx, wwt, wptr[pw], wptr[pw + 1], tile, (ph * pooled_w + pw) * stride, cw,
+            )
 
 
-@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _backward_rows_first(g, hptr, hidx, hwt, wptr, widx, wwt, image_grad, c0, cmin, span, cols):
-    """As :func:`_backward_direct`, gathering each bin row's gradient per column first
-    (``cols (>= span, c)`` is scratch), then spreading it over the row taps."""
-    width = g.shape[1]
+@numba.njit(cache=True, nogil=True)
+def _forward_rows_first(
+    xf, origin, width, channels, cw, hptr, hidx, hwt, wptr, widx, wwt, cmin, span, rows, tile, stride
+):
+    """As :func:`_forward_direct`, interpolating each bin row once: ``rows (>= span * stride)`` is scratch."""
     pooled_h = hptr.shape[0] - 1
     pooled_w = wptr.shape[0] - 1
     for ph in range(pooled_h):
         for u in range(span):
-            t = cols[u]
-            for c in range(width):
-                t[c] = 0
+            _gather(
+                xf, origin + (cmin + u) * channels, width * channels, hidx, hwt, hptr[ph], hptr[ph + 1],
+                rows, u * stride, cw,
+            )
         for pw in range(pooled_w):
-            gb = g[ph * pooled_w + pw]
-            for j in range(wptr[pw], wptr[pw + 1]):
-                wx = wwt[j]
-                t = cols[widx[j] - cmin]
-                for c in range(width):
-                    t[c] += wx * gb[c]
-        for i in range(hptr[ph], hptr[ph + 1]):
-            row = image_grad[hidx[i]]
-            wy = hwt[i]
-            for u in range(span):
-                t = cols[u]
-                dst = row[cmin + u, c0 : c0 + width]
-                for c in range(width):
-                    dst[c] += wy * t[c]
+            # rows[u] holds column cmin + u
+            _gather(
+                rows, -cmin * stride, stride, widx, wwt, wptr[pw], wptr[pw + 1], tile, (ph * pooled_w + pw) * stride, cw
+            )
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def backward(grad_out, batch, hptr, hidx, hwt, wptr, widx, wwt, order, starts, block, path, grad_in):
+    """``grad_in (N, C, H, W)`` <- the adjoint of :func:`forward` applied to ``grad_out (K, C, PH * PW)``.
+
+    Every element of ``grad_in`` is written. The RoIs of image ``n`` are
+    ``order[starts[n]:starts[n + 1]]``, ascending. (image, ``block``
+    channels) pairs are the unit of parallel work; ``block`` must be a
+    multiple of the vector lanes. Both arrays must be C-contiguous.
+    """
+    _, channels, nbins = grad_out.shape
+    images, _, height, width = grad_in.shape
+    gof = grad_out.reshape(-1)
+    gif = grad_in.reshape(-1)
+    cells = height * width
+    nblocks = (channels + block - 1) // block
+    for item in numba.prange(images * nblocks):
+        n = item // nblocks
+        c0 = (item % nblocks) * block
+        cw = min(block, channels - c0)
+        acc = np.zeros(cells * block, grad_out.dtype)  # (H, W, block), channels-last
+        g = np.empty(nbins * block, grad_out.dtype)
+        cols = np.empty(width * block, grad_out.dtype)
+        for r in range(starts[n], starts[n + 1]):
+            k = order[r]
+            transpose_tile(gof, (k * channels + c0) * nbins, nbins, cw, nbins, g, 0, block)
+            # While this RoI is summed, the next one's gradient comes in from
+            # memory (a hint per bin, so the loads overlap the arithmetic).
+            ahead = (order[r + 1] * channels + c0) * nbins if r + 1 < starts[n + 1] else 0
+            ahead_len = cw * nbins if r + 1 < starts[n + 1] else 0
+            cmin, span = _column_span(wptr[k], widx)
+            if _rows_first_pays(hptr[k], wptr[k], span, path):
+                _backward_rows_first(
+                    g, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, width, cmin, span, cols, block,
+                    gof, ahead, ahead_len,
+                )
+            else:
+                _backward_direct(
+                    g, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, width, block, gof, ahead, ahead_len
+                )
+        transpose_tile(acc, 0, block, cells, cw, gif, (n * channels + c0) * cells, cells)
+
+
+@numba.njit(cache=True, nogil=True)
+def _backward_direct(g, cw, hptr, hidx, hwt, wptr, widx, wwt, acc, width, stride, ahead, ahead_start, ahead_len):
+    """``acc[(h * width + w) * stride + c] +=`` the taps of one RoI weighted by ``g[b * stride + c]``, ``c < cw``.
+
+    Prefetches ``ahead[ahead_start : ahead_start + ahead_len]`` on the way.
+    """
+    pooled_h = hptr.shape[0] - 1
+    pooled_w = wptr.shape[0] - 1
+    for ph in range(pooled_h):
+        for pw in range(pooled_w):
+            _prefetch_part(ahead, ahead_start, ahead_len, ph * pooled_w + pw, pooled_h * pooled_w)
+            _scatter2(
+                g, (ph * pooled_w + pw) * stride, acc, 0, width * stride, hidx, hwt, hptr[ph], hptr[ph + 1],
+                stride, widx, wwt, wptr[pw], wptr[pw + 1], cw,
+            )
+
+
+@numba.njit(cache=True, nogil=True)
+def _backward_rows_first(
+    g, cw, hptr, hidx, hwt, wptr, widx, wwt, acc, width, cmin, span, cols, stride, ahead, ahead_start, ahead_len
+):
+    """As :func:`_backward_direct`, gathering each bin row's gradient per column first
+    (``cols (>= span * stride)`` is scratch), then spreading it over the row taps."""
+    pooled_h = hptr.shape[0] - 1
+    pooled_w = wptr.shape[0] - 1
+    for ph in range(pooled_h):
+        cols[: span * stride] = 0
+        for pw in range(pooled_w):
+            _prefetch_part(ahead, ahead_start, ahead_len, ph * pooled_w + pw, pooled_h * pooled_w)
+            # cols[u] gathers column cmin + u
+            _scatter(
+                g, (ph * pooled_w + pw) * stride, cols, -cmin * stride, stride, widx, wwt, wptr[pw], wptr[pw + 1], cw
+            )
+        for u in range(span):
+            _scatter(cols, u * stride, acc, (cmin + u) * stride, width * stride, hidx, hwt, hptr[ph], hptr[ph + 1], cw)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _prefetch_part(array, start, length, part, parts):
+    """Prefetch the cache lines of ``array[start : start + length]`` in part ``part`` of ``parts`` equal parts."""
+    lo = start + length * part // parts
+    hi = start + length * (part + 1) // parts
+    for i in range(lo, hi, VECTOR_BYTES // array.itemsize):
+        prefetch(array, i)
+
+
+# ---- weighted sums over taps, a block of channels at a time ----
+#
+# Offsets are flat indices: tap ``m`` of a list addresses
+# ``base + idx[m] * step``, and the channels of a block follow contiguously.
+# Each helper takes ``cw <= UNROLL * lanes`` channels: a whole block in
+# registers, else one vector, then one channel at a time. The summation order
+# of every channel is the same whichever piece handles it.
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
+def _gather(src, base, step, idx, wt, m0, m1, dst, t, cw):
+    """``dst[t + c] = sum(wt[m] * src[base + idx[m] * step + c] for m in [m0, m1))`` for ``c < cw``."""
+    lanes = VECTOR_BYTES // src.itemsize
+    c = 0
+    if cw == UNROLL * lanes:
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = vzeros(src)
+        for m in range(m0, m1):
+            w = wt[m]
+            o = base + idx[m] * step
+            a0 = vmuladd(a0, w, vload(src, o))
+            a1 = vmuladd(a1, w, vload(src, o + lanes))
+            a2 = vmuladd(a2, w, vload(src, o + 2 * lanes))
+            a3 = vmuladd(a3, w, vload(src, o + 3 * lanes))
+            a4 = vmuladd(a4, w, vload(src, o + 4 * lanes))
+            a5 = vmuladd(a5, w, vload(src, o + 5 * lanes))
+            a6 = vmuladd(a6, w, vload(src, o + 6 * lanes))
+            a7 = vmuladd(a7, w, vload(src, o + 7 * lanes))
+        vstore(dst, t, a0)
+        vstore(dst, t + lanes, a1)
+        vstore(dst, t + 2 * lanes, a2)
+        vstore(dst, t + 3 * lanes, a3)
+        vstore(dst, t + 4 * lanes, a4)
+        vstore(dst, t + 5 * lanes, a5)
+        vstore(dst, t + 6 * lanes, a6)
+        vstore(dst, t + 7 * lanes, a7)
+        c = cw
+    while c + lanes <= cw:
+        a = vzeros(src)
+        for m in range(m0, m1):
+            a = vmuladd(a, wt[m], vload(src, base + idx[m] * step + c))
+        vstore(dst, t + c, a)
+        c += lanes
+    for cc in range(c, cw):
+        dst[t + cc] = 0
+        for m in range(m0, m1):
+            dst[t + cc] += wt[m] * src[base + idx[m] * step + cc]
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
+def _gather2(src, base, step_i, idx_i, wt_i, i0, i1, step_j, idx_j, wt_j, j0, j1, dst, t, cw):
+    """``dst[t + c] = sum(wt_i[i] * wt_j[j] * src[base + idx_i[i] * step_i + idx_j[j] * step_j + c])``
+    over ``i in [i0, i1)`` then ``j in [j0, j1)``, for ``c < cw``."""
+    lanes = VECTOR_BYTES // src.itemsize
+    c = 0
+    if cw == UNROLL * lanes:
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = vzeros(src)
+        for i in range(i0, i1):
+            oi = base + idx_i[i] * step_i
+            wi = wt_i[i]
+            for j in range(j0, j1):
+                w = wi * wt_j[j]
+                o = oi + idx_j[j] * step_j
+                a0 = vmuladd(a0, w, vload(src, o))
+                a1 = vmuladd(a1, w, vload(src, o + lanes))
+                a2 = vmuladd(a2, w, vload(src, o + 2 * lanes))
+                a3 = vmuladd(a3, w, vload(src, o + 3 * lanes))
+                a4 = vmuladd(a4, w, vload(src, o + 4 * lanes))
+                a5 = vmuladd(a5, w, vload(src, o + 5 * lanes))
+                a6 = vmuladd(a6, w, vload(src, o + 6 * lanes))
+                a7 = vmuladd(a7, w, vload(src, o + 7 * lanes))
+        vstore(dst, t, a0)
+        vstore(dst, t + lanes, a1)
+        vstore(dst, t + 2 * lanes, a2)
+        vstore(dst, t + 3 * lanes, a3)
+        vstore(dst, t + 4 * lanes, a4)
+        vstore(dst, t + 5 * lanes, a5)
+        vstore(dst, t + 6 * lanes, a6)
+        vstore(dst, t + 7 * lanes, a7)
+        c = cw
+    while c + lanes <= cw:
+        a = vzeros(src)
+        for i in range(i0, i1):
+            oi = base + idx_i[i] * step_i + c
+            wi = wt_i[i]
+            for j in range(j0, j1):
+                a = vmuladd(a, wi * wt_j[j], vload(src, oi + idx_j[j] * step_j))
+        vstore(dst, t + c, a)
+        c += lanes
+    for cc in range(c, cw):
+        dst[t + cc] = 0
+        for i in range(i0, i1):
+            oi = base + idx_i[i] * step_i + cc
+            wi = wt_i[i]
+            for j in range(j0, j1):
+                dst[t + cc] += wi * wt_j[j] * src[oi + idx_j[j] * step_j]
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
+def _scatter(src, t, dst, base, step, idx, wt, m0, m1, cw):
+    """``dst[base + idx[m] * step + c] += wt[m] * src[t + c]`` for ``m in [m0, m1)``, ``c < cw``."""
+    lanes = VECTOR_BYTES // src.itemsize
+    c = 0
+    if cw == UNROLL * lanes:
+        v0 = vload(src, t)
+        v1 = vload(src, t + lanes)
+        v2 = vload(src, t + 2 * lanes)
+        v3 = vload(src, t + 3 * lanes)
+        v4 = vload(src, t + 4 * lanes)
+        v5 = vload(src, t + 5 * lanes)
+        v6 = vload(src, t + 6 * lanes)
+        v7 = vload(src, t + 7 * lanes)
+        for m in range(m0, m1):
+            w = wt[m]
+            o = base + idx[m] * step
+            vstore(dst, o, vmuladd(vload(dst, o), w, v0))
+            vstore(dst, o + lanes, vmuladd(vload(dst, o + lanes), w, v1))
+            vstore(dst, o + 2 * lanes, vmuladd(vload(dst, o + 2 * lanes), w, v2))
+            vstore(dst, o + 3 * lanes, vmuladd(vload(dst, o + 3 * lanes), w, v3))
+            vstore(dst, o + 4 * lanes, vmuladd(vload(dst, o + 4 * lanes), w, v4))
+            vstore(dst, o + 5 * lanes, vmuladd(vload(dst, o + 5 * lanes), w, v5))
+            vstore(dst, o + 6 * lanes, vmuladd(vload(dst, o + 6 * lanes), w, v6))
+            vstore(dst, o + 7 * lanes, vmuladd(vload(dst, o + 7 * lanes), w, v7))
+        c = cw
+    while c + lanes <= cw:
+        v = vload(src, t + c)
+        for m in range(m0, m1):
+            o = base + idx[m] * step + c
+            vstore(dst, o, vmuladd(vload(dst, o), wt[m], v))
+        c += lanes
+    for cc in range(c, cw):
+        v = src[t + cc]
+        for m in range(m0, m1):
+            dst[base + idx[m] * step + cc] += wt[m] * v
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
+def _scatter2(src, t, dst, base, step_i, idx_i, wt_i, i0, i1, step_j, idx_j, wt_j, j0, j1, cw):
+    """``dst[base + idx_i[i] * step_i + idx_j[j] * step_j + c] += wt_i[i] * wt_j[j] * src[t + c]``
+    over ``i in [i0, i1)`` then ``j in [j0, j1)``, for ``c < cw``."""
+    lanes = VECTOR_BYTES // src.itemsize
+    c = 0
+    if cw == UNROLL * lanes:
+        v0 = vload(src, t)
+        v1 = vload(src, t + lanes)
+        v2 = vload(src, t + 2 * lanes)
+        v3 = vload(src, t + 3 * lanes)
+        v4 = vload(src, t + 4 * lanes)
+        v5 = vload(src, t + 5 * lanes)
+        v6 = vload(src, t + 6 * lanes)
+        v7 = vload(src, t + 7 * lanes)
+        for i in range(i0, i1):
+            oi = base + idx_i[i] * step_i
+            wi = wt_i[i]
+            for j in range(j0, j1):
+                w = wi * wt_j[j]
+                o = oi + idx_j[j] * step_j
+                vstore(dst, o, vmuladd(vload(dst, o), w, v0))
+                vstore(dst, o + lanes, vmuladd(vload(dst, o + lanes), w, v1))
+                vstore(dst, o + 2 * lanes, vmuladd(vload(dst, o + 2 * lanes), w, v2))
+                vstore(dst, o + 3 * lanes, vmuladd(vload(dst, o + 3 * lanes), w, v3))
+                vstore(dst, o + 4 * lanes, vmuladd(vload(dst, o + 4 * lanes), w, v4))
+                vstore(dst, o + 5 * lanes, vmuladd(vload(dst, o + 5 * lanes), w, v5))
+                vstore(dst, o + 6 * lanes, vmuladd(vload(dst, o + 6 * lanes), w, v6))
+                vstore(dst, o + 7 * lanes, vmuladd(vload(dst, o + 7 * lanes), w, v7))
+        c = cw
+    while c + lanes <= cw:
+        v = vload(src, t + c)
+        for i in range(i0, i1):
+            oi = base + idx_i[i] * step_i + c
+            wi = wt_i[i]
+            for j in range(j0, j1):
+                o = oi + idx_j[j] * step_j
+                vstore(dst, o, vmuladd(vload(dst, o), wi * wt_j[j], v))
+        c += lanes
+    for cc in range(c, cw):
+        v = src[t + cc]
+        for i in range(i0, i1):
+            oi = base + idx_i[i] * step_i + cc
+            wi = wt_i[i]
+            for j in range(j0, j1):
+                dst[oi + idx_j[j] * step_j] += wi * wt_j[j] * v
