@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from .roi_family import RoIOpTester, make_input, torch
@@ -19,7 +20,7 @@ from .test_checks import BAD_OUTPUT_SIZES, BAD_SCALES  # noqa: E402
 class TestRoIPool(RoIOpTester):
     params = dict(output_size=(3, 2), spatial_scale=0.5)
     onnx_op_type = "MaxRoiPool"
-    train_op = "roipool::roi_pool_with_argmax"
+    train_op = "roipool::roi_pool"  # on the CPU; its backward recomputes the argmax
     infer_op = "roipool::roi_pool"
 
     def fn(self, input, boxes, output_size, spatial_scale=1.0):
@@ -42,6 +43,7 @@ class TestRoIPool(RoIOpTester):
             (torch.ops.roipool.roi_pool.default, args),
             (torch.ops.roipool.roi_pool_with_argmax.default, args),
             (torch.ops.roipool.roi_pool_backward.default, (grad, argmax, rois, *x.shape)),
+            (torch.ops.roipool.roi_pool_backward_recompute.default, (grad, *args)),
         ]
 
     @pytest.mark.parametrize("output_size, error", BAD_OUTPUT_SIZES)
@@ -133,3 +135,40 @@ def test_a_device_without_kernels_loads_its_backend_module_or_says_it_is_missing
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert torch.equal(op(torch.ones(3)), torch.full((3,), 2.0))
+
+
+def test_cpu_training_keeps_no_argmax_and_the_backward_recomputes_it():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    called = []
+
+    class Log(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            called.append(func._schema.name)
+            return func(*args, **(kwargs or {}))
+
+    x = make_input((2, 3, 9, 11), torch.float32, "contiguous", integers=True).requires_grad_()
+    rois = torch.tensor([[0.0, 0, 0, 9, 7], [1, 2, 1, 6, 8], [0, 3, 3, 3, 3]])
+    with Log():
+        out = roipool.roi_pool(x, rois, (3, 2), 0.5)
+        out.backward(torch.ones_like(out))
+    assert "roipool::roi_pool_with_argmax" not in called and "roipool::roi_pool_backward" not in called
+    assert called.count("roipool::roi_pool_backward_recompute") == 1
+    expected_out, argmax = reference.roi_pool(x.detach().numpy(), rois.numpy(), 3, 2, 0.5)
+    expected = reference.roi_pool_backward(np.ones(expected_out.shape, np.float32), argmax, rois.numpy(), x.shape)
+    assert x.grad.numpy().tobytes() == expected.tobytes()
+
+
+def test_double_backward_of_the_recomputing_backward():
+    x = make_input((2, 2, 5, 6), torch.float64, "contiguous").requires_grad_()
+    rois = torch.tensor([[0.0, 0, 0, 5, 4], [1, 1, 2, 4, 4], [0, 9, 9, 20, 20]], dtype=torch.float64)
+    assert torch.autograd.gradgradcheck(lambda t: roipool.roi_pool(t, rois, (2, 3)), (x,))
+
+
+def test_recomputing_backward_op_checks_its_grad():
+    x = torch.zeros((1, 2, 5, 5))
+    rois = torch.tensor([[0.0, 0, 0, 4, 4]])
+    with pytest.raises(TypeError, match="grad must have the input's dtype"):
+        torch.ops.roipool.roi_pool_backward_recompute(torch.zeros((1, 2, 2, 2), dtype=torch.float64), x, rois, 1.0, 2, 2)
+    with pytest.raises(ValueError, match="grad must have shape"):
+        torch.ops.roipool.roi_pool_backward_recompute(torch.zeros((1, 2, 3, 2)), x, rois, 1.0, 2, 2)

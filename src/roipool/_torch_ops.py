@@ -332,6 +332,69 @@ roi_pool_backward_op = define(
 )
 
 
+def _roi_pool_backward_recompute_cpu(grad, input, rois, spatial_scale, pooled_height, pooled_width):
+    if grad.dtype != input.dtype:
+        raise TypeError(f"grad must have the input's dtype {input.dtype}, got {grad.dtype}")
+    call = _CpuRoIPool(input, rois, spatial_scale, pooled_height, pooled_width)
+    if tuple(grad.shape) != call.shape:
+        raise ValueError(f"grad must have shape {call.shape} for these rois and input, got {tuple(grad.shape)}")
+    grad_out = grad.detach().to(call.dtype).contiguous().numpy().reshape(call.flat_shape)
+    n, channels, height, width = input.shape
+    grad_in = new_cpu_tensor((n, channels, height * width), call.dtype)
+    _pool.launch_backward_recompute(call.x, call.bins, grad_out, grad_in.numpy())
+    return grad_in.view(n, channels, height, width).to(grad.dtype)
+
+
+def _roi_pool_backward_recompute_fake(grad, input, rois, spatial_scale, pooled_height, pooled_width):
+    return input.new_empty(input.shape)
+
+
+def _roi_pool_backward_recompute_any_device(grad, input, rois, spatial_scale, pooled_height, pooled_width):
+    # Devices without a fused kernel (CUDA: the Triton backend) run the two
+    # ops it fuses; what they compute is the same.
+    _, argmax = torch.ops.roipool.roi_pool_with_argmax(input, rois, spatial_scale, pooled_height, pooled_width)
+    return torch.ops.roipool.roi_pool_backward(grad, argmax, rois, *input.shape)
+
+
+# The gradient of roi_pool from the input instead of an argmax: on the CPU one
+# fused kernel re-scans each bin and adds the gradient at its maximum, which
+# saves writing and reading back an argmax as large as the output.
+roi_pool_backward_recompute_op = torch.library.custom_op(
+    f"{NAMESPACE}::roi_pool_backward_recompute",
+    _roi_pool_backward_recompute_any_device,
+    mutates_args=(),
+    schema=f"(Tensor grad, {_ROI_POOL_ARGS}) -> Tensor",
+)
+roi_pool_backward_recompute_op.register_kernel("cpu", _roi_pool_backward_recompute_cpu)
+roi_pool_backward_recompute_op.register_fake(_roi_pool_backward_recompute_fake)
+
+
+def _roi_pool_backward_recompute_setup(ctx, inputs, output):
+    _, input, rois, *ctx.params = inputs
+    ctx.save_for_backward(input, rois)
+
+
+def _roi_pool_backward_recompute_grad(ctx, grad_grad_input):
+    # Linear in grad: its adjoint reads grad_grad_input at each bin's maximum
+    # (0 for empty bins). The maxima move only where the input has ties, so
+    # the derivative with respect to the input is zero.
+    input, rois = ctx.saved_tensors
+    _, argmax = torch.ops.roipool.roi_pool_with_argmax(input, rois, *ctx.params)
+    n, channels, height, width = input.shape
+    plane = rois[:, 0].to(torch.int64).view(-1, 1, 1, 1) * channels + torch.arange(
+        channels, device=input.device
+    ).view(1, -1, 1, 1)
+    index = plane * (height * width) + argmax.clamp(min=0).to(torch.int64)
+    picked = grad_grad_input.reshape(-1)[index.reshape(-1)].view(argmax.shape)
+    grad_grad = torch.where(argmax >= 0, picked, torch.zeros_like(picked))
+    return grad_grad, None, None, None, None, None
+
+
+roi_pool_backward_recompute_op.register_autograd(
+    _roi_pool_backward_recompute_grad, setup_context=_roi_pool_backward_recompute_setup
+)
+
+
 def _roi_pool_with_argmax_setup(ctx, inputs, output):
     input, rois = inputs[:2]
     ctx.save_for_backward(rois, output[1])
@@ -350,11 +413,10 @@ def _roi_pool_setup(ctx, inputs, output):
 
 
 def _roi_pool_grad(ctx, grad_output):
-    # Only direct calls of roipool::roi_pool get here (roi_pool() picks the
-    # training op when a gradient is wanted): recompute the argmax.
+    # The training forward on the CPU (see roi_pool()): the backward finds
+    # the maxima again from the saved input instead of reading an argmax.
     input, rois = ctx.saved_tensors
-    _, argmax = torch.ops.roipool.roi_pool_with_argmax(input, rois, *ctx.params)
-    grad_input = torch.ops.roipool.roi_pool_backward(grad_output, argmax, rois, *input.shape)
+    grad_input = torch.ops.roipool.roi_pool_backward_recompute(grad_output, input, rois, *ctx.params)
     return grad_input, None, None, None, None
 
 
@@ -433,8 +495,11 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0):
         pooled_h, pooled_w = _checks.output_size_pair(output_size)
         scale = _checks.positive_scale(spatial_scale)
         rois = boxes_to_rois(boxes, input)
-    if needs_grad(input):
+    if needs_grad(input) and input.device.type != "cpu":
+        # where the backward reads an argmax (the Triton backend), keep it
         return torch.ops.roipool.roi_pool_with_argmax(input, rois, scale, pooled_h, pooled_w)[0]
+    # on the CPU the training forward is the inference op too: its backward
+    # finds the maxima again from the input (roi_pool_backward_recompute)
     return torch.ops.roipool.roi_pool(input, rois, scale, pooled_h, pooled_w)
 
 
