@@ -25,7 +25,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._simd import VECTOR_BYTES, _splat_int32, transpose_tile, vload, vmax, vmax_index, vsplat_index, vstore
@@ -345,27 +347,50 @@ def backward_recompute(x, batch, hbins, wbins, grad_out, grad_in):
             xl[cell * block : cell * block + cw] = xf[src : src + cw]
         acc = np.zeros(cells * block, x.dtype)
         gtile = np.empty(nbins * block, x.dtype)
-        for k in range(k_total):
-            if batch[k] != n:
-                continue
+        k = _next_roi(batch, n, 0)
+        while k < k_total:
+            following = _next_roi(batch, n, k + 1)
             # the RoI's gradient for this block, bins x channels
             transpose_tile(gof, (k * channels + c0) * nbins, nbins, cw, nbins, gtile, 0, block)
-            _grad_tile(xl, width, block, cw, hbins[k], wbins[k], gtile, acc)
+            ahead = (following * channels + c0) * nbins if following < k_total else -1
+            _grad_tile(xl, width, block, cw, hbins[k], wbins[k], gtile, acc, gof, ahead, cw * nbins)
+            k = following
         transpose_tile(acc, 0, block, cells, cw, gif, (n * channels + c0) * cells, cells)
 
 
 @numba.njit(nogil=True)
-def _grad_tile(xl, width, stride, cw, hb, wb, gtile, acc):
+def _next_roi(batch, n, k):
+    """The first RoI ``>= k`` of image ``n`` (``len(batch)`` if none)."""
+    while k < batch.shape[0] and batch[k] != n:
+        k += 1
+    return k
+
+
+@numba.njit(nogil=True)
+def _grad_tile(xl, width, stride, cw, hb, wb, gtile, acc, gof, ahead, ahead_size):
     """Add ``gtile[b * stride + j]`` to ``acc[cell * stride + j]`` where ``cell`` holds channel ``j``'s maximum over bin ``b``.
 
     ``xl`` and ``acc`` are ``(H * W, stride)`` channels-last; ``j < cw``.
+    Meanwhile ``gof[ahead : ahead + ahead_size]`` (the next RoI's gradient;
+    ``ahead`` -1: none) is prefetched, a few cache lines per bin: issued all
+    at once the prefetches would wait for free line-fill buffers and not run
+    ahead of the work. This hides most of the time the gradient, which no
+    cache holds, takes to arrive from memory (about 8 of 38 ms on the vgg16
+    workload).
     """
     lanes = VECTOR_BYTES // xl.itemsize
     pooled_w = wb.shape[0]
+    per_bin = (cw + lanes - 1) // lanes
+    line = 0
     for ph in range(hb.shape[0]):
         h0 = hb[ph, 0]
         h1 = hb[ph, 1]
         for pw in range(pooled_w):
+            if ahead >= 0:
+                for _ in range(per_bin):
+                    if line < ahead_size:
+                        prefetch(gof, ahead + line)
+                    line += lanes
             w0 = wb[pw, 0]
             w1 = wb[pw, 1]
             if h1 <= h0 or w1 <= w0:
@@ -381,6 +406,27 @@ def _grad_tile(xl, width, stride, cw, hb, wb, gtile, acc):
             for jj in range(j, cw):
                 _, cell = _bin_argmax_scalar(xl, jj, width, stride, h0, h1, w0, w1)
                 acc[cell * stride + jj] += gtile[t + jj]
+
+
+@intrinsic
+def prefetch(typingctx, array, index):
+    """Hint that ``array[index]`` (1-D, contiguous) will be read soon: its cache line is fetched into L2.
+
+    A hint only (``llvm.prefetch``, read, low locality: ``prefetcht2`` on
+    x86); it changes no value and never faults.
+    """
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        ptr = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        name = "llvm.prefetch.p0" if str(ptr.type) == "ptr" else "llvm.prefetch.p0i8"  # opaque or typed pointers
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]), name)
+        # read (0), locality 1 (of 0..3), data cache (1)
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 1), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(array, types.intp), codegen
 
 
 @intrinsic
