@@ -172,3 +172,17 @@ def test_recomputing_backward_op_checks_its_grad():
         torch.ops.roipool.roi_pool_backward_recompute(torch.zeros((1, 2, 2, 2), dtype=torch.float64), x, rois, 1.0, 2, 2)
     with pytest.raises(ValueError, match="grad must have shape"):
         torch.ops.roipool.roi_pool_backward_recompute(torch.zeros((1, 2, 3, 2)), x, rois, 1.0, 2, 2)
+
+
+def test_the_argmax_training_op_is_differentiable_through_its_argmax():
+    # the CUDA training path (and an opt-in on the CPU for very large bins)
+    x = make_input((2, 3, 9, 11), torch.float32, "contiguous", integers=True).requires_grad_()
+    rois = torch.from_numpy(TestRoIPool().rois()).float()
+    out, argmax = torch.ops.roipool.roi_pool_with_argmax(x, rois, 0.5, 3, 2)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    out.backward(grad)
+    expected = reference.roi_pool_backward(grad.numpy(), argmax.numpy(), rois.numpy(), x.shape)
+    assert x.grad.numpy().tobytes() == expected.tobytes()
+    x64 = make_input((2, 2, 5, 6), torch.float64, "contiguous").requires_grad_()
+    rois64 = rois.double()[:6]
+    assert torch.autograd.gradcheck(lambda t: torch.ops.roipool.roi_pool_with_argmax(t, rois64, 0.5, 2, 3)[0], (x64,))
