@@ -137,7 +137,7 @@ def test_a_device_without_kernels_loads_its_backend_module_or_says_it_is_missing
     assert torch.equal(op(torch.ones(3)), torch.full((3,), 2.0))
 
 
-def test_cpu_training_keeps_no_argmax_and_the_backward_recomputes_it():
+def _ops_called(fn):
     from torch.utils._python_dispatch import TorchDispatchMode
 
     called = []
@@ -147,16 +147,36 @@ def test_cpu_training_keeps_no_argmax_and_the_backward_recomputes_it():
             called.append(func._schema.name)
             return func(*args, **(kwargs or {}))
 
-    x = make_input((2, 3, 9, 11), torch.float32, "contiguous", integers=True).requires_grad_()
-    rois = torch.tensor([[0.0, 0, 0, 9, 7], [1, 2, 1, 6, 8], [0, 3, 3, 3, 3]])
     with Log():
-        out = roipool.roi_pool(x, rois, (3, 2), 0.5)
-        out.backward(torch.ones_like(out))
+        fn()
+    return called
+
+
+def _train_and_check(x, rois, output_size, scale):
+    out = roipool.roi_pool(x, rois, output_size, scale)
+    out.backward(torch.ones_like(out))
+    expected_out, argmax = reference.roi_pool(x.detach().numpy(), rois.numpy(), *output_size, scale)
+    expected = reference.roi_pool_backward(np.ones(expected_out.shape, np.float32), argmax, rois.numpy(), x.shape)
+    assert out.detach().numpy().tobytes() == expected_out.tobytes()
+    assert x.grad.numpy().tobytes() == expected.tobytes()
+
+
+def test_cpu_training_keeps_no_argmax_and_the_backward_recomputes_it():
+    x = make_input((2, 3, 9, 11), torch.float32, "contiguous", integers=True).requires_grad_()
+    rois = torch.tensor([[0.0, 0, 0, 9, 7], [1, 2, 1, 6, 8], [0, 3, 3, 3, 3]])  # 4 cells per bin
+    called = _ops_called(lambda: _train_and_check(x, rois, (3, 2), 0.5))
     assert "roipool::roi_pool_with_argmax" not in called and "roipool::roi_pool_backward" not in called
     assert called.count("roipool::roi_pool_backward_recompute") == 1
-    expected_out, argmax = reference.roi_pool(x.detach().numpy(), rois.numpy(), 3, 2, 0.5)
-    expected = reference.roi_pool_backward(np.ones(expected_out.shape, np.float32), argmax, rois.numpy(), x.shape)
-    assert x.grad.numpy().tobytes() == expected.tobytes()
+
+
+def test_cpu_training_over_very_large_bins_keeps_the_argmax():
+    x = make_input((1, 3, 12, 13), torch.float32, "contiguous", integers=True).requires_grad_()
+    rois = torch.tensor([[0.0, 0, 0, 12, 12], [0, 2, 1, 11, 12]])  # 1 x 1 output: 156 and 120 cells per bin
+    called = _ops_called(lambda: _train_and_check(x, rois, (1, 1), 1.0))
+    assert "roipool::roi_pool_with_argmax" in called and "roipool::roi_pool_backward" in called
+    assert "roipool::roi_pool_backward_recompute" not in called
+    # the threshold: up to 24 cells per bin re-scan
+    assert _torch_ops._recompute_pays(x, rois, 1.0, 3, 3) and not _torch_ops._recompute_pays(x, rois, 1.0, 2, 2)
 
 
 def test_double_backward_of_the_recomputing_backward():

@@ -44,6 +44,15 @@ class Bins:
         self.bounds = balanced_chunks(cost)
 
 
+def cells_per_bin(rois, spatial_scale, pooled_h, pooled_w, height, width) -> float:
+    """Mean number of map cells a bin of these ``(K, 5)`` rois (validated, compute dtype) reads; 0 for none."""
+    k, bins = rois.shape[0], pooled_h * pooled_w
+    if k == 0:
+        return 0.0
+    _, _, _, cost = roi_pool_bins(rois, rois.dtype.type(spatial_scale), pooled_h, pooled_w, height, width)
+    return float(cost.sum() - k * bins) / (k * bins)  # cost: cells read plus bins written
+
+
 def launch_forward(x_nhwc, bins: Bins, out) -> None:
     """``out (K, C, PH * PW)`` <- bin maxima of ``x_nhwc (N, H, W, C)`` (C-contiguous, compute dtype)."""
     if out.size:

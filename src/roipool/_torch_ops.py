@@ -501,12 +501,35 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0):
         pooled_h, pooled_w = _checks.output_size_pair(output_size)
         scale = _checks.positive_scale(spatial_scale)
         rois = boxes_to_rois(boxes, input)
-    if needs_grad(input) and input.device.type != "cpu":
-        # where the backward reads an argmax (the Triton backend), keep it
+    if needs_grad(input) and not _recompute_pays(input, rois, scale, pooled_h, pooled_w):
         return torch.ops.roipool.roi_pool_with_argmax(input, rois, scale, pooled_h, pooled_w)[0]
-    # on the CPU the training forward is the inference op too: its backward
-    # finds the maxima again from the input (roi_pool_backward_recompute)
+    # The training forward is the inference op too: its backward finds the
+    # maxima again from the input (roi_pool_backward_recompute).
     return torch.ops.roipool.roi_pool(input, rois, scale, pooled_h, pooled_w)
+
+
+#: Mean cells per bin above which a CPU training forward stores the argmax
+#: instead of letting the backward scan every bin again (measured in kernels.md).
+RECOMPUTE_MAX_CELLS_PER_BIN = 24.0
+
+
+def _recompute_pays(input, rois, scale, pooled_h, pooled_w) -> bool:
+    """Whether roi_pool's backward should re-scan the bins rather than read a stored argmax.
+
+    On CUDA never (the Triton backend reads an argmax). On the CPU when the
+    bins are small: the re-scan costs about twice the forward's scan, the
+    argmax 8 bytes per output written and read. While tracing
+    (``torch.compile``, ``torch.export``) the boxes are not known and the
+    re-scan is chosen. The result is the same either way.
+    """
+    if input.device.type != "cpu":
+        return False
+    known = type(input) is torch.Tensor and type(rois) is torch.Tensor
+    if not known or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return True
+    n, _, height, width = input.shape
+    rois_np = cpu_rois(rois, n, compute_dtype(input.dtype))
+    return _pool.cells_per_bin(rois_np, scale, pooled_h, pooled_w, height, width) <= RECOMPUTE_MAX_CELLS_PER_BIN
 
 
 # ---- ps_roi_pool, ps_roi_align (position-sensitive, R-FCN) ----
