@@ -16,8 +16,10 @@ split between threads; each RoI's output is written by exactly one thread.
 
 The maximum is strict (``>``, first in row-major scan order wins) and NaN
 wins over numbers: once a NaN is seen the bin keeps it (``_simd.vmax``).
-Empty bins give 0 and argmax -1. Backward gives each thread whole channels,
-so the sums need no atomics and run in the reference's order.
+Empty bins give 0 and argmax -1. Both backwards (:func:`backward` from a
+stored argmax, :func:`backward_recompute` re-scanning the bins) give each
+task whole channels, so the sums need no atomics and run in the reference's
+order.
 """
 
 from __future__ import annotations
