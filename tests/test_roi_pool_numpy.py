@@ -317,6 +317,12 @@ def test_recomputing_backward_equals_the_argmax_backward():
     got = roipool.roi_pool_backward(grad, None, rois, x.shape, input=x, spatial_scale=0.5)
     assert got.dtype == np.float32 and got.tobytes() == expected.tobytes()
     assert roipool.roi_pool_backward(grad, argmax, rois, x.shape).tobytes() == expected.tobytes()
+    # an NCHW view of channels-last memory, and a strided map: the kernel's channels-last entry
+    nhwc_view = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    strided = np.repeat(x, 2, axis=3)[..., ::2]
+    for other in (nhwc_view, strided):
+        again = roipool.roi_pool_backward(grad, None, rois, x.shape, input=other, spatial_scale=0.5)
+        assert again.tobytes() == expected.tobytes()
 
 
 def test_recomputing_backward_of_empty_and_outside_boxes():

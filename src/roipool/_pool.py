@@ -74,9 +74,10 @@ def launch_backward(grad_out, argmax, batch, grad_in) -> None:
             kernels.backward(grad_out, argmax, batch, grad_in)
 
 
-def launch_backward_recompute(x_nhwc, bins: Bins, grad_out, grad_in) -> None:
-    """``grad_in (N, C, H * W)`` <- ``grad_out (K, C, PH * PW)`` routed to each bin's maximum in ``x_nhwc``.
+def launch_backward_recompute(x, channels_last: bool, bins: Bins, grad_out, grad_in) -> None:
+    """``grad_in (N, C, H * W)`` <- ``grad_out (K, C, PH * PW)`` routed to each bin's maximum in ``x``.
 
+    ``x`` is the map, ``(N, H, W, C)`` if ``channels_last`` else ``(N, C, H, W)``.
     The same sums as :func:`launch_backward` with the forward's argmax, found
     again by scanning the bins instead of read back; ``grad_in`` is
     overwritten (no zeroing needed). All arrays C-contiguous, compute dtype.
@@ -87,7 +88,7 @@ def launch_backward_recompute(x_nhwc, bins: Bins, grad_out, grad_in) -> None:
         grad_in[...] = 0
         return
     with launch_lock:
-        kernels.backward_recompute(x_nhwc, bins.batch, bins.hbins, bins.wbins, grad_out, grad_in)
+        kernels.backward_recompute(x, channels_last, bins.batch, bins.hbins, bins.wbins, grad_out, grad_in)
 
 
 class Prepared:
@@ -192,5 +193,9 @@ def _backward_recompute(grad_output, input, boxes, input_shape, spatial_scale):
     n, _, height, width = prep.input_shape
     grad_in = np.empty((n, channels, height * width), prep.dtype)
     go = np.ascontiguousarray(grad_output, dtype=prep.dtype).reshape(k, channels, ph * pw)
-    launch_backward_recompute(prep.channels_last(), prep.bins, go, grad_in)
+    x = prep.input
+    if x.dtype == prep.dtype and x.flags.c_contiguous:  # read as NCHW, no channels-last copy
+        launch_backward_recompute(x, False, prep.bins, go, grad_in)
+    else:
+        launch_backward_recompute(prep.channels_last(), True, prep.bins, go, grad_in)
     return grad_in.reshape(prep.input_shape).astype(grad_output.dtype, copy=False)

@@ -264,11 +264,13 @@ _ROI_POOL_ARGS = "Tensor input, Tensor rois, float spatial_scale, int pooled_hei
 class _CpuRoIPool:
     """One CPU call: the input as channels-last NumPy and the bins, in the compute dtype."""
 
-    def __init__(self, input, rois, spatial_scale, pooled_height, pooled_width):
+    def __init__(self, input, rois, spatial_scale, pooled_height, pooled_width, nchw_ok=False):
         n, self.channels, height, width = input.shape
         self.input_dtype = input.dtype
         self.dtype = compute_dtype(input.dtype)
-        self.x = cpu_nhwc(input, self.dtype)
+        # nchw_ok: the caller also takes an NCHW-contiguous map (channels_last False)
+        self.channels_last = not (nchw_ok and input.dtype == self.dtype and input.is_contiguous())
+        self.x = cpu_nhwc(input, self.dtype) if self.channels_last else input.detach().numpy()
         rois_np = cpu_rois(rois, n, self.dtype)
         self.bins = _pool.Bins(rois_np, spatial_scale, pooled_height, pooled_width, height, width)
         self.flat_shape = (rois_np.shape[0], self.channels, pooled_height * pooled_width)
@@ -335,13 +337,13 @@ roi_pool_backward_op = define(
 def _roi_pool_backward_recompute_cpu(grad, input, rois, spatial_scale, pooled_height, pooled_width):
     if grad.dtype != input.dtype:
         raise TypeError(f"grad must have the input's dtype {input.dtype}, got {grad.dtype}")
-    call = _CpuRoIPool(input, rois, spatial_scale, pooled_height, pooled_width)
+    call = _CpuRoIPool(input, rois, spatial_scale, pooled_height, pooled_width, nchw_ok=True)
     if tuple(grad.shape) != call.shape:
         raise ValueError(f"grad must have shape {call.shape} for these rois and input, got {tuple(grad.shape)}")
     grad_out = grad.detach().to(call.dtype).contiguous().numpy().reshape(call.flat_shape)
     n, channels, height, width = input.shape
     grad_in = new_cpu_tensor((n, channels, height * width), call.dtype)
-    _pool.launch_backward_recompute(call.x, call.bins, grad_out, grad_in.numpy())
+    _pool.launch_backward_recompute(call.x, call.channels_last, call.bins, grad_out, grad_in.numpy())
     return grad_in.view(n, channels, height, width).to(grad.dtype)
 
 

@@ -310,7 +310,7 @@ RECOMPUTE_UNROLL = 4
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def backward_recompute(x, batch, hbins, wbins, grad_out, grad_in):
+def backward_recompute(x, channels_last, batch, hbins, wbins, grad_out, grad_in):
     """``grad_in (N, C, H * W)`` <- ``grad_out (K, C, B)`` routed to each bin's maximum, found again in ``x``.
 
     The gradient of :func:`forward` with no stored argmax. A task owns one
@@ -328,10 +328,15 @@ def backward_recompute(x, batch, hbins, wbins, grad_out, grad_in):
     forward's argmax, whatever the thread count. Each task ends by writing its
     accumulator transposed into ``grad_in``, which is thus fully overwritten.
 
-    ``x (N, H, W, C)`` and ``grad_out`` must be C-contiguous; ``batch``,
-    ``hbins``, ``wbins`` as in :func:`forward`.
+    ``x`` is ``(N, H, W, C)`` if ``channels_last``, else ``(N, C, H, W)`` (the
+    tasks then transpose their slices themselves, so the usual NCHW map needs
+    no channels-last copy first); ``x`` and ``grad_out`` must be C-contiguous;
+    ``batch``, ``hbins``, ``wbins`` as in :func:`forward`.
     """
-    n_images, height, width, channels = x.shape
+    if channels_last:
+        n_images, height, width, channels = x.shape
+    else:
+        n_images, channels, height, width = x.shape
     k_total, _, nbins = grad_out.shape
     cells = height * width
     xf = x.reshape(-1)
@@ -344,9 +349,12 @@ def backward_recompute(x, batch, hbins, wbins, grad_out, grad_in):
         c0 = (task % nblocks) * block
         cw = min(block, channels - c0)
         xl = np.empty(cells * block, x.dtype)
-        for cell in range(cells):
-            src = (n * cells + cell) * channels + c0
-            xl[cell * block : cell * block + cw] = xf[src : src + cw]
+        if channels_last:
+            for cell in range(cells):
+                src = (n * cells + cell) * channels + c0
+                xl[cell * block : cell * block + cw] = xf[src : src + cw]
+        else:
+            transpose_tile(xf, (n * channels + c0) * cells, cells, cw, cells, xl, 0, block)
         acc = np.zeros(cells * block, x.dtype)
         gtile = np.empty(nbins * block, x.dtype)
         k = _next_roi(batch, n, 0)
