@@ -262,7 +262,7 @@ _ROI_POOL_ARGS = "Tensor input, Tensor rois, float spatial_scale, int pooled_hei
 
 
 class _CpuRoIPool:
-    """One CPU call: the input as channels-last NumPy and the bins, in the compute dtype."""
+    """One CPU call: the input as NumPy (channels-last, or NCHW where the caller allows) and the bins, in the compute dtype."""
 
     def __init__(self, input, rois, spatial_scale, pooled_height, pooled_width, nchw_ok=False):
         n, self.channels, height, width = input.shape
