@@ -26,6 +26,9 @@ align family follows the same four steps):
    ``spatial_scale``) from ``_checks``, boxes to rois (:func:`boxes_to_rois`),
    then the training op if a gradient is wanted (:func:`needs_grad`) and the
    inference op otherwise, so no argmax is computed when no one will use it.
+   (``roi_pool`` on CPU tensors usually trains through the inference op too:
+   its backward, ``roi_pool_backward_recompute``, finds the maxima again; see
+   :func:`_recompute_pays`.)
 
 Value checks that depend on the boxes' contents (batch index, finite
 coordinates) run inside the kernels (:func:`cpu_rois`): eager, compiled and
