@@ -385,7 +385,7 @@ def _roi_pool_backward_recompute_grad(ctx, grad_grad_input):
     # the derivative with respect to the input is zero.
     input, rois = ctx.saved_tensors
     _, argmax = torch.ops.roipool.roi_pool_with_argmax(input, rois, *ctx.params)
-    n, channels, height, width = input.shape
+    _, channels, height, width = input.shape
     plane = rois[:, 0].to(torch.int64).view(-1, 1, 1, 1) * channels + torch.arange(
         channels, device=input.device
     ).view(1, -1, 1, 1)
