@@ -274,8 +274,9 @@ def test_worked_example_of_the_semantics_document():
     np.testing.assert_array_equal(out, max_roi_pool(x, np.array([[0, 8, 8, 72, 40]], np.float32), 2, 3, 1 / 16))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_wide_channel_blocks_match_reference_bit_for_bit(dtype):
+def test_wide_channel_blocks_match_reference_bit_for_bit(dtype, threads):
     # 147 = 128 + 16 + 3 channels: the 8-vector scan, the one-vector scan and
     # the scalar tail; integers make ties, plus NaN, -0.0 and -inf
     rng = np.random.default_rng(21)
@@ -290,5 +291,61 @@ def test_wide_channel_blocks_match_reference_bit_for_bit(dtype):
     assert roipool.roi_pool(x, rois, 7, 0.5).tobytes() == expected.tobytes()
     np.testing.assert_array_equal(argmax, expected_argmax)
     grad = rng.standard_normal(out.shape).astype(dtype)
-    got = roipool.roi_pool_backward(grad, argmax, rois, x.shape)
-    assert got.tobytes() == reference.roi_pool_backward(grad, expected_argmax, rois, x.shape).tobytes()
+    grad[rng.random(grad.shape) < 0.02] = np.nan
+    grad[rng.random(grad.shape) < 0.05] = -0.0
+    expected_grad = reference.roi_pool_backward(grad, expected_argmax, rois, x.shape).tobytes()
+    before = roipool.get_num_threads()
+    try:
+        roipool.set_num_threads(threads)
+        assert roipool.roi_pool_backward(grad, argmax, rois, x.shape).tobytes() == expected_grad
+        # the fused backward finds the maxima again (64 float32 / 32 float64
+        # channels per task: 147 leaves a block of 19 = one vector + 3)
+        again = roipool.roi_pool_backward(grad, None, rois, x.shape, input=x, spatial_scale=0.5)
+        assert again.tobytes() == expected_grad
+    finally:
+        roipool.set_num_threads(before)
+
+
+def test_recomputing_backward_equals_the_argmax_backward():
+    # several images, RoIs in no batch order, boxes off the map, small integer values (ties)
+    rng = np.random.default_rng(22)
+    x = rng.integers(0, 4, (3, 70, 9, 12)).astype(np.float32)
+    rois = random_rois(rng, 60, 3, 9, 12, 0.5)[rng.permutation(60)]
+    out, argmax = roipool.roi_pool_with_argmax(x, rois, (3, 4), 0.5)
+    grad = rng.standard_normal(out.shape).astype(np.float32)
+    expected = reference.roi_pool_backward(grad, argmax, rois, x.shape)
+    got = roipool.roi_pool_backward(grad, None, rois, x.shape, input=x, spatial_scale=0.5)
+    assert got.dtype == np.float32 and got.tobytes() == expected.tobytes()
+    assert roipool.roi_pool_backward(grad, argmax, rois, x.shape).tobytes() == expected.tobytes()
+    # an NCHW view of channels-last memory, and a strided map: the kernel's channels-last entry
+    nhwc_view = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    strided = np.repeat(x, 2, axis=3)[..., ::2]
+    for other in (nhwc_view, strided):
+        again = roipool.roi_pool_backward(grad, None, rois, x.shape, input=other, spatial_scale=0.5)
+        assert again.tobytes() == expected.tobytes()
+
+
+def test_recomputing_backward_of_empty_and_outside_boxes():
+    x = np.random.default_rng(23).standard_normal((2, 3, 5, 5))
+    for rois in (np.zeros((0, 5)), np.array([[1, 100, 100, 200, 200], [0, -50, -50, -10, -10]])):
+        grad = np.ones((len(rois), 3, 2, 2))
+        got = roipool.roi_pool_backward(grad, None, rois, x.shape, input=x)
+        assert got.shape == x.shape and got.dtype == x.dtype and not got.any()
+
+
+def test_recomputing_backward_rejects_inconsistent_arguments():
+    x = np.zeros((1, 3, 5, 5), np.float32)
+    rois = np.array([[0, 0, 0, 4, 4]], np.float32)
+    grad = np.ones((1, 3, 2, 2), np.float32)
+    with pytest.raises(ValueError, match="needs argmax, or input"):
+        roipool.roi_pool_backward(grad, None, rois, x.shape)
+    with pytest.raises(ValueError, match="not both"):
+        roipool.roi_pool_backward(grad, np.zeros(grad.shape, np.int32), rois, x.shape, input=x)
+    with pytest.raises(ValueError, match="input_shape"):
+        roipool.roi_pool_backward(grad, None, rois, (1, 3, 5, 6), input=x)
+    with pytest.raises(TypeError, match="same dtype"):
+        roipool.roi_pool_backward(grad.astype(np.float64), None, rois, x.shape, input=x)
+    with pytest.raises(ValueError, match="grad_output must have shape"):
+        roipool.roi_pool_backward(np.ones((1, 2, 2, 2), np.float32), None, rois, x.shape, input=x)
+    with pytest.raises(ValueError, match="spatial_scale"):
+        roipool.roi_pool_backward(grad, None, rois, x.shape, input=x, spatial_scale=0.0)

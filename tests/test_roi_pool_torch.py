@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from .roi_family import RoIOpTester, make_input, torch
@@ -19,7 +20,7 @@ from .test_checks import BAD_OUTPUT_SIZES, BAD_SCALES  # noqa: E402
 class TestRoIPool(RoIOpTester):
     params = dict(output_size=(3, 2), spatial_scale=0.5)
     onnx_op_type = "MaxRoiPool"
-    train_op = "roipool::roi_pool_with_argmax"
+    train_op = "roipool::roi_pool"  # on the CPU; its backward recomputes the argmax
     infer_op = "roipool::roi_pool"
 
     def fn(self, input, boxes, output_size, spatial_scale=1.0):
@@ -42,6 +43,7 @@ class TestRoIPool(RoIOpTester):
             (torch.ops.roipool.roi_pool.default, args),
             (torch.ops.roipool.roi_pool_with_argmax.default, args),
             (torch.ops.roipool.roi_pool_backward.default, (grad, argmax, rois, *x.shape)),
+            (torch.ops.roipool.roi_pool_backward_recompute.default, (grad, *args)),
         ]
 
     @pytest.mark.parametrize("output_size, error", BAD_OUTPUT_SIZES)
@@ -133,3 +135,74 @@ def test_a_device_without_kernels_loads_its_backend_module_or_says_it_is_missing
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert torch.equal(op(torch.ones(3)), torch.full((3,), 2.0))
+
+
+def _ops_called(fn):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    called = []
+
+    class Log(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            called.append(func._schema.name)
+            return func(*args, **(kwargs or {}))
+
+    with Log():
+        fn()
+    return called
+
+
+def _train_and_check(x, rois, output_size, scale):
+    out = roipool.roi_pool(x, rois, output_size, scale)
+    out.backward(torch.ones_like(out))
+    expected_out, argmax = reference.roi_pool(x.detach().numpy(), rois.numpy(), *output_size, scale)
+    expected = reference.roi_pool_backward(np.ones(expected_out.shape, np.float32), argmax, rois.numpy(), x.shape)
+    assert out.detach().numpy().tobytes() == expected_out.tobytes()
+    assert x.grad.numpy().tobytes() == expected.tobytes()
+
+
+def test_cpu_training_keeps_no_argmax_and_the_backward_recomputes_it():
+    x = make_input((2, 3, 9, 11), torch.float32, "contiguous", integers=True).requires_grad_()
+    rois = torch.tensor([[0.0, 0, 0, 9, 7], [1, 2, 1, 6, 8], [0, 3, 3, 3, 3]])  # 4 cells per bin
+    called = _ops_called(lambda: _train_and_check(x, rois, (3, 2), 0.5))
+    assert "roipool::roi_pool_with_argmax" not in called and "roipool::roi_pool_backward" not in called
+    assert called.count("roipool::roi_pool_backward_recompute") == 1
+
+
+def test_cpu_training_over_very_large_bins_keeps_the_argmax():
+    x = make_input((1, 3, 12, 13), torch.float32, "contiguous", integers=True).requires_grad_()
+    rois = torch.tensor([[0.0, 0, 0, 12, 12], [0, 2, 1, 11, 12]])  # 1 x 1 output: 156 and 120 cells per bin
+    called = _ops_called(lambda: _train_and_check(x, rois, (1, 1), 1.0))
+    assert "roipool::roi_pool_with_argmax" in called and "roipool::roi_pool_backward" in called
+    assert "roipool::roi_pool_backward_recompute" not in called
+    # the threshold: up to 24 cells per bin re-scan
+    assert _torch_ops._recompute_pays(x, rois, 1.0, 3, 3) and not _torch_ops._recompute_pays(x, rois, 1.0, 2, 2)
+
+
+def test_double_backward_of_the_recomputing_backward():
+    x = make_input((2, 2, 5, 6), torch.float64, "contiguous").requires_grad_()
+    rois = torch.tensor([[0.0, 0, 0, 5, 4], [1, 1, 2, 4, 4], [0, 9, 9, 20, 20]], dtype=torch.float64)
+    assert torch.autograd.gradgradcheck(lambda t: roipool.roi_pool(t, rois, (2, 3)), (x,))
+
+
+def test_recomputing_backward_op_checks_its_grad():
+    x = torch.zeros((1, 2, 5, 5))
+    rois = torch.tensor([[0.0, 0, 0, 4, 4]])
+    with pytest.raises(TypeError, match="grad must have the input's dtype"):
+        torch.ops.roipool.roi_pool_backward_recompute(torch.zeros((1, 2, 2, 2), dtype=torch.float64), x, rois, 1.0, 2, 2)
+    with pytest.raises(ValueError, match="grad must have shape"):
+        torch.ops.roipool.roi_pool_backward_recompute(torch.zeros((1, 2, 3, 2)), x, rois, 1.0, 2, 2)
+
+
+def test_the_argmax_training_op_is_differentiable_through_its_argmax():
+    # the CUDA training path (and an opt-in on the CPU for very large bins)
+    x = make_input((2, 3, 9, 11), torch.float32, "contiguous", integers=True).requires_grad_()
+    rois = torch.from_numpy(TestRoIPool().rois()).float()
+    out, argmax = torch.ops.roipool.roi_pool_with_argmax(x, rois, 0.5, 3, 2)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    out.backward(grad)
+    expected = reference.roi_pool_backward(grad.numpy(), argmax.numpy(), rois.numpy(), x.shape)
+    assert x.grad.numpy().tobytes() == expected.tobytes()
+    x64 = make_input((2, 2, 5, 6), torch.float64, "contiguous").requires_grad_()
+    rois64 = rois.double()[:6]
+    assert torch.autograd.gradcheck(lambda t: torch.ops.roipool.roi_pool_with_argmax(t, rois64, 0.5, 2, 3)[0], (x64,))

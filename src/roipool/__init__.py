@@ -69,17 +69,24 @@ def roi_pool_with_argmax(input, boxes, output_size, spatial_scale=1.0):
     return _pool.roi_pool_with_argmax(input, boxes, output_size, spatial_scale)
 
 
-def roi_pool_backward(grad_output, argmax, boxes, input_shape):
+def roi_pool_backward(grad_output, argmax, boxes, input_shape, *, input=None, spatial_scale=1.0):
     """Gradient of :func:`roi_pool` with respect to ``input`` (NumPy).
 
     ``grad_output (K, C, pooled_h, pooled_w)`` is routed to the input element
     named by ``argmax`` (from :func:`roi_pool_with_argmax`), summed where
     several outputs chose the same element. ``boxes`` are those of the forward
     call (for the batch index). Returns an array of ``input_shape``.
+
+    Without an argmax: pass ``argmax=None`` with the forward's ``input`` and
+    ``spatial_scale`` (the output size is ``grad_output``'s). One kernel then
+    finds each bin's maximum again and adds the gradient there; the result is
+    bit-identical, and the forward can be the cheaper :func:`roi_pool`, which
+    writes no argmax (as large as the output). ``grad_output`` must then have
+    ``input``'s dtype.
     """
     from . import _pool
 
-    return _pool.roi_pool_backward(grad_output, argmax, boxes, input_shape)
+    return _pool.roi_pool_backward(grad_output, argmax, boxes, input_shape, input=input, spatial_scale=spatial_scale)
 
 
 # ---- roi_align ----

@@ -44,6 +44,15 @@ class Bins:
         self.bounds = balanced_chunks(cost)
 
 
+def cells_per_bin(rois, spatial_scale, pooled_h, pooled_w, height, width) -> float:
+    """Mean number of map cells a bin of these ``(K, 5)`` rois (validated, compute dtype) reads; 0 for none."""
+    k, bins = rois.shape[0], pooled_h * pooled_w
+    if k == 0:
+        return 0.0
+    _, _, _, cost = roi_pool_bins(rois, rois.dtype.type(spatial_scale), pooled_h, pooled_w, height, width)
+    return float(cost.sum() - k * bins) / (k * bins)  # cost: cells read plus bins written
+
+
 def launch_forward(x_nhwc, bins: Bins, out) -> None:
     """``out (K, C, PH * PW)`` <- bin maxima of ``x_nhwc (N, H, W, C)`` (C-contiguous, compute dtype)."""
     if out.size:
@@ -63,6 +72,23 @@ def launch_backward(grad_out, argmax, batch, grad_in) -> None:
     if grad_out.size:
         with launch_lock:
             kernels.backward(grad_out, argmax, batch, grad_in)
+
+
+def launch_backward_recompute(x, channels_last: bool, bins: Bins, grad_out, grad_in) -> None:
+    """``grad_in (N, C, H * W)`` <- ``grad_out (K, C, PH * PW)`` routed to each bin's maximum in ``x``.
+
+    ``x`` is the map, ``(N, H, W, C)`` if ``channels_last`` else ``(N, C, H, W)``.
+    The same sums as :func:`launch_backward` with the forward's argmax, found
+    again by scanning the bins instead of read back; ``grad_in`` is
+    overwritten (no zeroing needed). All arrays C-contiguous, compute dtype.
+    """
+    if grad_in.size == 0:
+        return
+    if grad_out.size == 0:
+        grad_in[...] = 0
+        return
+    with launch_lock:
+        kernels.backward_recompute(x, channels_last, bins.batch, bins.hbins, bins.wbins, grad_out, grad_in)
 
 
 class Prepared:
@@ -115,13 +141,19 @@ def _argmax_outside(argmax: np.ndarray, cells: int) -> bool:
     return bool(argmax.min() < -1 or argmax.max() >= cells)
 
 
-def roi_pool_backward(grad_output, argmax, boxes, input_shape):
+def roi_pool_backward(grad_output, argmax, boxes, input_shape, *, input=None, spatial_scale=1.0):
     grad_output = np.asarray(grad_output)
-    argmax = np.asarray(argmax)
     if grad_output.dtype.kind != "f":
         raise TypeError(f"grad_output must have a real floating dtype, got {grad_output.dtype}")
     if grad_output.ndim != 4:
         raise ValueError(f"grad_output must have shape (K, C, pooled_h, pooled_w), got {grad_output.shape}")
+    if argmax is None:
+        if input is None:
+            raise ValueError("roi_pool_backward needs argmax, or input (and spatial_scale) to find the maxima again")
+        return _backward_recompute(grad_output, input, boxes, input_shape, spatial_scale)
+    if input is not None:
+        raise ValueError("pass argmax or input to roi_pool_backward, not both")
+    argmax = np.asarray(argmax)
     if argmax.shape != grad_output.shape:
         raise ValueError(f"argmax must have the shape of grad_output {grad_output.shape}, got {argmax.shape}")
     if argmax.dtype.kind not in "iu":
@@ -143,3 +175,27 @@ def roi_pool_backward(grad_output, argmax, boxes, input_shape):
         am = np.ascontiguousarray(argmax, dtype=np.int32).reshape(k, channels, ph * pw)
         launch_backward(go, am, rois[:, 0].astype(np.int32), grad_in)
     return grad_in.reshape(shape).astype(grad_output.dtype, copy=False)
+
+
+def _backward_recompute(grad_output, input, boxes, input_shape, spatial_scale):
+    """:func:`roi_pool_backward` from the forward's input instead of its argmax (one fused kernel)."""
+    prep = Prepared(input, boxes, grad_output.shape[2:], spatial_scale)
+    if _checks.input_shape_tuple(input_shape) != prep.input_shape:
+        raise ValueError(f"input_shape {tuple(input_shape)} is not the shape of input {prep.input_shape}")
+    if grad_output.dtype.newbyteorder("=") != prep.input_dtype.newbyteorder("="):
+        raise TypeError(f"grad_output ({grad_output.dtype}) and input ({prep.input_dtype}) must have the same dtype")
+    k, channels, ph, pw = grad_output.shape
+    if (k, channels) != (prep.rois.shape[0], prep.input_shape[1]):
+        raise ValueError(
+            f"grad_output must have shape {(prep.rois.shape[0], prep.input_shape[1], ph, pw)} for these boxes "
+            f"and input, got {grad_output.shape}"
+        )
+    n, _, height, width = prep.input_shape
+    grad_in = np.empty((n, channels, height * width), prep.dtype)
+    go = np.ascontiguousarray(grad_output, dtype=prep.dtype).reshape(k, channels, ph * pw)
+    x = prep.input
+    if x.dtype == prep.dtype and x.flags.c_contiguous:  # read as NCHW, no channels-last copy
+        launch_backward_recompute(x, False, prep.bins, go, grad_in)
+    else:
+        launch_backward_recompute(prep.channels_last(), True, prep.bins, go, grad_in)
+    return grad_in.reshape(prep.input_shape).astype(grad_output.dtype, copy=False)

@@ -26,6 +26,9 @@ align family follows the same four steps):
    ``spatial_scale``) from ``_checks``, boxes to rois (:func:`boxes_to_rois`),
    then the training op if a gradient is wanted (:func:`needs_grad`) and the
    inference op otherwise, so no argmax is computed when no one will use it.
+   (``roi_pool`` on CPU tensors usually trains through the inference op too:
+   its backward, ``roi_pool_backward_recompute``, finds the maxima again; see
+   :func:`_recompute_pays`.)
 
 Value checks that depend on the boxes' contents (batch index, finite
 coordinates) run inside the kernels (:func:`cpu_rois`): eager, compiled and
@@ -262,13 +265,15 @@ _ROI_POOL_ARGS = "Tensor input, Tensor rois, float spatial_scale, int pooled_hei
 
 
 class _CpuRoIPool:
-    """One CPU call: the input as channels-last NumPy and the bins, in the compute dtype."""
+    """One CPU call: the input as NumPy (channels-last, or NCHW where the caller allows) and the bins, in the compute dtype."""
 
-    def __init__(self, input, rois, spatial_scale, pooled_height, pooled_width):
+    def __init__(self, input, rois, spatial_scale, pooled_height, pooled_width, nchw_ok=False):
         n, self.channels, height, width = input.shape
         self.input_dtype = input.dtype
         self.dtype = compute_dtype(input.dtype)
-        self.x = cpu_nhwc(input, self.dtype)
+        # nchw_ok: the caller also takes an NCHW-contiguous map (channels_last False)
+        self.channels_last = not (nchw_ok and input.dtype == self.dtype and input.is_contiguous())
+        self.x = cpu_nhwc(input, self.dtype) if self.channels_last else input.detach().numpy()
         rois_np = cpu_rois(rois, n, self.dtype)
         self.bins = _pool.Bins(rois_np, spatial_scale, pooled_height, pooled_width, height, width)
         self.flat_shape = (rois_np.shape[0], self.channels, pooled_height * pooled_width)
@@ -332,13 +337,82 @@ roi_pool_backward_op = define(
 )
 
 
+def _roi_pool_backward_recompute_cpu(grad, input, rois, spatial_scale, pooled_height, pooled_width):
+    if grad.dtype != input.dtype:
+        raise TypeError(f"grad must have the input's dtype {input.dtype}, got {grad.dtype}")
+    call = _CpuRoIPool(input, rois, spatial_scale, pooled_height, pooled_width, nchw_ok=True)
+    if tuple(grad.shape) != call.shape:
+        raise ValueError(f"grad must have shape {call.shape} for these rois and input, got {tuple(grad.shape)}")
+    grad_out = grad.detach().to(call.dtype).contiguous().numpy().reshape(call.flat_shape)
+    n, channels, height, width = input.shape
+    grad_in = new_cpu_tensor((n, channels, height * width), call.dtype)
+    _pool.launch_backward_recompute(call.x, call.channels_last, call.bins, grad_out, grad_in.numpy())
+    return grad_in.view(n, channels, height, width).to(grad.dtype)
+
+
+def _roi_pool_backward_recompute_fake(grad, input, rois, spatial_scale, pooled_height, pooled_width):
+    return input.new_empty(input.shape)
+
+
+def _roi_pool_backward_recompute_any_device(grad, input, rois, spatial_scale, pooled_height, pooled_width):
+    # Devices without a fused kernel (CUDA: the Triton backend) run the two
+    # ops it fuses; what they compute is the same.
+    _, argmax = torch.ops.roipool.roi_pool_with_argmax(input, rois, spatial_scale, pooled_height, pooled_width)
+    return torch.ops.roipool.roi_pool_backward(grad, argmax, rois, *input.shape)
+
+
+# The gradient of roi_pool from the input instead of an argmax: on the CPU one
+# fused kernel re-scans each bin and adds the gradient at its maximum, which
+# saves writing and reading back an argmax as large as the output.
+roi_pool_backward_recompute_op = torch.library.custom_op(
+    f"{NAMESPACE}::roi_pool_backward_recompute",
+    _roi_pool_backward_recompute_any_device,
+    mutates_args=(),
+    schema=f"(Tensor grad, {_ROI_POOL_ARGS}) -> Tensor",
+)
+roi_pool_backward_recompute_op.register_kernel("cpu", _roi_pool_backward_recompute_cpu)
+roi_pool_backward_recompute_op.register_fake(_roi_pool_backward_recompute_fake)
+
+
+def _roi_pool_backward_recompute_setup(ctx, inputs, output):
+    _, input, rois, *ctx.params = inputs
+    ctx.save_for_backward(input, rois)
+
+
+def _roi_pool_backward_recompute_grad(ctx, grad_grad_input):
+    # Linear in grad: its adjoint reads grad_grad_input at each bin's maximum
+    # (0 for empty bins). The maxima move only where the input has ties, so
+    # the derivative with respect to the input is zero.
+    input, rois = ctx.saved_tensors
+    _, argmax = torch.ops.roipool.roi_pool_with_argmax(input, rois, *ctx.params)
+    _, channels, height, width = input.shape
+    plane = rois[:, 0].to(torch.int64).view(-1, 1, 1, 1) * channels + torch.arange(
+        channels, device=input.device
+    ).view(1, -1, 1, 1)
+    index = plane * (height * width) + argmax.clamp(min=0).to(torch.int64)
+    picked = grad_grad_input.reshape(-1)[index.reshape(-1)].view(argmax.shape)
+    grad_grad = torch.where(argmax >= 0, picked, torch.zeros_like(picked))
+    return grad_grad, None, None, None, None, None
+
+
+roi_pool_backward_recompute_op.register_autograd(
+    _roi_pool_backward_recompute_grad, setup_context=_roi_pool_backward_recompute_setup
+)
+
+
 def _roi_pool_with_argmax_setup(ctx, inputs, output):
     input, rois = inputs[:2]
     ctx.save_for_backward(rois, output[1])
     ctx.input_shape = tuple(input.shape)
+    # The argmax output never gets a gradient; without this autograd would
+    # hand the backward a zero tensor as large as the output (about 45 ms of
+    # a 80 ms backward on the vgg16 workload).
+    ctx.set_materialize_grads(False)
 
 
 def _roi_pool_with_argmax_grad(ctx, grad_output, _grad_argmax):
+    if grad_output is None:  # the pooled output did not reach the loss
+        return None, None, None, None, None
     rois, argmax = ctx.saved_tensors
     grad_input = torch.ops.roipool.roi_pool_backward(grad_output, argmax, rois, *ctx.input_shape)
     return grad_input, None, None, None, None
@@ -350,11 +424,10 @@ def _roi_pool_setup(ctx, inputs, output):
 
 
 def _roi_pool_grad(ctx, grad_output):
-    # Only direct calls of roipool::roi_pool get here (roi_pool() picks the
-    # training op when a gradient is wanted): recompute the argmax.
+    # The training forward on the CPU (see roi_pool()): the backward finds
+    # the maxima again from the saved input instead of reading an argmax.
     input, rois = ctx.saved_tensors
-    _, argmax = torch.ops.roipool.roi_pool_with_argmax(input, rois, *ctx.params)
-    grad_input = torch.ops.roipool.roi_pool_backward(grad_output, argmax, rois, *input.shape)
+    grad_input = torch.ops.roipool.roi_pool_backward_recompute(grad_output, input, rois, *ctx.params)
     return grad_input, None, None, None, None
 
 
@@ -433,9 +506,35 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0):
         pooled_h, pooled_w = _checks.output_size_pair(output_size)
         scale = _checks.positive_scale(spatial_scale)
         rois = boxes_to_rois(boxes, input)
-    if needs_grad(input):
+    if needs_grad(input) and not _recompute_pays(input, rois, scale, pooled_h, pooled_w):
         return torch.ops.roipool.roi_pool_with_argmax(input, rois, scale, pooled_h, pooled_w)[0]
+    # The training forward is the inference op too: its backward finds the
+    # maxima again from the input (roi_pool_backward_recompute).
     return torch.ops.roipool.roi_pool(input, rois, scale, pooled_h, pooled_w)
+
+
+#: Mean cells per bin above which a CPU training forward stores the argmax
+#: instead of letting the backward scan every bin again (measured in kernels.md).
+RECOMPUTE_MAX_CELLS_PER_BIN = 24.0
+
+
+def _recompute_pays(input, rois, scale, pooled_h, pooled_w) -> bool:
+    """Whether roi_pool's backward should re-scan the bins rather than read a stored argmax.
+
+    On CUDA never (the Triton backend reads an argmax). On the CPU when the
+    bins are small: the re-scan costs about twice the forward's scan, the
+    argmax 8 bytes per output written and read. While tracing
+    (``torch.compile``, ``torch.export``) the boxes are not known and the
+    re-scan is chosen. The result is the same either way.
+    """
+    if input.device.type != "cpu":
+        return False
+    known = type(input) is torch.Tensor and type(rois) is torch.Tensor
+    if not known or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return True
+    n, _, height, width = input.shape
+    rois_np = cpu_rois(rois, n, compute_dtype(input.dtype))
+    return _pool.cells_per_bin(rois_np, scale, pooled_h, pooled_w, height, width) <= RECOMPUTE_MAX_CELLS_PER_BIN
 
 
 # ---- ps_roi_pool, ps_roi_align (position-sensitive, R-FCN) ----

@@ -16,16 +16,22 @@ split between threads; each RoI's output is written by exactly one thread.
 
 The maximum is strict (``>``, first in row-major scan order wins) and NaN
 wins over numbers: once a NaN is seen the bin keeps it (``_simd.vmax``).
-Empty bins give 0 and argmax -1. Backward gives each thread whole channels,
-so the sums need no atomics and run in the reference's order.
+Empty bins give 0 and argmax -1. Both backwards (:func:`backward` from a
+stored argmax, :func:`backward_recompute` re-scanning the bins) give each
+task whole channels, so the sums need no atomics and run in the reference's
+order.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-from ._simd import VECTOR_BYTES, transpose_tile, vload, vmax, vmax_index, vsplat_index, vstore
+from ._simd import VECTOR_BYTES, _splat_int32, transpose_tile, vload, vmax, vmax_index, vsplat_index, vstore
 
 # Vectors pooled together per bin pass (128 float32 / 64 float64 channels).
 UNROLL = 8
@@ -294,6 +300,200 @@ def backward(grad_out, argmax, batch, grad_in):
                     i = a[b]
                     if i >= 0:
                         plane[i] += g[b]
+
+
+# Vectors per bin pass in the recomputing backward (64 float32 / 32 float64
+# channels): a task's copy of its channels of the map and its accumulator
+# (both cells x 64 channels, 486 KB each on a 38 x 50 map) then share L2.
+RECOMPUTE_UNROLL = 4
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def backward_recompute(x, channels_last, batch, hbins, wbins, grad_out, grad_in):
+    """``grad_in (N, C, H * W)`` <- ``grad_out (K, C, B)`` routed to each bin's maximum, found again in ``x``.
+
+    The gradient of :func:`forward` with no stored argmax. A task owns one
+    image and one block of channels (``RECOMPUTE_UNROLL`` vectors). It copies
+    that slice of ``x`` into a dense ``(H * W, block)`` buffer (the slice of
+    the channels-last map has a 2 KB stride between cells on a 512-channel
+    map, which would use a quarter of L2's sets) and accumulates into a zeroed
+    ``(H * W, block)`` buffer. For each of the image's RoIs in ascending order
+    and each bin in order it scans the bin with the forward's rule and order
+    (so ties, -0.0, NaN and -inf pick the cell the forward's argmax names),
+    keeping the winning cells in registers, then walks the bin's cells again,
+    adding the bin's gradient in the lanes that cell won. That is the
+    reference's summation order for every element, and no two tasks write the
+    same element, so the result is bit-identical to :func:`backward` with the
+    forward's argmax, whatever the thread count. Each task ends by writing its
+    accumulator transposed into ``grad_in``, which is thus fully overwritten.
+
+    ``x`` is ``(N, H, W, C)`` if ``channels_last``, else ``(N, C, H, W)`` (the
+    tasks then transpose their slices themselves, so the usual NCHW map needs
+    no channels-last copy first); ``x`` and ``grad_out`` must be C-contiguous;
+    ``batch``, ``hbins``, ``wbins`` as in :func:`forward`.
+    """
+    if channels_last:
+        n_images, height, width, channels = x.shape
+    else:
+        n_images, channels, height, width = x.shape
+    k_total, _, nbins = grad_out.shape
+    cells = height * width
+    xf = x.reshape(-1)
+    gof = grad_out.reshape(-1)
+    gif = grad_in.reshape(-1)
+    block = RECOMPUTE_UNROLL * (VECTOR_BYTES // x.itemsize)
+    nblocks = (channels + block - 1) // block
+    for task in numba.prange(n_images * nblocks):
+        n = task // nblocks
+        c0 = (task % nblocks) * block
+        cw = min(block, channels - c0)
+        xl = np.empty(cells * block, x.dtype)
+        if channels_last:
+            for cell in range(cells):
+                src = (n * cells + cell) * channels + c0
+                xl[cell * block : cell * block + cw] = xf[src : src + cw]
+        else:
+            transpose_tile(xf, (n * channels + c0) * cells, cells, cw, cells, xl, 0, block)
+        acc = np.zeros(cells * block, x.dtype)
+        gtile = np.empty(nbins * block, x.dtype)
+        k = _next_roi(batch, n, 0)
+        while k < k_total:
+            following = _next_roi(batch, n, k + 1)
+            # the RoI's gradient for this block, bins x channels
+            transpose_tile(gof, (k * channels + c0) * nbins, nbins, cw, nbins, gtile, 0, block)
+            ahead = (following * channels + c0) * nbins if following < k_total else -1
+            _grad_tile(xl, width, block, cw, hbins[k], wbins[k], gtile, acc, gof, ahead, cw * nbins)
+            k = following
+        transpose_tile(acc, 0, block, cells, cw, gif, (n * channels + c0) * cells, cells)
+
+
+@numba.njit(nogil=True)
+def _next_roi(batch, n, k):
+    """The first RoI ``>= k`` of image ``n`` (``len(batch)`` if none)."""
+    while k < batch.shape[0] and batch[k] != n:
+        k += 1
+    return k
+
+
+@numba.njit(nogil=True)
+def _grad_tile(xl, width, stride, cw, hb, wb, gtile, acc, gof, ahead, ahead_size):
+    """Add ``gtile[b * stride + j]`` to ``acc[cell * stride + j]`` where ``cell`` holds channel ``j``'s maximum over bin ``b``.
+
+    ``xl`` and ``acc`` are ``(H * W, stride)`` channels-last; ``j < cw``.
+    Meanwhile ``gof[ahead : ahead + ahead_size]`` (the next RoI's gradient;
+    ``ahead`` -1: none) is prefetched, a few cache lines per bin: issued all
+    at once the prefetches would wait for free line-fill buffers and not run
+    ahead of the work. This hides most of the time the gradient, which no
+    cache holds, takes to arrive from memory (about 8 of 38 ms on the vgg16
+    workload).
+    """
+    lanes = VECTOR_BYTES // xl.itemsize
+    pooled_w = wb.shape[0]
+    per_bin = (cw + lanes - 1) // lanes
+    line = 0
+    for ph in range(hb.shape[0]):
+        h0 = hb[ph, 0]
+        h1 = hb[ph, 1]
+        for pw in range(pooled_w):
+            if ahead >= 0:
+                for _ in range(per_bin):
+                    if line < ahead_size:
+                        prefetch(gof, ahead + line)
+                    line += lanes
+            w0 = wb[pw, 0]
+            w1 = wb[pw, 1]
+            if h1 <= h0 or w1 <= w0:
+                continue
+            t = (ph * pooled_w + pw) * stride
+            j = 0
+            if cw == RECOMPUTE_UNROLL * lanes:
+                _bin_grad4(xl, width, stride, h0, h1, w0, w1, gtile, t, acc)
+                j = cw
+            while j + lanes <= cw:
+                _bin_grad1(xl, j, width, stride, h0, h1, w0, w1, gtile, t + j, acc)
+                j += lanes
+            for jj in range(j, cw):
+                _, cell = _bin_argmax_scalar(xl, jj, width, stride, h0, h1, w0, w1)
+                acc[cell * stride + jj] += gtile[t + jj]
+
+
+@intrinsic
+def prefetch(typingctx, array, index):
+    """Hint that ``array[index]`` (1-D, contiguous) will be read soon: its cache line is fetched into L2.
+
+    A hint only (``llvm.prefetch``, read, low locality: ``prefetcht2`` on
+    x86); it changes no value and never faults.
+    """
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        ptr = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        name = "llvm.prefetch.p0" if str(ptr.type) == "ptr" else "llvm.prefetch.p0i8"  # opaque or typed pointers
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]), name)
+        # read (0), locality 1 (of 0..3), data cache (1)
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 1), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(array, types.intp), codegen
+
+
+@intrinsic
+def _vadd_where(typingctx, acc, value, index, cell):
+    """``acc + value`` in the lanes where the int32 vector ``index`` equals ``cell``, ``acc`` elsewhere."""
+
+    def codegen(context, builder, sig, args):
+        a, v, i, c = args
+        hit = builder.icmp_signed("==", i, _splat_int32(builder, c, acc.lanes))
+        return builder.select(hit, builder.fadd(a, v), a)
+
+    return acc(acc, value, index, types.intp), codegen
+
+
+@numba.njit(nogil=True)
+def _bin_grad4(xl, width, stride, h0, h1, w0, w1, gtile, t, acc):
+    lanes = VECTOR_BYTES // xl.itemsize
+    o = (h0 * width + w0) * stride
+    a0 = vload(xl, o)
+    a1 = vload(xl, o + lanes)
+    a2 = vload(xl, o + 2 * lanes)
+    a3 = vload(xl, o + 3 * lanes)
+    i0 = i1 = i2 = i3 = vsplat_index(h0 * width + w0, a0)
+    for h in range(h0, h1):
+        for w in range(w0 + 1 if h == h0 else w0, w1):
+            cell = h * width + w
+            o = cell * stride
+            a0, i0 = vmax_index(a0, i0, vload(xl, o), cell)
+            a1, i1 = vmax_index(a1, i1, vload(xl, o + lanes), cell)
+            a2, i2 = vmax_index(a2, i2, vload(xl, o + 2 * lanes), cell)
+            a3, i3 = vmax_index(a3, i3, vload(xl, o + 3 * lanes), cell)
+    g0 = vload(gtile, t)
+    g1 = vload(gtile, t + lanes)
+    g2 = vload(gtile, t + 2 * lanes)
+    g3 = vload(gtile, t + 3 * lanes)
+    for h in range(h0, h1):
+        for w in range(w0, w1):
+            cell = h * width + w
+            r = cell * stride
+            vstore(acc, r, _vadd_where(vload(acc, r), g0, i0, cell))
+            vstore(acc, r + lanes, _vadd_where(vload(acc, r + lanes), g1, i1, cell))
+            vstore(acc, r + 2 * lanes, _vadd_where(vload(acc, r + 2 * lanes), g2, i2, cell))
+            vstore(acc, r + 3 * lanes, _vadd_where(vload(acc, r + 3 * lanes), g3, i3, cell))
+
+
+@numba.njit(nogil=True)
+def _bin_grad1(xl, j, width, stride, h0, h1, w0, w1, gtile, t, acc):
+    a = vload(xl, (h0 * width + w0) * stride + j)
+    i = vsplat_index(h0 * width + w0, a)
+    for h in range(h0, h1):
+        for w in range(w0 + 1 if h == h0 else w0, w1):
+            cell = h * width + w
+            a, i = vmax_index(a, i, vload(xl, cell * stride + j), cell)
+    g = vload(gtile, t)
+    for h in range(h0, h1):
+        for w in range(w0, w1):
+            r = (h * width + w) * stride + j
+            vstore(acc, r, _vadd_where(vload(acc, r), g, i, h * width + w))
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
