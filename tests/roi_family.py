@@ -284,7 +284,6 @@ class RoIOpTester:
                 (x, boxes),
                 dynamo=True,
                 dynamic_shapes=({}, {0: torch.export.Dim.DYNAMIC}),
-                custom_translation_table=roipool.nn.onnx_translation_table(),
             )
             model = program.model_proto
         else:

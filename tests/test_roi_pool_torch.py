@@ -206,3 +206,25 @@ def test_the_argmax_training_op_is_differentiable_through_its_argmax():
     x64 = make_input((2, 2, 5, 6), torch.float64, "contiguous").requires_grad_()
     rois64 = rois.double()[:6]
     assert torch.autograd.gradcheck(lambda t: torch.ops.roipool.roi_pool_with_argmax(t, rois64, 0.5, 2, 3)[0], (x64,))
+
+
+def test_onnx_translation_table_exports_direct_op_calls():
+    # A model that calls the registered op itself (not roipool.roi_pool) needs
+    # the translation table with the dynamo exporter.
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+
+    class Direct(torch.nn.Module):
+        def forward(self, x, rois):
+            return torch.ops.roipool.roi_pool(x, rois, 0.5, 3, 2)
+
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 4, 10, 12), dtype=np.float32))
+    rois = torch.tensor([[0, 1.0, 2.0, 15.0, 11.0], [0, 6.0, 0.0, 6.0, 19.0]])
+    program = torch.onnx.export(
+        Direct().eval(), (x, rois), dynamo=True, custom_translation_table=roipool.nn.onnx_translation_table()
+    )
+    assert "MaxRoiPool" in [node.op_type for node in program.model_proto.graph.node]
+    session = ort.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    (got,) = session.run(None, dict(zip(names, [x.numpy(), rois.numpy()])))
+    np.testing.assert_array_equal(got, roipool.roi_pool(x.numpy(), rois.numpy(), (3, 2), 0.5))

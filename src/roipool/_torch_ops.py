@@ -253,6 +253,47 @@ def register_onnx(name: str, *, symbolic=None, translation=None) -> None:
         _ONNX_TRANSLATIONS[name] = translation
 
 
+def _dynamo_onnx_export() -> bool:
+    """Whether ``torch.onnx.export(..., dynamo=True)`` is tracing this call.
+
+    The public functions then emit the standard ONNX node themselves
+    (``torch.onnx.ops.symbolic``), so that exporter needs no translation
+    table. The TorchScript exporter (``dynamo=False``) traces with
+    ``torch.jit`` and maps the custom ops through their registered symbolics.
+    """
+    ops = getattr(torch.onnx, "ops", None)
+    return ops is not None and hasattr(ops, "symbolic") and torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
+
+
+def _onnx_max_roi_pool(input, rois, spatial_scale, pooled_h, pooled_w):
+    """The ONNX ``MaxRoiPool`` node of :func:`roi_pool`, for the dynamo exporter."""
+    return torch.onnx.ops.symbolic(
+        "MaxRoiPool",
+        (input, rois.to(input.dtype)),
+        {"pooled_shape": [pooled_h, pooled_w], "spatial_scale": float(spatial_scale)},
+        dtype=input.dtype,
+        shape=(rois.shape[0], input.shape[1], pooled_h, pooled_w),
+    )
+
+
+def _onnx_roi_align(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned):
+    """The ONNX ``RoiAlign`` node of :func:`roi_align`, for the dynamo exporter."""
+    return torch.onnx.ops.symbolic(
+        "RoiAlign",
+        (input, rois[:, 1:].to(input.dtype), rois[:, 0].to(torch.int64)),
+        {
+            "output_height": pooled_h,
+            "output_width": pooled_w,
+            "spatial_scale": float(spatial_scale),
+            "sampling_ratio": max(sampling_ratio, 0),
+            "mode": "avg",
+            "coordinate_transformation_mode": "half_pixel" if aligned else "output_half_pixel",
+        },
+        dtype=input.dtype,
+        shape=(rois.shape[0], input.shape[1], pooled_h, pooled_w),
+    )
+
+
 def onnx_translation_table() -> dict:
     """``{op: onnxscript function}`` for ``torch.onnx.export(..., custom_translation_table=...)``."""
     namespace = getattr(torch.ops, NAMESPACE)
@@ -506,6 +547,8 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0):
         pooled_h, pooled_w = _checks.output_size_pair(output_size)
         scale = _checks.positive_scale(spatial_scale)
         rois = boxes_to_rois(boxes, input)
+    if _dynamo_onnx_export():
+        return _onnx_max_roi_pool(input, rois, scale, pooled_h, pooled_w)
     if needs_grad(input) and not _recompute_pays(input, rois, scale, pooled_h, pooled_w):
         return torch.ops.roipool.roi_pool_with_argmax(input, rois, scale, pooled_h, pooled_w)[0]
     # The training forward is the inference op too: its backward finds the
@@ -877,4 +920,6 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
         check_feature_map(input)
         pooled_h, pooled_w, scale, ratio, aligned = _align.arguments(output_size, spatial_scale, sampling_ratio, aligned)
         rois = boxes_to_rois(boxes, input)
+    if _dynamo_onnx_export():
+        return _onnx_roi_align(input, rois, scale, pooled_h, pooled_w, ratio, aligned)
     return torch.ops.roipool.roi_align(input, rois, scale, pooled_h, pooled_w, ratio, aligned)
