@@ -251,3 +251,24 @@ def prefetch(typingctx, array, index):
         return context.get_dummy_value()
 
     return types.void(array, types.intp), codegen
+
+
+@numba.njit(nogil=True)
+def copy_to_lines(src, dst, start, length):
+    """``dst[start : start + length] = src[:length]``, storing whole aligned 64-byte lines.
+
+    A RoI's output rows (``PH * PW`` values each) do not start on cache
+    lines, so transposing a tile straight into them would split most vector
+    stores over two lines; the kernels transpose into ``src`` (in L1) and
+    copy from there.
+    """
+    lanes = VECTOR_BYTES // dst.itemsize
+    head = min(length, ((-(dst.ctypes.data + start * dst.itemsize)) % VECTOR_BYTES) // dst.itemsize)
+    for i in range(head):
+        dst[start + i] = src[i]
+    i = head
+    while i + lanes <= length:
+        vstore(dst, start + i, vload(src, i))
+        i += lanes
+    for j in range(i, length):
+        dst[start + j] = src[j]

@@ -44,7 +44,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._simd import VECTOR_BYTES, prefetch, transpose_tile, vload, vmuladd, vstore, vzeros
+from ._simd import VECTOR_BYTES, copy_to_lines, prefetch, transpose_tile, vload, vmuladd, vstore, vzeros
 
 _FASTMATH = {"contract"}  # allow fused multiply-add; no reassociation
 
@@ -141,27 +141,7 @@ def forward(xb, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, path, out):
                 else:
                     _forward_direct(xf, origin, width, cw, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, tile, block)
                 transpose_tile(tile, 0, block, nbins, cw, stage, 0, nbins)
-                _copy_to_lines(stage, outf, (k * channels + c0) * nbins, cw * nbins)
-
-
-@numba.njit(cache=True, nogil=True)
-def _copy_to_lines(src, dst, start, length):
-    """``dst[start : start + length] = src[:length]``, storing whole aligned 64-byte lines.
-
-    The output rows of a RoI (``PH * PW`` values each) do not start on cache
-    lines, so transposing straight into them would split most vector stores
-    over two lines; the tile is transposed into ``src`` (in L1) instead.
-    """
-    lanes = VECTOR_BYTES // dst.itemsize
-    head = min(length, ((-(dst.ctypes.data + start * dst.itemsize)) % VECTOR_BYTES) // dst.itemsize)
-    for i in range(head):
-        dst[start + i] = src[i]
-    i = head
-    while i + lanes <= length:
-        vstore(dst, start + i, vload(src, i))
-        i += lanes
-    for j in range(i, length):
-        dst[start + j] = src[j]
+                copy_to_lines(stage, outf, (k * channels + c0) * nbins, cw * nbins)
 
 
 @numba.njit(cache=True, nogil=True)

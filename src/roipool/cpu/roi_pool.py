@@ -8,10 +8,12 @@ cells are scanned in row-major order: eight independent running maxima hide
 the latency of each max, and nothing is stored until the bin is done.
 
 The output is ``(K, C, PH * PW)``: per RoI, channel-major. Each block of
-channels is pooled into a small ``(bins, block)`` tile that stays in L1, and
-the tile is written to the output transposed, ``lanes x lanes`` at a time in
-registers (``_simd.transpose_tile``), so every output row is written once, in
-order. Runs of RoIs (``bounds``, from ``_parallel.balanced_chunks``) are
+channels is pooled into a small ``(bins, block)`` tile that stays in L1; the
+tile is transposed, ``lanes x lanes`` at a time in registers
+(``_simd.transpose_tile``), into a staging buffer, also in L1, which is then
+copied to the output as whole aligned cache lines (``_simd.copy_to_lines``):
+an output row is 49 values, so transposing straight into the output split
+most stores over two lines. Runs of RoIs (``bounds``, from ``_parallel.balanced_chunks``) are
 split between threads; each RoI's output is written by exactly one thread.
 
 The maximum is strict (``>``, first in row-major scan order wins) and NaN
@@ -31,7 +33,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._simd import VECTOR_BYTES, _splat_int32, transpose_tile, vload, vmax, vmax_index, vsplat_index, vstore
+from ._simd import VECTOR_BYTES, _splat_int32, copy_to_lines, transpose_tile, vload, vmax, vmax_index, vsplat_index, vstore
 
 # Vectors pooled together per bin pass (128 float32 / 64 float64 channels).
 UNROLL = 8
@@ -53,12 +55,14 @@ def forward(x, batch, hbins, wbins, bounds, out):
     block = UNROLL * (VECTOR_BYTES // x.itemsize)
     for run in numba.prange(bounds.shape[0] - 1):
         tile = np.empty(nbins * block, x.dtype)
+        stage = np.empty(nbins * block, x.dtype)
         for k in range(bounds[run], bounds[run + 1]):
             base = batch[k] * height * width * channels
             for c0 in range(0, channels, block):
                 cw = min(block, channels - c0)
                 _pool_tile(xf, base + c0, width, channels, cw, hbins[k], wbins[k], tile, block)
-                transpose_tile(tile, 0, block, nbins, cw, outf, (k * channels + c0) * nbins, nbins)
+                transpose_tile(tile, 0, block, nbins, cw, stage, 0, nbins)
+                copy_to_lines(stage, outf, (k * channels + c0) * nbins, cw * nbins)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -76,14 +80,18 @@ def forward_argmax(x, batch, hbins, wbins, bounds, out, argmax):
     for run in numba.prange(bounds.shape[0] - 1):
         tile = np.empty(nbins * block, x.dtype)
         itile = np.empty(nbins * block, np.int32)
+        stage = np.empty(nbins * block, x.dtype)
+        istage = np.empty(nbins * block, np.int32)
         for k in range(bounds[run], bounds[run + 1]):
             base = batch[k] * height * width * channels
             for c0 in range(0, channels, block):
                 cw = min(block, channels - c0)
                 _pool_tile_argmax(xf, base + c0, width, channels, cw, hbins[k], wbins[k], tile, itile, block)
                 dst = (k * channels + c0) * nbins
-                transpose_tile(tile, 0, block, nbins, cw, outf, dst, nbins)
-                transpose_tile(itile, 0, block, nbins, cw, argf, dst, nbins)
+                transpose_tile(tile, 0, block, nbins, cw, stage, 0, nbins)
+                copy_to_lines(stage, outf, dst, cw * nbins)
+                transpose_tile(itile, 0, block, nbins, cw, istage, 0, nbins)
+                copy_to_lines(istage, argf, dst, cw * nbins)
 
 
 @numba.njit(nogil=True)
