@@ -133,16 +133,18 @@ def candidates(workload: Workload, op: str, mode: str, device: str = "cpu") -> l
 
     if device == "cpu" and hasattr(roipool, op):
         fn = getattr(roipool, op)
+        # The upstream gradient of a training step is made once, as for torch below.
+        upstream = np.ones_like(fn(x, rois, size, scale, **extra)) if mode != "forward" else None
         if mode == "forward":
             out.append(Candidate("roipool (numpy)", lambda: fn(x, rois, size, scale, **extra), True))
         elif op == "roi_pool":
             def numpy_train_step():
-                y, argmax = roipool.roi_pool_with_argmax(x, rois, size, scale)
-                return roipool.roi_pool_backward(y, argmax, rois, x.shape)
+                _, argmax = roipool.roi_pool_with_argmax(x, rois, size, scale)
+                return roipool.roi_pool_backward(upstream, argmax, rois, x.shape)
 
             def numpy_recompute_step():
-                y = roipool.roi_pool(x, rois, size, scale)
-                return roipool.roi_pool_backward(y, None, rois, x.shape, input=x, spatial_scale=scale)
+                roipool.roi_pool(x, rois, size, scale)
+                return roipool.roi_pool_backward(upstream, None, rois, x.shape, input=x, spatial_scale=scale)
 
             out.append(Candidate("roipool (numpy)", numpy_train_step, True))
             out.append(Candidate("roipool (numpy, no argmax)", numpy_recompute_step, True))
@@ -150,8 +152,8 @@ def candidates(workload: Workload, op: str, mode: str, device: str = "cpu") -> l
             backward = getattr(roipool, f"{op}_backward")
 
             def numpy_align_step():
-                y = fn(x, rois, size, scale, **extra)
-                return backward(y, rois, x.shape, size, scale, **extra)
+                fn(x, rois, size, scale, **extra)
+                return backward(upstream, rois, x.shape, size, scale, **extra)
 
             out.append(Candidate("roipool (numpy)", numpy_align_step, True))
 
