@@ -228,3 +228,13 @@ def test_onnx_translation_table_exports_direct_op_calls():
     names = [i.name for i in session.get_inputs()]
     (got,) = session.run(None, dict(zip(names, [x.numpy(), rois.numpy()])))
     np.testing.assert_array_equal(got, roipool.roi_pool(x.numpy(), rois.numpy(), (3, 2), 0.5))
+
+
+def test_argmax_backward_op_rejects_indices_outside_the_map():
+    x = torch.rand(1, 3, 6, 7)
+    rois = torch.tensor([[0, 0.0, 0.0, 5.0, 4.0]])
+    out, argmax = torch.ops.roipool.roi_pool_with_argmax(x, rois, 1.0, 2, 2)
+    assert torch.ops.roipool.roi_pool_backward(out, argmax, rois, 1, 3, 6, 7).shape == x.shape
+    for bad in (argmax + 6 * 7, argmax - 6 * 7 - 2):
+        with pytest.raises(ValueError, match="argmax holds indices outside"):
+            torch.ops.roipool.roi_pool_backward(out, bad, rois, 1, 3, 6, 7)

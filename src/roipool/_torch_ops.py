@@ -353,6 +353,9 @@ def _roi_pool_backward_cpu(grad, argmax, rois, batch_size, channels, height, wid
     flat = (grad.shape[0], channels, grad.shape[2] * grad.shape[3])
     grad_out = grad.detach().to(dtype).contiguous().numpy().reshape(flat)
     argmax_np = argmax.detach().to(torch.int32).contiguous().numpy().reshape(flat)
+    if argmax_np.size and _pool._argmax_outside(argmax_np, height * width):
+        # an index past the map would be a write out of bounds in the kernel
+        raise ValueError(f"argmax holds indices outside [-1, H * W = {height * width})")
     batch = cpu_batch_index(rois, batch_size)
     grad_in = new_cpu_tensor((batch_size, channels, height * width), dtype, zeros=True)
     _pool.launch_backward(grad_out, argmax_np, batch, grad_in.numpy())
