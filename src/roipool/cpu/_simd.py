@@ -232,25 +232,46 @@ def vmuladd(typingctx, acc, weight, value):
     return acc(acc, weight, value), codegen
 
 
-@intrinsic
-def prefetch(typingctx, array, index):
-    """Hint that ``array[index]`` will be read soon: start loading its cache line into L1.
-
-    A hint only (``llvm.prefetch``): it never faults, even past the end of the array.
-    """
-
+def _prefetch_codegen(locality):
     def codegen(context, builder, sig, args):
         data = context.make_array(sig.args[0])(context, builder, args[0]).data
         ptr = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
         i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]), "llvm.prefetch.p0"
-        )
-        # read, keep in all cache levels, data cache
-        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        name = "llvm.prefetch.p0" if str(ptr.type) == "ptr" else "llvm.prefetch.p0i8"  # opaque or typed pointers
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]), name)
+        # read (0), the locality, data cache (1)
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, locality), ir.Constant(i32, 1)])
         return context.get_dummy_value()
 
-    return types.void(array, types.intp), codegen
+    return codegen
+
+
+@intrinsic
+def prefetch(typingctx, array, index):
+    """Hint that ``array[index]`` will be read soon: start loading its cache line into L1.
+
+    A hint only (``llvm.prefetch``, highest locality: ``prefetcht0`` on x86):
+    it changes no value and never faults, even past the end of the array.
+    """
+    return types.void(array, types.intp), _prefetch_codegen(3)
+
+
+@intrinsic
+def prefetch_l2(typingctx, array, index):
+    """:func:`prefetch` into L2 only (low locality: ``prefetcht2`` on x86), for data read once."""
+    return types.void(array, types.intp), _prefetch_codegen(1)
+
+
+@intrinsic
+def vadd_where(typingctx, acc, value, index, cell):
+    """``acc + value`` in the lanes where the int32 vector ``index`` equals ``cell``, ``acc`` elsewhere."""
+
+    def codegen(context, builder, sig, args):
+        a, v, i, c = args
+        hit = builder.icmp_signed("==", i, _splat_int32(builder, c, acc.lanes))
+        return builder.select(hit, builder.fadd(a, v), a)
+
+    return acc(acc, value, index, types.intp), codegen
 
 
 @numba.njit(nogil=True)

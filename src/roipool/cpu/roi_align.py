@@ -44,7 +44,16 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._simd import VECTOR_BYTES, copy_to_lines, prefetch, transpose_tile, vload, vmuladd, vstore, vzeros
+from ._simd import (
+    VECTOR_BYTES,
+    copy_to_lines,
+    prefetch,
+    transpose_tile,
+    vload,
+    vmuladd,
+    vstore,
+    vzeros,
+)
 
 _FASTMATH = {"contract"}  # allow fused multiply-add; no reassociation
 

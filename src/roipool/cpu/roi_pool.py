@@ -28,12 +28,19 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic
 
-from ._simd import VECTOR_BYTES, _splat_int32, copy_to_lines, transpose_tile, vload, vmax, vmax_index, vsplat_index, vstore
+from ._simd import (
+    VECTOR_BYTES,
+    copy_to_lines,
+    prefetch_l2,
+    transpose_tile,
+    vadd_where,
+    vload,
+    vmax,
+    vmax_index,
+    vsplat_index,
+    vstore,
+)
 
 # Vectors pooled together per bin pass (128 float32 / 64 float64 channels).
 UNROLL = 8
@@ -406,7 +413,7 @@ def _grad_tile(xl, width, stride, cw, hb, wb, gtile, acc, gof, ahead, ahead_size
             if ahead >= 0:
                 for _ in range(per_bin):
                     if line < ahead_size:
-                        prefetch(gof, ahead + line)
+                        prefetch_l2(gof, ahead + line)
                     line += lanes
             w0 = wb[pw, 0]
             w1 = wb[pw, 1]
@@ -423,39 +430,6 @@ def _grad_tile(xl, width, stride, cw, hb, wb, gtile, acc, gof, ahead, ahead_size
             for jj in range(j, cw):
                 _, cell = _bin_argmax_scalar(xl, jj, width, stride, h0, h1, w0, w1)
                 acc[cell * stride + jj] += gtile[t + jj]
-
-
-@intrinsic
-def prefetch(typingctx, array, index):
-    """Hint that ``array[index]`` (1-D, contiguous) will be read soon: its cache line is fetched into L2.
-
-    A hint only (``llvm.prefetch``, read, low locality: ``prefetcht2`` on
-    x86); it changes no value and never faults.
-    """
-
-    def codegen(context, builder, sig, args):
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        ptr = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
-        i32 = ir.IntType(32)
-        name = "llvm.prefetch.p0" if str(ptr.type) == "ptr" else "llvm.prefetch.p0i8"  # opaque or typed pointers
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]), name)
-        # read (0), locality 1 (of 0..3), data cache (1)
-        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 1), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-
-    return types.void(array, types.intp), codegen
-
-
-@intrinsic
-def _vadd_where(typingctx, acc, value, index, cell):
-    """``acc + value`` in the lanes where the int32 vector ``index`` equals ``cell``, ``acc`` elsewhere."""
-
-    def codegen(context, builder, sig, args):
-        a, v, i, c = args
-        hit = builder.icmp_signed("==", i, _splat_int32(builder, c, acc.lanes))
-        return builder.select(hit, builder.fadd(a, v), a)
-
-    return acc(acc, value, index, types.intp), codegen
 
 
 @numba.njit(nogil=True)
@@ -483,10 +457,10 @@ def _bin_grad4(xl, width, stride, h0, h1, w0, w1, gtile, t, acc):
         for w in range(w0, w1):
             cell = h * width + w
             r = cell * stride
-            vstore(acc, r, _vadd_where(vload(acc, r), g0, i0, cell))
-            vstore(acc, r + lanes, _vadd_where(vload(acc, r + lanes), g1, i1, cell))
-            vstore(acc, r + 2 * lanes, _vadd_where(vload(acc, r + 2 * lanes), g2, i2, cell))
-            vstore(acc, r + 3 * lanes, _vadd_where(vload(acc, r + 3 * lanes), g3, i3, cell))
+            vstore(acc, r, vadd_where(vload(acc, r), g0, i0, cell))
+            vstore(acc, r + lanes, vadd_where(vload(acc, r + lanes), g1, i1, cell))
+            vstore(acc, r + 2 * lanes, vadd_where(vload(acc, r + 2 * lanes), g2, i2, cell))
+            vstore(acc, r + 3 * lanes, vadd_where(vload(acc, r + 3 * lanes), g3, i3, cell))
 
 
 @numba.njit(nogil=True)
@@ -501,7 +475,7 @@ def _bin_grad1(xl, j, width, stride, h0, h1, w0, w1, gtile, t, acc):
     for h in range(h0, h1):
         for w in range(w0, w1):
             r = (h * width + w) * stride + j
-            vstore(acc, r, _vadd_where(vload(acc, r), g, i, h * width + w))
+            vstore(acc, r, vadd_where(vload(acc, r), g, i, h * width + w))
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
