@@ -25,7 +25,7 @@ minimum size); a bin of size ``extent / P`` takes ``g`` samples per axis
 (``sampling_ratio`` if positive, else ``max(ceil(extent / P), 1)``) at
 ``bin_start + (i + 0.5) * bin_size / g``; each sample is interpolated
 bilinearly (torchvision's clamping rules) and the weights are divided by
-``g`` so that the bin value is the sample mean. ``reference.py`` restates all
+``g`` so that the bin value is the sample mean. ``roipool.reference`` restates all
 of this sample by sample, independently, for the tests.
 """
 
@@ -36,7 +36,7 @@ import math
 import numba
 import numpy as np
 
-from ._geometry import bilinear_corners, rounded_box
+from .geometry import bilinear_corners, rounded_box
 
 
 def align_coord_limit(dtype) -> float:
