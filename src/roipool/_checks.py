@@ -137,16 +137,16 @@ def rois_array(boxes, num_images: int, dtype: np.dtype, name: str = "boxes") -> 
         bad = (batch < 0) | (batch >= num_images)
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
-            raise ValueError(
-                f"{name}[{k}, 0] is the batch index and must be in [0, {num_images}), got {batch[k]!r}"
-            )
+            raise ValueError(f"{name}[{k}, 0] is the batch index and must be in [0, {num_images}), got {batch[k]!r}")
         with np.errstate(over="ignore"):  # overflow to inf is reported below
             rois = np.array(arr, dtype=dtype, order="C", copy=True)
     coords = rois[:, 1:]
     finite = np.isfinite(coords)
     if not finite.all():
         k = int(np.flatnonzero(~finite.all(axis=1))[0])
-        raise ValueError(f"{name}: box {k} has a coordinate that is NaN or infinite (or overflows {dtype}): {rois[k, 1:]}")
+        raise ValueError(
+            f"{name}: box {k} has a coordinate that is NaN or infinite (or overflows {dtype}): {rois[k, 1:]}"
+        )
     return rois
 
 
@@ -232,12 +232,16 @@ def roi_align_arguments(output_size, spatial_scale, sampling_ratio, aligned):
     return pooled_h, pooled_w, scale, sampling_ratio_int(sampling_ratio), flag(aligned, "aligned")
 
 
-def memory_bytes() -> int:
+def _memory_bytes() -> int:
     """Physical memory of this machine in bytes (2**48 where the platform does not say)."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name
         return 2**48
+
+
+#: Read once at import: a plain number is also what ``torch.compile`` traces through.
+MEMORY_BYTES = _memory_bytes()
 
 
 def fits_in_memory(shape, itemsize: int, name: str, asked, what: str = "the output") -> None:
@@ -252,7 +256,7 @@ def fits_in_memory(shape, itemsize: int, name: str, asked, what: str = "the outp
     if any(type(d) is not int for d in shape):
         return
     needed = math.prod(shape) * itemsize
-    limit = memory_bytes()
+    limit = MEMORY_BYTES
     if needed > limit:
         raise ValueError(
             f"{name}={asked!r} asks for {what} of shape {tuple(shape)}, {needed / 2**30:.3g} GiB, "

@@ -161,7 +161,7 @@ def candidates(workload: Workload, op: str, mode: str, device: str = "cpu") -> l
         dev = torch.device(device)
         xt = torch.from_numpy(x).to(dev)
         rt = torch.from_numpy(rois).to(dev)
-        if hasattr(roipool, op) and importlib.util.find_spec("roipool._torch_ops") is not None:
+        if hasattr(roipool, op) and importlib.util.find_spec("roipool._torch._library") is not None:
             fn = getattr(roipool, op)
             out.append(_torch_candidate("roipool (torch)", fn, xt, rt, size, scale, extra, mode, torch, True))
         if _optional("torchvision") is not None:

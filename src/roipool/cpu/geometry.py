@@ -15,7 +15,6 @@ import math
 import numba
 import numpy as np
 
-
 # Rounded corners are clamped to +-2**30 so that integer geometry cannot
 # overflow; any such corner already lies far outside every feature map.
 COORD_LIMIT = 2.0**30

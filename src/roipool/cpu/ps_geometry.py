@@ -123,8 +123,7 @@ def ps_roi_align_taps(rois, spatial_scale, pooled_h, pooled_w, height, width, sa
         for p in range(pooled_w):
             _align_bin(geo[k, 1], p, width, dtype, eps, x_first[k, p], x_weight[k, p])
     cost = _cost(y_count, x_count)
-    return (batch, y_first, y_count, y_weight.astype(dtype),
-            x_first, x_count, x_weight.astype(dtype), cost)
+    return (batch, y_first, y_count, y_weight.astype(dtype), x_first, x_count, x_weight.astype(dtype), cost)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

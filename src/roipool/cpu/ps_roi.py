@@ -208,7 +208,14 @@ class PSRoITaps:
         dtype = rois.dtype
         scale = _checks.scale_in_dtype(spatial_scale, dtype)
         taps = ps_roi_align_taps(
-            rois, scale, *output_size, height, width, sampling_ratio, align_coord_limit(dtype), float(np.finfo(dtype).eps)
+            rois,
+            scale,
+            *output_size,
+            height,
+            width,
+            sampling_ratio,
+            align_coord_limit(dtype),
+            float(np.finfo(dtype).eps),
         )
         return cls(rois, output_size, taps, mean=False)
 

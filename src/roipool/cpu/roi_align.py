@@ -169,8 +169,21 @@ def _forward_direct(xf, origin, width, channels, cw, hptr, hidx, hwt, wptr, widx
     for ph in range(pooled_h):
         for pw in range(pooled_w):
             _gather2(
-                xf, origin, width * channels, hidx, hwt, hptr[ph], hptr[ph + 1],
-                channels, widx, wwt, wptr[pw], wptr[pw + 1], tile, (ph * pooled_w + pw) * stride, cw,
+                xf,
+                origin,
+                width * channels,
+                hidx,
+                hwt,
+                hptr[ph],
+                hptr[ph + 1],
+                channels,
+                widx,
+                wwt,
+                wptr[pw],
+                wptr[pw + 1],
+                tile,
+                (ph * pooled_w + pw) * stride,
+                cw,
             )
 
 
@@ -184,8 +197,16 @@ def _forward_rows_first(
     for ph in range(pooled_h):
         for u in range(span):
             _gather(
-                xf, origin + (cmin + u) * channels, width * channels, hidx, hwt, hptr[ph], hptr[ph + 1],
-                rows, u * stride, cw,
+                xf,
+                origin + (cmin + u) * channels,
+                width * channels,
+                hidx,
+                hwt,
+                hptr[ph],
+                hptr[ph + 1],
+                rows,
+                u * stride,
+                cw,
             )
         for pw in range(pooled_w):
             # rows[u] holds column cmin + u
@@ -226,8 +247,23 @@ def backward(grad_out, batch, hptr, hidx, hwt, wptr, widx, wwt, order, starts, b
             cmin, span = _column_span(wptr[k], widx)
             if _rows_first_pays(hptr[k], wptr[k], span, path):
                 _backward_rows_first(
-                    g, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, width, cmin, span, cols, block,
-                    gof, ahead, ahead_len,
+                    g,
+                    cw,
+                    hptr[k],
+                    hidx,
+                    hwt,
+                    wptr[k],
+                    widx,
+                    wwt,
+                    acc,
+                    width,
+                    cmin,
+                    span,
+                    cols,
+                    block,
+                    gof,
+                    ahead,
+                    ahead_len,
                 )
             else:
                 _backward_direct(
@@ -248,8 +284,21 @@ def _backward_direct(g, cw, hptr, hidx, hwt, wptr, widx, wwt, acc, width, stride
         for pw in range(pooled_w):
             _prefetch_part(ahead, ahead_start, ahead_len, ph * pooled_w + pw, pooled_h * pooled_w)
             _scatter2(
-                g, (ph * pooled_w + pw) * stride, acc, 0, width * stride, hidx, hwt, hptr[ph], hptr[ph + 1],
-                stride, widx, wwt, wptr[pw], wptr[pw + 1], cw,
+                g,
+                (ph * pooled_w + pw) * stride,
+                acc,
+                0,
+                width * stride,
+                hidx,
+                hwt,
+                hptr[ph],
+                hptr[ph + 1],
+                stride,
+                widx,
+                wwt,
+                wptr[pw],
+                wptr[pw + 1],
+                cw,
             )
 
 
