@@ -246,3 +246,21 @@ def test_argmax_backward_op_rejects_indices_outside_the_map():
     for bad in (argmax + 6 * 7, argmax - 6 * 7 - 2):
         with pytest.raises(ValueError, match="argmax holds indices outside"):
             torch.ops.roipool.roi_pool_backward(out, bad, rois, 1, 3, 6, 7)
+
+
+@pytest.mark.parametrize("cells", ["small bins (re-scan)", "large bins (argmax)"])
+def test_a_training_step_validates_the_boxes_and_builds_the_bins_once(monkeypatch, cells):
+    built = []
+
+    class CountedBins(cpu_roi_pool.RoIPoolBins):
+        def __init__(self, *args):
+            built.append(args[0].shape)
+            super().__init__(*args)
+
+    monkeypatch.setattr(cpu_roi_pool, "RoIPoolBins", CountedBins)
+    x = make_input((1, 3, 12, 13), torch.float32, "contiguous").requires_grad_()
+    rois = torch.tensor([[0.0, 0, 0, 12, 12], [0, 2, 1, 11, 12]])
+    output_size = (3, 3) if cells.startswith("small") else (1, 1)
+    called = _ops_called(lambda: roipool.roi_pool(x, rois, output_size).sum().backward())
+    assert ("roipool::roi_pool_backward_recompute" in called) == cells.startswith("small")
+    assert built == [(2, 5)]  # once: the choice of backward, the forward and the backward share it

@@ -309,7 +309,7 @@ def test_every_kernel_compiles_for_sm90_with_exact_division_and_no_fma():
 # ---------------------------------------------------------------- the custom ops' CUDA kernels
 
 
-def _torch_ops_or_skip():
+def _torch_frontend_or_skip():
     return pytest.importorskip("roipool._torch._library", reason="the torch frontend is not in this tree")
 
 
@@ -352,7 +352,7 @@ def op_args(name, device):
 
 
 def _defined_op_or_skip(name):
-    _torch_ops_or_skip()
+    _torch_frontend_or_skip()
     if not hasattr(torch.ops.roipool, name):
         pytest.skip(f"roipool::{name} is not defined in this tree")
     return getattr(torch.ops.roipool, name).default
@@ -423,7 +423,7 @@ def test_registered_cuda_ops_pass_opcheck_and_equal_the_cpu_ops(name):
 
 @needs_cuda
 def test_compiled_roi_pool_on_cuda_matches_eager_and_its_backward_repeats_bit_for_bit():
-    _torch_ops_or_skip()
+    _torch_frontend_or_skip()
     x, rois = _roi_pool_op_args("cuda")
     x.requires_grad_(True)
 

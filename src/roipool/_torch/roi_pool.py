@@ -31,10 +31,6 @@ from ._library import (
 _ROI_POOL_ARGS = "Tensor input, Tensor rois, float spatial_scale, int pooled_height, int pooled_width"
 
 
-def _bins(rois_np, spatial_scale, pooled_height, pooled_width, height, width):
-    return cpu.RoIPoolBins(rois_np, spatial_scale, pooled_height, pooled_width, height, width)
-
-
 class _CpuRoIPool:
     """One CPU call: the input as NumPy (channels-last, or NCHW where the caller allows) and the bins, in the compute dtype.
 
@@ -50,7 +46,7 @@ class _CpuRoIPool:
         self.channels_last = not (nchw_ok and input.dtype == self.dtype and input.is_contiguous())
         self.x = cpu_nhwc(input, self.dtype) if self.channels_last else input.detach().numpy()
         rois_np, self.bins = cpu_geometry(
-            _bins, rois, n, self.dtype, float(spatial_scale), pooled_height, pooled_width, height, width
+            cpu.RoIPoolBins, rois, n, self.dtype, float(spatial_scale), pooled_height, pooled_width, height, width
         )
         self.flat_shape = (rois_np.shape[0], self.channels, pooled_height * pooled_width)
         self.shape = (rois_np.shape[0], self.channels, pooled_height, pooled_width)
@@ -265,5 +261,7 @@ def recompute_pays(input, rois, scale, pooled_h, pooled_w) -> bool:
     if not known or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return True
     n, _, height, width = input.shape
-    _, bins = cpu_geometry(_bins, rois, n, compute_dtype(input.dtype), float(scale), pooled_h, pooled_w, height, width)
+    _, bins = cpu_geometry(
+        cpu.RoIPoolBins, rois, n, compute_dtype(input.dtype), float(scale), pooled_h, pooled_w, height, width
+    )
     return bins.cells_per_bin() <= RECOMPUTE_MAX_CELLS_PER_BIN
