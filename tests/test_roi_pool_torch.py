@@ -264,3 +264,11 @@ def test_a_training_step_validates_the_boxes_and_builds_the_bins_once(monkeypatc
     called = _ops_called(lambda: roipool.roi_pool(x, rois, output_size).sum().backward())
     assert ("roipool::roi_pool_backward_recompute" in called) == cells.startswith("small")
     assert built == [(2, 5)]  # once: the choice of backward, the forward and the backward share it
+
+
+def test_numpy_only_functions_name_numpy_for_a_tensor():
+    # roi_pool_with_argmax has no tensor form (autograd computes the gradient of roi_pool)
+    with pytest.raises(TypeError, match=r"^input must be a NumPy array, got Tensor$"):
+        roipool.roi_pool_with_argmax(torch.zeros((1, 1, 4, 4)), torch.zeros((1, 5)), 2)
+    with pytest.raises(TypeError, match=r"^input must be a torch tensor, got ndarray$"):
+        torch_roi_pool.roi_pool(np.zeros((1, 1, 4, 4), np.float32), np.zeros((1, 5)), 2)
