@@ -29,7 +29,9 @@ def div_exact(a, b):
     if a.dtype == tl.float64:
         return a / b
     else:
-        return tl.fdiv(a, b, ieee_rounding=True)
+        # div_rn, not fdiv(ieee_rounding=True): Triton 3.6 (the GPU machine's)
+        # ignores that flag and emits the approximate div.full.f32.
+        return tl.math.div_rn(a, b)
 
 
 @triton.jit
