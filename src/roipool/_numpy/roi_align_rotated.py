@@ -117,9 +117,7 @@ def launch_box_backward(x_nhwc, grad_out, frames: Frames, grad_boxes) -> None:
     if not grad_boxes.size:
         return
     with launch_lock:
-        kernels.box_backward(
-            x_nhwc, grad_out, *frames.arrays, frames.spatial_scale, frames.clockwise, grad_boxes
-        )
+        kernels.box_backward(x_nhwc, grad_out, *frames.arrays, frames.spatial_scale, frames.clockwise, grad_boxes)
 
 
 def channel_block(channels: int, images: int, itemsize: int, threads: int) -> int:

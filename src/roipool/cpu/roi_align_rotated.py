@@ -182,7 +182,9 @@ def forward(xb, batch, frames, grids, pooled_h, pooled_w, bounds, out):
                     tile[t : t + cw] = 0
                     iy, ix = 0, 0
                     while iy < gh:
-                        m, iy, ix = _fill_taps(frames[k], gh, gw, b // pooled_w, b % pooled_w, height, width, idx, wt, buf, iy, ix)
+                        m, iy, ix = _fill_taps(
+                            frames[k], gh, gw, b // pooled_w, b % pooled_w, height, width, idx, wt, buf, iy, ix
+                        )
                         _accumulate(xf, origin, cw, idx, wt, m, tile, t, cw)
                     for c in range(t, t + cw):
                         tile[c] = tile[c] / count
@@ -273,7 +275,9 @@ def backward(grad_out, batch, frames, grids, pooled_h, pooled_w, order, starts, 
                     g[c] = g[c] / count
                 iy, ix = 0, 0
                 while iy < gh:
-                    m, iy, ix = _fill_taps(frames[k], gh, gw, b // pooled_w, b % pooled_w, height, width, idx, wt, buf, iy, ix)
+                    m, iy, ix = _fill_taps(
+                        frames[k], gh, gw, b // pooled_w, b % pooled_w, height, width, idx, wt, buf, iy, ix
+                    )
                     _scatter(g, t, acc, 0, block, idx, wt, 0, m, cw)
         transpose_tile(acc, 0, block, cells, cw, gif, (n * channels + c0) * cells, cells)
 

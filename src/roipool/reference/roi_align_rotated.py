@@ -116,7 +116,15 @@ def roi_align_rotated_backward(grad_output, rois, input_shape, spatial_scale, sa
     for k in range(num_rois):
         n = int(rois[k, 0])
         bins, count = roi_align_rotated_samples(
-            rois[k], spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise, height, width,
+            rois[k],
+            spatial_scale,
+            pooled_h,
+            pooled_w,
+            sampling_ratio,
+            aligned,
+            clockwise,
+            height,
+            width,
             grad_output.dtype,
         )
         for (ph, pw), samples in bins.items():
@@ -128,9 +136,7 @@ def roi_align_rotated_backward(grad_output, rois, input_shape, spatial_scale, sa
     return grad_input
 
 
-def roi_align_rotated_box_grad(
-    input, rois, grad_output, spatial_scale, sampling_ratio, aligned, clockwise
-):
+def roi_align_rotated_box_grad(input, rois, grad_output, spatial_scale, sampling_ratio, aligned, clockwise):
     """Gradient of :func:`roi_align_rotated` with respect to ``rois[:, 1:]`` (cx, cy, w, h, angle), float64.
 
     Each sample moves with the box: ``dy/dcy = dx/dcx = spatial_scale``,
