@@ -334,7 +334,7 @@ def test_bad_boxes_raise_a_clear_value_error_and_are_not_modified(boxes, words):
     with pytest.raises(ValueError, match=words):
         roipool.roi_align_rotated_backward(g, boxes, X.shape, 2)
     if isinstance(boxes, list):
-        assert all(np.array_equal(a, b) for a, b in zip(before, boxes))
+        assert all(np.array_equal(a, b) for a, b in zip(before, boxes, strict=True))
     else:
         np.testing.assert_array_equal(before, boxes)
 
