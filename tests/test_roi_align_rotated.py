@@ -368,6 +368,15 @@ def test_finite_input_never_gives_nan():
         assert np.isfinite(grad).all()
 
 
+@pytest.mark.parametrize("shape", [(1, 2, 0, 5), (1, 2, 5, 0), (1, 0, 5, 5)])
+def test_empty_maps(shape):
+    boxes = np.array([[0, 0.2, 0.3, 1, 1, 0.1]])
+    out = roipool.roi_align_rotated(np.zeros(shape), boxes, 2, 1.0, 2)
+    assert out.shape == (1, shape[1], 2, 2) and not out.any()
+    grad = roipool.roi_align_rotated_backward(np.ones(out.shape), boxes, shape, 2, 1.0, 2)
+    assert grad.shape == shape
+
+
 def test_empty_boxes():
     out = roipool.roi_align_rotated(X, np.zeros((0, 6)), (2, 3))
     assert out.shape == (0, 3, 2, 3)

@@ -21,8 +21,8 @@ K = kernels
 
 
 def compute_dtype(dtype) -> np.dtype:
-    """float64 stays float64; every other floating dtype computes in float32."""
-    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+    """float16 and float32 compute in float32, wider types in float64 (the kernels' two types)."""
+    return np.dtype(np.float32) if np.dtype(dtype).itemsize <= 4 else np.dtype(np.float64)
 
 
 class Frames:
@@ -85,6 +85,9 @@ def launch_forward(x, frames: Frames, out) -> None:
     """``out (K, C, PH * PW)`` <- rotated RoIAlign of ``x (N, C, H, W)`` (compute dtype, any strides)."""
     if not out.size:
         return
+    if not x.size:  # an empty map: every sample is off it
+        out[...] = 0
+        return
     xb = np.empty(x.shape, x.dtype)
     if x.flags.c_contiguous:
         flat, cell_step, channel_step = x.reshape(-1), 1, x.shape[2] * x.shape[3]
@@ -115,6 +118,9 @@ def launch_backward(grad_out, frames: Frames, grad_in) -> None:
 def launch_box_backward(x_nhwc, grad_out, frames: Frames, grad_boxes) -> None:
     """``grad_boxes (K, 5)`` <- d/d ``[cx, cy, w, h, angle]`` from ``x_nhwc (N, H, W, C)`` and ``grad_out (K, C, PH * PW)``."""
     if not grad_boxes.size:
+        return
+    if not x_nhwc.size:
+        grad_boxes[...] = 0
         return
     with launch_lock:
         kernels.box_backward(x_nhwc, grad_out, *frames.arrays, frames.spatial_scale, frames.clockwise, grad_boxes)
