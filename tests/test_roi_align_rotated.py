@@ -210,6 +210,14 @@ def test_samples_beyond_one_cell_of_the_map_read_nothing():
     assert roipool.roi_align_rotated(x, np.array([[0, 4.01, 2, 1, 1, 0]]), 1, 1.0, 1, False)[0, 0, 0, 0] == 0
 
 
+def test_row_clipping_of_large_adaptive_grids_matches_reference():
+    # grids of more than 8 samples per bin side are clipped row by row to the samples near the map
+    x = np.random.default_rng(13).standard_normal((1, 2, 5, 6))
+    rois = np.array([[0, 2.5, 2.0, 40.0, 30.0, 0.4], [0, -6.0, 3.0, 25.0, 12.0, -1.1], [0, 3.0, 2.5, 36.0, 0.5, 2.0]])
+    check_against_reference(x, rois, (2, 1), 1.0, -1, True, False)
+    check_against_reference(x, rois, 1, 1.0, 13, False, True)
+
+
 def test_huge_adaptive_box_runs_fast_and_counts_every_sample():
     # 5000 x 5000 cells, 1 x 1 output: 25e6 samples, of which only those near the 4 x 5 map are read
     x = np.ones((1, 1, 4, 5))

@@ -72,6 +72,23 @@ def test_forward_and_backward_match_reference(dtype, sampling_ratio, aligned, cl
     torch.testing.assert_close(got.cpu(), torch.from_numpy(want_grad).to(dtype), rtol=tol, atol=tol)
 
 
+def test_large_adaptive_grid_is_clipped_like_the_cpu_path():
+    import roipool
+
+    x = np.random.default_rng(3).standard_normal((1, 2, 5, 6))
+    rois = np.array([[0, 2.5, 2.0, 60.0, 30.0, 0.4], [0, 3.0, 2.5, 40.0, 0.5, 2.0]])
+    want = roipool.roi_align_rotated(x, rois, 1, 1.0, -1)
+    got = rt.roi_align_rotated_forward(torch.from_numpy(x).to(DEVICE), torch.from_numpy(rois).to(DEVICE), 1.0, 1, 1,
+                                       -1, True, False)  # fmt: skip
+    np.testing.assert_allclose(got.cpu().numpy(), want, rtol=1e-12, atol=1e-15)
+    g = np.random.default_rng(4).standard_normal(want.shape)
+    want_grad = roipool.roi_align_rotated_backward(g, rois, x.shape, 1, 1.0, -1)
+    got_grad = rt.roi_align_rotated_backward(
+        torch.from_numpy(g).to(DEVICE), torch.from_numpy(rois).to(DEVICE), 1.0, 1, 1, -1, True, False, *x.shape
+    )
+    np.testing.assert_allclose(got_grad.cpu().numpy(), want_grad, rtol=1e-12, atol=1e-15)
+
+
 def test_bad_boxes_get_the_cpu_paths_errors():
     x = torch.zeros((2, 3, 5, 5), device=DEVICE)
     with pytest.raises(ValueError, match="negative size"):

@@ -15,8 +15,9 @@ rotated bounding window misses the tile, and adds each sample's bilinear
 weights (a product of per-axis weights) times ``grad / count`` to the tile's
 cells. No atomics: each cell is summed by one program in a fixed order.
 
-Not done here: the box gradient (CPU only for now), and the per-row clipping
-of huge adaptive grids that the CPU kernels do.
+Each row of samples is clipped, as on the CPU, to the columns that can land
+within a cell of the map (:func:`_row_span`), so huge adaptive grids visit
+only the samples near the map. Not done here: the box gradient (CPU only for now).
 """
 
 from __future__ import annotations
@@ -109,6 +110,42 @@ def _sample(f, ph, pw, iy, ix, gh, gw):
 
 
 @triton.jit
+def _axis_span(p, q, limit, lo, hi):
+    """Narrow ``[lo, hi]`` (floats, per lane) to the ``i`` with ``-1 <= p + q * i <= limit``, widened by a sample."""
+    safe_q = tl.where(q == 0.0, 1.0, q)
+    i0 = (-1.0 - p) / safe_q
+    i1 = (limit - p) / safe_q
+    lo = tl.where(
+        q == 0.0, tl.where((p >= -2.0) & (p <= limit + 1.0), lo, hi + 8.0), tl.maximum(lo, tl.minimum(i0, i1))
+    )
+    hi = tl.where(q == 0.0, hi, tl.minimum(hi, tl.maximum(i0, i1)))
+    return lo, hi
+
+
+@triton.jit
+def _row_span(f, v, pw, gw, ok, height, width):
+    """Columns ``[lo, hi)`` of sample row ``v`` (per lane; lanes ``ok``) that can land within a cell of the map.
+
+    The CPU kernels' clipping: a huge adaptive grid visits only the samples near the map.
+    """
+    bin_w = tl.load(f + 6).to(tl.float64)
+    cos = tl.load(f + 7).to(tl.float64)
+    sin = tl.load(f + 8).to(tl.float64)
+    d = bin_w / tl.maximum(gw, 1)
+    a = tl.load(f + 4).to(tl.float64) + pw.to(tl.float64) * bin_w + 0.5 * d
+    v = v.to(tl.float64)
+    lo = tl.zeros_like(v)
+    hi = lo + (gw - 1.0)
+    lo, hi = _axis_span(v * sin + a * cos + tl.load(f + 2).to(tl.float64), d * cos, width * 1.0, lo, hi)
+    lo, hi = _axis_span(v * cos - a * sin + tl.load(f + 1).to(tl.float64), -d * sin, height * 1.0, lo, hi)
+    keep = ok & (lo <= hi + 4.0)
+    lo_i = tl.min(tl.where(keep, tl.maximum(tl.floor(lo) - 2.0, 0.0), gw * 1.0), axis=0).to(tl.int32)
+    hi_i = tl.max(tl.where(keep, tl.minimum(tl.ceil(hi) + 3.0, gw * 1.0), 0.0), axis=0).to(tl.int32)
+    small = gw <= 8
+    return tl.where(small, 0, lo_i), tl.where(small, gw, hi_i)
+
+
+@triton.jit
 def _forward_kernel(
     input_ptr,  # (N, C, H, W), contiguous
     frames_ptr,  # (K, 9), compute dtype
@@ -139,7 +176,9 @@ def _forward_kernel(
     plane = ((n.to(tl.int64) * channels + c.to(tl.int64)) * height * width)[:, None]
     acc = tl.zeros((BLOCK_C, BLOCK_P), dt)
     for iy in range(gh):
-        for ix in range(gw):
+        v = (tl.load(f + 3) + ph * tl.load(f + 5)) + div_exact((iy + 0.5) * tl.load(f + 5), tl.cast(gh, dt))
+        ix_lo, ix_hi = _row_span(f, v, pw, gw, p_ok, height, width)
+        for ix in range(ix_lo, ix_hi):
             y, x = _sample(f, ph, pw, tl.cast(iy, dt), tl.cast(ix, dt), gh, gw)
             y_ok, y_low, y_high, wy_low, wy_high = bilinear_axis(y, height)
             x_ok, x_low, x_high, wx_low, wx_high = bilinear_axis(x, width)
@@ -205,7 +244,9 @@ def _backward_kernel(
                 ph = tl.cast(b // POOLED_W, dt)
                 pw = tl.cast(b % POOLED_W, dt)
                 for iy in range(gh):
-                    for ix in range(gw):
+                    v = (tl.load(f + 3) + ph * tl.load(f + 5)) + div_exact((iy + 0.5) * tl.load(f + 5), tl.cast(gh, dt))
+                    ix_lo, ix_hi = _row_span(f, v[None], pw[None], gw, tl.full((1,), 1, tl.int1), height, width)
+                    for ix in range(ix_lo, ix_hi):
                         y, x = _sample(f, ph, pw, tl.cast(iy, dt), tl.cast(ix, dt), gh, gw)
                         y_ok, y_low, y_high, wy_low, wy_high = bilinear_axis(y, height)
                         x_ok, x_low, x_high, wx_low, wx_high = bilinear_axis(x, width)
