@@ -116,10 +116,19 @@ class TestRoIAlignRotated(RoIOpTester):
             self.fn(x, torch.zeros((1, 6), device="meta"), **self.params)
 
 
-class TestRoIAlignRotatedLegacyClockwise(TestRoIAlignRotated):
-    """The legacy pixel model, clockwise angles, a fixed sampling grid."""
-
-    params = dict(output_size=(2, 3), spatial_scale=0.25, sampling_ratio=2, aligned=False, clockwise=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_legacy_clockwise_fixed_grid_matches_reference(dtype):
+    # the family's tests run with aligned=True, counter-clockwise, adaptive; the other modes share the kernels
+    tester = TestRoIAlignRotated()
+    tester.params = dict(output_size=(2, 3), spatial_scale=0.25, sampling_ratio=2, aligned=False, clockwise=True)
+    x = make_input(tester.shape, dtype, "channels_last", integers=True).requires_grad_()
+    rois = tester.rois()
+    out = tester.fn(x, torch.from_numpy(rois).to(dtype), **tester.params)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+    out.backward(g)
+    want_out, want_grad = tester.expected(x, rois, g)
+    torch.testing.assert_close(out.detach(), want_out, **TOLERANCE[dtype])
+    torch.testing.assert_close(x.grad, want_grad, **TOLERANCE[dtype])
 
 
 # ---- gradients with respect to the boxes ----
