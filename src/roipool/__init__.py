@@ -259,7 +259,7 @@ def roi_align_rotated(
     Returns:
         ndarray or Tensor[K, C, pooled_h, pooled_w] of the input's dtype. A
         tensor result is differentiable with respect to ``input`` and, when
-        they require a gradient, ``boxes`` (``cx, cy, w, h, angle``; CPU).
+        they require a gradient, ``boxes`` (``cx, cy, w, h, angle``).
         Exact rules: ``docs/semantics.md`` (Rotated RoIAlign).
     """
     if _is_tensor(input):

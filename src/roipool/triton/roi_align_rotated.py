@@ -1,4 +1,4 @@
-"""Rotated RoIAlign in Triton: forward and a deterministic input backward.
+"""Rotated RoIAlign in Triton: forward, a deterministic input backward, the box backward.
 
 Semantics: ``docs/semantics.md`` (Rotated RoIAlign), as the CPU kernels. The
 per-RoI frame (centre, bin sizes, cos and sin of the angle, sample grid) is
@@ -17,7 +17,10 @@ cells. No atomics: each cell is summed by one program in a fixed order.
 
 Each row of samples is clipped, as on the CPU, to the columns that can land
 within a cell of the map (:func:`_row_span`), so huge adaptive grids visit
-only the samples near the map. Not done here: the box gradient (CPU only for now).
+only the samples near the map.
+
+Box backward: one program per RoI sums its five derivatives in float64 in a
+fixed order (the CPU kernel's rule, ``reference.roi_align_rotated_box_grad``).
 """
 
 from __future__ import annotations
@@ -30,13 +33,13 @@ import triton.language as tl
 from . import _launch
 from ._common import bilinear_axis, cast_rne, clamp_image, div_exact
 
-# frame columns (compute dtype)
-_BATCH, _CY, _CX, _START_H, _START_W, _BIN_H, _BIN_W, _COS, _SIN = range(9)
-_COLUMNS = 9
+# frame columns (compute dtype); the kernels address them by number
+_BATCH, _CY, _CX, _START_H, _START_W, _BIN_H, _BIN_W, _COS, _SIN, _FREE_W, _FREE_H = range(11)
+_COLUMNS = 11
 
 
 def frames(rois, num_images, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise):
-    """``(frames (K, 9), grids (K, 2) int32, window (K, 4) int32)`` of checked rotated rois.
+    """``(frames (K, 11), grids (K, 2) int32, window (K, 4) int32)`` of checked rotated rois.
 
     The rois are checked on the host by the CPU path's rules (``_checks``), one
     small copy per call. ``window`` is each box's rotated bounding box in whole
@@ -54,6 +57,9 @@ def frames(rois, num_images, dtype, spatial_scale, pooled_height, pooled_width, 
     scale = torch.tensor(spatial_scale, dtype=dtype, device=r.device)
     offset = 0.5 if aligned else 0.0
     roi_w, roi_h = r[:, 3] * scale, r[:, 4] * scale
+    # a size raised to one cell by the legacy rule has no derivative
+    free_w = (roi_w > 1).to(dtype) if not aligned else torch.ones_like(roi_w)
+    free_h = (roi_h > 1).to(dtype) if not aligned else torch.ones_like(roi_h)
     if not aligned:
         roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
     theta = -r[:, 5] if clockwise else r[:, 5]
@@ -68,6 +74,8 @@ def frames(rois, num_images, dtype, spatial_scale, pooled_height, pooled_width, 
             roi_w / pooled_width,
             torch.cos(theta),
             torch.sin(theta),
+            free_w,
+            free_h,
         ],
         dim=1,
     ).contiguous()
@@ -148,7 +156,7 @@ def _row_span(f, v, pw, gw, ok, height, width):
 @triton.jit
 def _forward_kernel(
     input_ptr,  # (N, C, H, W), contiguous
-    frames_ptr,  # (K, 9), compute dtype
+    frames_ptr,  # (K, 11), compute dtype
     grids_ptr,  # (K, 2) int32
     output_ptr,  # (K, C, PH, PW), input dtype
     num_images,
@@ -161,7 +169,7 @@ def _forward_kernel(
     BLOCK_P: tl.constexpr,
 ):
     k = tl.program_id(0)
-    f = frames_ptr + k * 9
+    f = frames_ptr + k * 11
     n = clamp_image(tl.load(f).to(tl.int32), num_images)
     gh = tl.load(grids_ptr + k * 2)
     gw = tl.load(grids_ptr + k * 2 + 1)
@@ -234,7 +242,7 @@ def _backward_kernel(
         near = (tl.load(win) <= row0 + TILE_H - 1) & (tl.load(win + 1) >= row0)
         near = near & (tl.load(win + 2) <= col0 + TILE_W - 1) & (tl.load(win + 3) >= col0)
         if near:
-            f = frames_ptr + k * 9
+            f = frames_ptr + k * 11
             gh = tl.load(grids_ptr + k * 2)
             gw = tl.load(grids_ptr + k * 2 + 1)
             count = tl.cast(tl.maximum(gh * gw, 1), dt)
@@ -307,3 +315,116 @@ def roi_align_rotated_backward(grad, rois, spatial_scale, pooled_height, pooled_
         enable_fp_fusion=False,
     )  # fmt: skip
     return grad_input
+
+
+@triton.jit
+def _box_backward_kernel(
+    input_ptr,  # (N, C, H, W), contiguous
+    grad_ptr,  # (K, C, PH, PW), contiguous
+    frames_ptr,
+    grids_ptr,
+    out_ptr,  # (K, 6) float64: column 0 stays 0
+    scale_ptr,  # (1,) float64
+    num_images,
+    channels,
+    height,
+    width,
+    SIGN: tl.constexpr,
+    POOLED_H: tl.constexpr,
+    POOLED_W: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """One program per RoI: d loss / d [cx, cy, w, h, angle], summed in float64 in a fixed order."""
+    k = tl.program_id(0)
+    f = frames_ptr + k * 11
+    n = clamp_image(tl.load(f).to(tl.int32), num_images)
+    gh = tl.load(grids_ptr + k * 2)
+    gw = tl.load(grids_ptr + k * 2 + 1)
+    cy = tl.load(f + 1).to(tl.float64)
+    cx = tl.load(f + 2).to(tl.float64)
+    roi_h = -2.0 * tl.load(f + 3).to(tl.float64)
+    roi_w = -2.0 * tl.load(f + 4).to(tl.float64)
+    cos = tl.load(f + 7).to(tl.float64)
+    sin = tl.load(f + 8).to(tl.float64)
+    count = tl.maximum(gh * gw, 1).to(tl.float64)
+    s_cx = tl.zeros((), tl.float64)
+    s_cy = tl.zeros((), tl.float64)
+    s_w = tl.zeros((), tl.float64)
+    s_h = tl.zeros((), tl.float64)
+    s_a = tl.zeros((), tl.float64)
+    cc = tl.arange(0, BLOCK_C)
+    image = input_ptr + n.to(tl.int64) * channels * height * width
+    for b in range(POOLED_H * POOLED_W):
+        ph = b // POOLED_W
+        pw = b % POOLED_W
+        for iy in range(gh):
+            fv = -0.5 + (ph + (iy + 0.5) / gh) / POOLED_H
+            v = fv * roi_h
+            for ix in range(gw):
+                fu = -0.5 + (pw + (ix + 0.5) / gw) / POOLED_W
+                u = fu * roi_w
+                y = v * cos - u * sin + cy
+                x = v * sin + u * cos + cx
+                ok = (y >= -1.0) & (y <= height) & (x >= -1.0) & (x <= width)
+                y_free = ok & (y > 0.0) & (y < height - 1.0)
+                x_free = ok & (x > 0.0) & (x < width - 1.0)
+                yc = tl.minimum(tl.maximum(y, 0.0), height - 1.0)
+                xc = tl.minimum(tl.maximum(x, 0.0), width - 1.0)
+                y0 = tl.minimum(yc.to(tl.int32), tl.maximum(height - 2, 0))
+                x0 = tl.minimum(xc.to(tl.int32), tl.maximum(width - 2, 0))
+                y1 = tl.minimum(y0 + 1, height - 1)
+                x1 = tl.minimum(x0 + 1, width - 1)
+                ly = yc - y0
+                lx = xc - x0
+                gy = tl.zeros((), tl.float64)
+                gx = tl.zeros((), tl.float64)
+                if ok:
+                    for c0 in range(0, channels, BLOCK_C):
+                        c = c0 + cc
+                        m = c < channels
+                        plane = image + c.to(tl.int64) * height * width
+                        g = tl.load(grad_ptr + (k.to(tl.int64) * channels + c) * (POOLED_H * POOLED_W) + b, mask=m,
+                                    other=0.0).to(tl.float64) / count  # fmt: skip
+                        a = tl.load(plane + y0 * width + x0, mask=m, other=0.0).to(tl.float64)
+                        bb = tl.load(plane + y0 * width + x1, mask=m, other=0.0).to(tl.float64)
+                        c3 = tl.load(plane + y1 * width + x0, mask=m, other=0.0).to(tl.float64)
+                        d = tl.load(plane + y1 * width + x1, mask=m, other=0.0).to(tl.float64)
+                        gy += tl.sum(g * ((1.0 - lx) * (c3 - a) + lx * (d - bb)), axis=0)
+                        gx += tl.sum(g * ((1.0 - ly) * (bb - a) + ly * (d - c3)), axis=0)
+                gy = tl.where(y_free, gy, 0.0)
+                gx = tl.where(x_free, gx, 0.0)
+                s_cx += gx
+                s_cy += gy
+                s_w += fu * (gx * cos - gy * sin)
+                s_h += fv * (gy * cos + gx * sin)
+                s_a += gx * (v * cos - u * sin) - gy * (v * sin + u * cos)
+    scale = tl.load(scale_ptr)
+    row = out_ptr + k * 6
+    tl.store(row + 1, s_cx * scale)
+    tl.store(row + 2, s_cy * scale)
+    tl.store(row + 3, s_w * scale * tl.load(f + 9).to(tl.float64))
+    tl.store(row + 4, s_h * scale * tl.load(f + 10).to(tl.float64))
+    tl.store(row + 5, s_a * SIGN)
+
+
+def roi_align_rotated_box_backward(grad, input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio,
+                                   aligned, clockwise):  # fmt: skip
+    """Gradient of :func:`roi_align_rotated_forward` with respect to ``rois (K, 6)`` (column 0 gets 0); deterministic.
+
+    Samples are visited without the row clipping (the box gradient is for
+    training boxes, whose grids are small).
+    """
+    device = _launch.check_device(grad=grad, input=input, rois=rois)
+    dtype = _launch.compute_dtype(input.dtype)
+    ph, pw = int(pooled_height), int(pooled_width)
+    f, grids, _ = frames(rois, input.shape[0], dtype, spatial_scale, ph, pw, int(sampling_ratio), aligned, clockwise)
+    out = torch.zeros((rois.shape[0], 6), dtype=torch.float64, device=device)
+    _, channels, height, width = input.shape
+    if rois.shape[0] and input.numel():
+        scale = torch.full((1,), float(spatial_scale), dtype=torch.float64, device=device)
+        block_c = min(_launch.triton_next_pow2(channels), 128)
+        _box_backward_kernel[(rois.shape[0],)](
+            input.contiguous(), grad.contiguous(), f, grids, out, scale, input.shape[0], channels, height, width,
+            SIGN=-1.0 if clockwise else 1.0, POOLED_H=ph, POOLED_W=pw, BLOCK_C=block_c, enable_fp_fusion=False,
+        )  # fmt: skip
+    return out.to(rois.dtype)
