@@ -1,6 +1,6 @@
 """Plug the Triton launchers into the torch custom ops as their CUDA kernels.
 
-``roipool._torch_ops`` defines ``roipool::<op>`` with CPU and fake kernels and,
+``roipool._torch`` defines ``roipool::<op>`` with CPU and fake kernels and,
 when a CUDA tensor arrives, imports this package (its ``BACKEND_MODULES``),
 whose import calls :func:`register`. Each op's schema argument names are
 matched to the launcher's keyword arguments, so an op is registered only when
@@ -78,8 +78,7 @@ def cuda_kernel(name: str, schema: torch.FunctionSchema):
 def register() -> None:
     """Register a CUDA kernel for every ``roipool::`` op whose schema the launchers match."""
     try:
-        from .. import _torch_ops  # noqa: F401  (defines the ops)
-        from .._torch import roi_align_rotated as _rotated  # noqa: F401  (defines roipool::roi_align_rotated*)
+        from .._torch import ps_roi, roi_align, roi_align_rotated, roi_pool  # noqa: F401  (define the ops)
     except ImportError:  # a tree without the torch frontend
         return
     namespace = getattr(torch.ops, NAMESPACE)
