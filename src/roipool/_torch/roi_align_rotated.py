@@ -10,7 +10,7 @@ Three custom ops (``define`` in ``_library``):
   ``rois`` (``(K, 6)``; column 0, the batch index, gets 0), run only when the
   boxes require a gradient.
 
-The CPU kernels are those of the NumPy path (``_numpy/roi_align_rotated.py``);
+The CPU kernels and launchers are ``cpu/roi_align_rotated.py`` (shared with the NumPy path);
 the box values are checked there (``_checks.rotated_rois_array``), so eager,
 compiled and exported calls raise the same errors.
 """
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .. import _checks
-from .._numpy import roi_align_rotated as frontend
+from ..cpu import roi_align_rotated as kernels
 from ._library import check_feature_map, compute_dtype, define, new_cpu_tensor, quiet_when_tracing
 
 _ARGS = "float spatial_scale, int pooled_height, int pooled_width, int sampling_ratio, bool aligned, bool clockwise"
@@ -47,7 +47,8 @@ def _frames(rois, num_images, dtype, spatial_scale, pooled_height, pooled_width,
     if r.dtype == torch.bfloat16:  # NumPy has no bfloat16; the widening is exact
         r = r.float()
     rois_np = _checks.rotated_rois_array(r.numpy(), num_images, np_dtype)
-    return frontend.Frames(rois_np, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise)
+    _checks.rotated_scaled_boxes(rois_np, spatial_scale, pooled_height, pooled_width, sampling_ratio <= 0)
+    return kernels.Frames(rois_np, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise)
 
 
 def _forward_cpu(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise):
@@ -56,7 +57,7 @@ def _forward_cpu(input, rois, spatial_scale, pooled_height, pooled_width, sampli
     frames = _frames(rois, n, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise)
     out = new_cpu_tensor((frames.num_rois, channels, pooled_height * pooled_width), dtype)
     if out.numel():
-        frontend.launch_forward(_numpy(input, dtype), frames, out.numpy())
+        kernels.launch_forward(_numpy(input, dtype), frames, out.numpy())
     return out.view(frames.num_rois, channels, pooled_height, pooled_width).to(input.dtype)
 
 
@@ -83,7 +84,7 @@ def _backward_cpu(
     )
     grad_out = _grad_out(grad, frames, channels)
     grad_in = new_cpu_tensor((batch_size, channels, height, width), dtype)
-    frontend.launch_backward(grad_out, frames, grad_in.numpy())
+    kernels.launch_backward(grad_out, frames, grad_in.numpy())
     return grad_in.to(grad.dtype)
 
 
@@ -101,7 +102,7 @@ def _box_backward_cpu(
     grad_out = _grad_out(grad.to(dtype), frames, channels)
     x_nhwc = np.ascontiguousarray(_numpy(input, dtype).transpose(0, 2, 3, 1))
     grad_boxes = np.zeros((frames.num_rois, 6), _numpy_dtype(dtype))
-    frontend.launch_box_backward(x_nhwc, grad_out, frames, grad_boxes[:, 1:])
+    kernels.launch_box_backward(x_nhwc, grad_out, frames, grad_boxes[:, 1:])
     return torch.from_numpy(grad_boxes).to(rois.dtype)
 
 

@@ -27,6 +27,10 @@ RoI order whatever the thread count (bit-identical for any thread count).
 
 Box backward: one RoI per task, its five derivatives summed in float64 in a
 fixed order (deterministic too).
+
+The launchers and the per-call geometry (:class:`Frames`) follow the kernels,
+as in the other ``cpu/`` modules; a Numba kernel file, over 450 lines because
+the register-blocked channel loop (:func:`_accumulate`) is written out.
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ import math
 import numba
 import numpy as np
 
+from ._parallel import balanced_chunks, launch_lock
 from ._simd import VECTOR_BYTES, copy_to_lines, transpose_tile, vload, vmuladd, vstore
-from .roi_align import UNROLL, _scatter
+from .roi_align import UNROLL, _scatter, channel_blocks
 
 _FASTMATH = {"contract"}
 
@@ -355,3 +360,116 @@ def _slope_dot(xl, n, y, x, height, width, g):
     if x_fixed:
         gx = 0.0
     return gy, gx
+
+
+# ---- the geometry of one call, and the launchers ----
+
+
+class Frames:
+    """The frame of every rotated RoI (centre, bin sizes, cos, sin), its sample grid, and the work split.
+
+    ``rois (K, 6)`` are validated (``_checks.rotated_rois_array`` and
+    ``rotated_scaled_boxes``) and in the compute dtype. Everything is rounded to that dtype in the reference's
+    order, so the kernels place every sample where the reference does.
+    """
+
+    def __init__(self, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise):
+        t = rois.dtype.type
+        self.pooled_h, self.pooled_w = pooled_h, pooled_w
+        self.spatial_scale = float(spatial_scale)
+        self.clockwise = bool(clockwise)
+        self.num_rois = rois.shape[0]
+        self.batch = rois[:, 0].astype(np.int64)
+        scale = t(spatial_scale)
+        offset = t(0.5) if aligned else t(0.0)
+        f = np.empty((self.num_rois, FRAME_COLUMNS), rois.dtype)
+        f[:, CX] = rois[:, 1] * scale - offset
+        f[:, CY] = rois[:, 2] * scale - offset
+        roi_w = rois[:, 3] * scale
+        roi_h = rois[:, 4] * scale
+        f[:, SIZE_FREE_W] = 1
+        f[:, SIZE_FREE_H] = 1
+        if not aligned:
+            # legacy rule: a box smaller than one cell is read as one cell (and that size has no derivative)
+            f[:, SIZE_FREE_W] = roi_w > 1
+            f[:, SIZE_FREE_H] = roi_h > 1
+            roi_w = np.maximum(roi_w, t(1))
+            roi_h = np.maximum(roi_h, t(1))
+        theta = -rois[:, 5] if clockwise else rois[:, 5]
+        f[:, COS] = np.cos(theta)
+        f[:, SIN] = np.sin(theta)
+        f[:, ROI_W] = roi_w
+        f[:, ROI_H] = roi_h
+        f[:, BIN_H] = roi_h / t(pooled_h)
+        f[:, BIN_W] = roi_w / t(pooled_w)
+        f[:, START_H] = -roi_h / t(2)
+        f[:, START_W] = -roi_w / t(2)
+        self.frames = f
+        grids = np.empty((self.num_rois, 2), np.int64)
+        if sampling_ratio > 0:
+            grids[:] = sampling_ratio
+        else:
+            grids[:, 0] = np.maximum(np.ceil(roi_h / t(pooled_h)), 0)
+            grids[:, 1] = np.maximum(np.ceil(roi_w / t(pooled_w)), 0)
+        self.grids = grids
+        cost = (grids[:, 0] * grids[:, 1] + 1).astype(np.float64) * (pooled_h * pooled_w)
+        self.bounds = balanced_chunks(cost)
+
+    @property
+    def arrays(self):
+        return self.batch, self.frames, self.grids, self.pooled_h, self.pooled_w
+
+
+def launch_forward(x, frames: Frames, out) -> None:
+    """``out (K, C, PH * PW)`` <- rotated RoIAlign of ``x (N, C, H, W)`` (compute dtype, any strides)."""
+    if not out.size:
+        return
+    if not x.size:  # an empty map: every sample is off it
+        out[...] = 0
+        return
+    xb = np.empty(x.shape, x.dtype)
+    if x.flags.c_contiguous:
+        flat, cell_step, channel_step = x.reshape(-1), 1, x.shape[2] * x.shape[3]
+    elif x.transpose(0, 2, 3, 1).flags.c_contiguous:
+        flat, cell_step, channel_step = x.transpose(0, 2, 3, 1).reshape(-1), x.shape[1], 1
+    else:
+        flat, cell_step, channel_step = np.ascontiguousarray(x).reshape(-1), 1, x.shape[2] * x.shape[3]
+    with launch_lock:
+        channel_blocks(flat, cell_step, channel_step, xb)
+        forward(xb, *frames.arrays, frames.bounds, out)
+
+
+def launch_backward(grad_out, frames: Frames, grad_in) -> None:
+    """``grad_in (N, C, H, W)`` (C-contiguous, every element written) <- the adjoint applied to ``grad_out (K, C, PH * PW)``."""
+    if not grad_in.size:
+        return
+    if not grad_out.size:
+        grad_in[...] = 0
+        return
+    images, channels = grad_in.shape[:2]
+    order = np.argsort(frames.batch, kind="stable")
+    starts = np.searchsorted(frames.batch[order], np.arange(images + 1)).astype(np.int64)
+    block = channel_block(channels, images, grad_out.itemsize, numba.get_num_threads())
+    with launch_lock:
+        backward(grad_out, *frames.arrays, order, starts, block, grad_in)
+
+
+def launch_box_backward(x_nhwc, grad_out, frames: Frames, grad_boxes) -> None:
+    """``grad_boxes (K, 5)`` <- d/d ``[cx, cy, w, h, angle]`` from ``x_nhwc (N, H, W, C)`` and ``grad_out (K, C, PH * PW)``."""
+    if not grad_boxes.size:
+        return
+    if not x_nhwc.size:
+        grad_boxes[...] = 0
+        return
+    with launch_lock:
+        box_backward(x_nhwc, grad_out, *frames.arrays, frames.spatial_scale, frames.clockwise, grad_boxes)
+
+
+def channel_block(channels: int, images: int, itemsize: int, threads: int) -> int:
+    """Channels per backward task: a whole register block, narrowed (in vector steps)
+    until there are at least as many (image, block) tasks as threads."""
+    lanes = VECTOR_BYTES // itemsize
+    block = UNROLL * lanes
+    while block > lanes and images * -(-channels // block) < threads:
+        block -= lanes
+    return block
