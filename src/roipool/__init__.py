@@ -234,9 +234,7 @@ def ps_roi_align_backward(grad_output, boxes, input_shape, output_size, spatial_
 # ---- rotated RoIAlign (oriented detection; mmcv/mmrotate's roi_align_rotated) ----
 
 
-def roi_align_rotated(
-    input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True, clockwise=False
-):
+def roi_align_rotated(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True, clockwise=False):
     """Rotated RoIAlign: RoIAlign's bin grid laid out in each box's own rotated frame.
 
     mmcv/mmrotate's ``roi_align_rotated`` semantics. For detectron2's

@@ -585,7 +585,9 @@ def rotated_candidates(workload: Workload, mode: str, device: str = "cpu") -> li
     if device != "cpu":
         xt, rt = torch.from_numpy(x).to(device), torch.from_numpy(rois).to(device)
         extra = {"sampling_ratio": args[2], "aligned": args[3]}
-        return [_torch_candidate("roipool (torch)", roipool.roi_align_rotated, xt, rt, *args[:2], extra, mode, torch, True)]
+        return [
+            _torch_candidate("roipool (torch)", roipool.roi_align_rotated, xt, rt, *args[:2], extra, mode, torch, True)
+        ]
     if mode == "forward":
         out.append(Candidate("roipool (numpy)", lambda: roipool.roi_align_rotated(x, rois, *args), True))
     else:
