@@ -45,36 +45,35 @@ def rois(boxes, num_images: int, dtype, name: str = "boxes") -> jax.Array:
     """Boxes as a ``(K, 5)`` array of ``dtype`` with rows ``[batch_index, x1, y1, x2, y2]``.
 
     Accepts a ``(K, 5)`` array or a list of ``num_images`` arrays ``(L_i, 4)``
-    (torchvision's two forms). Shapes and dtypes are always checked; values only
-    when concrete (see the module docstring).
+    (torchvision's two forms). Concrete boxes go through the NumPy path's
+    rules (``_checks.rois_array``), values included; traced boxes get the
+    shape and dtype rules only (see the module docstring).
     """
     dtype = np.dtype(dtype)
+    items = list(boxes) if isinstance(boxes, (list, tuple)) else [boxes]
+    if not any(_is_traced(b) for b in items):
+        host = [np.asarray(b) for b in items]
+        return jnp.asarray(_checks.rois_array(host if isinstance(boxes, (list, tuple)) else host[0], num_images, dtype, name))
     if isinstance(boxes, (list, tuple)):
         _checks.box_list_length(len(boxes), num_images, name)
         parts = []
         for i, b in enumerate(boxes):
             arr = _real(b, f"{name}[{i}]")
             _checks.box_list_item_shape(arr.shape, f"{name}[{i}]")
-            index = jnp.full((arr.shape[0], 1), i, dtype)
-            parts.append(jnp.concatenate([index, arr.astype(dtype)], axis=1))
-        out = jnp.concatenate(parts, axis=0) if parts else jnp.zeros((0, 5), dtype)
-        if not _is_traced(out):
-            _checks.rois_array(np.asarray(out), num_images, dtype, name)
-        return out
+            parts.append(jnp.concatenate([jnp.full((arr.shape[0], 1), i, dtype), arr.astype(dtype)], axis=1))
+        return jnp.concatenate(parts, axis=0)
     arr = _real(boxes, name)
     _checks.rois_shape(arr.shape, name)
-    if not _is_traced(arr):
-        # the NumPy rules, values included; then the same conversion as there
-        return jnp.asarray(_checks.rois_array(np.asarray(arr), num_images, dtype, name))
     return arr.astype(dtype)
 
 
 def _real(value, name: str):
+    """A traced or concrete array of real numbers (not bool, not complex)."""
     if not isinstance(value, (jax.Array, np.ndarray)):
         value = np.asarray(value)
     dtype = np.dtype(value.dtype)
     _checks.real_numbers(dtype.kind in "fiu", dtype, name)
-    return value if _is_traced(value) else jnp.asarray(value)
+    return jnp.asarray(value)
 
 
 def box_is_valid(rois: jax.Array, num_images: int) -> jax.Array:
