@@ -21,6 +21,11 @@ from jax.test_util import check_grads  # noqa: E402
 import roipool  # noqa: E402
 import roipool.jax as rj  # noqa: E402
 
+try:
+    enable_x64 = jax.enable_x64  # a context manager in jax >= 0.7
+except AttributeError:  # pragma: no cover - older jax
+    from jax.experimental import enable_x64
+
 from .helpers import random_rois  # noqa: E402
 from .test_checks import BAD_BOXES, BAD_INPUTS  # noqa: E402
 
@@ -101,7 +106,7 @@ def bits(a):
 @pytest.fixture(params=["float32", "float64"])
 def dtype(request):
     if request.param == "float64":
-        with jax.enable_x64(True):
+        with enable_x64(True):
             yield np.float64
     else:
         yield np.float32
@@ -173,7 +178,7 @@ def test_jit_vmap_over_maps_and_boxes():
 
 
 def test_check_grads_float64_input_and_boxes():
-    with jax.enable_x64(True):
+    with enable_x64(True):
         rng = np.random.default_rng(5)
         x = jnp.asarray(rng.standard_normal((1, 4, 5, 6)))
         # corners away from cell boundaries and a fixed grid: the samples move smoothly with the boxes
@@ -218,7 +223,9 @@ def test_empty_box_sets_and_box_lists():
     rois = cases_rois()
     listed = [rois[rois[:, 0] == i, 1:] for i in range(2)]
     order = np.argsort(rois[:, 0], kind="stable")
-    got = jax.jit(lambda x, b: rj.roi_pool(x, b, SIZE, SCALE, backend="xla"))(x, [jnp.asarray(b, np.float32) for b in listed])
+    got = jax.jit(lambda x, b: rj.roi_pool(x, b, SIZE, SCALE, backend="xla"))(
+        x, [jnp.asarray(b, np.float32) for b in listed]
+    )
     np.testing.assert_array_equal(bits(got), bits(roipool.roi_pool(np.asarray(x), rois[order], SIZE, SCALE)))
 
 

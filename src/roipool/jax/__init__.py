@@ -158,5 +158,3 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
     static = (size, scale, sampling_ratio, x.shape)
     op = _ops.ps_roi_align_callback if _use_callback(backend, x) else _ops.ps_roi_align_xla
     return op(static, x, rois).astype(dtype)
-
-

@@ -13,7 +13,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from jax import lax
 
 from .. import _checks
@@ -53,7 +52,9 @@ def rois(boxes, num_images: int, dtype, name: str = "boxes") -> jax.Array:
     items = list(boxes) if isinstance(boxes, (list, tuple)) else [boxes]
     if not any(_is_traced(b) for b in items):
         host = [np.asarray(b) for b in items]
-        return jnp.asarray(_checks.rois_array(host if isinstance(boxes, (list, tuple)) else host[0], num_images, dtype, name))
+        return jnp.asarray(
+            _checks.rois_array(host if isinstance(boxes, (list, tuple)) else host[0], num_images, dtype, name)
+        )
     if isinstance(boxes, (list, tuple)):
         _checks.box_list_length(len(boxes), num_images, name)
         parts = []
@@ -107,8 +108,7 @@ def check_scaled_boxes(rois: jax.Array, scale, offset, pooled_h: int, pooled_w: 
     if not ok.all():
         k = int(np.flatnonzero(~ok)[0])
         raise ValueError(
-            f"boxes: box {k} {r[k, 1:]} times spatial_scale {scale} overflows {r.dtype} "
-            "(corners or extent not finite)"
+            f"boxes: box {k} {r[k, 1:]} times spatial_scale {scale} overflows {r.dtype} (corners or extent not finite)"
         )
 
 
