@@ -264,7 +264,7 @@ def test_static_argument_errors():
 def test_traced_invalid_batch_index_gives_nan_not_an_out_of_bounds_read():
     x = jnp.ones((2, 4, 8, 8), jnp.float32)
     rois = jnp.asarray([[0, 0, 0, 4, 4], [2, 0, 0, 4, 4], [-1, 0, 0, 4, 4], [0.5, 0, 0, 4, 4]], jnp.float32)
-    for op in ("roi_pool", "ps_roi_align"):  # the other two share these ops' masks
+    for op in ("roi_pool", "ps_roi_align"):  # roi_align and ps_roi_pool apply the same box_is_valid mask
         out = jax.jit(lambda x, r, op=op: getattr(rj, op)(x, r, 2, backend="xla"))(x, rois)
         assert np.isfinite(out[0]).all() and np.isnan(out[1:]).all()
 
