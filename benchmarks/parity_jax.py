@@ -32,7 +32,7 @@ def main(seeds: int) -> None:
                     g = np.random.default_rng(seed + 100).standard_normal(out0.shape).astype(dtype)
                     want = t.numpy_forward_and_grad(case, x, rois, g)
                     got = t.jax_forward_and_grad(case, "xla")(x, rois.astype(dtype), g)
-                    for name, w, a in zip(("out", "grad"), want, got):
+                    for name, w, a in zip(("out", "grad"), want, got, strict=True):
                         a = np.asarray(a)
                         c = counts[name]
                         c[0] += w.size
