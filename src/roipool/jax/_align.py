@@ -34,12 +34,11 @@ import numpy as np
 from jax import lax
 
 from ._pool import _clip_shifted, c_round
-from ._prepare import batch_index, box_is_valid, exact_div, scale_in
+from ._prepare import batch_index, box_is_valid, chunk_bytes, exact_div, scale_in
 
 sg = lax.stop_gradient
 _GRID_LIMIT = 2**31 - 1  # torchvision's C int
 _HIGHEST = lax.Precision.HIGHEST  # no TF32 / bf16 passes on GPU and TPU
-_CHUNK_BYTES = 32 << 20
 
 
 def grid_size(bin_size: jax.Array, sampling_ratio: int, at_least: int) -> jax.Array:
@@ -152,7 +151,7 @@ def _one_roi_weights(start_y, start_x, bin_h, bin_w, grid_h, grid_w, pooled_h, p
 
 def _map_rois(one, args, per_roi_bytes: int, num_rois: int):
     """``lax.map`` over RoIs in chunks of bounded memory, rematerialised in the backward pass."""
-    chunk = max(1, min(num_rois, _CHUNK_BYTES // max(per_roi_bytes, 1)))
+    chunk = max(1, min(num_rois, chunk_bytes() // max(per_roi_bytes, 1)))
     return lax.map(jax.checkpoint(one), args, batch_size=chunk)
 
 

@@ -24,14 +24,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ._prepare import batch_index, box_is_valid, exact_div, scale_in
+from ._prepare import batch_index, box_is_valid, chunk_bytes, exact_div, scale_in
 
 # Rounded corners are clamped to +-2**30 (as ``_geometry.COORD_LIMIT``).
 _COORD_LIMIT = 2.0**30
 # Largest float that is an int32 in both float32 and float64 (a multiple of 128).
 _INT_SAFE = 2.0**31 - 128.0
 # Bytes of gathered windows one lax.map step may hold.
-_CHUNK_BYTES = 32 << 20
 
 
 def c_round(v: jax.Array) -> jax.Array:
@@ -146,7 +145,7 @@ def forward(x: jax.Array, rois: jax.Array, pooled_h: int, pooled_w: int, spatial
         return _one_roi(x_nhwc, *args, bh, bw)
 
     per_roi = pooled_h * pooled_w * bh * bw * channels * np.dtype(x.dtype).itemsize
-    chunk = max(1, min(k, _CHUNK_BYTES // max(per_roi, 1)))
+    chunk = max(1, min(k, chunk_bytes() // max(per_roi, 1)))
     out, argmax = lax.map(one, (batch, hs, he, ws, we), batch_size=chunk)
     valid = box_is_valid(rois, n_images)[:, None, None, None]
     out = jnp.where(valid, out, jnp.nan)
