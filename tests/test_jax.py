@@ -177,6 +177,20 @@ def test_jit_vmap_over_maps_and_boxes():
         np.testing.assert_allclose(align[i], roipool.roi_align(xs[i], rs[i], SIZE, SCALE), atol=1e-5 * 4)
 
 
+def test_callback_path_under_vmap_and_grad():
+    xs = np.stack([cases_map(np.float32, seed=s) for s in range(2)])
+    rs = np.stack([cases_rois(seed=s) for s in range(2)]).astype(np.float32)
+
+    def loss(x, r):
+        return jnp.sum(rj.roi_align(x, r, SIZE, SCALE, backend="callback") ** 2)
+
+    grads = jax.jit(jax.vmap(jax.grad(loss)))(jnp.asarray(xs), jnp.asarray(rs))
+    for i in range(2):
+        out = roipool.roi_align(xs[i], rs[i], SIZE, SCALE)
+        want = roipool.roi_align_backward(2 * out, rs[i], xs[i].shape, SIZE, SCALE)
+        np.testing.assert_array_equal(np.asarray(grads[i]), want)
+
+
 def test_check_grads_float64_input_and_boxes():
     with enable_x64(True):
         rng = np.random.default_rng(5)
@@ -271,4 +285,6 @@ def test_traced_invalid_batch_index_gives_nan_not_an_out_of_bounds_read():
 
 def test_importing_roipool_imports_no_framework():
     code = "import sys, roipool; assert 'jax' not in sys.modules and 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    code = "import sys, roipool.jax; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
