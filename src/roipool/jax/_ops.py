@@ -64,19 +64,20 @@ def roi_pool_callback(static, x, rois):
 
 
 def _roi_pool_callback_fwd(static, x, rois):
-    size, scale, _ = static
-    res = _result(x, rois, x.shape[1], size)
-    shapes = (res, jax.ShapeDtypeStruct(res.shape, np.int32))
-    out, argmax = _call(lambda x, r: roipool.roi_pool_with_argmax(x, r, size, scale), shapes, x, rois)
-    return out, (argmax, rois)
+    # No argmax: the NumPy backward finds each bin's maximum again from the
+    # input (the same bits), which spares handing an int32 array the size of
+    # the output through two callbacks.
+    return roi_pool_callback(static, x, rois), (x, rois)
 
 
 def _roi_pool_callback_bwd(static, res, g):
-    argmax, rois = res
-    shape = static[2]
-    grad = _call(
-        lambda g, a, r: roipool.roi_pool_backward(g, a, r, shape), jax.ShapeDtypeStruct(shape, g.dtype), g, argmax, rois
-    )
+    x, rois = res
+    _, scale, shape = static
+
+    def backward(g, x, r):
+        return roipool.roi_pool_backward(g, None, r, shape, input=x, spatial_scale=scale)
+
+    grad = _call(backward, jax.ShapeDtypeStruct(shape, g.dtype), g, x, rois)
     return grad, jnp.zeros_like(rois)
 
 
