@@ -231,17 +231,18 @@ def _jax_candidates(x, rois, op, mode, size, scale, extra, device):
         else:
 
             def train(x, r, forward=forward):
+                # the output is returned too: XLA would otherwise drop a forward the backward does not read
                 y, vjp = jax.vjp(lambda x: forward(x, r), x)
-                return vjp(jnp.ones_like(y))[0]
+                return y, vjp(jnp.ones_like(y))[0]
 
             step = jax.jit(train)
         t0 = time.perf_counter()
-        step(xj, rj_).block_until_ready()
+        jax.block_until_ready(step(xj, rj_))
         compile_s = time.perf_counter() - t0
         out.append(
             Candidate(
                 f"roipool.jax ({backend}, compile {compile_s:.1f} s)",
-                lambda step=step: step(xj, rj_).block_until_ready(),
+                lambda step=step: jax.block_until_ready(step(xj, rj_)),
                 True,
             )
         )
