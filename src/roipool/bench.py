@@ -209,6 +209,10 @@ def candidates(workload: Workload, op: str, mode: str, device: str = "cpu") -> l
 
             out.append(Candidate("roipool (numpy)", numpy_align_step, True))
 
+    # JAX compiles for tens of seconds per op and mode on a small CPU: the two workloads of its issue only
+    if workload.name in ("vgg16", "small-batch") and _optional("jax") is not None:
+        out.extend(_jax_candidates(x, rois, op, mode, size, scale, extra, device))
+
     if torch is not None and (device == "cpu" or torch.cuda.is_available()):
         dev = torch.device(device)
         xt = torch.from_numpy(x).to(dev)
@@ -248,6 +252,53 @@ def candidates(workload: Workload, op: str, mode: str, device: str = "cpu") -> l
             )
             feeds = {"X": x, "rois": np.ascontiguousarray(rois[:, 1:]), "batch_indices": rois[:, 0].astype(np.int64)}
             out.append(Candidate("onnxruntime", lambda: sess.run(None, feeds)))
+    return out
+
+
+def _jax_candidates(x, rois, op, mode, size, scale, extra, device):
+    """roipool.jax, jitted, for each backend that runs on ``device``; compiled before timing.
+
+    The compile time (tracing and XLA compilation, first call) is part of the
+    implementation's name, since rows hold one figure.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    import roipool.jax as rj
+
+    platform = "cpu" if device == "cpu" else "gpu"
+    try:
+        dev = jax.devices(platform)[0]
+    except RuntimeError:  # no such JAX backend installed
+        return []
+    fn = getattr(rj, op)
+    xj, rj_ = jax.device_put(jnp.asarray(x), dev), jax.device_put(jnp.asarray(rois), dev)
+    out = []
+    for backend in ("xla", "callback") if platform == "cpu" else ("xla",):
+
+        def forward(x, r, backend=backend):
+            return fn(x, r, size, scale, backend=backend, **extra)
+
+        if mode == "forward":
+            step = jax.jit(forward)
+        else:
+
+            def train(x, r, forward=forward):
+                # the output is returned too: XLA would otherwise drop a forward the backward does not read
+                y, vjp = jax.vjp(lambda x: forward(x, r), x)
+                return y, vjp(jnp.ones_like(y))[0]
+
+            step = jax.jit(train)
+        t0 = time.perf_counter()
+        jax.block_until_ready(step(xj, rj_))
+        compile_s = time.perf_counter() - t0
+        out.append(
+            Candidate(
+                f"roipool.jax ({backend}, compile {compile_s:.1f} s)",
+                lambda step=step: jax.block_until_ready(step(xj, rj_)),
+                True,
+            )
+        )
     return out
 
 
