@@ -169,8 +169,11 @@ def _optional(name):
         return None
 
 
-def candidates(workload: Workload, op: str, mode: str, device: str = "cpu") -> list[Candidate]:
-    """Everything installed that can run ``op`` in ``mode`` ("forward" or "forward+backward")."""
+def candidates(workload: Workload, op: str, mode: str, device: str = "cpu", jax: bool = False) -> list[Candidate]:
+    """Everything installed that can run ``op`` in ``mode`` ("forward" or "forward+backward").
+
+    ``jax`` adds ``roipool.jax`` (jitted; its XLA path compiles for minutes on ``vgg16``).
+    """
     import roipool
 
     x, rois = workload.make()
@@ -210,7 +213,7 @@ def candidates(workload: Workload, op: str, mode: str, device: str = "cpu") -> l
             out.append(Candidate("roipool (numpy)", numpy_align_step, True))
 
     # JAX compiles for tens of seconds per op and mode on a small CPU: the two workloads of its issue only
-    if workload.name in ("vgg16", "small-batch") and _optional("jax") is not None:
+    if jax and workload.name in ("vgg16", "small-batch") and _optional("jax") is not None:
         out.extend(_jax_candidates(x, rois, op, mode, size, scale, extra, device))
 
     if torch is not None and (device == "cpu" or torch.cuda.is_available()):
@@ -495,7 +498,9 @@ OPS = ("roi_pool", "roi_align", "ps_roi_pool", "ps_roi_align", "roi_align_rotate
 MODES = ("forward", "forward+backward")
 
 
-def run(workloads, repeat: int, device: str = "cpu", ops=OPS, bandwidth: float | None = None) -> list[Row]:
+def run(
+    workloads, repeat: int, device: str = "cpu", ops=OPS, bandwidth: float | None = None, jax: bool = False
+) -> list[Row]:
     """Rows for every op of every workload; on ``cuda`` timed by CUDA events, with floors at
     ``bandwidth`` bytes/s (measured here when not given)."""
     timer = None
@@ -553,7 +558,7 @@ def run(workloads, repeat: int, device: str = "cpu", ops=OPS, bandwidth: float |
             k = workload.images * workload.boxes_per_image
             map_bytes = workload.images * workload.channels * workload.height * workload.width * 4
             out_channels = workload.channels // workload.output_size**2 if workload.position_sensitive else workload.channels
-            block(wname, op, lambda mode, op=op, w=workload: candidates(w, op, mode, device),
+            block(wname, op, lambda mode, op=op, w=workload: candidates(w, op, mode, device, jax),
                   map_bytes, k * out_channels * workload.output_size**2 * 4)
     return rows
 
@@ -585,7 +590,7 @@ def main(args) -> int:
         if torch is None or not torch.cuda.is_available():
             raise SystemExit("roipool bench: --device cuda needs torch and a GPU it can see (torch.cuda.is_available())")
     bandwidth = cuda_copy_bandwidth(torch) if args.device == "cuda" else None
-    rows = run(names, args.repeat, args.device, bandwidth=bandwidth)
+    rows = run(names, args.repeat, args.device, bandwidth=bandwidth, jax=getattr(args, "jax", False))
     info = machine(args.device)  # after the run, which starts Numba's threading layer
     if bandwidth:
         info["copy_bandwidth_gb_s"] = round(bandwidth / 1e9, 1)
