@@ -76,7 +76,7 @@ def detections_figure(model_dir, path, seed: int = 3, images: int = 3, min_score
             ax_d.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=2, ec=colours[name]))
             ax_d.text(x1, y1 - 1, f"{name} {score:.2f}", fontsize=7, color="white", va="bottom",
                       bbox=dict(facecolor=colours[name], alpha=0.8, pad=1, lw=0))  # fmt: skip
-        ax_d.set_title(f"{drawn} detections (ground truth dashed)", fontsize=9)
+        ax_d.set_title(f"{drawn} detection{'' if drawn == 1 else 's'} (ground truth dashed)", fontsize=9)
     kind = "Faster R-CNN (RPN proposals)" if rpn else "Fast R-CNN (sliding windows)"
     fig.suptitle(f"{kind}, {model.pool.kind}: proposals and detections scoring >= {min_score}, "
                  f"'{ds.name}' test images, seed {seed}", fontsize=10)  # fmt: skip
