@@ -196,6 +196,11 @@ def compare_detectors(rpn_model: FastRCNN, windows_model: FastRCNN, images: int 
         model.eval()
 
         def run():
+            if threads:
+                # Numba's OpenMP pool, started by the first pooling call, can
+                # reset the thread count that torch shares: set it every round.
+                torch.set_num_threads(threads)
+                roipool.set_num_threads(threads)
             for image in pictures:
                 _, _, _, (props, _) = detect(model, image, return_proposals=True)
                 counts[name] = len(props)
