@@ -1,4 +1,6 @@
-"""Pictures of RoI pooling (matplotlib, headless): the worked example, proposals, detections.
+"""Pictures of RoI pooling (matplotlib, headless): the worked example and proposals.
+
+The detector's picture lives with it, in ``fastrcnn/figures.py``.
 
 Every function writes one PNG and returns its path. Bin edges come from
 ``cpu.geometry.roi_pool_bins`` (the kernels' own definition) and pooled values

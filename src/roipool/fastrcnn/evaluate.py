@@ -23,7 +23,7 @@ import torch
 from . import boxes as B
 from . import data as D
 from .data import CLASSES, Sample
-from .model import FastRCNN
+from .model import CHECKPOINT_FORMAT, FastRCNN
 
 SCORE_THRESHOLD = 0.05
 NMS_IOU = 0.3
@@ -46,8 +46,6 @@ def load_checkpoint(model_dir) -> tuple[FastRCNN, dict]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .train import FORMAT
-
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelError(f"model folder {model_dir} does not exist (train one with: roipool fast-rcnn train --out DIR)")
@@ -59,9 +57,9 @@ def load_checkpoint(model_dir) -> tuple[FastRCNN, dict]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelError(f"{model_dir / 'config.json'} is not valid JSON ({e})") from None
     found = config.get("format") if isinstance(config, dict) else None
-    if found != FORMAT:
+    if found != CHECKPOINT_FORMAT:
         raise ModelError(f"{model_dir} was written by another version of roipool (format {found!r}; "
-                         f"this one reads {FORMAT!r}): train it again")  # fmt: skip
+                         f"this one reads {CHECKPOINT_FORMAT!r}): train it again")  # fmt: skip
     try:
         model = FastRCNN(**config["model"])
     except (KeyError, TypeError, ValueError) as e:

@@ -1,7 +1,8 @@
 """The detector's picture (matplotlib, headless): proposals beside the final detections.
 
-Lives with the detector (not in ``roipool.viz``) so that ``viz`` never imports
-the detector and the detector's command line never imports ``viz`` back.
+Lives with the detector (not in ``roipool.viz``): the detector never imports
+``viz``, whose proposals picture imports only the detector's data generator,
+so the two cannot form an import cycle.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from . import rpn as R
 from .proposals import ASPECTS, dense_proposals
 
 STRIDE = 8  # three 2x2 max pools
+CHECKPOINT_FORMAT = "roipool-fastrcnn/2"  # config.json's "format": what evaluate.load() accepts
 POOLERS = ("roi_pool", "roi_align")
 PROPOSALS = ("rpn", "windows")
 # Test-time proposals per image: the RPN's post-NMS top N (the paper's 300) from

@@ -35,10 +35,8 @@ import torch.nn.functional as F
 from . import boxes as B
 from . import data as D
 from . import rpn as R
-from .model import RPN_TRAIN_PRE_NMS, RPN_TRAIN_TOP_N, FastRCNN
+from .model import CHECKPOINT_FORMAT, RPN_TRAIN_PRE_NMS, RPN_TRAIN_TOP_N, FastRCNN
 from .proposals import HARD_WINDOW_ASPECTS, HARD_WINDOW_COUNT, HARD_WINDOW_SIZES
-
-FORMAT = "roipool-fastrcnn/2"  # config.json's "format": what load() accepts
 
 
 def model_config(dataset: str = D.DEFAULT_DATASET, proposals: str = "rpn", pooler: str = "roi_pool") -> dict:
@@ -156,7 +154,9 @@ def save(model: FastRCNN, out: Path, config: TrainConfig) -> None:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    config_text = json.dumps({"format": FORMAT, "model": model.config, "train": asdict(config)}, indent=2) + "\n"
+    config_text = (
+        json.dumps({"format": CHECKPOINT_FORMAT, "model": model.config, "train": asdict(config)}, indent=2) + "\n"
+    )
     tmp_model, tmp_config = out / "model.safetensors.tmp", out / "config.json.tmp"
     save_file(state, str(tmp_model))
     tmp_config.write_text(config_text)
