@@ -132,12 +132,24 @@ def _axis_taps(start, bin_size, size, scale, ptr, idx, wt, pos):
         db_1 = scale * (t(1.0) - t(p + 1) / t(pooled))
         da_2 = scale * (t(p) / t(pooled))
         db_2 = scale * (t(p + 1) / t(pooled))
-        lo = max(np.floor(a), t(0.0))
-        hi = min(np.ceil(b), t(size - 1))
+        d = b - a  # the bin's actual length: the weights then sum to 1 to rounding
+        if d > 0:
+            lo = max(np.floor(a), t(0.0))
+            hi = min(np.ceil(b), t(size - 1))
+        else:
+            # a bin narrower than the spacing of floats at its position: the
+            # limit of the mean, the value at a (derivatives +-1/2 of the slope
+            # just right of a)
+            lo = max(np.floor(a), t(0.0))
+            hi = min(np.floor(a) + t(1.0), t(size - 1))
         if lo > hi:
             continue
         for i in range(int(lo), int(hi) + 1):
-            w, dwa, dwb = _hat_average(a, b, bin_size, t(i))
+            if d > 0:
+                w, dwa, dwb = _hat_average(a, b, d, t(i))
+            else:
+                w = max(t(1.0) - abs(a - t(i)), t(0.0))
+                dwa = dwb = t(0.5) if t(i) > a else t(-0.5)
             if w == 0 and dwa == 0 and dwb == 0:
                 continue
             idx[pos] = i
@@ -162,18 +174,20 @@ def _hat_average(a, b, d, i):
     w = type(d)(0.0)
     dwa = type(d)(0.0)
     dwb = type(d)(0.0)
+    # Midpoints enter only as offsets from the ends, (sa - a) + la / 2 and so
+    # on: (sa + ea) / 2 - a would lose the digits of a piece far shorter than a.
     if ea > sa:
-        fa = (ea - sa) / d
-        ma = half * (sa + ea)
-        w += fa * (ma - (i - one))
-        dwb += fa * ((ma - a) / d)
-        dwa += fa * ((b - ma) / d)
+        la = ea - sa
+        fa = la / d
+        w += fa * ((sa - (i - one)) + half * la)
+        dwb += fa * (((sa - a) + half * la) / d)
+        dwa += fa * (((b - ea) + half * la) / d)
     if eb > sb:
-        fb = (eb - sb) / d
-        mb = half * (sb + eb)
-        w += fb * ((i + one) - mb)
-        dwb -= fb * ((mb - a) / d)
-        dwa -= fb * ((b - mb) / d)
+        lb = eb - sb
+        fb = lb / d
+        w += fb * (((i + one) - eb) + half * lb)
+        dwb -= fb * (((sb - a) + half * lb) / d)
+        dwa -= fb * (((b - eb) + half * lb) / d)
     return w, dwa, dwb
 
 

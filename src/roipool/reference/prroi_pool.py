@@ -72,14 +72,19 @@ def _cells(a, b, size):
     return range(lo, hi + 1)
 
 
-def _bin_integral(image, ys, ye, xs, xe):
-    """``integral of F over [ys, ye] x [xs, xe]`` for one channel ``image (H, W)``."""
+def axis_mean(a, b, i):
+    """Mean of ``hat(t - i)`` over ``[a, b]``; ``hat(a - i)`` (the limit) when ``b == a``."""
+    return hat_integral(a, b, i) / (b - a) if b > a else hat(a - i)
+
+
+def _bin_mean(image, ys, ye, xs, xe):
+    """Mean of ``F`` over ``[ys, ye] x [xs, xe]`` (the bin's actual edges) for one channel ``image (H, W)``."""
     height, width = image.shape
     total = 0.0
     for i in _cells(ys, ye, height):
-        iy = hat_integral(ys, ye, i)
+        wy = axis_mean(ys, ye, i)
         for j in _cells(xs, xe, width):
-            total += float(image[i, j]) * iy * hat_integral(xs, xe, j)
+            total += float(image[i, j]) * wy * axis_mean(xs, xe, j)
     return total
 
 
@@ -87,7 +92,10 @@ def prroi_pool(input, rois, pooled_h, pooled_w, spatial_scale):
     """Precise RoI pooling. ``input (N, C, H, W)``; ``rois (K, 5)`` rows ``[n, x1, y1, x2, y2]``.
 
     Returns ``(K, C, pooled_h, pooled_w)`` in the input's dtype (computed in
-    float64). A bin of zero width or height gives 0.
+    float64). A box of zero width or height gives 0. The mean is taken over
+    the bin's edges as computed (``end - start``, which may differ from
+    ``bin_h`` by a rounding); a bin whose end rounds to its start takes the
+    value at its start.
     """
     _, channels, _, _ = input.shape
     out = np.zeros((rois.shape[0], channels, pooled_h, pooled_w), np.float64)
@@ -99,13 +107,13 @@ def prroi_pool(input, rois, pooled_h, pooled_w, spatial_scale):
         for ph, (y0, y1) in enumerate(ys):
             for pw, (x0, x1) in enumerate(xs):
                 for c in range(channels):
-                    out[k, c, ph, pw] = _bin_integral(input[n, c], y0, y1, x0, x1) / (bin_h * bin_w)
+                    out[k, c, ph, pw] = _bin_mean(input[n, c], y0, y1, x0, x1)
     return out.astype(input.dtype)
 
 
 def prroi_pool_backward(grad_output, rois, input_shape, spatial_scale):
-    """Gradient with respect to ``input``: each output's gradient, divided by the bin's
-    area, goes to cell ``(i, j)`` with weight ``hat_integral(rows) * hat_integral(columns)``."""
+    """Gradient with respect to ``input``: each output's gradient goes to cell ``(i, j)``
+    with weight ``axis_mean(rows) * axis_mean(columns)``, the cell's share of the bin's mean."""
     num_rois, channels, pooled_h, pooled_w = grad_output.shape
     height, width = input_shape[2], input_shape[3]
     grad_input = np.zeros(input_shape, np.float64)
@@ -118,7 +126,7 @@ def prroi_pool_backward(grad_output, rois, input_shape, spatial_scale):
             for pw, (x0, x1) in enumerate(xs):
                 for i in _cells(y0, y1, height):
                     for j in _cells(x0, x1, width):
-                        w = hat_integral(y0, y1, i) * hat_integral(x0, x1, j) / (bin_h * bin_w)
+                        w = axis_mean(y0, y1, i) * axis_mean(x0, x1, j)
                         grad_input[n, :, i, j] += grad_output[k, :, ph, pw].astype(np.float64) * w
     return grad_input.astype(grad_output.dtype)
 
@@ -136,7 +144,7 @@ def _row_line_integral(image, y, xs, xe):
 def prroi_pool_boxes_backward(grad_output, input, rois, spatial_scale):
     """Gradient with respect to the box coordinates: ``(K, 5)``, column 0 (batch index) zero.
 
-    For a bin ``[ys, ye] x [xs, xe]`` of area ``A = bin_h * bin_w`` and value
+    For a bin ``[ys, ye] x [xs, xe]`` of value
     ``v``: moving its bottom edge ``ye`` adds the line integral of ``F`` along
     that edge, so ``dv/dye = (L(ye) / bin_w - v) / bin_h`` with ``L(y)`` the
     integral of ``F(y, x)`` over ``[xs, xe]``; ``dv/dys = (v - L(ys) / bin_w) / bin_h``,
@@ -158,9 +166,11 @@ def prroi_pool_boxes_backward(grad_output, input, rois, spatial_scale):
                 # The mean over the bin's actual edges: y1 - y0 may differ from bin_h
                 # by a rounding, which would swamp the derivative of a tiny bin.
                 h, w = y1 - y0, x1 - x0
+                if h <= 0 or w <= 0:
+                    continue  # a bin below the spacing of floats: this form does not apply (the kernels take the limit)
                 for c in range(channels):
                     image = input[n, c]
-                    v = _bin_integral(image, y0, y1, x0, x1) / (h * w)
+                    v = _bin_mean(image, y0, y1, x0, x1)
                     g = float(grad_output[k, c, ph, pw])
                     d_ys = (v - _row_line_integral(image, y0, x0, x1) / w) / h
                     d_ye = (_row_line_integral(image, y1, x0, x1) / w - v) / h
