@@ -333,3 +333,19 @@ def test_concurrent_calls_from_python_threads_give_the_same_results():
     assert not errors
     for r in results:
         np.testing.assert_array_equal(r, want)
+
+
+def test_worked_example_of_the_docs_centres_the_box_on_the_blob():
+    # docs/prroi_pool.md: gradient ascent on a centre-minus-surround score
+    yy, xx = np.mgrid[0:40, 0:48]
+    feature = np.exp(-(((xx - 27.5) / 6) ** 2 + ((yy - 20.0) / 6) ** 2))[None, None]
+    template = np.full((3, 3), -1 / 8)
+    template[1, 1] = 1.0
+    box = np.array([[0, 14.0, 10.0, 30.0, 22.0]])
+    for _ in range(41):
+        pooled = roipool.prroi_pool(feature, box, 3)
+        score = float((pooled[0, 0] * template).sum())
+        grad = roipool.prroi_pool_boxes_backward(template[None, None] * np.ones_like(pooled), feature, box, 3)
+        box[:, 1:] += 20.0 * grad[:, 1:]
+    assert round(score, 4) == 0.6245  # the last line of the documented output
+    np.testing.assert_allclose([(box[0, 1] + box[0, 3]) / 2, (box[0, 2] + box[0, 4]) / 2], [27.5, 20.0], atol=0.02)
