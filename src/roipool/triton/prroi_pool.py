@@ -108,10 +108,10 @@ def _forward_kernel(
     acc = tl.zeros((BLOCK_C, BLOCK_P), scale.dtype)
     for ty in range(ny):
         i = r0 + ty
-        wy, _, _ = hat_mean(ya, yb, yd, i.to(scale.dtype))
+        wy, _dya, _dyb = hat_mean(ya, yb, yd, i.to(scale.dtype))
         for tx in range(nx):
             j = c0 + tx
-            wx, _, _ = hat_mean(xa, xb, xd, j.to(scale.dtype))
+            wx, _dxa, _dxb = hat_mean(xa, xb, xd, j.to(scale.dtype))
             ok = p_ok & (i <= r1) & (j <= c1)
             v = tl.load(input_ptr + plane + (i * width + j)[None, :], mask=c_ok[:, None] & ok[None, :], other=0.0)
             acc += tl.where(ok, wy * wx, 0.0)[None, :] * v.to(scale.dtype)
@@ -137,18 +137,18 @@ def _backward_kernel(
     acc = tl.zeros((BLOCK_C, TILE_H * TILE_W), scale.dtype)
     for r in range(tl.load(starts_ptr + n), tl.load(starts_ptr + n + 1)):
         k = tl.load(order_ptr + r)
-        _, y1, x1, bin_h, bin_w, ny, nx = _box(rois_ptr, k, scale, POOLED_H, POOLED_W, height, width)
+        _n, y1, x1, bin_h, bin_w, ny, nx = _box(rois_ptr, k, scale, POOLED_H, POOLED_W, height, width)
         bins = (k.to(tl.int64) * channels + c.to(tl.int64)) * (POOLED_H * POOLED_W)
         if ny > 0:
             for ph in range(POOLED_H):
                 ya, yb, yd, r0, r1 = _edges(y1, bin_h, ph * 1.0, height)
                 if spans_overlap(r0, r1, row0, row0 + TILE_H - 1):
-                    wy, _, _ = hat_mean(ya, yb, yd, hh.to(scale.dtype))
+                    wy, _dya, _dyb = hat_mean(ya, yb, yd, hh.to(scale.dtype))
                     wy = tl.where((hh >= r0) & (hh <= r1), wy, 0.0)
                     for pw in range(POOLED_W):
                         xa, xb, xd, c0, c1 = _edges(x1, bin_w, pw * 1.0, width)
                         if spans_overlap(c0, c1, col0, col0 + TILE_W - 1):
-                            wx, _, _ = hat_mean(xa, xb, xd, ww.to(scale.dtype))
+                            wx, _dxa, _dxb = hat_mean(xa, xb, xd, ww.to(scale.dtype))
                             wx = tl.where((ww >= c0) & (ww <= c1), wx, 0.0)
                             g = tl.load(grad_ptr + bins + (ph * POOLED_W + pw), mask=c_ok, other=0.0)
                             acc += g.to(scale.dtype)[:, None] * (wy * wx)[None, :]
@@ -177,14 +177,16 @@ def _boxes_backward_kernel(
     ya, yb, yd, r0, r1 = _edges(y1, bin_h, ph, height)
     xa, xb, xd, c0, c1 = _edges(x1, bin_w, pw, width)
     # how the bin's ends move with the box's corners: a = y1' + ph * (y2' - y1') / PH, b = a + bin
-    ya_1 = scale * (1.0 - ph / POOLED_H)
-    yb_1 = scale * (1.0 - (ph + 1.0) / POOLED_H)
-    ya_2 = scale * (ph / POOLED_H)
-    yb_2 = scale * ((ph + 1.0) / POOLED_H)
-    xa_1 = scale * (1.0 - pw / POOLED_W)
-    xb_1 = scale * (1.0 - (pw + 1.0) / POOLED_W)
-    xa_2 = scale * (pw / POOLED_W)
-    xb_2 = scale * ((pw + 1.0) / POOLED_W)
+    fh = tl.full((), POOLED_H, scale.dtype)
+    fw = tl.full((), POOLED_W, scale.dtype)
+    ya_1 = scale * (1.0 - div_exact(ph, fh))
+    yb_1 = scale * (1.0 - div_exact(ph + 1.0, fh))
+    ya_2 = scale * div_exact(ph, fh)
+    yb_2 = scale * div_exact(ph + 1.0, fh)
+    xa_1 = scale * (1.0 - div_exact(pw, fw))
+    xb_1 = scale * (1.0 - div_exact(pw + 1.0, fw))
+    xa_2 = scale * div_exact(pw, fw)
+    xb_2 = scale * div_exact(pw + 1.0, fw)
     acc_x1 = tl.zeros((BLOCK_C, BLOCK_P), scale.dtype)
     acc_y1 = tl.zeros((BLOCK_C, BLOCK_P), scale.dtype)
     acc_x2 = tl.zeros((BLOCK_C, BLOCK_P), scale.dtype)
