@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # while an unpinned torch pulls several GB of CUDA packages.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test bench clean
+.PHONY: demo test lint bench clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,12 @@ $(BIN)/.installed: pyproject.toml Makefile
 demo: $(BIN)/.installed
 	$(BIN)/roipool demo
 
-test: $(BIN)/.installed
+# The lint runs first, so CI (which runs `make test`) fails on lint too.
+lint: $(BIN)/.installed
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+test: lint
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q
 
 bench: $(BIN)/.installed

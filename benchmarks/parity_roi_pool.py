@@ -15,10 +15,10 @@ sys.path[:0] = ["src", "."]
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
+from tests.helpers import random_rois  # noqa: E402
+from tests.ort_oracle import max_roi_pool  # noqa: E402
 
 import roipool  # noqa: E402
-from tests.ort_oracle import max_roi_pool  # noqa: E402
-from tests.helpers import random_rois  # noqa: E402
 
 
 def random_case(rng, case):

@@ -47,3 +47,32 @@ def test_bench_rejects_unknown_workload():
 def test_import_does_not_import_torch():
     code = "import roipool, sys; assert 'torch' not in sys.modules and 'numba' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _run_without(module, argv):
+    """Run ``roipool <argv>`` in a fresh interpreter where importing ``module`` fails."""
+    code = (
+        "import sys\n"
+        f"sys.modules[{module!r}] = None  # import now raises ModuleNotFoundError\n"
+        "from roipool import cli\n"
+        f"sys.exit(cli.main({argv!r}))\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_a_missing_extra_is_one_line_naming_it(tmp_path):
+    result = _run_without("torch", ["fast-rcnn", "train", "--out", str(tmp_path / "model"), "--epochs", "1"])
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "roipool: this command needs torch, which is not installed; pip install 'roipool[fastrcnn]'"
+    ]
+
+
+def test_only_the_commands_own_extra_is_reported():
+    # a missing package that the command's extra does not provide is a real error, re-raised
+    assert cli.missing_extra(ModuleNotFoundError(name="tqdm"), "fastrcnn").endswith("pip install 'roipool[fastrcnn]'")
+    assert cli.missing_extra(ModuleNotFoundError(name="matplotlib.pyplot"), "viz").endswith("'roipool[viz]'")
+    assert cli.missing_extra(ModuleNotFoundError(name="torch"), "torch").endswith("'roipool[torch]'")
+    assert cli.missing_extra(ModuleNotFoundError(name="numpy"), "fastrcnn") is None
+    assert cli.missing_extra(ModuleNotFoundError(name="tqdm"), None) is None

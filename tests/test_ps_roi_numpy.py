@@ -415,7 +415,7 @@ def test_results_do_not_depend_on_the_thread_count(threads):
 
 def test_serial_and_parallel_kernels_give_the_same_bits(monkeypatch):
     # small calls run on the calling thread, large ones on the pool: same tasks' arithmetic
-    from roipool import _ps
+    from roipool.cpu import ps_roi as kernels
 
     rng = np.random.default_rng(15)
     x = ps_input(rng, 2, 16, (2, 2), 24, 24, np.float32)
@@ -427,11 +427,11 @@ def test_serial_and_parallel_kernels_give_the_same_bits(monkeypatch):
         lambda: roipool.ps_roi_pool_backward(g, rois, x.shape, 2, 0.5),
         lambda: roipool.ps_roi_align_backward(g, rois, x.shape, 2, 0.5),
     ]
-    monkeypatch.setattr(_ps, "_SMALL_WORK", 0)
-    monkeypatch.setattr(_ps, "_SMALL_LAYOUT", 0)
+    monkeypatch.setattr(kernels, "_SMALL_WORK", 0)
+    monkeypatch.setattr(kernels, "_SMALL_LAYOUT", 0)
     parallel = [call() for call in calls]
-    monkeypatch.setattr(_ps, "_SMALL_WORK", 1 << 62)
-    monkeypatch.setattr(_ps, "_SMALL_LAYOUT", 1 << 62)
+    monkeypatch.setattr(kernels, "_SMALL_WORK", 1 << 62)
+    monkeypatch.setattr(kernels, "_SMALL_LAYOUT", 1 << 62)
     for call, expected in zip(calls, parallel):
         np.testing.assert_array_equal(call(), expected)
 

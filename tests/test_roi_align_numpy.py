@@ -90,10 +90,9 @@ def test_adversarial_boxes_match_reference(aligned, sampling_ratio):
 @pytest.mark.parametrize("path", ["DIRECT", "ROWS_FIRST"])
 def test_both_evaluation_orders_match_reference(monkeypatch, path):
     # the kernels choose per RoI between two orders of the same sum; force each
-    from roipool import _align
     from roipool.cpu import roi_align as kernels
 
-    monkeypatch.setattr(_align, "PATH", getattr(kernels, path))
+    monkeypatch.setattr(kernels, "TAP_EVALUATION", getattr(kernels, path))
     rng = np.random.default_rng(15)
     for dtype in (np.float32, np.float64):
         x = rng.standard_normal((2, 20, 11, 13)).astype(dtype)
@@ -108,17 +107,16 @@ def test_wide_channel_blocks_match_reference(monkeypatch, path, dtype):
     # 147 float32 channels = a 128-channel register block + one 16-lane vector
     # + 3 single channels (float64: 2 x 64 + 2 x 8 + 3); the backward runs with
     # its widest block and with a one-vector block
-    from roipool import _align
     from roipool.cpu import roi_align as kernels
     from roipool.cpu._simd import VECTOR_BYTES
 
-    monkeypatch.setattr(_align, "PATH", getattr(kernels, path))
+    monkeypatch.setattr(kernels, "TAP_EVALUATION", getattr(kernels, path))
     lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
     rng = np.random.default_rng(16)
     x = rng.standard_normal((2, 147, 9, 12)).astype(dtype)
     rois = random_rois(rng, 12, 2, 9, 12, 0.5)
     for block in (kernels.UNROLL * lanes, lanes):
-        monkeypatch.setattr(_align, "channel_block", lambda *args, block=block: block)
+        monkeypatch.setattr(kernels, "channel_block", lambda *args, block=block: block)
         check_against_reference(x, rois, (3, 4), 0.5, 2, True)
 
 
@@ -342,7 +340,6 @@ def test_backward_is_deterministic_and_independent_of_thread_count():
 def test_backward_is_the_same_for_every_channel_block(monkeypatch, dtype):
     # the thread count picks the backward's channel block (a multiple of the
     # vector lanes); every channel must sum in the same order whatever it is
-    from roipool import _align
     from roipool.cpu import roi_align as kernels
     from roipool.cpu._simd import VECTOR_BYTES
 
@@ -353,7 +350,7 @@ def test_backward_is_the_same_for_every_channel_block(monkeypatch, dtype):
     g = rng.standard_normal((80, 300, 3, 4)).astype(dtype)
     results = []
     for block in (kernels.UNROLL * lanes, 3 * lanes, lanes):
-        monkeypatch.setattr(_align, "channel_block", lambda *args, block=block: block)
+        monkeypatch.setattr(kernels, "channel_block", lambda *args, block=block: block)
         results.append(roipool.roi_align_backward(g, rois, x_shape, (3, 4), 0.5, -1, True))
     for r in results[1:]:
         np.testing.assert_array_equal(r, results[0])
@@ -365,7 +362,9 @@ def test_float16_is_computed_in_float32():
     rois = random_rois(rng, 12, 1, 6, 7, 1.0)
     out = roipool.roi_align(x, rois, 2, 1.0, 2, True)
     assert out.dtype == np.float16
-    np.testing.assert_array_equal(out, roipool.roi_align(x.astype(np.float32), rois, 2, 1.0, 2, True).astype(np.float16))
+    np.testing.assert_array_equal(
+        out, roipool.roi_align(x.astype(np.float32), rois, 2, 1.0, 2, True).astype(np.float16)
+    )
     g = rng.standard_normal(out.shape).astype(np.float16)
     grad = roipool.roi_align_backward(g, rois, x.shape, 2, 1.0, 2, True)
     assert grad.dtype == np.float16

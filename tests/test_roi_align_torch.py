@@ -11,6 +11,9 @@ import pytest
 
 from .roi_family import RoIOpTester, make_input, make_rois, torch
 
+# roi_family skips this module without torch, so it is imported first
+# isort: split
+
 import roipool  # noqa: E402
 import roipool.nn  # noqa: E402
 from roipool import reference  # noqa: E402

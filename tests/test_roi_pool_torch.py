@@ -10,9 +10,15 @@ import pytest
 
 from .roi_family import RoIOpTester, make_input, torch
 
+# roi_family skips this module without torch, so it is imported first
+# isort: split
+
 import roipool  # noqa: E402
 import roipool.nn  # noqa: E402
-from roipool import _torch_ops, reference  # noqa: E402
+from roipool import reference  # noqa: E402
+from roipool._torch import _library  # noqa: E402
+from roipool._torch import roi_pool as torch_roi_pool  # noqa: E402
+from roipool.cpu import roi_pool as cpu_roi_pool  # noqa: E402
 
 from .test_checks import BAD_OUTPUT_SIZES, BAD_SCALES  # noqa: E402
 
@@ -68,7 +74,7 @@ def test_layer_matches_torchvisions_interface():
 
 def test_channels_last_input_is_read_in_place():
     x = make_input((2, 5, 6, 7), torch.float32, "channels_last")
-    nhwc = _torch_ops.cpu_nhwc(x, torch.float32)
+    nhwc = _library.cpu_nhwc(x, torch.float32)
     assert nhwc.__array_interface__["data"][0] == x.data_ptr() and nhwc.flags.c_contiguous
 
 
@@ -76,13 +82,13 @@ def test_outputs_share_memory_with_the_kernels(monkeypatch):
     # the returned tensors wrap the arrays the kernels wrote: no copy on the way out
     written = {}
     for name in ("launch_forward", "launch_forward_argmax"):
-        launch = getattr(_torch_ops._pool, name)
+        launch = getattr(cpu_roi_pool, name)
 
         def spy(*args, _launch=launch, _name=name):
             written[_name] = [a.__array_interface__["data"][0] for a in args[2:]]
             return _launch(*args)
 
-        monkeypatch.setattr(_torch_ops._pool, name, spy)
+        monkeypatch.setattr(cpu_roi_pool, name, spy)
     x = make_input((1, 4, 6, 6), torch.float32, "contiguous")
     rois = torch.tensor([[0.0, 0, 0, 5, 5]])
     out = torch.ops.roipool.roi_pool(x, rois, 1.0, 2, 2)
@@ -126,8 +132,8 @@ def test_thread_pool_is_numbas_not_torchs():
 def test_a_device_without_kernels_loads_its_backend_module_or_says_it_is_missing(tmp_path, monkeypatch):
     # The CUDA hook, exercised on the CPU: an op with no CPU kernel and a
     # backend module named for "cpu" behaves as roi_pool does on CUDA tensors.
-    op = _torch_ops.define("_test_backend_hook", "(Tensor x) -> Tensor", cpu=None, fake=lambda x: torch.empty_like(x))
-    monkeypatch.setitem(_torch_ops.BACKEND_MODULES, "cpu", "roipool_test_backend")
+    op = _library.define("_test_backend_hook", "(Tensor x) -> Tensor", cpu=None, fake=lambda x: torch.empty_like(x))
+    monkeypatch.setitem(_library.BACKEND_MODULES, "cpu", "roipool_test_backend")
     with pytest.raises(NotImplementedError, match="no kernel for cpu tensors .the roipool_test_backend backend is not"):
         op(torch.ones(3))
     (tmp_path / "roipool_test_backend.py").write_text(
@@ -176,7 +182,7 @@ def test_cpu_training_over_very_large_bins_keeps_the_argmax():
     assert "roipool::roi_pool_with_argmax" in called and "roipool::roi_pool_backward" in called
     assert "roipool::roi_pool_backward_recompute" not in called
     # the threshold: up to 24 cells per bin re-scan
-    assert _torch_ops._recompute_pays(x, rois, 1.0, 3, 3) and not _torch_ops._recompute_pays(x, rois, 1.0, 2, 2)
+    assert torch_roi_pool.recompute_pays(x, rois, 1.0, 3, 3) and not torch_roi_pool.recompute_pays(x, rois, 1.0, 2, 2)
 
 
 def test_double_backward_of_the_recomputing_backward():
@@ -189,7 +195,9 @@ def test_recomputing_backward_op_checks_its_grad():
     x = torch.zeros((1, 2, 5, 5))
     rois = torch.tensor([[0.0, 0, 0, 4, 4]])
     with pytest.raises(TypeError, match="grad must have the input's dtype"):
-        torch.ops.roipool.roi_pool_backward_recompute(torch.zeros((1, 2, 2, 2), dtype=torch.float64), x, rois, 1.0, 2, 2)
+        torch.ops.roipool.roi_pool_backward_recompute(
+            torch.zeros((1, 2, 2, 2), dtype=torch.float64), x, rois, 1.0, 2, 2
+        )
     with pytest.raises(ValueError, match="grad must have shape"):
         torch.ops.roipool.roi_pool_backward_recompute(torch.zeros((1, 2, 3, 2)), x, rois, 1.0, 2, 2)
 
@@ -238,3 +246,29 @@ def test_argmax_backward_op_rejects_indices_outside_the_map():
     for bad in (argmax + 6 * 7, argmax - 6 * 7 - 2):
         with pytest.raises(ValueError, match="argmax holds indices outside"):
             torch.ops.roipool.roi_pool_backward(out, bad, rois, 1, 3, 6, 7)
+
+
+@pytest.mark.parametrize("cells", ["small bins (re-scan)", "large bins (argmax)"])
+def test_a_training_step_validates_the_boxes_and_builds_the_bins_once(monkeypatch, cells):
+    built = []
+
+    class CountedBins(cpu_roi_pool.RoIPoolBins):
+        def __init__(self, *args):
+            built.append(args[0].shape)
+            super().__init__(*args)
+
+    monkeypatch.setattr(cpu_roi_pool, "RoIPoolBins", CountedBins)
+    x = make_input((1, 3, 12, 13), torch.float32, "contiguous").requires_grad_()
+    rois = torch.tensor([[0.0, 0, 0, 12, 12], [0, 2, 1, 11, 12]])
+    output_size = (3, 3) if cells.startswith("small") else (1, 1)
+    called = _ops_called(lambda: roipool.roi_pool(x, rois, output_size).sum().backward())
+    assert ("roipool::roi_pool_backward_recompute" in called) == cells.startswith("small")
+    assert built == [(2, 5)]  # once: the choice of backward, the forward and the backward share it
+
+
+def test_numpy_only_functions_name_numpy_for_a_tensor():
+    # roi_pool_with_argmax has no tensor form (autograd computes the gradient of roi_pool)
+    with pytest.raises(TypeError, match=r"^input must be a NumPy array, got Tensor$"):
+        roipool.roi_pool_with_argmax(torch.zeros((1, 1, 4, 4)), torch.zeros((1, 5)), 2)
+    with pytest.raises(TypeError, match=r"^input must be a torch tensor, got ndarray$"):
+        torch_roi_pool.roi_pool(np.zeros((1, 1, 4, 4), np.float32), np.zeros((1, 5)), 2)

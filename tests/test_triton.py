@@ -309,8 +309,8 @@ def test_every_kernel_compiles_for_sm90_with_exact_division_and_no_fma():
 # ---------------------------------------------------------------- the custom ops' CUDA kernels
 
 
-def _torch_ops_or_skip():
-    return pytest.importorskip("roipool._torch_ops", reason="the torch frontend is not in this tree")
+def _torch_frontend_or_skip():
+    return pytest.importorskip("roipool._torch._library", reason="the torch frontend is not in this tree")
 
 
 def _roi_pool_op_args(device):
@@ -352,7 +352,7 @@ def op_args(name, device):
 
 
 def _defined_op_or_skip(name):
-    _torch_ops_or_skip()
+    _torch_frontend_or_skip()
     if not hasattr(torch.ops.roipool, name):
         pytest.skip(f"roipool::{name} is not defined in this tree")
     return getattr(torch.ops.roipool, name).default
@@ -369,14 +369,14 @@ def test_the_cuda_kernels_pass_opcheck_when_registered_as_a_backend_under_the_in
     registration installs. The twin's results are then compared with the CPU op.
     """
     real = _defined_op_or_skip(name)
-    from roipool import _torch_ops
+    from roipool._torch import _library
     from roipool.triton import _register
 
     assert name in _register.REGISTERED
     twin = f"_triton_twin_{name}"
     if not hasattr(torch.ops.roipool, twin):
         signature = str(real._schema)
-        op = _torch_ops.define(twin, signature[signature.index("("):], cpu=None, fake=lambda *args: real(*args))
+        op = _library.define(twin, signature[signature.index("("):], cpu=None, fake=lambda *args: real(*args))
         kernel, reason = _register.cuda_kernel(name, real._schema)
         assert reason is None
         op.register_kernel("cpu", kernel)
@@ -423,7 +423,7 @@ def test_registered_cuda_ops_pass_opcheck_and_equal_the_cpu_ops(name):
 
 @needs_cuda
 def test_compiled_roi_pool_on_cuda_matches_eager_and_its_backward_repeats_bit_for_bit():
-    _torch_ops_or_skip()
+    _torch_frontend_or_skip()
     x, rois = _roi_pool_op_args("cuda")
     x.requires_grad_(True)
 

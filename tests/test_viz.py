@@ -19,7 +19,9 @@ def _not_blank(path):
 
 
 def test_forward_pass_picture(tmp_path):
-    path = viz.forward_pass_figure(tmp_path / "forward.png")
+    path = viz.forward_pass_figure(
+        tmp_path / "forward.png", demo.FEATURE_MAP, demo.PROPOSAL, demo.SPATIAL_SCALE, demo.OUTPUT_SIZE
+    )
     _not_blank(path)
 
 

@@ -52,12 +52,12 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0):
         tensor input gives a tensor differentiable with respect to ``input``.
     """
     if _is_tensor(input):
-        from . import _torch_ops
+        from ._torch import roi_pool as torch_frontend
 
-        return _torch_ops.roi_pool(input, boxes, output_size, spatial_scale)
-    from . import _pool
+        return torch_frontend.roi_pool(input, boxes, output_size, spatial_scale)
+    from ._numpy import roi_pool as numpy_frontend
 
-    return _pool.roi_pool(input, boxes, output_size, spatial_scale)
+    return numpy_frontend.roi_pool(input, boxes, output_size, spatial_scale)
 
 
 def roi_pool_with_argmax(input, boxes, output_size, spatial_scale=1.0):
@@ -67,9 +67,9 @@ def roi_pool_with_argmax(input, boxes, output_size, spatial_scale=1.0):
     flat index ``h * W + w`` of each maximum in its image and channel, or -1
     for an empty bin. Pass it to :func:`roi_pool_backward`.
     """
-    from . import _pool
+    from ._numpy import roi_pool as numpy_frontend
 
-    return _pool.roi_pool_with_argmax(input, boxes, output_size, spatial_scale)
+    return numpy_frontend.roi_pool_with_argmax(input, boxes, output_size, spatial_scale)
 
 
 def roi_pool_backward(grad_output, argmax, boxes, input_shape, *, input=None, spatial_scale=1.0):
@@ -87,9 +87,11 @@ def roi_pool_backward(grad_output, argmax, boxes, input_shape, *, input=None, sp
     writes no argmax (as large as the output). ``grad_output`` must then have
     ``input``'s dtype.
     """
-    from . import _pool
+    from ._numpy import roi_pool as numpy_frontend
 
-    return _pool.roi_pool_backward(grad_output, argmax, boxes, input_shape, input=input, spatial_scale=spatial_scale)
+    return numpy_frontend.roi_pool_backward(
+        grad_output, argmax, boxes, input_shape, input=input, spatial_scale=spatial_scale
+    )
 
 
 # ---- roi_align ----
@@ -119,12 +121,12 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
         in ``docs/semantics.md`` (RoIAlign).
     """
     if _is_tensor(input):
-        from . import _torch_ops
+        from ._torch import roi_align as torch_frontend
 
-        return _torch_ops.roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
-    from . import _align
+        return torch_frontend.roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
+    from ._numpy import roi_align as numpy_frontend
 
-    return _align.roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
+    return numpy_frontend.roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
 
 
 def roi_align_backward(
@@ -137,9 +139,9 @@ def roi_align_backward(
     ``(N, C, H, W)`` in ``grad_output``'s dtype. Deterministic: the result does
     not depend on the thread count.
     """
-    from . import _align
+    from ._numpy import roi_align as numpy_frontend
 
-    return _align.roi_align_backward(
+    return numpy_frontend.roi_align_backward(
         grad_output, boxes, input_shape, output_size, spatial_scale, sampling_ratio, aligned
     )
 
@@ -167,12 +169,12 @@ def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
         input's dtype; a tensor result is differentiable with respect to ``input``.
     """
     if _is_tensor(input):
-        from . import _torch_ops
+        from ._torch import ps_roi as torch_frontend
 
-        return _torch_ops.ps_roi_pool(input, boxes, output_size, spatial_scale)
-    from . import _ps
+        return torch_frontend.ps_roi_pool(input, boxes, output_size, spatial_scale)
+    from ._numpy import ps_roi as numpy_frontend
 
-    return _ps.ps_roi_pool(input, boxes, output_size, spatial_scale)
+    return numpy_frontend.ps_roi_pool(input, boxes, output_size, spatial_scale)
 
 
 def ps_roi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0):
@@ -183,9 +185,9 @@ def ps_roi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_s
     gradient, divided by its bin's area, goes to every cell of the bin. Returns
     an array of ``input_shape`` ``(N, C, H, W)``.
     """
-    from . import _ps
+    from ._numpy import ps_roi as numpy_frontend
 
-    return _ps.ps_roi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_scale)
+    return numpy_frontend.ps_roi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_scale)
 
 
 def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1):
@@ -209,12 +211,12 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
         input's dtype; a tensor result is differentiable with respect to ``input``.
     """
     if _is_tensor(input):
-        from . import _torch_ops
+        from ._torch import ps_roi as torch_frontend
 
-        return _torch_ops.ps_roi_align(input, boxes, output_size, spatial_scale, sampling_ratio)
-    from . import _ps
+        return torch_frontend.ps_roi_align(input, boxes, output_size, spatial_scale, sampling_ratio)
+    from ._numpy import ps_roi as numpy_frontend
 
-    return _ps.ps_roi_align(input, boxes, output_size, spatial_scale, sampling_ratio)
+    return numpy_frontend.ps_roi_align(input, boxes, output_size, spatial_scale, sampling_ratio)
 
 
 def ps_roi_align_backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0, sampling_ratio=-1):
@@ -223,9 +225,11 @@ def ps_roi_align_backward(grad_output, boxes, input_shape, output_size, spatial_
     Arguments as :func:`ps_roi_pool_backward`, plus the forward's
     ``sampling_ratio``. Returns an array of ``input_shape`` ``(N, C, H, W)``.
     """
-    from . import _ps
+    from ._numpy import ps_roi as numpy_frontend
 
-    return _ps.ps_roi_align_backward(grad_output, boxes, input_shape, output_size, spatial_scale, sampling_ratio)
+    return numpy_frontend.ps_roi_align_backward(
+        grad_output, boxes, input_shape, output_size, spatial_scale, sampling_ratio
+    )
 
 
 # ---- prroi_pool (Precise RoI Pooling: IoU-Net, ATOM, DiMP) ----

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Sequence
 
 import numpy as np
@@ -63,10 +64,27 @@ def flag(value, name: str) -> bool:
     return bool(value)
 
 
-def feature_map(input, name: str = "input") -> np.ndarray:
-    """A real floating NumPy array of shape ``(N, C, H, W)``; returned as given (not copied)."""
+def compute_dtype(dtype) -> np.dtype:
+    """The dtype every kernel computes in: float32 for 16-bit floats, else ``dtype`` (native byte order).
+
+    The one rule for all ops and backends (the torch and Triton frontends table
+    it from here). For max pooling the conversion is exact both ways and the
+    maximum is one of the inputs; the averaging ops round once, at the end.
+    """
+    dtype = np.dtype(dtype)
+    return np.dtype(np.float32) if dtype.itemsize < 4 else dtype.newbyteorder("=")
+
+
+def feature_map(input, name: str = "input", accepted: str = "a NumPy array or a torch tensor") -> np.ndarray:
+    """A real floating NumPy array of shape ``(N, C, H, W)``; returned as given (not copied).
+
+    ``accepted`` names what the calling function takes, for the message: the
+    public functions that dispatch on the array type take either; the
+    NumPy-only ones (``roi_pool_with_argmax``, the backwards) say
+    ``"a NumPy array"``.
+    """
     if not isinstance(input, np.ndarray):
-        raise TypeError(f"{name} must be a NumPy array or a torch tensor, got {type(input).__name__}")
+        raise TypeError(f"{name} must be {accepted}, got {type(input).__name__}")
     feature_map_dtype_and_shape(input.dtype.kind == "f", input.dtype, input.shape, name)
     return input
 
@@ -119,16 +137,16 @@ def rois_array(boxes, num_images: int, dtype: np.dtype, name: str = "boxes") -> 
         bad = (batch < 0) | (batch >= num_images)
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
-            raise ValueError(
-                f"{name}[{k}, 0] is the batch index and must be in [0, {num_images}), got {batch[k]!r}"
-            )
+            raise ValueError(f"{name}[{k}, 0] is the batch index and must be in [0, {num_images}), got {batch[k]!r}")
         with np.errstate(over="ignore"):  # overflow to inf is reported below
             rois = np.array(arr, dtype=dtype, order="C", copy=True)
     coords = rois[:, 1:]
     finite = np.isfinite(coords)
     if not finite.all():
         k = int(np.flatnonzero(~finite.all(axis=1))[0])
-        raise ValueError(f"{name}: box {k} has a coordinate that is NaN or infinite (or overflows {dtype}): {rois[k, 1:]}")
+        raise ValueError(
+            f"{name}: box {k} has a coordinate that is NaN or infinite (or overflows {dtype}): {rois[k, 1:]}"
+        )
     return rois
 
 
@@ -190,6 +208,72 @@ def scale_in_dtype(spatial_scale: float, dtype, name: str = "spatial_scale"):
     return value
 
 
+def grad_output_array(grad_output, name: str = "grad_output") -> np.ndarray:
+    """The gradient of a NumPy backward: a real floating NumPy array ``(K, C, pooled_h, pooled_w)``, not copied."""
+    if not isinstance(grad_output, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array, got {type(grad_output).__name__}")
+    if grad_output.dtype.kind != "f":
+        raise TypeError(f"{name} must have a real floating dtype, got {grad_output.dtype}")
+    if grad_output.ndim != 4:
+        raise ValueError(f"{name} must have shape (K, C, pooled_h, pooled_w), got {grad_output.shape}")
+    return grad_output
+
+
+def grad_output_shape(shape, expected, why: str, name: str = "grad_output") -> None:
+    """``grad_output``'s shape must be ``expected``, the forward's output shape; ``why`` says what fixed it."""
+    if tuple(shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)} for {why}, got {tuple(shape)}")
+
+
+def roi_align_arguments(output_size, spatial_scale, sampling_ratio, aligned):
+    """Checked ``(pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned)`` of ``roi_align``."""
+    pooled_h, pooled_w = output_size_pair(output_size)
+    scale = positive_scale(spatial_scale)
+    return pooled_h, pooled_w, scale, sampling_ratio_int(sampling_ratio), flag(aligned, "aligned")
+
+
+def _memory_bytes() -> int:
+    """Physical memory of this machine in bytes (2**48 where the platform does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name
+        return 2**48
+
+
+#: Read once at import: a plain number is also what ``torch.compile`` traces through.
+MEMORY_BYTES = _memory_bytes()
+
+
+def fits_in_memory(shape, itemsize: int, name: str, asked, what: str = "the output") -> None:
+    """ValueError naming ``name`` (and the value ``asked``) when an array of ``shape`` cannot fit in memory.
+
+    Run before any work, so that a typo such as ``output_size=(1, 10**9)``
+    fails at once instead of after minutes of building tables for an array
+    that cannot be allocated. ``shape`` may hold the tables' sizes as well
+    (``what`` names them). Dimensions that are not plain ints (symbolic sizes
+    while ``torch.compile`` traces) are not checked.
+    """
+    if any(type(d) is not int for d in shape):
+        return
+    needed = math.prod(shape) * itemsize
+    limit = MEMORY_BYTES
+    if needed > limit:
+        raise ValueError(
+            f"{name}={asked!r} asks for {what} of shape {tuple(shape)}, {needed / 2**30:.3g} GiB, "
+            f"more than this machine's memory ({limit / 2**30:.3g} GiB)"
+        )
+
+
+def pooled_output_fits(num_rois: int, channels: int, pooled_h: int, pooled_w: int, itemsize: int, output_size) -> None:
+    """The RoI family's output ``(K, C, pooled_h, pooled_w)`` and per-RoI bin tables must fit in memory.
+
+    The bin tables hold about 16 bytes per RoI and bin row or column; they are
+    built before the output is allocated, so both are checked here first.
+    """
+    fits_in_memory((num_rois, channels, pooled_h, pooled_w), itemsize, "output_size", output_size)
+    fits_in_memory((num_rois, pooled_h + pooled_w, 16), 1, "output_size", output_size, "bin tables")
+
+
 def input_shape_tuple(input_shape, name: str = "input_shape") -> tuple[int, int, int, int]:
     """``(N, C, H, W)`` of non-negative ints."""
     try:
@@ -198,6 +282,7 @@ def input_shape_tuple(input_shape, name: str = "input_shape") -> tuple[int, int,
         raise TypeError(f"{name} must be a sequence of 4 ints (N, C, H, W), got {input_shape!r}") from None
     if len(shape) != 4 or min(shape) < 0:
         raise ValueError(f"{name} must be (N, C, H, W) of non-negative ints, got {input_shape!r}")
+    fits_in_memory(shape, 4, name, input_shape, "a gradient")
     return shape
 
 

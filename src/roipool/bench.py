@@ -71,6 +71,55 @@ WORKLOADS = {
 }
 
 
+@dataclass(frozen=True)
+class PyramidWorkload:
+    """An FPN pyramid pooled by ``MultiScaleRoIAlign`` (op ``multi_scale_roi_align``).
+
+    Levels P2-P5 (strides 4 to 32) of ``images`` images of ``image_h x image_w``;
+    box sides log-uniform between 16 px and the image side.
+    """
+
+    name: str
+    description: str
+    images: int
+    channels: int
+    image_h: int
+    image_w: int
+    boxes_per_image: int
+    output_sizes: tuple
+    sampling_ratio: int = 2
+    strides: tuple = (4, 8, 16, 32)
+    devices: tuple = ("cuda",)  # 592 MB of maps and GBs of gradients: too large for a CPU run by default
+
+    def make(self, seed: int = 0):
+        """``({"p2": (N, C, H/4, W/4), ...}, [boxes (L, 4)] * N)``, float32 NumPy arrays."""
+        rng = np.random.default_rng(seed)
+        maps = {
+            f"p{2 + i}": rng.standard_normal(
+                (self.images, self.channels, -(-self.image_h // s), -(-self.image_w // s)), dtype=np.float32
+            )
+            for i, s in enumerate(self.strides)
+        }
+        boxes = []
+        for _ in range(self.images):
+            w = np.exp(rng.uniform(np.log(16), np.log(self.image_w), self.boxes_per_image))
+            h = np.exp(rng.uniform(np.log(16), np.log(self.image_h), self.boxes_per_image))
+            x1, y1 = rng.uniform(0, self.image_w - w), rng.uniform(0, self.image_h - h)
+            boxes.append(np.column_stack([x1, y1, x1 + w, y1 + h]).astype(np.float32))
+        return maps, boxes
+
+
+PYRAMID_WORKLOADS = {
+    w.name: w
+    for w in [
+        PyramidWorkload(
+            "maskrcnn-fpn", "Mask R-CNN-like: FPN P2-P5 of 8 images at 800x1088, 256 channels, 512 boxes each",
+            8, 256, 800, 1088, 512, (7, 14),
+        ),
+    ]
+}
+
+
 @dataclass
 class Candidate:
     """One implementation of one op and mode: ``run()`` is timed."""
@@ -90,6 +139,7 @@ class Row:
     times_ms: list = field(default_factory=list)
     speedup: float | None = None  # fastest peer's median / this median, on roipool's rows
     baseline: str | None = None  # which peer and mode the speed-up is against
+    floor_ms: float | None = None  # bytes that must move / the device's measured copy bandwidth (cuda)
 
 
 def _ort_session(node_kwargs, op_type, inputs):
@@ -163,7 +213,7 @@ def candidates(workload: Workload, op: str, mode: str, device: str = "cpu") -> l
         dev = torch.device(device)
         xt = torch.from_numpy(x).to(dev)
         rt = torch.from_numpy(rois).to(dev)
-        if hasattr(roipool, op) and importlib.util.find_spec("roipool._torch_ops") is not None:
+        if hasattr(roipool, op) and importlib.util.find_spec("roipool._torch._library") is not None:
             fn = getattr(roipool, op)
             out.append(_torch_candidate("roipool (torch)", fn, xt, rt, size, scale, extra, mode, torch, True))
         if _optional("torchvision") is not None:
@@ -271,7 +321,97 @@ def _touch(nbytes: int) -> None:
         np.ones(nbytes // 8, np.float64)
 
 
-def measure(cands: list[Candidate], repeat: int, warmup: int = 1, touch_bytes: int = 0) -> dict[str, list[float]]:
+def _pooler_candidate(impl, pooler, feats, boxes, shapes, mode, torch, is_ours=False):
+    """A ``MultiScaleRoIAlign`` call (``forward``) or a training step (gradient for every level)."""
+    sync = torch.cuda.synchronize if next(iter(feats.values())).is_cuda else (lambda: None)
+    if mode == "forward":
+
+        def run():
+            with torch.no_grad():
+                y = pooler(feats, boxes, shapes)
+            sync()
+            return y
+
+    else:
+        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in feats.items()}
+        with torch.no_grad():
+            upstream = torch.ones_like(pooler(feats, boxes, shapes))
+
+        def run():
+            y = pooler(leaves, boxes, shapes)
+            grads = torch.autograd.grad(y, list(leaves.values()), upstream)
+            sync()
+            return grads
+
+    return Candidate(impl, run, is_ours)
+
+
+def pyramid_candidates(workload: PyramidWorkload, output_size: int, mode: str, device: str) -> list[Candidate]:
+    """roipool's and torchvision's ``MultiScaleRoIAlign`` on ``workload``, when torch can run on ``device``."""
+    torch = _optional("torch")
+    if torch is None or (device == "cuda" and not torch.cuda.is_available()):
+        return []
+    from roipool.nn import MultiScaleRoIAlign
+
+    maps, boxes = workload.make()
+    feats = {k: torch.from_numpy(v).to(device) for k, v in maps.items()}
+    bt = [torch.from_numpy(b).to(device) for b in boxes]
+    shapes = [(workload.image_h, workload.image_w)] * workload.images
+    names, ratio = list(feats), workload.sampling_ratio
+    out = [_pooler_candidate("roipool (torch)", MultiScaleRoIAlign(names, output_size, ratio), feats, bt, shapes,
+                             mode, torch, True)]
+    if _optional("torchvision") is not None:
+        import torchvision.ops
+
+        pooler = torchvision.ops.MultiScaleRoIAlign(names, output_size, ratio)
+        out.append(_pooler_candidate("torchvision", pooler, feats, bt, shapes, mode, torch))
+    return out
+
+
+def floor_bytes(map_bytes: int, output_bytes: int, mode: str) -> int:
+    """Bytes that must cross memory: the output written, and for a training step also
+    ``grad_output`` read and every cell of ``grad_input`` written (reading the map is
+    not counted: a RoI reads only its footprint, which may be little of it)."""
+    return output_bytes if mode == "forward" else 2 * output_bytes + map_bytes
+
+
+def cuda_copy_bandwidth(torch, nbytes: int = 1 << 30) -> float:
+    """Bytes per second of a device-to-device copy, counting bytes read and written (median of 5)."""
+    a = torch.empty(nbytes // 4, dtype=torch.float32, device="cuda")
+    b = torch.empty_like(a)
+    b.copy_(a)
+    times = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        b.copy_(a)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * nbytes / statistics.median(times)
+
+
+class _CudaTimer:
+    """Times a call between two CUDA events, after evicting L2 with a 256 MB write (as ``do_bench`` does)."""
+
+    def __init__(self, torch):
+        self.torch = torch
+        self.flush = torch.empty(1 << 26, dtype=torch.float32, device="cuda")
+
+    def __call__(self, run):
+        self.flush.zero_()
+        start = self.torch.cuda.Event(enable_timing=True)
+        end = self.torch.cuda.Event(enable_timing=True)
+        start.record()
+        result = run()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end), result
+
+
+def measure(
+    cands: list[Candidate], repeat: int, warmup: int = 1, touch_bytes: int = 0, timer=None
+) -> dict[str, list[float]]:
     """Interleaved timings in ms: each repeat runs every candidate once.
 
     The order rotates from one repeat to the next, and before each timed call
@@ -281,6 +421,8 @@ def measure(cands: list[Candidate], repeat: int, warmup: int = 1, touch_bytes: i
     long call pays the host's page faults again, up to 300 ms for 200 MB;
     in a training loop the op runs often enough that its memory stays with
     the guest. Touching first gives every candidate that steady state.
+
+    ``timer(run) -> (ms, result)`` replaces the wall clock (``_CudaTimer`` on a GPU).
     """
     for c in cands:
         for _ in range(warmup):
@@ -289,15 +431,19 @@ def measure(cands: list[Candidate], repeat: int, warmup: int = 1, touch_bytes: i
     for r in range(repeat):
         shift = r % len(cands)
         for c in cands[shift:] + cands[:shift]:
-            _touch(touch_bytes)
-            t0 = time.perf_counter()
-            result = c.run()
-            times[c.impl].append((time.perf_counter() - t0) * 1e3)
+            if timer is not None:
+                ms, result = timer(c.run)
+            else:
+                _touch(touch_bytes)
+                t0 = time.perf_counter()
+                result = c.run()
+                ms = (time.perf_counter() - t0) * 1e3
+            times[c.impl].append(ms)
             del result
     return times
 
 
-def machine() -> dict:
+def machine(device: str = "cpu") -> dict:
     import numba
 
     info = {
@@ -316,6 +462,10 @@ def machine() -> dict:
         mod = _optional(name)
         if mod is not None:
             info[name] = mod.__version__
+    if device == "cuda":
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(0)
     return info
 
 
@@ -334,64 +484,101 @@ OPS = ("roi_pool", "roi_align", "ps_roi_pool", "ps_roi_align", "prroi_pool")
 MODES = ("forward", "forward+backward")
 
 
-def run(workloads, repeat: int, device: str = "cpu", ops=OPS) -> list[Row]:
+def run(workloads, repeat: int, device: str = "cpu", ops=OPS, bandwidth: float | None = None) -> list[Row]:
+    """Rows for every op of every workload; on ``cuda`` timed by CUDA events, with floors at
+    ``bandwidth`` bytes/s (measured here when not given)."""
+    timer = None
+    if device == "cuda":
+        import torch
+
+        timer = _CudaTimer(torch)
+        bandwidth = bandwidth or cuda_copy_bandwidth(torch)
     rows: list[Row] = []
+
+    def block(wname, op, cands_for, map_bytes, output_bytes):
+        forward_peers: list[Row] = []
+        for mode in MODES:
+            cands = cands_for(mode)
+            if not any(c.is_ours for c in cands):
+                continue
+            times = measure(cands, repeat, touch_bytes=3 * output_bytes, timer=timer)
+            timed = [
+                Row(wname, op, mode, c.impl, statistics.median(times[c.impl]), [round(t, 3) for t in times[c.impl]])
+                for c in cands
+            ]
+            ours = {c.impl for c in cands if c.is_ours}
+            peers = [r for r in timed if r.impl not in ours]
+            if mode == "forward":
+                forward_peers = peers
+            elif not peers:
+                # ONNX Runtime has no backward: a training step is compared
+                # with the peer's forward alone, as the goals are stated.
+                peers = forward_peers
+            for r in timed:
+                if bandwidth:
+                    r.floor_ms = floor_bytes(map_bytes, output_bytes, mode) / bandwidth * 1e3
+                if peers and r.impl in ours:
+                    best = min(peers, key=lambda p: p.median_ms)
+                    r.speedup = best.median_ms / r.median_ms
+                    r.baseline = f"{best.impl} {best.mode}"
+            rows.extend(timed)
+
     for wname in workloads:
+        if wname in PYRAMID_WORKLOADS:
+            pw = PYRAMID_WORKLOADS[wname]
+            k = pw.images * pw.boxes_per_image
+            cells = sum(-(-pw.image_h // s) * -(-pw.image_w // s) for s in pw.strides)
+            for size in pw.output_sizes:
+                block(wname, f"multi_scale_roi_align {size}x{size}",
+                      lambda mode, pw=pw, size=size: pyramid_candidates(pw, size, mode, device),
+                      pw.images * pw.channels * cells * 4, k * pw.channels * size * size * 4)
+            continue
         workload = WORKLOADS[wname]
         for op in ops:
             if op.startswith("ps_") != workload.position_sensitive:
                 continue  # position-sensitive ops need C divisible by bins: workloads of their own
-            forward_peers: list[Row] = []
-            for mode in MODES:
-                cands = candidates(workload, op, mode, device)
-                if not any(c.is_ours for c in cands):
-                    continue
-                k, c = workload.images * workload.boxes_per_image, workload.channels
-                output_bytes = k * c * workload.output_size**2 * 4
-                times = measure(cands, repeat, touch_bytes=3 * output_bytes)
-                block = [
-                    Row(wname, op, mode, c.impl, statistics.median(times[c.impl]), [round(t, 3) for t in times[c.impl]])
-                    for c in cands
-                ]
-                ours = {c.impl for c in cands if c.is_ours}
-                peers = [r for r in block if r.impl not in ours]
-                if mode == "forward":
-                    forward_peers = peers
-                elif not peers:
-                    # ONNX Runtime has no backward: a training step is compared
-                    # with the peer's forward alone, as the goals are stated.
-                    peers = forward_peers
-                if peers:
-                    best = min(peers, key=lambda r: r.median_ms)
-                    for r in block:
-                        if r.impl in ours:
-                            r.speedup = best.median_ms / r.median_ms
-                            r.baseline = f"{best.impl} {best.mode}"
-                rows.extend(block)
+            k = workload.images * workload.boxes_per_image
+            map_bytes = workload.images * workload.channels * workload.height * workload.width * 4
+            out_channels = workload.channels // workload.output_size**2 if workload.position_sensitive else workload.channels
+            block(wname, op, lambda mode, op=op, w=workload: candidates(w, op, mode, device),
+                  map_bytes, k * out_channels * workload.output_size**2 * 4)
     return rows
 
 
 def format_table(rows: list[Row]) -> str:
-    head = f"{'workload':<12} {'op':<10} {'mode':<17} {'implementation':<26} {'median ms':>10}  speed-up"
+    floors = any(r.floor_ms is not None for r in rows)
+    floor_head = f" {'floor ms':>9}" if floors else ""
+    head = f"{'workload':<12} {'op':<10} {'mode':<17} {'implementation':<26} {'median ms':>10}{floor_head}  speed-up"
     lines = [head]
     for r in rows:
         ratio = f"{r.speedup:.1f}x vs {r.baseline}" if r.speedup is not None else ""
-        lines.append(f"{r.workload:<12} {r.op:<10} {r.mode:<17} {r.impl:<26} {r.median_ms:>10.2f}  {ratio}")
+        floor = f" {r.floor_ms:>9.3f}" if floors and r.floor_ms is not None else (" " * 10 if floors else "")
+        lines.append(f"{r.workload:<12} {r.op:<10} {r.mode:<17} {r.impl:<26} {r.median_ms:>10.3f}{floor}  {ratio}")
     return "\n".join(lines)
 
 
 def main(args) -> int:
-    names = args.workload or [n for n in WORKLOADS if n != "tiny"]
-    unknown = [n for n in names if n not in WORKLOADS]
+    known = {**WORKLOADS, **PYRAMID_WORKLOADS}
+    defaults = [n for n in WORKLOADS if n != "tiny"]
+    defaults += [n for n, w in PYRAMID_WORKLOADS.items() if args.device in w.devices]
+    names = args.workload or defaults
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise SystemExit(f"roipool bench: unknown workload {unknown[0]!r}; choose from {', '.join(WORKLOADS)}")
+        raise SystemExit(f"roipool bench: unknown workload {unknown[0]!r}; choose from {', '.join(known)}")
     if args.repeat < 1:
         raise SystemExit("roipool bench: --repeat must be at least 1")
-    rows = run(names, args.repeat, args.device)
+    if args.device == "cuda":
+        torch = _optional("torch")
+        if torch is None or not torch.cuda.is_available():
+            raise SystemExit("roipool bench: --device cuda needs torch and a GPU it can see (torch.cuda.is_available())")
+    bandwidth = cuda_copy_bandwidth(torch) if args.device == "cuda" else None
+    rows = run(names, args.repeat, args.device, bandwidth=bandwidth)
+    info = machine(args.device)  # after the run, which starts Numba's threading layer
+    if bandwidth:
+        info["copy_bandwidth_gb_s"] = round(bandwidth / 1e9, 1)
     if args.json:
-        print(json.dumps({"machine": machine(), "results": [r.__dict__ for r in rows]}, indent=2))
+        print(json.dumps({"machine": info, "results": [r.__dict__ for r in rows]}, indent=2))
     else:
-        info = machine()
         print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
         print(format_table(rows))
         print(f"(medians of {args.repeat} interleaved repeats; speed-up = the fastest peer's median / this median)")

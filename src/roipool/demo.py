@@ -106,7 +106,7 @@ def pictures(out_dir, print=print) -> list:
 
     out_dir = Path(out_dir)
     paths = [
-        viz.forward_pass_figure(out_dir / "roi-pool-forward.png"),
+        viz.forward_pass_figure(out_dir / "roi-pool-forward.png", FEATURE_MAP, PROPOSAL, SPATIAL_SCALE, OUTPUT_SIZE),
         viz.proposals_figure(out_dir / "roi-pool-proposals.png"),
     ]
     print("\nPictures:")

@@ -1,9 +1,10 @@
 """``torch.nn`` layers of the RoI family, drop-in for ``torchvision.ops``' layers.
 
-Each layer is a thin ``nn.Module`` around the functional op in ``_torch_ops``
-(where the custom ops, autograd and ONNX exporters live): same constructor,
-``forward(input, rois)`` and ``repr`` as torchvision's. To add a layer, give
-its functional op in ``_torch_ops`` and a class here in the same shape.
+Each layer is a thin ``nn.Module`` around the functional op in
+``_torch/<op>.py`` (where the custom ops and autograd live; ONNX exporters in
+``_torch/onnx.py``): same constructor, ``forward(input, rois)`` and ``repr`` as
+torchvision's. To add a layer, give its functional op in ``_torch/<op>.py``
+and a class here in the same shape.
 
 Importing this module imports torch and registers the ``roipool::*`` custom
 ops and their ONNX exporters.
@@ -16,8 +17,11 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from . import _torch_ops
-from ._torch_ops import onnx_translation_table
+from ._torch import ps_roi as _ps_roi
+from ._torch import roi_align as _roi_align
+from ._torch import roi_pool as _roi_pool
+from ._torch._library import boxes_to_rois
+from ._torch.onnx import onnx_translation_table
 
 __all__ = [
     "RoIPool",
@@ -32,8 +36,8 @@ __all__ = [
     "onnx_translation_table",
 ]
 
-roi_pool = _torch_ops.roi_pool
-roi_align = _torch_ops.roi_align
+roi_pool = _roi_pool.roi_pool
+roi_align = _roi_align.roi_align
 
 Boxes = Union[Tensor, List[Tensor]]
 
@@ -55,7 +59,7 @@ class RoIPool(nn.Module):
         self.spatial_scale = spatial_scale
 
     def forward(self, input: Tensor, rois: Boxes) -> Tensor:
-        return _torch_ops.roi_pool(input, rois, self.output_size, self.spatial_scale)
+        return _roi_pool.roi_pool(input, rois, self.output_size, self.spatial_scale)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale})"
@@ -63,8 +67,8 @@ class RoIPool(nn.Module):
 
 # ---- position-sensitive layers (R-FCN) ----
 
-ps_roi_pool = _torch_ops.ps_roi_pool
-ps_roi_align = _torch_ops.ps_roi_align
+ps_roi_pool = _ps_roi.ps_roi_pool
+ps_roi_align = _ps_roi.ps_roi_align
 
 
 class PSRoIPool(nn.Module):
@@ -84,7 +88,7 @@ class PSRoIPool(nn.Module):
         self.spatial_scale = spatial_scale
 
     def forward(self, input: Tensor, rois: Boxes) -> Tensor:
-        return _torch_ops.ps_roi_pool(input, rois, self.output_size, self.spatial_scale)
+        return _ps_roi.ps_roi_pool(input, rois, self.output_size, self.spatial_scale)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale})"
@@ -108,7 +112,7 @@ class PSRoIAlign(nn.Module):
         self.sampling_ratio = sampling_ratio
 
     def forward(self, input: Tensor, rois: Boxes) -> Tensor:
-        return _torch_ops.ps_roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio)
+        return _ps_roi.ps_roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio)
 
     def __repr__(self) -> str:
         return (
@@ -140,7 +144,9 @@ class RoIAlign(nn.Module):
         self.aligned = aligned
 
     def forward(self, input: Tensor, rois: Boxes) -> Tensor:
-        return _torch_ops.roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
+        return _roi_align.roi_align(
+            input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned
+        )
 
     def __repr__(self) -> str:
         return (
@@ -204,15 +210,15 @@ class MultiScaleRoIAlign(nn.Module):
             raise ValueError(f"x holds none of the feature maps {self.featmap_names}")
         if self.scales is None or self.level_range is None:
             self.scales, self.level_range = infer_scales(features, image_shapes)
-        rois = _torch_ops.boxes_to_rois(list(boxes), features[0])
+        rois = boxes_to_rois(list(boxes), features[0])
         if len(features) == 1:
-            return _torch_ops.roi_align(features[0], rois, self.output_size, self.scales[0], self.sampling_ratio)
+            return _roi_align.roi_align(features[0], rois, self.output_size, self.scales[0], self.sampling_ratio)
         levels = box_levels(boxes, self.level_range, self.canonical_scale, self.canonical_level)
         first = features[0]
         result = first.new_zeros((rois.shape[0], first.shape[1]) + self.output_size)
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             index = torch.where(levels == level)[0]
-            pooled = _torch_ops.roi_align(feature, rois[index], self.output_size, scale, self.sampling_ratio)
+            pooled = _roi_align.roi_align(feature, rois[index], self.output_size, scale, self.sampling_ratio)
             result[index] = pooled.to(result.dtype)
         return result
 

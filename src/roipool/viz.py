@@ -1,7 +1,7 @@
 """Pictures of RoI pooling (matplotlib, headless): the worked example, proposals, detections.
 
 Every function writes one PNG and returns its path. Bin edges come from
-``_geometry.roi_pool_bins`` (the kernels' own definition) and pooled values
+``cpu.geometry.roi_pool_bins`` (the kernels' own definition) and pooled values
 from ``roipool.roi_pool_with_argmax``, so the pictures show what the library
 computes.
 """
@@ -32,21 +32,22 @@ def _save(fig, path) -> Path:
     return path
 
 
-def forward_pass_figure(path, feature_map=None, proposal=None, spatial_scale=None, output_size=None) -> Path:
+def forward_pass_figure(path, feature_map, proposal, spatial_scale, output_size) -> Path:
     """The seed's forward pass on one channel: map, proposal, bins, each bin's maximum, pooled grid.
 
-    Defaults are the worked example of ``roipool demo`` (``demo.FEATURE_MAP``,
-    ``demo.PROPOSAL``, ``demo.SPATIAL_SCALE``, ``demo.OUTPUT_SIZE``).
+    ``feature_map (H, W)``, ``proposal`` one ``[batch_index, x1, y1, x2, y2]``
+    row in image coordinates, ``spatial_scale`` and ``output_size`` as for
+    :func:`roipool.roi_pool`; ``roipool demo`` passes its worked example.
     """
     import roipool
 
-    from . import _checks, demo
-    from ._geometry import roi_pool_bins
+    from . import _checks
+    from .cpu.geometry import roi_pool_bins
 
-    fmap = demo.FEATURE_MAP if feature_map is None else np.asarray(feature_map, np.float32)
-    roi = demo.PROPOSAL if proposal is None else np.asarray(proposal, np.float32)
-    scale = demo.SPATIAL_SCALE if spatial_scale is None else spatial_scale
-    ph, pw = _checks.output_size_pair(demo.OUTPUT_SIZE if output_size is None else output_size)
+    fmap = np.asarray(feature_map, np.float32)
+    roi = np.asarray(proposal, np.float32)
+    scale = spatial_scale
+    ph, pw = _checks.output_size_pair(output_size)
     height, width = fmap.shape
     out, argmax = roipool.roi_pool_with_argmax(fmap[None, None], roi[None], (ph, pw), scale)
     _, hbins, wbins, _ = roi_pool_bins(roi[None].astype(np.float32), np.float32(scale), ph, pw, height, width)

@@ -1,19 +1,334 @@
-"""TEMP shim: the names ``_torch/<op>.py`` modules import, re-exported from ``.._torch_ops``.
+"""Torch machinery shared by every op family: custom-op definition, argument checks, CPU bridging, ONNX registry.
 
-Drop this file when merging: the restructuring branch brings the real
-``_torch/_library.py``.
+Each op family lives in its own module (``_torch/roi_pool.py``, ...) and is
+wired in four steps, all built from the pieces here:
+
+1. **Custom ops.** :func:`define` creates ``roipool::<name>`` from a schema
+   string, a CPU kernel and a fake (shape-only) kernel. Each family has
+
+   - ``roipool::<op>``: the inference forward, output only;
+   - ``roipool::<op>_with_<saved>`` (when the backward needs state, e.g.
+     ``roi_pool_with_argmax``): the training forward, output plus what the
+     backward needs;
+   - ``roipool::<op>_backward``: the gradient with respect to ``input``.
+
+   Ops take ``rois (K, 5)`` of any real dtype; the kernel converts them to the
+   compute dtype (:func:`compute_dtype`) before scaling, as the NumPy path does.
+2. **Autograd.** ``op.register_autograd(backward, setup_context=...)`` on the
+   training forward; the backward calls the ``_backward`` op, so
+   ``torch.compile`` and ``torch.export`` see only custom ops.
+3. **ONNX.** :func:`register_onnx` records a TorchScript symbolic and an
+   onnxscript translation; the exporters themselves are in ``_torch/onnx.py``.
+4. **Public function.** Static checks (types, shapes, ``output_size``,
+   ``spatial_scale``) from ``_checks``, boxes to rois (:func:`boxes_to_rois`),
+   then the training op if a gradient is wanted (:func:`needs_grad`) and the
+   inference op otherwise, so no argmax is computed when no one will use it.
+
+Value checks that depend on the boxes' contents (batch index, finite
+coordinates) run inside the kernels (:func:`cpu_rois`, :func:`cpu_geometry`):
+eager, compiled and exported calls then raise the same errors, with no graph
+break, and the kernels never index out of range whichever path called them.
+
+**Devices.** :func:`define` registers a default kernel for every device that
+imports the backend module named in :data:`BACKEND_MODULES` (``roipool.triton``
+for CUDA) and calls the op again; that module plugs its kernels in with
+``torch.library.register_kernel("roipool::<name>", "cuda", fn)``. Without one
+the call raises :class:`NotImplementedError` naming the missing backend; tensors
+are never copied to the CPU behind the caller's back.
 """
 
-from .._torch_ops import _quiet_when_tracing as quiet_when_tracing
-from .._torch_ops import boxes_to_rois, check_feature_map, compute_dtype, cpu_rois, define, needs_grad, new_cpu_tensor
+from __future__ import annotations
 
-__all__ = [
-    "boxes_to_rois",
-    "check_feature_map",
-    "compute_dtype",
-    "cpu_rois",
-    "define",
-    "needs_grad",
-    "new_cpu_tensor",
-    "quiet_when_tracing",
-]
+import collections
+import contextlib
+import importlib
+import threading
+import warnings
+
+import numpy as np
+import torch
+
+from .. import _checks
+
+NAMESPACE = "roipool"
+
+#: Device type -> module whose import registers that device's kernels.
+BACKEND_MODULES = {"cuda": "roipool.triton"}
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+_ONNX_SYMBOLICS: dict[str, object] = {}
+_ONNX_TRANSLATIONS: dict[str, object] = {}
+
+
+def define(name: str, schema: str, *, cpu, fake, other_devices=None):
+    """Create the custom op ``roipool::<name>`` with a CPU kernel and a fake kernel.
+
+    ``schema`` is the argument list and returns, e.g. ``"(Tensor input, Tensor
+    rois, float spatial_scale, int pooled_height, int pooled_width) -> Tensor"``.
+    ``cpu`` runs on CPU tensors (None: no CPU kernel); ``fake`` computes only the
+    outputs' shapes and dtypes (for ``torch.compile`` and ``torch.export``).
+    Devices without a kernel of their own go through ``other_devices(*args)``
+    when given (an op that other ops can stand in for), else through
+    :func:`_other_device`. Returns the ``CustomOpDef``; its
+    ``register_autograd`` and ``register_kernel`` add the rest.
+    """
+    qualname = f"{NAMESPACE}::{name}"
+
+    def other_device(*args):
+        return _other_device(qualname, args)
+
+    op = torch.library.custom_op(qualname, other_devices or other_device, mutates_args=(), schema=schema)
+    if cpu is not None:
+        op.register_kernel("cpu", cpu)
+    op.register_fake(fake)
+    return op
+
+
+def _other_device(qualname: str, args):
+    """Default kernel: load the device's backend module, or say clearly that there is none."""
+    device = next(a.device for a in args if isinstance(a, torch.Tensor))
+    key = torch._C._dispatch_key_for_device(device.type)
+    module = BACKEND_MODULES.get(device.type)
+    where = f"roipool has no backend for {device.type}"
+    if module is not None and not torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key):
+        where = f"the {module} backend registers none"
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            where = f"the {module} backend is not available: {exc}"
+    if torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key):
+        namespace, name = qualname.split("::")
+        return getattr(getattr(torch.ops, namespace), name).default(*args)
+    raise NotImplementedError(
+        f"{qualname} has no kernel for {device.type} tensors ({where}); "
+        f"move the tensors to the CPU explicitly (tensor.cpu()) to use the CPU kernels"
+    )
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels compute in: float32 for 16-bit floats, else ``dtype`` (``_checks.compute_dtype``)."""
+    return _COMPUTE_DTYPES[dtype]
+
+
+# Tabled at import from the _checks rule (a dict lookup is also what torch.compile traces best).
+_COMPUTE_DTYPES = {
+    dtype: {4: torch.float32, 8: torch.float64}[_checks.compute_dtype(np.dtype(f"f{dtype.itemsize}")).itemsize]
+    for dtype in SUPPORTED_DTYPES
+}
+
+
+def check_input(input, name: str = "input") -> None:
+    """``input`` is a torch tensor that passes :func:`check_feature_map`."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{name} must be a torch tensor, got {type(input).__name__}")
+    check_feature_map(input, name)
+
+
+def check_feature_map(input: torch.Tensor, name: str = "input") -> None:
+    """``input`` is a ``(N, C, H, W)`` tensor of a supported floating dtype (the ``_checks`` rule)."""
+    _checks.feature_map_dtype_and_shape(
+        input.dtype in SUPPORTED_DTYPES, input.dtype, input.shape, name, "float16, bfloat16, float32, float64"
+    )
+
+
+def check_output_fits(input: torch.Tensor, rois: torch.Tensor, channels, pooled_size, output_size) -> None:
+    """The output ``(K, channels, *pooled_size)`` of ``input``'s compute dtype, and its bin tables, fit in memory.
+
+    ``_checks.pooled_output_fits`` on tensors; ``output_size`` is the argument
+    as given, for the message. Run before any op, so a typo fails at once.
+    """
+    itemsize = compute_dtype(input.dtype).itemsize
+    _checks.pooled_output_fits(rois.shape[0], channels, *pooled_size, itemsize, output_size)
+
+
+def boxes_to_rois(boxes, input: torch.Tensor, name: str = "boxes") -> torch.Tensor:
+    """``Tensor[K, 5]`` or a list of ``N`` ``Tensor[L, 4]`` -> a ``(K, 5)`` rois tensor on ``input``'s device.
+
+    Shapes, dtypes and devices are checked here; the batch index and the
+    coordinates' values are checked by the kernels (:func:`cpu_rois`). A list
+    is assembled in the compute dtype, as ``_checks.rois_array`` does; a
+    ``(K, 5)`` tensor is passed on as given (no copy).
+    """
+    if isinstance(boxes, (list, tuple)):
+        _checks.box_list_length(len(boxes), input.shape[0], name)
+        dtype = compute_dtype(input.dtype)
+        parts = []
+        for i, b in enumerate(boxes):
+            b = _box_tensor(b, input, f"{name}[{i}]")
+            _checks.box_list_item_shape(b.shape, f"{name}[{i}]")
+            index = torch.full((b.shape[0], 1), i, dtype=dtype, device=input.device)
+            parts.append(torch.cat([index, b.to(dtype)], dim=1))
+        if not parts:
+            return torch.empty((0, 5), dtype=dtype, device=input.device)
+        return torch.cat(parts, dim=0)
+    rois = _box_tensor(boxes, input, name)
+    _checks.rois_shape(rois.shape, name)
+    return rois
+
+
+def _box_tensor(boxes, input: torch.Tensor, name: str) -> torch.Tensor:
+    if isinstance(boxes, torch.Tensor):
+        real = not (boxes.dtype.is_complex or boxes.dtype == torch.bool)
+        _checks.real_numbers(real, boxes.dtype, name)
+        if boxes.device != input.device:
+            raise ValueError(f"{name} must be on the input's device ({input.device}), got {boxes.device}")
+        return boxes
+    arr = np.asarray(boxes)
+    _checks.real_numbers(arr.dtype.kind in "fiu", arr.dtype, name)
+    arr = np.ascontiguousarray(arr, arr.dtype.newbyteorder("="))
+    return torch.from_numpy(arr).to(input.device)
+
+
+def quiet_when_tracing():
+    """Silence TracerWarnings about the shape checks under ``torch.jit.trace`` (the TorchScript ONNX exporter).
+
+    The checks read shapes, which the tracer records as tensors; they hold for
+    the traced example and decide nothing in the graph, so the warning is noise.
+    """
+    if not torch.jit.is_tracing():
+        return contextlib.nullcontext()
+    return _IgnoreTracerWarnings()
+
+
+class _IgnoreTracerWarnings(warnings.catch_warnings):
+    def __enter__(self):
+        result = super().__enter__()
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return result
+
+
+def needs_grad(input: torch.Tensor) -> bool:
+    """Whether autograd will want a gradient for ``input`` (then the training forward runs)."""
+    return torch.is_grad_enabled() and input.requires_grad
+
+
+def cpu_nhwc(input: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """``input (N, C, H, W)`` as a C-contiguous ``(N, H, W, C)`` NumPy array of ``dtype``.
+
+    A view, no copy, when ``input`` is channels-last in ``dtype``; otherwise one
+    NumPy copy that also converts the dtype (NumPy's transposing copy is an
+    order of magnitude faster than ``Tensor.copy_`` from a permuted view here).
+    """
+    nhwc = input.detach().permute(0, 2, 3, 1)
+    if nhwc.dtype == torch.bfloat16:  # NumPy has no bfloat16; widening keeps the strides
+        nhwc = nhwc.float()
+    return np.ascontiguousarray(nhwc.numpy(), dtype=numpy_dtype(dtype))
+
+
+def new_cpu_tensor(shape, dtype: torch.dtype, zeros: bool = False) -> torch.Tensor:
+    """An uninitialised (or zeroed) CPU tensor whose memory NumPy allocated.
+
+    NumPy asks the kernel for huge pages on large arrays, which halves the cost
+    of first touching a large output (the RoI family's outputs and argmaxes
+    are hundreds of MB on detection workloads); torch's CPU allocator does not.
+    """
+    return torch.from_numpy((np.zeros if zeros else np.empty)(tuple(shape), numpy_dtype(dtype)))
+
+
+def cpu_rois(rois: torch.Tensor, num_images: int, dtype: torch.dtype) -> np.ndarray:
+    """Validated ``(K, 5)`` rois converted to ``dtype`` (``_checks.rois_array``: batch index, finiteness)."""
+    r = rois.detach()
+    if r.dtype == torch.bfloat16:  # NumPy has no bfloat16; the widening is exact
+        r = r.float()
+    return _checks.rois_array(r.numpy(), num_images, numpy_dtype(dtype))
+
+
+def cpu_batch_index(rois: torch.Tensor, num_images: int) -> np.ndarray:
+    """Column 0 of ``rois`` as int32, checked to lie in ``[0, num_images)`` (the backward's writes depend on it)."""
+    batch = rois.detach()[:, 0].to(torch.int32).numpy()
+    if batch.size and (batch.min() < 0 or batch.max() >= num_images):
+        raise ValueError(f"rois hold batch indices outside [0, {num_images})")
+    return batch
+
+
+def numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    """The NumPy dtype of a float32, float64 or int32 torch dtype."""
+    return np.dtype({torch.float32: np.float32, torch.float64: np.float64, torch.int32: np.int32}[dtype])
+
+
+def cpu_nchw(input: torch.Tensor) -> np.ndarray:
+    """``input`` as a NumPy view ``(N, C, H, W)``, any strides (bfloat16 widened to float32: NumPy has no bfloat16)."""
+    x = input.detach()
+    if x.dtype == torch.bfloat16:
+        x = x.float()
+    return x.numpy()
+
+
+# ---- the CPU geometry of recent calls: boxes validated and converted once per training step ----
+
+_GEOMETRY_CACHE: collections.OrderedDict = collections.OrderedDict()
+_GEOMETRY_CACHE_SIZE = 16  # calls remembered: a few layers' forward and backward
+_geometry_lock = threading.Lock()
+
+
+def cpu_geometry(build, rois: torch.Tensor, num_images: int, dtype: torch.dtype, *params):
+    """``(rois_np, build(rois_np, *params))`` for CPU ``rois``, remembered for the next call with equal arguments.
+
+    ``rois_np`` is :func:`cpu_rois` (validated, in ``dtype``); ``build`` makes
+    an op's geometry from it (bins, taps). A training step asks for the same
+    geometry several times (roi_pool: to choose its backward, in the forward
+    and in the backward); this validates, converts and builds once. The
+    memory is keyed by the rois' bytes, not the tensor's identity, so boxes
+    changed in place never get stale geometry, and errors are raised on every
+    call (a failed build is not remembered).
+    """
+    r = rois.detach()
+    if r.dtype == torch.bfloat16:
+        r = r.float()
+    raw = r.numpy()
+    key = (build, num_images, dtype, params, raw.dtype.str, raw.shape, raw.tobytes())
+    with _geometry_lock:
+        hit = _GEOMETRY_CACHE.get(key)
+        if hit is not None:
+            _GEOMETRY_CACHE.move_to_end(key)
+            return hit
+    rois_np = _checks.rois_array(raw, num_images, numpy_dtype(dtype))
+    value = (rois_np, build(rois_np, *params))
+    with _geometry_lock:
+        _GEOMETRY_CACHE[key] = value
+        while len(_GEOMETRY_CACHE) > _GEOMETRY_CACHE_SIZE:
+            _GEOMETRY_CACHE.popitem(last=False)
+    return value
+
+
+# ---- ONNX: the registry (the exporters are in _torch/onnx.py) ----
+
+
+def register_onnx(name: str, *, symbolic=None, translation=None) -> None:
+    """Record ONNX exporters for ``roipool::<name>``.
+
+    ``symbolic(g, *args)`` is a TorchScript-exporter symbolic (registered right
+    away for opset >= 15, so ``torch.onnx.export(..., dynamo=False)`` needs no
+    extra argument); ``translation()`` returns an onnxscript function for the
+    dynamo exporter (collected by :func:`onnx_translation_table`; built lazily
+    because onnxscript is an optional extra).
+    """
+    qualname = f"{NAMESPACE}::{name}"
+    if symbolic is not None:
+        _ONNX_SYMBOLICS[qualname] = symbolic
+        register = getattr(torch.onnx, "register_custom_op_symbolic", None)
+        if register is not None:  # absent from torch versions without the TorchScript exporter
+            register(qualname, symbolic, 15)
+    if translation is not None:
+        _ONNX_TRANSLATIONS[name] = translation
+
+
+def dynamo_onnx_export() -> bool:
+    """Whether ``torch.onnx.export(..., dynamo=True)`` is tracing this call.
+
+    The public functions then emit the standard ONNX node themselves
+    (``torch.onnx.ops.symbolic``), so that exporter needs no translation
+    table. The TorchScript exporter (``dynamo=False``) traces with
+    ``torch.jit`` and maps the custom ops through their registered symbolics.
+    """
+    ops = getattr(torch.onnx, "ops", None)
+    return (
+        ops is not None and hasattr(ops, "symbolic") and torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
+    )
+
+
+def onnx_translation_table() -> dict:
+    """``{op: onnxscript function}`` for ``torch.onnx.export(..., custom_translation_table=...)``."""
+    namespace = getattr(torch.ops, NAMESPACE)
+    return {getattr(namespace, name).default: make() for name, make in _ONNX_TRANSLATIONS.items()}

@@ -1,7 +1,7 @@
-"""Position-sensitive RoI pooling on the CPU (ps_roi_pool and ps_roi_align).
+"""Position-sensitive RoI pooling on the CPU (ps_roi_pool and ps_roi_align): Numba kernels and their launchers.
 
 Both ops share these kernels: a bin's value is ``sum_r sum_c wy[r] wx[c] x[r, c]``
-over the separable taps computed by ``_ps_geometry`` (weights 1 and a
+over the separable taps computed by ``ps_geometry`` (weights 1 and a
 division by the bin's area for ps_roi_pool; bilinear sample weights for
 ps_roi_align).
 
@@ -22,6 +22,10 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+
+from .. import _checks
+from ._parallel import balanced_chunks, launch_lock
+from .ps_geometry import align_coord_limit, ps_roi_align_taps, ps_roi_pool_taps
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -171,3 +175,131 @@ def channels_first(src, dst):
             for w in range(width):
                 for c in range(channels):
                     dst[n, c, b, h, w] = src[b, n, h, w, c]
+
+
+# ---- launchers: the geometry of one call, layouts, and the lock around every parallel kernel ----
+
+
+class PSRoITaps:
+    """The geometry of one call: batch indices and per-axis taps of every RoI (``ps_geometry``).
+
+    Built by :meth:`pool` (ps_roi_pool: weights 1, the kernel divides by the
+    bin area) or :meth:`align` (ps_roi_align: bilinear sample weights that
+    already average). ``rois`` is a validated ``(K, 5)`` array of the compute
+    dtype (``_checks.rois_array``).
+    """
+
+    def __init__(self, rois, output_size, taps, mean: bool):
+        self.pooled_h, self.pooled_w = output_size
+        self.num_rois = rois.shape[0]
+        self.dtype = rois.dtype
+        self.batch = taps[0]
+        self.axes = taps[1:7]  # y_first, y_count, y_weight, x_first, x_count, x_weight
+        self.cost = taps[7]
+        self.mean = mean
+
+    @classmethod
+    def pool(cls, rois, output_size, spatial_scale, height, width) -> PSRoITaps:
+        scale = _checks.scale_in_dtype(spatial_scale, rois.dtype)
+        return cls(rois, output_size, ps_roi_pool_taps(rois, scale, *output_size, height, width), mean=True)
+
+    @classmethod
+    def align(cls, rois, output_size, spatial_scale, sampling_ratio, height, width) -> PSRoITaps:
+        dtype = rois.dtype
+        scale = _checks.scale_in_dtype(spatial_scale, dtype)
+        taps = ps_roi_align_taps(
+            rois,
+            scale,
+            *output_size,
+            height,
+            width,
+            sampling_ratio,
+            align_coord_limit(dtype),
+            float(np.finfo(dtype).eps),
+        )
+        return cls(rois, output_size, taps, mean=False)
+
+
+def launch_forward(input, taps: PSRoITaps) -> np.ndarray:
+    """``(K, C_out, PH, PW)`` in the taps' dtype (the compute dtype) from a checked ``input (N, C, H, W)``."""
+    dtype = taps.dtype
+    n, channels, height, width = input.shape
+    output_size = (taps.pooled_h, taps.pooled_w)
+    nbins = taps.pooled_h * taps.pooled_w
+    channels_out = channels // nbins
+    # a map without cells pools to zeros; otherwise the kernel writes every (bin, RoI)
+    alloc = np.empty if height and width else np.zeros
+    out = alloc((nbins, taps.num_rois, channels_out), dtype)
+    if out.size and height and width:
+        # bin-major channels-last: (N, C_out * B, H, W) -> (B, N, H, W, C_out)
+        x = np.ascontiguousarray(input.reshape(n, channels_out, nbins, height, width).transpose(2, 0, 3, 4, 1), dtype)
+        if _small(taps, channels_out):
+            forward_serial(x, taps.batch, *taps.axes, taps.mean, _forward_tasks(nbins, taps.cost, 1), out)
+        else:
+            with launch_lock:
+                forward(x, taps.batch, *taps.axes, taps.mean, _forward_tasks(nbins, taps.cost), out)
+    if out.size < _SMALL_LAYOUT:
+        result = np.ascontiguousarray(out.transpose(1, 2, 0))
+    else:
+        result = np.empty((taps.num_rois, channels_out, nbins), dtype)
+        with launch_lock:
+            rois_last(out, result)
+    return result.reshape(taps.num_rois, channels_out, *output_size)
+
+
+def launch_backward(grad_output, taps: PSRoITaps, input_shape) -> np.ndarray:
+    """``grad_input (N, C, H, W)`` in the taps' dtype from a checked ``grad_output (K, C_out, PH, PW)``."""
+    dtype = taps.dtype
+    n, channels, height, width = input_shape
+    nbins = taps.pooled_h * taps.pooled_w
+    channels_out = channels // nbins
+    grad_in = np.zeros(input_shape, dtype)
+    if grad_output.size and height and width:
+        go = np.ascontiguousarray(grad_output, dtype).reshape(taps.num_rois, channels_out, nbins)
+        g = np.zeros((nbins, n, height, width, channels_out), dtype)
+        grad_nc = grad_in.reshape(n, channels_out, nbins, height, width)
+        # (K, C_out, B) -> (B, K, C_out): a bin's gradients for all RoIs together; then the
+        # kernel; then (B, N, H, W, C_out) -> (N, C_out, B, H, W), which is (N, C, H, W)
+        if _small(taps, channels_out):
+            go_bins = np.ascontiguousarray(go.transpose(2, 0, 1))
+            tasks = _backward_tasks(nbins, channels_out, 1)
+            backward_serial(go_bins, taps.batch, *taps.axes, taps.mean, tasks, g)
+        else:
+            go_bins = np.empty((nbins, taps.num_rois, channels_out), dtype)
+            with launch_lock:
+                bins_first(go, go_bins)
+                backward(go_bins, taps.batch, *taps.axes, taps.mean, _backward_tasks(nbins, channels_out), g)
+        if g.size < _SMALL_LAYOUT:
+            grad_nc[...] = g.transpose(1, 4, 0, 2, 3)
+        else:
+            with launch_lock:
+                channels_first(g, grad_nc)
+    return grad_in
+
+
+# Below these sizes a parallel launch costs more than it saves (waking the
+# pool takes tens of microseconds, and much more on a loaded machine).
+_SMALL_WORK = 200_000  # multiply-adds: cells read x output channels
+_SMALL_LAYOUT = 1 << 16  # elements moved by a layout change
+
+
+def _small(taps: PSRoITaps, channels_out: int) -> bool:
+    return int(taps.cost.sum()) * channels_out < _SMALL_WORK
+
+
+def _forward_tasks(nbins: int, cost: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """Rows ``[bin, k0, k1]``: every bin, with the RoIs cut into runs of equal cost, one per thread."""
+    if threads == 1:
+        bounds = np.array([0, len(cost)], np.int64)
+    else:
+        bounds = balanced_chunks(cost, pieces_per_thread=1)
+    runs = np.column_stack([bounds[:-1], bounds[1:]])
+    return np.column_stack([np.repeat(np.arange(nbins), len(runs)), np.tile(runs, (nbins, 1))]).astype(np.int64)
+
+
+def _backward_tasks(nbins: int, channels_out: int, threads: int | None = None) -> np.ndarray:
+    """Rows ``[bin, c0, c1]``: every bin, its channels split so that there are enough tasks."""
+    wanted = 4 * (threads or numba.get_num_threads())
+    pieces = max(1, min(channels_out, -(-wanted // nbins)))
+    edges = np.linspace(0, channels_out, pieces + 1).round().astype(np.int64)
+    return np.array([(b, edges[i], edges[i + 1]) for b in range(nbins) for i in range(pieces)], np.int64)

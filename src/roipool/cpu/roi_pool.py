@@ -1,4 +1,8 @@
-"""RoI max pooling on the CPU: forward with and without argmax, and backward.
+"""RoI max pooling on the CPU: the Numba kernels (forward with and without argmax, two backwards) and their launchers.
+
+Over 450 lines on purpose: the kernels, the register-blocked helpers they
+inline and the launchers that feed them are one op family's CPU code, kept in
+one file so that a change to the op touches one place.
 
 Layout: the feature map arrives channels-last ``(N, H, W, C)``, so the
 channels of one cell are contiguous and a 64-byte vector (16 float32 or 8
@@ -29,6 +33,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ._parallel import balanced_chunks, launch_lock
 from ._simd import (
     VECTOR_BYTES,
     copy_to_lines,
@@ -41,6 +46,7 @@ from ._simd import (
     vsplat_index,
     vstore,
 )
+from .geometry import roi_pool_bins
 
 # Vectors pooled together per bin pass (128 float32 / 64 float64 channels).
 UNROLL = 8
@@ -51,7 +57,7 @@ def forward(x, batch, hbins, wbins, bounds, out):
     """``out (K, C, PH * PW)`` <- bin maxima of ``x (N, H, W, C)``; no argmax.
 
     ``batch (K,)``, ``hbins (K, PH, 2)``, ``wbins (K, PW, 2)`` come from
-    ``_geometry.roi_pool_bins``; ``bounds`` splits the RoIs into runs.
+    ``geometry.roi_pool_bins``; ``bounds`` splits the RoIs into runs.
     ``out`` must be C-contiguous (it is written through a flat view); ``x``
     should be (a strided ``x`` is copied first).
     """
@@ -486,3 +492,84 @@ def count_outside(values, lo, hi):
         v = values[i]
         bad += (v < lo) | (v >= hi)
     return bad
+
+
+# ---- launchers: the geometry of one call, and the lock around every parallel kernel ----
+#
+# They take validated, channels-last inputs in the compute dtype and
+# caller-allocated outputs, so that the NumPy frontend and the torch frontend
+# (which hands in views of its own tensors) share them.
+
+
+class RoIPoolBins:
+    """Bin edges of every RoI of one call and the split of the RoIs into balanced runs.
+
+    ``rois (K, 5)`` are validated (``_checks.rois_array``) and in the compute
+    dtype; the feature map is ``height x width``. Attributes ``batch (K,)``,
+    ``hbins (K, PH, 2)``, ``wbins (K, PW, 2)`` (``geometry.roi_pool_bins``),
+    ``cost (K,)`` and ``bounds`` are what the kernels take.
+    """
+
+    def __init__(self, rois, spatial_scale, pooled_h, pooled_w, height, width):
+        self.pooled_h, self.pooled_w = pooled_h, pooled_w
+        self.num_rois = rois.shape[0]
+        self.batch, self.hbins, self.wbins, self.cost = roi_pool_bins(
+            rois, rois.dtype.type(spatial_scale), pooled_h, pooled_w, height, width
+        )
+        self.bounds = balanced_chunks(self.cost)
+
+    def cells_per_bin(self) -> float:
+        """Mean number of map cells a bin reads; 0 without RoIs."""
+        k, bins = self.num_rois, self.pooled_h * self.pooled_w
+        if k == 0:
+            return 0.0
+        return float(self.cost.sum() - k * bins) / (k * bins)  # cost: cells read plus bins written
+
+
+def launch_forward(x_nhwc, bins: RoIPoolBins, out) -> None:
+    """``out (K, C, PH * PW)`` <- bin maxima of ``x_nhwc (N, H, W, C)`` (C-contiguous, compute dtype)."""
+    if out.size:
+        with launch_lock:
+            forward(x_nhwc, bins.batch, bins.hbins, bins.wbins, bins.bounds, out)
+
+
+def launch_forward_argmax(x_nhwc, bins: RoIPoolBins, out, argmax) -> None:
+    """As :func:`launch_forward`, also writing ``argmax (K, C, PH * PW)`` (int32)."""
+    if out.size:
+        with launch_lock:
+            forward_argmax(x_nhwc, bins.batch, bins.hbins, bins.wbins, bins.bounds, out, argmax)
+
+
+def launch_backward(grad_out, argmax, batch, grad_in) -> None:
+    """``grad_in (N, C, H * W)`` (zeroed by the caller) += ``grad_out (K, C, B)`` routed by ``argmax``."""
+    if grad_out.size:
+        with launch_lock:
+            backward(grad_out, argmax, batch, grad_in)
+
+
+def launch_backward_recompute(x, channels_last: bool, bins: RoIPoolBins, grad_out, grad_in) -> None:
+    """``grad_in (N, C, H * W)`` <- ``grad_out (K, C, PH * PW)`` routed to each bin's maximum in ``x``.
+
+    ``x`` is the map, ``(N, H, W, C)`` if ``channels_last`` else ``(N, C, H, W)``.
+    The same sums as :func:`launch_backward` with the forward's argmax, found
+    again by scanning the bins instead of read back; ``grad_in`` is
+    overwritten (no zeroing needed). All arrays C-contiguous, compute dtype.
+    """
+    if grad_in.size == 0:
+        return
+    if grad_out.size == 0:
+        grad_in[...] = 0
+        return
+    with launch_lock:
+        backward_recompute(x, channels_last, bins.batch, bins.hbins, bins.wbins, grad_out, grad_in)
+
+
+def argmax_outside(argmax: np.ndarray, cells: int) -> bool:
+    """Whether any index lies outside ``[-1, cells)``; int32 (what the forward returns) in one parallel pass.
+
+    The backward writes at these indices, so both frontends check them first.
+    """
+    if argmax.dtype == np.int32 and argmax.flags.c_contiguous and argmax.dtype.isnative:
+        with launch_lock:
+            return count_outside(argmax.reshape(-1), -1, cells) > 0
+    return bool(argmax.min() < -1 or argmax.max() >= cells)

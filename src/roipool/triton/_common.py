@@ -1,7 +1,7 @@
 """``@triton.jit`` helpers shared by the RoI kernels.
 
 Each helper restates, for one program's lanes, a rule that
-``roipool._geometry`` and ``roipool.reference`` define on the CPU; the kernels
+``roipool.cpu.geometry`` and ``roipool.reference`` define on the CPU; the kernels
 call these instead of writing the rule again.
 
 Two facts about Triton shape them:
@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-# Rounded box corners are clamped to +-2**30 cells, as roipool._geometry.COORD_LIMIT.
+# Rounded box corners are clamped to +-2**30 cells, as roipool.cpu.geometry.COORD_LIMIT.
 COORD_LIMIT = tl.constexpr(1073741824.0)
 
 
@@ -29,7 +29,9 @@ def div_exact(a, b):
     if a.dtype == tl.float64:
         return a / b
     else:
-        return tl.fdiv(a, b, ieee_rounding=True)
+        # div_rn, not fdiv(ieee_rounding=True): Triton 3.6 (the GPU machine's)
+        # ignores that flag and emits the approximate div.full.f32.
+        return tl.math.div_rn(a, b)
 
 
 @triton.jit
@@ -47,7 +49,7 @@ def round_half_away(v):
 def rounded_box(rois_ptr, k, scale):
     """Batch index and corners ``(n, x1, y1, x2, y2)`` of RoI ``k``: scaled, then :func:`round_half_away`.
 
-    The box rule of ``roi_pool`` and ``ps_roi_pool``, as ``roipool._geometry.rounded_box``.
+    The box rule of ``roi_pool`` and ``ps_roi_pool``, as ``roipool.cpu.geometry.rounded_box``.
     """
     row = rois_ptr + k * 5
     n = tl.load(row).to(tl.int32)

@@ -14,6 +14,9 @@ import os
 import torch
 import triton
 
+from .._torch import _library
+from .._torch._library import SUPPORTED_DTYPES
+
 # Lanes of one program: channels x spatial positions (a power of two each).
 TILE_H = 8
 TILE_W = 8
@@ -39,15 +42,10 @@ def check_device(**tensors: torch.Tensor) -> torch.device:
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; float32, float16 and bfloat16 compute in float32.
-
-    Half-precision inputs convert to float32 exactly, as the CPU path does.
-    """
-    if dtype == torch.float64:
-        return torch.float64
-    if dtype in (torch.float32, torch.float16, torch.bfloat16):
-        return torch.float32
-    raise TypeError(f"input must be float16, bfloat16, float32 or float64, got {dtype}")
+    """The compute dtype of every backend (``_checks.compute_dtype``): float32 for 16-bit floats, else ``dtype``."""
+    if dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"input must be float16, bfloat16, float32 or float64, got {dtype}")
+    return _library.compute_dtype(dtype)
 
 
 def prepare_rois(rois: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

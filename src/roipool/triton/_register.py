@@ -1,6 +1,6 @@
 """Plug the Triton launchers into the torch custom ops as their CUDA kernels.
 
-``roipool._torch_ops`` defines ``roipool::<op>`` with CPU and fake kernels and,
+``roipool._torch`` defines ``roipool::<op>`` with CPU and fake kernels and,
 when a CUDA tensor arrives, imports this package (its ``BACKEND_MODULES``),
 whose import calls :func:`register`. Each op's schema argument names are
 matched to the launcher's keyword arguments, so an op is registered only when
@@ -70,7 +70,7 @@ def cuda_kernel(name: str, schema: torch.FunctionSchema):
 def register() -> None:
     """Register a CUDA kernel for every ``roipool::`` op whose schema the launchers match."""
     try:
-        from .. import _torch_ops  # noqa: F401  (defines the ops)
+        from .._torch import ps_roi, roi_align, roi_pool  # noqa: F401  (define the ops)
     except ImportError:  # a tree without the torch frontend
         return
     from .._torch import prroi_pool as _prroi_ops  # noqa: F401  (defines the roipool::prroi_pool* ops)

@@ -25,7 +25,7 @@ minimum size); a bin of size ``extent / P`` takes ``g`` samples per axis
 (``sampling_ratio`` if positive, else ``max(ceil(extent / P), 1)``) at
 ``bin_start + (i + 0.5) * bin_size / g``; each sample is interpolated
 bilinearly (torchvision's clamping rules) and the weights are divided by
-``g`` so that the bin value is the sample mean. ``reference.py`` restates all
+``g`` so that the bin value is the sample mean. ``roipool.reference`` restates all
 of this sample by sample, independently, for the tests.
 """
 
@@ -36,7 +36,7 @@ import math
 import numba
 import numpy as np
 
-from ._geometry import bilinear_corners, rounded_box
+from .geometry import bilinear_corners, rounded_box
 
 
 def align_coord_limit(dtype) -> float:
@@ -123,8 +123,7 @@ def ps_roi_align_taps(rois, spatial_scale, pooled_h, pooled_w, height, width, sa
         for p in range(pooled_w):
             _align_bin(geo[k, 1], p, width, dtype, eps, x_first[k, p], x_weight[k, p])
     cost = _cost(y_count, x_count)
-    return (batch, y_first, y_count, y_weight.astype(dtype),
-            x_first, x_count, x_weight.astype(dtype), cost)
+    return (batch, y_first, y_count, y_weight.astype(dtype), x_first, x_count, x_weight.astype(dtype), cost)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

@@ -4,7 +4,7 @@ Box corners are scaled in the input's floating type and rounded half away from
 zero (C's ``round``); the RoI spans ``max(end - start + 1, 1)`` cells; bin ``p``
 of ``P`` covers ``[floor(p * size / P), ceil((p + 1) * size / P))`` offset by
 the RoI's first cell and clipped to the map. ``docs/semantics.md`` gives the
-worked example. ``reference.py`` restates these rules independently, on
+worked example. ``roipool.reference`` restates these rules independently, on
 purpose, so that the tests compare two readings of the definition.
 """
 
@@ -14,7 +14,6 @@ import math
 
 import numba
 import numpy as np
-
 
 # Rounded corners are clamped to +-2**30 so that integer geometry cannot
 # overflow; any such corner already lies far outside every feature map.
@@ -116,7 +115,7 @@ def roi_align_taps(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, alig
 
     Also returns ``batch (K,)`` int32 and ``cost (K,)`` int64, the number of
     (row, column) taps the RoI reads, for load balancing. The sample rules are
-    those of ``docs/semantics.md`` (roi_align); ``reference.py`` restates them per sample.
+    those of ``docs/semantics.md`` (roi_align); ``roipool.reference`` restates them per sample.
     Coordinates, extents and bin sizes must be finite in ``T`` (the frontend checks).
     """
     k_total = rois.shape[0]

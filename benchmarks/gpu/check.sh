@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The GPU run, in one command on a bare GPU machine: the environment, the GPU tests,
+# `roipool bench --device cuda` against torchvision's CUDA ops, and a summary.
+#
+#   benchmarks/gpu/check.sh [OUT]             logs, JSON and summary.md go to OUT
+#                                             (default: $ROIPOOL_GPU_OUT, else gpu-check/)
+#   benchmarks/gpu/check.sh --dry-run [OUT]   rehearse every step on a machine without a GPU
+#
+# The project is used from src/ (PYTHONPATH), so the machine's own torch, torchvision,
+# triton and numba stay as they are; nothing is installed. Each step has its own time
+# limit, so a hang in one still leaves the others' results; the whole run ends within
+# 8 minutes. Set PYTHON to choose the interpreter (default python3).
+set -u
+cd "$(dirname "$0")/../.."
+dry=0
+if [ "${1:-}" = "--dry-run" ]; then dry=1; shift; fi
+out=${1:-${ROIPOOL_GPU_OUT:-gpu-check}}
+mkdir -p "$out" && out=$(cd "$out" && pwd)
+py=${PYTHON:-python3}
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 ROIPOOL_GPU_OUT="$out"
+if [ "$dry" = 1 ]; then
+    export TRITON_INTERPRET=1 ROIPOOL_GPU_DRY_RUN=1
+    tests=gpu # the interpreter runs the Triton tests in make test already, and too slowly for this limit
+    bench_args=(--device cpu --workload tiny --repeat 1)
+else
+    unset TRITON_INTERPRET ROIPOOL_GPU_DRY_RUN
+    tests="triton or gpu"
+    bench_args=(--device cuda --workload vgg16 --workload maskrcnn-fpn --repeat 15)
+fi
+: >"$out/steps.txt"
+
+step() { # step NAME SECONDS COMMAND...: run under its own limit, log to OUT/NAME.log, record the status
+    local name=$1 limit=$2 start=$SECONDS status
+    shift 2
+    timeout -k 10 "$limit" "$@" >"$out/$name.log" 2>&1
+    status=$?
+    echo "$name exit=$status seconds=$((SECONDS - start))" | tee -a "$out/steps.txt"
+}
+
+step environment 30 "$py" benchmarks/gpu/environment.py "$out/environment.json"
+step tests 240 "$py" -m pytest -m "$tests" -q -p no:cacheprovider -o addopts="" -rfEs \
+    --junitxml="$out/tests.xml"
+step bench 150 sh -c '"$0" -m roipool.cli bench --json "$@" >"$ROIPOOL_GPU_OUT/bench.json"' "$py" "${bench_args[@]}"
+step summary 20 "$py" benchmarks/gpu/summarize.py "$out"
+cat "$out/summary.md"

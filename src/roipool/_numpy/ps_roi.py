@@ -1,0 +1,71 @@
+"""NumPy frontend of ps_roi_pool and ps_roi_align: checks, then ``cpu/ps_roi.py``.
+
+The geometry (``cpu/ps_geometry.py``) turns every RoI into separable per-axis
+taps; the kernels apply them to a bin-major channels-last copy of the feature
+map. float16 is computed in float32 and rounded once at the end.
+"""
+
+from __future__ import annotations
+
+from .. import _checks
+from ..cpu import ps_roi as cpu
+from ..cpu.ps_roi import PSRoITaps
+
+
+def _checked_input(input, boxes, output_size, spatial_scale):
+    """``(input, rois, output_size, spatial_scale)`` checked; ``rois`` in the compute dtype."""
+    input = _checks.feature_map(input)
+    output_size = _checks.output_size_pair(output_size)
+    spatial_scale = _checks.positive_scale(spatial_scale)
+    channels_out = _checks.ps_channels(input.shape[1], output_size)
+    dtype = _checks.compute_dtype(input.dtype)
+    rois = _checks.rois_array(boxes, input.shape[0], dtype)
+    _checks.pooled_output_fits(rois.shape[0], channels_out, *output_size, dtype.itemsize, output_size)
+    return input, rois, output_size, spatial_scale
+
+
+def _checked_grad(grad_output, boxes, input_shape, output_size, spatial_scale):
+    """``(grad_output, rois, input_shape, output_size, spatial_scale)`` checked; ``rois`` in the compute dtype."""
+    grad_output = _checks.grad_output_array(grad_output)
+    output_size = _checks.output_size_pair(output_size)
+    spatial_scale = _checks.positive_scale(spatial_scale)
+    shape = _checks.input_shape_tuple(input_shape)
+    channels_out = _checks.ps_channels(shape[1], output_size)
+    rois = _checks.rois_array(boxes, shape[0], _checks.compute_dtype(grad_output.dtype))
+    _checks.grad_output_shape(
+        grad_output.shape,
+        (rois.shape[0], channels_out, *output_size),
+        f"{rois.shape[0]} boxes, input_shape={shape} and output_size={output_size} "
+        "(K, C / (pooled_h * pooled_w), pooled_h, pooled_w)",
+    )
+    return grad_output, rois, shape, output_size, spatial_scale
+
+
+def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
+    input, rois, output_size, scale = _checked_input(input, boxes, output_size, spatial_scale)
+    taps = PSRoITaps.pool(rois, output_size, scale, *input.shape[2:])
+    return cpu.launch_forward(input, taps).astype(input.dtype, copy=False)
+
+
+def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1):
+    sampling_ratio = _checks.sampling_ratio_int(sampling_ratio)
+    input, rois, output_size, scale = _checked_input(input, boxes, output_size, spatial_scale)
+    taps = PSRoITaps.align(rois, output_size, scale, sampling_ratio, *input.shape[2:])
+    return cpu.launch_forward(input, taps).astype(input.dtype, copy=False)
+
+
+def ps_roi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0):
+    grad_output, rois, shape, output_size, scale = _checked_grad(
+        grad_output, boxes, input_shape, output_size, spatial_scale
+    )
+    taps = PSRoITaps.pool(rois, output_size, scale, *shape[2:])
+    return cpu.launch_backward(grad_output, taps, shape).astype(grad_output.dtype, copy=False)
+
+
+def ps_roi_align_backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0, sampling_ratio=-1):
+    sampling_ratio = _checks.sampling_ratio_int(sampling_ratio)
+    grad_output, rois, shape, output_size, scale = _checked_grad(
+        grad_output, boxes, input_shape, output_size, spatial_scale
+    )
+    taps = PSRoITaps.align(rois, output_size, scale, sampling_ratio, *shape[2:])
+    return cpu.launch_backward(grad_output, taps, shape).astype(grad_output.dtype, copy=False)

@@ -1,0 +1,53 @@
+"""NumPy frontend of RoIAlign: checks, memory layout, and calls into ``cpu/roi_align.py``.
+
+Semantics: ``docs/semantics.md`` (roi_align) (torchvision's ``roi_align``,
+sample for sample). The taps are computed once per call and shared by every
+channel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _checks
+from ..cpu import roi_align as cpu
+
+
+def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+    input = _checks.feature_map(input)
+    n, channels, height, width = input.shape
+    pooled_h, pooled_w, scale, sampling_ratio, aligned = _checks.roi_align_arguments(
+        output_size, spatial_scale, sampling_ratio, aligned
+    )
+    dtype = _checks.compute_dtype(input.dtype)
+    rois = _checks.rois_array(boxes, n, dtype)
+    _checks.pooled_output_fits(rois.shape[0], channels, pooled_h, pooled_w, dtype.itemsize, output_size)
+    taps = cpu.RoIAlignTaps(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width)
+    out = np.empty((rois.shape[0], channels, pooled_h * pooled_w), dtype)
+    if out.size:
+        cpu.launch_forward(input.astype(dtype, copy=False), taps, out)
+    return out.reshape(out.shape[0], channels, pooled_h, pooled_w).astype(input.dtype, copy=False)
+
+
+def roi_align_backward(
+    grad_output, boxes, input_shape, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False
+):
+    grad_output = _checks.grad_output_array(grad_output)
+    n, channels, height, width = _checks.input_shape_tuple(input_shape)
+    if grad_output.shape[1] != channels:
+        raise ValueError(f"grad_output has {grad_output.shape[1]} channels but input_shape has {channels}")
+    pooled_h, pooled_w, scale, sampling_ratio, aligned = _checks.roi_align_arguments(
+        output_size, spatial_scale, sampling_ratio, aligned
+    )
+    if grad_output.shape[2:] != (pooled_h, pooled_w):
+        raise ValueError(f"grad_output has bins {grad_output.shape[2:]} but output_size is {(pooled_h, pooled_w)}")
+    dtype = _checks.compute_dtype(grad_output.dtype)
+    rois = _checks.rois_array(boxes, n, dtype)
+    k = grad_output.shape[0]
+    if rois.shape[0] != k:
+        raise ValueError(f"boxes hold {rois.shape[0]} RoIs but grad_output has {k}")
+    taps = cpu.RoIAlignTaps(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width)
+    grad_in = np.empty((n, channels, height, width), dtype)
+    go = np.ascontiguousarray(grad_output, dtype=dtype).reshape(k, channels, pooled_h * pooled_w)
+    cpu.launch_backward(go, taps, grad_in)
+    return grad_in.astype(grad_output.dtype, copy=False)

@@ -1,0 +1,114 @@
+"""NumPy frontend of RoI max pooling: checks, memory layout, and calls into ``cpu/roi_pool.py``.
+
+``roi_pool``, ``roi_pool_with_argmax`` and ``roi_pool_backward`` (with an
+argmax, or from the forward's input) on NumPy arrays; semantics in
+``docs/semantics.md`` (RoIPool).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _checks
+from ..cpu import roi_pool as cpu
+
+_NUMPY = "a NumPy array"
+
+
+class RoIPoolCall:
+    """One NumPy call's checked arguments, validated rois and bins, each computed once."""
+
+    def __init__(self, input, boxes, output_size, spatial_scale, accepted="a NumPy array or a torch tensor"):
+        input = _checks.feature_map(input, accepted=accepted)
+        self.pooled_h, self.pooled_w = _checks.output_size_pair(output_size)
+        scale = _checks.positive_scale(spatial_scale)
+        self.input_dtype = input.dtype
+        self.dtype = _checks.compute_dtype(input.dtype)
+        self.input_shape = input.shape
+        n, channels, height, width = input.shape
+        self.rois = _checks.rois_array(boxes, n, self.dtype)
+        _checks.pooled_output_fits(
+            self.rois.shape[0], channels, self.pooled_h, self.pooled_w, self.dtype.itemsize, output_size
+        )
+        self.bins = cpu.RoIPoolBins(self.rois, scale, self.pooled_h, self.pooled_w, height, width)
+        self.input = input
+
+    def channels_last(self) -> np.ndarray:
+        """A new ``(N, H, W, C)`` copy in the compute dtype (native byte order)."""
+        return np.ascontiguousarray(self.input.transpose(0, 2, 3, 1), dtype=self.dtype)
+
+    def empty_output(self, dtype):
+        k = self.rois.shape[0]
+        return np.empty((k, self.input_shape[1], self.pooled_h * self.pooled_w), dtype)
+
+    def shaped(self, flat):
+        return flat.reshape(flat.shape[0], flat.shape[1], self.pooled_h, self.pooled_w)
+
+
+def roi_pool(input, boxes, output_size, spatial_scale=1.0):
+    call = RoIPoolCall(input, boxes, output_size, spatial_scale)
+    out = call.empty_output(call.dtype)
+    cpu.launch_forward(call.channels_last(), call.bins, out)
+    return call.shaped(out).astype(call.input_dtype, copy=False)
+
+
+def roi_pool_with_argmax(input, boxes, output_size, spatial_scale=1.0):
+    call = RoIPoolCall(input, boxes, output_size, spatial_scale, accepted=_NUMPY)
+    out = call.empty_output(call.dtype)
+    argmax = call.empty_output(np.int32)
+    cpu.launch_forward_argmax(call.channels_last(), call.bins, out, argmax)
+    return call.shaped(out).astype(call.input_dtype, copy=False), call.shaped(argmax)
+
+
+def roi_pool_backward(grad_output, argmax, boxes, input_shape, *, input=None, spatial_scale=1.0):
+    grad_output = _checks.grad_output_array(grad_output)
+    if argmax is None:
+        if input is None:
+            raise ValueError("roi_pool_backward needs argmax, or input (and spatial_scale) to find the maxima again")
+        return _backward_recompute(grad_output, input, boxes, input_shape, spatial_scale)
+    if input is not None:
+        raise ValueError("pass argmax or input to roi_pool_backward, not both")
+    argmax = np.asarray(argmax)
+    if argmax.shape != grad_output.shape:
+        raise ValueError(f"argmax must have the shape of grad_output {grad_output.shape}, got {argmax.shape}")
+    if argmax.dtype.kind not in "iu":
+        raise TypeError(f"argmax must hold integers, got dtype {argmax.dtype}")
+    shape = _checks.input_shape_tuple(input_shape)
+    n, channels, height, width = shape
+    if grad_output.shape[1] != channels:
+        raise ValueError(f"grad_output has {grad_output.shape[1]} channels but input_shape has {channels}")
+    if argmax.size and cpu.argmax_outside(argmax, height * width):
+        raise ValueError(f"argmax holds indices outside [-1, H * W = {height * width})")
+    dtype = _checks.compute_dtype(grad_output.dtype)
+    rois = _checks.rois_array(boxes, n, dtype)
+    if rois.shape[0] != grad_output.shape[0]:
+        raise ValueError(f"boxes hold {rois.shape[0]} RoIs but grad_output has {grad_output.shape[0]}")
+    k, _, ph, pw = grad_output.shape
+    grad_in = np.zeros((n, channels, height * width), dtype)
+    if grad_output.size:
+        go = np.ascontiguousarray(grad_output, dtype=dtype).reshape(k, channels, ph * pw)
+        am = np.ascontiguousarray(argmax, dtype=np.int32).reshape(k, channels, ph * pw)
+        cpu.launch_backward(go, am, rois[:, 0].astype(np.int32), grad_in)
+    return grad_in.reshape(shape).astype(grad_output.dtype, copy=False)
+
+
+def _backward_recompute(grad_output, input, boxes, input_shape, spatial_scale):
+    """:func:`roi_pool_backward` from the forward's input instead of its argmax (one fused kernel)."""
+    call = RoIPoolCall(input, boxes, grad_output.shape[2:], spatial_scale, accepted=_NUMPY)
+    if _checks.input_shape_tuple(input_shape) != call.input_shape:
+        raise ValueError(f"input_shape {tuple(input_shape)} is not the shape of input {call.input_shape}")
+    if grad_output.dtype.newbyteorder("=") != call.input_dtype.newbyteorder("="):
+        raise TypeError(f"grad_output ({grad_output.dtype}) and input ({call.input_dtype}) must have the same dtype")
+    k, channels, ph, pw = grad_output.shape
+    _checks.grad_output_shape(
+        grad_output.shape, (call.rois.shape[0], call.input_shape[1], ph, pw), "these boxes and input"
+    )
+    n, _, height, width = call.input_shape
+    grad_in = np.empty((n, channels, height * width), call.dtype)
+    go = np.ascontiguousarray(grad_output, dtype=call.dtype).reshape(k, channels, ph * pw)
+    x = call.input
+    if x.dtype == call.dtype and x.flags.c_contiguous:  # read as NCHW, no channels-last copy
+        cpu.launch_backward_recompute(x, False, call.bins, go, grad_in)
+    else:
+        cpu.launch_backward_recompute(call.channels_last(), True, call.bins, go, grad_in)
+    return grad_in.reshape(call.input_shape).astype(grad_output.dtype, copy=False)

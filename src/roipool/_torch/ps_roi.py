@@ -1,0 +1,203 @@
+"""Position-sensitive RoI pooling on torch tensors (ps_roi_pool, ps_roi_align): custom ops, autograd, public functions.
+
+Both ops are linear in the input, so the backward needs only the boxes: one
+forward op per family (no training variant) whose autograd calls the
+backward op, and a backward op whose own gradient is the forward again
+(double backward). The CPU kernels are ``cpu/ps_roi.py``'s; CUDA kernels come
+from ``roipool.triton``. ONNX has no such op: nothing is exported.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _checks
+from ..cpu import ps_roi as cpu
+from ..cpu.ps_roi import PSRoITaps
+from ._library import (
+    boxes_to_rois,
+    check_input,
+    check_output_fits,
+    compute_dtype,
+    cpu_geometry,
+    cpu_nchw,
+    define,
+    quiet_when_tracing,
+)
+
+
+def _pool_taps(rois_np, spatial_scale, pooled_height, pooled_width, sampling_ratio, height, width):
+    return PSRoITaps.pool(rois_np, (pooled_height, pooled_width), spatial_scale, height, width)
+
+
+def _align_taps(rois_np, spatial_scale, pooled_height, pooled_width, sampling_ratio, height, width):
+    return PSRoITaps.align(rois_np, (pooled_height, pooled_width), spatial_scale, sampling_ratio, height, width)
+
+
+def _taps(make_taps, rois, num_images, dtype, params, height, width):
+    """``(rois_np, PSRoITaps)`` of one CPU call, shared by the forward and backward of a step (``cpu_geometry``)."""
+    spatial_scale, pooled_height, pooled_width, sampling_ratio = params
+    geometry = (float(spatial_scale), pooled_height, pooled_width, sampling_ratio, height, width)
+    return cpu_geometry(make_taps, rois, num_images, compute_dtype(dtype), *geometry)
+
+
+def _ps_forward_cpu(make_taps, input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio):
+    n, channels, height, width = input.shape
+    _checks.ps_channels(channels, (pooled_height, pooled_width))
+    _, taps = _taps(
+        make_taps, rois, n, input.dtype, (spatial_scale, pooled_height, pooled_width, sampling_ratio), height, width
+    )
+    return torch.from_numpy(cpu.launch_forward(cpu_nchw(input), taps)).to(input.dtype)
+
+
+def _ps_backward_cpu(make_taps, grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, shape):
+    n, channels, height, width = shape
+    channels_out = _checks.ps_channels(channels, (pooled_height, pooled_width))
+    rois_np, taps = _taps(
+        make_taps, rois, n, grad.dtype, (spatial_scale, pooled_height, pooled_width, sampling_ratio), height, width
+    )
+    expected = (rois_np.shape[0], channels_out, pooled_height, pooled_width)
+    _checks.grad_output_shape(grad.shape, expected, f"these rois and input shape {shape}", "grad")
+    grad_in = cpu.launch_backward(cpu_nchw(grad), taps, shape)
+    return torch.from_numpy(grad_in).to(grad.dtype)
+
+
+def _ps_forward_fake(input, rois, spatial_scale, pooled_height, pooled_width, *sampling_ratio):
+    channels_out = input.shape[1] // (pooled_height * pooled_width)
+    return input.new_empty((rois.shape[0], channels_out, pooled_height, pooled_width))
+
+
+def _ps_backward_fake(grad, rois, spatial_scale, pooled_height, pooled_width, *rest):
+    batch_size, channels, height, width = rest[-4:]
+    return grad.new_empty((batch_size, channels, height, width))
+
+
+def _ps_roi_pool_cpu(input, rois, spatial_scale, pooled_height, pooled_width):
+    return _ps_forward_cpu(_pool_taps, input, rois, spatial_scale, pooled_height, pooled_width, 0)
+
+
+def _ps_roi_pool_backward_cpu(
+    grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width
+):
+    shape = (batch_size, channels, height, width)
+    return _ps_backward_cpu(_pool_taps, grad, rois, spatial_scale, pooled_height, pooled_width, 0, shape)
+
+
+def _ps_roi_align_cpu(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio):
+    return _ps_forward_cpu(_align_taps, input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio)
+
+
+def _ps_roi_align_backward_cpu(
+    grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, batch_size, channels, height, width
+):
+    shape = (batch_size, channels, height, width)
+    return _ps_backward_cpu(_align_taps, grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, shape)
+
+
+_PS_ARGS = "Tensor rois, float spatial_scale, int pooled_height, int pooled_width"
+_PS_SHAPE = "int batch_size, int channels, int height, int width"
+
+ps_roi_pool_op = define(
+    "ps_roi_pool", f"(Tensor input, {_PS_ARGS}) -> Tensor", cpu=_ps_roi_pool_cpu, fake=_ps_forward_fake
+)
+ps_roi_pool_backward_op = define(
+    "ps_roi_pool_backward",
+    f"(Tensor grad, {_PS_ARGS}, {_PS_SHAPE}) -> Tensor",
+    cpu=_ps_roi_pool_backward_cpu,
+    fake=_ps_backward_fake,
+)
+ps_roi_align_op = define(
+    "ps_roi_align",
+    f"(Tensor input, {_PS_ARGS}, int sampling_ratio) -> Tensor",
+    cpu=_ps_roi_align_cpu,
+    fake=_ps_forward_fake,
+)
+ps_roi_align_backward_op = define(
+    "ps_roi_align_backward",
+    f"(Tensor grad, {_PS_ARGS}, int sampling_ratio, {_PS_SHAPE}) -> Tensor",
+    cpu=_ps_roi_align_backward_cpu,
+    fake=_ps_backward_fake,
+)
+
+
+def _ps_forward_setup(ctx, inputs, output):
+    input, rois, *ctx.params = inputs  # spatial_scale, pooled sizes (, sampling_ratio)
+    ctx.save_for_backward(rois)
+    ctx.input_shape = tuple(input.shape)
+
+
+def _ps_backward_setup(ctx, inputs, output):
+    _, rois, *params = inputs
+    ctx.save_for_backward(rois)
+    ctx.params = params[:-4]
+    ctx.num_args = len(inputs)
+
+
+def _ps_roi_pool_grad(ctx, grad_output):
+    (rois,) = ctx.saved_tensors
+    grad_input = torch.ops.roipool.ps_roi_pool_backward(grad_output, rois, *ctx.params, *ctx.input_shape)
+    return grad_input, None, None, None, None
+
+
+def _ps_roi_align_grad(ctx, grad_output):
+    (rois,) = ctx.saved_tensors
+    grad_input = torch.ops.roipool.ps_roi_align_backward(grad_output, rois, *ctx.params, *ctx.input_shape)
+    return grad_input, None, None, None, None, None
+
+
+def _ps_roi_pool_backward_grad(ctx, grad_grad_input):
+    # the backward is linear in grad with the forward as its adjoint
+    (rois,) = ctx.saved_tensors
+    return (torch.ops.roipool.ps_roi_pool(grad_grad_input, rois, *ctx.params),) + (None,) * (ctx.num_args - 1)
+
+
+def _ps_roi_align_backward_grad(ctx, grad_grad_input):
+    (rois,) = ctx.saved_tensors
+    return (torch.ops.roipool.ps_roi_align(grad_grad_input, rois, *ctx.params),) + (None,) * (ctx.num_args - 1)
+
+
+ps_roi_pool_op.register_autograd(_ps_roi_pool_grad, setup_context=_ps_forward_setup)
+ps_roi_align_op.register_autograd(_ps_roi_align_grad, setup_context=_ps_forward_setup)
+ps_roi_pool_backward_op.register_autograd(_ps_roi_pool_backward_grad, setup_context=_ps_backward_setup)
+ps_roi_align_backward_op.register_autograd(_ps_roi_align_backward_grad, setup_context=_ps_backward_setup)
+
+
+def _ps_public(input, boxes, output_size, spatial_scale):
+    """Static checks shared by the two public functions; returns ``(rois, scale, pooled_h, pooled_w)``."""
+    with quiet_when_tracing():
+        check_input(input)
+        pooled_h, pooled_w = _checks.output_size_pair(output_size)
+        scale = _checks.positive_scale(spatial_scale)
+        channels_out = _checks.ps_channels(input.shape[1], (pooled_h, pooled_w))
+        rois = boxes_to_rois(boxes, input)
+        check_output_fits(input, rois, channels_out, (pooled_h, pooled_w), output_size)
+    return rois, scale, pooled_h, pooled_w
+
+
+def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
+    """Tensor position-sensitive RoI average pooling; see :func:`roipool.ps_roi_pool`.
+
+    Args:
+        input (Tensor[N, C, H, W]): float16, bfloat16, float32 or float64, ``C``
+            a multiple of ``pooled_h * pooled_w``; any strides.
+        boxes (Tensor[K, 5] or List[Tensor[L, 4]]): on ``input``'s device.
+        output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
+        spatial_scale (float): image-to-feature-map factor.
+
+    Returns:
+        Tensor[K, C / (pooled_h * pooled_w), pooled_h, pooled_w] of ``input``'s
+        dtype, differentiable with respect to ``input``.
+    """
+    rois, scale, pooled_h, pooled_w = _ps_public(input, boxes, output_size, spatial_scale)
+    return torch.ops.roipool.ps_roi_pool(input, rois, scale, pooled_h, pooled_w)
+
+
+def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1):
+    """Tensor position-sensitive RoIAlign; see :func:`roipool.ps_roi_align`.
+
+    Arguments and result as :func:`ps_roi_pool`, plus ``sampling_ratio``
+    (samples per bin side; ``<= 0`` adaptive, at least one).
+    """
+    rois, scale, pooled_h, pooled_w = _ps_public(input, boxes, output_size, spatial_scale)
+    ratio = _checks.sampling_ratio_int(sampling_ratio)
+    return torch.ops.roipool.ps_roi_align(input, rois, scale, pooled_h, pooled_w, ratio)

@@ -1,0 +1,145 @@
+"""RoIAlign on torch tensors: custom ops, fake kernels, autograd and the public function.
+
+Ops: ``roipool::roi_align`` (training and inference: the backward needs only
+the boxes) and ``roipool::roi_align_backward`` (differentiable again: its
+adjoint is the forward). The CPU kernels are ``cpu/roi_align.py``'s; CUDA
+kernels come from ``roipool.triton``; the ONNX exporters are in
+``_torch/onnx.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _checks
+from ..cpu import roi_align as cpu
+from . import onnx
+from ._library import (
+    boxes_to_rois,
+    check_input,
+    check_output_fits,
+    compute_dtype,
+    cpu_geometry,
+    define,
+    new_cpu_tensor,
+    quiet_when_tracing,
+)
+
+_ROI_ALIGN_PARAMS = "float spatial_scale, int pooled_height, int pooled_width, int sampling_ratio, bool aligned"
+
+
+def _taps(rois, num_images, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, height, width):
+    """``(rois_np, RoIAlignTaps)`` of one CPU call, shared by the forward and backward of a step (``cpu_geometry``)."""
+    params = (float(spatial_scale), pooled_height, pooled_width, sampling_ratio, aligned, height, width)
+    return cpu_geometry(cpu.RoIAlignTaps, rois, num_images, dtype, *params)
+
+
+def _roi_align_cpu(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    n, channels, height, width = input.shape
+    dtype = compute_dtype(input.dtype)
+    x = input.detach().to(dtype).numpy()  # no copy in the compute dtype; the kernel reads any strides
+    rois_np, taps = _taps(
+        rois, n, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, height, width
+    )
+    out = new_cpu_tensor((rois_np.shape[0], channels, pooled_height * pooled_width), dtype)
+    cpu.launch_forward(x, taps, out.numpy())
+    return out.view(rois_np.shape[0], channels, pooled_height, pooled_width).to(input.dtype)
+
+
+def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+
+
+def _roi_align_backward_cpu(
+    grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, sampling_ratio, aligned
+):
+    dtype = compute_dtype(grad.dtype)
+    k = grad.shape[0]
+    grad_out = grad.detach().to(dtype).contiguous().numpy().reshape(k, channels, pooled_height * pooled_width)
+    _, taps = _taps(
+        rois, batch_size, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, height, width
+    )
+    grad_in = new_cpu_tensor((batch_size, channels, height, width), dtype)
+    cpu.launch_backward(grad_out, taps, grad_in.numpy())
+    return grad_in.to(grad.dtype)
+
+
+def _roi_align_backward_fake(
+    grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, sampling_ratio, aligned
+):
+    return grad.new_empty((batch_size, channels, height, width))
+
+
+# One op serves training and inference: the backward needs only the boxes and
+# the input's shape, so the forward keeps no extra state.
+roi_align_op = define(
+    "roi_align", f"(Tensor input, Tensor rois, {_ROI_ALIGN_PARAMS}) -> Tensor", cpu=_roi_align_cpu, fake=_roi_align_fake
+)
+roi_align_backward_op = define(
+    "roi_align_backward",
+    "(Tensor grad, Tensor rois, float spatial_scale, int pooled_height, int pooled_width, "
+    "int batch_size, int channels, int height, int width, int sampling_ratio, bool aligned) -> Tensor",
+    cpu=_roi_align_backward_cpu,
+    fake=_roi_align_backward_fake,
+)
+
+
+def _roi_align_setup(ctx, inputs, output):
+    input, rois, *ctx.params = inputs
+    ctx.save_for_backward(rois)
+    ctx.input_shape = tuple(input.shape)
+
+
+def _roi_align_grad(ctx, grad_output):
+    (rois,) = ctx.saved_tensors
+    spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = ctx.params
+    grad_input = torch.ops.roipool.roi_align_backward(
+        grad_output, rois, spatial_scale, pooled_height, pooled_width, *ctx.input_shape, sampling_ratio, aligned
+    )
+    return grad_input, None, None, None, None, None, None
+
+
+def _roi_align_backward_setup(ctx, inputs, output):
+    _, rois, spatial_scale, pooled_height, pooled_width, *_, sampling_ratio, aligned = inputs
+    ctx.params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
+    ctx.save_for_backward(rois)
+
+
+def _roi_align_backward_grad(ctx, grad_grad_input):
+    # The backward is linear in ``grad`` and its adjoint is the forward itself,
+    # so double backward (e.g. gradient penalties) costs one forward.
+    (rois,) = ctx.saved_tensors
+    grad_grad = torch.ops.roipool.roi_align(grad_grad_input, rois, *ctx.params)
+    return (grad_grad,) + (None,) * 10
+
+
+roi_align_op.register_autograd(_roi_align_grad, setup_context=_roi_align_setup)
+roi_align_backward_op.register_autograd(_roi_align_backward_grad, setup_context=_roi_align_backward_setup)
+
+
+def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+    """Tensor RoIAlign; see :func:`roipool.roi_align`.
+
+    Args:
+        input (Tensor[N, C, H, W]): float16, bfloat16, float32 or float64; any
+            strides (channels-last is read in place).
+        boxes (Tensor[K, 5] or List[Tensor[L, 4]]): on ``input``'s device.
+        output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
+        spatial_scale (float): image-to-feature-map factor.
+        sampling_ratio (int): samples per bin side; ``<= 0`` is adaptive.
+        aligned (bool): half-cell pixel model (``True``) or the legacy rule.
+
+    Returns:
+        Tensor[K, C, pooled_h, pooled_w] of ``input``'s dtype, differentiable
+        with respect to ``input`` (twice: the backward is differentiable too).
+    """
+    with quiet_when_tracing():
+        check_input(input)
+        pooled_h, pooled_w, scale, ratio, aligned = _checks.roi_align_arguments(
+            output_size, spatial_scale, sampling_ratio, aligned
+        )
+        rois = boxes_to_rois(boxes, input)
+        check_output_fits(input, rois, input.shape[1], (pooled_h, pooled_w), output_size)
+    if onnx.dynamo_onnx_export():
+        return onnx.roi_align_node(input, rois, scale, pooled_h, pooled_w, ratio, aligned)
+    return torch.ops.roipool.roi_align(input, rois, scale, pooled_h, pooled_w, ratio, aligned)

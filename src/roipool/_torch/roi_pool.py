@@ -1,0 +1,267 @@
+"""RoI max pooling on torch tensors: custom ops, fake kernels, autograd and the public function.
+
+Ops: ``roipool::roi_pool`` (inference, and CPU training whose backward
+re-scans the bins: ``roi_pool_backward_recompute``), ``roi_pool_with_argmax``
+(training forward that stores the argmax) and ``roi_pool_backward``. The CPU
+kernels are ``cpu/roi_pool.py``'s; CUDA kernels come from ``roipool.triton``;
+the ONNX exporters are in ``_torch/onnx.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _checks
+from ..cpu import roi_pool as cpu
+from . import onnx
+from ._library import (
+    boxes_to_rois,
+    check_input,
+    check_output_fits,
+    compute_dtype,
+    cpu_batch_index,
+    cpu_geometry,
+    cpu_nhwc,
+    define,
+    needs_grad,
+    new_cpu_tensor,
+    quiet_when_tracing,
+)
+
+_ROI_POOL_ARGS = "Tensor input, Tensor rois, float spatial_scale, int pooled_height, int pooled_width"
+
+
+class _CpuRoIPool:
+    """One CPU call: the input as NumPy (channels-last, or NCHW where the caller allows) and the bins, in the compute dtype.
+
+    The validated rois and the bins come from :func:`cpu_geometry`, so the
+    forward and backward of a training step compute them once.
+    """
+
+    def __init__(self, input, rois, spatial_scale, pooled_height, pooled_width, nchw_ok=False):
+        n, self.channels, height, width = input.shape
+        self.input_dtype = input.dtype
+        self.dtype = compute_dtype(input.dtype)
+        # nchw_ok: the caller also takes an NCHW-contiguous map (channels_last False)
+        self.channels_last = not (nchw_ok and input.dtype == self.dtype and input.is_contiguous())
+        self.x = cpu_nhwc(input, self.dtype) if self.channels_last else input.detach().numpy()
+        rois_np, self.bins = cpu_geometry(
+            cpu.RoIPoolBins, rois, n, self.dtype, float(spatial_scale), pooled_height, pooled_width, height, width
+        )
+        self.flat_shape = (rois_np.shape[0], self.channels, pooled_height * pooled_width)
+        self.shape = (rois_np.shape[0], self.channels, pooled_height, pooled_width)
+
+    def result(self, flat: torch.Tensor) -> torch.Tensor:
+        return flat.view(self.shape).to(self.input_dtype)
+
+
+def _roi_pool_cpu(input, rois, spatial_scale, pooled_height, pooled_width):
+    call = _CpuRoIPool(input, rois, spatial_scale, pooled_height, pooled_width)
+    out = new_cpu_tensor(call.flat_shape, call.dtype)
+    cpu.launch_forward(call.x, call.bins, out.numpy())
+    return call.result(out)
+
+
+def _roi_pool_fake(input, rois, spatial_scale, pooled_height, pooled_width):
+    return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+
+
+def _roi_pool_with_argmax_cpu(input, rois, spatial_scale, pooled_height, pooled_width):
+    call = _CpuRoIPool(input, rois, spatial_scale, pooled_height, pooled_width)
+    out = new_cpu_tensor(call.flat_shape, call.dtype)
+    argmax = new_cpu_tensor(call.flat_shape, torch.int32)
+    cpu.launch_forward_argmax(call.x, call.bins, out.numpy(), argmax.numpy())
+    return call.result(out), argmax.view(call.shape)
+
+
+def _roi_pool_with_argmax_fake(input, rois, spatial_scale, pooled_height, pooled_width):
+    shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
+    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int32)
+
+
+def _roi_pool_backward_cpu(grad, argmax, rois, batch_size, channels, height, width):
+    dtype = compute_dtype(grad.dtype)
+    flat = (grad.shape[0], channels, grad.shape[2] * grad.shape[3])
+    grad_out = grad.detach().to(dtype).contiguous().numpy().reshape(flat)
+    argmax_np = argmax.detach().to(torch.int32).contiguous().numpy().reshape(flat)
+    if argmax_np.size and cpu.argmax_outside(argmax_np, height * width):
+        # an index past the map would be a write out of bounds in the kernel
+        raise ValueError(f"argmax holds indices outside [-1, H * W = {height * width})")
+    batch = cpu_batch_index(rois, batch_size)
+    grad_in = new_cpu_tensor((batch_size, channels, height * width), dtype, zeros=True)
+    cpu.launch_backward(grad_out, argmax_np, batch, grad_in.numpy())
+    return grad_in.view(batch_size, channels, height, width).to(grad.dtype)
+
+
+def _roi_pool_backward_fake(grad, argmax, rois, batch_size, channels, height, width):
+    return grad.new_empty((batch_size, channels, height, width))
+
+
+roi_pool_op = define("roi_pool", f"({_ROI_POOL_ARGS}) -> Tensor", cpu=_roi_pool_cpu, fake=_roi_pool_fake)
+roi_pool_with_argmax_op = define(
+    "roi_pool_with_argmax",
+    f"({_ROI_POOL_ARGS}) -> (Tensor, Tensor)",
+    cpu=_roi_pool_with_argmax_cpu,
+    fake=_roi_pool_with_argmax_fake,
+)
+roi_pool_backward_op = define(
+    "roi_pool_backward",
+    "(Tensor grad, Tensor argmax, Tensor rois, int batch_size, int channels, int height, int width) -> Tensor",
+    cpu=_roi_pool_backward_cpu,
+    fake=_roi_pool_backward_fake,
+)
+
+
+def _roi_pool_backward_recompute_cpu(grad, input, rois, spatial_scale, pooled_height, pooled_width):
+    if grad.dtype != input.dtype:
+        raise TypeError(f"grad must have the input's dtype {input.dtype}, got {grad.dtype}")
+    call = _CpuRoIPool(input, rois, spatial_scale, pooled_height, pooled_width, nchw_ok=True)
+    _checks.grad_output_shape(grad.shape, call.shape, "these rois and input", "grad")
+    grad_out = grad.detach().to(call.dtype).contiguous().numpy().reshape(call.flat_shape)
+    n, channels, height, width = input.shape
+    grad_in = new_cpu_tensor((n, channels, height * width), call.dtype)
+    cpu.launch_backward_recompute(call.x, call.channels_last, call.bins, grad_out, grad_in.numpy())
+    return grad_in.view(n, channels, height, width).to(grad.dtype)
+
+
+def _roi_pool_backward_recompute_fake(grad, input, rois, spatial_scale, pooled_height, pooled_width):
+    return input.new_empty(input.shape)
+
+
+def _roi_pool_backward_recompute_any_device(grad, input, rois, spatial_scale, pooled_height, pooled_width):
+    # Devices without a fused kernel (CUDA: the Triton backend) run the two
+    # ops it fuses; what they compute is the same.
+    _, argmax = torch.ops.roipool.roi_pool_with_argmax(input, rois, spatial_scale, pooled_height, pooled_width)
+    return torch.ops.roipool.roi_pool_backward(grad, argmax, rois, *input.shape)
+
+
+# The gradient of roi_pool from the input instead of an argmax: on the CPU one
+# fused kernel re-scans each bin and adds the gradient at its maximum, which
+
+# The gradient of roi_pool from the input instead of an argmax: on the CPU one
+# fused kernel re-scans each bin and adds the gradient at its maximum, which
+# saves writing and reading back an argmax as large as the output. Devices
+# without that kernel run the two ops it fuses.
+roi_pool_backward_recompute_op = define(
+    "roi_pool_backward_recompute",
+    f"(Tensor grad, {_ROI_POOL_ARGS}) -> Tensor",
+    cpu=_roi_pool_backward_recompute_cpu,
+    fake=_roi_pool_backward_recompute_fake,
+    other_devices=_roi_pool_backward_recompute_any_device,
+)
+
+
+def _roi_pool_backward_recompute_setup(ctx, inputs, output):
+    _, input, rois, *ctx.params = inputs
+    ctx.save_for_backward(input, rois)
+
+
+def _roi_pool_backward_recompute_grad(ctx, grad_grad_input):
+    # Linear in grad: its adjoint reads grad_grad_input at each bin's maximum
+    # (0 for empty bins). The maxima move only where the input has ties, so
+    # the derivative with respect to the input is zero.
+    input, rois = ctx.saved_tensors
+    _, argmax = torch.ops.roipool.roi_pool_with_argmax(input, rois, *ctx.params)
+    _, channels, height, width = input.shape
+    plane = rois[:, 0].to(torch.int64).view(-1, 1, 1, 1) * channels + torch.arange(channels, device=input.device).view(
+        1, -1, 1, 1
+    )
+    index = plane * (height * width) + argmax.clamp(min=0).to(torch.int64)
+    picked = grad_grad_input.reshape(-1)[index.reshape(-1)].view(argmax.shape)
+    grad_grad = torch.where(argmax >= 0, picked, torch.zeros_like(picked))
+    return grad_grad, None, None, None, None, None
+
+
+roi_pool_backward_recompute_op.register_autograd(
+    _roi_pool_backward_recompute_grad, setup_context=_roi_pool_backward_recompute_setup
+)
+
+
+def _roi_pool_with_argmax_setup(ctx, inputs, output):
+    input, rois = inputs[:2]
+    ctx.save_for_backward(rois, output[1])
+    ctx.input_shape = tuple(input.shape)
+    # The argmax output never gets a gradient; without this autograd would
+    # hand the backward a zero tensor as large as the output (about 45 ms of
+    # a 80 ms backward on the vgg16 workload).
+    ctx.set_materialize_grads(False)
+
+
+def _roi_pool_with_argmax_grad(ctx, grad_output, _grad_argmax):
+    if grad_output is None:  # the pooled output did not reach the loss
+        return None, None, None, None, None
+    rois, argmax = ctx.saved_tensors
+    grad_input = torch.ops.roipool.roi_pool_backward(grad_output, argmax, rois, *ctx.input_shape)
+    return grad_input, None, None, None, None
+
+
+def _roi_pool_setup(ctx, inputs, output):
+    input, rois, *ctx.params = inputs
+    ctx.save_for_backward(input, rois)
+
+
+def _roi_pool_grad(ctx, grad_output):
+    # The training forward on the CPU (see roi_pool()): the backward finds
+    # the maxima again from the saved input instead of reading an argmax.
+    input, rois = ctx.saved_tensors
+    grad_input = torch.ops.roipool.roi_pool_backward_recompute(grad_output, input, rois, *ctx.params)
+    return grad_input, None, None, None, None
+
+
+roi_pool_with_argmax_op.register_autograd(_roi_pool_with_argmax_grad, setup_context=_roi_pool_with_argmax_setup)
+roi_pool_op.register_autograd(_roi_pool_grad, setup_context=_roi_pool_setup)
+
+
+def roi_pool(input, boxes, output_size, spatial_scale=1.0):
+    """Tensor RoI max pooling; see :func:`roipool.roi_pool`.
+
+    Args:
+        input (Tensor[N, C, H, W]): float16, bfloat16, float32 or float64; any
+            strides (channels-last is read in place).
+        boxes (Tensor[K, 5] or List[Tensor[L, 4]]): on ``input``'s device.
+        output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
+        spatial_scale (float): image-to-feature-map factor.
+
+    Returns:
+        Tensor[K, C, pooled_h, pooled_w] of ``input``'s dtype, differentiable
+        with respect to ``input``.
+    """
+    with quiet_when_tracing():
+        check_input(input)
+        pooled_h, pooled_w = _checks.output_size_pair(output_size)
+        scale = _checks.positive_scale(spatial_scale)
+        rois = boxes_to_rois(boxes, input)
+        check_output_fits(input, rois, input.shape[1], (pooled_h, pooled_w), output_size)
+    if onnx.dynamo_onnx_export():
+        return onnx.max_roi_pool_node(input, rois, scale, pooled_h, pooled_w)
+    if needs_grad(input) and not recompute_pays(input, rois, scale, pooled_h, pooled_w):
+        return torch.ops.roipool.roi_pool_with_argmax(input, rois, scale, pooled_h, pooled_w)[0]
+    # The training forward is the inference op too: its backward finds the
+    # maxima again from the input (roi_pool_backward_recompute).
+    return torch.ops.roipool.roi_pool(input, rois, scale, pooled_h, pooled_w)
+
+
+#: Mean cells per bin above which a CPU training forward stores the argmax
+#: instead of letting the backward scan every bin again (measured in kernels.md).
+RECOMPUTE_MAX_CELLS_PER_BIN = 24.0
+
+
+def recompute_pays(input, rois, scale, pooled_h, pooled_w) -> bool:
+    """Whether roi_pool's backward should re-scan the bins rather than read a stored argmax.
+
+    On CUDA never (the Triton backend reads an argmax). On the CPU when the
+    bins are small: the re-scan costs about twice the forward's scan, the
+    argmax 8 bytes per output written and read. While tracing
+    (``torch.compile``, ``torch.export``) the boxes are not known and the
+    re-scan is chosen. The result is the same either way.
+    """
+    if input.device.type != "cpu":
+        return False
+    known = type(input) is torch.Tensor and type(rois) is torch.Tensor
+    if not known or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return True
+    n, _, height, width = input.shape
+    _, bins = cpu_geometry(
+        cpu.RoIPoolBins, rois, n, compute_dtype(input.dtype), float(scale), pooled_h, pooled_w, height, width
+    )
+    return bins.cells_per_bin() <= RECOMPUTE_MAX_CELLS_PER_BIN

@@ -1,0 +1,78 @@
+"""``roipool bench``: the pyramid workload, the floors, and a clear refusal of a missing GPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from roipool import bench
+
+torch = pytest.importorskip("torch")
+
+
+def test_a_pyramid_workload_times_multi_scale_roi_align_both_ways_at_each_output_size(monkeypatch):
+    small = bench.PyramidWorkload("fpn-smoke", "two images, 64x96", 2, 4, 64, 96, 6, (3, 5), devices=("cpu",))
+    monkeypatch.setitem(bench.PYRAMID_WORKLOADS, small.name, small)
+    rows = bench.run([small.name], repeat=1)
+    ours = {(r.op, r.mode) for r in rows if r.impl == "roipool (torch)"}
+    assert ours == {
+        (f"multi_scale_roi_align {s}x{s}", mode) for s in (3, 5) for mode in ("forward", "forward+backward")
+    }
+    assert all(r.median_ms > 0 and r.floor_ms is None for r in rows)  # floors need a measured GPU bandwidth
+
+
+def test_pyramid_workload_maps_follow_the_strides_and_boxes_stay_inside_the_image():
+    maps, boxes = bench.PyramidWorkload("x", "", 2, 3, 800, 1088, 5, (7,)).make()
+    assert [m.shape for m in maps.values()] == [(2, 3, 200, 272), (2, 3, 100, 136), (2, 3, 50, 68), (2, 3, 25, 34)]
+    assert len(boxes) == 2 and all(b.shape == (5, 4) for b in boxes)
+    for b in boxes:
+        assert (b[:, 0] >= 0).all() and (b[:, 2] <= 1088).all() and (b[:, 1] >= 0).all() and (b[:, 3] <= 800).all()
+
+
+def test_floor_counts_the_output_and_for_a_training_step_the_gradients():
+    assert bench.floor_bytes(map_bytes=10, output_bytes=3, mode="forward") == 3
+    assert bench.floor_bytes(map_bytes=10, output_bytes=3, mode="forward+backward") == 2 * 3 + 10
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_bench_on_cuda_without_a_gpu_says_so_in_one_line():
+    result = subprocess.run(
+        [sys.executable, "-m", "roipool.cli", "bench", "--device", "cuda", "--workload", "tiny"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert (
+        result.stderr.strip()
+        == "roipool bench: --device cuda needs torch and a GPU it can see (torch.cuda.is_available())"
+    )
+
+
+GPU_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"
+
+
+def test_the_gpu_check_script_is_valid_bash():
+    subprocess.run(["bash", "-n", str(GPU_DIR / "check.sh")], check=True)
+
+
+def test_the_gpu_summary_reports_steps_tests_memory_and_floors_and_says_what_is_missing(tmp_path):
+    (tmp_path / "steps.txt").write_text("environment exit=0 seconds=3\ntests exit=0 seconds=80\n")
+    (tmp_path / "tests.xml").write_text(
+        '<testsuites><testsuite tests="3" failures="1" errors="0" skipped="1">'
+        '<testcase classname="tests.test_gpu" name="test_a"/>'
+        '<testcase classname="tests.test_gpu" name="test_b"><failure message="x"/></testcase>'
+        '<testcase classname="tests.test_gpu" name="test_c"><skipped/></testcase>'
+        "</testsuite></testsuites>"
+    )
+    record = {"roipool": {"peak_extra_bytes": 5_000_000, "grad_input_bytes": 4_000_000}}
+    (tmp_path / "backward_memory_roi_align.json").write_text(json.dumps(record))
+    subprocess.run([sys.executable, str(GPU_DIR / "summarize.py"), str(tmp_path)], check=True)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "tests exit=0 seconds=80" in summary
+    assert "tests: 1 passed, 1 failed, 1 skipped" in summary and "FAILED tests.test_gpu::test_b" in summary
+    assert "roi_align: roipool 5.0 MB" in summary
+    assert "no readable bench.json" in summary
