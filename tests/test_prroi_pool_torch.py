@@ -179,3 +179,15 @@ def test_layer_repr_and_list_boxes():
     x = make_input((2, 3, 8, 8), torch.float32, "contiguous")
     boxes = [torch.tensor([[0.0, 0, 60, 60]]), torch.tensor([[16.0, 16, 100, 90]])]
     assert layer(x, boxes).shape == (2, 3, 7, 7)
+
+
+def test_numpy_only_gradients_name_numpy_for_a_tensor_and_the_torch_function_torch_for_an_array():
+    from roipool._torch import prroi_pool as torch_prroi
+
+    x = torch.zeros((1, 1, 4, 4))
+    with pytest.raises(TypeError, match=r"^input must be a NumPy array, got Tensor$"):
+        roipool.prroi_pool_boxes_backward(np.zeros((1, 1, 2, 2)), x, np.zeros((1, 5)), 2)
+    with pytest.raises(TypeError, match=r"^input must be a torch tensor, got ndarray$"):
+        torch_prroi.prroi_pool(x.numpy(), np.zeros((1, 5)), 2)
+    with pytest.raises(ValueError, match="output_size"):
+        roipool.prroi_pool(x, torch.zeros((3, 5)), (1, 10**12))

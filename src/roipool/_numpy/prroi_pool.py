@@ -9,12 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _checks
+from .._checks import compute_dtype
 from ..cpu import prroi_pool as cpu
-
-try:
-    from .._checks import compute_dtype
-except ImportError:  # before the restructuring merge the rule lives in _pool
-    from .._pool import compute_dtype
 
 
 def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
@@ -23,6 +19,7 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
     pooled_h, pooled_w, scale = _checks.prroi_arguments(output_size, spatial_scale)
     dtype = compute_dtype(input.dtype)
     rois = _checks.rois_array(boxes, n, dtype)
+    _checks.pooled_output_fits(rois.shape[0], channels, pooled_h, pooled_w, dtype.itemsize, output_size)
     taps = cpu.PrRoITaps(rois, scale, pooled_h, pooled_w, height, width)
     out = np.empty((rois.shape[0], channels, pooled_h * pooled_w), dtype)
     cpu.launch_forward(input.astype(dtype, copy=False), taps, out)
@@ -48,7 +45,7 @@ def prroi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_sc
 
 
 def prroi_pool_boxes_backward(grad_output, input, boxes, output_size, spatial_scale=1.0):
-    input = _checks.feature_map(input)
+    input = _checks.feature_map(input, accepted="a NumPy array")  # tensors get the box gradient from autograd
     n, channels, height, width = input.shape
     pooled_h, pooled_w, scale = _checks.prroi_arguments(output_size, spatial_scale)
     dtype = compute_dtype(input.dtype)

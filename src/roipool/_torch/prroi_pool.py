@@ -24,7 +24,8 @@ from .. import _checks
 from ..cpu import prroi_pool as cpu
 from ._library import (
     boxes_to_rois,
-    check_feature_map,
+    check_input,
+    check_output_fits,
     compute_dtype,
     cpu_rois,
     define,
@@ -162,10 +163,9 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
         with respect to ``input`` and ``boxes``; the input gradient is itself
         differentiable with respect to the output gradient (double backward).
     """
-    if not isinstance(input, torch.Tensor):
-        raise TypeError(f"input must be a NumPy array or a torch tensor, got {type(input).__name__}")
     with quiet_when_tracing():
-        check_feature_map(input)
+        check_input(input)
         pooled_h, pooled_w, scale = _checks.prroi_arguments(output_size, spatial_scale)
         rois = boxes_to_rois(boxes, input)
+        check_output_fits(input, rois, input.shape[1], (pooled_h, pooled_w), output_size)
     return torch.ops.roipool.prroi_pool(input, rois, scale, pooled_h, pooled_w)

@@ -45,11 +45,7 @@ import numpy as np
 from . import roi_align as align
 from ._parallel import balanced_chunks, launch_lock
 from ._simd import VECTOR_BYTES, transpose_tile
-
-try:  # after the restructuring, the RoIAlign launch helpers live beside their kernels
-    from .roi_align import channel_block
-except ImportError:  # pragma: no cover - before it
-    from .._align import channel_block
+from .roi_align import channel_block
 
 
 @numba.njit(cache=True, nogil=True)
