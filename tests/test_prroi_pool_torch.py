@@ -168,9 +168,9 @@ def test_worked_example_with_torch_autograd():
         (grad,) = torch.autograd.grad(score, box)
         with torch.no_grad():
             box += 20.0 * grad
-    assert round(float(score), 4) == 0.6245
+    assert round(float(score.detach()), 4) == 0.6245
     centre = [(box[0, 0] + box[0, 2]) / 2, (box[0, 1] + box[0, 3]) / 2]
-    np.testing.assert_allclose([float(c) for c in centre], [27.5, 20.0], atol=0.02)
+    np.testing.assert_allclose([float(c.detach()) for c in centre], [27.5, 20.0], atol=0.02)
 
 
 def test_layer_repr_and_list_boxes():
