@@ -23,6 +23,8 @@ __all__ = [
     "ps_roi_pool_backward",
     "ps_roi_align",
     "ps_roi_align_backward",
+    "roi_align_rotated",
+    "roi_align_rotated_backward",
     "prroi_pool",
     "prroi_pool_backward",
     "prroi_pool_boxes_backward",
@@ -229,6 +231,65 @@ def ps_roi_align_backward(grad_output, boxes, input_shape, output_size, spatial_
 
     return numpy_frontend.ps_roi_align_backward(
         grad_output, boxes, input_shape, output_size, spatial_scale, sampling_ratio
+    )
+
+
+# ---- rotated RoIAlign (oriented detection; mmcv/mmrotate's roi_align_rotated) ----
+
+
+def roi_align_rotated(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True, clockwise=False):
+    """Rotated RoIAlign: RoIAlign's bin grid laid out in each box's own rotated frame.
+
+    mmcv/mmrotate's ``roi_align_rotated`` semantics. For detectron2's
+    ``ROIAlignRotated`` (angles in degrees, always half-pixel aligned) convert
+    the angle column: ``boxes[:, 5] = np.deg2rad(boxes[:, 5])`` (or
+    ``torch.deg2rad``) with ``aligned=True, clockwise=False``.
+
+    Args:
+        input (ndarray or Tensor[N, C, H, W]): the feature map, floating
+            (float16 and bfloat16 are computed in float32).
+        boxes (ndarray or Tensor[K, 6], or list of N arrays [L_i, 5]): rows
+            ``[batch_index, cx, cy, w, h, angle]`` in input-image coordinates
+            (angle in radians), or per image ``[cx, cy, w, h, angle]``;
+            ``w, h >= 0``.
+        output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
+        spatial_scale (float): image-to-feature-map factor.
+        sampling_ratio (int): samples per bin side; ``<= 0`` means adaptive,
+            ``ceil(scaled size / output size)`` per side.
+        aligned (bool): ``True`` shifts the centre by half a cell (the pixel
+            model of ``roi_align(aligned=True)``); ``False`` keeps the legacy
+            rule (no shift; sizes below one cell are read as one cell).
+        clockwise (bool): ``True`` negates the angle.
+
+    Returns:
+        ndarray or Tensor[K, C, pooled_h, pooled_w] of the input's dtype. A
+        tensor result is differentiable with respect to ``input`` and, when
+        they require a gradient, ``boxes`` (``cx, cy, w, h, angle``).
+        Exact rules: ``docs/semantics.md`` (Rotated RoIAlign).
+    """
+    if _is_tensor(input):
+        from ._torch import roi_align_rotated as _rotated
+
+        return _rotated.roi_align_rotated(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, clockwise)
+    from ._numpy import roi_align_rotated as _rotated
+
+    return _rotated.roi_align_rotated(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, clockwise)
+
+
+def roi_align_rotated_backward(
+    grad_output, boxes, input_shape, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True, clockwise=False
+):
+    """Gradient of :func:`roi_align_rotated` with respect to ``input`` (NumPy).
+
+    ``grad_output (K, C, pooled_h, pooled_w)`` with the ``boxes`` and
+    arguments of the forward call; returns an array of ``input_shape``
+    ``(N, C, H, W)`` in ``grad_output``'s dtype. Deterministic: the result does
+    not depend on the thread count.
+    """
+    from ._numpy import roi_align_rotated as _rotated
+
+    return _rotated.roi_align_rotated_backward(
+        grad_output, boxes, input_shape, output_size, spatial_scale, sampling_ratio, aligned, clockwise
     )
 
 

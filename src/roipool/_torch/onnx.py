@@ -119,7 +119,7 @@ def _roi_align_symbolic(g, input, rois, spatial_scale, pooled_height, pooled_wid
     attrs = dict(
         output_height_i=ph, output_width_i=pw, spatial_scale_f=scale, sampling_ratio_i=max(ratio, 0), mode_s="avg"
     )
-    opset = symbolic_helper.GLOBALS.export_onnx_opset_version
+    opset = g.opset  # the GraphContext's opset (symbolic_helper.GLOBALS is not exported by torch 2.11)
     if opset >= 16:
         attrs["coordinate_transformation_mode_s"] = "half_pixel" if aligned else "output_half_pixel"
     elif aligned:
