@@ -394,3 +394,25 @@ def rotated_scaled_boxes(rois: np.ndarray, scale, pooled_h: int, pooled_w: int, 
                 f"{name}: box {k} {rois[k, 1:]} would take {float(np.ceil(grid[k])):.3g} adaptive samples per bin "
                 f"side (more than {MAX_ADAPTIVE_GRID}); pass a positive sampling_ratio for boxes this large"
             )
+
+
+# ---- prroi_pool (Precise RoI Pooling) ----
+
+
+def prroi_arguments(output_size, spatial_scale) -> tuple[int, int, float]:
+    """Checked ``(pooled_h, pooled_w, spatial_scale)`` of ``prroi_pool``."""
+    pooled_h, pooled_w = output_size_pair(output_size)
+    return pooled_h, pooled_w, positive_scale(spatial_scale)
+
+
+def prroi_grad_output(grad_output, expected, why: str, name: str = "grad_output") -> np.ndarray:
+    """A real floating NumPy array of the forward output's shape ``expected`` (not copied); ``why`` says what fixed it."""
+    if not isinstance(grad_output, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array, got {type(grad_output).__name__}")
+    if grad_output.dtype.kind != "f":
+        raise TypeError(f"{name} must have a real floating dtype, got {grad_output.dtype}")
+    if grad_output.shape != tuple(expected):
+        raise ValueError(
+            f"{name} must have shape {tuple(expected)} (K, C, pooled_h, pooled_w) for {why}, got {grad_output.shape}"
+        )
+    return grad_output

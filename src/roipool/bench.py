@@ -185,6 +185,8 @@ def candidates(workload: Workload, op: str, mode: str, device: str = "cpu", jax:
         return rotated_candidates(workload, mode, device)
     out: list[Candidate] = []
     torch = _optional("torch")
+    if op == "prroi_pool":
+        return _prroi_candidates(workload, x, rois, mode, device, torch)
 
     if device == "cpu" and hasattr(roipool, op):
         fn = getattr(roipool, op)
@@ -299,6 +301,46 @@ def _jax_candidates(x, rois, op, mode, size, scale, extra, device):
             Candidate(
                 f"roipool.jax ({backend}, compile {compile_s:.1f} s)",
                 lambda step=step: jax.block_until_ready(step(xj, rj_)),
+                True,
+            )
+        )
+    return out
+
+
+def _prroi_candidates(workload, x, rois, mode, device, torch) -> list[Candidate]:
+    """prroi_pool, measured beside roipool's own roi_align forward (the goal's yardstick;
+    torchvision has no PrRoI). forward+backward includes both the input and the box gradient."""
+    import roipool
+
+    size, scale = workload.output_size, workload.spatial_scale
+    if device != "cpu":
+        return []
+    if mode == "forward":
+        return [
+            Candidate("roipool (numpy)", lambda: roipool.prroi_pool(x, rois, size, scale), True),
+            Candidate(
+                f"roi_align s={workload.sampling_ratio} (numpy)",
+                lambda: roipool.roi_align(x, rois, size, scale, workload.sampling_ratio, workload.aligned),
+            ),
+        ]
+    upstream = np.ones_like(roipool.prroi_pool(x, rois, size, scale))
+
+    def numpy_step():
+        roipool.prroi_pool(x, rois, size, scale)
+        return (
+            roipool.prroi_pool_backward(upstream, rois, x.shape, size, scale),
+            roipool.prroi_pool_boxes_backward(upstream, x, rois, size, scale),
+        )
+
+    out = [Candidate("roipool (numpy)", numpy_step, True)]
+    if torch is not None:
+        xg = torch.from_numpy(x).requires_grad_(True)
+        rg = torch.from_numpy(rois).requires_grad_(True)
+        ug = torch.from_numpy(upstream)
+        out.append(
+            Candidate(
+                "roipool (torch)",
+                lambda: torch.autograd.grad(roipool.prroi_pool(xg, rg, size, scale), (xg, rg), ug),
                 True,
             )
         )
@@ -494,7 +536,7 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-OPS = ("roi_pool", "roi_align", "ps_roi_pool", "ps_roi_align", "roi_align_rotated")
+OPS = ("roi_pool", "roi_align", "ps_roi_pool", "ps_roi_align", "roi_align_rotated", "prroi_pool")
 MODES = ("forward", "forward+backward")
 
 

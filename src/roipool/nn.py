@@ -302,3 +302,38 @@ class RoIAlignRotated(nn.Module):
             f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
             f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}, clockwise={self.clockwise})"
         )
+
+
+# ---- Precise RoI Pooling ----
+
+from ._torch import prroi_pool as _prroi_pool  # noqa: E402  (defines the roipool::prroi_pool* ops)
+
+__all__ += ["PrRoIPool"]
+
+
+class PrRoIPool(nn.Module):
+    """Precise RoI Pooling (IoU-Net, ATOM, DiMP): :func:`roipool.prroi_pool` as a layer.
+
+    Each bin is the exact mean of the feature map's bilinear interpolant over
+    the bin (cell centres at integer coordinates, corners ``x * spatial_scale``,
+    no rounding). Differentiable with respect to the features and to the boxes,
+    so a tracker can refine boxes by gradient ascent on a predicted IoU.
+
+    Args:
+        output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
+        spatial_scale (float): image-to-feature-map factor (1/16 for a stride-16 map).
+
+    Shape:
+        ``forward(input (N, C, H, W), boxes (K, 5) or list of N (L, 4)) -> (K, C, pooled_h, pooled_w)``.
+    """
+
+    def __init__(self, output_size: Union[int, Tuple[int, int]], spatial_scale: float = 1.0):
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+
+    def forward(self, input: Tensor, boxes: Union[Tensor, List[Tensor]]) -> Tensor:
+        return _prroi_pool.prroi_pool(input, boxes, self.output_size, self.spatial_scale)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale})"

@@ -14,7 +14,7 @@ import inspect
 
 import torch
 
-from . import ps_roi, roi_align, roi_align_rotated, roi_pool
+from . import prroi_pool, ps_roi, roi_align, roi_align_rotated, roi_pool
 
 NAMESPACE = "roipool"
 
@@ -49,6 +49,9 @@ LAUNCHERS = {
         1,
         roi_align_rotated.roi_align_rotated_box_backward,
     ),
+    "prroi_pool": (prroi_pool.prroi_pool_forward, 1, prroi_pool.prroi_pool_forward),
+    "prroi_pool_backward": (prroi_pool.prroi_pool_backward, 1, prroi_pool.prroi_pool_backward),
+    "prroi_pool_boxes_backward": (prroi_pool.prroi_pool_boxes_backward, 1, prroi_pool.prroi_pool_boxes_backward),
 }
 
 REGISTERED: list[str] = []
@@ -81,6 +84,8 @@ def register() -> None:
         from .._torch import ps_roi, roi_align, roi_align_rotated, roi_pool  # noqa: F401  (define the ops)
     except ImportError:  # a tree without the torch frontend
         return
+    from .._torch import prroi_pool as _prroi_ops  # noqa: F401  (defines the roipool::prroi_pool* ops)
+
     namespace = getattr(torch.ops, NAMESPACE)
     for name in LAUNCHERS:
         qualname = f"{NAMESPACE}::{name}"
