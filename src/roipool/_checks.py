@@ -112,42 +112,41 @@ def rois_array(boxes, num_images: int, dtype: np.dtype, name: str = "boxes") -> 
     Batch indices must be whole numbers in ``[0, num_images)`` and coordinates
     finite.
     """
+    rois = _assemble_rois(boxes, num_images, dtype, name, 4, box_list_item_shape, rois_shape)
+    coords = rois[:, 1:]
+    finite = np.isfinite(coords)
+    if not finite.all():
+        k = int(np.flatnonzero(~finite.all(axis=1))[0])
+        raise ValueError(
+            f"{name}: box {k} has a coordinate that is NaN or infinite (or overflows {rois.dtype}): {rois[k, 1:]}"
+        )
+    return rois
+
+
+def _assemble_rois(boxes, num_images: int, dtype, name: str, columns: int, item_shape, rows_shape) -> np.ndarray:
+    """A new C-contiguous ``(K, 1 + columns)`` array of ``dtype`` from rows with a batch index, or
+    from one ``(L_i, columns)`` array per image; ``item_shape``/``rows_shape`` check those shapes.
+
+    Checks the batch index column; values that overflow ``dtype`` become inf for the caller to report.
+    """
     dtype = np.dtype(dtype).newbyteorder("=")
     if isinstance(boxes, (list, tuple)):
         box_list_length(len(boxes), num_images, name)
         parts = []
         for i, b in enumerate(boxes):
             arr = _real_array(b, f"{name}[{i}]")
-            box_list_item_shape(arr.shape, f"{name}[{i}]")
-            part = np.empty((arr.shape[0], 5), dtype=dtype)
+            item_shape(arr.shape, f"{name}[{i}]")
+            part = np.empty((arr.shape[0], columns + 1), dtype=dtype)
             part[:, 0] = i
-            with np.errstate(over="ignore"):  # overflow to inf is reported below
+            with np.errstate(over="ignore"):
                 part[:, 1:] = arr
             parts.append(part)
-        rois = np.concatenate(parts, axis=0) if parts else np.empty((0, 5), dtype)
-    else:
-        arr = _real_array(boxes, name)
-        rois_shape(arr.shape, name)
-        batch = arr[:, 0]
-        if arr.dtype.kind == "f":
-            bad = ~np.isfinite(batch) | (batch != np.floor(batch))
-            if bad.any():
-                k = int(np.flatnonzero(bad)[0])
-                raise ValueError(f"{name}[{k}, 0] is the batch index and must be a whole number, got {batch[k]!r}")
-        bad = (batch < 0) | (batch >= num_images)
-        if bad.any():
-            k = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{name}[{k}, 0] is the batch index and must be in [0, {num_images}), got {batch[k]!r}")
-        with np.errstate(over="ignore"):  # overflow to inf is reported below
-            rois = np.array(arr, dtype=dtype, order="C", copy=True)
-    coords = rois[:, 1:]
-    finite = np.isfinite(coords)
-    if not finite.all():
-        k = int(np.flatnonzero(~finite.all(axis=1))[0])
-        raise ValueError(
-            f"{name}: box {k} has a coordinate that is NaN or infinite (or overflows {dtype}): {rois[k, 1:]}"
-        )
-    return rois
+        return np.concatenate(parts, axis=0) if parts else np.empty((0, columns + 1), dtype)
+    arr = _real_array(boxes, name)
+    rows_shape(arr.shape, name)
+    _batch_index_column(arr[:, 0], num_images, name)
+    with np.errstate(over="ignore"):
+        return np.array(arr, dtype=dtype, order="C", copy=True)
 
 
 def box_list_length(length: int, num_images: int, name: str = "boxes") -> None:
@@ -301,25 +300,7 @@ def rotated_rois_array(boxes, num_images: int, dtype: np.dtype, name: str = "box
     angle]``. Batch indices must be whole numbers in ``[0, num_images)``,
     centres, sizes and angles finite, and sizes ``w, h >= 0``.
     """
-    dtype = np.dtype(dtype).newbyteorder("=")
-    if isinstance(boxes, (list, tuple)):
-        box_list_length(len(boxes), num_images, name)
-        parts = []
-        for i, b in enumerate(boxes):
-            arr = _real_array(b, f"{name}[{i}]")
-            rotated_box_list_item_shape(arr.shape, f"{name}[{i}]")
-            part = np.empty((arr.shape[0], 6), dtype=dtype)
-            part[:, 0] = i
-            with np.errstate(over="ignore"):  # overflow to inf is reported below
-                part[:, 1:] = arr
-            parts.append(part)
-        rois = np.concatenate(parts, axis=0) if parts else np.empty((0, 6), dtype)
-    else:
-        arr = _real_array(boxes, name)
-        rotated_rois_shape(arr.shape, name)
-        _batch_index_column(arr[:, 0], num_images, name)
-        with np.errstate(over="ignore"):  # overflow to inf is reported below
-            rois = np.array(arr, dtype=dtype, order="C", copy=True)
+    rois = _assemble_rois(boxes, num_images, dtype, name, 5, rotated_box_list_item_shape, rotated_rois_shape)
     rotated_box_values(rois, name)
     return rois
 
