@@ -11,7 +11,13 @@ One module per op family; every public name is importable from here
 
 from ._common import bilinear_taps, c_round
 from .ps_roi import ps_roi_align, ps_roi_align_backward, ps_roi_pool, ps_roi_pool_backward
-from .roi_align import roi_align, roi_align_backward, roi_align_geometry, roi_align_samples
+from .roi_align import (
+    roi_align,
+    roi_align_backward,
+    roi_align_boxes_backward,
+    roi_align_geometry,
+    roi_align_samples,
+)
 from .roi_pool import roi_pool, roi_pool_backward
 
 __all__ = [
@@ -23,6 +29,7 @@ __all__ = [
     "ps_roi_pool_backward",
     "roi_align",
     "roi_align_backward",
+    "roi_align_boxes_backward",
     "roi_align_geometry",
     "roi_align_samples",
     "roi_pool",
