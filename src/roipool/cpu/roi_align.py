@@ -707,13 +707,17 @@ def _axis_grad_weights(start, bin_size, grid, size, pooled, scale, free, lo, num
 def boxes_backward(x, grad_out, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, bounds, grad_rois):
     """``grad_rois (K, 5)`` float64 <- the gradient of RoIAlign with respect to ``rois`` (column 0: zero).
 
-    ``x (N, H, W, C)`` channels-last and ``grad_out (K, PH * PW, C)``, both
-    C-contiguous in the compute dtype ``T``; ``rois (K, 5)`` in ``T``,
+    ``x (N, H, W, C)`` channels-last and ``grad_out (K, C, PH * PW)``, both
+    C-contiguous in the compute dtype ``T`` (each RoI's gradient is
+    transposed to ``(PH * PW, C)`` in a private buffer, so that its channels
+    are contiguous too); ``rois (K, 5)`` in ``T``,
     validated. ``bounds``: runs of RoIs (``RoIAlignTaps.bounds``). Each RoI
     is summed by one thread, in a fixed order (the dot products over channels
     are vectorised, reassociated the same way on every call).
     """
     _, height, width, channels = x.shape
+    nbins = pooled_h * pooled_w
+    gof = grad_out.reshape(-1)
     t = rois.dtype.type
     offset = t(0.5) if aligned else t(0.0)
     scale = np.float64(spatial_scale)
@@ -730,6 +734,8 @@ def boxes_backward(x, grad_out, rois, spatial_scale, pooled_h, pooled_w, samplin
         wd2 = np.empty((pooled_w, width + 1), np.float64)
         dots = np.empty((height + 1) * (width + 1), np.float64)
         rowsum = np.empty(height + 1, np.float64)
+        g = np.empty(nbins * channels, grad_out.dtype)
+        used = np.empty(width + 1, np.int64)
         for k in range(bounds[run], bounds[run + 1]):
             n = int(rois[k, 0])
             x0 = rois[k, 1] * spatial_scale - offset
@@ -748,6 +754,7 @@ def boxes_backward(x, grad_out, rois, spatial_scale, pooled_h, pooled_w, samplin
             count = max(grid_h * grid_w, 1)
             _axis_grad_weights(y0, bin_h, grid_h, height, pooled_h, scale, free_h, hlo, hnum, hw, hd1, hd2, rois.dtype)
             _axis_grad_weights(x0, bin_w, grid_w, width, pooled_w, scale, free_w, wlo, wnum, ww, wd1, wd2, rois.dtype)
+            transpose_tile(gof, k * channels * nbins, nbins, channels, nbins, g, 0, channels)
             gx1 = gy1 = gx2 = gy2 = 0.0
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
@@ -755,10 +762,33 @@ def boxes_backward(x, grad_out, rois, spatial_scale, pooled_h, pooled_w, samplin
                     nc = wnum[pw]
                     if nr == 0 or nc == 0:
                         continue
-                    b = ph * pooled_w + pw
+                    gb = g[(ph * pooled_w + pw) * channels : (ph * pooled_w + pw + 1) * channels]
+                    # a large bin's few samples leave most rows and columns of its span untouched
+                    nu = 0
+                    for q in range(nc):
+                        if ww[pw, q] != 0 or wd1[pw, q] != 0 or wd2[pw, q] != 0:
+                            used[nu] = q
+                            nu += 1
+                    dots[: nr * nc] = 0.0
                     for r in range(nr):
-                        for q in range(nc):
-                            dots[r * nc + q] = _dot(grad_out[k, b], x[n, hlo[ph] + r, wlo[pw] + q])
+                        if hw[ph, r] == 0 and hd1[ph, r] == 0 and hd2[ph, r] == 0:
+                            continue
+                        row = x[n, hlo[ph] + r]
+                        j = 0
+                        # four cells per pass over the channels: the bin's gradient is loaded once for all
+                        while j + 4 <= nu:
+                            q0, q1, q2, q3 = used[j], used[j + 1], used[j + 2], used[j + 3]
+                            d0, d1, d2, d3 = _dot4(
+                                gb, row[wlo[pw] + q0], row[wlo[pw] + q1], row[wlo[pw] + q2], row[wlo[pw] + q3]
+                            )
+                            dots[r * nc + q0] = d0
+                            dots[r * nc + q1] = d1
+                            dots[r * nc + q2] = d2
+                            dots[r * nc + q3] = d3
+                            j += 4
+                        while j < nu:
+                            dots[r * nc + used[j]] = _dot(gb, row[wlo[pw] + used[j]])
+                            j += 1
                     # rows: weights along x applied first, then the y derivative weights
                     for r in range(nr):
                         s = 0.0
@@ -779,6 +809,19 @@ def boxes_backward(x, grad_out, rois, spatial_scale, pooled_h, pooled_w, samplin
             grad_rois[k, 2] = gy1 / count
             grad_rois[k, 3] = gx2 / count
             grad_rois[k, 4] = gy2 / count
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"}, inline="always")
+def _dot4(a, b0, b1, b2, b3):
+    z = a.dtype.type(0.0)
+    s0 = s1 = s2 = s3 = z
+    for c in range(a.shape[0]):
+        v = a[c]
+        s0 += v * b0[c]
+        s1 += v * b1[c]
+        s2 += v * b2[c]
+        s3 += v * b3[c]
+    return np.float64(s0), np.float64(s1), np.float64(s2), np.float64(s3)
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"}, inline="always")
@@ -804,7 +847,7 @@ def launch_boxes_backward(x, grad_out, rois, taps: RoIAlignTaps, spatial_scale, 
     if not (k and channels and x.shape[2] and x.shape[3]):
         return grad_rois
     nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    go = np.ascontiguousarray(grad_out.reshape(k, channels, pooled_h * pooled_w).transpose(0, 2, 1))
+    go = np.ascontiguousarray(grad_out).reshape(k, channels, pooled_h * pooled_w)
     with launch_lock:
         boxes_backward(
             nhwc,
