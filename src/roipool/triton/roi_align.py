@@ -332,14 +332,17 @@ def _roi_align_boxes_kernel(
             y_ok, y_low, y_high, wy_low, wy_high = bilinear_axis(y, height)
             # clamped at or below 0, or at the last row: the sample does not move along y
             y_moves = (y > 0.0) & (y_low != y_high)
-            a_y = (tl.cast(ph, scale.dtype) + (tl.cast(iy, scale.dtype) + 0.5) / tl.cast(grid_h, scale.dtype)) / POOLED_H
+            # exact division (as every division here): the interpreter and the GPU agree
+            a_y = tl.cast(ph, scale.dtype) + div_exact(tl.cast(iy, scale.dtype) + 0.5, tl.cast(grid_h, scale.dtype))
+            a_y = div_exact(a_y, tl.full((), POOLED_H, scale.dtype))
             m1_y = tl.where(free_h, scale * (1.0 - a_y), scale)
             m2_y = tl.where(free_h, scale * a_y, 0.0)
             for ix in range(grid_w):
                 x = sample_at(start_w, size_w, pw, ix, grid_w)
                 x_ok, x_low, x_high, wx_low, wx_high = bilinear_axis(x, width)
                 x_moves = (x > 0.0) & (x_low != x_high)
-                a_x = (tl.cast(pw, scale.dtype) + (tl.cast(ix, scale.dtype) + 0.5) / tl.cast(grid_w, scale.dtype)) / POOLED_W
+                a_x = tl.cast(pw, scale.dtype) + div_exact(tl.cast(ix, scale.dtype) + 0.5, tl.cast(grid_w, scale.dtype))
+                a_x = div_exact(a_x, tl.full((), POOLED_W, scale.dtype))
                 m1_x = tl.where(free_w, scale * (1.0 - a_x), scale)
                 m2_x = tl.where(free_w, scale * a_x, 0.0)
                 ok = p_ok & y_ok & x_ok
