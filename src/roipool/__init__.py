@@ -19,7 +19,7 @@ __all__ = [
     "roi_pool_backward",
     "roi_align",
     "roi_align_backward",
-    "roi_align_boxes_backward",
+    "roi_align_box_backward",
     "ps_roi_pool",
     "ps_roi_pool_backward",
     "ps_roi_align",
@@ -144,9 +144,7 @@ def roi_align_backward(
     )
 
 
-def roi_align_boxes_backward(
-    input, grad_output, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False
-):
+def roi_align_box_backward(input, grad_output, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
     """Gradient of :func:`roi_align` with respect to the box coordinates (NumPy).
 
     ``input (N, C, H, W)`` and ``boxes`` of the forward call,
@@ -162,7 +160,7 @@ def roi_align_boxes_backward(
     """
     from ._numpy import roi_align as numpy_frontend
 
-    return numpy_frontend.roi_align_boxes_backward(
+    return numpy_frontend.roi_align_box_backward(
         input, grad_output, boxes, output_size, spatial_scale, sampling_ratio, aligned
     )
 
