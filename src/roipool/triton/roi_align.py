@@ -287,7 +287,7 @@ def _roi_align_boxes_kernel(
     input_ptr,  # (N, C, H, W), contiguous
     rois_ptr,  # (K, 5), compute dtype
     scale_ptr,  # (1,), compute dtype
-    out_ptr,  # (K, 5), compute dtype, zeroed
+    grad_rois_ptr,  # (K, 5), compute dtype, zeroed
     sampling_ratio,
     num_images,
     channels,
@@ -359,7 +359,7 @@ def _roi_align_boxes_kernel(
                 acc_y2 += d_y * m2_y[None, :]
                 acc_x1 += d_x * m1_x[None, :]
                 acc_x2 += d_x * m2_x[None, :]
-    out = out_ptr + k * 5
+    out = grad_rois_ptr + k * 5
     tl.store(out + 1, div_exact(tl.sum(tl.sum(acc_x1, axis=1), axis=0), count))
     tl.store(out + 2, div_exact(tl.sum(tl.sum(acc_y1, axis=1), axis=0), count))
     tl.store(out + 3, div_exact(tl.sum(tl.sum(acc_x2, axis=1), axis=0), count))
