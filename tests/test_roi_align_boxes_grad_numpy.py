@@ -58,7 +58,7 @@ def test_reference_is_the_derivative_of_the_forward(sampling_ratio, aligned):
     rois = inner_rois(2, 9, 11, 0.5, k=5, seed=2)
     grad = rng.standard_normal((5, 3, 3, 2))
     want = finite_difference(x, rois, grad, (3, 2), 0.5, sampling_ratio, aligned)
-    got = reference.roi_align_box_backward(x, grad, rois, 0.5, sampling_ratio, aligned)
+    got = reference.roi_align_boxes_backward(x, grad, rois, 0.5, sampling_ratio, aligned)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     assert not got[:, 0].any() and np.abs(got[:, 1:]).min() > 0
 
@@ -74,7 +74,7 @@ def test_reference_clamped_samples_and_the_one_cell_rule_do_not_move():
         ]
     )
     assert np.abs(reference.roi_align(x, rois, 2, 2, 1.0, 2, False)).min() > 0  # the samples do read the map
-    got = reference.roi_align_box_backward(x, grad, rois, 1.0, 2, False)
+    got = reference.roi_align_boxes_backward(x, grad, rois, 1.0, 2, False)
     assert got[0, 1] != 0 and got[0, 2] != 0 and got[0, 3] == 0 and got[0, 4] == 0
     assert got[1, 1] == 0 and got[1, 3] == 0 and got[1, 2] != 0 and got[1, 4] != 0
     assert got[2, 2] == 0 and got[2, 4] == 0 and got[2, 1] != 0 and got[2, 3] != 0
@@ -89,9 +89,9 @@ def test_kernel_matches_reference(dtype, sampling_ratio, aligned):
     x = rng.standard_normal((2, 37, 9, 11)).astype(dtype)
     rois = np.concatenate([edge_rois(2, 9, 11, 0.5, 12, 5), inner_rois(2, 9, 11, 0.5, 6, 6)])
     grad = rng.standard_normal((rois.shape[0], 37, 3, 2)).astype(dtype)
-    got = roipool.roi_align_box_backward(x, grad, rois, (3, 2), 0.5, sampling_ratio, aligned)
+    got = roipool.roi_align_boxes_backward(grad, x, rois, (3, 2), 0.5, sampling_ratio, aligned)
     assert got.dtype == dtype and got.shape == rois.shape
-    want = reference.roi_align_box_backward(x, grad, rois.astype(dtype), 0.5, sampling_ratio, aligned)
+    want = reference.roi_align_boxes_backward(x, grad, rois.astype(dtype), 0.5, sampling_ratio, aligned)
     tol = 1e-12 if dtype == np.float64 else 2e-5
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
 
@@ -103,8 +103,8 @@ def test_list_of_boxes_gets_a_list_of_gradients():
     rois = rois[np.argsort(rois[:, 0], kind="stable")]
     boxes = [rois[rois[:, 0] == i, 1:] for i in range(2)]
     grad = rng.standard_normal((6, 3, 2, 2))
-    got = roipool.roi_align_box_backward(x, grad, boxes, 2, 0.5, 2, True)
-    want = roipool.roi_align_box_backward(x, grad, rois, 2, 0.5, 2, True)
+    got = roipool.roi_align_boxes_backward(grad, x, boxes, 2, 0.5, 2, True)
+    want = roipool.roi_align_boxes_backward(grad, x, rois, 2, 0.5, 2, True)
     assert [g.shape for g in got] == [b.shape for b in boxes]
     np.testing.assert_array_equal(np.concatenate(got), want[:, 1:])
 
@@ -119,7 +119,7 @@ def test_bit_identical_for_any_thread_count():
         results = []
         for n in sorted({1, threads}):
             roipool.set_num_threads(n)
-            results.append(roipool.roi_align_box_backward(x, grad, rois, 3, 0.5, -1, True))
+            results.append(roipool.roi_align_boxes_backward(grad, x, rois, 3, 0.5, -1, True))
     finally:
         roipool.set_num_threads(threads)
     for r in results[1:]:
@@ -128,13 +128,13 @@ def test_bit_identical_for_any_thread_count():
 
 def test_empty_boxes_and_bad_arguments():
     x = np.zeros((1, 2, 5, 5))
-    assert roipool.roi_align_box_backward(x, np.zeros((0, 2, 2, 2)), np.zeros((0, 5)), 2).shape == (0, 5)
+    assert roipool.roi_align_boxes_backward(np.zeros((0, 2, 2, 2)), x, np.zeros((0, 5)), 2).shape == (0, 5)
     box = np.array([[0, 0, 0, 2, 2.0]])
     with pytest.raises(ValueError, match="channels"):
-        roipool.roi_align_box_backward(x, np.zeros((1, 3, 2, 2)), box, 2)
+        roipool.roi_align_boxes_backward(np.zeros((1, 3, 2, 2)), x, box, 2)
     with pytest.raises(ValueError, match="output_size"):
-        roipool.roi_align_box_backward(x, np.zeros((1, 2, 3, 2)), box, 2)
+        roipool.roi_align_boxes_backward(np.zeros((1, 2, 3, 2)), x, box, 2)
     with pytest.raises(ValueError, match="RoIs"):
-        roipool.roi_align_box_backward(x, np.zeros((2, 2, 2, 2)), box, 2)
+        roipool.roi_align_boxes_backward(np.zeros((2, 2, 2, 2)), x, box, 2)
     with pytest.raises(ValueError, match="batch index"):
-        roipool.roi_align_box_backward(x, np.zeros((1, 2, 2, 2)), np.array([[1, 0, 0, 2, 2.0]]), 2)
+        roipool.roi_align_boxes_backward(np.zeros((1, 2, 2, 2)), x, np.array([[1, 0, 0, 2, 2.0]]), 2)

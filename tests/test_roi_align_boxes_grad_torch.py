@@ -41,12 +41,12 @@ def test_boxes_grad_matches_numpy_and_reference(dtype, boxes_format):
     cdt = np.float64 if dtype == torch.float64 else np.float32
     xn = x.detach().to(torch.float64).numpy().astype(cdt)
     gn = grad.to(torch.float64).numpy().astype(cdt)
-    want = roipool.roi_align_box_backward(xn, gn, rois.astype(cdt), 3, 0.5, -1, True)
+    want = roipool.roi_align_boxes_backward(gn, xn, rois.astype(cdt), 3, 0.5, -1, True)
     if dtype == torch.float16:
         np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3 * np.abs(want).max())
     else:
         np.testing.assert_array_equal(got.astype(cdt), want)  # float64 boxes get the unrounded value
-    ref = reference.roi_align_box_backward(xn, gn, rois.astype(cdt), 0.5, -1, True)
+    ref = reference.roi_align_boxes_backward(xn, gn, rois.astype(cdt), 0.5, -1, True)
     np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
 
 
@@ -83,7 +83,7 @@ def test_each_gradient_is_computed_only_when_wanted(wants):
     with Log():
         roipool.roi_align(x, boxes, 2, 0.5, 2, True).sum().backward()
     assert ("roipool::roi_align_backward" in called) == (wants != "boxes")
-    assert ("roipool::roi_align_box_backward" in called) == (wants != "input")
+    assert ("roipool::roi_align_boxes_backward" in called) == (wants != "input")
     assert (x.grad is not None) == (wants != "boxes") and (boxes.grad is not None) == (wants != "input")
 
 
@@ -101,7 +101,7 @@ def test_opcheck_boxes_backward():
     rois = torch.from_numpy(edge_rois(2, 6, 7, 0.5, 6, 8))
     grad = torch.randn((6, 3, 2, 3), dtype=torch.float64, generator=torch.Generator().manual_seed(9))
     for args in [(grad, x, rois, 0.5, 2, 3, 2, True), (grad.float(), x.float(), rois, 0.5, 2, 3, -1, False)]:
-        result = torch.library.opcheck(torch.ops.roipool.roi_align_box_backward.default, args)
+        result = torch.library.opcheck(torch.ops.roipool.roi_align_boxes_backward.default, args)
         assert set(result.values()) == {"SUCCESS"}, result
 
 
@@ -125,7 +125,7 @@ def test_compile_fullgraph_with_boxes_gradient():
 def test_export_boxes_backward_op():
     class BoxesGrad(torch.nn.Module):
         def forward(self, grad, x, rois):
-            return torch.ops.roipool.roi_align_box_backward(grad, x, rois, 0.5, 3, 2, 2, True)
+            return torch.ops.roipool.roi_align_boxes_backward(grad, x, rois, 0.5, 3, 2, 2, True)
 
     x = make_input((2, 3, 9, 11), torch.float32, "contiguous")
     rois = torch.from_numpy(inner_rois(2, 9, 11, 0.5, 6, 11)).float()
@@ -133,6 +133,6 @@ def test_export_boxes_backward_op():
     k = torch.export.Dim.DYNAMIC
     ep = torch.export.export(BoxesGrad(), (grad, x, rois), dynamic_shapes=({0: k}, {}, {0: k}))
     targets = {str(node.target) for node in ep.graph.nodes if node.op == "call_function"}
-    assert "roipool.roi_align_box_backward.default" in targets, targets
+    assert "roipool.roi_align_boxes_backward.default" in targets, targets
     other = torch.from_numpy(inner_rois(2, 9, 11, 0.5, 4, 13)).float()
     torch.testing.assert_close(ep.module()(grad[:4], x, other), BoxesGrad()(grad[:4], x, other), rtol=0, atol=0)

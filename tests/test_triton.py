@@ -326,7 +326,7 @@ OP_NAMES = [
     "roi_pool_backward",
     "roi_align",
     "roi_align_backward",
-    "roi_align_box_backward",
+    "roi_align_boxes_backward",
     "ps_roi_pool",
     "ps_roi_pool_backward",
     "ps_roi_align",
@@ -344,7 +344,7 @@ def op_args(name, device):
     values = dict(input=x, rois=rois, spatial_scale=0.5, pooled_height=3, pooled_width=2, sampling_ratio=2,
                   aligned=True, batch_size=N, channels=12, height=h, width=w)
     if name.endswith("_backward"):
-        forward = name.removesuffix("_backward").removesuffix("_box")  # _box_backward: the boxes' gradient
+        forward = name.removesuffix("_backward").removesuffix("_boxes")  # _boxes_backward: the boxes' gradient
         forward += "_with_argmax" if name == "roi_pool_backward" else ""
         out = getattr(torch.ops.roipool, forward)(*op_args(forward, device))
         if isinstance(out, tuple):
@@ -507,10 +507,10 @@ def test_roi_align_boxes_gradient_matches_the_cpu_op(dtype, sampling_ratio, alig
     rois[3, 1:] = torch.tensor([2.1, 2.2, 2.6, 2.9], dtype=dtype)  # under one cell
     grad = torch.from_numpy(rng.standard_normal((5, 5, 2, 3))).to(dtype)
     args = (0.5, 2, 3, sampling_ratio, aligned)
-    got = rt.roi_align.roi_align_box_backward(grad.to(DEVICE), x.to(DEVICE), rois.to(DEVICE), *args)
-    want = torch.ops.roipool.roi_align_box_backward(grad, x, rois, *args)
+    got = rt.roi_align.roi_align_boxes_backward(grad.to(DEVICE), x.to(DEVICE), rois.to(DEVICE), *args)
+    want = torch.ops.roipool.roi_align_boxes_backward(grad, x, rois, *args)
     assert got.dtype == dtype and got.shape == (5, 5) and not got[:, 0].any()
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(got.cpu(), want, rtol=tol, atol=tol)
-    again = rt.roi_align.roi_align_box_backward(grad.to(DEVICE), x.to(DEVICE), rois.to(DEVICE), *args)
+    again = rt.roi_align.roi_align_boxes_backward(grad.to(DEVICE), x.to(DEVICE), rois.to(DEVICE), *args)
     assert torch.equal(got, again)

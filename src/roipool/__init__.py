@@ -19,7 +19,7 @@ __all__ = [
     "roi_pool_backward",
     "roi_align",
     "roi_align_backward",
-    "roi_align_box_backward",
+    "roi_align_boxes_backward",
     "ps_roi_pool",
     "ps_roi_pool_backward",
     "ps_roi_align",
@@ -149,11 +149,14 @@ def roi_align_backward(
     )
 
 
-def roi_align_box_backward(input, grad_output, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+def roi_align_boxes_backward(
+    grad_output, input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False
+):
     """Gradient of :func:`roi_align` with respect to the box coordinates (NumPy).
 
-    ``input (N, C, H, W)`` and ``boxes`` of the forward call,
-    ``grad_output (K, C, pooled_h, pooled_w)``. Returns the gradient in the
+    ``grad_output (K, C, pooled_h, pooled_w)``; ``input (N, C, H, W)``,
+    ``boxes`` and the other arguments as in the forward call (the argument
+    order of :func:`prroi_pool_boxes_backward`). Returns the gradient in the
     format of ``boxes``: a ``(K, 5)`` array (column 0, the batch index,
     zero) or a list of ``(L_i, 4)`` arrays, in ``input``'s dtype (computed
     in its compute dtype). The derivative is that of every sample's
@@ -165,8 +168,8 @@ def roi_align_box_backward(input, grad_output, boxes, output_size, spatial_scale
     """
     from ._numpy import roi_align as numpy_frontend
 
-    return numpy_frontend.roi_align_box_backward(
-        input, grad_output, boxes, output_size, spatial_scale, sampling_ratio, aligned
+    return numpy_frontend.roi_align_boxes_backward(
+        grad_output, input, boxes, output_size, spatial_scale, sampling_ratio, aligned
     )
 
 

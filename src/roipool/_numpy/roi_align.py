@@ -53,7 +53,9 @@ def roi_align_backward(
     return grad_in.astype(grad_output.dtype, copy=False)
 
 
-def roi_align_box_backward(input, grad_output, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+def roi_align_boxes_backward(
+    grad_output, input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False
+):
     input = _checks.feature_map(input)
     n, channels, height, width = input.shape
     grad_output = _checks.grad_output_array(grad_output)

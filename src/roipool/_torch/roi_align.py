@@ -2,7 +2,7 @@
 
 Ops: ``roipool::roi_align`` (training and inference: the backward needs only
 the boxes), ``roipool::roi_align_backward`` (differentiable again: its
-adjoint is the forward) and ``roipool::roi_align_box_backward`` (the
+adjoint is the forward) and ``roipool::roi_align_boxes_backward`` (the
 gradient with respect to the rois, run only when they require one; not
 differentiable again). The CPU kernels are ``cpu/roi_align.py``'s; CUDA
 kernels come from ``roipool.triton``; the ONNX exporters are in
@@ -86,7 +86,7 @@ roi_align_backward_op = define(
 )
 
 
-def _roi_align_box_backward_cpu(grad, input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+def _roi_align_boxes_backward_cpu(grad, input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
     n, _, height, width = input.shape
     dtype = compute_dtype(input.dtype)
     rois_np, taps = _taps(
@@ -98,17 +98,17 @@ def _roi_align_box_backward_cpu(grad, input, rois, spatial_scale, pooled_height,
     return torch.from_numpy(grad_rois).to(rois.dtype)
 
 
-def _roi_align_box_backward_fake(
+def _roi_align_boxes_backward_fake(
     grad, input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned
 ):
     return rois.new_empty(rois.shape)
 
 
-roi_align_box_backward_op = define(
-    "roi_align_box_backward",
+roi_align_boxes_backward_op = define(
+    "roi_align_boxes_backward",
     f"(Tensor grad, Tensor input, Tensor rois, {_ROI_ALIGN_PARAMS}) -> Tensor",
-    cpu=_roi_align_box_backward_cpu,
-    fake=_roi_align_box_backward_fake,
+    cpu=_roi_align_boxes_backward_cpu,
+    fake=_roi_align_boxes_backward_fake,
 )
 
 
@@ -129,7 +129,7 @@ def _roi_align_grad(ctx, grad_output):
             grad_output, rois, spatial_scale, pooled_height, pooled_width, *ctx.input_shape, sampling_ratio, aligned
         )
     if ctx.boxes_grad:
-        grad_rois = torch.ops.roipool.roi_align_box_backward(grad_output, input, rois, *ctx.params)
+        grad_rois = torch.ops.roipool.roi_align_boxes_backward(grad_output, input, rois, *ctx.params)
     return grad_input, grad_rois, None, None, None, None, None
 
 
@@ -147,11 +147,11 @@ def _roi_align_backward_grad(ctx, grad_grad_input):
     return (grad_grad,) + (None,) * 10
 
 
-def _roi_align_box_backward_setup(ctx, inputs, output):
+def _roi_align_boxes_backward_setup(ctx, inputs, output):
     pass
 
 
-def _roi_align_box_backward_grad(ctx, grad_grad_rois):
+def _roi_align_boxes_backward_grad(ctx, grad_grad_rois):
     raise RuntimeError(
         "roi_align: the gradient with respect to the boxes cannot be differentiated again "
         "(double backward through the boxes is not supported; the input's gradient can be)"
@@ -160,7 +160,7 @@ def _roi_align_box_backward_grad(ctx, grad_grad_rois):
 
 roi_align_op.register_autograd(_roi_align_grad, setup_context=_roi_align_setup)
 roi_align_backward_op.register_autograd(_roi_align_backward_grad, setup_context=_roi_align_backward_setup)
-roi_align_box_backward_op.register_autograd(_roi_align_box_backward_grad, setup_context=_roi_align_box_backward_setup)
+roi_align_boxes_backward_op.register_autograd(_roi_align_boxes_backward_grad, setup_context=_roi_align_boxes_backward_setup)
 
 
 def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):

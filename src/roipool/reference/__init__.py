@@ -15,7 +15,7 @@ from .ps_roi import ps_roi_align, ps_roi_align_backward, ps_roi_pool, ps_roi_poo
 from .roi_align import (
     roi_align,
     roi_align_backward,
-    roi_align_box_backward,
+    roi_align_boxes_backward,
     roi_align_geometry,
     roi_align_samples,
 )
@@ -42,7 +42,7 @@ __all__ = [
     "ps_roi_pool_backward",
     "roi_align",
     "roi_align_backward",
-    "roi_align_box_backward",
+    "roi_align_boxes_backward",
     "roi_align_geometry",
     "roi_align_samples",
     "roi_align_rotated",

@@ -144,7 +144,7 @@ def bilinear_position_grad(y, x, height, width, plane):
     return value, dy, dx
 
 
-def roi_align_box_backward(input, grad_output, rois, spatial_scale, sampling_ratio, aligned):
+def roi_align_boxes_backward(input, grad_output, rois, spatial_scale, sampling_ratio, aligned):
     """Gradient of :func:`roi_align` with respect to ``rois (K, 5)``: ``(K, 5)`` float64, column 0 zero.
 
     ``input (N, C, H, W)``, ``grad_output (K, C, PH, PW)``. Sample ``(iy, ix)``

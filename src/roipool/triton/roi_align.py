@@ -366,7 +366,7 @@ def _roi_align_boxes_kernel(
     tl.store(out + 4, div_exact(tl.sum(tl.sum(acc_y2, axis=1), axis=0), count))
 
 
-def roi_align_box_backward(grad, input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+def roi_align_boxes_backward(grad, input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
     """Gradient of :func:`roi_align_forward` with respect to ``rois``: ``(K, 5)`` of ``rois``' dtype, column 0 zero.
 
     Computed in the input's compute dtype, the adaptive grid held fixed;
