@@ -713,7 +713,8 @@ def boxes_backward(x, grad_out, rois, spatial_scale, pooled_h, pooled_w, samplin
     are contiguous too); ``rois (K, 5)`` in ``T``,
     validated. ``bounds``: runs of RoIs (``RoIAlignTaps.bounds``). Each RoI
     is summed by one thread, in a fixed order (the dot products over channels
-    are vectorised, reassociated the same way on every call).
+    may be reassociated by the compiler, to vectorise them, but the compiled
+    code is the same for every call and thread count).
     """
     _, height, width, channels = x.shape
     nbins = pooled_h * pooled_w
