@@ -303,7 +303,7 @@ def test_every_kernel_compiles_for_sm90_with_exact_division_and_no_fma():
     script = Path(__file__).with_name("triton_compile_check.py")
     result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count(": ok") == 75  # 15 kernels x (4 dtypes + ints specialised to 1)
+    assert result.stdout.count(": ok") == 80  # 16 kernels x (4 dtypes + ints specialised to 1)
 
 
 # ---------------------------------------------------------------- the custom ops' CUDA kernels
@@ -326,6 +326,7 @@ OP_NAMES = [
     "roi_pool_backward",
     "roi_align",
     "roi_align_backward",
+    "roi_align_boxes_backward",
     "ps_roi_pool",
     "ps_roi_pool_backward",
     "ps_roi_align",
@@ -343,7 +344,8 @@ def op_args(name, device):
     values = dict(input=x, rois=rois, spatial_scale=0.5, pooled_height=3, pooled_width=2, sampling_ratio=2,
                   aligned=True, batch_size=N, channels=12, height=h, width=w)
     if name.endswith("_backward"):
-        forward = name.removesuffix("_backward") + ("_with_argmax" if name == "roi_pool_backward" else "")
+        forward = name.removesuffix("_backward").removesuffix("_boxes")  # _boxes_backward: the boxes' gradient
+        forward += "_with_argmax" if name == "roi_pool_backward" else ""
         out = getattr(torch.ops.roipool, forward)(*op_args(forward, device))
         if isinstance(out, tuple):
             out, values["argmax"] = out
@@ -491,3 +493,24 @@ def test_random_cases_match_the_references_for_every_op_both_ways(seed):
     got = rt.ps_roi_align_backward(t(grad), t(rois), scale, ph, pw, sampling_ratio, *x_ps.shape).cpu().numpy()
     expected = reference.ps_roi_align_backward(as64(grad), as64(rois), x_ps.shape, scale, sampling_ratio)
     np.testing.assert_allclose(got, expected, **tol)
+
+
+# ---------------------------------------------------------------- roi_align: gradient with respect to the boxes
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
+@pytest.mark.parametrize("sampling_ratio, aligned", [(2, True), (-1, False)])
+def test_roi_align_boxes_gradient_matches_the_cpu_op(dtype, sampling_ratio, aligned):
+    rng = np.random.default_rng(21)
+    x = torch.from_numpy(rng.standard_normal((N, 5, 7, 8))).to(dtype)
+    rois = boxes(rng, k=5, h=7, w=8).to(dtype)
+    rois[3, 1:] = torch.tensor([2.1, 2.2, 2.6, 2.9], dtype=dtype)  # under one cell
+    grad = torch.from_numpy(rng.standard_normal((5, 5, 2, 3))).to(dtype)
+    args = (0.5, 2, 3, sampling_ratio, aligned)
+    got = rt.roi_align.roi_align_boxes_backward(grad.to(DEVICE), x.to(DEVICE), rois.to(DEVICE), *args)
+    want = torch.ops.roipool.roi_align_boxes_backward(grad, x, rois, *args)
+    assert got.dtype == dtype and got.shape == (5, 5) and not got[:, 0].any()
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(got.cpu(), want, rtol=tol, atol=tol)
+    again = rt.roi_align.roi_align_boxes_backward(grad.to(DEVICE), x.to(DEVICE), rois.to(DEVICE), *args)
+    assert torch.equal(got, again)

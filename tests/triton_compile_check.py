@@ -34,6 +34,7 @@ KERNELS = [
     (roi_align._roi_align_forward_kernel, {"ALIGNED": True, **POOL, "BLOCK_C": 32, "BLOCK_P": 64}),
     (roi_align._roi_align_spans_kernel, {"ALIGNED": False, **POOL, "BLOCK_PH": 8, "BLOCK_PW": 8}),
     (roi_align._roi_align_backward_kernel, {"ALIGNED": True, **POOL, "BLOCK_C": 32, "TILE_H": 8, "TILE_W": 8}),
+    (roi_align._roi_align_boxes_kernel, {"ALIGNED": False, **POOL, "BLOCK_C": 32, "BLOCK_P": 64}),
     (ps_roi._ps_forward_kernel, {"ALIGN": True, **POOL, "BLOCK_C": 32, "BLOCK_P": 64}),
     (ps_roi._ps_forward_kernel, {"ALIGN": False, **POOL, "BLOCK_C": 32, "BLOCK_P": 64}),
     (ps_roi._ps_spans_kernel, {"ALIGN": True, **POOL, "BLOCK_PH": 8, "BLOCK_PW": 8}),

@@ -19,6 +19,7 @@ __all__ = [
     "roi_pool_backward",
     "roi_align",
     "roi_align_backward",
+    "roi_align_boxes_backward",
     "ps_roi_pool",
     "ps_roi_pool_backward",
     "ps_roi_align",
@@ -145,6 +146,30 @@ def roi_align_backward(
 
     return numpy_frontend.roi_align_backward(
         grad_output, boxes, input_shape, output_size, spatial_scale, sampling_ratio, aligned
+    )
+
+
+def roi_align_boxes_backward(
+    grad_output, input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False
+):
+    """Gradient of :func:`roi_align` with respect to the box coordinates (NumPy).
+
+    ``grad_output (K, C, pooled_h, pooled_w)``; ``input (N, C, H, W)``,
+    ``boxes`` and the other arguments as in the forward call (the argument
+    order of :func:`prroi_pool_boxes_backward`). Returns the gradient in the
+    format of ``boxes``: a ``(K, 5)`` array (column 0, the batch index,
+    zero) or a list of ``(L_i, 4)`` arrays, in ``input``'s dtype (computed
+    in its compute dtype). The derivative is that of every sample's
+    position, piecewise: samples clamped at the map's border, or outside
+    it, do not move; with ``aligned=False`` an extent stretched to one cell
+    does not follow the box; an adaptive grid is held at its size
+    (``docs/semantics.md``, RoIAlign, gradient with respect to the boxes).
+    Deterministic: the result does not depend on the thread count.
+    """
+    from ._numpy import roi_align as numpy_frontend
+
+    return numpy_frontend.roi_align_boxes_backward(
+        grad_output, input, boxes, output_size, spatial_scale, sampling_ratio, aligned
     )
 
 

@@ -51,3 +51,38 @@ def roi_align_backward(
     go = np.ascontiguousarray(grad_output, dtype=dtype).reshape(k, channels, pooled_h * pooled_w)
     cpu.launch_backward(go, taps, grad_in)
     return grad_in.astype(grad_output.dtype, copy=False)
+
+
+def roi_align_boxes_backward(
+    grad_output, input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False
+):
+    input = _checks.feature_map(input)
+    n, channels, height, width = input.shape
+    grad_output = _checks.grad_output_array(grad_output)
+    pooled_h, pooled_w, scale, sampling_ratio, aligned = _checks.roi_align_arguments(
+        output_size, spatial_scale, sampling_ratio, aligned
+    )
+    if grad_output.shape[1] != channels:
+        raise ValueError(f"grad_output has {grad_output.shape[1]} channels but input has {channels}")
+    if grad_output.shape[2:] != (pooled_h, pooled_w):
+        raise ValueError(f"grad_output has bins {grad_output.shape[2:]} but output_size is {(pooled_h, pooled_w)}")
+    dtype = _checks.compute_dtype(input.dtype)
+    rois = _checks.rois_array(boxes, n, dtype)
+    k = grad_output.shape[0]
+    if rois.shape[0] != k:
+        raise ValueError(f"boxes hold {rois.shape[0]} RoIs but grad_output has {k}")
+    taps = cpu.RoIAlignTaps(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width)
+    grad = cpu.launch_boxes_backward(
+        input.astype(dtype, copy=False),
+        grad_output.astype(dtype, copy=False),
+        rois,
+        taps,
+        scale,
+        sampling_ratio,
+        aligned,
+    ).astype(input.dtype)
+    if isinstance(boxes, (list, tuple)):
+        # the same format as ``boxes``: per image, the (L_i, 4) coordinates' gradient
+        ends = np.cumsum([len(b) for b in boxes])
+        return [part[:, 1:] for part in np.split(grad, ends[:-1])] if len(boxes) else []
+    return grad

@@ -1,8 +1,10 @@
 """RoIAlign on torch tensors: custom ops, fake kernels, autograd and the public function.
 
 Ops: ``roipool::roi_align`` (training and inference: the backward needs only
-the boxes) and ``roipool::roi_align_backward`` (differentiable again: its
-adjoint is the forward). The CPU kernels are ``cpu/roi_align.py``'s; CUDA
+the boxes), ``roipool::roi_align_backward`` (differentiable again: its
+adjoint is the forward) and ``roipool::roi_align_boxes_backward`` (the
+gradient with respect to the rois, run only when they require one; not
+differentiable again). The CPU kernels are ``cpu/roi_align.py``'s; CUDA
 kernels come from ``roipool.triton``; the ONNX exporters are in
 ``_torch/onnx.py``.
 """
@@ -84,19 +86,51 @@ roi_align_backward_op = define(
 )
 
 
+def _roi_align_boxes_backward_cpu(grad, input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    n, _, height, width = input.shape
+    dtype = compute_dtype(input.dtype)
+    rois_np, taps = _taps(
+        rois, n, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, height, width
+    )
+    x = input.detach().to(dtype).numpy()
+    grad_out = grad.detach().to(dtype).numpy()
+    grad_rois = cpu.launch_boxes_backward(x, grad_out, rois_np, taps, float(spatial_scale), sampling_ratio, aligned)
+    return torch.from_numpy(grad_rois).to(rois.dtype)
+
+
+def _roi_align_boxes_backward_fake(
+    grad, input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned
+):
+    return rois.new_empty(rois.shape)
+
+
+roi_align_boxes_backward_op = define(
+    "roi_align_boxes_backward",
+    f"(Tensor grad, Tensor input, Tensor rois, {_ROI_ALIGN_PARAMS}) -> Tensor",
+    cpu=_roi_align_boxes_backward_cpu,
+    fake=_roi_align_boxes_backward_fake,
+)
+
+
 def _roi_align_setup(ctx, inputs, output):
     input, rois, *ctx.params = inputs
-    ctx.save_for_backward(rois)
+    # The input is kept only when the boxes' gradient is wanted (it reads the map).
+    ctx.boxes_grad = ctx.needs_input_grad[1]
+    ctx.save_for_backward(rois, input if ctx.boxes_grad else None)
     ctx.input_shape = tuple(input.shape)
 
 
 def _roi_align_grad(ctx, grad_output):
-    (rois,) = ctx.saved_tensors
+    rois, input = ctx.saved_tensors
     spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = ctx.params
-    grad_input = torch.ops.roipool.roi_align_backward(
-        grad_output, rois, spatial_scale, pooled_height, pooled_width, *ctx.input_shape, sampling_ratio, aligned
-    )
-    return grad_input, None, None, None, None, None, None
+    grad_input = grad_rois = None
+    if ctx.needs_input_grad[0]:
+        grad_input = torch.ops.roipool.roi_align_backward(
+            grad_output, rois, spatial_scale, pooled_height, pooled_width, *ctx.input_shape, sampling_ratio, aligned
+        )
+    if ctx.boxes_grad:
+        grad_rois = torch.ops.roipool.roi_align_boxes_backward(grad_output, input, rois, *ctx.params)
+    return grad_input, grad_rois, None, None, None, None, None
 
 
 def _roi_align_backward_setup(ctx, inputs, output):
@@ -113,8 +147,20 @@ def _roi_align_backward_grad(ctx, grad_grad_input):
     return (grad_grad,) + (None,) * 10
 
 
+def _roi_align_boxes_backward_setup(ctx, inputs, output):
+    pass
+
+
+def _roi_align_boxes_backward_grad(ctx, grad_grad_rois):
+    raise RuntimeError(
+        "roi_align: the gradient with respect to the boxes cannot be differentiated again "
+        "(double backward through the boxes is not supported; the input's gradient can be)"
+    )
+
+
 roi_align_op.register_autograd(_roi_align_grad, setup_context=_roi_align_setup)
 roi_align_backward_op.register_autograd(_roi_align_backward_grad, setup_context=_roi_align_backward_setup)
+roi_align_boxes_backward_op.register_autograd(_roi_align_boxes_backward_grad, setup_context=_roi_align_boxes_backward_setup)
 
 
 def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
@@ -131,7 +177,11 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
 
     Returns:
         Tensor[K, C, pooled_h, pooled_w] of ``input``'s dtype, differentiable
-        with respect to ``input`` (twice: the backward is differentiable too).
+        with respect to ``input`` (twice: the backward is differentiable too)
+        and, once, with respect to the box coordinates (``boxes`` that require
+        a gradient, a tensor or a list; the batch index gets 0). The boxes'
+        gradient is computed only when asked for; its rules (clamped samples,
+        the adaptive grid held fixed) are in ``docs/semantics.md``.
     """
     with quiet_when_tracing():
         check_input(input)

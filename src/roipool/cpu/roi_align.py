@@ -35,6 +35,14 @@ summed into a small ``(bins, block)`` tile in L1, transposed
 (``_simd.transpose_tile``) into a staging buffer and copied to the caller's
 ``(K, C, PH * PW)`` output as whole aligned cache lines.
 
+Box gradient (:func:`boxes_backward`): runs of RoIs go to threads, each RoI
+reduces its own gradient over its bins and channels (no atomics, the same
+order for any thread count). Per bin it first takes the dot product of the
+bin's output gradient with every cell the bin's samples touch (channels
+contiguous: a channels-last copy of the map), then combines those with the
+separable per-axis weights of the samples and of their position
+derivatives (:func:`_axis_grad_weights`).
+
 Backward: threads take (image, channel block) pairs, so each owns the part
 of ``grad_input`` it writes: no atomics, and every element sums its
 contributions in the same order whatever the thread count (deterministic).
@@ -60,7 +68,7 @@ from ._simd import (
     vstore,
     vzeros,
 )
-from .geometry import roi_align_taps
+from .geometry import _grid, _sample_position, _window, bilinear_corners, roi_align_taps
 
 _FASTMATH = {"contract"}  # allow fused multiply-add; no reassociation
 
@@ -631,3 +639,227 @@ def _check_scaled_boxes(rois, scale, aligned, pooled_h, pooled_w):
             f"boxes: box {k} {rois[k, 1:]} times spatial_scale {scale} overflows {rois.dtype} "
             "(corners or extent not finite)"
         )
+
+
+# ---- gradient with respect to the boxes ----
+
+
+@numba.njit(cache=True, nogil=True)
+def _axis_grad_weights(start, bin_size, grid, size, pooled, scale, free, lo, num, wt, d1, d2, dtype):
+    """Per-axis weights of each bin's samples, and of their derivatives with respect to the box's corners.
+
+    For bin ``p`` along the axis, over the cells ``lo[p] + j`` for ``j <
+    num[p]`` (row ``j`` of ``wt[p]``, ``d1[p]``, ``d2[p]``, float64):
+    ``wt`` is the bilinear weight summed over the bin's samples (as the
+    forward's taps, not divided by the grid); ``d1`` and ``d2`` are the
+    derivatives of those weights with respect to the box's first and second
+    coordinate on this axis (``x1``/``x2`` or ``y1``/``y2``, image units):
+    a sample at ``y = y1 * s - off + a * roi_h`` with ``a = (p + (i + 0.5) /
+    grid) / pooled`` moves by ``s * (1 - a)`` and ``s * a`` (``s`` and ``0``
+    when ``free`` is False: the legacy one-cell extent holds). Its weights
+    move by ``-1`` at the low corner and ``+1`` at the high one, except where
+    ``bilinear_corners`` clamps the coordinate (then by nothing). Samples
+    outside ``[-1, size]`` read 0 and have no weight. Positions are computed
+    exactly as the forward's (``geometry._axis_taps``).
+    """
+    t = dtype.type
+    if size == 0:
+        grid = 0
+    for p in range(pooled):
+        base = start + t(p) * bin_size
+        i0, i1 = _window(base, bin_size, grid, size, dtype)
+        # pass 1: the cells touched (positions fall for an inverted box, so not in order)
+        cmin = size
+        cmax = -1
+        for i in range(i0, i1):
+            y = _sample_position(base, bin_size, grid, i, dtype)
+            if y >= -1 and y <= size:
+                low, high, _ = bilinear_corners(y, size, dtype)
+                cmin = min(cmin, low)
+                cmax = max(cmax, high)
+        lo[p] = max(cmin, 0) if cmax >= 0 else 0
+        num[p] = cmax - cmin + 1 if cmax >= 0 else 0
+        for j in range(num[p]):
+            wt[p, j] = 0.0
+            d1[p, j] = 0.0
+            d2[p, j] = 0.0
+        # pass 2: the weights
+        for i in range(i0, i1):
+            y = _sample_position(base, bin_size, grid, i, dtype)
+            if not (y >= -1 and y <= size):
+                continue
+            low, high, frac = bilinear_corners(y, size, dtype)
+            f = np.float64(frac)
+            wt[p, low - lo[p]] += 1.0 - f
+            wt[p, high - lo[p]] += f
+            # clamped (at or below 0, or at the last cell): the position does not move the weights
+            if y > 0 and low != high:
+                a = (p + (i + 0.5) / grid) / pooled
+                m1 = scale * (1.0 - a) if free else scale
+                m2 = scale * a if free else 0.0
+                d1[p, low - lo[p]] -= m1
+                d1[p, high - lo[p]] += m1
+                d2[p, low - lo[p]] -= m2
+                d2[p, high - lo[p]] += m2
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract", "reassoc"})
+def boxes_backward(x, grad_out, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, bounds, grad_rois):
+    """``grad_rois (K, 5)`` float64 <- the gradient of RoIAlign with respect to ``rois`` (column 0: zero).
+
+    ``x (N, H, W, C)`` channels-last and ``grad_out (K, C, PH * PW)``, both
+    C-contiguous in the compute dtype ``T`` (each RoI's gradient is
+    transposed to ``(PH * PW, C)`` in a private buffer, so that its channels
+    are contiguous too); ``rois (K, 5)`` in ``T``,
+    validated. ``bounds``: runs of RoIs (``RoIAlignTaps.bounds``). Each RoI
+    is summed by one thread, in a fixed order (the dot products over channels
+    may be reassociated by the compiler, to vectorise them, but the compiled
+    code is the same for every call and thread count).
+    """
+    _, height, width, channels = x.shape
+    nbins = pooled_h * pooled_w
+    gof = grad_out.reshape(-1)
+    t = rois.dtype.type
+    offset = t(0.5) if aligned else t(0.0)
+    scale = np.float64(spatial_scale)
+    for run in numba.prange(bounds.shape[0] - 1):
+        hlo = np.empty(pooled_h, np.int64)
+        hnum = np.empty(pooled_h, np.int64)
+        wlo = np.empty(pooled_w, np.int64)
+        wnum = np.empty(pooled_w, np.int64)
+        hw = np.empty((pooled_h, height + 1), np.float64)
+        hd1 = np.empty((pooled_h, height + 1), np.float64)
+        hd2 = np.empty((pooled_h, height + 1), np.float64)
+        ww = np.empty((pooled_w, width + 1), np.float64)
+        wd1 = np.empty((pooled_w, width + 1), np.float64)
+        wd2 = np.empty((pooled_w, width + 1), np.float64)
+        dots = np.empty((height + 1) * (width + 1), np.float64)
+        rowsum = np.empty(height + 1, np.float64)
+        g = np.empty(nbins * channels, grad_out.dtype)
+        used = np.empty(width + 1, np.int64)
+        for k in range(bounds[run], bounds[run + 1]):
+            n = int(rois[k, 0])
+            x0 = rois[k, 1] * spatial_scale - offset
+            y0 = rois[k, 2] * spatial_scale - offset
+            roi_w = (rois[k, 3] * spatial_scale - offset) - x0
+            roi_h = (rois[k, 4] * spatial_scale - offset) - y0
+            free_w = aligned or roi_w >= 1
+            free_h = aligned or roi_h >= 1
+            if not aligned:
+                roi_w = max(roi_w, t(1.0))
+                roi_h = max(roi_h, t(1.0))
+            bin_h = roi_h / t(pooled_h)
+            bin_w = roi_w / t(pooled_w)
+            grid_h = _grid(sampling_ratio, bin_h)
+            grid_w = _grid(sampling_ratio, bin_w)
+            count = max(grid_h * grid_w, 1)
+            _axis_grad_weights(y0, bin_h, grid_h, height, pooled_h, scale, free_h, hlo, hnum, hw, hd1, hd2, rois.dtype)
+            _axis_grad_weights(x0, bin_w, grid_w, width, pooled_w, scale, free_w, wlo, wnum, ww, wd1, wd2, rois.dtype)
+            transpose_tile(gof, k * channels * nbins, nbins, channels, nbins, g, 0, channels)
+            gx1 = gy1 = gx2 = gy2 = 0.0
+            for ph in range(pooled_h):
+                for pw in range(pooled_w):
+                    nr = hnum[ph]
+                    nc = wnum[pw]
+                    if nr == 0 or nc == 0:
+                        continue
+                    gb = g[(ph * pooled_w + pw) * channels : (ph * pooled_w + pw + 1) * channels]
+                    # a large bin's few samples leave most rows and columns of its span untouched
+                    nu = 0
+                    for q in range(nc):
+                        if ww[pw, q] != 0 or wd1[pw, q] != 0 or wd2[pw, q] != 0:
+                            used[nu] = q
+                            nu += 1
+                    dots[: nr * nc] = 0.0
+                    for r in range(nr):
+                        if hw[ph, r] == 0 and hd1[ph, r] == 0 and hd2[ph, r] == 0:
+                            continue
+                        row = x[n, hlo[ph] + r]
+                        j = 0
+                        # four cells per pass over the channels: the bin's gradient is loaded once for all
+                        while j + 4 <= nu:
+                            q0, q1, q2, q3 = used[j], used[j + 1], used[j + 2], used[j + 3]
+                            d0, d1, d2, d3 = _dot4(
+                                gb, row[wlo[pw] + q0], row[wlo[pw] + q1], row[wlo[pw] + q2], row[wlo[pw] + q3]
+                            )
+                            dots[r * nc + q0] = d0
+                            dots[r * nc + q1] = d1
+                            dots[r * nc + q2] = d2
+                            dots[r * nc + q3] = d3
+                            j += 4
+                        while j < nu:
+                            dots[r * nc + used[j]] = _dot(gb, row[wlo[pw] + used[j]])
+                            j += 1
+                    # rows: weights along x applied first, then the y derivative weights
+                    for r in range(nr):
+                        s = 0.0
+                        for q in range(nc):
+                            s += ww[pw, q] * dots[r * nc + q]
+                        rowsum[r] = s
+                    for r in range(nr):
+                        gy1 += hd1[ph, r] * rowsum[r]
+                        gy2 += hd2[ph, r] * rowsum[r]
+                    for q in range(nc):
+                        s = 0.0
+                        for r in range(nr):
+                            s += hw[ph, r] * dots[r * nc + q]
+                        gx1 += wd1[pw, q] * s
+                        gx2 += wd2[pw, q] * s
+            grad_rois[k, 0] = 0.0
+            grad_rois[k, 1] = gx1 / count
+            grad_rois[k, 2] = gy1 / count
+            grad_rois[k, 3] = gx2 / count
+            grad_rois[k, 4] = gy2 / count
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"}, inline="always")
+def _dot4(a, b0, b1, b2, b3):
+    z = a.dtype.type(0.0)
+    s0 = s1 = s2 = s3 = z
+    for c in range(a.shape[0]):
+        v = a[c]
+        s0 += v * b0[c]
+        s1 += v * b1[c]
+        s2 += v * b2[c]
+        s3 += v * b3[c]
+    return np.float64(s0), np.float64(s1), np.float64(s2), np.float64(s3)
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"}, inline="always")
+def _dot(a, b):
+    s = a.dtype.type(0.0)
+    for c in range(a.shape[0]):
+        s += a[c] * b[c]
+    return np.float64(s)
+
+
+def launch_boxes_backward(x, grad_out, rois, taps: RoIAlignTaps, spatial_scale, sampling_ratio, aligned):
+    """The gradient of RoIAlign with respect to ``rois (K, 5)``: ``(K, 5)`` float64, column 0 zero.
+
+    ``x (N, C, H, W)`` and ``grad_out (K, C, PH, PW)`` in the compute dtype
+    of ``rois`` (validated, ``_checks.rois_array``), any strides; ``taps``
+    is the call's :class:`RoIAlignTaps` (for the split of the RoIs).
+    The grid of an adaptive ``sampling_ratio`` is held fixed: the gradient
+    is that of the piecewise-smooth output within one grid size
+    (``docs/semantics.md``).
+    """
+    k, channels, pooled_h, pooled_w = grad_out.shape
+    grad_rois = np.zeros((k, 5), np.float64)
+    if not (k and channels and x.shape[2] and x.shape[3]):
+        return grad_rois
+    nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    go = np.ascontiguousarray(grad_out).reshape(k, channels, pooled_h * pooled_w)
+    with launch_lock:
+        boxes_backward(
+            nhwc,
+            go,
+            rois,
+            rois.dtype.type(spatial_scale),
+            pooled_h,
+            pooled_w,
+            sampling_ratio,
+            aligned,
+            taps.bounds,
+            grad_rois,
+        )
+    return grad_rois

@@ -34,6 +34,7 @@ LAUNCHERS = {
     "roi_pool_backward": (roi_pool.roi_pool_backward, 1, roi_pool.roi_pool_backward),
     "roi_align": (roi_align.roi_align_forward, 1, roi_align.roi_align_forward),
     "roi_align_backward": (roi_align.roi_align_backward, 1, roi_align.roi_align_backward),
+    "roi_align_boxes_backward": (roi_align.roi_align_boxes_backward, 1, roi_align.roi_align_boxes_backward),
     "ps_roi_pool": (ps_roi.ps_roi_pool_forward, 1, ps_roi.ps_roi_pool_forward),
     "ps_roi_pool_backward": (ps_roi.ps_roi_pool_backward, 1, ps_roi.ps_roi_pool_backward),
     "ps_roi_align": (ps_roi.ps_roi_align_forward, 1, ps_roi.ps_roi_align_forward),

@@ -17,6 +17,12 @@ touch no cell of the tile (spans from a small per-RoI table), and adds
 weight that the bin's row (column) samples give each cell: bilinear weights
 factor by axis. No atomics: each cell is summed by one program in a fixed
 order, so the bits are the same on every run; extra memory is O(K * (PH + PW)).
+
+Box gradient: one program per RoI. It loops over blocks of channels and the
+sampling grid, accumulates each sample's ``grad * d(sample)/d(position) *
+d(position)/d(corner)`` on ``BLOCK_C x BLOCK_P`` lanes, and reduces the
+lanes once at the end: a fixed order, no atomics (``docs/semantics.md``,
+gradient with respect to the boxes).
 """
 
 from __future__ import annotations
@@ -273,3 +279,115 @@ def roi_align_backward(grad, rois, spatial_scale, pooled_height, pooled_width, b
         enable_fp_fusion=False,
     )
     return grad_input
+
+
+@triton.jit
+def _roi_align_boxes_kernel(
+    grad_ptr,  # (K, C, PH, PW), contiguous
+    input_ptr,  # (N, C, H, W), contiguous
+    rois_ptr,  # (K, 5), compute dtype
+    scale_ptr,  # (1,), compute dtype
+    grad_rois_ptr,  # (K, 5), compute dtype, zeroed
+    sampling_ratio,
+    num_images,
+    channels,
+    height,
+    width,
+    ALIGNED: tl.constexpr,
+    POOLED_H: tl.constexpr,
+    POOLED_W: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    k = tl.program_id(0)
+    scale = tl.load(scale_ptr)
+    n, start_h, start_w, size_h, size_w, grid_h, grid_w, count = _align_box(
+        rois_ptr, k, scale, sampling_ratio, ALIGNED, POOLED_H, POOLED_W
+    )
+    n = clamp_image(n, num_images)
+    row = rois_ptr + k * 5
+    if ALIGNED:
+        free_w = tl.full((), 1, tl.int1)
+        free_h = tl.full((), 1, tl.int1)
+    else:
+        # the legacy one-cell extent does not follow the box
+        free_w = (tl.load(row + 3) * scale) - (tl.load(row + 1) * scale) >= 1.0
+        free_h = (tl.load(row + 4) * scale) - (tl.load(row + 2) * scale) >= 1.0
+    p = tl.arange(0, BLOCK_P)
+    p_ok = p < POOLED_H * POOLED_W
+    ph = p // POOLED_W
+    pw = p % POOLED_W
+    acc_x1 = tl.zeros((BLOCK_C, BLOCK_P), scale.dtype)
+    acc_y1 = tl.zeros((BLOCK_C, BLOCK_P), scale.dtype)
+    acc_x2 = tl.zeros((BLOCK_C, BLOCK_P), scale.dtype)
+    acc_y2 = tl.zeros((BLOCK_C, BLOCK_P), scale.dtype)
+    for c0 in range(0, channels, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        c_ok = c < channels
+        plane = ((n.to(tl.int64) * channels + c.to(tl.int64)) * height * width)[:, None]
+        g_at = (k.to(tl.int64) * channels + c.to(tl.int64))[:, None] * (POOLED_H * POOLED_W) + p[None, :]
+        g = tl.load(grad_ptr + g_at, mask=c_ok[:, None] & p_ok[None, :], other=0.0).to(scale.dtype)
+        for iy in range(grid_h):
+            y = sample_at(start_h, size_h, ph, iy, grid_h)
+            y_ok, y_low, y_high, wy_low, wy_high = bilinear_axis(y, height)
+            # clamped at or below 0, or at the last row: the sample does not move along y
+            y_moves = (y > 0.0) & (y_low != y_high)
+            # exact division (as every division here): the interpreter and the GPU agree
+            a_y = tl.cast(ph, scale.dtype) + div_exact(tl.cast(iy, scale.dtype) + 0.5, tl.cast(grid_h, scale.dtype))
+            a_y = div_exact(a_y, tl.full((), POOLED_H, scale.dtype))
+            m1_y = tl.where(free_h, scale * (1.0 - a_y), scale)
+            m2_y = tl.where(free_h, scale * a_y, 0.0)
+            for ix in range(grid_w):
+                x = sample_at(start_w, size_w, pw, ix, grid_w)
+                x_ok, x_low, x_high, wx_low, wx_high = bilinear_axis(x, width)
+                x_moves = (x > 0.0) & (x_low != x_high)
+                a_x = tl.cast(pw, scale.dtype) + div_exact(tl.cast(ix, scale.dtype) + 0.5, tl.cast(grid_w, scale.dtype))
+                a_x = div_exact(a_x, tl.full((), POOLED_W, scale.dtype))
+                m1_x = tl.where(free_w, scale * (1.0 - a_x), scale)
+                m2_x = tl.where(free_w, scale * a_x, 0.0)
+                ok = p_ok & y_ok & x_ok
+                m = c_ok[:, None] & ok[None, :]
+                v1 = tl.load(input_ptr + plane + (y_low * width + x_low)[None, :], mask=m, other=0.0).to(scale.dtype)
+                v2 = tl.load(input_ptr + plane + (y_low * width + x_high)[None, :], mask=m, other=0.0).to(scale.dtype)
+                v3 = tl.load(input_ptr + plane + (y_high * width + x_low)[None, :], mask=m, other=0.0).to(scale.dtype)
+                v4 = tl.load(input_ptr + plane + (y_high * width + x_high)[None, :], mask=m, other=0.0).to(scale.dtype)
+                d_y = g * (wx_low[None, :] * (v3 - v1) + wx_high[None, :] * (v4 - v2))
+                d_x = g * (wy_low[None, :] * (v2 - v1) + wy_high[None, :] * (v4 - v3))
+                d_y = tl.where((ok & y_moves)[None, :], d_y, 0.0)
+                d_x = tl.where((ok & x_moves)[None, :], d_x, 0.0)
+                acc_y1 += d_y * m1_y[None, :]
+                acc_y2 += d_y * m2_y[None, :]
+                acc_x1 += d_x * m1_x[None, :]
+                acc_x2 += d_x * m2_x[None, :]
+    out = grad_rois_ptr + k * 5
+    tl.store(out + 1, div_exact(tl.sum(tl.sum(acc_x1, axis=1), axis=0), count))
+    tl.store(out + 2, div_exact(tl.sum(tl.sum(acc_y1, axis=1), axis=0), count))
+    tl.store(out + 3, div_exact(tl.sum(tl.sum(acc_x2, axis=1), axis=0), count))
+    tl.store(out + 4, div_exact(tl.sum(tl.sum(acc_y2, axis=1), axis=0), count))
+
+
+def roi_align_boxes_backward(grad, input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    """Gradient of :func:`roi_align_forward` with respect to ``rois``: ``(K, 5)`` of ``rois``' dtype, column 0 zero.
+
+    Computed in the input's compute dtype, the adaptive grid held fixed;
+    deterministic (one program per RoI, a fixed reduction order).
+    """
+    device = _launch.check_device(grad=grad, input=input, rois=rois)
+    dtype = _launch.compute_dtype(input.dtype)
+    _launch.check_rois(rois, input.shape[0], dtype)
+    prepared = _launch.prepare_rois(rois, dtype)
+    k_total = prepared.shape[0]
+    _, channels, height, width = input.shape
+    out = torch.zeros((k_total, 5), dtype=dtype, device=device)
+    if k_total == 0 or channels == 0 or height == 0 or width == 0:
+        return out.to(rois.dtype)
+    ph, pw = int(pooled_height), int(pooled_width)
+    block_p = _launch.triton_next_pow2(ph * pw)
+    block_c = _launch.channel_block(channels, block_p)
+    _roi_align_boxes_kernel[(k_total,)](
+        grad.contiguous(), input.contiguous(), prepared, _launch.scale_tensor(spatial_scale, dtype, device), out,
+        int(sampling_ratio), input.shape[0], channels, height, width,
+        ALIGNED=bool(aligned), POOLED_H=ph, POOLED_W=pw, BLOCK_C=block_c, BLOCK_P=block_p,
+        enable_fp_fusion=False,
+    )
+    return out.to(rois.dtype)
