@@ -8,7 +8,7 @@ import pytest
 
 import roipool
 import roipool.reference as ref
-from roipool.cpu import prroi_pool as kernels
+from roipool.cpu import roi_align as align_kernels
 
 from .helpers import random_rois, run_in_threads
 
@@ -230,9 +230,9 @@ def test_backwards_are_deterministic_and_independent_of_thread_count(monkeypatch
                 )
     finally:
         roipool.set_num_threads(before)
-    # the thread count picks the input backward's channel block: try each kind
+    # the thread count picks the input backward's channel block (RoIAlign's launcher): try each kind
     for block in (128, 48, 16):
-        monkeypatch.setattr(kernels, "channel_block", lambda *args, block=block: block)
+        monkeypatch.setattr(align_kernels, "channel_block", lambda *args, block=block: block)
         results.append((roipool.prroi_pool_backward(g, rois, x.shape, 3), results[0][1]))
     for gx, gb in results[1:]:
         np.testing.assert_array_equal(gx, results[0][0])

@@ -149,6 +149,26 @@ def _assemble_rois(boxes, num_images: int, dtype, name: str, columns: int, item_
         return np.array(arr, dtype=dtype, order="C", copy=True)
 
 
+def scaled_boxes_finite(rois: np.ndarray, scale, offset=0.0, name: str = "boxes") -> None:
+    """Scaled corners ``rois[:, 1:5] * scale - offset`` and their extents must be finite in ``rois``' dtype.
+
+    Only boxes beyond about 1e38 / spatial_scale (float32) fail; the kernels
+    would otherwise sample at infinite or NaN positions. (Bin sizes, extents
+    divided by a positive output size, are then finite too.)
+    """
+    t = rois.dtype.type
+    with np.errstate(over="ignore", invalid="ignore"):
+        corners = rois[:, 1:5] * t(scale) - t(offset)
+        extents = corners[:, 2:] - corners[:, :2]
+    ok = np.isfinite(corners).all(axis=1) & np.isfinite(extents).all(axis=1)
+    if not ok.all():
+        k = int(np.flatnonzero(~ok)[0])
+        raise ValueError(
+            f"{name}: box {k} {rois[k, 1:]} times spatial_scale {scale} overflows {rois.dtype} "
+            "(corners or extent not finite)"
+        )
+
+
 def box_list_length(length: int, num_images: int, name: str = "boxes") -> None:
     """Boxes given per image: one array for each of the ``num_images`` images."""
     if length != num_images:

@@ -42,10 +42,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .. import _checks
 from . import roi_align as align
 from ._parallel import balanced_chunks, launch_lock
 from ._simd import VECTOR_BYTES, transpose_tile
-from .roi_align import channel_block
 
 
 @numba.njit(cache=True, nogil=True)
@@ -276,7 +276,7 @@ class PrRoITaps:
         self.pooled_h, self.pooled_w = pooled_h, pooled_w
         self.num_rois = rois.shape[0]
         scale = rois.dtype.type(spatial_scale)
-        check_scaled_boxes(rois, scale)
+        _checks.scaled_boxes_finite(rois, scale)
         (
             self.batch, self.hptr, self.hidx, self.hwt, self.hd1, self.hd2,
             self.wptr, self.widx, self.wwt, self.wd1, self.wd2, cost,
@@ -295,57 +295,9 @@ class PrRoITaps:
         )  # fmt: skip
 
 
-def check_scaled_boxes(rois, scale):
-    """Corners times ``spatial_scale`` and the extents must be finite in the compute dtype."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        corners = rois[:, 1:] * scale
-        extents = corners[:, 2:] - corners[:, :2]
-    ok = np.isfinite(corners).all(axis=1) & np.isfinite(extents).all(axis=1)
-    if not ok.all():
-        k = int(np.flatnonzero(~ok)[0])
-        raise ValueError(
-            f"boxes: box {k} {rois[k, 1:]} times spatial_scale {scale} overflows {rois.dtype} "
-            "(corners or extent not finite)"
-        )
-
-
-def blocked_map(x):
-    """``x (N, C, H, W)`` (compute dtype, any strides) in the channel-blocked layout the kernels read."""
-    xb = np.empty(x.shape, x.dtype)
-    if x.flags.c_contiguous:
-        flat, cell_step, channel_step = x.reshape(-1), 1, x.shape[2] * x.shape[3]
-    elif x.transpose(0, 2, 3, 1).flags.c_contiguous:
-        flat, cell_step, channel_step = x.transpose(0, 2, 3, 1).reshape(-1), x.shape[1], 1
-    else:
-        flat, cell_step, channel_step = np.ascontiguousarray(x).reshape(-1), 1, x.shape[2] * x.shape[3]
-    with launch_lock:
-        align.channel_blocks(flat, cell_step, channel_step, xb)
-    return xb
-
-
-def launch_forward(x, taps: PrRoITaps, out) -> None:
-    """``out (K, C, PH * PW)`` (C-contiguous) <- PrRoI pooling of ``x (N, C, H, W)``."""
-    if not out.size:
-        return
-    xb = blocked_map(x)
-    with launch_lock:
-        align.forward(xb, *taps.arrays, taps.bounds, align.AUTO, out)
-
-
-def launch_backward(grad_out, taps: PrRoITaps, grad_in) -> None:
-    """``grad_in (N, C, H, W)`` (C-contiguous; every element written) <- the gradient with
-    respect to the input of ``grad_out (K, C, PH * PW)`` (C-contiguous). Deterministic."""
-    if not grad_in.size:
-        return
-    if not grad_out.size:
-        grad_in[...] = 0
-        return
-    images, channels = grad_in.shape[:2]
-    order = np.argsort(taps.batch, kind="stable")
-    starts = np.searchsorted(taps.batch[order], np.arange(images + 1)).astype(np.int64)
-    block = channel_block(channels, images, grad_out.itemsize, numba.get_num_threads())
-    with launch_lock:
-        align.backward(grad_out, *taps.arrays, order, starts, block, align.AUTO, grad_in)
+# The forward and the input gradient are RoIAlign's kernels on PrRoI's taps.
+launch_forward = align.launch_forward
+launch_backward = align.launch_backward
 
 
 def launch_boxes_backward(grad_out, x, taps: PrRoITaps, grad_boxes) -> None:
@@ -356,6 +308,6 @@ def launch_boxes_backward(grad_out, x, taps: PrRoITaps, grad_boxes) -> None:
     if not grad_out.size:
         grad_boxes[...] = 0
         return
-    xb = blocked_map(x)
+    xb = align.blocked_map(x)
     with launch_lock:
         boxes_backward(xb, grad_out, *taps.derivative_arrays, taps.bounds, grad_boxes)

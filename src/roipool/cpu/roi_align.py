@@ -57,6 +57,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .. import _checks
 from ._parallel import balanced_chunks, launch_lock
 from ._simd import (
     VECTOR_BYTES,
@@ -543,7 +544,7 @@ class RoIAlignTaps:
         self.pooled_h, self.pooled_w = pooled_h, pooled_w
         self.num_rois = rois.shape[0]
         scale = rois.dtype.type(spatial_scale)
-        _check_scaled_boxes(rois, scale, aligned, pooled_h, pooled_w)
+        _checks.scaled_boxes_finite(rois, scale, 0.5 if aligned else 0.0)
         (self.batch, self.hptr, self.hidx, self.hwt, self.wptr, self.widx, self.wwt, cost) = roi_align_taps(
             rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width
         )
@@ -554,15 +555,10 @@ class RoIAlignTaps:
         return self.batch, self.hptr, self.hidx, self.hwt, self.wptr, self.widx, self.wwt
 
 
-def launch_forward(x, taps: RoIAlignTaps, out) -> None:
-    """``out (K, C, PH * PW)`` <- RoIAlign of ``x (N, C, H, W)`` (compute dtype, any strides).
-
-    The kernel reads the map in a channel-blocked layout (:func:`channel_blocks`),
-    a copy the size of ``x``, made here from ``(N, C, H, W)`` or channels-last
-    memory directly, otherwise from a C-contiguous copy.
-    """
-    if not out.size:
-        return
+def blocked_map(x) -> np.ndarray:
+    """``x (N, C, H, W)`` (compute dtype, any strides) as a new array in the channel-blocked
+    layout the kernels read (:func:`channel_blocks`), copied from ``(N, C, H, W)`` or
+    channels-last memory directly, otherwise from a C-contiguous copy."""
     xb = np.empty(x.shape, x.dtype)
     if x.flags.c_contiguous:
         flat, cell_step, channel_step = x.reshape(-1), 1, x.shape[2] * x.shape[3]
@@ -572,6 +568,23 @@ def launch_forward(x, taps: RoIAlignTaps, out) -> None:
         flat, cell_step, channel_step = np.ascontiguousarray(x).reshape(-1), 1, x.shape[2] * x.shape[3]
     with launch_lock:
         channel_blocks(flat, cell_step, channel_step, xb)
+    return xb
+
+
+def rois_by_image(batch: np.ndarray, images: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(order, starts)``: the RoIs of image ``n`` are ``order[starts[n]:starts[n + 1]]``, ascending,
+    so that each backward task sums one image's RoIs, in a fixed order, into its own scratch."""
+    order = np.argsort(batch, kind="stable")
+    return order, np.searchsorted(batch[order], np.arange(images + 1)).astype(np.int64)
+
+
+def launch_forward(x, taps: RoIAlignTaps, out) -> None:
+    """``out (K, C, PH * PW)`` <- RoIAlign of ``x (N, C, H, W)`` (compute dtype, any strides),
+    read through :func:`blocked_map`."""
+    if not out.size:
+        return
+    xb = blocked_map(x)
+    with launch_lock:
         forward(xb, *taps.arrays, taps.bounds, TAP_EVALUATION, out)
 
 
@@ -586,10 +599,7 @@ def launch_backward(grad_out, taps: RoIAlignTaps, grad_in) -> None:
         grad_in[...] = 0
         return
     images, channels = grad_in.shape[:2]
-    # The RoIs of each image, in ascending order: each kernel task sums one
-    # image's RoIs into its own scratch.
-    order = np.argsort(taps.batch, kind="stable")
-    starts = np.searchsorted(taps.batch[order], np.arange(images + 1)).astype(np.int64)
+    order, starts = rois_by_image(taps.batch, images)
     block = channel_block(channels, images, grad_out.itemsize, numba.get_num_threads())
     with launch_lock:
         backward(grad_out, *taps.arrays, order, starts, block, TAP_EVALUATION, grad_in)
@@ -618,27 +628,6 @@ def channel_block(channels: int, images: int, itemsize: int, threads: int) -> in
         if best_load is None or load < best_load:
             best, best_load = block, load
     return best
-
-
-def _check_scaled_boxes(rois, scale, aligned, pooled_h, pooled_w):
-    """Corners, extents and bin sizes must stay finite in the compute dtype.
-
-    Only boxes beyond about 1e38 / spatial_scale (float32) overflow; the
-    kernels would otherwise sample at infinite or NaN positions.
-    """
-    t = rois.dtype.type
-    offset = t(0.5) if aligned else t(0.0)
-    with np.errstate(over="ignore", invalid="ignore"):
-        corners = rois[:, 1:] * scale - offset
-        extents = corners[:, 2:] - corners[:, :2]
-        bins = extents / np.array([pooled_w, pooled_h], rois.dtype)
-    ok = np.isfinite(corners).all(axis=1) & np.isfinite(extents).all(axis=1) & np.isfinite(bins).all(axis=1)
-    if not ok.all():
-        k = int(np.flatnonzero(~ok)[0])
-        raise ValueError(
-            f"boxes: box {k} {rois[k, 1:]} times spatial_scale {scale} overflows {rois.dtype} "
-            "(corners or extent not finite)"
-        )
 
 
 # ---- gradient with respect to the boxes ----

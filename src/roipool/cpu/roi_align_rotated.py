@@ -42,7 +42,7 @@ import numpy as np
 
 from ._parallel import balanced_chunks, launch_lock
 from ._simd import VECTOR_BYTES, copy_to_lines, transpose_tile, vload, vmuladd, vstore
-from .roi_align import UNROLL, _scatter, channel_blocks
+from .roi_align import UNROLL, _scatter, blocked_map, channel_block, rois_by_image
 
 _FASTMATH = {"contract"}
 
@@ -427,15 +427,8 @@ def launch_forward(x, frames: Frames, out) -> None:
     if not x.size:  # an empty map: every sample is off it
         out[...] = 0
         return
-    xb = np.empty(x.shape, x.dtype)
-    if x.flags.c_contiguous:
-        flat, cell_step, channel_step = x.reshape(-1), 1, x.shape[2] * x.shape[3]
-    elif x.transpose(0, 2, 3, 1).flags.c_contiguous:
-        flat, cell_step, channel_step = x.transpose(0, 2, 3, 1).reshape(-1), x.shape[1], 1
-    else:
-        flat, cell_step, channel_step = np.ascontiguousarray(x).reshape(-1), 1, x.shape[2] * x.shape[3]
+    xb = blocked_map(x)
     with launch_lock:
-        channel_blocks(flat, cell_step, channel_step, xb)
         forward(xb, *frames.arrays, frames.bounds, out)
 
 
@@ -447,8 +440,7 @@ def launch_backward(grad_out, frames: Frames, grad_in) -> None:
         grad_in[...] = 0
         return
     images, channels = grad_in.shape[:2]
-    order = np.argsort(frames.batch, kind="stable")
-    starts = np.searchsorted(frames.batch[order], np.arange(images + 1)).astype(np.int64)
+    order, starts = rois_by_image(frames.batch, images)
     block = channel_block(channels, images, grad_out.itemsize, numba.get_num_threads())
     with launch_lock:
         backward(grad_out, *frames.arrays, order, starts, block, grad_in)
@@ -463,13 +455,3 @@ def launch_box_backward(x_nhwc, grad_out, frames: Frames, grad_boxes) -> None:
         return
     with launch_lock:
         box_backward(x_nhwc, grad_out, *frames.arrays, frames.spatial_scale, frames.clockwise, grad_boxes)
-
-
-def channel_block(channels: int, images: int, itemsize: int, threads: int) -> int:
-    """Channels per backward task: a whole register block, narrowed (in vector steps)
-    until there are at least as many (image, block) tasks as threads."""
-    lanes = VECTOR_BYTES // itemsize
-    block = UNROLL * lanes
-    while block > lanes and images * -(-channels // block) < threads:
-        block -= lanes
-    return block

@@ -114,7 +114,7 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     scale = _checks.positive_scale(spatial_scale)
     sampling_ratio = _checks.sampling_ratio_int(sampling_ratio)
     aligned = _checks.flag(aligned, "aligned")
-    _prepare.check_scaled_boxes(rois, scale, 0.5 if aligned else 0.0, *size)
+    _prepare.check_scaled_boxes(rois, scale, 0.5 if aligned else 0.0)
     static = (size, scale, sampling_ratio, aligned, x.shape)
     op = _ops.roi_align_callback if _use_callback(backend, x) else _ops.roi_align_xla
     return op(static, x, rois).astype(dtype)

@@ -90,26 +90,12 @@ def batch_index(rois: jax.Array, num_images: int) -> jax.Array:
     return jnp.clip(batch, 0, max(num_images - 1, 0)).astype(jnp.int32)
 
 
-def check_scaled_boxes(rois: jax.Array, scale, offset, pooled_h: int, pooled_w: int) -> None:
-    """RoIAlign: scaled corners, extents and bin sizes must be finite in the compute dtype.
-
-    The NumPy path's rule (``_align._check_scaled_boxes``), applied when the
-    boxes are concrete; under jit such a box gives NaN (see ``docs/jax.md``).
-    """
+def check_scaled_boxes(rois: jax.Array, scale, offset) -> None:
+    """RoIAlign's ``_checks.scaled_boxes_finite``, applied when the boxes are concrete;
+    under jit such a box gives NaN (see ``docs/jax.md``)."""
     if _is_traced(rois) or rois.shape[0] == 0:
         return
-    r = np.asarray(rois)
-    t = r.dtype.type
-    with np.errstate(over="ignore", invalid="ignore"):
-        corners = r[:, 1:] * t(scale) - t(offset)
-        extents = corners[:, 2:] - corners[:, :2]
-        bins = extents / np.array([pooled_w, pooled_h], r.dtype)
-    ok = np.isfinite(corners).all(axis=1) & np.isfinite(extents).all(axis=1) & np.isfinite(bins).all(axis=1)
-    if not ok.all():
-        k = int(np.flatnonzero(~ok)[0])
-        raise ValueError(
-            f"boxes: box {k} {r[k, 1:]} times spatial_scale {scale} overflows {r.dtype} (corners or extent not finite)"
-        )
+    _checks.scaled_boxes_finite(np.asarray(rois), scale, offset)
 
 
 def scale_in(dtype, spatial_scale: float):
