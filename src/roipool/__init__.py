@@ -29,8 +29,14 @@ __all__ = [
 
 
 def _is_tensor(x) -> bool:
+    """A torch tensor, or a ``torch.fx.Proxy`` standing for one while ``torch.fx`` traces (the torch path records it)."""
     torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor)
+    if torch is None:
+        return False
+    if isinstance(x, torch.Tensor):
+        return True
+    fx = sys.modules.get("torch.fx")
+    return fx is not None and isinstance(x, fx.Proxy)
 
 
 def roi_pool(input, boxes, output_size, spatial_scale=1.0):
@@ -49,7 +55,7 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0):
         tensor input gives a tensor differentiable with respect to ``input``.
     """
     if _is_tensor(input):
-        from ._torch import roi_pool as torch_frontend
+        from . import torch as torch_frontend  # torch-only functions: scriptable, FX leaves
 
         return torch_frontend.roi_pool(input, boxes, output_size, spatial_scale)
     from ._numpy import roi_pool as numpy_frontend
@@ -118,7 +124,7 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
         in ``docs/semantics.md`` (RoIAlign).
     """
     if _is_tensor(input):
-        from ._torch import roi_align as torch_frontend
+        from . import torch as torch_frontend  # torch-only functions: scriptable, FX leaves
 
         return torch_frontend.roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
     from ._numpy import roi_align as numpy_frontend
@@ -166,7 +172,7 @@ def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
         input's dtype; a tensor result is differentiable with respect to ``input``.
     """
     if _is_tensor(input):
-        from ._torch import ps_roi as torch_frontend
+        from . import torch as torch_frontend  # torch-only functions: scriptable, FX leaves
 
         return torch_frontend.ps_roi_pool(input, boxes, output_size, spatial_scale)
     from ._numpy import ps_roi as numpy_frontend
@@ -208,7 +214,7 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
         input's dtype; a tensor result is differentiable with respect to ``input``.
     """
     if _is_tensor(input):
-        from ._torch import ps_roi as torch_frontend
+        from . import torch as torch_frontend  # torch-only functions: scriptable, FX leaves
 
         return torch_frontend.ps_roi_align(input, boxes, output_size, spatial_scale, sampling_ratio)
     from ._numpy import ps_roi as numpy_frontend
