@@ -245,7 +245,7 @@ class MultiScaleRoIAlign(nn.Module):
         levels = box_levels(boxes, level_range, self.canonical_scale, self.canonical_level)
         result = first.new_zeros((rois.shape[0], first.shape[1], self.output_size[0], self.output_size[1]))
         for level in range(len(features)):
-            # the one data-dependent step: which boxes fall on this level
+            # the one data-dependent step (under torch.compile: captured with fullgraph=True, else a graph break)
             index = torch.where(levels == level)[0]
             pooled = _ops.roi_align(features[level], rois[index], self.output_size, scales[level], self.sampling_ratio)
             result[index] = pooled.to(result.dtype)
