@@ -60,38 +60,12 @@ class Workload:
 WORKLOADS = {
     w.name: w
     for w in [
+        Workload("vgg16", "600x800 image through VGG16 conv5_3, 2000 proposals", 1, 512, 38, 50, 600, 800, 2000, 7, 1 / 16),
+        Workload("small-batch", "8 images of 256x256, stride 8, 256 proposals each", 8, 256, 32, 32, 256, 256, 256, 7, 1 / 8),
+        Workload("tiny", "a smoke test: 2 images of 128x128, stride 8, 32 proposals each", 2, 16, 16, 16, 128, 128, 32, 7, 1 / 8),
         Workload(
-            "vgg16", "600x800 image through VGG16 conv5_3, 2000 proposals", 1, 512, 38, 50, 600, 800, 2000, 7, 1 / 16
-        ),
-        Workload(
-            "small-batch", "8 images of 256x256, stride 8, 256 proposals each", 8, 256, 32, 32, 256, 256, 256, 7, 1 / 8
-        ),
-        Workload(
-            "tiny",
-            "a smoke test: 2 images of 128x128, stride 8, 32 proposals each",
-            2,
-            16,
-            16,
-            16,
-            128,
-            128,
-            32,
-            7,
-            1 / 8,
-        ),
-        Workload(
-            "rfcn",
-            "R-FCN head: 600x800 image, stride 16, 7x7 bins x 21 classes, 2000 proposals",
-            1,
-            7 * 7 * 21,
-            38,
-            50,
-            600,
-            800,
-            2000,
-            7,
-            1 / 16,
-            position_sensitive=True,
+            "rfcn", "R-FCN head: 600x800 image, stride 16, 7x7 bins x 21 classes, 2000 proposals",
+            1, 7 * 7 * 21, 38, 50, 600, 800, 2000, 7, 1 / 16, position_sensitive=True,
         ),
     ]
 }
@@ -139,14 +113,8 @@ PYRAMID_WORKLOADS = {
     w.name: w
     for w in [
         PyramidWorkload(
-            "maskrcnn-fpn",
-            "Mask R-CNN-like: FPN P2-P5 of 8 images at 800x1088, 256 channels, 512 boxes each",
-            8,
-            256,
-            800,
-            1088,
-            512,
-            (7, 14),
+            "maskrcnn-fpn", "Mask R-CNN-like: FPN P2-P5 of 8 images at 800x1088, 256 channels, 512 boxes each",
+            8, 256, 800, 1088, 512, (7, 14),
         ),
     ]
 }
@@ -220,7 +188,6 @@ def candidates(workload: Workload, op: str, mode: str, device: str = "cpu") -> l
         if mode == "forward":
             out.append(Candidate("roipool (numpy)", lambda: fn(x, rois, size, scale, **extra), True))
         elif op == "roi_pool":
-
             def numpy_train_step():
                 _, argmax = roipool.roi_pool_with_argmax(x, rois, size, scale)
                 return roipool.roi_pool_backward(upstream, argmax, rois, x.shape)
@@ -285,7 +252,6 @@ def candidates(workload: Workload, op: str, mode: str, device: str = "cpu") -> l
 def _torch_candidate(impl, fn, xt, rt, size, scale, extra, mode, torch, is_ours=False):
     sync = torch.cuda.synchronize if xt.is_cuda else (lambda: None)
     if mode == "forward":
-
         def run():
             with torch.no_grad():
                 y = fn(xt, rt, size, scale, **extra)
@@ -350,11 +316,8 @@ def pyramid_candidates(workload: PyramidWorkload, output_size: int, mode: str, d
     bt = [torch.from_numpy(b).to(device) for b in boxes]
     shapes = [(workload.image_h, workload.image_w)] * workload.images
     names, ratio = list(feats), workload.sampling_ratio
-    out = [
-        _pooler_candidate(
-            "roipool (torch)", MultiScaleRoIAlign(names, output_size, ratio), feats, bt, shapes, mode, torch, True
-        )
-    ]
+    out = [_pooler_candidate("roipool (torch)", MultiScaleRoIAlign(names, output_size, ratio), feats, bt, shapes,
+                             mode, torch, True)]
     if _optional("torchvision") is not None:
         import torchvision.ops
 
@@ -524,13 +487,9 @@ def run(workloads, repeat: int, device: str = "cpu", ops=OPS, bandwidth: float |
             k = pw.images * pw.boxes_per_image
             cells = sum(-(-pw.image_h // s) * -(-pw.image_w // s) for s in pw.strides)
             for size in pw.output_sizes:
-                block(
-                    wname,
-                    f"multi_scale_roi_align {size}x{size}",
-                    lambda mode, pw=pw, size=size: pyramid_candidates(pw, size, mode, device),
-                    pw.images * pw.channels * cells * 4,
-                    k * pw.channels * size * size * 4,
-                )
+                block(wname, f"multi_scale_roi_align {size}x{size}",
+                      lambda mode, pw=pw, size=size: pyramid_candidates(pw, size, mode, device),
+                      pw.images * pw.channels * cells * 4, k * pw.channels * size * size * 4)
             continue
         workload = WORKLOADS[wname]
         for op in ops:
@@ -538,16 +497,9 @@ def run(workloads, repeat: int, device: str = "cpu", ops=OPS, bandwidth: float |
                 continue  # position-sensitive ops need C divisible by bins: workloads of their own
             k = workload.images * workload.boxes_per_image
             map_bytes = workload.images * workload.channels * workload.height * workload.width * 4
-            out_channels = (
-                workload.channels // workload.output_size**2 if workload.position_sensitive else workload.channels
-            )
-            block(
-                wname,
-                op,
-                lambda mode, op=op, w=workload: candidates(w, op, mode, device),
-                map_bytes,
-                k * out_channels * workload.output_size**2 * 4,
-            )
+            out_channels = workload.channels // workload.output_size**2 if workload.position_sensitive else workload.channels
+            block(wname, op, lambda mode, op=op, w=workload: candidates(w, op, mode, device),
+                  map_bytes, k * out_channels * workload.output_size**2 * 4)
     return rows
 
 
@@ -576,9 +528,7 @@ def main(args) -> int:
     if args.device == "cuda":
         torch = _optional("torch")
         if torch is None or not torch.cuda.is_available():
-            raise SystemExit(
-                "roipool bench: --device cuda needs torch and a GPU it can see (torch.cuda.is_available())"
-            )
+            raise SystemExit("roipool bench: --device cuda needs torch and a GPU it can see (torch.cuda.is_available())")
     bandwidth = cuda_copy_bandwidth(torch) if args.device == "cuda" else None
     rows = run(names, args.repeat, args.device, bandwidth=bandwidth)
     info = machine(args.device)  # after the run, which starts Numba's threading layer

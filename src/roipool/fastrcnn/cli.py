@@ -106,18 +106,13 @@ def _speed(args) -> int:
         print(json.dumps(r))
         return 0
     p = r["shared_parts"]
-    print(
-        f"{r['proposals']} proposals on a {r['image_size']}x{r['image_size']} image "
-        f"(float32 {r['memory_format']}, {r['torch_threads']} torch threads, {r['roipool_threads']} roipool threads; "
-        f"fc6/fc7 SVD rank {r['svd_rank'] or 'full'})"
-    )
-    print(
-        f"  shared features (Fast R-CNN): {r['shared_ms']:9.1f} ms  "
-        f"(backbone {p['backbone_ms']:.1f}, {r['pooler']} {p['pool_ms']:.1f}, head {p['head_ms']:.1f})"
-    )
-    print(
-        f"  per proposal (R-CNN style):   {r['per_proposal_ms']:9.1f} ms  "
-        f"({r['crop_size']}x{r['crop_size']} crops in batches of {r['crop_batch']}; warping {r['warp_ms']:.1f} ms more)"
-    )
+    print(f"{r['proposals']} proposals on a {r['image_size']}x{r['image_size']} image "
+          f"(float32 {r['memory_format']}, {r['torch_threads']} torch threads, {r['roipool_threads']} roipool threads; "
+          f"fc6/fc7 SVD rank {r['svd_rank'] or 'full'})")
+    print(f"  shared features (Fast R-CNN): {r['shared_ms']:9.1f} ms  "
+          f"(backbone {p['backbone_ms']:.1f}, {r['pooler']} {p['pool_ms']:.1f}, head {p['head_ms']:.1f})")
+    print(f"  per proposal (R-CNN style):   {r['per_proposal_ms']:9.1f} ms  "
+          f"({r['crop_size']}x{r['crop_size']} crops in batches of {r['crop_batch']}; warping {r['warp_ms']:.1f} ms more)")
     print(f"  speedup: {r['speedup']:.1f}x  ({r['speedup_with_warp']:.1f}x counting the warping)")
     return 0
+

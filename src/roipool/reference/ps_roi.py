@@ -26,9 +26,8 @@ def ps_roi_pool(input, rois, pooled_h, pooled_w, spatial_scale):
         for c in range(channels_out):
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
-                    hstart, hend, wstart, wend = _ps_pool_bin(
-                        input.dtype.type, rois[k], spatial_scale, ph, pw, pooled_h, pooled_w, height, width
-                    )
+                    hstart, hend, wstart, wend = _ps_pool_bin(input.dtype.type, rois[k], spatial_scale, ph, pw,
+                                                              pooled_h, pooled_w, height, width)
                     if hend <= hstart or wend <= wstart:
                         continue
                     channel = (c * pooled_h + ph) * pooled_w + pw
@@ -68,9 +67,8 @@ def ps_roi_pool_backward(grad_output, rois, input_shape, spatial_scale):
         for c in range(channels_out):
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
-                    hstart, hend, wstart, wend = _ps_pool_bin(
-                        grad_output.dtype.type, rois[k], spatial_scale, ph, pw, pooled_h, pooled_w, height, width
-                    )
+                    hstart, hend, wstart, wend = _ps_pool_bin(grad_output.dtype.type, rois[k], spatial_scale, ph, pw,
+                                                              pooled_h, pooled_w, height, width)
                     if hend <= hstart or wend <= wstart:
                         continue
                     channel = (c * pooled_h + ph) * pooled_w + pw
@@ -100,9 +98,8 @@ def ps_roi_align(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio)
                 for pw in range(pooled_w):
                     channel = (c * pooled_h + ph) * pooled_w + pw
                     total = 0.0
-                    samples = _ps_align_samples(
-                        input.dtype.type, rois[k], spatial_scale, ph, pw, pooled_h, pooled_w, sampling_ratio
-                    )
+                    samples = _ps_align_samples(input.dtype.type, rois[k], spatial_scale, ph, pw,
+                                                pooled_h, pooled_w, sampling_ratio)
                     for y, x in samples:
                         for h, w, weight in bilinear_taps(y, x, height, width):
                             total += float(weight) * float(input[n, channel, h, w])
@@ -147,9 +144,8 @@ def ps_roi_align_backward(grad_output, rois, input_shape, spatial_scale, samplin
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
                     channel = (c * pooled_h + ph) * pooled_w + pw
-                    samples = _ps_align_samples(
-                        dtype, rois[k], spatial_scale, ph, pw, pooled_h, pooled_w, sampling_ratio
-                    )
+                    samples = _ps_align_samples(dtype, rois[k], spatial_scale, ph, pw,
+                                                pooled_h, pooled_w, sampling_ratio)
                     share = float(grad_output[k, c, ph, pw]) / len(samples)
                     for y, x in samples:
                         for h, w, weight in bilinear_taps(y, x, height, width):
