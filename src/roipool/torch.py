@@ -28,10 +28,12 @@ import torch
 from torch import Tensor
 from torch.jit.annotations import BroadcastingList2
 
+from . import _checks
 from ._torch import ps_roi as _ps_roi
 from ._torch import roi_align as _roi_align
 from ._torch import roi_pool as _roi_pool
 from ._torch._tracing import fx_function_call
+from ._torch.quantized import roi_align_quantized
 
 __all__ = ["roi_pool", "roi_align", "ps_roi_pool", "ps_roi_align"]
 
@@ -106,11 +108,18 @@ def roi_align(
 ) -> Tensor:
     """RoIAlign; see :func:`roipool.roi_align`. ``Tensor[K, C, pooled_h, pooled_w]``."""
     if not torch.jit.is_scripting():
+        if isinstance(input, Tensor) and input.is_quantized:
+            pooled_h, pooled_w, scale, ratio, aligned = _checks.roi_align_arguments(
+                output_size, spatial_scale, sampling_ratio, aligned
+            )
+            return roi_align_quantized(input, boxes, pooled_h, pooled_w, scale, ratio, aligned)
         return _eager(
             roi_align, _roi_align.roi_align, input, boxes, output_size, spatial_scale, sampling_ratio, aligned
         )
-    _feature_map(input)
     pooled_h, pooled_w = _pooled(output_size, spatial_scale)
+    if input.is_quantized:
+        return roi_align_quantized(input, boxes, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned)
+    _feature_map(input)
     rois = rois_tensor(input, boxes)
     return torch.ops.roipool.roi_align(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
 

@@ -127,6 +127,11 @@ def check_input(input, name: str = "input") -> None:
 
 def check_feature_map(input: torch.Tensor, name: str = "input") -> None:
     """``input`` is a ``(N, C, H, W)`` tensor of a supported floating dtype (the ``_checks`` rule)."""
+    if input.is_quantized:
+        raise TypeError(
+            f"{name} is a quantized tensor ({input.dtype}); of roipool's ops only roi_align (and the RoIAlign "
+            "layer) accepts quantized CPU tensors; dequantize it (input.dequantize()) for this op"
+        )
     _checks.feature_map_dtype_and_shape(
         input.dtype in SUPPORTED_DTYPES, input.dtype, input.shape, name, "float16, bfloat16, float32, float64"
     )
