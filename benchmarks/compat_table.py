@@ -1,3 +1,4 @@
+# ruff: noqa: B023  (each lambda is called at once, inside its loop iteration)
 """Measures the PyTorch compatibility table of docs/pytorch.md for roipool's layers or torchvision's.
 
 Usage: python benchmarks/compat_table.py roipool|torchvision   (torchvision: from a peer venv)
@@ -102,9 +103,16 @@ with torch.no_grad():
     ex = torch._dynamo.explain(d)(images, boxes)
     print(f"MultiScaleRoIAlign explain: graphs {ex.graph_count}, graph breaks {ex.graph_break_count}")
     for r in ex.break_reasons:
-        print("   break:", r.reason.strip().splitlines()[0][:120], [f"{f.filename.split('/')[-1]}:{f.lineno}" for f in r.user_stack[-1:]])
+        print(
+            "   break:",
+            r.reason.strip().splitlines()[0][:120],
+            [f"{f.filename.split('/')[-1]}:{f.lineno}" for f in r.user_stack[-1:]],
+        )
     torch._dynamo.reset()
-    check("MultiScaleRoIAlign compile fullgraph", lambda: same(torch.compile(d, fullgraph=True, backend="aot_eager")(images, boxes), e))
+    check(
+        "MultiScaleRoIAlign compile fullgraph",
+        lambda: same(torch.compile(d, fullgraph=True, backend="aot_eager")(images, boxes), e),
+    )
     check("MultiScaleRoIAlign jit.script", lambda: same(torch.jit.script(d)(images, boxes), e))
     check("MultiScaleRoIAlign fx", lambda: same(torch.fx.symbolic_trace(d)(images, boxes), e))
 

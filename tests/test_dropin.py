@@ -149,3 +149,21 @@ def test_torchvision_feature_extraction_sees_the_layers_as_leaves():
         got = extractor(IMAGES, BOXES[0])
         torch.testing.assert_close(got["out"], model(IMAGES, BOXES[0]), rtol=0, atol=0)
     assert got["pooled"].shape == (4, 4, 3, 3)
+
+
+@pytest.mark.parametrize("name", ["fasterrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn"])
+def test_torchvision_detectors_with_roipool_poolers_script_to_the_eager_result(name):
+    detection = pytest.importorskip("torchvision.models.detection")
+    torch.manual_seed(0)
+    model = getattr(detection, name)(weights=None, weights_backbone=None, min_size=160, max_size=160).eval()
+    model.roi_heads.box_score_thresh = 0.0
+    model.roi_heads.box_roi_pool = roipool.nn.MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
+    if getattr(model.roi_heads, "mask_roi_pool", None) is not None:
+        model.roi_heads.mask_roi_pool = roipool.nn.MultiScaleRoIAlign(["0", "1", "2", "3"], 14, 2)
+    images = [torch.rand(3, 160, 160, generator=torch.Generator().manual_seed(2))]
+    with torch.no_grad():
+        expected = model(images)[0]
+        _, got = torch.jit.script(model)(images)
+    assert len(expected["boxes"]) > 0
+    for key in expected:
+        torch.testing.assert_close(got[0][key], expected[key], rtol=0, atol=0)
