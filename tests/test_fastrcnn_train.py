@@ -14,13 +14,26 @@ from roipool.fastrcnn.boxes import box_iou  # noqa: E402
 from roipool.fastrcnn.evaluate import load  # noqa: E402
 from roipool.fastrcnn.model import FastRCNN  # noqa: E402
 from roipool.fastrcnn.proposals import dense_proposals  # noqa: E402
-from roipool.fastrcnn.train import TrainConfig, fast_rcnn_loss, launch, sample_rois, save, train  # noqa: E402
+from roipool.fastrcnn.train import (  # noqa: E402
+    TrainConfig,
+    fast_rcnn_loss,
+    launch,
+    model_config,
+    sample_rois,
+    save,
+    train,
+)
 
 
-def _tiny(**kw):
-    base = dict(epochs=1, images_per_epoch=8, batch_images=4, val_images=2)
+def _tiny(proposals="windows", **kw):
+    base = dict(epochs=1, images_per_epoch=8, batch_images=4, val_images=2, dataset="easy",
+                model=model_config("easy", proposals))  # fmt: skip
     base.update(kw)
     return TrainConfig(**base)
+
+
+def _easy_config():
+    return TrainConfig(dataset="easy", model=model_config("easy", "windows"))
 
 
 def test_roi_sampling_follows_fast_rcnn():
@@ -71,13 +84,13 @@ def test_checkpoint_loads_without_executing_code(tmp_path):
 
     torch.manual_seed(0)
     model = FastRCNN().eval()
-    save(model, tmp_path, TrainConfig())
+    save(model, tmp_path, _easy_config())
     tensors = load_file(str(tmp_path / "model.safetensors"))  # plain tensors, no pickle
     assert set(tensors) == set(model.state_dict())
     again = load(tmp_path)
     image = torch.from_numpy(D.make_sample(0, D.TEST, 0).image)[None]
     rois = torch.tensor([[0.0, 10, 10, 60, 50]])
-    for a, b in zip(model(image, rois), again(image, rois)):
+    for a, b in zip(model(image, rois), again(image, rois), strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -104,20 +117,20 @@ def test_roi_align_is_selectable_or_reported_pending():
         assert model(torch.rand(1, 3, 64, 64), torch.tensor([[0.0, 0, 0, 30, 30]]))[0].shape == (1, 4)
 
 
-def test_two_processes_train_with_ddp_over_gloo(tmp_path):
-    metrics = launch(_tiny(), tmp_path, nproc=2, progress=False)
-    assert metrics["nproc"] == 2 and metrics["steps"] == 2
-    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "config.json").exists()
-    assert not (tmp_path / "train_config.json").exists()
-    load(tmp_path)
+def test_two_processes_train_the_rpn_detector_with_ddp_over_gloo(tmp_path):
+    metrics = launch(_tiny("rpn"), tmp_path, nproc=2, progress=False)
+    assert metrics["nproc"] == 2 and metrics["steps"] == 2 and metrics["proposals"] == "rpn"
+    assert metrics["loss_parts_first"]["rpn_cls"] > 0  # the RPN's loss was part of the step
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "metrics.json", "model.safetensors"]
+    assert load(tmp_path).rpn is not None
 
 
 def test_fast_rcnn_commands_eval_detect_speed(tmp_path, capsys):
     torch.manual_seed(0)
-    save(FastRCNN(), tmp_path / "m", TrainConfig())
+    save(FastRCNN(), tmp_path / "m", _easy_config())
     assert cli.main(["fast-rcnn", "eval", "--model", str(tmp_path / "m"), "--images", "2", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert 0 <= result["map50"] <= 1
+    assert 0 <= result["map50"] <= 1 and result["dataset"] == "easy"
     png = tmp_path / "det.png"
     assert cli.main(["fast-rcnn", "detect", "--model", str(tmp_path / "m"), "--out", str(png), "--images", "1"]) == 0
     assert png.stat().st_size > 1000 and str(png) in capsys.readouterr().out
@@ -128,3 +141,19 @@ def test_fast_rcnn_commands_eval_detect_speed(tmp_path, capsys):
     assert report["per_proposal_ms"] > 0 and report["shared_ms"] > 0
     assert cli.main(args) == 0
     assert "speedup" in capsys.readouterr().out
+
+
+def test_detector_speed_comparison_command(tmp_path, capsys):
+    torch.manual_seed(0)
+    save(FastRCNN(**model_config("easy", "rpn")), tmp_path / "rpn", _tiny("rpn"))
+    save(FastRCNN(), tmp_path / "win", _easy_config())
+    args = ["fast-rcnn", "speed", "--detectors", str(tmp_path / "rpn"), str(tmp_path / "win"), "--images", "2",
+            "--repeat", "1", "--json"]  # fmt: skip
+    assert cli.main(args) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["rpn"]["proposals"] <= 300 and r["windows"]["proposals"] == len(dense_proposals(128, 128))
+    assert r["ratio"] == pytest.approx(r["windows"]["ms"] / r["rpn"]["ms"])
+    # The wrong order is refused with one line.
+    args[3], args[4] = args[4], args[3]
+    assert cli.main(args) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0

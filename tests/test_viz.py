@@ -42,9 +42,12 @@ def test_demo_draws_and_prints_its_pictures(tmp_path):
 def test_detection_picture(tmp_path):
     torch = pytest.importorskip("torch")
     pytest.importorskip("safetensors")
+    from roipool.fastrcnn.figures import detections_figure
     from roipool.fastrcnn.model import FastRCNN
-    from roipool.fastrcnn.train import TrainConfig, save
+    from roipool.fastrcnn.train import TrainConfig, model_config, save
 
     torch.manual_seed(0)
-    save(FastRCNN(), tmp_path / "m", TrainConfig())
-    _not_blank(viz.detections_figure(tmp_path / "m", tmp_path / "det.png", images=2, min_score=0.0))
+    for proposals in ("rpn", "windows"):
+        config = TrainConfig(dataset="easy", model=model_config("easy", proposals))
+        save(FastRCNN(**config.model), tmp_path / proposals, config)
+        _not_blank(detections_figure(tmp_path / proposals, tmp_path / f"{proposals}.png", images=2, min_score=0.0))

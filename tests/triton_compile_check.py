@@ -20,11 +20,11 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
-from roipool.triton import ps_roi, roi_align, roi_pool  # noqa: E402
+from roipool.triton import prroi_pool, ps_roi, roi_align, roi_pool  # noqa: E402
 
 # pointer arguments by role: data (the op's dtype), compute (float32/float64), int32
 DATA = {"input_ptr", "output_ptr", "grad_ptr", "grad_input_ptr"}
-COMPUTE = {"rois_ptr", "scale_ptr"}
+COMPUTE = {"rois_ptr", "scale_ptr", "grad_rois_ptr"}
 
 POOL = {"POOLED_H": 7, "POOLED_W": 7}
 KERNELS = [
@@ -40,6 +40,9 @@ KERNELS = [
     (ps_roi._ps_spans_kernel, {"ALIGN": False, **POOL, "BLOCK_PH": 8, "BLOCK_PW": 8}),
     (ps_roi._ps_backward_kernel, {"ALIGN": True, **POOL, "BLOCK_C": 32, "TILE_H": 8, "TILE_W": 8}),
     (ps_roi._ps_backward_kernel, {"ALIGN": False, **POOL, "BLOCK_C": 32, "TILE_H": 8, "TILE_W": 8}),
+    (prroi_pool._forward_kernel, {**POOL, "BLOCK_C": 32, "BLOCK_P": 64}),
+    (prroi_pool._backward_kernel, {**POOL, "BLOCK_C": 32, "TILE_H": 8, "TILE_W": 8}),
+    (prroi_pool._boxes_backward_kernel, {**POOL, "BLOCK_C": 32, "BLOCK_P": 64}),
 ]
 DTYPES = {"fp32": "fp32", "fp64": "fp64", "fp16": "fp32", "bf16": "fp32"}  # data -> compute
 

@@ -38,8 +38,11 @@ step() { # step NAME SECONDS COMMAND...: run under its own limit, log to OUT/NAM
 }
 
 step environment 30 "$py" benchmarks/gpu/environment.py "$out/environment.json"
-step tests 240 "$py" -m pytest -m "$tests" -q -p no:cacheprovider -o addopts="" -rfEs \
+step tests 230 "$py" -m pytest -m "$tests" -q -p no:cacheprovider -o addopts="" -rfEs \
     --junitxml="$out/tests.xml"
-step bench 150 sh -c '"$0" -m roipool.cli bench --json "$@" >"$ROIPOOL_GPU_OUT/bench.json"' "$py" "${bench_args[@]}"
+step bench 140 sh -c '"$0" -m roipool.cli bench --json "$@" >"$ROIPOOL_GPU_OUT/bench.json"' "$py" "${bench_args[@]}"
+# roipool.jax's XLA path on JAX's GPU (vgg16 only; XLA compiles each variant first): a step of its own
+step bench-jax 60 sh -c '"$0" -m roipool.cli bench --json --jax "$@" >"$ROIPOOL_GPU_OUT/bench-jax.json"' "$py" \
+    "${bench_args[0]}" "${bench_args[1]}" --workload vgg16 --repeat 5
 step summary 20 "$py" benchmarks/gpu/summarize.py "$out"
 cat "$out/summary.md"

@@ -32,12 +32,12 @@ def tests_section(out: Path) -> list[str]:
     return lines
 
 
-def bench_section(out: Path) -> list[str]:
-    path = out / "bench.json"
+def bench_section(out: Path, name: str = "bench") -> list[str]:
+    path = out / f"{name}.json"
     try:
         report = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        return [f"bench: no readable bench.json ({type(exc).__name__})"]
+        return [f"{name}: no readable {name}.json ({type(exc).__name__})"]
     lines = [
         "| workload | op | mode | implementation | median ms | floor ms | x floor | speed-up |",
         "|---|---|---|---|---|---|---|---|",
@@ -52,7 +52,7 @@ def bench_section(out: Path) -> list[str]:
             f"| {ratio} | {speedup} |"
         )
     machine = report.get("machine", {})
-    return [f"bench machine: {machine.get('gpu', machine.get('cpu', '?'))}", *lines]
+    return [f"{name} machine: {machine.get('gpu', machine.get('cpu', '?'))}", *lines]
 
 
 def memory_section(out: Path) -> list[str]:
@@ -81,6 +81,8 @@ def main(out: str) -> int:
         *memory_section(out_dir),
         "",
         *bench_section(out_dir),
+        "",
+        *bench_section(out_dir, "bench-jax"),
     ]
     (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
     return 0

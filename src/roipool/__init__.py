@@ -23,6 +23,11 @@ __all__ = [
     "ps_roi_pool_backward",
     "ps_roi_align",
     "ps_roi_align_backward",
+    "roi_align_rotated",
+    "roi_align_rotated_backward",
+    "prroi_pool",
+    "prroi_pool_backward",
+    "prroi_pool_boxes_backward",
     "set_num_threads",
     "get_num_threads",
 ]
@@ -233,6 +238,130 @@ def ps_roi_align_backward(grad_output, boxes, input_shape, output_size, spatial_
     return numpy_frontend.ps_roi_align_backward(
         grad_output, boxes, input_shape, output_size, spatial_scale, sampling_ratio
     )
+
+
+# ---- rotated RoIAlign (oriented detection; mmcv/mmrotate's roi_align_rotated) ----
+
+
+def roi_align_rotated(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True, clockwise=False):
+    """Rotated RoIAlign: RoIAlign's bin grid laid out in each box's own rotated frame.
+
+    mmcv/mmrotate's ``roi_align_rotated`` semantics. For detectron2's
+    ``ROIAlignRotated`` (angles in degrees, always half-pixel aligned) convert
+    the angle column: ``boxes[:, 5] = np.deg2rad(boxes[:, 5])`` (or
+    ``torch.deg2rad``) with ``aligned=True, clockwise=False``.
+
+    Args:
+        input (ndarray or Tensor[N, C, H, W]): the feature map, floating
+            (float16 and bfloat16 are computed in float32).
+        boxes (ndarray or Tensor[K, 6], or list of N arrays [L_i, 5]): rows
+            ``[batch_index, cx, cy, w, h, angle]`` in input-image coordinates
+            (angle in radians), or per image ``[cx, cy, w, h, angle]``;
+            ``w, h >= 0``.
+        output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
+        spatial_scale (float): image-to-feature-map factor.
+        sampling_ratio (int): samples per bin side; ``<= 0`` means adaptive,
+            ``ceil(scaled size / output size)`` per side.
+        aligned (bool): ``True`` shifts the centre by half a cell (the pixel
+            model of ``roi_align(aligned=True)``); ``False`` keeps the legacy
+            rule (no shift; sizes below one cell are read as one cell).
+        clockwise (bool): ``True`` negates the angle.
+
+    Returns:
+        ndarray or Tensor[K, C, pooled_h, pooled_w] of the input's dtype. A
+        tensor result is differentiable with respect to ``input`` and, when
+        they require a gradient, ``boxes`` (``cx, cy, w, h, angle``).
+        Exact rules: ``docs/semantics.md`` (Rotated RoIAlign).
+    """
+    if _is_tensor(input):
+        from ._torch import roi_align_rotated as _rotated
+
+        return _rotated.roi_align_rotated(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, clockwise)
+    from ._numpy import roi_align_rotated as _rotated
+
+    return _rotated.roi_align_rotated(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, clockwise)
+
+
+def roi_align_rotated_backward(
+    grad_output, boxes, input_shape, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True, clockwise=False
+):
+    """Gradient of :func:`roi_align_rotated` with respect to ``input`` (NumPy).
+
+    ``grad_output (K, C, pooled_h, pooled_w)`` with the ``boxes`` and
+    arguments of the forward call; returns an array of ``input_shape``
+    ``(N, C, H, W)`` in ``grad_output``'s dtype. Deterministic: the result does
+    not depend on the thread count.
+    """
+    from ._numpy import roi_align_rotated as _rotated
+
+    return _rotated.roi_align_rotated_backward(
+        grad_output, boxes, input_shape, output_size, spatial_scale, sampling_ratio, aligned, clockwise
+    )
+
+
+# ---- prroi_pool (Precise RoI Pooling: IoU-Net, ATOM, DiMP) ----
+
+
+def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
+    """Precise RoI Pooling (IoU-Net): the exact mean of the bilinear interpolant over each bin.
+
+    The map is read as a continuous function, the bilinear interpolant of the
+    cells (centres at integer coordinates) extended by zeros past the border;
+    each bin's value is that function's integral over the bin divided by the
+    bin's area, computed in closed form (no sampling, no rounding). Corners are
+    ``x * spatial_scale`` with no half-cell shift; a box with ``x2 <= x1`` or
+    ``y2 <= y1`` (after scaling) gives zeros. See ``docs/semantics.md`` (prroi_pool).
+
+    Args:
+        input (ndarray or Tensor[N, C, H, W]): the feature map, floating
+            (float16 is computed in float32).
+        boxes (ndarray or Tensor[K, 5], or list of N arrays [L_i, 4]): boxes in
+            input-image coordinates, rows ``[batch_index, x1, y1, x2, y2]``, or
+            per image ``[x1, y1, x2, y2]``.
+        output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
+        spatial_scale (float): image-to-feature-map factor (1/16 for a stride-16 map).
+
+    Returns:
+        ndarray or Tensor[K, C, pooled_h, pooled_w] of the input's dtype. A
+        tensor result is differentiable with respect to ``input`` and to the
+        box coordinates (``boxes`` tensors that require grad).
+    """
+    if _is_tensor(input):
+        from ._torch import prroi_pool as _prroi
+
+        return _prroi.prroi_pool(input, boxes, output_size, spatial_scale)
+    from ._numpy import prroi_pool as _prroi
+
+    return _prroi.prroi_pool(input, boxes, output_size, spatial_scale)
+
+
+def prroi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0):
+    """Gradient of :func:`prroi_pool` with respect to ``input`` (NumPy).
+
+    ``grad_output (K, C, pooled_h, pooled_w)`` with the ``boxes``,
+    ``output_size`` and ``spatial_scale`` of the forward call; returns an array
+    of ``input_shape`` ``(N, C, H, W)`` in ``grad_output``'s dtype. Each
+    output's gradient goes to every cell its bin's integral reads, by the same
+    weight. Deterministic: the result does not depend on the thread count.
+    """
+    from ._numpy import prroi_pool as _prroi
+
+    return _prroi.prroi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_scale)
+
+
+def prroi_pool_boxes_backward(grad_output, input, boxes, output_size, spatial_scale=1.0):
+    """Gradient of :func:`prroi_pool` with respect to the box coordinates (NumPy).
+
+    ``grad_output (K, C, pooled_h, pooled_w)``; ``input``, ``boxes``,
+    ``output_size`` and ``spatial_scale`` as in the forward call. Returns the
+    gradient in the form of ``boxes``, in ``input``'s dtype: ``(K, 5)`` whose
+    column 0 (the batch index) is 0, or a list of ``(L_i, 4)`` arrays. The
+    derivative of each bin with respect to its edges is exact (closed form);
+    a box with zero width or height has zero gradient. Deterministic.
+    """
+    from ._numpy import prroi_pool as _prroi
+
+    return _prroi.prroi_pool_boxes_backward(grad_output, input, boxes, output_size, spatial_scale)
 
 
 def set_num_threads(n: int) -> None:

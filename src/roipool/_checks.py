@@ -285,3 +285,135 @@ def input_shape_tuple(input_shape, name: str = "input_shape") -> tuple[int, int,
         raise ValueError(f"{name} must be (N, C, H, W) of non-negative ints, got {input_shape!r}")
     fits_in_memory(shape, 4, name, input_shape, "a gradient")
     return shape
+
+
+# ---- rotated boxes (roi_align_rotated) ----
+
+#: Adaptive sampling of a rotated box takes ``ceil(size / pooled)`` samples per
+#: bin side; beyond this many the call is refused instead of running for hours.
+MAX_ADAPTIVE_GRID = 2**20
+
+
+def rotated_rois_array(boxes, num_images: int, dtype: np.dtype, name: str = "boxes") -> np.ndarray:
+    """Rotated boxes as a new C-contiguous ``(K, 6)`` array of ``dtype``, native byte order.
+
+    ``boxes`` is a ``(K, 6)`` array of ``[batch_index, cx, cy, w, h, angle]``
+    rows or a list of ``num_images`` arrays ``(L_i, 5)`` of ``[cx, cy, w, h,
+    angle]``. Batch indices must be whole numbers in ``[0, num_images)``,
+    centres, sizes and angles finite, and sizes ``w, h >= 0``.
+    """
+    dtype = np.dtype(dtype).newbyteorder("=")
+    if isinstance(boxes, (list, tuple)):
+        box_list_length(len(boxes), num_images, name)
+        parts = []
+        for i, b in enumerate(boxes):
+            arr = _real_array(b, f"{name}[{i}]")
+            rotated_box_list_item_shape(arr.shape, f"{name}[{i}]")
+            part = np.empty((arr.shape[0], 6), dtype=dtype)
+            part[:, 0] = i
+            with np.errstate(over="ignore"):  # overflow to inf is reported below
+                part[:, 1:] = arr
+            parts.append(part)
+        rois = np.concatenate(parts, axis=0) if parts else np.empty((0, 6), dtype)
+    else:
+        arr = _real_array(boxes, name)
+        rotated_rois_shape(arr.shape, name)
+        _batch_index_column(arr[:, 0], num_images, name)
+        with np.errstate(over="ignore"):  # overflow to inf is reported below
+            rois = np.array(arr, dtype=dtype, order="C", copy=True)
+    rotated_box_values(rois, name)
+    return rois
+
+
+def _batch_index_column(batch, num_images: int, name: str) -> None:
+    if batch.dtype.kind == "f":
+        bad = ~np.isfinite(batch) | (batch != np.floor(batch))
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{name}[{k}, 0] is the batch index and must be a whole number, got {batch[k]!r}")
+    bad = (batch < 0) | (batch >= num_images)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{name}[{k}, 0] is the batch index and must be in [0, {num_images}), got {batch[k]!r}")
+
+
+def rotated_box_values(rois: np.ndarray, name: str = "boxes") -> None:
+    """``(K, 6)`` rotated rois: finite centre, size and angle, and no negative size."""
+    values = rois[:, 1:]
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():
+        k = int(np.flatnonzero(~finite)[0])
+        raise ValueError(
+            f"{name}: box {k} [cx, cy, w, h, angle] = {values[k]} has a value that is NaN or infinite "
+            f"(or overflows {rois.dtype})"
+        )
+    negative = (values[:, 2:4] < 0).any(axis=1)
+    if negative.any():
+        k = int(np.flatnonzero(negative)[0])
+        raise ValueError(
+            f"{name}: box {k} has a negative size w = {values[k, 2]!r}, h = {values[k, 3]!r}; "
+            "rotated boxes are [cx, cy, w, h, angle] with w, h >= 0 (a flip is an angle of pi)"
+        )
+
+
+def rotated_rois_shape(shape, name: str = "boxes") -> None:
+    """Rotated boxes with their batch index: shape ``(K, 6)`` of ``[batch_index, cx, cy, w, h, angle]``."""
+    if len(shape) != 2 or shape[1] != 6:
+        hint = ""
+        if len(shape) == 2 and shape[1] == 5:
+            hint = (
+                " (5 columns given: rotated boxes need the batch index AND the angle; a (K, 5) array "
+                "is either [cx, cy, w, h, angle] without the batch index or an axis-aligned box)"
+            )
+        raise ValueError(
+            f"{name} must have shape (K, 6) of [batch_index, cx, cy, w, h, angle] "
+            f"or be a list of (L, 5) arrays, got shape {tuple(shape)}{hint}"
+        )
+
+
+def rotated_box_list_item_shape(shape, name: str) -> None:
+    """One image's rotated boxes: shape ``(L, 5)`` of ``[cx, cy, w, h, angle]``."""
+    if len(shape) != 2 or shape[1] != 5:
+        hint = " (4 columns given: the angle is missing)" if len(shape) == 2 and shape[1] == 4 else ""
+        raise ValueError(f"{name} must have shape (L, 5) of [cx, cy, w, h, angle], got {tuple(shape)}{hint}")
+
+
+def rotated_scaled_boxes(rois: np.ndarray, scale, pooled_h: int, pooled_w: int, adaptive: bool, name: str = "boxes"):
+    """Scaled centres and sizes stay finite in the compute dtype, and an adaptive grid stays bounded."""
+    t = rois.dtype.type
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = rois[:, 1:5] * t(scale)
+    ok = np.isfinite(scaled).all(axis=1)
+    if not ok.all():
+        k = int(np.flatnonzero(~ok)[0])
+        raise ValueError(f"{name}: box {k} {rois[k, 1:]} times spatial_scale {scale} overflows {rois.dtype}")
+    if adaptive and rois.shape[0]:
+        grid = np.maximum(scaled[:, 3] / pooled_h, scaled[:, 2] / pooled_w)
+        k = int(np.argmax(grid))
+        if grid[k] > MAX_ADAPTIVE_GRID:
+            raise ValueError(
+                f"{name}: box {k} {rois[k, 1:]} would take {float(np.ceil(grid[k])):.3g} adaptive samples per bin "
+                f"side (more than {MAX_ADAPTIVE_GRID}); pass a positive sampling_ratio for boxes this large"
+            )
+
+
+# ---- prroi_pool (Precise RoI Pooling) ----
+
+
+def prroi_arguments(output_size, spatial_scale) -> tuple[int, int, float]:
+    """Checked ``(pooled_h, pooled_w, spatial_scale)`` of ``prroi_pool``."""
+    pooled_h, pooled_w = output_size_pair(output_size)
+    return pooled_h, pooled_w, positive_scale(spatial_scale)
+
+
+def prroi_grad_output(grad_output, expected, why: str, name: str = "grad_output") -> np.ndarray:
+    """A real floating NumPy array of the forward output's shape ``expected`` (not copied); ``why`` says what fixed it."""
+    if not isinstance(grad_output, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array, got {type(grad_output).__name__}")
+    if grad_output.dtype.kind != "f":
+        raise TypeError(f"{name} must have a real floating dtype, got {grad_output.dtype}")
+    if grad_output.shape != tuple(expected):
+        raise ValueError(
+            f"{name} must have shape {tuple(expected)} (K, C, pooled_h, pooled_w) for {why}, got {grad_output.shape}"
+        )
+    return grad_output

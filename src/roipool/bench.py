@@ -169,8 +169,11 @@ def _optional(name):
         return None
 
 
-def candidates(workload: Workload, op: str, mode: str, device: str = "cpu") -> list[Candidate]:
-    """Everything installed that can run ``op`` in ``mode`` ("forward" or "forward+backward")."""
+def candidates(workload: Workload, op: str, mode: str, device: str = "cpu", jax: bool = False) -> list[Candidate]:
+    """Everything installed that can run ``op`` in ``mode`` ("forward" or "forward+backward").
+
+    ``jax`` adds ``roipool.jax`` (jitted; its XLA path compiles for minutes on ``vgg16``).
+    """
     import roipool
 
     x, rois = workload.make()
@@ -178,8 +181,12 @@ def candidates(workload: Workload, op: str, mode: str, device: str = "cpu") -> l
     extra = {} if op in ("roi_pool", "ps_roi_pool") else {"sampling_ratio": workload.sampling_ratio}
     if op == "roi_align":
         extra["aligned"] = workload.aligned
+    if op == "roi_align_rotated":
+        return rotated_candidates(workload, mode, device)
     out: list[Candidate] = []
     torch = _optional("torch")
+    if op == "prroi_pool":
+        return _prroi_candidates(workload, x, rois, mode, device, torch)
 
     if device == "cpu" and hasattr(roipool, op):
         fn = getattr(roipool, op)
@@ -206,6 +213,10 @@ def candidates(workload: Workload, op: str, mode: str, device: str = "cpu") -> l
                 return backward(upstream, rois, x.shape, size, scale, **extra)
 
             out.append(Candidate("roipool (numpy)", numpy_align_step, True))
+
+    # JAX compiles for tens of seconds per op and mode on a small CPU: the two workloads of its issue only
+    if jax and workload.name in ("vgg16", "small-batch") and _optional("jax") is not None:
+        out.extend(_jax_candidates(x, rois, op, mode, size, scale, extra, device))
 
     if torch is not None and (device == "cpu" or torch.cuda.is_available()):
         dev = torch.device(device)
@@ -246,6 +257,93 @@ def candidates(workload: Workload, op: str, mode: str, device: str = "cpu") -> l
             )
             feeds = {"X": x, "rois": np.ascontiguousarray(rois[:, 1:]), "batch_indices": rois[:, 0].astype(np.int64)}
             out.append(Candidate("onnxruntime", lambda: sess.run(None, feeds)))
+    return out
+
+
+def _jax_candidates(x, rois, op, mode, size, scale, extra, device):
+    """roipool.jax, jitted, for each backend that runs on ``device``; compiled before timing.
+
+    The compile time (tracing and XLA compilation, first call) is part of the
+    implementation's name, since rows hold one figure.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    import roipool.jax as rj
+
+    platform = "cpu" if device == "cpu" else "gpu"
+    try:
+        dev = jax.devices(platform)[0]
+    except RuntimeError:  # no such JAX backend installed
+        return []
+    fn = getattr(rj, op)
+    xj, rj_ = jax.device_put(jnp.asarray(x), dev), jax.device_put(jnp.asarray(rois), dev)
+    out = []
+    for backend in ("xla", "callback") if platform == "cpu" else ("xla",):
+
+        def forward(x, r, backend=backend):
+            return fn(x, r, size, scale, backend=backend, **extra)
+
+        if mode == "forward":
+            step = jax.jit(forward)
+        else:
+
+            def train(x, r, forward=forward):
+                # the output is returned too: XLA would otherwise drop a forward the backward does not read
+                y, vjp = jax.vjp(lambda x: forward(x, r), x)
+                return y, vjp(jnp.ones_like(y))[0]
+
+            step = jax.jit(train)
+        t0 = time.perf_counter()
+        jax.block_until_ready(step(xj, rj_))
+        compile_s = time.perf_counter() - t0
+        out.append(
+            Candidate(
+                f"roipool.jax ({backend}, compile {compile_s:.1f} s)",
+                lambda step=step: jax.block_until_ready(step(xj, rj_)),
+                True,
+            )
+        )
+    return out
+
+
+def _prroi_candidates(workload, x, rois, mode, device, torch) -> list[Candidate]:
+    """prroi_pool, measured beside roipool's own roi_align forward (the goal's yardstick;
+    torchvision has no PrRoI). forward+backward includes both the input and the box gradient."""
+    import roipool
+
+    size, scale = workload.output_size, workload.spatial_scale
+    if device != "cpu":
+        return []
+    if mode == "forward":
+        return [
+            Candidate("roipool (numpy)", lambda: roipool.prroi_pool(x, rois, size, scale), True),
+            Candidate(
+                f"roi_align s={workload.sampling_ratio} (numpy)",
+                lambda: roipool.roi_align(x, rois, size, scale, workload.sampling_ratio, workload.aligned),
+            ),
+        ]
+    upstream = np.ones_like(roipool.prroi_pool(x, rois, size, scale))
+
+    def numpy_step():
+        roipool.prroi_pool(x, rois, size, scale)
+        return (
+            roipool.prroi_pool_backward(upstream, rois, x.shape, size, scale),
+            roipool.prroi_pool_boxes_backward(upstream, x, rois, size, scale),
+        )
+
+    out = [Candidate("roipool (numpy)", numpy_step, True)]
+    if torch is not None:
+        xg = torch.from_numpy(x).requires_grad_(True)
+        rg = torch.from_numpy(rois).requires_grad_(True)
+        ug = torch.from_numpy(upstream)
+        out.append(
+            Candidate(
+                "roipool (torch)",
+                lambda: torch.autograd.grad(roipool.prroi_pool(xg, rg, size, scale), (xg, rg), ug),
+                True,
+            )
+        )
     return out
 
 
@@ -438,11 +536,13 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-OPS = ("roi_pool", "roi_align", "ps_roi_pool", "ps_roi_align")
+OPS = ("roi_pool", "roi_align", "ps_roi_pool", "ps_roi_align", "roi_align_rotated", "prroi_pool")
 MODES = ("forward", "forward+backward")
 
 
-def run(workloads, repeat: int, device: str = "cpu", ops=OPS, bandwidth: float | None = None) -> list[Row]:
+def run(
+    workloads, repeat: int, device: str = "cpu", ops=OPS, bandwidth: float | None = None, jax: bool = False
+) -> list[Row]:
     """Rows for every op of every workload; on ``cuda`` timed by CUDA events, with floors at
     ``bandwidth`` bytes/s (measured here when not given)."""
     timer = None
@@ -495,10 +595,12 @@ def run(workloads, repeat: int, device: str = "cpu", ops=OPS, bandwidth: float |
         for op in ops:
             if op.startswith("ps_") != workload.position_sensitive:
                 continue  # position-sensitive ops need C divisible by bins: workloads of their own
+            if (op == "roi_align_rotated") != isinstance(workload, RotatedWorkload):
+                continue  # rotated boxes: workloads of their own
             k = workload.images * workload.boxes_per_image
             map_bytes = workload.images * workload.channels * workload.height * workload.width * 4
             out_channels = workload.channels // workload.output_size**2 if workload.position_sensitive else workload.channels
-            block(wname, op, lambda mode, op=op, w=workload: candidates(w, op, mode, device),
+            block(wname, op, lambda mode, op=op, w=workload: candidates(w, op, mode, device, jax),
                   map_bytes, k * out_channels * workload.output_size**2 * 4)
     return rows
 
@@ -530,7 +632,7 @@ def main(args) -> int:
         if torch is None or not torch.cuda.is_available():
             raise SystemExit("roipool bench: --device cuda needs torch and a GPU it can see (torch.cuda.is_available())")
     bandwidth = cuda_copy_bandwidth(torch) if args.device == "cuda" else None
-    rows = run(names, args.repeat, args.device, bandwidth=bandwidth)
+    rows = run(names, args.repeat, args.device, bandwidth=bandwidth, jax=getattr(args, "jax", False))
     info = machine(args.device)  # after the run, which starts Numba's threading layer
     if bandwidth:
         info["copy_bandwidth_gb_s"] = round(bandwidth / 1e9, 1)
@@ -541,3 +643,75 @@ def main(args) -> int:
         print(format_table(rows))
         print(f"(medians of {args.repeat} interleaved repeats; speed-up = the fastest peer's median / this median)")
     return 0
+
+
+# ---- rotated RoIAlign: the dota workload, OpenVINO's ROIAlignRotated as the peer ----
+
+
+@dataclass(frozen=True)
+class RotatedWorkload(Workload):
+    def make(self, seed: int = 0):
+        """Feature map ``(N, C, H, W)`` float32 and rotated boxes ``(K, 6)`` ``[n, cx, cy, w, h, angle]``:
+        sides log-uniform between 16 px and ``max_side``, centres uniform in the image, angles uniform."""
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((self.images, self.channels, self.height, self.width), dtype=np.float32)
+        k = self.images * self.boxes_per_image
+        w, h = np.exp(rng.uniform(np.log(16), np.log(512), (2, k)))
+        cx, cy = rng.uniform(0, self.image_w, k), rng.uniform(0, self.image_h, k)
+        angle = rng.uniform(-np.pi, np.pi, k)
+        batch = np.repeat(np.arange(self.images), self.boxes_per_image)
+        return x, np.column_stack([batch, cx, cy, w, h, angle]).astype(np.float32)
+
+
+WORKLOADS["dota"] = RotatedWorkload(
+    "dota", "1024x1024 aerial image, stride 8, 2000 rotated boxes (sides 16-512 px, any angle)",
+    1, 256, 128, 128, 1024, 1024, 2000, 7, 1 / 8,
+)  # fmt: skip
+
+
+def rotated_candidates(workload: Workload, mode: str, device: str = "cpu") -> list[Candidate]:
+    """roipool's roi_align_rotated (NumPy, torch) and OpenVINO's CPU ROIAlignRotated (forward, same threads);
+    on ``cuda`` the torch path alone."""
+    import numba
+
+    import roipool
+
+    x, rois = workload.make()
+    args = (workload.output_size, workload.spatial_scale, workload.sampling_ratio, workload.aligned)
+    out: list[Candidate] = []
+    torch = _optional("torch")
+    if device != "cpu":
+        xt, rt = torch.from_numpy(x).to(device), torch.from_numpy(rois).to(device)
+        extra = {"sampling_ratio": args[2], "aligned": args[3]}
+        return [
+            _torch_candidate("roipool (torch)", roipool.roi_align_rotated, xt, rt, *args[:2], extra, mode, torch, True)
+        ]
+    if mode == "forward":
+        out.append(Candidate("roipool (numpy)", lambda: roipool.roi_align_rotated(x, rois, *args), True))
+    else:
+        upstream = np.ones_like(roipool.roi_align_rotated(x, rois, *args))
+
+        def numpy_step():
+            roipool.roi_align_rotated(x, rois, *args)
+            return roipool.roi_align_rotated_backward(upstream, rois, x.shape, *args)
+
+        out.append(Candidate("roipool (numpy)", numpy_step, True))
+    if torch is not None:
+        xt, rt = torch.from_numpy(x), torch.from_numpy(rois)
+        out.append(
+            _torch_candidate("roipool (torch)", roipool.roi_align_rotated, xt, rt, args[0], args[1],
+                             {"sampling_ratio": args[2], "aligned": args[3]}, mode, torch, True)
+        )  # fmt: skip
+    ov = _optional("openvino")
+    if ov is not None and mode == "forward" and workload.aligned:  # OpenVINO's op is always half-pixel aligned
+        from openvino import opset15 as ops
+
+        nodes = [ops.parameter(list(x.shape), np.float32), ops.parameter([len(rois), 5], np.float32)]
+        nodes.append(ops.parameter([len(rois)], np.int32))  # static shapes: the plugin's best case
+        size = workload.output_size
+        node = ops.roi_align_rotated(*nodes, size, size, max(workload.sampling_ratio, 0), workload.spatial_scale, False)
+        config = {"INFERENCE_NUM_THREADS": numba.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32"}
+        model = ov.Core().compile_model(ov.Model([node], nodes, "rotated"), "CPU", config)
+        feeds = [x, np.ascontiguousarray(rois[:, 1:]), rois[:, 0].astype(np.int32)]
+        out.append(Candidate("openvino", lambda: model(feeds)))
+    return out

@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=7, help="timed repeats per measurement (median reported)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run")
+    p.add_argument(
+        "--jax", action="store_true", help="also time roipool.jax on vgg16 and small-batch (XLA compiles for minutes)"
+    )
     p.set_defaults(func=_bench, extra="torch")
     from .fastrcnn.cli import add_parser as add_fast_rcnn
 

@@ -293,3 +293,88 @@ def box_levels(boxes: List[Tensor], level_range: Tuple[int, int], canonical_scal
     eps = torch.tensor(1e-6, dtype=side.dtype)
     level = torch.floor(canonical_level + torch.log2(side / canonical_scale) + eps)
     return torch.clamp(level, min=k_min, max=k_max).to(torch.int64) - k_min
+
+
+# ---- rotated RoIAlign (importing registers the roipool::roi_align_rotated* ops) ----
+
+from ._torch import roi_align_rotated as _rotated  # noqa: E402
+
+roi_align_rotated = _rotated.roi_align_rotated
+__all__ += ["RoIAlignRotated", "roi_align_rotated"]
+
+
+class RoIAlignRotated(nn.Module):
+    """Rotated RoIAlign layer (oriented detection; mmcv/mmrotate's ``RoIAlignRotated``);
+    see :func:`roipool.roi_align_rotated`.
+
+    Args:
+        output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
+        spatial_scale (float): image-to-feature-map factor.
+        sampling_ratio (int): samples per bin side; ``<= 0`` adaptive.
+        aligned (bool): shift the centre by half a cell (default True).
+        clockwise (bool): angles count clockwise (default False).
+
+    ``forward(input (Tensor[N, C, H, W]), rois (Tensor[K, 6] or List[Tensor[L, 5]]))``
+    returns ``Tensor[K, C, pooled_h, pooled_w]``; rows are ``[batch_index, cx, cy, w, h, angle]``.
+    """
+
+    def __init__(
+        self,
+        output_size: Union[int, Tuple[int, int]],
+        spatial_scale: float = 1.0,
+        sampling_ratio: int = -1,
+        aligned: bool = True,
+        clockwise: bool = False,
+    ):
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+        self.clockwise = clockwise
+
+    def forward(self, input: Tensor, rois: Boxes) -> Tensor:
+        return _rotated.roi_align_rotated(
+            input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned, self.clockwise
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+            f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}, clockwise={self.clockwise})"
+        )
+
+
+# ---- Precise RoI Pooling ----
+
+from ._torch import prroi_pool as _prroi_pool  # noqa: E402  (defines the roipool::prroi_pool* ops)
+
+__all__ += ["PrRoIPool"]
+
+
+class PrRoIPool(nn.Module):
+    """Precise RoI Pooling (IoU-Net, ATOM, DiMP): :func:`roipool.prroi_pool` as a layer.
+
+    Each bin is the exact mean of the feature map's bilinear interpolant over
+    the bin (cell centres at integer coordinates, corners ``x * spatial_scale``,
+    no rounding). Differentiable with respect to the features and to the boxes,
+    so a tracker can refine boxes by gradient ascent on a predicted IoU.
+
+    Args:
+        output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
+        spatial_scale (float): image-to-feature-map factor (1/16 for a stride-16 map).
+
+    Shape:
+        ``forward(input (N, C, H, W), boxes (K, 5) or list of N (L, 4)) -> (K, C, pooled_h, pooled_w)``.
+    """
+
+    def __init__(self, output_size: Union[int, Tuple[int, int]], spatial_scale: float = 1.0):
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+
+    def forward(self, input: Tensor, boxes: Union[Tensor, List[Tensor]]) -> Tensor:
+        return _prroi_pool.prroi_pool(input, boxes, self.output_size, self.spatial_scale)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale})"

@@ -1,4 +1,6 @@
-"""Pictures of RoI pooling (matplotlib, headless): the worked example, proposals, detections.
+"""Pictures of RoI pooling (matplotlib, headless): the worked example and proposals.
+
+The detector's picture lives with it, in ``fastrcnn/figures.py``.
 
 Every function writes one PNG and returns its path. Bin edges come from
 ``cpu.geometry.roi_pool_bins`` (the kernels' own definition) and pooled values
@@ -149,32 +151,3 @@ def proposals_figure(path, seed: int = 54, output_size: int = 7) -> Path:
             spine.set_linewidth(2)
     return _save(fig, path)
 
-
-def detections_figure(model_dir, path, seed: int = 3, images: int = 4, min_score: float = 0.5) -> Path:
-    """A trained model's detections (class name and score) on ``images`` generated test images."""
-    import torch
-
-    from .fastrcnn import data as D
-    from .fastrcnn.evaluate import detect, load
-
-    model = load(model_dir)
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, images, figsize=(3.4 * images, 3.6), squeeze=False)
-    colours = {c: BIN_COLOURS[i] for i, c in enumerate(D.CLASSES)}
-    for i, ax in enumerate(axes[0]):
-        sample = D.make_sample(seed, D.TEST, i)
-        boxes, scores, labels = detect(model, torch.from_numpy(sample.image))
-        ax.imshow(sample.image.transpose(1, 2, 0))
-        for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
-            if score < min_score:
-                continue
-            name = D.CLASSES[label - 1]
-            x1, y1, x2, y2 = box
-            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=2, ec=colours[name]))
-            ax.text(x1, y1 - 1, f"{name} {score:.2f}", fontsize=8, color="white", va="bottom",
-                    bbox=dict(facecolor=colours[name], alpha=0.8, pad=1, lw=0))  # fmt: skip
-        ax.set_xlim(0, sample.image.shape[2])
-        ax.set_ylim(sample.image.shape[1], 0)
-        ax.axis("off")
-    fig.suptitle(f"Fast R-CNN detections (score >= {min_score}) on generated test images, seed {seed}", fontsize=10)
-    return _save(fig, path)

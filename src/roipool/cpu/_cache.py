@@ -17,8 +17,10 @@ from numba.core import caching
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
-# Where Numba keeps its list of locators (``_CacheImpl`` before Numba 0.61).
-_CACHE_IMPL = getattr(caching, "CacheImpl", None) or caching._CacheImpl
+# Where Numba keeps its list of locators (``_CacheImpl`` before Numba 0.61). Both
+# are internal: if a Numba release moves them, install() does nothing and
+# tests/test_numba_cache.py fails, rather than every import of roipool.
+_CACHE_IMPL = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
 
 
 def sources_digest(directory: str = _PACKAGE_DIR) -> str:
@@ -64,5 +66,6 @@ class KernelSourcesLocator(caching._CacheLocator):
 
 def install() -> None:
     """Put :class:`KernelSourcesLocator` first in Numba's list (once); it declines functions outside ``cpu/``."""
-    if KernelSourcesLocator not in _CACHE_IMPL._locator_classes:
-        _CACHE_IMPL._locator_classes.insert(0, KernelSourcesLocator)
+    locators = getattr(_CACHE_IMPL, "_locator_classes", None)
+    if isinstance(locators, list) and KernelSourcesLocator not in locators:
+        locators.insert(0, KernelSourcesLocator)

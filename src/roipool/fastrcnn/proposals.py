@@ -51,22 +51,34 @@ def sliding_windows(
     return np.concatenate(out).astype(np.float32)
 
 
-def dense_proposals(height: int, width: int, count: int | None = None) -> np.ndarray:
-    """About 2000 windows for the data set's 128x128 images; exactly ``count`` if given.
+# For the harder set's objects of 10-90 px (aspects 0.7-1.4) on 192x192 images;
+# that detector keeps 2000 of these windows (``HARD_WINDOW_COUNT``). Square
+# windows only: at 2000 windows, a denser grid of squares covered more objects
+# (IoU >= 0.5: 96% of 444 objects) than three aspects on a coarser one (83%).
+HARD_WINDOW_SIZES = (12.0, 17.0, 24.0, 34.0, 48.0, 68.0, 96.0)
+HARD_WINDOW_ASPECTS = (1.0,)
+HARD_WINDOW_COUNT = 2000
+
+
+def dense_proposals(height: int, width: int, count: int | None = None, sizes=None, aspects=ASPECTS) -> np.ndarray:
+    """About 2000 windows for the easy set's 128x128 images; exactly ``count`` if given.
 
     With ``count``, the step is refined until the grid holds at least ``count``
     windows, then ``count`` of them are kept, evenly spread through the list
     (deterministic, so every call gives the same proposals for a size).
+    ``sizes``: window sizes in pixels (default: ``SIZES``, scaled by the image
+    side over 128 when ``count`` is given); ``aspects``: their aspects.
     """
     if count is None:
-        return sliding_windows(height, width)
+        return sliding_windows(height, width, SIZES if sizes is None else sizes, aspects)
     if count <= 0:
         raise ValueError(f"count must be positive, got {count}")
-    sizes = tuple(s * max(height, width) / 128 for s in SIZES)
+    if sizes is None:
+        sizes = tuple(s * max(height, width) / 128 for s in SIZES)
     fraction = 1.0
-    boxes = sliding_windows(height, width, sizes, step_fraction=fraction)
+    boxes = sliding_windows(height, width, sizes, aspects, step_fraction=fraction)
     while len(boxes) < count and fraction > 0.02:
         fraction *= 0.9
-        boxes = sliding_windows(height, width, sizes, step_fraction=fraction)
+        boxes = sliding_windows(height, width, sizes, aspects, step_fraction=fraction)
     keep = np.linspace(0, len(boxes) - 1, count).round().astype(int)
     return boxes[keep]

@@ -167,3 +167,53 @@ def measure(
             "head": macs["head"] / 1e9,
         },
     }
+
+
+@torch.no_grad()
+def compare_detectors(rpn_model: FastRCNN, windows_model: FastRCNN, images: int = 20, repeat: int = 5, seed: int = 1,
+                      threads: int | None = None) -> dict:  # fmt: skip
+    """Whole detection per image (``evaluate.detect``) of an RPN and a sliding-window model, interleaved.
+
+    Both run on the same ``images`` test images of the RPN model's data set:
+    backbone, proposals (the RPN's 300, or all the windows), RoI pooling, head,
+    per-class NMS. Returns each one's median milliseconds per image and
+    ``ratio`` = windows / rpn.
+    """
+    from .evaluate import detect
+
+    if rpn_model.rpn is None or windows_model.rpn is not None:
+        raise ValueError("--detectors takes an RPN model first, then a sliding-window model")
+    if rpn_model.num_classes != windows_model.num_classes:
+        raise ValueError("the two models were trained for different numbers of classes")
+    if threads:
+        torch.set_num_threads(threads)
+        roipool.set_num_threads(threads)
+    ds = D.get(getattr(rpn_model, "dataset", "hard"))
+    pictures = [torch.from_numpy(s.image) for s in ds.make_set(seed, D.TEST, images)]
+    counts = {}
+
+    def runner(name, model):
+        model.eval()
+
+        def run():
+            if threads:
+                # Numba's OpenMP pool, started by the first pooling call, can
+                # reset the thread count that torch shares: set it every round.
+                torch.set_num_threads(threads)
+                roipool.set_num_threads(threads)
+            for image in pictures:
+                _, _, _, (props, _) = detect(model, image, return_proposals=True)
+                counts[name] = len(props)
+
+        return run
+
+    t = _interleaved({"rpn": runner("rpn", rpn_model), "windows": runner("windows", windows_model)}, repeat)
+    return {
+        "dataset": ds.name,
+        "images": images,
+        "repeat": repeat,
+        "torch_threads": torch.get_num_threads(),
+        "rpn": {"ms": t["rpn"] * 1e3 / images, "proposals": counts["rpn"]},
+        "windows": {"ms": t["windows"] * 1e3 / images, "proposals": counts["windows"]},
+        "ratio": t["windows"] / t["rpn"],
+    }

@@ -9,6 +9,7 @@ custom ops (``_register``). The launchers also take CPU tensors under
 
 from __future__ import annotations
 
+from .prroi_pool import prroi_pool_backward, prroi_pool_boxes_backward, prroi_pool_forward
 from .ps_roi import ps_roi_align_backward, ps_roi_align_forward, ps_roi_pool_backward, ps_roi_pool_forward
 from .roi_align import roi_align_backward, roi_align_forward
 from .roi_pool import roi_pool_backward, roi_pool_forward
@@ -22,6 +23,9 @@ __all__ = [
     "ps_roi_pool_backward",
     "ps_roi_align_forward",
     "ps_roi_align_backward",
+    "prroi_pool_forward",
+    "prroi_pool_backward",
+    "prroi_pool_boxes_backward",
 ]
 
 from . import _register  # noqa: E402

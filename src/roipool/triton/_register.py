@@ -14,7 +14,7 @@ import inspect
 
 import torch
 
-from . import ps_roi, roi_align, roi_pool
+from . import prroi_pool, ps_roi, roi_align, roi_align_rotated, roi_pool
 
 NAMESPACE = "roipool"
 
@@ -38,6 +38,20 @@ LAUNCHERS = {
     "ps_roi_pool_backward": (ps_roi.ps_roi_pool_backward, 1, ps_roi.ps_roi_pool_backward),
     "ps_roi_align": (ps_roi.ps_roi_align_forward, 1, ps_roi.ps_roi_align_forward),
     "ps_roi_align_backward": (ps_roi.ps_roi_align_backward, 1, ps_roi.ps_roi_align_backward),
+    "roi_align_rotated": (roi_align_rotated.roi_align_rotated_forward, 1, roi_align_rotated.roi_align_rotated_forward),
+    "roi_align_rotated_backward": (
+        roi_align_rotated.roi_align_rotated_backward,
+        1,
+        roi_align_rotated.roi_align_rotated_backward,
+    ),
+    "roi_align_rotated_box_backward": (
+        roi_align_rotated.roi_align_rotated_box_backward,
+        1,
+        roi_align_rotated.roi_align_rotated_box_backward,
+    ),
+    "prroi_pool": (prroi_pool.prroi_pool_forward, 1, prroi_pool.prroi_pool_forward),
+    "prroi_pool_backward": (prroi_pool.prroi_pool_backward, 1, prroi_pool.prroi_pool_backward),
+    "prroi_pool_boxes_backward": (prroi_pool.prroi_pool_boxes_backward, 1, prroi_pool.prroi_pool_boxes_backward),
 }
 
 REGISTERED: list[str] = []
@@ -67,9 +81,11 @@ def cuda_kernel(name: str, schema: torch.FunctionSchema):
 def register() -> None:
     """Register a CUDA kernel for every ``roipool::`` op whose schema the launchers match."""
     try:
-        from .._torch import ps_roi, roi_align, roi_pool  # noqa: F401  (define the ops)
+        from .._torch import ps_roi, roi_align, roi_align_rotated, roi_pool  # noqa: F401  (define the ops)
     except ImportError:  # a tree without the torch frontend
         return
+    from .._torch import prroi_pool as _prroi_ops  # noqa: F401  (defines the roipool::prroi_pool* ops)
+
     namespace = getattr(torch.ops, NAMESPACE)
     for name in LAUNCHERS:
         qualname = f"{NAMESPACE}::{name}"

@@ -1,0 +1,63 @@
+"""NumPy frontend of Precise RoI Pooling: checks, memory layout, and calls into ``cpu/prroi_pool.py``.
+
+Semantics: ``docs/semantics.md`` (prroi_pool). The closed-form taps are
+computed once per call and shared by every channel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _checks
+from .._checks import compute_dtype
+from ..cpu import prroi_pool as cpu
+
+
+def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
+    input = _checks.feature_map(input)
+    n, channels, height, width = input.shape
+    pooled_h, pooled_w, scale = _checks.prroi_arguments(output_size, spatial_scale)
+    dtype = compute_dtype(input.dtype)
+    rois = _checks.rois_array(boxes, n, dtype)
+    _checks.pooled_output_fits(rois.shape[0], channels, pooled_h, pooled_w, dtype.itemsize, output_size)
+    taps = cpu.PrRoITaps(rois, scale, pooled_h, pooled_w, height, width)
+    out = np.empty((rois.shape[0], channels, pooled_h * pooled_w), dtype)
+    cpu.launch_forward(input.astype(dtype, copy=False), taps, out)
+    return out.reshape(out.shape[0], channels, pooled_h, pooled_w).astype(input.dtype, copy=False)
+
+
+def prroi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0):
+    n, channels, height, width = _checks.input_shape_tuple(input_shape)
+    pooled_h, pooled_w, scale = _checks.prroi_arguments(output_size, spatial_scale)
+    if not isinstance(grad_output, np.ndarray):
+        raise TypeError(f"grad_output must be a NumPy array, got {type(grad_output).__name__}")
+    dtype = compute_dtype(grad_output.dtype) if grad_output.dtype.kind == "f" else np.dtype(np.float64)
+    rois = _checks.rois_array(boxes, n, dtype)
+    k = rois.shape[0]
+    _checks.prroi_grad_output(
+        grad_output, (k, channels, pooled_h, pooled_w), "these boxes, input_shape and output_size"
+    )
+    taps = cpu.PrRoITaps(rois, scale, pooled_h, pooled_w, height, width)
+    grad_in = np.empty((n, channels, height, width), dtype)
+    go = np.ascontiguousarray(grad_output, dtype=dtype).reshape(k, channels, pooled_h * pooled_w)
+    cpu.launch_backward(go, taps, grad_in)
+    return grad_in.astype(grad_output.dtype, copy=False)
+
+
+def prroi_pool_boxes_backward(grad_output, input, boxes, output_size, spatial_scale=1.0):
+    input = _checks.feature_map(input, accepted="a NumPy array")  # tensors get the box gradient from autograd
+    n, channels, height, width = input.shape
+    pooled_h, pooled_w, scale = _checks.prroi_arguments(output_size, spatial_scale)
+    dtype = compute_dtype(input.dtype)
+    rois = _checks.rois_array(boxes, n, dtype)
+    k = rois.shape[0]
+    _checks.prroi_grad_output(grad_output, (k, channels, pooled_h, pooled_w), "these boxes, input and output_size")
+    taps = cpu.PrRoITaps(rois, scale, pooled_h, pooled_w, height, width)
+    grad = np.empty((k, 4), dtype)
+    go = np.ascontiguousarray(grad_output, dtype=dtype).reshape(k, channels, pooled_h * pooled_w)
+    cpu.launch_boxes_backward(go, input.astype(dtype, copy=False), taps, grad)
+    grad = grad.astype(input.dtype, copy=False)
+    if isinstance(boxes, (list, tuple)):
+        ends = np.cumsum([len(b) for b in boxes])
+        return [part.copy() for part in np.split(grad, ends[:-1])] if len(boxes) else []
+    return np.concatenate([np.zeros((k, 1), grad.dtype), grad], axis=1)

@@ -1,0 +1,227 @@
+"""Rotated RoIAlign on torch tensors: custom ops, fake kernels, autograd (input and boxes).
+
+Three custom ops (``define`` in ``_library``):
+
+- ``roipool::roi_align_rotated``: the forward, for training and inference
+  alike (the op is linear in ``input``; its backward needs only the boxes,
+  and the box gradient the input, both kept by reference at no cost);
+- ``roipool::roi_align_rotated_backward``: the gradient with respect to ``input``;
+- ``roipool::roi_align_rotated_box_backward``: the gradient with respect to
+  ``rois`` (``(K, 6)``; column 0, the batch index, gets 0), run only when the
+  boxes require a gradient.
+
+The CPU kernels and launchers are ``cpu/roi_align_rotated.py`` (shared with the NumPy path);
+the box values are checked there (``_checks.rotated_rois_array``), so eager,
+compiled and exported calls raise the same errors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import _checks
+from ..cpu import roi_align_rotated as kernels
+from ._library import check_feature_map, compute_dtype, define, new_cpu_tensor, quiet_when_tracing
+
+_ARGS = "float spatial_scale, int pooled_height, int pooled_width, int sampling_ratio, bool aligned, bool clockwise"
+_SHAPE = "int batch_size, int channels, int height, int width"
+
+
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    return np.dtype(np.float64 if dtype == torch.float64 else np.float32)
+
+
+def _numpy(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """``t`` as a NumPy array of ``dtype`` (a view when it already is; strides kept)."""
+    t = t.detach()
+    if t.dtype != dtype:
+        t = t.to(dtype)
+    return t.numpy()
+
+
+def _frames(rois, num_images, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise):
+    np_dtype = _numpy_dtype(dtype)
+    _checks.scale_in_dtype(spatial_scale, np_dtype)
+    r = rois.detach()
+    if r.dtype == torch.bfloat16:  # NumPy has no bfloat16; the widening is exact
+        r = r.float()
+    rois_np = _checks.rotated_rois_array(r.numpy(), num_images, np_dtype)
+    _checks.rotated_scaled_boxes(rois_np, spatial_scale, pooled_height, pooled_width, sampling_ratio <= 0)
+    return kernels.Frames(rois_np, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise)
+
+
+def _forward_cpu(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise):
+    dtype = compute_dtype(input.dtype)
+    n, channels = input.shape[:2]
+    frames = _frames(rois, n, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise)
+    out = new_cpu_tensor((frames.num_rois, channels, pooled_height * pooled_width), dtype)
+    if out.numel():
+        kernels.launch_forward(_numpy(input, dtype), frames, out.numpy())
+    return out.view(frames.num_rois, channels, pooled_height, pooled_width).to(input.dtype)
+
+
+def _forward_fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise):
+    return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+
+
+def _grad_out(grad, frames, channels):
+    expected = (frames.num_rois, channels, frames.pooled_h, frames.pooled_w)
+    if tuple(grad.shape) != expected:
+        raise ValueError(f"grad must have shape {expected} for these rois, got {tuple(grad.shape)}")
+    dtype = compute_dtype(grad.dtype)
+    flat = (frames.num_rois, channels, frames.pooled_h * frames.pooled_w)
+    return np.ascontiguousarray(_numpy(grad, dtype)).reshape(flat)
+
+
+def _backward_cpu(
+    grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise,
+    batch_size, channels, height, width,
+):  # fmt: skip
+    dtype = compute_dtype(grad.dtype)
+    frames = _frames(
+        rois, batch_size, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise
+    )
+    grad_out = _grad_out(grad, frames, channels)
+    grad_in = new_cpu_tensor((batch_size, channels, height, width), dtype)
+    kernels.launch_backward(grad_out, frames, grad_in.numpy())
+    return grad_in.to(grad.dtype)
+
+
+def _backward_fake(grad, rois, *args):
+    batch_size, channels, height, width = args[-4:]
+    return grad.new_empty((batch_size, channels, height, width))
+
+
+def _box_backward_cpu(
+    grad, input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise
+):
+    dtype = compute_dtype(input.dtype)
+    n, channels = input.shape[:2]
+    frames = _frames(rois, n, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise)
+    grad_out = _grad_out(grad.to(dtype), frames, channels)
+    x_nhwc = np.ascontiguousarray(_numpy(input, dtype).transpose(0, 2, 3, 1))
+    grad_boxes = np.zeros((frames.num_rois, 6), _numpy_dtype(dtype))
+    kernels.launch_box_backward(x_nhwc, grad_out, frames, grad_boxes[:, 1:])
+    return torch.from_numpy(grad_boxes).to(rois.dtype)
+
+
+def _box_backward_fake(grad, input, rois, *args):
+    return rois.new_empty(rois.shape)
+
+
+roi_align_rotated_op = define(
+    "roi_align_rotated", f"(Tensor input, Tensor rois, {_ARGS}) -> Tensor", cpu=_forward_cpu, fake=_forward_fake
+)
+roi_align_rotated_backward_op = define(
+    "roi_align_rotated_backward",
+    f"(Tensor grad, Tensor rois, {_ARGS}, {_SHAPE}) -> Tensor",
+    cpu=_backward_cpu,
+    fake=_backward_fake,
+)
+roi_align_rotated_box_backward_op = define(
+    "roi_align_rotated_box_backward",
+    f"(Tensor grad, Tensor input, Tensor rois, {_ARGS}) -> Tensor",
+    cpu=_box_backward_cpu,
+    fake=_box_backward_fake,
+)
+
+
+def _setup(ctx, inputs, output):
+    input, rois, *ctx.params = inputs
+    ctx.input_shape = tuple(input.shape)
+    # references only: the box gradient reads the input, the input gradient only the boxes
+    ctx.save_for_backward(input, rois)
+
+
+def _grad(ctx, grad_output):
+    input, rois = ctx.saved_tensors
+    grad_input = grad_rois = None
+    if ctx.needs_input_grad[0]:
+        grad_input = torch.ops.roipool.roi_align_rotated_backward(grad_output, rois, *ctx.params, *ctx.input_shape)
+    if ctx.needs_input_grad[1]:
+        grad_rois = torch.ops.roipool.roi_align_rotated_box_backward(grad_output, input, rois, *ctx.params)
+    return grad_input, grad_rois, None, None, None, None, None, None
+
+
+roi_align_rotated_op.register_autograd(_grad, setup_context=_setup)
+
+
+def _backward_setup(ctx, inputs, output):
+    _, rois, *params = inputs
+    ctx.save_for_backward(rois)
+    ctx.params = params[:6]
+
+
+def _backward_grad(ctx, grad_grad_input):
+    # the input gradient is linear in grad: its adjoint is the forward
+    (rois,) = ctx.saved_tensors
+    grad_grad = torch.ops.roipool.roi_align_rotated(grad_grad_input, rois, *ctx.params)
+    return (grad_grad,) + (None,) * 11
+
+
+roi_align_rotated_backward_op.register_autograd(_backward_grad, setup_context=_backward_setup)
+
+
+def boxes_to_rotated_rois(boxes, input: torch.Tensor, name: str = "boxes") -> torch.Tensor:
+    """``Tensor[K, 6]`` or a list of ``N`` ``Tensor[L, 5]`` -> a ``(K, 6)`` rois tensor on ``input``'s device.
+
+    A list is assembled (differentiably) in the compute dtype; a ``(K, 6)``
+    tensor is passed on as given. Values are checked by the kernels.
+    """
+    if isinstance(boxes, (list, tuple)):
+        _checks.box_list_length(len(boxes), input.shape[0], name)
+        dtype = compute_dtype(input.dtype)
+        parts = []
+        for i, b in enumerate(boxes):
+            b = _box_tensor(b, input, f"{name}[{i}]")
+            _checks.rotated_box_list_item_shape(b.shape, f"{name}[{i}]")
+            index = torch.full((b.shape[0], 1), i, dtype=dtype, device=input.device)
+            parts.append(torch.cat([index, b.to(dtype)], dim=1))
+        if not parts:
+            return torch.empty((0, 6), dtype=dtype, device=input.device)
+        return torch.cat(parts, dim=0)
+    rois = _box_tensor(boxes, input, name)
+    _checks.rotated_rois_shape(rois.shape, name)
+    return rois
+
+
+def _box_tensor(boxes, input: torch.Tensor, name: str) -> torch.Tensor:
+    if isinstance(boxes, torch.Tensor):
+        _checks.real_numbers(not (boxes.dtype.is_complex or boxes.dtype == torch.bool), boxes.dtype, name)
+        if boxes.device != input.device:
+            raise ValueError(f"{name} must be on the input's device ({input.device}), got {boxes.device}")
+        return boxes
+    arr = np.asarray(boxes)
+    _checks.real_numbers(arr.dtype.kind in "fiu", arr.dtype, name)
+    return torch.from_numpy(np.ascontiguousarray(arr, arr.dtype.newbyteorder("="))).to(input.device)
+
+
+def roi_align_rotated(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True, clockwise=False):
+    """Tensor rotated RoIAlign; see :func:`roipool.roi_align_rotated`.
+
+    Args:
+        input (Tensor[N, C, H, W]): float16, bfloat16, float32 or float64, any strides.
+        boxes (Tensor[K, 6] or List[Tensor[L, 5]]): ``[batch_index, cx, cy, w, h, angle]``
+            (radians) on ``input``'s device.
+        output_size, spatial_scale, sampling_ratio, aligned, clockwise: as in :func:`roipool.roi_align_rotated`.
+
+    Returns:
+        Tensor[K, C, pooled_h, pooled_w] of ``input``'s dtype, differentiable with
+        respect to ``input`` and to floating ``boxes`` (``cx, cy, w, h, angle``;
+        the batch index gets 0). The box gradient treats the adaptive grid size
+        as constant (see ``docs/semantics.md``).
+    """
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a NumPy array or a torch tensor, got {type(input).__name__}")
+    with quiet_when_tracing():
+        check_feature_map(input)
+        pooled_h, pooled_w = _checks.output_size_pair(output_size)
+        scale = _checks.positive_scale(spatial_scale)
+        sampling_ratio = _checks.sampling_ratio_int(sampling_ratio)
+        aligned = _checks.flag(aligned, "aligned")
+        clockwise = _checks.flag(clockwise, "clockwise")
+        rois = boxes_to_rotated_rois(boxes, input)
+    return torch.ops.roipool.roi_align_rotated(
+        input, rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise
+    )

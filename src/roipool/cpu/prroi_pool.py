@@ -1,0 +1,361 @@
+"""Precise RoI Pooling on the CPU: closed-form separable taps, kernels and launchers.
+
+A bin ``[a, b] x [c, d]`` of the zero-extended bilinear interpolant ``F``
+(``docs/semantics.md``, prroi_pool) averages to
+``sum over cells (i, j) of wy[i] * wx[j] * input[i, j]`` with
+``wy[i] = (integral from a to b of hat(y - i) dy) / (b - a)`` and ``wx`` likewise:
+the integral is separable. So a PrRoI bin is exactly a RoIAlign bin with
+other per-axis weights, and the forward and input backward reuse RoIAlign's
+channel-vectorised, deterministic kernels (``cpu/roi_align.py``) on the taps
+built here (:func:`prroi_taps`); only the box gradient needs a kernel of its
+own (:func:`boxes_backward`).
+
+Box gradient. Each tap also carries the derivative of its weight with
+respect to the box's two coordinates on that axis (``y1``, ``y2`` for rows),
+``dw[i]/dy1 = scale * ((1 - ph/PH) * dw[i]/da + (1 - (ph+1)/PH) * dw[i]/db)``
+and so on, in a closed form with no cancellation (below), so that
+``d bin / d y1 = sum of (dwy[i]/dy1) * wx[j] * input[i, j]``: the same
+separable sum with one axis' weights swapped for their derivatives. The
+kernel evaluates the two column derivatives rows-first (each bin row's
+interpolated row ``sum_i wy[i] * input[i, :]`` once, then three-tap-list sums per
+bin) and the two row derivatives columns-first, multiplies by the output
+gradient and sums over channels; each RoI is one task's, in a fixed order,
+so the result does not depend on the thread count.
+
+Derivative of a tap weight. With ``F_i(t) = hat(t - i)``, ``D = b - a``, the
+pieces ``A = [a, b] ∩ [i-1, i]`` (slope +1) and ``B = [a, b] ∩ [i, i+1]``
+(slope -1) of lengths ``LA``, ``LB`` and midpoints ``mA``, ``mB``:
+
+- ``w = (LA * (mA - i + 1) + LB * (i + 1 - mB)) / D``;
+- ``dw/db = (F_i(b) - w) / D = (LA * (mA - a) - LB * (mB - a)) / D**2``;
+- ``dw/da = (w - F_i(a)) / D = (LA * (b - mA) - LB * (b - mB)) / D**2``
+
+(integrating ``F_i(b) - F_i(t) = integral of F_i'`` by parts). Every term is a
+product of lengths within the bin, so a bin far smaller than a cell still
+gets its derivative (``+-1/2``) to full precision, where ``(F_i(b) - w) / D``
+would lose it to cancellation. Each ratio is formed as ``(L / D) * (m / D)``,
+both at most 1, so nothing overflows for tiny ``D``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from . import roi_align as align
+from ._parallel import balanced_chunks, launch_lock
+from ._simd import VECTOR_BYTES, transpose_tile
+from .roi_align import channel_block
+
+
+@numba.njit(cache=True, nogil=True)
+def prroi_taps(rois, spatial_scale, pooled_h, pooled_w, height, width):
+    """Separable closed-form taps of every PrRoI bin, with their box derivatives.
+
+    ``rois (K, 5)`` in the compute dtype ``T``; ``spatial_scale`` a ``T``
+    scalar. Returns ``batch (K,)`` int32; ``hptr (K, PH + 1)`` int64 with
+    ``hidx`` int32, ``hwt``, ``hd1``, ``hd2`` (``T``): the row taps of bin row
+    ``ph`` of RoI ``k`` are ``hidx[hptr[k, ph]:hptr[k, ph + 1]]`` with weights
+    ``hwt`` and their derivatives with respect to the box's ``y1`` (``hd1``)
+    and ``y2`` (``hd2``); ``wptr``, ``widx``, ``wwt``, ``wd1``, ``wd2`` likewise
+    for columns and ``x1``, ``x2``; ``cost (K,)`` int64 for load balancing.
+    A RoI of zero width or height (after scaling, ``x2' <= x1'`` or ``y2' <= y1'``)
+    gets no taps on either axis: its bins are 0 with zero gradients.
+    Coordinates times the scale must be finite in ``T`` (the frontend checks).
+    """
+    k_total = rois.shape[0]
+    t = rois.dtype.type
+    batch = np.empty(k_total, np.int32)
+    cost = np.empty(k_total, np.int64)
+    hptr = np.empty((k_total, pooled_h + 1), np.int64)
+    wptr = np.empty((k_total, pooled_w + 1), np.int64)
+    geom = np.empty((k_total, 4), rois.dtype)  # y1', bin_h, x1', bin_w
+    hcap = 0
+    wcap = 0
+    for k in range(k_total):
+        batch[k] = int(rois[k, 0])
+        x1 = rois[k, 1] * spatial_scale
+        y1 = rois[k, 2] * spatial_scale
+        bin_w = max(rois[k, 3] * spatial_scale - x1, t(0.0)) / t(pooled_w)
+        bin_h = max(rois[k, 4] * spatial_scale - y1, t(0.0)) / t(pooled_h)
+        if not (bin_h > 0 and bin_w > 0):
+            bin_h = t(0.0)
+            bin_w = t(0.0)
+        geom[k, 0] = y1
+        geom[k, 1] = bin_h
+        geom[k, 2] = x1
+        geom[k, 3] = bin_w
+        hcap += pooled_h * _max_taps(bin_h, height)
+        wcap += pooled_w * _max_taps(bin_w, width)
+    hidx = np.empty(hcap, np.int32)
+    widx = np.empty(wcap, np.int32)
+    hwt = np.empty((3, hcap), rois.dtype)
+    wwt = np.empty((3, wcap), rois.dtype)
+    hpos = 0
+    wpos = 0
+    for k in range(k_total):
+        hpos = _axis_taps(geom[k, 0], geom[k, 1], height, spatial_scale, hptr[k], hidx, hwt, hpos)
+        wpos = _axis_taps(geom[k, 2], geom[k, 3], width, spatial_scale, wptr[k], widx, wwt, wpos)
+        cost[k] = (hptr[k, pooled_h] - hptr[k, 0]) * (wptr[k, pooled_w] - wptr[k, 0]) + pooled_h * pooled_w
+    return (
+        batch, hptr, hidx[:hpos], hwt[0, :hpos], hwt[1, :hpos], hwt[2, :hpos],
+        wptr, widx[:wpos], wwt[0, :wpos], wwt[1, :wpos], wwt[2, :wpos], cost,
+    )  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True)
+def _max_taps(bin_size, size):
+    """Most cells one bin's hat functions can overlap: ``ceil(b) - floor(a) + 1 <= ceil(b - a) + 3``, within the map."""
+    if bin_size <= 0 or size == 0:
+        return 0
+    return int(min(np.ceil(bin_size) + 3.0, float(size)))
+
+
+@numba.njit(cache=True, nogil=True)
+def _axis_taps(start, bin_size, size, scale, ptr, idx, wt, pos):
+    """Taps of each bin along one axis appended at ``pos`` (``wt[0]`` weights, ``wt[1]``,
+    ``wt[2]``: derivatives with respect to the box's first and second coordinate); returns the new ``pos``."""
+    t = type(bin_size)
+    pooled = ptr.shape[0] - 1
+    for p in range(pooled):
+        ptr[p] = pos
+        if bin_size <= 0:
+            continue
+        a = start + bin_size * t(p)
+        b = a + bin_size
+        # the two bin edges move with the box corners: a = x1' + p * (x2' - x1') / P
+        da_1 = scale * (t(1.0) - t(p) / t(pooled))
+        db_1 = scale * (t(1.0) - t(p + 1) / t(pooled))
+        da_2 = scale * (t(p) / t(pooled))
+        db_2 = scale * (t(p + 1) / t(pooled))
+        d = b - a  # the bin's actual length: the weights then sum to 1 to rounding
+        if d > 0:
+            lo = max(np.floor(a), t(0.0))
+            hi = min(np.ceil(b), t(size - 1))
+        else:
+            # a bin narrower than the spacing of floats at its position: the
+            # limit of the mean, the value at a (derivatives +-1/2 of the slope
+            # just right of a)
+            lo = max(np.floor(a), t(0.0))
+            hi = min(np.floor(a) + t(1.0), t(size - 1))
+        if lo > hi:
+            continue
+        for i in range(int(lo), int(hi) + 1):
+            if d > 0:
+                w, dwa, dwb = _hat_average(a, b, d, t(i))
+            else:
+                w = max(t(1.0) - abs(a - t(i)), t(0.0))
+                dwa = dwb = t(0.5) if t(i) > a else t(-0.5)
+            if w == 0 and dwa == 0 and dwb == 0:
+                continue
+            idx[pos] = i
+            wt[0, pos] = w
+            wt[1, pos] = dwa * da_1 + dwb * db_1
+            wt[2, pos] = dwa * da_2 + dwb * db_2
+            pos += 1
+    ptr[pooled] = pos
+    return pos
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _hat_average(a, b, d, i):
+    """``(w, dw/da, dw/db)``: the mean of ``hat(t - i)`` over ``[a, b]`` (length ``d``) and its
+    derivatives with respect to the ends, in the cancellation-free form of the module docstring."""
+    one = type(d)(1.0)
+    half = type(d)(0.5)
+    sa = max(a, i - one)
+    ea = min(b, i)
+    sb = max(a, i)
+    eb = min(b, i + one)
+    w = type(d)(0.0)
+    dwa = type(d)(0.0)
+    dwb = type(d)(0.0)
+    # Midpoints enter only as offsets from the ends, (sa - a) + la / 2 and so
+    # on: (sa + ea) / 2 - a would lose the digits of a piece far shorter than a.
+    if ea > sa:
+        la = ea - sa
+        fa = la / d
+        w += fa * ((sa - (i - one)) + half * la)
+        dwb += fa * (((sa - a) + half * la) / d)
+        dwa += fa * (((b - ea) + half * la) / d)
+    if eb > sb:
+        lb = eb - sb
+        fb = lb / d
+        w += fb * (((i + one) - eb) + half * lb)
+        dwb -= fb * (((sb - a) + half * lb) / d)
+        dwa -= fb * (((b - eb) + half * lb) / d)
+    return w, dwa, dwb
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def boxes_backward(xb, grad_out, batch, hptr, hidx, hwt, hd1, hd2, wptr, widx, wwt, wd1, wd2, bounds, grad_boxes):
+    """``grad_boxes (K, 4)`` <- the gradient with respect to ``[x1, y1, x2, y2]`` of every RoI.
+
+    ``xb`` is the map in the channel-blocked layout of ``roi_align.channel_blocks``;
+    ``grad_out (K, C, PH * PW)`` C-contiguous; taps from :func:`prroi_taps`.
+    Runs of RoIs (``bounds``) go to threads; each RoI is summed by one thread
+    in a fixed order (channel block, bin row, bin), so the result is the same
+    for any thread count.
+    """
+    _, channels, height, width = xb.shape
+    xf = xb.reshape(-1)
+    gof = grad_out.reshape(-1)
+    nbins = grad_out.shape[2]
+    plane = height * width
+    block = align.UNROLL * (VECTOR_BYTES // xb.itemsize)
+    pooled_h = hptr.shape[1] - 1
+    pooled_w = wptr.shape[1] - 1
+    for run in numba.prange(bounds.shape[0] - 1):
+        g = np.empty(nbins * block, xb.dtype)
+        line = np.empty(max(height, width) * block, xb.dtype)
+        e1 = np.empty(block, xb.dtype)
+        e2 = np.empty(block, xb.dtype)
+        acc = np.empty(4 * block, xb.dtype)  # x1, y1, x2, y2, a vector of channel lanes each
+        for k in range(bounds[run], bounds[run + 1]):
+            acc[:] = 0
+            hp = hptr[k]
+            wp = wptr[k]
+            if hp[pooled_h] > hp[0] and wp[pooled_w] > wp[0]:
+                cmin, cspan = align._column_span(wp, widx)
+                rmin, rspan = align._column_span(hp, hidx)
+                for c0 in range(0, channels, block):
+                    cw = min(block, channels - c0)
+                    origin = (batch[k] * channels + c0) * plane
+                    transpose_tile(gof, (k * channels + c0) * nbins, nbins, cw, nbins, g, 0, block)
+                    # x1, x2: each bin row interpolated over its rows, then the column derivatives
+                    for ph in range(pooled_h):
+                        for u in range(cspan):
+                            align._gather(
+                                xf, origin + (cmin + u) * cw, width * cw, hidx, hwt, hp[ph], hp[ph + 1],
+                                line, u * block, cw,
+                            )  # fmt: skip
+                        for pw in range(pooled_w):
+                            j0, j1 = wp[pw], wp[pw + 1]
+                            align._gather(line, -cmin * block, block, widx, wd1, j0, j1, e1, 0, cw)
+                            align._gather(line, -cmin * block, block, widx, wd2, j0, j1, e2, 0, cw)
+                            _accumulate(acc, 0, 2 * block, e1, e2, g, (ph * pooled_w + pw) * block, cw)
+                    # y1, y2: each bin column interpolated over its columns, then the row derivatives
+                    for pw in range(pooled_w):
+                        for v in range(rspan):
+                            align._gather(
+                                xf, origin + (rmin + v) * width * cw, cw, widx, wwt, wp[pw], wp[pw + 1],
+                                line, v * block, cw,
+                            )  # fmt: skip
+                        for ph in range(pooled_h):
+                            i0, i1 = hp[ph], hp[ph + 1]
+                            align._gather(line, -rmin * block, block, hidx, hd1, i0, i1, e1, 0, cw)
+                            align._gather(line, -rmin * block, block, hidx, hd2, i0, i1, e2, 0, cw)
+                            _accumulate(acc, block, 3 * block, e1, e2, g, (ph * pooled_w + pw) * block, cw)
+            for q in range(4):
+                total = acc[q * block]
+                for c in range(1, block):
+                    total += acc[q * block + c]
+                grad_boxes[k, q] = total
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"contract"}, inline="always")
+def _accumulate(acc, at1, at2, e1, e2, g, t, cw):
+    """``acc[at1 + c] += e1[c] * g[t + c]`` and ``acc[at2 + c] += e2[c] * g[t + c]`` for ``c < cw``."""
+    for c in range(cw):
+        acc[at1 + c] += e1[c] * g[t + c]
+        acc[at2 + c] += e2[c] * g[t + c]
+
+
+# ---- launchers: the NumPy and torch frontends call these ----
+
+
+class PrRoITaps:
+    """The taps of every RoI of one call and the split of the RoIs into balanced runs.
+
+    ``rois (K, 5)`` validated (``_checks.rois_array``) in the compute dtype;
+    raises ``ValueError`` for a box whose scaled corners or extent overflow
+    the compute dtype. :attr:`arrays` is what the RoIAlign kernels take.
+    """
+
+    def __init__(self, rois, spatial_scale, pooled_h, pooled_w, height, width):
+        self.pooled_h, self.pooled_w = pooled_h, pooled_w
+        self.num_rois = rois.shape[0]
+        scale = rois.dtype.type(spatial_scale)
+        check_scaled_boxes(rois, scale)
+        (
+            self.batch, self.hptr, self.hidx, self.hwt, self.hd1, self.hd2,
+            self.wptr, self.widx, self.wwt, self.wd1, self.wd2, cost,
+        ) = prroi_taps(rois, scale, pooled_h, pooled_w, height, width)  # fmt: skip
+        self.bounds = balanced_chunks(cost)
+
+    @property
+    def arrays(self):
+        return self.batch, self.hptr, self.hidx, self.hwt, self.wptr, self.widx, self.wwt
+
+    @property
+    def derivative_arrays(self):
+        return (
+            self.batch, self.hptr, self.hidx, self.hwt, self.hd1, self.hd2,
+            self.wptr, self.widx, self.wwt, self.wd1, self.wd2,
+        )  # fmt: skip
+
+
+def check_scaled_boxes(rois, scale):
+    """Corners times ``spatial_scale`` and the extents must be finite in the compute dtype."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        corners = rois[:, 1:] * scale
+        extents = corners[:, 2:] - corners[:, :2]
+    ok = np.isfinite(corners).all(axis=1) & np.isfinite(extents).all(axis=1)
+    if not ok.all():
+        k = int(np.flatnonzero(~ok)[0])
+        raise ValueError(
+            f"boxes: box {k} {rois[k, 1:]} times spatial_scale {scale} overflows {rois.dtype} "
+            "(corners or extent not finite)"
+        )
+
+
+def blocked_map(x):
+    """``x (N, C, H, W)`` (compute dtype, any strides) in the channel-blocked layout the kernels read."""
+    xb = np.empty(x.shape, x.dtype)
+    if x.flags.c_contiguous:
+        flat, cell_step, channel_step = x.reshape(-1), 1, x.shape[2] * x.shape[3]
+    elif x.transpose(0, 2, 3, 1).flags.c_contiguous:
+        flat, cell_step, channel_step = x.transpose(0, 2, 3, 1).reshape(-1), x.shape[1], 1
+    else:
+        flat, cell_step, channel_step = np.ascontiguousarray(x).reshape(-1), 1, x.shape[2] * x.shape[3]
+    with launch_lock:
+        align.channel_blocks(flat, cell_step, channel_step, xb)
+    return xb
+
+
+def launch_forward(x, taps: PrRoITaps, out) -> None:
+    """``out (K, C, PH * PW)`` (C-contiguous) <- PrRoI pooling of ``x (N, C, H, W)``."""
+    if not out.size:
+        return
+    xb = blocked_map(x)
+    with launch_lock:
+        align.forward(xb, *taps.arrays, taps.bounds, align.AUTO, out)
+
+
+def launch_backward(grad_out, taps: PrRoITaps, grad_in) -> None:
+    """``grad_in (N, C, H, W)`` (C-contiguous; every element written) <- the gradient with
+    respect to the input of ``grad_out (K, C, PH * PW)`` (C-contiguous). Deterministic."""
+    if not grad_in.size:
+        return
+    if not grad_out.size:
+        grad_in[...] = 0
+        return
+    images, channels = grad_in.shape[:2]
+    order = np.argsort(taps.batch, kind="stable")
+    starts = np.searchsorted(taps.batch[order], np.arange(images + 1)).astype(np.int64)
+    block = channel_block(channels, images, grad_out.itemsize, numba.get_num_threads())
+    with launch_lock:
+        align.backward(grad_out, *taps.arrays, order, starts, block, align.AUTO, grad_in)
+
+
+def launch_boxes_backward(grad_out, x, taps: PrRoITaps, grad_boxes) -> None:
+    """``grad_boxes (K, 4)`` <- the gradient with respect to ``[x1, y1, x2, y2]``, given
+    ``grad_out (K, C, PH * PW)`` (C-contiguous) and the forward's input ``x``."""
+    if not grad_boxes.size:
+        return
+    if not grad_out.size:
+        grad_boxes[...] = 0
+        return
+    xb = blocked_map(x)
+    with launch_lock:
+        boxes_backward(xb, grad_out, *taps.derivative_arrays, taps.bounds, grad_boxes)

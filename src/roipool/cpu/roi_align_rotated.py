@@ -1,0 +1,475 @@
+"""Rotated RoIAlign on the CPU: forward, input backward and box backward (Numba).
+
+A rotated box's samples do not separate into rows and columns as
+``roi_align``'s do, so each bin's samples are generated on the fly
+(:func:`_fill_taps`): a run of samples of the bin becomes up to
+``TAP_CHUNK`` (cell, weight) taps in a small scratch, which the channel loop
+then consumes a block of channels at a time. The sample arithmetic rounds
+to the compute dtype after every operation (:func:`_rnd`), in the order of
+``reference.roi_align_rotated``, so sample positions and bilinear weights are
+those of the reference bit for bit; only the sums over taps may differ in the
+last bits (fused multiply-adds).
+
+Adaptive sampling of a box much larger than the map would visit billions of
+samples that all lie off the map; each row of samples is therefore clipped
+to the columns that can land within one cell of the map (a line against a
+rectangle, in float64, widened by two samples) before the exact per-sample test.
+
+Forward: the map is copied into ``roi_align``'s channel-blocked layout
+(:func:`roipool.cpu.roi_align.channel_blocks`: each block of channels of an
+image is a compact ``(H, W, block)`` array), so each tap reads one contiguous
+vector of channels. Balanced runs of RoIs go to threads; a run walks its
+RoIs once per channel block.
+
+Input backward: threads take (image, channel block) pairs and own that part
+of ``grad_input``: no atomics, and each element sums its contributions in
+RoI order whatever the thread count (bit-identical for any thread count).
+
+Box backward: one RoI per task, its five derivatives summed in float64 in a
+fixed order (deterministic too).
+
+The launchers and the per-call geometry (:class:`Frames`) follow the kernels,
+as in the other ``cpu/`` modules; a Numba kernel file, over 450 lines because
+the register-blocked channel loop (:func:`_accumulate`) is written out.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from ._parallel import balanced_chunks, launch_lock
+from ._simd import VECTOR_BYTES, copy_to_lines, transpose_tile, vload, vmuladd, vstore
+from .roi_align import UNROLL, _scatter, channel_blocks
+
+_FASTMATH = {"contract"}
+
+#: Taps generated per pass over a bin's samples (64 samples of 4 taps).
+TAP_CHUNK = 256
+
+# Columns of the per-RoI ``frames`` array (compute dtype).
+CY, CX, START_H, START_W, BIN_H, BIN_W, COS, SIN, ROI_H, ROI_W, SIZE_FREE_W, SIZE_FREE_H = range(12)
+FRAME_COLUMNS = 12
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _rnd(buf, value):
+    """``value`` rounded to ``buf``'s dtype: each float32 operation is done in float64 and
+    rounded here, which gives the float32 result exactly (float64 has over twice the bits)."""
+    buf[0] = value
+    return buf[0]
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_span(v, frame, gw, pw, height, width):
+    """Columns ``[lo, hi)`` of sample row ``v`` that can fall within one cell of the map (conservative)."""
+    if gw <= 8:
+        return 0, gw
+    cos = float(frame[COS])
+    sin = float(frame[SIN])
+    d = float(frame[BIN_W]) / gw
+    a = float(frame[START_W]) + pw * float(frame[BIN_W]) + 0.5 * d
+    lo = 0.0
+    hi = gw - 1.0
+    # x = v * sin + (a + i * d) * cos + cx in [-1, W]; y = v * cos - (a + i * d) * sin + cy in [-1, H]
+    for p, q, bound_lo, bound_hi in (
+        (float(v) * sin + a * cos + float(frame[CX]), d * cos, -1.0, float(width)),
+        (float(v) * cos - a * sin + float(frame[CY]), -d * sin, -1.0, float(height)),
+    ):
+        if q == 0.0:
+            if p < bound_lo - 1.0 or p > bound_hi + 1.0:
+                return 0, 0
+        else:
+            i0 = (bound_lo - p) / q
+            i1 = (bound_hi - p) / q
+            lo = max(lo, min(i0, i1))
+            hi = min(hi, max(i0, i1))
+    if not (lo <= hi + 4.0):
+        return 0, 0
+    lo_i = max(int(math.floor(lo)) - 2, 0)
+    hi_i = min(int(math.ceil(hi)) + 3, gw)
+    return lo_i, hi_i
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill_taps(frame, gh, gw, ph, pw, height, width, idx, wt, buf, iy, ix):
+    """Taps of bin ``(ph, pw)``'s samples from ``(iy, ix)`` on, row by row, until
+    ``idx`` is full. Returns ``(m, iy, ix)``: taps written and where to go on
+    (``iy == gh`` when the bin is done). ``idx[j]`` is the cell ``h * W + w``."""
+    cap = idx.shape[0]
+    m = 0
+    bin_h = frame[BIN_H]
+    bin_w = frame[BIN_W]
+    cos = frame[COS]
+    sin = frame[SIN]
+    row0 = _rnd(buf, frame[START_H] + _rnd(buf, ph * bin_h))
+    col0 = _rnd(buf, frame[START_W] + _rnd(buf, pw * bin_w))
+    while iy < gh:
+        v = _rnd(buf, row0 + _rnd(buf, _rnd(buf, (iy + 0.5) * bin_h) / gh))
+        lo, hi = _row_span(v, frame, gw, pw, height, width)
+        if ix < lo:
+            ix = lo
+        while ix < hi:
+            if m + 4 > cap:
+                return m, iy, ix
+            u = _rnd(buf, col0 + _rnd(buf, _rnd(buf, (ix + 0.5) * bin_w) / gw))
+            y = _rnd(buf, _rnd(buf, _rnd(buf, v * cos) - _rnd(buf, u * sin)) + frame[CY])
+            x = _rnd(buf, _rnd(buf, _rnd(buf, v * sin) + _rnd(buf, u * cos)) + frame[CX])
+            m = _bilinear(y, x, height, width, idx, wt, m, buf)
+            ix += 1
+        iy += 1
+        ix = 0
+    return m, iy, ix
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _bilinear(y, x, height, width, idx, wt, m, buf):
+    """Append the four taps of the sample at ``(y, x)`` (``reference.bilinear_taps``); returns the new count."""
+    if y < -1.0 or y > height or x < -1.0 or x > width:
+        return m
+    if y <= 0:
+        y = _rnd(buf, 0.0)
+    if x <= 0:
+        x = _rnd(buf, 0.0)
+    y_low = int(y)
+    x_low = int(x)
+    if y_low >= height - 1:
+        y_low = y_high = height - 1
+        y = _rnd(buf, y_low)
+    else:
+        y_high = y_low + 1
+    if x_low >= width - 1:
+        x_low = x_high = width - 1
+        x = _rnd(buf, x_low)
+    else:
+        x_high = x_low + 1
+    ly = _rnd(buf, y - y_low)
+    lx = _rnd(buf, x - x_low)
+    hy = _rnd(buf, 1.0 - ly)
+    hx = _rnd(buf, 1.0 - lx)
+    idx[m] = y_low * width + x_low
+    wt[m] = hy * hx
+    idx[m + 1] = y_low * width + x_high
+    wt[m + 1] = hy * lx
+    idx[m + 2] = y_high * width + x_low
+    wt[m + 2] = ly * hx
+    idx[m + 3] = y_high * width + x_high
+    wt[m + 3] = ly * lx
+    return m + 4
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def forward(xb, batch, frames, grids, pooled_h, pooled_w, bounds, out):
+    """``out (K, C, PH * PW)`` <- rotated RoIAlign of ``xb`` (``(N, C, H, W)`` in the
+    channel-blocked layout of ``roi_align.channel_blocks``). ``out`` C-contiguous."""
+    _, channels, height, width = xb.shape
+    xf = xb.reshape(-1)
+    outf = out.reshape(-1)
+    nbins = pooled_h * pooled_w
+    plane = height * width
+    block = UNROLL * (VECTOR_BYTES // xb.itemsize)
+    for run in numba.prange(bounds.shape[0] - 1):
+        tile = np.empty(nbins * block, xb.dtype)
+        stage = np.empty(nbins * block, xb.dtype)
+        idx = np.empty(TAP_CHUNK, np.int64)
+        wt = np.empty(TAP_CHUNK, xb.dtype)
+        buf = np.empty(1, xb.dtype)
+        for c0 in range(0, channels, block):
+            cw = min(block, channels - c0)
+            for k in range(bounds[run], bounds[run + 1]):
+                origin = (batch[k] * channels + c0) * plane
+                gh, gw = grids[k, 0], grids[k, 1]
+                count = xb.dtype.type(max(gh * gw, 1))
+                for b in range(nbins):
+                    t = b * block
+                    tile[t : t + cw] = 0
+                    iy, ix = 0, 0
+                    while iy < gh:
+                        m, iy, ix = _fill_taps(
+                            frames[k], gh, gw, b // pooled_w, b % pooled_w, height, width, idx, wt, buf, iy, ix
+                        )
+                        _accumulate(xf, origin, cw, idx, wt, m, tile, t, cw)
+                    for c in range(t, t + cw):
+                        tile[c] = tile[c] / count
+                transpose_tile(tile, 0, block, nbins, cw, stage, 0, nbins)
+                copy_to_lines(stage, outf, (k * channels + c0) * nbins, cw * nbins)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
+def _accumulate(src, base, step, idx, wt, m1, dst, t, cw):
+    """``dst[t + c] += wt[m] * src[base + idx[m] * step + c]`` for ``m < m1`` in order, ``c < cw``."""
+    lanes = VECTOR_BYTES // src.itemsize
+    c = 0
+    if cw == UNROLL * lanes:
+        a0 = vload(dst, t)
+        a1 = vload(dst, t + lanes)
+        a2 = vload(dst, t + 2 * lanes)
+        a3 = vload(dst, t + 3 * lanes)
+        a4 = vload(dst, t + 4 * lanes)
+        a5 = vload(dst, t + 5 * lanes)
+        a6 = vload(dst, t + 6 * lanes)
+        a7 = vload(dst, t + 7 * lanes)
+        for m in range(m1):
+            w = wt[m]
+            o = base + idx[m] * step
+            a0 = vmuladd(a0, w, vload(src, o))
+            a1 = vmuladd(a1, w, vload(src, o + lanes))
+            a2 = vmuladd(a2, w, vload(src, o + 2 * lanes))
+            a3 = vmuladd(a3, w, vload(src, o + 3 * lanes))
+            a4 = vmuladd(a4, w, vload(src, o + 4 * lanes))
+            a5 = vmuladd(a5, w, vload(src, o + 5 * lanes))
+            a6 = vmuladd(a6, w, vload(src, o + 6 * lanes))
+            a7 = vmuladd(a7, w, vload(src, o + 7 * lanes))
+        vstore(dst, t, a0)
+        vstore(dst, t + lanes, a1)
+        vstore(dst, t + 2 * lanes, a2)
+        vstore(dst, t + 3 * lanes, a3)
+        vstore(dst, t + 4 * lanes, a4)
+        vstore(dst, t + 5 * lanes, a5)
+        vstore(dst, t + 6 * lanes, a6)
+        vstore(dst, t + 7 * lanes, a7)
+        c = cw
+    while c + lanes <= cw:
+        a = vload(dst, t + c)
+        for m in range(m1):
+            a = vmuladd(a, wt[m], vload(src, base + idx[m] * step + c))
+        vstore(dst, t + c, a)
+        c += lanes
+    for cc in range(c, cw):
+        s = dst[t + cc]
+        for m in range(m1):
+            s += wt[m] * src[base + idx[m] * step + cc]
+        dst[t + cc] = s
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def backward(grad_out, batch, frames, grids, pooled_h, pooled_w, order, starts, block, grad_in):
+    """``grad_in (N, C, H, W)`` <- the adjoint of :func:`forward` applied to ``grad_out (K, C, PH * PW)``.
+
+    Every element of ``grad_in`` is written. The RoIs of image ``n`` are
+    ``order[starts[n]:starts[n + 1]]``, ascending; (image, ``block`` channels)
+    pairs are the parallel tasks (``block`` a multiple of the vector lanes).
+    """
+    _, channels, nbins = grad_out.shape
+    images, _, height, width = grad_in.shape
+    gof = grad_out.reshape(-1)
+    gif = grad_in.reshape(-1)
+    cells = height * width
+    nblocks = (channels + block - 1) // block
+    for item in numba.prange(images * nblocks):
+        n = item // nblocks
+        c0 = (item % nblocks) * block
+        cw = min(block, channels - c0)
+        acc = np.zeros(cells * block, grad_out.dtype)  # (H, W, block), channels-last
+        g = np.empty(nbins * block, grad_out.dtype)
+        idx = np.empty(TAP_CHUNK, np.int64)
+        wt = np.empty(TAP_CHUNK, grad_out.dtype)
+        buf = np.empty(1, grad_out.dtype)
+        for r in range(starts[n], starts[n + 1]):
+            k = order[r]
+            gh, gw = grids[k, 0], grids[k, 1]
+            if gh * gw == 0:
+                continue
+            count = grad_out.dtype.type(gh * gw)
+            transpose_tile(gof, (k * channels + c0) * nbins, nbins, cw, nbins, g, 0, block)
+            for b in range(nbins):
+                t = b * block
+                for c in range(t, t + cw):
+                    g[c] = g[c] / count
+                iy, ix = 0, 0
+                while iy < gh:
+                    m, iy, ix = _fill_taps(
+                        frames[k], gh, gw, b // pooled_w, b % pooled_w, height, width, idx, wt, buf, iy, ix
+                    )
+                    _scatter(g, t, acc, 0, block, idx, wt, 0, m, cw)
+        transpose_tile(acc, 0, block, cells, cw, gif, (n * channels + c0) * cells, cells)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def box_backward(xl, grad_out, batch, frames, grids, pooled_h, pooled_w, spatial_scale, clockwise, grad_boxes):
+    """``grad_boxes (K, 5)`` <- d loss / d ``[cx, cy, w, h, angle]`` of each RoI (see
+    ``reference.roi_align_rotated_box_grad``), from the channels-last map ``xl (N, H, W, C)``
+    and ``grad_out (K, C, PH * PW)``. Each RoI is summed in float64 by one task."""
+    _, height, width, channels = xl.shape
+    num_rois = grad_out.shape[0]
+    sign = -1.0 if clockwise else 1.0
+    for k in numba.prange(num_rois):
+        n = batch[k]
+        gh, gw = grids[k, 0], grids[k, 1]
+        f = frames[k]
+        cy, cx = float(f[CY]), float(f[CX])
+        cos, sin = float(f[COS]), float(f[SIN])
+        roi_h, roi_w = float(f[ROI_H]), float(f[ROI_W])
+        g = np.empty(channels, np.float64)
+        s_cx = s_cy = s_w = s_h = s_a = 0.0
+        count = max(gh * gw, 1)
+        for ph in range(pooled_h):
+            for pw in range(pooled_w):
+                for c in range(channels):
+                    g[c] = grad_out[k, c, ph * pooled_w + pw] / count
+                for iy in range(gh):
+                    fv = -0.5 + (ph + (iy + 0.5) / gh) / pooled_h
+                    v = fv * roi_h
+                    lo, hi = _row_span(v, f, gw, pw, height, width)
+                    for ix in range(lo, hi):
+                        fu = -0.5 + (pw + (ix + 0.5) / gw) / pooled_w
+                        u = fu * roi_w
+                        y = v * cos - u * sin + cy
+                        x = v * sin + u * cos + cx
+                        gy, gx = _slope_dot(xl, n, y, x, height, width, g)
+                        s_cx += gx
+                        s_cy += gy
+                        s_w += fu * (gx * cos - gy * sin)
+                        s_h += fv * (gy * cos + gx * sin)
+                        s_a += gx * (v * cos - u * sin) - gy * (v * sin + u * cos)
+        grad_boxes[k, 0] = s_cx * spatial_scale
+        grad_boxes[k, 1] = s_cy * spatial_scale
+        grad_boxes[k, 2] = s_w * spatial_scale * f[SIZE_FREE_W]
+        grad_boxes[k, 3] = s_h * spatial_scale * f[SIZE_FREE_H]
+        grad_boxes[k, 4] = s_a * sign
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _slope_dot(xl, n, y, x, height, width, g):
+    """``(sum_c g[c] * d value_c / dy, sum_c g[c] * d value_c / dx)`` of the bilinear sample at ``(y, x)``."""
+    if y < -1.0 or y > height or x < -1.0 or x > width:
+        return 0.0, 0.0
+    y_fixed = y <= 0.0 or y >= height - 1.0
+    x_fixed = x <= 0.0 or x >= width - 1.0
+    y = min(max(y, 0.0), height - 1.0)
+    x = min(max(x, 0.0), width - 1.0)
+    y0 = min(int(y), max(height - 2, 0))
+    x0 = min(int(x), max(width - 2, 0))
+    y1 = min(y0 + 1, height - 1)
+    x1 = min(x0 + 1, width - 1)
+    ly = y - y0
+    lx = x - x0
+    gy = 0.0
+    gx = 0.0
+    for c in range(xl.shape[3]):
+        a = float(xl[n, y0, x0, c])
+        b = float(xl[n, y0, x1, c])
+        cc = float(xl[n, y1, x0, c])
+        d = float(xl[n, y1, x1, c])
+        gy += g[c] * ((1.0 - lx) * (cc - a) + lx * (d - b))
+        gx += g[c] * ((1.0 - ly) * (b - a) + ly * (d - cc))
+    if y_fixed:
+        gy = 0.0
+    if x_fixed:
+        gx = 0.0
+    return gy, gx
+
+
+# ---- the geometry of one call, and the launchers ----
+
+
+class Frames:
+    """The frame of every rotated RoI (centre, bin sizes, cos, sin), its sample grid, and the work split.
+
+    ``rois (K, 6)`` are validated (``_checks.rotated_rois_array`` and
+    ``rotated_scaled_boxes``) and in the compute dtype. Everything is rounded to that dtype in the reference's
+    order, so the kernels place every sample where the reference does.
+    """
+
+    def __init__(self, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise):
+        t = rois.dtype.type
+        self.pooled_h, self.pooled_w = pooled_h, pooled_w
+        self.spatial_scale = float(spatial_scale)
+        self.clockwise = bool(clockwise)
+        self.num_rois = rois.shape[0]
+        self.batch = rois[:, 0].astype(np.int64)
+        scale = t(spatial_scale)
+        offset = t(0.5) if aligned else t(0.0)
+        f = np.empty((self.num_rois, FRAME_COLUMNS), rois.dtype)
+        f[:, CX] = rois[:, 1] * scale - offset
+        f[:, CY] = rois[:, 2] * scale - offset
+        roi_w = rois[:, 3] * scale
+        roi_h = rois[:, 4] * scale
+        f[:, SIZE_FREE_W] = 1
+        f[:, SIZE_FREE_H] = 1
+        if not aligned:
+            # legacy rule: a box smaller than one cell is read as one cell (and that size has no derivative)
+            f[:, SIZE_FREE_W] = roi_w > 1
+            f[:, SIZE_FREE_H] = roi_h > 1
+            roi_w = np.maximum(roi_w, t(1))
+            roi_h = np.maximum(roi_h, t(1))
+        theta = -rois[:, 5] if clockwise else rois[:, 5]
+        f[:, COS] = np.cos(theta)
+        f[:, SIN] = np.sin(theta)
+        f[:, ROI_W] = roi_w
+        f[:, ROI_H] = roi_h
+        f[:, BIN_H] = roi_h / t(pooled_h)
+        f[:, BIN_W] = roi_w / t(pooled_w)
+        f[:, START_H] = -roi_h / t(2)
+        f[:, START_W] = -roi_w / t(2)
+        self.frames = f
+        grids = np.empty((self.num_rois, 2), np.int64)
+        if sampling_ratio > 0:
+            grids[:] = sampling_ratio
+        else:
+            grids[:, 0] = np.maximum(np.ceil(roi_h / t(pooled_h)), 0)
+            grids[:, 1] = np.maximum(np.ceil(roi_w / t(pooled_w)), 0)
+        self.grids = grids
+        cost = (grids[:, 0] * grids[:, 1] + 1).astype(np.float64) * (pooled_h * pooled_w)
+        self.bounds = balanced_chunks(cost)
+
+    @property
+    def arrays(self):
+        return self.batch, self.frames, self.grids, self.pooled_h, self.pooled_w
+
+
+def launch_forward(x, frames: Frames, out) -> None:
+    """``out (K, C, PH * PW)`` <- rotated RoIAlign of ``x (N, C, H, W)`` (compute dtype, any strides)."""
+    if not out.size:
+        return
+    if not x.size:  # an empty map: every sample is off it
+        out[...] = 0
+        return
+    xb = np.empty(x.shape, x.dtype)
+    if x.flags.c_contiguous:
+        flat, cell_step, channel_step = x.reshape(-1), 1, x.shape[2] * x.shape[3]
+    elif x.transpose(0, 2, 3, 1).flags.c_contiguous:
+        flat, cell_step, channel_step = x.transpose(0, 2, 3, 1).reshape(-1), x.shape[1], 1
+    else:
+        flat, cell_step, channel_step = np.ascontiguousarray(x).reshape(-1), 1, x.shape[2] * x.shape[3]
+    with launch_lock:
+        channel_blocks(flat, cell_step, channel_step, xb)
+        forward(xb, *frames.arrays, frames.bounds, out)
+
+
+def launch_backward(grad_out, frames: Frames, grad_in) -> None:
+    """``grad_in (N, C, H, W)`` (C-contiguous, every element written) <- the adjoint applied to ``grad_out (K, C, PH * PW)``."""
+    if not grad_in.size:
+        return
+    if not grad_out.size:
+        grad_in[...] = 0
+        return
+    images, channels = grad_in.shape[:2]
+    order = np.argsort(frames.batch, kind="stable")
+    starts = np.searchsorted(frames.batch[order], np.arange(images + 1)).astype(np.int64)
+    block = channel_block(channels, images, grad_out.itemsize, numba.get_num_threads())
+    with launch_lock:
+        backward(grad_out, *frames.arrays, order, starts, block, grad_in)
+
+
+def launch_box_backward(x_nhwc, grad_out, frames: Frames, grad_boxes) -> None:
+    """``grad_boxes (K, 5)`` <- d/d ``[cx, cy, w, h, angle]`` from ``x_nhwc (N, H, W, C)`` and ``grad_out (K, C, PH * PW)``."""
+    if not grad_boxes.size:
+        return
+    if not x_nhwc.size:
+        grad_boxes[...] = 0
+        return
+    with launch_lock:
+        box_backward(x_nhwc, grad_out, *frames.arrays, frames.spatial_scale, frames.clockwise, grad_boxes)
+
+
+def channel_block(channels: int, images: int, itemsize: int, threads: int) -> int:
+    """Channels per backward task: a whole register block, narrowed (in vector steps)
+    until there are at least as many (image, block) tasks as threads."""
+    lanes = VECTOR_BYTES // itemsize
+    block = UNROLL * lanes
+    while block > lanes and images * -(-channels // block) < threads:
+        block -= lanes
+    return block

@@ -1,0 +1,160 @@
+"""roipool for JAX: the RoI family with torchvision's exact semantics under jit, grad and vmap.
+
+``import roipool.jax`` (``import roipool`` alone imports neither JAX nor torch).
+The functions take and return ``jax.Array``s, with the arguments of the NumPy
+functions of the same names; ``docs/semantics.md`` defines every op and
+``docs/jax.md`` the JAX specifics: static bounds, gradients, backends, errors.
+
+- ``input`` is ``(N, C, H, W)`` float32, float64 (with ``jax_enable_x64``),
+  float16 or bfloat16 (computed in float32, returned in the input's dtype).
+- ``boxes`` is ``(K, 5)`` rows ``[batch_index, x1, y1, x2, y2]`` or a list of
+  ``N`` arrays ``(L_i, 4)``; ``output_size``, ``spatial_scale``,
+  ``sampling_ratio`` and ``aligned`` are Python values (static under jit).
+- Gradients: with respect to ``input`` for every op; also with respect to the
+  boxes for :func:`roi_align` and :func:`ps_roi_align`.
+
+Backends: ``"xla"`` (pure jnp/lax, every device) or ``"callback"`` (the NumPy
+path's Numba kernels via ``jax.pure_callback``, CPU only). ``"auto"`` (the
+default) takes the callback on the CPU, where it is faster (``docs/jax.md``
+has the figures), and XLA elsewhere. Choose with :func:`set_backend` or each
+call's ``backend=`` argument.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from .. import _checks
+from . import _ops, _prepare
+
+__all__ = ["roi_pool", "roi_align", "ps_roi_pool", "ps_roi_align", "set_backend", "get_backend"]
+
+_BACKENDS = ("auto", "xla", "callback")
+_backend = "auto"
+
+
+def set_backend(name: str) -> None:
+    """Default backend of every op: ``"auto"``, ``"xla"`` or ``"callback"``."""
+    global _backend
+    _backend = _backend_name(name)
+
+
+def get_backend() -> str:
+    """The default backend set by :func:`set_backend` (``"auto"`` unless changed)."""
+    return _backend
+
+
+def _backend_name(name) -> str:
+    if name not in _BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, _BACKENDS))}, got {name!r}")
+    return name
+
+
+def _platform(x) -> str:
+    if not isinstance(x, jax.core.Tracer):
+        return next(iter(x.devices())).platform
+    return jax.default_backend()
+
+
+def _use_callback(backend, x) -> bool:
+    name = _backend if backend is None else _backend_name(backend)
+    if name == "auto":
+        return _platform(x) == "cpu"
+    if name == "callback" and _platform(x) != "cpu":
+        raise ValueError("backend='callback' runs the NumPy CPU kernels and needs a CPU array; use 'xla'")
+    return name == "callback"
+
+
+def _prepare_call(input, boxes):
+    """Checked input cast to the compute dtype, boxes ``(K, 5)`` in it, and the input's own dtype."""
+    input = _prepare.feature_map(input)
+    dtype = _prepare.compute_dtype(input.dtype)
+    rois = _prepare.rois(boxes, input.shape[0], dtype)
+    return input.astype(dtype), rois, input.dtype
+
+
+def roi_pool(input, boxes, output_size, spatial_scale=1.0, *, backend=None):
+    """RoI max pooling (Fast R-CNN), torchvision's ``roi_pool`` bit for bit.
+
+    Args:
+        input (jax.Array[N, C, H, W]): the feature map, floating.
+        boxes (jax.Array[K, 5] or list of N jax.Array[L_i, 4]): boxes in image
+            coordinates, rows ``[batch_index, x1, y1, x2, y2]``.
+        output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
+        spatial_scale (float): image-to-feature-map factor.
+        backend (str or None): ``"xla"``, ``"callback"``, ``"auto"``; None: :func:`get_backend`.
+
+    Returns:
+        jax.Array[K, C, pooled_h, pooled_w] of the input's dtype. Its gradient
+        with respect to ``input`` goes to each bin's maximum (a ``custom_vjp``);
+        the boxes get none (the output is piecewise constant in them).
+    """
+    x, rois, dtype = _prepare_call(input, boxes)
+    size = _checks.output_size_pair(output_size)
+    static = (size, _checks.positive_scale(spatial_scale), x.shape)
+    op = _ops.roi_pool_callback if _use_callback(backend, x) else _ops.roi_pool_xla
+    return op(static, x, rois).astype(dtype)
+
+
+def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False, *, backend=None):
+    """RoIAlign (Mask R-CNN), torchvision's ``roi_align`` to float rounding.
+
+    Args as :func:`roi_pool`, plus:
+        sampling_ratio (int): samples per bin side; ``<= 0``: adaptive, ``ceil(bin size)``.
+        aligned (bool): ``True`` shifts boxes by half a cell (the correct pixel
+            model); ``False`` the legacy rule.
+
+    Returns:
+        jax.Array[K, C, pooled_h, pooled_w] of the input's dtype, differentiable
+        with respect to ``input`` and the box coordinates (column 0, the batch
+        index, gets a zero gradient).
+    """
+    x, rois, dtype = _prepare_call(input, boxes)
+    size = _checks.output_size_pair(output_size)
+    scale = _checks.positive_scale(spatial_scale)
+    sampling_ratio = _checks.sampling_ratio_int(sampling_ratio)
+    aligned = _checks.flag(aligned, "aligned")
+    _prepare.check_scaled_boxes(rois, scale, 0.5 if aligned else 0.0, *size)
+    static = (size, scale, sampling_ratio, aligned, x.shape)
+    op = _ops.roi_align_callback if _use_callback(backend, x) else _ops.roi_align_xla
+    return op(static, x, rois).astype(dtype)
+
+
+def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0, *, backend=None):
+    """Position-sensitive RoI average pooling (R-FCN), torchvision's ``ps_roi_pool``.
+
+    Args as :func:`roi_pool`; ``C`` must be a multiple of ``pooled_h * pooled_w``.
+
+    Returns:
+        jax.Array[K, C / (pooled_h * pooled_w), pooled_h, pooled_w] of the input's
+        dtype, differentiable with respect to ``input``.
+    """
+    x, rois, dtype = _prepare_call(input, boxes)
+    size = _checks.output_size_pair(output_size)
+    _checks.ps_channels(x.shape[1], size)
+    scale = _checks.positive_scale(spatial_scale)
+    _checks.scale_in_dtype(scale, x.dtype)
+    static = (size, scale, x.shape)
+    op = _ops.ps_roi_pool_callback if _use_callback(backend, x) else _ops.ps_roi_pool_xla
+    return op(static, x, rois).astype(dtype)
+
+
+def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, *, backend=None):
+    """Position-sensitive RoIAlign (torchvision's ``ps_roi_align``, never NaN).
+
+    Args as :func:`ps_roi_pool`, plus ``sampling_ratio`` (``<= 0``: adaptive,
+    at least one sample per side).
+
+    Returns:
+        jax.Array[K, C / (pooled_h * pooled_w), pooled_h, pooled_w] of the input's
+        dtype, differentiable with respect to ``input`` and the box coordinates.
+    """
+    x, rois, dtype = _prepare_call(input, boxes)
+    size = _checks.output_size_pair(output_size)
+    _checks.ps_channels(x.shape[1], size)
+    scale = _checks.positive_scale(spatial_scale)
+    _checks.scale_in_dtype(scale, x.dtype)
+    sampling_ratio = _checks.sampling_ratio_int(sampling_ratio)
+    static = (size, scale, sampling_ratio, x.shape)
+    op = _ops.ps_roi_align_callback if _use_callback(backend, x) else _ops.ps_roi_align_xla
+    return op(static, x, rois).astype(dtype)

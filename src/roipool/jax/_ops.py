@@ -1,0 +1,165 @@
+"""The differentiable JAX ops: one ``custom_vjp`` per op and backend.
+
+Two backends compute the same function (``docs/jax.md``):
+
+- ``"xla"``: pure jnp/lax (``_pool``, ``_align``), any device, any transform.
+- ``"callback"``: roipool's NumPy functions (the Numba CPU kernels) through
+  ``jax.pure_callback``; CPU only. Gradients with respect to the input come
+  from the NumPy backward; with respect to the boxes (roi_align,
+  ps_roi_align) from the XLA path, which XLA drops under ``jit`` when unused.
+
+Each op is ``op(static, x, rois)``: ``static`` a hashable tuple of Python
+numbers (output size, scale, ..., and the input shape), ``x`` and ``rois``
+already checked and in the compute dtype.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import roipool
+
+from . import _align, _pool
+
+# ---- roi_pool: the gradient goes to the argmax (kept from the forward) ----
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def roi_pool_xla(static, x, rois):
+    (ph, pw), scale, _ = static
+    return _pool.forward(x, rois, ph, pw, scale)[0]
+
+
+def _roi_pool_xla_fwd(static, x, rois):
+    (ph, pw), scale, shape = static
+    out, argmax = _pool.forward(x, rois, ph, pw, scale)
+    return out, (argmax, _pool.batch_index(rois, shape[0]), rois)
+
+
+def _roi_pool_xla_bwd(static, res, g):
+    argmax, batch, rois = res
+    return _pool.backward(g, argmax, batch, static[2]), jnp.zeros_like(rois)
+
+
+roi_pool_xla.defvjp(_roi_pool_xla_fwd, _roi_pool_xla_bwd)
+
+
+def _call(fn, shapes, *args):
+    """``fn`` on NumPy copies of ``args`` via ``jax.pure_callback`` (a vmap runs it once per example)."""
+    return jax.pure_callback(lambda *a: fn(*map(np.asarray, a)), shapes, *args, vmap_method="sequential")
+
+
+def _result(x, rois, channels, size):
+    return jax.ShapeDtypeStruct((rois.shape[0], channels, *size), x.dtype)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def roi_pool_callback(static, x, rois):
+    size, scale, _ = static
+    return _call(lambda x, r: roipool.roi_pool(x, r, size, scale), _result(x, rois, x.shape[1], size), x, rois)
+
+
+def _roi_pool_callback_fwd(static, x, rois):
+    # No argmax: the NumPy backward finds each bin's maximum again from the
+    # input (the same bits), which spares handing an int32 array the size of
+    # the output through two callbacks.
+    return roi_pool_callback(static, x, rois), (x, rois)
+
+
+def _roi_pool_callback_bwd(static, res, g):
+    x, rois = res
+    _, scale, shape = static
+
+    def backward(g, x, r):
+        return roipool.roi_pool_backward(g, None, r, shape, input=x, spatial_scale=scale)
+
+    grad = _call(backward, jax.ShapeDtypeStruct(shape, g.dtype), g, x, rois)
+    return grad, jnp.zeros_like(rois)
+
+
+roi_pool_callback.defvjp(_roi_pool_callback_fwd, _roi_pool_callback_bwd)
+
+
+# ---- roi_align, ps_roi_align, ps_roi_pool ----
+# XLA: plain autodiff through the separable sums (gradients for input and boxes).
+
+
+def roi_align_xla(static, x, rois):
+    size, scale, sampling_ratio, aligned, _ = static
+    return _align.roi_align(x, rois, *size, scale, sampling_ratio, aligned)
+
+
+def ps_roi_align_xla(static, x, rois):
+    size, scale, sampling_ratio, _ = static
+    return _align.ps_roi_align(x, rois, *size, scale, sampling_ratio)
+
+
+def ps_roi_pool_xla(static, x, rois):
+    size, scale, _ = static
+    # piecewise constant in the boxes: no gradient for them
+    return _align.ps_roi_pool(x, jax.lax.stop_gradient(rois), *size, scale)
+
+
+def _callback_op(forward, backward, xla, channels_out, box_gradient):
+    """A ``custom_vjp`` op whose forward and input gradient are NumPy callbacks.
+
+    ``forward(x, rois, static)`` and ``backward(g, rois, static)`` call the
+    NumPy functions; the boxes' gradient comes from ``xla`` (or is zero).
+    """
+
+    @partial(jax.custom_vjp, nondiff_argnums=(0,))
+    def op(static, x, rois):
+        size = static[0]
+        res = _result(x, rois, channels_out(x.shape[1], size), size)
+        return _call(lambda x, r: forward(x, r, static), res, x, rois)
+
+    def fwd(static, x, rois):
+        return op(static, x, rois), (x, rois)
+
+    def bwd(static, res, g):
+        x, rois = res
+        grad_x = _call(lambda g, r: backward(g, r, static), jax.ShapeDtypeStruct(x.shape, g.dtype), g, rois)
+        if box_gradient:
+            _, vjp = jax.vjp(lambda r: xla(static, x, r), rois)
+            (grad_rois,) = vjp(g)
+        else:
+            grad_rois = jnp.zeros_like(rois)
+        return grad_x, grad_rois
+
+    op.defvjp(fwd, bwd)
+    return op
+
+
+def _same_channels(channels, size):
+    return channels
+
+
+def _ps_channels(channels, size):
+    return channels // (size[0] * size[1])
+
+
+roi_align_callback = _callback_op(
+    lambda x, r, s: roipool.roi_align(x, r, s[0], s[1], s[2], s[3]),
+    lambda g, r, s: roipool.roi_align_backward(g, r, s[4], s[0], s[1], s[2], s[3]),
+    roi_align_xla,
+    _same_channels,
+    box_gradient=True,
+)
+ps_roi_align_callback = _callback_op(
+    lambda x, r, s: roipool.ps_roi_align(x, r, s[0], s[1], s[2]),
+    lambda g, r, s: roipool.ps_roi_align_backward(g, r, s[3], s[0], s[1], s[2]),
+    ps_roi_align_xla,
+    _ps_channels,
+    box_gradient=True,
+)
+ps_roi_pool_callback = _callback_op(
+    lambda x, r, s: roipool.ps_roi_pool(x, r, s[0], s[1]),
+    lambda g, r, s: roipool.ps_roi_pool_backward(g, r, s[2], s[0], s[1]),
+    ps_roi_pool_xla,
+    _ps_channels,
+    box_gradient=False,
+)

@@ -1,0 +1,290 @@
+"""roipool.jax against roipool's NumPy functions: values, gradients, transforms, errors.
+
+JAX compiles once per op, shape and static argument, and compiling is most of
+the cost here, so the cases of a test share one call: a single batch of boxes
+holds the random and the adversarial ones (half-way corners, boxes past the
+map or wholly outside, inverted, tiny, huge), the maps hold ties.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+import jax.numpy as jnp  # noqa: E402
+from jax.test_util import check_grads  # noqa: E402
+
+import roipool  # noqa: E402
+import roipool.jax as rj  # noqa: E402
+
+try:
+    enable_x64 = jax.enable_x64  # a context manager in jax >= 0.7
+except AttributeError:  # pragma: no cover - older jax
+    from jax.experimental import enable_x64
+
+from .helpers import random_rois  # noqa: E402
+from .test_checks import BAD_BOXES, BAD_INPUTS  # noqa: E402
+
+SHAPE = (2, 8, 9, 11)  # C = 8: a multiple of the 2x2 bins of the position-sensitive ops
+SIZE = (2, 2)
+SCALE = 0.25
+OPS = {
+    "roi_pool": {},
+    "roi_align": {"sampling_ratio": -1, "aligned": False},
+    "roi_align_aligned": {"sampling_ratio": 2, "aligned": True},
+    "ps_roi_pool": {},
+    "ps_roi_align": {"sampling_ratio": -1},
+}
+
+
+def op_name(case):
+    return case.replace("_aligned", "")
+
+
+def cases_rois(seed=0):
+    """Random boxes (past the map, inverted) and the adversarial ones, ``(K, 5)`` float64 image coordinates."""
+    rng = np.random.default_rng(seed)
+    n, _, h, w = SHAPE
+    rois = random_rois(rng, 24, n, h, w, SCALE)
+    rois[::3, 1:] = np.round(rois[::3, 1:] * SCALE) / SCALE + 0.5 / SCALE  # half-way after scaling
+    adversarial = [
+        [0, 2.0, 2.0, 2.0, 2.0],  # tiny (one point), half-way
+        [1, 6.0, 10.0, 2.0, 1.0],  # inverted
+        [0, -1e6, -1e6, 1e6, 1e6],  # huge: many windows / sample chunks
+        [1, -3e4, 5.0, 3e4, 30.0],  # huge in one axis
+        [0, 100.0, 100.0, 200.0, 200.0],  # wholly outside
+        [1, -50.0, -50.0, -10.0, -10.0],  # wholly outside, negative
+        [0, 0.0, 0.0, 44.0, 36.0],  # the whole map
+    ]
+    return np.concatenate([rois, np.array(adversarial)])
+
+
+def cases_map(dtype, seed=0):
+    """Values rounded to a few levels, so that bins hold ties (and -0.0 next to 0.0)."""
+    rng = np.random.default_rng(seed)
+    x = np.round(rng.standard_normal(SHAPE) * 2) / 2
+    x[x == 0] = np.where(rng.random((x == 0).sum()) < 0.5, -0.0, 0.0)
+    return x.astype(dtype)
+
+
+def numpy_forward_and_grad(case, x, rois, g):
+    """The NumPy path's output and input gradient (the oracle)."""
+    op, kw = op_name(case), OPS[case]
+    out = getattr(roipool, op)(x, rois, SIZE, SCALE, **kw)
+    if op == "roi_pool":
+        _, argmax = roipool.roi_pool_with_argmax(x, rois, SIZE, SCALE)
+        return out, roipool.roi_pool_backward(g, argmax, rois, x.shape)
+    return out, getattr(roipool, op + "_backward")(g, rois, x.shape, SIZE, SCALE, **kw)
+
+
+_JITTED = {}
+
+
+def jax_forward_and_grad(case, backend):
+    """One jitted function per case and backend: output and input gradient for an upstream ``g``."""
+    key = (case, backend)
+    if key not in _JITTED:
+        fn = getattr(rj, op_name(case))
+
+        def run(x, rois, g):
+            out, vjp = jax.vjp(lambda x: fn(x, rois, SIZE, SCALE, backend=backend, **OPS[case]), x)
+            return out, vjp(g)[0]
+
+        _JITTED[key] = jax.jit(run)
+    return _JITTED[key]
+
+
+def bits(a):
+    a = np.asarray(a)
+    return a.view(np.dtype(f"u{a.dtype.itemsize}"))
+
+
+@pytest.fixture(params=["float32", "float64"])
+def dtype(request):
+    if request.param == "float64":
+        with enable_x64(True):
+            yield np.float64
+    else:
+        yield np.float32
+
+
+@pytest.mark.parametrize("case", list(OPS))
+def test_xla_path_matches_numpy_on_random_and_adversarial_boxes(case, dtype):
+    x, rois = cases_map(dtype), cases_rois()
+    out0 = getattr(roipool, op_name(case))(x, rois, SIZE, SCALE, **OPS[case])
+    g = np.random.default_rng(1).standard_normal(out0.shape).astype(dtype)
+    want_out, want_grad = numpy_forward_and_grad(case, x, rois, g)
+    out, grad = jax_forward_and_grad(case, "xla")(jnp.asarray(x), jnp.asarray(rois, dtype), jnp.asarray(g))
+    assert out.dtype == dtype and out.shape == want_out.shape and grad.shape == x.shape
+    if case == "roi_pool":
+        # bit for bit, -0.0 included, and the gradient's sums in the same order
+        np.testing.assert_array_equal(bits(out), bits(want_out))
+        np.testing.assert_array_equal(bits(grad), bits(want_grad))
+    else:
+        rtol = 1e-12 if dtype == np.float64 else 1e-5
+        scale_out = max(np.abs(want_out).max(), 1)
+        scale_grad = max(np.abs(want_grad).max(), 1)
+        np.testing.assert_allclose(out, want_out, rtol=0, atol=rtol * scale_out)
+        np.testing.assert_allclose(grad, want_grad, rtol=0, atol=rtol * scale_grad)
+
+
+@pytest.mark.parametrize("case", list(OPS))
+def test_callback_path_is_the_numpy_path(case):
+    x, rois = cases_map(np.float32), cases_rois(seed=1)
+    out0 = getattr(roipool, op_name(case))(x, rois, SIZE, SCALE, **OPS[case])
+    g = np.random.default_rng(2).standard_normal(out0.shape).astype(np.float32)
+    want_out, want_grad = numpy_forward_and_grad(case, x, rois, g)
+    out, grad = jax_forward_and_grad(case, "callback")(jnp.asarray(x), jnp.asarray(rois, np.float32), jnp.asarray(g))
+    np.testing.assert_array_equal(bits(out), bits(want_out))
+    np.testing.assert_array_equal(bits(grad), bits(want_grad))
+
+
+def test_roi_pool_special_values_follow_the_reference_scan():
+    # NaN wins (the first in row-major order) and takes the gradient; a bin of
+    # only -inf returns -inf from its first cell; -0.0 before 0.0 stays -0.0
+    x = np.zeros(SHAPE, np.float32)
+    x[0, 0, 1, 1] = x[0, 0, 2, 2] = np.nan
+    x[0, 1] = -np.inf
+    x[0, 2, 0, 0], x[0, 2, 0, 1] = -0.0, 0.0
+    x[1] = np.arange(9 * 11, dtype=np.float32).reshape(9, 11) % 7  # ties everywhere
+    rois = cases_rois(seed=2)
+    rois[:4] = [[0, 0, 0, 12, 12], [0, 8, 8, 12, 12], [0, 0, 0, 4, 0], [1, 0, 0, 40, 30]]
+    g = np.ones((rois.shape[0], SHAPE[1], *SIZE), np.float32)
+    want_out, want_grad = numpy_forward_and_grad("roi_pool", x, rois, g)
+    out, grad = jax_forward_and_grad("roi_pool", "xla")(jnp.asarray(x), jnp.asarray(rois, np.float32), jnp.asarray(g))
+    np.testing.assert_array_equal(bits(out), bits(want_out))
+    np.testing.assert_array_equal(bits(grad), bits(want_grad))
+    assert np.isnan(out[0, 0]).any() and (np.asarray(out[0, 1]) == -np.inf).all()
+    assert np.signbit(out[2, 2, 0, 0])
+
+
+def test_jit_vmap_over_maps_and_boxes():
+    xs = np.stack([cases_map(np.float32, seed=s) for s in range(3)])
+    rs = np.stack([cases_rois(seed=s) for s in range(3)]).astype(np.float32)
+
+    @jax.jit
+    @jax.vmap
+    def both(x, r):
+        return rj.roi_pool(x, r, SIZE, SCALE, backend="xla"), rj.roi_align(x, r, SIZE, SCALE, backend="xla")
+
+    pool, align = both(jnp.asarray(xs), jnp.asarray(rs))
+    for i in range(3):
+        np.testing.assert_array_equal(bits(pool[i]), bits(roipool.roi_pool(xs[i], rs[i], SIZE, SCALE)))
+        np.testing.assert_allclose(align[i], roipool.roi_align(xs[i], rs[i], SIZE, SCALE), atol=1e-5 * 4)
+
+
+def test_callback_path_under_vmap_and_grad():
+    xs = np.stack([cases_map(np.float32, seed=s) for s in range(2)])
+    rs = np.stack([cases_rois(seed=s) for s in range(2)]).astype(np.float32)
+
+    def loss(x, r):
+        return jnp.sum(rj.roi_align(x, r, SIZE, SCALE, backend="callback") ** 2)
+
+    grads = jax.jit(jax.vmap(jax.grad(loss)))(jnp.asarray(xs), jnp.asarray(rs))
+    for i in range(2):
+        out = roipool.roi_align(xs[i], rs[i], SIZE, SCALE)
+        want = roipool.roi_align_backward(2 * out, rs[i], xs[i].shape, SIZE, SCALE)
+        np.testing.assert_array_equal(np.asarray(grads[i]), want)
+
+
+def test_check_grads_float64_input_and_boxes():
+    with enable_x64(True):
+        rng = np.random.default_rng(5)
+        x = jnp.asarray(rng.standard_normal((1, 4, 5, 6)))
+        # corners away from cell boundaries and a fixed grid: the samples move smoothly with the boxes
+        coords = jnp.asarray([[1.3, 2.2, 17.1, 13.7], [-3.3, 4.1, 9.7, 19.4]])
+        rois = jnp.concatenate([jnp.zeros((2, 1)), coords], axis=1)
+
+        def boxes(c):  # the batch index is not a variable
+            return jnp.concatenate([jnp.zeros((2, 1)), c], axis=1)
+
+        # jitted: check_grads calls each function several times
+        align = jax.jit(lambda x, c: rj.roi_align(x, boxes(c), 2, 0.25, 2, True, backend="xla"))
+        ps_align = jax.jit(lambda x, c: rj.ps_roi_align(x, boxes(c), 1, 0.25, 2, backend="xla"))
+        pool = jax.jit(lambda x: rj.roi_pool(x, rois, 2, 0.25, backend="xla"))
+        check_grads(align, (x, coords), 1, modes=["rev"])
+        check_grads(ps_align, (x, coords), 1, modes=["rev"])
+        distinct = jnp.asarray(rng.permutation(120).reshape(1, 4, 5, 6) / 7.0)  # no ties: the argmax is stable
+        check_grads(pool, (distinct,), 1, modes=["rev"])
+
+
+@pytest.mark.parametrize("op, half", [("roi_pool", "float16"), ("roi_align", "bfloat16")])
+def test_16_bit_inputs_are_computed_in_float32(op, half):
+    xh = jnp.asarray(cases_map(np.float32)).astype(half)
+    rois = cases_rois()
+    got = jax.jit(lambda x, r: getattr(rj, op)(x, r, SIZE, SCALE, backend="xla"))(xh, jnp.asarray(rois, np.float32))
+    assert got.dtype == jnp.dtype(half)
+    want = getattr(roipool, op)(np.asarray(xh.astype(jnp.float32)), rois, SIZE, SCALE)  # float32
+    got = np.asarray(got.astype(jnp.float32))
+    if op == "roi_pool":  # the maximum is one of the inputs: exact
+        np.testing.assert_array_equal(got, want)
+    else:  # float32 result rounded once to bfloat16 (8 bits)
+        np.testing.assert_allclose(got, want, rtol=2**-8, atol=1e-6)
+
+
+def test_empty_box_sets_and_box_lists():
+    x = jnp.asarray(cases_map(np.float32))
+    for boxes in (np.zeros((0, 5), np.float32), [np.zeros((0, 4)), np.zeros((0, 4))]):
+        for op in ("roi_pool", "roi_align", "ps_roi_pool", "ps_roi_align"):
+            out = getattr(rj, op)(x, boxes, SIZE, backend="xla")
+            assert out.shape[0] == 0 and out.shape[2:] == SIZE
+    rois = cases_rois()
+    listed = [rois[rois[:, 0] == i, 1:] for i in range(2)]
+    order = np.argsort(rois[:, 0], kind="stable")
+    got = jax.jit(lambda x, b: rj.roi_pool(x, b, SIZE, SCALE, backend="xla"))(
+        x, [jnp.asarray(b, np.float32) for b in listed]
+    )
+    np.testing.assert_array_equal(bits(got), bits(roipool.roi_pool(np.asarray(x), rois[order], SIZE, SCALE)))
+
+
+@pytest.mark.parametrize("input, error, words", BAD_INPUTS)
+def test_bad_input_gives_the_numpy_paths_errors(input, error, words):
+    if isinstance(input, np.ndarray) and input.dtype.kind == "c":
+        input = jnp.asarray(input)
+    with pytest.raises(error, match=words.replace("a NumPy array", "a jax.Array")):
+        rj.roi_pool(input, np.array([[0, 0, 0, 4, 4]]), 2)
+
+
+@pytest.mark.parametrize("boxes, error, words", BAD_BOXES)
+def test_bad_boxes_give_the_numpy_paths_errors(boxes, error, words):
+    x = jnp.zeros((2, 4, 8, 8), jnp.float32)
+    with pytest.raises(error, match=words):
+        rj.roi_align(x, boxes, 2)
+
+
+def test_static_argument_errors():
+    x = jnp.zeros((2, 4, 8, 8), jnp.float32)
+    rois = np.array([[0, 0, 0, 4, 4]])
+    with pytest.raises(ValueError, match="output_size"):
+        rj.roi_pool(x, rois, 0)
+    with pytest.raises(ValueError, match="spatial_scale"):
+        rj.roi_align(x, rois, 2, -1.0)
+    with pytest.raises(TypeError, match="aligned"):
+        rj.roi_align(x, rois, 2, 1.0, 2, 1)
+    with pytest.raises(ValueError, match="not a multiple"):
+        rj.ps_roi_pool(x, rois, 3)
+    with pytest.raises(ValueError, match="overflows"):
+        rj.roi_align(x, np.array([[0, 0, 0, 3e38, 1]], np.float32), 2, 4.0)
+    with pytest.raises(ValueError, match="backend"):
+        rj.roi_pool(x, rois, 2, backend="tpu")
+    with pytest.raises(ValueError, match="backend"):
+        rj.set_backend("fast")
+
+
+def test_traced_invalid_batch_index_gives_nan_not_an_out_of_bounds_read():
+    x = jnp.ones((2, 4, 8, 8), jnp.float32)
+    rois = jnp.asarray([[0, 0, 0, 4, 4], [2, 0, 0, 4, 4], [-1, 0, 0, 4, 4], [0.5, 0, 0, 4, 4]], jnp.float32)
+    for op in ("roi_pool", "ps_roi_align"):  # roi_align and ps_roi_pool apply the same box_is_valid mask
+        out = jax.jit(lambda x, r, op=op: getattr(rj, op)(x, r, 2, backend="xla"))(x, rois)
+        assert np.isfinite(out[0]).all() and np.isnan(out[1:]).all()
+
+
+def test_importing_roipool_imports_no_framework():
+    code = "import sys, roipool; assert 'jax' not in sys.modules and 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    code = "import sys, roipool.jax; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
