@@ -274,9 +274,11 @@ def roi_align_rotated(input, boxes, output_size, spatial_scale=1.0, sampling_rat
         Exact rules: ``docs/semantics.md`` (Rotated RoIAlign).
     """
     if _is_tensor(input):
-        from ._torch import roi_align_rotated as _rotated
+        from . import torch as torch_frontend  # torch-only functions: scriptable, FX leaves
 
-        return _rotated.roi_align_rotated(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, clockwise)
+        return torch_frontend.roi_align_rotated(
+            input, boxes, output_size, spatial_scale, sampling_ratio, aligned, clockwise
+        )
     from ._numpy import roi_align_rotated as _rotated
 
     return _rotated.roi_align_rotated(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, clockwise)
@@ -327,9 +329,9 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
         box coordinates (``boxes`` tensors that require grad).
     """
     if _is_tensor(input):
-        from ._torch import prroi_pool as _prroi
+        from . import torch as torch_frontend  # torch-only functions: scriptable, FX leaves
 
-        return _prroi.prroi_pool(input, boxes, output_size, spatial_scale)
+        return torch_frontend.prroi_pool(input, boxes, output_size, spatial_scale)
     from ._numpy import prroi_pool as _prroi
 
     return _prroi.prroi_pool(input, boxes, output_size, spatial_scale)

@@ -297,9 +297,8 @@ def box_levels(boxes: List[Tensor], level_range: Tuple[int, int], canonical_scal
 
 # ---- rotated RoIAlign (importing registers the roipool::roi_align_rotated* ops) ----
 
-from ._torch import roi_align_rotated as _rotated  # noqa: E402
 
-roi_align_rotated = _rotated.roi_align_rotated
+roi_align_rotated = _ops.roi_align_rotated
 __all__ += ["RoIAlignRotated", "roi_align_rotated"]
 
 
@@ -334,7 +333,11 @@ class RoIAlignRotated(nn.Module):
         self.clockwise = clockwise
 
     def forward(self, input: Tensor, rois: Boxes) -> Tensor:
-        return _rotated.roi_align_rotated(
+        if not torch.jit.is_scripting():
+            node = fx_module_call(self, input, rois)  # a leaf module under torch.fx tracing
+            if node is not None:
+                return node
+        return _ops.roi_align_rotated(
             input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned, self.clockwise
         )
 
@@ -347,7 +350,6 @@ class RoIAlignRotated(nn.Module):
 
 # ---- Precise RoI Pooling ----
 
-from ._torch import prroi_pool as _prroi_pool  # noqa: E402  (defines the roipool::prroi_pool* ops)
 
 __all__ += ["PrRoIPool"]
 
@@ -374,7 +376,11 @@ class PrRoIPool(nn.Module):
         self.spatial_scale = spatial_scale
 
     def forward(self, input: Tensor, boxes: Union[Tensor, List[Tensor]]) -> Tensor:
-        return _prroi_pool.prroi_pool(input, boxes, self.output_size, self.spatial_scale)
+        if not torch.jit.is_scripting():
+            node = fx_module_call(self, input, boxes)  # a leaf module under torch.fx tracing
+            if node is not None:
+                return node
+        return _ops.prroi_pool(input, boxes, self.output_size, self.spatial_scale)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale})"

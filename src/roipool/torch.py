@@ -29,13 +29,15 @@ from torch import Tensor
 from torch.jit.annotations import BroadcastingList2
 
 from . import _checks
+from ._torch import prroi_pool as _prroi_pool
 from ._torch import ps_roi as _ps_roi
 from ._torch import roi_align as _roi_align
+from ._torch import roi_align_rotated as _rotated
 from ._torch import roi_pool as _roi_pool
 from ._torch._tracing import fx_function_call
 from ._torch.quantized import roi_align_quantized
 
-__all__ = ["roi_pool", "roi_align", "ps_roi_pool", "ps_roi_align"]
+__all__ = ["roi_pool", "roi_align", "ps_roi_pool", "ps_roi_align", "roi_align_rotated", "prroi_pool"]
 
 
 def _eager(public, frontend, *args):
@@ -62,7 +64,7 @@ def _pooled(output_size: List[int], spatial_scale: float) -> Tuple[int, int]:
     return output_size[0], output_size[1]
 
 
-def rois_tensor(input: Tensor, boxes: Union[Tensor, List[Tensor]]) -> Tensor:
+def rois_tensor(input: Tensor, boxes: Union[Tensor, List[Tensor]], coords: int = 4) -> Tensor:
     """``(K, 5)`` rois from a ``(K, 5)`` tensor or one ``(L_i, 4)`` tensor per image (``boxes_to_rois``)."""
     if isinstance(boxes, list):
         if len(boxes) != input.size(0):
@@ -72,15 +74,15 @@ def rois_tensor(input: Tensor, boxes: Union[Tensor, List[Tensor]]) -> Tensor:
             dtype = torch.float32
         parts: List[Tensor] = []
         for i, b in enumerate(boxes):
-            if b.dim() != 2 or b.size(1) != 4:
-                raise ValueError("boxes[i] must have shape (L, 4)")
+            if b.dim() != 2 or b.size(1) != coords:
+                raise ValueError("boxes[i] must have shape (L, 4), or (L, 5) for rotated boxes")
             index = torch.full((b.size(0), 1), float(i), dtype=dtype, device=input.device)
             parts.append(torch.cat([index, b.to(dtype)], dim=1))
         if len(parts) == 0:
-            return torch.empty((0, 5), dtype=dtype, device=input.device)
+            return torch.empty((0, coords + 1), dtype=dtype, device=input.device)
         return torch.cat(parts, dim=0)
-    if boxes.dim() != 2 or boxes.size(1) != 5:
-        raise ValueError("boxes must have shape (K, 5)")
+    if boxes.dim() != 2 or boxes.size(1) != coords + 1:
+        raise ValueError("boxes must have shape (K, 5), or (K, 6) for rotated boxes")
     return boxes
 
 
@@ -157,6 +159,48 @@ def ps_roi_align(
     _ps_channels(input, pooled_h, pooled_w)
     rois = rois_tensor(input, boxes)
     return torch.ops.roipool.ps_roi_align(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio)
+
+
+def roi_align_rotated(
+    input: Tensor,
+    boxes: Union[Tensor, List[Tensor]],
+    output_size: BroadcastingList2[int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = True,
+    clockwise: bool = False,
+) -> Tensor:
+    """Rotated RoIAlign; see :func:`roipool.roi_align_rotated`. Rows ``[batch_index, cx, cy, w, h, angle]``."""
+    if not torch.jit.is_scripting():
+        return _eager(
+            roi_align_rotated,
+            _rotated.roi_align_rotated,
+            input,
+            boxes,
+            output_size,
+            spatial_scale,
+            sampling_ratio,
+            aligned,
+            clockwise,
+        )
+    _feature_map(input)
+    pooled_h, pooled_w = _pooled(output_size, spatial_scale)
+    rois = rois_tensor(input, boxes, 5)
+    return torch.ops.roipool.roi_align_rotated(
+        input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise
+    )
+
+
+def prroi_pool(
+    input: Tensor, boxes: Union[Tensor, List[Tensor]], output_size: BroadcastingList2[int], spatial_scale: float = 1.0
+) -> Tensor:
+    """Precise RoI Pooling; see :func:`roipool.prroi_pool`."""
+    if not torch.jit.is_scripting():
+        return _eager(prroi_pool, _prroi_pool.prroi_pool, input, boxes, output_size, spatial_scale)
+    _feature_map(input)
+    pooled_h, pooled_w = _pooled(output_size, spatial_scale)
+    rois = rois_tensor(input, boxes)
+    return torch.ops.roipool.prroi_pool(input, rois, spatial_scale, pooled_h, pooled_w)
 
 
 def _script_as_torch_functions() -> None:
