@@ -3,8 +3,11 @@
 Each layer is a thin ``nn.Module`` around the functional op in
 ``_torch/<op>.py`` (where the custom ops and autograd live; ONNX exporters in
 ``_torch/onnx.py``): same constructor, ``forward(input, rois)`` and ``repr`` as
-torchvision's. To add a layer, give its functional op in ``_torch/<op>.py``
-and a class here in the same shape.
+torchvision's. The layers call the torch-only functions of ``roipool.torch``
+(TorchScript-compatible), and record themselves as one ``call_module`` node
+under ``torch.fx`` tracing (``fx_module_call``). To add a layer, give its
+functional op in ``_torch/<op>.py`` and ``roipool/torch.py`` and a class here in
+the same shape (``docs/pytorch.md``, "A new op").
 
 Importing this module imports torch and registers the ``roipool::*`` custom
 ops and their ONNX exporters.
