@@ -25,6 +25,7 @@ What a subclass provides (see ``tests/test_roi_pool_torch.py``):
 from __future__ import annotations
 
 import io
+import operator
 
 import numpy as np
 import pytest
@@ -257,6 +258,60 @@ class RoIOpTester:
         with torch.no_grad():
             torch.testing.assert_close(compiled(x, boxes, per_image), step(x, boxes, per_image), rtol=0, atol=0)
 
+    def test_fx_traces_the_layer_as_a_leaf_module_and_the_function_as_a_leaf(self):
+        layer, fn, params = self.make_layer(**self.params), self.fn, self.params
+
+        class Holder(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.pool = layer
+
+            def forward(self, x, boxes):
+                return self.pool(x * 2, boxes) + fn(x, boxes, **params)
+
+        traced = torch.fx.symbolic_trace(Holder())
+        calls = [(n.op, n.target) for n in traced.graph.nodes if n.op in ("call_module", "call_function")]
+        public = getattr(roipool.torch, self.infer_op.split("::")[1].removesuffix("_with_argmax"))
+        assert calls == [
+            ("call_function", operator.mul),
+            ("call_module", "pool"),
+            ("call_function", public),
+            ("call_function", operator.add),
+        ]
+        x = make_input(self.shape, torch.float32, "contiguous")
+        for boxes in (
+            torch.from_numpy(self.rois()).float(),
+            as_boxes(self.rois(), "list", self.shape[0], torch.float32),
+        ):
+            torch.testing.assert_close(traced(x, boxes), Holder()(x, boxes), rtol=0, atol=0)
+
+    def test_jit_script_of_the_layer_and_the_torch_function_equals_eager(self):
+        layer = self.make_layer(**self.params)
+        public = getattr(roipool.torch, self.infer_op.split("::")[1].removesuffix("_with_argmax"))
+        scripted_layer = torch.jit.script(layer)
+        scripted_fn = torch.jit.script(public)
+        x = make_input(self.shape, torch.float32, "non_contiguous")
+        for boxes in (
+            torch.from_numpy(self.rois()).float(),
+            as_boxes(self.rois(), "list", self.shape[0], torch.float32),
+        ):
+            expected = layer(x, boxes)
+            torch.testing.assert_close(scripted_layer(x, boxes), expected, rtol=0, atol=0)
+            torch.testing.assert_close(scripted_fn(x, boxes, **self.params), expected, rtol=0, atol=0)
+        xg = x.clone().requires_grad_()
+        scripted_layer(xg, boxes).sum().backward()
+        xe = x.clone().requires_grad_()
+        layer(xe, boxes).sum().backward()
+        torch.testing.assert_close(xg.grad, xe.grad, rtol=0, atol=0)
+
+    def test_quantized_input_is_refused_unless_the_op_is_roi_align(self):
+        if self.infer_op == "roipool::roi_align":
+            pytest.skip("roi_align accepts quantized input (tests/test_dropin.py)")
+        x = torch.quantize_per_tensor(torch.rand(1, 8, 5, 5), 0.1, 0, torch.quint8)
+        boxes = torch.quantize_per_tensor(torch.tensor([[0, 0, 0, 4, 4.0]]), 1.0, 0, torch.quint8)
+        with pytest.raises(TypeError, match="only roi_align"):
+            self.fn(x, boxes, **self.params)
+
     def test_export(self):
         layer = self.make_layer(**self.params)
         x = make_input(self.shape, torch.float32, "contiguous")
@@ -289,7 +344,12 @@ class RoIOpTester:
         else:
             buffer = io.BytesIO()
             torch.onnx.export(
-                layer, (x, boxes), buffer, dynamo=False, input_names=["input", "rois"], dynamic_axes={"rois": {0: "num_rois"}}
+                layer,
+                (x, boxes),
+                buffer,
+                dynamo=False,
+                input_names=["input", "rois"],
+                dynamic_axes={"rois": {0: "num_rois"}},
             )
             model = onnx.load_from_string(buffer.getvalue())
         assert self.onnx_op_type in [node.op_type for node in model.graph.node]

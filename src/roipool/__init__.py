@@ -35,8 +35,14 @@ __all__ = [
 
 
 def _is_tensor(x) -> bool:
+    """A torch tensor, or a ``torch.fx.Proxy`` standing for one while ``torch.fx`` traces (the torch path records it)."""
     torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor)
+    if torch is None:
+        return False
+    if isinstance(x, torch.Tensor):
+        return True
+    fx = sys.modules.get("torch.fx")
+    return fx is not None and isinstance(x, fx.Proxy)
 
 
 def roi_pool(input, boxes, output_size, spatial_scale=1.0):
@@ -55,7 +61,7 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0):
         tensor input gives a tensor differentiable with respect to ``input``.
     """
     if _is_tensor(input):
-        from ._torch import roi_pool as torch_frontend
+        from . import torch as torch_frontend  # torch-only functions: scriptable, FX leaves
 
         return torch_frontend.roi_pool(input, boxes, output_size, spatial_scale)
     from ._numpy import roi_pool as numpy_frontend
@@ -124,7 +130,7 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
         in ``docs/semantics.md`` (RoIAlign).
     """
     if _is_tensor(input):
-        from ._torch import roi_align as torch_frontend
+        from . import torch as torch_frontend  # torch-only functions: scriptable, FX leaves
 
         return torch_frontend.roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
     from ._numpy import roi_align as numpy_frontend
@@ -196,7 +202,7 @@ def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
         input's dtype; a tensor result is differentiable with respect to ``input``.
     """
     if _is_tensor(input):
-        from ._torch import ps_roi as torch_frontend
+        from . import torch as torch_frontend  # torch-only functions: scriptable, FX leaves
 
         return torch_frontend.ps_roi_pool(input, boxes, output_size, spatial_scale)
     from ._numpy import ps_roi as numpy_frontend
@@ -238,7 +244,7 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
         input's dtype; a tensor result is differentiable with respect to ``input``.
     """
     if _is_tensor(input):
-        from ._torch import ps_roi as torch_frontend
+        from . import torch as torch_frontend  # torch-only functions: scriptable, FX leaves
 
         return torch_frontend.ps_roi_align(input, boxes, output_size, spatial_scale, sampling_ratio)
     from ._numpy import ps_roi as numpy_frontend
@@ -293,9 +299,11 @@ def roi_align_rotated(input, boxes, output_size, spatial_scale=1.0, sampling_rat
         Exact rules: ``docs/semantics.md`` (Rotated RoIAlign).
     """
     if _is_tensor(input):
-        from ._torch import roi_align_rotated as _rotated
+        from . import torch as torch_frontend  # torch-only functions: scriptable, FX leaves
 
-        return _rotated.roi_align_rotated(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, clockwise)
+        return torch_frontend.roi_align_rotated(
+            input, boxes, output_size, spatial_scale, sampling_ratio, aligned, clockwise
+        )
     from ._numpy import roi_align_rotated as _rotated
 
     return _rotated.roi_align_rotated(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, clockwise)
@@ -346,9 +354,9 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
         box coordinates (``boxes`` tensors that require grad).
     """
     if _is_tensor(input):
-        from ._torch import prroi_pool as _prroi
+        from . import torch as torch_frontend  # torch-only functions: scriptable, FX leaves
 
-        return _prroi.prroi_pool(input, boxes, output_size, spatial_scale)
+        return torch_frontend.prroi_pool(input, boxes, output_size, spatial_scale)
     from ._numpy import prroi_pool as _prroi
 
     return _prroi.prroi_pool(input, boxes, output_size, spatial_scale)

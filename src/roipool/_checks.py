@@ -42,7 +42,8 @@ def positive_scale(spatial_scale, name: str = "spatial_scale") -> float:
     if isinstance(spatial_scale, (bool, np.bool_)) or not isinstance(spatial_scale, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(spatial_scale).__name__}")
     value = float(spatial_scale)
-    if not math.isfinite(value) or value <= 0:
+    # comparisons, not math.isfinite: torch.compile traces them with no graph break (NaN fails both)
+    if not (0.0 < value < math.inf):
         raise ValueError(f"{name} must be finite and positive, got {spatial_scale!r}")
     return value
 

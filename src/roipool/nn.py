@@ -3,8 +3,11 @@
 Each layer is a thin ``nn.Module`` around the functional op in
 ``_torch/<op>.py`` (where the custom ops and autograd live; ONNX exporters in
 ``_torch/onnx.py``): same constructor, ``forward(input, rois)`` and ``repr`` as
-torchvision's. To add a layer, give its functional op in ``_torch/<op>.py``
-and a class here in the same shape.
+torchvision's. The layers call the torch-only functions of ``roipool.torch``
+(TorchScript-compatible), and record themselves as one ``call_module`` node
+under ``torch.fx`` tracing (``fx_module_call``). To add a layer, give its
+functional op in ``_torch/<op>.py`` and ``roipool/torch.py`` and a class here in
+the same shape (``docs/pytorch.md``, "A new op").
 
 Importing this module imports torch and registers the ``roipool::*`` custom
 ops and their ONNX exporters.
@@ -12,15 +15,14 @@ ops and their ONNX exporters.
 
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from ._torch import ps_roi as _ps_roi
-from ._torch import roi_align as _roi_align
-from ._torch import roi_pool as _roi_pool
-from ._torch._library import boxes_to_rois
+from . import torch as _ops
+from ._torch._tracing import fx_module_call
 from ._torch.onnx import onnx_translation_table
 
 __all__ = [
@@ -36,8 +38,8 @@ __all__ = [
     "onnx_translation_table",
 ]
 
-roi_pool = _roi_pool.roi_pool
-roi_align = _roi_align.roi_align
+roi_pool = _ops.roi_pool
+roi_align = _ops.roi_align
 
 Boxes = Union[Tensor, List[Tensor]]
 
@@ -59,7 +61,11 @@ class RoIPool(nn.Module):
         self.spatial_scale = spatial_scale
 
     def forward(self, input: Tensor, rois: Boxes) -> Tensor:
-        return _roi_pool.roi_pool(input, rois, self.output_size, self.spatial_scale)
+        if not torch.jit.is_scripting():
+            node = fx_module_call(self, input, rois)  # a leaf module under torch.fx tracing
+            if node is not None:
+                return node
+        return _ops.roi_pool(input, rois, self.output_size, self.spatial_scale)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale})"
@@ -67,8 +73,8 @@ class RoIPool(nn.Module):
 
 # ---- position-sensitive layers (R-FCN) ----
 
-ps_roi_pool = _ps_roi.ps_roi_pool
-ps_roi_align = _ps_roi.ps_roi_align
+ps_roi_pool = _ops.ps_roi_pool
+ps_roi_align = _ops.ps_roi_align
 
 
 class PSRoIPool(nn.Module):
@@ -88,7 +94,11 @@ class PSRoIPool(nn.Module):
         self.spatial_scale = spatial_scale
 
     def forward(self, input: Tensor, rois: Boxes) -> Tensor:
-        return _ps_roi.ps_roi_pool(input, rois, self.output_size, self.spatial_scale)
+        if not torch.jit.is_scripting():
+            node = fx_module_call(self, input, rois)  # a leaf module under torch.fx tracing
+            if node is not None:
+                return node
+        return _ops.ps_roi_pool(input, rois, self.output_size, self.spatial_scale)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale})"
@@ -112,7 +122,11 @@ class PSRoIAlign(nn.Module):
         self.sampling_ratio = sampling_ratio
 
     def forward(self, input: Tensor, rois: Boxes) -> Tensor:
-        return _ps_roi.ps_roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio)
+        if not torch.jit.is_scripting():
+            node = fx_module_call(self, input, rois)  # a leaf module under torch.fx tracing
+            if node is not None:
+                return node
+        return _ops.ps_roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio)
 
     def __repr__(self) -> str:
         return (
@@ -144,9 +158,11 @@ class RoIAlign(nn.Module):
         self.aligned = aligned
 
     def forward(self, input: Tensor, rois: Boxes) -> Tensor:
-        return _roi_align.roi_align(
-            input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned
-        )
+        if not torch.jit.is_scripting():
+            node = fx_module_call(self, input, rois)  # a leaf module under torch.fx tracing
+            if node is not None:
+                return node
+        return _ops.roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
 
     def __repr__(self) -> str:
         return (
@@ -184,6 +200,9 @@ class MultiScaleRoIAlign(nn.Module):
     with the boxes of all images in order.
     """
 
+    # Real objects, not strings (this module postpones annotations): TorchScript reads them for the attributes' types.
+    __annotations__ = {"scales": Optional[List[float]], "level_range": Optional[Tuple[int, int]]}
+
     def __init__(
         self,
         featmap_names: List[str],
@@ -201,24 +220,37 @@ class MultiScaleRoIAlign(nn.Module):
         self.output_size = tuple(output_size)
         self.canonical_scale = canonical_scale
         self.canonical_level = canonical_level
-        self.scales: Optional[List[float]] = None
-        self.level_range: Optional[Tuple[int, int]] = None
+        self.scales = None
+        self.level_range = None
 
     def forward(self, x: Dict[str, Tensor], boxes: List[Tensor], image_shapes: List[Tuple[int, int]]) -> Tensor:
-        features = [v for k, v in x.items() if k in self.featmap_names]
-        if not features:
-            raise ValueError(f"x holds none of the feature maps {self.featmap_names}")
-        if self.scales is None or self.level_range is None:
-            self.scales, self.level_range = infer_scales(features, image_shapes)
-        rois = boxes_to_rois(list(boxes), features[0])
-        if len(features) == 1:
-            return _roi_align.roi_align(features[0], rois, self.output_size, self.scales[0], self.sampling_ratio)
-        levels = box_levels(boxes, self.level_range, self.canonical_scale, self.canonical_level)
+        if not torch.jit.is_scripting():
+            node = fx_module_call(self, x, boxes, image_shapes)  # a leaf module under torch.fx tracing
+            if node is not None:
+                return node
+        # Plain loops, no comprehension with ``if``: TorchScript compiles them, torch.compile unrolls them.
+        features: List[Tensor] = []
+        for name, feature in x.items():
+            if name in self.featmap_names:
+                features.append(feature)
+        if len(features) == 0:
+            raise ValueError("x holds none of the feature maps named in featmap_names")
+        scales = self.scales
+        level_range = self.level_range
+        if scales is None or level_range is None:
+            scales, level_range = infer_scales(features, image_shapes)
+            self.scales = scales
+            self.level_range = level_range
         first = features[0]
-        result = first.new_zeros((rois.shape[0], first.shape[1]) + self.output_size)
-        for level, (feature, scale) in enumerate(zip(features, self.scales)):
+        rois = _ops.rois_tensor(first, boxes)
+        if len(features) == 1:
+            return _ops.roi_align(first, rois, self.output_size, scales[0], self.sampling_ratio)
+        levels = box_levels(boxes, level_range, self.canonical_scale, self.canonical_level)
+        result = first.new_zeros((rois.shape[0], first.shape[1], self.output_size[0], self.output_size[1]))
+        for level in range(len(features)):
+            # the one data-dependent step (under torch.compile: captured with fullgraph=True, else a graph break)
             index = torch.where(levels == level)[0]
-            pooled = _roi_align.roi_align(feature, rois[index], self.output_size, scale, self.sampling_ratio)
+            pooled = _ops.roi_align(features[level], rois[index], self.output_size, scales[level], self.sampling_ratio)
             result[index] = pooled.to(result.dtype)
         return result
 
@@ -230,24 +262,36 @@ class MultiScaleRoIAlign(nn.Module):
 
 
 def infer_scales(features: List[Tensor], image_shapes: List[Tuple[int, int]]) -> Tuple[List[float], Tuple[int, int]]:
-    """Each level's scale (a power of two, from the heights) and the pyramid's ``(k_min, k_max)``."""
-    if not image_shapes:
+    """Each level's scale (a power of two, from the heights) and the pyramid's ``(k_min, k_max)``.
+
+    Plain Python arithmetic on the shapes (``round`` is half to even, as
+    torchvision's ``torch.round``): ``torch.compile`` folds it to constants,
+    with no graph break and no tensor read back. torchvision takes ``log2`` in
+    float32; this takes it in float64, which rounds differently only if
+    ``H_level / H_image`` lies within about 1e-7 of an odd power of ``sqrt(2)``,
+    far from any pyramid's ratio (they are within a few per cent of powers of two).
+    """
+    if len(image_shapes) == 0:
         raise ValueError("image_shapes must name the size of at least one image")
-    image_h = max(int(shape[0]) for shape in image_shapes)
-    scales = []
+    image_h = 0
+    for shape in image_shapes:
+        image_h = max(image_h, int(shape[0]))
+    scales: List[float] = []
+    exponents: List[int] = []
     for feature in features:
-        # log2 in float32 and round half to even, as torchvision computes it
-        exponent = torch.tensor(float(feature.shape[-2]) / float(image_h)).log2().round()
-        scales.append(2.0 ** float(exponent))
-    k_min = int(-torch.log2(torch.tensor(scales[0], dtype=torch.float32)).item())
-    k_max = int(-torch.log2(torch.tensor(scales[-1], dtype=torch.float32)).item())
+        # log(r) / log(2): TorchScript has no math.log2; the quotient is within 1e-15 of log2(r)
+        exponent = int(round(math.log(float(feature.shape[-2]) / float(image_h)) / math.log(2.0)))
+        exponents.append(exponent)
+        scales.append(2.0**exponent)
+    k_min = -exponents[0]
+    k_max = -exponents[-1]
     return scales, (k_min, k_max)
 
 
 def box_levels(boxes: List[Tensor], level_range: Tuple[int, int], canonical_scale: int, canonical_level: int) -> Tensor:
     """Pyramid level index (0 = finest level used) of every box, in the boxes' dtype arithmetic."""
     k_min, k_max = level_range
-    b = torch.cat(list(boxes), dim=0)
+    b = torch.cat(boxes, dim=0)
     side = torch.sqrt((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))
     eps = torch.tensor(1e-6, dtype=side.dtype)
     level = torch.floor(canonical_level + torch.log2(side / canonical_scale) + eps)
@@ -256,9 +300,8 @@ def box_levels(boxes: List[Tensor], level_range: Tuple[int, int], canonical_scal
 
 # ---- rotated RoIAlign (importing registers the roipool::roi_align_rotated* ops) ----
 
-from ._torch import roi_align_rotated as _rotated  # noqa: E402
 
-roi_align_rotated = _rotated.roi_align_rotated
+roi_align_rotated = _ops.roi_align_rotated
 __all__ += ["RoIAlignRotated", "roi_align_rotated"]
 
 
@@ -293,7 +336,11 @@ class RoIAlignRotated(nn.Module):
         self.clockwise = clockwise
 
     def forward(self, input: Tensor, rois: Boxes) -> Tensor:
-        return _rotated.roi_align_rotated(
+        if not torch.jit.is_scripting():
+            node = fx_module_call(self, input, rois)  # a leaf module under torch.fx tracing
+            if node is not None:
+                return node
+        return _ops.roi_align_rotated(
             input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned, self.clockwise
         )
 
@@ -306,7 +353,6 @@ class RoIAlignRotated(nn.Module):
 
 # ---- Precise RoI Pooling ----
 
-from ._torch import prroi_pool as _prroi_pool  # noqa: E402  (defines the roipool::prroi_pool* ops)
 
 __all__ += ["PrRoIPool"]
 
@@ -333,7 +379,11 @@ class PrRoIPool(nn.Module):
         self.spatial_scale = spatial_scale
 
     def forward(self, input: Tensor, boxes: Union[Tensor, List[Tensor]]) -> Tensor:
-        return _prroi_pool.prroi_pool(input, boxes, self.output_size, self.spatial_scale)
+        if not torch.jit.is_scripting():
+            node = fx_module_call(self, input, boxes)  # a leaf module under torch.fx tracing
+            if node is not None:
+                return node
+        return _ops.prroi_pool(input, boxes, self.output_size, self.spatial_scale)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale})"

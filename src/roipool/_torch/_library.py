@@ -127,6 +127,11 @@ def check_input(input, name: str = "input") -> None:
 
 def check_feature_map(input: torch.Tensor, name: str = "input") -> None:
     """``input`` is a ``(N, C, H, W)`` tensor of a supported floating dtype (the ``_checks`` rule)."""
+    if input.is_quantized:
+        raise TypeError(
+            f"{name} is a quantized tensor ({input.dtype}); of roipool's ops only roi_align (and the RoIAlign "
+            "layer) accepts quantized CPU tensors; dequantize it (input.dequantize()) for this op"
+        )
     _checks.feature_map_dtype_and_shape(
         input.dtype in SUPPORTED_DTYPES, input.dtype, input.shape, name, "float16, bfloat16, float32, float64"
     )
@@ -138,8 +143,12 @@ def check_output_fits(input: torch.Tensor, rois: torch.Tensor, channels, pooled_
     ``_checks.pooled_output_fits`` on tensors; ``output_size`` is the argument
     as given, for the message. Run before any op, so a typo fails at once.
     """
+    # Under torch.compile the box count may have no value while tracing (MultiScaleRoIAlign's
+    # per-level counts are data-dependent): check one box's output there, which still catches
+    # an impossible output_size; the allocation decides the rest at run time.
+    num_rois = 1 if torch.compiler.is_compiling() else rois.shape[0]
     itemsize = compute_dtype(input.dtype).itemsize
-    _checks.pooled_output_fits(rois.shape[0], channels, *pooled_size, itemsize, output_size)
+    _checks.pooled_output_fits(num_rois, channels, *pooled_size, itemsize, output_size)
 
 
 def boxes_to_rois(boxes, input: torch.Tensor, name: str = "boxes") -> torch.Tensor:
