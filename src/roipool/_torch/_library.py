@@ -151,28 +151,31 @@ def check_output_fits(input: torch.Tensor, rois: torch.Tensor, channels, pooled_
     _checks.pooled_output_fits(num_rois, channels, *pooled_size, itemsize, output_size)
 
 
-def boxes_to_rois(boxes, input: torch.Tensor, name: str = "boxes") -> torch.Tensor:
-    """``Tensor[K, 5]`` or a list of ``N`` ``Tensor[L, 4]`` -> a ``(K, 5)`` rois tensor on ``input``'s device.
+def boxes_to_rois(boxes, input: torch.Tensor, name: str = "boxes", rotated: bool = False) -> torch.Tensor:
+    """``Tensor[K, 5]`` or a list of ``N`` ``Tensor[L, 4]`` -> a ``(K, 5)`` rois tensor on ``input``'s device;
+    with ``rotated``, ``Tensor[K, 6]`` or a list of ``Tensor[L, 5]`` -> ``(K, 6)``.
 
     Shapes, dtypes and devices are checked here; the batch index and the
     coordinates' values are checked by the kernels (:func:`cpu_rois`). A list
-    is assembled in the compute dtype, as ``_checks.rois_array`` does; a
-    ``(K, 5)`` tensor is passed on as given (no copy).
+    is assembled (differentiably) in the compute dtype, as ``_checks.rois_array``
+    does; a rows tensor is passed on as given (no copy).
     """
+    item_shape = _checks.rotated_box_list_item_shape if rotated else _checks.box_list_item_shape
+    rows_shape = _checks.rotated_rois_shape if rotated else _checks.rois_shape
     if isinstance(boxes, (list, tuple)):
         _checks.box_list_length(len(boxes), input.shape[0], name)
         dtype = compute_dtype(input.dtype)
         parts = []
         for i, b in enumerate(boxes):
             b = _box_tensor(b, input, f"{name}[{i}]")
-            _checks.box_list_item_shape(b.shape, f"{name}[{i}]")
+            item_shape(b.shape, f"{name}[{i}]")
             index = torch.full((b.shape[0], 1), i, dtype=dtype, device=input.device)
             parts.append(torch.cat([index, b.to(dtype)], dim=1))
         if not parts:
-            return torch.empty((0, 5), dtype=dtype, device=input.device)
+            return torch.empty((0, 6 if rotated else 5), dtype=dtype, device=input.device)
         return torch.cat(parts, dim=0)
     rois = _box_tensor(boxes, input, name)
-    _checks.rois_shape(rois.shape, name)
+    rows_shape(rois.shape, name)
     return rois
 
 
@@ -235,12 +238,14 @@ def new_cpu_tensor(shape, dtype: torch.dtype, zeros: bool = False) -> torch.Tens
     return torch.from_numpy((np.zeros if zeros else np.empty)(tuple(shape), numpy_dtype(dtype)))
 
 
-def cpu_rois(rois: torch.Tensor, num_images: int, dtype: torch.dtype) -> np.ndarray:
-    """Validated ``(K, 5)`` rois converted to ``dtype`` (``_checks.rois_array``: batch index, finiteness)."""
+def cpu_rois(rois: torch.Tensor, num_images: int, dtype: torch.dtype, rotated: bool = False) -> np.ndarray:
+    """Validated ``(K, 5)`` rois converted to ``dtype`` (``_checks.rois_array``: batch index, finiteness);
+    with ``rotated``, ``(K, 6)`` rotated rois (``_checks.rotated_rois_array``)."""
     r = rois.detach()
     if r.dtype == torch.bfloat16:  # NumPy has no bfloat16; the widening is exact
         r = r.float()
-    return _checks.rois_array(r.numpy(), num_images, numpy_dtype(dtype))
+    validate = _checks.rotated_rois_array if rotated else _checks.rois_array
+    return validate(r.numpy(), num_images, numpy_dtype(dtype))
 
 
 def cpu_batch_index(rois: torch.Tensor, num_images: int) -> np.ndarray:

@@ -86,7 +86,9 @@ roi_align_backward_op = define(
 )
 
 
-def _roi_align_boxes_backward_cpu(grad, input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+def _roi_align_boxes_backward_cpu(
+    grad, input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned
+):
     n, _, height, width = input.shape
     dtype = compute_dtype(input.dtype)
     rois_np, taps = _taps(
@@ -160,7 +162,9 @@ def _roi_align_boxes_backward_grad(ctx, grad_grad_rois):
 
 roi_align_op.register_autograd(_roi_align_grad, setup_context=_roi_align_setup)
 roi_align_backward_op.register_autograd(_roi_align_backward_grad, setup_context=_roi_align_backward_setup)
-roi_align_boxes_backward_op.register_autograd(_roi_align_boxes_backward_grad, setup_context=_roi_align_boxes_backward_setup)
+roi_align_boxes_backward_op.register_autograd(
+    _roi_align_boxes_backward_grad, setup_context=_roi_align_boxes_backward_setup
+)
 
 
 def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):

@@ -22,14 +22,19 @@ import torch
 
 from .. import _checks
 from ..cpu import roi_align_rotated as kernels
-from ._library import check_feature_map, compute_dtype, define, new_cpu_tensor, quiet_when_tracing
+from ._library import (
+    boxes_to_rois,
+    check_feature_map,
+    compute_dtype,
+    cpu_rois,
+    define,
+    new_cpu_tensor,
+    numpy_dtype,
+    quiet_when_tracing,
+)
 
 _ARGS = "float spatial_scale, int pooled_height, int pooled_width, int sampling_ratio, bool aligned, bool clockwise"
 _SHAPE = "int batch_size, int channels, int height, int width"
-
-
-def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
-    return np.dtype(np.float64 if dtype == torch.float64 else np.float32)
 
 
 def _numpy(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
@@ -41,12 +46,8 @@ def _numpy(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
 
 
 def _frames(rois, num_images, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise):
-    np_dtype = _numpy_dtype(dtype)
-    _checks.scale_in_dtype(spatial_scale, np_dtype)
-    r = rois.detach()
-    if r.dtype == torch.bfloat16:  # NumPy has no bfloat16; the widening is exact
-        r = r.float()
-    rois_np = _checks.rotated_rois_array(r.numpy(), num_images, np_dtype)
+    _checks.scale_in_dtype(spatial_scale, numpy_dtype(dtype))
+    rois_np = cpu_rois(rois, num_images, dtype, rotated=True)
     _checks.rotated_scaled_boxes(rois_np, spatial_scale, pooled_height, pooled_width, sampling_ratio <= 0)
     return kernels.Frames(rois_np, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise)
 
@@ -101,7 +102,7 @@ def _box_backward_cpu(
     frames = _frames(rois, n, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise)
     grad_out = _grad_out(grad.to(dtype), frames, channels)
     x_nhwc = np.ascontiguousarray(_numpy(input, dtype).transpose(0, 2, 3, 1))
-    grad_boxes = np.zeros((frames.num_rois, 6), _numpy_dtype(dtype))
+    grad_boxes = np.zeros((frames.num_rois, 6), numpy_dtype(dtype))
     kernels.launch_box_backward(x_nhwc, grad_out, frames, grad_boxes[:, 1:])
     return torch.from_numpy(grad_boxes).to(rois.dtype)
 
@@ -163,40 +164,6 @@ def _backward_grad(ctx, grad_grad_input):
 roi_align_rotated_backward_op.register_autograd(_backward_grad, setup_context=_backward_setup)
 
 
-def boxes_to_rotated_rois(boxes, input: torch.Tensor, name: str = "boxes") -> torch.Tensor:
-    """``Tensor[K, 6]`` or a list of ``N`` ``Tensor[L, 5]`` -> a ``(K, 6)`` rois tensor on ``input``'s device.
-
-    A list is assembled (differentiably) in the compute dtype; a ``(K, 6)``
-    tensor is passed on as given. Values are checked by the kernels.
-    """
-    if isinstance(boxes, (list, tuple)):
-        _checks.box_list_length(len(boxes), input.shape[0], name)
-        dtype = compute_dtype(input.dtype)
-        parts = []
-        for i, b in enumerate(boxes):
-            b = _box_tensor(b, input, f"{name}[{i}]")
-            _checks.rotated_box_list_item_shape(b.shape, f"{name}[{i}]")
-            index = torch.full((b.shape[0], 1), i, dtype=dtype, device=input.device)
-            parts.append(torch.cat([index, b.to(dtype)], dim=1))
-        if not parts:
-            return torch.empty((0, 6), dtype=dtype, device=input.device)
-        return torch.cat(parts, dim=0)
-    rois = _box_tensor(boxes, input, name)
-    _checks.rotated_rois_shape(rois.shape, name)
-    return rois
-
-
-def _box_tensor(boxes, input: torch.Tensor, name: str) -> torch.Tensor:
-    if isinstance(boxes, torch.Tensor):
-        _checks.real_numbers(not (boxes.dtype.is_complex or boxes.dtype == torch.bool), boxes.dtype, name)
-        if boxes.device != input.device:
-            raise ValueError(f"{name} must be on the input's device ({input.device}), got {boxes.device}")
-        return boxes
-    arr = np.asarray(boxes)
-    _checks.real_numbers(arr.dtype.kind in "fiu", arr.dtype, name)
-    return torch.from_numpy(np.ascontiguousarray(arr, arr.dtype.newbyteorder("="))).to(input.device)
-
-
 def roi_align_rotated(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True, clockwise=False):
     """Tensor rotated RoIAlign; see :func:`roipool.roi_align_rotated`.
 
@@ -221,7 +188,7 @@ def roi_align_rotated(input, boxes, output_size, spatial_scale=1.0, sampling_rat
         sampling_ratio = _checks.sampling_ratio_int(sampling_ratio)
         aligned = _checks.flag(aligned, "aligned")
         clockwise = _checks.flag(clockwise, "clockwise")
-        rois = boxes_to_rotated_rois(boxes, input)
+        rois = boxes_to_rois(boxes, input, rotated=True)
     return torch.ops.roipool.roi_align_rotated(
         input, rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise
     )
