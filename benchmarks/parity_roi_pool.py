@@ -71,7 +71,9 @@ def main(cases: int = 300, seed: int = 2026) -> None:
             ort_bits += ort.tobytes() != ours_np.tobytes()
             ort_value += not np.array_equal(ort, ours_np)
     print(f"{cases} cases: {values} output values, {grads} gradient elements")
-    print(f"torchvision: differences in values {differ} (of 2 paths per case), in gradients {grad_differ} (of 3 routes per case)")
+    print(
+        f"torchvision: differences in values {differ} (of 2 paths per case), in gradients {grad_differ} (of 3 routes per case)"
+    )
     print(f"ONNX Runtime (float32, {ort_values} values): cases differing in bits {ort_bits}, in value {ort_value}")
 
 

@@ -96,8 +96,12 @@ def main():
         with torch.no_grad():
             fn(x, rois, 7, scale)
 
-    variants = {"numpy_train": numpy_train, "torch_train": torch_train,
-                "numpy_infer": numpy_infer, "torch_infer": torch_infer}
+    variants = {
+        "numpy_train": numpy_train,
+        "torch_train": torch_train,
+        "numpy_infer": numpy_infer,
+        "torch_infer": torch_infer,
+    }
     if not args.no_torchvision:
         from torchvision.ops import roi_pool as tv_roi_pool
 

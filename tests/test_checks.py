@@ -34,11 +34,26 @@ BAD_BOXES = [
     ([np.zeros((1, 5)), np.zeros((1, 4))], ValueError, r"boxes\[0\] must have shape \(L, 4\)"),
 ]
 
-BAD_OUTPUT_SIZES = [(0, ValueError), (-1, ValueError), ((2, 0), ValueError), ((2,), ValueError), (2.0, TypeError),
-                    ((2, 2.5), TypeError), (True, TypeError), ("7", TypeError), ((1, 2, 3), ValueError)]
+BAD_OUTPUT_SIZES = [
+    (0, ValueError),
+    (-1, ValueError),
+    ((2, 0), ValueError),
+    ((2,), ValueError),
+    (2.0, TypeError),
+    ((2, 2.5), TypeError),
+    (True, TypeError),
+    ("7", TypeError),
+    ((1, 2, 3), ValueError),
+]
 
-BAD_SCALES = [(0.0, ValueError), (-1.0, ValueError), (np.inf, ValueError), (np.nan, ValueError), ("1", TypeError),
-              (None, TypeError)]
+BAD_SCALES = [
+    (0.0, ValueError),
+    (-1.0, ValueError),
+    (np.inf, ValueError),
+    (np.nan, ValueError),
+    ("1", TypeError),
+    (None, TypeError),
+]
 
 
 @pytest.mark.parametrize("input, error, words", BAD_INPUTS)

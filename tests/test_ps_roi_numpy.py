@@ -402,11 +402,17 @@ def test_results_do_not_depend_on_the_thread_count(threads):
     before = roipool.get_num_threads()
     try:
         roipool.set_num_threads(1)
-        expected = [roipool.ps_roi_align(x, rois, 2), roipool.ps_roi_align_backward(g, rois, x.shape, 2),
-                    roipool.ps_roi_pool_backward(g, rois, x.shape, 2)]
+        expected = [
+            roipool.ps_roi_align(x, rois, 2),
+            roipool.ps_roi_align_backward(g, rois, x.shape, 2),
+            roipool.ps_roi_pool_backward(g, rois, x.shape, 2),
+        ]
         roipool.set_num_threads(threads)
-        got = [roipool.ps_roi_align(x, rois, 2), roipool.ps_roi_align_backward(g, rois, x.shape, 2),
-               roipool.ps_roi_pool_backward(g, rois, x.shape, 2)]
+        got = [
+            roipool.ps_roi_align(x, rois, 2),
+            roipool.ps_roi_align_backward(g, rois, x.shape, 2),
+            roipool.ps_roi_pool_backward(g, rois, x.shape, 2),
+        ]
     finally:
         roipool.set_num_threads(before)
     for a, b in zip(got, expected):

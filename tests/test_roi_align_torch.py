@@ -174,7 +174,10 @@ def test_multiscale_pools_each_box_from_the_level_its_size_selects():
 def test_multiscale_with_one_level_is_roi_align_and_is_differentiable():
     x = pyramid(seed=1)
     x["p3"].requires_grad_()
-    boxes = [torch.tensor([[0.0, 0, 30, 20]], dtype=torch.float64), torch.tensor([[5.0, 5, 60, 40]], dtype=torch.float64)]
+    boxes = [
+        torch.tensor([[0.0, 0, 30, 20]], dtype=torch.float64),
+        torch.tensor([[5.0, 5, 60, 40]], dtype=torch.float64),
+    ]
     layer = roipool.nn.MultiScaleRoIAlign(["p3"], (2, 3), -1)
     got = layer(x, boxes, [(64, 96)])
     torch.testing.assert_close(got, roipool.roi_align(x["p3"], boxes, (2, 3), 1 / 8, -1, False), rtol=0, atol=0)

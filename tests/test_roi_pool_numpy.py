@@ -105,7 +105,9 @@ def test_minus_infinity_is_a_maximum_like_any_other():
 def test_tiny_and_huge_boxes():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((1, 3, 7, 9)).astype(np.float32)
-    rois = np.array([[0, 3, 3, 3, 3], [0, -1e6, -1e6, 1e6, 1e6], [0, -3e38, -3e38, 3e38, 3e38], [0, 4.2, 1.1, 4.3, 1.2]])
+    rois = np.array(
+        [[0, 3, 3, 3, 3], [0, -1e6, -1e6, 1e6, 1e6], [0, -3e38, -3e38, 3e38, 3e38], [0, 4.2, 1.1, 4.3, 1.2]]
+    )
     check_against_reference(x, rois, (3, 2), 1.0)
 
 

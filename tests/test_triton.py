@@ -93,9 +93,7 @@ def test_roi_pool_forward_equals_numpy_cpu_path(dtype):
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
     rois = boxes(rng).numpy()
     expected, expected_argmax = roipool.roi_pool_with_argmax(x, rois, (2, 3), 0.5)
-    out, argmax = rt.roi_pool_forward(
-        torch.from_numpy(x).to(DEVICE), torch.from_numpy(rois).to(DEVICE), 0.5, 2, 3
-    )
+    out, argmax = rt.roi_pool_forward(torch.from_numpy(x).to(DEVICE), torch.from_numpy(rois).to(DEVICE), 0.5, 2, 3)
     np.testing.assert_array_equal(out.cpu().numpy(), expected)
     np.testing.assert_array_equal(argmax.cpu().numpy(), expected_argmax)
 
@@ -251,8 +249,9 @@ def test_align_family_forward_matches_definition(op, sampling_ratio, aligned, dt
     x, rois, ph, pw = align_inputs(op, dtype, seed=4)
     out = run_forward(op, x, rois, 0.5, ph, pw, sampling_ratio, aligned)
     # the definition on the very inputs the kernel saw (half types widen exactly)
-    expected = expected_forward(op, as_numpy32(x).astype(np.float64), as_numpy32(rois).astype(np.float64),
-                                0.5, ph, pw, sampling_ratio, aligned)
+    expected = expected_forward(
+        op, as_numpy32(x).astype(np.float64), as_numpy32(rois).astype(np.float64), 0.5, ph, pw, sampling_ratio, aligned
+    )
     assert out.dtype == dtype and out.shape == expected.shape
     np.testing.assert_allclose(as_numpy32(out), expected, **TOLERANCE[dtype])
     assert np.count_nonzero(expected) > expected.size // 3
@@ -280,8 +279,17 @@ def test_align_family_backward_matches_definition(op, sampling_ratio, aligned, d
     assert got.dtype == dtype
     if DEVICE == "cuda":  # the interpreter runs programs one after another: nothing to race
         assert torch.equal(got, run_backward(op, grad, rois, 0.5, ph, pw, sampling_ratio, aligned, tuple(x.shape)))
-    expected = expected_backward(op, as_numpy32(grad).astype(np.float64), as_numpy32(rois).astype(np.float64),
-                                 tuple(x.shape), 0.5, ph, pw, sampling_ratio, aligned)
+    expected = expected_backward(
+        op,
+        as_numpy32(grad).astype(np.float64),
+        as_numpy32(rois).astype(np.float64),
+        tuple(x.shape),
+        0.5,
+        ph,
+        pw,
+        sampling_ratio,
+        aligned,
+    )
     np.testing.assert_allclose(as_numpy32(got), expected, **TOLERANCE[dtype])
     assert np.count_nonzero(expected) > 20
 
@@ -341,8 +349,19 @@ def op_args(name, device):
     h = w = 6  # opcheck runs the op many times: smaller still than the other tests
     x = torch.from_numpy(rng.standard_normal((N, 12, h, w)).astype(np.float32)).to(device)  # 12 = 2 x 3 x 2 bins
     rois = boxes(rng, k=3, h=h, w=w).float().to(device)
-    values = dict(input=x, rois=rois, spatial_scale=0.5, pooled_height=3, pooled_width=2, sampling_ratio=2,
-                  aligned=True, batch_size=N, channels=12, height=h, width=w)
+    values = dict(
+        input=x,
+        rois=rois,
+        spatial_scale=0.5,
+        pooled_height=3,
+        pooled_width=2,
+        sampling_ratio=2,
+        aligned=True,
+        batch_size=N,
+        channels=12,
+        height=h,
+        width=w,
+    )
     if name.endswith("_backward"):
         forward = name.removesuffix("_backward").removesuffix("_boxes")  # _boxes_backward: the boxes' gradient
         forward += "_with_argmax" if name == "roi_pool_backward" else ""
@@ -378,7 +397,7 @@ def test_the_cuda_kernels_pass_opcheck_when_registered_as_a_backend_under_the_in
     twin = f"_triton_twin_{name}"
     if not hasattr(torch.ops.roipool, twin):
         signature = str(real._schema)
-        op = _library.define(twin, signature[signature.index("("):], cpu=None, fake=lambda *args: real(*args))
+        op = _library.define(twin, signature[signature.index("(") :], cpu=None, fake=lambda *args: real(*args))
         kernel, reason = _register.cuda_kernel(name, real._schema)
         assert reason is None
         op.register_kernel("cpu", kernel)
@@ -453,8 +472,13 @@ def test_random_cases_match_the_references_for_every_op_both_ways(seed):
     """Random shapes, scales, boxes (off the map, half-way, inverted), float32 and float64."""
     rng = np.random.default_rng(2000 + seed)
     dtype = [np.float32, np.float64][seed % 2]
-    n, c, h, w, k = (int(rng.integers(1, 3)), int(rng.integers(1, 4)), int(rng.integers(1, 13)),
-                     int(rng.integers(1, 13)), int(rng.integers(1, 7)))
+    n, c, h, w, k = (
+        int(rng.integers(1, 3)),
+        int(rng.integers(1, 4)),
+        int(rng.integers(1, 13)),
+        int(rng.integers(1, 13)),
+        int(rng.integers(1, 7)),
+    )
     ph, pw = int(rng.integers(1, 5)), int(rng.integers(1, 5))
     scale = float(rng.choice([1.0, 0.5, 1 / 16, 1 / 3]))
     sampling_ratio, aligned = int(rng.choice([-1, 1, 2])), bool(seed % 3 == 1)
@@ -476,8 +500,9 @@ def test_random_cases_match_the_references_for_every_op_both_ways(seed):
     np.testing.assert_array_equal(got, roipool.roi_pool_backward(grad, expected_argmax, rois, x.shape))
 
     got = rt.roi_align_forward(t(x), t(rois), scale, ph, pw, sampling_ratio, aligned).cpu().numpy()
-    np.testing.assert_allclose(got, reference.roi_align(as64(x), as64(rois), ph, pw, scale, sampling_ratio, aligned),
-                               **tol)
+    np.testing.assert_allclose(
+        got, reference.roi_align(as64(x), as64(rois), ph, pw, scale, sampling_ratio, aligned), **tol
+    )
     got = rt.roi_align_backward(t(grad), t(rois), scale, ph, pw, n, c, h, w, sampling_ratio, aligned).cpu().numpy()
     expected = reference.roi_align_backward(as64(grad), as64(rois), x.shape, scale, sampling_ratio, aligned)
     np.testing.assert_allclose(got, expected, **tol)
@@ -488,8 +513,9 @@ def test_random_cases_match_the_references_for_every_op_both_ways(seed):
     np.testing.assert_array_equal(got, reference.ps_roi_pool_backward(grad, rois, x_ps.shape, scale))
 
     got = rt.ps_roi_align_forward(t(x_ps), t(rois), scale, ph, pw, sampling_ratio).cpu().numpy()
-    np.testing.assert_allclose(got, reference.ps_roi_align(as64(x_ps), as64(rois), ph, pw, scale, sampling_ratio),
-                               **tol)
+    np.testing.assert_allclose(
+        got, reference.ps_roi_align(as64(x_ps), as64(rois), ph, pw, scale, sampling_ratio), **tol
+    )
     got = rt.ps_roi_align_backward(t(grad), t(rois), scale, ph, pw, sampling_ratio, *x_ps.shape).cpu().numpy()
     expected = reference.ps_roi_align_backward(as64(grad), as64(rois), x_ps.shape, scale, sampling_ratio)
     np.testing.assert_allclose(got, expected, **tol)

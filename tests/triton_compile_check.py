@@ -82,8 +82,10 @@ def main() -> int:
             ptx = compile_kernel(kernel, constexprs, data, compute, ints_are_one).asm["ptx"]
             problems = [word for word in ("div.full", "div.approx", "fma.") if word in ptx]
             failures += bool(problems)
-            print(f"{kernel.__name__} {constexprs.get('ALIGN', constexprs.get('ALIGNED', ''))} {data}"
-                  f"{' ints=1' if ints_are_one else ''}: {'FAIL ' + ', '.join(problems) if problems else 'ok'}")
+            print(
+                f"{kernel.__name__} {constexprs.get('ALIGN', constexprs.get('ALIGNED', ''))} {data}"
+                f"{' ints=1' if ints_are_one else ''}: {'FAIL ' + ', '.join(problems) if problems else 'ok'}"
+            )
     return 1 if failures else 0
 
 

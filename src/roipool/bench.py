@@ -60,12 +60,38 @@ class Workload:
 WORKLOADS = {
     w.name: w
     for w in [
-        Workload("vgg16", "600x800 image through VGG16 conv5_3, 2000 proposals", 1, 512, 38, 50, 600, 800, 2000, 7, 1 / 16),
-        Workload("small-batch", "8 images of 256x256, stride 8, 256 proposals each", 8, 256, 32, 32, 256, 256, 256, 7, 1 / 8),
-        Workload("tiny", "a smoke test: 2 images of 128x128, stride 8, 32 proposals each", 2, 16, 16, 16, 128, 128, 32, 7, 1 / 8),
         Workload(
-            "rfcn", "R-FCN head: 600x800 image, stride 16, 7x7 bins x 21 classes, 2000 proposals",
-            1, 7 * 7 * 21, 38, 50, 600, 800, 2000, 7, 1 / 16, position_sensitive=True,
+            "vgg16", "600x800 image through VGG16 conv5_3, 2000 proposals", 1, 512, 38, 50, 600, 800, 2000, 7, 1 / 16
+        ),
+        Workload(
+            "small-batch", "8 images of 256x256, stride 8, 256 proposals each", 8, 256, 32, 32, 256, 256, 256, 7, 1 / 8
+        ),
+        Workload(
+            "tiny",
+            "a smoke test: 2 images of 128x128, stride 8, 32 proposals each",
+            2,
+            16,
+            16,
+            16,
+            128,
+            128,
+            32,
+            7,
+            1 / 8,
+        ),
+        Workload(
+            "rfcn",
+            "R-FCN head: 600x800 image, stride 16, 7x7 bins x 21 classes, 2000 proposals",
+            1,
+            7 * 7 * 21,
+            38,
+            50,
+            600,
+            800,
+            2000,
+            7,
+            1 / 16,
+            position_sensitive=True,
         ),
     ]
 }
@@ -113,8 +139,14 @@ PYRAMID_WORKLOADS = {
     w.name: w
     for w in [
         PyramidWorkload(
-            "maskrcnn-fpn", "Mask R-CNN-like: FPN P2-P5 of 8 images at 800x1088, 256 channels, 512 boxes each",
-            8, 256, 800, 1088, 512, (7, 14),
+            "maskrcnn-fpn",
+            "Mask R-CNN-like: FPN P2-P5 of 8 images at 800x1088, 256 channels, 512 boxes each",
+            8,
+            256,
+            800,
+            1088,
+            512,
+            (7, 14),
         ),
     ]
 }
@@ -195,6 +227,7 @@ def candidates(workload: Workload, op: str, mode: str, device: str = "cpu", jax:
         if mode == "forward":
             out.append(Candidate("roipool (numpy)", lambda: fn(x, rois, size, scale, **extra), True))
         elif op == "roi_pool":
+
             def numpy_train_step():
                 _, argmax = roipool.roi_pool_with_argmax(x, rois, size, scale)
                 return roipool.roi_pool_backward(upstream, argmax, rois, x.shape)
@@ -350,6 +383,7 @@ def _prroi_candidates(workload, x, rois, mode, device, torch) -> list[Candidate]
 def _torch_candidate(impl, fn, xt, rt, size, scale, extra, mode, torch, is_ours=False):
     sync = torch.cuda.synchronize if xt.is_cuda else (lambda: None)
     if mode == "forward":
+
         def run():
             with torch.no_grad():
                 y = fn(xt, rt, size, scale, **extra)
@@ -414,8 +448,11 @@ def pyramid_candidates(workload: PyramidWorkload, output_size: int, mode: str, d
     bt = [torch.from_numpy(b).to(device) for b in boxes]
     shapes = [(workload.image_h, workload.image_w)] * workload.images
     names, ratio = list(feats), workload.sampling_ratio
-    out = [_pooler_candidate("roipool (torch)", MultiScaleRoIAlign(names, output_size, ratio), feats, bt, shapes,
-                             mode, torch, True)]
+    out = [
+        _pooler_candidate(
+            "roipool (torch)", MultiScaleRoIAlign(names, output_size, ratio), feats, bt, shapes, mode, torch, True
+        )
+    ]
     if _optional("torchvision") is not None:
         import torchvision.ops
 
@@ -587,9 +624,13 @@ def run(
             k = pw.images * pw.boxes_per_image
             cells = sum(-(-pw.image_h // s) * -(-pw.image_w // s) for s in pw.strides)
             for size in pw.output_sizes:
-                block(wname, f"multi_scale_roi_align {size}x{size}",
-                      lambda mode, pw=pw, size=size: pyramid_candidates(pw, size, mode, device),
-                      pw.images * pw.channels * cells * 4, k * pw.channels * size * size * 4)
+                block(
+                    wname,
+                    f"multi_scale_roi_align {size}x{size}",
+                    lambda mode, pw=pw, size=size: pyramid_candidates(pw, size, mode, device),
+                    pw.images * pw.channels * cells * 4,
+                    k * pw.channels * size * size * 4,
+                )
             continue
         workload = WORKLOADS[wname]
         for op in ops:
@@ -599,9 +640,16 @@ def run(
                 continue  # rotated boxes: workloads of their own
             k = workload.images * workload.boxes_per_image
             map_bytes = workload.images * workload.channels * workload.height * workload.width * 4
-            out_channels = workload.channels // workload.output_size**2 if workload.position_sensitive else workload.channels
-            block(wname, op, lambda mode, op=op, w=workload: candidates(w, op, mode, device, jax),
-                  map_bytes, k * out_channels * workload.output_size**2 * 4)
+            out_channels = (
+                workload.channels // workload.output_size**2 if workload.position_sensitive else workload.channels
+            )
+            block(
+                wname,
+                op,
+                lambda mode, op=op, w=workload: candidates(w, op, mode, device, jax),
+                map_bytes,
+                k * out_channels * workload.output_size**2 * 4,
+            )
     return rows
 
 
@@ -630,7 +678,9 @@ def main(args) -> int:
     if args.device == "cuda":
         torch = _optional("torch")
         if torch is None or not torch.cuda.is_available():
-            raise SystemExit("roipool bench: --device cuda needs torch and a GPU it can see (torch.cuda.is_available())")
+            raise SystemExit(
+                "roipool bench: --device cuda needs torch and a GPU it can see (torch.cuda.is_available())"
+            )
     bandwidth = cuda_copy_bandwidth(torch) if args.device == "cuda" else None
     rows = run(names, args.repeat, args.device, bandwidth=bandwidth, jax=getattr(args, "jax", False))
     info = machine(args.device)  # after the run, which starts Numba's threading layer

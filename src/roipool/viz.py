@@ -150,4 +150,3 @@ def proposals_figure(path, seed: int = 54, output_size: int = 7) -> Path:
             spine.set_edgecolor(colour)
             spine.set_linewidth(2)
     return _save(fig, path)
-

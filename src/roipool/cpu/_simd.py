@@ -100,7 +100,9 @@ def vmax(typingctx, best, value):
 def _splat_int32(builder, index, lanes):
     """``lanes`` copies of the integer ``index`` (truncated to int32)."""
     vector_type = ir.VectorType(ir.IntType(32), lanes)
-    one = builder.insert_element(ir.Constant(vector_type, ir.Undefined), builder.trunc(index, ir.IntType(32)), ir.Constant(ir.IntType(32), 0))
+    one = builder.insert_element(
+        ir.Constant(vector_type, ir.Undefined), builder.trunc(index, ir.IntType(32)), ir.Constant(ir.IntType(32), 0)
+    )
     return builder.shuffle_vector(one, one, ir.Constant(vector_type, None))
 
 
@@ -152,7 +154,9 @@ def transpose_block(typingctx, src, src_start, src_stride, dst, dst_start, dst_s
         rows = []
         for r in range(lanes):
             off = builder.add(s0, builder.mul(ss, ir.Constant(ss.type, r)))
-            rows.append(builder.load(_element_pointer(context, builder, sig.args[0], s, off, vt), align=src.dtype.bitwidth // 8))
+            rows.append(
+                builder.load(_element_pointer(context, builder, sig.args[0], s, off, vt), align=src.dtype.bitwidth // 8)
+            )
         # Butterfly: at distance step, rows i and i + step swap the step x step
         # blocks off the diagonal; after step = 1, 2, 4, ... it is transposed.
         step = 1
@@ -171,7 +175,9 @@ def transpose_block(typingctx, src, src_start, src_stride, dst, dst_start, dst_s
             step *= 2
         for j in range(lanes):
             off = builder.add(d0, builder.mul(ds, ir.Constant(ds.type, j)))
-            builder.store(rows[j], _element_pointer(context, builder, sig.args[3], d, off, vt), align=dst.dtype.bitwidth // 8)
+            builder.store(
+                rows[j], _element_pointer(context, builder, sig.args[3], d, off, vt), align=dst.dtype.bitwidth // 8
+            )
         return context.get_dummy_value()
 
     return types.void(src, types.intp, types.intp, dst, types.intp, types.intp), codegen
@@ -191,7 +197,9 @@ def transpose_tile(src, src_start, src_stride, rows, cols, dst, dst_start, dst_s
     rv = rows - rows % lanes
     for j0 in range(0, jv, lanes):
         for r0 in range(0, rv, lanes):
-            transpose_block(src, src_start + r0 * src_stride + j0, src_stride, dst, dst_start + j0 * dst_stride + r0, dst_stride)
+            transpose_block(
+                src, src_start + r0 * src_stride + j0, src_stride, dst, dst_start + j0 * dst_stride + r0, dst_stride
+            )
         for j in range(j0, j0 + lanes):
             for r in range(rv, rows):
                 dst[dst_start + j * dst_stride + r] = src[src_start + r * src_stride + j]
@@ -238,7 +246,9 @@ def _prefetch_codegen(locality):
         ptr = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
         i32 = ir.IntType(32)
         name = "llvm.prefetch.p0" if str(ptr.type) == "ptr" else "llvm.prefetch.p0i8"  # opaque or typed pointers
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]), name)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]), name
+        )
         # read (0), the locality, data cache (1)
         builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, locality), ir.Constant(i32, 1)])
         return context.get_dummy_value()

@@ -125,9 +125,7 @@ def _ps_forward_kernel(
         for iy in range(grid_h):
             y_ok, y_low, y_high, wy_low, wy_high = bilinear_axis(sample_at(start_h, size_h, ph, iy, grid_h), height)
             for ix in range(grid_w):
-                x_ok, x_low, x_high, wx_low, wx_high = bilinear_axis(
-                    sample_at(start_w, size_w, pw, ix, grid_w), width
-                )
+                x_ok, x_low, x_high, wx_low, wx_high = bilinear_axis(sample_at(start_w, size_w, pw, ix, grid_w), width)
                 ok = p_ok & y_ok & x_ok
                 m = c_ok[:, None] & ok[None, :]
                 v1 = tl.load(input_ptr + plane + (y_low * width + x_low)[None, :], mask=m, other=0.0)
@@ -267,8 +265,11 @@ def _ps_backward_kernel(
 
     plane = (n.to(tl.int64) * (channels_out * bins) + c.to(tl.int64) * bins + b) * height * width
     ok = c_ok[:, None] & ((hh < height) & (ww < width))[None, :]
-    tl.store(grad_input_ptr + plane[:, None] + (hh * width + ww)[None, :],
-             cast_rne(acc, grad_input_ptr.dtype.element_ty), mask=ok)
+    tl.store(
+        grad_input_ptr + plane[:, None] + (hh * width + ww)[None, :],
+        cast_rne(acc, grad_input_ptr.dtype.element_ty),
+        mask=ok,
+    )
 
 
 def _out_channels(channels, ph, pw):
@@ -293,16 +294,28 @@ def _forward(input, rois, spatial_scale, pooled_height, pooled_width, sampling_r
     block_p = _launch.triton_next_pow2(ph * pw)
     block_c = _launch.channel_block(channels_out, block_p)
     _ps_forward_kernel[(k_total, triton.cdiv(channels_out, block_c))](
-        input, rois, _launch.scale_tensor(spatial_scale, dtype, device), output,
-        int(sampling_ratio), input.shape[0], channels_out, height, width,
-        ALIGN=align, POOLED_H=ph, POOLED_W=pw, BLOCK_C=block_c, BLOCK_P=block_p,
+        input,
+        rois,
+        _launch.scale_tensor(spatial_scale, dtype, device),
+        output,
+        int(sampling_ratio),
+        input.shape[0],
+        channels_out,
+        height,
+        width,
+        ALIGN=align,
+        POOLED_H=ph,
+        POOLED_W=pw,
+        BLOCK_C=block_c,
+        BLOCK_P=block_p,
         enable_fp_fusion=False,
     )
     return output
 
 
-def _backward(grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, align,
-              batch_size, channels, height, width):
+def _backward(
+    grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, align, batch_size, channels, height, width
+):
     device = _launch.check_device(grad=grad, rois=rois)
     dtype = _launch.compute_dtype(grad.dtype)
     _launch.check_batch_index(rois, batch_size)
@@ -319,9 +332,19 @@ def _backward(grad, rois, spatial_scale, pooled_height, pooled_width, sampling_r
     row_span, col_span, window = _launch.span_tables(k_total, ph, pw, device)
     if k_total:
         _ps_spans_kernel[(k_total,)](
-            rois, scale, row_span, col_span, window, int(sampling_ratio), height, width,
-            ALIGN=align, POOLED_H=ph, POOLED_W=pw,
-            BLOCK_PH=_launch.triton_next_pow2(ph), BLOCK_PW=_launch.triton_next_pow2(pw),
+            rois,
+            scale,
+            row_span,
+            col_span,
+            window,
+            int(sampling_ratio),
+            height,
+            width,
+            ALIGN=align,
+            POOLED_H=ph,
+            POOLED_W=pw,
+            BLOCK_PH=_launch.triton_next_pow2(ph),
+            BLOCK_PW=_launch.triton_next_pow2(pw),
             enable_fp_fusion=False,
         )
     order, starts = _launch.rois_by_image(rois, batch_size)
@@ -330,9 +353,27 @@ def _backward(grad, rois, spatial_scale, pooled_height, pooled_width, sampling_r
     channel_blocks = triton.cdiv(channels_out, block_c)
     grid = (tiles, ph * pw * channel_blocks, batch_size)
     _ps_backward_kernel[grid](
-        grad, rois, scale, order, starts, row_span, col_span, window, grad_input,
-        int(sampling_ratio), channels_out, channel_blocks, height, width, tiles_w,
-        ALIGN=align, POOLED_H=ph, POOLED_W=pw, BLOCK_C=block_c, TILE_H=_launch.TILE_H, TILE_W=_launch.TILE_W,
+        grad,
+        rois,
+        scale,
+        order,
+        starts,
+        row_span,
+        col_span,
+        window,
+        grad_input,
+        int(sampling_ratio),
+        channels_out,
+        channel_blocks,
+        height,
+        width,
+        tiles_w,
+        ALIGN=align,
+        POOLED_H=ph,
+        POOLED_W=pw,
+        BLOCK_C=block_c,
+        TILE_H=_launch.TILE_H,
+        TILE_W=_launch.TILE_W,
         enable_fp_fusion=False,
     )
     return grad_input
@@ -343,11 +384,11 @@ def ps_roi_pool_forward(input, rois, spatial_scale, pooled_height, pooled_width)
     return _forward(input, rois, spatial_scale, pooled_height, pooled_width, 0, False)
 
 
-def ps_roi_pool_backward(grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels,
-                         height, width):
+def ps_roi_pool_backward(grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width):
     """Gradient of :func:`ps_roi_pool_forward` with respect to its input; deterministic."""
-    return _backward(grad, rois, spatial_scale, pooled_height, pooled_width, 0, False,
-                     batch_size, channels, height, width)
+    return _backward(
+        grad, rois, spatial_scale, pooled_height, pooled_width, 0, False, batch_size, channels, height, width
+    )
 
 
 def ps_roi_align_forward(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio):
@@ -355,8 +396,20 @@ def ps_roi_align_forward(input, rois, spatial_scale, pooled_height, pooled_width
     return _forward(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, True)
 
 
-def ps_roi_align_backward(grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio,
-                          batch_size, channels, height, width):
+def ps_roi_align_backward(
+    grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, batch_size, channels, height, width
+):
     """Gradient of :func:`ps_roi_align_forward` with respect to its input; deterministic."""
-    return _backward(grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, True,
-                     batch_size, channels, height, width)
+    return _backward(
+        grad,
+        rois,
+        spatial_scale,
+        pooled_height,
+        pooled_width,
+        sampling_ratio,
+        True,
+        batch_size,
+        channels,
+        height,
+        width,
+    )

@@ -46,8 +46,9 @@ from ._common import (
 
 
 @triton.jit
-def _align_box(rois_ptr, k, scale, sampling_ratio, ALIGNED: tl.constexpr, POOLED_H: tl.constexpr,
-               POOLED_W: tl.constexpr):
+def _align_box(
+    rois_ptr, k, scale, sampling_ratio, ALIGNED: tl.constexpr, POOLED_H: tl.constexpr, POOLED_W: tl.constexpr
+):
     """Batch index, first corner, bin sizes, sampling grid and sample count of RoI ``k``."""
     row = rois_ptr + k * 5
     n = tl.load(row).to(tl.int32)
@@ -121,8 +122,11 @@ def _roi_align_forward_kernel(
             acc = tl.where(ok[None, :], acc + (w1 * v1 + w2 * v2 + w3 * v3 + w4 * v4), acc)
 
     out = (k.to(tl.int64) * channels + c.to(tl.int64))[:, None] * (POOLED_H * POOLED_W) + p[None, :]
-    tl.store(output_ptr + out, cast_rne(div_exact(acc, count), output_ptr.dtype.element_ty),
-             mask=c_ok[:, None] & p_ok[None, :])
+    tl.store(
+        output_ptr + out,
+        cast_rne(div_exact(acc, count), output_ptr.dtype.element_ty),
+        mask=c_ok[:, None] & p_ok[None, :],
+    )
 
 
 @triton.jit
@@ -214,8 +218,11 @@ def _roi_align_backward_kernel(
 
     plane = (n.to(tl.int64) * channels + c.to(tl.int64)) * height * width
     ok = c_ok[:, None] & ((hh < height) & (ww < width))[None, :]
-    tl.store(grad_input_ptr + plane[:, None] + (hh * width + ww)[None, :],
-             cast_rne(acc, grad_input_ptr.dtype.element_ty), mask=ok)
+    tl.store(
+        grad_input_ptr + plane[:, None] + (hh * width + ww)[None, :],
+        cast_rne(acc, grad_input_ptr.dtype.element_ty),
+        mask=ok,
+    )
 
 
 def roi_align_forward(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
@@ -233,16 +240,28 @@ def roi_align_forward(input, rois, spatial_scale, pooled_height, pooled_width, s
     block_c = _launch.channel_block(channels, block_p)
     grid = (k_total, triton.cdiv(channels, block_c))
     _roi_align_forward_kernel[grid](
-        input, rois, _launch.scale_tensor(spatial_scale, dtype, device), output,
-        int(sampling_ratio), input.shape[0], channels, height, width,
-        ALIGNED=bool(aligned), POOLED_H=ph, POOLED_W=pw, BLOCK_C=block_c, BLOCK_P=block_p,
+        input,
+        rois,
+        _launch.scale_tensor(spatial_scale, dtype, device),
+        output,
+        int(sampling_ratio),
+        input.shape[0],
+        channels,
+        height,
+        width,
+        ALIGNED=bool(aligned),
+        POOLED_H=ph,
+        POOLED_W=pw,
+        BLOCK_C=block_c,
+        BLOCK_P=block_p,
         enable_fp_fusion=False,
     )
     return output
 
 
-def roi_align_backward(grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels,
-                       height, width, sampling_ratio, aligned):
+def roi_align_backward(
+    grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, sampling_ratio, aligned
+):
     """Gradient of :func:`roi_align_forward` with respect to its input, ``(N, C, H, W)``.
 
     Deterministic (a fixed summation order, no atomics); extra memory
@@ -263,9 +282,19 @@ def roi_align_backward(grad, rois, spatial_scale, pooled_height, pooled_width, b
     row_span, col_span, window = _launch.span_tables(k_total, ph, pw, device)
     if k_total:
         _roi_align_spans_kernel[(k_total,)](
-            rois, scale, row_span, col_span, window, int(sampling_ratio), height, width,
-            ALIGNED=bool(aligned), POOLED_H=ph, POOLED_W=pw,
-            BLOCK_PH=_launch.triton_next_pow2(ph), BLOCK_PW=_launch.triton_next_pow2(pw),
+            rois,
+            scale,
+            row_span,
+            col_span,
+            window,
+            int(sampling_ratio),
+            height,
+            width,
+            ALIGNED=bool(aligned),
+            POOLED_H=ph,
+            POOLED_W=pw,
+            BLOCK_PH=_launch.triton_next_pow2(ph),
+            BLOCK_PW=_launch.triton_next_pow2(pw),
             enable_fp_fusion=False,
         )
     order, starts = _launch.rois_by_image(rois, batch_size)
@@ -273,9 +302,26 @@ def roi_align_backward(grad, rois, spatial_scale, pooled_height, pooled_width, b
     block_c = _launch.channel_block(channels, _launch.TILE_H * _launch.TILE_W)
     grid = (tiles, triton.cdiv(channels, block_c), batch_size)
     _roi_align_backward_kernel[grid](
-        grad, rois, scale, order, starts, row_span, col_span, window, grad_input,
-        int(sampling_ratio), channels, height, width, tiles_w,
-        ALIGNED=bool(aligned), POOLED_H=ph, POOLED_W=pw, BLOCK_C=block_c, TILE_H=_launch.TILE_H, TILE_W=_launch.TILE_W,
+        grad,
+        rois,
+        scale,
+        order,
+        starts,
+        row_span,
+        col_span,
+        window,
+        grad_input,
+        int(sampling_ratio),
+        channels,
+        height,
+        width,
+        tiles_w,
+        ALIGNED=bool(aligned),
+        POOLED_H=ph,
+        POOLED_W=pw,
+        BLOCK_C=block_c,
+        TILE_H=_launch.TILE_H,
+        TILE_W=_launch.TILE_W,
         enable_fp_fusion=False,
     )
     return grad_input
@@ -385,9 +431,21 @@ def roi_align_boxes_backward(grad, input, rois, spatial_scale, pooled_height, po
     block_p = _launch.triton_next_pow2(ph * pw)
     block_c = _launch.channel_block(channels, block_p)
     _roi_align_boxes_kernel[(k_total,)](
-        grad.contiguous(), input.contiguous(), prepared, _launch.scale_tensor(spatial_scale, dtype, device), out,
-        int(sampling_ratio), input.shape[0], channels, height, width,
-        ALIGNED=bool(aligned), POOLED_H=ph, POOLED_W=pw, BLOCK_C=block_c, BLOCK_P=block_p,
+        grad.contiguous(),
+        input.contiguous(),
+        prepared,
+        _launch.scale_tensor(spatial_scale, dtype, device),
+        out,
+        int(sampling_ratio),
+        input.shape[0],
+        channels,
+        height,
+        width,
+        ALIGNED=bool(aligned),
+        POOLED_H=ph,
+        POOLED_W=pw,
+        BLOCK_C=block_c,
+        BLOCK_P=block_p,
         enable_fp_fusion=False,
     )
     return out.to(rois.dtype)

@@ -218,10 +218,20 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_height, pooled_width, wi
     block_c = _launch.channel_block(channels, block_p)
     grid = (k_total, triton.cdiv(channels, block_c))
     _roi_pool_forward_kernel[grid](
-        input, rois, _launch.scale_tensor(spatial_scale, dtype, device), output,
+        input,
+        rois,
+        _launch.scale_tensor(spatial_scale, dtype, device),
+        output,
         argmax if with_argmax else output,
-        input.shape[0], channels, height, width,
-        POOLED_H=ph, POOLED_W=pw, BLOCK_C=block_c, BLOCK_P=block_p, WITH_ARGMAX=with_argmax,
+        input.shape[0],
+        channels,
+        height,
+        width,
+        POOLED_H=ph,
+        POOLED_W=pw,
+        BLOCK_C=block_c,
+        BLOCK_P=block_p,
+        WITH_ARGMAX=with_argmax,
         enable_fp_fusion=False,
     )
     return output, argmax
@@ -250,17 +260,36 @@ def roi_pool_backward(grad, argmax, rois, batch_size, channels, height, width):
     block_p = _launch.triton_next_pow2(bins)
     if k_total:
         _argmax_spans_kernel[(k_total,)](
-            argmax, bin_span, window, channels, height, width,
-            BINS=bins, BLOCK_C=_launch.channel_block(channels, block_p), BLOCK_P=block_p,
+            argmax,
+            bin_span,
+            window,
+            channels,
+            height,
+            width,
+            BINS=bins,
+            BLOCK_C=_launch.channel_block(channels, block_p),
+            BLOCK_P=block_p,
         )
     order, starts = _launch.rois_by_image(rois, batch_size)
     tiles, tiles_w = _launch.tile_grid(height, width)
     block_c = _launch.channel_block(channels, _launch.TILE_H * _launch.TILE_W)
     grid = (tiles, triton.cdiv(channels, block_c), batch_size)
     _roi_pool_backward_kernel[grid](
-        grad, argmax, order, starts, bin_span, window, grad_input,
-        channels, height, width, tiles_w,
-        BINS=bins, BLOCK_C=block_c, TILE_H=_launch.TILE_H, TILE_W=_launch.TILE_W,
+        grad,
+        argmax,
+        order,
+        starts,
+        bin_span,
+        window,
+        grad_input,
+        channels,
+        height,
+        width,
+        tiles_w,
+        BINS=bins,
+        BLOCK_C=block_c,
+        TILE_H=_launch.TILE_H,
+        TILE_W=_launch.TILE_W,
         ACC_DTYPE=tl.float64 if acc_dtype == torch.float64 else tl.float32,
     )
     return grad_input
