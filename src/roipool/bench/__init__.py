@@ -1,0 +1,296 @@
+"""``roipool bench``: time the ops on named workloads against every installed peer.
+
+Peers are measured in the same process and interleaved with roipool (one run
+of each per repeat), and medians are reported, because shared machines are
+noisy and only ratios measured side by side mean much. Peers: ONNX Runtime
+(``MaxRoiPool``, ``RoiAlign``; forward only) and torchvision's CPU ops
+(forward, forward+backward) when importable.
+
+The workloads are in :mod:`.workloads`, the implementations timed in
+:mod:`.candidates`; this module times them and reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .candidates import Candidate, _optional, candidates, pyramid_candidates, rotated_candidates
+from .workloads import PYRAMID_WORKLOADS, WORKLOADS, PyramidWorkload, RotatedWorkload, Workload
+
+__all__ = [
+    "Candidate",
+    "PYRAMID_WORKLOADS",
+    "PyramidWorkload",
+    "Row",
+    "RotatedWorkload",
+    "WORKLOADS",
+    "Workload",
+    "candidates",
+    "floor_bytes",
+    "machine",
+    "main",
+    "measure",
+    "pyramid_candidates",
+    "rotated_candidates",
+    "run",
+]
+
+
+@dataclass
+class Row:
+    workload: str
+    op: str
+    mode: str
+    impl: str
+    median_ms: float
+    times_ms: list = field(default_factory=list)
+    speedup: float | None = None  # fastest peer's median / this median, on roipool's rows
+    baseline: str | None = None  # which peer and mode the speed-up is against
+    floor_ms: float | None = None  # bytes that must move / the device's measured copy bandwidth (cuda)
+
+
+def _touch(nbytes: int) -> None:
+    """Write ``nbytes`` of fresh memory and free it."""
+    if nbytes:
+        np.ones(nbytes // 8, np.float64)
+
+
+def floor_bytes(map_bytes: int, output_bytes: int, mode: str) -> int:
+    """Bytes that must cross memory: the output written, and for a training step also
+    ``grad_output`` read and every cell of ``grad_input`` written (reading the map is
+    not counted: a RoI reads only its footprint, which may be little of it)."""
+    return output_bytes if mode == "forward" else 2 * output_bytes + map_bytes
+
+
+def cuda_copy_bandwidth(torch, nbytes: int = 1 << 30) -> float:
+    """Bytes per second of a device-to-device copy, counting bytes read and written (median of 5)."""
+    a = torch.empty(nbytes // 4, dtype=torch.float32, device="cuda")
+    b = torch.empty_like(a)
+    b.copy_(a)
+    times = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        b.copy_(a)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * nbytes / statistics.median(times)
+
+
+class _CudaTimer:
+    """Times a call between two CUDA events, after evicting L2 with a 256 MB write (as ``do_bench`` does)."""
+
+    def __init__(self, torch):
+        self.torch = torch
+        self.flush = torch.empty(1 << 26, dtype=torch.float32, device="cuda")
+
+    def __call__(self, run):
+        self.flush.zero_()
+        start = self.torch.cuda.Event(enable_timing=True)
+        end = self.torch.cuda.Event(enable_timing=True)
+        start.record()
+        result = run()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end), result
+
+
+def measure(
+    cands: list[Candidate], repeat: int, warmup: int = 1, touch_bytes: int = 0, timer=None
+) -> dict[str, list[float]]:
+    """Interleaved timings in ms: each repeat runs every candidate once.
+
+    The order rotates from one repeat to the next, and before each timed call
+    ``touch_bytes`` of memory are written and freed (untimed). On a VM that
+    hands freed memory back to its host after a second or two (free page
+    reporting, as on our development VM), the first large allocation after a
+    long call pays the host's page faults again, up to 300 ms for 200 MB;
+    in a training loop the op runs often enough that its memory stays with
+    the guest. Touching first gives every candidate that steady state.
+
+    ``timer(run) -> (ms, result)`` replaces the wall clock (``_CudaTimer`` on a GPU).
+    """
+    for c in cands:
+        for _ in range(warmup):
+            c.run()
+    times: dict[str, list[float]] = {c.impl: [] for c in cands}
+    for r in range(repeat):
+        shift = r % len(cands)
+        for c in cands[shift:] + cands[:shift]:
+            if timer is not None:
+                ms, result = timer(c.run)
+            else:
+                _touch(touch_bytes)
+                t0 = time.perf_counter()
+                result = c.run()
+                ms = (time.perf_counter() - t0) * 1e3
+            times[c.impl].append(ms)
+            del result
+    return times
+
+
+def machine(device: str = "cpu") -> dict:
+    import numba
+
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "numba": numba.__version__,
+        "numba_threads": numba.get_num_threads(),
+    }
+    try:
+        info["numba_threading_layer"] = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet
+        pass
+    for name in ("torch", "torchvision", "onnxruntime"):
+        mod = _optional(name)
+        if mod is not None:
+            info[name] = mod.__version__
+    if device == "cuda":
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+OPS = ("roi_pool", "roi_align", "ps_roi_pool", "ps_roi_align", "roi_align_rotated", "prroi_pool")
+MODES = ("forward", "forward+backward")
+
+
+def run(
+    workloads, repeat: int, device: str = "cpu", ops=OPS, bandwidth: float | None = None, jax: bool = False
+) -> list[Row]:
+    """Rows for every op of every workload; on ``cuda`` timed by CUDA events, with floors at
+    ``bandwidth`` bytes/s (measured here when not given)."""
+    timer = None
+    if device == "cuda":
+        import torch
+
+        timer = _CudaTimer(torch)
+        bandwidth = bandwidth or cuda_copy_bandwidth(torch)
+    rows: list[Row] = []
+
+    def block(wname, op, cands_for, map_bytes, output_bytes):
+        forward_peers: list[Row] = []
+        for mode in MODES:
+            cands = cands_for(mode)
+            if not any(c.is_ours for c in cands):
+                continue
+            times = measure(cands, repeat, touch_bytes=3 * output_bytes, timer=timer)
+            timed = [
+                Row(wname, op, mode, c.impl, statistics.median(times[c.impl]), [round(t, 3) for t in times[c.impl]])
+                for c in cands
+            ]
+            ours = {c.impl for c in cands if c.is_ours}
+            peers = [r for r in timed if r.impl not in ours]
+            if mode == "forward":
+                forward_peers = peers
+            elif not peers:
+                # ONNX Runtime has no backward: a training step is compared
+                # with the peer's forward alone, as the goals are stated.
+                peers = forward_peers
+            for r in timed:
+                if bandwidth:
+                    r.floor_ms = floor_bytes(map_bytes, output_bytes, mode) / bandwidth * 1e3
+                if peers and r.impl in ours:
+                    best = min(peers, key=lambda p: p.median_ms)
+                    r.speedup = best.median_ms / r.median_ms
+                    r.baseline = f"{best.impl} {best.mode}"
+            rows.extend(timed)
+
+    for wname in workloads:
+        if wname in PYRAMID_WORKLOADS:
+            pw = PYRAMID_WORKLOADS[wname]
+            k = pw.images * pw.boxes_per_image
+            cells = sum(-(-pw.image_h // s) * -(-pw.image_w // s) for s in pw.strides)
+            for size in pw.output_sizes:
+                block(
+                    wname,
+                    f"multi_scale_roi_align {size}x{size}",
+                    lambda mode, pw=pw, size=size: pyramid_candidates(pw, size, mode, device),
+                    pw.images * pw.channels * cells * 4,
+                    k * pw.channels * size * size * 4,
+                )
+            continue
+        workload = WORKLOADS[wname]
+        for op in ops:
+            if op.startswith("ps_") != workload.position_sensitive:
+                continue  # position-sensitive ops need C divisible by bins: workloads of their own
+            if (op == "roi_align_rotated") != isinstance(workload, RotatedWorkload):
+                continue  # rotated boxes: workloads of their own
+            k = workload.images * workload.boxes_per_image
+            map_bytes = workload.images * workload.channels * workload.height * workload.width * 4
+            out_channels = (
+                workload.channels // workload.output_size**2 if workload.position_sensitive else workload.channels
+            )
+            block(
+                wname,
+                op,
+                lambda mode, op=op, w=workload: candidates(w, op, mode, device, jax),
+                map_bytes,
+                k * out_channels * workload.output_size**2 * 4,
+            )
+    return rows
+
+
+def format_table(rows: list[Row]) -> str:
+    floors = any(r.floor_ms is not None for r in rows)
+    floor_head = f" {'floor ms':>9}" if floors else ""
+    head = f"{'workload':<12} {'op':<10} {'mode':<17} {'implementation':<26} {'median ms':>10}{floor_head}  speed-up"
+    lines = [head]
+    for r in rows:
+        ratio = f"{r.speedup:.1f}x vs {r.baseline}" if r.speedup is not None else ""
+        floor = f" {r.floor_ms:>9.3f}" if floors and r.floor_ms is not None else (" " * 10 if floors else "")
+        lines.append(f"{r.workload:<12} {r.op:<10} {r.mode:<17} {r.impl:<26} {r.median_ms:>10.3f}{floor}  {ratio}")
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    known = {**WORKLOADS, **PYRAMID_WORKLOADS}
+    defaults = [n for n in WORKLOADS if n != "tiny"]
+    defaults += [n for n, w in PYRAMID_WORKLOADS.items() if args.device in w.devices]
+    names = args.workload or defaults
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"roipool bench: unknown workload {unknown[0]!r}; choose from {', '.join(known)}")
+    if args.repeat < 1:
+        raise SystemExit("roipool bench: --repeat must be at least 1")
+    if args.device == "cuda":
+        torch = _optional("torch")
+        if torch is None or not torch.cuda.is_available():
+            raise SystemExit(
+                "roipool bench: --device cuda needs torch and a GPU it can see (torch.cuda.is_available())"
+            )
+    bandwidth = cuda_copy_bandwidth(torch) if args.device == "cuda" else None
+    rows = run(names, args.repeat, args.device, bandwidth=bandwidth, jax=getattr(args, "jax", False))
+    info = machine(args.device)  # after the run, which starts Numba's threading layer
+    if bandwidth:
+        info["copy_bandwidth_gb_s"] = round(bandwidth / 1e9, 1)
+    if args.json:
+        print(json.dumps({"machine": info, "results": [r.__dict__ for r in rows]}, indent=2))
+    else:
+        print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+        print(format_table(rows))
+        print(f"(medians of {args.repeat} interleaved repeats; speed-up = the fastest peer's median / this median)")
+    return 0

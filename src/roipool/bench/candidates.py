@@ -1,0 +1,356 @@
+"""Everything that can run an op of a workload: roipool's paths and every installed peer.
+
+A :class:`Candidate` is one implementation of one op and mode; ``run()`` is
+what gets timed. Peers: ONNX Runtime (``MaxRoiPool``, ``RoiAlign``; forward
+only), torchvision's ops (forward, forward+backward), OpenVINO's
+``ROIAlignRotated`` (forward), when importable.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .workloads import PyramidWorkload, Workload
+
+
+@dataclass
+class Candidate:
+    """One implementation of one op and mode: ``run()`` is timed."""
+
+    impl: str
+    run: Callable[[], object]
+    is_ours: bool = False
+
+
+def _ort_session(node_kwargs, op_type, inputs):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    node = helper.make_node(op_type, [n for n, _ in inputs], ["Y"], **node_kwargs)
+    graph = helper.make_graph(
+        [node],
+        "bench",
+        [helper.make_tensor_value_info(n, t, None) for n, t in inputs],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    # ORT's idle pool threads spin by default and would steal the cores from
+    # whatever runs next in the interleaved loop; its kernels keep their threads.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _optional(name):
+    try:
+        return __import__(name)
+    except ImportError:
+        return None
+
+
+def candidates(workload: Workload, op: str, mode: str, device: str = "cpu", jax: bool = False) -> list[Candidate]:
+    """Everything installed that can run ``op`` in ``mode`` ("forward" or "forward+backward").
+
+    ``jax`` adds ``roipool.jax`` (jitted; its XLA path compiles for minutes on ``vgg16``).
+    """
+    import roipool
+
+    x, rois = workload.make()
+    size, scale = workload.output_size, workload.spatial_scale
+    extra = {} if op in ("roi_pool", "ps_roi_pool") else {"sampling_ratio": workload.sampling_ratio}
+    if op == "roi_align":
+        extra["aligned"] = workload.aligned
+    if op == "roi_align_rotated":
+        return rotated_candidates(workload, mode, device)
+    out: list[Candidate] = []
+    torch = _optional("torch")
+    if op == "prroi_pool":
+        return _prroi_candidates(workload, x, rois, mode, device, torch)
+
+    if device == "cpu" and hasattr(roipool, op):
+        fn = getattr(roipool, op)
+        # The upstream gradient of a training step is made once, as for torch below.
+        upstream = np.ones_like(fn(x, rois, size, scale, **extra)) if mode != "forward" else None
+        if mode == "forward":
+            out.append(Candidate("roipool (numpy)", lambda: fn(x, rois, size, scale, **extra), True))
+        elif op == "roi_pool":
+
+            def numpy_train_step():
+                _, argmax = roipool.roi_pool_with_argmax(x, rois, size, scale)
+                return roipool.roi_pool_backward(upstream, argmax, rois, x.shape)
+
+            def numpy_recompute_step():
+                roipool.roi_pool(x, rois, size, scale)
+                return roipool.roi_pool_backward(upstream, None, rois, x.shape, input=x, spatial_scale=scale)
+
+            out.append(Candidate("roipool (numpy)", numpy_train_step, True))
+            out.append(Candidate("roipool (numpy, no argmax)", numpy_recompute_step, True))
+        elif hasattr(roipool, f"{op}_backward"):
+            backward = getattr(roipool, f"{op}_backward")
+
+            def numpy_align_step():
+                fn(x, rois, size, scale, **extra)
+                return backward(upstream, rois, x.shape, size, scale, **extra)
+
+            out.append(Candidate("roipool (numpy)", numpy_align_step, True))
+
+    # JAX compiles for tens of seconds per op and mode on a small CPU: the two workloads of its issue only
+    if jax and workload.name in ("vgg16", "small-batch") and _optional("jax") is not None:
+        out.extend(_jax_candidates(x, rois, op, mode, size, scale, extra, device))
+
+    if torch is not None and (device == "cpu" or torch.cuda.is_available()):
+        dev = torch.device(device)
+        xt = torch.from_numpy(x).to(dev)
+        rt = torch.from_numpy(rois).to(dev)
+        if hasattr(roipool, op) and importlib.util.find_spec("roipool._torch._library") is not None:
+            fn = getattr(roipool, op)
+            out.append(_torch_candidate("roipool (torch)", fn, xt, rt, size, scale, extra, mode, torch, True))
+        if _optional("torchvision") is not None:
+            import torchvision.ops
+
+            out.append(
+                _torch_candidate("torchvision", getattr(torchvision.ops, op), xt, rt, size, scale, extra, mode, torch)
+            )
+
+    if device == "cpu" and mode == "forward" and _optional("onnxruntime") is not None and _optional("onnx") is not None:
+        from onnx import TensorProto
+
+        if op == "roi_pool":
+            sess = _ort_session(
+                {"pooled_shape": [size, size], "spatial_scale": float(scale)},
+                "MaxRoiPool",
+                [("X", TensorProto.FLOAT), ("R", TensorProto.FLOAT)],
+            )
+            out.append(Candidate("onnxruntime", lambda: sess.run(None, {"X": x, "R": rois})))
+        elif op == "roi_align":
+            sess = _ort_session(
+                {
+                    "output_height": size,
+                    "output_width": size,
+                    "spatial_scale": float(scale),
+                    "sampling_ratio": max(workload.sampling_ratio, 0),
+                    "mode": "avg",
+                    "coordinate_transformation_mode": "half_pixel" if workload.aligned else "output_half_pixel",
+                },
+                "RoiAlign",
+                [("X", TensorProto.FLOAT), ("rois", TensorProto.FLOAT), ("batch_indices", TensorProto.INT64)],
+            )
+            feeds = {"X": x, "rois": np.ascontiguousarray(rois[:, 1:]), "batch_indices": rois[:, 0].astype(np.int64)}
+            out.append(Candidate("onnxruntime", lambda: sess.run(None, feeds)))
+    return out
+
+
+def _jax_candidates(x, rois, op, mode, size, scale, extra, device):
+    """roipool.jax, jitted, for each backend that runs on ``device``; compiled before timing.
+
+    The compile time (tracing and XLA compilation, first call) is part of the
+    implementation's name, since rows hold one figure.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    import roipool.jax as rj
+
+    platform = "cpu" if device == "cpu" else "gpu"
+    try:
+        dev = jax.devices(platform)[0]
+    except RuntimeError:  # no such JAX backend installed
+        return []
+    fn = getattr(rj, op)
+    xj, rj_ = jax.device_put(jnp.asarray(x), dev), jax.device_put(jnp.asarray(rois), dev)
+    out = []
+    for backend in ("xla", "callback") if platform == "cpu" else ("xla",):
+
+        def forward(x, r, backend=backend):
+            return fn(x, r, size, scale, backend=backend, **extra)
+
+        if mode == "forward":
+            step = jax.jit(forward)
+        else:
+
+            def train(x, r, forward=forward):
+                # the output is returned too: XLA would otherwise drop a forward the backward does not read
+                y, vjp = jax.vjp(lambda x: forward(x, r), x)
+                return y, vjp(jnp.ones_like(y))[0]
+
+            step = jax.jit(train)
+        t0 = time.perf_counter()
+        jax.block_until_ready(step(xj, rj_))
+        compile_s = time.perf_counter() - t0
+        out.append(
+            Candidate(
+                f"roipool.jax ({backend}, compile {compile_s:.1f} s)",
+                lambda step=step: jax.block_until_ready(step(xj, rj_)),
+                True,
+            )
+        )
+    return out
+
+
+def _prroi_candidates(workload, x, rois, mode, device, torch) -> list[Candidate]:
+    """prroi_pool, measured beside roipool's own roi_align forward (the goal's yardstick;
+    torchvision has no PrRoI). forward+backward includes both the input and the box gradient."""
+    import roipool
+
+    size, scale = workload.output_size, workload.spatial_scale
+    if device != "cpu":
+        return []
+    if mode == "forward":
+        return [
+            Candidate("roipool (numpy)", lambda: roipool.prroi_pool(x, rois, size, scale), True),
+            Candidate(
+                f"roi_align s={workload.sampling_ratio} (numpy)",
+                lambda: roipool.roi_align(x, rois, size, scale, workload.sampling_ratio, workload.aligned),
+            ),
+        ]
+    upstream = np.ones_like(roipool.prroi_pool(x, rois, size, scale))
+
+    def numpy_step():
+        roipool.prroi_pool(x, rois, size, scale)
+        return (
+            roipool.prroi_pool_backward(upstream, rois, x.shape, size, scale),
+            roipool.prroi_pool_boxes_backward(upstream, x, rois, size, scale),
+        )
+
+    out = [Candidate("roipool (numpy)", numpy_step, True)]
+    if torch is not None:
+        xg = torch.from_numpy(x).requires_grad_(True)
+        rg = torch.from_numpy(rois).requires_grad_(True)
+        ug = torch.from_numpy(upstream)
+        out.append(
+            Candidate(
+                "roipool (torch)",
+                lambda: torch.autograd.grad(roipool.prroi_pool(xg, rg, size, scale), (xg, rg), ug),
+                True,
+            )
+        )
+    return out
+
+
+def _torch_candidate(impl, fn, xt, rt, size, scale, extra, mode, torch, is_ours=False):
+    sync = torch.cuda.synchronize if xt.is_cuda else (lambda: None)
+    if mode == "forward":
+
+        def run():
+            with torch.no_grad():
+                y = fn(xt, rt, size, scale, **extra)
+            sync()
+            return y
+    else:
+        xg = xt.detach().clone().requires_grad_(True)
+        # The upstream gradient is made once, outside the timed step: it is the
+        # next layer's output, not part of this layer's work (200 MB on vgg16).
+        with torch.no_grad():
+            upstream = torch.ones_like(fn(xt, rt, size, scale, **extra))
+
+        def run():
+            y = fn(xg, rt, size, scale, **extra)
+            (g,) = torch.autograd.grad(y, xg, upstream)
+            sync()
+            return g
+
+    return Candidate(impl, run, is_ours)
+
+
+def _pooler_candidate(impl, pooler, feats, boxes, shapes, mode, torch, is_ours=False):
+    """A ``MultiScaleRoIAlign`` call (``forward``) or a training step (gradient for every level)."""
+    sync = torch.cuda.synchronize if next(iter(feats.values())).is_cuda else (lambda: None)
+    if mode == "forward":
+
+        def run():
+            with torch.no_grad():
+                y = pooler(feats, boxes, shapes)
+            sync()
+            return y
+
+    else:
+        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in feats.items()}
+        with torch.no_grad():
+            upstream = torch.ones_like(pooler(feats, boxes, shapes))
+
+        def run():
+            y = pooler(leaves, boxes, shapes)
+            grads = torch.autograd.grad(y, list(leaves.values()), upstream)
+            sync()
+            return grads
+
+    return Candidate(impl, run, is_ours)
+
+
+def pyramid_candidates(workload: PyramidWorkload, output_size: int, mode: str, device: str) -> list[Candidate]:
+    """roipool's and torchvision's ``MultiScaleRoIAlign`` on ``workload``, when torch can run on ``device``."""
+    torch = _optional("torch")
+    if torch is None or (device == "cuda" and not torch.cuda.is_available()):
+        return []
+    from roipool.nn import MultiScaleRoIAlign
+
+    maps, boxes = workload.make()
+    feats = {k: torch.from_numpy(v).to(device) for k, v in maps.items()}
+    bt = [torch.from_numpy(b).to(device) for b in boxes]
+    shapes = [(workload.image_h, workload.image_w)] * workload.images
+    names, ratio = list(feats), workload.sampling_ratio
+    out = [
+        _pooler_candidate(
+            "roipool (torch)", MultiScaleRoIAlign(names, output_size, ratio), feats, bt, shapes, mode, torch, True
+        )
+    ]
+    if _optional("torchvision") is not None:
+        import torchvision.ops
+
+        pooler = torchvision.ops.MultiScaleRoIAlign(names, output_size, ratio)
+        out.append(_pooler_candidate("torchvision", pooler, feats, bt, shapes, mode, torch))
+    return out
+
+
+def rotated_candidates(workload: Workload, mode: str, device: str = "cpu") -> list[Candidate]:
+    """roipool's roi_align_rotated (NumPy, torch) and OpenVINO's CPU ROIAlignRotated (forward, same threads);
+    on ``cuda`` the torch path alone."""
+    import numba
+
+    import roipool
+
+    x, rois = workload.make()
+    args = (workload.output_size, workload.spatial_scale, workload.sampling_ratio, workload.aligned)
+    out: list[Candidate] = []
+    torch = _optional("torch")
+    if device != "cpu":
+        xt, rt = torch.from_numpy(x).to(device), torch.from_numpy(rois).to(device)
+        extra = {"sampling_ratio": args[2], "aligned": args[3]}
+        return [
+            _torch_candidate("roipool (torch)", roipool.roi_align_rotated, xt, rt, *args[:2], extra, mode, torch, True)
+        ]
+    if mode == "forward":
+        out.append(Candidate("roipool (numpy)", lambda: roipool.roi_align_rotated(x, rois, *args), True))
+    else:
+        upstream = np.ones_like(roipool.roi_align_rotated(x, rois, *args))
+
+        def numpy_step():
+            roipool.roi_align_rotated(x, rois, *args)
+            return roipool.roi_align_rotated_backward(upstream, rois, x.shape, *args)
+
+        out.append(Candidate("roipool (numpy)", numpy_step, True))
+    if torch is not None:
+        xt, rt = torch.from_numpy(x), torch.from_numpy(rois)
+        out.append(
+            _torch_candidate("roipool (torch)", roipool.roi_align_rotated, xt, rt, args[0], args[1],
+                             {"sampling_ratio": args[2], "aligned": args[3]}, mode, torch, True)
+        )  # fmt: skip
+    ov = _optional("openvino")
+    if ov is not None and mode == "forward" and workload.aligned:  # OpenVINO's op is always half-pixel aligned
+        from openvino import opset15 as ops
+
+        nodes = [ops.parameter(list(x.shape), np.float32), ops.parameter([len(rois), 5], np.float32)]
+        nodes.append(ops.parameter([len(rois)], np.int32))  # static shapes: the plugin's best case
+        size = workload.output_size
+        node = ops.roi_align_rotated(*nodes, size, size, max(workload.sampling_ratio, 0), workload.spatial_scale, False)
+        config = {"INFERENCE_NUM_THREADS": numba.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32"}
+        model = ov.Core().compile_model(ov.Model([node], nodes, "rotated"), "CPU", config)
+        feeds = [x, np.ascontiguousarray(rois[:, 1:]), rois[:, 0].astype(np.int32)]
+        out.append(Candidate("openvino", lambda: model(feeds)))
+    return out
