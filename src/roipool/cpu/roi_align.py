@@ -1,9 +1,11 @@
-"""RoIAlign on the CPU: the Numba kernels (forward and backward over separable bilinear taps) and their launchers.
+"""RoIAlign on the CPU: the Numba kernels (forward, backward over separable bilinear taps, and
+the gradient with respect to the boxes) and their launchers.
 
 Over 450 lines on purpose: the kernels, the register-blocked gather and
 scatter helpers they inline and the launchers that feed them are one op
 family's CPU code, kept in one file so that a change to the op touches one
-place.
+place (PrRoI pooling and rotated RoIAlign reuse its blocked map, launchers
+and helpers).
 
 The sample positions and bilinear weights of a RoI are shared by every
 channel, so they are computed once per call by ``geometry.roi_align_taps``
