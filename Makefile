@@ -24,7 +24,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check src tests benchmarks
 
 test: lint
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10
 
 bench: $(BIN)/.installed
 	$(BIN)/roipool bench
