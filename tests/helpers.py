@@ -1,7 +1,8 @@
-"""Helpers shared by the NumPy-frontend tests: random boxes and calls from many Python threads."""
+"""Helpers shared by the tests: random boxes, calls from many Python threads, where Triton tests run."""
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -36,3 +37,16 @@ def run_in_threads(call, count):
     for t in threads:
         t.join()
     return results, errors
+
+
+def triton_device(torch) -> str:
+    """Where a Triton test module runs: ``"cuda"`` on a GPU without the interpreter, ``"cpu"``
+    under ``TRITON_INTERPRET=1``; otherwise the calling module is skipped."""
+    import pytest
+
+    interpret = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    if torch.cuda.is_available() and not interpret:
+        return "cuda"
+    if interpret:
+        return "cpu"
+    pytest.skip("no GPU and TRITON_INTERPRET is not set", allow_module_level=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
@@ -15,13 +13,9 @@ import roipool.nn  # noqa: E402,F401
 
 pytestmark = pytest.mark.triton
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-if torch.cuda.is_available() and not INTERPRET:
-    DEVICE = "cuda"
-elif INTERPRET:
-    DEVICE = "cpu"
-else:
-    pytest.skip("no GPU and TRITON_INTERPRET is not set", allow_module_level=True)
+from .helpers import triton_device  # noqa: E402
+
+DEVICE = triton_device(torch)
 
 from roipool.triton import _register  # noqa: E402
 from roipool.triton import prroi_pool as tp  # noqa: E402

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
@@ -17,13 +15,9 @@ from .test_roi_align_rotated import random_rotated_rois  # noqa: E402
 
 pytestmark = pytest.mark.triton
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-if torch.cuda.is_available() and not INTERPRET:
-    DEVICE = "cuda"
-elif INTERPRET:
-    DEVICE = "cpu"
-else:
-    pytest.skip("no GPU and TRITON_INTERPRET is not set", allow_module_level=True)
+from .helpers import triton_device  # noqa: E402
+
+DEVICE = triton_device(torch)
 
 from roipool.triton import roi_align_rotated as rt  # noqa: E402
 

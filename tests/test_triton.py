@@ -24,13 +24,9 @@ from roipool import reference  # noqa: E402
 
 pytestmark = pytest.mark.triton
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-if torch.cuda.is_available() and not INTERPRET:
-    DEVICE = "cuda"
-elif INTERPRET:
-    DEVICE = "cpu"
-else:
-    pytest.skip("no GPU and TRITON_INTERPRET is not set", allow_module_level=True)
+from .helpers import triton_device  # noqa: E402
+
+DEVICE = triton_device(torch)
 
 from roipool import triton as rt  # noqa: E402
 
