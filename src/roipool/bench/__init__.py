@@ -268,7 +268,7 @@ def format_table(rows: list[Row]) -> str:
 
 def main(args) -> int:
     known = {**WORKLOADS, **PYRAMID_WORKLOADS}
-    defaults = [n for n in WORKLOADS if n != "tiny"]
+    defaults = [n for n, w in WORKLOADS.items() if w.in_default_run]
     defaults += [n for n, w in PYRAMID_WORKLOADS.items() if args.device in w.devices]
     names = args.workload or defaults
     unknown = [n for n in names if n not in known]

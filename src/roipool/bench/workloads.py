@@ -24,6 +24,8 @@ class Workload:
     aligned: bool = True
     # position-sensitive workloads (C = C_out * output_size**2) run only the ps_ ops, the others never
     position_sensitive: bool = False
+    # run by a plain `roipool bench`; named workloads run when asked for (--workload)
+    in_default_run: bool = True
 
     def make(self, seed: int = 0):
         """Feature map ``(N, C, H, W)`` float32 and boxes ``(K, 5)`` float32.
@@ -64,6 +66,7 @@ WORKLOADS = {
             32,
             7,
             1 / 8,
+            in_default_run=False,
         ),
         Workload(
             "rfcn",
@@ -159,4 +162,5 @@ class RotatedWorkload(Workload):
 WORKLOADS["dota"] = RotatedWorkload(
     "dota", "1024x1024 aerial image, stride 8, 2000 rotated boxes (sides 16-512 px, any angle)",
     1, 256, 128, 128, 1024, 1024, 2000, 7, 1 / 8,
+    in_default_run=False,  # OpenVINO's ROIAlignRotated, the peer, takes minutes a call here
 )  # fmt: skip
