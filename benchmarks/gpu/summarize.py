@@ -1,7 +1,7 @@
 """Summary of a GPU run: step statuses, test counts and failures, and the bench table with floors.
 
 ``python benchmarks/gpu/summarize.py OUT`` reads what ``check.sh`` left in OUT
-(``steps.txt``, ``tests.xml``, ``bench.json``, ``backward_memory_*.json``) and
+(``steps.txt``, ``tests.xml``, ``bench*.json``, ``backward_memory_*.json``) and
 writes ``OUT/summary.md``. Missing pieces are reported as missing, never invented.
 """
 
@@ -81,6 +81,8 @@ def main(out: str) -> int:
         *memory_section(out_dir),
         "",
         *bench_section(out_dir),
+        "",
+        *bench_section(out_dir, "bench-more"),
         "",
         *bench_section(out_dir, "bench-jax"),
     ]

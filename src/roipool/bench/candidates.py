@@ -200,7 +200,7 @@ def _prroi_candidates(workload, x, rois, mode, device, torch) -> list[Candidate]
 
     size, scale = workload.output_size, workload.spatial_scale
     if device != "cpu":
-        return []
+        return _prroi_gpu_candidates(workload, x, rois, mode, device, torch)
     if mode == "forward":
         return [
             Candidate("roipool (numpy)", lambda: roipool.prroi_pool(x, rois, size, scale), True),
@@ -231,6 +231,32 @@ def _prroi_candidates(workload, x, rois, mode, device, torch) -> list[Candidate]
             )
         )
     return out
+
+
+def _prroi_gpu_candidates(workload, x, rois, mode, device, torch) -> list[Candidate]:
+    """The torch path on ``device``: prroi_pool (forward+backward with both gradients) beside roi_align's forward."""
+    import roipool
+
+    if torch is None or not torch.cuda.is_available():
+        return []
+    size, scale = workload.output_size, workload.spatial_scale
+    xt, rt = torch.from_numpy(x).to(device), torch.from_numpy(rois).to(device)
+    align = {"sampling_ratio": workload.sampling_ratio, "aligned": workload.aligned}
+    label = f"roi_align s={workload.sampling_ratio} (torch)"
+    yardstick = _torch_candidate(label, roipool.roi_align, xt, rt, size, scale, align, "forward", torch)
+    if mode == "forward":
+        return [_torch_candidate("roipool (torch)", roipool.prroi_pool, xt, rt, size, scale, {}, mode, torch, True),
+                yardstick]  # fmt: skip
+    xg, rg = xt.clone().requires_grad_(True), rt.clone().requires_grad_(True)
+    with torch.no_grad():
+        upstream = torch.ones_like(roipool.prroi_pool(xt, rt, size, scale))
+
+    def step():
+        grads = torch.autograd.grad(roipool.prroi_pool(xg, rg, size, scale), (xg, rg), upstream)
+        torch.cuda.synchronize()
+        return grads
+
+    return [Candidate("roipool (torch)", step, True)]  # compared with the forward above, as on the CPU
 
 
 def _torch_candidate(impl, fn, xt, rt, size, scale, extra, mode, torch, is_ours=False):
