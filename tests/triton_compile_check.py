@@ -27,13 +27,15 @@ DATA = {"input_ptr", "output_ptr", "grad_ptr", "grad_input_ptr"}
 COMPUTE = {"rois_ptr", "scale_ptr", "grad_rois_ptr"}
 
 POOL = {"POOLED_H": 7, "POOLED_W": 7}
+SPANS = {"BLOCK_PH": 8, "BLOCK_PW": 8}
+TILE = {"TILE_H": 8, "TILE_W": 8}
 KERNELS = [
     (roi_pool._roi_pool_forward_kernel, {**POOL, "BLOCK_C": 32, "BLOCK_P": 64, "WITH_ARGMAX": True}),
-    (roi_pool._argmax_spans_kernel, {"BINS": 49, "BLOCK_C": 32, "BLOCK_P": 64}),
-    (roi_pool._roi_pool_backward_kernel, {"BINS": 49, "BLOCK_C": 32, "TILE_H": 8, "TILE_W": 8, "ACC_DTYPE": None}),
+    (roi_pool._argmax_spans_kernel, {**POOL, "BLOCK_C": 32, "BLOCK_P": 64}),
+    (roi_pool._roi_pool_backward_kernel, {**POOL, **SPANS, "BLOCK_C": 32, **TILE, "ACC_DTYPE": None}),
     (roi_align._roi_align_forward_kernel, {"ALIGNED": True, **POOL, "BLOCK_C": 32, "BLOCK_P": 64}),
     (roi_align._roi_align_spans_kernel, {"ALIGNED": False, **POOL, "BLOCK_PH": 8, "BLOCK_PW": 8}),
-    (roi_align._roi_align_backward_kernel, {"ALIGNED": True, **POOL, "BLOCK_C": 32, "TILE_H": 8, "TILE_W": 8}),
+    (roi_align._roi_align_backward_kernel, {"ALIGNED": True, **POOL, **SPANS, "BLOCK_C": 32, **TILE}),
     (roi_align._roi_align_boxes_kernel, {"ALIGNED": False, **POOL, "BLOCK_C": 32, "BLOCK_P": 64}),
     (ps_roi._ps_forward_kernel, {"ALIGN": True, **POOL, "BLOCK_C": 32, "BLOCK_P": 64}),
     (ps_roi._ps_forward_kernel, {"ALIGN": False, **POOL, "BLOCK_C": 32, "BLOCK_P": 64}),

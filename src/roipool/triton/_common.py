@@ -193,3 +193,48 @@ def clamp_image(n, num_images):
     bounds where they cannot check (inside CUDA graph capture).
     """
     return tl.minimum(tl.maximum(n, 0), num_images - 1)
+
+
+# The backward kernels gather: each program owns a tile of the map and walks its
+# image's RoIs in ascending order. The walk goes SCAN RoIs at a time: their
+# windows are read as one vector, and only the RoIs that reach the tile are
+# visited, one by one in order, through next_set.
+SCAN = tl.constexpr(64)
+NONE_LEFT = tl.constexpr(2147483647)
+
+
+@triton.jit
+def next_set(hit, lanes, after):
+    """The first lane index above ``after`` whose ``hit`` is set, or ``NONE_LEFT`` (``lanes``: ``tl.arange``)."""
+    return tl.min(tl.where(hit & (lanes > after), lanes, NONE_LEFT), axis=0)
+
+
+@triton.jit
+def lane_value(values, lanes, at):
+    """``values[at]`` as a scalar (``lanes``: the ``tl.arange`` that indexes ``values``)."""
+    return tl.sum(tl.where(lanes == at, values, 0), axis=0)
+
+
+@triton.jit
+def span_meets(span_ptr, live, first, last):
+    """Lanes ``live`` whose inclusive span ``[span_ptr[0], span_ptr[1]]`` (int32 table entries)
+    meets ``[first, last]``; dead lanes read nothing and say no."""
+    lo = tl.load(span_ptr, mask=live, other=1)
+    hi = tl.load(span_ptr + 1, mask=live, other=0)
+    return live & spans_overlap(lo, hi, first, last)
+
+
+@triton.jit
+def rois_near_tile(order_ptr, window_ptr, i0, end, lanes, row0, row1, col0, col1):
+    """RoIs ``order[i0 + lanes]`` (below ``end``) and which of them reach rows ``[row0, row1]``
+    x cols ``[col0, col1]`` (``window (K, 4)``: first row, last row, first col, last col)."""
+    live = i0 + lanes < end
+    k = tl.load(order_ptr + i0 + lanes, mask=live, other=0)
+    near = span_meets(window_ptr + k * 4, live, row0, row1) & span_meets(window_ptr + k * 4 + 2, live, col0, col1)
+    return k, near
+
+
+@triton.jit
+def spans_hit(span_ptr, k, lanes, count, first, last):
+    """Which of the ``count`` spans ``span[k, lanes]`` (``(K, count, 2)`` inclusive ``[lo, hi]``) meet ``[first, last]``."""
+    return span_meets(span_ptr + (k * count + lanes) * 2, lanes < count, first, last)

@@ -21,6 +21,10 @@ from .._torch._library import SUPPORTED_DTYPES
 TILE_H = 8
 TILE_W = 8
 
+# Lanes (channels x bins, or channels x tile cells) and warps per program of the
+# roi_pool and roi_align kernels; benchmarks/gpu/sweep.py times other values on a GPU.
+TUNING = {"forward_lanes": 2048, "forward_warps": 4, "backward_lanes": 2048, "backward_warps": 4}
+
 
 def interpreting() -> bool:
     """Whether Triton runs kernels in its NumPy interpreter."""

@@ -33,16 +33,20 @@ import triton.language as tl
 
 from . import _launch
 from ._common import (
+    NONE_LEFT,
+    SCAN,
     axis_weights,
     bilinear_axis,
     cast_rne,
     clamp_image,
     div_exact,
+    lane_value,
+    next_set,
     pool_bin_edges,
     rounded_box,
     sample_at,
     sample_spans,
-    spans_overlap,
+    span_meets,
     store_spans,
 )
 
@@ -237,18 +241,19 @@ def _ps_backward_kernel(
     bins: tl.constexpr = POOLED_H * POOLED_W
     scale = tl.load(scale_ptr)
 
+    lanes = tl.arange(0, SCAN)
     acc = tl.zeros((BLOCK_C, TILE_H * TILE_W), scale.dtype)
-    for i in range(tl.load(starts_ptr + n), tl.load(starts_ptr + n + 1)):
-        k = tl.load(order_ptr + i)
-        rs = row_span_ptr + (k * POOLED_H + ph) * 2
-        cs = col_span_ptr + (k * POOLED_W + pw) * 2
-        r_first = tl.load(rs)
-        r_last = tl.load(rs + 1)
-        c_first = tl.load(cs)
-        c_last = tl.load(cs + 1)
-        near = spans_overlap(r_first, r_last, row0, row0 + TILE_H - 1)
-        near = near & spans_overlap(c_first, c_last, col0, col0 + TILE_W - 1)
-        if near:
+    end = tl.load(starts_ptr + n + 1)
+    for i0 in range(tl.load(starts_ptr + n), end, SCAN):
+        # SCAN RoIs at a time: which of them have this bin reach the tile
+        live = i0 + lanes < end
+        ks = tl.load(order_ptr + i0 + lanes, mask=live, other=0)
+        near = span_meets(row_span_ptr + (ks * POOLED_H + ph) * 2, live, row0, row0 + TILE_H - 1)
+        near = near & span_meets(col_span_ptr + (ks * POOLED_W + pw) * 2, live, col0, col0 + TILE_W - 1)
+        at = next_set(near, lanes, -1)
+        while at < NONE_LEFT:
+            k = lane_value(ks, lanes, at)
+            at = next_set(near, lanes, at)
             g = tl.load(grad_ptr + (k.to(tl.int64) * channels_out + c.to(tl.int64)) * bins + b, mask=c_ok, other=0.0)
             g = g.to(scale.dtype)
             if ALIGN:
@@ -259,6 +264,10 @@ def _ps_backward_kernel(
                 wx, tx = axis_weights(start_w, size_w, grid_w, pw, ww, width, scale.dtype)
                 acc = tl.where((ty & tx)[None, :], acc + div_exact(g, count)[:, None] * (wy * wx)[None, :], acc)
             else:
+                r_first = tl.load(row_span_ptr + (k * POOLED_H + ph) * 2)
+                r_last = tl.load(row_span_ptr + (k * POOLED_H + ph) * 2 + 1)
+                c_first = tl.load(col_span_ptr + (k * POOLED_W + pw) * 2)
+                c_last = tl.load(col_span_ptr + (k * POOLED_W + pw) * 2 + 1)
                 area = tl.cast((r_last - r_first + 1) * (c_last - c_first + 1), scale.dtype)
                 inside = (hh >= r_first) & (hh <= r_last) & (ww >= c_first) & (ww <= c_last)
                 acc = tl.where(inside[None, :], acc + div_exact(g, area)[:, None], acc)

@@ -11,8 +11,9 @@ Forward: one program per (RoI, block of channels); lanes are ``BLOCK_C``
 channels x ``BLOCK_P`` bins, the sampling grid a loop (its size is per RoI).
 
 Backward (gather): one program per (image, block of channels, 8x8 tile). It
-walks its image's RoIs in ascending order, skips RoIs and bins whose samples
-touch no cell of the tile (spans from a small per-RoI table), and adds
+walks its image's RoIs in ascending order, 64 at a time, and visits only the
+RoIs and bins whose samples touch a cell of the tile (spans from a small
+per-RoI table, read as vectors), adding
 ``grad / count * wy * wx`` to the tile, where ``wy`` (``wx``) is the summed
 weight that the bin's row (column) samples give each cell: bilinear weights
 factor by axis. No atomics: each cell is summed by one program in a fixed
@@ -33,14 +34,19 @@ import triton.language as tl
 
 from . import _launch
 from ._common import (
+    NONE_LEFT,
+    SCAN,
     axis_weights,
     bilinear_axis,
     cast_rne,
     clamp_image,
     div_exact,
+    lane_value,
+    next_set,
+    rois_near_tile,
     sample_at,
     sample_spans,
-    spans_overlap,
+    spans_hit,
     store_spans,
 )
 
@@ -178,6 +184,8 @@ def _roi_align_backward_kernel(
     POOLED_H: tl.constexpr,
     POOLED_W: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    BLOCK_PH: tl.constexpr,
+    BLOCK_PW: tl.constexpr,
     TILE_H: tl.constexpr,
     TILE_W: tl.constexpr,
 ):
@@ -192,29 +200,38 @@ def _roi_align_backward_kernel(
     c_ok = c < channels
     scale = tl.load(scale_ptr)
 
+    row1 = row0 + TILE_H - 1
+    col1 = col0 + TILE_W - 1
+    lanes = tl.arange(0, SCAN)
+    ph_lanes = tl.arange(0, BLOCK_PH)
+    pw_lanes = tl.arange(0, BLOCK_PW)
     acc = tl.zeros((BLOCK_C, TILE_H * TILE_W), scale.dtype)
-    for i in range(tl.load(starts_ptr + n), tl.load(starts_ptr + n + 1)):
-        k = tl.load(order_ptr + i)
-        win = window_ptr + k * 4
-        near = spans_overlap(tl.load(win), tl.load(win + 1), row0, row0 + TILE_H - 1)
-        near = near & spans_overlap(tl.load(win + 2), tl.load(win + 3), col0, col0 + TILE_W - 1)
-        if near:
+    end = tl.load(starts_ptr + n + 1)
+    for i0 in range(tl.load(starts_ptr + n), end, SCAN):
+        ks, near = rois_near_tile(order_ptr, window_ptr, i0, end, lanes, row0, row1, col0, col1)
+        at = next_set(near, lanes, -1)
+        while at < NONE_LEFT:
+            k = lane_value(ks, lanes, at)
             _, start_h, start_w, size_h, size_w, grid_h, grid_w, count = _align_box(
                 rois_ptr, k, scale, sampling_ratio, ALIGNED, POOLED_H, POOLED_W
             )
             bins = (k.to(tl.int64) * channels + c.to(tl.int64)) * (POOLED_H * POOLED_W)
-            for ph in range(POOLED_H):
-                rs = row_span_ptr + (k * POOLED_H + ph) * 2
-                if spans_overlap(tl.load(rs), tl.load(rs + 1), row0, row0 + TILE_H - 1):
-                    wy, ty = axis_weights(start_h, size_h, grid_h, ph, hh, height, scale.dtype)
-                    for pw in range(POOLED_W):
-                        cs = col_span_ptr + (k * POOLED_W + pw) * 2
-                        if spans_overlap(tl.load(cs), tl.load(cs + 1), col0, col0 + TILE_W - 1):
-                            wx, tx = axis_weights(start_w, size_w, grid_w, pw, ww, width, scale.dtype)
-                            g = tl.load(grad_ptr + bins + (ph * POOLED_W + pw), mask=c_ok, other=0.0)
-                            g = div_exact(g.to(scale.dtype), count)
-                            w = (wy * wx)[None, :]
-                            acc = tl.where((ty & tx)[None, :], acc + g[:, None] * w, acc)
+            rows_hit = spans_hit(row_span_ptr, k, ph_lanes, POOLED_H, row0, row1)
+            cols_hit = spans_hit(col_span_ptr, k, pw_lanes, POOLED_W, col0, col1)
+            # bins in row-major order, as the CPU path adds them
+            ph = next_set(rows_hit, ph_lanes, -1)
+            while ph < NONE_LEFT:
+                wy, ty = axis_weights(start_h, size_h, grid_h, ph, hh, height, scale.dtype)
+                pw = next_set(cols_hit, pw_lanes, -1)
+                while pw < NONE_LEFT:
+                    wx, tx = axis_weights(start_w, size_w, grid_w, pw, ww, width, scale.dtype)
+                    g = tl.load(grad_ptr + bins + (ph * POOLED_W + pw), mask=c_ok, other=0.0)
+                    g = div_exact(g.to(scale.dtype), count)
+                    w = (wy * wx)[None, :]
+                    acc = tl.where((ty & tx)[None, :], acc + g[:, None] * w, acc)
+                    pw = next_set(cols_hit, pw_lanes, pw)
+                ph = next_set(rows_hit, ph_lanes, ph)
+            at = next_set(near, lanes, at)
 
     plane = (n.to(tl.int64) * channels + c.to(tl.int64)) * height * width
     ok = c_ok[:, None] & ((hh < height) & (ww < width))[None, :]
@@ -237,7 +254,7 @@ def roi_align_forward(input, rois, spatial_scale, pooled_height, pooled_width, s
     if height == 0 or width == 0:
         return output.zero_()
     block_p = _launch.triton_next_pow2(ph * pw)
-    block_c = _launch.channel_block(channels, block_p)
+    block_c = _launch.channel_block(channels, block_p, _launch.TUNING["forward_lanes"])
     grid = (k_total, triton.cdiv(channels, block_c))
     _roi_align_forward_kernel[grid](
         input,
@@ -254,6 +271,7 @@ def roi_align_forward(input, rois, spatial_scale, pooled_height, pooled_width, s
         POOLED_W=pw,
         BLOCK_C=block_c,
         BLOCK_P=block_p,
+        num_warps=_launch.TUNING["forward_warps"],
         enable_fp_fusion=False,
     )
     return output
@@ -299,7 +317,7 @@ def roi_align_backward(
         )
     order, starts = _launch.rois_by_image(rois, batch_size)
     tiles, tiles_w = _launch.tile_grid(height, width)
-    block_c = _launch.channel_block(channels, _launch.TILE_H * _launch.TILE_W)
+    block_c = _launch.channel_block(channels, _launch.TILE_H * _launch.TILE_W, _launch.TUNING["backward_lanes"])
     grid = (tiles, triton.cdiv(channels, block_c), batch_size)
     _roi_align_backward_kernel[grid](
         grad,
@@ -320,8 +338,11 @@ def roi_align_backward(
         POOLED_H=ph,
         POOLED_W=pw,
         BLOCK_C=block_c,
+        BLOCK_PH=_launch.triton_next_pow2(ph),
+        BLOCK_PW=_launch.triton_next_pow2(pw),
         TILE_H=_launch.TILE_H,
         TILE_W=_launch.TILE_W,
+        num_warps=_launch.TUNING["backward_warps"],
         enable_fp_fusion=False,
     )
     return grad_input

@@ -11,13 +11,15 @@ Forward: one program per (RoI, block of channels); its lanes are
 cells row by row, so the first maximum in row-major order wins as on the CPU.
 
 Backward (gather): one program per (image, block of channels, 8x8 tile of the
-feature map). It walks the RoIs of its image in ascending index order,
-skips those whose maxima all miss the tile (per-RoI and per-bin spans of the
-argmax positions, from one pass over ``argmax``), and adds
-``grad_output[k, c, ph, pw]`` to the tile cell that ``argmax`` names. Each
-input cell is written by exactly one program and summed in the CPU path's
-order (RoI, then bin), so the result is the CPU path's bits, run after run,
-without atomics and with O(K * PH * PW) extra memory.
+feature map). It walks the RoIs of its image in ascending index order, 64 at
+a time, visits only those whose maxima reach the tile (spans of the argmax
+positions per RoI, per bin row and per bin column, from one pass over
+``argmax``), and within them only the bins whose row and column spans meet
+the tile, adding ``grad_output[k, c, ph, pw]`` to the tile cell that
+``argmax`` names. Each input cell is written by exactly one program and
+summed in the CPU path's order (RoI, then bin), so the result is the CPU
+path's bits, run after run, without atomics and with O(K * (PH + PW)) extra
+memory.
 """
 
 from __future__ import annotations
@@ -27,7 +29,19 @@ import triton
 import triton.language as tl
 
 from . import _launch
-from ._common import cast_rne, clamp_image, div_exact, pool_bin_edges, rounded_box, spans_overlap
+from ._common import (
+    NONE_LEFT,
+    SCAN,
+    cast_rne,
+    clamp_image,
+    div_exact,
+    lane_value,
+    next_set,
+    pool_bin_edges,
+    rois_near_tile,
+    rounded_box,
+    spans_hit,
+)
 
 
 @triton.jit
@@ -101,48 +115,54 @@ def _roi_pool_forward_kernel(
 @triton.jit
 def _argmax_spans_kernel(
     argmax_ptr,  # (K, C, PH * PW) int32
-    bin_span_ptr,  # (K, PH * PW, 4) int32: first row, last row, first col, last col of the bin's maxima
-    window_ptr,  # (K, 4) int32: the same over all bins of the RoI
+    row_span_ptr,  # (K, PH, 2) int32: first and last row of the maxima of bin row ph (any pw, any channel)
+    col_span_ptr,  # (K, PW, 2) int32: first and last column of the maxima of bin column pw
+    window_ptr,  # (K, 4) int32: first row, last row, first col, last col over all bins
     channels,
     height,
     width,
-    BINS: tl.constexpr,
+    POOLED_H: tl.constexpr,
+    POOLED_W: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    """Where each bin's maxima lie, over all channels (empty: first > last).
+    """Where each bin row's and bin column's maxima lie, over all channels (empty: first > last).
 
     Read from ``argmax`` itself, so the backward needs no geometry and is
     exact for any argmax; the spans let the gather skip bins that cannot
-    reach its tile.
+    reach its tile (a bin's maxima lie in its row's rows and its column's columns).
     """
     k = tl.program_id(0)
     p = tl.arange(0, BLOCK_P)
-    p_ok = p < BINS
-    big = 2147483647
-    r_first = tl.full((BLOCK_P,), big, tl.int32)
+    p_ok = p < POOLED_H * POOLED_W
+    r_first = tl.full((BLOCK_P,), NONE_LEFT, tl.int32)
     r_last = tl.full((BLOCK_P,), -1, tl.int32)
-    c_first = tl.full((BLOCK_P,), big, tl.int32)
+    c_first = tl.full((BLOCK_P,), NONE_LEFT, tl.int32)
     c_last = tl.full((BLOCK_P,), -1, tl.int32)
     for c0 in range(0, channels, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
-        at = (k.to(tl.int64) * channels + c.to(tl.int64))[:, None] * BINS + p[None, :]
+        at = (k.to(tl.int64) * channels + c.to(tl.int64))[:, None] * (POOLED_H * POOLED_W) + p[None, :]
         a = tl.load(argmax_ptr + at, mask=(c < channels)[:, None] & p_ok[None, :], other=-1)
         used = (a >= 0) & (a < height * width)
         row = tl.where(used, a // width, 0)
         col = tl.where(used, a % width, 0)
-        r_first = tl.minimum(r_first, tl.min(tl.where(used, row, big), axis=0))
+        r_first = tl.minimum(r_first, tl.min(tl.where(used, row, NONE_LEFT), axis=0))
         r_last = tl.maximum(r_last, tl.max(tl.where(used, row, -1), axis=0))
-        c_first = tl.minimum(c_first, tl.min(tl.where(used, col, big), axis=0))
+        c_first = tl.minimum(c_first, tl.min(tl.where(used, col, NONE_LEFT), axis=0))
         c_last = tl.maximum(c_last, tl.max(tl.where(used, col, -1), axis=0))
-    span = bin_span_ptr + (k * BINS + p) * 4
-    tl.store(span, r_first, mask=p_ok)
-    tl.store(span + 1, r_last, mask=p_ok)
-    tl.store(span + 2, c_first, mask=p_ok)
-    tl.store(span + 3, c_last, mask=p_ok)
-    tl.store(window_ptr + k * 4, tl.min(tl.where(p_ok, r_first, big), axis=0))
+    ph = p // POOLED_W
+    pw = p % POOLED_W
+    for i in tl.static_range(POOLED_H):
+        mine = p_ok & (ph == i)
+        tl.store(row_span_ptr + (k * POOLED_H + i) * 2, tl.min(tl.where(mine, r_first, NONE_LEFT), axis=0))
+        tl.store(row_span_ptr + (k * POOLED_H + i) * 2 + 1, tl.max(tl.where(mine, r_last, -1), axis=0))
+    for j in tl.static_range(POOLED_W):
+        mine = p_ok & (pw == j)
+        tl.store(col_span_ptr + (k * POOLED_W + j) * 2, tl.min(tl.where(mine, c_first, NONE_LEFT), axis=0))
+        tl.store(col_span_ptr + (k * POOLED_W + j) * 2 + 1, tl.max(tl.where(mine, c_last, -1), axis=0))
+    tl.store(window_ptr + k * 4, tl.min(tl.where(p_ok, r_first, NONE_LEFT), axis=0))
     tl.store(window_ptr + k * 4 + 1, tl.max(tl.where(p_ok, r_last, -1), axis=0))
-    tl.store(window_ptr + k * 4 + 2, tl.min(tl.where(p_ok, c_first, big), axis=0))
+    tl.store(window_ptr + k * 4 + 2, tl.min(tl.where(p_ok, c_first, NONE_LEFT), axis=0))
     tl.store(window_ptr + k * 4 + 3, tl.max(tl.where(p_ok, c_last, -1), axis=0))
 
 
@@ -152,15 +172,19 @@ def _roi_pool_backward_kernel(
     argmax_ptr,  # (K, C, PH * PW) int32
     order_ptr,  # (K,) int32: RoIs grouped by image, ascending
     starts_ptr,  # (N + 1,) int32
-    bin_span_ptr,  # (K, PH * PW, 4) int32
+    row_span_ptr,  # (K, PH, 2) int32
+    col_span_ptr,  # (K, PW, 2) int32
     window_ptr,  # (K, 4) int32
     grad_input_ptr,  # (N, C, H, W)
     channels,
     height,
     width,
     tiles_w,
-    BINS: tl.constexpr,
+    POOLED_H: tl.constexpr,
+    POOLED_W: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    BLOCK_PH: tl.constexpr,
+    BLOCK_PW: tl.constexpr,
     TILE_H: tl.constexpr,
     TILE_W: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
@@ -177,23 +201,32 @@ def _roi_pool_backward_kernel(
     cell = hh * width + ww
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < channels
+    lanes = tl.arange(0, SCAN)
+    ph_lanes = tl.arange(0, BLOCK_PH)
+    pw_lanes = tl.arange(0, BLOCK_PW)
 
     acc = tl.zeros((BLOCK_C, TILE_H * TILE_W), ACC_DTYPE)
-    for i in range(tl.load(starts_ptr + n), tl.load(starts_ptr + n + 1)):
-        k = tl.load(order_ptr + i)
-        win = window_ptr + k * 4
-        near = spans_overlap(tl.load(win), tl.load(win + 1), row0, row1)
-        near = near & spans_overlap(tl.load(win + 2), tl.load(win + 3), col0, col1)
-        if near:
-            base = (k.to(tl.int64) * channels + c.to(tl.int64)) * BINS
+    end = tl.load(starts_ptr + n + 1)
+    for i0 in range(tl.load(starts_ptr + n), end, SCAN):
+        ks, near = rois_near_tile(order_ptr, window_ptr, i0, end, lanes, row0, row1, col0, col1)
+        at = next_set(near, lanes, -1)
+        while at < NONE_LEFT:
+            k = lane_value(ks, lanes, at)
+            base = (k.to(tl.int64) * channels + c.to(tl.int64)) * (POOLED_H * POOLED_W)
+            rows_hit = spans_hit(row_span_ptr, k, ph_lanes, POOLED_H, row0, row1)
+            cols_hit = spans_hit(col_span_ptr, k, pw_lanes, POOLED_W, col0, col1)
             # bins in row-major order, as the CPU path adds them
-            for p in range(BINS):
-                span = bin_span_ptr + (k * BINS + p) * 4
-                hit_rows = spans_overlap(tl.load(span), tl.load(span + 1), row0, row1)
-                if hit_rows & spans_overlap(tl.load(span + 2), tl.load(span + 3), col0, col1):
+            ph = next_set(rows_hit, ph_lanes, -1)
+            while ph < NONE_LEFT:
+                pw = next_set(cols_hit, pw_lanes, -1)
+                while pw < NONE_LEFT:
+                    p = ph * POOLED_W + pw
                     source = tl.load(argmax_ptr + base + p, mask=c_ok, other=-1)
                     g = tl.load(grad_ptr + base + p, mask=c_ok, other=0.0).to(ACC_DTYPE)
                     acc = tl.where(source[:, None] == cell[None, :], acc + g[:, None], acc)
+                    pw = next_set(cols_hit, pw_lanes, pw)
+                ph = next_set(rows_hit, ph_lanes, ph)
+            at = next_set(near, lanes, at)
 
     plane = (n.to(tl.int64) * channels + c.to(tl.int64)) * height * width
     ok = c_ok[:, None] & ((hh < height) & (ww < width))[None, :]
@@ -215,7 +248,7 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_height, pooled_width, wi
     if output.numel() == 0:
         return output, argmax
     block_p = _launch.triton_next_pow2(ph * pw)
-    block_c = _launch.channel_block(channels, block_p)
+    block_c = _launch.channel_block(channels, block_p, _launch.TUNING["forward_lanes"])
     grid = (k_total, triton.cdiv(channels, block_c))
     _roi_pool_forward_kernel[grid](
         input,
@@ -232,6 +265,7 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_height, pooled_width, wi
         BLOCK_C=block_c,
         BLOCK_P=block_p,
         WITH_ARGMAX=with_argmax,
+        num_warps=_launch.TUNING["forward_warps"],
         enable_fp_fusion=False,
     )
     return output, argmax
@@ -242,7 +276,7 @@ def roi_pool_backward(grad, argmax, rois, batch_size, channels, height, width):
 
     ``rois`` gives each RoI's image (column 0). Deterministic, and the CPU
     path's bits: each cell sums its gradients in ascending RoI, then bin,
-    order. Extra memory: the RoI order and ``(K, PH * PW, 4)`` int32 spans.
+    order. Extra memory: the RoI order and ``(K, PH + PW + 2, 2)`` int32 spans.
     """
     device = _launch.check_device(grad=grad, rois=rois, argmax=argmax)
     acc_dtype = _launch.compute_dtype(grad.dtype)
@@ -252,44 +286,50 @@ def roi_pool_backward(grad, argmax, rois, batch_size, channels, height, width):
     if grad_input.numel() == 0:
         return grad_input
     k_total = rois.shape[0]
-    bins = grad.shape[2] * grad.shape[3]
+    ph, pw = grad.shape[2], grad.shape[3]
     grad = grad.contiguous()
     argmax = argmax.to(torch.int32).contiguous()
-    bin_span = torch.empty((k_total, bins, 4), dtype=torch.int32, device=device)
-    window = torch.empty((k_total, 4), dtype=torch.int32, device=device)
-    block_p = _launch.triton_next_pow2(bins)
+    row_span, col_span, window = _launch.span_tables(k_total, ph, pw, device)
+    block_p = _launch.triton_next_pow2(ph * pw)
     if k_total:
         _argmax_spans_kernel[(k_total,)](
             argmax,
-            bin_span,
+            row_span,
+            col_span,
             window,
             channels,
             height,
             width,
-            BINS=bins,
+            POOLED_H=ph,
+            POOLED_W=pw,
             BLOCK_C=_launch.channel_block(channels, block_p),
             BLOCK_P=block_p,
         )
     order, starts = _launch.rois_by_image(rois, batch_size)
     tiles, tiles_w = _launch.tile_grid(height, width)
-    block_c = _launch.channel_block(channels, _launch.TILE_H * _launch.TILE_W)
+    block_c = _launch.channel_block(channels, _launch.TILE_H * _launch.TILE_W, _launch.TUNING["backward_lanes"])
     grid = (tiles, triton.cdiv(channels, block_c), batch_size)
     _roi_pool_backward_kernel[grid](
         grad,
         argmax,
         order,
         starts,
-        bin_span,
+        row_span,
+        col_span,
         window,
         grad_input,
         channels,
         height,
         width,
         tiles_w,
-        BINS=bins,
+        POOLED_H=ph,
+        POOLED_W=pw,
         BLOCK_C=block_c,
+        BLOCK_PH=_launch.triton_next_pow2(ph),
+        BLOCK_PW=_launch.triton_next_pow2(pw),
         TILE_H=_launch.TILE_H,
         TILE_W=_launch.TILE_W,
         ACC_DTYPE=tl.float64 if acc_dtype == torch.float64 else tl.float32,
+        num_warps=_launch.TUNING["backward_warps"],
     )
     return grad_input
