@@ -115,6 +115,42 @@ def test_roi_pool_backward_is_bit_identical_to_cpu_order(dtype):
     assert (expected != 0).sum() > 10
 
 
+LAUNCH_SETTINGS = [
+    dict(forward_lanes=2048, forward_warps=4, backward_lanes=2048, backward_warps=4, batch_bins=False),
+    dict(forward_lanes=64, forward_warps=1, backward_lanes=64, backward_warps=1, batch_bins=True),
+]
+
+
+@pytest.mark.parametrize("setting", LAUNCH_SETTINGS, ids=["wide-per-bin", "narrow-batched"])
+def test_launch_settings_change_no_bits(setting, monkeypatch):
+    """Lanes, warps and batched bin reads (``_launch.TUNING``) split the work differently, never the sums."""
+    from roipool.triton import _launch
+
+    rng = np.random.default_rng(12)
+    x = feature_map(rng, torch.float32, c=6).nan_to_num().to(DEVICE)
+    rois = boxes(rng, k=10).to(DEVICE)
+    rois[3:6] = torch.tensor([[1, 0.0, 0.0, 10.0, 10.0]] * 3, dtype=rois.dtype)
+    grad = torch.from_numpy(rng.standard_normal((10, 6, 3, 2)).astype(np.float32)).to(DEVICE)
+
+    def run():
+        out, argmax = rt.roi_pool_forward(x, rois, 0.5, 3, 2)
+        aligned = rt.roi_align_forward(x, rois, 0.5, 3, 2, -1, True)
+        return (
+            out,
+            argmax,
+            rt.roi_pool_backward(grad, argmax, rois, N, 6, H, W),
+            aligned,
+            rt.roi_align_backward(grad, rois, 0.5, 3, 2, N, 6, H, W, -1, True),
+        )
+
+    default = run()
+    for key, value in setting.items():
+        monkeypatch.setitem(_launch.TUNING, key, value)
+    for a, b in zip(default, run()):
+        assert torch.equal(a, b)
+    assert default[2].count_nonzero() > 10 and default[4].count_nonzero() > 10
+
+
 def test_roi_pool_handles_empty_inputs():
     x = torch.zeros((1, 3, 4, 4), device=DEVICE)
     no_rois = torch.zeros((0, 5), device=DEVICE)

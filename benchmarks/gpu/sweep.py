@@ -26,13 +26,13 @@ from roipool.bench import _CudaTimer as CudaTimer
 from roipool.nn import MultiScaleRoIAlign
 from roipool.triton import _launch
 
-SETTINGS = {
-    "2048/4": dict(forward_lanes=2048, forward_warps=4, backward_lanes=2048, backward_warps=4),
-    "1024/4": dict(forward_lanes=1024, forward_warps=4, backward_lanes=1024, backward_warps=4),
-    "512/4": dict(forward_lanes=512, forward_warps=4, backward_lanes=512, backward_warps=4),
-    "512/2": dict(forward_lanes=512, forward_warps=2, backward_lanes=512, backward_warps=2),
-    "256/2": dict(forward_lanes=256, forward_warps=2, backward_lanes=256, backward_warps=1),
-    "2048/8": dict(forward_lanes=2048, forward_warps=8, backward_lanes=2048, backward_warps=8),
+SETTINGS = {  # forward lanes/warps, backward lanes/warps, batched bin reads; the first is the default
+    "512/2 256/1 b": dict(forward_lanes=512, forward_warps=2, backward_lanes=256, backward_warps=1, batch_bins=True),
+    "512/2 256/1": dict(forward_lanes=512, forward_warps=2, backward_lanes=256, backward_warps=1, batch_bins=False),
+    "512/2 128/1 b": dict(forward_lanes=512, forward_warps=2, backward_lanes=128, backward_warps=1, batch_bins=True),
+    "512/2 64/1 b": dict(forward_lanes=512, forward_warps=2, backward_lanes=64, backward_warps=1, batch_bins=True),
+    "256/1 256/1 b": dict(forward_lanes=256, forward_warps=1, backward_lanes=256, backward_warps=1, batch_bins=True),
+    "1024/4 512/2 b": dict(forward_lanes=1024, forward_warps=4, backward_lanes=512, backward_warps=2, batch_bins=True),
 }
 REPEAT = 15
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -108,7 +108,7 @@ def main(path: str) -> int:
         "repeat": REPEAT,
         "rows": [],
     }
-    print(f"{'case':<26} {'mode':<17} " + " ".join(f"{n:>8}" for n in SETTINGS) + f" {'tv':>8}  best/tv")
+    print(f"{'case':<26} {'mode':<17} " + " ".join(f"{n:>14}" for n in SETTINGS) + f" {'tv':>8}  best/tv")
     for label, ours, peer in cases():
         for mode in ("forward", "forward+backward"):
             runs = {name: _with_setting(name, ours(mode)) for name in SETTINGS}
@@ -128,7 +128,7 @@ def main(path: str) -> int:
             medians = {name: statistics.median(t) for name, t in times.items()}
             best = min(SETTINGS, key=medians.get)
             report["rows"].append({"case": label, "mode": mode, "median_ms": medians, "times_ms": times})
-            cells = " ".join(f"{medians[n]:8.3f}" for n in SETTINGS)
+            cells = " ".join(f"{medians[n]:14.3f}" for n in SETTINGS)
             ratio = medians["torchvision"] / medians[best]
             print(f"{label:<26} {mode:<17} {cells} {medians['torchvision']:8.3f}  {best} {ratio:.2f}x", flush=True)
     with open(path, "w") as f:

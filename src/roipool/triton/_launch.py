@@ -22,8 +22,9 @@ TILE_H = 8
 TILE_W = 8
 
 # Lanes (channels x bins, or channels x tile cells) and warps per program of the
-# roi_pool and roi_align kernels; benchmarks/gpu/sweep.py times other values on a GPU.
-TUNING = {"forward_lanes": 2048, "forward_warps": 4, "backward_lanes": 2048, "backward_warps": 4}
+# roi_pool and roi_align kernels, and whether their backward reads a RoI's bins in
+# one go (batch_bins); benchmarks/gpu/sweep.py times other values on a GPU.
+TUNING = {"forward_lanes": 512, "forward_warps": 2, "backward_lanes": 256, "backward_warps": 1, "batch_bins": True}
 
 
 def interpreting() -> bool:
