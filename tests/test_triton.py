@@ -116,14 +116,14 @@ def test_roi_pool_backward_is_bit_identical_to_cpu_order(dtype):
 
 
 LAUNCH_SETTINGS = [
-    dict(forward_lanes=2048, forward_warps=4, backward_lanes=2048, backward_warps=4, batch_bins=False),
-    dict(forward_lanes=64, forward_warps=1, backward_lanes=64, backward_warps=1, batch_bins=True),
+    dict(forward_lanes=2048, forward_warps=4, backward_lanes=2048, backward_warps=4),
+    dict(forward_lanes=64, forward_warps=1, backward_lanes=64, backward_warps=1),
 ]
 
 
-@pytest.mark.parametrize("setting", LAUNCH_SETTINGS, ids=["wide-per-bin", "narrow-batched"])
+@pytest.mark.parametrize("setting", LAUNCH_SETTINGS, ids=["wide", "narrow"])
 def test_launch_settings_change_no_bits(setting, monkeypatch):
-    """Lanes, warps and batched bin reads (``_launch.TUNING``) split the work differently, never the sums."""
+    """Lanes and warps per program (``_launch.TUNING``) split the work differently, never the sums."""
     from roipool.triton import _launch
 
     rng = np.random.default_rng(12)

@@ -27,7 +27,7 @@ DATA = {"input_ptr", "output_ptr", "grad_ptr", "grad_input_ptr"}
 COMPUTE = {"rois_ptr", "scale_ptr", "grad_rois_ptr"}
 
 POOL = {"POOLED_H": 7, "POOLED_W": 7}
-SPANS = {"BLOCK_PH": 8, "BLOCK_PW": 8, "BLOCK_P": 64, "BATCH_BINS": True}
+SPANS = {"BLOCK_PH": 8, "BLOCK_PW": 8}
 TILE = {"TILE_H": 8, "TILE_W": 8}
 KERNELS = [
     (roi_pool._roi_pool_forward_kernel, {**POOL, "BLOCK_C": 32, "BLOCK_P": 64, "WITH_ARGMAX": True}),

@@ -26,13 +26,12 @@ from roipool.bench import _CudaTimer as CudaTimer
 from roipool.nn import MultiScaleRoIAlign
 from roipool.triton import _launch
 
-SETTINGS = {  # forward lanes/warps, backward lanes/warps, batched bin reads; the first is the default
-    "512/2 256/1 b": dict(forward_lanes=512, forward_warps=2, backward_lanes=256, backward_warps=1, batch_bins=True),
-    "512/2 256/1": dict(forward_lanes=512, forward_warps=2, backward_lanes=256, backward_warps=1, batch_bins=False),
-    "512/2 128/1 b": dict(forward_lanes=512, forward_warps=2, backward_lanes=128, backward_warps=1, batch_bins=True),
-    "512/2 64/1 b": dict(forward_lanes=512, forward_warps=2, backward_lanes=64, backward_warps=1, batch_bins=True),
-    "256/1 256/1 b": dict(forward_lanes=256, forward_warps=1, backward_lanes=256, backward_warps=1, batch_bins=True),
-    "1024/4 512/2 b": dict(forward_lanes=1024, forward_warps=4, backward_lanes=512, backward_warps=2, batch_bins=True),
+SETTINGS = {  # forward lanes/warps, backward lanes/warps; the first is the default
+    "512/2 256/1": dict(forward_lanes=512, forward_warps=2, backward_lanes=256, backward_warps=1),
+    "2048/4 2048/4": dict(forward_lanes=2048, forward_warps=4, backward_lanes=2048, backward_warps=4),
+    "1024/4 512/2": dict(forward_lanes=1024, forward_warps=4, backward_lanes=512, backward_warps=2),
+    "256/1 256/1": dict(forward_lanes=256, forward_warps=1, backward_lanes=256, backward_warps=1),
+    "512/2 128/1": dict(forward_lanes=512, forward_warps=2, backward_lanes=128, backward_warps=1),
 }
 REPEAT = 15
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -216,13 +216,6 @@ def lane_value(values, lanes, at):
 
 
 @triton.jit
-def pick_column(values, lanes, at):
-    """Column ``at`` of a 2-D block (``lanes``: the ``tl.arange`` of its second axis), exactly:
-    a sum of one value and zeros (a -0.0 comes back as +0.0, which no sum starting at +0.0 tells apart)."""
-    return tl.sum(tl.where(lanes[None, :] == at, values, 0), axis=1)
-
-
-@triton.jit
 def span_meets(span_ptr, live, first, last):
     """Lanes ``live`` whose inclusive span ``[span_ptr[0], span_ptr[1]]`` (int32 table entries)
     meets ``[first, last]``; dead lanes read nothing and say no."""

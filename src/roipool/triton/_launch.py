@@ -22,9 +22,10 @@ TILE_H = 8
 TILE_W = 8
 
 # Lanes (channels x bins, or channels x tile cells) and warps per program of the
-# roi_pool and roi_align kernels, and whether their backward reads a RoI's bins in
-# one go (batch_bins); benchmarks/gpu/sweep.py times other values on a GPU.
-TUNING = {"forward_lanes": 512, "forward_warps": 2, "backward_lanes": 256, "backward_warps": 1, "batch_bins": True}
+# roi_pool and roi_align kernels. Narrow backward programs won on an H200: the
+# gather is bound by the latency of its walk over the RoIs, so more programs in
+# flight beat wider ones (docs/gpu.md); benchmarks/gpu/sweep.py times other values.
+TUNING = {"forward_lanes": 512, "forward_warps": 2, "backward_lanes": 256, "backward_warps": 1}
 
 
 def interpreting() -> bool:

@@ -43,7 +43,6 @@ from ._common import (
     div_exact,
     lane_value,
     next_set,
-    pick_column,
     rois_near_tile,
     sample_at,
     sample_spans,
@@ -187,8 +186,6 @@ def _roi_align_backward_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_PH: tl.constexpr,
     BLOCK_PW: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-    BATCH_BINS: tl.constexpr,
     TILE_H: tl.constexpr,
     TILE_W: tl.constexpr,
 ):
@@ -208,8 +205,6 @@ def _roi_align_backward_kernel(
     lanes = tl.arange(0, SCAN)
     ph_lanes = tl.arange(0, BLOCK_PH)
     pw_lanes = tl.arange(0, BLOCK_PW)
-    p_lanes = tl.arange(0, BLOCK_P)
-    bins_ok = c_ok[:, None] & (p_lanes < POOLED_H * POOLED_W)[None, :]
     acc = tl.zeros((BLOCK_C, TILE_H * TILE_W), scale.dtype)
     end = tl.load(starts_ptr + n + 1)
     for i0 in range(tl.load(starts_ptr + n), end, SCAN):
@@ -223,9 +218,6 @@ def _roi_align_backward_kernel(
             bins = (k.to(tl.int64) * channels + c.to(tl.int64)) * (POOLED_H * POOLED_W)
             rows_hit = spans_hit(row_span_ptr, k, ph_lanes, POOLED_H, row0, row1)
             cols_hit = spans_hit(col_span_ptr, k, pw_lanes, POOLED_W, col0, col1)
-            if BATCH_BINS:  # every bin's gradient in one read; a bin's column is picked out below
-                grads = tl.load(grad_ptr + bins[:, None] + p_lanes[None, :], mask=bins_ok, other=0.0)
-                grads = grads.to(scale.dtype)
             # bins in row-major order, as the CPU path adds them
             ph = next_set(rows_hit, ph_lanes, -1)
             while ph < NONE_LEFT:
@@ -233,10 +225,7 @@ def _roi_align_backward_kernel(
                 pw = next_set(cols_hit, pw_lanes, -1)
                 while pw < NONE_LEFT:
                     wx, tx = axis_weights(start_w, size_w, grid_w, pw, ww, width, scale.dtype)
-                    if BATCH_BINS:
-                        g = pick_column(grads, p_lanes, ph * POOLED_W + pw)
-                    else:
-                        g = tl.load(grad_ptr + bins + (ph * POOLED_W + pw), mask=c_ok, other=0.0)
+                    g = tl.load(grad_ptr + bins + (ph * POOLED_W + pw), mask=c_ok, other=0.0)
                     g = div_exact(g.to(scale.dtype), count)
                     w = (wy * wx)[None, :]
                     acc = tl.where((ty & tx)[None, :], acc + g[:, None] * w, acc)
@@ -351,8 +340,6 @@ def roi_align_backward(
         BLOCK_C=block_c,
         BLOCK_PH=_launch.triton_next_pow2(ph),
         BLOCK_PW=_launch.triton_next_pow2(pw),
-        BLOCK_P=_launch.triton_next_pow2(ph * pw),
-        BATCH_BINS=_launch.TUNING["batch_bins"],
         TILE_H=_launch.TILE_H,
         TILE_W=_launch.TILE_W,
         num_warps=_launch.TUNING["backward_warps"],

@@ -31,17 +31,7 @@ import triton
 import triton.language as tl
 
 from . import _launch
-from ._common import (
-    NONE_LEFT,
-    SCAN,
-    bilinear_axis,
-    cast_rne,
-    clamp_image,
-    div_exact,
-    lane_value,
-    next_set,
-    rois_near_tile,
-)
+from ._common import bilinear_axis, cast_rne, clamp_image, div_exact
 
 # frame columns (compute dtype); the kernels address them by number
 _BATCH, _CY, _CX, _START_H, _START_W, _BIN_H, _BIN_W, _COS, _SIN, _FREE_W, _FREE_H = range(11)
@@ -246,16 +236,12 @@ def _backward_kernel(
     c_ok = c < channels
     dt = tl.load(frames_ptr + 1).dtype
     acc = tl.zeros((BLOCK_C, TILE_H * TILE_W), dt)
-    lanes = tl.arange(0, SCAN)
-    end = tl.load(starts_ptr + n + 1)
-    for i0 in range(tl.load(starts_ptr + n), end, SCAN):
-        ks, near = rois_near_tile(
-            order_ptr, window_ptr, i0, end, lanes, row0, row0 + TILE_H - 1, col0, col0 + TILE_W - 1
-        )
-        at = next_set(near, lanes, -1)
-        while at < NONE_LEFT:
-            k = lane_value(ks, lanes, at)
-            at = next_set(near, lanes, at)
+    for i in range(tl.load(starts_ptr + n), tl.load(starts_ptr + n + 1)):
+        k = tl.load(order_ptr + i)
+        win = window_ptr + k * 4
+        near = (tl.load(win) <= row0 + TILE_H - 1) & (tl.load(win + 1) >= row0)
+        near = near & (tl.load(win + 2) <= col0 + TILE_W - 1) & (tl.load(win + 3) >= col0)
+        if near:
             f = frames_ptr + k * 11
             gh = tl.load(grids_ptr + k * 2)
             gw = tl.load(grids_ptr + k * 2 + 1)

@@ -37,7 +37,6 @@ from ._common import (
     div_exact,
     lane_value,
     next_set,
-    pick_column,
     pool_bin_edges,
     rois_near_tile,
     rounded_box,
@@ -184,8 +183,6 @@ def _roi_pool_backward_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_PH: tl.constexpr,
     BLOCK_PW: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-    BATCH_BINS: tl.constexpr,
     TILE_H: tl.constexpr,
     TILE_W: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
@@ -205,8 +202,6 @@ def _roi_pool_backward_kernel(
     lanes = tl.arange(0, SCAN)
     ph_lanes = tl.arange(0, BLOCK_PH)
     pw_lanes = tl.arange(0, BLOCK_PW)
-    p_lanes = tl.arange(0, BLOCK_P)
-    bins_ok = c_ok[:, None] & (p_lanes < POOLED_H * POOLED_W)[None, :]
 
     acc = tl.zeros((BLOCK_C, TILE_H * TILE_W), ACC_DTYPE)
     end = tl.load(starts_ptr + n + 1)
@@ -218,21 +213,14 @@ def _roi_pool_backward_kernel(
             base = (k.to(tl.int64) * channels + c.to(tl.int64)) * (POOLED_H * POOLED_W)
             rows_hit = spans_hit(row_span_ptr, k, ph_lanes, POOLED_H, row0, row1)
             cols_hit = spans_hit(col_span_ptr, k, pw_lanes, POOLED_W, col0, col1)
-            if BATCH_BINS:  # every bin's argmax and gradient in one read; a bin's column is picked out below
-                sources = tl.load(argmax_ptr + base[:, None] + p_lanes[None, :], mask=bins_ok, other=-1)
-                grads = tl.load(grad_ptr + base[:, None] + p_lanes[None, :], mask=bins_ok, other=0.0).to(ACC_DTYPE)
             # bins in row-major order, as the CPU path adds them
             ph = next_set(rows_hit, ph_lanes, -1)
             while ph < NONE_LEFT:
                 pw = next_set(cols_hit, pw_lanes, -1)
                 while pw < NONE_LEFT:
                     p = ph * POOLED_W + pw
-                    if BATCH_BINS:
-                        source = pick_column(sources, p_lanes, p)
-                        g = pick_column(grads, p_lanes, p)
-                    else:
-                        source = tl.load(argmax_ptr + base + p, mask=c_ok, other=-1)
-                        g = tl.load(grad_ptr + base + p, mask=c_ok, other=0.0).to(ACC_DTYPE)
+                    source = tl.load(argmax_ptr + base + p, mask=c_ok, other=-1)
+                    g = tl.load(grad_ptr + base + p, mask=c_ok, other=0.0).to(ACC_DTYPE)
                     acc = tl.where(source[:, None] == cell[None, :], acc + g[:, None], acc)
                     pw = next_set(cols_hit, pw_lanes, pw)
                 ph = next_set(rows_hit, ph_lanes, ph)
@@ -337,8 +325,6 @@ def roi_pool_backward(grad, argmax, rois, batch_size, channels, height, width):
         BLOCK_C=block_c,
         BLOCK_PH=_launch.triton_next_pow2(ph),
         BLOCK_PW=_launch.triton_next_pow2(pw),
-        BLOCK_P=block_p,
-        BATCH_BINS=_launch.TUNING["batch_bins"],
         TILE_H=_launch.TILE_H,
         TILE_W=_launch.TILE_W,
         ACC_DTYPE=tl.float64 if acc_dtype == torch.float64 else tl.float32,
