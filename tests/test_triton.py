@@ -118,12 +118,14 @@ def test_roi_pool_backward_is_bit_identical_to_cpu_order(dtype):
 LAUNCH_SETTINGS = [
     dict(forward_lanes=2048, forward_warps=4, backward_lanes=2048, backward_warps=4),
     dict(forward_lanes=64, forward_warps=1, backward_lanes=64, backward_warps=1),
+    dict(backward="lists"),
 ]
 
 
-@pytest.mark.parametrize("setting", LAUNCH_SETTINGS, ids=["wide", "narrow"])
+@pytest.mark.parametrize("setting", LAUNCH_SETTINGS, ids=["wide", "narrow", "lists"])
 def test_launch_settings_change_no_bits(setting, monkeypatch):
-    """Lanes and warps per program (``_launch.TUNING``) split the work differently, never the sums."""
+    """Lanes and warps per program and the backward's way to its pairs (``_launch.TUNING``) split the
+    work differently, never the sums."""
     from roipool.triton import _launch
 
     rng = np.random.default_rng(12)
@@ -343,7 +345,7 @@ def test_every_kernel_compiles_for_sm90_with_exact_division_and_no_fma():
     script = Path(__file__).with_name("triton_compile_check.py")
     result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count(": ok") == 80  # 16 kernels x (4 dtypes + ints specialised to 1)
+    assert result.stdout.count(": ok") == 90  # 18 kernels x (4 dtypes + ints specialised to 1)
 
 
 # ---------------------------------------------------------------- the custom ops' CUDA kernels

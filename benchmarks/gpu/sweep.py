@@ -1,7 +1,8 @@
 """Launch settings of the roi_pool and roi_align Triton kernels, timed against torchvision on a GPU.
 
 ``python benchmarks/gpu/sweep.py OUT.json`` times every setting in ``SETTINGS``
-(lanes and warps per program, forward and backward: ``roipool.triton._launch.TUNING``)
+(lanes and warps per program, forward and backward, and the backward's way to
+its (RoI, bin) pairs: ``roipool.triton._launch.TUNING``)
 on ``vgg16`` and the ``maskrcnn-fpn`` pyramid, forward and forward+backward,
 interleaved with torchvision's CUDA ops in one process (CUDA events, medians),
 checks that every setting gives the first setting's bits, prints a table and
@@ -26,12 +27,15 @@ from roipool.bench import _CudaTimer as CudaTimer
 from roipool.nn import MultiScaleRoIAlign
 from roipool.triton import _launch
 
-SETTINGS = {  # forward lanes/warps, backward lanes/warps; the first is the default
-    "512/2 256/1": dict(forward_lanes=512, forward_warps=2, backward_lanes=256, backward_warps=1),
-    "2048/4 2048/4": dict(forward_lanes=2048, forward_warps=4, backward_lanes=2048, backward_warps=4),
-    "1024/4 512/2": dict(forward_lanes=1024, forward_warps=4, backward_lanes=512, backward_warps=2),
-    "256/1 256/1": dict(forward_lanes=256, forward_warps=1, backward_lanes=256, backward_warps=1),
-    "512/2 128/1": dict(forward_lanes=512, forward_warps=2, backward_lanes=128, backward_warps=1),
+_WALK = dict(forward_lanes=512, forward_warps=2, backward="walk")
+_LISTS = dict(forward_lanes=512, forward_warps=2, backward="lists")
+SETTINGS = {  # forward lanes/warps, backward lanes/warps and way; the first is the default
+    "walk 256/1": dict(_WALK, backward_lanes=256, backward_warps=1),
+    "walk 2048/4": dict(_WALK, backward_lanes=2048, backward_warps=4),
+    "lists 256/1": dict(_LISTS, backward_lanes=256, backward_warps=1),
+    "lists 1024/4": dict(_LISTS, backward_lanes=1024, backward_warps=4),
+    "lists 2048/4": dict(_LISTS, backward_lanes=2048, backward_warps=4),
+    "fwd 2048/4": dict(_WALK, forward_lanes=2048, forward_warps=4, backward_lanes=256, backward_warps=1),
 }
 REPEAT = 15
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -25,7 +25,10 @@ TILE_W = 8
 # roi_pool and roi_align kernels. Narrow backward programs won on an H200: the
 # gather is bound by the latency of its walk over the RoIs, so more programs in
 # flight beat wider ones (docs/gpu.md); benchmarks/gpu/sweep.py times other values.
-TUNING = {"forward_lanes": 512, "forward_warps": 2, "backward_lanes": 256, "backward_warps": 1}
+# "backward": "walk" (each tile program walks its image's RoIs) or "lists" (each
+# tile gets the list of (RoI, bin) pairs that reach it, built first; not yet
+# timed on a GPU, and it reads the list's length back, so no CUDA graph capture).
+TUNING = {"forward_lanes": 512, "forward_warps": 2, "backward_lanes": 256, "backward_warps": 1, "backward": "walk"}
 
 
 def interpreting() -> bool:
@@ -173,3 +176,39 @@ def tile_grid(height: int, width: int) -> tuple[int, int]:
     """``(tiles, tiles_w)``: how many ``TILE_H x TILE_W`` tiles cover an ``height x width`` plane, and per row."""
     tiles_w = triton.cdiv(width, TILE_W)
     return triton.cdiv(height, TILE_H) * tiles_w, tiles_w
+
+
+def tile_lists(rois: torch.Tensor, row_span: torch.Tensor, col_span: torch.Tensor, num_images: int, height: int,
+               width: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """For every tile of every image, the (RoI, bin) pairs whose spans meet it, in ascending (RoI, bin) order.
+
+    ``row_span (K, PH, 2)`` and ``col_span (K, PW, 2)``: the inclusive rows
+    (columns) that bin row ``ph`` (column ``pw``) of RoI ``k`` reaches
+    (first > last: none). Returns ``pairs`` int32 (``k * PH * PW + p``, grouped
+    by tile) and ``starts (num_images * tiles + 1,)`` int32: tile ``t`` of
+    image ``n`` owns ``pairs[starts[n * tiles + t]:starts[n * tiles + t + 1]]``.
+    The sort is stable, so each list keeps the CPU path's summation order. The
+    number of pairs is read back from the device (one synchronisation).
+    """
+    k_total, ph, _ = row_span.shape
+    pw = col_span.shape[1]
+    device = row_span.device
+    tiles, tiles_w = tile_grid(height, width)
+    shape = (k_total, ph, pw)
+    r0 = row_span[:, :, None, 0].to(torch.int64).expand(shape)
+    r1 = row_span[:, :, None, 1].to(torch.int64).expand(shape)
+    c0 = col_span[:, None, :, 0].to(torch.int64).expand(shape)
+    c1 = col_span[:, None, :, 1].to(torch.int64).expand(shape)
+    first_row, first_col = (r0 // TILE_H).reshape(-1), (c0 // TILE_W).reshape(-1)
+    cols = (c1 // TILE_W).reshape(-1) - first_col + 1
+    rows = (r1 // TILE_H).reshape(-1) - first_row + 1
+    count = torch.where(((r0 <= r1) & (c0 <= c1)).reshape(-1), rows * cols, 0)
+    total = int(count.sum())
+    pair = torch.repeat_interleave(torch.arange(count.numel(), device=device), count, output_size=total)
+    local = torch.arange(total, device=device) - (torch.cumsum(count, 0) - count)[pair]
+    tile_row = first_row[pair] + local // cols[pair]
+    tile_col = first_col[pair] + local % cols[pair]
+    image = rois[:, 0].to(torch.int64)[pair // (ph * pw)]
+    keys, order = torch.sort(image * tiles + tile_row * tiles_w + tile_col, stable=True)
+    bounds = torch.arange(num_images * tiles + 1, device=device)
+    return pair[order].to(torch.int32), torch.searchsorted(keys, bounds).to(torch.int32)

@@ -242,6 +242,65 @@ def _roi_align_backward_kernel(
     )
 
 
+@triton.jit
+def _roi_align_backward_lists_kernel(
+    grad_ptr,  # (K, C, PH, PW), contiguous
+    rois_ptr,
+    scale_ptr,
+    pairs_ptr,  # int32 k * PH * PW + p, grouped by tile (_launch.tile_lists)
+    starts_ptr,  # (N * tiles + 1,) int32
+    grad_input_ptr,  # (N, C, H, W)
+    sampling_ratio,
+    channels,
+    height,
+    width,
+    tiles,
+    tiles_w,
+    ALIGNED: tl.constexpr,
+    POOLED_H: tl.constexpr,
+    POOLED_W: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    TILE_H: tl.constexpr,
+    TILE_W: tl.constexpr,
+):
+    """The gather of :func:`_roi_align_backward_kernel` over a prepared list of the tile's (RoI, bin) pairs."""
+    tile = tl.program_id(0)
+    n = tl.program_id(2)
+    row0 = (tile // tiles_w) * TILE_H
+    col0 = (tile % tiles_w) * TILE_W
+    s = tl.arange(0, TILE_H * TILE_W)
+    hh = row0 + s // TILE_W
+    ww = col0 + s % TILE_W
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < channels
+    scale = tl.load(scale_ptr)
+    acc = tl.zeros((BLOCK_C, TILE_H * TILE_W), scale.dtype)
+    at = n * tiles + tile
+    for j in range(tl.load(starts_ptr + at), tl.load(starts_ptr + at + 1)):
+        pair = tl.load(pairs_ptr + j)
+        k = pair // (POOLED_H * POOLED_W)
+        ph = (pair // POOLED_W) % POOLED_H
+        pw = pair % POOLED_W
+        _, start_h, start_w, size_h, size_w, grid_h, grid_w, count = _align_box(
+            rois_ptr, k, scale, sampling_ratio, ALIGNED, POOLED_H, POOLED_W
+        )
+        wy, ty = axis_weights(start_h, size_h, grid_h, ph, hh, height, scale.dtype)
+        wx, tx = axis_weights(start_w, size_w, grid_w, pw, ww, width, scale.dtype)
+        bins = (k.to(tl.int64) * channels + c.to(tl.int64)) * (POOLED_H * POOLED_W)
+        g = tl.load(grad_ptr + bins + (ph * POOLED_W + pw), mask=c_ok, other=0.0)
+        g = div_exact(g.to(scale.dtype), count)
+        w = (wy * wx)[None, :]
+        acc = tl.where((ty & tx)[None, :], acc + g[:, None] * w, acc)
+
+    plane = (n.to(tl.int64) * channels + c.to(tl.int64)) * height * width
+    ok = c_ok[:, None] & ((hh < height) & (ww < width))[None, :]
+    tl.store(
+        grad_input_ptr + plane[:, None] + (hh * width + ww)[None, :],
+        cast_rne(acc, grad_input_ptr.dtype.element_ty),
+        mask=ok,
+    )
+
+
 def roi_align_forward(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
     """RoIAlign of ``input (N, C, H, W)`` over ``rois (K, 5)``: ``(K, C, PH, PW)`` of the input's dtype."""
     input, rois, device, dtype = _launch.forward_inputs(input, rois)
@@ -315,10 +374,18 @@ def roi_align_backward(
             BLOCK_PW=_launch.triton_next_pow2(pw),
             enable_fp_fusion=False,
         )
-    order, starts = _launch.rois_by_image(rois, batch_size)
     tiles, tiles_w = _launch.tile_grid(height, width)
     block_c = _launch.channel_block(channels, _launch.TILE_H * _launch.TILE_W, _launch.TUNING["backward_lanes"])
     grid = (tiles, triton.cdiv(channels, block_c), batch_size)
+    if _launch.TUNING["backward"] == "lists":
+        pairs, starts = _launch.tile_lists(rois, row_span, col_span, batch_size, height, width)
+        _roi_align_backward_lists_kernel[grid](
+            grad, rois, scale, pairs, starts, grad_input, int(sampling_ratio), channels, height, width, tiles,
+            tiles_w, ALIGNED=bool(aligned), POOLED_H=ph, POOLED_W=pw, BLOCK_C=block_c, TILE_H=_launch.TILE_H,
+            TILE_W=_launch.TILE_W, num_warps=_launch.TUNING["backward_warps"], enable_fp_fusion=False,
+        )  # fmt: skip
+        return grad_input
+    order, starts = _launch.rois_by_image(rois, batch_size)
     _roi_align_backward_kernel[grid](
         grad,
         rois,

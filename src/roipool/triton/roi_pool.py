@@ -231,6 +231,50 @@ def _roi_pool_backward_kernel(
     tl.store(grad_input_ptr + plane[:, None] + cell[None, :], cast_rne(acc, grad_input_ptr.dtype.element_ty), mask=ok)
 
 
+@triton.jit
+def _roi_pool_backward_lists_kernel(
+    grad_ptr,  # (K, C, PH * PW)
+    argmax_ptr,  # (K, C, PH * PW) int32
+    pairs_ptr,  # int32 k * PH * PW + p, grouped by tile (_launch.tile_lists)
+    starts_ptr,  # (N * tiles + 1,) int32
+    grad_input_ptr,  # (N, C, H, W)
+    channels,
+    height,
+    width,
+    tiles,
+    tiles_w,
+    BINS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    TILE_H: tl.constexpr,
+    TILE_W: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+):
+    """The gather of :func:`_roi_pool_backward_kernel` over a prepared list of the tile's (RoI, bin) pairs."""
+    tile = tl.program_id(0)
+    n = tl.program_id(2)
+    row0 = (tile // tiles_w) * TILE_H
+    col0 = (tile % tiles_w) * TILE_W
+    s = tl.arange(0, TILE_H * TILE_W)
+    hh = row0 + s // TILE_W
+    ww = col0 + s % TILE_W
+    cell = hh * width + ww
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < channels
+    acc = tl.zeros((BLOCK_C, TILE_H * TILE_W), ACC_DTYPE)
+    at = n * tiles + tile
+    for j in range(tl.load(starts_ptr + at), tl.load(starts_ptr + at + 1)):
+        pair = tl.load(pairs_ptr + j)
+        k = pair // BINS
+        at_bin = (k.to(tl.int64) * channels + c.to(tl.int64)) * BINS + pair % BINS
+        source = tl.load(argmax_ptr + at_bin, mask=c_ok, other=-1)
+        g = tl.load(grad_ptr + at_bin, mask=c_ok, other=0.0).to(ACC_DTYPE)
+        acc = tl.where(source[:, None] == cell[None, :], acc + g[:, None], acc)
+
+    plane = (n.to(tl.int64) * channels + c.to(tl.int64)) * height * width
+    ok = c_ok[:, None] & ((hh < height) & (ww < width))[None, :]
+    tl.store(grad_input_ptr + plane[:, None] + cell[None, :], cast_rne(acc, grad_input_ptr.dtype.element_ty), mask=ok)
+
+
 def roi_pool_forward(input, rois, spatial_scale, pooled_height, pooled_width, with_argmax=True):
     """RoI max pooling of ``input (N, C, H, W)`` over ``rois (K, 5)``.
 
@@ -303,10 +347,19 @@ def roi_pool_backward(grad, argmax, rois, batch_size, channels, height, width):
             BLOCK_C=_launch.channel_block(channels, block_p),
             BLOCK_P=block_p,
         )
-    order, starts = _launch.rois_by_image(rois, batch_size)
     tiles, tiles_w = _launch.tile_grid(height, width)
     block_c = _launch.channel_block(channels, _launch.TILE_H * _launch.TILE_W, _launch.TUNING["backward_lanes"])
     grid = (tiles, triton.cdiv(channels, block_c), batch_size)
+    acc = tl.float64 if acc_dtype == torch.float64 else tl.float32
+    if _launch.TUNING["backward"] == "lists":
+        pairs, starts = _launch.tile_lists(rois, row_span, col_span, batch_size, height, width)
+        _roi_pool_backward_lists_kernel[grid](
+            grad, argmax, pairs, starts, grad_input, channels, height, width, tiles, tiles_w,
+            BINS=ph * pw, BLOCK_C=block_c, TILE_H=_launch.TILE_H, TILE_W=_launch.TILE_W, ACC_DTYPE=acc,
+            num_warps=_launch.TUNING["backward_warps"],
+        )  # fmt: skip
+        return grad_input
+    order, starts = _launch.rois_by_image(rois, batch_size)
     _roi_pool_backward_kernel[grid](
         grad,
         argmax,
@@ -327,7 +380,7 @@ def roi_pool_backward(grad, argmax, rois, batch_size, channels, height, width):
         BLOCK_PW=_launch.triton_next_pow2(pw),
         TILE_H=_launch.TILE_H,
         TILE_W=_launch.TILE_W,
-        ACC_DTYPE=tl.float64 if acc_dtype == torch.float64 else tl.float32,
+        ACC_DTYPE=acc,
         num_warps=_launch.TUNING["backward_warps"],
     )
     return grad_input
