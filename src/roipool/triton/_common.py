@@ -196,9 +196,9 @@ def clamp_image(n, num_images):
 
 
 # The backward kernels gather: each program owns a tile of the map and walks its
-# image's RoIs in ascending order. The walk goes SCAN RoIs at a time: their
-# windows are read as one vector, and only the RoIs that reach the tile are
-# visited, one by one in order, through next_set.
+# image's RoIs in ascending order. In roi_pool, roi_align and ps_roi the walk
+# goes SCAN RoIs at a time: their windows are read as one vector, and only the
+# RoIs that reach the tile are visited, one by one in order, through next_set.
 SCAN = tl.constexpr(64)
 NONE_LEFT = tl.constexpr(2147483647)
 

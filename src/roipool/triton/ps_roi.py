@@ -18,7 +18,8 @@ input channel.
 Backward (gather): since an input channel belongs to one bin, a program owns
 (image, bin, block of output channels, 8x8 tile): its lanes are the input
 channels ``c * PH * PW + bin`` of that bin. It walks its image's RoIs in
-ascending order and adds each RoI's bin gradient to the cells the bin covers
+ascending order, 64 at a time (the bin's spans read as one vector), and adds
+the bin gradient of each RoI whose bin reaches the tile to the cells it covers
 (``ps_roi_pool``: ``grad / area`` on every cell of the bin; ``ps_roi_align``:
 ``grad / count * wy * wx``, the bilinear weights factored by axis). No
 atomics, one writer per cell, a fixed order: the same bits on every run;
