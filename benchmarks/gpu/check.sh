@@ -47,15 +47,17 @@ step environment 20 "$py" benchmarks/gpu/environment.py "$out/environment.json"
 parallel=()
 if "$py" -c "import xdist" 2>/dev/null; then parallel=(-n "$(( $(nproc) < 8 ? $(nproc) : 8 ))" --dist load); fi
 if "$py" -c "import pytest_timeout" 2>/dev/null; then parallel+=(--timeout 150); fi
-step tests 200 "$py" -m pytest -m "$tests" -q -p no:cacheprovider -o addopts="" -rfEs "${parallel[@]}" \
+step tests 180 "$py" -m pytest -m "$tests" -q -p no:cacheprovider -o addopts="" -rfEs "${parallel[@]}" \
     --junitxml="$out/tests.xml"
-step bench 120 sh -c '"$0" -m roipool.cli bench --json "$@" >"$ROIPOOL_GPU_OUT/bench.json"' "$py" "${bench_args[@]}"
+step bench 80 sh -c '"$0" -m roipool.cli bench --json "$@" >"$ROIPOOL_GPU_OUT/bench.json"' "$py" "${bench_args[@]}"
 # the position-sensitive ops (rfcn) and rotated RoIAlign (dota, no peer on the GPU): a step of their own,
 # so that the two workloads above are not lost if this one runs long
 step bench-more 50 sh -c '"$0" -m roipool.cli bench --json "$@" >"$ROIPOOL_GPU_OUT/bench-more.json"' "$py" \
     "${more_args[@]}"
 # roipool.jax's XLA path on JAX's GPU (vgg16 only; XLA compiles each variant first): a step of its own
-step bench-jax 50 sh -c '"$0" -m roipool.cli bench --json --jax "$@" >"$ROIPOOL_GPU_OUT/bench-jax.json"' "$py" \
+step bench-jax 40 sh -c '"$0" -m roipool.cli bench --json --jax "$@" >"$ROIPOOL_GPU_OUT/bench-jax.json"' "$py" \
     "${bench_args[0]}" "${bench_args[1]}" --workload vgg16 --repeat 5
+# the Triton launch settings of roi_pool and roi_align against torchvision, in one process
+step sweep 90 "$py" benchmarks/gpu/sweep.py "$out/sweep.json"
 step summary 20 "$py" benchmarks/gpu/summarize.py "$out"
 cat "$out/summary.md"

@@ -1,7 +1,7 @@
 """Summary of a GPU run: step statuses, test counts and failures, and the bench table with floors.
 
 ``python benchmarks/gpu/summarize.py OUT`` reads what ``check.sh`` left in OUT
-(``steps.txt``, ``tests.xml``, ``bench*.json``, ``backward_memory_*.json``) and
+(``steps.txt``, ``tests.xml``, ``bench*.json``, ``backward_memory_*.json``, ``sweep.log``) and
 writes ``OUT/summary.md``. Missing pieces are reported as missing, never invented.
 """
 
@@ -64,6 +64,14 @@ def memory_section(out: Path) -> list[str]:
     return lines or ["backward memory: not measured"]
 
 
+def sweep_section(out: Path) -> list[str]:
+    """The sweep's own table (``sweep.log``: one row per case and pass, a column per launch setting)."""
+    path = out / "sweep.log"
+    if not path.exists():
+        return ["sweep: no sweep.log"]
+    return ["sweep (ms; best setting and torchvision / best):", "```", *path.read_text().rstrip().splitlines(), "```"]
+
+
 def main(out: str) -> int:
     out_dir = Path(out)
     steps = (out_dir / "steps.txt").read_text().strip().splitlines() if (out_dir / "steps.txt").exists() else []
@@ -85,6 +93,8 @@ def main(out: str) -> int:
         *bench_section(out_dir, "bench-more"),
         "",
         *bench_section(out_dir, "bench-jax"),
+        "",
+        *sweep_section(out_dir),
     ]
     (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
     return 0

@@ -19,7 +19,11 @@ import statistics
 import sys
 
 import torch
-import torchvision.ops
+
+try:
+    import torchvision.ops
+except ImportError:  # a rehearsal without the peer
+    torchvision = None
 
 import roipool
 from roipool.bench import PYRAMID_WORKLOADS, WORKLOADS, Candidate, measure
@@ -73,17 +77,17 @@ def _with_setting(name, run):
 
 
 def cases():
-    """``(label, ours(mode) -> run, peer(mode) -> run)`` for each workload and op."""
+    """``(label, ours(mode) -> run, peer(mode) -> run or None)`` for each workload and op."""
     w = WORKLOADS["vgg16" if DEVICE == "cuda" else "tiny"]
     x, rois = w.make()
     xt = torch.from_numpy(x).to(DEVICE).requires_grad_(True)
     rt = torch.from_numpy(rois).to(DEVICE)
     for op, extra in (("roi_pool", {}), ("roi_align", {"sampling_ratio": 2, "aligned": True})):
-        ours, peer = getattr(roipool, op), getattr(torchvision.ops, op)
+        ours, peer = getattr(roipool, op), torchvision and getattr(torchvision.ops, op)
         yield (
-            f"vgg16 {op}",
+            f"{w.name} {op}",
             lambda mode, f=ours, e=extra: _step(lambda: f(xt, rt, 7, 1 / 16, **e), mode, (xt,)),
-            lambda mode, f=peer, e=extra: _step(lambda: f(xt, rt, 7, 1 / 16, **e), mode, (xt,)),
+            lambda mode, f=peer, e=extra: f and _step(lambda: f(xt, rt, 7, 1 / 16, **e), mode, (xt,)),
         )
     pw = PYRAMID_WORKLOADS["maskrcnn-fpn"]
     if DEVICE == "cpu":
@@ -95,11 +99,11 @@ def cases():
     leaves = tuple(feats.values())
     for size in pw.output_sizes:
         ours = MultiScaleRoIAlign(list(feats), size, pw.sampling_ratio)
-        peer = torchvision.ops.MultiScaleRoIAlign(list(feats), size, pw.sampling_ratio)
+        peer = torchvision and torchvision.ops.MultiScaleRoIAlign(list(feats), size, pw.sampling_ratio)
         yield (
-            f"maskrcnn-fpn {size}x{size}",
+            f"{pw.name if DEVICE == 'cuda' else 'pyramid (small)'} {size}x{size}",
             lambda mode, p=ours: _step(lambda: p(feats, bt, shapes), mode, leaves),
-            lambda mode, p=peer: _step(lambda: p(feats, bt, shapes), mode, leaves),
+            lambda mode, p=peer: p and _step(lambda: p(feats, bt, shapes), mode, leaves),
         )
 
 
@@ -126,14 +130,15 @@ def main(path: str) -> int:
                     print(f"{label} {mode}: setting {name} differs from {next(iter(SETTINGS))}")
                     return 1
             cands = [Candidate(name, run, True) for name, run in runs.items()]
-            cands.append(Candidate("torchvision", peer(mode)))
+            if peer(mode) is not None:
+                cands.append(Candidate("torchvision", peer(mode)))
             times = measure(cands, REPEAT, timer=timer)
             medians = {name: statistics.median(t) for name, t in times.items()}
             best = min(SETTINGS, key=medians.get)
             report["rows"].append({"case": label, "mode": mode, "median_ms": medians, "times_ms": times})
             cells = " ".join(f"{medians[n]:14.3f}" for n in SETTINGS)
-            ratio = medians["torchvision"] / medians[best]
-            print(f"{label:<26} {mode:<17} {cells} {medians['torchvision']:8.3f}  {best} {ratio:.2f}x", flush=True)
+            tv = medians.get("torchvision", float("nan"))
+            print(f"{label:<26} {mode:<17} {cells} {tv:8.3f}  {best} {tv / medians[best]:.2f}x", flush=True)
     with open(path, "w") as f:
         json.dump(report, f, indent=1)
     return 0
