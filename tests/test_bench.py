@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from roipool import bench
@@ -76,3 +77,21 @@ def test_the_gpu_summary_reports_steps_tests_memory_and_floors_and_says_what_is_
     assert "tests: 1 passed, 1 failed, 1 skipped" in summary and "FAILED tests.test_gpu::test_b" in summary
     assert "roi_align: roipool 5.0 MB" in summary
     assert "no readable bench.json" in summary
+
+
+def test_channels_last_workloads_hold_the_same_values_in_nhwc_memory():
+    """``roipool bench --channels-last``: each map is the NCHW workload's values, laid out (N, H, W, C)."""
+    import dataclasses
+
+    for workload in (bench.WORKLOADS["tiny"], bench.WORKLOADS["dota"]):
+        x, rois = workload.make()
+        xc, rc = dataclasses.replace(workload, channels_last=True).make()
+        np.testing.assert_array_equal(xc, x)
+        np.testing.assert_array_equal(rc, rois)
+        assert xc.transpose(0, 2, 3, 1).flags.c_contiguous and not xc.flags.c_contiguous
+        assert torch.from_numpy(xc).is_contiguous(memory_format=torch.channels_last)
+    small = dataclasses.replace(bench.PYRAMID_WORKLOADS["maskrcnn-fpn"], images=1, channels=3, image_h=64, image_w=64)
+    maps, _ = dataclasses.replace(small, channels_last=True).make()
+    for name, m in maps.items():
+        np.testing.assert_array_equal(m, small.make()[0][name])
+        assert torch.from_numpy(m).is_contiguous(memory_format=torch.channels_last)

@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--jax", action="store_true", help="also time roipool.jax on vgg16 and small-batch (XLA compiles for minutes)"
     )
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="feature maps in channels-last memory (a channels_last tensor, an NHWC-strided array)",
+    )
     p.set_defaults(func=_bench, extra="torch")
     from .fastrcnn.cli import add_parser as add_fast_rcnn
 

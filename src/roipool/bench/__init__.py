@@ -12,6 +12,7 @@ The workloads are in :mod:`.workloads`, the implementations timed in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -179,10 +180,17 @@ MODES = ("forward", "forward+backward")
 
 
 def run(
-    workloads, repeat: int, device: str = "cpu", ops=OPS, bandwidth: float | None = None, jax: bool = False
+    workloads,
+    repeat: int,
+    device: str = "cpu",
+    ops=OPS,
+    bandwidth: float | None = None,
+    jax: bool = False,
+    channels_last: bool = False,
 ) -> list[Row]:
     """Rows for every op of every workload; on ``cuda`` timed by CUDA events, with floors at
-    ``bandwidth`` bytes/s (measured here when not given)."""
+    ``bandwidth`` bytes/s (measured here when not given). ``channels_last``: every feature map
+    in channels-last memory, the workloads named ``<name>/channels-last``."""
     timer = None
     if device == "cuda":
         import torch
@@ -219,9 +227,13 @@ def run(
                     r.baseline = f"{best.impl} {best.mode}"
             rows.extend(timed)
 
+    def variant(w):
+        return dataclasses.replace(w, name=f"{w.name}/channels-last", channels_last=True) if channels_last else w
+
     for wname in workloads:
         if wname in PYRAMID_WORKLOADS:
-            pw = PYRAMID_WORKLOADS[wname]
+            pw = variant(PYRAMID_WORKLOADS[wname])
+            wname = pw.name
             k = pw.images * pw.boxes_per_image
             cells = sum(-(-pw.image_h // s) * -(-pw.image_w // s) for s in pw.strides)
             for size in pw.output_sizes:
@@ -233,7 +245,8 @@ def run(
                     k * pw.channels * size * size * 4,
                 )
             continue
-        workload = WORKLOADS[wname]
+        workload = variant(WORKLOADS[wname])
+        wname = workload.name
         for op in ops:
             if op.startswith("ps_") != workload.position_sensitive:
                 continue  # position-sensitive ops need C divisible by bins: workloads of their own
@@ -257,12 +270,15 @@ def run(
 def format_table(rows: list[Row]) -> str:
     floors = any(r.floor_ms is not None for r in rows)
     floor_head = f" {'floor ms':>9}" if floors else ""
-    head = f"{'workload':<12} {'op':<10} {'mode':<17} {'implementation':<26} {'median ms':>10}{floor_head}  speed-up"
+    wide = max([12, *(len(r.workload) for r in rows)])
+    head = (
+        f"{'workload':<{wide}} {'op':<10} {'mode':<17} {'implementation':<26} {'median ms':>10}{floor_head}  speed-up"
+    )
     lines = [head]
     for r in rows:
         ratio = f"{r.speedup:.1f}x vs {r.baseline}" if r.speedup is not None else ""
         floor = f" {r.floor_ms:>9.3f}" if floors and r.floor_ms is not None else (" " * 10 if floors else "")
-        lines.append(f"{r.workload:<12} {r.op:<10} {r.mode:<17} {r.impl:<26} {r.median_ms:>10.3f}{floor}  {ratio}")
+        lines.append(f"{r.workload:<{wide}} {r.op:<10} {r.mode:<17} {r.impl:<26} {r.median_ms:>10.3f}{floor}  {ratio}")
     return "\n".join(lines)
 
 
@@ -283,7 +299,14 @@ def main(args) -> int:
                 "roipool bench: --device cuda needs torch and a GPU it can see (torch.cuda.is_available())"
             )
     bandwidth = cuda_copy_bandwidth(torch) if args.device == "cuda" else None
-    rows = run(names, args.repeat, args.device, bandwidth=bandwidth, jax=getattr(args, "jax", False))
+    rows = run(
+        names,
+        args.repeat,
+        args.device,
+        bandwidth=bandwidth,
+        jax=getattr(args, "jax", False),
+        channels_last=getattr(args, "channels_last", False),
+    )
     info = machine(args.device)  # after the run, which starts Numba's threading layer
     if bandwidth:
         info["copy_bandwidth_gb_s"] = round(bandwidth / 1e9, 1)

@@ -7,6 +7,12 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def as_channels_last(x: np.ndarray) -> np.ndarray:
+    """The same ``(N, C, H, W)`` values in channels-last memory: a view of an ``(N, H, W, C)`` array
+    (``torch.from_numpy`` of it is a ``torch.channels_last`` tensor)."""
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
 @dataclass(frozen=True)
 class Workload:
     name: str
@@ -26,6 +32,8 @@ class Workload:
     position_sensitive: bool = False
     # run by a plain `roipool bench`; named workloads run when asked for (--workload)
     in_default_run: bool = True
+    # the feature map in channels-last memory (`roipool bench --channels-last`)
+    channels_last: bool = False
 
     def make(self, seed: int = 0):
         """Feature map ``(N, C, H, W)`` float32 and boxes ``(K, 5)`` float32.
@@ -42,7 +50,7 @@ class Workload:
         y1 = rng.uniform(0, self.image_h - h)
         batch = np.repeat(np.arange(self.images), self.boxes_per_image)
         rois = np.column_stack([batch, x1, y1, x1 + w, y1 + h]).astype(np.float32)
-        return x, rois
+        return (as_channels_last(x) if self.channels_last else x), rois
 
 
 WORKLOADS = {
@@ -66,6 +74,20 @@ WORKLOADS = {
             32,
             7,
             1 / 8,
+            in_default_run=False,
+        ),
+        Workload(
+            "maskrcnn",
+            "Mask R-CNN-like: the P2 level of an 800x1088 image (1x256x200x272, stride 4), 512 proposals, 14x14",
+            1,
+            256,
+            200,
+            272,
+            800,
+            1088,
+            512,
+            14,
+            1 / 4,
             in_default_run=False,
         ),
         Workload(
@@ -105,6 +127,7 @@ class PyramidWorkload:
     sampling_ratio: int = 2
     strides: tuple = (4, 8, 16, 32)
     devices: tuple = ("cuda",)  # 592 MB of maps and GBs of gradients: too large for a CPU run by default
+    channels_last: bool = False  # every level in channels-last memory
 
     def make(self, seed: int = 0):
         """``({"p2": (N, C, H/4, W/4), ...}, [boxes (L, 4)] * N)``, float32 NumPy arrays."""
@@ -121,6 +144,8 @@ class PyramidWorkload:
             h = np.exp(rng.uniform(np.log(16), np.log(self.image_h), self.boxes_per_image))
             x1, y1 = rng.uniform(0, self.image_w - w), rng.uniform(0, self.image_h - h)
             boxes.append(np.column_stack([x1, y1, x1 + w, y1 + h]).astype(np.float32))
+        if self.channels_last:
+            maps = {name: as_channels_last(m) for name, m in maps.items()}
         return maps, boxes
 
 
@@ -156,7 +181,8 @@ class RotatedWorkload(Workload):
         cx, cy = rng.uniform(0, self.image_w, k), rng.uniform(0, self.image_h, k)
         angle = rng.uniform(-np.pi, np.pi, k)
         batch = np.repeat(np.arange(self.images), self.boxes_per_image)
-        return x, np.column_stack([batch, cx, cy, w, h, angle]).astype(np.float32)
+        rois = np.column_stack([batch, cx, cy, w, h, angle]).astype(np.float32)
+        return (as_channels_last(x) if self.channels_last else x), rois
 
 
 WORKLOADS["dota"] = RotatedWorkload(
