@@ -187,7 +187,7 @@ def tile_lists(rois: torch.Tensor, row_span: torch.Tensor, col_span: torch.Tenso
     (first > last: none). Returns ``pairs`` int32 (``k * PH * PW + p``, grouped
     by tile) and ``starts (num_images * tiles + 1,)`` int32: tile ``t`` of
     image ``n`` owns ``pairs[starts[n * tiles + t]:starts[n * tiles + t + 1]]``.
-    The sort is stable, so each list keeps the CPU path's summation order. The
+    The sort is stable, so each list keeps the walk's (RoI, then bin) order. The
     number of pairs is read back from the device (one synchronisation).
     """
     k_total, ph, _ = row_span.shape
