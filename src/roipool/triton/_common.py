@@ -238,3 +238,23 @@ def rois_near_tile(order_ptr, window_ptr, i0, end, lanes, row0, row1, col0, col1
 def spans_hit(span_ptr, k, lanes, count, first, last):
     """Which of the ``count`` spans ``span[k, lanes]`` (``(K, count, 2)`` inclusive ``[lo, hi]``) meet ``[first, last]``."""
     return span_meets(span_ptr + (k * count + lanes) * 2, lanes < count, first, last)
+
+
+@triton.jit
+def tile_cells(tile, tiles_w, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
+    """First row and column of tile ``tile`` (tiles row-major, ``tiles_w`` to a row) and the rows
+    ``hh`` and columns ``ww`` of its ``TILE_H * TILE_W`` cells, row-major."""
+    row0 = (tile // tiles_w) * TILE_H
+    col0 = (tile % tiles_w) * TILE_W
+    s = tl.arange(0, TILE_H * TILE_W)
+    return row0, col0, row0 + s // TILE_W, col0 + s % TILE_W
+
+
+@triton.jit
+def store_tile(grad_input_ptr, acc, n, c, c_ok, hh, ww, channels, height, width):
+    """``grad_input[n, c, hh, ww] <- acc`` (``(channels, cells)``), rounded once to the output's dtype;
+    cells past the map's edge and channels not ``c_ok`` are not written."""
+    plane = (n.to(tl.int64) * channels + c.to(tl.int64)) * height * width
+    ok = c_ok[:, None] & ((hh < height) & (ww < width))[None, :]
+    out = grad_input_ptr + plane[:, None] + (hh * width + ww)[None, :]
+    tl.store(out, cast_rne(acc, grad_input_ptr.dtype.element_ty), mask=ok)

@@ -48,6 +48,8 @@ from ._common import (
     sample_spans,
     spans_hit,
     store_spans,
+    store_tile,
+    tile_cells,
 )
 
 
@@ -191,11 +193,7 @@ def _roi_align_backward_kernel(
 ):
     tile = tl.program_id(0)
     n = tl.program_id(2)
-    row0 = (tile // tiles_w) * TILE_H
-    col0 = (tile % tiles_w) * TILE_W
-    s = tl.arange(0, TILE_H * TILE_W)
-    hh = row0 + s // TILE_W
-    ww = col0 + s % TILE_W
+    row0, col0, hh, ww = tile_cells(tile, tiles_w, TILE_H, TILE_W)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < channels
     scale = tl.load(scale_ptr)
@@ -233,13 +231,7 @@ def _roi_align_backward_kernel(
                 ph = next_set(rows_hit, ph_lanes, ph)
             at = next_set(near, lanes, at)
 
-    plane = (n.to(tl.int64) * channels + c.to(tl.int64)) * height * width
-    ok = c_ok[:, None] & ((hh < height) & (ww < width))[None, :]
-    tl.store(
-        grad_input_ptr + plane[:, None] + (hh * width + ww)[None, :],
-        cast_rne(acc, grad_input_ptr.dtype.element_ty),
-        mask=ok,
-    )
+    store_tile(grad_input_ptr, acc, n, c, c_ok, hh, ww, channels, height, width)
 
 
 @triton.jit
@@ -266,11 +258,7 @@ def _roi_align_backward_lists_kernel(
     """The gather of :func:`_roi_align_backward_kernel` over a prepared list of the tile's (RoI, bin) pairs."""
     tile = tl.program_id(0)
     n = tl.program_id(2)
-    row0 = (tile // tiles_w) * TILE_H
-    col0 = (tile % tiles_w) * TILE_W
-    s = tl.arange(0, TILE_H * TILE_W)
-    hh = row0 + s // TILE_W
-    ww = col0 + s % TILE_W
+    row0, col0, hh, ww = tile_cells(tile, tiles_w, TILE_H, TILE_W)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < channels
     scale = tl.load(scale_ptr)
@@ -292,13 +280,7 @@ def _roi_align_backward_lists_kernel(
         w = (wy * wx)[None, :]
         acc = tl.where((ty & tx)[None, :], acc + g[:, None] * w, acc)
 
-    plane = (n.to(tl.int64) * channels + c.to(tl.int64)) * height * width
-    ok = c_ok[:, None] & ((hh < height) & (ww < width))[None, :]
-    tl.store(
-        grad_input_ptr + plane[:, None] + (hh * width + ww)[None, :],
-        cast_rne(acc, grad_input_ptr.dtype.element_ty),
-        mask=ok,
-    )
+    store_tile(grad_input_ptr, acc, n, c, c_ok, hh, ww, channels, height, width)
 
 
 def roi_align_forward(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):

@@ -41,6 +41,8 @@ from ._common import (
     rois_near_tile,
     rounded_box,
     spans_hit,
+    store_tile,
+    tile_cells,
 )
 
 
@@ -189,13 +191,9 @@ def _roi_pool_backward_kernel(
 ):
     tile = tl.program_id(0)
     n = tl.program_id(2)
-    row0 = (tile // tiles_w) * TILE_H
-    col0 = (tile % tiles_w) * TILE_W
+    row0, col0, hh, ww = tile_cells(tile, tiles_w, TILE_H, TILE_W)
     row1 = row0 + TILE_H - 1
     col1 = col0 + TILE_W - 1
-    s = tl.arange(0, TILE_H * TILE_W)
-    hh = row0 + s // TILE_W
-    ww = col0 + s % TILE_W
     cell = hh * width + ww
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < channels
@@ -226,9 +224,7 @@ def _roi_pool_backward_kernel(
                 ph = next_set(rows_hit, ph_lanes, ph)
             at = next_set(near, lanes, at)
 
-    plane = (n.to(tl.int64) * channels + c.to(tl.int64)) * height * width
-    ok = c_ok[:, None] & ((hh < height) & (ww < width))[None, :]
-    tl.store(grad_input_ptr + plane[:, None] + cell[None, :], cast_rne(acc, grad_input_ptr.dtype.element_ty), mask=ok)
+    store_tile(grad_input_ptr, acc, n, c, c_ok, hh, ww, channels, height, width)
 
 
 @triton.jit
@@ -252,11 +248,7 @@ def _roi_pool_backward_lists_kernel(
     """The gather of :func:`_roi_pool_backward_kernel` over a prepared list of the tile's (RoI, bin) pairs."""
     tile = tl.program_id(0)
     n = tl.program_id(2)
-    row0 = (tile // tiles_w) * TILE_H
-    col0 = (tile % tiles_w) * TILE_W
-    s = tl.arange(0, TILE_H * TILE_W)
-    hh = row0 + s // TILE_W
-    ww = col0 + s % TILE_W
+    row0, col0, hh, ww = tile_cells(tile, tiles_w, TILE_H, TILE_W)
     cell = hh * width + ww
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < channels
@@ -270,9 +262,7 @@ def _roi_pool_backward_lists_kernel(
         g = tl.load(grad_ptr + at_bin, mask=c_ok, other=0.0).to(ACC_DTYPE)
         acc = tl.where(source[:, None] == cell[None, :], acc + g[:, None], acc)
 
-    plane = (n.to(tl.int64) * channels + c.to(tl.int64)) * height * width
-    ok = c_ok[:, None] & ((hh < height) & (ww < width))[None, :]
-    tl.store(grad_input_ptr + plane[:, None] + cell[None, :], cast_rne(acc, grad_input_ptr.dtype.element_ty), mask=ok)
+    store_tile(grad_input_ptr, acc, n, c, c_ok, hh, ww, channels, height, width)
 
 
 def roi_pool_forward(input, rois, spatial_scale, pooled_height, pooled_width, with_argmax=True):
