@@ -76,6 +76,11 @@ def make_input(shape, dtype, layout, seed=0, integers=False):
     return x
 
 
+def _bits(t):
+    """``t``'s values as integers of the same width, in logical order: equality is bit for bit."""
+    return t.contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
 def make_rois(num_images, height, width, spatial_scale, k=14, seed=0):
     """``(K, 5)`` float64 boxes in image coordinates, some past the map's edges, one inverted."""
     rng = np.random.default_rng(seed)
@@ -169,6 +174,34 @@ class RoIOpTester:
             torch.testing.assert_close(x.grad, want_grad, **self.grad_tolerance(dtype))
         assert torch.equal(x.detach(), x_before)
 
+    @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+    @pytest.mark.parametrize("grad_format", ["contiguous", "channels_last"])
+    def test_channels_last_input_gives_channels_last_results_bit_for_bit(self, dtype, grad_format):
+        # 49 times the channels: the kernels' full register blocks, one-vector and scalar remainders
+        n, c, h, w = self.shape
+        x = make_input((n, 49 * c, h, w), dtype, "channels_last", integers=True).requires_grad_()
+        ref = x.detach().contiguous().requires_grad_()
+        boxes = torch.from_numpy(self.rois()).to(compute_dtype(dtype))
+        out = self.fn(x, boxes, **self.params)
+        want = self.fn(ref, boxes, **self.params)
+        assert want.is_contiguous()
+        assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+        assert torch.equal(_bits(out), _bits(want))
+        g = torch.randn(want.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+        formats = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+        out.backward(g.contiguous(memory_format=formats[grad_format]))
+        want.backward(g)
+        assert ref.grad.is_contiguous()
+        assert x.grad.is_contiguous(memory_format=torch.channels_last) and not x.grad.is_contiguous()
+        assert torch.equal(_bits(x.grad), _bits(ref.grad))
+
+    @pytest.mark.parametrize("layout", ["contiguous", "non_contiguous"])
+    def test_other_inputs_give_contiguous_results(self, layout):
+        x = make_input(self.shape, torch.float32, layout, integers=True).requires_grad_()
+        out = self.fn(x, torch.from_numpy(self.rois()).float(), **self.params)
+        out.backward(torch.ones(out.shape).contiguous(memory_format=torch.channels_last))
+        assert out.is_contiguous() and x.grad.is_contiguous()
+
     def forward_tolerance(self, dtype):
         """How close the output must be to the reference (exact by default: max pooling picks an input)."""
         return dict(rtol=0, atol=0)
@@ -231,16 +264,18 @@ class RoIOpTester:
         want = self.train_op if mode == "requires_grad" else self.infer_op
         assert want in called and ({self.train_op, self.infer_op} - {want}).isdisjoint(called)
 
-    def test_opcheck(self):
-        x = make_input((2, 3, 6, 7), torch.float64, "contiguous").requires_grad_()
+    @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+    def test_opcheck(self, layout):
+        x = make_input((2, 3, 6, 7), torch.float64, layout).requires_grad_()
         rois = torch.from_numpy(make_rois(2, 6, 7, self.scale, k=5, seed=4))
         for op, args in self.opcheck_cases(x, rois):
             result = torch.library.opcheck(op, args)
             assert set(result.values()) == {"SUCCESS"}, (op, result)
 
-    def test_compile_fullgraph_forward_and_backward(self):
+    @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+    def test_compile_fullgraph_forward_and_backward(self, layout):
         torch._dynamo.reset()
-        x = make_input(self.shape, torch.float32, "contiguous", integers=True)
+        x = make_input(self.shape, torch.float32, layout, integers=True)
         boxes = torch.from_numpy(self.rois()).float()
         per_image = as_boxes(self.rois(), "list", self.shape[0], torch.float32)
 
@@ -255,6 +290,10 @@ class RoIOpTester:
         got.backward()
         torch.testing.assert_close(got, step(x, boxes, per_image), rtol=0, atol=0)
         torch.testing.assert_close(xc.grad, xe.grad, rtol=0, atol=0)
+        assert xc.grad.stride() == xe.grad.stride() == x.stride()  # the gradient in the input's memory format
+        with torch.no_grad():
+            pooled = torch.compile(lambda t, b: self.fn(t, b, **self.params), fullgraph=True, backend="aot_eager")
+            assert pooled(x, boxes).stride() == self.fn(x, boxes, **self.params).stride()
         with torch.no_grad():
             torch.testing.assert_close(compiled(x, boxes, per_image), step(x, boxes, per_image), rtol=0, atol=0)
 

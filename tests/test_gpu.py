@@ -111,6 +111,17 @@ def test_every_op_forward_and_backward_on_the_gpu_matches_the_cpu_path(name, dty
 
 
 @pytest.mark.parametrize("name", list(OPS))
+def test_a_channels_last_map_on_the_gpu_gives_channels_last_results_of_the_same_bits(name):
+    x, rois = _case(name, torch.float32)
+    x, rois = x.to(DEVICE), rois.to(DEVICE)
+    y, g, upstream = _forward_backward(name, x, rois)
+    y_cl, g_cl, _ = _forward_backward(name, x.contiguous(memory_format=torch.channels_last), rois, upstream)
+    for got, want in ((y_cl, y), (g_cl, g)):
+        assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("name", list(OPS))
 def test_compiled_ops_on_the_gpu_give_eager_bits(name):
     x, rois = _case(name, torch.float32)
     x, rois = x.to(DEVICE), rois.to(DEVICE)

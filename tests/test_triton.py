@@ -376,12 +376,15 @@ OP_NAMES = [
 ]
 
 
-def op_args(name, device):
-    """Arguments for ``roipool::<name>``, filled in by the schema's argument names."""
+def op_args(name, device, channels_last=False):
+    """Arguments for ``roipool::<name>``, filled in by the schema's argument names
+    (with ``channels_last``, a channels-last map and a channels-last gradient asked for)."""
     real = getattr(torch.ops.roipool, name).default
     rng = np.random.default_rng(11)
     h = w = 6  # opcheck runs the op many times: smaller still than the other tests
     x = torch.from_numpy(rng.standard_normal((N, 12, h, w)).astype(np.float32)).to(device)  # 12 = 2 x 3 x 2 bins
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     rois = boxes(rng, k=3, h=h, w=w).float().to(device)
     values = dict(
         input=x,
@@ -395,11 +398,12 @@ def op_args(name, device):
         channels=12,
         height=h,
         width=w,
+        channels_last=channels_last,
     )
     if name.endswith("_backward"):
         forward = name.removesuffix("_backward").removesuffix("_boxes")  # _boxes_backward: the boxes' gradient
         forward += "_with_argmax" if name == "roi_pool_backward" else ""
-        out = getattr(torch.ops.roipool, forward)(*op_args(forward, device))
+        out = getattr(torch.ops.roipool, forward)(*op_args(forward, device, channels_last))
         if isinstance(out, tuple):
             out, values["argmax"] = out
         values["grad"] = torch.from_numpy(rng.standard_normal(out.shape).astype(np.float32)).to(device)
@@ -414,14 +418,16 @@ def _defined_op_or_skip(name):
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter stands in for the GPU here")
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("name", OP_NAMES)
-def test_the_cuda_kernels_pass_opcheck_when_registered_as_a_backend_under_the_interpreter(name):
+def test_the_cuda_kernels_pass_opcheck_when_registered_as_a_backend_under_the_interpreter(name, channels_last):
     """opcheck on CPU: a twin of each op whose only real kernel is the Triton one.
 
     The twin has the real op's schema and fake kernel and no CPU kernel of its
     own; registering the schema-built Triton kernel as its CPU kernel makes the
     interpreter play the GPU, so opcheck exercises exactly what the CUDA
-    registration installs. The twin's results are then compared with the CPU op.
+    registration installs. The twin's results are then compared with the CPU op,
+    values and memory format (a channels-last map gives channels-last results).
     """
     real = _defined_op_or_skip(name)
     from roipool._torch import _library
@@ -435,13 +441,14 @@ def test_the_cuda_kernels_pass_opcheck_when_registered_as_a_backend_under_the_in
         kernel, reason = _register.cuda_kernel(name, real._schema)
         assert reason is None
         op.register_kernel("cpu", kernel)
-    args = op_args(name, "cpu")
+    args = op_args(name, "cpu", channels_last)
     twin_op = getattr(torch.ops.roipool, twin).default
     torch.library.opcheck(twin_op, args)
     got, expected = twin_op(*args), real(*args)
     got = got if isinstance(got, tuple) else (got,)
     expected = expected if isinstance(expected, tuple) else (expected,)
     for g, e in zip(got, expected):
+        assert g.stride() == e.stride()
         if name.startswith("roi_pool") or name.startswith("ps_roi_pool"):
             assert torch.equal(g, e)
         else:

@@ -45,7 +45,24 @@ def _is_tensor(x) -> bool:
     return fx is not None and isinstance(x, fx.Proxy)
 
 
-def roi_pool(input, boxes, output_size, spatial_scale=1.0):
+def _tensor_layout(layout) -> None:
+    """Tensors carry their memory format: ``layout`` may only be its default there."""
+    from ._checks import layout_is_nhwc
+
+    if layout_is_nhwc(layout):
+        raise ValueError(
+            "layout='nhwc' is for NumPy arrays; a torch tensor's memory format decides its output's "
+            "(pass input.contiguous(memory_format=torch.channels_last) for channels-last)"
+        )
+
+
+def _nhwc(layout) -> bool:
+    from ._checks import layout_is_nhwc
+
+    return layout_is_nhwc(layout)
+
+
+def roi_pool(input, boxes, output_size, spatial_scale=1.0, *, layout="nchw"):
     """RoI max pooling (Fast R-CNN; torchvision's ``roi_pool`` semantics, bit for bit).
 
     Args:
@@ -55,6 +72,11 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0):
             per image ``[x1, y1, x2, y2]``.
         output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
         spatial_scale (float): image-to-feature-map factor (1/16 for VGG16 conv5).
+        layout ("nchw" or "nhwc"): NumPy only; ``"nhwc"`` takes and returns
+            channels-last arrays, ``(N, H, W, C)`` in and ``(K, pooled_h, pooled_w, C)``
+            out, with the same values bit for bit. A tensor's memory format
+            decides instead: a ``torch.channels_last`` map gives a channels-last
+            output (and input gradient).
 
     Returns:
         ndarray or Tensor[K, C, pooled_h, pooled_w] of the input's dtype. A
@@ -63,25 +85,35 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0):
     if _is_tensor(input):
         from . import torch as torch_frontend  # torch-only functions: scriptable, FX leaves
 
+        _tensor_layout(layout)
         return torch_frontend.roi_pool(input, boxes, output_size, spatial_scale)
+    from ._numpy import _layout
     from ._numpy import roi_pool as numpy_frontend
 
-    return numpy_frontend.roi_pool(input, boxes, output_size, spatial_scale)
+    nhwc = _nhwc(layout)
+    out = numpy_frontend.roi_pool(_layout.map_in(input, nhwc, "input"), boxes, output_size, spatial_scale, nhwc)
+    return _layout.map_out(out, nhwc)
 
 
-def roi_pool_with_argmax(input, boxes, output_size, spatial_scale=1.0):
+def roi_pool_with_argmax(input, boxes, output_size, spatial_scale=1.0, *, layout="nchw"):
     """NumPy forward that also returns where each maximum came from.
 
     Returns ``(output, argmax)``: ``argmax`` is int32 of the output's shape, the
     flat index ``h * W + w`` of each maximum in its image and channel, or -1
     for an empty bin. Pass it to :func:`roi_pool_backward`.
+
+    ``layout="nhwc"``: every array and shape channels-last, as in :func:`roi_pool`.
     """
+    from ._numpy import _layout
     from ._numpy import roi_pool as numpy_frontend
 
-    return numpy_frontend.roi_pool_with_argmax(input, boxes, output_size, spatial_scale)
+    nhwc = _nhwc(layout)
+    x = _layout.map_in(input, nhwc, "input")
+    out, argmax = numpy_frontend.roi_pool_with_argmax(x, boxes, output_size, spatial_scale, nhwc)
+    return _layout.map_out(out, nhwc), _layout.map_out(argmax, nhwc)
 
 
-def roi_pool_backward(grad_output, argmax, boxes, input_shape, *, input=None, spatial_scale=1.0):
+def roi_pool_backward(grad_output, argmax, boxes, input_shape, *, input=None, spatial_scale=1.0, layout="nchw"):
     """Gradient of :func:`roi_pool` with respect to ``input`` (NumPy).
 
     ``grad_output (K, C, pooled_h, pooled_w)`` is routed to the input element
@@ -95,18 +127,29 @@ def roi_pool_backward(grad_output, argmax, boxes, input_shape, *, input=None, sp
     bit-identical, and the forward can be the cheaper :func:`roi_pool`, which
     writes no argmax (as large as the output). ``grad_output`` must then have
     ``input``'s dtype.
+
+    ``layout="nhwc"``: every array and shape channels-last, as in :func:`roi_pool`.
     """
+    from ._numpy import _layout
     from ._numpy import roi_pool as numpy_frontend
 
-    return numpy_frontend.roi_pool_backward(
-        grad_output, argmax, boxes, input_shape, input=input, spatial_scale=spatial_scale
+    nhwc = _nhwc(layout)
+    grad = numpy_frontend.roi_pool_backward(
+        _layout.pooled_in(grad_output, nhwc, "grad_output"),
+        _layout.pooled_in(argmax, nhwc, "argmax"),
+        boxes,
+        _layout.shape_in(input_shape, nhwc),
+        input=_layout.map_in(input, nhwc, "input"),
+        spatial_scale=spatial_scale,
+        nhwc=nhwc,
     )
+    return _layout.map_out(grad, nhwc)
 
 
 # ---- roi_align ----
 
 
-def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False, *, layout="nchw"):
     """RoIAlign (Mask R-CNN): bilinear samples averaged over each bin; torchvision's ``roi_align``.
 
     Args:
@@ -123,6 +166,11 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
             centres sit at half-integer coordinates (the correct pixel model);
             ``False`` keeps the legacy rule (no shift; extents below one cell
             are stretched to one cell).
+        layout ("nchw" or "nhwc"): NumPy only; ``"nhwc"`` takes and returns
+            channels-last arrays, ``(N, H, W, C)`` in and ``(K, pooled_h, pooled_w, C)``
+            out, with the same values bit for bit. A tensor's memory format
+            decides instead: a ``torch.channels_last`` map gives a channels-last
+            output (and input gradient).
 
     Returns:
         ndarray or Tensor[K, C, pooled_h, pooled_w] of the input's dtype. The
@@ -132,14 +180,19 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     if _is_tensor(input):
         from . import torch as torch_frontend  # torch-only functions: scriptable, FX leaves
 
+        _tensor_layout(layout)
         return torch_frontend.roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
+    from ._numpy import _layout
     from ._numpy import roi_align as numpy_frontend
 
-    return numpy_frontend.roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
+    nhwc = _nhwc(layout)
+    x = _layout.map_in(input, nhwc, "input")
+    out = numpy_frontend.roi_align(x, boxes, output_size, spatial_scale, sampling_ratio, aligned, nhwc)
+    return _layout.map_out(out, nhwc)
 
 
 def roi_align_backward(
-    grad_output, boxes, input_shape, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False
+    grad_output, boxes, input_shape, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False, *, layout="nchw"
 ):
     """Gradient of :func:`roi_align` with respect to ``input`` (NumPy).
 
@@ -147,16 +200,28 @@ def roi_align_backward(
     arguments of the forward call; returns an array of ``input_shape``
     ``(N, C, H, W)`` in ``grad_output``'s dtype. Deterministic: the result does
     not depend on the thread count.
+
+    ``layout="nhwc"``: every array and shape channels-last, as in :func:`roi_align`.
     """
+    from ._numpy import _layout
     from ._numpy import roi_align as numpy_frontend
 
-    return numpy_frontend.roi_align_backward(
-        grad_output, boxes, input_shape, output_size, spatial_scale, sampling_ratio, aligned
+    nhwc = _nhwc(layout)
+    grad = numpy_frontend.roi_align_backward(
+        _layout.pooled_in(grad_output, nhwc, "grad_output"),
+        boxes,
+        _layout.shape_in(input_shape, nhwc),
+        output_size,
+        spatial_scale,
+        sampling_ratio,
+        aligned,
+        nhwc,
     )
+    return _layout.map_out(grad, nhwc)
 
 
 def roi_align_boxes_backward(
-    grad_output, input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False
+    grad_output, input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False, *, layout="nchw"
 ):
     """Gradient of :func:`roi_align` with respect to the box coordinates (NumPy).
 
@@ -171,18 +236,28 @@ def roi_align_boxes_backward(
     does not follow the box; an adaptive grid is held at its size
     (``docs/semantics.md``, RoIAlign, gradient with respect to the boxes).
     Deterministic: the result does not depend on the thread count.
+
+    ``layout="nhwc"``: every array and shape channels-last, as in :func:`roi_align`.
     """
+    from ._numpy import _layout
     from ._numpy import roi_align as numpy_frontend
 
+    nhwc = _nhwc(layout)
     return numpy_frontend.roi_align_boxes_backward(
-        grad_output, input, boxes, output_size, spatial_scale, sampling_ratio, aligned
+        _layout.pooled_in(grad_output, nhwc, "grad_output"),
+        _layout.map_in(input, nhwc, "input"),
+        boxes,
+        output_size,
+        spatial_scale,
+        sampling_ratio,
+        aligned,
     )
 
 
 # ---- position-sensitive pooling (R-FCN): ps_roi_pool, ps_roi_align ----
 
 
-def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
+def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0, *, layout="nchw"):
     """Position-sensitive RoI average pooling (R-FCN; torchvision's ``ps_roi_pool``).
 
     Output channel ``c`` of bin ``(ph, pw)`` averages input channel
@@ -196,6 +271,11 @@ def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
         boxes (ndarray or Tensor[K, 5], or list of N arrays [L_i, 4]): as for :func:`roi_pool`.
         output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
         spatial_scale (float): image-to-feature-map factor.
+        layout ("nchw" or "nhwc"): NumPy only; ``"nhwc"`` takes and returns
+            channels-last arrays, ``(N, H, W, C)`` in and ``(K, pooled_h, pooled_w, C)``
+            out, with the same values bit for bit. A tensor's memory format
+            decides instead: a ``torch.channels_last`` map gives a channels-last
+            output (and input gradient).
 
     Returns:
         ndarray or Tensor[K, C / (pooled_h * pooled_w), pooled_h, pooled_w] of the
@@ -204,26 +284,41 @@ def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
     if _is_tensor(input):
         from . import torch as torch_frontend  # torch-only functions: scriptable, FX leaves
 
+        _tensor_layout(layout)
         return torch_frontend.ps_roi_pool(input, boxes, output_size, spatial_scale)
+    from ._numpy import _layout
     from ._numpy import ps_roi as numpy_frontend
 
-    return numpy_frontend.ps_roi_pool(input, boxes, output_size, spatial_scale)
+    nhwc = _nhwc(layout)
+    out = numpy_frontend.ps_roi_pool(_layout.map_in(input, nhwc, "input"), boxes, output_size, spatial_scale)
+    return _layout.map_out(out, nhwc)
 
 
-def ps_roi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0):
+def ps_roi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0, *, layout="nchw"):
     """Gradient of :func:`ps_roi_pool` with respect to ``input`` (NumPy).
 
     ``grad_output (K, C / (pooled_h * pooled_w), pooled_h, pooled_w)``; ``boxes``,
     ``output_size`` and ``spatial_scale`` as in the forward call. Each output's
     gradient, divided by its bin's area, goes to every cell of the bin. Returns
     an array of ``input_shape`` ``(N, C, H, W)``.
+
+    ``layout="nhwc"``: every array and shape channels-last, as in :func:`ps_roi_pool`.
     """
+    from ._numpy import _layout
     from ._numpy import ps_roi as numpy_frontend
 
-    return numpy_frontend.ps_roi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_scale)
+    nhwc = _nhwc(layout)
+    grad = numpy_frontend.ps_roi_pool_backward(
+        _layout.pooled_in(grad_output, nhwc, "grad_output"),
+        boxes,
+        _layout.shape_in(input_shape, nhwc),
+        output_size,
+        spatial_scale,
+    )
+    return _layout.map_out(grad, nhwc)
 
 
-def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1):
+def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, *, layout="nchw"):
     """Position-sensitive RoIAlign (torchvision's ``ps_roi_align``), never NaN.
 
     Like :func:`ps_roi_pool` in channels, but each bin is the mean of bilinear
@@ -238,6 +333,11 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
         output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
         spatial_scale (float): image-to-feature-map factor.
         sampling_ratio (int): samples per bin side; ``<= 0`` adaptive.
+        layout ("nchw" or "nhwc"): NumPy only; ``"nhwc"`` takes and returns
+            channels-last arrays, ``(N, H, W, C)`` in and ``(K, pooled_h, pooled_w, C)``
+            out, with the same values bit for bit. A tensor's memory format
+            decides instead: a ``torch.channels_last`` map gives a channels-last
+            output (and input gradient).
 
     Returns:
         ndarray or Tensor[K, C / (pooled_h * pooled_w), pooled_h, pooled_w] of the
@@ -246,29 +346,47 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
     if _is_tensor(input):
         from . import torch as torch_frontend  # torch-only functions: scriptable, FX leaves
 
+        _tensor_layout(layout)
         return torch_frontend.ps_roi_align(input, boxes, output_size, spatial_scale, sampling_ratio)
+    from ._numpy import _layout
     from ._numpy import ps_roi as numpy_frontend
 
-    return numpy_frontend.ps_roi_align(input, boxes, output_size, spatial_scale, sampling_ratio)
+    nhwc = _nhwc(layout)
+    x = _layout.map_in(input, nhwc, "input")
+    return _layout.map_out(numpy_frontend.ps_roi_align(x, boxes, output_size, spatial_scale, sampling_ratio), nhwc)
 
 
-def ps_roi_align_backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0, sampling_ratio=-1):
+def ps_roi_align_backward(
+    grad_output, boxes, input_shape, output_size, spatial_scale=1.0, sampling_ratio=-1, *, layout="nchw"
+):
     """Gradient of :func:`ps_roi_align` with respect to ``input`` (NumPy).
 
     Arguments as :func:`ps_roi_pool_backward`, plus the forward's
     ``sampling_ratio``. Returns an array of ``input_shape`` ``(N, C, H, W)``.
+
+    ``layout="nhwc"``: every array and shape channels-last, as in :func:`ps_roi_align`.
     """
+    from ._numpy import _layout
     from ._numpy import ps_roi as numpy_frontend
 
-    return numpy_frontend.ps_roi_align_backward(
-        grad_output, boxes, input_shape, output_size, spatial_scale, sampling_ratio
+    nhwc = _nhwc(layout)
+    grad = numpy_frontend.ps_roi_align_backward(
+        _layout.pooled_in(grad_output, nhwc, "grad_output"),
+        boxes,
+        _layout.shape_in(input_shape, nhwc),
+        output_size,
+        spatial_scale,
+        sampling_ratio,
     )
+    return _layout.map_out(grad, nhwc)
 
 
 # ---- rotated RoIAlign (oriented detection; mmcv/mmrotate's roi_align_rotated) ----
 
 
-def roi_align_rotated(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True, clockwise=False):
+def roi_align_rotated(
+    input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True, clockwise=False, *, layout="nchw"
+):
     """Rotated RoIAlign: RoIAlign's bin grid laid out in each box's own rotated frame.
 
     mmcv/mmrotate's ``roi_align_rotated`` semantics. For detectron2's
@@ -291,6 +409,11 @@ def roi_align_rotated(input, boxes, output_size, spatial_scale=1.0, sampling_rat
             model of ``roi_align(aligned=True)``); ``False`` keeps the legacy
             rule (no shift; sizes below one cell are read as one cell).
         clockwise (bool): ``True`` negates the angle.
+        layout ("nchw" or "nhwc"): NumPy only; ``"nhwc"`` takes and returns
+            channels-last arrays, ``(N, H, W, C)`` in and ``(K, pooled_h, pooled_w, C)``
+            out, with the same values bit for bit. A tensor's memory format
+            decides instead: a ``torch.channels_last`` map gives a channels-last
+            output (and input gradient).
 
     Returns:
         ndarray or Tensor[K, C, pooled_h, pooled_w] of the input's dtype. A
@@ -301,16 +424,30 @@ def roi_align_rotated(input, boxes, output_size, spatial_scale=1.0, sampling_rat
     if _is_tensor(input):
         from . import torch as torch_frontend  # torch-only functions: scriptable, FX leaves
 
+        _tensor_layout(layout)
         return torch_frontend.roi_align_rotated(
             input, boxes, output_size, spatial_scale, sampling_ratio, aligned, clockwise
         )
+    from ._numpy import _layout
     from ._numpy import roi_align_rotated as _rotated
 
-    return _rotated.roi_align_rotated(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, clockwise)
+    nhwc = _nhwc(layout)
+    x = _layout.map_in(input, nhwc, "input")
+    out = _rotated.roi_align_rotated(x, boxes, output_size, spatial_scale, sampling_ratio, aligned, clockwise, nhwc)
+    return _layout.map_out(out, nhwc)
 
 
 def roi_align_rotated_backward(
-    grad_output, boxes, input_shape, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True, clockwise=False
+    grad_output,
+    boxes,
+    input_shape,
+    output_size,
+    spatial_scale=1.0,
+    sampling_ratio=-1,
+    aligned=True,
+    clockwise=False,
+    *,
+    layout="nchw",
 ):
     """Gradient of :func:`roi_align_rotated` with respect to ``input`` (NumPy).
 
@@ -318,18 +455,31 @@ def roi_align_rotated_backward(
     arguments of the forward call; returns an array of ``input_shape``
     ``(N, C, H, W)`` in ``grad_output``'s dtype. Deterministic: the result does
     not depend on the thread count.
+
+    ``layout="nhwc"``: every array and shape channels-last, as in :func:`roi_align_rotated`.
     """
+    from ._numpy import _layout
     from ._numpy import roi_align_rotated as _rotated
 
-    return _rotated.roi_align_rotated_backward(
-        grad_output, boxes, input_shape, output_size, spatial_scale, sampling_ratio, aligned, clockwise
+    nhwc = _nhwc(layout)
+    grad = _rotated.roi_align_rotated_backward(
+        _layout.pooled_in(grad_output, nhwc, "grad_output"),
+        boxes,
+        _layout.shape_in(input_shape, nhwc),
+        output_size,
+        spatial_scale,
+        sampling_ratio,
+        aligned,
+        clockwise,
+        nhwc,
     )
+    return _layout.map_out(grad, nhwc)
 
 
 # ---- prroi_pool (Precise RoI Pooling: IoU-Net, ATOM, DiMP) ----
 
 
-def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
+def prroi_pool(input, boxes, output_size, spatial_scale=1.0, *, layout="nchw"):
     """Precise RoI Pooling (IoU-Net): the exact mean of the bilinear interpolant over each bin.
 
     The map is read as a continuous function, the bilinear interpolant of the
@@ -347,6 +497,11 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
             per image ``[x1, y1, x2, y2]``.
         output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
         spatial_scale (float): image-to-feature-map factor (1/16 for a stride-16 map).
+        layout ("nchw" or "nhwc"): NumPy only; ``"nhwc"`` takes and returns
+            channels-last arrays, ``(N, H, W, C)`` in and ``(K, pooled_h, pooled_w, C)``
+            out, with the same values bit for bit. A tensor's memory format
+            decides instead: a ``torch.channels_last`` map gives a channels-last
+            output (and input gradient).
 
     Returns:
         ndarray or Tensor[K, C, pooled_h, pooled_w] of the input's dtype. A
@@ -356,13 +511,17 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
     if _is_tensor(input):
         from . import torch as torch_frontend  # torch-only functions: scriptable, FX leaves
 
+        _tensor_layout(layout)
         return torch_frontend.prroi_pool(input, boxes, output_size, spatial_scale)
+    from ._numpy import _layout
     from ._numpy import prroi_pool as _prroi
 
-    return _prroi.prroi_pool(input, boxes, output_size, spatial_scale)
+    nhwc = _nhwc(layout)
+    out = _prroi.prroi_pool(_layout.map_in(input, nhwc, "input"), boxes, output_size, spatial_scale, nhwc)
+    return _layout.map_out(out, nhwc)
 
 
-def prroi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0):
+def prroi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0, *, layout="nchw"):
     """Gradient of :func:`prroi_pool` with respect to ``input`` (NumPy).
 
     ``grad_output (K, C, pooled_h, pooled_w)`` with the ``boxes``,
@@ -370,13 +529,25 @@ def prroi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_sc
     of ``input_shape`` ``(N, C, H, W)`` in ``grad_output``'s dtype. Each
     output's gradient goes to every cell its bin's integral reads, by the same
     weight. Deterministic: the result does not depend on the thread count.
+
+    ``layout="nhwc"``: every array and shape channels-last, as in :func:`prroi_pool`.
     """
+    from ._numpy import _layout
     from ._numpy import prroi_pool as _prroi
 
-    return _prroi.prroi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_scale)
+    nhwc = _nhwc(layout)
+    grad = _prroi.prroi_pool_backward(
+        _layout.pooled_in(grad_output, nhwc, "grad_output"),
+        boxes,
+        _layout.shape_in(input_shape, nhwc),
+        output_size,
+        spatial_scale,
+        nhwc,
+    )
+    return _layout.map_out(grad, nhwc)
 
 
-def prroi_pool_boxes_backward(grad_output, input, boxes, output_size, spatial_scale=1.0):
+def prroi_pool_boxes_backward(grad_output, input, boxes, output_size, spatial_scale=1.0, *, layout="nchw"):
     """Gradient of :func:`prroi_pool` with respect to the box coordinates (NumPy).
 
     ``grad_output (K, C, pooled_h, pooled_w)``; ``input``, ``boxes``,
@@ -385,10 +556,20 @@ def prroi_pool_boxes_backward(grad_output, input, boxes, output_size, spatial_sc
     column 0 (the batch index) is 0, or a list of ``(L_i, 4)`` arrays. The
     derivative of each bin with respect to its edges is exact (closed form);
     a box with zero width or height has zero gradient. Deterministic.
+
+    ``layout="nhwc"``: every array and shape channels-last, as in :func:`prroi_pool`.
     """
+    from ._numpy import _layout
     from ._numpy import prroi_pool as _prroi
 
-    return _prroi.prroi_pool_boxes_backward(grad_output, input, boxes, output_size, spatial_scale)
+    nhwc = _nhwc(layout)
+    return _prroi.prroi_pool_boxes_backward(
+        _layout.pooled_in(grad_output, nhwc, "grad_output"),
+        _layout.map_in(input, nhwc, "input"),
+        boxes,
+        output_size,
+        spatial_scale,
+    )
 
 
 def set_num_threads(n: int) -> None:

@@ -105,6 +105,16 @@ def feature_map_dtype_and_shape(
         raise ValueError(f"{name} must have 4 dimensions (N, C, H, W), got shape {tuple(shape)}")
 
 
+LAYOUTS = ("nchw", "nhwc")
+
+
+def layout_is_nhwc(layout) -> bool:
+    """Whether the NumPy ``layout`` argument asks for channels-last arrays: ``"nchw"`` (default) or ``"nhwc"``."""
+    if not isinstance(layout, str) or layout.lower() not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(repr(v) for v in LAYOUTS)}, got {layout!r}")
+    return layout.lower() == "nhwc"
+
+
 def rois_array(boxes, num_images: int, dtype: np.dtype, name: str = "boxes") -> np.ndarray:
     """Boxes as a new C-contiguous ``(K, 5)`` array of ``dtype``, native byte order.
 
@@ -294,14 +304,14 @@ def pooled_output_fits(num_rois: int, channels: int, pooled_h: int, pooled_w: in
     fits_in_memory((num_rois, pooled_h + pooled_w, 16), 1, "output_size", output_size, "bin tables")
 
 
-def input_shape_tuple(input_shape, name: str = "input_shape") -> tuple[int, int, int, int]:
-    """``(N, C, H, W)`` of non-negative ints."""
+def input_shape_tuple(input_shape, name: str = "input_shape", dims: str = "N, C, H, W") -> tuple[int, int, int, int]:
+    """Four non-negative ints (``dims`` names them in the message: ``"N, H, W, C"`` for channels-last)."""
     try:
         shape = tuple(int(s) for s in input_shape)
     except TypeError:
-        raise TypeError(f"{name} must be a sequence of 4 ints (N, C, H, W), got {input_shape!r}") from None
+        raise TypeError(f"{name} must be a sequence of 4 ints ({dims}), got {input_shape!r}") from None
     if len(shape) != 4 or min(shape) < 0:
-        raise ValueError(f"{name} must be (N, C, H, W) of non-negative ints, got {input_shape!r}")
+        raise ValueError(f"{name} must be ({dims}) of non-negative ints, got {input_shape!r}")
     fits_in_memory(shape, 4, name, input_shape, "a gradient")
     return shape
 

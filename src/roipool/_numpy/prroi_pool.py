@@ -11,9 +11,10 @@ import numpy as np
 from .. import _checks
 from .._checks import compute_dtype
 from ..cpu import prroi_pool as cpu
+from . import _layout
 
 
-def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
+def prroi_pool(input, boxes, output_size, spatial_scale=1.0, nhwc=False):
     input = _checks.feature_map(input)
     n, channels, height, width = input.shape
     pooled_h, pooled_w, scale = _checks.prroi_arguments(output_size, spatial_scale)
@@ -21,12 +22,12 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
     rois = _checks.rois_array(boxes, n, dtype)
     _checks.pooled_output_fits(rois.shape[0], channels, pooled_h, pooled_w, dtype.itemsize, output_size)
     taps = cpu.PrRoITaps(rois, scale, pooled_h, pooled_w, height, width)
-    out = np.empty((rois.shape[0], channels, pooled_h * pooled_w), dtype)
+    out = _layout.empty((rois.shape[0], channels, pooled_h, pooled_w), dtype, nhwc)
     cpu.launch_forward(input.astype(dtype, copy=False), taps, out)
-    return out.reshape(out.shape[0], channels, pooled_h, pooled_w).astype(input.dtype, copy=False)
+    return out.astype(input.dtype, copy=False)
 
 
-def prroi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0):
+def prroi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0, nhwc=False):
     n, channels, height, width = _checks.input_shape_tuple(input_shape)
     pooled_h, pooled_w, scale = _checks.prroi_arguments(output_size, spatial_scale)
     if not isinstance(grad_output, np.ndarray):
@@ -38,9 +39,8 @@ def prroi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_sc
         grad_output, (k, channels, pooled_h, pooled_w), "these boxes, input_shape and output_size"
     )
     taps = cpu.PrRoITaps(rois, scale, pooled_h, pooled_w, height, width)
-    grad_in = np.empty((n, channels, height, width), dtype)
-    go = np.ascontiguousarray(grad_output, dtype=dtype).reshape(k, channels, pooled_h * pooled_w)
-    cpu.launch_backward(go, taps, grad_in)
+    grad_in = _layout.empty((n, channels, height, width), dtype, nhwc)
+    cpu.launch_backward(grad_output.astype(dtype, copy=False), taps, grad_in)
     return grad_in.astype(grad_output.dtype, copy=False)
 
 
@@ -54,8 +54,7 @@ def prroi_pool_boxes_backward(grad_output, input, boxes, output_size, spatial_sc
     _checks.prroi_grad_output(grad_output, (k, channels, pooled_h, pooled_w), "these boxes, input and output_size")
     taps = cpu.PrRoITaps(rois, scale, pooled_h, pooled_w, height, width)
     grad = np.empty((k, 4), dtype)
-    go = np.ascontiguousarray(grad_output, dtype=dtype).reshape(k, channels, pooled_h * pooled_w)
-    cpu.launch_boxes_backward(go, input.astype(dtype, copy=False), taps, grad)
+    cpu.launch_boxes_backward(grad_output.astype(dtype, copy=False), input.astype(dtype, copy=False), taps, grad)
     grad = grad.astype(input.dtype, copy=False)
     if isinstance(boxes, (list, tuple)):
         ends = np.cumsum([len(b) for b in boxes])

@@ -11,9 +11,10 @@ import numpy as np
 
 from .. import _checks
 from ..cpu import roi_align as cpu
+from . import _layout
 
 
-def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False, nhwc=False):
     input = _checks.feature_map(input)
     n, channels, height, width = input.shape
     pooled_h, pooled_w, scale, sampling_ratio, aligned = _checks.roi_align_arguments(
@@ -23,14 +24,14 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     rois = _checks.rois_array(boxes, n, dtype)
     _checks.pooled_output_fits(rois.shape[0], channels, pooled_h, pooled_w, dtype.itemsize, output_size)
     taps = cpu.RoIAlignTaps(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width)
-    out = np.empty((rois.shape[0], channels, pooled_h * pooled_w), dtype)
+    out = _layout.empty((rois.shape[0], channels, pooled_h, pooled_w), dtype, nhwc)
     if out.size:
         cpu.launch_forward(input.astype(dtype, copy=False), taps, out)
-    return out.reshape(out.shape[0], channels, pooled_h, pooled_w).astype(input.dtype, copy=False)
+    return out.astype(input.dtype, copy=False)
 
 
 def roi_align_backward(
-    grad_output, boxes, input_shape, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False
+    grad_output, boxes, input_shape, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False, nhwc=False
 ):
     grad_output = _checks.grad_output_array(grad_output)
     n, channels, height, width = _checks.input_shape_tuple(input_shape)
@@ -47,9 +48,8 @@ def roi_align_backward(
     if rois.shape[0] != k:
         raise ValueError(f"boxes hold {rois.shape[0]} RoIs but grad_output has {k}")
     taps = cpu.RoIAlignTaps(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width)
-    grad_in = np.empty((n, channels, height, width), dtype)
-    go = np.ascontiguousarray(grad_output, dtype=dtype).reshape(k, channels, pooled_h * pooled_w)
-    cpu.launch_backward(go, taps, grad_in)
+    grad_in = _layout.empty((n, channels, height, width), dtype, nhwc)
+    cpu.launch_backward(grad_output.astype(dtype, copy=False), taps, grad_in)
     return grad_in.astype(grad_output.dtype, copy=False)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import _checks
 from ..cpu.roi_align_rotated import Frames, launch_backward, launch_forward
+from . import _layout
 
 
 def compute_dtype(dtype) -> np.dtype:
@@ -32,7 +33,9 @@ def arguments(output_size, spatial_scale, sampling_ratio, aligned, clockwise):
     )
 
 
-def roi_align_rotated(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True, clockwise=False):
+def roi_align_rotated(
+    input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True, clockwise=False, nhwc=False
+):
     input = _checks.feature_map(input)
     n, channels, height, width = input.shape
     pooled_h, pooled_w, scale, sampling_ratio, aligned, clockwise = arguments(
@@ -43,14 +46,22 @@ def roi_align_rotated(input, boxes, output_size, spatial_scale=1.0, sampling_rat
     rois = _checks.rotated_rois_array(boxes, n, dtype)
     _checks.rotated_scaled_boxes(rois, scale, pooled_h, pooled_w, sampling_ratio <= 0)
     frames = Frames(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise)
-    out = np.empty((rois.shape[0], channels, pooled_h * pooled_w), dtype)
+    out = _layout.empty((rois.shape[0], channels, pooled_h, pooled_w), dtype, nhwc)
     if out.size:
         launch_forward(input.astype(dtype, copy=False), frames, out)
-    return out.reshape(out.shape[0], channels, pooled_h, pooled_w).astype(input.dtype, copy=False)
+    return out.astype(input.dtype, copy=False)
 
 
 def roi_align_rotated_backward(
-    grad_output, boxes, input_shape, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True, clockwise=False
+    grad_output,
+    boxes,
+    input_shape,
+    output_size,
+    spatial_scale=1.0,
+    sampling_ratio=-1,
+    aligned=True,
+    clockwise=False,
+    nhwc=False,
 ):
     grad_output = np.asarray(grad_output)
     if grad_output.dtype.kind != "f":
@@ -73,7 +84,6 @@ def roi_align_rotated_backward(
         raise ValueError(f"boxes hold {rois.shape[0]} RoIs but grad_output has {k}")
     _checks.rotated_scaled_boxes(rois, scale, pooled_h, pooled_w, sampling_ratio <= 0)
     frames = Frames(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise)
-    grad_in = np.empty((n, channels, height, width), dtype)
-    go = np.ascontiguousarray(grad_output, dtype=dtype).reshape(k, channels, pooled_h * pooled_w)
-    launch_backward(go, frames, grad_in)
+    grad_in = _layout.empty((n, channels, height, width), dtype, nhwc)
+    launch_backward(grad_output.astype(dtype, copy=False), frames, grad_in)
     return grad_in.astype(grad_output.dtype, copy=False)

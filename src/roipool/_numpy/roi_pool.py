@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import _checks
 from ..cpu import roi_pool as cpu
+from . import _layout
 
 _NUMPY = "a NumPy array"
 
@@ -37,35 +38,33 @@ class RoIPoolCall:
         """A new ``(N, H, W, C)`` copy in the compute dtype (native byte order)."""
         return np.ascontiguousarray(self.input.transpose(0, 2, 3, 1), dtype=self.dtype)
 
-    def empty_output(self, dtype):
-        k = self.rois.shape[0]
-        return np.empty((k, self.input_shape[1], self.pooled_h * self.pooled_w), dtype)
-
-    def shaped(self, flat):
-        return flat.reshape(flat.shape[0], flat.shape[1], self.pooled_h, self.pooled_w)
+    def empty_output(self, dtype, nhwc):
+        """``(K, C, pooled_h, pooled_w)``, channels-last in memory when ``nhwc``."""
+        shape = (self.rois.shape[0], self.input_shape[1], self.pooled_h, self.pooled_w)
+        return _layout.empty(shape, dtype, nhwc)
 
 
-def roi_pool(input, boxes, output_size, spatial_scale=1.0):
+def roi_pool(input, boxes, output_size, spatial_scale=1.0, nhwc=False):
     call = RoIPoolCall(input, boxes, output_size, spatial_scale)
-    out = call.empty_output(call.dtype)
+    out = call.empty_output(call.dtype, nhwc)
     cpu.launch_forward(call.channels_last(), call.bins, out)
-    return call.shaped(out).astype(call.input_dtype, copy=False)
+    return out.astype(call.input_dtype, copy=False)
 
 
-def roi_pool_with_argmax(input, boxes, output_size, spatial_scale=1.0):
+def roi_pool_with_argmax(input, boxes, output_size, spatial_scale=1.0, nhwc=False):
     call = RoIPoolCall(input, boxes, output_size, spatial_scale, accepted=_NUMPY)
-    out = call.empty_output(call.dtype)
-    argmax = call.empty_output(np.int32)
+    out = call.empty_output(call.dtype, nhwc)
+    argmax = call.empty_output(np.int32, nhwc)
     cpu.launch_forward_argmax(call.channels_last(), call.bins, out, argmax)
-    return call.shaped(out).astype(call.input_dtype, copy=False), call.shaped(argmax)
+    return out.astype(call.input_dtype, copy=False), argmax
 
 
-def roi_pool_backward(grad_output, argmax, boxes, input_shape, *, input=None, spatial_scale=1.0):
+def roi_pool_backward(grad_output, argmax, boxes, input_shape, *, input=None, spatial_scale=1.0, nhwc=False):
     grad_output = _checks.grad_output_array(grad_output)
     if argmax is None:
         if input is None:
             raise ValueError("roi_pool_backward needs argmax, or input (and spatial_scale) to find the maxima again")
-        return _backward_recompute(grad_output, input, boxes, input_shape, spatial_scale)
+        return _backward_recompute(grad_output, input, boxes, input_shape, spatial_scale, nhwc)
     if input is not None:
         raise ValueError("pass argmax or input to roi_pool_backward, not both")
     argmax = np.asarray(argmax)
@@ -92,23 +91,22 @@ def roi_pool_backward(grad_output, argmax, boxes, input_shape, *, input=None, sp
     return grad_in.reshape(shape).astype(grad_output.dtype, copy=False)
 
 
-def _backward_recompute(grad_output, input, boxes, input_shape, spatial_scale):
+def _backward_recompute(grad_output, input, boxes, input_shape, spatial_scale, nhwc):
     """:func:`roi_pool_backward` from the forward's input instead of its argmax (one fused kernel)."""
     call = RoIPoolCall(input, boxes, grad_output.shape[2:], spatial_scale, accepted=_NUMPY)
     if _checks.input_shape_tuple(input_shape) != call.input_shape:
         raise ValueError(f"input_shape {tuple(input_shape)} is not the shape of input {call.input_shape}")
     if grad_output.dtype.newbyteorder("=") != call.input_dtype.newbyteorder("="):
         raise TypeError(f"grad_output ({grad_output.dtype}) and input ({call.input_dtype}) must have the same dtype")
-    k, channels, ph, pw = grad_output.shape
+    ph, pw = grad_output.shape[2:]
     _checks.grad_output_shape(
         grad_output.shape, (call.rois.shape[0], call.input_shape[1], ph, pw), "these boxes and input"
     )
-    n, _, height, width = call.input_shape
-    grad_in = np.empty((n, channels, height * width), call.dtype)
-    go = np.ascontiguousarray(grad_output, dtype=call.dtype).reshape(k, channels, ph * pw)
+    grad_in = _layout.empty(call.input_shape, call.dtype, nhwc)
+    go = grad_output.astype(call.dtype, copy=False)
     x = call.input
     if x.dtype == call.dtype and x.flags.c_contiguous:  # read as NCHW, no channels-last copy
         cpu.launch_backward_recompute(x, False, call.bins, go, grad_in)
     else:
         cpu.launch_backward_recompute(call.channels_last(), True, call.bins, go, grad_in)
-    return grad_in.reshape(call.input_shape).astype(grad_output.dtype, copy=False)
+    return grad_in.astype(grad_output.dtype, copy=False)

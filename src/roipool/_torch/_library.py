@@ -238,6 +238,35 @@ def new_cpu_tensor(shape, dtype: torch.dtype, zeros: bool = False) -> torch.Tens
     return torch.from_numpy((np.zeros if zeros else np.empty)(tuple(shape), numpy_dtype(dtype)))
 
 
+def channels_last(input: torch.Tensor) -> bool:
+    """Whether the map ``input (N, C, H, W)`` is in channels-last memory, so its op's output follows it.
+
+    As torch's own CPU ops decide: channels-last-contiguous and not also
+    contiguous (a map that is both, with one channel or one cell, counts as
+    contiguous; its bytes are the same either way). Any other strides give a
+    contiguous output.
+    """
+    return not input.is_contiguous() and input.is_contiguous(memory_format=torch.channels_last)
+
+
+def new_cpu_output(shape, dtype: torch.dtype, channels_last: bool = False, zeros: bool = False) -> torch.Tensor:
+    """:func:`new_cpu_tensor` of the 4-D ``shape (N, C, H, W)``, in channels-last memory when asked.
+
+    Its strides are those of ``torch.empty(shape, memory_format=torch.channels_last)``
+    (the fake kernels' outputs, :func:`fake_output`).
+    """
+    if not channels_last:
+        return new_cpu_tensor(shape, dtype, zeros)
+    n, c, h, w = shape
+    return new_cpu_tensor((n, h, w, c), dtype, zeros).permute(0, 3, 1, 2)
+
+
+def fake_output(like: torch.Tensor, shape, channels_last: bool = False, dtype=None) -> torch.Tensor:
+    """The fake kernels' 4-D output: ``like``'s device and dtype (or ``dtype``), contiguous or channels-last."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=memory_format)
+
+
 def cpu_rois(rois: torch.Tensor, num_images: int, dtype: torch.dtype, rotated: bool = False) -> np.ndarray:
     """Validated ``(K, 5)`` rois converted to ``dtype`` (``_checks.rois_array``: batch index, finiteness);
     with ``rotated``, ``(K, 6)`` rotated rois (``_checks.rotated_rois_array``)."""

@@ -24,11 +24,14 @@ from .. import _checks
 from ..cpu import prroi_pool as cpu
 from ._library import (
     boxes_to_rois,
+    channels_last,
     check_input,
     check_output_fits,
     compute_dtype,
     cpu_rois,
     define,
+    fake_output,
+    new_cpu_output,
     new_cpu_tensor,
     quiet_when_tracing,
 )
@@ -46,38 +49,37 @@ def _prroi_pool_cpu(input, rois, spatial_scale, pooled_height, pooled_width):
     dtype = compute_dtype(input.dtype)
     x = input.detach().to(dtype).numpy()  # no copy in the compute dtype; the launcher reads any strides
     rois_np, taps = _taps(rois, n, dtype, spatial_scale, pooled_height, pooled_width, height, width)
-    out = new_cpu_tensor((rois_np.shape[0], channels, pooled_height * pooled_width), dtype)
+    out = new_cpu_output((rois_np.shape[0], channels, pooled_height, pooled_width), dtype, channels_last(input))
     cpu.launch_forward(x, taps, out.numpy())
-    return out.view(rois_np.shape[0], channels, pooled_height, pooled_width).to(input.dtype)
+    return out.to(input.dtype)
 
 
 def _prroi_pool_fake(input, rois, spatial_scale, pooled_height, pooled_width):
-    return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+    return fake_output(input, (rois.shape[0], input.shape[1], pooled_height, pooled_width), channels_last(input))
 
 
 def _prroi_pool_backward_cpu(
-    grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width
+    grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, channels_last=False
 ):
     dtype = compute_dtype(grad.dtype)
-    k = grad.shape[0]
-    grad_out = grad.detach().to(dtype).contiguous().numpy().reshape(k, channels, pooled_height * pooled_width)
+    grad_out = grad.detach().to(dtype).numpy()  # read in place when contiguous or channels-last
     _, taps = _taps(rois, batch_size, dtype, spatial_scale, pooled_height, pooled_width, height, width)
-    grad_in = new_cpu_tensor((batch_size, channels, height, width), dtype)
+    grad_in = new_cpu_output((batch_size, channels, height, width), dtype, channels_last)
     cpu.launch_backward(grad_out, taps, grad_in.numpy())
     return grad_in.to(grad.dtype)
 
 
 def _prroi_pool_backward_fake(
-    grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width
+    grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, channels_last=False
 ):
-    return grad.new_empty((batch_size, channels, height, width))
+    return fake_output(grad, (batch_size, channels, height, width), channels_last)
 
 
 def _prroi_pool_boxes_backward_cpu(grad, input, rois, spatial_scale, pooled_height, pooled_width):
     n, channels, height, width = input.shape
     dtype = compute_dtype(input.dtype)
     k = grad.shape[0]
-    grad_out = grad.detach().to(dtype).contiguous().numpy().reshape(k, channels, pooled_height * pooled_width)
+    grad_out = grad.detach().to(dtype).numpy()
     x = input.detach().to(dtype).numpy()
     _, taps = _taps(rois, n, dtype, spatial_scale, pooled_height, pooled_width, height, width)
     grad_boxes = new_cpu_tensor((k, 5), dtype, zeros=True)
@@ -101,7 +103,8 @@ prroi_pool_op = define(
 )
 prroi_pool_backward_op = define(
     "prroi_pool_backward",
-    f"(Tensor grad, Tensor rois, {_PARAMS}, int batch_size, int channels, int height, int width) -> Tensor",
+    f"(Tensor grad, Tensor rois, {_PARAMS}, int batch_size, int channels, int height, int width, "
+    "bool channels_last=False) -> Tensor",
     cpu=_prroi_pool_backward_cpu,
     fake=_prroi_pool_backward_fake,
 )
@@ -116,6 +119,7 @@ prroi_pool_boxes_backward_op = define(
 def _setup(ctx, inputs, output):
     input, rois, *ctx.params = inputs
     ctx.input_shape = tuple(input.shape)
+    ctx.channels_last = channels_last(input)
     ctx.save_for_backward(input, rois)  # the input: for the box gradient
 
 
@@ -123,7 +127,9 @@ def _grad(ctx, grad_output):
     input, rois = ctx.saved_tensors
     grad_input = grad_rois = None
     if ctx.needs_input_grad[0]:
-        grad_input = torch.ops.roipool.prroi_pool_backward(grad_output, rois, *ctx.params, *ctx.input_shape)
+        grad_input = torch.ops.roipool.prroi_pool_backward(
+            grad_output, rois, *ctx.params, *ctx.input_shape, ctx.channels_last
+        )
     if ctx.needs_input_grad[1]:
         grad_rois = torch.ops.roipool.prroi_pool_boxes_backward(grad_output, input, rois, *ctx.params)
     return grad_input, grad_rois, None, None, None
@@ -141,7 +147,7 @@ def _backward_grad(ctx, grad_grad_input):
     if ctx.needs_input_grad[1]:
         raise NotImplementedError("prroi_pool: second derivatives with respect to the boxes are not implemented")
     (rois,) = ctx.saved_tensors
-    return (torch.ops.roipool.prroi_pool(grad_grad_input, rois, *ctx.params),) + (None,) * 8
+    return (torch.ops.roipool.prroi_pool(grad_grad_input, rois, *ctx.params),) + (None,) * 9
 
 
 prroi_pool_op.register_autograd(_grad, setup_context=_setup)

@@ -16,12 +16,14 @@ from ..cpu import ps_roi as cpu
 from ..cpu.ps_roi import PSRoITaps
 from ._library import (
     boxes_to_rois,
+    channels_last,
     check_input,
     check_output_fits,
     compute_dtype,
     cpu_geometry,
     cpu_nchw,
     define,
+    fake_output,
     quiet_when_tracing,
 )
 
@@ -47,10 +49,19 @@ def _ps_forward_cpu(make_taps, input, rois, spatial_scale, pooled_height, pooled
     _, taps = _taps(
         make_taps, rois, n, input.dtype, (spatial_scale, pooled_height, pooled_width, sampling_ratio), height, width
     )
-    return torch.from_numpy(cpu.launch_forward(cpu_nchw(input), taps)).to(input.dtype)
+    out = torch.from_numpy(cpu.launch_forward(cpu_nchw(input), taps)).to(input.dtype)
+    return _in_format(out, channels_last(input))
 
 
-def _ps_backward_cpu(make_taps, grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, shape):
+def _in_format(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    # The position-sensitive kernels write NCHW (their map copy is bin-major):
+    # a channels-last result costs one transposing copy here.
+    return t.contiguous(memory_format=torch.channels_last) if channels_last else t
+
+
+def _ps_backward_cpu(
+    make_taps, grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, shape, channels_last
+):
     n, channels, height, width = shape
     channels_out = _checks.ps_channels(channels, (pooled_height, pooled_width))
     rois_np, taps = _taps(
@@ -59,17 +70,35 @@ def _ps_backward_cpu(make_taps, grad, rois, spatial_scale, pooled_height, pooled
     expected = (rois_np.shape[0], channels_out, pooled_height, pooled_width)
     _checks.grad_output_shape(grad.shape, expected, f"these rois and input shape {shape}", "grad")
     grad_in = cpu.launch_backward(cpu_nchw(grad), taps, shape)
-    return torch.from_numpy(grad_in).to(grad.dtype)
+    return _in_format(torch.from_numpy(grad_in).to(grad.dtype), channels_last)
 
 
 def _ps_forward_fake(input, rois, spatial_scale, pooled_height, pooled_width, *sampling_ratio):
     channels_out = input.shape[1] // (pooled_height * pooled_width)
-    return input.new_empty((rois.shape[0], channels_out, pooled_height, pooled_width))
+    shape = (rois.shape[0], channels_out, pooled_height, pooled_width)
+    return fake_output(input, shape, channels_last(input))
 
 
-def _ps_backward_fake(grad, rois, spatial_scale, pooled_height, pooled_width, *rest):
-    batch_size, channels, height, width = rest[-4:]
-    return grad.new_empty((batch_size, channels, height, width))
+def _ps_roi_pool_backward_fake(
+    grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, channels_last=False
+):
+    return fake_output(grad, (batch_size, channels, height, width), channels_last)
+
+
+def _ps_roi_align_backward_fake(
+    grad,
+    rois,
+    spatial_scale,
+    pooled_height,
+    pooled_width,
+    sampling_ratio,
+    batch_size,
+    channels,
+    height,
+    width,
+    channels_last=False,
+):
+    return fake_output(grad, (batch_size, channels, height, width), channels_last)
 
 
 def _ps_roi_pool_cpu(input, rois, spatial_scale, pooled_height, pooled_width):
@@ -77,10 +106,10 @@ def _ps_roi_pool_cpu(input, rois, spatial_scale, pooled_height, pooled_width):
 
 
 def _ps_roi_pool_backward_cpu(
-    grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width
+    grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, channels_last=False
 ):
     shape = (batch_size, channels, height, width)
-    return _ps_backward_cpu(_pool_taps, grad, rois, spatial_scale, pooled_height, pooled_width, 0, shape)
+    return _ps_backward_cpu(_pool_taps, grad, rois, spatial_scale, pooled_height, pooled_width, 0, shape, channels_last)
 
 
 def _ps_roi_align_cpu(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio):
@@ -88,14 +117,26 @@ def _ps_roi_align_cpu(input, rois, spatial_scale, pooled_height, pooled_width, s
 
 
 def _ps_roi_align_backward_cpu(
-    grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, batch_size, channels, height, width
+    grad,
+    rois,
+    spatial_scale,
+    pooled_height,
+    pooled_width,
+    sampling_ratio,
+    batch_size,
+    channels,
+    height,
+    width,
+    channels_last=False,
 ):
     shape = (batch_size, channels, height, width)
-    return _ps_backward_cpu(_align_taps, grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, shape)
+    return _ps_backward_cpu(
+        _align_taps, grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, shape, channels_last
+    )
 
 
 _PS_ARGS = "Tensor rois, float spatial_scale, int pooled_height, int pooled_width"
-_PS_SHAPE = "int batch_size, int channels, int height, int width"
+_PS_SHAPE = "int batch_size, int channels, int height, int width, bool channels_last=False"
 
 ps_roi_pool_op = define(
     "ps_roi_pool", f"(Tensor input, {_PS_ARGS}) -> Tensor", cpu=_ps_roi_pool_cpu, fake=_ps_forward_fake
@@ -104,7 +145,7 @@ ps_roi_pool_backward_op = define(
     "ps_roi_pool_backward",
     f"(Tensor grad, {_PS_ARGS}, {_PS_SHAPE}) -> Tensor",
     cpu=_ps_roi_pool_backward_cpu,
-    fake=_ps_backward_fake,
+    fake=_ps_roi_pool_backward_fake,
 )
 ps_roi_align_op = define(
     "ps_roi_align",
@@ -116,32 +157,37 @@ ps_roi_align_backward_op = define(
     "ps_roi_align_backward",
     f"(Tensor grad, {_PS_ARGS}, int sampling_ratio, {_PS_SHAPE}) -> Tensor",
     cpu=_ps_roi_align_backward_cpu,
-    fake=_ps_backward_fake,
+    fake=_ps_roi_align_backward_fake,
 )
 
 
 def _ps_forward_setup(ctx, inputs, output):
     input, rois, *ctx.params = inputs  # spatial_scale, pooled sizes (, sampling_ratio)
     ctx.save_for_backward(rois)
-    ctx.input_shape = tuple(input.shape)
+    ctx.input_layout = (*input.shape, channels_last(input))  # the gradient's shape and memory format
 
 
-def _ps_backward_setup(ctx, inputs, output):
-    _, rois, *params = inputs
-    ctx.save_for_backward(rois)
-    ctx.params = params[:-4]
-    ctx.num_args = len(inputs)
+def _ps_backward_setup(num_params):
+    """The backward op's setup: keeps ``rois`` and the forward's ``num_params`` arguments after them."""
+
+    def setup(ctx, inputs, output):
+        _, rois, *params = inputs
+        ctx.save_for_backward(rois)
+        ctx.params = params[:num_params]
+        ctx.num_args = len(inputs)
+
+    return setup
 
 
 def _ps_roi_pool_grad(ctx, grad_output):
     (rois,) = ctx.saved_tensors
-    grad_input = torch.ops.roipool.ps_roi_pool_backward(grad_output, rois, *ctx.params, *ctx.input_shape)
+    grad_input = torch.ops.roipool.ps_roi_pool_backward(grad_output, rois, *ctx.params, *ctx.input_layout)
     return grad_input, None, None, None, None
 
 
 def _ps_roi_align_grad(ctx, grad_output):
     (rois,) = ctx.saved_tensors
-    grad_input = torch.ops.roipool.ps_roi_align_backward(grad_output, rois, *ctx.params, *ctx.input_shape)
+    grad_input = torch.ops.roipool.ps_roi_align_backward(grad_output, rois, *ctx.params, *ctx.input_layout)
     return grad_input, None, None, None, None, None
 
 
@@ -158,8 +204,8 @@ def _ps_roi_align_backward_grad(ctx, grad_grad_input):
 
 ps_roi_pool_op.register_autograd(_ps_roi_pool_grad, setup_context=_ps_forward_setup)
 ps_roi_align_op.register_autograd(_ps_roi_align_grad, setup_context=_ps_forward_setup)
-ps_roi_pool_backward_op.register_autograd(_ps_roi_pool_backward_grad, setup_context=_ps_backward_setup)
-ps_roi_align_backward_op.register_autograd(_ps_roi_align_backward_grad, setup_context=_ps_backward_setup)
+ps_roi_pool_backward_op.register_autograd(_ps_roi_pool_backward_grad, setup_context=_ps_backward_setup(3))
+ps_roi_align_backward_op.register_autograd(_ps_roi_align_backward_grad, setup_context=_ps_backward_setup(4))
 
 
 def _ps_public(input, boxes, output_size, spatial_scale):

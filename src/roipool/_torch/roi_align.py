@@ -18,12 +18,14 @@ from ..cpu import roi_align as cpu
 from . import onnx
 from ._library import (
     boxes_to_rois,
+    channels_last,
     check_input,
     check_output_fits,
     compute_dtype,
     cpu_geometry,
     define,
-    new_cpu_tensor,
+    fake_output,
+    new_cpu_output,
     quiet_when_tracing,
 )
 
@@ -43,33 +45,54 @@ def _roi_align_cpu(input, rois, spatial_scale, pooled_height, pooled_width, samp
     rois_np, taps = _taps(
         rois, n, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, height, width
     )
-    out = new_cpu_tensor((rois_np.shape[0], channels, pooled_height * pooled_width), dtype)
+    out = new_cpu_output((rois_np.shape[0], channels, pooled_height, pooled_width), dtype, channels_last(input))
     cpu.launch_forward(x, taps, out.numpy())
-    return out.view(rois_np.shape[0], channels, pooled_height, pooled_width).to(input.dtype)
+    return out.to(input.dtype)
 
 
 def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
-    return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+    return fake_output(input, (rois.shape[0], input.shape[1], pooled_height, pooled_width), channels_last(input))
 
 
 def _roi_align_backward_cpu(
-    grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, sampling_ratio, aligned
+    grad,
+    rois,
+    spatial_scale,
+    pooled_height,
+    pooled_width,
+    batch_size,
+    channels,
+    height,
+    width,
+    sampling_ratio,
+    aligned,
+    channels_last=False,
 ):
     dtype = compute_dtype(grad.dtype)
-    k = grad.shape[0]
-    grad_out = grad.detach().to(dtype).contiguous().numpy().reshape(k, channels, pooled_height * pooled_width)
+    grad_out = grad.detach().to(dtype).numpy()  # read in place when contiguous or channels-last
     _, taps = _taps(
         rois, batch_size, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, height, width
     )
-    grad_in = new_cpu_tensor((batch_size, channels, height, width), dtype)
+    grad_in = new_cpu_output((batch_size, channels, height, width), dtype, channels_last)
     cpu.launch_backward(grad_out, taps, grad_in.numpy())
     return grad_in.to(grad.dtype)
 
 
 def _roi_align_backward_fake(
-    grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, sampling_ratio, aligned
+    grad,
+    rois,
+    spatial_scale,
+    pooled_height,
+    pooled_width,
+    batch_size,
+    channels,
+    height,
+    width,
+    sampling_ratio,
+    aligned,
+    channels_last=False,
 ):
-    return grad.new_empty((batch_size, channels, height, width))
+    return fake_output(grad, (batch_size, channels, height, width), channels_last)
 
 
 # One op serves training and inference: the backward needs only the boxes and
@@ -80,7 +103,8 @@ roi_align_op = define(
 roi_align_backward_op = define(
     "roi_align_backward",
     "(Tensor grad, Tensor rois, float spatial_scale, int pooled_height, int pooled_width, "
-    "int batch_size, int channels, int height, int width, int sampling_ratio, bool aligned) -> Tensor",
+    "int batch_size, int channels, int height, int width, int sampling_ratio, bool aligned, "
+    "bool channels_last=False) -> Tensor",
     cpu=_roi_align_backward_cpu,
     fake=_roi_align_backward_fake,
 )
@@ -120,6 +144,7 @@ def _roi_align_setup(ctx, inputs, output):
     ctx.boxes_grad = ctx.needs_input_grad[1]
     ctx.save_for_backward(rois, input if ctx.boxes_grad else None)
     ctx.input_shape = tuple(input.shape)
+    ctx.channels_last = channels_last(input)
 
 
 def _roi_align_grad(ctx, grad_output):
@@ -128,7 +153,15 @@ def _roi_align_grad(ctx, grad_output):
     grad_input = grad_rois = None
     if ctx.needs_input_grad[0]:
         grad_input = torch.ops.roipool.roi_align_backward(
-            grad_output, rois, spatial_scale, pooled_height, pooled_width, *ctx.input_shape, sampling_ratio, aligned
+            grad_output,
+            rois,
+            spatial_scale,
+            pooled_height,
+            pooled_width,
+            *ctx.input_shape,
+            sampling_ratio,
+            aligned,
+            ctx.channels_last,
         )
     if ctx.boxes_grad:
         grad_rois = torch.ops.roipool.roi_align_boxes_backward(grad_output, input, rois, *ctx.params)
@@ -136,7 +169,7 @@ def _roi_align_grad(ctx, grad_output):
 
 
 def _roi_align_backward_setup(ctx, inputs, output):
-    _, rois, spatial_scale, pooled_height, pooled_width, *_, sampling_ratio, aligned = inputs
+    _, rois, spatial_scale, pooled_height, pooled_width, *_, sampling_ratio, aligned, _ = inputs
     ctx.params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
     ctx.save_for_backward(rois)
 
@@ -146,7 +179,7 @@ def _roi_align_backward_grad(ctx, grad_grad_input):
     # so double backward (e.g. gradient penalties) costs one forward.
     (rois,) = ctx.saved_tensors
     grad_grad = torch.ops.roipool.roi_align(grad_grad_input, rois, *ctx.params)
-    return (grad_grad,) + (None,) * 10
+    return (grad_grad,) + (None,) * 11
 
 
 def _roi_align_boxes_backward_setup(ctx, inputs, output):

@@ -24,11 +24,13 @@ from .. import _checks
 from ..cpu import roi_align_rotated as kernels
 from ._library import (
     boxes_to_rois,
+    channels_last,
     check_feature_map,
     compute_dtype,
     cpu_rois,
     define,
-    new_cpu_tensor,
+    fake_output,
+    new_cpu_output,
     numpy_dtype,
     quiet_when_tracing,
 )
@@ -56,42 +58,44 @@ def _forward_cpu(input, rois, spatial_scale, pooled_height, pooled_width, sampli
     dtype = compute_dtype(input.dtype)
     n, channels = input.shape[:2]
     frames = _frames(rois, n, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise)
-    out = new_cpu_tensor((frames.num_rois, channels, pooled_height * pooled_width), dtype)
+    out = new_cpu_output((frames.num_rois, channels, pooled_height, pooled_width), dtype, channels_last(input))
     if out.numel():
         kernels.launch_forward(_numpy(input, dtype), frames, out.numpy())
-    return out.view(frames.num_rois, channels, pooled_height, pooled_width).to(input.dtype)
+    return out.to(input.dtype)
 
 
 def _forward_fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise):
-    return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+    shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
+    return fake_output(input, shape, channels_last(input))
 
 
 def _grad_out(grad, frames, channels):
+    """``grad (K, C, PH, PW)`` checked, as NumPy in the compute dtype (any strides: the launchers take them)."""
     expected = (frames.num_rois, channels, frames.pooled_h, frames.pooled_w)
     if tuple(grad.shape) != expected:
         raise ValueError(f"grad must have shape {expected} for these rois, got {tuple(grad.shape)}")
-    dtype = compute_dtype(grad.dtype)
-    flat = (frames.num_rois, channels, frames.pooled_h * frames.pooled_w)
-    return np.ascontiguousarray(_numpy(grad, dtype)).reshape(flat)
+    return _numpy(grad, compute_dtype(grad.dtype))
 
 
 def _backward_cpu(
     grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise,
-    batch_size, channels, height, width,
+    batch_size, channels, height, width, channels_last=False,
 ):  # fmt: skip
     dtype = compute_dtype(grad.dtype)
     frames = _frames(
         rois, batch_size, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise
     )
     grad_out = _grad_out(grad, frames, channels)
-    grad_in = new_cpu_tensor((batch_size, channels, height, width), dtype)
+    grad_in = new_cpu_output((batch_size, channels, height, width), dtype, channels_last)
     kernels.launch_backward(grad_out, frames, grad_in.numpy())
     return grad_in.to(grad.dtype)
 
 
-def _backward_fake(grad, rois, *args):
-    batch_size, channels, height, width = args[-4:]
-    return grad.new_empty((batch_size, channels, height, width))
+def _backward_fake(
+    grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise,
+    batch_size, channels, height, width, channels_last=False,
+):  # fmt: skip
+    return fake_output(grad, (batch_size, channels, height, width), channels_last)
 
 
 def _box_backward_cpu(
@@ -116,7 +120,7 @@ roi_align_rotated_op = define(
 )
 roi_align_rotated_backward_op = define(
     "roi_align_rotated_backward",
-    f"(Tensor grad, Tensor rois, {_ARGS}, {_SHAPE}) -> Tensor",
+    f"(Tensor grad, Tensor rois, {_ARGS}, {_SHAPE}, bool channels_last=False) -> Tensor",
     cpu=_backward_cpu,
     fake=_backward_fake,
 )
@@ -131,6 +135,7 @@ roi_align_rotated_box_backward_op = define(
 def _setup(ctx, inputs, output):
     input, rois, *ctx.params = inputs
     ctx.input_shape = tuple(input.shape)
+    ctx.channels_last = channels_last(input)
     # references only: the box gradient reads the input, the input gradient only the boxes
     ctx.save_for_backward(input, rois)
 
@@ -139,7 +144,9 @@ def _grad(ctx, grad_output):
     input, rois = ctx.saved_tensors
     grad_input = grad_rois = None
     if ctx.needs_input_grad[0]:
-        grad_input = torch.ops.roipool.roi_align_rotated_backward(grad_output, rois, *ctx.params, *ctx.input_shape)
+        grad_input = torch.ops.roipool.roi_align_rotated_backward(
+            grad_output, rois, *ctx.params, *ctx.input_shape, ctx.channels_last
+        )
     if ctx.needs_input_grad[1]:
         grad_rois = torch.ops.roipool.roi_align_rotated_box_backward(grad_output, input, rois, *ctx.params)
     return grad_input, grad_rois, None, None, None, None, None, None
@@ -158,7 +165,7 @@ def _backward_grad(ctx, grad_grad_input):
     # the input gradient is linear in grad: its adjoint is the forward
     (rois,) = ctx.saved_tensors
     grad_grad = torch.ops.roipool.roi_align_rotated(grad_grad_input, rois, *ctx.params)
-    return (grad_grad,) + (None,) * 11
+    return (grad_grad,) + (None,) * 12
 
 
 roi_align_rotated_backward_op.register_autograd(_backward_grad, setup_context=_backward_setup)

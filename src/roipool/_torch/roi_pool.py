@@ -16,6 +16,7 @@ from ..cpu import roi_pool as cpu
 from . import onnx
 from ._library import (
     boxes_to_rois,
+    channels_last,
     check_input,
     check_output_fits,
     compute_dtype,
@@ -23,7 +24,9 @@ from ._library import (
     cpu_geometry,
     cpu_nhwc,
     define,
+    fake_output,
     needs_grad,
+    new_cpu_output,
     new_cpu_tensor,
     quiet_when_tracing,
 )
@@ -48,38 +51,39 @@ class _CpuRoIPool:
         rois_np, self.bins = cpu_geometry(
             cpu.RoIPoolBins, rois, n, self.dtype, float(spatial_scale), pooled_height, pooled_width, height, width
         )
-        self.flat_shape = (rois_np.shape[0], self.channels, pooled_height * pooled_width)
         self.shape = (rois_np.shape[0], self.channels, pooled_height, pooled_width)
+        self.channels_last_output = channels_last(input)  # the output follows the input's memory format
 
-    def result(self, flat: torch.Tensor) -> torch.Tensor:
-        return flat.view(self.shape).to(self.input_dtype)
+    def new_output(self, dtype=None) -> torch.Tensor:
+        return new_cpu_output(self.shape, dtype or self.dtype, self.channels_last_output)
 
 
 def _roi_pool_cpu(input, rois, spatial_scale, pooled_height, pooled_width):
     call = _CpuRoIPool(input, rois, spatial_scale, pooled_height, pooled_width)
-    out = new_cpu_tensor(call.flat_shape, call.dtype)
+    out = call.new_output()
     cpu.launch_forward(call.x, call.bins, out.numpy())
-    return call.result(out)
+    return out.to(call.input_dtype)
 
 
 def _roi_pool_fake(input, rois, spatial_scale, pooled_height, pooled_width):
-    return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+    return fake_output(input, (rois.shape[0], input.shape[1], pooled_height, pooled_width), channels_last(input))
 
 
 def _roi_pool_with_argmax_cpu(input, rois, spatial_scale, pooled_height, pooled_width):
     call = _CpuRoIPool(input, rois, spatial_scale, pooled_height, pooled_width)
-    out = new_cpu_tensor(call.flat_shape, call.dtype)
-    argmax = new_cpu_tensor(call.flat_shape, torch.int32)
+    out = call.new_output()
+    argmax = call.new_output(torch.int32)
     cpu.launch_forward_argmax(call.x, call.bins, out.numpy(), argmax.numpy())
-    return call.result(out), argmax.view(call.shape)
+    return out.to(call.input_dtype), argmax
 
 
 def _roi_pool_with_argmax_fake(input, rois, spatial_scale, pooled_height, pooled_width):
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
-    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int32)
+    cl = channels_last(input)
+    return fake_output(input, shape, cl), fake_output(input, shape, cl, dtype=torch.int32)
 
 
-def _roi_pool_backward_cpu(grad, argmax, rois, batch_size, channels, height, width):
+def _roi_pool_backward_cpu(grad, argmax, rois, batch_size, channels, height, width, channels_last=False):
     dtype = compute_dtype(grad.dtype)
     flat = (grad.shape[0], channels, grad.shape[2] * grad.shape[3])
     grad_out = grad.detach().to(dtype).contiguous().numpy().reshape(flat)
@@ -90,11 +94,13 @@ def _roi_pool_backward_cpu(grad, argmax, rois, batch_size, channels, height, wid
     batch = cpu_batch_index(rois, batch_size)
     grad_in = new_cpu_tensor((batch_size, channels, height * width), dtype, zeros=True)
     cpu.launch_backward(grad_out, argmax_np, batch, grad_in.numpy())
-    return grad_in.view(batch_size, channels, height, width).to(grad.dtype)
+    grad_in = grad_in.view(batch_size, channels, height, width).to(grad.dtype)
+    # the argmax kernel writes whole planes: a channels-last gradient is one transposing copy
+    return grad_in.contiguous(memory_format=torch.channels_last) if channels_last else grad_in
 
 
-def _roi_pool_backward_fake(grad, argmax, rois, batch_size, channels, height, width):
-    return grad.new_empty((batch_size, channels, height, width))
+def _roi_pool_backward_fake(grad, argmax, rois, batch_size, channels, height, width, channels_last=False):
+    return fake_output(grad, (batch_size, channels, height, width), channels_last)
 
 
 roi_pool_op = define("roi_pool", f"({_ROI_POOL_ARGS}) -> Tensor", cpu=_roi_pool_cpu, fake=_roi_pool_fake)
@@ -106,7 +112,8 @@ roi_pool_with_argmax_op = define(
 )
 roi_pool_backward_op = define(
     "roi_pool_backward",
-    "(Tensor grad, Tensor argmax, Tensor rois, int batch_size, int channels, int height, int width) -> Tensor",
+    "(Tensor grad, Tensor argmax, Tensor rois, int batch_size, int channels, int height, int width, "
+    "bool channels_last=False) -> Tensor",
     cpu=_roi_pool_backward_cpu,
     fake=_roi_pool_backward_fake,
 )
@@ -117,22 +124,21 @@ def _roi_pool_backward_recompute_cpu(grad, input, rois, spatial_scale, pooled_he
         raise TypeError(f"grad must have the input's dtype {input.dtype}, got {grad.dtype}")
     call = _CpuRoIPool(input, rois, spatial_scale, pooled_height, pooled_width, nchw_ok=True)
     _checks.grad_output_shape(grad.shape, call.shape, "these rois and input", "grad")
-    grad_out = grad.detach().to(call.dtype).contiguous().numpy().reshape(call.flat_shape)
-    n, channels, height, width = input.shape
-    grad_in = new_cpu_tensor((n, channels, height * width), call.dtype)
+    grad_out = grad.detach().to(call.dtype).numpy()  # read in place when contiguous or channels-last
+    grad_in = new_cpu_output(input.shape, call.dtype, call.channels_last_output)
     cpu.launch_backward_recompute(call.x, call.channels_last, call.bins, grad_out, grad_in.numpy())
-    return grad_in.view(n, channels, height, width).to(grad.dtype)
+    return grad_in.to(grad.dtype)
 
 
 def _roi_pool_backward_recompute_fake(grad, input, rois, spatial_scale, pooled_height, pooled_width):
-    return input.new_empty(input.shape)
+    return fake_output(input, input.shape, channels_last(input))
 
 
 def _roi_pool_backward_recompute_any_device(grad, input, rois, spatial_scale, pooled_height, pooled_width):
     # Devices without a fused kernel (CUDA: the Triton backend) run the two
     # ops it fuses; what they compute is the same.
     _, argmax = torch.ops.roipool.roi_pool_with_argmax(input, rois, spatial_scale, pooled_height, pooled_width)
-    return torch.ops.roipool.roi_pool_backward(grad, argmax, rois, *input.shape)
+    return torch.ops.roipool.roi_pool_backward(grad, argmax, rois, *input.shape, channels_last(input))
 
 
 # The gradient of roi_pool from the input instead of an argmax: on the CPU one
@@ -181,6 +187,7 @@ def _roi_pool_with_argmax_setup(ctx, inputs, output):
     input, rois = inputs[:2]
     ctx.save_for_backward(rois, output[1])
     ctx.input_shape = tuple(input.shape)
+    ctx.channels_last = channels_last(input)
     # The argmax output never gets a gradient; without this autograd would
     # hand the backward a zero tensor as large as the output (about 45 ms of
     # a 80 ms backward on the vgg16 workload).
@@ -191,7 +198,7 @@ def _roi_pool_with_argmax_grad(ctx, grad_output, _grad_argmax):
     if grad_output is None:  # the pooled output did not reach the loss
         return None, None, None, None, None
     rois, argmax = ctx.saved_tensors
-    grad_input = torch.ops.roipool.roi_pool_backward(grad_output, argmax, rois, *ctx.input_shape)
+    grad_input = torch.ops.roipool.roi_pool_backward(grad_output, argmax, rois, *ctx.input_shape, ctx.channels_last)
     return grad_input, None, None, None, None
 
 

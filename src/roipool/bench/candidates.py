@@ -75,19 +75,21 @@ def candidates(workload: Workload, op: str, mode: str, device: str = "cpu", jax:
 
     if device == "cpu" and hasattr(roipool, op):
         fn = getattr(roipool, op)
+        # a channels-last workload's NumPy arrays go in and come out channels-last (layout="nhwc")
+        xn, kw = (x.transpose(0, 2, 3, 1), {"layout": "nhwc"}) if workload.channels_last else (x, {})
         # The upstream gradient of a training step is made once, as for torch below.
-        upstream = np.ones_like(fn(x, rois, size, scale, **extra)) if mode != "forward" else None
+        upstream = np.ones_like(fn(xn, rois, size, scale, **extra, **kw)) if mode != "forward" else None
         if mode == "forward":
-            out.append(Candidate("roipool (numpy)", lambda: fn(x, rois, size, scale, **extra), True))
+            out.append(Candidate("roipool (numpy)", lambda: fn(xn, rois, size, scale, **extra, **kw), True))
         elif op == "roi_pool":
 
             def numpy_train_step():
-                _, argmax = roipool.roi_pool_with_argmax(x, rois, size, scale)
-                return roipool.roi_pool_backward(upstream, argmax, rois, x.shape)
+                _, argmax = roipool.roi_pool_with_argmax(xn, rois, size, scale, **kw)
+                return roipool.roi_pool_backward(upstream, argmax, rois, xn.shape, **kw)
 
             def numpy_recompute_step():
-                roipool.roi_pool(x, rois, size, scale)
-                return roipool.roi_pool_backward(upstream, None, rois, x.shape, input=x, spatial_scale=scale)
+                roipool.roi_pool(xn, rois, size, scale, **kw)
+                return roipool.roi_pool_backward(upstream, None, rois, xn.shape, input=xn, spatial_scale=scale, **kw)
 
             out.append(Candidate("roipool (numpy)", numpy_train_step, True))
             out.append(Candidate("roipool (numpy, no argmax)", numpy_recompute_step, True))
@@ -95,8 +97,8 @@ def candidates(workload: Workload, op: str, mode: str, device: str = "cpu", jax:
             backward = getattr(roipool, f"{op}_backward")
 
             def numpy_align_step():
-                fn(x, rois, size, scale, **extra)
-                return backward(upstream, rois, x.shape, size, scale, **extra)
+                fn(xn, rois, size, scale, **extra, **kw)
+                return backward(upstream, rois, xn.shape, size, scale, **extra, **kw)
 
             out.append(Candidate("roipool (numpy)", numpy_align_step, True))
 

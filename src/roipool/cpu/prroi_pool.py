@@ -45,7 +45,8 @@ import numpy as np
 from .. import _checks
 from . import roi_align as align
 from ._parallel import balanced_chunks, launch_lock
-from ._simd import VECTOR_BYTES, transpose_tile
+from ._simd import VECTOR_BYTES
+from ._tiles import bins_order, load_tile
 
 
 @numba.njit(cache=True, nogil=True)
@@ -188,11 +189,14 @@ def _hat_average(a, b, d, i):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def boxes_backward(xb, grad_out, batch, hptr, hidx, hwt, hd1, hd2, wptr, widx, wwt, wd1, wd2, bounds, grad_boxes):
+def boxes_backward(
+    xb, grad_out, go_nhwc, batch, hptr, hidx, hwt, hd1, hd2, wptr, widx, wwt, wd1, wd2, bounds, grad_boxes
+):
     """``grad_boxes (K, 4)`` <- the gradient with respect to ``[x1, y1, x2, y2]`` of every RoI.
 
     ``xb`` is the map in the channel-blocked layout of ``roi_align.channel_blocks``;
-    ``grad_out (K, C, PH * PW)`` C-contiguous; taps from :func:`prroi_taps`.
+    ``grad_out (K, C, PH * PW)`` (or, ``go_nhwc``, ``(K, PH * PW, C)``) C-contiguous; taps
+    from :func:`prroi_taps`.
     Runs of RoIs (``bounds``) go to threads; each RoI is summed by one thread
     in a fixed order (channel block, bin row, bin), so the result is the same
     for any thread count.
@@ -200,7 +204,7 @@ def boxes_backward(xb, grad_out, batch, hptr, hidx, hwt, hd1, hd2, wptr, widx, w
     _, channels, height, width = xb.shape
     xf = xb.reshape(-1)
     gof = grad_out.reshape(-1)
-    nbins = grad_out.shape[2]
+    nbins = grad_out.shape[1] if go_nhwc else grad_out.shape[2]
     plane = height * width
     block = align.UNROLL * (VECTOR_BYTES // xb.itemsize)
     pooled_h = hptr.shape[1] - 1
@@ -221,7 +225,7 @@ def boxes_backward(xb, grad_out, batch, hptr, hidx, hwt, hd1, hd2, wptr, widx, w
                 for c0 in range(0, channels, block):
                     cw = min(block, channels - c0)
                     origin = (batch[k] * channels + c0) * plane
-                    transpose_tile(gof, (k * channels + c0) * nbins, nbins, cw, nbins, g, 0, block)
+                    load_tile(gof, k, channels, c0, nbins, cw, g, block, go_nhwc)
                     # x1, x2: each bin row interpolated over its rows, then the column derivatives
                     for ph in range(pooled_h):
                         for u in range(cspan):
@@ -302,12 +306,13 @@ launch_backward = align.launch_backward
 
 def launch_boxes_backward(grad_out, x, taps: PrRoITaps, grad_boxes) -> None:
     """``grad_boxes (K, 4)`` <- the gradient with respect to ``[x1, y1, x2, y2]``, given
-    ``grad_out (K, C, PH * PW)`` (C-contiguous) and the forward's input ``x``."""
+    ``grad_out (K, C, PH, PW)`` (any strides) and the forward's input ``x``."""
     if not grad_boxes.size:
         return
     if not grad_out.size:
         grad_boxes[...] = 0
         return
+    go, go_nhwc = bins_order(grad_out, copy=True)
     xb = align.blocked_map(x)
     with launch_lock:
-        boxes_backward(xb, grad_out, *taps.derivative_arrays, taps.bounds, grad_boxes)
+        boxes_backward(xb, go, go_nhwc, *taps.derivative_arrays, taps.bounds, grad_boxes)

@@ -61,16 +61,8 @@ import numpy as np
 
 from .. import _checks
 from ._parallel import balanced_chunks, launch_lock
-from ._simd import (
-    VECTOR_BYTES,
-    copy_to_lines,
-    prefetch,
-    transpose_tile,
-    vload,
-    vmuladd,
-    vstore,
-    vzeros,
-)
+from ._simd import VECTOR_BYTES, prefetch, transpose_tile, vload, vmuladd, vstore, vzeros
+from ._tiles import bins_order, load_tile, memory_order, store_tile, store_tile_lines
 from .geometry import _grid, _sample_position, _window, bilinear_corners, roi_align_taps
 
 _FASTMATH = {"contract"}  # allow fused multiply-add; no reassociation
@@ -140,14 +132,14 @@ def channel_blocks(x, cell_step, channel_step, xb):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def forward(xb, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, path, out):
-    """``out (K, C, PH * PW)`` <- RoIAlign of ``xb`` (shape ``(N, C, H, W)``, the layout of
-    :func:`channel_blocks`) from the taps. ``out`` must be C-contiguous.
+def forward(xb, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, path, out, nhwc):
+    """``out (K, C, PH * PW)`` (or, ``nhwc``, ``(K, PH * PW, C)``) <- RoIAlign of ``xb`` (shape
+    ``(N, C, H, W)``, the layout of :func:`channel_blocks`) from the taps. ``out`` must be C-contiguous.
     """
     _, channels, height, width = xb.shape
     xf = xb.reshape(-1)
     outf = out.reshape(-1)
-    nbins = out.shape[2]
+    nbins = out.shape[1] if nhwc else out.shape[2]
     plane = height * width
     block = UNROLL * (VECTOR_BYTES // xb.itemsize)
     for run in numba.prange(bounds.shape[0] - 1):
@@ -167,8 +159,7 @@ def forward(xb, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, path, out):
                     )
                 else:
                     _forward_direct(xf, origin, width, cw, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, tile, block)
-                transpose_tile(tile, 0, block, nbins, cw, stage, 0, nbins)
-                copy_to_lines(stage, outf, (k * channels + c0) * nbins, cw * nbins)
+                store_tile_lines(tile, block, nbins, cw, stage, outf, k, channels, c0, nhwc)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -227,16 +218,18 @@ def _forward_rows_first(
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def backward(grad_out, batch, hptr, hidx, hwt, wptr, widx, wwt, order, starts, block, path, grad_in):
+def backward(grad_out, go_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, order, starts, block, path, grad_in, gi_nhwc):
     """``grad_in (N, C, H, W)`` <- the adjoint of :func:`forward` applied to ``grad_out (K, C, PH * PW)``.
 
-    Every element of ``grad_in`` is written. The RoIs of image ``n`` are
-    ``order[starts[n]:starts[n + 1]]``, ascending. (image, ``block``
-    channels) pairs are the unit of parallel work; ``block`` must be a
-    multiple of the vector lanes. Both arrays must be C-contiguous.
+    With ``go_nhwc`` ``grad_out`` is ``(K, PH * PW, C)``; with ``gi_nhwc``
+    ``grad_in`` is ``(N, H, W, C)``. Every element of ``grad_in`` is
+    written. The RoIs of image ``n`` are ``order[starts[n]:starts[n + 1]]``,
+    ascending. (image, ``block`` channels) pairs are the unit of parallel
+    work; ``block`` must be a multiple of the vector lanes. Both arrays must
+    be C-contiguous.
     """
-    _, channels, nbins = grad_out.shape
-    images, _, height, width = grad_in.shape
+    nbins, channels = grad_out.shape[1:] if go_nhwc else grad_out.shape[:0:-1]
+    images, height, width = grad_in.shape[:3] if gi_nhwc else (grad_in.shape[0], grad_in.shape[2], grad_in.shape[3])
     gof = grad_out.reshape(-1)
     gif = grad_in.reshape(-1)
     cells = height * width
@@ -250,11 +243,14 @@ def backward(grad_out, batch, hptr, hidx, hwt, wptr, widx, wwt, order, starts, b
         cols = np.empty(width * block, grad_out.dtype)
         for r in range(starts[n], starts[n + 1]):
             k = order[r]
-            transpose_tile(gof, (k * channels + c0) * nbins, nbins, cw, nbins, g, 0, block)
+            load_tile(gof, k, channels, c0, nbins, cw, g, block, go_nhwc)
             # While this RoI is summed, the next one's gradient comes in from
             # memory (a hint per bin, so the loads overlap the arithmetic).
-            ahead = (order[r + 1] * channels + c0) * nbins if r + 1 < starts[n + 1] else 0
-            ahead_len = cw * nbins if r + 1 < starts[n + 1] else 0
+            ahead = ahead_len = 0
+            if r + 1 < starts[n + 1]:
+                ahead = order[r + 1] * channels * nbins + (c0 if go_nhwc else c0 * nbins)
+                ahead_len = cw * nbins
+            ahead_step = channels if go_nhwc else 0
             cmin, span = _column_span(wptr[k], widx)
             if _rows_first_pays(hptr[k], wptr[k], span, path):
                 _backward_rows_first(
@@ -275,25 +271,28 @@ def backward(grad_out, batch, hptr, hidx, hwt, wptr, widx, wwt, order, starts, b
                     gof,
                     ahead,
                     ahead_len,
+                    ahead_step,
                 )
             else:
                 _backward_direct(
-                    g, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, width, block, gof, ahead, ahead_len
+                    g, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, width, block, gof, ahead, ahead_len, ahead_step
                 )
-        transpose_tile(acc, 0, block, cells, cw, gif, (n * channels + c0) * cells, cells)
+        store_tile(acc, block, cells, cw, gif, n, channels, c0, gi_nhwc)
 
 
 @numba.njit(cache=True, nogil=True)
-def _backward_direct(g, cw, hptr, hidx, hwt, wptr, widx, wwt, acc, width, stride, ahead, ahead_start, ahead_len):
+def _backward_direct(
+    g, cw, hptr, hidx, hwt, wptr, widx, wwt, acc, width, stride, ahead, ahead_start, ahead_len, ahead_step
+):
     """``acc[(h * width + w) * stride + c] +=`` the taps of one RoI weighted by ``g[b * stride + c]``, ``c < cw``.
 
-    Prefetches ``ahead[ahead_start : ahead_start + ahead_len]`` on the way.
+    Prefetches the next RoI's gradient on the way (:func:`_prefetch_part`).
     """
     pooled_h = hptr.shape[0] - 1
     pooled_w = wptr.shape[0] - 1
     for ph in range(pooled_h):
         for pw in range(pooled_w):
-            _prefetch_part(ahead, ahead_start, ahead_len, ph * pooled_w + pw, pooled_h * pooled_w)
+            _prefetch_part(ahead, ahead_start, ahead_len, ahead_step, ph * pooled_w + pw, pooled_h * pooled_w)
             _scatter2(
                 g,
                 (ph * pooled_w + pw) * stride,
@@ -315,7 +314,24 @@ def _backward_direct(g, cw, hptr, hidx, hwt, wptr, widx, wwt, acc, width, stride
 
 @numba.njit(cache=True, nogil=True)
 def _backward_rows_first(
-    g, cw, hptr, hidx, hwt, wptr, widx, wwt, acc, width, cmin, span, cols, stride, ahead, ahead_start, ahead_len
+    g,
+    cw,
+    hptr,
+    hidx,
+    hwt,
+    wptr,
+    widx,
+    wwt,
+    acc,
+    width,
+    cmin,
+    span,
+    cols,
+    stride,
+    ahead,
+    ahead_start,
+    ahead_len,
+    ahead_step,
 ):
     """As :func:`_backward_direct`, gathering each bin row's gradient per column first
     (``cols (>= span * stride)`` is scratch), then spreading it over the row taps."""
@@ -324,7 +340,7 @@ def _backward_rows_first(
     for ph in range(pooled_h):
         cols[: span * stride] = 0
         for pw in range(pooled_w):
-            _prefetch_part(ahead, ahead_start, ahead_len, ph * pooled_w + pw, pooled_h * pooled_w)
+            _prefetch_part(ahead, ahead_start, ahead_len, ahead_step, ph * pooled_w + pw, pooled_h * pooled_w)
             # cols[u] gathers column cmin + u
             _scatter(
                 g, (ph * pooled_w + pw) * stride, cols, -cmin * stride, stride, widx, wwt, wptr[pw], wptr[pw + 1], cw
@@ -334,10 +350,19 @@ def _backward_rows_first(
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _prefetch_part(array, start, length, part, parts):
-    """Prefetch the cache lines of ``array[start : start + length]`` in part ``part`` of ``parts`` equal parts."""
-    lo = start + length * part // parts
-    hi = start + length * (part + 1) // parts
+def _prefetch_part(array, start, length, step, part, parts):
+    """Prefetch part ``part`` of ``parts`` of a RoI's ``length`` gradient values starting at ``array[start]``.
+
+    ``step`` 0: the values are contiguous, cut into equal parts; else part
+    ``p`` is the ``length // parts`` values at ``start + p * step`` (one bin of
+    a channels-last gradient).
+    """
+    if step:
+        lo = start + part * step
+        hi = lo + length // parts
+    else:
+        lo = start + length * part // parts
+        hi = start + length * (part + 1) // parts
     for i in range(lo, hi, VECTOR_BYTES // array.itemsize):
         prefetch(array, i)
 
@@ -581,19 +606,24 @@ def rois_by_image(batch: np.ndarray, images: int) -> tuple[np.ndarray, np.ndarra
 
 
 def launch_forward(x, taps: RoIAlignTaps, out) -> None:
-    """``out (K, C, PH * PW)`` <- RoIAlign of ``x (N, C, H, W)`` (compute dtype, any strides),
-    read through :func:`blocked_map`."""
+    """``out (K, C, PH, PW)`` <- RoIAlign of ``x (N, C, H, W)`` (compute dtype, any strides),
+    read through :func:`blocked_map`. ``out`` is C-contiguous in NCHW or channels-last order
+    (``_tiles.memory_order``); the kernel writes it in place, in its own order."""
     if not out.size:
         return
+    view, nhwc = bins_order(out)
     xb = blocked_map(x)
     with launch_lock:
-        forward(xb, *taps.arrays, taps.bounds, TAP_EVALUATION, out)
+        forward(xb, *taps.arrays, taps.bounds, TAP_EVALUATION, view, nhwc)
 
 
 def launch_backward(grad_out, taps: RoIAlignTaps, grad_in) -> None:
-    """``grad_in (N, C, H, W)`` (C-contiguous) <- the adjoint applied to ``grad_out (K, C, PH * PW)``.
+    """``grad_in (N, C, H, W)`` <- the adjoint applied to ``grad_out (K, C, PH, PW)``.
 
-    Every element of ``grad_in`` is written (no zeroing needed beforehand).
+    ``grad_in`` is C-contiguous in NCHW or channels-last order
+    (``_tiles.memory_order``); ``grad_out`` has any strides (read in place
+    in either order, else through a copy). Every element of
+    ``grad_in`` is written (no zeroing needed beforehand).
     """
     if not grad_in.size:
         return
@@ -601,10 +631,12 @@ def launch_backward(grad_out, taps: RoIAlignTaps, grad_in) -> None:
         grad_in[...] = 0
         return
     images, channels = grad_in.shape[:2]
+    go, go_nhwc = bins_order(grad_out, copy=True)
+    gi, gi_nhwc = memory_order(grad_in)
     order, starts = rois_by_image(taps.batch, images)
     block = channel_block(channels, images, grad_out.itemsize, numba.get_num_threads())
     with launch_lock:
-        backward(grad_out, *taps.arrays, order, starts, block, TAP_EVALUATION, grad_in)
+        backward(go, go_nhwc, *taps.arrays, order, starts, block, TAP_EVALUATION, gi, gi_nhwc)
 
 
 def channel_block(channels: int, images: int, itemsize: int, threads: int) -> int:
@@ -695,13 +727,15 @@ def _axis_grad_weights(start, bin_size, grid, size, pooled, scale, free, lo, num
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract", "reassoc"})
-def boxes_backward(x, grad_out, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, bounds, grad_rois):
+def boxes_backward(
+    x, grad_out, go_nhwc, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, bounds, grad_rois
+):
     """``grad_rois (K, 5)`` float64 <- the gradient of RoIAlign with respect to ``rois`` (column 0: zero).
 
-    ``x (N, H, W, C)`` channels-last and ``grad_out (K, C, PH * PW)``, both
-    C-contiguous in the compute dtype ``T`` (each RoI's gradient is
-    transposed to ``(PH * PW, C)`` in a private buffer, so that its channels
-    are contiguous too); ``rois (K, 5)`` in ``T``,
+    ``x (N, H, W, C)`` channels-last and ``grad_out (K, C, PH * PW)`` (or,
+    ``go_nhwc``, ``(K, PH * PW, C)``), both C-contiguous in the compute dtype
+    ``T`` (each RoI's gradient is moved to ``(PH * PW, C)`` in a private
+    buffer, so that its channels are contiguous too); ``rois (K, 5)`` in ``T``,
     validated. ``bounds``: runs of RoIs (``RoIAlignTaps.bounds``). Each RoI
     is summed by one thread, in a fixed order (the dot products over channels
     may be reassociated by the compiler, to vectorise them, but the compiled
@@ -746,7 +780,7 @@ def boxes_backward(x, grad_out, rois, spatial_scale, pooled_h, pooled_w, samplin
             count = max(grid_h * grid_w, 1)
             _axis_grad_weights(y0, bin_h, grid_h, height, pooled_h, scale, free_h, hlo, hnum, hw, hd1, hd2, rois.dtype)
             _axis_grad_weights(x0, bin_w, grid_w, width, pooled_w, scale, free_w, wlo, wnum, ww, wd1, wd2, rois.dtype)
-            transpose_tile(gof, k * channels * nbins, nbins, channels, nbins, g, 0, channels)
+            load_tile(gof, k, channels, 0, nbins, channels, g, channels, go_nhwc)
             gx1 = gy1 = gx2 = gy2 = 0.0
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
@@ -839,11 +873,12 @@ def launch_boxes_backward(x, grad_out, rois, taps: RoIAlignTaps, spatial_scale, 
     if not (k and channels and x.shape[2] and x.shape[3]):
         return grad_rois
     nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    go = np.ascontiguousarray(grad_out).reshape(k, channels, pooled_h * pooled_w)
+    go, go_nhwc = bins_order(grad_out, copy=True)
     with launch_lock:
         boxes_backward(
             nhwc,
             go,
+            go_nhwc,
             rois,
             rois.dtype.type(spatial_scale),
             pooled_h,

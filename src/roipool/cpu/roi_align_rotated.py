@@ -41,7 +41,8 @@ import numba
 import numpy as np
 
 from ._parallel import balanced_chunks, launch_lock
-from ._simd import VECTOR_BYTES, copy_to_lines, transpose_tile, vload, vmuladd, vstore
+from ._simd import VECTOR_BYTES, vload, vmuladd, vstore
+from ._tiles import bins_order, load_tile, memory_order, store_tile, store_tile_lines
 from .roi_align import UNROLL, _scatter, blocked_map, channel_block, rois_by_image
 
 _FASTMATH = {"contract"}
@@ -161,9 +162,9 @@ def _bilinear(y, x, height, width, idx, wt, m, buf):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def forward(xb, batch, frames, grids, pooled_h, pooled_w, bounds, out):
-    """``out (K, C, PH * PW)`` <- rotated RoIAlign of ``xb`` (``(N, C, H, W)`` in the
-    channel-blocked layout of ``roi_align.channel_blocks``). ``out`` C-contiguous."""
+def forward(xb, batch, frames, grids, pooled_h, pooled_w, bounds, out, nhwc):
+    """``out (K, C, PH * PW)`` (or, ``nhwc``, ``(K, PH * PW, C)``) <- rotated RoIAlign of ``xb``
+    (``(N, C, H, W)`` in the channel-blocked layout of ``roi_align.channel_blocks``). ``out`` C-contiguous."""
     _, channels, height, width = xb.shape
     xf = xb.reshape(-1)
     outf = out.reshape(-1)
@@ -193,8 +194,7 @@ def forward(xb, batch, frames, grids, pooled_h, pooled_w, bounds, out):
                         _accumulate(xf, origin, cw, idx, wt, m, tile, t, cw)
                     for c in range(t, t + cw):
                         tile[c] = tile[c] / count
-                transpose_tile(tile, 0, block, nbins, cw, stage, 0, nbins)
-                copy_to_lines(stage, outf, (k * channels + c0) * nbins, cw * nbins)
+                store_tile_lines(tile, block, nbins, cw, stage, outf, k, channels, c0, nhwc)
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
@@ -245,15 +245,16 @@ def _accumulate(src, base, step, idx, wt, m1, dst, t, cw):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def backward(grad_out, batch, frames, grids, pooled_h, pooled_w, order, starts, block, grad_in):
+def backward(grad_out, go_nhwc, batch, frames, grids, pooled_h, pooled_w, order, starts, block, grad_in, gi_nhwc):
     """``grad_in (N, C, H, W)`` <- the adjoint of :func:`forward` applied to ``grad_out (K, C, PH * PW)``.
 
-    Every element of ``grad_in`` is written. The RoIs of image ``n`` are
+    With ``go_nhwc`` ``grad_out`` is ``(K, PH * PW, C)``; with ``gi_nhwc``
+    ``grad_in`` is ``(N, H, W, C)``. Every element of ``grad_in`` is written. The RoIs of image ``n`` are
     ``order[starts[n]:starts[n + 1]]``, ascending; (image, ``block`` channels)
     pairs are the parallel tasks (``block`` a multiple of the vector lanes).
     """
-    _, channels, nbins = grad_out.shape
-    images, _, height, width = grad_in.shape
+    nbins, channels = grad_out.shape[1:] if go_nhwc else grad_out.shape[:0:-1]
+    images, height, width = grad_in.shape[:3] if gi_nhwc else (grad_in.shape[0], grad_in.shape[2], grad_in.shape[3])
     gof = grad_out.reshape(-1)
     gif = grad_in.reshape(-1)
     cells = height * width
@@ -273,7 +274,7 @@ def backward(grad_out, batch, frames, grids, pooled_h, pooled_w, order, starts, 
             if gh * gw == 0:
                 continue
             count = grad_out.dtype.type(gh * gw)
-            transpose_tile(gof, (k * channels + c0) * nbins, nbins, cw, nbins, g, 0, block)
+            load_tile(gof, k, channels, c0, nbins, cw, g, block, go_nhwc)
             for b in range(nbins):
                 t = b * block
                 for c in range(t, t + cw):
@@ -284,7 +285,7 @@ def backward(grad_out, batch, frames, grids, pooled_h, pooled_w, order, starts, 
                         frames[k], gh, gw, b // pooled_w, b % pooled_w, height, width, idx, wt, buf, iy, ix
                     )
                     _scatter(g, t, acc, 0, block, idx, wt, 0, m, cw)
-        transpose_tile(acc, 0, block, cells, cw, gif, (n * channels + c0) * cells, cells)
+        store_tile(acc, block, cells, cw, gif, n, channels, c0, gi_nhwc)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -421,37 +422,47 @@ class Frames:
 
 
 def launch_forward(x, frames: Frames, out) -> None:
-    """``out (K, C, PH * PW)`` <- rotated RoIAlign of ``x (N, C, H, W)`` (compute dtype, any strides)."""
+    """``out (K, C, PH, PW)`` (C-contiguous in NCHW or channels-last order, ``_tiles.memory_order``)
+    <- rotated RoIAlign of ``x (N, C, H, W)`` (compute dtype, any strides)."""
     if not out.size:
         return
     if not x.size:  # an empty map: every sample is off it
         out[...] = 0
         return
+    view, nhwc = bins_order(out)
     xb = blocked_map(x)
     with launch_lock:
-        forward(xb, *frames.arrays, frames.bounds, out)
+        forward(xb, *frames.arrays, frames.bounds, view, nhwc)
 
 
 def launch_backward(grad_out, frames: Frames, grad_in) -> None:
-    """``grad_in (N, C, H, W)`` (C-contiguous, every element written) <- the adjoint applied to ``grad_out (K, C, PH * PW)``."""
+    """``grad_in (N, C, H, W)`` (every element written) <- the adjoint applied to ``grad_out (K, C, PH, PW)``.
+
+    ``grad_in`` is C-contiguous in NCHW or channels-last order
+    (``_tiles.memory_order``); ``grad_out`` has any strides.
+    """
     if not grad_in.size:
         return
     if not grad_out.size:
         grad_in[...] = 0
         return
     images, channels = grad_in.shape[:2]
+    go, go_nhwc = bins_order(grad_out, copy=True)
+    gi, gi_nhwc = memory_order(grad_in)
     order, starts = rois_by_image(frames.batch, images)
     block = channel_block(channels, images, grad_out.itemsize, numba.get_num_threads())
     with launch_lock:
-        backward(grad_out, *frames.arrays, order, starts, block, grad_in)
+        backward(go, go_nhwc, *frames.arrays, order, starts, block, gi, gi_nhwc)
 
 
 def launch_box_backward(x_nhwc, grad_out, frames: Frames, grad_boxes) -> None:
-    """``grad_boxes (K, 5)`` <- d/d ``[cx, cy, w, h, angle]`` from ``x_nhwc (N, H, W, C)`` and ``grad_out (K, C, PH * PW)``."""
+    """``grad_boxes (K, 5)`` <- d/d ``[cx, cy, w, h, angle]`` from ``x_nhwc (N, H, W, C)`` and
+    ``grad_out (K, C, PH * PW)`` (any strides)."""
     if not grad_boxes.size:
         return
     if not x_nhwc.size:
         grad_boxes[...] = 0
         return
+    go = np.ascontiguousarray(grad_out).reshape(grad_out.shape[0], grad_out.shape[1], -1)
     with launch_lock:
-        box_backward(x_nhwc, grad_out, *frames.arrays, frames.spatial_scale, frames.clockwise, grad_boxes)
+        box_backward(x_nhwc, go, *frames.arrays, frames.spatial_scale, frames.clockwise, grad_boxes)

@@ -36,7 +36,6 @@ import numpy as np
 from ._parallel import balanced_chunks, launch_lock
 from ._simd import (
     VECTOR_BYTES,
-    copy_to_lines,
     prefetch_l2,
     transpose_tile,
     vadd_where,
@@ -46,6 +45,7 @@ from ._simd import (
     vsplat_index,
     vstore,
 )
+from ._tiles import bins_order, load_tile, memory_order, store_tile, store_tile_lines
 from .geometry import roi_pool_bins
 
 # Vectors pooled together per bin pass (128 float32 / 64 float64 channels).
@@ -53,8 +53,8 @@ UNROLL = 8
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def forward(x, batch, hbins, wbins, bounds, out):
-    """``out (K, C, PH * PW)`` <- bin maxima of ``x (N, H, W, C)``; no argmax.
+def forward(x, batch, hbins, wbins, bounds, out, nhwc):
+    """``out (K, C, PH * PW)`` (or, ``nhwc``, ``(K, PH * PW, C)``) <- bin maxima of ``x (N, H, W, C)``; no argmax.
 
     ``batch (K,)``, ``hbins (K, PH, 2)``, ``wbins (K, PW, 2)`` come from
     ``geometry.roi_pool_bins``; ``bounds`` splits the RoIs into runs.
@@ -74,13 +74,12 @@ def forward(x, batch, hbins, wbins, bounds, out):
             for c0 in range(0, channels, block):
                 cw = min(block, channels - c0)
                 _pool_tile(xf, base + c0, width, channels, cw, hbins[k], wbins[k], tile, block)
-                transpose_tile(tile, 0, block, nbins, cw, stage, 0, nbins)
-                copy_to_lines(stage, outf, (k * channels + c0) * nbins, cw * nbins)
+                store_tile_lines(tile, block, nbins, cw, stage, outf, k, channels, c0, nhwc)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def forward_argmax(x, batch, hbins, wbins, bounds, out, argmax):
-    """As :func:`forward`, also writing ``argmax (K, C, PH * PW)``: ``h * W + w`` or -1.
+def forward_argmax(x, batch, hbins, wbins, bounds, out, argmax, nhwc):
+    """As :func:`forward`, also writing ``argmax`` (the shape and order of ``out``): ``h * W + w`` or -1.
 
     ``out`` and ``argmax`` must be C-contiguous.
     """
@@ -100,11 +99,8 @@ def forward_argmax(x, batch, hbins, wbins, bounds, out, argmax):
             for c0 in range(0, channels, block):
                 cw = min(block, channels - c0)
                 _pool_tile_argmax(xf, base + c0, width, channels, cw, hbins[k], wbins[k], tile, itile, block)
-                dst = (k * channels + c0) * nbins
-                transpose_tile(tile, 0, block, nbins, cw, stage, 0, nbins)
-                copy_to_lines(stage, outf, dst, cw * nbins)
-                transpose_tile(itile, 0, block, nbins, cw, istage, 0, nbins)
-                copy_to_lines(istage, argf, dst, cw * nbins)
+                store_tile_lines(tile, block, nbins, cw, stage, outf, k, channels, c0, nhwc)
+                store_tile_lines(itile, block, nbins, cw, istage, argf, k, channels, c0, nhwc)
 
 
 @numba.njit(nogil=True)
@@ -330,7 +326,7 @@ RECOMPUTE_UNROLL = 4
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def backward_recompute(x, channels_last, batch, hbins, wbins, grad_out, grad_in):
+def backward_recompute(x, channels_last, batch, hbins, wbins, grad_out, go_nhwc, grad_in, gi_nhwc):
     """``grad_in (N, C, H * W)`` <- ``grad_out (K, C, B)`` routed to each bin's maximum, found again in ``x``.
 
     The gradient of :func:`forward` with no stored argmax. A task owns one
@@ -347,6 +343,8 @@ def backward_recompute(x, channels_last, batch, hbins, wbins, grad_out, grad_in)
     same element, so the result is bit-identical to :func:`backward` with the
     forward's argmax, whatever the thread count. Each task ends by writing its
     accumulator transposed into ``grad_in``, which is thus fully overwritten.
+    ``grad_out`` is ``(K, PH * PW, C)`` if ``go_nhwc`` and ``grad_in``
+    ``(N, H * W, C)`` if ``gi_nhwc`` (then each is copied row by row, not transposed).
 
     ``x`` is ``(N, H, W, C)`` if ``channels_last``, else ``(N, C, H, W)`` (the
     tasks then transpose their slices themselves, so the usual NCHW map needs
@@ -357,7 +355,8 @@ def backward_recompute(x, channels_last, batch, hbins, wbins, grad_out, grad_in)
         n_images, height, width, channels = x.shape
     else:
         n_images, channels, height, width = x.shape
-    k_total, _, nbins = grad_out.shape
+    k_total = grad_out.shape[0]
+    nbins = grad_out.shape[1] if go_nhwc else grad_out.shape[2]
     cells = height * width
     xf = x.reshape(-1)
     gof = grad_out.reshape(-1)
@@ -381,11 +380,14 @@ def backward_recompute(x, channels_last, batch, hbins, wbins, grad_out, grad_in)
         while k < k_total:
             following = _next_roi(batch, n, k + 1)
             # the RoI's gradient for this block, bins x channels
-            transpose_tile(gof, (k * channels + c0) * nbins, nbins, cw, nbins, gtile, 0, block)
-            ahead = (following * channels + c0) * nbins if following < k_total else -1
-            _grad_tile(xl, width, block, cw, hbins[k], wbins[k], gtile, acc, gof, ahead, cw * nbins)
+            load_tile(gof, k, channels, c0, nbins, cw, gtile, block, go_nhwc)
+            ahead = -1
+            if following < k_total:
+                ahead = following * channels * nbins + (c0 if go_nhwc else c0 * nbins)
+            ahead_step = channels if go_nhwc else 0
+            _grad_tile(xl, width, block, cw, hbins[k], wbins[k], gtile, acc, gof, ahead, cw * nbins, ahead_step)
             k = following
-        transpose_tile(acc, 0, block, cells, cw, gif, (n * channels + c0) * cells, cells)
+        store_tile(acc, block, cells, cw, gif, n, channels, c0, gi_nhwc)
 
 
 @numba.njit(nogil=True)
@@ -397,7 +399,7 @@ def _next_roi(batch, n, k):
 
 
 @numba.njit(nogil=True)
-def _grad_tile(xl, width, stride, cw, hb, wb, gtile, acc, gof, ahead, ahead_size):
+def _grad_tile(xl, width, stride, cw, hb, wb, gtile, acc, gof, ahead, ahead_size, ahead_step):
     """Add ``gtile[b * stride + j]`` to ``acc[cell * stride + j]`` where ``cell`` holds channel ``j``'s maximum over bin ``b``.
 
     ``xl`` and ``acc`` are ``(H * W, stride)`` channels-last; ``j < cw``.
@@ -406,7 +408,8 @@ def _grad_tile(xl, width, stride, cw, hb, wb, gtile, acc, gof, ahead, ahead_size
     at once the prefetches would wait for free line-fill buffers and not run
     ahead of the work. This hides most of the time the gradient, which no
     cache holds, takes to arrive from memory (about 8 of 38 ms on the vgg16
-    workload).
+    workload). ``ahead_step`` > 0: the next RoI's gradient is channels-last,
+    bin ``b``'s part at ``ahead + b * ahead_step``.
     """
     lanes = VECTOR_BYTES // xl.itemsize
     pooled_w = wb.shape[0]
@@ -417,8 +420,10 @@ def _grad_tile(xl, width, stride, cw, hb, wb, gtile, acc, gof, ahead, ahead_size
         h1 = hb[ph, 1]
         for pw in range(pooled_w):
             if ahead >= 0:
-                for _ in range(per_bin):
-                    if line < ahead_size:
+                for i in range(per_bin):
+                    if ahead_step:
+                        prefetch_l2(gof, ahead + (ph * pooled_w + pw) * ahead_step + i * lanes)
+                    elif line < ahead_size:
                         prefetch_l2(gof, ahead + line)
                     line += lanes
             w0 = wb[pw, 0]
@@ -527,17 +532,25 @@ class RoIPoolBins:
 
 
 def launch_forward(x_nhwc, bins: RoIPoolBins, out) -> None:
-    """``out (K, C, PH * PW)`` <- bin maxima of ``x_nhwc (N, H, W, C)`` (C-contiguous, compute dtype)."""
+    """``out (K, C, PH, PW)`` <- bin maxima of ``x_nhwc (N, H, W, C)`` (C-contiguous, compute dtype).
+
+    ``out`` is C-contiguous in NCHW or channels-last order (``_tiles.memory_order``).
+    """
     if out.size:
+        view, nhwc = bins_order(out)
         with launch_lock:
-            forward(x_nhwc, bins.batch, bins.hbins, bins.wbins, bins.bounds, out)
+            forward(x_nhwc, bins.batch, bins.hbins, bins.wbins, bins.bounds, view, nhwc)
 
 
 def launch_forward_argmax(x_nhwc, bins: RoIPoolBins, out, argmax) -> None:
-    """As :func:`launch_forward`, also writing ``argmax (K, C, PH * PW)`` (int32)."""
+    """As :func:`launch_forward`, also writing ``argmax (K, C, PH, PW)`` (int32, in ``out``'s order)."""
     if out.size:
+        view, nhwc = bins_order(out)
+        arg_view, arg_nhwc = bins_order(argmax)
+        if arg_nhwc != nhwc:
+            raise ValueError("internal: out and argmax must be in the same memory order")
         with launch_lock:
-            forward_argmax(x_nhwc, bins.batch, bins.hbins, bins.wbins, bins.bounds, out, argmax)
+            forward_argmax(x_nhwc, bins.batch, bins.hbins, bins.wbins, bins.bounds, view, arg_view, nhwc)
 
 
 def launch_backward(grad_out, argmax, batch, grad_in) -> None:
@@ -548,20 +561,24 @@ def launch_backward(grad_out, argmax, batch, grad_in) -> None:
 
 
 def launch_backward_recompute(x, channels_last: bool, bins: RoIPoolBins, grad_out, grad_in) -> None:
-    """``grad_in (N, C, H * W)`` <- ``grad_out (K, C, PH * PW)`` routed to each bin's maximum in ``x``.
+    """``grad_in (N, C, H, W)`` <- ``grad_out (K, C, PH, PW)`` routed to each bin's maximum in ``x``.
 
-    ``x`` is the map, ``(N, H, W, C)`` if ``channels_last`` else ``(N, C, H, W)``.
-    The same sums as :func:`launch_backward` with the forward's argmax, found
-    again by scanning the bins instead of read back; ``grad_in`` is
-    overwritten (no zeroing needed). All arrays C-contiguous, compute dtype.
+    ``x`` is the map, ``(N, H, W, C)`` if ``channels_last`` else ``(N, C, H, W)``,
+    C-contiguous in the compute dtype. The same sums as :func:`launch_backward`
+    with the forward's argmax, found again by scanning the bins instead of read
+    back. ``grad_in`` is C-contiguous in NCHW or channels-last order
+    (``_tiles.memory_order``) and overwritten (no zeroing needed); ``grad_out``
+    has any strides (read in place in either order, else through a copy).
     """
     if grad_in.size == 0:
         return
     if grad_out.size == 0:
         grad_in[...] = 0
         return
+    go, go_nhwc = bins_order(grad_out, copy=True)
+    gi, gi_nhwc = memory_order(grad_in)
     with launch_lock:
-        backward_recompute(x, channels_last, bins.batch, bins.hbins, bins.wbins, grad_out, grad_in)
+        backward_recompute(x, channels_last, bins.batch, bins.hbins, bins.wbins, go, go_nhwc, gi, gi_nhwc)
 
 
 def argmax_outside(argmax: np.ndarray, cells: int) -> bool:

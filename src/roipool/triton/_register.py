@@ -6,6 +6,11 @@ whose import calls :func:`register`. Each op's schema argument names are
 matched to the launcher's keyword arguments, so an op is registered only when
 the two agree; :data:`REGISTERED` lists the ops that got a CUDA kernel and
 :data:`SKIPPED` why the others did not.
+
+Memory format: the Triton kernels read and write NCHW. As on the CPU, a
+channels-last ``input`` gives channels-last outputs, and a backward op's
+``channels_last`` argument (the forward input's format) gives a channels-last
+gradient: here through one transposing copy of each 4-D result.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import inspect
 
 import torch
 
+from .._torch._library import channels_last
 from . import prroi_pool, ps_roi, roi_align, roi_align_rotated, roi_pool
 
 NAMESPACE = "roipool"
@@ -65,7 +71,7 @@ def cuda_kernel(name: str, schema: torch.FunctionSchema):
         return None, "no Triton launcher"
     launcher, outputs, signature_of = LAUNCHERS[name]
     names = [a.name for a in schema.arguments]
-    accepted = set(inspect.signature(signature_of).parameters)
+    accepted = set(inspect.signature(signature_of).parameters) | {"channels_last"}
     missing = [n for n in names if n not in accepted]
     if missing:
         return None, f"schema arguments {missing} unknown to {signature_of.__name__}"
@@ -73,10 +79,23 @@ def cuda_kernel(name: str, schema: torch.FunctionSchema):
         return None, f"schema returns {len(schema.returns)} tensors, the launcher {outputs}"
 
     def kernel(*args):
-        return launcher(**dict(zip(names, args)))
+        kwargs = dict(zip(names, args))
+        follow = kwargs.pop("channels_last", None)
+        if follow is None:  # a forward: the outputs follow the input
+            follow = "input" in kwargs and channels_last(kwargs["input"])
+        result = launcher(**kwargs)
+        if not follow:
+            return result
+        if isinstance(result, tuple):
+            return tuple(_to_channels_last(t) for t in result)
+        return _to_channels_last(result)
 
     kernel.__name__ = f"{name}_triton"
     return kernel, None
+
+
+def _to_channels_last(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
 
 
 def register() -> None:

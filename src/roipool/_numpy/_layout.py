@@ -1,0 +1,61 @@
+"""The NumPy ``layout`` argument: channels-last arrays in and out.
+
+With ``layout="nhwc"`` every array argument and result of a NumPy function is
+channels-last: a feature map or its gradient ``(N, H, W, C)``, pooled
+outputs and their gradients ``(K, pooled_h, pooled_w, C)``, ``input_shape``
+``(N, H, W, C)``. The frontends work on the same memory through
+``(N, C, H, W)``-shaped views (:func:`map_in`), whose strides the kernels read
+in place; results are allocated channels-last (:func:`empty`) and handed back
+in the caller's order (:func:`map_out`), without a copy where the kernels
+wrote channels-last memory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _checks
+
+
+def map_in(array, nhwc: bool, name: str):
+    """``array`` as given (``nhwc`` False), or its ``(N, C, H, W)``-shaped view (a 4-D channels-last array)."""
+    if not nhwc or not isinstance(array, np.ndarray):
+        return array  # the frontend's own checks name what is wrong with it
+    if array.ndim != 4:
+        raise ValueError(f"{name} must have 4 dimensions (N, H, W, C) with layout='nhwc', got shape {array.shape}")
+    return np.moveaxis(array, 3, 1)
+
+
+def pooled_in(array, nhwc: bool, name: str):
+    """As :func:`map_in` for a pooled output's gradient, ``(K, pooled_h, pooled_w, C)`` when ``nhwc``."""
+    if not nhwc or not isinstance(array, np.ndarray):
+        return array
+    if array.ndim != 4:
+        raise ValueError(
+            f"{name} must have 4 dimensions (K, pooled_h, pooled_w, C) with layout='nhwc', got shape {array.shape}"
+        )
+    return np.moveaxis(array, 3, 1)
+
+
+def shape_in(input_shape, nhwc: bool, name: str = "input_shape"):
+    """``input_shape`` as ``(N, C, H, W)``; given ``(N, H, W, C)`` when ``nhwc``."""
+    if not nhwc:
+        return input_shape
+    n, h, w, c = _checks.input_shape_tuple(input_shape, name, "N, H, W, C")
+    return n, c, h, w
+
+
+def empty(shape, dtype, nhwc: bool) -> np.ndarray:
+    """An uninitialised array of logical shape ``shape (A, C, B, D)``, channels-last in memory when ``nhwc``."""
+    if not nhwc:
+        return np.empty(shape, dtype)
+    a, c, b, d = shape
+    return np.moveaxis(np.empty((a, b, d, c), dtype), 3, 1)
+
+
+def map_out(result: np.ndarray, nhwc: bool) -> np.ndarray:
+    """A frontend's ``(A, C, B, D)`` result in the caller's order: ``(A, B, D, C)`` when ``nhwc``
+    (C-contiguous: a view of channels-last memory, else a copy)."""
+    if not nhwc:
+        return result
+    return np.ascontiguousarray(np.moveaxis(result, 1, -1))

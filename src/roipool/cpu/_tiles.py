@@ -1,0 +1,82 @@
+"""Moving a kernel's ``(rows, channels)`` tile to and from the caller's arrays, in either memory format.
+
+The kernels compute a RoI's bins (or an image's cells) for one block of
+channels as a tile in L1 or L2: row ``r`` holds the block's channels of bin
+(or cell) ``r``, ``stride`` values apart. The caller's array is a flat
+C-contiguous buffer holding, for each item (a RoI, or an image), either
+
+- ``(channels, rows)``: NCHW, the contiguous layout; a tile is transposed
+  on the way (``_simd.transpose_tile``), or
+- ``(rows, channels)``: channels-last (``nhwc``); each tile row is one
+  contiguous run of ``cw`` channels, copied as it is.
+
+Nothing here rounds or reorders a value: a tile moved either way holds the
+same numbers, so a kernel's results are bit-identical in both formats.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ._simd import copy_to_lines, transpose_tile
+
+
+@numba.njit(nogil=True)
+def load_tile(src, item, channels, c0, rows, cw, tile, stride, nhwc):
+    """``tile[r * stride + c]`` <- channel ``c0 + c`` of row ``r`` of item ``item`` of ``src``, ``r < rows``, ``c < cw``."""
+    if nhwc:
+        for r in range(rows):
+            s = (item * rows + r) * channels + c0
+            tile[r * stride : r * stride + cw] = src[s : s + cw]
+    else:
+        transpose_tile(src, (item * channels + c0) * rows, rows, cw, rows, tile, 0, stride)
+
+
+@numba.njit(nogil=True)
+def store_tile(tile, stride, rows, cw, dst, item, channels, c0, nhwc):
+    """Channel ``c0 + c`` of row ``r`` of item ``item`` of ``dst`` <- ``tile[r * stride + c]``, ``r < rows``, ``c < cw``."""
+    if nhwc:
+        for r in range(rows):
+            d = (item * rows + r) * channels + c0
+            dst[d : d + cw] = tile[r * stride : r * stride + cw]
+    else:
+        transpose_tile(tile, 0, stride, rows, cw, dst, (item * channels + c0) * rows, rows)
+
+
+@numba.njit(nogil=True)
+def store_tile_lines(tile, stride, rows, cw, stage, dst, item, channels, c0, nhwc):
+    """As :func:`store_tile`; in NCHW through ``stage`` (``>= rows * cw`` values, in L1), so that
+    ``dst`` is written as whole aligned cache lines (``_simd.copy_to_lines``)."""
+    if nhwc:
+        store_tile(tile, stride, rows, cw, dst, item, channels, c0, nhwc)
+    else:
+        transpose_tile(tile, 0, stride, rows, cw, stage, 0, rows)
+        copy_to_lines(stage, dst, (item * channels + c0) * rows, cw * rows)
+
+
+def memory_order(a: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``(view, nhwc)`` of a caller's ``(items, channels, *spatial)`` array for the kernels.
+
+    ``a`` must be C-contiguous either as it is (``view`` is ``a``, ``nhwc``
+    False) or with its channels moved last (``view`` is that channels-last
+    view, ``nhwc`` True). An array that is both (one channel, or one spatial
+    element) is taken as it is: its bytes are the same either way.
+    """
+    if a.flags.c_contiguous:
+        return a, False
+    moved = np.moveaxis(a, 1, -1)
+    if moved.flags.c_contiguous:
+        return moved, True
+    raise ValueError("internal: a kernel's output must be C-contiguous in NCHW or channels-last order")
+
+
+def bins_order(a: np.ndarray, copy: bool = False) -> tuple[np.ndarray, bool]:
+    """``(view, nhwc)`` of a ``(K, C, PH, PW)`` array as the kernels index it: ``(K, C, PH * PW)``,
+    or ``(K, PH * PW, C)`` when ``nhwc`` (:func:`memory_order`). With ``copy``, an array in
+    neither order is read through a C-contiguous copy instead of refused."""
+    k, channels = a.shape[:2]
+    if copy and not a.flags.c_contiguous and not np.moveaxis(a, 1, -1).flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    view, nhwc = memory_order(a)
+    return (view.reshape(k, -1, channels), True) if nhwc else (view.reshape(k, channels, -1), False)

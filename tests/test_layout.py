@@ -1,0 +1,138 @@
+"""NumPy ``layout="nhwc"``: channels-last arrays in and out, bit for bit the values of the NCHW call.
+
+Every public NumPy function takes ``layout``; with ``"nhwc"`` its maps,
+pooled outputs, gradients and ``input_shape`` are channels-last. The
+expected values come from the same function on the NCHW arrays (itself
+checked against ``roipool.reference`` in the op's own tests), compared byte
+for byte.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import roipool
+
+SHAPE = (2, 147, 9, 11)  # 147 channels: the kernels' full blocks, one-vector and scalar remainders
+BOXES = np.array(
+    [[0, 1.5, 2.0, 30.0, 25.0], [1, -3, 4, 10, 50], [0, 5, 5, 5.5, 6], [1, 12, 9, 3, 2], [0, 0, 0, 21, 17]],
+    np.float64,
+)
+ROTATED = np.array([[0, 10, 8, 12, 6, 0.3], [1, 5, 5, 20, 3, -2.0], [0, 3, 4, 0, 2, 7.0]], np.float64)
+
+# name, boxes, output_size, keyword arguments; the ps ops need C a multiple of the bins (147 = 3 x 7 x 7)
+OPS = [
+    ("roi_pool", BOXES, (7, 7), dict(spatial_scale=0.5)),
+    ("roi_align", BOXES, (7, 7), dict(spatial_scale=0.5, sampling_ratio=2, aligned=True)),
+    ("roi_align", BOXES, (3, 2), dict(spatial_scale=0.25, sampling_ratio=-1, aligned=False)),
+    ("ps_roi_pool", BOXES, (7, 7), dict(spatial_scale=0.5)),
+    ("ps_roi_align", BOXES, (7, 7), dict(spatial_scale=0.5, sampling_ratio=2)),
+    ("roi_align_rotated", ROTATED, (7, 7), dict(spatial_scale=0.5)),
+    ("prroi_pool", BOXES, (7, 7), dict(spatial_scale=0.5)),
+]
+IDS = [f"{name}-{size[0]}x{size[1]}" for name, _, size, _ in OPS]
+
+
+def nhwc(a):
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+
+
+def same_bytes(got, want_nchw):
+    """``got`` is the C-contiguous channels-last form of ``want_nchw``, byte for byte."""
+    assert got.flags.c_contiguous and got.dtype == want_nchw.dtype
+    assert got.tobytes() == nhwc(want_nchw).tobytes()
+
+
+def make_map(dtype, seed=0):
+    # small whole numbers: exact in every dtype, with ties for the max pooling
+    return np.random.default_rng(seed).integers(0, 4, SHAPE).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16], ids=str)
+@pytest.mark.parametrize("name, boxes, size, kw", OPS, ids=IDS)
+def test_forward_and_backward_in_nhwc_match_nchw_bit_for_bit(name, boxes, size, kw, dtype):
+    op, backward = getattr(roipool, name), getattr(roipool, f"{name}_backward")
+    x = make_map(dtype)
+    xh = nhwc(x)
+    xh_before = xh.copy()
+    want = op(x, boxes, size, **kw)
+    got = op(xh, boxes, size, layout="nhwc", **kw)
+    same_bytes(got, want)
+    g = np.random.default_rng(1).standard_normal(want.shape).astype(dtype)
+    gh = nhwc(g)
+    if name == "roi_pool":
+        want_grad = backward(g, None, boxes, x.shape, input=x, spatial_scale=kw["spatial_scale"])
+        got_grad = backward(gh, None, boxes, xh.shape, input=xh, spatial_scale=kw["spatial_scale"], layout="nhwc")
+    else:
+        want_grad = backward(g, boxes, x.shape, size, **kw)
+        got_grad = backward(gh, boxes, xh.shape, size, layout="nhwc", **kw)
+    same_bytes(got_grad, want_grad)
+    assert np.array_equal(xh, xh_before)
+
+
+@pytest.mark.parametrize("name, boxes, size, kw", OPS[:3] + OPS[-1:], ids=IDS[:3] + IDS[-1:])
+def test_strided_channels_last_views_are_read_in_place_and_give_the_same_values(name, boxes, size, kw):
+    # a transposed view of NCHW memory is a valid (N, H, W, C) array too
+    op = getattr(roipool, name)
+    x = make_map(np.float32)
+    same_bytes(op(x.transpose(0, 2, 3, 1), boxes, size, layout="nhwc", **kw), op(x, boxes, size, **kw))
+
+
+def test_roi_pool_with_argmax_and_its_backward_in_nhwc():
+    x = make_map(np.float32)
+    out, argmax = roipool.roi_pool_with_argmax(x, BOXES, 7, 0.5)
+    out_h, argmax_h = roipool.roi_pool_with_argmax(nhwc(x), BOXES, 7, 0.5, layout="nhwc")
+    same_bytes(out_h, out)
+    same_bytes(argmax_h, argmax)
+    g = np.random.default_rng(2).standard_normal(out.shape).astype(np.float32)
+    want = roipool.roi_pool_backward(g, argmax, BOXES, x.shape)
+    got = roipool.roi_pool_backward(nhwc(g), argmax_h, BOXES, nhwc(x).shape, layout="nhwc")
+    same_bytes(got, want)
+
+
+@pytest.mark.parametrize("name", ["roi_align", "prroi_pool"])
+def test_box_gradients_take_nhwc_arrays(name):
+    x = make_map(np.float64)
+    kw = dict(spatial_scale=0.5)
+    out = getattr(roipool, name)(x, BOXES, 3, **kw)
+    g = np.random.default_rng(3).standard_normal(out.shape)
+    fn = getattr(roipool, f"{name}_boxes_backward")
+    want = fn(g, x, BOXES, 3, **kw)
+    got = fn(nhwc(g), nhwc(x), BOXES, 3, layout="nhwc", **kw)
+    assert got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("layout", ["NCHW?", "chw", "", 3, None, "channels_last"])
+def test_unknown_layout_is_refused_naming_the_accepted_values(layout):
+    with pytest.raises(ValueError, match="layout must be one of 'nchw', 'nhwc'"):
+        roipool.roi_align(make_map(np.float32), BOXES, 2, layout=layout)
+
+
+def test_layout_names_are_case_insensitive():
+    x = make_map(np.float32)
+    same_bytes(roipool.roi_pool(nhwc(x), BOXES, 2, layout="NHWC"), roipool.roi_pool(x, BOXES, 2, layout="NCHW"))
+
+
+def test_nhwc_arrays_of_the_wrong_rank_say_which_layout_was_expected():
+    with pytest.raises(ValueError, match=r"input must have 4 dimensions \(N, H, W, C\) with layout='nhwc'"):
+        roipool.roi_align(np.zeros((9, 11, 3), np.float32), BOXES, 2, layout="nhwc")
+    with pytest.raises(ValueError, match=r"grad_output must have 4 dimensions \(K, pooled_h, pooled_w, C\)"):
+        roipool.roi_align_backward(np.zeros((5, 2, 2), np.float32), BOXES, (2, 9, 11, 3), 2, layout="nhwc")
+    with pytest.raises(ValueError, match=r"input_shape must be \(N, H, W, C\)"):
+        roipool.roi_align_backward(np.zeros((5, 2, 2, 3), np.float32), BOXES, (2, 9, 11), 2, layout="nhwc")
+
+
+def test_out_of_range_batch_index_in_nhwc_gets_the_nchw_error():
+    bad = BOXES.copy()
+    bad[0, 0] = 2
+    with pytest.raises(ValueError, match=r"batch index and must be in \[0, 2\)"):
+        roipool.roi_align(nhwc(make_map(np.float32)), bad, 2, layout="nhwc")
+
+
+def test_tensors_refuse_nhwc_and_point_to_their_memory_format():
+    torch = pytest.importorskip("torch")
+    x = torch.zeros(2, 3, 9, 11)
+    with pytest.raises(ValueError, match="memory format"):
+        roipool.roi_align(x, torch.from_numpy(BOXES).float(), 2, layout="nhwc")
+    assert roipool.roi_align(x, torch.from_numpy(BOXES).float(), 2, layout="nchw").shape == (5, 3, 2, 2)
