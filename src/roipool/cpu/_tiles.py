@@ -19,7 +19,20 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._simd import copy_to_lines, transpose_tile
+from ._simd import VECTOR_BYTES, copy_to_lines, transpose_tile, vload, vstore
+
+
+@numba.njit(nogil=True, inline="always")
+def _copy(src, s, dst, d, n):
+    """``dst[d : d + n] = src[s : s + n]`` a vector at a time (a slice assignment would first
+    check the two arrays for overlap, and copy through a temporary if they might)."""
+    lanes = VECTOR_BYTES // src.itemsize
+    i = 0
+    while i + lanes <= n:
+        vstore(dst, d + i, vload(src, s + i))
+        i += lanes
+    for j in range(i, n):
+        dst[d + j] = src[s + j]
 
 
 @numba.njit(nogil=True)
@@ -27,8 +40,7 @@ def load_tile(src, item, channels, c0, rows, cw, tile, stride, nhwc):
     """``tile[r * stride + c]`` <- channel ``c0 + c`` of row ``r`` of item ``item`` of ``src``, ``r < rows``, ``c < cw``."""
     if nhwc:
         for r in range(rows):
-            s = (item * rows + r) * channels + c0
-            tile[r * stride : r * stride + cw] = src[s : s + cw]
+            _copy(src, (item * rows + r) * channels + c0, tile, r * stride, cw)
     else:
         transpose_tile(src, (item * channels + c0) * rows, rows, cw, rows, tile, 0, stride)
 
@@ -38,8 +50,7 @@ def store_tile(tile, stride, rows, cw, dst, item, channels, c0, nhwc):
     """Channel ``c0 + c`` of row ``r`` of item ``item`` of ``dst`` <- ``tile[r * stride + c]``, ``r < rows``, ``c < cw``."""
     if nhwc:
         for r in range(rows):
-            d = (item * rows + r) * channels + c0
-            dst[d : d + cw] = tile[r * stride : r * stride + cw]
+            _copy(tile, r * stride, dst, (item * rows + r) * channels + c0, cw)
     else:
         transpose_tile(tile, 0, stride, rows, cw, dst, (item * channels + c0) * rows, rows)
 

@@ -61,7 +61,7 @@ import numpy as np
 
 from .. import _checks
 from ._parallel import balanced_chunks, launch_lock
-from ._simd import VECTOR_BYTES, prefetch, transpose_tile, vload, vmuladd, vstore, vzeros
+from ._simd import VECTOR_BYTES, copy_to_lines, prefetch, transpose_tile, vload, vmuladd, vstore, vzeros
 from ._tiles import bins_order, load_tile, memory_order, store_tile, store_tile_lines
 from .geometry import _grid, _sample_position, _window, bilinear_corners, roi_align_taps
 
@@ -144,22 +144,74 @@ def forward(xb, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, path, out, nhwc
     block = UNROLL * (VECTOR_BYTES // xb.itemsize)
     for run in numba.prange(bounds.shape[0] - 1):
         tile = np.empty(nbins * block, xb.dtype)
-        stage = np.empty(nbins * block, xb.dtype)
+        stage = np.empty(nbins * (channels if nhwc else block), xb.dtype)
         rows = np.empty(width * block, xb.dtype)
-        # Channel blocks outermost: the run's RoIs then read one block of the
-        # map (H * W * block values, L2-sized) before moving to the next.
-        for c0 in range(0, channels, block):
-            cw = min(block, channels - c0)
+        if nhwc:
+            # RoIs outermost: a RoI's (bins, C) output is gathered in ``stage``
+            # and written once, front to back (by channel blocks, each RoI's
+            # output would be written as 128-channel pieces spread over all of it).
             for k in range(bounds[run], bounds[run + 1]):
-                cmin, span = _column_span(wptr[k], widx)
-                origin = (batch[k] * channels + c0) * plane
-                if _rows_first_pays(hptr[k], wptr[k], span, path):
-                    _forward_rows_first(
-                        xf, origin, width, cw, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, cmin, span, rows, tile, block
+                for c0 in range(0, channels, block):
+                    cw = min(block, channels - c0)
+                    _forward_tile(
+                        xf,
+                        batch[k],
+                        channels,
+                        c0,
+                        cw,
+                        plane,
+                        width,
+                        hptr[k],
+                        hidx,
+                        hwt,
+                        wptr[k],
+                        widx,
+                        wwt,
+                        path,
+                        rows,
+                        tile,
+                        block,
                     )
-                else:
-                    _forward_direct(xf, origin, width, cw, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, tile, block)
-                store_tile_lines(tile, block, nbins, cw, stage, outf, k, channels, c0, nhwc)
+                    store_tile(tile, block, nbins, cw, stage, 0, channels, c0, True)
+                copy_to_lines(stage, outf, k * nbins * channels, nbins * channels)
+        else:
+            # Channel blocks outermost: the run's RoIs then read one block of the
+            # map (H * W * block values, L2-sized) before moving to the next.
+            for c0 in range(0, channels, block):
+                cw = min(block, channels - c0)
+                for k in range(bounds[run], bounds[run + 1]):
+                    _forward_tile(
+                        xf,
+                        batch[k],
+                        channels,
+                        c0,
+                        cw,
+                        plane,
+                        width,
+                        hptr[k],
+                        hidx,
+                        hwt,
+                        wptr[k],
+                        widx,
+                        wwt,
+                        path,
+                        rows,
+                        tile,
+                        block,
+                    )
+                    store_tile_lines(tile, block, nbins, cw, stage, outf, k, channels, c0, False)
+
+
+@numba.njit(cache=True, nogil=True)
+def _forward_tile(xf, n, channels, c0, cw, plane, width, hptr, hidx, hwt, wptr, widx, wwt, path, rows, tile, block):
+    """``tile[b * block + c]`` <- bin ``b`` of channel ``c0 + c < c0 + cw`` of one RoI (taps ``hptr``,
+    ``wptr``) on image ``n`` of the channel-blocked map ``xf``, the cheaper way round (``rows``: scratch)."""
+    cmin, span = _column_span(wptr, widx)
+    origin = (n * channels + c0) * plane
+    if _rows_first_pays(hptr, wptr, span, path):
+        _forward_rows_first(xf, origin, width, cw, cw, hptr, hidx, hwt, wptr, widx, wwt, cmin, span, rows, tile, block)
+    else:
+        _forward_direct(xf, origin, width, cw, cw, hptr, hidx, hwt, wptr, widx, wwt, tile, block)
 
 
 @numba.njit(cache=True, nogil=True)

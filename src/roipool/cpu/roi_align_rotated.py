@@ -41,7 +41,7 @@ import numba
 import numpy as np
 
 from ._parallel import balanced_chunks, launch_lock
-from ._simd import VECTOR_BYTES, vload, vmuladd, vstore
+from ._simd import VECTOR_BYTES, copy_to_lines, vload, vmuladd, vstore
 from ._tiles import bins_order, load_tile, memory_order, store_tile, store_tile_lines
 from .roi_align import UNROLL, _scatter, blocked_map, channel_block, rois_by_image
 
@@ -173,28 +173,80 @@ def forward(xb, batch, frames, grids, pooled_h, pooled_w, bounds, out, nhwc):
     block = UNROLL * (VECTOR_BYTES // xb.itemsize)
     for run in numba.prange(bounds.shape[0] - 1):
         tile = np.empty(nbins * block, xb.dtype)
-        stage = np.empty(nbins * block, xb.dtype)
+        stage = np.empty(nbins * (channels if nhwc else block), xb.dtype)
         idx = np.empty(TAP_CHUNK, np.int64)
         wt = np.empty(TAP_CHUNK, xb.dtype)
         buf = np.empty(1, xb.dtype)
-        for c0 in range(0, channels, block):
-            cw = min(block, channels - c0)
+        if nhwc:
+            # RoIs outermost, each RoI's (bins, C) output written once, front to back
+            # (as roi_align.forward does; by channel blocks it would be written in scattered pieces)
             for k in range(bounds[run], bounds[run + 1]):
-                origin = (batch[k] * channels + c0) * plane
-                gh, gw = grids[k, 0], grids[k, 1]
-                count = xb.dtype.type(max(gh * gw, 1))
-                for b in range(nbins):
-                    t = b * block
-                    tile[t : t + cw] = 0
-                    iy, ix = 0, 0
-                    while iy < gh:
-                        m, iy, ix = _fill_taps(
-                            frames[k], gh, gw, b // pooled_w, b % pooled_w, height, width, idx, wt, buf, iy, ix
-                        )
-                        _accumulate(xf, origin, cw, idx, wt, m, tile, t, cw)
-                    for c in range(t, t + cw):
-                        tile[c] = tile[c] / count
-                store_tile_lines(tile, block, nbins, cw, stage, outf, k, channels, c0, nhwc)
+                for c0 in range(0, channels, block):
+                    cw = min(block, channels - c0)
+                    _forward_tile(
+                        xf,
+                        batch[k],
+                        channels,
+                        c0,
+                        cw,
+                        plane,
+                        frames[k],
+                        grids[k],
+                        pooled_w,
+                        nbins,
+                        height,
+                        width,
+                        idx,
+                        wt,
+                        buf,
+                        tile,
+                        block,
+                    )
+                    store_tile(tile, block, nbins, cw, stage, 0, channels, c0, True)
+                copy_to_lines(stage, outf, k * nbins * channels, nbins * channels)
+        else:
+            for c0 in range(0, channels, block):
+                cw = min(block, channels - c0)
+                for k in range(bounds[run], bounds[run + 1]):
+                    _forward_tile(
+                        xf,
+                        batch[k],
+                        channels,
+                        c0,
+                        cw,
+                        plane,
+                        frames[k],
+                        grids[k],
+                        pooled_w,
+                        nbins,
+                        height,
+                        width,
+                        idx,
+                        wt,
+                        buf,
+                        tile,
+                        block,
+                    )
+                    store_tile_lines(tile, block, nbins, cw, stage, outf, k, channels, c0, False)
+
+
+@numba.njit(cache=True, nogil=True)
+def _forward_tile(
+    xf, n, channels, c0, cw, plane, frame, grid, pooled_w, nbins, height, width, idx, wt, buf, tile, block
+):
+    """``tile[b * block + c]`` <- bin ``b`` of channel ``c0 + c < c0 + cw`` of one rotated RoI on image ``n``."""
+    origin = (n * channels + c0) * plane
+    gh, gw = grid[0], grid[1]
+    count = xf.dtype.type(max(gh * gw, 1))
+    for b in range(nbins):
+        t = b * block
+        tile[t : t + cw] = 0
+        iy, ix = 0, 0
+        while iy < gh:
+            m, iy, ix = _fill_taps(frame, gh, gw, b // pooled_w, b % pooled_w, height, width, idx, wt, buf, iy, ix)
+            _accumulate(xf, origin, cw, idx, wt, m, tile, t, cw)
+        for c in range(t, t + cw):
+            tile[c] = tile[c] / count
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
