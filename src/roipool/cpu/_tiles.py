@@ -23,7 +23,7 @@ from ._simd import VECTOR_BYTES, copy_to_lines, transpose_tile, vload, vstore
 
 
 @numba.njit(nogil=True, inline="always")
-def _copy(src, s, dst, d, n):
+def copy_run(src, s, dst, d, n):
     """``dst[d : d + n] = src[s : s + n]`` a vector at a time (a slice assignment would first
     check the two arrays for overlap, and copy through a temporary if they might)."""
     lanes = VECTOR_BYTES // src.itemsize
@@ -40,7 +40,7 @@ def load_tile(src, item, channels, c0, rows, cw, tile, stride, nhwc):
     """``tile[r * stride + c]`` <- channel ``c0 + c`` of row ``r`` of item ``item`` of ``src``, ``r < rows``, ``c < cw``."""
     if nhwc:
         for r in range(rows):
-            _copy(src, (item * rows + r) * channels + c0, tile, r * stride, cw)
+            copy_run(src, (item * rows + r) * channels + c0, tile, r * stride, cw)
     else:
         transpose_tile(src, (item * channels + c0) * rows, rows, cw, rows, tile, 0, stride)
 
@@ -50,7 +50,7 @@ def store_tile(tile, stride, rows, cw, dst, item, channels, c0, nhwc):
     """Channel ``c0 + c`` of row ``r`` of item ``item`` of ``dst`` <- ``tile[r * stride + c]``, ``r < rows``, ``c < cw``."""
     if nhwc:
         for r in range(rows):
-            _copy(tile, r * stride, dst, (item * rows + r) * channels + c0, cw)
+            copy_run(tile, r * stride, dst, (item * rows + r) * channels + c0, cw)
     else:
         transpose_tile(tile, 0, stride, rows, cw, dst, (item * channels + c0) * rows, rows)
 

@@ -62,7 +62,7 @@ import numpy as np
 from .. import _checks
 from ._parallel import balanced_chunks, launch_lock
 from ._simd import VECTOR_BYTES, copy_to_lines, prefetch, transpose_tile, vload, vmuladd, vstore, vzeros
-from ._tiles import bins_order, load_tile, memory_order, store_tile, store_tile_lines
+from ._tiles import bins_order, copy_run, load_tile, memory_order, store_tile, store_tile_lines
 from .geometry import _grid, _sample_position, _window, bilinear_corners, roi_align_taps
 
 _FASTMATH = {"contract"}  # allow fused multiply-add; no reassociation
@@ -128,15 +128,20 @@ def channel_blocks(x, cell_step, channel_step, xb):
             transpose_tile(x, src, channel_step, cw, plane, xbf, dst, cw)
         else:
             for cell in range(plane):
-                xbf[dst + cell * cw : dst + (cell + 1) * cw] = x[src + cell * cell_step : src + cell * cell_step + cw]
+                copy_run(x, src + cell * cell_step, xbf, dst + cell * cw, cw)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def forward(xb, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, path, out, nhwc):
-    """``out (K, C, PH * PW)`` (or, ``nhwc``, ``(K, PH * PW, C)``) <- RoIAlign of ``xb`` (shape
-    ``(N, C, H, W)``, the layout of :func:`channel_blocks`) from the taps. ``out`` must be C-contiguous.
+def forward(xb, x_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, path, out, nhwc):
+    """``out (K, C, PH * PW)`` (or, ``nhwc``, ``(K, PH * PW, C)``) <- RoIAlign of ``xb`` from the taps.
+
+    ``xb`` is the map in the layout of :func:`channel_blocks` (shape ``(N, C, H, W)``), or, with
+    ``x_nhwc``, the channels-last map ``(N, H, W, C)`` read in place. ``out`` must be C-contiguous.
     """
-    _, channels, height, width = xb.shape
+    if x_nhwc:
+        _, height, width, channels = xb.shape
+    else:
+        _, channels, height, width = xb.shape
     xf = xb.reshape(-1)
     outf = out.reshape(-1)
     nbins = out.shape[1] if nhwc else out.shape[2]
@@ -155,6 +160,7 @@ def forward(xb, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, path, out, nhwc
                     cw = min(block, channels - c0)
                     _forward_tile(
                         xf,
+                        x_nhwc,
                         batch[k],
                         channels,
                         c0,
@@ -182,6 +188,7 @@ def forward(xb, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, path, out, nhwc
                 for k in range(bounds[run], bounds[run + 1]):
                     _forward_tile(
                         xf,
+                        x_nhwc,
                         batch[k],
                         channels,
                         c0,
@@ -203,15 +210,23 @@ def forward(xb, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, path, out, nhwc
 
 
 @numba.njit(cache=True, nogil=True)
-def _forward_tile(xf, n, channels, c0, cw, plane, width, hptr, hidx, hwt, wptr, widx, wwt, path, rows, tile, block):
+def _forward_tile(
+    xf, x_nhwc, n, channels, c0, cw, plane, width, hptr, hidx, hwt, wptr, widx, wwt, path, rows, tile, block
+):
     """``tile[b * block + c]`` <- bin ``b`` of channel ``c0 + c < c0 + cw`` of one RoI (taps ``hptr``,
-    ``wptr``) on image ``n`` of the channel-blocked map ``xf``, the cheaper way round (``rows``: scratch)."""
+    ``wptr``) on image ``n`` of the map ``xf`` (channel-blocked, or channels-last if ``x_nhwc``),
+    the cheaper way round (``rows``: scratch)."""
     cmin, span = _column_span(wptr, widx)
-    origin = (n * channels + c0) * plane
-    if _rows_first_pays(hptr, wptr, span, path):
-        _forward_rows_first(xf, origin, width, cw, cw, hptr, hidx, hwt, wptr, widx, wwt, cmin, span, rows, tile, block)
+    if x_nhwc:
+        origin, step = n * plane * channels + c0, channels
     else:
-        _forward_direct(xf, origin, width, cw, cw, hptr, hidx, hwt, wptr, widx, wwt, tile, block)
+        origin, step = (n * channels + c0) * plane, cw
+    if _rows_first_pays(hptr, wptr, span, path):
+        _forward_rows_first(
+            xf, origin, width, step, cw, hptr, hidx, hwt, wptr, widx, wwt, cmin, span, rows, tile, block
+        )
+    else:
+        _forward_direct(xf, origin, width, step, cw, hptr, hidx, hwt, wptr, widx, wwt, tile, block)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -664,9 +679,12 @@ def launch_forward(x, taps: RoIAlignTaps, out) -> None:
     if not out.size:
         return
     view, nhwc = bins_order(out)
-    xb = blocked_map(x)
+    # A channels-last map is read in place: its blocked copy costs more than it saves
+    # (kernels.md; on the maskrcnn workload the copy alone moves 56 MB each way).
+    x_nhwc = x.transpose(0, 2, 3, 1).flags.c_contiguous
+    xb = x.transpose(0, 2, 3, 1) if x_nhwc else blocked_map(x)
     with launch_lock:
-        forward(xb, *taps.arrays, taps.bounds, TAP_EVALUATION, view, nhwc)
+        forward(xb, x_nhwc, *taps.arrays, taps.bounds, TAP_EVALUATION, view, nhwc)
 
 
 def launch_backward(grad_out, taps: RoIAlignTaps, grad_in) -> None:

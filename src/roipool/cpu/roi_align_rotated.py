@@ -162,10 +162,13 @@ def _bilinear(y, x, height, width, idx, wt, m, buf):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def forward(xb, batch, frames, grids, pooled_h, pooled_w, bounds, out, nhwc):
+def forward(xb, x_nhwc, batch, frames, grids, pooled_h, pooled_w, bounds, out, nhwc):
     """``out (K, C, PH * PW)`` (or, ``nhwc``, ``(K, PH * PW, C)``) <- rotated RoIAlign of ``xb``
     (``(N, C, H, W)`` in the channel-blocked layout of ``roi_align.channel_blocks``). ``out`` C-contiguous."""
-    _, channels, height, width = xb.shape
+    if x_nhwc:  # the channels-last map, read in place
+        _, height, width, channels = xb.shape
+    else:
+        _, channels, height, width = xb.shape
     xf = xb.reshape(-1)
     outf = out.reshape(-1)
     nbins = pooled_h * pooled_w
@@ -185,6 +188,7 @@ def forward(xb, batch, frames, grids, pooled_h, pooled_w, bounds, out, nhwc):
                     cw = min(block, channels - c0)
                     _forward_tile(
                         xf,
+                        x_nhwc,
                         batch[k],
                         channels,
                         c0,
@@ -210,6 +214,7 @@ def forward(xb, batch, frames, grids, pooled_h, pooled_w, bounds, out, nhwc):
                 for k in range(bounds[run], bounds[run + 1]):
                     _forward_tile(
                         xf,
+                        x_nhwc,
                         batch[k],
                         channels,
                         c0,
@@ -232,10 +237,14 @@ def forward(xb, batch, frames, grids, pooled_h, pooled_w, bounds, out, nhwc):
 
 @numba.njit(cache=True, nogil=True)
 def _forward_tile(
-    xf, n, channels, c0, cw, plane, frame, grid, pooled_w, nbins, height, width, idx, wt, buf, tile, block
+    xf, x_nhwc, n, channels, c0, cw, plane, frame, grid, pooled_w, nbins, height, width, idx, wt, buf, tile, block
 ):
-    """``tile[b * block + c]`` <- bin ``b`` of channel ``c0 + c < c0 + cw`` of one rotated RoI on image ``n``."""
-    origin = (n * channels + c0) * plane
+    """``tile[b * block + c]`` <- bin ``b`` of channel ``c0 + c < c0 + cw`` of one rotated RoI on image ``n``
+    of ``xf`` (channel-blocked, or channels-last if ``x_nhwc``)."""
+    if x_nhwc:
+        origin, step = n * plane * channels + c0, channels
+    else:
+        origin, step = (n * channels + c0) * plane, cw
     gh, gw = grid[0], grid[1]
     count = xf.dtype.type(max(gh * gw, 1))
     for b in range(nbins):
@@ -244,7 +253,7 @@ def _forward_tile(
         iy, ix = 0, 0
         while iy < gh:
             m, iy, ix = _fill_taps(frame, gh, gw, b // pooled_w, b % pooled_w, height, width, idx, wt, buf, iy, ix)
-            _accumulate(xf, origin, cw, idx, wt, m, tile, t, cw)
+            _accumulate(xf, origin, step, idx, wt, m, tile, t, cw)
         for c in range(t, t + cw):
             tile[c] = tile[c] / count
 
@@ -482,9 +491,10 @@ def launch_forward(x, frames: Frames, out) -> None:
         out[...] = 0
         return
     view, nhwc = bins_order(out)
-    xb = blocked_map(x)
+    x_nhwc = x.transpose(0, 2, 3, 1).flags.c_contiguous  # read in place: no blocked copy
+    xb = x.transpose(0, 2, 3, 1) if x_nhwc else blocked_map(x)
     with launch_lock:
-        forward(xb, *frames.arrays, frames.bounds, view, nhwc)
+        forward(xb, x_nhwc, *frames.arrays, frames.bounds, view, nhwc)
 
 
 def launch_backward(grad_out, frames: Frames, grad_in) -> None:

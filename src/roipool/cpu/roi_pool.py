@@ -45,7 +45,7 @@ from ._simd import (
     vsplat_index,
     vstore,
 )
-from ._tiles import bins_order, load_tile, memory_order, store_tile, store_tile_lines
+from ._tiles import bins_order, copy_run, load_tile, memory_order, store_tile, store_tile_lines
 from .geometry import roi_pool_bins
 
 # Vectors pooled together per bin pass (128 float32 / 64 float64 channels).
@@ -370,8 +370,7 @@ def backward_recompute(x, channels_last, batch, hbins, wbins, grad_out, go_nhwc,
         xl = np.empty(cells * block, x.dtype)
         if channels_last:
             for cell in range(cells):
-                src = (n * cells + cell) * channels + c0
-                xl[cell * block : cell * block + cw] = xf[src : src + cw]
+                copy_run(xf, (n * cells + cell) * channels + c0, xl, cell * block, cw)
         else:
             transpose_tile(xf, (n * channels + c0) * cells, cells, cw, cells, xl, 0, block)
         acc = np.zeros(cells * block, x.dtype)
