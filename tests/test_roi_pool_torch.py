@@ -272,3 +272,32 @@ def test_numpy_only_functions_name_numpy_for_a_tensor():
         roipool.roi_pool_with_argmax(torch.zeros((1, 1, 4, 4)), torch.zeros((1, 5)), 2)
     with pytest.raises(TypeError, match=r"^input must be a torch tensor, got ndarray$"):
         torch_roi_pool.roi_pool(np.zeros((1, 1, 4, 4), np.float32), np.zeros((1, 5)), 2)
+
+
+def test_cpu_training_on_a_map_whose_rescan_would_leave_l2_keeps_the_argmax(monkeypatch):
+    from roipool.cpu import roi_pool as cpu_roi_pool
+
+    x = make_input((2, 3, 9, 11), torch.float32, "contiguous", integers=True).requires_grad_()
+    rois = torch.tensor([[0.0, 0, 0, 9, 7], [1, 2, 1, 6, 8], [0, 3, 3, 3, 3]])  # 4 cells per bin: small
+    working_set = cpu_roi_pool.recompute_working_set(9, 11)
+    assert working_set == 2 * 9 * 11 * 256
+    monkeypatch.setattr(torch_roi_pool, "l2_bytes", lambda: working_set)
+    assert torch_roi_pool.recompute_pays(x, rois, 0.5, 3, 2)
+    monkeypatch.setattr(torch_roi_pool, "l2_bytes", lambda: working_set - 1)
+    assert not torch_roi_pool.recompute_pays(x, rois, 0.5, 3, 2)
+    called = _ops_called(lambda: _train_and_check(x, rois, (3, 2), 0.5))
+    assert "roipool::roi_pool_with_argmax" in called and "roipool::roi_pool_backward_recompute" not in called
+
+
+def test_the_stored_argmax_route_in_channels_last_gives_the_contiguous_route_bits(monkeypatch):
+    monkeypatch.setattr(torch_roi_pool, "l2_bytes", lambda: 0)  # every map too large: the argmax route
+    rois = torch.tensor([[0.0, 0, 0, 9, 7], [1, 2, 1, 6, 8], [0, 3, 3, 3, 3], [1, 0, 0, 40, 40]])
+    x = make_input((2, 147, 9, 11), torch.float32, "channels_last", integers=True).requires_grad_()
+    ref = x.detach().contiguous().requires_grad_()
+    out, want = roipool.roi_pool(x, rois, (3, 2), 0.5), roipool.roi_pool(ref, rois, (3, 2), 0.5)
+    g = torch.randn(want.shape, generator=torch.Generator().manual_seed(2))
+    called = _ops_called(lambda: out.backward(g.contiguous(memory_format=torch.channels_last)))
+    want.backward(g)
+    assert "roipool::roi_pool_backward" in called
+    assert out.is_contiguous(memory_format=torch.channels_last) and torch.equal(out, want)
+    assert x.grad.is_contiguous(memory_format=torch.channels_last) and torch.equal(x.grad, ref.grad)

@@ -45,12 +45,14 @@ def shape_in(input_shape, nhwc: bool, name: str = "input_shape"):
     return n, c, h, w
 
 
-def empty(shape, dtype, nhwc: bool) -> np.ndarray:
-    """An uninitialised array of logical shape ``shape (A, C, B, D)``, channels-last in memory when ``nhwc``."""
+def empty(shape, dtype, nhwc: bool, zeros: bool = False) -> np.ndarray:
+    """An uninitialised (or zeroed) array of logical shape ``shape (A, C, B, D)``, channels-last in
+    memory when ``nhwc``."""
+    alloc = np.zeros if zeros else np.empty
     if not nhwc:
-        return np.empty(shape, dtype)
+        return alloc(shape, dtype)
     a, c, b, d = shape
-    return np.moveaxis(np.empty((a, b, d, c), dtype), 3, 1)
+    return np.moveaxis(alloc((a, b, d, c), dtype), 3, 1)
 
 
 def map_out(result: np.ndarray, nhwc: bool) -> np.ndarray:

@@ -82,13 +82,12 @@ def roi_pool_backward(grad_output, argmax, boxes, input_shape, *, input=None, sp
     rois = _checks.rois_array(boxes, n, dtype)
     if rois.shape[0] != grad_output.shape[0]:
         raise ValueError(f"boxes hold {rois.shape[0]} RoIs but grad_output has {grad_output.shape[0]}")
-    k, _, ph, pw = grad_output.shape
-    grad_in = np.zeros((n, channels, height * width), dtype)
+    grad_in = _layout.empty(shape, dtype, nhwc, zeros=True)
     if grad_output.size:
-        go = np.ascontiguousarray(grad_output, dtype=dtype).reshape(k, channels, ph * pw)
-        am = np.ascontiguousarray(argmax, dtype=np.int32).reshape(k, channels, ph * pw)
+        go = grad_output.astype(dtype, copy=False)
+        am = argmax.astype(np.int32, copy=False)
         cpu.launch_backward(go, am, rois[:, 0].astype(np.int32), grad_in)
-    return grad_in.reshape(shape).astype(grad_output.dtype, copy=False)
+    return grad_in.astype(grad_output.dtype, copy=False)
 
 
 def _backward_recompute(grad_output, input, boxes, input_shape, spatial_scale, nhwc):

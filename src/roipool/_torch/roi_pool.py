@@ -13,6 +13,7 @@ import torch
 
 from .. import _checks
 from ..cpu import roi_pool as cpu
+from ..cpu._machine import l2_bytes
 from . import onnx
 from ._library import (
     boxes_to_rois,
@@ -27,7 +28,6 @@ from ._library import (
     fake_output,
     needs_grad,
     new_cpu_output,
-    new_cpu_tensor,
     quiet_when_tracing,
 )
 
@@ -85,18 +85,15 @@ def _roi_pool_with_argmax_fake(input, rois, spatial_scale, pooled_height, pooled
 
 def _roi_pool_backward_cpu(grad, argmax, rois, batch_size, channels, height, width, channels_last=False):
     dtype = compute_dtype(grad.dtype)
-    flat = (grad.shape[0], channels, grad.shape[2] * grad.shape[3])
-    grad_out = grad.detach().to(dtype).contiguous().numpy().reshape(flat)
-    argmax_np = argmax.detach().to(torch.int32).contiguous().numpy().reshape(flat)
+    grad_out = grad.detach().to(dtype).numpy()  # read in place when in the gradient's memory order
+    argmax_np = argmax.detach().to(torch.int32).numpy()
     if argmax_np.size and cpu.argmax_outside(argmax_np, height * width):
         # an index past the map would be a write out of bounds in the kernel
         raise ValueError(f"argmax holds indices outside [-1, H * W = {height * width})")
     batch = cpu_batch_index(rois, batch_size)
-    grad_in = new_cpu_tensor((batch_size, channels, height * width), dtype, zeros=True)
+    grad_in = new_cpu_output((batch_size, channels, height, width), dtype, channels_last, zeros=True)
     cpu.launch_backward(grad_out, argmax_np, batch, grad_in.numpy())
-    grad_in = grad_in.view(batch_size, channels, height, width).to(grad.dtype)
-    # the argmax kernel writes whole planes: a channels-last gradient is one transposing copy
-    return grad_in.contiguous(memory_format=torch.channels_last) if channels_last else grad_in
+    return grad_in.to(grad.dtype)
 
 
 def _roi_pool_backward_fake(grad, argmax, rois, batch_size, channels, height, width, channels_last=False):
@@ -257,8 +254,12 @@ def recompute_pays(input, rois, scale, pooled_h, pooled_w) -> bool:
     """Whether roi_pool's backward should re-scan the bins rather than read a stored argmax.
 
     On CUDA never (the Triton backend reads an argmax). On the CPU when the
-    bins are small: the re-scan costs about twice the forward's scan, the
-    argmax 8 bytes per output written and read. While tracing
+    bins are small (the re-scan costs about twice the forward's scan, the
+    argmax 8 bytes per output written and read) and a backward task's
+    working set (``cpu.recompute_working_set``: its copy of the map's block
+    and its accumulator) fits in the L2 cache this CPU reports
+    (``cpu._machine.l2_bytes``); on a larger map each re-scan reads from
+    further out and the argmax wins (``kernels.md``). While tracing
     (``torch.compile``, ``torch.export``) the boxes are not known and the
     re-scan is chosen. The result is the same either way.
     """
@@ -268,6 +269,8 @@ def recompute_pays(input, rois, scale, pooled_h, pooled_w) -> bool:
     if not known or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return True
     n, _, height, width = input.shape
+    if cpu.recompute_working_set(height, width) > l2_bytes():
+        return False
     _, bins = cpu_geometry(
         cpu.RoIPoolBins, rois, n, compute_dtype(input.dtype), float(scale), pooled_h, pooled_w, height, width
     )

@@ -2,7 +2,8 @@
 
 A :class:`Candidate` is one implementation of one op and mode; ``run()`` is
 what gets timed. Peers: ONNX Runtime (``MaxRoiPool``, ``RoiAlign``; forward
-only), torchvision's ops (forward, forward+backward), OpenVINO's
+only), torchvision's ops (forward, forward+backward), Intel Extension for
+PyTorch's ``roi_align`` (forward, forward+backward), OpenVINO's
 ``ROIAlignRotated`` (forward), when importable.
 """
 
@@ -119,6 +120,9 @@ def candidates(workload: Workload, op: str, mode: str, device: str = "cpu", jax:
             out.append(
                 _torch_candidate("torchvision", getattr(torchvision.ops, op), xt, rt, size, scale, extra, mode, torch)
             )
+
+        if device == "cpu" and op == "roi_align" and importlib.util.find_spec("intel_extension_for_pytorch"):
+            out.extend(_ipex_candidates(xt, rt, size, scale, extra, mode, torch))
 
     if device == "cpu" and mode == "forward" and _optional("onnxruntime") is not None and _optional("onnx") is not None:
         from onnx import TensorProto
@@ -284,6 +288,34 @@ def _torch_candidate(impl, fn, xt, rt, size, scale, extra, mode, torch, is_ours=
             return g
 
     return Candidate(impl, run, is_ours)
+
+
+def _ipex_candidates(xt, rt, size, scale, extra, mode, torch) -> list[Candidate]:
+    """Intel Extension for PyTorch's ``roi_align`` (its channels-last CPU kernel), when importable.
+
+    It needs its own torch (``torch==2.8.0`` beside ``intel_extension_for_pytorch==2.8.0``, a
+    scratch venv). Its values are checked against roipool's before it is timed: a peer that
+    computes something else is not timed (its channels-last path differs by about 1e-4).
+    """
+    import sys
+
+    import intel_extension_for_pytorch as ipex
+
+    import roipool
+
+    module = getattr(ipex.nn, "RoIAlign", None) or ipex.nn.modules._roi_align.RoIAlign  # 2.8 has only the latter
+    layer = module((size, size), scale, extra["sampling_ratio"], aligned=extra["aligned"])
+    with torch.no_grad():
+        got, want = layer(xt, rt), roipool.roi_align(xt, rt, size, scale, **extra)
+    error = (got - want).abs().max().item() if got.shape == want.shape else float("inf")
+    if not error <= 1e-3:
+        print(f"intel-extension-for-pytorch roi_align differs from roipool's by {error}: not timed", file=sys.stderr)
+        return []
+    return [
+        _torch_candidate(
+            "intel-extension-for-pytorch", lambda x, r, *_, **__: layer(x, r), xt, rt, size, scale, extra, mode, torch
+        )
+    ]
 
 
 def _pooler_candidate(impl, pooler, feats, boxes, shapes, mode, torch, is_ours=False):

@@ -91,3 +91,12 @@ def bins_order(a: np.ndarray, copy: bool = False) -> tuple[np.ndarray, bool]:
         a = np.ascontiguousarray(a)
     view, nhwc = memory_order(a)
     return (view.reshape(k, -1, channels), True) if nhwc else (view.reshape(k, channels, -1), False)
+
+
+def bins_as(a: np.ndarray, nhwc: bool) -> np.ndarray:
+    """A ``(K, C, PH, PW)`` array as the kernels index it in the given order, ``(K, C, PH * PW)``
+    or, ``nhwc``, ``(K, PH * PW, C)``: a view when it is C-contiguous that way, else a copy."""
+    k, channels = a.shape[:2]
+    if nhwc:
+        return np.ascontiguousarray(np.moveaxis(a, 1, -1)).reshape(k, -1, channels)
+    return np.ascontiguousarray(a).reshape(k, channels, -1)

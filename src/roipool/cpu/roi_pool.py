@@ -45,7 +45,7 @@ from ._simd import (
     vsplat_index,
     vstore,
 )
-from ._tiles import bins_order, copy_run, load_tile, memory_order, store_tile, store_tile_lines
+from ._tiles import bins_as, bins_order, copy_run, load_tile, memory_order, store_tile, store_tile_lines
 from .geometry import roi_pool_bins
 
 # Vectors pooled together per bin pass (128 float32 / 64 float64 channels).
@@ -293,30 +293,44 @@ BACKWARD_CHANNELS = 32
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def backward(grad_out, argmax, batch, grad_in):
-    """``grad_in (N, C, H * W)`` += ``grad_out (K, C, B)`` routed through ``argmax``.
+def backward(grad_out, argmax, batch, grad_in, nhwc):
+    """``grad_in (N, C, H * W)`` += ``grad_out (K, C, B)`` routed through ``argmax (K, C, B)``;
+    with ``nhwc``, all three channels-last: ``(N, H * W, C)``, ``(K, B, C)``, ``(K, B, C)``.
 
-    Each task owns a block of channels, so it alone writes those planes: no
+    Each task owns a block of channels, so it alone writes those elements: no
     atomics. Within a task the RoIs are visited in ascending order and each
-    RoI's bins in order, which is the reference's summation order, so the
-    result is deterministic and the same for any thread count. Each task
-    reads, per RoI, one contiguous run of ``grad_out`` and of ``argmax``.
+    RoI's bins in order, which is the reference's summation order for every
+    element, so the result is deterministic and the same for any thread count
+    and either memory order. Each task reads, per RoI, contiguous runs of
+    ``grad_out`` and ``argmax``.
     """
-    k_total, channels, nbins = grad_out.shape
+    k_total = grad_out.shape[0]
+    channels = grad_out.shape[2] if nhwc else grad_out.shape[1]
+    nbins = grad_out.shape[1] if nhwc else grad_out.shape[2]
     nblocks = (channels + BACKWARD_CHANNELS - 1) // BACKWARD_CHANNELS
     for blk in numba.prange(nblocks):
         c0 = blk * BACKWARD_CHANNELS
         c1 = min(c0 + BACKWARD_CHANNELS, channels)
         for k in range(k_total):
             n = batch[k]
-            for c in range(c0, c1):
-                plane = grad_in[n, c]
-                g = grad_out[k, c]
-                a = argmax[k, c]
+            if nhwc:
+                image = grad_in[n]
                 for b in range(nbins):
-                    i = a[b]
-                    if i >= 0:
-                        plane[i] += g[b]
+                    g = grad_out[k, b]
+                    a = argmax[k, b]
+                    for c in range(c0, c1):
+                        i = a[c]
+                        if i >= 0:
+                            image[i, c] += g[c]
+            else:
+                for c in range(c0, c1):
+                    plane = grad_in[n, c]
+                    g = grad_out[k, c]
+                    a = argmax[k, c]
+                    for b in range(nbins):
+                        i = a[b]
+                        if i >= 0:
+                            plane[i] += g[b]
 
 
 # Vectors per bin pass in the recomputing backward (64 float32 / 32 float64
@@ -553,10 +567,19 @@ def launch_forward_argmax(x_nhwc, bins: RoIPoolBins, out, argmax) -> None:
 
 
 def launch_backward(grad_out, argmax, batch, grad_in) -> None:
-    """``grad_in (N, C, H * W)`` (zeroed by the caller) += ``grad_out (K, C, B)`` routed by ``argmax``."""
-    if grad_out.size:
-        with launch_lock:
-            backward(grad_out, argmax, batch, grad_in)
+    """``grad_in (N, C, H, W)`` (zeroed by the caller) += ``grad_out (K, C, PH, PW)`` routed by ``argmax``.
+
+    ``grad_in`` is C-contiguous in NCHW or channels-last order (``_tiles.memory_order``);
+    ``grad_out`` and ``argmax`` have any strides, read in place when they are in that
+    order (else through a copy). The sums do not depend on the order.
+    """
+    if not grad_out.size:
+        return
+    gi, nhwc = memory_order(grad_in)
+    gi = gi.reshape(gi.shape[0], -1, gi.shape[-1]) if nhwc else gi.reshape(gi.shape[0], gi.shape[1], -1)
+    go, am = bins_as(grad_out, nhwc), bins_as(argmax, nhwc)
+    with launch_lock:
+        backward(go, am, batch, gi, nhwc)
 
 
 def launch_backward_recompute(x, channels_last: bool, bins: RoIPoolBins, grad_out, grad_in) -> None:
@@ -580,12 +603,20 @@ def launch_backward_recompute(x, channels_last: bool, bins: RoIPoolBins, grad_ou
         backward_recompute(x, channels_last, bins.batch, bins.hbins, bins.wbins, go, go_nhwc, gi, gi_nhwc)
 
 
+def recompute_working_set(height: int, width: int) -> int:
+    """Bytes one :func:`backward_recompute` task keeps hot: its dense copy of a block of the
+    map and its accumulator, ``H * W`` cells of ``RECOMPUTE_UNROLL`` vectors each."""
+    return 2 * height * width * RECOMPUTE_UNROLL * VECTOR_BYTES
+
+
 def argmax_outside(argmax: np.ndarray, cells: int) -> bool:
     """Whether any index lies outside ``[-1, cells)``; int32 (what the forward returns) in one parallel pass.
 
     The backward writes at these indices, so both frontends check them first.
     """
-    if argmax.dtype == np.int32 and argmax.flags.c_contiguous and argmax.dtype.isnative:
+    in_order = argmax.flags.c_contiguous or (argmax.ndim == 4 and np.moveaxis(argmax, 1, -1).flags.c_contiguous)
+    if argmax.dtype == np.int32 and argmax.dtype.isnative and in_order:
+        view, _ = memory_order(argmax)  # NCHW or channels-last: one pass over its memory either way
         with launch_lock:
-            return count_outside(argmax.reshape(-1), -1, cells) > 0
+            return count_outside(view.reshape(-1), -1, cells) > 0
     return bool(argmax.min() < -1 or argmax.max() >= cells)

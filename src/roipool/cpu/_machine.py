@@ -1,0 +1,47 @@
+"""What the CPU reports about itself, for choices that depend on it rather than on constants.
+
+The development machines differ in their caches (an Intel VM here reports
+1 MiB of L2 per core; AMD Zen 3 has 512 KiB), so a working set that fits
+one may spill on the other. :func:`l2_bytes` reads the L2 size per core from
+Linux's ``/sys`` once per process; where it cannot be read it assumes the
+smaller of the two, so a choice made from it errs towards the smaller cache.
+``ROIPOOL_L2_BYTES`` overrides it (tests, or a machine that misreports).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+#: Assumed L2 per core when the machine does not say: AMD Zen 3's, the smallest we tune for.
+FALLBACK_L2_BYTES = 512 * 1024
+
+_CACHE_DIR = "/sys/devices/system/cpu/cpu0/cache"
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a ``/sys`` cache size such as ``"1024K"``, ``"2M"`` or ``"65536"``."""
+    text = text.strip().upper()
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    return int(text.rstrip("KMG")) * scale
+
+
+@functools.cache
+def l2_bytes() -> int:
+    """L2 cache per core in bytes: ``ROIPOOL_L2_BYTES``, else ``/sys``, else :data:`FALLBACK_L2_BYTES`."""
+    override = os.environ.get("ROIPOOL_L2_BYTES")
+    if override:
+        return int(override)
+    try:
+        for entry in sorted(os.listdir(_CACHE_DIR)):
+            path = os.path.join(_CACHE_DIR, entry)
+            if not entry.startswith("index"):
+                continue
+            with open(os.path.join(path, "level")) as level, open(os.path.join(path, "type")) as kind:
+                if level.read().strip() != "2" or kind.read().strip() not in ("Unified", "Data"):
+                    continue
+            with open(os.path.join(path, "size")) as size:
+                return parse_size(size.read())
+    except (OSError, ValueError):
+        pass
+    return FALLBACK_L2_BYTES
