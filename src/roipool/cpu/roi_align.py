@@ -852,11 +852,8 @@ def boxes_backward(
             _axis_grad_weights(x0, bin_w, grid_w, width, pooled_w, scale, free_w, wlo, wnum, ww, wd1, wd2, rois.dtype)
             load_tile(gof, k, channels, 0, nbins, channels, g, channels, go_nhwc)
             gx1 = gy1 = gx2 = gy2 = 0.0
-            # the run's next RoI's gradient (contiguous in either order) comes in meanwhile, a part per bin
-            ahead_len = nbins * channels if k + 1 < bounds[run + 1] else 0
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
-                    _prefetch_part(gof, (k + 1) * nbins * channels, ahead_len, 0, ph * pooled_w + pw, nbins)
                     nr = hnum[ph]
                     nc = wnum[pw]
                     if nr == 0 or nc == 0:
