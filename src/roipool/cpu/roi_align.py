@@ -28,14 +28,17 @@ float64 channels): a bin's block of sums lives in registers while its taps
 stream past (``_simd.vmuladd``), and is stored once. Narrower remainders go
 one vector, then one channel, at a time.
 
-Forward: the map is first copied into a channel-blocked layout
+Forward: an NCHW map is first copied into a channel-blocked layout
 (:func:`channel_blocks`): each block of channels of an image is one compact
-channels-last ``(H, W, block)`` array. Runs of RoIs (``bounds``, balanced by
-tap count) go to threads, and a run walks its RoIs once per channel block,
-so the block of the map it reads stays in L2. Each channel block of a RoI is
-summed into a small ``(bins, block)`` tile in L1, transposed
-(``_simd.transpose_tile``) into a staging buffer and copied to the caller's
-``(K, C, PH * PW)`` output as whole aligned cache lines.
+channels-last ``(H, W, block)`` array; a channels-last map is read in place.
+Runs of RoIs (``bounds``, balanced by tap count) go to threads. Into an NCHW
+output a run walks its RoIs once per channel block, so the block of the map
+it reads stays in L2; each channel block of a RoI is summed into a small
+``(bins, block)`` tile in L1, transposed (``_simd.transpose_tile``) into a
+staging buffer and copied to the caller's ``(K, C, PH * PW)`` output as whole
+aligned cache lines. Into a channels-last output a run takes its RoIs one at
+a time, all channel blocks, and writes each RoI's ``(PH * PW, C)`` output
+once, front to back (``_tiles``).
 
 Box gradient (:func:`boxes_backward`): runs of RoIs go to threads, each RoI
 reduces its own gradient over its bins and channels (no atomics, the same
@@ -674,7 +677,7 @@ def rois_by_image(batch: np.ndarray, images: int) -> tuple[np.ndarray, np.ndarra
 
 def launch_forward(x, taps: RoIAlignTaps, out) -> None:
     """``out (K, C, PH, PW)`` <- RoIAlign of ``x (N, C, H, W)`` (compute dtype, any strides),
-    read through :func:`blocked_map`. ``out`` is C-contiguous in NCHW or channels-last order
+    read in place when channels-last, else through :func:`blocked_map`. ``out`` is C-contiguous in NCHW or channels-last order
     (``_tiles.memory_order``); the kernel writes it in place, in its own order."""
     if not out.size:
         return
