@@ -17,24 +17,19 @@ import numpy as np
 from .. import _checks
 
 
-def map_in(array, nhwc: bool, name: str):
-    """``array`` as given (``nhwc`` False), or its ``(N, C, H, W)``-shaped view (a 4-D channels-last array)."""
+def map_in(array, nhwc: bool, name: str, dims: str = "N, H, W, C"):
+    """``array`` as given (``nhwc`` False), or the ``(N, C, H, W)``-shaped view of a 4-D channels-last
+    array (``dims`` names its dimensions in the message if it has another rank)."""
     if not nhwc or not isinstance(array, np.ndarray):
         return array  # the frontend's own checks name what is wrong with it
     if array.ndim != 4:
-        raise ValueError(f"{name} must have 4 dimensions (N, H, W, C) with layout='nhwc', got shape {array.shape}")
+        raise ValueError(f"{name} must have 4 dimensions ({dims}) with layout='nhwc', got shape {array.shape}")
     return np.moveaxis(array, 3, 1)
 
 
 def pooled_in(array, nhwc: bool, name: str):
-    """As :func:`map_in` for a pooled output's gradient, ``(K, pooled_h, pooled_w, C)`` when ``nhwc``."""
-    if not nhwc or not isinstance(array, np.ndarray):
-        return array
-    if array.ndim != 4:
-        raise ValueError(
-            f"{name} must have 4 dimensions (K, pooled_h, pooled_w, C) with layout='nhwc', got shape {array.shape}"
-        )
-    return np.moveaxis(array, 3, 1)
+    """As :func:`map_in` for a pooled output's gradient (or argmax), ``(K, pooled_h, pooled_w, C)`` when ``nhwc``."""
+    return map_in(array, nhwc, name, "K, pooled_h, pooled_w, C")
 
 
 def shape_in(input_shape, nhwc: bool, name: str = "input_shape"):
