@@ -306,13 +306,12 @@ def backward(grad_out, argmax, batch, grad_in, nhwc, nhwc_block):
     ``argmax`` and adds into its channels' planes. Channels-last, a task takes
     ``nhwc_block`` channels (one block per thread: a RoI's block is then read
     as ``B`` runs of ``nhwc_block`` values, where 32-channel runs 2 KB apart
-    took four times as long on ``vgg16``), sums into a dense ``(N * H * W,
-    block)`` scratch and copies it into ``grad_in`` at the end.
+    took four times as long on ``vgg16``) and adds into ``grad_in`` directly.
     """
     k_total = grad_out.shape[0]
     channels = grad_out.shape[2] if nhwc else grad_out.shape[1]
     nbins = grad_out.shape[1] if nhwc else grad_out.shape[2]
-    images, cells = grad_in.shape[0], grad_in.shape[1] if nhwc else grad_in.shape[2]
+    cells = grad_in.shape[1] if nhwc else grad_in.shape[2]
     block = nhwc_block if nhwc else BACKWARD_CHANNELS
     nblocks = (channels + block - 1) // block
     gof = grad_out.reshape(-1)
@@ -333,17 +332,14 @@ def backward(grad_out, argmax, batch, grad_in, nhwc, nhwc_block):
                         if i >= 0:
                             plane[i] += g[b]
             continue
-        acc = np.zeros(images * cells * block, grad_out.dtype)  # (N, H * W, block), dense
         for k in range(k_total):
             n = batch[k]
             for b in range(nbins):
-                row = (k * nbins + b) * channels
+                row = (k * nbins + b) * channels + c0
                 for c in range(cw):
-                    i = amf[row + c0 + c]
+                    i = amf[row + c]
                     if i >= 0:
-                        acc[(n * cells + i) * block + c] += gof[row + c0 + c]
-        for cell in range(images * cells):  # grad_in was zeroed by the caller: the sums replace it
-            copy_run(acc, cell * block, gif, cell * channels + c0, cw)
+                        gif[(n * cells + i) * channels + c0 + c] += gof[row + c]
 
 
 # Vectors per bin pass in the recomputing backward (64 float32 / 32 float64
