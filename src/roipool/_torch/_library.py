@@ -261,6 +261,12 @@ def new_cpu_output(shape, dtype: torch.dtype, channels_last: bool = False, zeros
     return new_cpu_tensor((n, h, w, c), dtype, zeros).permute(0, 3, 1, 2)
 
 
+def in_format(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``t`` as it is, or, when ``channels_last`` and ``t`` is 4-D, in channels-last memory (one copy):
+    for kernels that write NCHW only (the position-sensitive ops, the Triton kernels)."""
+    return t.contiguous(memory_format=torch.channels_last) if channels_last and t.dim() == 4 else t
+
+
 def fake_output(like: torch.Tensor, shape, channels_last: bool = False, dtype=None) -> torch.Tensor:
     """The fake kernels' 4-D output: ``like``'s device and dtype (or ``dtype``), contiguous or channels-last."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format

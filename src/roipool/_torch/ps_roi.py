@@ -24,6 +24,7 @@ from ._library import (
     cpu_nchw,
     define,
     fake_output,
+    in_format,
     quiet_when_tracing,
 )
 
@@ -50,13 +51,9 @@ def _ps_forward_cpu(make_taps, input, rois, spatial_scale, pooled_height, pooled
         make_taps, rois, n, input.dtype, (spatial_scale, pooled_height, pooled_width, sampling_ratio), height, width
     )
     out = torch.from_numpy(cpu.launch_forward(cpu_nchw(input), taps)).to(input.dtype)
-    return _in_format(out, channels_last(input))
-
-
-def _in_format(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
     # The position-sensitive kernels write NCHW (their map copy is bin-major):
-    # a channels-last result costs one transposing copy here.
-    return t.contiguous(memory_format=torch.channels_last) if channels_last else t
+    # a channels-last result costs one transposing copy.
+    return in_format(out, channels_last(input))
 
 
 def _ps_backward_cpu(
@@ -70,7 +67,7 @@ def _ps_backward_cpu(
     expected = (rois_np.shape[0], channels_out, pooled_height, pooled_width)
     _checks.grad_output_shape(grad.shape, expected, f"these rois and input shape {shape}", "grad")
     grad_in = cpu.launch_backward(cpu_nchw(grad), taps, shape)
-    return _in_format(torch.from_numpy(grad_in).to(grad.dtype), channels_last)
+    return in_format(torch.from_numpy(grad_in).to(grad.dtype), channels_last)
 
 
 def _ps_forward_fake(input, rois, spatial_scale, pooled_height, pooled_width, *sampling_ratio):

@@ -154,62 +154,44 @@ def forward(xb, x_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, path, o
         tile = np.empty(nbins * block, xb.dtype)
         stage = np.empty(nbins * (channels if nhwc else block), xb.dtype)
         rows = np.empty(width * block, xb.dtype)
-        if nhwc:
-            # RoIs outermost: a RoI's (bins, C) output is gathered in ``stage``
-            # and written once, front to back (by channel blocks, each RoI's
-            # output would be written as 128-channel pieces spread over all of it).
-            for k in range(bounds[run], bounds[run + 1]):
-                for c0 in range(0, channels, block):
-                    cw = min(block, channels - c0)
-                    _forward_tile(
-                        xf,
-                        x_nhwc,
-                        batch[k],
-                        channels,
-                        c0,
-                        cw,
-                        plane,
-                        width,
-                        hptr[k],
-                        hidx,
-                        hwt,
-                        wptr[k],
-                        widx,
-                        wwt,
-                        path,
-                        rows,
-                        tile,
-                        block,
-                    )
-                    store_tile(tile, block, nbins, cw, stage, 0, channels, c0, True)
-                copy_to_lines(stage, outf, k * nbins * channels, nbins * channels)
-        else:
-            # Channel blocks outermost: the run's RoIs then read one block of the
-            # map (H * W * block values, L2-sized) before moving to the next.
-            for c0 in range(0, channels, block):
+        # Into an NCHW output, channel blocks outermost: the run's RoIs then read one
+        # block of the map (H * W * block values, L2-sized) before moving to the next.
+        # Into a channels-last one, RoIs outermost: a RoI's (bins, C) output is gathered
+        # in ``stage`` and written once, front to back (by channel blocks, each RoI's
+        # output would be written as 128-channel pieces spread over all of it).
+        lo, hi = bounds[run], bounds[run + 1]
+        nblocks = (channels + block - 1) // block
+        outer, inner = (hi - lo, nblocks) if nhwc else (nblocks, hi - lo)
+        for p in range(outer):
+            for q in range(inner):
+                k, c0 = (lo + p, q * block) if nhwc else (lo + q, p * block)
                 cw = min(block, channels - c0)
-                for k in range(bounds[run], bounds[run + 1]):
-                    _forward_tile(
-                        xf,
-                        x_nhwc,
-                        batch[k],
-                        channels,
-                        c0,
-                        cw,
-                        plane,
-                        width,
-                        hptr[k],
-                        hidx,
-                        hwt,
-                        wptr[k],
-                        widx,
-                        wwt,
-                        path,
-                        rows,
-                        tile,
-                        block,
-                    )
+                _forward_tile(
+                    xf,
+                    x_nhwc,
+                    batch[k],
+                    channels,
+                    c0,
+                    cw,
+                    plane,
+                    width,
+                    hptr[k],
+                    hidx,
+                    hwt,
+                    wptr[k],
+                    widx,
+                    wwt,
+                    path,
+                    rows,
+                    tile,
+                    block,
+                )
+                if nhwc:
+                    store_tile(tile, block, nbins, cw, stage, 0, channels, c0, True)
+                else:
                     store_tile_lines(tile, block, nbins, cw, stage, outf, k, channels, c0, False)
+            if nhwc:
+                copy_to_lines(stage, outf, (lo + p) * nbins * channels, nbins * channels)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -180,59 +180,41 @@ def forward(xb, x_nhwc, batch, frames, grids, pooled_h, pooled_w, bounds, out, n
         idx = np.empty(TAP_CHUNK, np.int64)
         wt = np.empty(TAP_CHUNK, xb.dtype)
         buf = np.empty(1, xb.dtype)
-        if nhwc:
-            # RoIs outermost, each RoI's (bins, C) output written once, front to back
-            # (as roi_align.forward does; by channel blocks it would be written in scattered pieces)
-            for k in range(bounds[run], bounds[run + 1]):
-                for c0 in range(0, channels, block):
-                    cw = min(block, channels - c0)
-                    _forward_tile(
-                        xf,
-                        x_nhwc,
-                        batch[k],
-                        channels,
-                        c0,
-                        cw,
-                        plane,
-                        frames[k],
-                        grids[k],
-                        pooled_w,
-                        nbins,
-                        height,
-                        width,
-                        idx,
-                        wt,
-                        buf,
-                        tile,
-                        block,
-                    )
-                    store_tile(tile, block, nbins, cw, stage, 0, channels, c0, True)
-                copy_to_lines(stage, outf, k * nbins * channels, nbins * channels)
-        else:
-            for c0 in range(0, channels, block):
+        # Channel blocks outermost into an NCHW output, RoIs outermost into a channels-last
+        # one, each RoI's (bins, C) output then written once, front to back (as roi_align.forward)
+        lo, hi = bounds[run], bounds[run + 1]
+        nblocks = (channels + block - 1) // block
+        outer, inner = (hi - lo, nblocks) if nhwc else (nblocks, hi - lo)
+        for p in range(outer):
+            for q in range(inner):
+                k, c0 = (lo + p, q * block) if nhwc else (lo + q, p * block)
                 cw = min(block, channels - c0)
-                for k in range(bounds[run], bounds[run + 1]):
-                    _forward_tile(
-                        xf,
-                        x_nhwc,
-                        batch[k],
-                        channels,
-                        c0,
-                        cw,
-                        plane,
-                        frames[k],
-                        grids[k],
-                        pooled_w,
-                        nbins,
-                        height,
-                        width,
-                        idx,
-                        wt,
-                        buf,
-                        tile,
-                        block,
-                    )
+                _forward_tile(
+                    xf,
+                    x_nhwc,
+                    batch[k],
+                    channels,
+                    c0,
+                    cw,
+                    plane,
+                    frames[k],
+                    grids[k],
+                    pooled_w,
+                    nbins,
+                    height,
+                    width,
+                    idx,
+                    wt,
+                    buf,
+                    tile,
+                    block,
+                )
+                if nhwc:
+                    store_tile(tile, block, nbins, cw, stage, 0, channels, c0, True)
+                else:
                     store_tile_lines(tile, block, nbins, cw, stage, outf, k, channels, c0, False)
+            if nhwc:
+                copy_to_lines(stage, outf, (lo + p) * nbins * channels, nbins * channels)
 
 
 @numba.njit(cache=True, nogil=True)

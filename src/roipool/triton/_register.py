@@ -19,7 +19,7 @@ import inspect
 
 import torch
 
-from .._torch._library import channels_last
+from .._torch._library import channels_last, in_format
 from . import prroi_pool, ps_roi, roi_align, roi_align_rotated, roi_pool
 
 NAMESPACE = "roipool"
@@ -84,18 +84,12 @@ def cuda_kernel(name: str, schema: torch.FunctionSchema):
         if follow is None:  # a forward: the outputs follow the input
             follow = "input" in kwargs and channels_last(kwargs["input"])
         result = launcher(**kwargs)
-        if not follow:
-            return result
         if isinstance(result, tuple):
-            return tuple(_to_channels_last(t) for t in result)
-        return _to_channels_last(result)
+            return tuple(in_format(t, follow) for t in result)
+        return in_format(result, follow)
 
     kernel.__name__ = f"{name}_triton"
     return kernel, None
-
-
-def _to_channels_last(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
 
 
 def register() -> None:
