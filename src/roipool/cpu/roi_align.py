@@ -282,7 +282,13 @@ def backward(grad_out, go_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, order, 
         cols = np.empty(width * block, grad_out.dtype)
         for r in range(starts[n], starts[n + 1]):
             k = order[r]
-            load_tile(gof, k, channels, c0, nbins, cw, g, block, go_nhwc)
+            # bin b's gradient is src[gbase + b * gstride + c]: read in place from a
+            # channels-last grad_out, else from a transposed tile
+            if go_nhwc:
+                src, gbase, gstride = gof, k * nbins * channels + c0, channels
+            else:
+                load_tile(gof, k, channels, c0, nbins, cw, g, block, False)
+                src, gbase, gstride = g, 0, block
             # While this RoI is summed, the next one's gradient comes in from
             # memory (a hint per bin, so the loads overlap the arithmetic).
             ahead = ahead_len = 0
@@ -293,37 +299,24 @@ def backward(grad_out, go_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, order, 
             cmin, span = _column_span(wptr[k], widx)
             if _rows_first_pays(hptr[k], wptr[k], span, path):
                 _backward_rows_first(
-                    g,
-                    cw,
-                    hptr[k],
-                    hidx,
-                    hwt,
-                    wptr[k],
-                    widx,
-                    wwt,
-                    acc,
-                    width,
-                    cmin,
-                    span,
-                    cols,
-                    block,
-                    gof,
-                    ahead,
-                    ahead_len,
-                    ahead_step,
-                )
+                    src, gbase, gstride, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, width,
+                    cmin, span, cols, block, gof, ahead, ahead_len, ahead_step,
+                )  # fmt: skip
             else:
                 _backward_direct(
-                    g, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, width, block, gof, ahead, ahead_len, ahead_step
-                )
+                    src, gbase, gstride, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, width, block,
+                    gof, ahead, ahead_len, ahead_step,
+                )  # fmt: skip
         store_tile(acc, block, cells, cw, gif, n, channels, c0, gi_nhwc)
 
 
 @numba.njit(cache=True, nogil=True)
 def _backward_direct(
-    g, cw, hptr, hidx, hwt, wptr, widx, wwt, acc, width, stride, ahead, ahead_start, ahead_len, ahead_step
-):
-    """``acc[(h * width + w) * stride + c] +=`` the taps of one RoI weighted by ``g[b * stride + c]``, ``c < cw``.
+    g, gbase, gstride, cw, hptr, hidx, hwt, wptr, widx, wwt, acc, width, stride, ahead, ahead_start, ahead_len,
+    ahead_step,
+):  # fmt: skip
+    """``acc[(h * width + w) * stride + c] +=`` the taps of one RoI weighted by bin ``b``'s
+    gradient ``g[gbase + b * gstride + c]``, ``c < cw``.
 
     Prefetches the next RoI's gradient on the way (:func:`_prefetch_part`).
     """
@@ -333,45 +326,16 @@ def _backward_direct(
         for pw in range(pooled_w):
             _prefetch_part(ahead, ahead_start, ahead_len, ahead_step, ph * pooled_w + pw, pooled_h * pooled_w)
             _scatter2(
-                g,
-                (ph * pooled_w + pw) * stride,
-                acc,
-                0,
-                width * stride,
-                hidx,
-                hwt,
-                hptr[ph],
-                hptr[ph + 1],
-                stride,
-                widx,
-                wwt,
-                wptr[pw],
-                wptr[pw + 1],
-                cw,
-            )
+                g, gbase + (ph * pooled_w + pw) * gstride, acc, 0, width * stride, hidx, hwt, hptr[ph],
+                hptr[ph + 1], stride, widx, wwt, wptr[pw], wptr[pw + 1], cw,
+            )  # fmt: skip
 
 
 @numba.njit(cache=True, nogil=True)
 def _backward_rows_first(
-    g,
-    cw,
-    hptr,
-    hidx,
-    hwt,
-    wptr,
-    widx,
-    wwt,
-    acc,
-    width,
-    cmin,
-    span,
-    cols,
-    stride,
-    ahead,
-    ahead_start,
-    ahead_len,
-    ahead_step,
-):
+    g, gbase, gstride, cw, hptr, hidx, hwt, wptr, widx, wwt, acc, width, cmin, span, cols, stride,
+    ahead, ahead_start, ahead_len, ahead_step,
+):  # fmt: skip
     """As :func:`_backward_direct`, gathering each bin row's gradient per column first
     (``cols (>= span * stride)`` is scratch), then spreading it over the row taps."""
     pooled_h = hptr.shape[0] - 1
@@ -381,9 +345,8 @@ def _backward_rows_first(
         for pw in range(pooled_w):
             _prefetch_part(ahead, ahead_start, ahead_len, ahead_step, ph * pooled_w + pw, pooled_h * pooled_w)
             # cols[u] gathers column cmin + u
-            _scatter(
-                g, (ph * pooled_w + pw) * stride, cols, -cmin * stride, stride, widx, wwt, wptr[pw], wptr[pw + 1], cw
-            )
+            b = ph * pooled_w + pw
+            _scatter(g, gbase + b * gstride, cols, -cmin * stride, stride, widx, wwt, wptr[pw], wptr[pw + 1], cw)
         for u in range(span):
             _scatter(cols, u * stride, acc, (cmin + u) * stride, width * stride, hidx, hwt, hptr[ph], hptr[ph + 1], cw)
 
