@@ -71,10 +71,14 @@ def forward(x, batch, hbins, wbins, bounds, out, nhwc):
         stage = np.empty(nbins * block, x.dtype)
         for k in range(bounds[run], bounds[run + 1]):
             base = batch[k] * height * width * channels
+            hb, wb = hbins[k], wbins[k]
+            if nhwc:  # all channels of each bin in turn, straight into the RoI's (bins, C) output
+                _pool_tile(xf, base, width, channels, channels, hb, wb, outf, k * nbins * channels, channels)
+                continue
             for c0 in range(0, channels, block):
                 cw = min(block, channels - c0)
-                _pool_tile(xf, base + c0, width, channels, cw, hbins[k], wbins[k], tile, block)
-                store_tile_lines(tile, block, nbins, cw, stage, outf, k, channels, c0, nhwc)
+                _pool_tile(xf, base + c0, width, channels, cw, hb, wb, tile, 0, block)
+                store_tile_lines(tile, block, nbins, cw, stage, outf, k, channels, c0, False)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -96,20 +100,27 @@ def forward_argmax(x, batch, hbins, wbins, bounds, out, argmax, nhwc):
         istage = np.empty(nbins * block, np.int32)
         for k in range(bounds[run], bounds[run + 1]):
             base = batch[k] * height * width * channels
+            hb, wb = hbins[k], wbins[k]
+            if nhwc:  # all channels of each bin in turn, straight into the RoI's (bins, C) outputs
+                _pool_tile_argmax(
+                    xf, base, width, channels, channels, hb, wb, outf, argf, k * nbins * channels, channels
+                )
+                continue
             for c0 in range(0, channels, block):
                 cw = min(block, channels - c0)
-                _pool_tile_argmax(xf, base + c0, width, channels, cw, hbins[k], wbins[k], tile, itile, block)
-                store_tile_lines(tile, block, nbins, cw, stage, outf, k, channels, c0, nhwc)
-                store_tile_lines(itile, block, nbins, cw, istage, argf, k, channels, c0, nhwc)
+                _pool_tile_argmax(xf, base + c0, width, channels, cw, hb, wb, tile, itile, 0, block)
+                store_tile_lines(tile, block, nbins, cw, stage, outf, k, channels, c0, False)
+                store_tile_lines(itile, block, nbins, cw, istage, argf, k, channels, c0, False)
 
 
 @numba.njit(nogil=True)
-def _pool_tile(xf, origin, width, channels, cw, hb, wb, tile, stride):
-    """``tile[b * stride + j]`` <- maximum of channel ``j < cw`` over bin ``b``.
+def _pool_tile(xf, origin, width, channels, cw, hb, wb, tile, base, stride):
+    """``tile[base + b * stride + j]`` <- maximum of channel ``j < cw`` over bin ``b``.
 
     ``origin`` is the flat index of channel 0 of the block at cell (0, 0) of
     the RoI's image; cell ``(h, w)`` of channel ``j`` is at
-    ``origin + (h * width + w) * channels + j``.
+    ``origin + (h * width + w) * channels + j``. A bin's channels go
+    ``UNROLL`` vectors at a time, then one vector, then one channel at a time.
     """
     lanes = VECTOR_BYTES // xf.itemsize
     pooled_w = wb.shape[0]
@@ -119,14 +130,14 @@ def _pool_tile(xf, origin, width, channels, cw, hb, wb, tile, stride):
         for pw in range(pooled_w):
             w0 = wb[pw, 0]
             w1 = wb[pw, 1]
-            t = (ph * pooled_w + pw) * stride
+            t = base + (ph * pooled_w + pw) * stride
             if h1 <= h0 or w1 <= w0:
                 tile[t : t + cw] = 0
                 continue
             j = 0
-            if cw == UNROLL * lanes:
-                _bin_max8(xf, origin, width, channels, h0, h1, w0, w1, tile, t)
-                j = cw
+            while j + UNROLL * lanes <= cw:
+                _bin_max8(xf, origin + j, width, channels, h0, h1, w0, w1, tile, t + j)
+                j += UNROLL * lanes
             while j + lanes <= cw:
                 _bin_max1(xf, origin + j, width, channels, h0, h1, w0, w1, tile, t + j)
                 j += lanes
@@ -135,7 +146,7 @@ def _pool_tile(xf, origin, width, channels, cw, hb, wb, tile, stride):
 
 
 @numba.njit(nogil=True)
-def _pool_tile_argmax(xf, origin, width, channels, cw, hb, wb, tile, itile, stride):
+def _pool_tile_argmax(xf, origin, width, channels, cw, hb, wb, tile, itile, base, stride):
     """:func:`_pool_tile` that also fills ``itile`` with each maximum's ``h * W + w``."""
     lanes = VECTOR_BYTES // xf.itemsize
     pooled_w = wb.shape[0]
@@ -145,15 +156,15 @@ def _pool_tile_argmax(xf, origin, width, channels, cw, hb, wb, tile, itile, stri
         for pw in range(pooled_w):
             w0 = wb[pw, 0]
             w1 = wb[pw, 1]
-            t = (ph * pooled_w + pw) * stride
+            t = base + (ph * pooled_w + pw) * stride
             if h1 <= h0 or w1 <= w0:
                 tile[t : t + cw] = 0
                 itile[t : t + cw] = -1
                 continue
             j = 0
-            if cw == UNROLL * lanes:
-                _bin_argmax8(xf, origin, width, channels, h0, h1, w0, w1, tile, itile, t)
-                j = cw
+            while j + UNROLL * lanes <= cw:
+                _bin_argmax8(xf, origin + j, width, channels, h0, h1, w0, w1, tile, itile, t + j)
+                j += UNROLL * lanes
             while j + lanes <= cw:
                 _bin_argmax1(xf, origin + j, width, channels, h0, h1, w0, w1, tile, itile, t + j)
                 j += lanes
