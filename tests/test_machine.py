@@ -34,3 +34,49 @@ def test_l2_bytes_reads_sys_or_falls_back_to_the_smaller_cache(monkeypatch, tmp_
         assert _machine.l2_bytes() == 3_000_000
     finally:
         _machine.l2_bytes.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "l2, rows, channels, want",
+    [
+        (1 << 20, 196, 256, 256),  # maskrcnn's 14 x 14 bins: all 256 channels fit half of 1 MiB
+        (512 << 10, 196, 256, 256),  # and half of Zen 3's 512 KiB (196 KiB of tile)
+        (256 << 10, 196, 256, 128),  # a smaller L2 gets one block
+        (64 << 10, 196, 256, 128),  # never less than one block
+        (1 << 20, 49, 147, 256),  # whole blocks only: 147 channels round up to two
+    ],
+)
+def test_tile_channels_fits_half_the_l2_in_whole_blocks(monkeypatch, l2, rows, channels, want):
+    monkeypatch.setenv("ROIPOOL_L2_BYTES", str(l2))
+    _machine.l2_bytes.cache_clear()
+    try:
+        assert _machine.tile_channels(rows, channels, 4, 128) == want
+    finally:
+        _machine.l2_bytes.cache_clear()
+
+
+def test_roi_pool_gives_the_same_bits_whatever_the_l2(monkeypatch):
+    """The NCHW forward pools as many channels per tile as half the L2 holds: 147 channels in
+    one tile, or one 128-channel block at a time, must give the same values and argmax."""
+    import numpy as np
+
+    import roipool
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 147, 9, 11)).astype(np.float32)
+    boxes = np.array([[0, 0, 0, 40, 30], [1, 8.5, 4, 80, 70], [0, -10, -5, 200, 150]], np.float32)
+    results = []
+    for l2 in (1 << 20, 1 << 10):
+        monkeypatch.setenv("ROIPOOL_L2_BYTES", str(l2))
+        _machine.l2_bytes.cache_clear()
+        try:
+            results.append(roipool.roi_pool_with_argmax(x, boxes, 7, 1 / 8) + (roipool.roi_pool(x, boxes, 7, 1 / 8),))
+        finally:
+            _machine.l2_bytes.cache_clear()
+    for a, b in zip(*results):
+        assert np.array_equal(a, b)
+    # and the same as the channels-last path, which pools all channels of a bin in one pass
+    assert np.array_equal(
+        results[0][2],
+        roipool.roi_pool(x.transpose(0, 2, 3, 1).copy(), boxes, 7, 1 / 8, layout="nhwc").transpose(0, 3, 1, 2),
+    )

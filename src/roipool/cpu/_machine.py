@@ -45,3 +45,14 @@ def l2_bytes() -> int:
     except (OSError, ValueError):
         pass
     return FALLBACK_L2_BYTES
+
+
+def tile_channels(rows: int, channels: int, itemsize: int, block: int) -> int:
+    """Channels of a ``(rows, channels)`` tile a kernel keeps in L2: a multiple of ``block``, at least one block.
+
+    As many as fit half of :func:`l2_bytes` (the other half holds the map's
+    cells being read and the output lines being written), and no more than
+    ``channels`` needs.
+    """
+    fit = l2_bytes() // 2 // max(rows * itemsize, 1) // block * block
+    return max(block, min(fit, -(-channels // block) * block))

@@ -11,13 +11,17 @@ eight such vectors (``UNROLL``: 128 float32 channels) in registers while its
 cells are scanned in row-major order: eight independent running maxima hide
 the latency of each max, and nothing is stored until the bin is done.
 
-The output is ``(K, C, PH * PW)``: per RoI, channel-major. Each block of
-channels is pooled into a small ``(bins, block)`` tile that stays in L1; the
-tile is transposed, ``lanes x lanes`` at a time in registers
-(``_simd.transpose_tile``), into a staging buffer, also in L1, which is then
-copied to the output as whole aligned cache lines (``_simd.copy_to_lines``):
-an output row is 49 values, so transposing straight into the output split
-most stores over two lines. Runs of RoIs (``bounds``, from ``_parallel.balanced_chunks``) are
+A channels-last output ``(K, PH * PW, C)`` is written straight from the
+registers: each bin's channels in turn, a bin's cells read whole, once.
+The NCHW output ``(K, C, PH * PW)`` is channel-major per RoI. A RoI is
+pooled the same way into a ``(bins, chunk)`` tile, ``chunk`` channels sized
+to half the L2 the CPU reports (``_machine.tile_channels``; all 256 channels
+of a 14 x 14 RoI on 512 KiB), so that a bin's cells are read once per chunk,
+not once per register block; the tile is transposed a block at a time,
+``lanes x lanes`` in registers (``_simd.transpose_tile``), into a staging
+buffer in L1, which is then copied to the output as whole aligned cache
+lines (``_simd.copy_to_lines``): an output row is 49 values, so
+transposing straight into the output split most stores over two lines. Runs of RoIs (``bounds``, from ``_parallel.balanced_chunks``) are
 split between threads; each RoI's output is written by exactly one thread.
 
 The maximum is strict (``>``, first in row-major scan order wins) and NaN
@@ -33,6 +37,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ._machine import tile_channels
 from ._parallel import balanced_chunks, launch_lock
 from ._simd import (
     VECTOR_BYTES,
@@ -53,13 +58,14 @@ UNROLL = 8
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def forward(x, batch, hbins, wbins, bounds, out, nhwc):
+def forward(x, batch, hbins, wbins, bounds, out, nhwc, chunk):
     """``out (K, C, PH * PW)`` (or, ``nhwc``, ``(K, PH * PW, C)``) <- bin maxima of ``x (N, H, W, C)``; no argmax.
 
     ``batch (K,)``, ``hbins (K, PH, 2)``, ``wbins (K, PW, 2)`` come from
     ``geometry.roi_pool_bins``; ``bounds`` splits the RoIs into runs.
-    ``out`` must be C-contiguous (it is written through a flat view); ``x``
-    should be (a strided ``x`` is copied first).
+    ``chunk``: channels per NCHW tile (``_machine.tile_channels``). ``out``
+    must be C-contiguous (it is written through a flat view); ``x`` should
+    be (a strided ``x`` is copied first).
     """
     _, height, width, channels = x.shape
     xf = np.ascontiguousarray(x).reshape(-1)
@@ -67,7 +73,7 @@ def forward(x, batch, hbins, wbins, bounds, out, nhwc):
     nbins = hbins.shape[1] * wbins.shape[1]
     block = UNROLL * (VECTOR_BYTES // x.itemsize)
     for run in numba.prange(bounds.shape[0] - 1):
-        tile = np.empty(nbins * block, x.dtype)
+        tile = np.empty(0 if nhwc else nbins * chunk, x.dtype)
         stage = np.empty(nbins * block, x.dtype)
         for k in range(bounds[run], bounds[run + 1]):
             base = batch[k] * height * width * channels
@@ -75,14 +81,16 @@ def forward(x, batch, hbins, wbins, bounds, out, nhwc):
             if nhwc:  # all channels of each bin in turn, straight into the RoI's (bins, C) output
                 _pool_tile(xf, base, width, channels, channels, hb, wb, outf, k * nbins * channels, channels)
                 continue
-            for c0 in range(0, channels, block):
-                cw = min(block, channels - c0)
-                _pool_tile(xf, base + c0, width, channels, cw, hb, wb, tile, 0, block)
-                store_tile_lines(tile, block, nbins, cw, stage, outf, k, channels, c0, False)
+            for c1 in range(0, channels, chunk):
+                cc = min(chunk, channels - c1)
+                _pool_tile(xf, base + c1, width, channels, cc, hb, wb, tile, 0, cc)
+                for c0 in range(c1, c1 + cc, block):
+                    cw = min(block, c1 + cc - c0)
+                    store_tile_lines(tile[c0 - c1 :], cc, nbins, cw, stage, outf, k, channels, c0, False)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def forward_argmax(x, batch, hbins, wbins, bounds, out, argmax, nhwc):
+def forward_argmax(x, batch, hbins, wbins, bounds, out, argmax, nhwc, chunk):
     """As :func:`forward`, also writing ``argmax`` (the shape and order of ``out``): ``h * W + w`` or -1.
 
     ``out`` and ``argmax`` must be C-contiguous.
@@ -94,8 +102,8 @@ def forward_argmax(x, batch, hbins, wbins, bounds, out, argmax, nhwc):
     nbins = hbins.shape[1] * wbins.shape[1]
     block = UNROLL * (VECTOR_BYTES // x.itemsize)
     for run in numba.prange(bounds.shape[0] - 1):
-        tile = np.empty(nbins * block, x.dtype)
-        itile = np.empty(nbins * block, np.int32)
+        tile = np.empty(0 if nhwc else nbins * chunk, x.dtype)
+        itile = np.empty(0 if nhwc else nbins * chunk, np.int32)
         stage = np.empty(nbins * block, x.dtype)
         istage = np.empty(nbins * block, np.int32)
         for k in range(bounds[run], bounds[run + 1]):
@@ -106,11 +114,13 @@ def forward_argmax(x, batch, hbins, wbins, bounds, out, argmax, nhwc):
                     xf, base, width, channels, channels, hb, wb, outf, argf, k * nbins * channels, channels
                 )
                 continue
-            for c0 in range(0, channels, block):
-                cw = min(block, channels - c0)
-                _pool_tile_argmax(xf, base + c0, width, channels, cw, hb, wb, tile, itile, 0, block)
-                store_tile_lines(tile, block, nbins, cw, stage, outf, k, channels, c0, False)
-                store_tile_lines(itile, block, nbins, cw, istage, argf, k, channels, c0, False)
+            for c1 in range(0, channels, chunk):
+                cc = min(chunk, channels - c1)
+                _pool_tile_argmax(xf, base + c1, width, channels, cc, hb, wb, tile, itile, 0, cc)
+                for c0 in range(c1, c1 + cc, block):
+                    cw = min(block, c1 + cc - c0)
+                    store_tile_lines(tile[c0 - c1 :], cc, nbins, cw, stage, outf, k, channels, c0, False)
+                    store_tile_lines(itile[c0 - c1 :], cc, nbins, cw, istage, argf, k, channels, c0, False)
 
 
 @numba.njit(nogil=True)
@@ -564,6 +574,12 @@ class RoIPoolBins:
         return float(self.cost.sum() - k * bins) / (k * bins)  # cost: cells read plus bins written
 
 
+def _chunk(bins: RoIPoolBins, x_nhwc) -> int:
+    """Channels per tile of an NCHW output: a RoI's bins of that many channels stay in L2."""
+    block = UNROLL * (VECTOR_BYTES // x_nhwc.itemsize)
+    return tile_channels(bins.pooled_h * bins.pooled_w, x_nhwc.shape[3], x_nhwc.itemsize, block)
+
+
 def launch_forward(x_nhwc, bins: RoIPoolBins, out) -> None:
     """``out (K, C, PH, PW)`` <- bin maxima of ``x_nhwc (N, H, W, C)`` (C-contiguous, compute dtype).
 
@@ -572,7 +588,7 @@ def launch_forward(x_nhwc, bins: RoIPoolBins, out) -> None:
     if out.size:
         view, nhwc = bins_order(out)
         with launch_lock:
-            forward(x_nhwc, bins.batch, bins.hbins, bins.wbins, bins.bounds, view, nhwc)
+            forward(x_nhwc, bins.batch, bins.hbins, bins.wbins, bins.bounds, view, nhwc, _chunk(bins, x_nhwc))
 
 
 def launch_forward_argmax(x_nhwc, bins: RoIPoolBins, out, argmax) -> None:
@@ -583,7 +599,9 @@ def launch_forward_argmax(x_nhwc, bins: RoIPoolBins, out, argmax) -> None:
         if arg_nhwc != nhwc:
             raise ValueError("internal: out and argmax must be in the same memory order")
         with launch_lock:
-            forward_argmax(x_nhwc, bins.batch, bins.hbins, bins.wbins, bins.bounds, view, arg_view, nhwc)
+            forward_argmax(
+                x_nhwc, bins.batch, bins.hbins, bins.wbins, bins.bounds, view, arg_view, nhwc, _chunk(bins, x_nhwc)
+            )
 
 
 def launch_backward(grad_out, argmax, batch, grad_in) -> None:
