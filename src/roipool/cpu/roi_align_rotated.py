@@ -41,7 +41,7 @@ import numba
 import numpy as np
 
 from ._parallel import balanced_chunks, launch_lock
-from ._simd import VECTOR_BYTES, copy_to_lines, vload, vmuladd, vstore
+from ._simd import VECTOR_BYTES, vload, vmuladd, vstore
 from ._tiles import bins_order, load_tile, memory_order, store_tile, store_tile_lines
 from .roi_align import UNROLL, _scatter, blocked_map, channel_block, rois_by_image
 
@@ -172,72 +172,64 @@ def forward(xb, x_nhwc, batch, frames, grids, pooled_h, pooled_w, bounds, out, n
     xf = xb.reshape(-1)
     outf = out.reshape(-1)
     nbins = pooled_h * pooled_w
-    plane = height * width
     block = UNROLL * (VECTOR_BYTES // xb.itemsize)
     for run in numba.prange(bounds.shape[0] - 1):
-        tile = np.empty(nbins * block, xb.dtype)
-        stage = np.empty(nbins * (channels if nhwc else block), xb.dtype)
+        tile = np.empty(0 if nhwc else nbins * block, xb.dtype)
+        stage = np.empty(0 if nhwc else nbins * block, xb.dtype)
         idx = np.empty(TAP_CHUNK, np.int64)
         wt = np.empty(TAP_CHUNK, xb.dtype)
         buf = np.empty(1, xb.dtype)
-        # Channel blocks outermost into an NCHW output, RoIs outermost into a channels-last
-        # one, each RoI's (bins, C) output then written once, front to back (as roi_align.forward)
         lo, hi = bounds[run], bounds[run + 1]
-        nblocks = (channels + block - 1) // block
-        outer, inner = (hi - lo, nblocks) if nhwc else (nblocks, hi - lo)
-        for p in range(outer):
-            for q in range(inner):
-                k, c0 = (lo + p, q * block) if nhwc else (lo + q, p * block)
+        if nhwc:
+            # RoIs outermost, each summed straight into its (bins, C) output, all channel
+            # blocks of a tap chunk in turn (as roi_align.forward)
+            for k in range(lo, hi):
+                _forward_bins(
+                    xf, x_nhwc, batch[k], channels, 0, channels, height, width, frames[k], grids[k], pooled_w,
+                    nbins, idx, wt, buf, outf, k * nbins * channels, channels,
+                )  # fmt: skip
+        else:
+            # channel blocks outermost: the run's RoIs read one block of the map
+            # before the next; each RoI's block is transposed into the output
+            for c0 in range(0, channels, block):
                 cw = min(block, channels - c0)
-                _forward_tile(
-                    xf,
-                    x_nhwc,
-                    batch[k],
-                    channels,
-                    c0,
-                    cw,
-                    plane,
-                    frames[k],
-                    grids[k],
-                    pooled_w,
-                    nbins,
-                    height,
-                    width,
-                    idx,
-                    wt,
-                    buf,
-                    tile,
-                    block,
-                )
-                if nhwc:
-                    store_tile(tile, block, nbins, cw, stage, 0, channels, c0, True)
-                else:
+                for k in range(lo, hi):
+                    _forward_bins(
+                        xf, x_nhwc, batch[k], channels, c0, c0 + cw, height, width, frames[k], grids[k], pooled_w,
+                        nbins, idx, wt, buf, tile, 0, block,
+                    )  # fmt: skip
                     store_tile_lines(tile, block, nbins, cw, stage, outf, k, channels, c0, False)
-            if nhwc:
-                copy_to_lines(stage, outf, (lo + p) * nbins * channels, nbins * channels)
 
 
 @numba.njit(cache=True, nogil=True)
-def _forward_tile(
-    xf, x_nhwc, n, channels, c0, cw, plane, frame, grid, pooled_w, nbins, height, width, idx, wt, buf, tile, block
+def _forward_bins(
+    xf, x_nhwc, n, channels, c_lo, c_hi, height, width, frame, grid, pooled_w, nbins, idx, wt, buf, dst, base, stride
 ):
-    """``tile[b * block + c]`` <- bin ``b`` of channel ``c0 + c < c0 + cw`` of one rotated RoI on image ``n``
-    of ``xf`` (channel-blocked, or channels-last if ``x_nhwc``)."""
+    """``dst[base + b * stride + c - c_lo]`` <- bin ``b`` of channel ``c_lo <= c < c_hi`` of one rotated
+    RoI on image ``n`` of ``xf`` (channel-blocked, or channels-last if ``x_nhwc``); each chunk of
+    a bin's taps is applied to every register block of channels in turn."""
+    block = UNROLL * (VECTOR_BYTES // xf.itemsize)
+    # channel c0 + c of cell i is xf[origin + (c0 - c_lo) * hop + i * step + c] (as roi_align._forward_bins)
     if x_nhwc:
-        origin, step = n * plane * channels + c0, channels
+        origin, hop, step = n * height * width * channels + c_lo, 1, channels
     else:
-        origin, step = (n * channels + c0) * plane, cw
+        origin, hop, step = (n * channels + c_lo) * height * width, height * width, 0
     gh, gw = grid[0], grid[1]
     count = xf.dtype.type(max(gh * gw, 1))
     for b in range(nbins):
-        t = b * block
-        tile[t : t + cw] = 0
+        t = base + b * stride - c_lo
+        dst[t + c_lo : t + c_hi] = 0
         iy, ix = 0, 0
         while iy < gh:
             m, iy, ix = _fill_taps(frame, gh, gw, b // pooled_w, b % pooled_w, height, width, idx, wt, buf, iy, ix)
-            _accumulate(xf, origin, step, idx, wt, m, tile, t, cw)
-        for c in range(t, t + cw):
-            tile[c] = tile[c] / count
+            if c_hi - c_lo <= block:  # one block (into an NCHW tile): no loop around the inlined sums
+                _accumulate(xf, origin, step or (c_hi - c_lo), idx, wt, m, dst, t + c_lo, c_hi - c_lo)
+                continue
+            for c0 in range(c_lo, c_hi, block):
+                cw = min(block, c_hi - c0)
+                _accumulate(xf, origin + (c0 - c_lo) * hop, step or cw, idx, wt, m, dst, t + c0, cw)
+        for c in range(t + c_lo, t + c_hi):
+            dst[c] = dst[c] / count
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
