@@ -56,8 +56,9 @@ of ``grad_input`` it writes: no atomics, and every element sums its
 contributions in the same order whatever the thread count (deterministic).
 A pair accumulates into a private channels-last ``(H, W, block)`` scratch
 that fits in L2, reading each RoI's gradient as a transposed ``(bins,
-block)`` tile (the next RoI's is prefetched meanwhile), and finally writes
-the scratch transposed into the ``(N, C, H, W)`` gradient.
+block)`` tile, or in place when it is channels-last (the next RoI's is
+prefetched meanwhile), and finally writes the scratch into the gradient,
+transposed into ``(N, C, H, W)`` or copied into channels-last.
 """
 
 from __future__ import annotations
