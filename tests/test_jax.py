@@ -275,6 +275,50 @@ def test_static_argument_errors():
         rj.set_backend("fast")
 
 
+@pytest.mark.parametrize("backend", ["xla", "callback"])
+@pytest.mark.parametrize("case", list(OPS))
+def test_nhwc_layout_gives_the_nchw_values_and_gradients(case, backend):
+    """``layout="nhwc"``: an ``(N, H, W, C)`` map gives ``(K, PH, PW, C)`` results and an
+    ``(N, H, W, C)`` gradient holding the NCHW call's values (bit for bit through the NumPy
+    kernels; to rounding through XLA, which may order its sums by layout)."""
+    x, rois = cases_map(np.float32), cases_rois(seed=2)
+    out0 = getattr(roipool, op_name(case))(x, rois, SIZE, SCALE, **OPS[case])
+    g = np.random.default_rng(3).standard_normal(out0.shape).astype(np.float32)
+    fn = getattr(rj, op_name(case))
+    results = {}
+    for layout, xin, gin in [
+        ("nchw", x, g),
+        ("nhwc", x.transpose(0, 2, 3, 1).copy(), g.transpose(0, 2, 3, 1).copy()),
+    ]:
+
+        def f(xin, layout=layout):
+            return fn(xin, jnp.asarray(rois, np.float32), SIZE, SCALE, backend=backend, layout=layout, **OPS[case])
+
+        out, vjp = jax.vjp(f, jnp.asarray(xin))
+        results[layout] = np.asarray(out), np.asarray(vjp(jnp.asarray(gin))[0])
+    out, grad = results["nhwc"]
+    assert out.shape == (out0.shape[0], *SIZE, out0.shape[1]) and grad.shape == (2, 9, 11, 8)
+    want_out, want_grad = (a.transpose(0, 2, 3, 1) for a in results["nchw"])
+    if backend == "callback" or case == "roi_pool":
+        np.testing.assert_array_equal(bits(out), bits(want_out))
+        np.testing.assert_array_equal(bits(grad), bits(want_grad))
+    else:
+        np.testing.assert_allclose(out, want_out, rtol=0, atol=1e-5 * max(np.abs(want_out).max(), 1))
+        np.testing.assert_allclose(grad, want_grad, rtol=0, atol=1e-5 * max(np.abs(want_grad).max(), 1))
+
+
+def test_layout_errors():
+    x = jnp.zeros((2, 8, 8, 4), jnp.float32)
+    rois = np.array([[0, 0, 0, 4, 4]])
+    with pytest.raises(ValueError, match=r"layout must be one of 'nchw', 'nhwc', got 'NHWC\?'"):
+        rj.roi_align(x, rois, 2, layout="NHWC?")
+    with pytest.raises(ValueError, match=r"input must have 4 dimensions \(N, H, W, C\) with layout='nhwc'"):
+        rj.roi_pool(x[0], rois, 2, layout="nhwc")
+    with pytest.raises(ValueError, match="not a multiple"):  # C is the last axis: 4 is not a multiple of 3 x 3
+        rj.ps_roi_pool(x, rois, 3, layout="nhwc")
+    assert rj.roi_pool(x, rois, 2, layout="nhwc").shape == (1, 2, 2, 4)
+
+
 def test_traced_invalid_batch_index_gives_nan_not_an_out_of_bounds_read():
     x = jnp.ones((2, 4, 8, 8), jnp.float32)
     rois = jnp.asarray([[0, 0, 0, 4, 4], [2, 0, 0, 4, 4], [-1, 0, 0, 4, 4], [0.5, 0, 0, 4, 4]], jnp.float32)

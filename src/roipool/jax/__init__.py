@@ -12,6 +12,11 @@ functions of the same names; ``docs/semantics.md`` defines every op and
   ``sampling_ratio`` and ``aligned`` are Python values (static under jit).
 - Gradients: with respect to ``input`` for every op; also with respect to the
   boxes for :func:`roi_align` and :func:`ps_roi_align`.
+- ``layout="nhwc"`` (keyword, every op): ``input`` is ``(N, H, W, C)``, the
+  layout of Flax's convolutions, and the result ``(K, pooled_h, pooled_w,
+  C_out)``, with the same values as the ``"nchw"`` call; the array is
+  transposed on the way in and out (XLA arrays have no memory format to
+  follow), and gradients flow through the transposes.
 
 Backends: ``"xla"`` (pure jnp/lax, every device) or ``"callback"`` (the NumPy
 path's Numba kernels via ``jax.pure_callback``, CPU only). ``"auto"`` (the
@@ -23,6 +28,8 @@ call's ``backend=`` argument.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from .. import _checks
 from . import _ops, _prepare
@@ -65,15 +72,27 @@ def _use_callback(backend, x) -> bool:
     return name == "callback"
 
 
-def _prepare_call(input, boxes):
-    """Checked input cast to the compute dtype, boxes ``(K, 5)`` in it, and the input's own dtype."""
+def _prepare_call(input, boxes, layout):
+    """Checked input ``(N, C, H, W)`` cast to the compute dtype, boxes ``(K, 5)`` in it, the input's
+    own dtype, and whether the caller's arrays are channels-last (``layout="nhwc"``)."""
+    nhwc = _checks.layout_is_nhwc(layout)
+    if nhwc and isinstance(input, (jax.Array, np.ndarray)):
+        if input.ndim != 4:
+            raise ValueError(f"input must have 4 dimensions (N, H, W, C) with layout='nhwc', got shape {input.shape}")
+        input = jnp.transpose(input, (0, 3, 1, 2)) if isinstance(input, jax.Array) else np.moveaxis(input, 3, 1)
     input = _prepare.feature_map(input)
     dtype = _prepare.compute_dtype(input.dtype)
     rois = _prepare.rois(boxes, input.shape[0], dtype)
-    return input.astype(dtype), rois, input.dtype
+    return input.astype(dtype), rois, input.dtype, nhwc
 
 
-def roi_pool(input, boxes, output_size, spatial_scale=1.0, *, backend=None):
+def _result(out, dtype, nhwc):
+    """An op's ``(K, C, PH, PW)`` result in the input's dtype and the caller's layout."""
+    out = out.astype(dtype)
+    return jnp.transpose(out, (0, 2, 3, 1)) if nhwc else out
+
+
+def roi_pool(input, boxes, output_size, spatial_scale=1.0, *, backend=None, layout="nchw"):
     """RoI max pooling (Fast R-CNN), torchvision's ``roi_pool`` bit for bit.
 
     Args:
@@ -83,20 +102,25 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0, *, backend=None):
         output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
         spatial_scale (float): image-to-feature-map factor.
         backend (str or None): ``"xla"``, ``"callback"``, ``"auto"``; None: :func:`get_backend`.
+        layout ("nchw" or "nhwc"): ``"nhwc"`` takes ``input (N, H, W, C)`` and returns
+            ``(K, pooled_h, pooled_w, C)``, the same values.
 
     Returns:
-        jax.Array[K, C, pooled_h, pooled_w] of the input's dtype. Its gradient
+        jax.Array[K, C, pooled_h, pooled_w] (or, ``"nhwc"``, ``[K, pooled_h, pooled_w, C]``)
+        of the input's dtype. Its gradient
         with respect to ``input`` goes to each bin's maximum (a ``custom_vjp``);
         the boxes get none (the output is piecewise constant in them).
     """
-    x, rois, dtype = _prepare_call(input, boxes)
+    x, rois, dtype, nhwc = _prepare_call(input, boxes, layout)
     size = _checks.output_size_pair(output_size)
     static = (size, _checks.positive_scale(spatial_scale), x.shape)
     op = _ops.roi_pool_callback if _use_callback(backend, x) else _ops.roi_pool_xla
-    return op(static, x, rois).astype(dtype)
+    return _result(op(static, x, rois), dtype, nhwc)
 
 
-def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False, *, backend=None):
+def roi_align(
+    input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False, *, backend=None, layout="nchw"
+):
     """RoIAlign (Mask R-CNN), torchvision's ``roi_align`` to float rounding.
 
     Args as :func:`roi_pool`, plus:
@@ -109,7 +133,7 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
         with respect to ``input`` and the box coordinates (column 0, the batch
         index, gets a zero gradient).
     """
-    x, rois, dtype = _prepare_call(input, boxes)
+    x, rois, dtype, nhwc = _prepare_call(input, boxes, layout)
     size = _checks.output_size_pair(output_size)
     scale = _checks.positive_scale(spatial_scale)
     sampling_ratio = _checks.sampling_ratio_int(sampling_ratio)
@@ -117,10 +141,10 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     _prepare.check_scaled_boxes(rois, scale, 0.5 if aligned else 0.0)
     static = (size, scale, sampling_ratio, aligned, x.shape)
     op = _ops.roi_align_callback if _use_callback(backend, x) else _ops.roi_align_xla
-    return op(static, x, rois).astype(dtype)
+    return _result(op(static, x, rois), dtype, nhwc)
 
 
-def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0, *, backend=None):
+def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0, *, backend=None, layout="nchw"):
     """Position-sensitive RoI average pooling (R-FCN), torchvision's ``ps_roi_pool``.
 
     Args as :func:`roi_pool`; ``C`` must be a multiple of ``pooled_h * pooled_w``.
@@ -129,17 +153,17 @@ def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0, *, backend=None):
         jax.Array[K, C / (pooled_h * pooled_w), pooled_h, pooled_w] of the input's
         dtype, differentiable with respect to ``input``.
     """
-    x, rois, dtype = _prepare_call(input, boxes)
+    x, rois, dtype, nhwc = _prepare_call(input, boxes, layout)
     size = _checks.output_size_pair(output_size)
     _checks.ps_channels(x.shape[1], size)
     scale = _checks.positive_scale(spatial_scale)
     _checks.scale_in_dtype(scale, x.dtype)
     static = (size, scale, x.shape)
     op = _ops.ps_roi_pool_callback if _use_callback(backend, x) else _ops.ps_roi_pool_xla
-    return op(static, x, rois).astype(dtype)
+    return _result(op(static, x, rois), dtype, nhwc)
 
 
-def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, *, backend=None):
+def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, *, backend=None, layout="nchw"):
     """Position-sensitive RoIAlign (torchvision's ``ps_roi_align``, never NaN).
 
     Args as :func:`ps_roi_pool`, plus ``sampling_ratio`` (``<= 0``: adaptive,
@@ -149,7 +173,7 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
         jax.Array[K, C / (pooled_h * pooled_w), pooled_h, pooled_w] of the input's
         dtype, differentiable with respect to ``input`` and the box coordinates.
     """
-    x, rois, dtype = _prepare_call(input, boxes)
+    x, rois, dtype, nhwc = _prepare_call(input, boxes, layout)
     size = _checks.output_size_pair(output_size)
     _checks.ps_channels(x.shape[1], size)
     scale = _checks.positive_scale(spatial_scale)
@@ -157,4 +181,4 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
     sampling_ratio = _checks.sampling_ratio_int(sampling_ratio)
     static = (size, scale, sampling_ratio, x.shape)
     op = _ops.ps_roi_align_callback if _use_callback(backend, x) else _ops.ps_roi_align_xla
-    return op(static, x, rois).astype(dtype)
+    return _result(op(static, x, rois), dtype, nhwc)
