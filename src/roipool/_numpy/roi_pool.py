@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import _checks
 from ..cpu import roi_pool as cpu
+from ..cpu._tiles import channels_last_copy
 from . import _layout
 
 _NUMPY = "a NumPy array"
@@ -36,7 +37,7 @@ class RoIPoolCall:
 
     def channels_last(self) -> np.ndarray:
         """A new ``(N, H, W, C)`` copy in the compute dtype (native byte order)."""
-        return np.ascontiguousarray(self.input.transpose(0, 2, 3, 1), dtype=self.dtype)
+        return channels_last_copy(self.input, self.dtype)
 
     def empty_output(self, dtype, nhwc):
         """``(K, C, pooled_h, pooled_w)``, channels-last in memory when ``nhwc``."""

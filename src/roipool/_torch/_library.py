@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from .. import _checks
+from ..cpu._tiles import channels_last_copy
 
 NAMESPACE = "roipool"
 
@@ -222,10 +223,10 @@ def cpu_nhwc(input: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
     NumPy copy that also converts the dtype (NumPy's transposing copy is an
     order of magnitude faster than ``Tensor.copy_`` from a permuted view here).
     """
-    nhwc = input.detach().permute(0, 2, 3, 1)
-    if nhwc.dtype == torch.bfloat16:  # NumPy has no bfloat16; widening keeps the strides
-        nhwc = nhwc.float()
-    return np.ascontiguousarray(nhwc.numpy(), dtype=numpy_dtype(dtype))
+    x = input.detach()
+    if x.dtype == torch.bfloat16:  # NumPy has no bfloat16; widening keeps the strides
+        x = x.float()
+    return channels_last_copy(x.numpy(), numpy_dtype(dtype))
 
 
 def new_cpu_tensor(shape, dtype: torch.dtype, zeros: bool = False) -> torch.Tensor:

