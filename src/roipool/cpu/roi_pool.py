@@ -21,8 +21,9 @@ not once per register block; the tile is transposed a block at a time,
 ``lanes x lanes`` in registers (``_simd.transpose_tile``), into a staging
 buffer in L1, which is then copied to the output as whole aligned cache
 lines (``_simd.copy_to_lines``): an output row is 49 values, so
-transposing straight into the output split most stores over two lines. Runs of RoIs (``bounds``, from ``_parallel.balanced_chunks``) are
-split between threads; each RoI's output is written by exactly one thread.
+transposing straight into the output split most stores over two lines.
+Runs of RoIs (``bounds``, from ``_parallel.balanced_chunks``) are split
+between threads; each RoI's output is written by exactly one thread.
 
 The maximum is strict (``>``, first in row-major scan order wins) and NaN
 wins over numbers: once a NaN is seen the bin keeps it (``_simd.vmax``).
