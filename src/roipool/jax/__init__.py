@@ -106,10 +106,10 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0, *, backend=None, layo
             ``(K, pooled_h, pooled_w, C)``, the same values.
 
     Returns:
-        jax.Array[K, C, pooled_h, pooled_w] (or, ``"nhwc"``, ``[K, pooled_h, pooled_w, C]``)
-        of the input's dtype. Its gradient
-        with respect to ``input`` goes to each bin's maximum (a ``custom_vjp``);
-        the boxes get none (the output is piecewise constant in them).
+        jax.Array[K, C, pooled_h, pooled_w] (with ``"nhwc"``, ``[K, pooled_h,
+        pooled_w, C]``) of the input's dtype. Its gradient with respect to
+        ``input`` goes to each bin's maximum (a ``custom_vjp``); the boxes get
+        none (the output is piecewise constant in them).
     """
     x, rois, dtype, nhwc = _prepare_call(input, boxes, layout)
     size = _checks.output_size_pair(output_size)
