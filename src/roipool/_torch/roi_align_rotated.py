@@ -22,6 +22,7 @@ import torch
 
 from .. import _checks
 from ..cpu import roi_align_rotated as kernels
+from ..cpu._tiles import channels_last_copy
 from ._library import (
     boxes_to_rois,
     channels_last,
@@ -105,7 +106,7 @@ def _box_backward_cpu(
     n, channels = input.shape[:2]
     frames = _frames(rois, n, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise)
     grad_out = _grad_out(grad.to(dtype), frames, channels)
-    x_nhwc = np.ascontiguousarray(_numpy(input, dtype).transpose(0, 2, 3, 1))
+    x_nhwc = channels_last_copy(_numpy(input, dtype))
     grad_boxes = np.zeros((frames.num_rois, 6), numpy_dtype(dtype))
     kernels.launch_box_backward(x_nhwc, grad_out, frames, grad_boxes[:, 1:])
     return torch.from_numpy(grad_boxes).to(rois.dtype)

@@ -69,7 +69,7 @@ import numpy as np
 from .. import _checks
 from ._parallel import balanced_chunks, launch_lock
 from ._simd import VECTOR_BYTES, prefetch, transpose_tile, vload, vmuladd, vstore, vzeros
-from ._tiles import bins_order, copy_run, load_tile, memory_order, store_tile, store_tile_lines
+from ._tiles import bins_order, channels_last_copy, copy_run, load_tile, memory_order, store_tile, store_tile_lines
 from .geometry import _grid, _sample_position, _window, bilinear_corners, roi_align_taps
 
 _FASTMATH = {"contract"}  # allow fused multiply-add; no reassociation
@@ -878,7 +878,7 @@ def launch_boxes_backward(x, grad_out, rois, taps: RoIAlignTaps, spatial_scale, 
     grad_rois = np.zeros((k, 5), np.float64)
     if not (k and channels and x.shape[2] and x.shape[3]):
         return grad_rois
-    nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    nhwc = channels_last_copy(x)
     go, go_nhwc = bins_order(grad_out, copy=True)
     with launch_lock:
         boxes_backward(
