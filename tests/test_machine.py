@@ -1,4 +1,4 @@
-"""The L2 size the CPU reports, which the torch roi_pool uses to pick its training route."""
+"""The L2 size the CPU reports, and what is sized from it: the torch roi_pool training route, roi_pool's NCHW tiles."""
 
 from __future__ import annotations
 
