@@ -184,6 +184,20 @@ def forward(xb, x_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, path, o
                     store_tile_lines(tile, block, nbins, cw, stage, outf, k, channels, c0, False)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def map_origin(x_nhwc, n, channels, height, width, c_lo):
+    """``(origin, hop, step)``: channel ``c0 + c`` of cell ``i`` of image ``n`` is
+    ``xf[origin + (c0 - c_lo) * hop + i * step + c]`` for a block of channels starting at ``c0``.
+
+    In the channels-last map ``step`` is ``C``; in the channel-blocked one
+    (:func:`channel_blocks`) it is the block's width, returned as 0 for the
+    caller to fill in (``step or cw``).
+    """
+    if x_nhwc:
+        return n * height * width * channels + c_lo, 1, channels
+    return (n * channels + c_lo) * height * width, height * width, 0
+
+
 @numba.njit(cache=True, nogil=True)
 def _forward_bins(
     xf, x_nhwc, n, channels, c_lo, c_hi, height, width, hptr, hidx, hwt, wptr, widx, wwt, path, rows, dst, base, stride
@@ -196,12 +210,7 @@ def _forward_bins(
     other: a channels-last cell's channels are read together while in L1.
     """
     block = UNROLL * (VECTOR_BYTES // xf.itemsize)
-    # channel c0 + c of cell i of image n is xf[origin + (c0 - c_lo) * hop + i * step + c]:
-    # in the channels-last map the step is C, in the blocked one the block's width
-    if x_nhwc:
-        origin, hop, step = n * height * width * channels + c_lo, 1, channels
-    else:
-        origin, hop, step = (n * channels + c_lo) * height * width, height * width, 0
+    origin, hop, step = map_origin(x_nhwc, n, channels, height, width, c_lo)
     pooled_h = hptr.shape[0] - 1
     pooled_w = wptr.shape[0] - 1
     cmin, span = _column_span(wptr, widx)

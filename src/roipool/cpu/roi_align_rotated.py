@@ -43,7 +43,7 @@ import numpy as np
 from ._parallel import balanced_chunks, launch_lock
 from ._simd import VECTOR_BYTES, vload, vmuladd, vstore
 from ._tiles import bins_order, load_tile, memory_order, store_tile, store_tile_lines
-from .roi_align import UNROLL, _scatter, blocked_map, channel_block, rois_by_image
+from .roi_align import UNROLL, _scatter, blocked_map, channel_block, map_origin, rois_by_image
 
 _FASTMATH = {"contract"}
 
@@ -209,11 +209,7 @@ def _forward_bins(
     RoI on image ``n`` of ``xf`` (channel-blocked, or channels-last if ``x_nhwc``); each chunk of
     a bin's taps is applied to every register block of channels in turn."""
     block = UNROLL * (VECTOR_BYTES // xf.itemsize)
-    # channel c0 + c of cell i is xf[origin + (c0 - c_lo) * hop + i * step + c] (as roi_align._forward_bins)
-    if x_nhwc:
-        origin, hop, step = n * height * width * channels + c_lo, 1, channels
-    else:
-        origin, hop, step = (n * channels + c_lo) * height * width, height * width, 0
+    origin, hop, step = map_origin(x_nhwc, n, channels, height, width, c_lo)
     gh, gw = grid[0], grid[1]
     count = xf.dtype.type(max(gh * gw, 1))
     for b in range(nbins):
