@@ -95,3 +95,25 @@ def test_channels_last_workloads_hold_the_same_values_in_nhwc_memory():
     for name, m in maps.items():
         np.testing.assert_array_equal(m, small.make()[0][name])
         assert torch.from_numpy(m).is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("op", ["roi_pool", "roi_align"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_openvino_is_a_checked_peer_of_roi_pool_and_roi_align(op, channels_last):
+    """OpenVINO's ``ROIPooling`` and ``ROIAlign`` are timed when importable, after their values
+    were checked against roipool's (the check passes on this workload: the candidate is listed)."""
+    import dataclasses
+
+    pytest.importorskip("openvino")
+    import roipool
+    from roipool.bench.candidates import candidates
+
+    workload = dataclasses.replace(bench.WORKLOADS["small-batch"], channels_last=channels_last)
+    (peer,) = [c for c in candidates(workload, op, "forward") if c.impl == "openvino"]
+    x, rois = workload.make()
+    size, scale = workload.output_size, workload.spatial_scale
+    if op == "roi_pool":
+        want = roipool.roi_pool(x, rois, size, scale)
+    else:
+        want = roipool.roi_align(x, rois, size, scale, workload.sampling_ratio, workload.aligned)
+    np.testing.assert_allclose(next(iter(peer.run().values())), want, rtol=1e-5, atol=1e-5)

@@ -11,10 +11,21 @@ from roipool.cpu._tiles import channels_last_copy
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     "shape",
-    [(2, 147, 9, 11), (1, 16, 4, 4), (3, 5, 1, 1), (1, 1, 7, 3), (2, 33, 17, 1), (0, 4, 3, 3), (2, 4, 0, 5)],
+    [
+        (2, 147, 9, 11),
+        (1, 16, 4, 4),
+        (3, 5, 1, 1),
+        (1, 1, 7, 3),
+        (2, 33, 17, 1),
+        (0, 4, 3, 3),
+        (2, 4, 0, 5),
+        (2, 256, 9, 31),
+        (1, 40, 33, 50),
+    ],
 )
 def test_channels_last_copy_is_the_transpose(shape, dtype):
-    """Whole 16 x 16 register blocks, ragged channel and cell counts, one channel, empty arrays."""
+    """Whole 16 x 16 register blocks, ragged channel and cell counts, one channel, empty arrays,
+    and maps of several tasks of cells each with a ragged last one (``copy_cells``)."""
     x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
     before = x.copy()
     got = channels_last_copy(x)

@@ -3,8 +3,10 @@
 A :class:`Candidate` is one implementation of one op and mode; ``run()`` is
 what gets timed. Peers: ONNX Runtime (``MaxRoiPool``, ``RoiAlign``; forward
 only), torchvision's ops (forward, forward+backward), Intel Extension for
-PyTorch's ``roi_align`` (forward, forward+backward), OpenVINO's
-``ROIAlignRotated`` (forward), when importable.
+PyTorch's ``roi_align`` (forward, forward+backward), OpenVINO's CPU
+``ROIPooling``, ``ROIAlign`` and ``ROIAlignRotated`` (forward), when
+importable. A peer's values are checked against roipool's before it is
+timed.
 """
 
 from __future__ import annotations
@@ -149,7 +151,60 @@ def candidates(workload: Workload, op: str, mode: str, device: str = "cpu", jax:
             )
             feeds = {"X": x, "rois": np.ascontiguousarray(rois[:, 1:]), "batch_indices": rois[:, 0].astype(np.int64)}
             out.append(Candidate("onnxruntime", lambda: sess.run(None, feeds)))
+    if device == "cpu" and mode == "forward" and op in ("roi_pool", "roi_align") and _optional("openvino"):
+        out.extend(_openvino_candidates(workload, x, rois, op))
     return out
+
+
+def _openvino_model(outputs, params, name):
+    """An OpenVINO model compiled for the CPU plugin with roipool's thread count, in float32."""
+    import numba
+    import openvino as ov
+
+    config = {"INFERENCE_NUM_THREADS": numba.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32"}
+    return ov.Core().compile_model(ov.Model(outputs, params, name), "CPU", config)
+
+
+def _openvino_candidates(workload, x, rois, op) -> list[Candidate]:
+    """OpenVINO's CPU ``ROIPooling`` or ``ROIAlign`` (static shapes, NCHW: its only layout), checked first.
+
+    Its ``ROIAlign`` computes torchvision's op with ``aligned_mode``
+    ``half_pixel_for_nn`` (``aligned=True``) or ``asymmetric`` (``False``);
+    its ``half_pixel`` is something else. Its ``ROIPooling`` agrees with
+    roipool bit for bit on ``vgg16``, but on ``maskrcnn`` 15 of 512 RoIs
+    differ in one row or column of bins (as if a bin edge fell one cell
+    apart): a RoI that differs by more than 1e-3 is counted, and the
+    peer is timed unless more than a tenth of the RoIs do.
+    """
+    import sys
+
+    from openvino import opset15 as ops
+
+    import roipool
+
+    size, scale = workload.output_size, workload.spatial_scale
+    if op == "roi_pool":
+        params = [ops.parameter(list(x.shape), np.float32), ops.parameter(list(rois.shape), np.float32)]
+        model = _openvino_model([ops.roi_pooling(*params, [size, size], scale, "max")], params, "roi_pool")
+        feeds = [x, rois]
+        want = roipool.roi_pool(x, rois, size, scale)
+    else:
+        params = [ops.parameter(list(x.shape), np.float32), ops.parameter([len(rois), 4], np.float32)]
+        params.append(ops.parameter([len(rois)], np.int32))
+        ratio, mode = max(workload.sampling_ratio, 0), "half_pixel_for_nn" if workload.aligned else "asymmetric"
+        model = _openvino_model([ops.roi_align(*params, size, size, ratio, scale, "avg", mode)], params, "roi_align")
+        feeds = [x, np.ascontiguousarray(rois[:, 1:]), rois[:, 0].astype(np.int32)]
+        want = roipool.roi_align(x, rois, size, scale, workload.sampling_ratio, workload.aligned)
+    got = next(iter(model(feeds).values()))
+    if got.shape != want.shape:
+        print(f"openvino {op} returns shape {got.shape}, not {want.shape}: not timed", file=sys.stderr)
+        return []
+    differ = int((np.abs(got - want).reshape(len(rois), -1).max(axis=1, initial=0) > 1e-3).sum())
+    if differ:
+        print(f"openvino {op}: {differ} of {len(rois)} RoIs differ from roipool's by more than 1e-3", file=sys.stderr)
+    if differ > len(rois) // 10:
+        return []
+    return [Candidate("openvino", lambda: model(feeds))]
 
 
 def _jax_candidates(x, rois, op, mode, size, scale, extra, device):
@@ -371,7 +426,6 @@ def pyramid_candidates(workload: PyramidWorkload, output_size: int, mode: str, d
 def rotated_candidates(workload: Workload, mode: str, device: str = "cpu") -> list[Candidate]:
     """roipool's roi_align_rotated (NumPy, torch) and OpenVINO's CPU ROIAlignRotated (forward, same threads);
     on ``cuda`` the torch path alone."""
-    import numba
 
     import roipool
 
@@ -401,16 +455,14 @@ def rotated_candidates(workload: Workload, mode: str, device: str = "cpu") -> li
             _torch_candidate("roipool (torch)", roipool.roi_align_rotated, xt, rt, args[0], args[1],
                              {"sampling_ratio": args[2], "aligned": args[3]}, mode, torch, True)
         )  # fmt: skip
-    ov = _optional("openvino")
-    if ov is not None and mode == "forward" and workload.aligned:  # OpenVINO's op is always half-pixel aligned
+    if _optional("openvino") is not None and mode == "forward" and workload.aligned:  # OpenVINO's op is always aligned
         from openvino import opset15 as ops
 
         nodes = [ops.parameter(list(x.shape), np.float32), ops.parameter([len(rois), 5], np.float32)]
         nodes.append(ops.parameter([len(rois)], np.int32))  # static shapes: the plugin's best case
         size = workload.output_size
         node = ops.roi_align_rotated(*nodes, size, size, max(workload.sampling_ratio, 0), workload.spatial_scale, False)
-        config = {"INFERENCE_NUM_THREADS": numba.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32"}
-        model = ov.Core().compile_model(ov.Model([node], nodes, "rotated"), "CPU", config)
+        model = _openvino_model([node], nodes, "rotated")
         feeds = [x, np.ascontiguousarray(rois[:, 1:]), rois[:, 0].astype(np.int32)]
         out.append(Candidate("openvino", lambda: model(feeds)))
     return out
