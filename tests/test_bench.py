@@ -117,3 +117,28 @@ def test_openvino_is_a_checked_peer_of_roi_pool_and_roi_align(op, channels_last)
     else:
         want = roipool.roi_align(x, rois, size, scale, workload.sampling_ratio, workload.aligned)
     np.testing.assert_allclose(next(iter(peer.run().values())), want, rtol=1e-5, atol=1e-5)
+
+
+def test_timing_waits_for_threads_still_spinning_after_the_previous_call():
+    """``measure`` starts each CPU timing only once the process's other threads are idle."""
+    import threading
+    import time
+
+    from roipool.bench import _quiesce
+
+    start = time.perf_counter()
+    _quiesce()
+    assert time.perf_counter() - start < 0.5  # an idle process waits one 20 ms window, give or take
+
+    def spin():
+        end = time.perf_counter() + 0.3
+        while time.perf_counter() < end:
+            pass
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    start = time.perf_counter()
+    _quiesce()
+    waited = time.perf_counter() - start
+    spinner.join()
+    assert waited >= 0.2

@@ -63,6 +63,22 @@ def _touch(nbytes: int) -> None:
         np.ones(nbytes // 8, np.float64)
 
 
+def _quiesce(limit_s: float = 1.0, window_s: float = 0.02) -> None:
+    """Wait, up to ``limit_s``, until no thread of the process has used the CPU for ``window_s``.
+
+    Some peers' thread pools keep spinning after a call returns (Intel's
+    OpenMP, which Intel Extension for PyTorch uses, for 200 ms by default):
+    without this wait the call timed next, always the same candidate in the
+    rotation, would share the cores with them.
+    """
+    deadline = time.perf_counter() + limit_s
+    while time.perf_counter() < deadline:
+        used = time.process_time()
+        time.sleep(window_s)
+        if time.process_time() - used < window_s / 10:
+            return
+
+
 def floor_bytes(map_bytes: int, output_bytes: int, mode: str) -> int:
     """Bytes that must cross memory: the output written, and for a training step also
     ``grad_output`` read and every cell of ``grad_input`` written (reading the map is
@@ -110,6 +126,7 @@ def measure(
     """Interleaved timings in ms: each repeat runs every candidate once.
 
     The order rotates from one repeat to the next, and before each timed call
+    the process waits until its threads are idle (:func:`_quiesce`) and
     ``touch_bytes`` of memory are written and freed (untimed). On a VM that
     hands freed memory back to its host after a second or two (free page
     reporting, as on our development VM), the first large allocation after a
@@ -129,6 +146,7 @@ def measure(
             if timer is not None:
                 ms, result = timer(c.run)
             else:
+                _quiesce()
                 _touch(touch_bytes)
                 t0 = time.perf_counter()
                 result = c.run()
