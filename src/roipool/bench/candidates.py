@@ -172,9 +172,10 @@ def _openvino_candidates(workload, x, rois, op) -> list[Candidate]:
     ``half_pixel_for_nn`` (``aligned=True``) or ``asymmetric`` (``False``);
     its ``half_pixel`` is something else. Its ``ROIPooling`` agrees with
     roipool bit for bit on ``vgg16``, but on ``maskrcnn`` 15 of 512 RoIs
-    differ in one row or column of bins (as if a bin edge fell one cell
-    apart): a RoI that differs by more than 1e-3 is counted, and the
-    peer is timed unless more than a tenth of the RoIs do.
+    differ in whole rows or columns of bins: it places bin edges exactly, in
+    integers, where roipool (like torchvision) computes them in floating
+    point (``docs/semantics.md``). RoIs that differ by more than 1e-3 are
+    counted, and the peer is timed unless more than a tenth of them do.
     """
     import sys
 
