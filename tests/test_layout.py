@@ -102,6 +102,55 @@ def _check_roi_pool_with_argmax_in_nhwc():
     same_bytes(got, want)
 
 
+@pytest.fixture
+def l3_bytes(monkeypatch):
+    """Set the L3 size the kernels' choices read (``ROIPOOL_L3_BYTES``) for one test."""
+    from roipool.cpu import _machine
+
+    def set_to(nbytes):
+        monkeypatch.setenv("ROIPOOL_L3_BYTES", str(nbytes))
+        _machine.l3_bytes.cache_clear()
+
+    yield set_to
+    _machine.l3_bytes.cache_clear()
+
+
+# many boxes on both images, partly off the map, degenerate and inverted: the sweep reorders them
+SWEPT = np.concatenate(
+    [BOXES, np.random.default_rng(5).uniform([0, -4, -4, 0, 0], [2, 22, 18, 30, 26], (40, 5)).round(1)]
+)
+SWEPT[:, 0] = np.floor(SWEPT[:, 0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=str)
+@pytest.mark.parametrize(
+    "name, size, kw",
+    [
+        ("roi_pool", (7, 7), dict(spatial_scale=0.5)),
+        ("roi_pool_with_argmax", (5, 3), dict(spatial_scale=0.5)),
+        ("roi_align", (7, 7), dict(spatial_scale=0.5, sampling_ratio=2, aligned=True)),
+        ("roi_align", (3, 4), dict(spatial_scale=0.25, sampling_ratio=-1, aligned=False)),
+        ("prroi_pool", (7, 7), dict(spatial_scale=0.5)),
+    ],
+)
+def test_the_map_row_sweep_gives_the_bits_of_whole_rois(name, size, kw, dtype, l3_bytes):
+    """Into channels-last, a map larger than a quarter of the L3 has its bin rows taken in map-row
+    order (``_parallel.row_sweep``) instead of RoI by RoI: the values may not change."""
+    from roipool.cpu import _machine
+
+    op = getattr(roipool, name)
+    x = make_map(dtype, seed=4)
+    want = op(x, SWEPT, size, **kw)
+    results = {}
+    for l3, sweeps in ((1 << 40, False), (64, True)):
+        l3_bytes(l3)
+        assert _machine.sweeps_map_rows(nhwc(x)[0].nbytes) == sweeps
+        results[sweeps] = op(nhwc(x), SWEPT, size, layout="nhwc", **kw)
+    for got in results.values():
+        for got_part, want_part in zip(*((got, want) if isinstance(got, tuple) else ((got,), (want,)))):
+            same_bytes(got_part, want_part)
+
+
 @pytest.mark.parametrize("name", ["roi_align", "prroi_pool"])
 def test_box_gradients_take_nhwc_arrays(name):
     x = make_map(np.float64)

@@ -1,4 +1,5 @@
-"""The L2 size the CPU reports, and what is sized from it: the torch roi_pool training route, roi_pool's NCHW tiles."""
+"""The L2 and L3 sizes the CPU reports, and what is chosen from them: the torch roi_pool training route,
+roi_pool's NCHW tiles, the map-row sweep of the channels-last forwards (and its order, ``_parallel.row_sweep``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ def test_parse_size_reads_the_sys_notation(text, size):
 
 def test_l2_bytes_reads_sys_or_falls_back_to_the_smaller_cache(monkeypatch, tmp_path):
     for index, (level, kind, size) in enumerate(
-        [("1", "Data", "32K"), ("1", "Instruction", "32K"), ("2", "Unified", "1280K")]
+        [("1", "Data", "32K"), ("1", "Instruction", "32K"), ("2", "Unified", "1280K"), ("3", "Unified", "36608K")]
     ):
         d = tmp_path / f"index{index}"
         d.mkdir()
@@ -22,18 +23,45 @@ def test_l2_bytes_reads_sys_or_falls_back_to_the_smaller_cache(monkeypatch, tmp_
         (d / "type").write_text(kind + "\n")
         (d / "size").write_text(size + "\n")
     monkeypatch.delenv("ROIPOOL_L2_BYTES", raising=False)
+    monkeypatch.delenv("ROIPOOL_L3_BYTES", raising=False)
     monkeypatch.setattr(_machine, "_CACHE_DIR", str(tmp_path))
-    _machine.l2_bytes.cache_clear()
+    clear()
     try:
         assert _machine.l2_bytes() == 1280 << 10
-        _machine.l2_bytes.cache_clear()
+        assert _machine.l3_bytes() == 36608 << 10
+        clear()
         monkeypatch.setattr(_machine, "_CACHE_DIR", str(tmp_path / "missing"))
         assert _machine.l2_bytes() == _machine.FALLBACK_L2_BYTES == 512 << 10
-        _machine.l2_bytes.cache_clear()
+        assert _machine.l3_bytes() == _machine.FALLBACK_L3_BYTES == 16 << 20
+        clear()
         monkeypatch.setenv("ROIPOOL_L2_BYTES", "3000000")
-        assert _machine.l2_bytes() == 3_000_000
+        monkeypatch.setenv("ROIPOOL_L3_BYTES", "7000000")
+        assert (_machine.l2_bytes(), _machine.l3_bytes()) == (3_000_000, 7_000_000)
+        assert _machine.sweeps_map_rows(1_750_001) and not _machine.sweeps_map_rows(1_750_000)  # a quarter
     finally:
-        _machine.l2_bytes.cache_clear()
+        clear()
+
+
+def clear():
+    _machine.l2_bytes.cache_clear()
+    _machine.l3_bytes.cache_clear()
+
+
+def test_row_sweep_orders_bin_rows_by_image_then_first_map_row_and_balances_the_runs():
+    import numpy as np
+
+    from roipool.cpu._parallel import row_sweep, whole_rois
+
+    first_row = np.array([[5, 7], [0, 3], [5, 1], [2, 2]])  # (K=4 RoIs, PH=2 bin rows)
+    batch = np.array([1, 1, 0, 0])
+    cost = np.arange(8, dtype=np.float64).reshape(4, 2) + 1
+    items, bounds = row_sweep(first_row, cost, batch, height=10)
+    # image 0 first (RoIs 2, 3), by first row, ties in RoI order; then image 1
+    want = [(2, 1), (3, 0), (3, 1), (2, 0), (1, 0), (1, 1), (0, 0), (0, 1)]
+    assert [tuple(r) for r in items[:, :2]] == want
+    assert (items[:, 2] == items[:, 1] + 1).all()
+    assert bounds[0] == 0 and bounds[-1] == 8 and (np.diff(bounds) > 0).all()
+    assert whole_rois(3, 7).tolist() == [[0, 0, 7], [1, 0, 7], [2, 0, 7]]
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,8 @@ The development machines differ in their caches (an Intel VM here reports
 one may spill on the other. :func:`l2_bytes` reads the L2 size per core from
 Linux's ``/sys`` once per process; where it cannot be read it assumes the
 smaller of the two, so a choice made from it errs towards the smaller cache.
-``ROIPOOL_L2_BYTES`` overrides it (tests, or a machine that misreports).
+``ROIPOOL_L2_BYTES`` overrides it (tests, or a machine that misreports);
+:func:`l3_bytes` and ``ROIPOOL_L3_BYTES`` likewise for the L3.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import os
 
 #: Assumed L2 per core when the machine does not say: AMD Zen 3's, the smallest we tune for.
 FALLBACK_L2_BYTES = 512 * 1024
+#: Assumed L3 when the machine does not say: between a client CPU's 8-12 MiB and Zen 3's 32 MiB.
+FALLBACK_L3_BYTES = 16 << 20
 
 _CACHE_DIR = "/sys/devices/system/cpu/cpu0/cache"
 
@@ -26,25 +29,52 @@ def parse_size(text: str) -> int:
     return int(text.rstrip("KMG")) * scale
 
 
+def _sys_cache_bytes(level: int) -> int | None:
+    """Size of cpu0's level-``level`` data (or unified) cache from ``/sys``, or None if unreadable."""
+    try:
+        for entry in sorted(os.listdir(_CACHE_DIR)):
+            path = os.path.join(_CACHE_DIR, entry)
+            if not entry.startswith("index"):
+                continue
+            with open(os.path.join(path, "level")) as lvl, open(os.path.join(path, "type")) as kind:
+                if lvl.read().strip() != str(level) or kind.read().strip() not in ("Unified", "Data"):
+                    continue
+            with open(os.path.join(path, "size")) as size:
+                return parse_size(size.read())
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 @functools.cache
 def l2_bytes() -> int:
     """L2 cache per core in bytes: ``ROIPOOL_L2_BYTES``, else ``/sys``, else :data:`FALLBACK_L2_BYTES`."""
     override = os.environ.get("ROIPOOL_L2_BYTES")
     if override:
         return int(override)
-    try:
-        for entry in sorted(os.listdir(_CACHE_DIR)):
-            path = os.path.join(_CACHE_DIR, entry)
-            if not entry.startswith("index"):
-                continue
-            with open(os.path.join(path, "level")) as level, open(os.path.join(path, "type")) as kind:
-                if level.read().strip() != "2" or kind.read().strip() not in ("Unified", "Data"):
-                    continue
-            with open(os.path.join(path, "size")) as size:
-                return parse_size(size.read())
-    except (OSError, ValueError):
-        pass
-    return FALLBACK_L2_BYTES
+    return _sys_cache_bytes(2) or FALLBACK_L2_BYTES
+
+
+@functools.cache
+def l3_bytes() -> int:
+    """L3 cache in bytes as cpu0 sees it: ``ROIPOOL_L3_BYTES``, else ``/sys``, else :data:`FALLBACK_L3_BYTES`."""
+    override = os.environ.get("ROIPOOL_L3_BYTES")
+    if override:
+        return int(override)
+    return _sys_cache_bytes(3) or FALLBACK_L3_BYTES
+
+
+def sweeps_map_rows(map_bytes: int) -> bool:
+    """Whether a channels-last forward takes its bin rows in map-row order (``_parallel.row_sweep``)
+    rather than RoI by RoI: when one image's map, ``map_bytes``, is larger than a quarter of the L3.
+
+    Measured on Cascade Lake (36 MiB of L3): the sweep took the ``roi_align``
+    kernel from 35 to 24 ms on a 53 MB map, 19 to 17 on 13 MB, 35 to 34 on
+    15 MB (``vgg16``'s boxes on a map twice its size), but from 26 to 28 on
+    ``vgg16``'s 4 MB map, where a RoI's cells stay in cache anyway and the
+    sweep's smaller pieces of work cost more than it saves.
+    """
+    return map_bytes > l3_bytes() // 4
 
 
 def tile_channels(rows: int, channels: int, itemsize: int, block: int) -> int:

@@ -39,9 +39,14 @@ staging buffer and copied to the caller's ``(K, C, PH * PW)`` output as whole
 aligned cache lines. Into a channels-last output a run takes its RoIs one at
 a time and sums each bin's channel blocks one after the other, straight into
 the RoI's ``(PH * PW, C)`` output: a channels-last cell's channels are then
-read together, and the output is written once, front to back, with no
-staging copy (on the ``maskrcnn`` workload the kernel went from 48 to 34 ms
-with these two changes, ``docs/benchmarks.md``).
+read together, and the output is written once, with no staging copy (on the
+``maskrcnn`` workload the kernel went from 48 to 34 ms with these two
+changes, ``docs/benchmarks.md``). On a map larger than a quarter of the L3
+(``_machine.sweeps_map_rows``) the work goes by bin row instead of by RoI,
+the bin rows of all RoIs in the order of the first map row each reads
+(``_parallel.row_sweep``): a sweep down each image, in which the few map rows
+being read serve every RoI that crosses them while they are in cache (34 to
+24 ms on ``maskrcnn``, whose 56 MB map is read mostly from memory otherwise).
 
 Box gradient (:func:`boxes_backward`): runs of RoIs go to threads, each RoI
 reduces its own gradient over its bins and channels (no atomics, the same
@@ -67,7 +72,8 @@ import numba
 import numpy as np
 
 from .. import _checks
-from ._parallel import balanced_chunks, launch_lock
+from ._machine import sweeps_map_rows
+from ._parallel import balanced_chunks, launch_lock, row_sweep, whole_rois
 from ._simd import VECTOR_BYTES, prefetch, transpose_tile, vload, vmuladd, vstore, vzeros
 from ._tiles import bins_order, channels_last_copy, copy_run, load_tile, memory_order, store_tile, store_tile_lines
 from .geometry import _grid, _sample_position, _window, bilinear_corners, roi_align_taps
@@ -139,11 +145,14 @@ def channel_blocks(x, cell_step, channel_step, xb):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def forward(xb, x_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, path, out, nhwc):
+def forward(xb, x_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, items, path, out, nhwc):
     """``out (K, C, PH * PW)`` (or, ``nhwc``, ``(K, PH * PW, C)``) <- RoIAlign of ``xb`` from the taps.
 
     ``xb`` is the map in the layout of :func:`channel_blocks` (shape ``(N, C, H, W)``), or, with
     ``x_nhwc``, the channels-last map ``(N, H, W, C)`` read in place. ``out`` must be C-contiguous.
+    Into NCHW, ``bounds`` splits the RoIs into runs; into channels-last it splits
+    ``items``, rows ``(RoI, ph_lo, ph_hi)`` of bin rows to sum (``_parallel.row_sweep``
+    or ``whole_rois``).
     """
     if x_nhwc:
         _, height, width, channels = xb.shape
@@ -152,19 +161,22 @@ def forward(xb, x_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, path, o
     xf = xb.reshape(-1)
     outf = out.reshape(-1)
     nbins = out.shape[1] if nhwc else out.shape[2]
+    pooled_h = hptr.shape[1] - 1
     block = UNROLL * (VECTOR_BYTES // xb.itemsize)
     nblocks = (channels + block - 1) // block
     for run in numba.prange(bounds.shape[0] - 1):
         lo, hi = bounds[run], bounds[run + 1]
         if nhwc:
-            # RoIs outermost, each summed straight into its (bins, C) output, a bin's
-            # channel blocks one after the other: the bin's cells are read whole, once,
-            # and the output is written once, front to back, with no staging copy.
+            # Whole RoIs, or on a large map bin rows in the order of the map rows they read
+            # (a sweep down each image, sharing the rows being read between the RoIs that
+            # cross them), each summed straight into its (bins, C) output, a bin's channel
+            # blocks one after the other: a channels-last cell's channels are read whole.
             rows = np.empty(width * channels, xb.dtype)
-            for k in range(lo, hi):
+            for i in range(lo, hi):
+                k = items[i, 0]
                 _forward_bins(
-                    xf, x_nhwc, batch[k], channels, 0, channels, height, width,
-                    hptr[k], hidx, hwt, wptr[k], widx, wwt, path, rows, outf, k * nbins * channels, channels,
+                    xf, x_nhwc, batch[k], channels, 0, channels, height, width, hptr[k], hidx, hwt,
+                    wptr[k], widx, wwt, path, rows, outf, k * nbins * channels, channels, items[i, 1], items[i, 2],
                 )  # fmt: skip
         else:
             # Channel blocks outermost: the run's RoIs then read one block of the map
@@ -179,7 +191,7 @@ def forward(xb, x_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, path, o
                 for k in range(lo, hi):
                     _forward_bins(
                         xf, x_nhwc, batch[k], channels, c0, c0 + cw, height, width,
-                        hptr[k], hidx, hwt, wptr[k], widx, wwt, path, rows, tile, 0, block,
+                        hptr[k], hidx, hwt, wptr[k], widx, wwt, path, rows, tile, 0, block, 0, pooled_h,
                     )  # fmt: skip
                     store_tile_lines(tile, block, nbins, cw, stage, outf, k, channels, c0, False)
 
@@ -200,25 +212,26 @@ def map_origin(x_nhwc, n, channels, height, width, c_lo):
 
 @numba.njit(cache=True, nogil=True)
 def _forward_bins(
-    xf, x_nhwc, n, channels, c_lo, c_hi, height, width, hptr, hidx, hwt, wptr, widx, wwt, path, rows, dst, base, stride
-):
+    xf, x_nhwc, n, channels, c_lo, c_hi, height, width, hptr, hidx, hwt, wptr, widx, wwt, path, rows, dst, base, stride,
+    ph_lo, ph_hi,
+):  # fmt: skip
     """``dst[base + b * stride + c - c_lo]`` <- bin ``b`` of channel ``c_lo <= c < c_hi`` of one RoI
     (taps ``hptr``, ``wptr``) on image ``n`` of ``xf`` (channel-blocked, or channels-last if
-    ``x_nhwc``), the cheaper way round; ``rows (>= width * (c_hi - c_lo))``: scratch.
+    ``x_nhwc``), for the bins of rows ``ph_lo <= ph < ph_hi``, the cheaper way round for the
+    RoI; ``rows (>= width * (c_hi - c_lo))``: scratch.
 
     Each bin's channels go a register block at a time, one block after the
     other: a channels-last cell's channels are read together while in L1.
     """
     block = UNROLL * (VECTOR_BYTES // xf.itemsize)
     origin, hop, step = map_origin(x_nhwc, n, channels, height, width, c_lo)
-    pooled_h = hptr.shape[0] - 1
     pooled_w = wptr.shape[0] - 1
     cmin, span = _column_span(wptr, widx)
     if _rows_first_pays(hptr, wptr, span, path):
         # for each bin row, its row taps first, into one interpolated row over the
         # span's columns (rows[u * rw + c] holds column cmin + u), then its bins from it
         rw = c_hi - c_lo
-        for ph in range(pooled_h):
+        for ph in range(ph_lo, ph_hi):
             for u in range(span):
                 for c0 in range(c_lo, c_hi, block):
                     cw = min(block, c_hi - c0)
@@ -241,7 +254,7 @@ def _forward_bins(
                     cw = min(block, c_hi - c0)
                     _gather(rows, (c0 - c_lo) - cmin * rw, rw, widx, wwt, wptr[pw], wptr[pw + 1], dst, t + c0, cw)
     else:
-        for ph in range(pooled_h):
+        for ph in range(ph_lo, ph_hi):
             for pw in range(pooled_w):
                 t = base + (ph * pooled_w + pw) * stride - c_lo
                 for c0 in range(c_lo, c_hi, block):
@@ -629,7 +642,24 @@ def launch_forward(x, taps: RoIAlignTaps, out) -> None:
     x_nhwc = x.transpose(0, 2, 3, 1).flags.c_contiguous
     xb = x.transpose(0, 2, 3, 1) if x_nhwc else blocked_map(x)
     with launch_lock:
-        forward(xb, x_nhwc, *taps.arrays, taps.bounds, TAP_EVALUATION, view, nhwc)
+        forward(xb, x_nhwc, *taps.arrays, *_forward_items(x, taps, nhwc), TAP_EVALUATION, view, nhwc)
+
+
+def _forward_items(x, taps, nhwc: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(bounds, items)`` of :func:`forward`: into channels-last, whole RoIs, or on a map larger
+    than a quarter of the L3 (``_machine.sweeps_map_rows``) bin rows in the order of the first
+    map row each reads; into NCHW, the RoI runs alone."""
+    if not nhwc:
+        return taps.bounds, np.zeros((0, 3), np.int64)
+    _, channels, height, width = x.shape
+    if not sweeps_map_rows(height * width * channels * x.itemsize):
+        return taps.bounds, whole_rois(taps.num_rois, taps.pooled_h)
+    starts, counts = taps.hptr[:, :-1], np.diff(taps.hptr, axis=1)
+    first = taps.hidx[np.minimum(starts, taps.hidx.size - 1)] if taps.hidx.size else np.zeros_like(starts)
+    first = np.where(counts > 0, first, 0)
+    cost = counts * np.diff(taps.wptr[:, [0, -1]], axis=1) + 1  # tap pairs, plus one
+    items, bounds = row_sweep(first, cost, taps.batch, height)
+    return bounds, items
 
 
 def launch_backward(grad_out, taps: RoIAlignTaps, grad_in) -> None:
