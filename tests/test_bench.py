@@ -142,3 +142,21 @@ def test_timing_waits_for_threads_still_spinning_after_the_previous_call():
     waited = time.perf_counter() - start
     spinner.join()
     assert waited >= 0.2
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_prroi_pool_candidates_run_in_either_memory_format(channels_last):
+    """A channels-last workload gives prroi_pool NHWC arrays (``layout="nhwc"``) and channels_last tensors."""
+    import dataclasses
+
+    from roipool.bench.candidates import candidates
+
+    workload = dataclasses.replace(bench.WORKLOADS["tiny"], channels_last=channels_last)
+    x, rois = workload.make()
+    k, c, size = len(rois), workload.channels, workload.output_size
+    (numpy_forward, _) = candidates(workload, "prroi_pool", "forward")
+    assert numpy_forward.run().shape == ((k, size, size, c) if channels_last else (k, c, size, size))
+    for candidate in candidates(workload, "prroi_pool", "forward+backward"):
+        grad_input, grad_boxes = candidate.run()
+        assert tuple(grad_boxes.shape) == rois.shape
+        assert int(np.prod(grad_input.shape)) == x.size

@@ -263,21 +263,23 @@ def _prroi_candidates(workload, x, rois, mode, device, torch) -> list[Candidate]
     size, scale = workload.output_size, workload.spatial_scale
     if device != "cpu":
         return _prroi_gpu_candidates(workload, x, rois, mode, device, torch)
+    # a channels-last workload's NumPy arrays go in and come out channels-last, as for the other ops
+    xn, kw = (x.transpose(0, 2, 3, 1), {"layout": "nhwc"}) if workload.channels_last else (x, {})
     if mode == "forward":
         return [
-            Candidate("roipool (numpy)", lambda: roipool.prroi_pool(x, rois, size, scale), True),
+            Candidate("roipool (numpy)", lambda: roipool.prroi_pool(xn, rois, size, scale, **kw), True),
             Candidate(
                 f"roi_align s={workload.sampling_ratio} (numpy)",
-                lambda: roipool.roi_align(x, rois, size, scale, workload.sampling_ratio, workload.aligned),
+                lambda: roipool.roi_align(xn, rois, size, scale, workload.sampling_ratio, workload.aligned, **kw),
             ),
         ]
-    upstream = np.ones_like(roipool.prroi_pool(x, rois, size, scale))
+    upstream = np.ones_like(roipool.prroi_pool(xn, rois, size, scale, **kw))
 
     def numpy_step():
-        roipool.prroi_pool(x, rois, size, scale)
+        roipool.prroi_pool(xn, rois, size, scale, **kw)
         return (
-            roipool.prroi_pool_backward(upstream, rois, x.shape, size, scale),
-            roipool.prroi_pool_boxes_backward(upstream, x, rois, size, scale),
+            roipool.prroi_pool_backward(upstream, rois, xn.shape, size, scale, **kw),
+            roipool.prroi_pool_boxes_backward(upstream, xn, rois, size, scale, **kw),
         )
 
     out = [Candidate("roipool (numpy)", numpy_step, True)]
@@ -285,6 +287,7 @@ def _prroi_candidates(workload, x, rois, mode, device, torch) -> list[Candidate]
         xg = torch.from_numpy(x).requires_grad_(True)
         rg = torch.from_numpy(rois).requires_grad_(True)
         ug = torch.from_numpy(upstream)
+        ug = ug.permute(0, 3, 1, 2) if workload.channels_last else ug  # a channels_last tensor, NCHW-shaped
         out.append(
             Candidate(
                 "roipool (torch)",
