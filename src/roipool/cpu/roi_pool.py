@@ -67,9 +67,9 @@ def forward(x, batch, hbins, wbins, bounds, items, out, nhwc, chunk):
     """``out (K, C, PH * PW)`` (or, ``nhwc``, ``(K, PH * PW, C)``) <- bin maxima of ``x (N, H, W, C)``; no argmax.
 
     ``batch (K,)``, ``hbins (K, PH, 2)``, ``wbins (K, PW, 2)`` come from
-    ``geometry.roi_pool_bins``. Into NCHW, ``bounds`` splits the RoIs into
-    runs; into channels-last it splits ``items``, rows ``(RoI, ph_lo,
-    ph_hi)`` of bin rows to pool (``_parallel.row_sweep`` or ``whole_rois``).
+    ``geometry.roi_pool_bins``. ``bounds`` splits ``items``, rows ``(RoI,
+    ph_lo, ph_hi)`` of bin rows to pool (``_parallel.row_sweep`` or
+    ``whole_rois``), into runs; with no items (NCHW only) it splits the RoIs.
     ``chunk``: channels per NCHW tile (``_machine.tile_channels``). ``out``
     must be C-contiguous (it is written through a flat view); ``x`` should
     be (a strided ``x`` is copied first).
@@ -81,12 +81,20 @@ def forward(x, batch, hbins, wbins, bounds, items, out, nhwc, chunk):
     block = UNROLL * (VECTOR_BYTES // x.itemsize)
     pooled_w = wbins.shape[1]
     for run in numba.prange(bounds.shape[0] - 1):
-        if nhwc:  # all channels of each bin in turn, straight into the RoI's (bins, C) output
+        if items.shape[0]:  # by bin rows, all channels of each bin in turn
+            row = np.empty(0 if nhwc else pooled_w * channels, x.dtype)
             for i in range(bounds[run], bounds[run + 1]):
                 k, ph_lo, ph_hi = items[i, 0], items[i, 1], items[i, 2]
                 base = batch[k] * height * width * channels
-                out_at = (k * nbins + ph_lo * pooled_w) * channels
-                _pool_tile(xf, base, width, channels, channels, hbins[k, ph_lo:ph_hi], wbins[k], outf, out_at, channels)
+                if nhwc:  # straight into the RoI's (bins, C) output
+                    out_at = (k * nbins + ph_lo * pooled_w) * channels
+                    _pool_tile(
+                        xf, base, width, channels, channels, hbins[k, ph_lo:ph_hi], wbins[k], outf, out_at, channels
+                    )
+                    continue
+                for ph in range(ph_lo, ph_hi):  # through a (PW, C) row, into each channel's run of PW outputs
+                    _pool_tile(xf, base, width, channels, channels, hbins[k, ph : ph + 1], wbins[k], row, 0, channels)
+                    _store_bin_row(row, pooled_w, channels, outf, k * channels * nbins + ph * pooled_w, nbins)
             continue
         tile = np.empty(nbins * chunk, x.dtype)
         stage = np.empty(nbins * block, x.dtype)
@@ -105,7 +113,9 @@ def forward(x, batch, hbins, wbins, bounds, items, out, nhwc, chunk):
 def forward_argmax(x, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chunk):
     """As :func:`forward`, also writing ``argmax`` (the shape and order of ``out``): ``h * W + w`` or -1.
 
-    ``out`` and ``argmax`` must be C-contiguous.
+    ``out`` and ``argmax`` must be C-contiguous. Into NCHW it takes whole RoIs (``bounds``
+    splits the RoIs; no items): the bin-row sweep's extra scattered stores of the argmax
+    cost more there than the sweep saves (``maskrcnn`` 146 -> 159 ms).
     """
     _, height, width, channels = x.shape
     xf = np.ascontiguousarray(x).reshape(-1)
@@ -115,14 +125,13 @@ def forward_argmax(x, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chu
     block = UNROLL * (VECTOR_BYTES // x.itemsize)
     pooled_w = wbins.shape[1]
     for run in numba.prange(bounds.shape[0] - 1):
-        if nhwc:  # all channels of each bin in turn, straight into the RoI's (bins, C) outputs
+        if nhwc:  # by bin rows or whole RoIs, as in forward, straight into the (bins, C) outputs
             for i in range(bounds[run], bounds[run + 1]):
                 k, ph_lo, ph_hi = items[i, 0], items[i, 1], items[i, 2]
                 base = batch[k] * height * width * channels
                 out_at = (k * nbins + ph_lo * pooled_w) * channels
-                _pool_tile_argmax(
-                    xf, base, width, channels, channels, hbins[k, ph_lo:ph_hi], wbins[k], outf, argf, out_at, channels
-                )
+                hb = hbins[k, ph_lo:ph_hi]
+                _pool_tile_argmax(xf, base, width, channels, channels, hb, wbins[k], outf, argf, out_at, channels)
             continue
         tile = np.empty(nbins * chunk, x.dtype)
         itile = np.empty(nbins * chunk, np.int32)
@@ -138,6 +147,14 @@ def forward_argmax(x, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chu
                     cw = min(block, c1 + cc - c0)
                     store_tile_lines(tile[c0 - c1 :], cc, nbins, cw, stage, outf, k, channels, c0, False)
                     store_tile_lines(itile[c0 - c1 :], cc, nbins, cw, istage, argf, k, channels, c0, False)
+
+
+@numba.njit(nogil=True)
+def _store_bin_row(row, pooled_w, channels, dst, start, nbins):
+    """``dst[start + c * nbins + pw] = row[pw * channels + c]``: one bin row, ``(PW, C)``, into an NCHW output."""
+    for c in range(channels):
+        for pw in range(pooled_w):
+            dst[start + c * nbins + pw] = row[pw * channels + c]
 
 
 @numba.njit(nogil=True)
@@ -597,14 +614,13 @@ def _chunk(bins: RoIPoolBins, x_nhwc) -> int:
     return tile_channels(bins.pooled_h * bins.pooled_w, x_nhwc.shape[3], x_nhwc.itemsize, block)
 
 
-def _forward_items(x_nhwc, bins: RoIPoolBins, nhwc: bool) -> tuple[np.ndarray, np.ndarray]:
-    """``(bounds, items)`` of :func:`forward`: into channels-last, whole RoIs, or on a map larger
-    than a quarter of the L3 (``_machine.sweeps_map_rows``) bin rows in the order of their first
-    map row; into NCHW, the RoI runs alone."""
-    if not nhwc:
-        return bins.bounds, np.zeros((0, 3), np.int64)
-    if not sweeps_map_rows(x_nhwc[0].nbytes):
-        return bins.bounds, whole_rois(bins.num_rois, bins.pooled_h)
+def _forward_items(x_nhwc, bins: RoIPoolBins, nhwc: bool, argmax: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(bounds, items)`` of :func:`forward` (or, ``argmax``, :func:`forward_argmax`): on a map
+    larger than a quarter of the L3 (``_machine.sweeps_map_rows``), bin rows in the order of their
+    first map row (into NCHW, without argmax only); otherwise whole RoIs into channels-last, or
+    into NCHW the RoI runs alone (no items)."""
+    if not sweeps_map_rows(x_nhwc[0].nbytes) or (argmax and not nhwc):
+        return bins.bounds, whole_rois(bins.num_rois, bins.pooled_h) if nhwc else np.zeros((0, 3), np.int64)
     rows = np.diff(bins.hbins, axis=2)[:, :, 0]
     cells = rows * np.diff(bins.wbins, axis=2)[:, :, 0].sum(axis=1, keepdims=True)
     items, bounds = row_sweep(bins.hbins[:, :, 0], cells + bins.pooled_w, bins.batch, x_nhwc.shape[1])
@@ -630,7 +646,7 @@ def launch_forward_argmax(x_nhwc, bins: RoIPoolBins, out, argmax) -> None:
         arg_view, arg_nhwc = bins_order(argmax)
         if arg_nhwc != nhwc:
             raise ValueError("internal: out and argmax must be in the same memory order")
-        bounds, items = _forward_items(x_nhwc, bins, nhwc)
+        bounds, items = _forward_items(x_nhwc, bins, nhwc, argmax=True)
         with launch_lock:
             forward_argmax(
                 x_nhwc, bins.batch, bins.hbins, bins.wbins, bounds, items, view, arg_view, nhwc, _chunk(bins, x_nhwc)
