@@ -67,6 +67,15 @@ def store_tile_lines(tile, stride, rows, cw, stage, dst, item, channels, c0, nhw
         copy_to_lines(stage, dst, (item * channels + c0) * rows, cw * rows)
 
 
+@numba.njit(nogil=True)
+def store_bin_row(row, pooled_w, channels, dst, start, nbins):
+    """``dst[start + c * nbins + pw] = row[pw * channels + c]``: one bin row, ``(PW, C)``, into
+    an NCHW output (a run of ``PW`` values per channel)."""
+    for c in range(channels):
+        for pw in range(pooled_w):
+            dst[start + c * nbins + pw] = row[pw * channels + c]
+
+
 def memory_order(a: np.ndarray) -> tuple[np.ndarray, bool]:
     """``(view, nhwc)`` of a caller's ``(items, channels, *spatial)`` array for the kernels.
 

@@ -55,7 +55,7 @@ from ._simd import (
     vsplat_index,
     vstore,
 )
-from ._tiles import bins_as, bins_order, copy_run, load_tile, memory_order, store_tile, store_tile_lines
+from ._tiles import bins_as, bins_order, copy_run, load_tile, memory_order, store_bin_row, store_tile, store_tile_lines
 from .geometry import roi_pool_bins
 
 # Vectors pooled together per bin pass (128 float32 / 64 float64 channels).
@@ -94,7 +94,7 @@ def forward(x, batch, hbins, wbins, bounds, items, out, nhwc, chunk):
                     continue
                 for ph in range(ph_lo, ph_hi):  # through a (PW, C) row, into each channel's run of PW outputs
                     _pool_tile(xf, base, width, channels, channels, hbins[k, ph : ph + 1], wbins[k], row, 0, channels)
-                    _store_bin_row(row, pooled_w, channels, outf, k * channels * nbins + ph * pooled_w, nbins)
+                    store_bin_row(row, pooled_w, channels, outf, k * channels * nbins + ph * pooled_w, nbins)
             continue
         tile = np.empty(nbins * chunk, x.dtype)
         stage = np.empty(nbins * block, x.dtype)
@@ -147,14 +147,6 @@ def forward_argmax(x, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chu
                     cw = min(block, c1 + cc - c0)
                     store_tile_lines(tile[c0 - c1 :], cc, nbins, cw, stage, outf, k, channels, c0, False)
                     store_tile_lines(itile[c0 - c1 :], cc, nbins, cw, istage, argf, k, channels, c0, False)
-
-
-@numba.njit(nogil=True)
-def _store_bin_row(row, pooled_w, channels, dst, start, nbins):
-    """``dst[start + c * nbins + pw] = row[pw * channels + c]``: one bin row, ``(PW, C)``, into an NCHW output."""
-    for c in range(channels):
-        for pw in range(pooled_w):
-            dst[start + c * nbins + pw] = row[pw * channels + c]
 
 
 @numba.njit(nogil=True)
