@@ -62,6 +62,9 @@ def test_row_sweep_orders_bin_rows_by_image_then_first_map_row_and_balances_the_
     assert (items[:, 2] == items[:, 1] + 1).all()
     assert bounds[0] == 0 and bounds[-1] == 8 and (np.diff(bounds) > 0).all()
     assert whole_rois(3, 7).tolist() == [[0, 0, 7], [1, 0, 7], [2, 0, 7]]
+    # rows off the map sort as its first or last row (the sort's slots are indexed by key, unchecked)
+    items, _ = row_sweep(np.array([[99], [-5], [9]]), np.ones((3, 1)), np.array([0, 0, 0]), height=10)
+    assert items[:, 0].tolist() == [1, 0, 2]
 
 
 @pytest.mark.parametrize(

@@ -38,8 +38,8 @@ def balanced_chunks(cost: np.ndarray, pieces_per_thread: int = 8) -> np.ndarray:
 def row_sweep(first_row, cost, batch, height: int) -> tuple[np.ndarray, np.ndarray]:
     """``(items, bounds)``: the bin rows of every RoI as ``items (K * PH, 3)`` int64 rows
     ``(RoI, ph, ph + 1)``, ordered by image and then by ``first_row (K, PH)``, the first map
-    row each reads (ties in RoI order), and ``bounds`` splitting them into runs of about equal
-    ``cost (K, PH)``.
+    row each reads (ties in RoI order; clipped to ``[0, height)``), and ``bounds`` splitting them
+    into runs of about equal ``cost (K, PH)``. ``batch`` must hold valid image indices.
 
     A channels-last forward that takes bin rows in this order sweeps down
     each image: the few map rows being read are shared, while in cache, by
@@ -47,7 +47,8 @@ def row_sweep(first_row, cost, batch, height: int) -> tuple[np.ndarray, np.ndarr
     (``_machine.sweeps_map_rows`` says when that pays).
     """
     k_total, pooled_h = first_row.shape
-    keys = batch.astype(np.int64)[:, None] * height + first_row
+    # clipped to the map: the counting sort indexes its slots by key, unchecked
+    keys = batch.astype(np.int64)[:, None] * height + np.clip(first_row, 0, max(height - 1, 0))
     items, sorted_cost = _counting_sort(keys.reshape(-1), cost.reshape(-1).astype(np.float64), pooled_h)
     return items, balanced_chunks(sorted_cost)
 
