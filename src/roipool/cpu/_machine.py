@@ -46,22 +46,24 @@ def _sys_cache_bytes(level: int) -> int | None:
     return None
 
 
+def _cache_bytes(variable: str, level: int, fallback: int) -> int:
+    """The environment ``variable`` if set, else the size ``/sys`` reports for ``level``, else ``fallback``."""
+    override = os.environ.get(variable)
+    if override:
+        return int(override)
+    return _sys_cache_bytes(level) or fallback
+
+
 @functools.cache
 def l2_bytes() -> int:
     """L2 cache per core in bytes: ``ROIPOOL_L2_BYTES``, else ``/sys``, else :data:`FALLBACK_L2_BYTES`."""
-    override = os.environ.get("ROIPOOL_L2_BYTES")
-    if override:
-        return int(override)
-    return _sys_cache_bytes(2) or FALLBACK_L2_BYTES
+    return _cache_bytes("ROIPOOL_L2_BYTES", 2, FALLBACK_L2_BYTES)
 
 
 @functools.cache
 def l3_bytes() -> int:
     """L3 cache in bytes as cpu0 sees it: ``ROIPOOL_L3_BYTES``, else ``/sys``, else :data:`FALLBACK_L3_BYTES`."""
-    override = os.environ.get("ROIPOOL_L3_BYTES")
-    if override:
-        return int(override)
-    return _sys_cache_bytes(3) or FALLBACK_L3_BYTES
+    return _cache_bytes("ROIPOOL_L3_BYTES", 3, FALLBACK_L3_BYTES)
 
 
 def sweeps_map_rows(map_bytes: int) -> bool:
