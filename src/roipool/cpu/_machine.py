@@ -67,14 +67,16 @@ def l3_bytes() -> int:
 
 
 def sweeps_map_rows(map_bytes: int) -> bool:
-    """Whether a channels-last forward takes its bin rows in map-row order (``_parallel.row_sweep``)
-    rather than RoI by RoI: when one image's map, ``map_bytes``, is larger than a quarter of the L3.
+    """Whether a forward takes its bin rows in map-row order (``_parallel.row_sweep``) rather
+    than RoI by RoI: when one image's map, ``map_bytes``, is larger than a quarter of the L3.
+    (The channels-last forwards of ``roi_align``, ``prroi_pool`` and ``roi_pool``, and
+    ``roi_pool``'s NCHW forward without argmax, ask.)
 
     Measured on Cascade Lake (36 MiB of L3): the sweep took the ``roi_align``
-    kernel from 35 to 24 ms on a 53 MB map, 19 to 17 on 13 MB, 35 to 34 on
-    15 MB (``vgg16``'s boxes on a map twice its size), but from 26 to 28 on
-    ``vgg16``'s 4 MB map, where a RoI's cells stay in cache anyway and the
-    sweep's smaller pieces of work cost more than it saves.
+    channels-last kernel from 35 to 24 ms on a 53 MB map, 19 to 17 on 13 MB,
+    35 to 34 on 15 MB (``vgg16``'s boxes on a map twice its size), but from
+    26 to 28 on ``vgg16``'s 4 MB map, where a RoI's cells stay in cache anyway
+    and the sweep's smaller pieces of work cost more than it saves.
     """
     return map_bytes > l3_bytes() // 4
 

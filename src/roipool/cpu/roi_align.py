@@ -46,7 +46,7 @@ changes, ``docs/benchmarks.md``). On a map larger than a quarter of the L3
 the bin rows of all RoIs in the order of the first map row each reads
 (``_parallel.row_sweep``): a sweep down each image, in which the few map rows
 being read serve every RoI that crosses them while they are in cache (34 to
-24 ms on ``maskrcnn``, whose 56 MB map is read mostly from memory otherwise).
+24 ms on ``maskrcnn``, whose 56 MB map is larger than the L3).
 
 Box gradient (:func:`boxes_backward`): runs of RoIs go to threads, each RoI
 reduces its own gradient over its bins and channels (no atomics, the same
@@ -641,8 +641,9 @@ def launch_forward(x, taps: RoIAlignTaps, out) -> None:
     # (kernels.md; on the maskrcnn workload the copy alone moves 56 MB each way).
     x_nhwc = x.transpose(0, 2, 3, 1).flags.c_contiguous
     xb = x.transpose(0, 2, 3, 1) if x_nhwc else blocked_map(x)
+    bounds, items = _forward_items(x, taps, nhwc)
     with launch_lock:
-        forward(xb, x_nhwc, *taps.arrays, *_forward_items(x, taps, nhwc), TAP_EVALUATION, view, nhwc)
+        forward(xb, x_nhwc, *taps.arrays, bounds, items, TAP_EVALUATION, view, nhwc)
 
 
 def _forward_items(x, taps, nhwc: bool) -> tuple[np.ndarray, np.ndarray]:
