@@ -128,7 +128,7 @@ def test_timing_waits_for_threads_still_spinning_after_the_previous_call():
 
     start = time.perf_counter()
     _quiesce()
-    assert time.perf_counter() - start < 0.5  # an idle process waits one 20 ms window, give or take
+    assert time.perf_counter() - start < 0.9  # idle: one 20 ms window or a few, not the 1 s limit
 
     def spin():
         end = time.perf_counter() + 0.3
