@@ -41,9 +41,10 @@ def row_sweep(first_row, cost, batch, height: int) -> tuple[np.ndarray, np.ndarr
     row each reads (ties in RoI order; clipped to ``[0, height)``), and ``bounds`` splitting them
     into runs of about equal ``cost (K, PH)``. ``batch`` must hold valid image indices.
 
-    A channels-last forward that takes bin rows in this order sweeps down
-    each image: the few map rows being read are shared, while in cache, by
-    every RoI that crosses them, instead of being fetched again for each RoI
+    A forward that takes bin rows in this order (the channels-last ones, and
+    ``roi_pool``'s NCHW one without argmax) sweeps down each image: the few
+    map rows being read are shared, while in cache, by every RoI that crosses
+    them, instead of being fetched again for each RoI
     (``_machine.sweeps_map_rows`` says when that pays).
     """
     k_total, pooled_h = first_row.shape
