@@ -8,6 +8,15 @@ import pytest
 from roipool.cpu import _machine
 
 
+@pytest.fixture(autouse=True)
+def _forget_the_sizes(monkeypatch):
+    """Clear the cached cache sizes after each test, whose ``ROIPOOL_L2_BYTES`` may have been read
+    by a kernel's choice (a later test in the same process would otherwise see it: the torch
+    roi_pool training route reads the L2 size)."""
+    yield
+    clear()
+
+
 @pytest.mark.parametrize("text, size", [("1024K\n", 1 << 20), ("2M", 2 << 20), ("65536", 65536), ("512k", 512 << 10)])
 def test_parse_size_reads_the_sys_notation(text, size):
     assert _machine.parse_size(text) == size
