@@ -103,15 +103,18 @@ def _check_roi_pool_with_argmax_in_nhwc():
 
 
 @pytest.fixture
-def l3_bytes(monkeypatch):
-    """Set the L3 size the kernels' choices read (``ROIPOOL_L3_BYTES``) for one test."""
+def caches(monkeypatch):
+    """Set the L2 and L3 sizes the kernels' choices read (``ROIPOOL_L2_BYTES``, ``ROIPOOL_L3_BYTES``) for one test."""
     from roipool.cpu import _machine
 
-    def set_to(nbytes):
-        monkeypatch.setenv("ROIPOOL_L3_BYTES", str(nbytes))
+    def set_to(l2, l3):
+        monkeypatch.setenv("ROIPOOL_L2_BYTES", str(l2))
+        monkeypatch.setenv("ROIPOOL_L3_BYTES", str(l3))
+        _machine.l2_bytes.cache_clear()
         _machine.l3_bytes.cache_clear()
 
     yield set_to
+    _machine.l2_bytes.cache_clear()
     _machine.l3_bytes.cache_clear()
 
 
@@ -133,20 +136,23 @@ SWEPT[:, 0] = np.floor(SWEPT[:, 0])
         ("prroi_pool", (7, 7), dict(spatial_scale=0.5)),
     ],
 )
-def test_the_map_row_sweep_gives_the_bits_of_whole_rois(name, size, kw, dtype, l3_bytes):
-    """On a map larger than a quarter of the L3 the bin rows are taken in map-row order
-    (``_parallel.row_sweep``) instead of RoI by RoI (into channels-last; into NCHW by
-    ``roi_pool`` without argmax): the values may not change, in either output format."""
+def test_the_map_row_sweep_gives_the_bits_of_whole_rois(name, size, kw, dtype, caches):
+    """On a map larger than a quarter of the L3 the bins are taken in pieces of bin rows, down strips
+    of the map (``_parallel.row_sweep``), instead of RoI by RoI (into channels-last; into NCHW by
+    ``roi_pool`` without argmax): the values may not change, in either output format, whether the
+    strips span the map (a large L2) or are 4 columns wide and cut bin rows (a tiny one)."""
     from roipool.cpu import _machine
 
     op = getattr(roipool, name)
     x = make_map(dtype, seed=4)
-    l3_bytes(1 << 40)
+    caches(1 << 40, 1 << 40)
     want = op(x, SWEPT, size, **kw)
     want = want if isinstance(want, tuple) else (want,)
-    for l3, sweeps in ((1 << 40, False), (64, True)):
-        l3_bytes(l3)
+    for l2, l3, sweeps in ((1 << 40, 1 << 40, False), (1 << 40, 64, True), (1 << 10, 64, True)):
+        caches(l2, l3)
         assert _machine.sweeps_map_rows(nhwc(x)[0].nbytes) == sweeps
+        if l2 == 1 << 10:  # strips narrower than the map (SHAPE), which cut the wider RoIs' bin rows
+            assert _machine.sweep_strip(1, x.shape[1] * x.itemsize) == 4 < x.shape[3]
         got = op(nhwc(x), SWEPT, size, layout="nhwc", **kw)
         for got_part, want_part in zip(got if isinstance(got, tuple) else (got,), want):
             same_bytes(got_part, want_part)

@@ -59,21 +59,55 @@ def clear():
 def test_row_sweep_orders_bin_rows_by_image_then_first_map_row_and_balances_the_runs():
     import numpy as np
 
-    from roipool.cpu._parallel import row_sweep, whole_rois
+    from roipool.cpu._parallel import balanced_chunks, row_sweep, whole_rois
 
     first_row = np.array([[5, 7], [0, 3], [5, 1], [2, 2]])  # (K=4 RoIs, PH=2 bin rows)
+    first_col = np.array([[0, 3], [1, 2], [0, 0], [4, 9]])  # (K, PW=2 bin columns)
     batch = np.array([1, 1, 0, 0])
-    cost = np.arange(8, dtype=np.float64).reshape(4, 2) + 1
-    items, bounds = row_sweep(first_row, cost, batch, height=10)
-    # image 0 first (RoIs 2, 3), by first row, ties in RoI order; then image 1
+    rows, cols = np.arange(8).reshape(4, 2), np.arange(8).reshape(4, 2)[::-1]  # a bin's cost: rows * cols + 1
+    items, bounds = row_sweep(first_row, first_col, rows, cols, batch, 10, strip=10)
+    # one strip: whole bin rows, image 0 first (RoIs 2, 3), by first row, ties in RoI order; then image 1
     want = [(2, 1), (3, 0), (3, 1), (2, 0), (1, 0), (1, 1), (0, 0), (0, 1)]
     assert [tuple(r) for r in items[:, :2]] == want
-    assert (items[:, 2] == items[:, 1] + 1).all()
+    assert (items[:, 2] == items[:, 1] + 1).all() and (items[:, 3] == 0).all() and (items[:, 4] == 2).all()
     assert bounds[0] == 0 and bounds[-1] == 8 and (np.diff(bounds) > 0).all()
-    assert whole_rois(3, 7).tolist() == [[0, 0, 7], [1, 0, 7], [2, 0, 7]]
-    # rows off the map sort as its first or last row (the sort's slots are indexed by key, unchecked)
-    items, _ = row_sweep(np.array([[99], [-5], [9]]), np.ones((3, 1)), np.array([0, 0, 0]), height=10)
+    assert whole_rois(3, 7, 4).tolist() == [[0, 0, 7, 0, 4], [1, 0, 7, 0, 4], [2, 0, 7, 0, 4]]
+    # strips of 3 columns: a bin row whose bins start in two strips is cut in two pieces (RoIs 0
+    # and 3); each image goes strip by strip (RoI 3's columns 4 and 9 are in strips 1 and 3), each
+    # strip down the rows
+    items, bounds = row_sweep(first_row, first_col, rows, cols, batch, 10, strip=3)
+    want = [
+        (2, 1, 0, 2), (2, 0, 0, 2), (3, 0, 0, 1), (3, 1, 0, 1), (3, 0, 1, 2), (3, 1, 1, 2),  # image 0
+        (1, 0, 0, 2), (1, 1, 0, 2), (0, 0, 0, 1), (0, 1, 0, 1), (0, 0, 1, 2), (0, 1, 1, 2),  # image 1
+    ]  # fmt: skip
+    assert [(k, ph, lo, hi) for k, ph, _, lo, hi in items.tolist()] == want
+    # every bin exactly once, and the runs balance the pieces' costs (the sum of their bins')
+    cost = [sum(rows[k, ph] * cols[k, pw] + 1 for pw in range(lo, hi)) for k, ph, _, lo, hi in items.tolist()]
+    assert bounds.tolist() == balanced_chunks(np.array(cost, np.float64)).tolist()
+    assert sorted((k, ph, pw) for k, ph, _, lo, hi in items.tolist() for pw in range(lo, hi)) == [
+        (k, ph, pw) for k in range(4) for ph in range(2) for pw in range(2)
+    ]
+    assert bounds[0] == 0 and bounds[-1] == 12 and (np.diff(bounds) > 0).all()
+    # rows and columns off the map sort as its first or last (the sort's slots are indexed by key, unchecked)
+    one = np.ones((3, 1))
+    items, _ = row_sweep(np.array([[99], [-5], [9]]), np.array([[-7], [0], [0]]), one, one, np.zeros(3, int), 10, 4)
     assert items[:, 0].tolist() == [1, 0, 2]
+
+
+@pytest.mark.parametrize(
+    "l2, rows, cell_bytes, want",
+    [
+        (1 << 20, 7.2, 1024, 35),  # maskrcnn's roi_pool on this Cascade Lake: a quarter of 1 MiB
+        (512 << 10, 7.2, 1024, 17),  # Zen 3's L2: half as wide
+        (1 << 20, 3.1, 1024, 82),  # roi_align reads fewer rows per bin row
+        (64 << 10, 7.2, 1024, 4),  # never fewer than 4 columns
+        (1 << 20, 0.0, 1024, 256),  # no rows read (empty bins) counts as one
+    ],
+)
+def test_sweep_strip_fills_a_quarter_of_the_l2(monkeypatch, l2, rows, cell_bytes, want):
+    monkeypatch.setenv("ROIPOOL_L2_BYTES", str(l2))
+    _machine.l2_bytes.cache_clear()
+    assert _machine.sweep_strip(rows, cell_bytes) == want
 
 
 @pytest.mark.parametrize(

@@ -72,8 +72,8 @@ import numba
 import numpy as np
 
 from .. import _checks
-from ._machine import sweeps_map_rows
-from ._parallel import balanced_chunks, launch_lock, row_sweep, whole_rois
+from ._machine import sweep_strip, sweeps_map_rows
+from ._parallel import balanced_chunks, launch_lock, row_sweep, sweep_band, whole_rois
 from ._simd import VECTOR_BYTES, prefetch, transpose_tile, vload, vmuladd, vstore, vzeros
 from ._tiles import bins_order, channels_last_copy, copy_run, load_tile, memory_order, store_tile, store_tile_lines
 from .geometry import _grid, _sample_position, _window, bilinear_corners, roi_align_taps
@@ -151,8 +151,8 @@ def forward(xb, x_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, items, 
     ``xb`` is the map in the layout of :func:`channel_blocks` (shape ``(N, C, H, W)``), or, with
     ``x_nhwc``, the channels-last map ``(N, H, W, C)`` read in place. ``out`` must be C-contiguous.
     Into NCHW, ``bounds`` splits the RoIs into runs; into channels-last it splits
-    ``items``, rows ``(RoI, ph_lo, ph_hi)`` of bin rows to sum (``_parallel.row_sweep``
-    or ``whole_rois``).
+    ``items``, rows ``(RoI, ph_lo, ph_hi, pw_lo, pw_hi)`` of bins to sum (pieces of bin
+    rows, ``_parallel.row_sweep``, or ``whole_rois``).
     """
     if x_nhwc:
         _, height, width, channels = xb.shape
@@ -162,21 +162,24 @@ def forward(xb, x_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, items, 
     outf = out.reshape(-1)
     nbins = out.shape[1] if nhwc else out.shape[2]
     pooled_h = hptr.shape[1] - 1
+    pooled_w = wptr.shape[1] - 1
     block = UNROLL * (VECTOR_BYTES // xb.itemsize)
     nblocks = (channels + block - 1) // block
     for run in numba.prange(bounds.shape[0] - 1):
         lo, hi = bounds[run], bounds[run + 1]
         if nhwc:
-            # Whole RoIs, or on a large map bin rows in the order of the map rows they read
-            # (a sweep down each image, sharing the rows being read between the RoIs that
-            # cross them), each summed straight into its (bins, C) output, a bin's channel
-            # blocks one after the other: a channels-last cell's channels are read whole.
+            # Whole RoIs, or on a large map pieces of bin rows in the order of the map rows
+            # they read (a sweep down each strip of each image, sharing the rows being read
+            # between the RoIs that cross them), each summed straight into its (bins, C)
+            # output, a bin's channel blocks one after the other: a channels-last cell's
+            # channels are read whole.
             rows = np.empty(width * channels, xb.dtype)
             for i in range(lo, hi):
                 k = items[i, 0]
                 _forward_bins(
                     xf, x_nhwc, batch[k], channels, 0, channels, height, width, hptr[k], hidx, hwt,
                     wptr[k], widx, wwt, path, rows, outf, k * nbins * channels, channels, items[i, 1], items[i, 2],
+                    items[i, 3], items[i, 4],
                 )  # fmt: skip
         else:
             # Channel blocks outermost: the run's RoIs then read one block of the map
@@ -191,7 +194,7 @@ def forward(xb, x_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, items, 
                 for k in range(lo, hi):
                     _forward_bins(
                         xf, x_nhwc, batch[k], channels, c0, c0 + cw, height, width,
-                        hptr[k], hidx, hwt, wptr[k], widx, wwt, path, rows, tile, 0, block, 0, pooled_h,
+                        hptr[k], hidx, hwt, wptr[k], widx, wwt, path, rows, tile, 0, block, 0, pooled_h, 0, pooled_w,
                     )  # fmt: skip
                     store_tile_lines(tile, block, nbins, cw, stage, outf, k, channels, c0, False)
 
@@ -213,12 +216,13 @@ def map_origin(x_nhwc, n, channels, height, width, c_lo):
 @numba.njit(cache=True, nogil=True)
 def _forward_bins(
     xf, x_nhwc, n, channels, c_lo, c_hi, height, width, hptr, hidx, hwt, wptr, widx, wwt, path, rows, dst, base, stride,
-    ph_lo, ph_hi,
+    ph_lo, ph_hi, pw_lo, pw_hi,
 ):  # fmt: skip
     """``dst[base + b * stride + c - c_lo]`` <- bin ``b`` of channel ``c_lo <= c < c_hi`` of one RoI
     (taps ``hptr``, ``wptr``) on image ``n`` of ``xf`` (channel-blocked, or channels-last if
-    ``x_nhwc``), for the bins of rows ``ph_lo <= ph < ph_hi``, the cheaper way round for the
-    RoI; ``rows (>= width * (c_hi - c_lo))``: scratch.
+    ``x_nhwc``), for the bins ``(ph, pw)`` with ``ph_lo <= ph < ph_hi`` and ``pw_lo <= pw < pw_hi``,
+    the cheaper way round for the RoI (whichever bins are asked for: the sums are the same);
+    ``rows (>= width * (c_hi - c_lo))``: scratch.
 
     Each bin's channels go a register block at a time, one block after the
     other: a channels-last cell's channels are read together while in L1.
@@ -226,10 +230,10 @@ def _forward_bins(
     block = UNROLL * (VECTOR_BYTES // xf.itemsize)
     origin, hop, step = map_origin(x_nhwc, n, channels, height, width, c_lo)
     pooled_w = wptr.shape[0] - 1
-    cmin, span = _column_span(wptr, widx)
-    if _rows_first_pays(hptr, wptr, span, path):
+    if _rows_first_pays(hptr, wptr, _column_span(wptr, widx)[1], path):
         # for each bin row, its row taps first, into one interpolated row over the
-        # span's columns (rows[u * rw + c] holds column cmin + u), then its bins from it
+        # columns the bins read (rows[u * rw + c] holds column cmin + u), then its bins from it
+        cmin, span = _column_span(wptr[pw_lo : pw_hi + 1], widx)
         rw = c_hi - c_lo
         for ph in range(ph_lo, ph_hi):
             for u in range(span):
@@ -248,14 +252,14 @@ def _forward_bins(
                         u * rw + c0 - c_lo,
                         cw,
                     )
-            for pw in range(pooled_w):
+            for pw in range(pw_lo, pw_hi):
                 t = base + (ph * pooled_w + pw) * stride - c_lo
                 for c0 in range(c_lo, c_hi, block):
                     cw = min(block, c_hi - c0)
                     _gather(rows, (c0 - c_lo) - cmin * rw, rw, widx, wwt, wptr[pw], wptr[pw + 1], dst, t + c0, cw)
     else:
         for ph in range(ph_lo, ph_hi):
-            for pw in range(pooled_w):
+            for pw in range(pw_lo, pw_hi):
                 t = base + (ph * pooled_w + pw) * stride - c_lo
                 for c0 in range(c_lo, c_hi, block):
                     cw = min(block, c_hi - c0)
@@ -648,19 +652,25 @@ def launch_forward(x, taps: RoIAlignTaps, out) -> None:
 
 def _forward_items(x, taps, nhwc: bool) -> tuple[np.ndarray, np.ndarray]:
     """``(bounds, items)`` of :func:`forward`: into channels-last, whole RoIs, or on a map larger
-    than a quarter of the L3 (``_machine.sweeps_map_rows``) bin rows in the order of the first
-    map row each reads; into NCHW, the RoI runs alone."""
+    than a quarter of the L3 (``_machine.sweeps_map_rows``) pieces of bin rows in the order of a
+    sweep down strips of the map; into NCHW, the RoI runs alone."""
     if not nhwc:
-        return taps.bounds, np.zeros((0, 3), np.int64)
+        return taps.bounds, np.zeros((0, 5), np.int64)
     _, channels, height, width = x.shape
     if not sweeps_map_rows(height * width * channels * x.itemsize):
-        return taps.bounds, whole_rois(taps.num_rois, taps.pooled_h)
-    starts, counts = taps.hptr[:, :-1], np.diff(taps.hptr, axis=1)
-    first = taps.hidx[np.minimum(starts, taps.hidx.size - 1)] if taps.hidx.size else np.zeros_like(starts)
-    first = np.where(counts > 0, first, 0)
-    cost = counts * np.diff(taps.wptr[:, [0, -1]], axis=1) + 1  # tap pairs, plus one
-    items, bounds = row_sweep(first, cost, taps.batch, height)
+        return taps.bounds, whole_rois(taps.num_rois, taps.pooled_h, taps.pooled_w)
+    rows, cols = np.diff(taps.hptr, axis=1), np.diff(taps.wptr, axis=1)  # taps per bin row, bin column
+    strip = sweep_strip(sweep_band(rows, cols), channels * x.itemsize)
+    first_row, first_col = _first_taps(taps.hptr, taps.hidx), _first_taps(taps.wptr, taps.widx)
+    items, bounds = row_sweep(first_row, first_col, rows, cols, taps.batch, height, strip)
     return bounds, items
+
+
+def _first_taps(ptr, idx):
+    """The first map row (column) each bin row (column) of ``ptr (K, P + 1)`` reads, 0 where it reads none."""
+    starts, counts = ptr[:, :-1], np.diff(ptr, axis=1)
+    first = idx[np.minimum(starts, idx.size - 1)] if idx.size else np.zeros_like(starts)
+    return np.where(counts > 0, first, 0)
 
 
 def launch_backward(grad_out, taps: RoIAlignTaps, grad_in) -> None:

@@ -46,8 +46,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._machine import sweeps_map_rows, tile_channels
-from ._parallel import balanced_chunks, launch_lock, row_sweep, whole_rois
+from ._machine import sweep_strip, sweeps_map_rows, tile_channels
+from ._parallel import balanced_chunks, launch_lock, row_sweep, sweep_band, whole_rois
 from ._simd import (
     VECTOR_BYTES,
     prefetch_l2,
@@ -72,8 +72,9 @@ def forward(x, batch, hbins, wbins, bounds, items, out, nhwc, chunk):
 
     ``batch (K,)``, ``hbins (K, PH, 2)``, ``wbins (K, PW, 2)`` come from
     ``geometry.roi_pool_bins``. ``bounds`` splits ``items``, rows ``(RoI,
-    ph_lo, ph_hi)`` of bin rows to pool (``_parallel.row_sweep`` or
-    ``whole_rois``), into runs; with no items (NCHW only) it splits the RoIs.
+    ph_lo, ph_hi, pw_lo, pw_hi)`` of bins to pool (pieces of bin rows,
+    ``_parallel.row_sweep``, or ``whole_rois``), into runs; with no items
+    (NCHW only) it splits the RoIs.
     ``chunk``: channels per NCHW tile (``_machine.tile_channels``). ``out``
     must be C-contiguous (it is written through a flat view); ``x`` should
     be (a strided ``x`` is copied first).
@@ -85,20 +86,20 @@ def forward(x, batch, hbins, wbins, bounds, items, out, nhwc, chunk):
     block = UNROLL * (VECTOR_BYTES // x.itemsize)
     pooled_w = wbins.shape[1]
     for run in numba.prange(bounds.shape[0] - 1):
-        if items.shape[0]:  # by bin rows, all channels of each bin in turn
+        if items.shape[0]:  # by pieces of bin rows, all channels of each bin in turn
             row = np.empty(0 if nhwc else pooled_w * channels, x.dtype)
             for i in range(bounds[run], bounds[run + 1]):
-                k, ph_lo, ph_hi = items[i, 0], items[i, 1], items[i, 2]
+                k, ph_lo, ph_hi, pw_lo, pw_hi = items[i, 0], items[i, 1], items[i, 2], items[i, 3], items[i, 4]
                 base = batch[k] * height * width * channels
+                hb, wb = hbins[k, ph_lo:ph_hi], wbins[k, pw_lo:pw_hi]
                 if nhwc:  # straight into the RoI's (bins, C) output
-                    out_at = (k * nbins + ph_lo * pooled_w) * channels
-                    _pool_tile(
-                        xf, base, width, channels, channels, hbins[k, ph_lo:ph_hi], wbins[k], outf, out_at, channels
-                    )
+                    out_at = (k * nbins + ph_lo * pooled_w + pw_lo) * channels
+                    _pool_tile(xf, base, width, channels, channels, hb, wb, outf, out_at, channels, pooled_w * channels)
                     continue
-                for ph in range(ph_lo, ph_hi):  # through a (PW, C) row, into each channel's run of PW outputs
-                    _pool_tile(xf, base, width, channels, channels, hbins[k, ph : ph + 1], wbins[k], row, 0, channels)
-                    store_bin_row(row, pooled_w, channels, outf, k * channels * nbins + ph * pooled_w, nbins)
+                for ph in range(ph_lo, ph_hi):  # through a (pieces, C) row, into each channel's run of pieces
+                    _pool_tile(xf, base, width, channels, channels, hbins[k, ph : ph + 1], wb, row, 0, channels, 0)
+                    at = k * channels * nbins + ph * pooled_w + pw_lo
+                    store_bin_row(row, pw_hi - pw_lo, channels, outf, at, nbins)
             continue
         tile = np.empty(nbins * chunk, x.dtype)
         stage = np.empty(nbins * block, x.dtype)
@@ -107,7 +108,7 @@ def forward(x, batch, hbins, wbins, bounds, items, out, nhwc, chunk):
             hb, wb = hbins[k], wbins[k]
             for c1 in range(0, channels, chunk):
                 cc = min(chunk, channels - c1)
-                _pool_tile(xf, base + c1, width, channels, cc, hb, wb, tile, 0, cc)
+                _pool_tile(xf, base + c1, width, channels, cc, hb, wb, tile, 0, cc, pooled_w * cc)
                 for c0 in range(c1, c1 + cc, block):
                     cw = min(block, c1 + cc - c0)
                     store_tile_lines(tile[c0 - c1 :], cc, nbins, cw, stage, outf, k, channels, c0, False)
@@ -131,11 +132,13 @@ def forward_argmax(x, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chu
     for run in numba.prange(bounds.shape[0] - 1):
         if nhwc:  # by bin rows or whole RoIs, as in forward, straight into the (bins, C) outputs
             for i in range(bounds[run], bounds[run + 1]):
-                k, ph_lo, ph_hi = items[i, 0], items[i, 1], items[i, 2]
+                k, ph_lo, ph_hi, pw_lo, pw_hi = items[i, 0], items[i, 1], items[i, 2], items[i, 3], items[i, 4]
                 base = batch[k] * height * width * channels
-                out_at = (k * nbins + ph_lo * pooled_w) * channels
-                hb = hbins[k, ph_lo:ph_hi]
-                _pool_tile_argmax(xf, base, width, channels, channels, hb, wbins[k], outf, argf, out_at, channels)
+                out_at = (k * nbins + ph_lo * pooled_w + pw_lo) * channels
+                hb, wb = hbins[k, ph_lo:ph_hi], wbins[k, pw_lo:pw_hi]
+                _pool_tile_argmax(
+                    xf, base, width, channels, channels, hb, wb, outf, argf, out_at, channels, pooled_w * channels
+                )
             continue
         tile = np.empty(nbins * chunk, x.dtype)
         itile = np.empty(nbins * chunk, np.int32)
@@ -146,7 +149,7 @@ def forward_argmax(x, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chu
             hb, wb = hbins[k], wbins[k]
             for c1 in range(0, channels, chunk):
                 cc = min(chunk, channels - c1)
-                _pool_tile_argmax(xf, base + c1, width, channels, cc, hb, wb, tile, itile, 0, cc)
+                _pool_tile_argmax(xf, base + c1, width, channels, cc, hb, wb, tile, itile, 0, cc, pooled_w * cc)
                 for c0 in range(c1, c1 + cc, block):
                     cw = min(block, c1 + cc - c0)
                     store_tile_lines(tile[c0 - c1 :], cc, nbins, cw, stage, outf, k, channels, c0, False)
@@ -154,8 +157,9 @@ def forward_argmax(x, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chu
 
 
 @numba.njit(nogil=True)
-def _pool_tile(xf, origin, width, channels, cw, hb, wb, tile, base, stride):
-    """``tile[base + b * stride + j]`` <- maximum of channel ``j < cw`` over bin ``b``.
+def _pool_tile(xf, origin, width, channels, cw, hb, wb, tile, base, stride, row_step):
+    """``tile[base + ph * row_step + pw * stride + j]`` <- maximum of channel ``j < cw`` over bin
+    ``(ph, pw)`` of the bins whose edges are ``hb (rows, 2)`` and ``wb (columns, 2)``.
 
     ``origin`` is the flat index of channel 0 of the block at cell (0, 0) of
     the RoI's image; cell ``(h, w)`` of channel ``j`` is at
@@ -163,14 +167,13 @@ def _pool_tile(xf, origin, width, channels, cw, hb, wb, tile, base, stride):
     ``UNROLL`` vectors at a time, then one vector, then one channel at a time.
     """
     lanes = VECTOR_BYTES // xf.itemsize
-    pooled_w = wb.shape[0]
     for ph in range(hb.shape[0]):
         h0 = hb[ph, 0]
         h1 = hb[ph, 1]
-        for pw in range(pooled_w):
+        for pw in range(wb.shape[0]):
             w0 = wb[pw, 0]
             w1 = wb[pw, 1]
-            t = base + (ph * pooled_w + pw) * stride
+            t = base + ph * row_step + pw * stride
             if h1 <= h0 or w1 <= w0:
                 tile[t : t + cw] = 0
                 continue
@@ -186,17 +189,16 @@ def _pool_tile(xf, origin, width, channels, cw, hb, wb, tile, base, stride):
 
 
 @numba.njit(nogil=True)
-def _pool_tile_argmax(xf, origin, width, channels, cw, hb, wb, tile, itile, base, stride):
+def _pool_tile_argmax(xf, origin, width, channels, cw, hb, wb, tile, itile, base, stride, row_step):
     """:func:`_pool_tile` that also fills ``itile`` with each maximum's ``h * W + w``."""
     lanes = VECTOR_BYTES // xf.itemsize
-    pooled_w = wb.shape[0]
     for ph in range(hb.shape[0]):
         h0 = hb[ph, 0]
         h1 = hb[ph, 1]
-        for pw in range(pooled_w):
+        for pw in range(wb.shape[0]):
             w0 = wb[pw, 0]
             w1 = wb[pw, 1]
-            t = base + (ph * pooled_w + pw) * stride
+            t = base + ph * row_step + pw * stride
             if h1 <= h0 or w1 <= w0:
                 tile[t : t + cw] = 0
                 itile[t : t + cw] = -1
@@ -612,14 +614,16 @@ def _chunk(bins: RoIPoolBins, x_nhwc) -> int:
 
 def _forward_items(x_nhwc, bins: RoIPoolBins, nhwc: bool, argmax: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(bounds, items)`` of :func:`forward` (or, ``argmax``, :func:`forward_argmax`): on a map
-    larger than a quarter of the L3 (``_machine.sweeps_map_rows``), bin rows in the order of their
-    first map row (into NCHW, without argmax only); otherwise whole RoIs into channels-last, or
-    into NCHW the RoI runs alone (no items)."""
+    larger than a quarter of the L3 (``_machine.sweeps_map_rows``), pieces of bin rows in the
+    order of a sweep down strips of the map (into NCHW, without argmax only); otherwise whole
+    RoIs into channels-last, or into NCHW the RoI runs alone (no items)."""
     if not sweeps_map_rows(x_nhwc[0].nbytes) or (argmax and not nhwc):
-        return bins.bounds, whole_rois(bins.num_rois, bins.pooled_h) if nhwc else np.zeros((0, 3), np.int64)
-    rows = np.diff(bins.hbins, axis=2)[:, :, 0]
-    cells = rows * np.diff(bins.wbins, axis=2)[:, :, 0].sum(axis=1, keepdims=True)
-    items, bounds = row_sweep(bins.hbins[:, :, 0], cells + bins.pooled_w, bins.batch, x_nhwc.shape[1])
+        if not nhwc:
+            return bins.bounds, np.zeros((0, 5), np.int64)
+        return bins.bounds, whole_rois(bins.num_rois, bins.pooled_h, bins.pooled_w)
+    rows, cols = np.diff(bins.hbins, axis=2)[:, :, 0], np.diff(bins.wbins, axis=2)[:, :, 0]
+    strip = sweep_strip(sweep_band(rows, cols), x_nhwc.shape[3] * x_nhwc.itemsize) if nhwc else x_nhwc.shape[2]
+    items, bounds = row_sweep(bins.hbins[:, :, 0], bins.wbins[:, :, 0], rows, cols, bins.batch, x_nhwc.shape[1], strip)
     return bounds, items
 
 
