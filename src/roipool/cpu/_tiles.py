@@ -71,9 +71,11 @@ def store_tile_lines(tile, stride, rows, cw, stage, dst, item, channels, c0, nhw
 def store_bin_row(row, pooled_w, channels, dst, start, nbins):
     """``dst[start + c * nbins + pw] = row[pw * channels + c]``: one bin row, ``(PW, C)``, into
     an NCHW output (a run of ``PW`` values per channel)."""
-    for c in range(channels):
+    at, step = np.uint64(start), np.uint64(channels)
+    for c in range(channels):  # unsigned indices: no negative-index wraparound per access
+        to = at + np.uint64(c * nbins)
         for pw in range(pooled_w):
-            dst[start + c * nbins + pw] = row[pw * channels + c]
+            dst[to + np.uint64(pw)] = row[np.uint64(pw) * step + np.uint64(c)]
 
 
 def memory_order(a: np.ndarray) -> tuple[np.ndarray, bool]:

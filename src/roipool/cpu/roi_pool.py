@@ -385,14 +385,18 @@ def backward(grad_out, argmax, batch, grad_in, nhwc, nhwc_block):
                         if i >= 0:
                             plane[i] += g[b]
             continue
+        # unsigned indices (all are >= 0): Numba then adds no negative-index
+        # wraparound to each access, which made this loop 1.7x slower
+        step = np.uint64(channels)
         for k in range(k_total):
-            n = batch[k]
+            at = np.uint64(batch[k] * cells * channels + c0)
             for b in range(nbins):
-                row = (k * nbins + b) * channels + c0
+                row = np.uint64((k * nbins + b) * channels + c0)
                 for c in range(cw):
-                    i = amf[row + c]
+                    cu = np.uint64(c)
+                    i = amf[row + cu]
                     if i >= 0:
-                        gif[(n * cells + i) * channels + c0 + c] += gof[row + c]
+                        gif[at + np.uint64(i) * step + cu] += gof[row + cu]
 
 
 # Vectors per bin pass in the recomputing backward (64 float32 / 32 float64
