@@ -1,5 +1,6 @@
 """The L2 and L3 sizes the CPU reports, and what is chosen from them: the torch roi_pool training route,
-roi_pool's NCHW tiles, the map-row sweep of the channels-last forwards (and its order, ``_parallel.row_sweep``)."""
+roi_pool's NCHW tiles, the map-row sweep of the channels-last forwards (its order, ``_parallel.row_sweep``, and
+its strips, ``sweep_strip``)."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def clear():
     _machine.l3_bytes.cache_clear()
 
 
-def test_row_sweep_orders_bin_rows_by_image_then_first_map_row_and_balances_the_runs():
+def test_row_sweep_orders_pieces_of_bin_rows_by_image_strip_and_first_map_row_and_balances_the_runs():
     import numpy as np
 
     from roipool.cpu._parallel import balanced_chunks, row_sweep, whole_rois

@@ -67,8 +67,9 @@ def l3_bytes() -> int:
 
 
 def sweeps_map_rows(map_bytes: int) -> bool:
-    """Whether a forward takes its bin rows in map-row order (``_parallel.row_sweep``) rather
-    than RoI by RoI: when one image's map, ``map_bytes``, is larger than a quarter of the L3.
+    """Whether a forward sweeps down the map (``_parallel.row_sweep``: pieces of bin rows in
+    map-row order, strip by strip) rather than going RoI by RoI: when one image's map,
+    ``map_bytes``, is larger than a quarter of the L3.
     (The channels-last forwards of ``roi_align``, ``prroi_pool`` and ``roi_pool``, and
     ``roi_pool``'s NCHW forward without argmax, ask.)
 
@@ -82,10 +83,10 @@ def sweeps_map_rows(map_bytes: int) -> bool:
 
 
 def sweep_strip(rows: float, cell_bytes: int) -> int:
-    """Map columns per strip of the map-row sweep (``_parallel.row_sweep``), at least 4: a band of
-    ``rows`` map rows (about what a bin row reads, weighted by its work; at least one) of
-    ``cell_bytes`` per cell that fills a quarter of :func:`l2_bytes`. The rest holds the rows the sweep moves on to, and
-    the output lines being written.
+    """Map columns per strip of the map-row sweep (``_parallel.row_sweep``), at least 4: a band
+    of ``rows`` map rows (about what a bin row reads, weighted by its work; at least one) of
+    ``cell_bytes`` per cell that fills a quarter of :func:`l2_bytes`. The rest of the L2 holds
+    the rows the sweep moves on to, and the output lines being written.
 
     Measured on Cascade Lake (1 MiB of L2) with ``maskrcnn``'s ``roi_pool``, whose bin rows read
     7.2 rows of 1 KiB cells (weighted): the channels-last kernel took 43 ms with whole bin rows,

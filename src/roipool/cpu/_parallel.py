@@ -43,7 +43,7 @@ def row_sweep(first_row, first_col, rows, cols, batch, height: int, strip: int) 
     ``first_col (K, PW)``, the first map column it reads, and a piece is a run of
     a bin row's bins in one strip. Pieces are ordered by image, then strip, then
     ``first_row (K, PH)``, the first map row its bin row reads (ties in RoI order,
-    then left to right; rows and columns clipped to the map). A bin's cost is
+    then left to right; rows clipped to ``[0, height)``, columns below 0 taken as 0). A bin's cost is
     ``rows (K, PH) * cols (K, PW) + 1``: the rows and columns (or taps) it reads,
     plus its output. ``batch`` must hold valid image indices.
 
@@ -122,12 +122,6 @@ def _pieces_in_order(first_row, first_col, rows, cols, batch, height, strip):
                 key = (batch[k] * strips + piece_strip[k, i]) * (last + 1) + row
                 j = slot[key]
                 slot[key] += 1
-                items[j, 0], items[j, 1], items[j, 2], items[j, 3], items[j, 4] = (
-                    k,
-                    ph,
-                    ph + 1,
-                    cut[k, i],
-                    cut[k, i + 1],
-                )
+                items[j, 0], items[j, 1], items[j, 2], items[j, 3], items[j, 4] = k, ph, ph + 1, cut[k, i], cut[k, i + 1]  # fmt: skip
                 cost[j] = rows[k, ph] * piece_cols[k, i] + cut[k, i + 1] - cut[k, i]
     return items, cost

@@ -42,11 +42,13 @@ the RoI's ``(PH * PW, C)`` output: a channels-last cell's channels are then
 read together, and the output is written once, with no staging copy (on the
 ``maskrcnn`` workload the kernel went from 48 to 34 ms with these two
 changes, ``docs/benchmarks.md``). On a map larger than a quarter of the L3
-(``_machine.sweeps_map_rows``) the work goes by bin row instead of by RoI,
-the bin rows of all RoIs in the order of the first map row each reads
-(``_parallel.row_sweep``): a sweep down each image, in which the few map rows
-being read serve every RoI that crosses them while they are in cache (34 to
-24 ms on ``maskrcnn``, whose 56 MB map is larger than the L3).
+(``_machine.sweeps_map_rows``) the work goes by pieces of bin rows instead
+of by RoI, the pieces of all RoIs in the order of the first map row each
+reads, strip by strip of the map (``_parallel.row_sweep``): a sweep down
+each strip of each image, in which the few map rows being read serve every
+RoI that crosses them while they are in cache (34 to 24 ms on ``maskrcnn``,
+whose 56 MB map is larger than the L3; the strips, which keep those rows
+in L2, 23.3 to 22.3).
 
 Box gradient (:func:`boxes_backward`): runs of RoIs go to threads, each RoI
 reduces its own gradient over its bins and channels (no atomics, the same

@@ -14,9 +14,10 @@ the latency of each max, and nothing is stored until the bin is done.
 A channels-last output ``(K, PH * PW, C)`` is written straight from the
 registers: each bin's channels in turn, a bin's cells read whole, once. On
 a map larger than a quarter of the L3 (``_machine.sweeps_map_rows``) the
-bin rows of all RoIs go in the order of their first map row
-(``_parallel.row_sweep``), so that the map rows being read serve every RoI
-that crosses them while in cache (``maskrcnn``: 60-68 to 40 ms).
+pieces of bin rows of all RoIs go in the order of their first map row, strip
+by strip of the map (``_parallel.row_sweep``), so that the map rows being
+read serve every RoI that crosses them while in L2 (``maskrcnn``: 60-68 to
+40 ms by bin rows across the whole map, then 41 to 30 ms in strips).
 The NCHW output ``(K, C, PH * PW)`` is channel-major per RoI. A RoI is
 pooled the same way into a ``(bins, chunk)`` tile, ``chunk`` channels sized
 to half the L2 the CPU reports (``_machine.tile_channels``; all 256 channels
