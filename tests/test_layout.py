@@ -137,10 +137,11 @@ SWEPT[:, 0] = np.floor(SWEPT[:, 0])
     ],
 )
 def test_the_map_row_sweep_gives_the_bits_of_whole_rois(name, size, kw, dtype, caches):
-    """On a map larger than a quarter of the L3 the bins are taken in pieces of bin rows, down strips
-    of the map (``_parallel.row_sweep``), instead of RoI by RoI (into channels-last; into NCHW by
-    ``roi_pool`` without argmax): the values may not change, in either output format, whether the
-    strips span the map (a large L2) or are 4 columns wide and cut bin rows (a tiny one)."""
+    """On a map larger than a quarter of the L3 the bins are taken in pieces of bin rows, down
+    strips of the map (``_parallel.row_sweep``), instead of RoI by RoI (into channels-last; into
+    NCHW by ``roi_pool``, with and without argmax, by whole bin rows): the values may not change,
+    in either output format, whether the strips span the map (a large L2) or are 4 columns wide
+    and cut the channels-last bin rows (a tiny one)."""
     from roipool.cpu import _machine
 
     op = getattr(roipool, name)

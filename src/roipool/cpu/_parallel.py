@@ -48,7 +48,7 @@ def row_sweep(first_row, first_col, rows, cols, batch, height: int, strip: int) 
     plus its output. ``batch`` must hold valid image indices.
 
     A forward that takes its bins in this order (the channels-last ones, and
-    ``roi_pool``'s NCHW one without argmax) sweeps down each strip of each image:
+    ``roi_pool``'s NCHW ones) sweeps down each strip of each image:
     the few map rows of a strip being read stay in cache (``_machine.sweep_strip``
     sizes the strips) and serve every RoI that crosses them, instead of being
     fetched again for each RoI (``_machine.sweeps_map_rows`` says when that pays).

@@ -27,10 +27,11 @@ not once per register block; the tile is transposed a block at a time,
 buffer in L1, which is then copied to the output as whole aligned cache
 lines (``_simd.copy_to_lines``): an output row is 49 values, so
 transposing straight into the output split most stores over two lines.
-On a large map the forward without argmax sweeps by bin rows into NCHW too:
-each bin row is pooled into a ``(PW, C)`` row in L1 and stored as a run of
-``PW`` values per channel (``_tiles.store_bin_row``; ``maskrcnn`` 126 to 110
-ms; with argmax it was slower). Runs of RoIs, or of bin rows (``bounds``,
+On a large map the forwards sweep by bin rows into NCHW too: each bin row is
+pooled into a ``(PW, C)`` row in L1 (and one of argmax indices) and stored as
+a run of ``PW`` values per channel (``_tiles.store_bin_row``; ``maskrcnn``
+126 to 110 ms, then 103 to 89 with unsigned indices in that store; with
+argmax, about 12% faster than whole RoIs once the store was). Runs of RoIs, or of bin rows (``bounds``,
 from ``_parallel.balanced_chunks``), are split between threads; each output
 element is written by exactly one thread.
 
@@ -119,9 +120,8 @@ def forward(x, batch, hbins, wbins, bounds, items, out, nhwc, chunk):
 def forward_argmax(x, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chunk):
     """As :func:`forward`, also writing ``argmax`` (the shape and order of ``out``): ``h * W + w`` or -1.
 
-    ``out`` and ``argmax`` must be C-contiguous. Into NCHW it takes whole RoIs (``bounds``
-    splits the RoIs; no items): the bin-row sweep's extra scattered stores of the argmax
-    cost more there than the sweep saves (``maskrcnn`` 146 -> 159 ms).
+    ``out`` and ``argmax`` must be C-contiguous. Into NCHW a swept bin row goes through a
+    ``(pieces, C)`` row of maxima and one of indices, each stored as one run per channel.
     """
     _, height, width, channels = x.shape
     xf = np.ascontiguousarray(x).reshape(-1)
@@ -131,15 +131,26 @@ def forward_argmax(x, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chu
     block = UNROLL * (VECTOR_BYTES // x.itemsize)
     pooled_w = wbins.shape[1]
     for run in numba.prange(bounds.shape[0] - 1):
-        if nhwc:  # by bin rows or whole RoIs, as in forward, straight into the (bins, C) outputs
+        if items.shape[0]:  # by pieces of bin rows or whole RoIs, as in forward
+            row = np.empty(0 if nhwc else pooled_w * channels, x.dtype)
+            irow = np.empty(0 if nhwc else pooled_w * channels, np.int32)
             for i in range(bounds[run], bounds[run + 1]):
                 k, ph_lo, ph_hi, pw_lo, pw_hi = items[i, 0], items[i, 1], items[i, 2], items[i, 3], items[i, 4]
                 base = batch[k] * height * width * channels
-                out_at = (k * nbins + ph_lo * pooled_w + pw_lo) * channels
                 hb, wb = hbins[k, ph_lo:ph_hi], wbins[k, pw_lo:pw_hi]
-                _pool_tile_argmax(
-                    xf, base, width, channels, channels, hb, wb, outf, argf, out_at, channels, pooled_w * channels
-                )
+                if nhwc:  # straight into the RoI's (bins, C) outputs
+                    out_at = (k * nbins + ph_lo * pooled_w + pw_lo) * channels
+                    _pool_tile_argmax(
+                        xf, base, width, channels, channels, hb, wb, outf, argf, out_at, channels, pooled_w * channels
+                    )
+                    continue
+                for ph in range(ph_lo, ph_hi):  # through (pieces, C) rows, into each channel's run of pieces
+                    _pool_tile_argmax(
+                        xf, base, width, channels, channels, hbins[k, ph : ph + 1], wb, row, irow, 0, channels, 0
+                    )
+                    at = k * channels * nbins + ph * pooled_w + pw_lo
+                    store_bin_row(row, pw_hi - pw_lo, channels, outf, at, nbins)
+                    store_bin_row(irow, pw_hi - pw_lo, channels, argf, at, nbins)
             continue
         tile = np.empty(nbins * chunk, x.dtype)
         itile = np.empty(nbins * chunk, np.int32)
@@ -617,12 +628,12 @@ def _chunk(bins: RoIPoolBins, x_nhwc) -> int:
     return tile_channels(bins.pooled_h * bins.pooled_w, x_nhwc.shape[3], x_nhwc.itemsize, block)
 
 
-def _forward_items(x_nhwc, bins: RoIPoolBins, nhwc: bool, argmax: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """``(bounds, items)`` of :func:`forward` (or, ``argmax``, :func:`forward_argmax`): on a map
-    larger than a quarter of the L3 (``_machine.sweeps_map_rows``), pieces of bin rows in the
-    order of a sweep down strips of the map (into NCHW, without argmax only); otherwise whole
-    RoIs into channels-last, or into NCHW the RoI runs alone (no items)."""
-    if not sweeps_map_rows(x_nhwc[0].nbytes) or (argmax and not nhwc):
+def _forward_items(x_nhwc, bins: RoIPoolBins, nhwc: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(bounds, items)`` of :func:`forward` and :func:`forward_argmax`: on a map larger than a
+    quarter of the L3 (``_machine.sweeps_map_rows``), pieces of bin rows in the order of a sweep
+    down strips of the map (into NCHW, whole bin rows: one strip); otherwise whole RoIs into
+    channels-last, or into NCHW the RoI runs alone (no items)."""
+    if not sweeps_map_rows(x_nhwc[0].nbytes):
         if not nhwc:
             return bins.bounds, np.zeros((0, 5), np.int64)
         return bins.bounds, whole_rois(bins.num_rois, bins.pooled_h, bins.pooled_w)
@@ -651,7 +662,7 @@ def launch_forward_argmax(x_nhwc, bins: RoIPoolBins, out, argmax) -> None:
         arg_view, arg_nhwc = bins_order(argmax)
         if arg_nhwc != nhwc:
             raise ValueError("internal: out and argmax must be in the same memory order")
-        bounds, items = _forward_items(x_nhwc, bins, nhwc, argmax=True)
+        bounds, items = _forward_items(x_nhwc, bins, nhwc)
         with launch_lock:
             forward_argmax(
                 x_nhwc, bins.batch, bins.hbins, bins.wbins, bounds, items, view, arg_view, nhwc, _chunk(bins, x_nhwc)
