@@ -1,11 +1,10 @@
 """How fast this machine's threads read from each cache level: the rates behind the CPU floors.
 
 Usage: ``PYTHONPATH=src python benchmarks/read_rates.py``. Every Numba thread
-scans its own buffer front to back again and again (about 1 GiB per thread),
-keeping eight running maxima in registers with ``_simd.vmax``, as
-``roi_pool``'s forward scans a bin's cells; the buffer sizes per thread run
-from L1-sized to larger than the L3. Prints the CPU, the thread count, and
-the total read rate per buffer size, medians of 5.
+scans its own buffer front to back again and again (about 1 GiB per thread)
+with ``roi_pool``'s own bin scan, eight running maxima in registers; the
+buffer sizes per thread run from L1-sized to larger than the L3. Prints the
+CPU, the thread count, and the total read rate per buffer size, medians of 5.
 """
 
 from __future__ import annotations
@@ -17,36 +16,25 @@ import numba
 import numpy as np
 
 from roipool import bench
-from roipool.cpu._simd import VECTOR_BYTES, vload, vmax, vstore
+from roipool.cpu.roi_pool import _bin_max8
+
+CHANNELS = 128  # one register block of float32: what _bin_max8 reads per cell
 
 
 @numba.njit(parallel=True, nogil=True)
 def _scan(buffers, passes, out):
-    """Each thread: ``passes`` times over its buffer, front to back, 8 vectors (512 bytes) at a time."""
-    lanes = VECTOR_BYTES // buffers.itemsize
-    size = buffers.shape[1]
+    """Each thread: ``passes`` times over its buffer, front to back, with ``roi_pool``'s own bin
+    scan (``_bin_max8``): the buffer is one bin row of 512-byte cells, 128 float32 channels each."""
+    cells = buffers.shape[1] // CHANNELS
     for t in numba.prange(buffers.shape[0]):
-        b = buffers[t]
-        a0, a1, a2, a3 = vload(b, 0), vload(b, lanes), vload(b, 2 * lanes), vload(b, 3 * lanes)
-        a4, a5, a6, a7 = vload(b, 4 * lanes), vload(b, 5 * lanes), vload(b, 6 * lanes), vload(b, 7 * lanes)
         for _ in range(passes):
-            for o in range(0, size, 8 * lanes):
-                a0 = vmax(a0, vload(b, o))
-                a1 = vmax(a1, vload(b, o + lanes))
-                a2 = vmax(a2, vload(b, o + 2 * lanes))
-                a3 = vmax(a3, vload(b, o + 3 * lanes))
-                a4 = vmax(a4, vload(b, o + 4 * lanes))
-                a5 = vmax(a5, vload(b, o + 5 * lanes))
-                a6 = vmax(a6, vload(b, o + 6 * lanes))
-                a7 = vmax(a7, vload(b, o + 7 * lanes))
-        for i, a in enumerate((a0, a1, a2, a3, a4, a5, a6, a7)):
-            vstore(out[t], i * lanes, a)
+            _bin_max8(buffers[t], 0, cells, CHANNELS, 0, 1, 0, cells, out[t], 0)
 
 
 def main() -> None:
     threads = numba.get_num_threads()
     print(f"cpu: {bench.machine()['cpu']}, threads {threads}")
-    out = np.zeros((threads, 8 * VECTOR_BYTES // 4), np.float32)
+    out = np.zeros((threads, CHANNELS), np.float32)
     for kib in (16, 128, 512, 768, 2048, 8192, 32768, 65536):
         buffers = np.random.default_rng(0).random((threads, kib * 1024 // 4), dtype=np.float32)
         passes = max(1, (1 << 30) // buffers[0].nbytes)
