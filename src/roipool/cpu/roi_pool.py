@@ -31,9 +31,10 @@ On a large map the forwards sweep by bin rows into NCHW too: each bin row is
 pooled into a ``(PW, C)`` row in L1 (and one of argmax indices) and stored as
 a run of ``PW`` values per channel (``_tiles.store_bin_row``; ``maskrcnn``
 126 to 110 ms, then 103 to 89 with unsigned indices in that store; with
-argmax, about 12% faster than whole RoIs once the store was). Runs of RoIs, or of bin rows (``bounds``,
-from ``_parallel.balanced_chunks``), are split between threads; each output
-element is written by exactly one thread.
+argmax, about 12% faster than whole RoIs once the store was). Runs of RoIs,
+or of pieces of bin rows (``bounds``, from ``_parallel.balanced_chunks``),
+are split between threads; each output element is written by exactly one
+thread.
 
 The maximum is strict (``>``, first in row-major scan order wins) and NaN
 wins over numbers: once a NaN is seen the bin keeps it (``_simd.vmax``).
@@ -638,7 +639,8 @@ def _forward_items(x_nhwc, bins: RoIPoolBins, nhwc: bool) -> tuple[np.ndarray, n
             return bins.bounds, np.zeros((0, 5), np.int64)
         return bins.bounds, whole_rois(bins.num_rois, bins.pooled_h, bins.pooled_w)
     rows, cols = np.diff(bins.hbins, axis=2)[:, :, 0], np.diff(bins.wbins, axis=2)[:, :, 0]
-    strip = sweep_strip(sweep_band(rows, cols), x_nhwc.shape[3] * x_nhwc.itemsize) if nhwc else x_nhwc.shape[2]
+    # into NCHW one strip wider than any first column (they are clipped to [0, W]): whole bin rows
+    strip = sweep_strip(sweep_band(rows, cols), x_nhwc.shape[3] * x_nhwc.itemsize) if nhwc else x_nhwc.shape[2] + 1
     items, bounds = row_sweep(bins.hbins[:, :, 0], bins.wbins[:, :, 0], rows, cols, bins.batch, x_nhwc.shape[1], strip)
     return bounds, items
 
