@@ -89,10 +89,22 @@ def test_row_sweep_orders_pieces_of_bin_rows_by_image_strip_and_first_map_row_an
         (k, ph, pw) for k in range(4) for ph in range(2) for pw in range(2)
     ]
     assert bounds[0] == 0 and bounds[-1] == 12 and (np.diff(bounds) > 0).all()
-    # rows and columns off the map sort as its first or last (the sort's slots are indexed by key, unchecked)
+    # rows off the map sort as its first or last, a column left of it as its first (the sort's slots
+    # are indexed by key, unchecked)
     one = np.ones((3, 1))
     items, _ = row_sweep(np.array([[99], [-5], [9]]), np.array([[-7], [0], [0]]), one, one, np.zeros(3, int), 10, 4)
     assert items[:, 0].tolist() == [1, 0, 2]
+
+
+def test_sweep_band_weights_each_bin_row_by_its_work():
+    import numpy as np
+
+    from roipool.cpu._parallel import sweep_band
+
+    # bin rows reading 1 and 3 map rows, over 2 columns: work 2 and 6, so (1 * 2 + 3 * 6) / 8 rows
+    assert sweep_band(np.array([[1, 3]]), np.array([[2]])) == 2.5
+    assert sweep_band(np.array([[1, 3], [5, 5]]), np.array([[2], [0]])) == 2.5  # a RoI reading no columns weighs 0
+    assert sweep_band(np.zeros((2, 3)), np.ones((2, 4))) == 0.0  # nothing read at all
 
 
 @pytest.mark.parametrize(
