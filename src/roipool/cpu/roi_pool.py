@@ -90,19 +90,9 @@ def forward(x, batch, hbins, wbins, bounds, items, out, nhwc, chunk):
     pooled_w = wbins.shape[1]
     for run in numba.prange(bounds.shape[0] - 1):
         if items.shape[0]:  # by pieces of bin rows, all channels of each bin in turn
-            row = np.empty(0 if nhwc else pooled_w * channels, x.dtype)
-            for i in range(bounds[run], bounds[run + 1]):
-                k, ph_lo, ph_hi, pw_lo, pw_hi = items[i, 0], items[i, 1], items[i, 2], items[i, 3], items[i, 4]
-                base = batch[k] * height * width * channels
-                hb, wb = hbins[k, ph_lo:ph_hi], wbins[k, pw_lo:pw_hi]
-                if nhwc:  # straight into the RoI's (bins, C) output
-                    out_at = (k * nbins + ph_lo * pooled_w + pw_lo) * channels
-                    _pool_tile(xf, base, width, channels, channels, hb, wb, outf, out_at, channels, pooled_w * channels)
-                    continue
-                for ph in range(ph_lo, ph_hi):  # through a (pieces, C) row, into each channel's run of pieces
-                    _pool_tile(xf, base, width, channels, channels, hbins[k, ph : ph + 1], wb, row, 0, channels, 0)
-                    at = k * channels * nbins + ph * pooled_w + pw_lo
-                    store_bin_row(row, pw_hi - pw_lo, channels, outf, at, nbins)
+            _pool_items(
+                xf, x.shape, batch, hbins, wbins, items, bounds[run], bounds[run + 1], outf, np.empty(0, np.int32), nhwc
+            )
             continue
         tile = np.empty(nbins * chunk, x.dtype)
         stage = np.empty(nbins * block, x.dtype)
@@ -133,25 +123,7 @@ def forward_argmax(x, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chu
     pooled_w = wbins.shape[1]
     for run in numba.prange(bounds.shape[0] - 1):
         if items.shape[0]:  # by pieces of bin rows or whole RoIs, as in forward
-            row = np.empty(0 if nhwc else pooled_w * channels, x.dtype)
-            irow = np.empty(0 if nhwc else pooled_w * channels, np.int32)
-            for i in range(bounds[run], bounds[run + 1]):
-                k, ph_lo, ph_hi, pw_lo, pw_hi = items[i, 0], items[i, 1], items[i, 2], items[i, 3], items[i, 4]
-                base = batch[k] * height * width * channels
-                hb, wb = hbins[k, ph_lo:ph_hi], wbins[k, pw_lo:pw_hi]
-                if nhwc:  # straight into the RoI's (bins, C) outputs
-                    out_at = (k * nbins + ph_lo * pooled_w + pw_lo) * channels
-                    _pool_tile_argmax(
-                        xf, base, width, channels, channels, hb, wb, outf, argf, out_at, channels, pooled_w * channels
-                    )
-                    continue
-                for ph in range(ph_lo, ph_hi):  # through (pieces, C) rows, into each channel's run of pieces
-                    _pool_tile_argmax(
-                        xf, base, width, channels, channels, hbins[k, ph : ph + 1], wb, row, irow, 0, channels, 0
-                    )
-                    at = k * channels * nbins + ph * pooled_w + pw_lo
-                    store_bin_row(row, pw_hi - pw_lo, channels, outf, at, nbins)
-                    store_bin_row(irow, pw_hi - pw_lo, channels, argf, at, nbins)
+            _pool_items(xf, x.shape, batch, hbins, wbins, items, bounds[run], bounds[run + 1], outf, argf, nhwc)
             continue
         tile = np.empty(nbins * chunk, x.dtype)
         itile = np.empty(nbins * chunk, np.int32)
@@ -167,6 +139,47 @@ def forward_argmax(x, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chu
                     cw = min(block, c1 + cc - c0)
                     store_tile_lines(tile[c0 - c1 :], cc, nbins, cw, stage, outf, k, channels, c0, False)
                     store_tile_lines(itile[c0 - c1 :], cc, nbins, cw, istage, argf, k, channels, c0, False)
+
+
+@numba.njit(nogil=True)
+def _pool_items(xf, shape, batch, hbins, wbins, items, lo, hi, outf, argf, nhwc):
+    """The bins of ``items[lo:hi]`` (rows ``(RoI, ph_lo, ph_hi, pw_lo, pw_hi)``) into the flat
+    output ``outf``, ``(K, PH * PW, C)`` if ``nhwc`` else ``(K, C, PH * PW)``, and their argmax
+    into ``argf`` (the same shape), or no argmax if ``argf`` is empty.
+
+    Into channels-last each item goes straight into its RoI's ``(bins, C)`` rows. Into NCHW each
+    of its bin rows goes through a ``(pieces, C)`` row in L1 (and one of indices), stored as one
+    run of pieces per channel (``_tiles.store_bin_row``).
+    """
+    _, height, width, channels = shape
+    pooled_w = wbins.shape[1]
+    nbins = hbins.shape[1] * pooled_w
+    with_argmax = argf.size > 0
+    row = np.empty(0 if nhwc else pooled_w * channels, xf.dtype)
+    irow = np.empty(0 if nhwc or not with_argmax else pooled_w * channels, np.int32)
+    for i in range(lo, hi):
+        k, ph_lo, ph_hi, pw_lo, pw_hi = items[i, 0], items[i, 1], items[i, 2], items[i, 3], items[i, 4]
+        base = batch[k] * height * width * channels
+        wb = wbins[k, pw_lo:pw_hi]
+        if nhwc:
+            hb, out_at, row_step = (
+                hbins[k, ph_lo:ph_hi],
+                (k * nbins + ph_lo * pooled_w + pw_lo) * channels,
+                pooled_w * channels,
+            )
+            if with_argmax:
+                _pool_tile_argmax(xf, base, width, channels, channels, hb, wb, outf, argf, out_at, channels, row_step)
+            else:
+                _pool_tile(xf, base, width, channels, channels, hb, wb, outf, out_at, channels, row_step)
+            continue
+        for ph in range(ph_lo, ph_hi):
+            hb, at = hbins[k, ph : ph + 1], k * channels * nbins + ph * pooled_w + pw_lo
+            if with_argmax:
+                _pool_tile_argmax(xf, base, width, channels, channels, hb, wb, row, irow, 0, channels, 0)
+                store_bin_row(irow, pw_hi - pw_lo, channels, argf, at, nbins)
+            else:
+                _pool_tile(xf, base, width, channels, channels, hb, wb, row, 0, channels, 0)
+            store_bin_row(row, pw_hi - pw_lo, channels, outf, at, nbins)
 
 
 @numba.njit(nogil=True)
