@@ -39,3 +39,24 @@ def test_changing_a_helper_module_invalidates_the_cached_kernels(tmp_path):
     assert "if abs(v) - a >= 0.5:" in text
     geometry.write_text(text.replace("if abs(v) - a >= 0.5:", "if abs(v) - a > 0.5:"))  # halves now round down
     assert _probe(root, cache) == (0, 0)  # the helper's change is compiled in, not the stale cache used
+
+
+# A kernel Numba cannot cache (here: it asks for the thread count, a dynamic global) only
+# earns Numba's warning, which names the kernel's file through the locator.
+UNCACHEABLE = """
+import warnings
+import roipool.cpu._tiles as tiles
+source = "import numba\\n@numba.njit(cache=True)\\ndef threads():\\n    return numba.get_num_threads()\\n"
+space = {}
+exec(compile(source, tiles.__file__, "exec"), space)  # as if defined in cpu/_tiles.py
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    print(space["threads"](), [str(w.message) for w in caught])
+"""
+
+
+def test_a_kernel_numba_cannot_cache_gets_a_warning_not_an_error(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(SOURCE), NUMBA_CACHE_DIR=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", UNCACHEABLE], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "Cannot cache compiled function" in result.stdout and "dynamic globals" in result.stdout

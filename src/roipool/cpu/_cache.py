@@ -39,6 +39,8 @@ class KernelSourcesLocator(caching._CacheLocator):
 
     def __init__(self, inner):
         self._inner = inner
+        # Numba names the source file in its "cannot cache" warning
+        self._py_file = getattr(inner, "_py_file", None)
 
     def ensure_cache_path(self):
         self._inner.ensure_cache_path()

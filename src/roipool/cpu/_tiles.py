@@ -67,15 +67,31 @@ def store_tile_lines(tile, stride, rows, cw, stage, dst, item, channels, c0, nhw
         copy_to_lines(stage, dst, (item * channels + c0) * rows, cw * rows)
 
 
-@numba.njit(nogil=True)
-def store_bin_row(row, pooled_w, channels, dst, start, nbins):
-    """``dst[start + c * nbins + pw] = row[pw * channels + c]``: one bin row, ``(PW, C)``, into
-    an NCHW output (a run of ``PW`` values per channel)."""
-    at, step = np.uint64(start), np.uint64(channels)
-    for c in range(channels):  # unsigned indices: no negative-index wraparound per access
-        to = at + np.uint64(c * nbins)
-        for pw in range(pooled_w):
-            dst[to + np.uint64(pw)] = row[np.uint64(pw) * step + np.uint64(c)]
+def channels_first_in_place(a: np.ndarray) -> None:
+    """Each item of ``a (items, rows, channels)`` (C-contiguous) replaced by its transpose: the
+    same memory then holds ``(items, channels, rows)``, an NCHW output written channels-last.
+    The caller holds :data:`_parallel.launch_lock`.
+
+    A task takes a run of items; each is copied into the task's own scratch
+    (``rows * channels`` values, in L2) and transposed back into its place,
+    ``lanes x lanes`` in registers: the copy has just brought the item's cache
+    lines in, so they are written without being fetched again. Only values
+    move, so the bits are those of ``a``.
+    """
+    if a.size:
+        _channels_first(a, min(a.shape[0], 8 * numba.get_num_threads()))
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _channels_first(a, tasks):
+    items, rows, channels = a.shape
+    af = a.reshape(-1)
+    n = rows * channels
+    for task in numba.prange(tasks):
+        scratch = np.empty(n, a.dtype)
+        for i in range(task * items // tasks, (task + 1) * items // tasks):
+            copy_run(af, i * n, scratch, 0, n)
+            transpose_tile(scratch, 0, channels, rows, channels, af, i * n, rows)
 
 
 def memory_order(a: np.ndarray) -> tuple[np.ndarray, bool]:

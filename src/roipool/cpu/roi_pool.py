@@ -27,11 +27,11 @@ not once per register block; the tile is transposed a block at a time,
 buffer in L1, which is then copied to the output as whole aligned cache
 lines (``_simd.copy_to_lines``): an output row is 49 values, so
 transposing straight into the output split most stores over two lines.
-On a large map the forwards sweep by bin rows into NCHW too: each bin row is
-pooled into a ``(PW, C)`` row in L1 (and one of argmax indices) and stored as
-a run of ``PW`` values per channel (``_tiles.store_bin_row``; ``maskrcnn``
-126 to 110 ms, then 103 to 89 with unsigned indices in that store; with
-argmax, about 12% faster than whole RoIs once the store was). Runs of RoIs,
+On a large map an NCHW output is swept into as well: the sweep writes it
+channels-last, in its own memory, and each RoI is then transposed in place
+(``_tiles.channels_first_in_place``; ``maskrcnn`` 100 to 67 ms into a fresh
+output, against bin rows swept into NCHW one run of ``PW`` values per
+channel). Runs of RoIs,
 or of pieces of bin rows (``bounds``, from ``_parallel.balanced_chunks``),
 are split between threads; each output element is written by exactly one
 thread.
@@ -62,7 +62,16 @@ from ._simd import (
     vsplat_index,
     vstore,
 )
-from ._tiles import bins_as, bins_order, copy_run, load_tile, memory_order, store_bin_row, store_tile, store_tile_lines
+from ._tiles import (
+    bins_as,
+    bins_order,
+    channels_first_in_place,
+    copy_run,
+    load_tile,
+    memory_order,
+    store_tile,
+    store_tile_lines,
+)
 from .geometry import roi_pool_bins
 
 # Vectors pooled together per bin pass (128 float32 / 64 float64 channels).
@@ -74,10 +83,10 @@ def forward(x, batch, hbins, wbins, bounds, items, out, nhwc, chunk):
     """``out (K, C, PH * PW)`` (or, ``nhwc``, ``(K, PH * PW, C)``) <- bin maxima of ``x (N, H, W, C)``; no argmax.
 
     ``batch (K,)``, ``hbins (K, PH, 2)``, ``wbins (K, PW, 2)`` come from
-    ``geometry.roi_pool_bins``. ``bounds`` splits ``items``, rows ``(RoI,
-    ph_lo, ph_hi, pw_lo, pw_hi)`` of bins to pool (pieces of bin rows,
-    ``_parallel.row_sweep``, or ``whole_rois``), into runs; with no items
-    (NCHW only) it splits the RoIs.
+    ``geometry.roi_pool_bins``. Into channels-last ``bounds`` splits
+    ``items``, rows ``(RoI, ph_lo, ph_hi, pw_lo, pw_hi)`` of bins to pool
+    (pieces of bin rows, ``_parallel.row_sweep``, or ``whole_rois``), into
+    runs; into NCHW there are no items and it splits the RoIs.
     ``chunk``: channels per NCHW tile (``_machine.tile_channels``). ``out``
     must be C-contiguous (it is written through a flat view); ``x`` should
     be (a strided ``x`` is copied first).
@@ -89,9 +98,9 @@ def forward(x, batch, hbins, wbins, bounds, items, out, nhwc, chunk):
     block = UNROLL * (VECTOR_BYTES // x.itemsize)
     pooled_w = wbins.shape[1]
     for run in numba.prange(bounds.shape[0] - 1):
-        if items.shape[0]:  # by pieces of bin rows, all channels of each bin in turn
+        if nhwc:  # by pieces of bin rows or whole RoIs, all channels of each bin in turn
             _pool_items(
-                xf, x.shape, batch, hbins, wbins, items, bounds[run], bounds[run + 1], outf, np.empty(0, np.int32), nhwc
+                xf, x.shape, batch, hbins, wbins, items, bounds[run], bounds[run + 1], outf, np.empty(0, np.int32)
             )
             continue
         tile = np.empty(nbins * chunk, x.dtype)
@@ -111,8 +120,7 @@ def forward(x, batch, hbins, wbins, bounds, items, out, nhwc, chunk):
 def forward_argmax(x, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chunk):
     """As :func:`forward`, also writing ``argmax`` (the shape and order of ``out``): ``h * W + w`` or -1.
 
-    ``out`` and ``argmax`` must be C-contiguous. Into NCHW a swept bin row goes through a
-    ``(pieces, C)`` row of maxima and one of indices, each stored as one run per channel.
+    ``out`` and ``argmax`` must be C-contiguous.
     """
     _, height, width, channels = x.shape
     xf = np.ascontiguousarray(x).reshape(-1)
@@ -122,8 +130,8 @@ def forward_argmax(x, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chu
     block = UNROLL * (VECTOR_BYTES // x.itemsize)
     pooled_w = wbins.shape[1]
     for run in numba.prange(bounds.shape[0] - 1):
-        if items.shape[0]:  # by pieces of bin rows or whole RoIs, as in forward
-            _pool_items(xf, x.shape, batch, hbins, wbins, items, bounds[run], bounds[run + 1], outf, argf, nhwc)
+        if nhwc:  # by pieces of bin rows or whole RoIs, as in forward
+            _pool_items(xf, x.shape, batch, hbins, wbins, items, bounds[run], bounds[run + 1], outf, argf)
             continue
         tile = np.empty(nbins * chunk, x.dtype)
         itile = np.empty(nbins * chunk, np.int32)
@@ -142,44 +150,22 @@ def forward_argmax(x, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chu
 
 
 @numba.njit(nogil=True)
-def _pool_items(xf, shape, batch, hbins, wbins, items, lo, hi, outf, argf, nhwc):
-    """The bins of ``items[lo:hi]`` (rows ``(RoI, ph_lo, ph_hi, pw_lo, pw_hi)``) into the flat
-    output ``outf``, ``(K, PH * PW, C)`` if ``nhwc`` else ``(K, C, PH * PW)``, and their argmax
-    into ``argf`` (the same shape), or no argmax if ``argf`` is empty.
-
-    Into channels-last each item goes straight into its RoI's ``(bins, C)`` rows. Into NCHW each
-    of its bin rows goes through a ``(pieces, C)`` row in L1 (and one of indices), stored as one
-    run of pieces per channel (``_tiles.store_bin_row``).
-    """
+def _pool_items(xf, shape, batch, hbins, wbins, items, lo, hi, outf, argf):
+    """The bins of ``items[lo:hi]`` (rows ``(RoI, ph_lo, ph_hi, pw_lo, pw_hi)``) straight into
+    their RoIs' ``(bins, C)`` rows of the flat channels-last output ``outf (K, PH * PW, C)``,
+    and their argmax into ``argf`` (the same shape), or no argmax if ``argf`` is empty."""
     _, height, width, channels = shape
     pooled_w = wbins.shape[1]
     nbins = hbins.shape[1] * pooled_w
-    with_argmax = argf.size > 0
-    row = np.empty(0 if nhwc else pooled_w * channels, xf.dtype)
-    irow = np.empty(0 if nhwc or not with_argmax else pooled_w * channels, np.int32)
     for i in range(lo, hi):
         k, ph_lo, ph_hi, pw_lo, pw_hi = items[i, 0], items[i, 1], items[i, 2], items[i, 3], items[i, 4]
         base = batch[k] * height * width * channels
-        wb = wbins[k, pw_lo:pw_hi]
-        if nhwc:
-            hb, out_at, row_step = (
-                hbins[k, ph_lo:ph_hi],
-                (k * nbins + ph_lo * pooled_w + pw_lo) * channels,
-                pooled_w * channels,
-            )
-            if with_argmax:
-                _pool_tile_argmax(xf, base, width, channels, channels, hb, wb, outf, argf, out_at, channels, row_step)
-            else:
-                _pool_tile(xf, base, width, channels, channels, hb, wb, outf, out_at, channels, row_step)
-            continue
-        for ph in range(ph_lo, ph_hi):
-            hb, at = hbins[k, ph : ph + 1], k * channels * nbins + ph * pooled_w + pw_lo
-            if with_argmax:
-                _pool_tile_argmax(xf, base, width, channels, channels, hb, wb, row, irow, 0, channels, 0)
-                store_bin_row(irow, pw_hi - pw_lo, channels, argf, at, nbins)
-            else:
-                _pool_tile(xf, base, width, channels, channels, hb, wb, row, 0, channels, 0)
-            store_bin_row(row, pw_hi - pw_lo, channels, outf, at, nbins)
+        hb, wb = hbins[k, ph_lo:ph_hi], wbins[k, pw_lo:pw_hi]
+        out_at, row_step = (k * nbins + ph_lo * pooled_w + pw_lo) * channels, pooled_w * channels
+        if argf.size:
+            _pool_tile_argmax(xf, base, width, channels, channels, hb, wb, outf, argf, out_at, channels, row_step)
+        else:
+            _pool_tile(xf, base, width, channels, channels, hb, wb, outf, out_at, channels, row_step)
 
 
 @numba.njit(nogil=True)
@@ -642,20 +628,25 @@ def _chunk(bins: RoIPoolBins, x_nhwc) -> int:
     return tile_channels(bins.pooled_h * bins.pooled_w, x_nhwc.shape[3], x_nhwc.itemsize, block)
 
 
-def _forward_items(x_nhwc, bins: RoIPoolBins, nhwc: bool) -> tuple[np.ndarray, np.ndarray]:
-    """``(bounds, items)`` of :func:`forward` and :func:`forward_argmax`: on a map larger than a
-    quarter of the L3 (``_machine.sweeps_map_rows``), pieces of bin rows in the order of a sweep
-    down strips of the map (into NCHW, whole bin rows: one strip); otherwise whole RoIs into
-    channels-last, or into NCHW the RoI runs alone (no items)."""
+def _forward_plan(x_nhwc, bins: RoIPoolBins, view, nhwc: bool):
+    """``(dst, bounds, items, transpose)``: how :func:`forward` and :func:`forward_argmax` fill
+    ``view`` (``_tiles.bins_order``).
+
+    On a map larger than a quarter of the L3 (``_machine.sweeps_map_rows``) they sweep down
+    strips of the map by pieces of bin rows, into channels-last; an NCHW ``view`` is then
+    written channels-last in its own memory (``dst``) and ``transpose`` says to turn each RoI
+    in place afterwards (``_tiles.channels_first_in_place``). On a smaller map they go RoI by
+    RoI: whole RoIs into channels-last, or into NCHW the RoI runs alone (no items).
+    """
+    k, channels = bins.num_rois, x_nhwc.shape[3]
     if not sweeps_map_rows(x_nhwc[0].nbytes):
         if not nhwc:
-            return bins.bounds, np.zeros((0, 5), np.int64)
-        return bins.bounds, whole_rois(bins.num_rois, bins.pooled_h, bins.pooled_w)
+            return view, bins.bounds, np.zeros((0, 5), np.int64), False
+        return view, bins.bounds, whole_rois(k, bins.pooled_h, bins.pooled_w), False
     rows, cols = np.diff(bins.hbins, axis=2)[:, :, 0], np.diff(bins.wbins, axis=2)[:, :, 0]
-    # into NCHW one strip wider than any first column (they are clipped to [0, W]): whole bin rows
-    strip = sweep_strip(sweep_band(rows, cols), x_nhwc.shape[3] * x_nhwc.itemsize) if nhwc else x_nhwc.shape[2] + 1
+    strip = sweep_strip(sweep_band(rows, cols), channels * x_nhwc.itemsize)
     items, bounds = row_sweep(bins.hbins[:, :, 0], bins.wbins[:, :, 0], rows, cols, bins.batch, x_nhwc.shape[1], strip)
-    return bounds, items
+    return (view, bounds, items, False) if nhwc else (view.reshape(k, -1, channels), bounds, items, True)
 
 
 def launch_forward(x_nhwc, bins: RoIPoolBins, out) -> None:
@@ -665,9 +656,13 @@ def launch_forward(x_nhwc, bins: RoIPoolBins, out) -> None:
     """
     if out.size:
         view, nhwc = bins_order(out)
-        bounds, items = _forward_items(x_nhwc, bins, nhwc)
+        dst, bounds, items, transpose = _forward_plan(x_nhwc, bins, view, nhwc)
         with launch_lock:
-            forward(x_nhwc, bins.batch, bins.hbins, bins.wbins, bounds, items, view, nhwc, _chunk(bins, x_nhwc))
+            forward(
+                x_nhwc, bins.batch, bins.hbins, bins.wbins, bounds, items, dst, nhwc or transpose, _chunk(bins, x_nhwc)
+            )
+            if transpose:
+                channels_first_in_place(dst)
 
 
 def launch_forward_argmax(x_nhwc, bins: RoIPoolBins, out, argmax) -> None:
@@ -677,11 +672,16 @@ def launch_forward_argmax(x_nhwc, bins: RoIPoolBins, out, argmax) -> None:
         arg_view, arg_nhwc = bins_order(argmax)
         if arg_nhwc != nhwc:
             raise ValueError("internal: out and argmax must be in the same memory order")
-        bounds, items = _forward_items(x_nhwc, bins, nhwc)
+        dst, bounds, items, transpose = _forward_plan(x_nhwc, bins, view, nhwc)
+        arg_dst = arg_view.reshape(dst.shape)
         with launch_lock:
             forward_argmax(
-                x_nhwc, bins.batch, bins.hbins, bins.wbins, bounds, items, view, arg_view, nhwc, _chunk(bins, x_nhwc)
-            )
+                x_nhwc, bins.batch, bins.hbins, bins.wbins, bounds, items, dst, arg_dst, nhwc or transpose,
+                _chunk(bins, x_nhwc),
+            )  # fmt: skip
+            if transpose:
+                channels_first_in_place(dst)
+                channels_first_in_place(arg_dst)
 
 
 def launch_backward(grad_out, argmax, batch, grad_in) -> None:
