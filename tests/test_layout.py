@@ -162,6 +162,39 @@ def test_the_map_row_sweep_gives_the_bits_of_whole_rois(name, size, kw, dtype, c
             assert got_part.tobytes() == want_part.tobytes() and got_part.flags.c_contiguous
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=str)
+@pytest.mark.parametrize(
+    "name, size, kw",
+    [
+        ("roi_align", (7, 7), dict(spatial_scale=0.5, sampling_ratio=2, aligned=True)),
+        ("roi_align", (3, 4), dict(spatial_scale=0.25, sampling_ratio=-1, aligned=False)),
+        ("prroi_pool", (5, 5), dict(spatial_scale=0.5)),
+    ],
+)
+def test_backward_tiles_give_the_bits_of_the_whole_map(name, size, kw, dtype, caches):
+    """When a backward task's scratch for the whole map is larger than a quarter of the L3, the map
+    is cut into tiles (``_machine.scratch_tile``; for a channels-last output gradient), each
+    summing only the taps that land in it, in the whole map's order: with 8 x 8 tiles (ragged at
+    the edges) the gradient keeps its bits, for boxes inside, across, outside and inverted."""
+    from roipool.cpu import _machine
+
+    backward = getattr(roipool, f"{name}_backward")
+    rng = np.random.default_rng(6)
+    shape = (2, 147, 21, 26)
+    boxes = rng.uniform([0, -4, -4, -4, -4], [2, 56, 46, 60, 50], (60, 5)).round(1)
+    boxes[:, 0] = rng.integers(0, 2, 60)
+    g = rng.standard_normal((60, 147, *size)).astype(dtype)  # sums that round: their order shows
+    caches(1 << 40, 1 << 40)
+    assert _machine.scratch_tile(21, 26, 147 * 8) == (21, 26)
+    want = backward(g, boxes, shape, size, **kw)
+    caches(1 << 10, 64)
+    assert _machine.scratch_tile(21, 26, 128 * 4) == (8, 8)
+    same_bytes(backward(nhwc(g), boxes, (2, 21, 26, 147), size, layout="nhwc", **kw), want)
+    assert backward(g, boxes, shape, size, **kw).tobytes() == want.tobytes()  # NCHW: not tiled
+    # a channels-last gradient into an NCHW one: tiled, each tile's rows transposed into the planes
+    assert backward(nhwc(g).transpose(0, 3, 1, 2), boxes, shape, size, **kw).tobytes() == want.tobytes()
+
+
 @pytest.mark.parametrize("name", ["roi_align", "prroi_pool"])
 def test_box_gradients_take_nhwc_arrays(name):
     x = make_map(np.float64)

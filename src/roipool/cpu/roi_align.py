@@ -63,11 +63,17 @@ derivatives (:func:`_axis_grad_weights`).
 Backward: threads take (image, channel block) pairs, so each owns the part
 of ``grad_input`` it writes: no atomics, and every element sums its
 contributions in the same order whatever the thread count (deterministic).
-A pair accumulates into a private channels-last ``(H, W, block)`` scratch
-that fits in L2, reading each RoI's gradient as a transposed ``(bins,
-block)`` tile, or in place when it is channels-last (the next RoI's is
-prefetched meanwhile), and finally writes the scratch into the gradient,
-transposed into ``(N, C, H, W)`` or copied into channels-last.
+A pair accumulates into a private channels-last ``(H, W, block)`` scratch,
+reading each RoI's gradient as a transposed ``(bins, block)`` tile, or in
+place when it is channels-last (the next RoI's is prefetched meanwhile), and
+finally writes the scratch into the gradient, transposed into ``(N, C, H,
+W)`` or copied into channels-last. When that scratch is larger than a
+quarter of the L3 (28 MB on ``maskrcnn``) the pairs are cut further into
+tiles of the map whose scratch is the L2's size (``_machine.scratch_tile``):
+a task visits the RoIs that reach its tile, in the same order, and sums only
+the taps that land in it, so the sums are the same bits. Only a
+channels-last gradient is tiled: it is read in place, a bin at a time
+(``maskrcnn`` kernel 62-71 to 43-45 ms).
 """
 
 from __future__ import annotations
@@ -76,7 +82,7 @@ import numba
 import numpy as np
 
 from .. import _checks
-from ._machine import sweep_strip, sweeps_map_rows
+from ._machine import scratch_tile, sweep_strip, sweeps_map_rows
 from ._parallel import balanced_chunks, launch_lock, row_sweep, sweep_band, whole_rois
 from ._simd import VECTOR_BYTES, prefetch, transpose_tile, vload, vmuladd, vstore, vzeros
 from ._tiles import (
@@ -86,7 +92,6 @@ from ._tiles import (
     copy_run,
     load_tile,
     memory_order,
-    store_tile,
     store_tile_lines,
 )
 from .geometry import _grid, _sample_position, _window, bilinear_corners, roi_align_taps
@@ -297,31 +302,43 @@ def _forward_bins(
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def backward(grad_out, go_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, order, starts, block, path, grad_in, gi_nhwc):
+def backward(
+    grad_out, go_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, order, starts, block, tile_h, tile_w, path, grad_in,
+    gi_nhwc,
+):  # fmt: skip
     """``grad_in (N, C, H, W)`` <- the adjoint of :func:`forward` applied to ``grad_out (K, C, PH * PW)``.
 
     With ``go_nhwc`` ``grad_out`` is ``(K, PH * PW, C)``; with ``gi_nhwc``
     ``grad_in`` is ``(N, H, W, C)``. Every element of ``grad_in`` is
     written. The RoIs of image ``n`` are ``order[starts[n]:starts[n + 1]]``,
-    ascending. (image, ``block`` channels) pairs are the unit of parallel
-    work; ``block`` must be a multiple of the vector lanes. Both arrays must
-    be C-contiguous.
+    ascending. (image, ``block`` channels, tile of ``tile_h x tile_w`` cells)
+    triples are the unit of parallel work; ``block`` must be a multiple of the
+    vector lanes. A task sums only the taps that land in its tile, in the
+    order of the whole map's sums, so the tiles change no bit. Both arrays must
+    be C-contiguous; with more than one tile ``grad_out`` should be
+    channels-last (an NCHW one is re-read whole for every tile a RoI touches).
     """
     nbins, channels = grad_out.shape[1:] if go_nhwc else grad_out.shape[:0:-1]
     images, height, width = grad_in.shape[:3] if gi_nhwc else (grad_in.shape[0], grad_in.shape[2], grad_in.shape[3])
     gof = grad_out.reshape(-1)
     gif = grad_in.reshape(-1)
-    cells = height * width
     nblocks = (channels + block - 1) // block
-    for item in numba.prange(images * nblocks):
-        n = item // nblocks
-        c0 = (item % nblocks) * block
+    tile_rows, tile_cols = (height + tile_h - 1) // tile_h, (width + tile_w - 1) // tile_w
+    tiles = tile_rows * tile_cols
+    for item in numba.prange(images * nblocks * tiles):
+        n = item // (nblocks * tiles)
+        c0 = (item // tiles % nblocks) * block
         cw = min(block, channels - c0)
-        acc = np.zeros(cells * block, grad_out.dtype)  # (H, W, block), channels-last
+        h0, w0 = item % tiles // tile_cols * tile_h, item % tiles % tile_cols * tile_w
+        th, tw = min(tile_h, height - h0), min(tile_w, width - w0)
+        acc = np.zeros(th * tw * block, grad_out.dtype)  # the tile's (th, tw, block), channels-last
         g = np.empty(nbins * block, grad_out.dtype)
-        cols = np.empty(width * block, grad_out.dtype)
+        cols = np.empty(tw * block, grad_out.dtype)
+        jr = np.empty((wptr.shape[1] - 1, 2), np.int64)
         for r in range(starts[n], starts[n + 1]):
             k = order[r]
+            if not _taps_meet(hptr[k], hidx, h0, h0 + th) or not _taps_meet(wptr[k], widx, w0, w0 + tw):
+                continue
             # bin b's gradient is src[gbase + b * gstride + c]: read in place from a
             # channels-last grad_out, else from a transposed tile
             if go_nhwc:
@@ -329,66 +346,111 @@ def backward(grad_out, go_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, order, 
             else:
                 load_tile(gof, k, channels, c0, nbins, cw, g, block, False)
                 src, gbase, gstride = g, 0, block
-            # While this RoI is summed, the next one's gradient comes in from
-            # memory (a hint per bin, so the loads overlap the arithmetic).
+            # While this RoI is summed, the next one's gradient comes in from memory (a
+            # hint per bin, so the loads overlap the arithmetic); with one tile only.
             ahead = ahead_len = 0
-            if r + 1 < starts[n + 1]:
+            if r + 1 < starts[n + 1] and tiles == 1:
                 ahead = order[r + 1] * channels * nbins + (c0 if go_nhwc else c0 * nbins)
                 ahead_len = cw * nbins
             ahead_step = channels if go_nhwc else 0
             cmin, span = _column_span(wptr[k], widx)
             if _rows_first_pays(hptr[k], wptr[k], span, path):
                 _backward_rows_first(
-                    src, gbase, gstride, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, width,
-                    cmin, span, cols, block, gof, ahead, ahead_len, ahead_step,
+                    src, gbase, gstride, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, h0, w0, th, tw,
+                    max(cmin, w0), min(cmin + span, w0 + tw) - max(cmin, w0), cols, block, gof, ahead, ahead_len,
+                    ahead_step,
                 )  # fmt: skip
             else:
                 _backward_direct(
-                    src, gbase, gstride, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, width, block,
-                    gof, ahead, ahead_len, ahead_step,
+                    src, gbase, gstride, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, h0, w0, th, tw, block,
+                    jr, gof, ahead, ahead_len, ahead_step,
                 )  # fmt: skip
-        store_tile(acc, block, cells, cw, gif, n, channels, c0, gi_nhwc)
+        # the tile into the gradient, a row of cells at a time (all at once when they are whole map rows)
+        run, plane = tw if tw < width else th * tw, height * width
+        for h in range(0, th, 1 if tw < width else th):
+            cell, at = (h0 + h) * width + w0, h * tw * block
+            if gi_nhwc:
+                for w in range(run):
+                    copy_run(acc, at + w * block, gif, (n * plane + cell + w) * channels + c0, cw)
+            else:
+                transpose_tile(acc, at, block, run, cw, gif, (n * channels + c0) * plane + cell, plane)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _taps_meet(ptr, idx, lo, hi):
+    """Whether any tap of ``ptr`` (one RoI's ``(P + 1,)`` bin offsets into ``idx``, ascending
+    within each bin; an inverted aligned box has bins in descending order) reads a row
+    (column) in ``[lo, hi)``."""
+    for p in range(ptr.shape[0] - 1):
+        if ptr[p] < ptr[p + 1] and idx[ptr[p]] < hi and idx[ptr[p + 1] - 1] >= lo:
+            return True
+    return False
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _taps_within(ptr, idx, p, lo, hi):
+    """``(m0, m1)``: the taps of bin ``p`` of ``ptr`` (ascending in ``idx``) that read ``[lo, hi)``."""
+    m0, m1 = ptr[p], ptr[p + 1]
+    while m0 < m1 and idx[m0] < lo:
+        m0 += 1
+    while m1 > m0 and idx[m1 - 1] >= hi:
+        m1 -= 1
+    return m0, m1
 
 
 @numba.njit(cache=True, nogil=True)
 def _backward_direct(
-    g, gbase, gstride, cw, hptr, hidx, hwt, wptr, widx, wwt, acc, width, stride, ahead, ahead_start, ahead_len,
-    ahead_step,
+    g, gbase, gstride, cw, hptr, hidx, hwt, wptr, widx, wwt, acc, h0, w0, th, tw, stride, jr, ahead, ahead_start,
+    ahead_len, ahead_step,
 ):  # fmt: skip
-    """``acc[(h * width + w) * stride + c] +=`` the taps of one RoI weighted by bin ``b``'s
-    gradient ``g[gbase + b * gstride + c]``, ``c < cw``.
+    """``acc[((h - h0) * tw + w - w0) * stride + c] +=`` the taps of one RoI that land in the tile
+    ``[h0, h0 + th) x [w0, w0 + tw)``, weighted by bin ``b``'s gradient ``g[gbase + b * gstride + c]``,
+    ``c < cw``; ``jr (>= PW, 2)``: scratch.
 
     Prefetches the next RoI's gradient on the way (:func:`_prefetch_part`).
     """
     pooled_h = hptr.shape[0] - 1
     pooled_w = wptr.shape[0] - 1
+    base = -(h0 * tw + w0) * stride
+    for pw in range(pooled_w):
+        jr[pw, 0], jr[pw, 1] = _taps_within(wptr, widx, pw, w0, w0 + tw)  # bin column pw's taps in the tile
     for ph in range(pooled_h):
+        i0, i1 = _taps_within(hptr, hidx, ph, h0, h0 + th)
         for pw in range(pooled_w):
             _prefetch_part(ahead, ahead_start, ahead_len, ahead_step, ph * pooled_w + pw, pooled_h * pooled_w)
-            _scatter2(
-                g, gbase + (ph * pooled_w + pw) * gstride, acc, 0, width * stride, hidx, hwt, hptr[ph],
-                hptr[ph + 1], stride, widx, wwt, wptr[pw], wptr[pw + 1], cw,
-            )  # fmt: skip
+            if i0 < i1 and jr[pw, 0] < jr[pw, 1]:
+                _scatter2(
+                    g, gbase + (ph * pooled_w + pw) * gstride, acc, base, tw * stride, hidx, hwt, i0, i1, stride,
+                    widx, wwt, jr[pw, 0], jr[pw, 1], cw,
+                )  # fmt: skip
 
 
 @numba.njit(cache=True, nogil=True)
 def _backward_rows_first(
-    g, gbase, gstride, cw, hptr, hidx, hwt, wptr, widx, wwt, acc, width, cmin, span, cols, stride,
+    g, gbase, gstride, cw, hptr, hidx, hwt, wptr, widx, wwt, acc, h0, w0, th, tw, cmin, span, cols, stride,
     ahead, ahead_start, ahead_len, ahead_step,
 ):  # fmt: skip
     """As :func:`_backward_direct`, gathering each bin row's gradient per column first
-    (``cols (>= span * stride)`` is scratch), then spreading it over the row taps."""
+    (columns ``[cmin, cmin + span)``, those of the RoI in the tile; ``cols (>= span * stride)``
+    is scratch), then spreading it over the row taps."""
     pooled_h = hptr.shape[0] - 1
     pooled_w = wptr.shape[0] - 1
     for ph in range(pooled_h):
+        i0, i1 = _taps_within(hptr, hidx, ph, h0, h0 + th)
+        if i0 == i1 or span <= 0:
+            for pw in range(pooled_w):
+                _prefetch_part(ahead, ahead_start, ahead_len, ahead_step, ph * pooled_w + pw, pooled_h * pooled_w)
+            continue
         cols[: span * stride] = 0
         for pw in range(pooled_w):
             _prefetch_part(ahead, ahead_start, ahead_len, ahead_step, ph * pooled_w + pw, pooled_h * pooled_w)
             # cols[u] gathers column cmin + u
             b = ph * pooled_w + pw
-            _scatter(g, gbase + b * gstride, cols, -cmin * stride, stride, widx, wwt, wptr[pw], wptr[pw + 1], cw)
+            j0, j1 = _taps_within(wptr, widx, pw, cmin, cmin + span)
+            _scatter(g, gbase + b * gstride, cols, -cmin * stride, stride, widx, wwt, j0, j1, cw)
         for u in range(span):
-            _scatter(cols, u * stride, acc, (cmin + u) * stride, width * stride, hidx, hwt, hptr[ph], hptr[ph + 1], cw)
+            at = (cmin + u - w0 - h0 * tw) * stride
+            _scatter(cols, u * stride, acc, at, tw * stride, hidx, hwt, i0, i1, cw)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -705,13 +767,17 @@ def launch_backward(grad_out, taps: RoIAlignTaps, grad_in) -> None:
     if not grad_out.size:
         grad_in[...] = 0
         return
-    images, channels = grad_in.shape[:2]
+    images, channels, height, width = grad_in.shape
     go, go_nhwc = bins_order(grad_out, copy=True)
     gi, gi_nhwc = memory_order(grad_in)
     order, starts = rois_by_image(taps.batch, images)
     block = channel_block(channels, images, grad_out.itemsize, numba.get_num_threads())
+    # Tiles only for a channels-last gradient, read in place: an NCHW one is re-read whole for each
+    # tile a RoI reaches, and its channels-last copy cost more than the tiles saved (maskrcnn NumPy
+    # backward 74-76 -> 89-95 ms with the copy).
+    tile_h, tile_w = scratch_tile(height, width, block * grad_out.itemsize) if go_nhwc else (height, width)
     with launch_lock:
-        backward(go, go_nhwc, *taps.arrays, order, starts, block, TAP_EVALUATION, gi, gi_nhwc)
+        backward(go, go_nhwc, *taps.arrays, order, starts, block, tile_h, tile_w, TAP_EVALUATION, gi, gi_nhwc)
 
 
 def channel_block(channels: int, images: int, itemsize: int, threads: int) -> int:
@@ -723,8 +789,8 @@ def channel_block(channels: int, images: int, itemsize: int, threads: int) -> in
     channels, where a channel outside a full register block costs 1.5 times
     as much: it goes one vector at a time, re-reading the taps for each
     (measured 1.4 to 1.7 times slower on the vgg16 workload). Ties go to the
-    wider block. Each task keeps an ``(H, W, block)`` scratch, which stays in
-    L2 for maps of detection size.
+    wider block. Each task keeps an ``(H, W, block)`` scratch (or a tile of it,
+    ``_machine.scratch_tile``).
     """
     lanes = VECTOR_BYTES // itemsize
     full = UNROLL * lanes
