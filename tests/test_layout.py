@@ -171,11 +171,12 @@ def test_the_map_row_sweep_gives_the_bits_of_whole_rois(name, size, kw, dtype, c
         ("prroi_pool", (5, 5), dict(spatial_scale=0.5)),
     ],
 )
-def test_backward_tiles_give_the_bits_of_the_whole_map(name, size, kw, dtype, caches):
+def test_backward_bands_give_the_bits_of_the_whole_map(name, size, kw, dtype, caches):
     """When a backward task's scratch for the whole map is larger than a quarter of the L3, the map
-    is cut into tiles (``_machine.scratch_tile``; for a channels-last output gradient), each
-    summing only the taps that land in it, in the whole map's order: with 8 x 8 tiles (ragged at
-    the edges) the gradient keeps its bits, for boxes inside, across, outside and inverted."""
+    is cut into bands of rows (``_machine.scratch_band``), each task summing only the taps that land
+    in its band, in the whole map's order: with bands of one row, which cut every bin row, the
+    gradient keeps its bits, from NCHW and channels-last gradients into either layout, for boxes
+    inside, across, outside and inverted."""
     from roipool.cpu import _machine
 
     backward = getattr(roipool, f"{name}_backward")
@@ -185,13 +186,13 @@ def test_backward_tiles_give_the_bits_of_the_whole_map(name, size, kw, dtype, ca
     boxes[:, 0] = rng.integers(0, 2, 60)
     g = rng.standard_normal((60, 147, *size)).astype(dtype)  # sums that round: their order shows
     caches(1 << 40, 1 << 40)
-    assert _machine.scratch_tile(21, 26, 147 * 8) == (21, 26)
+    assert _machine.scratch_band(21, 26, 128 * 8, 2) == 21
     want = backward(g, boxes, shape, size, **kw)
     caches(1 << 10, 64)
-    assert _machine.scratch_tile(21, 26, 128 * 4) == (8, 8)
+    assert _machine.scratch_band(21, 26, 128 * 4, 2) == 1
+    assert backward(g, boxes, shape, size, **kw).tobytes() == want.tobytes()
     same_bytes(backward(nhwc(g), boxes, (2, 21, 26, 147), size, layout="nhwc", **kw), want)
-    assert backward(g, boxes, shape, size, **kw).tobytes() == want.tobytes()  # NCHW: not tiled
-    # a channels-last gradient into an NCHW one: tiled, each tile's rows transposed into the planes
+    # a channels-last gradient into an NCHW one
     assert backward(nhwc(g).transpose(0, 3, 1, 2), boxes, shape, size, **kw).tobytes() == want.tobytes()
 
 

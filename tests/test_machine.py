@@ -170,21 +170,21 @@ def test_roi_pool_gives_the_same_bits_whatever_the_l2(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "l2, l3, height, width, cell_bytes, want",
+    "l2, l3, height, width, cell_bytes, threads, want",
     [
-        (1 << 20, 36 << 20, 200, 272, 512, (45, 45)),  # maskrcnn's 28 MB scratch: a tile of 1 MiB
-        (512 << 10, 32 << 20, 200, 272, 512, (32, 32)),  # Zen 3's 512 KiB
-        (1 << 20, 36 << 20, 38, 50, 512, (38, 50)),  # vgg16's 1 MB: the whole map (under a quarter of L3)
-        (1 << 20, 6_553_600, 40, 20, 2048, (40, 20)),  # 1.6 MB: exactly a quarter of the L3
-        (1 << 20, 6_553_596, 40, 20, 2048, (25, 20)),  # a byte more than a quarter: 512-cell tiles
-        (1 << 20, 1 << 20, 300, 20, 512, (102, 20)),  # a narrow map: whole rows
-        (1 << 10, 64, 21, 26, 512, (8, 8)),  # never under 8 x 8
+        (1 << 20, 36 << 20, 200, 272, 512, 2, 33),  # maskrcnn's 28 MB scratch: 4.5 MiB bands
+        (512 << 10, 32 << 20, 200, 272, 512, 2, 30),  # Zen 3's L3 of 32 MiB: 4 MiB
+        (1 << 20, 36 << 20, 200, 272, 512, 16, 7),  # more threads, smaller shares, but at least the L2
+        (1 << 20, 36 << 20, 38, 50, 512, 2, 38),  # vgg16's 1 MB: the whole map (under a quarter of L3)
+        (1 << 20, 6_553_600, 40, 20, 2048, 2, 40),  # 1.6 MB: exactly a quarter of the L3
+        (1 << 20, 6_553_596, 40, 20, 2048, 2, 25),  # a byte more: bands of the L2 (25 rows of 40 KiB)
+        (1 << 10, 64, 21, 26, 512, 2, 1),  # never under one row
     ],
 )
-def test_scratch_tile_is_the_whole_map_unless_its_scratch_is_large(
-    monkeypatch, l2, l3, height, width, cell_bytes, want
+def test_scratch_band_is_the_whole_map_unless_its_scratch_is_large(
+    monkeypatch, l2, l3, height, width, cell_bytes, threads, want
 ):
     monkeypatch.setenv("ROIPOOL_L2_BYTES", str(l2))
     monkeypatch.setenv("ROIPOOL_L3_BYTES", str(l3))
     clear()
-    assert _machine.scratch_tile(height, width, cell_bytes) == want
+    assert _machine.scratch_band(height, width, cell_bytes, threads) == want

@@ -12,7 +12,6 @@ smaller of the two, so a choice made from it errs towards the smaller cache.
 from __future__ import annotations
 
 import functools
-import math
 import os
 
 #: Assumed L2 per core when the machine does not say: AMD Zen 3's, the smallest we tune for.
@@ -107,20 +106,20 @@ def tile_channels(rows: int, channels: int, itemsize: int, block: int) -> int:
     return max(block, min(fit, -(-channels // block) * block))
 
 
-def scratch_tile(height: int, width: int, cell_bytes: int) -> tuple[int, int]:
-    """``(rows, columns)`` of the map a backward task sums into its own scratch of ``cell_bytes``
-    per cell: the whole ``height x width`` map, unless that scratch is larger than a quarter of
-    :func:`l3_bytes` (as :func:`sweeps_map_rows` asks of the map); then a tile about square
-    whose scratch is as large as :func:`l2_bytes` (at least 8 x 8), so that the scattered sums
-    come from L2.
+def scratch_band(height: int, width: int, cell_bytes: int, threads: int) -> int:
+    """Map rows per band of a backward task, whose scratch holds ``cell_bytes`` per cell: all
+    ``height`` rows, unless the whole map's scratch is larger than a quarter of :func:`l3_bytes`
+    (as :func:`sweeps_map_rows` asks of the map); then as many whole rows (at least one) as fill
+    an equal share of a quarter of the L3 for each of ``threads`` tasks, and no less than
+    :func:`l2_bytes`, so that the scattered sums stay in cache.
 
-    Measured on Cascade Lake (1 MiB of L2) with ``maskrcnn``'s ``roi_align`` backward, whose
-    whole-map scratch is 28 MB per 128 channels: channels-last kernel 62 to 71 ms with the whole
-    map, 43 to 45 with tiles whose scratch is half, once, twice or four times the L2, 55 with a
-    quarter and 71 with an eighth (more tiles cost more than the L2 saves).
+    Measured on Cascade Lake (1 MiB of L2, 36 MiB of L3, 2 threads) with ``maskrcnn``'s
+    ``roi_align`` backward, whose whole-map scratch is 28 MB per 128 channels (the rule gives
+    32 rows of 272 cells of 512 bytes): from an NCHW gradient, 73-75 ms with the whole map,
+    84, 66, 60-61, 67 and 73 with bands of 7, 14, 28, 56 and 112 rows; from a channels-last one,
+    about 52 with 28 rows and with 45 x 45-cell tiles of 1 MiB (62-71 with the whole map).
     """
     if height * width * cell_bytes <= l3_bytes() // 4:
-        return height, width
-    fit = max(l2_bytes() // max(cell_bytes, 1), 64)
-    cols = min(width, max(8, math.isqrt(fit)))
-    return min(height, max(8, fit // cols)), cols
+        return max(height, 1)
+    budget = max(l3_bytes() // 4 // max(threads, 1), l2_bytes())
+    return max(1, min(height, budget // max(width * cell_bytes, 1)))

@@ -69,11 +69,12 @@ place when it is channels-last (the next RoI's is prefetched meanwhile), and
 finally writes the scratch into the gradient, transposed into ``(N, C, H,
 W)`` or copied into channels-last. When that scratch is larger than a
 quarter of the L3 (28 MB on ``maskrcnn``) the pairs are cut further into
-tiles of the map whose scratch is the L2's size (``_machine.scratch_tile``):
-a task visits the RoIs that reach its tile, in the same order, and sums only
-the taps that land in it, so the sums are the same bits. Only a
-channels-last gradient is tiled: it is read in place, a bin at a time
-(``maskrcnn`` kernel 62-71 to 43-45 ms).
+bands of whole map rows, each task's scratch an equal share of a quarter of
+the L3 (``_machine.scratch_band``: 33 rows, 4.5 MiB on ``maskrcnn`` here): a
+task visits the RoIs whose taps reach its band, in the same order, reads
+the gradient of only the bin rows that do, and sums only the row taps that
+land in the band, so the sums are the same bits (``maskrcnn`` NumPy
+backward 65-68 to 49-50 ms channels-last, 74-78 to 62-63 NCHW).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ import numba
 import numpy as np
 
 from .. import _checks
-from ._machine import scratch_tile, sweep_strip, sweeps_map_rows
+from ._machine import scratch_band, sweep_strip, sweeps_map_rows
 from ._parallel import balanced_chunks, launch_lock, row_sweep, sweep_band, whole_rois
 from ._simd import VECTOR_BYTES, prefetch, transpose_tile, vload, vmuladd, vstore, vzeros
 from ._tiles import (
@@ -303,88 +304,88 @@ def _forward_bins(
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def backward(
-    grad_out, go_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, order, starts, block, tile_h, tile_w, path, grad_in,
-    gi_nhwc,
-):  # fmt: skip
+    grad_out, go_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, order, starts, block, band, path, grad_in, gi_nhwc
+):
     """``grad_in (N, C, H, W)`` <- the adjoint of :func:`forward` applied to ``grad_out (K, C, PH * PW)``.
 
     With ``go_nhwc`` ``grad_out`` is ``(K, PH * PW, C)``; with ``gi_nhwc``
     ``grad_in`` is ``(N, H, W, C)``. Every element of ``grad_in`` is
     written. The RoIs of image ``n`` are ``order[starts[n]:starts[n + 1]]``,
-    ascending. (image, ``block`` channels, tile of ``tile_h x tile_w`` cells)
+    ascending. (image, ``block`` channels, band of ``band`` map rows)
     triples are the unit of parallel work; ``block`` must be a multiple of the
-    vector lanes. A task sums only the taps that land in its tile, in the
-    order of the whole map's sums, so the tiles change no bit. Both arrays must
-    be C-contiguous; with more than one tile ``grad_out`` should be
-    channels-last (an NCHW one is re-read whole for every tile a RoI touches).
+    vector lanes. A task sums only the taps that land in its band, in the
+    order of the whole map's sums, so the bands change no bit. Both arrays must
+    be C-contiguous.
     """
     nbins, channels = grad_out.shape[1:] if go_nhwc else grad_out.shape[:0:-1]
     images, height, width = grad_in.shape[:3] if gi_nhwc else (grad_in.shape[0], grad_in.shape[2], grad_in.shape[3])
     gof = grad_out.reshape(-1)
     gif = grad_in.reshape(-1)
     nblocks = (channels + block - 1) // block
-    tile_rows, tile_cols = (height + tile_h - 1) // tile_h, (width + tile_w - 1) // tile_w
-    tiles = tile_rows * tile_cols
-    for item in numba.prange(images * nblocks * tiles):
-        n = item // (nblocks * tiles)
-        c0 = (item // tiles % nblocks) * block
+    pooled_w = wptr.shape[1] - 1
+    bands = (height + band - 1) // band
+    plane = height * width
+    for item in numba.prange(images * nblocks * bands):
+        n = item // (nblocks * bands)
+        c0 = (item // bands % nblocks) * block
         cw = min(block, channels - c0)
-        h0, w0 = item % tiles // tile_cols * tile_h, item % tiles % tile_cols * tile_w
-        th, tw = min(tile_h, height - h0), min(tile_w, width - w0)
-        acc = np.zeros(th * tw * block, grad_out.dtype)  # the tile's (th, tw, block), channels-last
+        h0 = item % bands * band
+        h1 = min(h0 + band, height)
+        acc = np.zeros((h1 - h0) * width * block, grad_out.dtype)  # the band's (rows, W, block), channels-last
         g = np.empty(nbins * block, grad_out.dtype)
-        cols = np.empty(tw * block, grad_out.dtype)
-        jr = np.empty((wptr.shape[1] - 1, 2), np.int64)
+        cols = np.empty(width * block, grad_out.dtype)
         for r in range(starts[n], starts[n + 1]):
             k = order[r]
-            if not _taps_meet(hptr[k], hidx, h0, h0 + th) or not _taps_meet(wptr[k], widx, w0, w0 + tw):
+            pa, pb = _bins_meeting(hptr[k], hidx, h0, h1)  # the bin rows with taps in the band
+            if pa == pb:
                 continue
             # bin b's gradient is src[gbase + b * gstride + c]: read in place from a
-            # channels-last grad_out, else from a transposed tile
+            # channels-last grad_out, else from a transposed tile of the bin rows needed
             if go_nhwc:
                 src, gbase, gstride = gof, k * nbins * channels + c0, channels
             else:
-                load_tile(gof, k, channels, c0, nbins, cw, g, block, False)
+                transpose_tile(
+                    gof, (k * channels + c0) * nbins + pa * pooled_w, nbins, cw, (pb - pa) * pooled_w, g,
+                    pa * pooled_w * block, block,
+                )  # fmt: skip
                 src, gbase, gstride = g, 0, block
             # While this RoI is summed, the next one's gradient comes in from memory (a
-            # hint per bin, so the loads overlap the arithmetic); with one tile only.
+            # hint per bin, so the loads overlap the arithmetic); with one band only.
             ahead = ahead_len = 0
-            if r + 1 < starts[n + 1] and tiles == 1:
+            if r + 1 < starts[n + 1] and bands == 1:
                 ahead = order[r + 1] * channels * nbins + (c0 if go_nhwc else c0 * nbins)
                 ahead_len = cw * nbins
             ahead_step = channels if go_nhwc else 0
             cmin, span = _column_span(wptr[k], widx)
             if _rows_first_pays(hptr[k], wptr[k], span, path):
                 _backward_rows_first(
-                    src, gbase, gstride, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, h0, w0, th, tw,
-                    max(cmin, w0), min(cmin + span, w0 + tw) - max(cmin, w0), cols, block, gof, ahead, ahead_len,
-                    ahead_step,
+                    src, gbase, gstride, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, h0, h1, width,
+                    cmin, span, cols, block, gof, ahead, ahead_len, ahead_step,
                 )  # fmt: skip
             else:
                 _backward_direct(
-                    src, gbase, gstride, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, h0, w0, th, tw, block,
-                    jr, gof, ahead, ahead_len, ahead_step,
+                    src, gbase, gstride, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, h0, h1, width, block,
+                    gof, ahead, ahead_len, ahead_step,
                 )  # fmt: skip
-        # the tile into the gradient, a row of cells at a time (all at once when they are whole map rows)
-        run, plane = tw if tw < width else th * tw, height * width
-        for h in range(0, th, 1 if tw < width else th):
-            cell, at = (h0 + h) * width + w0, h * tw * block
-            if gi_nhwc:
-                for w in range(run):
-                    copy_run(acc, at + w * block, gif, (n * plane + cell + w) * channels + c0, cw)
-            else:
-                transpose_tile(acc, at, block, run, cw, gif, (n * channels + c0) * plane + cell, plane)
+        # the band into the gradient: its cells are contiguous there too
+        if gi_nhwc:
+            at = n * plane + h0 * width
+            for cell in range((h1 - h0) * width):
+                copy_run(acc, cell * block, gif, (at + cell) * channels + c0, cw)
+        else:
+            transpose_tile(acc, 0, block, (h1 - h0) * width, cw, gif, (n * channels + c0) * plane + h0 * width, plane)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _taps_meet(ptr, idx, lo, hi):
-    """Whether any tap of ``ptr`` (one RoI's ``(P + 1,)`` bin offsets into ``idx``, ascending
-    within each bin; an inverted aligned box has bins in descending order) reads a row
-    (column) in ``[lo, hi)``."""
+def _bins_meeting(ptr, idx, lo, hi):
+    """``(pa, pb)``: bins ``[pa, pb)`` of ``ptr`` (one RoI's ``(P + 1,)`` offsets into ``idx``,
+    ascending within each bin; an inverted aligned box has its bins in descending order) span
+    every bin with a tap in ``[lo, hi)``; ``pa == pb`` if none has."""
+    pa, pb = ptr.shape[0] - 1, 0
     for p in range(ptr.shape[0] - 1):
         if ptr[p] < ptr[p + 1] and idx[ptr[p]] < hi and idx[ptr[p + 1] - 1] >= lo:
-            return True
-    return False
+            pa, pb = min(pa, p), p + 1
+    return pa, max(pa, pb)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -400,44 +401,39 @@ def _taps_within(ptr, idx, p, lo, hi):
 
 @numba.njit(cache=True, nogil=True)
 def _backward_direct(
-    g, gbase, gstride, cw, hptr, hidx, hwt, wptr, widx, wwt, acc, h0, w0, th, tw, stride, jr, ahead, ahead_start,
+    g, gbase, gstride, cw, hptr, hidx, hwt, wptr, widx, wwt, acc, h0, h1, width, stride, ahead, ahead_start,
     ahead_len, ahead_step,
 ):  # fmt: skip
-    """``acc[((h - h0) * tw + w - w0) * stride + c] +=`` the taps of one RoI that land in the tile
-    ``[h0, h0 + th) x [w0, w0 + tw)``, weighted by bin ``b``'s gradient ``g[gbase + b * gstride + c]``,
-    ``c < cw``; ``jr (>= PW, 2)``: scratch.
+    """``acc[((h - h0) * width + w) * stride + c] +=`` the taps of one RoI in map rows ``[h0, h1)``,
+    weighted by bin ``b``'s gradient ``g[gbase + b * gstride + c]``, ``c < cw``.
 
     Prefetches the next RoI's gradient on the way (:func:`_prefetch_part`).
     """
     pooled_h = hptr.shape[0] - 1
     pooled_w = wptr.shape[0] - 1
-    base = -(h0 * tw + w0) * stride
-    for pw in range(pooled_w):
-        jr[pw, 0], jr[pw, 1] = _taps_within(wptr, widx, pw, w0, w0 + tw)  # bin column pw's taps in the tile
     for ph in range(pooled_h):
-        i0, i1 = _taps_within(hptr, hidx, ph, h0, h0 + th)
+        i0, i1 = _taps_within(hptr, hidx, ph, h0, h1)
         for pw in range(pooled_w):
             _prefetch_part(ahead, ahead_start, ahead_len, ahead_step, ph * pooled_w + pw, pooled_h * pooled_w)
-            if i0 < i1 and jr[pw, 0] < jr[pw, 1]:
+            if i0 < i1:
                 _scatter2(
-                    g, gbase + (ph * pooled_w + pw) * gstride, acc, base, tw * stride, hidx, hwt, i0, i1, stride,
-                    widx, wwt, jr[pw, 0], jr[pw, 1], cw,
+                    g, gbase + (ph * pooled_w + pw) * gstride, acc, -h0 * width * stride, width * stride, hidx, hwt,
+                    i0, i1, stride, widx, wwt, wptr[pw], wptr[pw + 1], cw,
                 )  # fmt: skip
 
 
 @numba.njit(cache=True, nogil=True)
 def _backward_rows_first(
-    g, gbase, gstride, cw, hptr, hidx, hwt, wptr, widx, wwt, acc, h0, w0, th, tw, cmin, span, cols, stride,
+    g, gbase, gstride, cw, hptr, hidx, hwt, wptr, widx, wwt, acc, h0, h1, width, cmin, span, cols, stride,
     ahead, ahead_start, ahead_len, ahead_step,
 ):  # fmt: skip
     """As :func:`_backward_direct`, gathering each bin row's gradient per column first
-    (columns ``[cmin, cmin + span)``, those of the RoI in the tile; ``cols (>= span * stride)``
-    is scratch), then spreading it over the row taps."""
+    (``cols (>= span * stride)`` is scratch), then spreading it over the row taps."""
     pooled_h = hptr.shape[0] - 1
     pooled_w = wptr.shape[0] - 1
     for ph in range(pooled_h):
-        i0, i1 = _taps_within(hptr, hidx, ph, h0, h0 + th)
-        if i0 == i1 or span <= 0:
+        i0, i1 = _taps_within(hptr, hidx, ph, h0, h1)
+        if i0 == i1:
             for pw in range(pooled_w):
                 _prefetch_part(ahead, ahead_start, ahead_len, ahead_step, ph * pooled_w + pw, pooled_h * pooled_w)
             continue
@@ -446,11 +442,9 @@ def _backward_rows_first(
             _prefetch_part(ahead, ahead_start, ahead_len, ahead_step, ph * pooled_w + pw, pooled_h * pooled_w)
             # cols[u] gathers column cmin + u
             b = ph * pooled_w + pw
-            j0, j1 = _taps_within(wptr, widx, pw, cmin, cmin + span)
-            _scatter(g, gbase + b * gstride, cols, -cmin * stride, stride, widx, wwt, j0, j1, cw)
+            _scatter(g, gbase + b * gstride, cols, -cmin * stride, stride, widx, wwt, wptr[pw], wptr[pw + 1], cw)
         for u in range(span):
-            at = (cmin + u - w0 - h0 * tw) * stride
-            _scatter(cols, u * stride, acc, at, tw * stride, hidx, hwt, i0, i1, cw)
+            _scatter(cols, u * stride, acc, (cmin + u - h0 * width) * stride, width * stride, hidx, hwt, i0, i1, cw)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -772,12 +766,9 @@ def launch_backward(grad_out, taps: RoIAlignTaps, grad_in) -> None:
     gi, gi_nhwc = memory_order(grad_in)
     order, starts = rois_by_image(taps.batch, images)
     block = channel_block(channels, images, grad_out.itemsize, numba.get_num_threads())
-    # Tiles only for a channels-last gradient, read in place: an NCHW one is re-read whole for each
-    # tile a RoI reaches, and its channels-last copy cost more than the tiles saved (maskrcnn NumPy
-    # backward 74-76 -> 89-95 ms with the copy).
-    tile_h, tile_w = scratch_tile(height, width, block * grad_out.itemsize) if go_nhwc else (height, width)
+    band = scratch_band(height, width, block * grad_out.itemsize, numba.get_num_threads())
     with launch_lock:
-        backward(go, go_nhwc, *taps.arrays, order, starts, block, tile_h, tile_w, TAP_EVALUATION, gi, gi_nhwc)
+        backward(go, go_nhwc, *taps.arrays, order, starts, block, band, TAP_EVALUATION, gi, gi_nhwc)
 
 
 def channel_block(channels: int, images: int, itemsize: int, threads: int) -> int:
@@ -789,8 +780,8 @@ def channel_block(channels: int, images: int, itemsize: int, threads: int) -> in
     channels, where a channel outside a full register block costs 1.5 times
     as much: it goes one vector at a time, re-reading the taps for each
     (measured 1.4 to 1.7 times slower on the vgg16 workload). Ties go to the
-    wider block. Each task keeps an ``(H, W, block)`` scratch (or a tile of it,
-    ``_machine.scratch_tile``).
+    wider block. Each task keeps an ``(H, W, block)`` scratch (or a band of its
+    rows, ``_machine.scratch_band``).
     """
     lanes = VECTOR_BYTES // itemsize
     full = UNROLL * lanes
