@@ -115,7 +115,7 @@ def scratch_band(height: int, width: int, cell_bytes: int, threads: int) -> int:
 
     Measured on Cascade Lake (1 MiB of L2, 36 MiB of L3, 2 threads) with ``maskrcnn``'s
     ``roi_align`` backward, whose whole-map scratch is 28 MB per 128 channels (the rule gives
-    32 rows of 272 cells of 512 bytes): from an NCHW gradient, 73-75 ms with the whole map,
+    33 rows of 272 cells of 512 bytes): from an NCHW gradient, 73-75 ms with the whole map,
     84, 66, 60-61, 67 and 73 with bands of 7, 14, 28, 56 and 112 rows; from a channels-last one,
     about 52 with 28 rows and with 45 x 45-cell tiles of 1 MiB (62-71 with the whole map).
     """
