@@ -196,6 +196,34 @@ def test_backward_bands_give_the_bits_of_the_whole_map(name, size, kw, dtype, ca
     assert backward(nhwc(g).transpose(0, 3, 1, 2), boxes, shape, size, **kw).tobytes() == want.tobytes()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=str)
+@pytest.mark.parametrize("size, scale", [((7, 7), 0.5), ((2, 3), 1.0), ((1, 1), 0.25)])
+def test_roi_pool_rescanning_backward_in_bands_gives_the_bits_of_the_whole_map(size, scale, dtype, caches):
+    """``roi_pool``'s backward without an argmax re-scans the bins; in bands of map rows
+    (``_machine.scratch_band``; here one row, so every bin row reaching a band reads rows beyond
+    it) it keeps the bits of the whole map and of the stored-argmax backward, in both layouts,
+    ties included (the map holds small whole numbers)."""
+    from roipool.cpu import _machine
+
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 4, (2, 147, 21, 26)).astype(dtype)
+    boxes = rng.uniform([0, -4, -4, -4, -4], [2, 56, 46, 60, 50], (60, 5)).round(1)
+    boxes[:, 0] = rng.integers(0, 2, 60)
+    out, argmax = roipool.roi_pool_with_argmax(x, boxes, size, scale)
+    g = rng.standard_normal(out.shape).astype(dtype)  # sums that round: their order shows
+    want = roipool.roi_pool_backward(g, argmax, boxes, x.shape)
+    caches(1 << 40, 1 << 40)
+    assert _machine.scratch_band(21, 26, 512, 2) == 21
+    assert roipool.roi_pool_backward(g, None, boxes, x.shape, input=x, spatial_scale=scale).tobytes() == want.tobytes()
+    caches(1 << 10, 64)
+    assert _machine.scratch_band(21, 26, 512, 2) == 1
+    assert roipool.roi_pool_backward(g, None, boxes, x.shape, input=x, spatial_scale=scale).tobytes() == want.tobytes()
+    got = roipool.roi_pool_backward(
+        nhwc(g), None, boxes, nhwc(x).shape, input=nhwc(x), spatial_scale=scale, layout="nhwc"
+    )
+    same_bytes(got, want)
+
+
 @pytest.mark.parametrize("name", ["roi_align", "prroi_pool"])
 def test_box_gradients_take_nhwc_arrays(name):
     x = make_map(np.float64)

@@ -49,7 +49,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._machine import sweep_strip, sweeps_map_rows, tile_channels
+from ._machine import scratch_band, sweep_strip, sweeps_map_rows, tile_channels
 from ._parallel import balanced_chunks, launch_lock, row_sweep, sweep_band, whole_rois
 from ._simd import (
     VECTOR_BYTES,
@@ -67,9 +67,7 @@ from ._tiles import (
     bins_order,
     channels_first_in_place,
     copy_run,
-    load_tile,
     memory_order,
-    store_tile,
     store_tile_lines,
 )
 from .geometry import roi_pool_bins
@@ -418,7 +416,7 @@ RECOMPUTE_UNROLL = 4
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def backward_recompute(x, channels_last, batch, hbins, wbins, grad_out, go_nhwc, grad_in, gi_nhwc):
+def backward_recompute(x, channels_last, batch, hbins, wbins, grad_out, go_nhwc, band, grad_in, gi_nhwc):
     """``grad_in (N, C, H * W)`` <- ``grad_out (K, C, B)`` routed to each bin's maximum, found again in ``x``.
 
     The gradient of :func:`forward` with no stored argmax. A task owns one
@@ -442,6 +440,12 @@ def backward_recompute(x, channels_last, batch, hbins, wbins, grad_out, go_nhwc,
     tasks then transpose their slices themselves, so the usual NCHW map needs
     no channels-last copy first); ``x`` and ``grad_out`` must be C-contiguous;
     ``batch``, ``hbins``, ``wbins`` as in :func:`forward`.
+
+    With ``band`` below the map's height a task owns only a band of that many
+    map rows (``_machine.scratch_band``): it copies the rows its bins read
+    (those of every bin row reaching the band, which may reach beyond it),
+    scans those bins, and keeps only the sums that land in its band, in the
+    same order: the same bits, from buffers that stay in cache.
     """
     if channels_last:
         n_images, height, width, channels = x.shape
@@ -455,30 +459,76 @@ def backward_recompute(x, channels_last, batch, hbins, wbins, grad_out, go_nhwc,
     gif = grad_in.reshape(-1)
     block = RECOMPUTE_UNROLL * (VECTOR_BYTES // x.itemsize)
     nblocks = (channels + block - 1) // block
-    for task in numba.prange(n_images * nblocks):
-        n = task // nblocks
-        c0 = (task % nblocks) * block
+    bands = (height + band - 1) // band
+    pooled_w = wbins.shape[1]
+    for task in numba.prange(n_images * nblocks * bands):
+        n = task // (nblocks * bands)
+        c0 = (task // bands % nblocks) * block
         cw = min(block, channels - c0)
-        xl = np.empty(cells * block, x.dtype)
+        h0 = task % bands * band
+        h1 = min(h0 + band, height)
+        # the rows read by the bin rows reaching the band (all rows with one band)
+        r0, r1 = h0, h1
+        k = _next_roi(batch, n, 0)
+        while k < k_total and bands > 1:
+            pa, pb = _rows_reaching(hbins[k], h0, h1)
+            for ph in range(pa, pb):
+                if hbins[k, ph, 0] < hbins[k, ph, 1]:
+                    r0, r1 = min(r0, hbins[k, ph, 0]), max(r1, hbins[k, ph, 1])
+            k = _next_roi(batch, n, k + 1)
+        rows_cells = (r1 - r0) * width
+        xl = np.empty(rows_cells * block, x.dtype)
         if channels_last:
-            for cell in range(cells):
-                copy_run(xf, (n * cells + cell) * channels + c0, xl, cell * block, cw)
+            for cell in range(rows_cells):
+                copy_run(xf, (n * cells + r0 * width + cell) * channels + c0, xl, cell * block, cw)
         else:
-            transpose_tile(xf, (n * channels + c0) * cells, cells, cw, cells, xl, 0, block)
-        acc = np.zeros(cells * block, x.dtype)
+            transpose_tile(xf, (n * channels + c0) * cells + r0 * width, cells, cw, rows_cells, xl, 0, block)
+        acc = np.zeros(rows_cells * block, x.dtype)
         gtile = np.empty(nbins * block, x.dtype)
         k = _next_roi(batch, n, 0)
         while k < k_total:
             following = _next_roi(batch, n, k + 1)
-            # the RoI's gradient for this block, bins x channels
-            load_tile(gof, k, channels, c0, nbins, cw, gtile, block, go_nhwc)
-            ahead = -1
-            if following < k_total:
-                ahead = following * channels * nbins + (c0 if go_nhwc else c0 * nbins)
-            ahead_step = channels if go_nhwc else 0
-            _grad_tile(xl, width, block, cw, hbins[k], wbins[k], gtile, acc, gof, ahead, cw * nbins, ahead_step)
+            # the RoI's gradient for this block, bins x channels: the bin rows reaching the band
+            pa, pb = _rows_reaching(hbins[k], h0, h1)
+            if pa < pb:
+                _load_bins(gof, k, channels, c0, nbins, pa * pooled_w, pb * pooled_w, cw, gtile, block, go_nhwc)
+                ahead = -1
+                if following < k_total and bands == 1:
+                    ahead = following * channels * nbins + (c0 if go_nhwc else c0 * nbins)
+                ahead_step = channels if go_nhwc else 0
+                _grad_tile(
+                    xl, width, block, cw, hbins[k, pa:pb], wbins[k], r0, gtile[pa * pooled_w * block :], acc, gof,
+                    ahead, cw * nbins, ahead_step,
+                )  # fmt: skip
             k = following
-        store_tile(acc, block, cells, cw, gif, n, channels, c0, gi_nhwc)
+        # the band's rows of the accumulator into the gradient
+        at, band_cells = (h0 - r0) * width * block, (h1 - h0) * width
+        if gi_nhwc:
+            for cell in range(band_cells):
+                copy_run(acc, at + cell * block, gif, (n * cells + h0 * width + cell) * channels + c0, cw)
+        else:
+            transpose_tile(acc, at, block, band_cells, cw, gif, (n * channels + c0) * cells + h0 * width, cells)
+
+
+@numba.njit(nogil=True)
+def _rows_reaching(hb, h0, h1):
+    """``(pa, pb)``: bin rows ``[pa, pb)`` of ``hb (PH, 2)`` span every non-empty one that reads
+    a map row in ``[h0, h1)``; ``pa == pb`` if none does."""
+    pa, pb = hb.shape[0], 0
+    for ph in range(hb.shape[0]):
+        if hb[ph, 0] < hb[ph, 1] and hb[ph, 0] < h1 and hb[ph, 1] > h0:
+            pa, pb = min(pa, ph), ph + 1
+    return pa, max(pa, pb)
+
+
+@numba.njit(nogil=True)
+def _load_bins(gof, k, channels, c0, nbins, b0, b1, cw, tile, stride, nhwc):
+    """``tile[b * stride + c]`` <- bin ``b``'s gradient for channel ``c0 + c`` of RoI ``k``, ``b0 <= b < b1``."""
+    if nhwc:
+        for b in range(b0, b1):
+            copy_run(gof, (k * nbins + b) * channels + c0, tile, b * stride, cw)
+    else:
+        transpose_tile(gof, (k * channels + c0) * nbins + b0, nbins, cw, b1 - b0, tile, b0 * stride, stride)
 
 
 @numba.njit(nogil=True)
@@ -490,10 +540,11 @@ def _next_roi(batch, n, k):
 
 
 @numba.njit(nogil=True)
-def _grad_tile(xl, width, stride, cw, hb, wb, gtile, acc, gof, ahead, ahead_size, ahead_step):
+def _grad_tile(xl, width, stride, cw, hb, wb, row0, gtile, acc, gof, ahead, ahead_size, ahead_step):
     """Add ``gtile[b * stride + j]`` to ``acc[cell * stride + j]`` where ``cell`` holds channel ``j``'s maximum over bin ``b``.
 
-    ``xl`` and ``acc`` are ``(H * W, stride)`` channels-last; ``j < cw``.
+    ``xl`` and ``acc`` are ``(rows, W, stride)`` channels-last, map rows from ``row0`` on (which
+    must hold every row of ``hb``); ``j < cw``.
     Meanwhile ``gof[ahead : ahead + ahead_size]`` (the next RoI's gradient;
     ``ahead`` -1: none) is prefetched, a few cache lines per bin: issued all
     at once the prefetches would wait for free line-fill buffers and not run
@@ -507,8 +558,8 @@ def _grad_tile(xl, width, stride, cw, hb, wb, gtile, acc, gof, ahead, ahead_size
     per_bin = (cw + lanes - 1) // lanes
     line = 0
     for ph in range(hb.shape[0]):
-        h0 = hb[ph, 0]
-        h1 = hb[ph, 1]
+        h0 = hb[ph, 0] - row0
+        h1 = hb[ph, 1] - row0
         for pw in range(pooled_w):
             if ahead >= 0:
                 for i in range(per_bin):
@@ -721,8 +772,10 @@ def launch_backward_recompute(x, channels_last: bool, bins: RoIPoolBins, grad_ou
         return
     go, go_nhwc = bins_order(grad_out, copy=True)
     gi, gi_nhwc = memory_order(grad_in)
+    _, _, height, width = grad_in.shape
+    band = scratch_band(height, width, 2 * RECOMPUTE_UNROLL * VECTOR_BYTES, numba.get_num_threads())
     with launch_lock:
-        backward_recompute(x, channels_last, bins.batch, bins.hbins, bins.wbins, go, go_nhwc, gi, gi_nhwc)
+        backward_recompute(x, channels_last, bins.batch, bins.hbins, bins.wbins, go, go_nhwc, band, gi, gi_nhwc)
 
 
 def recompute_working_set(height: int, width: int) -> int:
