@@ -39,11 +39,17 @@ def copy_run(src, s, dst, d, n):
 @numba.njit(nogil=True)
 def load_tile(src, item, channels, c0, rows, cw, tile, stride, nhwc):
     """``tile[r * stride + c]`` <- channel ``c0 + c`` of row ``r`` of item ``item`` of ``src``, ``r < rows``, ``c < cw``."""
+    load_rows(src, item, channels, c0, rows, 0, rows, cw, tile, stride, nhwc)
+
+
+@numba.njit(nogil=True)
+def load_rows(src, item, channels, c0, rows, r0, r1, cw, tile, stride, nhwc):
+    """:func:`load_tile` of rows ``r0 <= r < r1`` only (of an item of ``rows`` rows), into the same places."""
     if nhwc:
-        for r in range(rows):
+        for r in range(r0, r1):
             copy_run(src, (item * rows + r) * channels + c0, tile, r * stride, cw)
     else:
-        transpose_tile(src, (item * channels + c0) * rows, rows, cw, rows, tile, 0, stride)
+        transpose_tile(src, (item * channels + c0) * rows + r0, rows, cw, r1 - r0, tile, r0 * stride, stride)
 
 
 @numba.njit(nogil=True)

@@ -91,6 +91,7 @@ from ._tiles import (
     channels_first_in_place,
     channels_last_copy,
     copy_run,
+    load_rows,
     load_tile,
     memory_order,
     store_tile_lines,
@@ -344,10 +345,7 @@ def backward(
             if go_nhwc:
                 src, gbase, gstride = gof, k * nbins * channels + c0, channels
             else:
-                transpose_tile(
-                    gof, (k * channels + c0) * nbins + pa * pooled_w, nbins, cw, (pb - pa) * pooled_w, g,
-                    pa * pooled_w * block, block,
-                )  # fmt: skip
+                load_rows(gof, k, channels, c0, nbins, pa * pooled_w, pb * pooled_w, cw, g, block, False)
                 src, gbase, gstride = g, 0, block
             # While this RoI is summed, the next one's gradient comes in from memory (a
             # hint per bin, so the loads overlap the arithmetic); with one band only.

@@ -67,6 +67,7 @@ from ._tiles import (
     bins_order,
     channels_first_in_place,
     copy_run,
+    load_rows,
     memory_order,
     store_tile_lines,
 )
@@ -491,7 +492,7 @@ def backward_recompute(x, channels_last, batch, hbins, wbins, grad_out, go_nhwc,
             # the RoI's gradient for this block, bins x channels: the bin rows reaching the band
             pa, pb = _rows_reaching(hbins[k], h0, h1)
             if pa < pb:
-                _load_bins(gof, k, channels, c0, nbins, pa * pooled_w, pb * pooled_w, cw, gtile, block, go_nhwc)
+                load_rows(gof, k, channels, c0, nbins, pa * pooled_w, pb * pooled_w, cw, gtile, block, go_nhwc)
                 ahead = -1
                 if following < k_total and bands == 1:
                     ahead = following * channels * nbins + (c0 if go_nhwc else c0 * nbins)
@@ -519,16 +520,6 @@ def _rows_reaching(hb, h0, h1):
         if hb[ph, 0] < hb[ph, 1] and hb[ph, 0] < h1 and hb[ph, 1] > h0:
             pa, pb = min(pa, ph), ph + 1
     return pa, max(pa, pb)
-
-
-@numba.njit(nogil=True)
-def _load_bins(gof, k, channels, c0, nbins, b0, b1, cw, tile, stride, nhwc):
-    """``tile[b * stride + c]`` <- bin ``b``'s gradient for channel ``c0 + c`` of RoI ``k``, ``b0 <= b < b1``."""
-    if nhwc:
-        for b in range(b0, b1):
-            copy_run(gof, (k * nbins + b) * channels + c0, tile, b * stride, cw)
-    else:
-        transpose_tile(gof, (k * channels + c0) * nbins + b0, nbins, cw, b1 - b0, tile, b0 * stride, stride)
 
 
 @numba.njit(nogil=True)
