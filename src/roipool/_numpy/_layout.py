@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _checks
+from ..cpu._simd import empty_lines
 
 
 def map_in(array, nhwc: bool, name: str, dims: str = "N, H, W, C"):
@@ -42,12 +43,11 @@ def shape_in(input_shape, nhwc: bool, name: str = "input_shape"):
 
 def empty(shape, dtype, nhwc: bool, zeros: bool = False) -> np.ndarray:
     """An uninitialised (or zeroed) array of logical shape ``shape (A, C, B, D)``, channels-last in
-    memory when ``nhwc``."""
-    alloc = np.zeros if zeros else np.empty
+    memory when ``nhwc``, starting on a cache line (``cpu._simd.empty_lines``)."""
     if not nhwc:
-        return alloc(shape, dtype)
+        return empty_lines(shape, dtype, zeros)
     a, c, b, d = shape
-    return np.moveaxis(alloc((a, b, d, c), dtype), 3, 1)
+    return np.moveaxis(empty_lines((a, b, d, c), dtype, zeros), 3, 1)
 
 
 def map_out(result: np.ndarray, nhwc: bool) -> np.ndarray:

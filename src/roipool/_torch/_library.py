@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from .. import _checks
+from ..cpu._simd import empty_lines
 from ..cpu._tiles import channels_last_copy
 
 NAMESPACE = "roipool"
@@ -237,8 +238,9 @@ def new_cpu_tensor(shape, dtype: torch.dtype, zeros: bool = False) -> torch.Tens
     NumPy asks the kernel for huge pages on large arrays, which halves the cost
     of first touching a large output (the RoI family's outputs and argmaxes
     are hundreds of MB on detection workloads); torch's CPU allocator does not.
+    Its data starts on a cache line, as torch's would (``cpu._simd.empty_lines``).
     """
-    return torch.from_numpy((np.zeros if zeros else np.empty)(tuple(shape), numpy_dtype(dtype)))
+    return torch.from_numpy(empty_lines(tuple(shape), numpy_dtype(dtype), zeros))
 
 
 def channels_last(input: torch.Tensor) -> bool:

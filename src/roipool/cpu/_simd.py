@@ -14,6 +14,7 @@ All loads and stores are unaligned and unchecked: callers index in range.
 from __future__ import annotations
 
 import numba
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -41,6 +42,39 @@ class _VectorModel(models.PrimitiveModel):
 def lanes_of(dtype) -> int:
     """Lanes of a 64-byte vector of ``dtype`` (a Numba scalar type)."""
     return VECTOR_BYTES * 8 // dtype.bitwidth
+
+
+def empty_lines(shape, dtype, zeros: bool = False) -> np.ndarray:
+    """A new C-contiguous array, uninitialised (or zeroed), whose data starts on a 64-byte cache line.
+
+    NumPy starts a large array 16 bytes into its first cache line (the
+    allocator's header), so a kernel's 64-byte vectors over a channels-last
+    cell or a bin's channels would each straddle two lines. Outputs and the
+    kernels' own copies of the map are allocated here instead (the array is
+    a view into a slightly longer buffer, which it keeps alive).
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buffer = (np.zeros if zeros else np.empty)(nbytes + VECTOR_BYTES, np.uint8)
+    start = -buffer.ctypes.data % VECTOR_BYTES
+    return buffer[start : start + nbytes].view(dtype).reshape(shape)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def scratch_lines(n, like, zeros=False):
+    """The kernels' :func:`empty_lines`: ``n`` values of ``like``'s dtype (uninitialised, or zeros),
+    from a cache line on.
+
+    Numba aligns its own arrays to 32 bytes only, so half of them would split
+    every 64-byte vector over two lines.
+    """
+    pad = VECTOR_BYTES // like.itemsize
+    buffer = np.empty(n + pad, like.dtype)
+    start = (VECTOR_BYTES - buffer.ctypes.data % VECTOR_BYTES) % VECTOR_BYTES // like.itemsize
+    lines = buffer[start : start + n]
+    if zeros:
+        lines[:] = 0
+    return lines
 
 
 def _element_pointer(context, builder, array_type, array, index, vector_type):

@@ -20,7 +20,7 @@ import numba
 import numpy as np
 
 from ._parallel import launch_lock
-from ._simd import VECTOR_BYTES, copy_to_lines, transpose_tile, vload, vstore
+from ._simd import VECTOR_BYTES, copy_to_lines, empty_lines, scratch_lines, transpose_tile, vload, vstore
 
 
 @numba.njit(nogil=True, inline="always")
@@ -94,7 +94,7 @@ def _channels_first(a, tasks):
     af = a.reshape(-1)
     n = rows * channels
     for task in numba.prange(tasks):
-        scratch = np.empty(n, a.dtype)
+        scratch = scratch_lines(n, a)
         for i in range(task * items // tasks, (task + 1) * items // tasks):
             copy_run(af, i * n, scratch, 0, n)
             transpose_tile(scratch, 0, channels, rows, channels, af, i * n, rows)
@@ -191,7 +191,7 @@ def channels_last_copy(x: np.ndarray, dtype=None) -> np.ndarray:
     if not (x.flags.c_contiguous and x.dtype == dtype and dtype in (np.float32, np.float64) and x.size):
         return np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=dtype)
     n, c, h, w = x.shape
-    out = np.empty((n, h, w, c), dtype)
+    out = empty_lines((n, h, w, c), dtype)
     with launch_lock:
         _nchw_to_nhwc(x.reshape(-1), c, h * w, out.reshape(-1), copy_cells(c, x.itemsize))
     return out

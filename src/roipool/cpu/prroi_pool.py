@@ -50,7 +50,7 @@ import numpy as np
 from .. import _checks
 from . import roi_align as align
 from ._parallel import balanced_chunks, launch_lock
-from ._simd import VECTOR_BYTES
+from ._simd import VECTOR_BYTES, scratch_lines
 from ._tiles import bins_order, load_tile
 
 
@@ -215,10 +215,10 @@ def boxes_backward(
     pooled_h = hptr.shape[1] - 1
     pooled_w = wptr.shape[1] - 1
     for run in numba.prange(bounds.shape[0] - 1):
-        g = np.empty(nbins * block, xb.dtype)
-        line = np.empty(width * block, xb.dtype)
-        line_d1 = np.empty(width * block, xb.dtype)
-        line_d2 = np.empty(width * block, xb.dtype)
+        g = scratch_lines(nbins * block, xb)
+        line = scratch_lines(width * block, xb)
+        line_d1 = scratch_lines(width * block, xb)
+        line_d2 = scratch_lines(width * block, xb)
         e1 = np.empty(block, xb.dtype)
         e2 = np.empty(block, xb.dtype)
         acc = np.empty(4 * block, xb.dtype)  # x1, y1, x2, y2, a vector of channel lanes each

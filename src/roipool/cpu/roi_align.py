@@ -85,7 +85,7 @@ import numpy as np
 from .. import _checks
 from ._machine import scratch_band, sweep_strip, sweeps_map_rows
 from ._parallel import balanced_chunks, launch_lock, row_sweep, sweep_band, whole_rois
-from ._simd import VECTOR_BYTES, prefetch, transpose_tile, vload, vmuladd, vstore, vzeros
+from ._simd import VECTOR_BYTES, empty_lines, prefetch, scratch_lines, transpose_tile, vload, vmuladd, vstore, vzeros
 from ._tiles import (
     bins_order,
     channels_first_in_place,
@@ -193,7 +193,7 @@ def forward(xb, x_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, items, 
             # between the RoIs that cross them), each summed straight into its (bins, C)
             # output, a bin's channel blocks one after the other: a channels-last cell's
             # channels are read whole.
-            rows = np.empty(width * channels, xb.dtype)
+            rows = scratch_lines(width * channels, xb)
             for i in range(lo, hi):
                 k = items[i, 0]
                 _forward_bins(
@@ -205,9 +205,9 @@ def forward(xb, x_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, items, 
             # Channel blocks outermost: the run's RoIs then read one block of the map
             # (H * W * block values, L2-sized) before moving to the next; each RoI's
             # block is summed into a (bins, block) tile and transposed into the output.
-            tile = np.empty(nbins * block, xb.dtype)
-            stage = np.empty(nbins * block, xb.dtype)
-            rows = np.empty(width * block, xb.dtype)
+            tile = scratch_lines(nbins * block, xb)
+            stage = scratch_lines(nbins * block, xb)
+            rows = scratch_lines(width * block, xb)
             for q in range(nblocks):
                 c0 = q * block
                 cw = min(block, channels - c0)
@@ -332,9 +332,9 @@ def backward(
         cw = min(block, channels - c0)
         h0 = item % bands * band
         h1 = min(h0 + band, height)
-        acc = np.zeros((h1 - h0) * width * block, grad_out.dtype)  # the band's (rows, W, block), channels-last
-        g = np.empty(nbins * block, grad_out.dtype)
-        cols = np.empty(width * block, grad_out.dtype)
+        acc = scratch_lines((h1 - h0) * width * block, grad_out, True)  # the band's (rows, W, block), channels-last
+        g = scratch_lines(nbins * block, grad_out)
+        cols = scratch_lines(width * block, grad_out)
         for r in range(starts[n], starts[n + 1]):
             k = order[r]
             pa, pb = _bins_meeting(hptr[k], hidx, h0, h1)  # the bin rows with taps in the band
@@ -682,7 +682,7 @@ def blocked_map(x) -> np.ndarray:
     """``x (N, C, H, W)`` (compute dtype, any strides) as a new array in the channel-blocked
     layout the kernels read (:func:`channel_blocks`), copied from ``(N, C, H, W)`` or
     channels-last memory directly, otherwise from a C-contiguous copy."""
-    xb = np.empty(x.shape, x.dtype)
+    xb = empty_lines(x.shape, x.dtype)
     if x.flags.c_contiguous:
         flat, cell_step, channel_step = x.reshape(-1), 1, x.shape[2] * x.shape[3]
     elif x.transpose(0, 2, 3, 1).flags.c_contiguous:

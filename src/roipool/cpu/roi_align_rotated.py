@@ -41,7 +41,7 @@ import numba
 import numpy as np
 
 from ._parallel import balanced_chunks, launch_lock
-from ._simd import VECTOR_BYTES, vload, vmuladd, vstore
+from ._simd import VECTOR_BYTES, scratch_lines, vload, vmuladd, vstore
 from ._tiles import bins_order, load_tile, memory_order, store_tile, store_tile_lines
 from .roi_align import UNROLL, _scatter, blocked_map, channel_block, map_origin, rois_by_image
 
@@ -174,8 +174,8 @@ def forward(xb, x_nhwc, batch, frames, grids, pooled_h, pooled_w, bounds, out, n
     nbins = pooled_h * pooled_w
     block = UNROLL * (VECTOR_BYTES // xb.itemsize)
     for run in numba.prange(bounds.shape[0] - 1):
-        tile = np.empty(0 if nhwc else nbins * block, xb.dtype)
-        stage = np.empty(0 if nhwc else nbins * block, xb.dtype)
+        tile = scratch_lines(0 if nhwc else nbins * block, xb)
+        stage = scratch_lines(0 if nhwc else nbins * block, xb)
         idx = np.empty(TAP_CHUNK, np.int64)
         wt = np.empty(TAP_CHUNK, xb.dtype)
         buf = np.empty(1, xb.dtype)
@@ -294,8 +294,8 @@ def backward(grad_out, go_nhwc, batch, frames, grids, pooled_h, pooled_w, order,
         n = item // nblocks
         c0 = (item % nblocks) * block
         cw = min(block, channels - c0)
-        acc = np.zeros(cells * block, grad_out.dtype)  # (H, W, block), channels-last
-        g = np.empty(nbins * block, grad_out.dtype)
+        acc = scratch_lines(cells * block, grad_out, True)  # (H, W, block), channels-last
+        g = scratch_lines(nbins * block, grad_out)
         idx = np.empty(TAP_CHUNK, np.int64)
         wt = np.empty(TAP_CHUNK, grad_out.dtype)
         buf = np.empty(1, grad_out.dtype)

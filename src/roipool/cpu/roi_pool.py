@@ -54,6 +54,7 @@ from ._parallel import balanced_chunks, launch_lock, row_sweep, sweep_band, whol
 from ._simd import (
     VECTOR_BYTES,
     prefetch_l2,
+    scratch_lines,
     transpose_tile,
     vadd_where,
     vload,
@@ -102,8 +103,8 @@ def forward(x, batch, hbins, wbins, bounds, items, out, nhwc, chunk):
                 xf, x.shape, batch, hbins, wbins, items, bounds[run], bounds[run + 1], outf, np.empty(0, np.int32)
             )
             continue
-        tile = np.empty(nbins * chunk, x.dtype)
-        stage = np.empty(nbins * block, x.dtype)
+        tile = scratch_lines(nbins * chunk, x)
+        stage = scratch_lines(nbins * block, x)
         for k in range(bounds[run], bounds[run + 1]):
             base = batch[k] * height * width * channels
             hb, wb = hbins[k], wbins[k]
@@ -132,9 +133,9 @@ def forward_argmax(x, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chu
         if nhwc:  # by pieces of bin rows or whole RoIs, as in forward
             _pool_items(xf, x.shape, batch, hbins, wbins, items, bounds[run], bounds[run + 1], outf, argf)
             continue
-        tile = np.empty(nbins * chunk, x.dtype)
+        tile = scratch_lines(nbins * chunk, x)
         itile = np.empty(nbins * chunk, np.int32)
-        stage = np.empty(nbins * block, x.dtype)
+        stage = scratch_lines(nbins * block, x)
         istage = np.empty(nbins * block, np.int32)
         for k in range(bounds[run], bounds[run + 1]):
             base = batch[k] * height * width * channels
@@ -478,14 +479,14 @@ def backward_recompute(x, channels_last, batch, hbins, wbins, grad_out, go_nhwc,
                     r0, r1 = min(r0, hbins[k, ph, 0]), max(r1, hbins[k, ph, 1])
             k = _next_roi(batch, n, k + 1)
         rows_cells = (r1 - r0) * width
-        xl = np.empty(rows_cells * block, x.dtype)
+        xl = scratch_lines(rows_cells * block, x)
         if channels_last:
             for cell in range(rows_cells):
                 copy_run(xf, (n * cells + r0 * width + cell) * channels + c0, xl, cell * block, cw)
         else:
             transpose_tile(xf, (n * channels + c0) * cells + r0 * width, cells, cw, rows_cells, xl, 0, block)
-        acc = np.zeros(rows_cells * block, x.dtype)
-        gtile = np.empty(nbins * block, x.dtype)
+        acc = scratch_lines(rows_cells * block, x, True)
+        gtile = scratch_lines(nbins * block, x)
         k = _next_roi(batch, n, 0)
         while k < k_total:
             following = _next_roi(batch, n, k + 1)

@@ -1,0 +1,76 @@
+"""Arrays that start on a 64-byte cache line: ``cpu._simd.empty_lines`` and ``scratch_lines``, and the
+outputs and map copies allocated through them (NumPy starts a large array 16 bytes into a line)."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+import torch
+
+import roipool
+from roipool.cpu._simd import VECTOR_BYTES, empty_lines, scratch_lines
+from roipool.cpu._tiles import channels_last_copy
+from roipool.cpu.roi_align import blocked_map
+
+
+def _starts_a_line(a) -> bool:
+    address = a.data_ptr() if isinstance(a, torch.Tensor) else a.ctypes.data
+    return address % VECTOR_BYTES == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.uint8])
+@pytest.mark.parametrize("shape", [(0,), (3,), (5, 7), (2, 256, 50, 68), (1, 0, 4, 4)])
+@pytest.mark.parametrize("zeros", [False, True])
+def test_empty_lines_is_a_fresh_contiguous_array_on_a_line(shape, dtype, zeros):
+    a = empty_lines(shape, dtype, zeros)
+    assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+    assert _starts_a_line(a) or a.size == 0
+    if zeros:
+        assert not a.any()
+    a[...] = 1  # every element is its own memory
+    assert a.sum() == a.size
+
+
+def test_empty_lines_arrays_do_not_share_memory():
+    a, b = empty_lines((1000,), np.float32), empty_lines((1000,), np.float32)
+    assert not np.shares_memory(a, b)
+
+
+@numba.njit
+def _scratch(n, like, zeros):
+    a = scratch_lines(n, like, zeros)
+    return a.ctypes.data % VECTOR_BYTES, a
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 1, 17, 4096, 300_001])
+def test_scratch_lines_starts_a_line(n, dtype):
+    for zeros in (False, True):
+        offset, a = _scratch(n, np.zeros(1, dtype), zeros)
+        assert a.shape == (n,) and a.dtype == dtype
+        assert offset == 0 or n == 0
+        if zeros:
+            assert not a.any()
+
+
+def test_outputs_and_map_copies_start_on_a_line():
+    """Large enough (MBs) that NumPy's own allocation would start 16 bytes into a line."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 256, 40, 48)).astype(np.float32)
+    xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    boxes = np.array([[0, 1.0, 2.0, 30.0, 20.0]] * 64, np.float32)
+    for out in (
+        roipool.roi_align(x, boxes, 7, 1.0, sampling_ratio=2),
+        roipool.roi_align(xh, boxes, 7, 1.0, sampling_ratio=2, layout="nhwc"),
+        roipool.roi_pool(x, boxes, 7, 1.0),
+        roipool.roi_pool_with_argmax(x, boxes, 7, 1.0)[1],
+        roipool.prroi_pool(xh, boxes, 7, 1.0, layout="nhwc"),
+        roipool.roi_align(torch.from_numpy(x), torch.from_numpy(boxes), 7, 1.0, sampling_ratio=2),
+        roipool.roi_align(
+            torch.from_numpy(x).contiguous(memory_format=torch.channels_last), torch.from_numpy(boxes), 7, 1.0
+        ),
+        channels_last_copy(x),
+        blocked_map(x),
+    ):
+        assert _starts_a_line(out)
