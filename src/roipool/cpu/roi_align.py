@@ -473,12 +473,23 @@ def _prefetch_part(array, start, length, step, part, parts):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
-def _gather(src, base, step, idx, wt, m0, m1, dst, t, cw):
-    """``dst[t + c] = sum(wt[m] * src[base + idx[m] * step + c] for m in [m0, m1))`` for ``c < cw``."""
+def _gather(src, base, step, idx, wt, m0, m1, dst, t, cw, add=False):
+    """``dst[t + c] = sum(wt[m] * src[base + idx[m] * step + c] for m in [m0, m1))`` for ``c < cw``;
+    with ``add``, the sum starts from ``dst[t + c]`` instead of zero (``roi_align_rotated`` takes
+    a bin's taps in chunks)."""
     lanes = VECTOR_BYTES // src.itemsize
     c = 0
     if cw == UNROLL * lanes:
         a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = vzeros(src)
+        if add:
+            a0 = vload(dst, t)
+            a1 = vload(dst, t + lanes)
+            a2 = vload(dst, t + 2 * lanes)
+            a3 = vload(dst, t + 3 * lanes)
+            a4 = vload(dst, t + 4 * lanes)
+            a5 = vload(dst, t + 5 * lanes)
+            a6 = vload(dst, t + 6 * lanes)
+            a7 = vload(dst, t + 7 * lanes)
         for m in range(m0, m1):
             w = wt[m]
             o = base + idx[m] * step
@@ -500,13 +511,14 @@ def _gather(src, base, step, idx, wt, m0, m1, dst, t, cw):
         vstore(dst, t + 7 * lanes, a7)
         c = cw
     while c + lanes <= cw:
-        a = vzeros(src)
+        a = vload(dst, t + c) if add else vzeros(src)
         for m in range(m0, m1):
             a = vmuladd(a, wt[m], vload(src, base + idx[m] * step + c))
         vstore(dst, t + c, a)
         c += lanes
     for cc in range(c, cw):
-        dst[t + cc] = 0
+        if not add:
+            dst[t + cc] = 0
         for m in range(m0, m1):
             dst[t + cc] += wt[m] * src[base + idx[m] * step + cc]
 

@@ -29,8 +29,8 @@ Box backward: one RoI per task, its five derivatives summed in float64 in a
 fixed order (deterministic too).
 
 The launchers and the per-call geometry (:class:`Frames`) follow the kernels,
-as in the other ``cpu/`` modules; a Numba kernel file, over 450 lines because
-the register-blocked channel loop (:func:`_accumulate`) is written out.
+as in the other ``cpu/`` modules. The register-blocked sums over a chunk of
+taps are ``roi_align``'s (``_gather`` with ``add``, ``_scatter``).
 """
 
 from __future__ import annotations
@@ -41,11 +41,9 @@ import numba
 import numpy as np
 
 from ._parallel import balanced_chunks, launch_lock
-from ._simd import VECTOR_BYTES, scratch_lines, vload, vmuladd, vstore
+from ._simd import VECTOR_BYTES, scratch_lines
 from ._tiles import bins_order, load_tile, memory_order, store_tile, store_tile_lines
-from .roi_align import UNROLL, _scatter, blocked_map, channel_block, map_origin, rois_by_image
-
-_FASTMATH = {"contract"}
+from .roi_align import UNROLL, _gather, _scatter, blocked_map, channel_block, map_origin, rois_by_image
 
 #: Taps generated per pass over a bin's samples (64 samples of 4 taps).
 TAP_CHUNK = 256
@@ -219,60 +217,13 @@ def _forward_bins(
         while iy < gh:
             m, iy, ix = _fill_taps(frame, gh, gw, b // pooled_w, b % pooled_w, height, width, idx, wt, buf, iy, ix)
             if c_hi - c_lo <= block:  # one block (into an NCHW tile): no loop around the inlined sums
-                _accumulate(xf, origin, step or (c_hi - c_lo), idx, wt, m, dst, t + c_lo, c_hi - c_lo)
+                _gather(xf, origin, step or (c_hi - c_lo), idx, wt, 0, m, dst, t + c_lo, c_hi - c_lo, True)
                 continue
             for c0 in range(c_lo, c_hi, block):
                 cw = min(block, c_hi - c0)
-                _accumulate(xf, origin + (c0 - c_lo) * hop, step or cw, idx, wt, m, dst, t + c0, cw)
+                _gather(xf, origin + (c0 - c_lo) * hop, step or cw, idx, wt, 0, m, dst, t + c0, cw, True)
         for c in range(t + c_lo, t + c_hi):
             dst[c] = dst[c] / count
-
-
-@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
-def _accumulate(src, base, step, idx, wt, m1, dst, t, cw):
-    """``dst[t + c] += wt[m] * src[base + idx[m] * step + c]`` for ``m < m1`` in order, ``c < cw``."""
-    lanes = VECTOR_BYTES // src.itemsize
-    c = 0
-    if cw == UNROLL * lanes:
-        a0 = vload(dst, t)
-        a1 = vload(dst, t + lanes)
-        a2 = vload(dst, t + 2 * lanes)
-        a3 = vload(dst, t + 3 * lanes)
-        a4 = vload(dst, t + 4 * lanes)
-        a5 = vload(dst, t + 5 * lanes)
-        a6 = vload(dst, t + 6 * lanes)
-        a7 = vload(dst, t + 7 * lanes)
-        for m in range(m1):
-            w = wt[m]
-            o = base + idx[m] * step
-            a0 = vmuladd(a0, w, vload(src, o))
-            a1 = vmuladd(a1, w, vload(src, o + lanes))
-            a2 = vmuladd(a2, w, vload(src, o + 2 * lanes))
-            a3 = vmuladd(a3, w, vload(src, o + 3 * lanes))
-            a4 = vmuladd(a4, w, vload(src, o + 4 * lanes))
-            a5 = vmuladd(a5, w, vload(src, o + 5 * lanes))
-            a6 = vmuladd(a6, w, vload(src, o + 6 * lanes))
-            a7 = vmuladd(a7, w, vload(src, o + 7 * lanes))
-        vstore(dst, t, a0)
-        vstore(dst, t + lanes, a1)
-        vstore(dst, t + 2 * lanes, a2)
-        vstore(dst, t + 3 * lanes, a3)
-        vstore(dst, t + 4 * lanes, a4)
-        vstore(dst, t + 5 * lanes, a5)
-        vstore(dst, t + 6 * lanes, a6)
-        vstore(dst, t + 7 * lanes, a7)
-        c = cw
-    while c + lanes <= cw:
-        a = vload(dst, t + c)
-        for m in range(m1):
-            a = vmuladd(a, wt[m], vload(src, base + idx[m] * step + c))
-        vstore(dst, t + c, a)
-        c += lanes
-    for cc in range(c, cw):
-        s = dst[t + cc]
-        for m in range(m1):
-            s += wt[m] * src[base + idx[m] * step + cc]
-        dst[t + cc] = s
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
