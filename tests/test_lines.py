@@ -32,6 +32,12 @@ def test_empty_lines_is_a_fresh_contiguous_array_on_a_line(shape, dtype, zeros):
     assert a.sum() == a.size
 
 
+def test_empty_lines_takes_an_int_and_refuses_negative_dimensions():
+    assert empty_lines(5, np.float32).shape == (5,)
+    with pytest.raises(ValueError, match="negative"):
+        empty_lines((3, -1), np.float32)
+
+
 def test_empty_lines_arrays_do_not_share_memory():
     a, b = empty_lines((1000,), np.float32), empty_lines((1000,), np.float32)
     assert not np.shares_memory(a, b)

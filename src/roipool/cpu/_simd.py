@@ -53,6 +53,9 @@ def empty_lines(shape, dtype, zeros: bool = False) -> np.ndarray:
     kernels' own copies of the map are allocated here instead (the array is
     a view into a slightly longer buffer, which it keeps alive).
     """
+    shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(d) for d in shape)
+    if min(shape, default=0) < 0:
+        raise ValueError(f"negative dimensions are not allowed, got shape {shape}")
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     buffer = (np.zeros if zeros else np.empty)(nbytes + VECTOR_BYTES, np.uint8)
