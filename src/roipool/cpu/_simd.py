@@ -44,6 +44,14 @@ def lanes_of(dtype) -> int:
     return VECTOR_BYTES * 8 // dtype.bitwidth
 
 
+# A Python literal (``0``, ``False``) passed to a jitted helper makes Numba compile a
+# separate copy of the helper specialised to that constant (``Literal[int](0)``), and every
+# caller then links and optimises that copy too. The kernels pass these non-literal
+# constants instead: one compiled copy per helper, less first-call compile time.
+ZERO = np.int64(0)
+FALSE = np.bool_(False)
+
+
 def empty_lines(shape, dtype, zeros: bool = False) -> np.ndarray:
     """A new C-contiguous array, uninitialised (or zeroed), whose data starts on a 64-byte cache line.
 

@@ -20,7 +20,7 @@ import numba
 import numpy as np
 
 from ._parallel import launch_lock
-from ._simd import VECTOR_BYTES, copy_to_lines, empty_lines, scratch_lines, transpose_tile, vload, vstore
+from ._simd import VECTOR_BYTES, ZERO, copy_to_lines, empty_lines, scratch_lines, transpose_tile, vload, vstore
 
 
 @numba.njit(nogil=True, inline="always")
@@ -39,7 +39,7 @@ def copy_run(src, s, dst, d, n):
 @numba.njit(nogil=True)
 def load_tile(src, item, channels, c0, rows, cw, tile, stride, nhwc):
     """``tile[r * stride + c]`` <- channel ``c0 + c`` of row ``r`` of item ``item`` of ``src``, ``r < rows``, ``c < cw``."""
-    load_rows(src, item, channels, c0, rows, 0, rows, cw, tile, stride, nhwc)
+    load_rows(src, item, channels, c0, rows, ZERO, rows, cw, tile, stride, nhwc)
 
 
 @numba.njit(nogil=True)
@@ -59,7 +59,7 @@ def store_tile(tile, stride, rows, cw, dst, item, channels, c0, nhwc):
         for r in range(rows):
             copy_run(tile, r * stride, dst, (item * rows + r) * channels + c0, cw)
     else:
-        transpose_tile(tile, 0, stride, rows, cw, dst, (item * channels + c0) * rows, rows)
+        transpose_tile(tile, ZERO, stride, rows, cw, dst, (item * channels + c0) * rows, rows)
 
 
 @numba.njit(nogil=True)
@@ -69,7 +69,7 @@ def store_tile_lines(tile, stride, rows, cw, stage, dst, item, channels, c0, nhw
     if nhwc:
         store_tile(tile, stride, rows, cw, dst, item, channels, c0, nhwc)
     else:
-        transpose_tile(tile, 0, stride, rows, cw, stage, 0, rows)
+        transpose_tile(tile, ZERO, stride, rows, cw, stage, ZERO, rows)
         copy_to_lines(stage, dst, (item * channels + c0) * rows, cw * rows)
 
 
@@ -97,7 +97,7 @@ def _channels_first(a, tasks):
         scratch = scratch_lines(n, a)
         for i in range(task * items // tasks, (task + 1) * items // tasks):
             copy_run(af, i * n, scratch, 0, n)
-            transpose_tile(scratch, 0, channels, rows, channels, af, i * n, rows)
+            transpose_tile(scratch, ZERO, channels, rows, channels, af, i * n, rows)
 
 
 def memory_order(a: np.ndarray) -> tuple[np.ndarray, bool]:

@@ -15,6 +15,8 @@ import math
 import numba
 import numpy as np
 
+from ._simd import ZERO
+
 # Rounded corners are clamped to +-2**30 so that integer geometry cannot
 # overflow; any such corner already lies far outside every feature map.
 COORD_LIMIT = 2.0**30
@@ -155,8 +157,7 @@ def roi_align_taps(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, alig
     wwt = np.empty(wcap, rois.dtype)
     scratch = np.zeros(max(height, width), rois.dtype)
     # pass 2: the taps themselves
-    hpos = 0
-    wpos = 0
+    hpos = wpos = ZERO  # not the literal 0 (_simd.ZERO)
     for k in range(k_total):
         hpos = _axis_taps(starts[k, 0], bins[k, 0], grids[k, 0], height, hptr[k], hidx, hwt, hpos, scratch, rois.dtype)
         wpos = _axis_taps(starts[k, 1], bins[k, 1], grids[k, 1], width, wptr[k], widx, wwt, wpos, scratch, rois.dtype)

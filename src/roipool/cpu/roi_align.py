@@ -85,7 +85,19 @@ import numpy as np
 from .. import _checks
 from ._machine import scratch_band, sweep_strip, sweeps_map_rows
 from ._parallel import balanced_chunks, launch_lock, row_sweep, sweep_band, whole_rois
-from ._simd import VECTOR_BYTES, empty_lines, prefetch, scratch_lines, transpose_tile, vload, vmuladd, vstore, vzeros
+from ._simd import (
+    FALSE,
+    VECTOR_BYTES,
+    ZERO,
+    empty_lines,
+    prefetch,
+    scratch_lines,
+    transpose_tile,
+    vload,
+    vmuladd,
+    vstore,
+    vzeros,
+)
 from ._tiles import (
     bins_order,
     channels_first_in_place,
@@ -197,7 +209,7 @@ def forward(xb, x_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, items, 
             for i in range(lo, hi):
                 k = items[i, 0]
                 _forward_bins(
-                    xf, x_nhwc, batch[k], channels, 0, channels, height, width, hptr[k], hidx, hwt,
+                    xf, x_nhwc, batch[k], channels, ZERO, channels, height, width, hptr[k], hidx, hwt,
                     wptr[k], widx, wwt, path, rows, outf, k * nbins * channels, channels, items[i, 1], items[i, 2],
                     items[i, 3], items[i, 4],
                 )  # fmt: skip
@@ -214,9 +226,9 @@ def forward(xb, x_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, items, 
                 for k in range(lo, hi):
                     _forward_bins(
                         xf, x_nhwc, batch[k], channels, c0, c0 + cw, height, width,
-                        hptr[k], hidx, hwt, wptr[k], widx, wwt, path, rows, tile, 0, block, 0, pooled_h, 0, pooled_w,
+                        hptr[k], hidx, hwt, wptr[k], widx, wwt, path, rows, tile, ZERO, block, ZERO, pooled_h, ZERO, pooled_w,
                     )  # fmt: skip
-                    store_tile_lines(tile, block, nbins, cw, stage, outf, k, channels, c0, False)
+                    store_tile_lines(tile, block, nbins, cw, stage, outf, k, channels, c0, FALSE)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -345,7 +357,7 @@ def backward(
             if go_nhwc:
                 src, gbase, gstride = gof, k * nbins * channels + c0, channels
             else:
-                load_rows(gof, k, channels, c0, nbins, pa * pooled_w, pb * pooled_w, cw, g, block, False)
+                load_rows(gof, k, channels, c0, nbins, pa * pooled_w, pb * pooled_w, cw, g, block, FALSE)
                 src, gbase, gstride = g, 0, block
             # While this RoI is summed, the next one's gradient comes in from memory (a
             # hint per bin, so the loads overlap the arithmetic); with one band only.
@@ -371,7 +383,9 @@ def backward(
             for cell in range((h1 - h0) * width):
                 copy_run(acc, cell * block, gif, (at + cell) * channels + c0, cw)
         else:
-            transpose_tile(acc, 0, block, (h1 - h0) * width, cw, gif, (n * channels + c0) * plane + h0 * width, plane)
+            transpose_tile(
+                acc, ZERO, block, (h1 - h0) * width, cw, gif, (n * channels + c0) * plane + h0 * width, plane
+            )
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

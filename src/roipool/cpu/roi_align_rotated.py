@@ -41,7 +41,7 @@ import numba
 import numpy as np
 
 from ._parallel import balanced_chunks, launch_lock
-from ._simd import VECTOR_BYTES, scratch_lines
+from ._simd import FALSE, VECTOR_BYTES, scratch_lines
 from ._tiles import bins_order, load_tile, memory_order, store_tile, store_tile_lines
 from .roi_align import UNROLL, _gather, _scatter, blocked_map, channel_block, map_origin, rois_by_image
 
@@ -196,7 +196,7 @@ def forward(xb, x_nhwc, batch, frames, grids, pooled_h, pooled_w, bounds, out, n
                         xf, x_nhwc, batch[k], channels, c0, c0 + cw, height, width, frames[k], grids[k], pooled_w,
                         nbins, idx, wt, buf, tile, 0, block,
                     )  # fmt: skip
-                    store_tile_lines(tile, block, nbins, cw, stage, outf, k, channels, c0, False)
+                    store_tile_lines(tile, block, nbins, cw, stage, outf, k, channels, c0, FALSE)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -52,7 +52,9 @@ import numpy as np
 from ._machine import scratch_band, sweep_strip, sweeps_map_rows, tile_channels
 from ._parallel import balanced_chunks, launch_lock, row_sweep, sweep_band, whole_rois
 from ._simd import (
+    FALSE,
     VECTOR_BYTES,
+    ZERO,
     prefetch_l2,
     scratch_lines,
     transpose_tile,
@@ -110,10 +112,10 @@ def forward(x, batch, hbins, wbins, bounds, items, out, nhwc, chunk):
             hb, wb = hbins[k], wbins[k]
             for c1 in range(0, channels, chunk):
                 cc = min(chunk, channels - c1)
-                _pool_tile(xf, base + c1, width, channels, cc, hb, wb, tile, 0, cc, pooled_w * cc)
+                _pool_tile(xf, base + c1, width, channels, cc, hb, wb, tile, ZERO, cc, pooled_w * cc)
                 for c0 in range(c1, c1 + cc, block):
                     cw = min(block, c1 + cc - c0)
-                    store_tile_lines(tile[c0 - c1 :], cc, nbins, cw, stage, outf, k, channels, c0, False)
+                    store_tile_lines(tile[c0 - c1 :], cc, nbins, cw, stage, outf, k, channels, c0, FALSE)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -142,11 +144,11 @@ def forward_argmax(x, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chu
             hb, wb = hbins[k], wbins[k]
             for c1 in range(0, channels, chunk):
                 cc = min(chunk, channels - c1)
-                _pool_tile_argmax(xf, base + c1, width, channels, cc, hb, wb, tile, itile, 0, cc, pooled_w * cc)
+                _pool_tile_argmax(xf, base + c1, width, channels, cc, hb, wb, tile, itile, ZERO, cc, pooled_w * cc)
                 for c0 in range(c1, c1 + cc, block):
                     cw = min(block, c1 + cc - c0)
-                    store_tile_lines(tile[c0 - c1 :], cc, nbins, cw, stage, outf, k, channels, c0, False)
-                    store_tile_lines(itile[c0 - c1 :], cc, nbins, cw, istage, argf, k, channels, c0, False)
+                    store_tile_lines(tile[c0 - c1 :], cc, nbins, cw, stage, outf, k, channels, c0, FALSE)
+                    store_tile_lines(itile[c0 - c1 :], cc, nbins, cw, istage, argf, k, channels, c0, FALSE)
 
 
 @numba.njit(nogil=True)
@@ -471,7 +473,7 @@ def backward_recompute(x, channels_last, batch, hbins, wbins, grad_out, go_nhwc,
         h1 = min(h0 + band, height)
         # the rows read by the bin rows reaching the band (all rows with one band)
         r0, r1 = h0, h1
-        k = _next_roi(batch, n, 0)
+        k = _next_roi(batch, n, ZERO)
         while k < k_total and bands > 1:
             pa, pb = _rows_reaching(hbins[k], h0, h1)
             for ph in range(pa, pb):
@@ -484,10 +486,10 @@ def backward_recompute(x, channels_last, batch, hbins, wbins, grad_out, go_nhwc,
             for cell in range(rows_cells):
                 copy_run(xf, (n * cells + r0 * width + cell) * channels + c0, xl, cell * block, cw)
         else:
-            transpose_tile(xf, (n * channels + c0) * cells + r0 * width, cells, cw, rows_cells, xl, 0, block)
+            transpose_tile(xf, (n * channels + c0) * cells + r0 * width, cells, cw, rows_cells, xl, ZERO, block)
         acc = scratch_lines(rows_cells * block, x, True)
         gtile = scratch_lines(nbins * block, x)
-        k = _next_roi(batch, n, 0)
+        k = _next_roi(batch, n, ZERO)
         while k < k_total:
             following = _next_roi(batch, n, k + 1)
             # the RoI's gradient for this block, bins x channels: the bin rows reaching the band
