@@ -50,7 +50,7 @@ import numpy as np
 from .. import _checks
 from . import roi_align as align
 from ._parallel import balanced_chunks, launch_lock
-from ._simd import VECTOR_BYTES, scratch_lines
+from ._simd import VECTOR_BYTES, ZERO, scratch_lines
 from ._tiles import bins_order, load_tile
 
 
@@ -97,8 +97,7 @@ def prroi_taps(rois, spatial_scale, pooled_h, pooled_w, height, width):
     widx = np.empty(wcap, np.int32)
     hwt = np.empty((3, hcap), rois.dtype)
     wwt = np.empty((3, wcap), rois.dtype)
-    hpos = 0
-    wpos = 0
+    hpos = wpos = ZERO  # not the literal 0 (_simd.ZERO)
     for k in range(k_total):
         hpos = _axis_taps(geom[k, 0], geom[k, 1], height, spatial_scale, hptr[k], hidx, hwt, hpos)
         wpos = _axis_taps(geom[k, 2], geom[k, 3], width, spatial_scale, wptr[k], widx, wwt, wpos)

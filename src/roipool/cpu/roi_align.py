@@ -936,7 +936,7 @@ def boxes_backward(
             count = max(grid_h * grid_w, 1)
             _axis_grad_weights(y0, bin_h, grid_h, height, pooled_h, scale, free_h, hlo, hnum, hw, hd1, hd2, rois.dtype)
             _axis_grad_weights(x0, bin_w, grid_w, width, pooled_w, scale, free_w, wlo, wnum, ww, wd1, wd2, rois.dtype)
-            load_tile(gof, k, channels, 0, nbins, channels, g, channels, go_nhwc)
+            load_tile(gof, k, channels, ZERO, nbins, channels, g, channels, go_nhwc)
             gx1 = gy1 = gx2 = gy2 = 0.0
             for ph in range(pooled_h):
                 for pw in range(pooled_w):

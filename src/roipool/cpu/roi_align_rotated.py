@@ -41,7 +41,7 @@ import numba
 import numpy as np
 
 from ._parallel import balanced_chunks, launch_lock
-from ._simd import FALSE, VECTOR_BYTES, scratch_lines
+from ._simd import FALSE, VECTOR_BYTES, ZERO, scratch_lines
 from ._tiles import bins_order, load_tile, memory_order, store_tile, store_tile_lines
 from .roi_align import UNROLL, _gather, _scatter, blocked_map, channel_block, map_origin, rois_by_image
 
@@ -183,7 +183,7 @@ def forward(xb, x_nhwc, batch, frames, grids, pooled_h, pooled_w, bounds, out, n
             # blocks of a tap chunk in turn (as roi_align.forward)
             for k in range(lo, hi):
                 _forward_bins(
-                    xf, x_nhwc, batch[k], channels, 0, channels, height, width, frames[k], grids[k], pooled_w,
+                    xf, x_nhwc, batch[k], channels, ZERO, channels, height, width, frames[k], grids[k], pooled_w,
                     nbins, idx, wt, buf, outf, k * nbins * channels, channels,
                 )  # fmt: skip
         else:
@@ -194,7 +194,7 @@ def forward(xb, x_nhwc, batch, frames, grids, pooled_h, pooled_w, bounds, out, n
                 for k in range(lo, hi):
                     _forward_bins(
                         xf, x_nhwc, batch[k], channels, c0, c0 + cw, height, width, frames[k], grids[k], pooled_w,
-                        nbins, idx, wt, buf, tile, 0, block,
+                        nbins, idx, wt, buf, tile, ZERO, block,
                     )  # fmt: skip
                     store_tile_lines(tile, block, nbins, cw, stage, outf, k, channels, c0, FALSE)
 
@@ -213,7 +213,7 @@ def _forward_bins(
     for b in range(nbins):
         t = base + b * stride - c_lo
         dst[t + c_lo : t + c_hi] = 0
-        iy, ix = 0, 0
+        iy, ix = ZERO, ZERO
         while iy < gh:
             m, iy, ix = _fill_taps(frame, gh, gw, b // pooled_w, b % pooled_w, height, width, idx, wt, buf, iy, ix)
             if c_hi - c_lo <= block:  # one block (into an NCHW tile): no loop around the inlined sums
@@ -261,7 +261,7 @@ def backward(grad_out, go_nhwc, batch, frames, grids, pooled_h, pooled_w, order,
                 t = b * block
                 for c in range(t, t + cw):
                     g[c] = g[c] / count
-                iy, ix = 0, 0
+                iy, ix = ZERO, ZERO
                 while iy < gh:
                     m, iy, ix = _fill_taps(
                         frames[k], gh, gw, b // pooled_w, b % pooled_w, height, width, idx, wt, buf, iy, ix
