@@ -157,7 +157,7 @@ def roi_align_taps(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, alig
     wwt = np.empty(wcap, rois.dtype)
     scratch = np.zeros(max(height, width), rois.dtype)
     # pass 2: the taps themselves
-    hpos = wpos = ZERO  # not the literal 0 (_simd.ZERO)
+    hpos = wpos = ZERO  # a plain int64, not the literal 0: one compiled _axis_taps
     for k in range(k_total):
         hpos = _axis_taps(starts[k, 0], bins[k, 0], grids[k, 0], height, hptr[k], hidx, hwt, hpos, scratch, rois.dtype)
         wpos = _axis_taps(starts[k, 1], bins[k, 1], grids[k, 1], width, wptr[k], widx, wwt, wpos, scratch, rois.dtype)

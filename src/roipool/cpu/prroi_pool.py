@@ -97,7 +97,7 @@ def prroi_taps(rois, spatial_scale, pooled_h, pooled_w, height, width):
     widx = np.empty(wcap, np.int32)
     hwt = np.empty((3, hcap), rois.dtype)
     wwt = np.empty((3, wcap), rois.dtype)
-    hpos = wpos = ZERO  # not the literal 0 (_simd.ZERO)
+    hpos = wpos = ZERO  # a plain int64, not the literal 0: one compiled _axis_taps
     for k in range(k_total):
         hpos = _axis_taps(geom[k, 0], geom[k, 1], height, spatial_scale, hptr[k], hidx, hwt, hpos)
         wpos = _axis_taps(geom[k, 2], geom[k, 3], width, spatial_scale, wptr[k], widx, wwt, wpos)

@@ -136,9 +136,9 @@ def forward_argmax(x, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chu
             _pool_items(xf, x.shape, batch, hbins, wbins, items, bounds[run], bounds[run + 1], outf, argf)
             continue
         tile = scratch_lines(nbins * chunk, x)
-        itile = np.empty(nbins * chunk, np.int32)
+        itile = scratch_lines(nbins * chunk, argf)
         stage = scratch_lines(nbins * block, x)
-        istage = np.empty(nbins * block, np.int32)
+        istage = scratch_lines(nbins * block, argf)
         for k in range(bounds[run], bounds[run + 1]):
             base = batch[k] * height * width * channels
             hb, wb = hbins[k], wbins[k]
