@@ -55,11 +55,18 @@ def load_rows(src, item, channels, c0, rows, r0, r1, cw, tile, stride, nhwc):
 @numba.njit(nogil=True)
 def store_tile(tile, stride, rows, cw, dst, item, channels, c0, nhwc):
     """Channel ``c0 + c`` of row ``r`` of item ``item`` of ``dst`` <- ``tile[r * stride + c]``, ``r < rows``, ``c < cw``."""
+    store_rows(tile, ZERO, stride, rows, ZERO, rows, cw, dst, item, channels, c0, nhwc)
+
+
+@numba.njit(nogil=True)
+def store_rows(tile, t, stride, rows, r0, r1, cw, dst, item, channels, c0, nhwc):
+    """:func:`store_tile` of rows ``r0 <= r < r1`` only (of an item of ``rows`` rows), taken from
+    ``tile[t + (r - r0) * stride + c]``: a backward task's band of map rows."""
     if nhwc:
-        for r in range(rows):
-            copy_run(tile, r * stride, dst, (item * rows + r) * channels + c0, cw)
+        for r in range(r0, r1):
+            copy_run(tile, t + (r - r0) * stride, dst, (item * rows + r) * channels + c0, cw)
     else:
-        transpose_tile(tile, ZERO, stride, rows, cw, dst, (item * channels + c0) * rows, rows)
+        transpose_tile(tile, t, stride, r1 - r0, cw, dst, (item * channels + c0) * rows + r0, rows)
 
 
 @numba.njit(nogil=True)

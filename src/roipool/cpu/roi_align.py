@@ -106,6 +106,7 @@ from ._tiles import (
     load_rows,
     load_tile,
     memory_order,
+    store_rows,
     store_tile_lines,
 )
 from .geometry import _grid, _sample_position, _window, bilinear_corners, roi_align_taps
@@ -378,14 +379,7 @@ def backward(
                     gof, ahead, ahead_len, ahead_step,
                 )  # fmt: skip
         # the band into the gradient: its cells are contiguous there too
-        if gi_nhwc:
-            at = n * plane + h0 * width
-            for cell in range((h1 - h0) * width):
-                copy_run(acc, cell * block, gif, (at + cell) * channels + c0, cw)
-        else:
-            transpose_tile(
-                acc, ZERO, block, (h1 - h0) * width, cw, gif, (n * channels + c0) * plane + h0 * width, plane
-            )
+        store_rows(acc, ZERO, block, plane, h0 * width, h1 * width, cw, gif, n, channels, c0, gi_nhwc)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

@@ -72,6 +72,7 @@ from ._tiles import (
     copy_run,
     load_rows,
     memory_order,
+    store_rows,
     store_tile_lines,
 )
 from .geometry import roi_pool_bins
@@ -506,12 +507,9 @@ def backward_recompute(x, channels_last, batch, hbins, wbins, grad_out, go_nhwc,
                 )  # fmt: skip
             k = following
         # the band's rows of the accumulator into the gradient
-        at, band_cells = (h0 - r0) * width * block, (h1 - h0) * width
-        if gi_nhwc:
-            for cell in range(band_cells):
-                copy_run(acc, at + cell * block, gif, (n * cells + h0 * width + cell) * channels + c0, cw)
-        else:
-            transpose_tile(acc, at, block, band_cells, cw, gif, (n * channels + c0) * cells + h0 * width, cells)
+        store_rows(
+            acc, (h0 - r0) * width * block, block, cells, h0 * width, h1 * width, cw, gif, n, channels, c0, gi_nhwc
+        )
 
 
 @numba.njit(nogil=True)
