@@ -124,7 +124,7 @@ def main():
             )
     results["machine"] = {
         "cpu": platform.processor() or platform.machine(),
-        "numba_threads": roipool.get_num_threads(),
+        "roipool_threads": roipool.get_num_threads(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }

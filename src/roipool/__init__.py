@@ -573,14 +573,17 @@ def prroi_pool_boxes_backward(grad_output, input, boxes, output_size, spatial_sc
 
 
 def set_num_threads(n: int) -> None:
-    """Threads the CPU kernels use (Numba's pool; independent of ``torch.set_num_threads``)."""
-    import numba
+    """Run the CPU kernels on ``n`` threads (1 to ``NUMBA_NUM_THREADS``), from every Python thread.
 
-    numba.set_num_threads(n)
+    Independent of ``torch.set_num_threads``.
+    """
+    from .cpu import _parallel
+
+    _parallel.set_threads(n)
 
 
 def get_num_threads() -> int:
-    """Threads the CPU kernels use now."""
-    import numba
+    """Threads the CPU kernels run on (default ``NUMBA_NUM_THREADS``, all the cores this process may use)."""
+    from .cpu import _parallel
 
-    return numba.get_num_threads()
+    return _parallel.threads()

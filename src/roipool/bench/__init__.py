@@ -159,18 +159,16 @@ def measure(
 def machine(device: str = "cpu") -> dict:
     import numba
 
+    import roipool
+
     info = {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": _cpu_name(),
         "cores": os.cpu_count(),
         "numba": numba.__version__,
-        "numba_threads": numba.get_num_threads(),
+        "roipool_threads": roipool.get_num_threads(),
     }
-    try:
-        info["numba_threading_layer"] = numba.threading_layer()
-    except ValueError:  # no parallel kernel has run yet
-        pass
     for name in ("torch", "torchvision", "onnxruntime"):
         mod = _optional(name)
         if mod is not None:
@@ -325,7 +323,7 @@ def main(args) -> int:
         jax=getattr(args, "jax", False),
         channels_last=getattr(args, "channels_last", False),
     )
-    info = machine(args.device)  # after the run, which starts Numba's threading layer
+    info = machine(args.device)
     if bandwidth:
         info["copy_bandwidth_gb_s"] = round(bandwidth / 1e9, 1)
     if args.json:

@@ -158,10 +158,11 @@ def candidates(workload: Workload, op: str, mode: str, device: str = "cpu", jax:
 
 def _openvino_model(outputs, params, name):
     """An OpenVINO model compiled for the CPU plugin with roipool's thread count, in float32."""
-    import numba
     import openvino as ov
 
-    config = {"INFERENCE_NUM_THREADS": numba.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32"}
+    import roipool
+
+    config = {"INFERENCE_NUM_THREADS": roipool.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32"}
     return ov.Core().compile_model(ov.Model(outputs, params, name), "CPU", config)
 
 

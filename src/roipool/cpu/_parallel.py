@@ -1,20 +1,106 @@
-"""Work splitting and the thread pool shared by the CPU kernels.
+"""Work splitting and the threads shared by the CPU kernels.
 
-The kernels run on Numba's thread pool (``numba.set_num_threads`` sizes it;
-``NUMBA_NUM_THREADS`` caps it). Numba's default ``workqueue`` layer must not
-be entered from two Python threads at once, so every parallel launch goes
-through :data:`launch_lock`; the kernels use every core anyway, so callers
-lose no throughput by taking turns.
+A parallel kernel is a serial Numba function that releases the GIL
+(``nogil=True``) and takes two last arguments, ``part`` and ``parts``: it
+does the items :func:`share` gives that part. :func:`launch` runs the parts
+at once, one on the calling thread and the others on a pool of Python
+threads, and returns when all are done. Numba's own ``parallel=True`` does
+the same with ``prange``, but it compiles each kernel a second time as a
+"gufunc" that links and optimises all its helpers again: the first call of
+``roi_align`` on a new machine took 12.3 s that way and 6.9 s this way
+(``docs/benchmarks.md``).
+
+:func:`set_threads` sizes the pool for the whole process; the default is
+``NUMBA_NUM_THREADS`` (all the cores this process may use), which also caps
+it.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numba
 import numpy as np
 
-launch_lock = threading.Lock()
+# Below this many values a kernel runs on the calling thread alone: handing a part to a pool
+# thread took 40 to 70 us here (a futex wake-up on a VM), about 30,000 values of work.
+GRAIN = 32768
+
+_threads = 0  # 0: not set, NUMBA_NUM_THREADS
+_lock = threading.Lock()  # guards _pool and _pool_size
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+
+
+def _forget_pool() -> None:
+    """In a forked child: the parent's pool threads were not copied, and its lock may have been held."""
+    global _lock, _pool
+    _lock, _pool = threading.Lock(), None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def threads() -> int:
+    """Threads the kernels run on (:func:`set_threads`; default ``NUMBA_NUM_THREADS``)."""
+    return _threads or numba.config.NUMBA_NUM_THREADS
+
+
+def set_threads(n: int) -> None:
+    """Run the kernels on ``n`` threads, from 1 to ``NUMBA_NUM_THREADS``, in every Python thread."""
+    global _threads
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"n (the number of threads) must be an int, got {type(n).__name__}")
+    limit = numba.config.NUMBA_NUM_THREADS
+    if not 1 <= n <= limit:
+        raise ValueError(f"n (the number of threads) must be between 1 and NUMBA_NUM_THREADS={limit}, got {n}")
+    _threads = int(n)
+
+
+@numba.njit(cache=True, nogil=True)
+def share(n, part, parts):
+    """The items ``part`` of ``parts`` does of ``n``: a contiguous run, the runs about equal in count.
+
+    The indices are signed: index an array with one directly in an inner loop
+    as ``np.uint64(i)``, or Numba's negative-index check can keep the loop from
+    vectorising (``roi_pool.count_outside``).
+    """
+    return range(n * part // parts, n * (part + 1) // parts)
+
+
+def _workers(count: int) -> ThreadPoolExecutor:
+    """The pool of ``count`` threads (a new one when the count has changed)."""
+    global _pool, _pool_size
+    with _lock:
+        if _pool is None or _pool_size != count:
+            if _pool is not None:
+                _pool.shutdown(wait=False)  # its queued parts still run
+            _pool, _pool_size = ThreadPoolExecutor(count, thread_name_prefix="roipool"), count
+        return _pool
+
+
+def launch(kernel, *args, values: int) -> list:
+    """``[kernel(*args, part, parts) for part in range(parts)]``, the parts run at once.
+
+    ``parts`` is :func:`threads`, or 1 when ``values`` (about how many
+    array elements the kernel reads and writes) is under :data:`GRAIN`:
+    waking a pool thread costs about as much as that work. Part 0 runs on
+    the calling thread. Every part has finished when this returns or raises
+    (the first part's error is raised, else a worker's), so no thread still
+    writes into the caller's arrays.
+    """
+    parts = threads() if values >= GRAIN else 1
+    if parts == 1:
+        return [kernel(*args, 0, 1)]
+    pool = _workers(parts - 1)
+    futures = [pool.submit(kernel, *args, part, parts) for part in range(1, parts)]
+    try:
+        first = kernel(*args, 0, parts)
+    finally:
+        wait(futures)
+    return [first, *(f.result() for f in futures)]
 
 
 def balanced_chunks(cost: np.ndarray, pieces_per_thread: int = 8) -> np.ndarray:
@@ -25,7 +111,7 @@ def balanced_chunks(cost: np.ndarray, pieces_per_thread: int = 8) -> np.ndarray:
     slice of the output.
     """
     k_total = len(cost)
-    pieces = max(1, min(k_total, numba.get_num_threads() * pieces_per_thread))
+    pieces = max(1, min(k_total, threads() * pieces_per_thread))
     if pieces <= 1:
         return np.array([0, k_total], np.int64)
     total = np.cumsum(cost, dtype=np.float64)

@@ -94,6 +94,35 @@ def _element_pointer(context, builder, array_type, array, index, vector_type):
 
 
 @intrinsic
+def borrowed(typingctx, arrays):
+    """The tuple ``arrays`` without their reference counts, as Numba's ``prange`` bodies see arrays.
+
+    A view taken of an array in a loop (``hptr[k]``) increments and decrements
+    the count of the array's memory, an atomic operation on one cache line;
+    when two threads slice the same array, that line moves between their cores
+    at every view (the ``roi_align`` backward on ``maskrcnn``: 57 ms on two
+    threads, 54 with borrowed arrays, as with ``prange``). Views of a borrowed
+    array carry no count. The caller keeps the arrays alive while the results
+    are used: a kernel borrows its own arguments.
+    """
+    if not isinstance(arrays, types.BaseTuple) or not all(isinstance(a, types.Array) for a in arrays):
+        return None
+
+    def codegen(context, builder, sig, args):
+        views = []
+        for ty, value in zip(sig.return_type, cgutils.unpack_tuple(builder, args[0])):
+            src = context.make_array(ty)(context, builder, value)
+            view = context.make_array(ty)(context, builder)
+            context.populate_array(
+                view, data=src.data, shape=src.shape, strides=src.strides, itemsize=src.itemsize, meminfo=None
+            )
+            views.append(view._getvalue())
+        return context.make_tuple(builder, sig.return_type, views)
+
+    return arrays(arrays), codegen
+
+
+@intrinsic
 def vload(typingctx, array, index):
     """The vector ``array[index : index + lanes]`` of a contiguous 1-D array."""
     vt = Vector(array.dtype, lanes_of(array.dtype))

@@ -19,8 +19,18 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._parallel import launch_lock
-from ._simd import VECTOR_BYTES, ZERO, copy_to_lines, empty_lines, scratch_lines, transpose_tile, vload, vstore
+from ._parallel import launch, share, threads
+from ._simd import (
+    VECTOR_BYTES,
+    ZERO,
+    borrowed,
+    copy_to_lines,
+    empty_lines,
+    scratch_lines,
+    transpose_tile,
+    vload,
+    vstore,
+)
 
 
 @numba.njit(nogil=True, inline="always")
@@ -83,7 +93,6 @@ def store_tile_lines(tile, stride, rows, cw, stage, dst, item, channels, c0, nhw
 def channels_first_in_place(a: np.ndarray) -> None:
     """Each item of ``a (items, rows, channels)`` (C-contiguous) replaced by its transpose: the
     same memory then holds ``(items, channels, rows)``, an NCHW output written channels-last.
-    The caller holds :data:`_parallel.launch_lock`.
 
     A task takes a run of items; each is copied into the task's own scratch
     (``rows * channels`` values, in L2) and transposed back into its place,
@@ -92,15 +101,16 @@ def channels_first_in_place(a: np.ndarray) -> None:
     move, so the bits are those of ``a``.
     """
     if a.size:
-        _channels_first(a, min(a.shape[0], 8 * numba.get_num_threads()))
+        launch(_channels_first, a, min(a.shape[0], 8 * threads()), values=a.size)
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _channels_first(a, tasks):
+@numba.njit(cache=True, nogil=True)
+def _channels_first(a, tasks, part, parts):
+    (a,) = borrowed((a,))
     items, rows, channels = a.shape
     af = a.reshape(-1)
     n = rows * channels
-    for task in numba.prange(tasks):
+    for task in share(tasks, part, parts):
         scratch = scratch_lines(n, a)
         for i in range(task * items // tasks, (task + 1) * items // tasks):
             copy_run(af, i * n, scratch, 0, n)
@@ -143,18 +153,19 @@ def bins_as(a: np.ndarray, nhwc: bool) -> np.ndarray:
     return np.ascontiguousarray(a).reshape(k, channels, -1)
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _nchw_to_nhwc(src, channels, plane, dst, cells):
+@numba.njit(cache=True, nogil=True)
+def _nchw_to_nhwc(src, channels, plane, dst, cells, part, parts):
     """``dst`` (flat ``(N, H * W, C)``) <- the transpose of each image of ``src`` (flat ``(N, C, H * W)``).
 
     A task takes ``cells`` consecutive cells of an image, all channels: it
     transposes a vector's worth of channel planes (16 float32) at a time,
     and writes one compact, contiguous ``(cells, C)`` piece of ``dst``.
     """
+    src, dst = borrowed((src, dst))
     lanes = VECTOR_BYTES // src.itemsize
     images = src.size // max(channels * plane, 1)
     pieces = (plane + cells - 1) // cells
-    for item in numba.prange(images * pieces):
+    for item in share(images * pieces, part, parts):
         n = item // pieces
         p0 = (item % pieces) * cells
         cols = min(cells, plane - p0)
@@ -199,6 +210,5 @@ def channels_last_copy(x: np.ndarray, dtype=None) -> np.ndarray:
         return np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=dtype)
     n, c, h, w = x.shape
     out = empty_lines((n, h, w, c), dtype)
-    with launch_lock:
-        _nchw_to_nhwc(x.reshape(-1), c, h * w, out.reshape(-1), copy_cells(c, x.itemsize))
+    launch(_nchw_to_nhwc, x.reshape(-1), c, h * w, out.reshape(-1), copy_cells(c, x.itemsize), values=x.size)
     return out

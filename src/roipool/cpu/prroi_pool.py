@@ -49,8 +49,8 @@ import numpy as np
 
 from .. import _checks
 from . import roi_align as align
-from ._parallel import balanced_chunks, launch_lock
-from ._simd import VECTOR_BYTES, ZERO, scratch_lines
+from ._parallel import balanced_chunks, launch, share
+from ._simd import VECTOR_BYTES, ZERO, borrowed, scratch_lines
 from ._tiles import bins_order, load_tile
 
 
@@ -192,9 +192,9 @@ def _hat_average(a, b, d, i):
     return w, dwa, dwb
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True)
 def boxes_backward(
-    xb, grad_out, go_nhwc, batch, hptr, hidx, hwt, hd1, hd2, wptr, widx, wwt, wd1, wd2, bounds, grad_boxes
+    xb, grad_out, go_nhwc, batch, hptr, hidx, hwt, hd1, hd2, wptr, widx, wwt, wd1, wd2, bounds, grad_boxes, part, parts
 ):
     """``grad_boxes (K, 4)`` <- the gradient with respect to ``[x1, y1, x2, y2]`` of every RoI.
 
@@ -205,6 +205,9 @@ def boxes_backward(
     in a fixed order (channel block, bin row, bin), so the result is the same
     for any thread count.
     """
+    xb, grad_out, batch, hptr, hidx, hwt, hd1, hd2, wptr, widx, wwt, wd1, wd2, bounds, grad_boxes = borrowed(
+        (xb, grad_out, batch, hptr, hidx, hwt, hd1, hd2, wptr, widx, wwt, wd1, wd2, bounds, grad_boxes)
+    )
     _, channels, height, width = xb.shape
     xf = xb.reshape(-1)
     gof = grad_out.reshape(-1)
@@ -213,7 +216,7 @@ def boxes_backward(
     block = align.UNROLL * (VECTOR_BYTES // xb.itemsize)
     pooled_h = hptr.shape[1] - 1
     pooled_w = wptr.shape[1] - 1
-    for run in numba.prange(bounds.shape[0] - 1):
+    for run in share(bounds.shape[0] - 1, part, parts):
         g = scratch_lines(nbins * block, xb)
         line = scratch_lines(width * block, xb)
         line_d1 = scratch_lines(width * block, xb)
@@ -314,5 +317,4 @@ def launch_boxes_backward(grad_out, x, taps: PrRoITaps, grad_boxes) -> None:
         return
     go, go_nhwc = bins_order(grad_out, copy=True)
     xb = align.blocked_map(x)
-    with launch_lock:
-        boxes_backward(xb, go, go_nhwc, *taps.derivative_arrays, taps.bounds, grad_boxes)
+    launch(boxes_backward, xb, go, go_nhwc, *taps.derivative_arrays, taps.bounds, grad_boxes, values=xb.size + go.size)

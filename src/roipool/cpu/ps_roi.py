@@ -24,7 +24,9 @@ import numba
 import numpy as np
 
 from .. import _checks
-from ._parallel import balanced_chunks, launch_lock
+from . import _parallel
+from ._parallel import balanced_chunks, launch, share
+from ._simd import borrowed
 from .ps_geometry import align_coord_limit, ps_roi_align_taps, ps_roi_pool_taps
 
 
@@ -59,8 +61,8 @@ def _forward_task(x, batch, y_first, y_count, y_weight, x_first, x_count, x_weig
                 acc[c] = acc[c] / area
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def forward(x, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, mean, tasks, out):
+@numba.njit(cache=True, nogil=True)
+def forward(x, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, mean, tasks, out, part, parts):
     """``out (B, K, C_out)`` <- weighted bin sums of ``x (B, N, H, W, C_out)``.
 
     ``tasks (T, 3)`` rows ``[bin, k0, k1]``: bin ``bin`` of RoIs ``k0 .. k1 - 1``.
@@ -69,7 +71,10 @@ def forward(x, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, me
     area ``rows * cols`` (0 for an empty bin), as ps_roi_pool does; otherwise
     the weights already average.
     """
-    for t in numba.prange(tasks.shape[0]):
+    x, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, tasks, out = borrowed(
+        (x, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, tasks, out)
+    )
+    for t in share(tasks.shape[0], part, parts):
         _forward_task(x, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, mean, tasks[t], out)
 
 
@@ -113,8 +118,10 @@ def _backward_task(grad_out, batch, y_first, y_count, y_weight, x_first, x_count
                     cell[c] += w * g[c]
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def backward(grad_out, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, mean, tasks, grad_in):
+@numba.njit(cache=True, nogil=True)
+def backward(
+    grad_out, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, mean, tasks, grad_in, part, parts
+):
     """``grad_in (B, N, H, W, C_out)`` += the adjoint of :func:`forward` applied to
     ``grad_out (B, K, C_out)``.
 
@@ -122,7 +129,10 @@ def backward(grad_out, batch, y_first, y_count, y_weight, x_first, x_count, x_we
     task writes only ``grad_in[bin, ..., c0:c1]`` and adds the RoIs in
     ascending order.
     """
-    for t in numba.prange(tasks.shape[0]):
+    grad_out, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, tasks, grad_in = borrowed(
+        (grad_out, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, tasks, grad_in)
+    )
+    for t in share(tasks.shape[0], part, parts):
         _backward_task(grad_out, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, mean, tasks[t], grad_in)
 
 
@@ -140,11 +150,12 @@ def backward_serial(grad_out, batch, y_first, y_count, y_weight, x_first, x_coun
 _BLOCK = 32
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def rois_last(src, dst):
+@numba.njit(cache=True, nogil=True)
+def rois_last(src, dst, part, parts):
     """``dst (K, C_out, B)`` <- ``src (B, K, C_out)``."""
+    src, dst = borrowed((src, dst))
     nbins, k_total, channels = src.shape
-    for blk in numba.prange((k_total + _BLOCK - 1) // _BLOCK):
+    for blk in share((k_total + _BLOCK - 1) // _BLOCK, part, parts):
         k1 = min(k_total, (blk + 1) * _BLOCK)
         for b in range(nbins):
             for k in range(blk * _BLOCK, k1):
@@ -152,11 +163,12 @@ def rois_last(src, dst):
                     dst[k, c, b] = src[b, k, c]
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def bins_first(src, dst):
+@numba.njit(cache=True, nogil=True)
+def bins_first(src, dst, part, parts):
     """``dst (B, K, C_out)`` <- ``src (K, C_out, B)``, the inverse of :func:`rois_last`."""
+    src, dst = borrowed((src, dst))
     k_total, channels, nbins = src.shape
-    for blk in numba.prange((k_total + _BLOCK - 1) // _BLOCK):
+    for blk in share((k_total + _BLOCK - 1) // _BLOCK, part, parts):
         k1 = min(k_total, (blk + 1) * _BLOCK)
         for b in range(nbins):
             for k in range(blk * _BLOCK, k1):
@@ -164,11 +176,12 @@ def bins_first(src, dst):
                     dst[b, k, c] = src[k, c, b]
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def channels_first(src, dst):
+@numba.njit(cache=True, nogil=True)
+def channels_first(src, dst, part, parts):
     """``dst (N, C_out, B, H, W)`` <- ``src (B, N, H, W, C_out)``: read in order, write C_out streams."""
+    src, dst = borrowed((src, dst))
     nbins, n_total, height, width, channels = src.shape
-    for task in numba.prange(n_total * nbins):
+    for task in share(n_total * nbins, part, parts):
         n = task // nbins
         b = task - n * nbins
         for h in range(height):
@@ -177,7 +190,7 @@ def channels_first(src, dst):
                     dst[n, c, b, h, w] = src[b, n, h, w, c]
 
 
-# ---- launchers: the geometry of one call, layouts, and the lock around every parallel kernel ----
+# ---- launchers: the geometry of one call, layouts, and the launch of its kernels on every thread ----
 
 
 class PSRoITaps:
@@ -236,14 +249,21 @@ def launch_forward(input, taps: PSRoITaps) -> np.ndarray:
         if _small(taps, channels_out):
             forward_serial(x, taps.batch, *taps.axes, taps.mean, _forward_tasks(nbins, taps.cost, 1), out)
         else:
-            with launch_lock:
-                forward(x, taps.batch, *taps.axes, taps.mean, _forward_tasks(nbins, taps.cost), out)
+            launch(
+                forward,
+                x,
+                taps.batch,
+                *taps.axes,
+                taps.mean,
+                _forward_tasks(nbins, taps.cost),
+                out,
+                values=x.size + out.size,
+            )
     if out.size < _SMALL_LAYOUT:
         result = np.ascontiguousarray(out.transpose(1, 2, 0))
     else:
         result = np.empty((taps.num_rois, channels_out, nbins), dtype)
-        with launch_lock:
-            rois_last(out, result)
+        launch(rois_last, out, result, values=out.size)
     return result.reshape(taps.num_rois, channels_out, *output_size)
 
 
@@ -266,14 +286,21 @@ def launch_backward(grad_output, taps: PSRoITaps, input_shape) -> np.ndarray:
             backward_serial(go_bins, taps.batch, *taps.axes, taps.mean, tasks, g)
         else:
             go_bins = np.empty((nbins, taps.num_rois, channels_out), dtype)
-            with launch_lock:
-                bins_first(go, go_bins)
-                backward(go_bins, taps.batch, *taps.axes, taps.mean, _backward_tasks(nbins, channels_out), g)
+            launch(bins_first, go, go_bins, values=go.size)
+            launch(
+                backward,
+                go_bins,
+                taps.batch,
+                *taps.axes,
+                taps.mean,
+                _backward_tasks(nbins, channels_out),
+                g,
+                values=go.size + g.size,
+            )
         if g.size < _SMALL_LAYOUT:
             grad_nc[...] = g.transpose(1, 4, 0, 2, 3)
         else:
-            with launch_lock:
-                channels_first(g, grad_nc)
+            launch(channels_first, g, grad_nc, values=g.size)
     return grad_in
 
 
@@ -299,7 +326,7 @@ def _forward_tasks(nbins: int, cost: np.ndarray, threads: int | None = None) -> 
 
 def _backward_tasks(nbins: int, channels_out: int, threads: int | None = None) -> np.ndarray:
     """Rows ``[bin, c0, c1]``: every bin, its channels split so that there are enough tasks."""
-    wanted = 4 * (threads or numba.get_num_threads())
+    wanted = 4 * (threads or _parallel.threads())
     pieces = max(1, min(channels_out, -(-wanted // nbins)))
     edges = np.linspace(0, channels_out, pieces + 1).round().astype(np.int64)
     return np.array([(b, edges[i], edges[i + 1]) for b in range(nbins) for i in range(pieces)], np.int64)

@@ -84,11 +84,12 @@ import numpy as np
 
 from .. import _checks
 from ._machine import scratch_band, sweep_strip, sweeps_map_rows
-from ._parallel import balanced_chunks, launch_lock, row_sweep, sweep_band, whole_rois
+from ._parallel import balanced_chunks, launch, row_sweep, share, sweep_band, threads, whole_rois
 from ._simd import (
     FALSE,
     VECTOR_BYTES,
     ZERO,
+    borrowed,
     empty_lines,
     prefetch,
     scratch_lines,
@@ -146,8 +147,8 @@ def _rows_first_pays(hptr, wptr, span, path):
     return rows_first < direct
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def channel_blocks(x, cell_step, channel_step, xb):
+@numba.njit(cache=True, nogil=True)
+def channel_blocks(x, cell_step, channel_step, xb, part, parts):
     """``xb`` <- the feature map in the channel-blocked layout :func:`forward` reads.
 
     ``x`` is a flat C-contiguous array holding ``xb.shape == (N, C, H, W)``
@@ -159,12 +160,13 @@ def channel_blocks(x, cell_step, channel_step, xb):
     array at ``(n * C + c0) * H * W``: a RoI's block of channels then reads
     one compact region, and each cell's channels are contiguous.
     """
+    x, xb = borrowed((x, xb))
     images, channels, height, width = xb.shape
     xbf = xb.reshape(-1)
     plane = height * width
     block = UNROLL * (VECTOR_BYTES // xb.itemsize)
     nblocks = (channels + block - 1) // block
-    for item in numba.prange(images * nblocks):
+    for item in share(images * nblocks, part, parts):
         n = item // nblocks
         c0 = (item % nblocks) * block
         cw = min(block, channels - c0)
@@ -177,8 +179,8 @@ def channel_blocks(x, cell_step, channel_step, xb):
                 copy_run(x, src + cell * cell_step, xbf, dst + cell * cw, cw)
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def forward(xb, x_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, items, path, out, nhwc):
+@numba.njit(cache=True, nogil=True)
+def forward(xb, x_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, items, path, out, nhwc, part, parts):
     """``out (K, C, PH * PW)`` (or, ``nhwc``, ``(K, PH * PW, C)``) <- RoIAlign of ``xb`` from the taps.
 
     ``xb`` is the map in the layout of :func:`channel_blocks` (shape ``(N, C, H, W)``), or, with
@@ -187,6 +189,9 @@ def forward(xb, x_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, items, 
     ``items``, rows ``(RoI, ph_lo, ph_hi, pw_lo, pw_hi)`` of bins to sum (pieces of bin
     rows, ``_parallel.row_sweep``, or ``whole_rois``).
     """
+    xb, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, items, out = borrowed(
+        (xb, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, items, out)
+    )
     if x_nhwc:
         _, height, width, channels = xb.shape
     else:
@@ -198,7 +203,7 @@ def forward(xb, x_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, items, 
     pooled_w = wptr.shape[1] - 1
     block = UNROLL * (VECTOR_BYTES // xb.itemsize)
     nblocks = (channels + block - 1) // block
-    for run in numba.prange(bounds.shape[0] - 1):
+    for run in share(bounds.shape[0] - 1, part, parts):
         lo, hi = bounds[run], bounds[run + 1]
         if nhwc:
             # Whole RoIs, or on a large map pieces of bin rows in the order of the map rows
@@ -316,9 +321,26 @@ def _forward_bins(
                     )
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True)
 def backward(
-    grad_out, go_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, order, starts, block, band, path, grad_in, gi_nhwc
+    grad_out,
+    go_nhwc,
+    batch,
+    hptr,
+    hidx,
+    hwt,
+    wptr,
+    widx,
+    wwt,
+    order,
+    starts,
+    block,
+    band,
+    path,
+    grad_in,
+    gi_nhwc,
+    part,
+    parts,
 ):
     """``grad_in (N, C, H, W)`` <- the adjoint of :func:`forward` applied to ``grad_out (K, C, PH * PW)``.
 
@@ -331,6 +353,9 @@ def backward(
     order of the whole map's sums, so the bands change no bit. Both arrays must
     be C-contiguous.
     """
+    grad_out, batch, hptr, hidx, hwt, wptr, widx, wwt, order, starts, grad_in = borrowed(
+        (grad_out, batch, hptr, hidx, hwt, wptr, widx, wwt, order, starts, grad_in)
+    )
     nbins, channels = grad_out.shape[1:] if go_nhwc else grad_out.shape[:0:-1]
     images, height, width = grad_in.shape[:3] if gi_nhwc else (grad_in.shape[0], grad_in.shape[2], grad_in.shape[3])
     gof = grad_out.reshape(-1)
@@ -339,7 +364,7 @@ def backward(
     pooled_w = wptr.shape[1] - 1
     bands = (height + band - 1) // band
     plane = height * width
-    for item in numba.prange(images * nblocks * bands):
+    for item in share(images * nblocks * bands, part, parts):
         n = item // (nblocks * bands)
         c0 = (item // bands % nblocks) * block
         cw = min(block, channels - c0)
@@ -666,7 +691,7 @@ def _scatter2(src, t, dst, base, step_i, idx_i, wt_i, i0, i1, step_j, idx_j, wt_
                 dst[oi + idx_j[j] * step_j] += wi * wt_j[j] * v
 
 
-# ---- launchers: the geometry of one call, and the lock around every parallel kernel ----
+# ---- launchers: the geometry of one call, and the launch of its kernels on every thread ----
 
 # How the kernels evaluate each RoI's taps: ``AUTO`` picks the cheaper of
 # ``DIRECT`` and ``ROWS_FIRST`` per RoI; the tests force each in turn.
@@ -709,8 +734,7 @@ def blocked_map(x) -> np.ndarray:
         flat, cell_step, channel_step = x.transpose(0, 2, 3, 1).reshape(-1), x.shape[1], 1
     else:
         flat, cell_step, channel_step = np.ascontiguousarray(x).reshape(-1), 1, x.shape[2] * x.shape[3]
-    with launch_lock:
-        channel_blocks(flat, cell_step, channel_step, xb)
+    launch(channel_blocks, flat, cell_step, channel_step, xb, values=xb.size)
     return xb
 
 
@@ -736,10 +760,20 @@ def launch_forward(x, taps: RoIAlignTaps, out) -> None:
     # a swept NCHW output is written channels-last in its own memory, then each RoI turned in place
     transpose = not nhwc and items.shape[0] > 0
     dst = view.reshape(view.shape[0], -1, view.shape[1]) if transpose else view
-    with launch_lock:
-        forward(xb, x_nhwc, *taps.arrays, bounds, items, TAP_EVALUATION, dst, nhwc or transpose)
-        if transpose:
-            channels_first_in_place(dst)
+    launch(
+        forward,
+        xb,
+        x_nhwc,
+        *taps.arrays,
+        bounds,
+        items,
+        TAP_EVALUATION,
+        dst,
+        nhwc or transpose,
+        values=xb.size + dst.size,
+    )
+    if transpose:
+        channels_first_in_place(dst)
 
 
 def _forward_items(x, taps, nhwc: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -783,17 +817,29 @@ def launch_backward(grad_out, taps: RoIAlignTaps, grad_in) -> None:
     go, go_nhwc = bins_order(grad_out, copy=True)
     gi, gi_nhwc = memory_order(grad_in)
     order, starts = rois_by_image(taps.batch, images)
-    block = channel_block(channels, images, grad_out.itemsize, numba.get_num_threads())
-    band = scratch_band(height, width, block * grad_out.itemsize, numba.get_num_threads())
-    with launch_lock:
-        backward(go, go_nhwc, *taps.arrays, order, starts, block, band, TAP_EVALUATION, gi, gi_nhwc)
+    block = channel_block(channels, images, grad_out.itemsize, threads())
+    band = scratch_band(height, width, block * grad_out.itemsize, threads())
+    launch(
+        backward,
+        go,
+        go_nhwc,
+        *taps.arrays,
+        order,
+        starts,
+        block,
+        band,
+        TAP_EVALUATION,
+        gi,
+        gi_nhwc,
+        values=go.size + gi.size,
+    )
 
 
 def channel_block(channels: int, images: int, itemsize: int, threads: int) -> int:
     """Channels per backward task: a multiple of the vector lanes, at most one register block.
 
     Tasks are (image, channel block) pairs, split between the threads in
-    contiguous runs of about equal count (as ``prange`` schedules them). The
+    contiguous runs of about equal count (``_parallel.share``). The
     block chosen minimises the estimated work of the busiest thread, in
     channels, where a channel outside a full register block costs 1.5 times
     as much: it goes one vector at a time, re-reading the taps for each
@@ -876,9 +922,21 @@ def _axis_grad_weights(start, bin_size, grid, size, pooled, scale, free, lo, num
                 d2[p, high - lo[p]] += m2
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract", "reassoc"})
+@numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"})
 def boxes_backward(
-    x, grad_out, go_nhwc, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, bounds, grad_rois
+    x,
+    grad_out,
+    go_nhwc,
+    rois,
+    spatial_scale,
+    pooled_h,
+    pooled_w,
+    sampling_ratio,
+    aligned,
+    bounds,
+    grad_rois,
+    part,
+    parts,
 ):
     """``grad_rois (K, 5)`` float64 <- the gradient of RoIAlign with respect to ``rois`` (column 0: zero).
 
@@ -891,13 +949,14 @@ def boxes_backward(
     may be reassociated by the compiler, to vectorise them, but the compiled
     code is the same for every call and thread count).
     """
+    x, grad_out, rois, bounds, grad_rois = borrowed((x, grad_out, rois, bounds, grad_rois))
     _, height, width, channels = x.shape
     nbins = pooled_h * pooled_w
     gof = grad_out.reshape(-1)
     t = rois.dtype.type
     offset = t(0.5) if aligned else t(0.0)
     scale = np.float64(spatial_scale)
-    for run in numba.prange(bounds.shape[0] - 1):
+    for run in share(bounds.shape[0] - 1, part, parts):
         hlo = np.empty(pooled_h, np.int64)
         hnum = np.empty(pooled_h, np.int64)
         wlo = np.empty(pooled_w, np.int64)
@@ -1024,18 +1083,9 @@ def launch_boxes_backward(x, grad_out, rois, taps: RoIAlignTaps, spatial_scale, 
         return grad_rois
     nhwc = channels_last_copy(x)
     go, go_nhwc = bins_order(grad_out, copy=True)
-    with launch_lock:
-        boxes_backward(
-            nhwc,
-            go,
-            go_nhwc,
-            rois,
-            rois.dtype.type(spatial_scale),
-            pooled_h,
-            pooled_w,
-            sampling_ratio,
-            aligned,
-            taps.bounds,
-            grad_rois,
-        )
+    scale = rois.dtype.type(spatial_scale)
+    launch(
+        boxes_backward, nhwc, go, go_nhwc, rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, taps.bounds,
+        grad_rois, values=nhwc.size + go.size,
+    )  # fmt: skip
     return grad_rois

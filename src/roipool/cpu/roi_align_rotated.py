@@ -40,8 +40,8 @@ import math
 import numba
 import numpy as np
 
-from ._parallel import balanced_chunks, launch_lock
-from ._simd import FALSE, VECTOR_BYTES, ZERO, scratch_lines
+from ._parallel import balanced_chunks, launch, share, threads
+from ._simd import FALSE, VECTOR_BYTES, ZERO, borrowed, scratch_lines
 from ._tiles import bins_order, load_tile, memory_order, store_tile, store_tile_lines
 from .roi_align import UNROLL, _gather, _scatter, blocked_map, channel_block, map_origin, rois_by_image
 
@@ -159,10 +159,11 @@ def _bilinear(y, x, height, width, idx, wt, m, buf):
     return m + 4
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def forward(xb, x_nhwc, batch, frames, grids, pooled_h, pooled_w, bounds, out, nhwc):
+@numba.njit(cache=True, nogil=True)
+def forward(xb, x_nhwc, batch, frames, grids, pooled_h, pooled_w, bounds, out, nhwc, part, parts):
     """``out (K, C, PH * PW)`` (or, ``nhwc``, ``(K, PH * PW, C)``) <- rotated RoIAlign of ``xb``
     (``(N, C, H, W)`` in the channel-blocked layout of ``roi_align.channel_blocks``). ``out`` C-contiguous."""
+    xb, batch, frames, grids, bounds, out = borrowed((xb, batch, frames, grids, bounds, out))
     if x_nhwc:  # the channels-last map, read in place
         _, height, width, channels = xb.shape
     else:
@@ -171,7 +172,7 @@ def forward(xb, x_nhwc, batch, frames, grids, pooled_h, pooled_w, bounds, out, n
     outf = out.reshape(-1)
     nbins = pooled_h * pooled_w
     block = UNROLL * (VECTOR_BYTES // xb.itemsize)
-    for run in numba.prange(bounds.shape[0] - 1):
+    for run in share(bounds.shape[0] - 1, part, parts):
         tile = scratch_lines(0 if nhwc else nbins * block, xb)
         stage = scratch_lines(0 if nhwc else nbins * block, xb)
         idx = np.empty(TAP_CHUNK, np.int64)
@@ -226,8 +227,10 @@ def _forward_bins(
             dst[c] = dst[c] / count
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def backward(grad_out, go_nhwc, batch, frames, grids, pooled_h, pooled_w, order, starts, block, grad_in, gi_nhwc):
+@numba.njit(cache=True, nogil=True)
+def backward(
+    grad_out, go_nhwc, batch, frames, grids, pooled_h, pooled_w, order, starts, block, grad_in, gi_nhwc, part, parts
+):
     """``grad_in (N, C, H, W)`` <- the adjoint of :func:`forward` applied to ``grad_out (K, C, PH * PW)``.
 
     With ``go_nhwc`` ``grad_out`` is ``(K, PH * PW, C)``; with ``gi_nhwc``
@@ -235,13 +238,16 @@ def backward(grad_out, go_nhwc, batch, frames, grids, pooled_h, pooled_w, order,
     ``order[starts[n]:starts[n + 1]]``, ascending; (image, ``block`` channels)
     pairs are the parallel tasks (``block`` a multiple of the vector lanes).
     """
+    grad_out, batch, frames, grids, order, starts, grad_in = borrowed(
+        (grad_out, batch, frames, grids, order, starts, grad_in)
+    )
     nbins, channels = grad_out.shape[1:] if go_nhwc else grad_out.shape[:0:-1]
     images, height, width = grad_in.shape[:3] if gi_nhwc else (grad_in.shape[0], grad_in.shape[2], grad_in.shape[3])
     gof = grad_out.reshape(-1)
     gif = grad_in.reshape(-1)
     cells = height * width
     nblocks = (channels + block - 1) // block
-    for item in numba.prange(images * nblocks):
+    for item in share(images * nblocks, part, parts):
         n = item // nblocks
         c0 = (item % nblocks) * block
         cw = min(block, channels - c0)
@@ -270,15 +276,18 @@ def backward(grad_out, go_nhwc, batch, frames, grids, pooled_h, pooled_w, order,
         store_tile(acc, block, cells, cw, gif, n, channels, c0, gi_nhwc)
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def box_backward(xl, grad_out, batch, frames, grids, pooled_h, pooled_w, spatial_scale, clockwise, grad_boxes):
+@numba.njit(cache=True, nogil=True)
+def box_backward(
+    xl, grad_out, batch, frames, grids, pooled_h, pooled_w, spatial_scale, clockwise, grad_boxes, part, parts
+):
     """``grad_boxes (K, 5)`` <- d loss / d ``[cx, cy, w, h, angle]`` of each RoI (see
     ``reference.roi_align_rotated_box_grad``), from the channels-last map ``xl (N, H, W, C)``
     and ``grad_out (K, C, PH * PW)``. Each RoI is summed in float64 by one task."""
+    xl, grad_out, batch, frames, grids, grad_boxes = borrowed((xl, grad_out, batch, frames, grids, grad_boxes))
     _, height, width, channels = xl.shape
     num_rois = grad_out.shape[0]
     sign = -1.0 if clockwise else 1.0
-    for k in numba.prange(num_rois):
+    for k in share(num_rois, part, parts):
         n = batch[k]
         gh, gw = grids[k, 0], grids[k, 1]
         f = frames[k]
@@ -414,8 +423,7 @@ def launch_forward(x, frames: Frames, out) -> None:
     view, nhwc = bins_order(out)
     x_nhwc = x.transpose(0, 2, 3, 1).flags.c_contiguous  # read in place: no blocked copy
     xb = x.transpose(0, 2, 3, 1) if x_nhwc else blocked_map(x)
-    with launch_lock:
-        forward(xb, x_nhwc, *frames.arrays, frames.bounds, view, nhwc)
+    launch(forward, xb, x_nhwc, *frames.arrays, frames.bounds, view, nhwc, values=xb.size + view.size)
 
 
 def launch_backward(grad_out, frames: Frames, grad_in) -> None:
@@ -433,9 +441,8 @@ def launch_backward(grad_out, frames: Frames, grad_in) -> None:
     go, go_nhwc = bins_order(grad_out, copy=True)
     gi, gi_nhwc = memory_order(grad_in)
     order, starts = rois_by_image(frames.batch, images)
-    block = channel_block(channels, images, grad_out.itemsize, numba.get_num_threads())
-    with launch_lock:
-        backward(go, go_nhwc, *frames.arrays, order, starts, block, gi, gi_nhwc)
+    block = channel_block(channels, images, grad_out.itemsize, threads())
+    launch(backward, go, go_nhwc, *frames.arrays, order, starts, block, gi, gi_nhwc, values=go.size + gi.size)
 
 
 def launch_box_backward(x_nhwc, grad_out, frames: Frames, grad_boxes) -> None:
@@ -447,5 +454,13 @@ def launch_box_backward(x_nhwc, grad_out, frames: Frames, grad_boxes) -> None:
         grad_boxes[...] = 0
         return
     go = np.ascontiguousarray(grad_out).reshape(grad_out.shape[0], grad_out.shape[1], -1)
-    with launch_lock:
-        box_backward(x_nhwc, go, *frames.arrays, frames.spatial_scale, frames.clockwise, grad_boxes)
+    launch(
+        box_backward,
+        x_nhwc,
+        go,
+        *frames.arrays,
+        frames.spatial_scale,
+        frames.clockwise,
+        grad_boxes,
+        values=x_nhwc.size + go.size,
+    )

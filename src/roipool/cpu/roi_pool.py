@@ -50,11 +50,12 @@ import numba
 import numpy as np
 
 from ._machine import scratch_band, sweep_strip, sweeps_map_rows, tile_channels
-from ._parallel import balanced_chunks, launch_lock, row_sweep, sweep_band, whole_rois
+from ._parallel import balanced_chunks, launch, row_sweep, share, sweep_band, threads, whole_rois
 from ._simd import (
     FALSE,
     VECTOR_BYTES,
     ZERO,
+    borrowed,
     prefetch_l2,
     scratch_lines,
     transpose_tile,
@@ -81,8 +82,8 @@ from .geometry import roi_pool_bins
 UNROLL = 8
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def forward(x, batch, hbins, wbins, bounds, items, out, nhwc, chunk):
+@numba.njit(cache=True, nogil=True)
+def forward(x, batch, hbins, wbins, bounds, items, out, nhwc, chunk, part, parts):
     """``out (K, C, PH * PW)`` (or, ``nhwc``, ``(K, PH * PW, C)``) <- bin maxima of ``x (N, H, W, C)``; no argmax.
 
     ``batch (K,)``, ``hbins (K, PH, 2)``, ``wbins (K, PW, 2)`` come from
@@ -94,13 +95,14 @@ def forward(x, batch, hbins, wbins, bounds, items, out, nhwc, chunk):
     must be C-contiguous (it is written through a flat view); ``x`` should
     be (a strided ``x`` is copied first).
     """
+    x, batch, hbins, wbins, bounds, items, out = borrowed((x, batch, hbins, wbins, bounds, items, out))
     _, height, width, channels = x.shape
     xf = np.ascontiguousarray(x).reshape(-1)
     outf = out.reshape(-1)
     nbins = hbins.shape[1] * wbins.shape[1]
     block = UNROLL * (VECTOR_BYTES // x.itemsize)
     pooled_w = wbins.shape[1]
-    for run in numba.prange(bounds.shape[0] - 1):
+    for run in share(bounds.shape[0] - 1, part, parts):
         if nhwc:  # by pieces of bin rows or whole RoIs, all channels of each bin in turn
             _pool_items(
                 xf, x.shape, batch, hbins, wbins, items, bounds[run], bounds[run + 1], outf, np.empty(0, np.int32)
@@ -119,12 +121,13 @@ def forward(x, batch, hbins, wbins, bounds, items, out, nhwc, chunk):
                     store_tile_lines(tile[c0 - c1 :], cc, nbins, cw, stage, outf, k, channels, c0, FALSE)
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def forward_argmax(x, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chunk):
+@numba.njit(cache=True, nogil=True)
+def forward_argmax(x, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chunk, part, parts):
     """As :func:`forward`, also writing ``argmax`` (the shape and order of ``out``): ``h * W + w`` or -1.
 
     ``out`` and ``argmax`` must be C-contiguous.
     """
+    x, batch, hbins, wbins, bounds, items, out, argmax = borrowed((x, batch, hbins, wbins, bounds, items, out, argmax))
     _, height, width, channels = x.shape
     xf = np.ascontiguousarray(x).reshape(-1)
     outf = out.reshape(-1)
@@ -132,7 +135,7 @@ def forward_argmax(x, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chu
     nbins = hbins.shape[1] * wbins.shape[1]
     block = UNROLL * (VECTOR_BYTES // x.itemsize)
     pooled_w = wbins.shape[1]
-    for run in numba.prange(bounds.shape[0] - 1):
+    for run in share(bounds.shape[0] - 1, part, parts):
         if nhwc:  # by pieces of bin rows or whole RoIs, as in forward
             _pool_items(xf, x.shape, batch, hbins, wbins, items, bounds[run], bounds[run + 1], outf, argf)
             continue
@@ -360,8 +363,8 @@ def _bin_argmax_scalar(xf, origin, width, channels, h0, h1, w0, w1):
 BACKWARD_CHANNELS = 32
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def backward(grad_out, argmax, batch, grad_in, nhwc, nhwc_block):
+@numba.njit(cache=True, nogil=True)
+def backward(grad_out, argmax, batch, grad_in, nhwc, nhwc_block, part, parts):
     """``grad_in (N, C, H * W)`` += ``grad_out (K, C, B)`` routed through ``argmax (K, C, B)``;
     with ``nhwc``, all three channels-last: ``(N, H * W, C)``, ``(K, B, C)``, ``(K, B, C)``.
 
@@ -376,6 +379,7 @@ def backward(grad_out, argmax, batch, grad_in, nhwc, nhwc_block):
     as ``B`` runs of ``nhwc_block`` values, where 32-channel runs 2 KB apart
     took four times as long on ``vgg16``) and adds into ``grad_in`` directly.
     """
+    grad_out, argmax, batch, grad_in = borrowed((grad_out, argmax, batch, grad_in))
     k_total = grad_out.shape[0]
     channels = grad_out.shape[2] if nhwc else grad_out.shape[1]
     nbins = grad_out.shape[1] if nhwc else grad_out.shape[2]
@@ -385,7 +389,7 @@ def backward(grad_out, argmax, batch, grad_in, nhwc, nhwc_block):
     gof = grad_out.reshape(-1)
     amf = argmax.reshape(-1)
     gif = grad_in.reshape(-1)
-    for blk in numba.prange(nblocks):
+    for blk in share(nblocks, part, parts):
         c0 = blk * block
         cw = min(block, channels - c0)
         if not nhwc:
@@ -420,8 +424,8 @@ def backward(grad_out, argmax, batch, grad_in, nhwc, nhwc_block):
 RECOMPUTE_UNROLL = 4
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def backward_recompute(x, channels_last, batch, hbins, wbins, grad_out, go_nhwc, band, grad_in, gi_nhwc):
+@numba.njit(cache=True, nogil=True)
+def backward_recompute(x, channels_last, batch, hbins, wbins, grad_out, go_nhwc, band, grad_in, gi_nhwc, part, parts):
     """``grad_in (N, C, H * W)`` <- ``grad_out (K, C, B)`` routed to each bin's maximum, found again in ``x``.
 
     The gradient of :func:`forward` with no stored argmax. A task owns one
@@ -452,6 +456,7 @@ def backward_recompute(x, channels_last, batch, hbins, wbins, grad_out, go_nhwc,
     scans those bins, and keeps only the sums that land in its band, in the
     same order: the same bits, from buffers that stay in cache.
     """
+    x, batch, hbins, wbins, grad_out, grad_in = borrowed((x, batch, hbins, wbins, grad_out, grad_in))
     if channels_last:
         n_images, height, width, channels = x.shape
     else:
@@ -466,7 +471,7 @@ def backward_recompute(x, channels_last, batch, hbins, wbins, grad_out, go_nhwc,
     nblocks = (channels + block - 1) // block
     bands = (height + band - 1) // band
     pooled_w = wbins.shape[1]
-    for task in numba.prange(n_images * nblocks * bands):
+    for task in share(n_images * nblocks * bands, part, parts):
         n = task // (nblocks * bands)
         c0 = (task // bands % nblocks) * block
         cw = min(block, channels - c0)
@@ -623,17 +628,18 @@ def _bin_grad1(xl, j, width, stride, h0, h1, w0, w1, gtile, t, acc):
             vstore(acc, r, vadd_where(vload(acc, r), g, i, h * width + w))
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def count_outside(values, lo, hi):
+@numba.njit(cache=True, nogil=True)
+def count_outside(values, lo, hi, part, parts):
     """How many of ``values`` (1-D) lie outside ``[lo, hi)``: one parallel pass."""
+    (values,) = borrowed((values,))
     bad = 0
-    for i in numba.prange(values.shape[0]):
-        v = values[i]
+    for i in share(values.shape[0], part, parts):
+        v = values[np.uint64(i)]  # a signed index's wraparound check kept this loop from vectorising: 3.5x slower
         bad += (v < lo) | (v >= hi)
     return bad
 
 
-# ---- launchers: the geometry of one call, and the lock around every parallel kernel ----
+# ---- launchers: the geometry of one call, and the launch of its kernels on every thread ----
 #
 # They take validated, channels-last inputs in the compute dtype and
 # caller-allocated outputs, so that the NumPy frontend and the torch frontend
@@ -700,12 +706,13 @@ def launch_forward(x_nhwc, bins: RoIPoolBins, out) -> None:
     if out.size:
         view, nhwc = bins_order(out)
         dst, bounds, items, transpose = _forward_plan(x_nhwc, bins, view, nhwc)
-        with launch_lock:
-            forward(
-                x_nhwc, bins.batch, bins.hbins, bins.wbins, bounds, items, dst, nhwc or transpose, _chunk(bins, x_nhwc)
-            )
-            if transpose:
-                channels_first_in_place(dst)
+        chunk = _chunk(bins, x_nhwc)
+        launch(
+            forward, x_nhwc, bins.batch, bins.hbins, bins.wbins, bounds, items, dst, nhwc or transpose, chunk,
+            values=x_nhwc.size + dst.size,
+        )  # fmt: skip
+        if transpose:
+            channels_first_in_place(dst)
 
 
 def launch_forward_argmax(x_nhwc, bins: RoIPoolBins, out, argmax) -> None:
@@ -717,14 +724,14 @@ def launch_forward_argmax(x_nhwc, bins: RoIPoolBins, out, argmax) -> None:
             raise ValueError("internal: out and argmax must be in the same memory order")
         dst, bounds, items, transpose = _forward_plan(x_nhwc, bins, view, nhwc)
         arg_dst = arg_view.reshape(dst.shape)
-        with launch_lock:
-            forward_argmax(
-                x_nhwc, bins.batch, bins.hbins, bins.wbins, bounds, items, dst, arg_dst, nhwc or transpose,
-                _chunk(bins, x_nhwc),
-            )  # fmt: skip
-            if transpose:
-                channels_first_in_place(dst)
-                channels_first_in_place(arg_dst)
+        chunk = _chunk(bins, x_nhwc)
+        launch(
+            forward_argmax, x_nhwc, bins.batch, bins.hbins, bins.wbins, bounds, items, dst, arg_dst, nhwc or transpose,
+            chunk, values=x_nhwc.size + dst.size,
+        )  # fmt: skip
+        if transpose:
+            channels_first_in_place(dst)
+            channels_first_in_place(arg_dst)
 
 
 def launch_backward(grad_out, argmax, batch, grad_in) -> None:
@@ -740,11 +747,9 @@ def launch_backward(grad_out, argmax, batch, grad_in) -> None:
     gi = gi.reshape(gi.shape[0], -1, gi.shape[-1]) if nhwc else gi.reshape(gi.shape[0], gi.shape[1], -1)
     go, am = bins_as(grad_out, nhwc), bins_as(argmax, nhwc)
     # channels-last: one block per thread, so each RoI's gradient is read in long runs
-    threads = numba.get_num_threads()
-    per_thread = -(-gi.shape[-1] // threads)
+    per_thread = -(-gi.shape[-1] // threads())
     nhwc_block = max(BACKWARD_CHANNELS, -(-per_thread // 16) * 16)
-    with launch_lock:
-        backward(go, am, batch, gi, nhwc, nhwc_block)
+    launch(backward, go, am, batch, gi, nhwc, nhwc_block, values=go.size + gi.size)
 
 
 def launch_backward_recompute(x, channels_last: bool, bins: RoIPoolBins, grad_out, grad_in) -> None:
@@ -765,9 +770,21 @@ def launch_backward_recompute(x, channels_last: bool, bins: RoIPoolBins, grad_ou
     go, go_nhwc = bins_order(grad_out, copy=True)
     gi, gi_nhwc = memory_order(grad_in)
     _, _, height, width = grad_in.shape
-    band = scratch_band(height, width, 2 * RECOMPUTE_UNROLL * VECTOR_BYTES, numba.get_num_threads())
-    with launch_lock:
-        backward_recompute(x, channels_last, bins.batch, bins.hbins, bins.wbins, go, go_nhwc, band, gi, gi_nhwc)
+    band = scratch_band(height, width, 2 * RECOMPUTE_UNROLL * VECTOR_BYTES, threads())
+    launch(
+        backward_recompute,
+        x,
+        channels_last,
+        bins.batch,
+        bins.hbins,
+        bins.wbins,
+        go,
+        go_nhwc,
+        band,
+        gi,
+        gi_nhwc,
+        values=x.size + go.size,
+    )
 
 
 def recompute_working_set(height: int, width: int) -> int:
@@ -784,6 +801,5 @@ def argmax_outside(argmax: np.ndarray, cells: int) -> bool:
     in_order = argmax.flags.c_contiguous or (argmax.ndim == 4 and np.moveaxis(argmax, 1, -1).flags.c_contiguous)
     if argmax.dtype == np.int32 and argmax.dtype.isnative and in_order:
         view, _ = memory_order(argmax)  # NCHW or channels-last: one pass over its memory either way
-        with launch_lock:
-            return count_outside(view.reshape(-1), -1, cells) > 0
+        return sum(launch(count_outside, view.reshape(-1), -1, cells, values=view.size)) > 0
     return bool(argmax.min() < -1 or argmax.max() >= cells)

@@ -1,0 +1,159 @@
+"""The CPU kernels' threads (``cpu/_parallel.py``): how the work is cut, launched and sized."""
+
+import multiprocessing
+import threading
+import time
+
+import numba
+import numpy as np
+import pytest
+
+import roipool
+from roipool.cpu import _parallel
+from roipool.cpu._parallel import launch, share
+
+from .helpers import random_rois
+
+
+@numba.njit(nogil=True)
+def _count_items(counts, part, parts):
+    for i in share(counts.shape[0], part, parts):
+        counts[i] += 1
+    return len(share(counts.shape[0], part, parts))
+
+
+@pytest.fixture
+def two_threads():
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("NUMBA_NUM_THREADS is 1 here")
+    before = roipool.get_num_threads()
+    roipool.set_num_threads(2)
+    yield
+    roipool.set_num_threads(before)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 16, 1001])
+@pytest.mark.parametrize("parts", [1, 2, 3, 8])
+def test_share_gives_each_item_to_exactly_one_part_in_runs_of_about_equal_length(n, parts):
+    counts = np.zeros(n, np.int64)
+    sizes = [_count_items(counts, part, parts) for part in range(parts)]
+    np.testing.assert_array_equal(counts, np.ones(n, np.int64))
+    assert max(sizes) - min(sizes) <= 1
+    starts = np.cumsum([0] + sizes[:-1])
+    for part, start in enumerate(starts):  # contiguous and in order: part p starts where p - 1 ended
+        probe = np.zeros(n, np.int64)
+        _count_items(probe, part, parts)
+        assert np.flatnonzero(probe).tolist() == list(range(start, start + sizes[part]))
+
+
+def test_launch_runs_every_part_once_and_returns_their_results_in_order(two_threads):
+    counts = np.zeros(1001, np.int64)
+    assert sum(launch(_count_items, counts, values=_parallel.GRAIN)) == 1001
+    np.testing.assert_array_equal(counts, 1)
+    assert launch(lambda part, parts: (part, parts), values=_parallel.GRAIN) == [(0, 2), (1, 2)]
+
+
+def test_launch_runs_small_work_on_the_calling_thread_alone(two_threads, monkeypatch):
+    monkeypatch.setattr(_parallel, "GRAIN", 32768)  # the suite sets it to 0 (conftest.py)
+    caller = threading.get_ident()
+    assert launch(lambda part, parts: (part, parts, threading.get_ident()), values=32767) == [(0, 1, caller)]
+    assert len(launch(lambda part, parts: part, values=32768)) == 2
+
+
+def test_launch_runs_the_parts_at_the_same_time_on_different_threads(two_threads):
+    meet = threading.Barrier(2, timeout=30)  # broken, so raising, if the parts ran one after the other
+
+    def kernel(part, parts):
+        meet.wait()
+        return threading.get_ident()
+
+    first, second = launch(kernel, values=_parallel.GRAIN)
+    assert first == threading.get_ident() and second != first
+
+
+def test_launch_waits_for_every_part_before_raising(two_threads):
+    finished = []
+
+    def kernel(part, parts):
+        if part == 0:
+            raise ValueError("part 0 failed")
+        time.sleep(0.2)
+        finished.append(part)
+
+    with pytest.raises(ValueError, match="part 0 failed"):
+        launch(kernel, values=_parallel.GRAIN)
+    assert finished == [1]  # the other part had ended before the error reached the caller
+
+    def worker_fails(part, parts):
+        if part == 1:
+            raise RuntimeError("part 1 failed")
+        return part
+
+    with pytest.raises(RuntimeError, match="part 1 failed"):
+        launch(worker_fails, values=_parallel.GRAIN)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 10**6])
+def test_a_thread_count_out_of_range_is_refused_with_the_limit_named(bad):
+    before = roipool.get_num_threads()
+    with pytest.raises(ValueError, match=r"n \(the number of threads\) must be between 1 and NUMBA_NUM_THREADS=\d+"):
+        roipool.set_num_threads(bad)
+    assert roipool.get_num_threads() == before
+
+
+@pytest.mark.parametrize("bad", [1.5, "2", True, None])
+def test_a_thread_count_that_is_not_an_int_is_refused(bad):
+    with pytest.raises(TypeError, match=r"n \(the number of threads\) must be an int"):
+        roipool.set_num_threads(bad)
+
+
+def test_the_thread_count_holds_for_every_python_thread():
+    before = roipool.get_num_threads()
+    seen = []
+    try:
+        roipool.set_num_threads(1)
+        worker = threading.Thread(target=lambda: seen.append(roipool.get_num_threads()))
+        worker.start()
+        worker.join()
+    finally:
+        roipool.set_num_threads(before)
+    assert seen == [1]
+    assert roipool.get_num_threads() == _parallel.threads() == before
+
+
+def _case():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 40, 24, 20)).astype(np.float32)
+    return x, random_rois(rng, 300, 2, 24, 20, 1.0)
+
+
+def test_calls_from_several_python_threads_at_once_give_the_bits_of_one_call(two_threads):
+    x, rois = _case()
+    expected = roipool.roi_align(x, rois, 5, 1.0, sampling_ratio=2)
+    results = [None] * 4
+
+    def call(i):
+        results[i] = roipool.roi_align(x, rois, 5, 1.0, sampling_ratio=2)
+
+    callers = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    for r in results:
+        np.testing.assert_array_equal(r, expected)
+
+
+def _align_in_child(x, rois):
+    roipool.set_num_threads(2)
+    return roipool.roi_align(x, rois, 5, 1.0, sampling_ratio=2)
+
+
+def test_a_forked_child_gets_threads_of_its_own(two_threads):
+    # The parent's pool threads are not copied into a forked child (a DataLoader worker, say);
+    # a pool reused from the parent would never run the child's parts, and the call would hang.
+    x, rois = _case()
+    expected = roipool.roi_align(x, rois, 5, 1.0, sampling_ratio=2)  # the parent's pool now exists
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_align_in_child, (x, rois)).get(timeout=300)
+    np.testing.assert_array_equal(got, expected)
