@@ -47,50 +47,65 @@ def test_share_gives_each_item_to_exactly_one_part_in_runs_of_about_equal_length
 
 
 def test_launch_runs_every_part_once_and_returns_their_results_in_order(two_threads):
+    parts = 2 * _parallel.PARTS_PER_THREAD
     counts = np.zeros(1001, np.int64)
     assert sum(launch(_count_items, counts, values=_parallel.GRAIN)) == 1001
     np.testing.assert_array_equal(counts, 1)
-    assert launch(lambda part, parts: (part, parts), values=_parallel.GRAIN) == [(0, 2), (1, 2)]
+    assert launch(lambda part, parts: (part, parts), values=_parallel.GRAIN) == [(p, parts) for p in range(parts)]
 
 
 def test_launch_runs_small_work_on_the_calling_thread_alone(two_threads, monkeypatch):
     monkeypatch.setattr(_parallel, "GRAIN", 32768)  # the suite sets it to 0 (conftest.py)
     caller = threading.get_ident()
     assert launch(lambda part, parts: (part, parts, threading.get_ident()), values=32767) == [(0, 1, caller)]
-    assert len(launch(lambda part, parts: part, values=32768)) == 2
+    assert len(launch(lambda part, parts: part, values=32768)) == 2 * _parallel.PARTS_PER_THREAD
 
 
-def test_launch_runs_the_parts_at_the_same_time_on_different_threads(two_threads):
-    meet = threading.Barrier(2, timeout=30)  # broken, so raising, if the parts ran one after the other
+def test_launch_runs_parts_at_the_same_time_on_different_threads(two_threads):
+    # Whichever thread takes part 0 waits there until another thread has taken part 1; if the
+    # parts ran one after the other, the barrier would time out and raise.
+    meet = threading.Barrier(2, timeout=30)
 
     def kernel(part, parts):
-        meet.wait()
+        if part < 2:
+            meet.wait()
         return threading.get_ident()
 
-    first, second = launch(kernel, values=_parallel.GRAIN)
-    assert first == threading.get_ident() and second != first
+    ran_on = launch(kernel, values=_parallel.GRAIN)
+    assert ran_on[0] != ran_on[1] and threading.get_ident() in ran_on
 
 
-def test_launch_waits_for_every_part_before_raising(two_threads):
-    finished = []
+def test_a_thread_slowed_down_does_fewer_parts(two_threads):
+    def kernel(part, parts):
+        if threading.get_ident() == caller:
+            time.sleep(0.05)  # as if the caller's core were shared with another process
+        return threading.get_ident()
+
+    caller = threading.get_ident()
+    ran_on = launch(kernel, values=_parallel.GRAIN)
+    assert ran_on.count(caller) < len(ran_on) // 2  # an even split would give it half
+
+
+def test_launch_ends_every_running_part_and_starts_no_new_one_before_raising(two_threads):
+    running, started = [0], []
+    guard = threading.Lock()
 
     def kernel(part, parts):
-        if part == 0:
-            raise ValueError("part 0 failed")
-        time.sleep(0.2)
-        finished.append(part)
+        with guard:
+            running[0] += 1
+            started.append(part)
+        try:
+            time.sleep(0.05)
+            if part == 1:
+                raise ValueError("part 1 failed")
+        finally:
+            with guard:
+                running[0] -= 1
 
-    with pytest.raises(ValueError, match="part 0 failed"):
+    with pytest.raises(ValueError, match="part 1 failed"):
         launch(kernel, values=_parallel.GRAIN)
-    assert finished == [1]  # the other part had ended before the error reached the caller
-
-    def worker_fails(part, parts):
-        if part == 1:
-            raise RuntimeError("part 1 failed")
-        return part
-
-    with pytest.raises(RuntimeError, match="part 1 failed"):
-        launch(worker_fails, values=_parallel.GRAIN)
+    assert running[0] == 0  # no part still running once the error reached the caller
+    assert len(started) < 2 * _parallel.PARTS_PER_THREAD  # and the rest were never started
 
 
 @pytest.mark.parametrize("bad", [0, -1, 10**6])

@@ -3,12 +3,12 @@
 A parallel kernel is a serial Numba function that releases the GIL
 (``nogil=True``) and takes two last arguments, ``part`` and ``parts``: it
 does the items :func:`share` gives that part. :func:`launch` runs the parts
-at once, one on the calling thread and the others on a pool of Python
-threads, and returns when all are done. Numba's own ``parallel=True`` does
-the same with ``prange``, but it compiles each kernel a second time as a
-"gufunc" that links and optimises all its helpers again: the first call of
-``roi_align`` on a new machine took 12.3 s that way and 6.9 s this way
-(``docs/benchmarks.md``).
+on the calling thread and a pool of Python threads, each thread taking the
+next part as it comes free, and returns when all are done. Numba's own
+``parallel=True`` runs ``prange`` loops on its threads, but it compiles each
+kernel a second time, as a "gufunc" that links and optimises all its helpers
+again: the first call of ``roi_align`` on a new machine took 12.3 s that way
+and 6.9 s this way (``docs/benchmarks.md``).
 
 :func:`set_threads` sizes the pool for the whole process; the default is
 ``NUMBA_NUM_THREADS`` (all the cores this process may use), which also caps
@@ -17,6 +17,7 @@ it.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -27,6 +28,9 @@ import numpy as np
 # Below this many values a kernel runs on the calling thread alone: handing a part to a pool
 # thread took 40 to 70 us here (a futex wake-up on a VM), about 30,000 values of work.
 GRAIN = 32768
+
+# Parts per thread in a launch: taken in turn as threads come free, so a slowed thread does fewer.
+PARTS_PER_THREAD = 4
 
 _threads = 0  # 0: not set, NUMBA_NUM_THREADS
 _lock = threading.Lock()  # guards _pool and _pool_size
@@ -82,25 +86,46 @@ def _workers(count: int) -> ThreadPoolExecutor:
 
 
 def launch(kernel, *args, values: int) -> list:
-    """``[kernel(*args, part, parts) for part in range(parts)]``, the parts run at once.
+    """``[kernel(*args, part, parts) for part in range(parts)]``, the parts shared out as threads come free.
 
-    ``parts`` is :func:`threads`, or 1 when ``values`` (about how many
-    array elements the kernel reads and writes) is under :data:`GRAIN`:
-    waking a pool thread costs about as much as that work. Part 0 runs on
-    the calling thread. Every part has finished when this returns or raises
-    (the first part's error is raised, else a worker's), so no thread still
-    writes into the caller's arrays.
+    ``parts`` is :data:`PARTS_PER_THREAD` times :func:`threads`, or 1 when
+    ``values`` (about how many array elements the kernel reads and writes)
+    is under :data:`GRAIN`: waking a pool thread costs about as much as that
+    work. The calling thread and the pool's each take the next part not yet
+    taken until none is left, so a thread that the machine slows down (a
+    shared core) does fewer parts instead of holding up the call. Every part
+    has finished when this returns or raises (after an error no new part is
+    started, and the first error is raised), so no thread still writes into
+    the caller's arrays.
     """
-    parts = threads() if values >= GRAIN else 1
-    if parts == 1:
+    count = threads() if values >= GRAIN else 1
+    if count == 1:
         return [kernel(*args, 0, 1)]
-    pool = _workers(parts - 1)
-    futures = [pool.submit(kernel, *args, part, parts) for part in range(1, parts)]
+    parts = PARTS_PER_THREAD * count
+    results = [None] * parts
+    taken = itertools.count()  # next() is atomic: the GIL is held while it runs
+    failed = []
+
+    def work():
+        while not failed:
+            part = next(taken)
+            if part >= parts:
+                return
+            try:
+                results[part] = kernel(*args, part, parts)
+            except BaseException as error:
+                failed.append(error)
+                raise
+
+    pool = _workers(count - 1)
+    futures = [pool.submit(work) for _ in range(count - 1)]
     try:
-        first = kernel(*args, 0, parts)
+        work()
     finally:
         wait(futures)
-    return [first, *(f.result() for f in futures)]
+    if failed:
+        raise failed[0]
+    return results
 
 
 def balanced_chunks(cost: np.ndarray, pieces_per_thread: int = 8) -> np.ndarray:
