@@ -78,13 +78,6 @@ def forward(x, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, me
         _forward_task(x, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, mean, tasks[t], out)
 
 
-@numba.njit(cache=True, nogil=True)
-def forward_serial(x, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, mean, tasks, out):
-    """:func:`forward` on the calling thread: small calls skip waking the thread pool."""
-    for t in range(tasks.shape[0]):
-        _forward_task(x, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, mean, tasks[t], out)
-
-
 @numba.njit(cache=True, nogil=True, inline="always")
 def _backward_task(grad_out, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, mean, task, grad_in):
     """One backward task ``[bin, c0, c1]``: all RoIs, in ascending order, of one bin and channel range."""
@@ -133,13 +126,6 @@ def backward(
         (grad_out, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, tasks, grad_in)
     )
     for t in share(tasks.shape[0], part, parts):
-        _backward_task(grad_out, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, mean, tasks[t], grad_in)
-
-
-@numba.njit(cache=True, nogil=True)
-def backward_serial(grad_out, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, mean, tasks, grad_in):
-    """:func:`backward` on the calling thread (same tasks, same order, same result)."""
-    for t in range(tasks.shape[0]):
         _backward_task(grad_out, batch, y_first, y_count, y_weight, x_first, x_count, x_weight, mean, tasks[t], grad_in)
 
 
@@ -246,8 +232,8 @@ def launch_forward(input, taps: PSRoITaps) -> np.ndarray:
     if out.size and height and width:
         # bin-major channels-last: (N, C_out * B, H, W) -> (B, N, H, W, C_out)
         x = np.ascontiguousarray(input.reshape(n, channels_out, nbins, height, width).transpose(2, 0, 3, 4, 1), dtype)
-        if _small(taps, channels_out):
-            forward_serial(x, taps.batch, *taps.axes, taps.mean, _forward_tasks(nbins, taps.cost, 1), out)
+        if _small(taps, channels_out):  # on this thread, as the one part there is
+            forward(x, taps.batch, *taps.axes, taps.mean, _forward_tasks(nbins, taps.cost, 1), out, 0, 1)
         else:
             launch(
                 forward,
@@ -283,7 +269,7 @@ def launch_backward(grad_output, taps: PSRoITaps, input_shape) -> np.ndarray:
         if _small(taps, channels_out):
             go_bins = np.ascontiguousarray(go.transpose(2, 0, 1))
             tasks = _backward_tasks(nbins, channels_out, 1)
-            backward_serial(go_bins, taps.batch, *taps.axes, taps.mean, tasks, g)
+            backward(go_bins, taps.batch, *taps.axes, taps.mean, tasks, g, 0, 1)  # on this thread alone
         else:
             go_bins = np.empty((nbins, taps.num_rois, channels_out), dtype)
             launch(bins_first, go, go_bins, values=go.size)
