@@ -132,6 +132,9 @@ def forward_argmax(x, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chu
     xf = np.ascontiguousarray(x).reshape(-1)
     outf = out.reshape(-1)
     argf = argmax.reshape(-1)
+    # the int32 argmax is stored as float32 bits: the stores only move values, and so share the
+    # float32 stores' compiled code instead of compiling an int32 copy of each (2 s on a first call)
+    argbits = argf.view(np.float32)
     nbins = hbins.shape[1] * wbins.shape[1]
     block = UNROLL * (VECTOR_BYTES // x.itemsize)
     pooled_w = wbins.shape[1]
@@ -141,8 +144,9 @@ def forward_argmax(x, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chu
             continue
         tile = scratch_lines(nbins * chunk, x)
         itile = scratch_lines(nbins * chunk, argf)
+        ibits = itile.view(np.float32)
         stage = scratch_lines(nbins * block, x)
-        istage = scratch_lines(nbins * block, argf)
+        istage = scratch_lines(nbins * block, argbits)
         for k in range(bounds[run], bounds[run + 1]):
             base = batch[k] * height * width * channels
             hb, wb = hbins[k], wbins[k]
@@ -152,7 +156,7 @@ def forward_argmax(x, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chu
                 for c0 in range(c1, c1 + cc, block):
                     cw = min(block, c1 + cc - c0)
                     store_tile_lines(tile[c0 - c1 :], cc, nbins, cw, stage, outf, k, channels, c0, FALSE)
-                    store_tile_lines(itile[c0 - c1 :], cc, nbins, cw, istage, argf, k, channels, c0, FALSE)
+                    store_tile_lines(ibits[c0 - c1 :], cc, nbins, cw, istage, argbits, k, channels, c0, FALSE)
 
 
 @numba.njit(nogil=True)
@@ -731,7 +735,7 @@ def launch_forward_argmax(x_nhwc, bins: RoIPoolBins, out, argmax) -> None:
         )  # fmt: skip
         if transpose:
             channels_first_in_place(dst)
-            channels_first_in_place(arg_dst)
+            channels_first_in_place(arg_dst.view(np.float32))  # as float32 bits, as the kernel stores it
 
 
 def launch_backward(grad_out, argmax, batch, grad_in) -> None:
