@@ -37,10 +37,11 @@ GRAIN = 32768
 # Parts per thread in a launch: taken in turn as threads come free, so a slowed thread does fewer.
 PARTS_PER_THREAD = 4
 
-_threads = 0  # 0: not set, NUMBA_NUM_THREADS
 # How many times a pool thread checks for the next launch (and a caller for its pool's parts
 # to end) before it sleeps: about 0.3 ms on Cascade Lake, where a pause takes about 140 cycles.
 SPINS = 5000
+
+_threads = 0  # 0: not set, NUMBA_NUM_THREADS
 
 _lock = threading.Lock()  # guards _pool
 _pool: _Pool | None = None
