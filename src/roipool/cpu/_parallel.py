@@ -244,9 +244,13 @@ def balanced_chunks(cost: np.ndarray, pieces_per_thread: int = 8) -> np.ndarray:
         return np.array([0, k_total], np.int64)
     total = np.cumsum(cost, dtype=np.float64)
     targets = total[-1] * np.arange(1, pieces) / pieces
-    inner = np.searchsorted(total, targets, side="left") + 1
-    bounds = np.concatenate(([0], inner, [k_total])).astype(np.int64)
-    return np.unique(bounds)
+    bounds = np.empty(pieces + 1, np.int64)
+    bounds[0], bounds[-1] = 0, k_total
+    bounds[1:-1] = np.searchsorted(total, targets, side="left") + 1
+    new = np.empty(pieces + 1, np.bool_)  # ascending already: keep each bound once
+    new[0] = True
+    np.not_equal(bounds[1:], bounds[:-1], out=new[1:])
+    return bounds[new]
 
 
 def row_sweep(first_row, first_col, rows, cols, batch, height: int, strip: int) -> tuple[np.ndarray, np.ndarray]:

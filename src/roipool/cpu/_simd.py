@@ -13,6 +13,8 @@ All loads and stores are unaligned and unchecked: callers index in range.
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -61,11 +63,12 @@ def empty_lines(shape, dtype, zeros: bool = False) -> np.ndarray:
     kernels' own copies of the map are allocated here instead (the array is
     a view into a slightly longer buffer, which it keeps alive).
     """
-    shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(d) for d in shape)
+    # plain Python on the shape: this runs for every output, and NumPy's helpers cost 10 us
+    shape = tuple(int(d) for d in shape) if isinstance(shape, (tuple, list)) else (int(shape),)
     if min(shape, default=0) < 0:
         raise ValueError(f"negative dimensions are not allowed, got shape {shape}")
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     buffer = (np.zeros if zeros else np.empty)(nbytes + VECTOR_BYTES, np.uint8)
     start = -buffer.ctypes.data % VECTOR_BYTES
     return buffer[start : start + nbytes].view(dtype).reshape(shape)
