@@ -108,6 +108,19 @@ def test_launch_ends_every_running_part_and_starts_no_new_one_before_raising(two
     assert len(started) < 2 * _parallel.PARTS_PER_THREAD  # and the rest were never started
 
 
+def test_a_pool_runs_the_job_on_each_of_its_threads_and_its_threads_end_when_closed():
+    pool = _parallel._Pool(3)
+    for pause in (0, 0, 0.05, 0):  # launches right after another, and after the threads slept
+        ran_on = []
+        pool.run(lambda ran_on=ran_on: ran_on.append(threading.get_ident()))
+        assert len(set(ran_on)) == 4 and threading.get_ident() in ran_on
+        time.sleep(pause)
+    pool.close()
+    for thread in pool.threads:
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+
+
 @pytest.mark.parametrize("bad", [0, -1, 10**6])
 def test_a_thread_count_out_of_range_is_refused_with_the_limit_named(bad):
     before = roipool.get_num_threads()

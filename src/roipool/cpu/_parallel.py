@@ -140,8 +140,9 @@ class _Pool:
         self.ring = threading.Condition()  # a sleeping thread waits here for the bell
         self.settle = threading.Condition()  # a sleeping caller waits here for the threads
         self.turn = threading.Lock()  # one launch at a time
-        for _ in range(count):
-            threading.Thread(target=self._serve, name="roipool", daemon=True).start()
+        self.threads = [threading.Thread(target=self._serve, name="roipool", daemon=True) for _ in range(count)]
+        for thread in self.threads:
+            thread.start()
 
     def _serve(self) -> None:
         seen = 0
