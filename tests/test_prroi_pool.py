@@ -219,7 +219,7 @@ def test_backwards_are_deterministic_and_independent_of_thread_count(monkeypatch
     before = roipool.get_num_threads()
     results = []
     try:
-        for threads in sorted({1, 2, before}):
+        for threads in sorted({1, min(2, before), before}):  # before is NUMBA_NUM_THREADS, the most
             roipool.set_num_threads(threads)
             for _ in range(2):
                 results.append(
