@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import roipool
+from roipool import _checks
 
 X = np.zeros((2, 3, 8, 8), np.float32)
 ROIS = np.array([[0, 0, 0, 4, 4], [1, 1, 1, 5, 5]], np.float32)
@@ -105,3 +106,21 @@ def test_backward_rejects_mismatched_arguments():
             roipool.roi_pool_backward(out, bad, ROIS, X.shape)
     with pytest.raises(TypeError, match="argmax must hold integers"):
         roipool.roi_pool_backward(out, argmax.astype(np.float32), ROIS, X.shape)
+
+
+@pytest.mark.parametrize(
+    "box, scale, offset, bad",
+    [
+        ([0, -2e38, 0, 2e38, 4], 1.0, 0.0, True),  # both corners finite, their extent is not
+        ([0, 0, -2e38, 4, 2e38], 1.0, 0.0, True),  # the same along y
+        ([0, 0, 0, 3e38, 4], 2.0, 0.0, True),  # a corner times the scale overflows
+        ([0, -1e38, -1e38, 1e38, 1e38], 1.0, 0.5, False),  # large, but every value fits
+    ],
+)
+def test_scaled_boxes_must_have_finite_corners_and_extents(box, scale, offset, bad):
+    rois = np.array([[0, 0, 0, 1, 1], box], np.float32)
+    if bad:
+        with pytest.raises(ValueError, match=r"box 1 .* overflows float32"):
+            _checks.scaled_boxes_finite(rois, scale, offset)
+    else:
+        _checks.scaled_boxes_finite(rois, scale, offset)

@@ -22,6 +22,9 @@ def _count_items(counts, part, parts):
     return len(share(counts.shape[0], part, parts))
 
 
+MANY = 1 << 40  # values enough for every part a launch can have
+
+
 @pytest.fixture
 def two_threads():
     if numba.config.NUMBA_NUM_THREADS < 2:
@@ -49,16 +52,22 @@ def test_share_gives_each_item_to_exactly_one_part_in_runs_of_about_equal_length
 def test_launch_runs_every_part_once_and_returns_their_results_in_order(two_threads):
     parts = 2 * _parallel.PARTS_PER_THREAD
     counts = np.zeros(1001, np.int64)
-    assert sum(launch(_count_items, counts, values=_parallel.GRAIN)) == 1001
+    assert sum(launch(_count_items, counts, values=MANY)) == 1001
     np.testing.assert_array_equal(counts, 1)
-    assert launch(lambda part, parts: (part, parts), values=_parallel.GRAIN) == [(p, parts) for p in range(parts)]
+    assert launch(lambda part, parts: (part, parts), values=MANY) == [(p, parts) for p in range(parts)]
 
 
 def test_launch_runs_small_work_on_the_calling_thread_alone(two_threads, monkeypatch):
     monkeypatch.setattr(_parallel, "GRAIN", 32768)  # the suite sets it to 0 (conftest.py)
     caller = threading.get_ident()
     assert launch(lambda part, parts: (part, parts, threading.get_ident()), values=32767) == [(0, 1, caller)]
-    assert len(launch(lambda part, parts: part, values=32768)) == 2 * _parallel.PARTS_PER_THREAD
+    assert len(launch(lambda part, parts: part, values=MANY)) == 2 * _parallel.PARTS_PER_THREAD
+
+
+def test_launch_gives_each_part_at_least_part_values_but_each_thread_one(two_threads, monkeypatch):
+    monkeypatch.setattr(_parallel, "PART_VALUES", 1000)  # the suite sets it to 1 (conftest.py)
+    parts = [len(launch(lambda part, parts: part, values=v)) for v in (0, 3999, 4000, 5999, 6000, 8000, MANY)]
+    assert parts == [2, 2, 4, 4, 6, 8, 8]
 
 
 def test_launch_runs_parts_at_the_same_time_on_different_threads(two_threads):
@@ -71,7 +80,7 @@ def test_launch_runs_parts_at_the_same_time_on_different_threads(two_threads):
             meet.wait()
         return threading.get_ident()
 
-    ran_on = launch(kernel, values=_parallel.GRAIN)
+    ran_on = launch(kernel, values=MANY)
     assert ran_on[0] != ran_on[1] and threading.get_ident() in ran_on
 
 
@@ -82,7 +91,7 @@ def test_a_thread_slowed_down_does_fewer_parts(two_threads):
         return threading.get_ident()
 
     caller = threading.get_ident()
-    ran_on = launch(kernel, values=_parallel.GRAIN)
+    ran_on = launch(kernel, values=MANY)
     assert ran_on.count(caller) < len(ran_on) // 2  # an even split would give it half
 
 
@@ -103,7 +112,7 @@ def test_launch_ends_every_running_part_and_starts_no_new_one_before_raising(two
                 running[0] -= 1
 
     with pytest.raises(ValueError, match="part 1 failed"):
-        launch(kernel, values=_parallel.GRAIN)
+        launch(kernel, values=MANY)
     assert running[0] == 0  # no part still running once the error reached the caller
     assert len(started) < 2 * _parallel.PARTS_PER_THREAD  # and the rest were never started
 
@@ -185,3 +194,32 @@ def test_a_forked_child_gets_threads_of_its_own(two_threads):
     with multiprocessing.get_context("fork").Pool(1) as pool:
         got = pool.apply_async(_align_in_child, (x, rois)).get(timeout=300)
     np.testing.assert_array_equal(got, expected)
+
+
+def _chunks_by_definition(cost, pieces):
+    """Run ``i`` ends after the first item at which the running total reaches ``i / pieces`` of the
+    whole (``searchsorted``), runs that would be empty dropped."""
+    total = np.cumsum(np.asarray(cost, np.float64))
+    if pieces <= 1:
+        return [0, len(cost)]
+    ends = [int(np.searchsorted(total, total[-1] * i / pieces, side="left")) + 1 for i in range(1, pieces)]
+    bounds = [0]
+    for end in [*ends, len(cost)]:
+        if end != bounds[-1]:
+            bounds.append(end)
+    return bounds
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_balanced_chunks_follow_their_definition(seed, two_threads):
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(0, 50))
+    cost = [
+        rng.integers(0, 5, k),  # zeros and ties
+        rng.exponential(1.0, k).astype(np.float32),
+        rng.integers(0, 3, k) * 10.0 ** rng.integers(0, 12, k),  # a few items hold nearly everything
+    ][seed % 3]
+    per_thread = int(rng.integers(1, 9))
+    bounds = _parallel.balanced_chunks(cost, per_thread)
+    assert bounds.dtype == np.int64
+    assert bounds.tolist() == _chunks_by_definition(cost, min(k, 2 * per_thread))

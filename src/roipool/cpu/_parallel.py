@@ -29,13 +29,18 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-# Below this many values a kernel runs on the calling thread alone: a launch on the pool costs
-# 20 to 30 us here (60 to 70 when its threads are asleep), the time of some 10,000 to 30,000
-# values of work.
-GRAIN = 32768
+# Below this many values a kernel runs on the calling thread alone. A launch on the pool costs
+# 20 to 40 us here (60 to 70 when its threads are asleep); whole roi_align and roi_pool calls
+# were faster on one thread up to about 120,000 values and on two from about 170,000
+# (docs/benchmarks.md).
+GRAIN = 131072
 
 # Parts per thread in a launch: taken in turn as threads come free, so a slowed thread does fewer.
+# A part takes at least PART_VALUES values of work: each part costs a call into the kernel from
+# Python, and a thread that finds the GIL taken then sleeps, 40 to 70 us before it wakes here, so
+# calls of a millisecond or two were faster in one part per thread (docs/benchmarks.md).
 PARTS_PER_THREAD = 4
+PART_VALUES = 1 << 20
 
 # How many times a pool thread checks for the next launch (and a caller for its pool's parts
 # to end) before it sleeps: about 0.3 ms on Cascade Lake, where a pause takes about 140 cycles.
@@ -198,10 +203,11 @@ def _workers(count: int) -> _Pool:
 def launch(kernel, *args, values: int) -> list:
     """``[kernel(*args, part, parts) for part in range(parts)]``, the parts shared out as threads come free.
 
-    ``parts`` is :data:`PARTS_PER_THREAD` times :func:`threads`, or 1 when
-    ``values`` (about how many array elements the kernel reads and writes)
-    is under :data:`GRAIN`: waking a pool thread costs about as much as that
-    work. The calling thread and the pool's each take the next part not yet
+    ``parts`` is 1 when ``values`` (about how many array elements the kernel
+    reads and writes) is under :data:`GRAIN`: waking a pool thread costs
+    about as much as that work. Otherwise it is :func:`threads` times
+    :data:`PARTS_PER_THREAD`, or fewer per thread, but at least one, for
+    less than :data:`PART_VALUES` values a part. The calling thread and the pool's each take the next part not yet
     taken until none is left, so a thread that the machine slows down (a
     shared core) does fewer parts instead of holding up the call. Every part
     has finished when this returns or raises (after an error no new part is
@@ -211,7 +217,7 @@ def launch(kernel, *args, values: int) -> list:
     count = threads() if values >= GRAIN else 1
     if count == 1:
         return [kernel(*args, 0, 1)]
-    parts = PARTS_PER_THREAD * count
+    parts = count * min(PARTS_PER_THREAD, max(1, values // (count * PART_VALUES)))
     results = [None] * parts
     taken = itertools.count()  # next() is atomic: the GIL is held while it runs
     failed = []
@@ -239,19 +245,37 @@ def balanced_chunks(cost: np.ndarray, pieces_per_thread: int = 8) -> np.ndarray:
     is ``items[b[i]:b[i + 1]]``. Runs are contiguous, so each writes its own
     slice of the output.
     """
-    k_total = len(cost)
-    pieces = max(1, min(k_total, threads() * pieces_per_thread))
+    pieces = min(len(cost), threads() * pieces_per_thread)
     if pieces <= 1:
-        return np.array([0, k_total], np.int64)
-    total = np.cumsum(cost, dtype=np.float64)
-    targets = total[-1] * np.arange(1, pieces) / pieces
+        return np.array([0, len(cost)], np.int64)
+    return _chunk_bounds(np.asarray(cost), pieces)
+
+
+@numba.njit(cache=True, nogil=True)
+def _chunk_bounds(cost, pieces):
+    """:func:`balanced_chunks` for ``pieces`` runs: run ``i`` ends after the first item at which the
+    running total (float64) reaches ``i / pieces`` of the whole; runs that would be empty are dropped."""
+    k_total = cost.shape[0]
+    total = np.empty(k_total, np.float64)
+    running = 0.0
+    for k in range(k_total):
+        running += cost[k]
+        total[k] = running
     bounds = np.empty(pieces + 1, np.int64)
-    bounds[0], bounds[-1] = 0, k_total
-    bounds[1:-1] = np.searchsorted(total, targets, side="left") + 1
-    new = np.empty(pieces + 1, np.bool_)  # ascending already: keep each bound once
-    new[0] = True
-    np.not_equal(bounds[1:], bounds[:-1], out=new[1:])
-    return bounds[new]
+    bounds[0] = 0
+    count = 1
+    k = 0
+    for i in range(1, pieces):
+        target = running * i / pieces
+        while k < k_total and total[k] < target:
+            k += 1
+        if k + 1 != bounds[count - 1]:
+            bounds[count] = k + 1
+            count += 1
+    if k_total != bounds[count - 1]:
+        bounds[count] = k_total
+        count += 1
+    return bounds[:count]
 
 
 def row_sweep(first_row, first_col, rows, cols, batch, height: int, strip: int) -> tuple[np.ndarray, np.ndarray]:
