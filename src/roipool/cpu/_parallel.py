@@ -31,8 +31,8 @@ from numba.extending import intrinsic
 
 # Below this many values a kernel runs on the calling thread alone. A launch on the pool costs
 # 20 to 40 us here (60 to 70 when its threads are asleep); whole roi_align and roi_pool calls
-# were faster on one thread up to about 120,000 values and on two from about 170,000
-# (docs/benchmarks.md).
+# took as long on one thread as on two at about 117,000 values and were faster on two from
+# 167,000 (docs/benchmarks.md, "Small calls").
 GRAIN = 131072
 
 # Parts per thread in a launch: taken in turn as threads come free, so a slowed thread does fewer.
