@@ -248,13 +248,14 @@ def balanced_chunks(cost: np.ndarray, pieces_per_thread: int = 8) -> np.ndarray:
     pieces = min(len(cost), threads() * pieces_per_thread)
     if pieces <= 1:
         return np.array([0, len(cost)], np.int64)
-    return _chunk_bounds(np.asarray(cost), pieces)
+    return _chunk_bounds(np.asarray(cost, np.float64), pieces)  # one compiled signature, the same sums
 
 
 @numba.njit(cache=True, nogil=True)
 def _chunk_bounds(cost, pieces):
-    """:func:`balanced_chunks` for ``pieces`` runs: run ``i`` ends after the first item at which the
-    running total (float64) reaches ``i / pieces`` of the whole; runs that would be empty are dropped."""
+    """:func:`balanced_chunks` for ``pieces`` runs of float64 ``cost``: run ``i`` ends after the first
+    item at which the running total reaches ``i / pieces`` of the whole; runs that would be empty are
+    dropped."""
     k_total = cost.shape[0]
     total = np.empty(k_total, np.float64)
     running = 0.0
