@@ -217,6 +217,41 @@ def needs_grad(input: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and input.requires_grad
 
 
+def _watchers_active() -> bool:
+    """Whether anything that sees or changes the ops a call runs is active: a dispatch or
+    function mode (``FakeTensorMode``, ``torch.export``), a functorch transform (``vmap``,
+    ``grad``), the profiler or TorchScript tracing. Torch releases that lack one of the
+    private probes count as watched. (Not to be traced by ``torch.compile``: see
+    :func:`eager_cpu`.)"""
+    try:
+        return bool(
+            torch._C._len_torch_dispatch_stack()
+            or torch._C._is_torch_function_mode_enabled()
+            or torch._C._are_functorch_transforms_active()
+            or torch.autograd._profiler_enabled()
+            or torch.jit.is_tracing()
+        )
+    except AttributeError:
+        return True
+
+
+def eager_cpu(*tensors: torch.Tensor) -> bool:
+    """Whether an op's CPU kernel may run directly, without going through its custom op.
+
+    A call through ``torch.ops`` costs 60 to 150 us of Python dispatch here
+    (``docs/pytorch.md``), as long as a small call's work. It is skipped only
+    where nothing can tell: plain tensors (not a subclass) on the CPU, none that
+    autograd wants a gradient for, and nothing watching (:func:`_watchers_active`).
+    The kernel and its result are the same either way.
+    """
+    if torch.compiler.is_compiling():  # first: Dynamo cannot trace the probes below
+        return False
+    for t in tensors:
+        if type(t) is not torch.Tensor or t.device.type != "cpu" or (t.requires_grad and torch.is_grad_enabled()):
+            return False
+    return not _watchers_active()
+
+
 def cpu_nhwc(input: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
     """``input (N, C, H, W)`` as a C-contiguous ``(N, H, W, C)`` NumPy array of ``dtype``.
 

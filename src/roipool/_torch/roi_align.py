@@ -24,6 +24,7 @@ from ._library import (
     compute_dtype,
     cpu_geometry,
     define,
+    eager_cpu,
     fake_output,
     new_cpu_output,
     quiet_when_tracing,
@@ -229,4 +230,6 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
         check_output_fits(input, rois, input.shape[1], (pooled_h, pooled_w), output_size)
     if onnx.dynamo_onnx_export():
         return onnx.roi_align_node(input, rois, scale, pooled_h, pooled_w, ratio, aligned)
+    if eager_cpu(input, rois):
+        return _roi_align_cpu(input, rois, scale, pooled_h, pooled_w, ratio, aligned)
     return torch.ops.roipool.roi_align(input, rois, scale, pooled_h, pooled_w, ratio, aligned)

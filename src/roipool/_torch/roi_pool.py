@@ -25,6 +25,7 @@ from ._library import (
     cpu_geometry,
     cpu_nhwc,
     define,
+    eager_cpu,
     fake_output,
     needs_grad,
     new_cpu_output,
@@ -238,6 +239,8 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0):
         check_output_fits(input, rois, input.shape[1], (pooled_h, pooled_w), output_size)
     if onnx.dynamo_onnx_export():
         return onnx.max_roi_pool_node(input, rois, scale, pooled_h, pooled_w)
+    if eager_cpu(input, rois):
+        return _roi_pool_cpu(input, rois, scale, pooled_h, pooled_w)
     if needs_grad(input) and not recompute_pays(input, rois, scale, pooled_h, pooled_w):
         return torch.ops.roipool.roi_pool_with_argmax(input, rois, scale, pooled_h, pooled_w)[0]
     # The training forward is the inference op too: its backward finds the

@@ -1,0 +1,115 @@
+"""Eager CPU calls that want no gradient run the kernel without the custom op's dispatch
+(``_torch._library.eager_cpu``): the same result, and whatever watches the ops still sees them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from .roi_family import make_input, make_rois, torch
+
+# roi_family skips this module without torch, so it is imported first
+# isort: split
+
+import roipool  # noqa: E402
+from roipool._torch._library import eager_cpu  # noqa: E402
+
+OPS = {
+    "roi_pool": (
+        lambda x, r: roipool.roi_pool(x, r, (3, 2), 0.5),
+        lambda x, r: torch.ops.roipool.roi_pool(x, r, 0.5, 3, 2),
+    ),
+    "roi_align": (
+        lambda x, r: roipool.roi_align(x, r, (3, 2), 0.5, 2, True),
+        lambda x, r: torch.ops.roipool.roi_align(x, r, 0.5, 3, 2, 2, True),
+    ),
+}
+
+
+def _inputs(dtype=torch.float32, layout="contiguous"):
+    x = make_input((2, 5, 9, 8), dtype, layout, integers=True)  # ties for the max pooling
+    rois = torch.from_numpy(make_rois(2, 9, 8, 0.5, k=7, seed=3)).to(dtype)
+    return x, rois
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("grad_mode", ["plain", "no_grad", "inference_mode"])
+def test_an_eager_call_gives_the_bits_and_memory_format_of_the_op(op, layout, dtype, grad_mode):
+    public, through_op = OPS[op]
+    x, rois = _inputs(dtype, layout)
+    if grad_mode != "plain":
+        x.requires_grad_()
+    ctx = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}.get(grad_mode)
+    with ctx() if ctx else torch.autograd.set_grad_enabled(True):
+        assert eager_cpu(x, rois)
+        got = public(x, rois)
+        want = through_op(x, rois)
+    assert got.dtype == want.dtype == dtype and not got.requires_grad
+    assert torch.equal(got, want)
+    assert got.stride() == want.stride()
+
+
+class _Log(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.called = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.called.append(func._schema.name)
+        return func(*args, **(kwargs or {}))
+
+
+class _Functions(torch.overrides.TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_kernel_runs_directly_only_when_nothing_watches():
+    x, rois = _inputs()
+    assert eager_cpu(x, rois)
+    assert not eager_cpu(x.clone().requires_grad_(), rois)  # autograd wants a gradient
+    assert not eager_cpu(x, rois.clone().requires_grad_())  # a box gradient, for roi_align
+    assert not eager_cpu(torch.nn.Parameter(x), rois)  # a subclass
+    assert not eager_cpu(x.to("meta"), rois)
+    with torch.no_grad():
+        assert eager_cpu(x.clone().requires_grad_(), rois)
+    with _Log():
+        assert not eager_cpu(x, rois)
+    with _Functions():
+        assert not eager_cpu(x, rois)
+    with torch.profiler.profile():
+        assert not eager_cpu(x, rois)
+    seen = []
+
+    def probe(t):
+        seen.append(eager_cpu(t, rois))
+        return t
+
+    torch.func.vmap(probe)(x)
+    assert seen == [False]
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_a_dispatch_mode_and_the_profiler_still_see_the_op(op):
+    public, _ = OPS[op]
+    x, rois = _inputs()
+    with _Log() as log:
+        public(x, rois)
+    assert f"roipool::{op}" in log.called
+    with torch.profiler.profile() as prof:
+        public(x, rois)
+    assert any(event.name == f"roipool::{op}" for event in prof.events())
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_a_call_that_wants_a_gradient_still_goes_through_the_op(op):
+    public, through_op = OPS[op]
+    x, rois = _inputs(torch.float64)
+    x.requires_grad_()
+    out = public(x, rois)
+    assert out.grad_fn is not None
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    (want,) = torch.autograd.grad(through_op(x, rois).sum(), x)
+    np.testing.assert_array_equal(grad.numpy(), want.numpy())
