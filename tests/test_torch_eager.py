@@ -14,22 +14,56 @@ from .roi_family import make_input, make_rois, torch
 import roipool  # noqa: E402
 from roipool._torch._library import eager_cpu  # noqa: E402
 
+# op: (public call, the same through torch.ops, channels of the map, box columns)
 OPS = {
     "roi_pool": (
         lambda x, r: roipool.roi_pool(x, r, (3, 2), 0.5),
         lambda x, r: torch.ops.roipool.roi_pool(x, r, 0.5, 3, 2),
+        5,
+        4,
     ),
     "roi_align": (
         lambda x, r: roipool.roi_align(x, r, (3, 2), 0.5, 2, True),
         lambda x, r: torch.ops.roipool.roi_align(x, r, 0.5, 3, 2, 2, True),
+        5,
+        4,
+    ),
+    "ps_roi_pool": (
+        lambda x, r: roipool.ps_roi_pool(x, r, (3, 2), 0.5),
+        lambda x, r: torch.ops.roipool.ps_roi_pool(x, r, 0.5, 3, 2),
+        12,
+        4,
+    ),
+    "ps_roi_align": (
+        lambda x, r: roipool.ps_roi_align(x, r, (3, 2), 0.5, 2),
+        lambda x, r: torch.ops.roipool.ps_roi_align(x, r, 0.5, 3, 2, 2),
+        12,
+        4,
+    ),
+    "prroi_pool": (
+        lambda x, r: roipool.prroi_pool(x, r, (3, 2), 0.5),
+        lambda x, r: torch.ops.roipool.prroi_pool(x, r, 0.5, 3, 2),
+        5,
+        4,
+    ),
+    "roi_align_rotated": (
+        lambda x, r: roipool.roi_align_rotated(x, r, (3, 2), 0.5, 2, True, False),
+        lambda x, r: torch.ops.roipool.roi_align_rotated(x, r, 0.5, 3, 2, 2, True, False),
+        5,
+        5,
     ),
 }
 
 
-def _inputs(dtype=torch.float32, layout="contiguous"):
-    x = make_input((2, 5, 9, 8), dtype, layout, integers=True)  # ties for the max pooling
-    rois = torch.from_numpy(make_rois(2, 9, 8, 0.5, k=7, seed=3)).to(dtype)
-    return x, rois
+def _inputs(dtype=torch.float32, layout="contiguous", op="roi_align"):
+    channels, columns = OPS[op][2:]
+    x = make_input((2, channels, 9, 8), dtype, layout, integers=True)  # ties for the max pooling
+    rois = make_rois(2, 9, 8, 0.5, k=7, seed=3)
+    if columns == 5:  # rotated: [batch, cx, cy, w, h, angle]
+        centre, size = (rois[:, 1:3] + rois[:, 3:5]) / 2, np.abs(rois[:, 3:5] - rois[:, 1:3])
+        angle = np.linspace(-1.0, 2.0, len(rois))[:, None]
+        rois = np.concatenate([rois[:, :1], centre, size, angle], axis=1)
+    return x, torch.from_numpy(rois).to(dtype)
 
 
 @pytest.mark.parametrize("op", sorted(OPS))
@@ -37,8 +71,8 @@ def _inputs(dtype=torch.float32, layout="contiguous"):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("grad_mode", ["plain", "no_grad", "inference_mode"])
 def test_an_eager_call_gives_the_bits_and_memory_format_of_the_op(op, layout, dtype, grad_mode):
-    public, through_op = OPS[op]
-    x, rois = _inputs(dtype, layout)
+    public, through_op = OPS[op][:2]
+    x, rois = _inputs(dtype, layout, op)
     if grad_mode != "plain":
         x.requires_grad_()
     ctx = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}.get(grad_mode)
@@ -93,8 +127,8 @@ def test_the_kernel_runs_directly_only_when_nothing_watches():
 
 @pytest.mark.parametrize("op", sorted(OPS))
 def test_a_dispatch_mode_and_the_profiler_still_see_the_op(op):
-    public, _ = OPS[op]
-    x, rois = _inputs()
+    public = OPS[op][0]
+    x, rois = _inputs(op=op)
     with _Log() as log:
         public(x, rois)
     assert f"roipool::{op}" in log.called
@@ -105,8 +139,8 @@ def test_a_dispatch_mode_and_the_profiler_still_see_the_op(op):
 
 @pytest.mark.parametrize("op", sorted(OPS))
 def test_a_call_that_wants_a_gradient_still_goes_through_the_op(op):
-    public, through_op = OPS[op]
-    x, rois = _inputs(torch.float64)
+    public, through_op = OPS[op][:2]
+    x, rois = _inputs(torch.float64, op=op)
     x.requires_grad_()
     out = public(x, rois)
     assert out.grad_fn is not None

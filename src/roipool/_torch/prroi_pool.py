@@ -30,6 +30,7 @@ from ._library import (
     compute_dtype,
     cpu_rois,
     define,
+    eager_cpu,
     fake_output,
     new_cpu_output,
     new_cpu_tensor,
@@ -174,4 +175,6 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
         pooled_h, pooled_w, scale = _checks.prroi_arguments(output_size, spatial_scale)
         rois = boxes_to_rois(boxes, input)
         check_output_fits(input, rois, input.shape[1], (pooled_h, pooled_w), output_size)
+    if eager_cpu(input, rois):
+        return _prroi_pool_cpu(input, rois, scale, pooled_h, pooled_w)
     return torch.ops.roipool.prroi_pool(input, rois, scale, pooled_h, pooled_w)

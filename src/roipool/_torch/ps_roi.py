@@ -23,6 +23,7 @@ from ._library import (
     cpu_geometry,
     cpu_nchw,
     define,
+    eager_cpu,
     fake_output,
     in_format,
     quiet_when_tracing,
@@ -232,6 +233,8 @@ def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
         dtype, differentiable with respect to ``input``.
     """
     rois, scale, pooled_h, pooled_w = _ps_public(input, boxes, output_size, spatial_scale)
+    if eager_cpu(input, rois):
+        return _ps_roi_pool_cpu(input, rois, scale, pooled_h, pooled_w)
     return torch.ops.roipool.ps_roi_pool(input, rois, scale, pooled_h, pooled_w)
 
 
@@ -243,4 +246,6 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
     """
     rois, scale, pooled_h, pooled_w = _ps_public(input, boxes, output_size, spatial_scale)
     ratio = _checks.sampling_ratio_int(sampling_ratio)
+    if eager_cpu(input, rois):
+        return _ps_roi_align_cpu(input, rois, scale, pooled_h, pooled_w, ratio)
     return torch.ops.roipool.ps_roi_align(input, rois, scale, pooled_h, pooled_w, ratio)

@@ -30,6 +30,7 @@ from ._library import (
     compute_dtype,
     cpu_rois,
     define,
+    eager_cpu,
     fake_output,
     new_cpu_output,
     numpy_dtype,
@@ -197,6 +198,8 @@ def roi_align_rotated(input, boxes, output_size, spatial_scale=1.0, sampling_rat
         aligned = _checks.flag(aligned, "aligned")
         clockwise = _checks.flag(clockwise, "clockwise")
         rois = boxes_to_rois(boxes, input, rotated=True)
+    if eager_cpu(input, rois):
+        return _forward_cpu(input, rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise)
     return torch.ops.roipool.roi_align_rotated(
         input, rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise
     )

@@ -206,13 +206,13 @@ def launch(kernel, *args, values: int) -> list:
     ``parts`` is 1 when ``values`` (about how many array elements the kernel
     reads and writes) is under :data:`GRAIN`: waking a pool thread costs
     about as much as that work. Otherwise it is :func:`threads` times
-    :data:`PARTS_PER_THREAD`, or fewer per thread, but at least one, for
-    less than :data:`PART_VALUES` values a part. The calling thread and the pool's each take the next part not yet
-    taken until none is left, so a thread that the machine slows down (a
-    shared core) does fewer parts instead of holding up the call. Every part
-    has finished when this returns or raises (after an error no new part is
-    started, and the first error is raised), so no thread still writes into
-    the caller's arrays.
+    :data:`PARTS_PER_THREAD`, or fewer per thread (at least one) where parts
+    would have less than :data:`PART_VALUES` values each. The calling thread
+    and the pool's each take the next part not yet taken until none is left,
+    so a thread that the machine slows down (a shared core) does fewer parts
+    instead of holding up the call. Every part has finished when this returns
+    or raises (after an error no new part is started, and the first error is
+    raised), so no thread still writes into the caller's arrays.
     """
     count = threads() if values >= GRAIN else 1
     if count == 1:
