@@ -32,6 +32,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
 import roipool  # noqa: E402
 import roipool.nn  # noqa: E402,F401  (registers the custom ops)
 
@@ -44,6 +46,18 @@ BOX_FORMATS = ["tensor", "list"]
 
 def compute_dtype(dtype):
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+class OpLog(TorchDispatchMode):
+    """A dispatch mode that records the name of every op run under it (``.called``, in order)."""
+
+    def __init__(self):
+        super().__init__()
+        self.called = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.called.append(func._schema.name)
+        return func(*args, **(kwargs or {}))
 
 
 def to_numpy(t, dtype=None):
@@ -241,28 +255,19 @@ class RoIOpTester:
 
     @pytest.mark.parametrize("mode", ["requires_grad", "no_grad", "inference_mode", "plain"])
     def test_only_training_calls_keep_state_for_backward(self, mode):
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        called = []
-
-        class Log(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                called.append(func._schema.name)
-                return func(*args, **(kwargs or {}))
-
         x = make_input(self.shape, torch.float32, "contiguous")
         boxes = torch.from_numpy(self.rois()).float()
         if mode != "plain":
             x.requires_grad_()
         ctx = {"no_grad": torch.no_grad(), "inference_mode": torch.inference_mode()}.get(mode)
-        with Log():
+        with OpLog() as log:
             if ctx is None:
                 self.fn(x, boxes, **self.params)
             else:
                 with ctx:
                     self.fn(x, boxes, **self.params)
         want = self.train_op if mode == "requires_grad" else self.infer_op
-        assert want in called and ({self.train_op, self.infer_op} - {want}).isdisjoint(called)
+        assert want in log.called and ({self.train_op, self.infer_op} - {want}).isdisjoint(log.called)
 
     @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
     def test_opcheck(self, layout):

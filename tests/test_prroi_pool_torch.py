@@ -9,7 +9,7 @@ import roipool  # noqa: E402
 import roipool.nn  # noqa: E402
 from roipool import reference  # noqa: E402
 
-from .roi_family import RoIOpTester, as_boxes, make_input, make_rois, torch
+from .roi_family import OpLog, RoIOpTester, as_boxes, make_input, make_rois, torch
 
 TOLERANCE = {
     torch.float64: dict(rtol=1e-12, atol=1e-12),
@@ -115,22 +115,11 @@ def test_double_backward_with_respect_to_the_output_gradient():
 
 
 def test_only_the_wanted_gradient_is_computed():
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Log(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.called = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.called.append(func._schema.name)
-            return func(*args, **(kwargs or {}))
-
     x, rois = box_case()
     for x_grad, box_grad in ((True, False), (False, True), (True, True)):
         xi = x.clone().requires_grad_(x_grad)
         boxes = torch.from_numpy(rois).requires_grad_(box_grad)
-        with Log() as log:
+        with OpLog() as log:
             roipool.prroi_pool(xi, boxes, 2, 0.5).sum().backward()
         assert ("roipool::prroi_pool_backward" in log.called) == x_grad
         assert ("roipool::prroi_pool_boxes_backward" in log.called) == box_grad

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .roi_family import make_input, torch
+from .roi_family import OpLog, make_input, torch
 
 # roi_family skips this module without torch, so it is imported first
 # isort: split
@@ -69,21 +69,12 @@ def test_gradcheck_float64_input_and_boxes(sampling_ratio, aligned):
 
 @pytest.mark.parametrize("wants", ["input", "boxes", "both"])
 def test_each_gradient_is_computed_only_when_wanted(wants):
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    called = []
-
-    class Log(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            called.append(func._schema.name)
-            return func(*args, **(kwargs or {}))
-
     x = make_input((2, 3, 9, 11), torch.float32, "contiguous").requires_grad_(wants != "boxes")
     boxes = torch.from_numpy(inner_rois(2, 9, 11, 0.5, 5, 7)).float().requires_grad_(wants != "input")
-    with Log():
+    with OpLog() as log:
         roipool.roi_align(x, boxes, 2, 0.5, 2, True).sum().backward()
-    assert ("roipool::roi_align_backward" in called) == (wants != "boxes")
-    assert ("roipool::roi_align_boxes_backward" in called) == (wants != "input")
+    assert ("roipool::roi_align_backward" in log.called) == (wants != "boxes")
+    assert ("roipool::roi_align_boxes_backward" in log.called) == (wants != "input")
     assert (x.grad is not None) == (wants != "boxes") and (boxes.grad is not None) == (wants != "input")
 
 

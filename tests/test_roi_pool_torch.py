@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from .roi_family import RoIOpTester, make_input, torch
+from .roi_family import OpLog, RoIOpTester, make_input, torch
 
 # roi_family skips this module without torch, so it is imported first
 # isort: split
@@ -144,18 +144,9 @@ def test_a_device_without_kernels_loads_its_backend_module_or_says_it_is_missing
 
 
 def _ops_called(fn):
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    called = []
-
-    class Log(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            called.append(func._schema.name)
-            return func(*args, **(kwargs or {}))
-
-    with Log():
+    with OpLog() as log:
         fn()
-    return called
+    return log.called
 
 
 def _train_and_check(x, rois, output_size, scale):

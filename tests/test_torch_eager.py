@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .roi_family import make_input, make_rois, torch
+from .roi_family import OpLog, make_input, make_rois, torch
 
 # roi_family skips this module without torch, so it is imported first
 # isort: split
@@ -85,16 +85,6 @@ def test_an_eager_call_gives_the_bits_and_memory_format_of_the_op(op, layout, dt
     assert got.stride() == want.stride()
 
 
-class _Log(torch.utils._python_dispatch.TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.called = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.called.append(func._schema.name)
-        return func(*args, **(kwargs or {}))
-
-
 class _Functions(torch.overrides.TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         return func(*args, **(kwargs or {}))
@@ -109,7 +99,7 @@ def test_the_kernel_runs_directly_only_when_nothing_watches():
     assert not eager_cpu(x.to("meta"), rois)
     with torch.no_grad():
         assert eager_cpu(x.clone().requires_grad_(), rois)
-    with _Log():
+    with OpLog():
         assert not eager_cpu(x, rois)
     with _Functions():
         assert not eager_cpu(x, rois)
@@ -129,7 +119,7 @@ def test_the_kernel_runs_directly_only_when_nothing_watches():
 def test_a_dispatch_mode_and_the_profiler_still_see_the_op(op):
     public = OPS[op][0]
     x, rois = _inputs(op=op)
-    with _Log() as log:
+    with OpLog() as log:
         public(x, rois)
     assert f"roipool::{op}" in log.called
     with torch.profiler.profile() as prof:
