@@ -64,6 +64,19 @@ def test_launch_runs_small_work_on_the_calling_thread_alone(two_threads, monkeyp
     assert len(launch(lambda part, parts: part, values=MANY)) == 2 * _parallel.PARTS_PER_THREAD
 
 
+def test_launch_uses_no_more_threads_and_parts_than_the_kernel_has_tasks(two_threads):
+    caller = threading.get_ident()
+    for tasks in (0, 1):
+        assert launch(lambda part, parts: (part, parts, threading.get_ident()), values=MANY, tasks=tasks) == [
+            (0, 1, caller)
+        ]
+    assert launch(lambda part, parts: (part, parts), values=MANY, tasks=3) == [(0, 3), (1, 3), (2, 3)]
+    assert len(launch(lambda part, parts: part, values=MANY, tasks=1000)) == 2 * _parallel.PARTS_PER_THREAD
+    counts = np.zeros(5, np.int64)
+    assert sum(launch(_count_items, counts, values=MANY, tasks=2)) == 5  # a low count loses no item
+    np.testing.assert_array_equal(counts, 1)
+
+
 def test_launch_gives_each_part_at_least_part_values_but_each_thread_one(two_threads, monkeypatch):
     monkeypatch.setattr(_parallel, "PART_VALUES", 1000)  # the suite sets it to 1 (conftest.py)
     parts = [len(launch(lambda part, parts: part, values=v)) for v in (0, 3999, 4000, 5999, 6000, 8000, MANY)]

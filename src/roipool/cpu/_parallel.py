@@ -200,7 +200,7 @@ def _workers(count: int) -> _Pool:
         return _pool
 
 
-def launch(kernel, *args, values: int) -> list:
+def launch(kernel, *args, values: int, tasks: int | None = None) -> list:
     """``[kernel(*args, part, parts) for part in range(parts)]``, the parts shared out as threads come free.
 
     ``parts`` is 1 when ``values`` (about how many array elements the kernel
@@ -210,14 +210,21 @@ def launch(kernel, *args, values: int) -> list:
     would have less than :data:`PART_VALUES` values each. The calling thread
     and the pool's each take the next part not yet taken until none is left,
     so a thread that the machine slows down (a shared core) does fewer parts
-    instead of holding up the call. Every part has finished when this returns
-    or raises (after an error no new part is started, and the first error is
-    raised), so no thread still writes into the caller's arrays.
+    instead of holding up the call. ``tasks``, where the caller knows it, is
+    how many items the kernel shares out (the ``n`` of its :func:`share`): no
+    more threads or parts than that are used. Every part has finished when
+    this returns or raises (after an error no new part is started, and the
+    first error is raised), so no thread still writes into the caller's
+    arrays.
     """
     count = threads() if values >= GRAIN else 1
+    if tasks is not None:
+        count = max(1, min(count, tasks))
     if count == 1:
         return [kernel(*args, 0, 1)]
     parts = count * min(PARTS_PER_THREAD, max(1, values // (count * PART_VALUES)))
+    if tasks is not None:
+        parts = min(parts, tasks)
     results = [None] * parts
     taken = itertools.count()  # next() is atomic: the GIL is held while it runs
     failed = []

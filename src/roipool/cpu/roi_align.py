@@ -736,7 +736,9 @@ def blocked_map(x) -> np.ndarray:
         flat, cell_step, channel_step = x.transpose(0, 2, 3, 1).reshape(-1), x.shape[1], 1
     else:
         flat, cell_step, channel_step = np.ascontiguousarray(x).reshape(-1), 1, x.shape[2] * x.shape[3]
-    launch(channel_blocks, flat, cell_step, channel_step, xb, values=xb.size)
+    block = UNROLL * (VECTOR_BYTES // x.itemsize)
+    tasks = x.shape[0] * -(-x.shape[1] // block)  # (image, channel block)
+    launch(channel_blocks, flat, cell_step, channel_step, xb, values=xb.size, tasks=tasks)
     return xb
 
 
@@ -834,6 +836,7 @@ def launch_backward(grad_out, taps: RoIAlignTaps, grad_in) -> None:
         gi,
         gi_nhwc,
         values=go.size + gi.size,
+        tasks=images * -(-channels // block) * -(-height // band),  # (image, channel block, band)
     )
 
 

@@ -442,7 +442,10 @@ def launch_backward(grad_out, frames: Frames, grad_in) -> None:
     gi, gi_nhwc = memory_order(grad_in)
     order, starts = rois_by_image(frames.batch, images)
     block = channel_block(channels, images, grad_out.itemsize, threads())
-    launch(backward, go, go_nhwc, *frames.arrays, order, starts, block, gi, gi_nhwc, values=go.size + gi.size)
+    launch(
+        backward, go, go_nhwc, *frames.arrays, order, starts, block, gi, gi_nhwc,
+        values=go.size + gi.size, tasks=images * -(-channels // block),  # (image, channel block)
+    )  # fmt: skip
 
 
 def launch_box_backward(x_nhwc, grad_out, frames: Frames, grad_boxes) -> None:

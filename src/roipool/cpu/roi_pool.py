@@ -773,8 +773,9 @@ def launch_backward_recompute(x, channels_last: bool, bins: RoIPoolBins, grad_ou
         return
     go, go_nhwc = bins_order(grad_out, copy=True)
     gi, gi_nhwc = memory_order(grad_in)
-    _, _, height, width = grad_in.shape
+    images, channels, height, width = grad_in.shape
     band = scratch_band(height, width, 2 * RECOMPUTE_UNROLL * VECTOR_BYTES, threads())
+    block = RECOMPUTE_UNROLL * (VECTOR_BYTES // grad_in.itemsize)
     launch(
         backward_recompute,
         x,
@@ -788,6 +789,7 @@ def launch_backward_recompute(x, channels_last: bool, bins: RoIPoolBins, grad_ou
         gi,
         gi_nhwc,
         values=x.size + go.size,
+        tasks=images * -(-channels // block) * -(-height // band),  # (image, channel block, band)
     )
 
 
