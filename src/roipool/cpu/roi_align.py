@@ -835,7 +835,9 @@ def launch_backward(grad_out, taps: RoIAlignTaps, grad_in) -> None:
         TAP_EVALUATION,
         gi,
         gi_nhwc,
-        values=go.size + gi.size,
+        # counted three times against _parallel.GRAIN: two threads already paid from about
+        # 45,000 values here, against 117,000 for the forwards (docs/benchmarks.md, "Small calls")
+        values=3 * (go.size + gi.size),
         tasks=images * -(-channels // block) * -(-height // band),  # (image, channel block, band)
     )
 
