@@ -120,6 +120,36 @@ def test_wide_channel_blocks_match_reference(monkeypatch, path, dtype):
         check_against_reference(x, rois, (3, 4), 0.5, 2, True)
 
 
+@pytest.mark.parametrize("path", ["DIRECT", "ROWS_FIRST"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_piece_sums_a_channel_alike(monkeypatch, path, dtype):
+    # Channels go a register block (8 vectors) at a time, a narrower rest four, two, then
+    # one vector at a time, and the last few one channel at a time: a channel must come
+    # out with the same bits whichever piece holds it (the multiply-adds fused alike).
+    # 15 vectors + 5 channels: a full block, a 4-, 2- and 1-vector piece and a scalar
+    # tail; a call on a slice of the channels moves them into other pieces.
+    from roipool.cpu import roi_align as kernels
+    from roipool.cpu._simd import VECTOR_BYTES
+
+    monkeypatch.setattr(kernels, "TAP_EVALUATION", getattr(kernels, path))
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    channels = 15 * lanes + 5
+    rng = np.random.default_rng(18)
+    x = rng.standard_normal((2, channels, 9, 12)).astype(dtype)
+    rois = random_rois(rng, 12, 2, 9, 12, 0.5)
+    g = rng.standard_normal((12, channels, 3, 4)).astype(dtype)
+    out = roipool.roi_align(x, rois, (3, 4), 0.5, 2, True)
+    grad = roipool.roi_align_backward(g, rois, x.shape, (3, 4), 0.5, 2, True)
+    slices = [(0, lanes), (lanes, 3 * lanes), (0, 7 * lanes), (8 * lanes, 15 * lanes), (3 * lanes, channels)]
+    slices += [(c, c + 1) for c in (0, lanes + 1, 9 * lanes, 14 * lanes + 3, channels - 1)]
+    for lo, hi in slices:
+        part = roipool.roi_align(np.ascontiguousarray(x[:, lo:hi]), rois, (3, 4), 0.5, 2, True)
+        np.testing.assert_array_equal(part, out[:, lo:hi])
+        shape = (2, hi - lo, 9, 12)
+        part_grad = roipool.roi_align_backward(np.ascontiguousarray(g[:, lo:hi]), rois, shape, (3, 4), 0.5, 2, True)
+        np.testing.assert_array_equal(part_grad, grad[:, lo:hi])
+
+
 def test_many_samples_per_bin_skip_only_samples_off_the_map():
     # more than 32 samples per side: the kernels bisect for the samples near the map
     x = np.random.default_rng(2).standard_normal((1, 2, 4, 5))

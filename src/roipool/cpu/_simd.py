@@ -317,6 +317,19 @@ def vmuladd(typingctx, acc, weight, value):
     return acc(acc, weight, value), codegen
 
 
+@intrinsic
+def muladd(typingctx, acc, weight, value):
+    """``acc + weight * value`` on scalars, flagged as :func:`vmuladd` is, so that LLVM fuses it the
+    same way: a channel summed in a scalar tail then has the bits it would have in a vector (Numba's
+    own ``+=`` on an array element is not fused, even under ``fastmath={"contract"}``)."""
+
+    def codegen(context, builder, sig, args):
+        a, w, v = (context.cast(builder, arg, t, acc) for arg, t in zip(args, sig.args))
+        return builder.fadd(a, builder.fmul(w, v, flags=("contract",)), flags=("contract",))
+
+    return acc(acc, weight, value), codegen
+
+
 def _prefetch_codegen(locality):
     def codegen(context, builder, sig, args):
         data = context.make_array(sig.args[0])(context, builder, args[0]).data

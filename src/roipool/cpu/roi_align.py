@@ -93,6 +93,7 @@ from ._simd import (
     ZERO,
     borrowed,
     empty_lines,
+    muladd,
     prefetch,
     scratch_lines,
     transpose_tile,
@@ -545,7 +546,40 @@ def _gather(src, base, step, idx, wt, m0, m1, dst, t, cw, add=False):
         vstore(dst, t + 6 * lanes, a6)
         vstore(dst, t + 7 * lanes, a7)
         c = cw
-    while c + lanes <= cw:
+    # a narrower block: four vectors, then two, then one per pass over the taps
+    if c + 4 * lanes <= cw:
+        a0 = a1 = a2 = a3 = vzeros(src)
+        if add:
+            a0 = vload(dst, t + c)
+            a1 = vload(dst, t + c + lanes)
+            a2 = vload(dst, t + c + 2 * lanes)
+            a3 = vload(dst, t + c + 3 * lanes)
+        for m in range(m0, m1):
+            w = wt[m]
+            o = base + idx[m] * step + c
+            a0 = vmuladd(a0, w, vload(src, o))
+            a1 = vmuladd(a1, w, vload(src, o + lanes))
+            a2 = vmuladd(a2, w, vload(src, o + 2 * lanes))
+            a3 = vmuladd(a3, w, vload(src, o + 3 * lanes))
+        vstore(dst, t + c, a0)
+        vstore(dst, t + c + lanes, a1)
+        vstore(dst, t + c + 2 * lanes, a2)
+        vstore(dst, t + c + 3 * lanes, a3)
+        c += 4 * lanes
+    if c + 2 * lanes <= cw:
+        a0 = a1 = vzeros(src)
+        if add:
+            a0 = vload(dst, t + c)
+            a1 = vload(dst, t + c + lanes)
+        for m in range(m0, m1):
+            w = wt[m]
+            o = base + idx[m] * step + c
+            a0 = vmuladd(a0, w, vload(src, o))
+            a1 = vmuladd(a1, w, vload(src, o + lanes))
+        vstore(dst, t + c, a0)
+        vstore(dst, t + c + lanes, a1)
+        c += 2 * lanes
+    if c + lanes <= cw:
         a = vload(dst, t + c) if add else vzeros(src)
         for m in range(m0, m1):
             a = vmuladd(a, wt[m], vload(src, base + idx[m] * step + c))
@@ -555,7 +589,7 @@ def _gather(src, base, step, idx, wt, m0, m1, dst, t, cw, add=False):
         if not add:
             dst[t + cc] = 0
         for m in range(m0, m1):
-            dst[t + cc] += wt[m] * src[base + idx[m] * step + cc]
+            dst[t + cc] = muladd(dst[t + cc], wt[m], src[base + idx[m] * step + cc])
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
@@ -589,7 +623,38 @@ def _gather2(src, base, step_i, idx_i, wt_i, i0, i1, step_j, idx_j, wt_j, j0, j1
         vstore(dst, t + 6 * lanes, a6)
         vstore(dst, t + 7 * lanes, a7)
         c = cw
-    while c + lanes <= cw:
+    # a narrower block: four vectors, then two, then one per pass over the taps
+    if c + 4 * lanes <= cw:
+        a0 = a1 = a2 = a3 = vzeros(src)
+        for i in range(i0, i1):
+            oi = base + idx_i[i] * step_i + c
+            wi = wt_i[i]
+            for j in range(j0, j1):
+                w = wi * wt_j[j]
+                o = oi + idx_j[j] * step_j
+                a0 = vmuladd(a0, w, vload(src, o))
+                a1 = vmuladd(a1, w, vload(src, o + lanes))
+                a2 = vmuladd(a2, w, vload(src, o + 2 * lanes))
+                a3 = vmuladd(a3, w, vload(src, o + 3 * lanes))
+        vstore(dst, t + c, a0)
+        vstore(dst, t + c + lanes, a1)
+        vstore(dst, t + c + 2 * lanes, a2)
+        vstore(dst, t + c + 3 * lanes, a3)
+        c += 4 * lanes
+    if c + 2 * lanes <= cw:
+        a0 = a1 = vzeros(src)
+        for i in range(i0, i1):
+            oi = base + idx_i[i] * step_i + c
+            wi = wt_i[i]
+            for j in range(j0, j1):
+                w = wi * wt_j[j]
+                o = oi + idx_j[j] * step_j
+                a0 = vmuladd(a0, w, vload(src, o))
+                a1 = vmuladd(a1, w, vload(src, o + lanes))
+        vstore(dst, t + c, a0)
+        vstore(dst, t + c + lanes, a1)
+        c += 2 * lanes
+    if c + lanes <= cw:
         a = vzeros(src)
         for i in range(i0, i1):
             oi = base + idx_i[i] * step_i + c
@@ -604,7 +669,7 @@ def _gather2(src, base, step_i, idx_i, wt_i, i0, i1, step_j, idx_j, wt_j, j0, j1
             oi = base + idx_i[i] * step_i + cc
             wi = wt_i[i]
             for j in range(j0, j1):
-                dst[t + cc] += wi * wt_j[j] * src[oi + idx_j[j] * step_j]
+                dst[t + cc] = muladd(dst[t + cc], wi * wt_j[j], src[oi + idx_j[j] * step_j])
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
@@ -633,7 +698,30 @@ def _scatter(src, t, dst, base, step, idx, wt, m0, m1, cw):
             vstore(dst, o + 6 * lanes, vmuladd(vload(dst, o + 6 * lanes), w, v6))
             vstore(dst, o + 7 * lanes, vmuladd(vload(dst, o + 7 * lanes), w, v7))
         c = cw
-    while c + lanes <= cw:
+    # a narrower block: four vectors, then two, then one per pass over the taps
+    if c + 4 * lanes <= cw:
+        v0 = vload(src, t + c)
+        v1 = vload(src, t + c + lanes)
+        v2 = vload(src, t + c + 2 * lanes)
+        v3 = vload(src, t + c + 3 * lanes)
+        for m in range(m0, m1):
+            w = wt[m]
+            o = base + idx[m] * step + c
+            vstore(dst, o, vmuladd(vload(dst, o), w, v0))
+            vstore(dst, o + lanes, vmuladd(vload(dst, o + lanes), w, v1))
+            vstore(dst, o + 2 * lanes, vmuladd(vload(dst, o + 2 * lanes), w, v2))
+            vstore(dst, o + 3 * lanes, vmuladd(vload(dst, o + 3 * lanes), w, v3))
+        c += 4 * lanes
+    if c + 2 * lanes <= cw:
+        v0 = vload(src, t + c)
+        v1 = vload(src, t + c + lanes)
+        for m in range(m0, m1):
+            w = wt[m]
+            o = base + idx[m] * step + c
+            vstore(dst, o, vmuladd(vload(dst, o), w, v0))
+            vstore(dst, o + lanes, vmuladd(vload(dst, o + lanes), w, v1))
+        c += 2 * lanes
+    if c + lanes <= cw:
         v = vload(src, t + c)
         for m in range(m0, m1):
             o = base + idx[m] * step + c
@@ -642,7 +730,8 @@ def _scatter(src, t, dst, base, step, idx, wt, m0, m1, cw):
     for cc in range(c, cw):
         v = src[t + cc]
         for m in range(m0, m1):
-            dst[base + idx[m] * step + cc] += wt[m] * v
+            o = base + idx[m] * step + cc
+            dst[o] = muladd(dst[o], wt[m], v)
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
@@ -675,7 +764,36 @@ def _scatter2(src, t, dst, base, step_i, idx_i, wt_i, i0, i1, step_j, idx_j, wt_
                 vstore(dst, o + 6 * lanes, vmuladd(vload(dst, o + 6 * lanes), w, v6))
                 vstore(dst, o + 7 * lanes, vmuladd(vload(dst, o + 7 * lanes), w, v7))
         c = cw
-    while c + lanes <= cw:
+    # a narrower block: four vectors, then two, then one per pass over the taps
+    if c + 4 * lanes <= cw:
+        v0 = vload(src, t + c)
+        v1 = vload(src, t + c + lanes)
+        v2 = vload(src, t + c + 2 * lanes)
+        v3 = vload(src, t + c + 3 * lanes)
+        for i in range(i0, i1):
+            oi = base + idx_i[i] * step_i + c
+            wi = wt_i[i]
+            for j in range(j0, j1):
+                w = wi * wt_j[j]
+                o = oi + idx_j[j] * step_j
+                vstore(dst, o, vmuladd(vload(dst, o), w, v0))
+                vstore(dst, o + lanes, vmuladd(vload(dst, o + lanes), w, v1))
+                vstore(dst, o + 2 * lanes, vmuladd(vload(dst, o + 2 * lanes), w, v2))
+                vstore(dst, o + 3 * lanes, vmuladd(vload(dst, o + 3 * lanes), w, v3))
+        c += 4 * lanes
+    if c + 2 * lanes <= cw:
+        v0 = vload(src, t + c)
+        v1 = vload(src, t + c + lanes)
+        for i in range(i0, i1):
+            oi = base + idx_i[i] * step_i + c
+            wi = wt_i[i]
+            for j in range(j0, j1):
+                w = wi * wt_j[j]
+                o = oi + idx_j[j] * step_j
+                vstore(dst, o, vmuladd(vload(dst, o), w, v0))
+                vstore(dst, o + lanes, vmuladd(vload(dst, o + lanes), w, v1))
+        c += 2 * lanes
+    if c + lanes <= cw:
         v = vload(src, t + c)
         for i in range(i0, i1):
             oi = base + idx_i[i] * step_i + c
@@ -690,7 +808,8 @@ def _scatter2(src, t, dst, base, step_i, idx_i, wt_i, i0, i1, step_j, idx_j, wt_
             oi = base + idx_i[i] * step_i + cc
             wi = wt_i[i]
             for j in range(j0, j1):
-                dst[oi + idx_j[j] * step_j] += wi * wt_j[j] * v
+                o = oi + idx_j[j] * step_j
+                dst[o] = muladd(dst[o], wi * wt_j[j], v)
 
 
 # ---- launchers: the geometry of one call, and the launch of its kernels on every thread ----
