@@ -11,7 +11,7 @@ functions of the same names; ``docs/semantics.md`` defines every op and
   ``N`` arrays ``(L_i, 4)``; ``output_size``, ``spatial_scale``,
   ``sampling_ratio`` and ``aligned`` are Python values (static under jit).
 - Gradients: with respect to ``input`` for every op; also with respect to the
-  boxes for :func:`roi_align` and :func:`ps_roi_align`.
+  boxes for :func:`roi_align`, :func:`ps_roi_align` and :func:`prroi_pool`.
 - ``layout="nhwc"`` (keyword, every op): ``input`` is ``(N, H, W, C)``, the
   layout of Flax's convolutions, and the result ``(K, pooled_h, pooled_w,
   C_out)``, with the same values as the ``"nchw"`` call; the array is
@@ -34,7 +34,7 @@ import numpy as np
 from .. import _checks
 from . import _ops, _prepare
 
-__all__ = ["roi_pool", "roi_align", "ps_roi_pool", "ps_roi_align", "set_backend", "get_backend"]
+__all__ = ["roi_pool", "roi_align", "ps_roi_pool", "ps_roi_align", "prroi_pool", "set_backend", "get_backend"]
 
 _BACKENDS = ("auto", "xla", "callback")
 _backend = "auto"
@@ -181,4 +181,25 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
     sampling_ratio = _checks.sampling_ratio_int(sampling_ratio)
     static = (size, scale, sampling_ratio, x.shape)
     op = _ops.ps_roi_align_callback if _use_callback(backend, x) else _ops.ps_roi_align_xla
+    return _result(op(static, x, rois), dtype, nhwc)
+
+
+def prroi_pool(input, boxes, output_size, spatial_scale=1.0, *, backend=None, layout="nchw"):
+    """Precise RoI pooling (IoU-Net): the exact mean of the map's bilinear interpolant over each bin.
+
+    Args as :func:`roi_pool`. Semantics: ``docs/semantics.md`` (prroi_pool):
+    corners are ``x * spatial_scale`` (no half-cell shift, no rounding), the
+    map is extended by zeros, and a box of zero width or height gives 0.
+
+    Returns:
+        jax.Array[K, C, pooled_h, pooled_w] of the input's dtype, differentiable
+        with respect to ``input`` and the box coordinates (the NumPy path's
+        ``prroi_pool_backward`` and ``prroi_pool_boxes_backward``; column 0,
+        the batch index, gets a zero gradient).
+    """
+    x, rois, dtype, nhwc = _prepare_call(input, boxes, layout)
+    pooled_h, pooled_w, scale = _checks.prroi_arguments(output_size, spatial_scale)
+    _prepare.check_scaled_boxes(rois, scale, 0.0)
+    static = ((pooled_h, pooled_w), scale, x.shape)
+    op = _ops.prroi_pool_callback if _use_callback(backend, x) else _ops.prroi_pool_xla
     return _result(op(static, x, rois), dtype, nhwc)

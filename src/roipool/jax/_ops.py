@@ -2,11 +2,12 @@
 
 Two backends compute the same function (``docs/jax.md``):
 
-- ``"xla"``: pure jnp/lax (``_pool``, ``_align``), any device, any transform.
+- ``"xla"``: pure jnp/lax (``_pool``, ``_align``, ``_prroi``), any device, any transform.
 - ``"callback"``: roipool's NumPy functions (the Numba CPU kernels) through
   ``jax.pure_callback``; CPU only. Gradients with respect to the input come
-  from the NumPy backward; with respect to the boxes (roi_align,
-  ps_roi_align) from the XLA path, which XLA drops under ``jit`` when unused.
+  from the NumPy backward; with respect to the boxes from the XLA path
+  (roi_align, ps_roi_align; XLA drops it under ``jit`` when unused) or from
+  the NumPy box backward (prroi_pool).
 
 Each op is ``op(static, x, rois)``: ``static`` a hashable tuple of Python
 numbers (output size, scale, ..., and the input shape), ``x`` and ``rois``
@@ -23,7 +24,7 @@ import numpy as np
 
 import roipool
 
-from . import _align, _pool
+from . import _align, _pool, _prroi
 
 # ---- roi_pool: the gradient goes to the argmax (kept from the forward) ----
 
@@ -104,11 +105,13 @@ def ps_roi_pool_xla(static, x, rois):
     return _align.ps_roi_pool(x, jax.lax.stop_gradient(rois), *size, scale)
 
 
-def _callback_op(forward, backward, xla, channels_out, box_gradient):
+def _callback_op(forward, backward, xla, channels_out, box_gradient, boxes_backward=None):
     """A ``custom_vjp`` op whose forward and input gradient are NumPy callbacks.
 
     ``forward(x, rois, static)`` and ``backward(g, rois, static)`` call the
-    NumPy functions; the boxes' gradient comes from ``xla`` (or is zero).
+    NumPy functions; the boxes' gradient comes from ``boxes_backward(g, x,
+    rois, static)`` (a NumPy function returning ``(K, 5)``) if given, else
+    from ``xla`` (or is zero without ``box_gradient``).
     """
 
     @partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -123,7 +126,11 @@ def _callback_op(forward, backward, xla, channels_out, box_gradient):
     def bwd(static, res, g):
         x, rois = res
         grad_x = _call(lambda g, r: backward(g, r, static), jax.ShapeDtypeStruct(x.shape, g.dtype), g, rois)
-        if box_gradient:
+        if boxes_backward is not None:
+            grad_rois = _call(
+                lambda g, x, r: boxes_backward(g, x, r, static), jax.ShapeDtypeStruct(rois.shape, g.dtype), g, x, rois
+            )
+        elif box_gradient:
             _, vjp = jax.vjp(lambda r: xla(static, x, r), rois)
             (grad_rois,) = vjp(g)
         else:
@@ -162,4 +169,22 @@ ps_roi_pool_callback = _callback_op(
     ps_roi_pool_xla,
     _ps_channels,
     box_gradient=False,
+)
+
+
+# ---- prroi_pool: both gradients in closed form (XLA: autodiff of the weights; callback: NumPy) ----
+
+
+def prroi_pool_xla(static, x, rois):
+    size, scale, _ = static
+    return _prroi.prroi_pool(x, rois, *size, scale)
+
+
+prroi_pool_callback = _callback_op(
+    lambda x, r, s: roipool.prroi_pool(x, r, s[0], s[1]),
+    lambda g, r, s: roipool.prroi_pool_backward(g, r, s[2], s[0], s[1]),
+    prroi_pool_xla,
+    _same_channels,
+    box_gradient=True,
+    boxes_backward=lambda g, x, r, s: roipool.prroi_pool_boxes_backward(g, x, r, s[0], s[1]),
 )
