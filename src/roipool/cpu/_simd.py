@@ -46,6 +46,21 @@ def lanes_of(dtype) -> int:
     return VECTOR_BYTES * 8 // dtype.bitwidth
 
 
+@intrinsic
+def vector_lanes(typingctx, array):
+    """``VECTOR_BYTES // array.itemsize`` as a constant of the compiled code.
+
+    Numba reads ``array.itemsize`` from the array at run time, so the
+    quotient would be a division at run time too, and every offset and loop
+    step built from it a variable: the kernels take the lanes from here.
+    """
+
+    def codegen(context, builder, sig, args):
+        return context.get_constant(types.intp, lanes_of(array.dtype))
+
+    return types.intp(array), codegen
+
+
 # A Python literal (``0``, ``False``) passed to a jitted helper makes Numba compile a
 # separate copy of the helper specialised to that constant (``Literal[int](0)``), and every
 # caller then links and optimises that copy too. The kernels pass these non-literal
@@ -82,7 +97,7 @@ def scratch_lines(n, like, zeros=False):
     Numba aligns its own arrays to 32 bytes only, so half of them would split
     every 64-byte vector over two lines.
     """
-    pad = VECTOR_BYTES // like.itemsize
+    pad = vector_lanes(like)
     buffer = np.empty(n + pad, like.dtype)
     start = (VECTOR_BYTES - buffer.ctypes.data % VECTOR_BYTES) % VECTOR_BYTES // like.itemsize
     lines = buffer[start : start + n]
@@ -269,7 +284,7 @@ def transpose_tile(src, src_start, src_stride, rows, cols, dst, dst_start, dst_s
     copied one value at a time. ``src`` and ``dst`` are contiguous 1-D arrays
     of the same 4- or 8-byte type.
     """
-    lanes = VECTOR_BYTES // src.itemsize
+    lanes = vector_lanes(src)
     jv = cols - cols % lanes
     rv = rows - rows % lanes
     for j0 in range(0, jv, lanes):
@@ -383,7 +398,7 @@ def copy_to_lines(src, dst, start, length):
     stores over two lines; the kernels transpose into ``src`` (in L1) and
     copy from there.
     """
-    lanes = VECTOR_BYTES // dst.itemsize
+    lanes = vector_lanes(dst)
     head = min(length, ((-(dst.ctypes.data + start * dst.itemsize)) % VECTOR_BYTES) // dst.itemsize)
     for i in range(head):
         dst[start + i] = src[i]

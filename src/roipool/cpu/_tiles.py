@@ -28,6 +28,7 @@ from ._simd import (
     empty_lines,
     scratch_lines,
     transpose_tile,
+    vector_lanes,
     vload,
     vstore,
 )
@@ -37,7 +38,7 @@ from ._simd import (
 def copy_run(src, s, dst, d, n):
     """``dst[d : d + n] = src[s : s + n]`` a vector at a time (a slice assignment would first
     check the two arrays for overlap, and copy through a temporary if they might)."""
-    lanes = VECTOR_BYTES // src.itemsize
+    lanes = vector_lanes(src)
     i = 0
     while i + lanes <= n:
         vstore(dst, d + i, vload(src, s + i))
@@ -162,7 +163,7 @@ def _nchw_to_nhwc(src, channels, plane, dst, cells, part, parts):
     and writes one compact, contiguous ``(cells, C)`` piece of ``dst``.
     """
     src, dst = borrowed((src, dst))
-    lanes = VECTOR_BYTES // src.itemsize
+    lanes = vector_lanes(src)
     images = src.size // max(channels * plane, 1)
     pieces = (plane + cells - 1) // cells
     for item in share(images * pieces, part, parts):

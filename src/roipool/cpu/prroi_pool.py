@@ -50,7 +50,7 @@ import numpy as np
 from .. import _checks
 from . import roi_align as align
 from ._parallel import balanced_chunks, launch, share
-from ._simd import VECTOR_BYTES, ZERO, borrowed, scratch_lines
+from ._simd import ZERO, borrowed, scratch_lines, vector_lanes
 from ._tiles import bins_order, load_tile
 
 
@@ -213,7 +213,7 @@ def boxes_backward(
     gof = grad_out.reshape(-1)
     nbins = grad_out.shape[1] if go_nhwc else grad_out.shape[2]
     plane = height * width
-    block = align.UNROLL * (VECTOR_BYTES // xb.itemsize)
+    block = align.UNROLL * vector_lanes(xb)
     pooled_h = hptr.shape[1] - 1
     pooled_w = wptr.shape[1] - 1
     for run in share(bounds.shape[0] - 1, part, parts):

@@ -97,6 +97,7 @@ from ._simd import (
     prefetch,
     scratch_lines,
     transpose_tile,
+    vector_lanes,
     vload,
     vmuladd,
     vstore,
@@ -167,7 +168,7 @@ def channel_blocks(x, cell_step, channel_step, xb, part, parts):
     images, channels, height, width = xb.shape
     xbf = xb.reshape(-1)
     plane = height * width
-    block = UNROLL * (VECTOR_BYTES // xb.itemsize)
+    block = UNROLL * vector_lanes(xb)
     nblocks = (channels + block - 1) // block
     for item in share(images * nblocks, part, parts):
         n = item // nblocks
@@ -204,7 +205,7 @@ def forward(xb, x_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, items, 
     nbins = out.shape[1] if nhwc else out.shape[2]
     pooled_h = hptr.shape[1] - 1
     pooled_w = wptr.shape[1] - 1
-    block = UNROLL * (VECTOR_BYTES // xb.itemsize)
+    block = UNROLL * vector_lanes(xb)
     nblocks = (channels + block - 1) // block
     for run in share(bounds.shape[0] - 1, part, parts):
         lo, hi = bounds[run], bounds[run + 1]
@@ -268,7 +269,7 @@ def _forward_bins(
     Each bin's channels go a register block at a time, one block after the
     other: a channels-last cell's channels are read together while in L1.
     """
-    block = UNROLL * (VECTOR_BYTES // xf.itemsize)
+    block = UNROLL * vector_lanes(xf)
     origin, hop, step = map_origin(x_nhwc, n, channels, height, width, c_lo)
     pooled_w = wptr.shape[0] - 1
     if _rows_first_pays(hptr, wptr, _column_span(wptr, widx)[1], path):
@@ -495,7 +496,7 @@ def _prefetch_part(array, start, length, step, part, parts):
     else:
         lo = start + length * part // parts
         hi = start + length * (part + 1) // parts
-    for i in range(lo, hi, VECTOR_BYTES // array.itemsize):
+    for i in range(lo, hi, vector_lanes(array)):
         prefetch(array, i)
 
 
@@ -504,8 +505,10 @@ def _prefetch_part(array, start, length, step, part, parts):
 # Offsets are flat indices: tap ``m`` of a list addresses
 # ``base + idx[m] * step``, and the channels of a block follow contiguously.
 # Each helper takes ``cw <= UNROLL * lanes`` channels: a whole block in
-# registers, else one vector, then one channel at a time. The summation order
-# of every channel is the same whichever piece handles it.
+# registers, else four, two, then one vector, then one channel at a time
+# (``muladd``). Every channel sums in the same order, fused the same way,
+# whichever piece handles it: the same bits. The tap loops count in unsigned
+# integers, so that indexing the tap lists needs no negative-index wraparound.
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
@@ -513,7 +516,7 @@ def _gather(src, base, step, idx, wt, m0, m1, dst, t, cw, add=False):
     """``dst[t + c] = sum(wt[m] * src[base + idx[m] * step + c] for m in [m0, m1))`` for ``c < cw``;
     with ``add``, the sum starts from ``dst[t + c]`` instead of zero (``roi_align_rotated`` takes
     a bin's taps in chunks)."""
-    lanes = VECTOR_BYTES // src.itemsize
+    lanes = vector_lanes(src)
     c = 0
     if cw == UNROLL * lanes:
         a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = vzeros(src)
@@ -526,7 +529,7 @@ def _gather(src, base, step, idx, wt, m0, m1, dst, t, cw, add=False):
             a5 = vload(dst, t + 5 * lanes)
             a6 = vload(dst, t + 6 * lanes)
             a7 = vload(dst, t + 7 * lanes)
-        for m in range(m0, m1):
+        for m in range(np.uint64(m0), np.uint64(m1)):
             w = wt[m]
             o = base + idx[m] * step
             a0 = vmuladd(a0, w, vload(src, o))
@@ -554,7 +557,7 @@ def _gather(src, base, step, idx, wt, m0, m1, dst, t, cw, add=False):
             a1 = vload(dst, t + c + lanes)
             a2 = vload(dst, t + c + 2 * lanes)
             a3 = vload(dst, t + c + 3 * lanes)
-        for m in range(m0, m1):
+        for m in range(np.uint64(m0), np.uint64(m1)):
             w = wt[m]
             o = base + idx[m] * step + c
             a0 = vmuladd(a0, w, vload(src, o))
@@ -571,7 +574,7 @@ def _gather(src, base, step, idx, wt, m0, m1, dst, t, cw, add=False):
         if add:
             a0 = vload(dst, t + c)
             a1 = vload(dst, t + c + lanes)
-        for m in range(m0, m1):
+        for m in range(np.uint64(m0), np.uint64(m1)):
             w = wt[m]
             o = base + idx[m] * step + c
             a0 = vmuladd(a0, w, vload(src, o))
@@ -581,14 +584,14 @@ def _gather(src, base, step, idx, wt, m0, m1, dst, t, cw, add=False):
         c += 2 * lanes
     if c + lanes <= cw:
         a = vload(dst, t + c) if add else vzeros(src)
-        for m in range(m0, m1):
+        for m in range(np.uint64(m0), np.uint64(m1)):
             a = vmuladd(a, wt[m], vload(src, base + idx[m] * step + c))
         vstore(dst, t + c, a)
         c += lanes
     for cc in range(c, cw):
         if not add:
             dst[t + cc] = 0
-        for m in range(m0, m1):
+        for m in range(np.uint64(m0), np.uint64(m1)):
             dst[t + cc] = muladd(dst[t + cc], wt[m], src[base + idx[m] * step + cc])
 
 
@@ -596,14 +599,14 @@ def _gather(src, base, step, idx, wt, m0, m1, dst, t, cw, add=False):
 def _gather2(src, base, step_i, idx_i, wt_i, i0, i1, step_j, idx_j, wt_j, j0, j1, dst, t, cw):
     """``dst[t + c] = sum(wt_i[i] * wt_j[j] * src[base + idx_i[i] * step_i + idx_j[j] * step_j + c])``
     over ``i in [i0, i1)`` then ``j in [j0, j1)``, for ``c < cw``."""
-    lanes = VECTOR_BYTES // src.itemsize
+    lanes = vector_lanes(src)
     c = 0
     if cw == UNROLL * lanes:
         a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = vzeros(src)
-        for i in range(i0, i1):
+        for i in range(np.uint64(i0), np.uint64(i1)):
             oi = base + idx_i[i] * step_i
             wi = wt_i[i]
-            for j in range(j0, j1):
+            for j in range(np.uint64(j0), np.uint64(j1)):
                 w = wi * wt_j[j]
                 o = oi + idx_j[j] * step_j
                 a0 = vmuladd(a0, w, vload(src, o))
@@ -626,10 +629,10 @@ def _gather2(src, base, step_i, idx_i, wt_i, i0, i1, step_j, idx_j, wt_j, j0, j1
     # a narrower block: four vectors, then two, then one per pass over the taps
     if c + 4 * lanes <= cw:
         a0 = a1 = a2 = a3 = vzeros(src)
-        for i in range(i0, i1):
+        for i in range(np.uint64(i0), np.uint64(i1)):
             oi = base + idx_i[i] * step_i + c
             wi = wt_i[i]
-            for j in range(j0, j1):
+            for j in range(np.uint64(j0), np.uint64(j1)):
                 w = wi * wt_j[j]
                 o = oi + idx_j[j] * step_j
                 a0 = vmuladd(a0, w, vload(src, o))
@@ -643,10 +646,10 @@ def _gather2(src, base, step_i, idx_i, wt_i, i0, i1, step_j, idx_j, wt_j, j0, j1
         c += 4 * lanes
     if c + 2 * lanes <= cw:
         a0 = a1 = vzeros(src)
-        for i in range(i0, i1):
+        for i in range(np.uint64(i0), np.uint64(i1)):
             oi = base + idx_i[i] * step_i + c
             wi = wt_i[i]
-            for j in range(j0, j1):
+            for j in range(np.uint64(j0), np.uint64(j1)):
                 w = wi * wt_j[j]
                 o = oi + idx_j[j] * step_j
                 a0 = vmuladd(a0, w, vload(src, o))
@@ -656,26 +659,26 @@ def _gather2(src, base, step_i, idx_i, wt_i, i0, i1, step_j, idx_j, wt_j, j0, j1
         c += 2 * lanes
     if c + lanes <= cw:
         a = vzeros(src)
-        for i in range(i0, i1):
+        for i in range(np.uint64(i0), np.uint64(i1)):
             oi = base + idx_i[i] * step_i + c
             wi = wt_i[i]
-            for j in range(j0, j1):
+            for j in range(np.uint64(j0), np.uint64(j1)):
                 a = vmuladd(a, wi * wt_j[j], vload(src, oi + idx_j[j] * step_j))
         vstore(dst, t + c, a)
         c += lanes
     for cc in range(c, cw):
         dst[t + cc] = 0
-        for i in range(i0, i1):
+        for i in range(np.uint64(i0), np.uint64(i1)):
             oi = base + idx_i[i] * step_i + cc
             wi = wt_i[i]
-            for j in range(j0, j1):
+            for j in range(np.uint64(j0), np.uint64(j1)):
                 dst[t + cc] = muladd(dst[t + cc], wi * wt_j[j], src[oi + idx_j[j] * step_j])
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
 def _scatter(src, t, dst, base, step, idx, wt, m0, m1, cw):
     """``dst[base + idx[m] * step + c] += wt[m] * src[t + c]`` for ``m in [m0, m1)``, ``c < cw``."""
-    lanes = VECTOR_BYTES // src.itemsize
+    lanes = vector_lanes(src)
     c = 0
     if cw == UNROLL * lanes:
         v0 = vload(src, t)
@@ -686,7 +689,7 @@ def _scatter(src, t, dst, base, step, idx, wt, m0, m1, cw):
         v5 = vload(src, t + 5 * lanes)
         v6 = vload(src, t + 6 * lanes)
         v7 = vload(src, t + 7 * lanes)
-        for m in range(m0, m1):
+        for m in range(np.uint64(m0), np.uint64(m1)):
             w = wt[m]
             o = base + idx[m] * step
             vstore(dst, o, vmuladd(vload(dst, o), w, v0))
@@ -704,7 +707,7 @@ def _scatter(src, t, dst, base, step, idx, wt, m0, m1, cw):
         v1 = vload(src, t + c + lanes)
         v2 = vload(src, t + c + 2 * lanes)
         v3 = vload(src, t + c + 3 * lanes)
-        for m in range(m0, m1):
+        for m in range(np.uint64(m0), np.uint64(m1)):
             w = wt[m]
             o = base + idx[m] * step + c
             vstore(dst, o, vmuladd(vload(dst, o), w, v0))
@@ -715,7 +718,7 @@ def _scatter(src, t, dst, base, step, idx, wt, m0, m1, cw):
     if c + 2 * lanes <= cw:
         v0 = vload(src, t + c)
         v1 = vload(src, t + c + lanes)
-        for m in range(m0, m1):
+        for m in range(np.uint64(m0), np.uint64(m1)):
             w = wt[m]
             o = base + idx[m] * step + c
             vstore(dst, o, vmuladd(vload(dst, o), w, v0))
@@ -723,13 +726,13 @@ def _scatter(src, t, dst, base, step, idx, wt, m0, m1, cw):
         c += 2 * lanes
     if c + lanes <= cw:
         v = vload(src, t + c)
-        for m in range(m0, m1):
+        for m in range(np.uint64(m0), np.uint64(m1)):
             o = base + idx[m] * step + c
             vstore(dst, o, vmuladd(vload(dst, o), wt[m], v))
         c += lanes
     for cc in range(c, cw):
         v = src[t + cc]
-        for m in range(m0, m1):
+        for m in range(np.uint64(m0), np.uint64(m1)):
             o = base + idx[m] * step + cc
             dst[o] = muladd(dst[o], wt[m], v)
 
@@ -738,7 +741,7 @@ def _scatter(src, t, dst, base, step, idx, wt, m0, m1, cw):
 def _scatter2(src, t, dst, base, step_i, idx_i, wt_i, i0, i1, step_j, idx_j, wt_j, j0, j1, cw):
     """``dst[base + idx_i[i] * step_i + idx_j[j] * step_j + c] += wt_i[i] * wt_j[j] * src[t + c]``
     over ``i in [i0, i1)`` then ``j in [j0, j1)``, for ``c < cw``."""
-    lanes = VECTOR_BYTES // src.itemsize
+    lanes = vector_lanes(src)
     c = 0
     if cw == UNROLL * lanes:
         v0 = vload(src, t)
@@ -749,10 +752,10 @@ def _scatter2(src, t, dst, base, step_i, idx_i, wt_i, i0, i1, step_j, idx_j, wt_
         v5 = vload(src, t + 5 * lanes)
         v6 = vload(src, t + 6 * lanes)
         v7 = vload(src, t + 7 * lanes)
-        for i in range(i0, i1):
+        for i in range(np.uint64(i0), np.uint64(i1)):
             oi = base + idx_i[i] * step_i
             wi = wt_i[i]
-            for j in range(j0, j1):
+            for j in range(np.uint64(j0), np.uint64(j1)):
                 w = wi * wt_j[j]
                 o = oi + idx_j[j] * step_j
                 vstore(dst, o, vmuladd(vload(dst, o), w, v0))
@@ -770,10 +773,10 @@ def _scatter2(src, t, dst, base, step_i, idx_i, wt_i, i0, i1, step_j, idx_j, wt_
         v1 = vload(src, t + c + lanes)
         v2 = vload(src, t + c + 2 * lanes)
         v3 = vload(src, t + c + 3 * lanes)
-        for i in range(i0, i1):
+        for i in range(np.uint64(i0), np.uint64(i1)):
             oi = base + idx_i[i] * step_i + c
             wi = wt_i[i]
-            for j in range(j0, j1):
+            for j in range(np.uint64(j0), np.uint64(j1)):
                 w = wi * wt_j[j]
                 o = oi + idx_j[j] * step_j
                 vstore(dst, o, vmuladd(vload(dst, o), w, v0))
@@ -784,10 +787,10 @@ def _scatter2(src, t, dst, base, step_i, idx_i, wt_i, i0, i1, step_j, idx_j, wt_
     if c + 2 * lanes <= cw:
         v0 = vload(src, t + c)
         v1 = vload(src, t + c + lanes)
-        for i in range(i0, i1):
+        for i in range(np.uint64(i0), np.uint64(i1)):
             oi = base + idx_i[i] * step_i + c
             wi = wt_i[i]
-            for j in range(j0, j1):
+            for j in range(np.uint64(j0), np.uint64(j1)):
                 w = wi * wt_j[j]
                 o = oi + idx_j[j] * step_j
                 vstore(dst, o, vmuladd(vload(dst, o), w, v0))
@@ -795,19 +798,19 @@ def _scatter2(src, t, dst, base, step_i, idx_i, wt_i, i0, i1, step_j, idx_j, wt_
         c += 2 * lanes
     if c + lanes <= cw:
         v = vload(src, t + c)
-        for i in range(i0, i1):
+        for i in range(np.uint64(i0), np.uint64(i1)):
             oi = base + idx_i[i] * step_i + c
             wi = wt_i[i]
-            for j in range(j0, j1):
+            for j in range(np.uint64(j0), np.uint64(j1)):
                 o = oi + idx_j[j] * step_j
                 vstore(dst, o, vmuladd(vload(dst, o), wi * wt_j[j], v))
         c += lanes
     for cc in range(c, cw):
         v = src[t + cc]
-        for i in range(i0, i1):
+        for i in range(np.uint64(i0), np.uint64(i1)):
             oi = base + idx_i[i] * step_i + cc
             wi = wt_i[i]
-            for j in range(j0, j1):
+            for j in range(np.uint64(j0), np.uint64(j1)):
                 o = oi + idx_j[j] * step_j
                 dst[o] = muladd(dst[o], wi * wt_j[j], v)
 

@@ -41,7 +41,7 @@ import numba
 import numpy as np
 
 from ._parallel import balanced_chunks, launch, share, threads
-from ._simd import FALSE, VECTOR_BYTES, ZERO, borrowed, scratch_lines
+from ._simd import FALSE, ZERO, borrowed, scratch_lines, vector_lanes
 from ._tiles import bins_order, load_tile, memory_order, store_tile, store_tile_lines
 from .roi_align import UNROLL, _gather, _scatter, blocked_map, channel_block, map_origin, rois_by_image
 
@@ -171,7 +171,7 @@ def forward(xb, x_nhwc, batch, frames, grids, pooled_h, pooled_w, bounds, out, n
     xf = xb.reshape(-1)
     outf = out.reshape(-1)
     nbins = pooled_h * pooled_w
-    block = UNROLL * (VECTOR_BYTES // xb.itemsize)
+    block = UNROLL * vector_lanes(xb)
     for run in share(bounds.shape[0] - 1, part, parts):
         tile = scratch_lines(0 if nhwc else nbins * block, xb)
         stage = scratch_lines(0 if nhwc else nbins * block, xb)
@@ -207,7 +207,7 @@ def _forward_bins(
     """``dst[base + b * stride + c - c_lo]`` <- bin ``b`` of channel ``c_lo <= c < c_hi`` of one rotated
     RoI on image ``n`` of ``xf`` (channel-blocked, or channels-last if ``x_nhwc``); each chunk of
     a bin's taps is applied to every register block of channels in turn."""
-    block = UNROLL * (VECTOR_BYTES // xf.itemsize)
+    block = UNROLL * vector_lanes(xf)
     origin, hop, step = map_origin(x_nhwc, n, channels, height, width, c_lo)
     gh, gw = grid[0], grid[1]
     count = xf.dtype.type(max(gh * gw, 1))

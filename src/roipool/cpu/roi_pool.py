@@ -60,6 +60,7 @@ from ._simd import (
     scratch_lines,
     transpose_tile,
     vadd_where,
+    vector_lanes,
     vload,
     vmax,
     vmax_index,
@@ -100,7 +101,7 @@ def forward(x, batch, hbins, wbins, bounds, items, out, nhwc, chunk, part, parts
     xf = np.ascontiguousarray(x).reshape(-1)
     outf = out.reshape(-1)
     nbins = hbins.shape[1] * wbins.shape[1]
-    block = UNROLL * (VECTOR_BYTES // x.itemsize)
+    block = UNROLL * vector_lanes(x)
     pooled_w = wbins.shape[1]
     for run in share(bounds.shape[0] - 1, part, parts):
         if nhwc:  # by pieces of bin rows or whole RoIs, all channels of each bin in turn
@@ -136,7 +137,7 @@ def forward_argmax(x, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chu
     # float32 stores' compiled code instead of compiling an int32 copy of each (2 s on a first call)
     argbits = argf.view(np.float32)
     nbins = hbins.shape[1] * wbins.shape[1]
-    block = UNROLL * (VECTOR_BYTES // x.itemsize)
+    block = UNROLL * vector_lanes(x)
     pooled_w = wbins.shape[1]
     for run in share(bounds.shape[0] - 1, part, parts):
         if nhwc:  # by pieces of bin rows or whole RoIs, as in forward
@@ -188,7 +189,7 @@ def _pool_tile(xf, origin, width, channels, cw, hb, wb, tile, base, stride, row_
     ``origin + (h * width + w) * channels + j``. A bin's channels go
     ``UNROLL`` vectors at a time, then one vector, then one channel at a time.
     """
-    lanes = VECTOR_BYTES // xf.itemsize
+    lanes = vector_lanes(xf)
     for ph in range(hb.shape[0]):
         h0 = hb[ph, 0]
         h1 = hb[ph, 1]
@@ -213,7 +214,7 @@ def _pool_tile(xf, origin, width, channels, cw, hb, wb, tile, base, stride, row_
 @numba.njit(nogil=True)
 def _pool_tile_argmax(xf, origin, width, channels, cw, hb, wb, tile, itile, base, stride, row_step):
     """:func:`_pool_tile` that also fills ``itile`` with each maximum's ``h * W + w``."""
-    lanes = VECTOR_BYTES // xf.itemsize
+    lanes = vector_lanes(xf)
     for ph in range(hb.shape[0]):
         h0 = hb[ph, 0]
         h1 = hb[ph, 1]
@@ -242,7 +243,7 @@ def _pool_tile_argmax(xf, origin, width, channels, cw, hb, wb, tile, itile, base
 
 @numba.njit(nogil=True)
 def _bin_max8(xf, origin, width, channels, h0, h1, w0, w1, tile, t):
-    lanes = VECTOR_BYTES // xf.itemsize
+    lanes = vector_lanes(xf)
     o = origin + (h0 * width + w0) * channels
     a0 = vload(xf, o)
     a1 = vload(xf, o + lanes)
@@ -295,7 +296,7 @@ def _bin_max_scalar(xf, origin, width, channels, h0, h1, w0, w1):
 
 @numba.njit(nogil=True)
 def _bin_argmax8(xf, origin, width, channels, h0, h1, w0, w1, tile, itile, t):
-    lanes = VECTOR_BYTES // xf.itemsize
+    lanes = vector_lanes(xf)
     o = origin + (h0 * width + w0) * channels
     a0 = vload(xf, o)
     a1 = vload(xf, o + lanes)
@@ -471,7 +472,7 @@ def backward_recompute(x, channels_last, batch, hbins, wbins, grad_out, go_nhwc,
     xf = x.reshape(-1)
     gof = grad_out.reshape(-1)
     gif = grad_in.reshape(-1)
-    block = RECOMPUTE_UNROLL * (VECTOR_BYTES // x.itemsize)
+    block = RECOMPUTE_UNROLL * vector_lanes(x)
     nblocks = (channels + block - 1) // block
     bands = (height + band - 1) // band
     pooled_w = wbins.shape[1]
@@ -554,7 +555,7 @@ def _grad_tile(xl, width, stride, cw, hb, wb, row0, gtile, acc, gof, ahead, ahea
     workload). ``ahead_step`` > 0: the next RoI's gradient is channels-last,
     bin ``b``'s part at ``ahead + b * ahead_step``.
     """
-    lanes = VECTOR_BYTES // xl.itemsize
+    lanes = vector_lanes(xl)
     pooled_w = wb.shape[0]
     per_bin = (cw + lanes - 1) // lanes
     line = 0
@@ -588,7 +589,7 @@ def _grad_tile(xl, width, stride, cw, hb, wb, row0, gtile, acc, gof, ahead, ahea
 
 @numba.njit(nogil=True)
 def _bin_grad4(xl, width, stride, h0, h1, w0, w1, gtile, t, acc):
-    lanes = VECTOR_BYTES // xl.itemsize
+    lanes = vector_lanes(xl)
     o = (h0 * width + w0) * stride
     a0 = vload(xl, o)
     a1 = vload(xl, o + lanes)
