@@ -10,8 +10,11 @@ functions of the same names; ``docs/semantics.md`` defines every op and
 - ``boxes`` is ``(K, 5)`` rows ``[batch_index, x1, y1, x2, y2]`` or a list of
   ``N`` arrays ``(L_i, 4)``; ``output_size``, ``spatial_scale``,
   ``sampling_ratio`` and ``aligned`` are Python values (static under jit).
+- :func:`roi_align_rotated` takes rotated boxes instead: ``(K, 6)`` rows
+  ``[batch_index, cx, cy, w, h, angle]`` or a list of ``N`` arrays ``(L_i, 5)``.
 - Gradients: with respect to ``input`` for every op; also with respect to the
-  boxes for :func:`roi_align`, :func:`ps_roi_align` and :func:`prroi_pool`.
+  boxes for :func:`roi_align`, :func:`ps_roi_align`, :func:`roi_align_rotated` and
+  :func:`prroi_pool`.
 - ``layout="nhwc"`` (keyword, every op): ``input`` is ``(N, H, W, C)``, the
   layout of Flax's convolutions, and the result ``(K, pooled_h, pooled_w,
   C_out)``, with the same values as the ``"nchw"`` call; the array is
@@ -32,9 +35,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _checks
-from . import _ops, _prepare
+from . import _ops, _prepare, _rotated
 
-__all__ = ["roi_pool", "roi_align", "ps_roi_pool", "ps_roi_align", "prroi_pool", "set_backend", "get_backend"]
+__all__ = [
+    "roi_pool",
+    "roi_align",
+    "ps_roi_pool",
+    "ps_roi_align",
+    "roi_align_rotated",
+    "prroi_pool",
+    "set_backend",
+    "get_backend",
+]
 
 _BACKENDS = ("auto", "xla", "callback")
 _backend = "auto"
@@ -72,9 +84,10 @@ def _use_callback(backend, x) -> bool:
     return name == "callback"
 
 
-def _prepare_call(input, boxes, layout):
-    """Checked input ``(N, C, H, W)`` cast to the compute dtype, boxes ``(K, 5)`` in it, the input's
-    own dtype, and whether the caller's arrays are channels-last (``layout="nhwc"``)."""
+def _prepare_call(input, boxes, layout, to_rois=_prepare.rois):
+    """Checked input ``(N, C, H, W)`` cast to the compute dtype, boxes in it (``to_rois``: ``(K, 5)``
+    rows, or ``(K, 6)`` with ``_prepare.rotated_rois``), the input's own dtype, and whether the
+    caller's arrays are channels-last (``layout="nhwc"``)."""
     nhwc = _checks.layout_is_nhwc(layout)
     if nhwc and isinstance(input, (jax.Array, np.ndarray)):
         if input.ndim != 4:
@@ -82,7 +95,7 @@ def _prepare_call(input, boxes, layout):
         input = jnp.transpose(input, (0, 3, 1, 2)) if isinstance(input, jax.Array) else np.moveaxis(input, 3, 1)
     input = _prepare.feature_map(input)
     dtype = _prepare.compute_dtype(input.dtype)
-    rois = _prepare.rois(boxes, input.shape[0], dtype)
+    rois = to_rois(boxes, input.shape[0], dtype)
     return input.astype(dtype), rois, input.dtype, nhwc
 
 
@@ -181,6 +194,54 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
     sampling_ratio = _checks.sampling_ratio_int(sampling_ratio)
     static = (size, scale, sampling_ratio, x.shape)
     op = _ops.ps_roi_align_callback if _use_callback(backend, x) else _ops.ps_roi_align_xla
+    return _result(op(static, x, rois), dtype, nhwc)
+
+
+def roi_align_rotated(
+    input,
+    boxes,
+    output_size,
+    spatial_scale=1.0,
+    sampling_ratio=-1,
+    aligned=True,
+    clockwise=False,
+    *,
+    backend=None,
+    layout="nchw",
+):
+    """Rotated RoIAlign (mmcv/mmrotate's ``roi_align_rotated``), the NumPy path's to float rounding.
+
+    Args:
+        input (jax.Array[N, C, H, W]): the feature map, floating.
+        boxes (jax.Array[K, 6] or list of N jax.Array[L_i, 5]): rows
+            ``[batch_index, cx, cy, w, h, angle]`` in image coordinates (angle
+            in radians; ``w, h >= 0``), or per image ``[cx, cy, w, h, angle]``.
+        output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
+        spatial_scale (float): image-to-feature-map factor.
+        sampling_ratio (int): samples per bin side; ``<= 0``: adaptive,
+            ``ceil(scaled size / output size)`` per side.
+        aligned (bool): ``True`` shifts the centre by half a cell; ``False``
+            the legacy rule (no shift, sizes below one cell read as one cell).
+        clockwise (bool): ``True`` negates the angle.
+        backend, layout: as in :func:`roi_pool`.
+
+    Returns:
+        jax.Array[K, C, pooled_h, pooled_w] (with ``"nhwc"``, ``[K, pooled_h,
+        pooled_w, C]``) of the input's dtype, differentiable with respect to
+        ``input`` and the box coordinates ``cx, cy, w, h, angle`` (the torch
+        op's box gradient: the adaptive grid size held fixed; the batch index
+        gets 0). Exact rules: ``docs/semantics.md`` (Rotated RoIAlign).
+    """
+    x, rois, dtype, nhwc = _prepare_call(input, boxes, layout, _prepare.rotated_rois)
+    size = _checks.output_size_pair(output_size)
+    scale = _checks.positive_scale(spatial_scale)
+    sampling_ratio = _checks.sampling_ratio_int(sampling_ratio)
+    aligned = _checks.flag(aligned, "aligned")
+    clockwise = _checks.flag(clockwise, "clockwise")
+    _checks.scale_in_dtype(scale, x.dtype)
+    _prepare.check_rotated_scaled_boxes(rois, scale, size, sampling_ratio <= 0)
+    static = (size, scale, sampling_ratio, aligned, clockwise, x.shape)
+    op = _rotated.roi_align_rotated_callback if _use_callback(backend, x) else _rotated.roi_align_rotated_xla
     return _result(op(static, x, rois), dtype, nhwc)
 
 

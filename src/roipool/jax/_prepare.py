@@ -68,6 +68,32 @@ def rois(boxes, num_images: int, dtype, name: str = "boxes") -> jax.Array:
     return arr.astype(dtype)
 
 
+def rotated_rois(boxes, num_images: int, dtype, name: str = "boxes") -> jax.Array:
+    """Rotated boxes as a ``(K, 6)`` array of ``dtype`` with rows ``[batch_index, cx, cy, w, h, angle]``.
+
+    As :func:`rois`, for ``(K, 6)`` arrays or lists of ``num_images`` arrays
+    ``(L_i, 5)``: concrete boxes go through ``_checks.rotated_rois_array``
+    (values included), traced ones through the shape and dtype rules.
+    """
+    dtype = np.dtype(dtype)
+    items = list(boxes) if isinstance(boxes, (list, tuple)) else [boxes]
+    if not any(_is_traced(b) for b in items):
+        host = [np.asarray(b) for b in items]
+        rois = host if isinstance(boxes, (list, tuple)) else host[0]
+        return jnp.asarray(_checks.rotated_rois_array(rois, num_images, dtype, name))
+    if isinstance(boxes, (list, tuple)):
+        _checks.box_list_length(len(boxes), num_images, name)
+        parts = []
+        for i, b in enumerate(boxes):
+            arr = _real(b, f"{name}[{i}]")
+            _checks.rotated_box_list_item_shape(arr.shape, f"{name}[{i}]")
+            parts.append(jnp.concatenate([jnp.full((arr.shape[0], 1), i, dtype), arr.astype(dtype)], axis=1))
+        return jnp.concatenate(parts, axis=0)
+    arr = _real(boxes, name)
+    _checks.rotated_rois_shape(arr.shape, name)
+    return arr.astype(dtype)
+
+
 def _real(value, name: str):
     """A traced or concrete array of real numbers (not bool, not complex)."""
     if not isinstance(value, (jax.Array, np.ndarray)):
@@ -96,6 +122,14 @@ def check_scaled_boxes(rois: jax.Array, scale, offset) -> None:
     if _is_traced(rois) or rois.shape[0] == 0:
         return
     _checks.scaled_boxes_finite(np.asarray(rois), scale, offset)
+
+
+def check_rotated_scaled_boxes(rois: jax.Array, scale, output_size, adaptive: bool) -> None:
+    """roi_align_rotated's ``_checks.rotated_scaled_boxes``, applied when the boxes are concrete;
+    under jit such a box gives NaN (see ``docs/jax.md``)."""
+    if _is_traced(rois) or rois.shape[0] == 0:
+        return
+    _checks.rotated_scaled_boxes(np.asarray(rois), scale, *output_size, adaptive)
 
 
 def scale_in(dtype, spatial_scale: float):
