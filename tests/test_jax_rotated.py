@@ -10,6 +10,8 @@ wholly off the map; centres half-way between cells after scaling.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -292,6 +294,11 @@ def test_bad_boxes_give_the_numpy_paths_errors(boxes, error, words, backend):
         roipool.roi_align_rotated(x, boxes, 2)
     with pytest.raises(error, match=words):
         rj.roi_align_rotated(jnp.asarray(x), boxes, 2, backend=backend)
+
+
+def test_importing_roipool_jax_loads_no_numba_kernels():
+    code = "import sys, roipool.jax; assert 'numba' not in sys.modules and 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_static_argument_errors():

@@ -53,8 +53,6 @@ from jax import lax
 import roipool
 
 from .. import _checks
-from ..cpu import roi_align_rotated as _kernels
-from ..cpu._tiles import channels_last_copy
 from ._ops import _call, _result
 from ._prepare import batch_index, box_is_valid, chunk_bytes, exact_div, scale_in
 
@@ -415,6 +413,10 @@ roi_align_rotated_xla.defvjp(_xla_fwd, _xla_bwd)
 
 def _numpy_box_grad(g, x, rois, static):
     """``(K, 6)`` box gradient from the CPU box kernel (the torch op's), in ``x``'s dtype."""
+    # imported here: ``import roipool.jax`` loads no Numba kernels (an XLA-only user never needs them)
+    from ..cpu import roi_align_rotated as _kernels
+    from ..cpu._tiles import channels_last_copy
+
     (pooled_h, pooled_w), scale, sampling_ratio, aligned, clockwise, shape = static
     r = _checks.rotated_rois_array(rois, shape[0], x.dtype)
     _checks.rotated_scaled_boxes(r, scale, pooled_h, pooled_w, sampling_ratio <= 0)
