@@ -185,6 +185,24 @@ def test_default_backend_on_cpu_is_the_callback():
 
 
 @pytest.mark.parametrize("backend", ["xla", "callback"])
+def test_samples_off_the_map_read_nothing(backend):
+    # A NaN and an infinity in each image's first cell, where the XLA path points samples that
+    # lie off the map: boxes partly and wholly off the map (and one reading the cell) must give
+    # the NumPy path's values, NaN only where a sample on the map reads the NaN.
+    x = cases_map(np.float32)
+    x[0, :, 0, 0], x[1, :, 0, 0] = np.nan, np.inf
+    rois = np.array(
+        [[0, 40, 30, 8, 8, 0.3], [1, -20, -20, 6, 4, 1.0], [0, 2, 30, 16, 12, -0.5], [1, 42, 2, 10, 6, 2.0]],
+        np.float32,
+    )
+    rois = np.concatenate([rois, [[0, 1, 1, 4, 4, 0.0]]]).astype(np.float32)  # reads the NaN
+    want = roipool.roi_align_rotated(x, rois, SIZE, SCALE, 2)
+    got = jax.jit(lambda x, r: rj.roi_align_rotated(x, r, SIZE, SCALE, 2, backend=backend))(x, rois)
+    assert np.isnan(want[-1]).all() and np.isfinite(want[:-1]).all()
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["xla", "callback"])
 def test_empty_box_sets(backend):
     x = jnp.asarray(cases_map(np.float32))
     for boxes in (np.zeros((0, 6), np.float32), [np.zeros((0, 5)), np.zeros((0, 5))]):

@@ -202,7 +202,9 @@ def _on_map(y, x, live, height, width):
 
 def _taps(f, y, x, live, height, width, dtype):
     """The four bilinear taps of each sample (``reference.bilinear_taps``): flat cell indices into the
-    ``(N * H * W, C)`` map and weights, each ``(B, PH, PW, S, 4)``; samples off the map weigh 0."""
+    ``(N * H * W, C)`` map and weights, each ``(B, PH, PW, S, 4)``, and ``inside (B, PH, PW, S)``;
+    samples off the map weigh 0 and point at their image's first cell, which the forward must not
+    read (the CPU kernel skips them: a NaN or inf there would otherwise leak in as 0 * inf)."""
     t = dtype.type
     inside = _on_map(y, x, live, height, width)
 
@@ -220,7 +222,7 @@ def _taps(f, y, x, live, height, width, dtype):
     base = _e(f["batch"]) * (height * width)
     idx = jnp.stack([y0 * width + x0, y0 * width + x1, y1 * width + x0, y1 * width + x1], axis=-1) + base[..., None]
     w = jnp.stack([hy * hx, hy * lx, ly * hx, ly * lx], axis=-1)
-    return idx, jnp.where(inside[..., None], w, t(0))
+    return idx, jnp.where(inside[..., None], w, t(0)), inside
 
 
 def _chunked(f, num_rois, per_roi_bytes):
@@ -265,8 +267,9 @@ def forward(x, rois, static):
         def body(step, acc):
             iy, ix, live = _samples(f, step, per_step)
             y, xx = _positions(f, iy, ix, dtype)
-            idx, w = _taps(f, y, xx, live, height, width, dtype)
-            return acc + jnp.einsum("bpqst,bpqstc->bpqc", w, xf[idx], precision=_HIGHEST)
+            idx, w, inside = _taps(f, y, xx, live, height, width, dtype)
+            values = jnp.where(inside[..., None, None], xf[idx], 0)
+            return acc + jnp.einsum("bpqst,bpqstc->bpqc", w, values, precision=_HIGHEST)
 
         acc = jnp.zeros((f["cx"].shape[0], pooled_h, pooled_w, channels), dtype)
         acc = lax.fori_loop(0, _steps(f, per_step), body, acc)
@@ -302,7 +305,7 @@ def input_grad(g, x, rois, static):
         def body(step, grad):
             iy, ix, live = _samples(f, step, per_step)
             y, xx = _positions(f, iy, ix, dtype)
-            idx, w = _taps(f, y, xx, live, height, width, dtype)
+            idx, w, _ = _taps(f, y, xx, live, height, width, dtype)
             contrib = w[..., None] * gc[:, :, :, None, None, :]
             return grad.at[idx.reshape(-1)].add(contrib.reshape(-1, channels))
 
