@@ -25,8 +25,10 @@ Two ways to evaluate that sum, chosen per RoI by operation count:
 
 Channels go in blocks of ``UNROLL`` 64-byte vectors (128 float32 or 64
 float64 channels): a bin's block of sums lives in registers while its taps
-stream past (``_simd.vmuladd``), and is stored once. Narrower remainders go
-one vector, then one channel, at a time.
+stream past (``_simd.vmuladd``), and is stored once. A narrower rest goes
+four, two, then one vector per pass over the taps, and its last channels one
+at a time (``_simd.muladd``, fused alike: a channel has the same bits
+whichever piece holds it).
 
 Forward: an NCHW map is first copied into a channel-blocked layout
 (:func:`channel_blocks`): each block of channels of an image is one compact
@@ -972,8 +974,9 @@ def channel_block(channels: int, images: int, itemsize: int, threads: int) -> in
     contiguous runs of about equal count (``_parallel.share``). The
     block chosen minimises the estimated work of the busiest thread, in
     channels, where a channel outside a full register block costs 1.5 times
-    as much: it goes one vector at a time, re-reading the taps for each
-    (measured 1.4 to 1.7 times slower on the vgg16 workload). Ties go to the
+    as much: it goes in narrower pieces, re-reading the taps for each (one
+    vector at a time it was measured 1.4 to 1.7 times slower on the vgg16
+    workload; four at a time, since 2026-11-27, less). Ties go to the
     wider block. Each task keeps an ``(H, W, block)`` scratch (or a band of its
     rows, ``_machine.scratch_band``).
     """
