@@ -21,12 +21,8 @@ from jax.test_util import check_grads  # noqa: E402
 import roipool  # noqa: E402
 import roipool.jax as rj  # noqa: E402
 
-try:
-    enable_x64 = jax.enable_x64  # a context manager in jax >= 0.7
-except AttributeError:  # pragma: no cover - older jax
-    from jax.experimental import enable_x64
-
 from .helpers import random_rois  # noqa: E402
+from .jax_helpers import bits, dtype_fixture, enable_x64  # noqa: E402, F401 (the dtype fixture)
 from .test_checks import BAD_BOXES, BAD_INPUTS  # noqa: E402
 
 SHAPE = (2, 8, 9, 11)  # C = 8: a multiple of the 2x2 bins of the position-sensitive ops
@@ -96,20 +92,6 @@ def jax_forward_and_grad(case, backend):
 
         _JITTED[key] = jax.jit(run)
     return _JITTED[key]
-
-
-def bits(a):
-    a = np.asarray(a)
-    return a.view(np.dtype(f"u{a.dtype.itemsize}"))
-
-
-@pytest.fixture(params=["float32", "float64"])
-def dtype(request):
-    if request.param == "float64":
-        with enable_x64(True):
-            yield np.float64
-    else:
-        yield np.float32
 
 
 @pytest.mark.parametrize("case", list(OPS))

@@ -19,12 +19,8 @@ from jax.test_util import check_grads  # noqa: E402
 import roipool  # noqa: E402
 import roipool.jax as rj  # noqa: E402
 
-try:
-    enable_x64 = jax.enable_x64  # a context manager in jax >= 0.7
-except AttributeError:  # pragma: no cover - older jax
-    from jax.experimental import enable_x64
-
 from .helpers import random_rois  # noqa: E402
+from .jax_helpers import assert_close, bits, dtype_fixture, enable_x64  # noqa: E402, F401 (the dtype fixture)
 from .test_checks import BAD_BOXES, BAD_INPUTS  # noqa: E402
 
 SHAPE = (2, 4, 9, 11)
@@ -99,27 +95,6 @@ def forward_and_grads(backend, layout="nchw"):
 
         _JITTED[key] = jax.jit(run)
     return _JITTED[key]
-
-
-def bits(a):
-    a = np.asarray(a)
-    return a.view(np.dtype(f"u{a.dtype.itemsize}"))
-
-
-def assert_close(got, want, rtol):
-    """Within ``rtol`` of the largest magnitude (at least 1), as test_jax.py."""
-    got = np.asarray(got)
-    assert got.dtype == want.dtype and got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=0, atol=rtol * max(np.abs(want).max(), 1))
-
-
-@pytest.fixture(params=["float32", "float64"])
-def dtype(request):
-    if request.param == "float64":
-        with enable_x64(True):
-            yield np.float64
-    else:
-        yield np.float32
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

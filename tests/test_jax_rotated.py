@@ -24,11 +24,7 @@ import roipool  # noqa: E402
 import roipool.jax as rj  # noqa: E402
 from roipool.jax import _rotated  # noqa: E402
 
-try:
-    enable_x64 = jax.enable_x64  # a context manager in jax >= 0.7
-except AttributeError:  # pragma: no cover - older jax
-    from jax.experimental import enable_x64
-
+from .jax_helpers import bits, enable_x64  # noqa: E402
 from .test_roi_align_rotated import random_rotated_rois  # noqa: E402
 
 SHAPE = (2, 4, 9, 11)
@@ -125,11 +121,6 @@ def close(got, want, rtol):
     got, want = np.asarray(got), np.asarray(want)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=0, atol=rtol * max(np.abs(want).max(initial=0), 1))
-
-
-def bits(a):
-    a = np.asarray(a)
-    return a.view(np.dtype(f"u{a.dtype.itemsize}"))
 
 
 @pytest.fixture(params=SETTINGS, ids=lambda s: f"sr{s[0]}-aligned{s[1]}-cw{s[2]}-{s[3]}")

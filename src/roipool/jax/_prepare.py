@@ -48,24 +48,9 @@ def rois(boxes, num_images: int, dtype, name: str = "boxes") -> jax.Array:
     rules (``_checks.rois_array``), values included; traced boxes get the
     shape and dtype rules only (see the module docstring).
     """
-    dtype = np.dtype(dtype)
-    items = list(boxes) if isinstance(boxes, (list, tuple)) else [boxes]
-    if not any(_is_traced(b) for b in items):
-        host = [np.asarray(b) for b in items]
-        return jnp.asarray(
-            _checks.rois_array(host if isinstance(boxes, (list, tuple)) else host[0], num_images, dtype, name)
-        )
-    if isinstance(boxes, (list, tuple)):
-        _checks.box_list_length(len(boxes), num_images, name)
-        parts = []
-        for i, b in enumerate(boxes):
-            arr = _real(b, f"{name}[{i}]")
-            _checks.box_list_item_shape(arr.shape, f"{name}[{i}]")
-            parts.append(jnp.concatenate([jnp.full((arr.shape[0], 1), i, dtype), arr.astype(dtype)], axis=1))
-        return jnp.concatenate(parts, axis=0)
-    arr = _real(boxes, name)
-    _checks.rois_shape(arr.shape, name)
-    return arr.astype(dtype)
+    return _assemble(
+        boxes, num_images, dtype, name, _checks.rois_array, _checks.box_list_item_shape, _checks.rois_shape
+    )
 
 
 def rotated_rois(boxes, num_images: int, dtype, name: str = "boxes") -> jax.Array:
@@ -75,22 +60,36 @@ def rotated_rois(boxes, num_images: int, dtype, name: str = "boxes") -> jax.Arra
     ``(L_i, 5)``: concrete boxes go through ``_checks.rotated_rois_array``
     (values included), traced ones through the shape and dtype rules.
     """
+    return _assemble(
+        boxes,
+        num_images,
+        dtype,
+        name,
+        _checks.rotated_rois_array,
+        _checks.rotated_box_list_item_shape,
+        _checks.rotated_rois_shape,
+    )
+
+
+def _assemble(boxes, num_images: int, dtype, name: str, concrete, item_shape, rows_shape) -> jax.Array:
+    """Rows with their batch index from an array or a list of per-image arrays: concrete boxes
+    through the NumPy rules ``concrete`` (values included), traced ones through the shape checks
+    ``item_shape`` (a list's arrays) or ``rows_shape`` (one array) and the dtype rules."""
     dtype = np.dtype(dtype)
     items = list(boxes) if isinstance(boxes, (list, tuple)) else [boxes]
     if not any(_is_traced(b) for b in items):
         host = [np.asarray(b) for b in items]
-        rois = host if isinstance(boxes, (list, tuple)) else host[0]
-        return jnp.asarray(_checks.rotated_rois_array(rois, num_images, dtype, name))
+        return jnp.asarray(concrete(host if isinstance(boxes, (list, tuple)) else host[0], num_images, dtype, name))
     if isinstance(boxes, (list, tuple)):
         _checks.box_list_length(len(boxes), num_images, name)
         parts = []
         for i, b in enumerate(boxes):
             arr = _real(b, f"{name}[{i}]")
-            _checks.rotated_box_list_item_shape(arr.shape, f"{name}[{i}]")
+            item_shape(arr.shape, f"{name}[{i}]")
             parts.append(jnp.concatenate([jnp.full((arr.shape[0], 1), i, dtype), arr.astype(dtype)], axis=1))
         return jnp.concatenate(parts, axis=0)
     arr = _real(boxes, name)
-    _checks.rotated_rois_shape(arr.shape, name)
+    rows_shape(arr.shape, name)
     return arr.astype(dtype)
 
 
