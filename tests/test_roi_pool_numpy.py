@@ -96,6 +96,40 @@ def test_nan_wins_and_takes_the_gradient():
     assert np.isnan(out[1, 0, 0, 0]) and argmax[1, 0, 0, 0] == 10
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_last_channels_past_a_whole_vector_keep_every_rule(dtype, layout):
+    # The channels after the last whole vector go as the vector ending at the last channel
+    # (overlapping the one before); with 8 + 3 vectors and 5 more channels, and with a block of
+    # 1 vector + 5, those channels must still follow the reference's rules: ties to the first
+    # cell in row-major order, NaN wins (the first NaN), -0.0 before 0.0, -inf a maximum; and
+    # the backward that finds the maxima again must route the gradient as the argmax does.
+    from roipool.cpu._simd import VECTOR_BYTES
+
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(21)
+    for channels in (11 * lanes + 5, lanes + 5):
+        x = rng.integers(-3, 3, (2, channels, 9, 11)).astype(dtype)  # many ties
+        x[0, -3:, 2, 3] = np.nan
+        x[0, -2:, 4, 5] = np.nan
+        x[1, -4:, :, :6] = -np.inf
+        x[1, -1, 5:, 6:] = 0.0
+        x[1, -1, 6, 7] = -0.0
+        rois = random_rois(rng, 30, 2, 9, 11, 1.0)
+        arr = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if layout == "nhwc" else x
+        expected, expected_argmax = reference.roi_pool(x, rois.astype(dtype), 3, 4, 1.0)
+        got, argmax = roipool.roi_pool_with_argmax(arr, rois, (3, 4), 1.0, layout=layout)
+        if layout == "nhwc":
+            got, argmax = got.transpose(0, 3, 1, 2), argmax.transpose(0, 3, 1, 2)
+        np.testing.assert_array_equal(
+            got.view(f"u{np.dtype(dtype).itemsize}"), expected.view(f"u{np.dtype(dtype).itemsize}")
+        )
+        np.testing.assert_array_equal(argmax, expected_argmax)
+        g = rng.standard_normal(expected.shape).astype(dtype)
+        want = roipool.roi_pool_backward(g, expected_argmax, rois, x.shape)
+        np.testing.assert_array_equal(roipool.roi_pool_backward(g, None, rois, x.shape, input=x), want)
+
+
 def test_minus_infinity_is_a_maximum_like_any_other():
     x = np.full((1, 1, 2, 2), -np.inf, np.float32)
     out, argmax = check_against_reference(x, np.array([[0, 0, 0, 1, 1]]), 1, 1.0)
