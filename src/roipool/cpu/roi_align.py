@@ -507,8 +507,9 @@ def _prefetch_part(array, start, length, step, part, parts):
 # Offsets are flat indices: tap ``m`` of a list addresses
 # ``base + idx[m] * step``, and the channels of a block follow contiguously.
 # Each helper takes ``cw <= UNROLL * lanes`` channels: a whole block in
-# registers, else four, two, then one vector, then one channel at a time
-# (``muladd``). Every channel sums in the same order, fused the same way,
+# registers, else four, two, then one vector, then the last channels as the
+# vector ending at ``cw`` where the sums are not added to ``dst`` (the gathers),
+# else one channel at a time (``muladd``). Every channel sums in the same order, fused the same way,
 # whichever piece handles it: the same bits. The tap loops count in unsigned
 # integers, so that indexing the tap lists needs no negative-index wraparound.
 
@@ -584,7 +585,10 @@ def _gather(src, base, step, idx, wt, m0, m1, dst, t, cw, add=False):
         vstore(dst, t + c, a0)
         vstore(dst, t + c + lanes, a1)
         c += 2 * lanes
-    if c + lanes <= cw:
+    # one vector, then (unless adding to dst) the last channels as the vector that ends at cw,
+    # overlapping the one before: its channels get the same sums, the same bits, again
+    while c + lanes <= cw or (c < cw and lanes <= cw and not add):
+        c = min(c, cw - lanes)
         a = vload(dst, t + c) if add else vzeros(src)
         for m in range(np.uint64(m0), np.uint64(m1)):
             a = vmuladd(a, wt[m], vload(src, base + idx[m] * step + c))
@@ -659,7 +663,9 @@ def _gather2(src, base, step_i, idx_i, wt_i, i0, i1, step_j, idx_j, wt_j, j0, j1
         vstore(dst, t + c, a0)
         vstore(dst, t + c + lanes, a1)
         c += 2 * lanes
-    if c + lanes <= cw:
+    # one vector, then the last channels as the vector that ends at cw (as in _gather)
+    while c < cw and lanes <= cw:
+        c = min(c, cw - lanes)
         a = vzeros(src)
         for i in range(np.uint64(i0), np.uint64(i1)):
             oi = base + idx_i[i] * step_i + c
