@@ -2,9 +2,10 @@
 
 Usage: ``PYTHONPATH=src python benchmarks/channel_counts.py [threads]`` (default: roipool's).
 For each channel count, a 2-image 32x32 map with 64 boxes (7x7 bins, sampling 2,
-aligned, float32; ``bench.Workload``), four calls: the NumPy ``roi_align``
-forward on an NCHW and on an NHWC (``layout="nhwc"``) array, its backward, and
-``roi_align_rotated`` on the same boxes turned by 0.3 rad. Prints the median of
+aligned, float32; ``bench.Workload``), six calls: the NumPy ``roi_align``
+forward on an NCHW and on an NHWC (``layout="nhwc"``) array, its backward,
+``roi_align_rotated`` on the same boxes turned by 0.3 rad, ``roi_pool`` and
+its backward that finds each bin's maximum again (``input=x``). Prints the median of
 9 rounds of 20 calls, in us. Run it on two trees in turn (``PYTHONPATH``) to
 compare them; the counts 64, 96, 192 and 245 exercise the pieces narrower than a
 register block (four, two and one vector, and single channels).
@@ -35,6 +36,8 @@ def calls(channels: int) -> dict:
         "forward nhwc": lambda: roipool.roi_align(x_nhwc, rois, 7, 1 / 8, 2, True, layout="nhwc"),
         "backward": lambda: roipool.roi_align_backward(grad, rois, x.shape, 7, 1 / 8, 2, True),
         "rotated": lambda: roipool.roi_align_rotated(x, rotated, 7, 1 / 8, 2),
+        "roi_pool": lambda: roipool.roi_pool(x, rois, 7, 1 / 8),
+        "roi_pool backward": lambda: roipool.roi_pool_backward(grad, None, rois, x.shape, input=x, spatial_scale=1 / 8),
     }
 
 
