@@ -71,3 +71,26 @@ def test_torch_output_too_large_for_memory_fails_first(no_geometry):
             call()
     with pytest.raises(ValueError, match=r"output_size=\(1, 1000000000\)"):
         roipool.nn.PSRoIAlign(HUGE, 1.0, 2)(x, boxes)
+
+
+@pytest.mark.parametrize("backend", ["xla", "callback"])
+def test_jax_output_too_large_for_memory_fails_at_trace_time(backend):
+    jax = pytest.importorskip("jax")
+    import roipool.jax as rj
+
+    x = jax.numpy.zeros((1, 256, 16, 16), jax.numpy.float32)
+    rotated = np.array([[0, 4, 4, 8, 8, 0.5]] * 16, np.float32)
+    cases = (
+        (rj.roi_pool, _boxes(), ()),
+        (rj.roi_align, _boxes(), (1.0, 2, True)),
+        (rj.prroi_pool, _boxes(), ()),
+        (rj.roi_align_rotated, rotated, (1.0, 2)),
+    )
+    for op, boxes, args in cases:
+
+        def call(x, b, op=op, args=args):
+            return op(x, b, HUGE, *args, backend=backend)
+
+        for run in (call, jax.jit(call)):
+            with pytest.raises(ValueError, match=MESSAGE):
+                run(x, boxes)

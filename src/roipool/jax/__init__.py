@@ -99,6 +99,14 @@ def _prepare_call(input, boxes, layout, to_rois=_prepare.rois):
     return input.astype(dtype), rois, input.dtype, nhwc
 
 
+def _output_fits(x, rois, channels, size, output_size) -> None:
+    """On the CPU, the NumPy path's check that the output ``(K, channels, *size)`` fits in this
+    machine's memory (a ``ValueError`` naming ``output_size``, before anything is traced or run);
+    on an accelerator XLA reports its own out-of-memory error."""
+    if _platform(x) == "cpu":
+        _checks.pooled_output_fits(rois.shape[0], channels, *size, np.dtype(x.dtype).itemsize, output_size)
+
+
 def _result(out, dtype, nhwc):
     """An op's ``(K, C, PH, PW)`` result in the input's dtype and the caller's layout."""
     out = out.astype(dtype)
@@ -126,6 +134,7 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0, *, backend=None, layo
     """
     x, rois, dtype, nhwc = _prepare_call(input, boxes, layout)
     size = _checks.output_size_pair(output_size)
+    _output_fits(x, rois, x.shape[1], size, output_size)
     static = (size, _checks.positive_scale(spatial_scale), x.shape)
     op = _ops.roi_pool_callback if _use_callback(backend, x) else _ops.roi_pool_xla
     return _result(op(static, x, rois), dtype, nhwc)
@@ -152,6 +161,7 @@ def roi_align(
     sampling_ratio = _checks.sampling_ratio_int(sampling_ratio)
     aligned = _checks.flag(aligned, "aligned")
     _prepare.check_scaled_boxes(rois, scale, 0.5 if aligned else 0.0)
+    _output_fits(x, rois, x.shape[1], size, output_size)
     static = (size, scale, sampling_ratio, aligned, x.shape)
     op = _ops.roi_align_callback if _use_callback(backend, x) else _ops.roi_align_xla
     return _result(op(static, x, rois), dtype, nhwc)
@@ -171,6 +181,7 @@ def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0, *, backend=None, l
     _checks.ps_channels(x.shape[1], size)
     scale = _checks.positive_scale(spatial_scale)
     _checks.scale_in_dtype(scale, x.dtype)
+    _output_fits(x, rois, x.shape[1] // (size[0] * size[1]), size, output_size)
     static = (size, scale, x.shape)
     op = _ops.ps_roi_pool_callback if _use_callback(backend, x) else _ops.ps_roi_pool_xla
     return _result(op(static, x, rois), dtype, nhwc)
@@ -192,6 +203,7 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
     scale = _checks.positive_scale(spatial_scale)
     _checks.scale_in_dtype(scale, x.dtype)
     sampling_ratio = _checks.sampling_ratio_int(sampling_ratio)
+    _output_fits(x, rois, x.shape[1] // (size[0] * size[1]), size, output_size)
     static = (size, scale, sampling_ratio, x.shape)
     op = _ops.ps_roi_align_callback if _use_callback(backend, x) else _ops.ps_roi_align_xla
     return _result(op(static, x, rois), dtype, nhwc)
@@ -240,6 +252,7 @@ def roi_align_rotated(
     clockwise = _checks.flag(clockwise, "clockwise")
     _checks.scale_in_dtype(scale, x.dtype)
     _prepare.check_rotated_scaled_boxes(rois, scale, size, sampling_ratio <= 0)
+    _output_fits(x, rois, x.shape[1], size, output_size)
     static = (size, scale, sampling_ratio, aligned, clockwise, x.shape)
     op = _rotated.roi_align_rotated_callback if _use_callback(backend, x) else _rotated.roi_align_rotated_xla
     return _result(op(static, x, rois), dtype, nhwc)
@@ -261,6 +274,7 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0, *, backend=None, la
     x, rois, dtype, nhwc = _prepare_call(input, boxes, layout)
     pooled_h, pooled_w, scale = _checks.prroi_arguments(output_size, spatial_scale)
     _prepare.check_scaled_boxes(rois, scale, 0.0)
+    _output_fits(x, rois, x.shape[1], (pooled_h, pooled_w), output_size)
     static = ((pooled_h, pooled_w), scale, x.shape)
     op = _ops.prroi_pool_callback if _use_callback(backend, x) else _ops.prroi_pool_xla
     return _result(op(static, x, rois), dtype, nhwc)
