@@ -26,9 +26,10 @@ Two ways to evaluate that sum, chosen per RoI by operation count:
 Channels go in blocks of ``UNROLL`` 64-byte vectors (128 float32 or 64
 float64 channels): a bin's block of sums lives in registers while its taps
 stream past (``_simd.vmuladd``), and is stored once. A narrower rest goes
-four, two, then one vector per pass over the taps, and its last channels one
-at a time (``_simd.muladd``, fused alike: a channel has the same bits
-whichever piece holds it).
+four, two, then one vector per pass over the taps; its last channels go as
+the vector that ends at the last channel where the sums are stored (the
+gathers), else one at a time (``_simd.muladd``, fused alike: a channel has
+the same bits whichever piece holds it).
 
 Forward: an NCHW map is first copied into a channel-blocked layout
 (:func:`channel_blocks`): each block of channels of an image is one compact
@@ -508,10 +509,11 @@ def _prefetch_part(array, start, length, step, part, parts):
 # ``base + idx[m] * step``, and the channels of a block follow contiguously.
 # Each helper takes ``cw <= UNROLL * lanes`` channels: a whole block in
 # registers, else four, two, then one vector, then the last channels as the
-# vector ending at ``cw`` where the sums are not added to ``dst`` (the gathers),
-# else one channel at a time (``muladd``). Every channel sums in the same order, fused the same way,
-# whichever piece handles it: the same bits. The tap loops count in unsigned
-# integers, so that indexing the tap lists needs no negative-index wraparound.
+# vector ending at ``cw`` where the sums are not added to ``dst`` (the
+# gathers), else one channel at a time (``muladd``). Every channel sums in the
+# same order, fused the same way, whichever piece handles it: the same bits.
+# The tap loops count in unsigned integers, so that indexing the tap lists
+# needs no negative-index wraparound.
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
