@@ -7,7 +7,8 @@ Two backends compute the same function (``docs/jax.md``):
   ``jax.pure_callback``; CPU only. Gradients with respect to the input come
   from the NumPy backward; with respect to the boxes from the XLA path
   (roi_align, ps_roi_align; XLA drops it under ``jit`` when unused) or from
-  the NumPy box backward (prroi_pool).
+  the CPU box kernels (prroi_pool, and roi_align_rotated, whose ops live in
+  ``_rotated`` and are built here by :func:`_callback_op`).
 
 Each op is ``op(static, x, rois)``: ``static`` a hashable tuple of Python
 numbers (output size, scale, ..., and the input shape), ``x`` and ``rois``

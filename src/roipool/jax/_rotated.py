@@ -53,7 +53,7 @@ from jax import lax
 import roipool
 
 from .. import _checks
-from ._ops import _call, _result
+from ._ops import _callback_op, _same_channels
 from ._prepare import batch_index, box_is_valid, chunk_bytes, exact_div, scale_in
 
 _HIGHEST = lax.Precision.HIGHEST
@@ -429,32 +429,13 @@ def _numpy_box_grad(g, x, rois, static):
     return grad
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0,))
-def roi_align_rotated_callback(static, x, rois):
-    size, *args, _ = static
-
-    def run(x, r):
-        return roipool.roi_align_rotated(x, r, size, *args)
-
-    return _call(run, _result(x, rois, x.shape[1], size), x, rois)
-
-
-def _callback_fwd(static, x, rois):
-    return roi_align_rotated_callback(static, x, rois), (x, rois)
-
-
-def _callback_bwd(static, res, g):
-    x, rois = res
-    size, *args, shape = static
-
-    def backward(g, r):
-        return roipool.roi_align_rotated_backward(g, r, shape, size, *args)
-
-    grad_x = _call(backward, jax.ShapeDtypeStruct(x.shape, g.dtype), g, rois)
-    grad_rois = _call(
-        lambda g, x, r: _numpy_box_grad(g, x, r, static), jax.ShapeDtypeStruct(rois.shape, x.dtype), g, x, rois
-    )
-    return grad_x, grad_rois.astype(rois.dtype)
-
-
-roi_align_rotated_callback.defvjp(_callback_fwd, _callback_bwd)
+# static = (size, spatial_scale, sampling_ratio, aligned, clockwise, shape): the NumPy functions take
+# the middle four as they are
+roi_align_rotated_callback = _callback_op(
+    lambda x, r, s: roipool.roi_align_rotated(x, r, s[0], *s[1:-1]),
+    lambda g, r, s: roipool.roi_align_rotated_backward(g, r, s[-1], s[0], *s[1:-1]),
+    roi_align_rotated_xla,
+    _same_channels,
+    box_gradient=True,
+    boxes_backward=_numpy_box_grad,
+)
