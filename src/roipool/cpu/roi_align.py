@@ -124,8 +124,14 @@ _FASTMATH = {"contract"}  # allow fused multiply-add; no reassociation
 # ``path`` argument of the kernels: choose per RoI, or force one way (tests).
 AUTO, DIRECT, ROWS_FIRST = 0, 1, 2
 
-# Vectors summed together per pass over a bin's taps: 8 accumulators (and,
-# in the backward, 8 gradient vectors) stay in registers.
+# Vectors summed together per pass over a bin's taps, the channel block: 8
+# accumulators (and, in the backward, 8 gradient vectors). They take a quarter
+# of AVX-512's registers but all 16 of AVX2's. A 4-vector block on an AVX2-only
+# AMD EPYC took 1 to 7% off roi_align's maskrcnn calls but added 13 to 20% to
+# roi_align_rotated and the channels-last prroi_pool, which redo a sample's work
+# for every block (docs/benchmarks.md, "AMD EPYC"), so it stays 8 everywhere.
+# The helpers below write the eight-vector pass out and take it only when ``cw``
+# is eight vectors wide, so that a smaller block would stay correct.
 UNROLL = 8
 
 
@@ -523,7 +529,7 @@ def _gather(src, base, step, idx, wt, m0, m1, dst, t, cw, add=False):
     a bin's taps in chunks)."""
     lanes = vector_lanes(src)
     c = 0
-    if cw == UNROLL * lanes:
+    if cw == 8 * lanes:
         a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = vzeros(src)
         if add:
             a0 = vload(dst, t)
@@ -609,7 +615,7 @@ def _gather2(src, base, step_i, idx_i, wt_i, i0, i1, step_j, idx_j, wt_j, j0, j1
     over ``i in [i0, i1)`` then ``j in [j0, j1)``, for ``c < cw``."""
     lanes = vector_lanes(src)
     c = 0
-    if cw == UNROLL * lanes:
+    if cw == 8 * lanes:
         a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = vzeros(src)
         for i in range(np.uint64(i0), np.uint64(i1)):
             oi = base + idx_i[i] * step_i
@@ -690,7 +696,7 @@ def _scatter(src, t, dst, base, step, idx, wt, m0, m1, cw):
     """``dst[base + idx[m] * step + c] += wt[m] * src[t + c]`` for ``m in [m0, m1)``, ``c < cw``."""
     lanes = vector_lanes(src)
     c = 0
-    if cw == UNROLL * lanes:
+    if cw == 8 * lanes:
         v0 = vload(src, t)
         v1 = vload(src, t + lanes)
         v2 = vload(src, t + 2 * lanes)
@@ -753,7 +759,7 @@ def _scatter2(src, t, dst, base, step_i, idx_i, wt_i, i0, i1, step_j, idx_j, wt_
     over ``i in [i0, i1)`` then ``j in [j0, j1)``, for ``c < cw``."""
     lanes = vector_lanes(src)
     c = 0
-    if cw == UNROLL * lanes:
+    if cw == 8 * lanes:
         v0 = vload(src, t)
         v1 = vload(src, t + lanes)
         v2 = vload(src, t + 2 * lanes)

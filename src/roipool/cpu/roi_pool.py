@@ -79,7 +79,10 @@ from ._tiles import (
 )
 from .geometry import roi_pool_bins
 
-# Vectors pooled together per bin pass (128 float32 / 64 float64 channels).
+# Vectors pooled together per bin pass (128 float32 / 64 float64 channels): the
+# channel block of the tiles. ``_bin_max8`` and ``_bin_argmax8`` hold eight vectors,
+# written out, and are called for eight whatever this is, so that a smaller block
+# would stay correct.
 UNROLL = 8
 
 
@@ -203,9 +206,9 @@ def _pool_tile(xf, origin, width, channels, cw, hb, wb, tile, base, stride, row_
                 tile[t : t + cw] = 0
                 continue
             j = 0
-            while j + UNROLL * lanes <= cw:
+            while j + 8 * lanes <= cw:
                 _bin_max8(xf, origin + j, width, channels, h0, h1, w0, w1, tile, t + j)
-                j += UNROLL * lanes
+                j += 8 * lanes
             while j + lanes <= cw:
                 _bin_max1(xf, origin + j, width, channels, h0, h1, w0, w1, tile, t + j)
                 j += lanes
@@ -235,9 +238,9 @@ def _pool_tile_argmax(xf, origin, width, channels, cw, hb, wb, tile, itile, base
                 itile[t : t + cw] = -1
                 continue
             j = 0
-            while j + UNROLL * lanes <= cw:
+            while j + 8 * lanes <= cw:
                 _bin_argmax8(xf, origin + j, width, channels, h0, h1, w0, w1, tile, itile, t + j)
-                j += UNROLL * lanes
+                j += 8 * lanes
             while j + lanes <= cw:
                 _bin_argmax1(xf, origin + j, width, channels, h0, h1, w0, w1, tile, itile, t + j)
                 j += lanes
