@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import roipool
-from roipool.cpu._simd import VECTOR_BYTES, empty_lines, scratch_lines
+from roipool.cpu._simd import HUGE_FROM, HUGE_PAGE, VECTOR_BYTES, empty_lines, scratch_lines
 from roipool.cpu._tiles import channels_last_copy
 from roipool.cpu.roi_align import blocked_map
 
@@ -36,6 +36,30 @@ def test_empty_lines_takes_an_int_and_refuses_negative_dimensions():
     assert empty_lines(5, np.float32).shape == (5,)
     with pytest.raises(ValueError, match="negative"):
         empty_lines((3, -1), np.float32)
+
+
+@pytest.mark.parametrize("nbytes", [HUGE_FROM, HUGE_FROM + 4, 3 * HUGE_PAGE + 12_345 * 8, 102_760_448])
+@pytest.mark.parametrize("zeros", [False, True])
+def test_large_arrays_start_on_a_huge_page_and_their_buffer_runs_to_the_next(nbytes, zeros):
+    """From HUGE_FROM bytes (where NumPy asks for huge pages) the array starts on a 2 MiB boundary and
+    its buffer reaches the 2 MiB boundary after its end, so every page it uses can be a huge page."""
+    a = empty_lines((nbytes // 4,), np.float32, zeros)
+    start, base = a.ctypes.data, _buffer(a)
+    assert start % HUGE_PAGE == 0
+    end_of_buffer = base.ctypes.data + base.nbytes
+    assert end_of_buffer >= start + -(-a.nbytes // HUGE_PAGE) * HUGE_PAGE
+    assert base.nbytes <= a.nbytes + 2 * HUGE_PAGE  # the slack is at most two huge pages
+    if zeros:
+        assert not a.any()
+    below = empty_lines((HUGE_FROM // 4 - 16,), np.float32)  # below it, a cache line's slack as before
+    assert below.ctypes.data % VECTOR_BYTES == 0 and _buffer(below).nbytes == below.nbytes + VECTOR_BYTES
+
+
+def _buffer(a):
+    """The array that owns ``a``'s memory."""
+    while a.base is not None:
+        a = a.base
+    return a
 
 
 def test_empty_lines_arrays_do_not_share_memory():
