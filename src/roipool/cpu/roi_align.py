@@ -127,9 +127,9 @@ AUTO, DIRECT, ROWS_FIRST = 0, 1, 2
 # Vectors summed together per pass over a bin's taps, the channel block: 8
 # accumulators (and, in the backward, 8 gradient vectors). They take a quarter
 # of AVX-512's registers but all 16 of AVX2's. A 4-vector block on an AVX2-only
-# AMD EPYC took 1 to 7% off roi_align's maskrcnn calls but added 13 to 20% to
-# roi_align_rotated and the channels-last prroi_pool, which redo a sample's work
-# for every block (docs/benchmarks.md, "AMD EPYC"), so it stays 8 everywhere.
+# AMD EPYC took up to 8% off roi_align's maskrcnn calls but added 5 to 22% to
+# roi_align_rotated (which places its samples once per block) and to the
+# channels-last prroi_pool (docs/benchmarks.md, "AMD EPYC"), so it stays 8.
 # The helpers below write the eight-vector pass out and take it only when ``cw``
 # is eight vectors wide, so that a smaller block would stay correct.
 UNROLL = 8

@@ -1,0 +1,51 @@
+"""Small calls warm and after an idle wait: what ``roipool bench``'s wait before each call does to them.
+
+Usage: ``PYTHONPATH=src python benchmarks/warm_calls.py [workload] [rounds]`` (defaults: ``tiny``, 9),
+in the peer venv to include the peers. For the ``roi_align`` and ``roi_pool`` forwards, every
+candidate ``roipool bench`` times is called two ways in each round, one candidate after the
+other: 20 calls back to back (warm, as inside a model's loop), and one call after the bench's
+own wait until the process's threads have been idle for 20 ms (``bench._quiesce``). Prints
+the CPU and the medians in ms.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+from roipool import bench
+from roipool.bench.candidates import candidates
+
+BACK_TO_BACK = 20
+
+
+def main(workload: str = "tiny", rounds: int = 9) -> None:
+    w = bench.WORKLOADS[workload]
+    print(f"cpu: {bench.machine()['cpu']}")
+    for op in ("roi_align", "roi_pool"):
+        cands = candidates(w, op, "forward")
+        for c in cands:
+            for _ in range(BACK_TO_BACK):
+                c.run()
+        warm = {c.impl: [] for c in cands}
+        idle = {c.impl: [] for c in cands}
+        for _ in range(rounds):
+            for c in cands:
+                t0 = time.perf_counter()
+                for _ in range(BACK_TO_BACK):
+                    c.run()
+                warm[c.impl].append((time.perf_counter() - t0) / BACK_TO_BACK * 1e3)
+                bench._quiesce()
+                t0 = time.perf_counter()
+                c.run()
+                idle[c.impl].append((time.perf_counter() - t0) * 1e3)
+        for c in cands:
+            print(
+                f"{workload} {op:10s} {c.impl:30s} warm {statistics.median(warm[c.impl]):7.3f} ms"
+                f"   after an idle wait {statistics.median(idle[c.impl]):7.3f} ms"
+            )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "tiny", int(sys.argv[2]) if len(sys.argv) > 2 else 9)
