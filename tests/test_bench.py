@@ -160,3 +160,13 @@ def test_prroi_pool_candidates_run_in_either_memory_format(channels_last):
         grad_input, grad_boxes = candidate.run()
         assert tuple(grad_boxes.shape) == rois.shape
         assert int(np.prod(grad_input.shape)) == x.size
+
+
+def test_cpu_name_says_family_model_and_vector_width():
+    """The bench names the CPU of every figure: an AVX2-only EPYC and one with AVX-512 report the same name."""
+    amd = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
+    amd += "flags\t\t: fpu sse2 avx avx2 fma\n\nprocessor\t: 1\nmodel name\t: other\n"
+    assert bench._cpu_name(amd) == "AMD EPYC (family 25, model 17, AVX2)"
+    intel = amd.replace("AMD EPYC", "Intel(R) Xeon(R) Processor @ 2.50GHz").replace("fma\n", "fma avx512f avx512bw\n")
+    assert bench._cpu_name(intel).endswith("(family 25, model 17, AVX-512)")
+    assert bench._cpu_name("model name\t: Some CPU\n") == "Some CPU"

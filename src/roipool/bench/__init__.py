@@ -180,15 +180,36 @@ def machine(device: str = "cpu") -> dict:
     return info
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+def _cpu_name(cpuinfo: str | None = None) -> str:
+    """The first CPU's model name, family, model and widest vector instructions, from
+    ``/proc/cpuinfo`` (or ``cpuinfo``, its text): ``"AMD EPYC (family 25, model 17, AVX2)"``.
+
+    The name alone does not tell two machines apart whose kernels run at different speeds: a
+    hypervisor may report only "AMD EPYC", and may hide AVX-512 from a CPU that has it.
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return platform.processor() or "unknown"
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip() and fields:
+            break  # the first processor's block only
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or "unknown"
+    details = []
+    if "cpu family" in fields and "model" in fields:
+        details.append(f"family {fields['cpu family']}, model {fields['model']}")
+    flags = set(fields.get("flags", "").split())
+    if "avx512f" in flags:
+        details.append("AVX-512")
+    elif "avx2" in flags:
+        details.append("AVX2")
+    return f"{name} ({', '.join(details)})" if details else name
 
 
 OPS = ("roi_pool", "roi_align", "ps_roi_pool", "ps_roi_align", "roi_align_rotated", "prroi_pool")
