@@ -96,8 +96,10 @@ def empty_lines(shape, dtype, zeros: bool = False) -> np.ndarray:
         raise ValueError(f"negative dimensions are not allowed, got shape {shape}")
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
-    align = HUGE_PAGE if nbytes >= HUGE_FROM else VECTOR_BYTES
-    size = -(-nbytes // align) * align + align if align == HUGE_PAGE else nbytes + align
+    if nbytes >= HUGE_FROM:  # whole huge pages, and one more to move the start onto a boundary
+        align, size = HUGE_PAGE, -(-nbytes // HUGE_PAGE) * HUGE_PAGE + HUGE_PAGE
+    else:
+        align, size = VECTOR_BYTES, nbytes + VECTOR_BYTES
     buffer = (np.zeros if zeros else np.empty)(size, np.uint8)
     start = -buffer.ctypes.data % align
     return buffer[start : start + nbytes].view(dtype).reshape(shape)
