@@ -1,9 +1,9 @@
 """Small calls warm and after an idle wait: what ``roipool bench``'s wait before each call does to them.
 
 Usage: ``PYTHONPATH=src python benchmarks/warm_calls.py [workload] [rounds]`` (defaults: ``tiny``, 9),
-in the peer venv to include the peers. For the ``roi_align`` and ``roi_pool`` forwards, every
-candidate ``roipool bench`` times is called two ways in each round, one candidate after the
-other: 20 calls back to back (warm, as inside a model's loop), and one call after the bench's
+in the peer venv to include the peers. For ``roi_align`` and ``roi_pool``, forward and training
+step, every candidate ``roipool bench`` times is called two ways in each round, one candidate
+after the other: 20 calls back to back (warm, as inside a model's loop), and one call after the bench's
 own wait until the process's threads have been idle for 20 ms (``bench._quiesce``). Prints
 the CPU and the medians in ms.
 """
@@ -23,8 +23,8 @@ BACK_TO_BACK = 20
 def main(workload: str = "tiny", rounds: int = 9) -> None:
     w = bench.WORKLOADS[workload]
     print(f"cpu: {bench.machine()['cpu']}")
-    for op in ("roi_align", "roi_pool"):
-        cands = candidates(w, op, "forward")
+    for op, mode in [(op, mode) for op in ("roi_align", "roi_pool") for mode in bench.MODES]:
+        cands = candidates(w, op, mode)
         for c in cands:
             for _ in range(BACK_TO_BACK):
                 c.run()
@@ -42,7 +42,7 @@ def main(workload: str = "tiny", rounds: int = 9) -> None:
                 idle[c.impl].append((time.perf_counter() - t0) * 1e3)
         for c in cands:
             print(
-                f"{workload} {op:10s} {c.impl:30s} warm {statistics.median(warm[c.impl]):7.3f} ms"
+                f"{workload} {op:10s} {mode:17s} {c.impl:30s} warm {statistics.median(warm[c.impl]):7.3f} ms"
                 f"   after an idle wait {statistics.median(idle[c.impl]):7.3f} ms"
             )
 
