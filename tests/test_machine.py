@@ -188,3 +188,18 @@ def test_scratch_band_is_the_whole_map_unless_its_scratch_is_large(
     monkeypatch.setenv("ROIPOOL_L3_BYTES", str(l3))
     clear()
     assert _machine.scratch_band(height, width, cell_bytes, threads) == want
+
+
+@pytest.mark.parametrize(
+    "features, wide",
+    [("+avx2,+fma,+avx512f,+avx512bw", True), ("+avx2,+fma,-avx512f,-avx512bw", False), ("", False)],
+)
+def test_avx512_reads_the_features_numba_compiles_for(monkeypatch, features, wide):
+    from numba.core import config
+
+    monkeypatch.setattr(config, "CPU_FEATURES", features)
+    _machine.avx512.cache_clear()
+    try:
+        assert _machine.avx512() is wide
+    finally:
+        _machine.avx512.cache_clear()

@@ -19,6 +19,7 @@ from roipool import reference  # noqa: E402
 from roipool._torch import _library  # noqa: E402
 from roipool._torch import roi_pool as torch_roi_pool  # noqa: E402
 from roipool.cpu import roi_pool as cpu_roi_pool  # noqa: E402
+from roipool.cpu._machine import avx512  # noqa: E402
 
 from .test_checks import BAD_OUTPUT_SIZES, BAD_SCALES  # noqa: E402
 
@@ -26,7 +27,9 @@ from .test_checks import BAD_OUTPUT_SIZES, BAD_SCALES  # noqa: E402
 class TestRoIPool(RoIOpTester):
     params = dict(output_size=(3, 2), spatial_scale=0.5)
     onnx_op_type = "MaxRoiPool"
-    train_op = "roipool::roi_pool"  # on the CPU; its backward recomputes the argmax
+    # on the CPU with AVX-512 the training forward is the inference op (its backward recomputes
+    # the argmax); without, it stores the argmax (recompute_pays)
+    train_op = "roipool::roi_pool" if avx512() else "roipool::roi_pool_with_argmax"
     infer_op = "roipool::roi_pool"
 
     def fn(self, input, boxes, output_size, spatial_scale=1.0):
@@ -158,7 +161,8 @@ def _train_and_check(x, rois, output_size, scale):
     assert x.grad.numpy().tobytes() == expected.tobytes()
 
 
-def test_cpu_training_keeps_no_argmax_and_the_backward_recomputes_it():
+def test_cpu_training_keeps_no_argmax_and_the_backward_recomputes_it(monkeypatch):
+    monkeypatch.setattr(torch_roi_pool, "avx512", lambda: True)
     x = make_input((2, 3, 9, 11), torch.float32, "contiguous", integers=True).requires_grad_()
     rois = torch.tensor([[0.0, 0, 0, 9, 7], [1, 2, 1, 6, 8], [0, 3, 3, 3, 3]])  # 4 cells per bin
     called = _ops_called(lambda: _train_and_check(x, rois, (3, 2), 0.5))
@@ -166,7 +170,8 @@ def test_cpu_training_keeps_no_argmax_and_the_backward_recomputes_it():
     assert called.count("roipool::roi_pool_backward_recompute") == 1
 
 
-def test_cpu_training_over_very_large_bins_keeps_the_argmax():
+def test_cpu_training_over_very_large_bins_keeps_the_argmax(monkeypatch):
+    monkeypatch.setattr(torch_roi_pool, "avx512", lambda: True)
     x = make_input((1, 3, 12, 13), torch.float32, "contiguous", integers=True).requires_grad_()
     rois = torch.tensor([[0.0, 0, 0, 12, 12], [0, 2, 1, 11, 12]])  # 1 x 1 output: 156 and 120 cells per bin
     called = _ops_called(lambda: _train_and_check(x, rois, (1, 1), 1.0))
@@ -176,7 +181,9 @@ def test_cpu_training_over_very_large_bins_keeps_the_argmax():
     assert torch_roi_pool.recompute_pays(x, rois, 1.0, 3, 3) and not torch_roi_pool.recompute_pays(x, rois, 1.0, 2, 2)
 
 
-def test_double_backward_of_the_recomputing_backward():
+@pytest.mark.parametrize("wide", [True, False], ids=["recomputing backward", "stored argmax"])
+def test_double_backward_of_the_training_routes(monkeypatch, wide):
+    monkeypatch.setattr(torch_roi_pool, "avx512", lambda: wide)
     x = make_input((2, 2, 5, 6), torch.float64, "contiguous").requires_grad_()
     rois = torch.tensor([[0.0, 0, 0, 5, 4], [1, 1, 2, 4, 4], [0, 9, 9, 20, 20]], dtype=torch.float64)
     assert torch.autograd.gradgradcheck(lambda t: roipool.roi_pool(t, rois, (2, 3)), (x,))
@@ -241,6 +248,7 @@ def test_argmax_backward_op_rejects_indices_outside_the_map():
 
 @pytest.mark.parametrize("cells", ["small bins (re-scan)", "large bins (argmax)"])
 def test_a_training_step_validates_the_boxes_and_builds_the_bins_once(monkeypatch, cells):
+    monkeypatch.setattr(torch_roi_pool, "avx512", lambda: True)
     built = []
 
     class CountedBins(cpu_roi_pool.RoIPoolBins):
@@ -265,6 +273,18 @@ def test_numpy_only_functions_name_numpy_for_a_tensor():
         torch_roi_pool.roi_pool(np.zeros((1, 1, 4, 4), np.float32), np.zeros((1, 5)), 2)
 
 
+def test_cpu_training_without_avx512_keeps_the_argmax_even_over_small_bins(monkeypatch):
+    """The re-scan pays on AVX-512 only: on an AVX2-only CPU the argmax route was as fast or faster at every size."""
+    x = make_input((2, 3, 9, 11), torch.float32, "contiguous", integers=True).requires_grad_()
+    rois = torch.tensor([[0.0, 0, 0, 9, 7], [1, 2, 1, 6, 8], [0, 3, 3, 3, 3]])  # 4 cells per bin: small
+    monkeypatch.setattr(torch_roi_pool, "avx512", lambda: True)
+    assert torch_roi_pool.recompute_pays(x, rois, 0.5, 3, 2)
+    monkeypatch.setattr(torch_roi_pool, "avx512", lambda: False)
+    assert not torch_roi_pool.recompute_pays(x, rois, 0.5, 3, 2)
+    called = _ops_called(lambda: _train_and_check(x, rois, (3, 2), 0.5))
+    assert "roipool::roi_pool_with_argmax" in called and "roipool::roi_pool_backward_recompute" not in called
+
+
 def test_cpu_training_on_a_map_whose_rescan_would_leave_l2_keeps_the_argmax(monkeypatch):
     from roipool.cpu import roi_pool as cpu_roi_pool
 
@@ -272,6 +292,7 @@ def test_cpu_training_on_a_map_whose_rescan_would_leave_l2_keeps_the_argmax(monk
     rois = torch.tensor([[0.0, 0, 0, 9, 7], [1, 2, 1, 6, 8], [0, 3, 3, 3, 3]])  # 4 cells per bin: small
     working_set = cpu_roi_pool.recompute_working_set(9, 11)
     assert working_set == 2 * 9 * 11 * 256
+    monkeypatch.setattr(torch_roi_pool, "avx512", lambda: True)
     monkeypatch.setattr(torch_roi_pool, "l2_bytes", lambda: working_set)
     assert torch_roi_pool.recompute_pays(x, rois, 0.5, 3, 2)
     monkeypatch.setattr(torch_roi_pool, "l2_bytes", lambda: working_set - 1)

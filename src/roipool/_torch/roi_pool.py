@@ -13,7 +13,7 @@ import torch
 
 from .. import _checks
 from ..cpu import roi_pool as cpu
-from ..cpu._machine import l2_bytes
+from ..cpu._machine import avx512, l2_bytes
 from . import onnx
 from ._library import (
     boxes_to_rois,
@@ -160,25 +160,41 @@ def _roi_pool_backward_recompute_setup(ctx, inputs, output):
     ctx.save_for_backward(input, rois)
 
 
-def _roi_pool_backward_recompute_grad(ctx, grad_grad_input):
-    # Linear in grad: its adjoint reads grad_grad_input at each bin's maximum
-    # (0 for empty bins). The maxima move only where the input has ties, so
-    # the derivative with respect to the input is zero.
-    input, rois = ctx.saved_tensors
-    _, argmax = torch.ops.roipool.roi_pool_with_argmax(input, rois, *ctx.params)
-    _, channels, height, width = input.shape
-    plane = rois[:, 0].to(torch.int64).view(-1, 1, 1, 1) * channels + torch.arange(channels, device=input.device).view(
-        1, -1, 1, 1
-    )
+def _at_maxima(grad_grad_input, argmax, rois):
+    """The adjoint of the backward, which is linear in its gradient: ``grad_grad_input (N, C, H, W)``
+    read at each bin's maximum (0 for empty bins), ``(K, C, PH, PW)``. The maxima move only where the
+    input has ties, so the backward's derivative with respect to the input is zero."""
+    _, channels, height, width = grad_grad_input.shape
+    plane = rois[:, 0].to(torch.int64).view(-1, 1, 1, 1) * channels + torch.arange(
+        channels, device=grad_grad_input.device
+    ).view(1, -1, 1, 1)
     index = plane * (height * width) + argmax.clamp(min=0).to(torch.int64)
     picked = grad_grad_input.reshape(-1)[index.reshape(-1)].view(argmax.shape)
-    grad_grad = torch.where(argmax >= 0, picked, torch.zeros_like(picked))
-    return grad_grad, None, None, None, None, None
+    return torch.where(argmax >= 0, picked, torch.zeros_like(picked))
+
+
+def _roi_pool_backward_recompute_grad(ctx, grad_grad_input):
+    input, rois = ctx.saved_tensors
+    _, argmax = torch.ops.roipool.roi_pool_with_argmax(input, rois, *ctx.params)
+    return _at_maxima(grad_grad_input, argmax, rois), None, None, None, None, None
 
 
 roi_pool_backward_recompute_op.register_autograd(
     _roi_pool_backward_recompute_grad, setup_context=_roi_pool_backward_recompute_setup
 )
+
+
+def _roi_pool_backward_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1], inputs[2])  # argmax, rois
+
+
+def _roi_pool_backward_grad(ctx, grad_grad_input):
+    argmax, rois = ctx.saved_tensors
+    return _at_maxima(grad_grad_input, argmax, rois), None, None, None, None, None, None, None
+
+
+# the stored-argmax route's backward is differentiable too (the argmax route trains on CPUs without AVX-512)
+roi_pool_backward_op.register_autograd(_roi_pool_backward_grad, setup_context=_roi_pool_backward_setup)
 
 
 def _roi_pool_with_argmax_setup(ctx, inputs, output):
@@ -257,12 +273,14 @@ def recompute_pays(input, rois, scale, pooled_h, pooled_w) -> bool:
     """Whether roi_pool's backward should re-scan the bins rather than read a stored argmax.
 
     On CUDA never (the Triton backend reads an argmax). On the CPU when the
-    bins are small (the re-scan costs about twice the forward's scan, the
-    argmax 8 bytes per output written and read) and a backward task's
-    working set (``cpu.recompute_working_set``: its copy of the map's block
-    and its accumulator) fits in the L2 cache this CPU reports
-    (``cpu._machine.l2_bytes``); on a larger map each re-scan reads from
-    further out and the argmax wins (``kernels.md``). While tracing
+    kernels are compiled for AVX-512, the bins are small (the re-scan costs
+    about twice the forward's scan, the argmax 8 bytes per output written and
+    read) and a backward task's working set (``cpu.recompute_working_set``:
+    its copy of the map's block and its accumulator) fits in the L2 cache this
+    CPU reports (``cpu._machine.l2_bytes``); on a larger map each re-scan reads
+    from further out and the argmax wins (``kernels.md``). Without AVX-512 (an
+    AVX2-only AMD EPYC, ``benchmarks.md``) the argmax route was as fast or
+    faster at every size measured (``vgg16``: 187 against 234 ms). While tracing
     (``torch.compile``, ``torch.export``) the boxes are not known and the
     re-scan is chosen. The result is the same either way.
     """
@@ -271,6 +289,8 @@ def recompute_pays(input, rois, scale, pooled_h, pooled_w) -> bool:
     known = type(input) is torch.Tensor and type(rois) is torch.Tensor
     if not known or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return True
+    if not avx512():
+        return False
     n, _, height, width = input.shape
     if cpu.recompute_working_set(height, width) > l2_bytes():
         return False

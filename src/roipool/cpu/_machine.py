@@ -6,7 +6,8 @@ one may spill on the other. :func:`l2_bytes` reads the L2 size per core from
 Linux's ``/sys`` once per process; where it cannot be read it assumes the
 smaller of the two, so a choice made from it errs towards the smaller cache.
 ``ROIPOOL_L2_BYTES`` overrides it (tests, or a machine that misreports);
-:func:`l3_bytes` and ``ROIPOOL_L3_BYTES`` likewise for the L3.
+:func:`l3_bytes` and ``ROIPOOL_L3_BYTES`` likewise for the L3. :func:`avx512` says
+whether the kernels are compiled for AVX-512.
 """
 
 from __future__ import annotations
@@ -123,3 +124,14 @@ def scratch_band(height: int, width: int, cell_bytes: int, threads: int) -> int:
         return max(height, 1)
     budget = max(l3_bytes() // 4 // max(threads, 1), l2_bytes())
     return max(1, min(height, budget // max(width * cell_bytes, 1)))
+
+
+@functools.cache
+def avx512() -> bool:
+    """Whether Numba compiles the kernels for AVX-512: ``+avx512f`` in ``NUMBA_CPU_FEATURES``
+    where set, else in the host's features as Numba reads them (a hypervisor may hide AVX-512
+    from a CPU that has it; this says what the compiled code uses)."""
+    from numba.core import codegen, config
+
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else codegen.get_host_cpu_features()
+    return "+avx512f" in features.split(",")
