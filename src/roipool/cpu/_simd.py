@@ -22,6 +22,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
+from . import _pool
+
 VECTOR_BYTES = 64
 #: A transparent huge page on x86-64 and on AArch64 with 4 KiB pages.
 HUGE_PAGE = 2 << 20
@@ -98,9 +100,10 @@ def empty_lines(shape, dtype, zeros: bool = False) -> np.ndarray:
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes >= HUGE_FROM:  # whole huge pages, and one more to move the start onto a boundary
         align, size = HUGE_PAGE, -(-nbytes // HUGE_PAGE) * HUGE_PAGE + HUGE_PAGE
+        buffer = _pool.lend(size, zeros)
     else:
         align, size = VECTOR_BYTES, nbytes + VECTOR_BYTES
-    buffer = (np.zeros if zeros else np.empty)(size, np.uint8)
+        buffer = (np.zeros if zeros else np.empty)(size, np.uint8)
     start = -buffer.ctypes.data % align
     return buffer[start : start + nbytes].view(dtype).reshape(shape)
 
