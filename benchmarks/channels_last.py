@@ -9,8 +9,11 @@ channels-last output and gradient), and the NumPy function on the NCHW array
 and on the NHWC array with ``layout="nhwc"``; every round runs each variant
 once, in turn. Also measured in the same rounds: the write floor, filling a
 fresh array of the output's size with all of roipool's threads (what any
-implementation must at least do with a new output on this machine). Prints the CPU, the load, and medians
-(and minima) in ms.
+implementation must at least do with a new output on this machine), and the
+warm write floor, filling one array already written (what a call costs at
+least when its output reuses memory: roipool's memory cache, ``cpu/_pool.py``,
+serves each call here with the memory the previous call's output freed).
+Prints the CPU, the load, and medians (and minima) in ms.
 """
 
 from __future__ import annotations
@@ -58,8 +61,10 @@ def _variants(w, op):
 
         return run
 
+    warm = np.empty(out_shape, np.float32)
     variants = {
         "write floor (fill a fresh output)": lambda: _fill(np.empty(out_shape, np.float32)),
+        "write floor, warm (fill the same again)": lambda: _fill(warm),
         "torch NCHW forward": lambda: fn(xt, rt, size, scale, **extra),
         "torch channels-last forward": lambda: fn(xt_cl, rt, size, scale, **extra),
         "numpy NCHW forward": lambda: fn(x, rois, size, scale, **extra),
