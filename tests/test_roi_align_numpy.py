@@ -574,3 +574,43 @@ def test_concurrent_calls_from_python_threads_give_the_same_results():
     for i, (out, grad) in enumerate(results):
         np.testing.assert_array_equal(out, expected[i % 3])
         np.testing.assert_array_equal(grad, grads[i % 3])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_register_block_sums_like_single_vectors_for_any_tap_count(dtype):
+    # A full eight-vector block is summed in one pass, or (AVX2, up to TWO_PASSES_UP_TO taps)
+    # in two four-vector passes; either way each channel must get the bits a one-vector
+    # pass gives it. Tap counts from 0 to 24 cross the threshold in both helpers.
+    import numba
+
+    from roipool.cpu import roi_align as kernels
+    from roipool.cpu._simd import VECTOR_BYTES
+
+    @numba.njit
+    def gather(src, step, idx, wt, m, dst, cw, add):
+        kernels._gather(src, 0, step, idx, wt, 0, m, dst, 0, cw, add)
+
+    @numba.njit
+    def gather2(src, idx_i, wt_i, i1, idx_j, wt_j, j1, dst, cw, c):
+        kernels._gather2(src, c, 40 * 128, idx_i, wt_i, 0, i1, 128, idx_j, wt_j, 0, j1, dst, c, cw)
+
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    block = kernels.UNROLL * lanes
+    rng = np.random.default_rng(19)
+    src = rng.standard_normal(40 * 40 * 128).astype(dtype)
+    idx = rng.integers(0, 40, 24).astype(np.int32)
+    wt = rng.uniform(-1, 1, 24).astype(dtype)
+    start = rng.standard_normal(block).astype(dtype)
+    for m in range(25):
+        for add in (False, True):
+            whole, pieces = start.copy(), start.copy()
+            gather(src, 128, idx, wt, m, whole, block, add)
+            for c in range(0, block, lanes):
+                gather(src[c:], 128, idx, wt, m, pieces[c:], lanes, add)
+            np.testing.assert_array_equal(whole, pieces)
+    for i1, j1 in [(1, 1), (2, 2), (4, 4), (3, 6), (4, 5), (5, 5), (2, 9)]:
+        whole, pieces = np.zeros(block, dtype), np.zeros(block, dtype)
+        gather2(src, idx, wt, i1, idx[8:], wt[8:], j1, whole, block, 0)
+        for c in range(0, block, lanes):
+            gather2(src, idx, wt, i1, idx[8:], wt[8:], j1, pieces, lanes, c)
+        np.testing.assert_array_equal(whole, pieces)

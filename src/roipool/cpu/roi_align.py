@@ -88,7 +88,7 @@ import numba
 import numpy as np
 
 from .. import _checks
-from ._machine import scratch_band, sweep_strip, sweeps_map_rows
+from ._machine import avx512, scratch_band, sweep_strip, sweeps_map_rows
 from ._parallel import balanced_chunks, launch, row_sweep, share, sweep_band, threads, whole_rois
 from ._simd import (
     FALSE,
@@ -133,6 +133,11 @@ AUTO, DIRECT, ROWS_FIRST = 0, 1, 2
 # The helpers below write the eight-vector pass out and take it only when ``cw``
 # is eight vectors wide, so that a smaller block would stay correct.
 UNROLL = 8
+# A gather over at most this many taps takes an eight-vector block as two four-vector passes: on
+# AVX2 the eight accumulators would take all 16 (ymm) registers and spill. Only short tap lists
+# (16 taps of a 128-channel block are 8 KB, in L1), so that the second pass finds the cells in
+# L1; on AVX-512 (8 of 32 registers) never. Same sums, same order: the same bits.
+TWO_PASSES_UP_TO = 0 if avx512() else 16
 
 
 @numba.njit(cache=True, nogil=True)
@@ -529,7 +534,7 @@ def _gather(src, base, step, idx, wt, m0, m1, dst, t, cw, add=False):
     a bin's taps in chunks)."""
     lanes = vector_lanes(src)
     c = 0
-    if cw == 8 * lanes:
+    if cw == 8 * lanes and m1 - m0 > TWO_PASSES_UP_TO:
         a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = vzeros(src)
         if add:
             a0 = vload(dst, t)
@@ -560,8 +565,8 @@ def _gather(src, base, step, idx, wt, m0, m1, dst, t, cw, add=False):
         vstore(dst, t + 6 * lanes, a6)
         vstore(dst, t + 7 * lanes, a7)
         c = cw
-    # a narrower block: four vectors, then two, then one per pass over the taps
-    if c + 4 * lanes <= cw:
+    # a narrower block (or two passes): four vectors, then two, then one per pass over the taps
+    while c + 4 * lanes <= cw:
         a0 = a1 = a2 = a3 = vzeros(src)
         if add:
             a0 = vload(dst, t + c)
@@ -615,7 +620,7 @@ def _gather2(src, base, step_i, idx_i, wt_i, i0, i1, step_j, idx_j, wt_j, j0, j1
     over ``i in [i0, i1)`` then ``j in [j0, j1)``, for ``c < cw``."""
     lanes = vector_lanes(src)
     c = 0
-    if cw == 8 * lanes:
+    if cw == 8 * lanes and (i1 - i0) * (j1 - j0) > TWO_PASSES_UP_TO:
         a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = vzeros(src)
         for i in range(np.uint64(i0), np.uint64(i1)):
             oi = base + idx_i[i] * step_i
@@ -640,8 +645,8 @@ def _gather2(src, base, step_i, idx_i, wt_i, i0, i1, step_j, idx_j, wt_j, j0, j1
         vstore(dst, t + 6 * lanes, a6)
         vstore(dst, t + 7 * lanes, a7)
         c = cw
-    # a narrower block: four vectors, then two, then one per pass over the taps
-    if c + 4 * lanes <= cw:
+    # a narrower block (or two passes): four vectors, then two, then one per pass over the taps
+    while c + 4 * lanes <= cw:
         a0 = a1 = a2 = a3 = vzeros(src)
         for i in range(np.uint64(i0), np.uint64(i1)):
             oi = base + idx_i[i] * step_i + c
