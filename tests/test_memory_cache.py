@@ -33,14 +33,14 @@ def _address(a) -> int:
     return a.data_ptr() if isinstance(a, torch.Tensor) else a.ctypes.data
 
 
-def _map(channels=64, size=128, seed=0):
-    """A map of 4 MiB or more (channels * size**2 float32) and 100 boxes, four of them outside the map or
-    degenerate: outputs of 64 x 14 x 14 are 5 MB."""
+def _map(channels=64, size=128, seed=0, count=100):
+    """A map of 4 MiB or more (channels * size**2 float32) and ``count`` boxes, four of them outside the
+    map or degenerate: 100 outputs of 64 x 14 x 14 are 5 MB."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((1, channels, size, size)).astype(np.float32)
-    xy = rng.uniform(0, size - 8, (100, 2))
-    wh = rng.uniform(1, size / 2, (100, 2))
-    boxes = np.column_stack([np.zeros(100), xy, xy + wh]).astype(np.float32)
+    xy = rng.uniform(0, size - 8, (count, 2))
+    wh = rng.uniform(1, size / 2, (count, 2))
+    boxes = np.column_stack([np.zeros(count), xy, xy + wh]).astype(np.float32)
     # bins with no cells or samples must be written too (zeros), not left as they were
     boxes[:4, 1:] = [[size + 20, size + 20, size + 40, size + 40], [-50, -50, -30, -30], [9, 9, 3, 3], [5, 5, 5, 5]]
     return x, boxes
@@ -96,15 +96,17 @@ def test_tensors_return_their_memory_when_the_last_reference_goes(cache):
 
 
 def _ops():
-    """(name, call) for every op whose outputs come from the cache (all but the position-sensitive ops,
-    which allocate with NumPy): forwards on a 5 MB output, backwards on a 4 MiB map; each call returns
-    a tuple of arrays (or tensors)."""
+    """(name, call) for every op: forwards on outputs of 4 MiB or more, backwards on maps of 4 MiB or more;
+    each call returns a tuple of arrays (or tensors)."""
     x, boxes = _map()
     xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     g = np.random.default_rng(1).standard_normal((100, 64, 14, 14)).astype(np.float32)
     gh = np.ascontiguousarray(g.transpose(0, 2, 3, 1))
     rot = np.column_stack([boxes[:, 0], (boxes[:, 1:3] + boxes[:, 3:5]) / 2, abs(boxes[:, 3:5] - boxes[:, 1:3])])
     rot = np.column_stack([rot, np.linspace(-3, 3, 100)]).astype(np.float32)
+    # position-sensitive: 22 x 7 x 7 channels; 1000 outputs of 22 x 7 x 7 and the gradient are 4.3 MB
+    xp, bp = _map(channels=22 * 49, size=32, seed=2, count=1000)
+    gp = np.random.default_rng(3).standard_normal((1000, 22, 7, 7)).astype(np.float32)
     _, argmax = roipool.roi_pool_with_argmax(x, boxes, 14, 1.0)
     xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
     bt = torch.from_numpy(boxes)
@@ -134,6 +136,10 @@ def _ops():
         ("roi_align_rotated_backward", lambda: (roipool.roi_align_rotated_backward(g, rot, x.shape, 14, 1.0, 2),)),
         ("prroi_pool", lambda: (roipool.prroi_pool(x, boxes, 14, 1.0),)),
         ("prroi_pool_backward", lambda: (roipool.prroi_pool_backward(g, boxes, x.shape, 14, 1.0),)),
+        ("ps_roi_pool", lambda: (roipool.ps_roi_pool(xp, bp, 7, 1.0),)),
+        ("ps_roi_align", lambda: (roipool.ps_roi_align(xp, bp, 7, 1.0, 2),)),
+        ("ps_roi_pool_backward", lambda: (roipool.ps_roi_pool_backward(gp, bp, xp.shape, 7, 1.0),)),
+        ("ps_roi_align_backward", lambda: (roipool.ps_roi_align_backward(gp, bp, xp.shape, 7, 1.0, 2),)),
         ("torch roi_align step", torch_step(roipool.roi_align, sampling_ratio=2)),
         ("torch roi_pool step", torch_step(roipool.roi_pool)),
     ]
@@ -151,7 +157,7 @@ def test_every_op_overwrites_the_stale_values_of_reused_memory(name, cache):
     assert large, f"{name}: no output of 4 MiB or more, nothing to test"
     poisoned = []
     for a in large:
-        for _ in range(2):  # two each: a map copy of a similar size may take one
+        for _ in range(3):  # three each: a map copy or a staging array of a similar size may take some
             p = empty_lines((a.nbytes,), np.uint8)
             p.fill(0xFF)
             poisoned.append(p)

@@ -168,6 +168,7 @@ def machine(device: str = "cpu") -> dict:
         "cores": os.cpu_count(),
         "numba": numba.__version__,
         "roipool_threads": roipool.get_num_threads(),
+        "roipool_memory_cache": f"{roipool.get_memory_cache()[0] >> 20} MiB",
     }
     for name in ("torch", "torchvision", "onnxruntime"):
         mod = _optional(name)

@@ -26,7 +26,7 @@ import numpy as np
 from .. import _checks
 from . import _parallel
 from ._parallel import balanced_chunks, launch, share
-from ._simd import borrowed
+from ._simd import borrowed, empty_lines
 from .ps_geometry import align_coord_limit, ps_roi_align_taps, ps_roi_pool_taps
 
 
@@ -227,11 +227,11 @@ def launch_forward(input, taps: PSRoITaps) -> np.ndarray:
     nbins = taps.pooled_h * taps.pooled_w
     channels_out = channels // nbins
     # a map without cells pools to zeros; otherwise the kernel writes every (bin, RoI)
-    alloc = np.empty if height and width else np.zeros
-    out = alloc((nbins, taps.num_rois, channels_out), dtype)
+    out = empty_lines((nbins, taps.num_rois, channels_out), dtype, zeros=not (height and width))
     if out.size and height and width:
         # bin-major channels-last: (N, C_out * B, H, W) -> (B, N, H, W, C_out)
-        x = np.ascontiguousarray(input.reshape(n, channels_out, nbins, height, width).transpose(2, 0, 3, 4, 1), dtype)
+        x = empty_lines((nbins, n, height, width, channels_out), dtype)
+        x[...] = input.reshape(n, channels_out, nbins, height, width).transpose(2, 0, 3, 4, 1)
         if _small(taps, channels_out):  # on this thread, as the one part there is
             forward(x, taps.batch, *taps.axes, taps.mean, _forward_tasks(nbins, taps.cost, 1), out, 0, 1)
         else:
@@ -248,7 +248,7 @@ def launch_forward(input, taps: PSRoITaps) -> np.ndarray:
     if out.size < _SMALL_LAYOUT:
         result = np.ascontiguousarray(out.transpose(1, 2, 0))
     else:
-        result = np.empty((taps.num_rois, channels_out, nbins), dtype)
+        result = empty_lines((taps.num_rois, channels_out, nbins), dtype)
         launch(rois_last, out, result, values=out.size)
     return result.reshape(taps.num_rois, channels_out, *output_size)
 
@@ -259,8 +259,10 @@ def launch_backward(grad_output, taps: PSRoITaps, input_shape) -> np.ndarray:
     n, channels, height, width = input_shape
     nbins = taps.pooled_h * taps.pooled_w
     channels_out = channels // nbins
-    grad_in = np.zeros(input_shape, dtype)
-    if grad_output.size and height and width:
+    # every element is written below (the layout change covers all of it) unless nothing is pooled
+    written = bool(grad_output.size and height and width)
+    grad_in = empty_lines(input_shape, dtype, zeros=not written)
+    if written:
         go = np.ascontiguousarray(grad_output, dtype).reshape(taps.num_rois, channels_out, nbins)
         g = np.zeros((nbins, n, height, width, channels_out), dtype)
         grad_nc = grad_in.reshape(n, channels_out, nbins, height, width)
@@ -271,7 +273,7 @@ def launch_backward(grad_output, taps: PSRoITaps, input_shape) -> np.ndarray:
             tasks = _backward_tasks(nbins, channels_out, 1)
             backward(go_bins, taps.batch, *taps.axes, taps.mean, tasks, g, 0, 1)  # on this thread alone
         else:
-            go_bins = np.empty((nbins, taps.num_rois, channels_out), dtype)
+            go_bins = empty_lines((nbins, taps.num_rois, channels_out), dtype)
             launch(bins_first, go, go_bins, values=go.size)
             launch(
                 backward,
