@@ -203,14 +203,16 @@ def test_the_limit_drops_the_longest_unused_first_and_zero_frees_all(cache):
     assert roipool.get_memory_cache() == (0, 0)
 
 
-def test_a_much_larger_kept_buffer_does_not_serve_a_small_request(cache):
-    large = empty_lines((64 * MiB,), np.uint8)
+def test_a_kept_buffer_serves_only_requests_that_leave_at_most_a_quarter_of_it_unused(cache):
+    large = empty_lines((64 * MiB,), np.uint8)  # a buffer of 66 MiB: requests of 49.5 MiB or more
     address = large.ctypes.data
     del large
-    small = empty_lines((8 * MiB,), np.uint8)
-    assert small.ctypes.data != address  # 72 MiB kept for 8: a new buffer instead
-    assert roipool.get_memory_cache()[1] >= 64 * MiB
-    near = empty_lines((60 * MiB,), np.uint8)
+    for n in (8, 46):  # buffers of 10 and 48 MiB: new ones
+        small = empty_lines((n * MiB,), np.uint8)
+        assert small.ctypes.data != address
+        del small
+    assert roipool.get_memory_cache()[1] >= 66 * MiB
+    near = empty_lines((48 * MiB,), np.uint8)  # a buffer of 50 MiB: the kept one
     assert near.ctypes.data == address
     assert near.ctypes.data % HUGE_PAGE == 0
 

@@ -50,11 +50,6 @@ def checked_limit(max_bytes) -> int:
     return int(max_bytes)
 
 
-#: A kept buffer serves a request of up to this much less than its size (in
-#: quarters): sizes that vary from call to call (proposals after NMS) still
-#: meet, and a buffer never holds more than a third again of what it serves.
-_SLACK_QUARTERS = 3
-
 _lock = threading.Lock()
 _kept: OrderedDict[int, np.ndarray] = OrderedDict()  # id -> buffer, least recently kept first
 _limit = default_limit()
@@ -111,9 +106,12 @@ def lend(nbytes: int, zeros: bool = False) -> np.ndarray:
     if _limit and not zeros:
         with _lock:
             best, best_size = None, 0
-            for key, kept in _kept.items():  # the smallest that fits; of equal ones, the last kept
+            # the smallest kept buffer that holds nbytes and is at most a quarter unused (so sizes
+            # that vary a little from call to call, proposals after NMS, still meet, and a buffer
+            # never holds more than a third again of what it serves); of equal ones, the last kept
+            for key, kept in _kept.items():
                 size = kept.size
-                if nbytes <= size and 4 * (size - nbytes) <= _SLACK_QUARTERS * nbytes:
+                if nbytes <= size and 4 * (size - nbytes) <= size:
                     if best is None or size <= best_size:
                         best, best_size = key, size
             if best is not None:
@@ -128,8 +126,8 @@ def _keep(buffer: np.ndarray) -> None:
     """Back into the pool (newest last), then drop the oldest beyond the limit.
 
     Never waits: this runs when an array is freed, on any thread, maybe inside
-    the garbage collector while this thread holds the lock; if the lock is
-    taken, the buffer is simply freed.
+    the garbage collector while this very thread holds the lock; if the lock
+    is held (by that, or by another thread), the buffer is simply freed.
     """
     global _held
     if not _limit or buffer.size > _limit or not _lock.acquire(blocking=False):
