@@ -7,10 +7,11 @@ Usage: ``PYTHONPATH=src python benchmarks/channels_last.py [rounds] [workload ..
 is called on the contiguous map and on its channels-last copy (which gives a
 channels-last output and gradient), and the NumPy function on the NCHW array
 and on the NHWC array with ``layout="nhwc"``; every round runs each variant
-once, in turn. Also measured in the same rounds: the write floor, filling a
-fresh array of the output's size with all of roipool's threads (what any
-implementation must at least do with a new output on this machine), and the
-warm write floor, filling one array already written (what a call costs at
+once, in turn, each after the process's threads have been idle for 20 ms
+(``bench._quiesce``). Also measured in the same rounds: the write floor,
+filling a fresh array of the output's size on roipool's own threads, as the
+kernels write (what any implementation must at least do with a new output on
+this machine), and the warm write floor, filling one array already written (what a call costs at
 least when its output reuses memory: roipool's memory cache, ``cpu/_pool.py``,
 serves each call here with the memory the previous call's output freed).
 Prints the CPU, the load, and medians (and minima) in ms.
@@ -29,15 +30,18 @@ import torch
 
 import roipool
 from roipool import bench
+from roipool.cpu._parallel import launch
 
 
-@numba.njit(parallel=True)
+@numba.njit(nogil=True)
+def _fill_part(flat, part, parts):
+    for i in range(flat.size * part // parts, flat.size * (part + 1) // parts):
+        flat[i] = 1.0
+
+
 def _fill(a):
-    flat = a.reshape(-1)
-    parts = 8 * numba.get_num_threads()
-    for p in numba.prange(parts):
-        for i in range(flat.size * p // parts, flat.size * (p + 1) // parts):
-            flat[i] = 1.0
+    """``a`` filled with ones by roipool's own threads, in parts, as its kernels write."""
+    launch(_fill_part, a.reshape(-1), values=a.size)
     return a
 
 
@@ -86,6 +90,10 @@ def main(rounds: int = 11, workloads=("maskrcnn", "vgg16")) -> None:
             times = {name: [] for name in variants}
             for _ in range(rounds):
                 for name, run in variants.items():
+                    # torch's OpenMP threads keep spinning after the steps' own torch ops, and
+                    # would take the cores from whatever comes next (on maskrcnn a forward took
+                    # 37 instead of 31 ms): wait until the process is idle, as the bench does
+                    bench._quiesce()
                     t0 = time.perf_counter()
                     result = run()
                     times[name].append((time.perf_counter() - t0) * 1e3)
