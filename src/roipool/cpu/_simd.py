@@ -90,7 +90,10 @@ def empty_lines(shape, dtype, zeros: bool = False) -> np.ndarray:
     2 MiB range of the mapping, so an unaligned array's first and last
     partial ranges were faulted in 4 KiB pages (561 faults for a 103 MB
     output instead of 50). The slack is address space; the pages before the
-    array are never touched.
+    array are never touched. Such a buffer comes from the memory cache
+    (``_pool.lend``): where an array the caller dropped left one that fits
+    (up to a third longer), the new array reuses its memory, zeroed first
+    when ``zeros``.
     """
     # plain Python on the shape: this runs for every output, and NumPy's helpers cost 10 us
     shape = tuple(int(d) for d in shape) if isinstance(shape, (tuple, list)) else (int(shape),)
