@@ -124,3 +124,49 @@ def test_scaled_boxes_must_have_finite_corners_and_extents(box, scale, offset, b
             _checks.scaled_boxes_finite(rois, scale, offset)
     else:
         _checks.scaled_boxes_finite(rois, scale, offset)
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        np.array([[1, 0.5, 1.5, 6.25, 7], [0, -3, 2, 1e20, 4]], np.float64),
+        np.array([[1, 0, 1, 6, 7], [0, -3, 2, 9, 4]], np.int64),
+        np.array([[1, 0, 1, 6, 7], [0, 3, 2, 9, 4]], np.uint8),
+        np.array([[1, 0.5, 1.5, 6.25, 7], [0, -3, 2, 1e4, 4]], np.float16),
+        np.array([[1, 0.5, 1.5, 6.25, 7], [0, -3, 2, 1e20, 4]], ">f8"),  # big-endian
+        np.array([[1, 0.5, 1.5, 6.25, 7, 9], [0, -3, 2, 1e20, 4, 9]], np.float32)[:, :5],  # not contiguous
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_boxes_of_any_real_dtype_convert_as_numpy_does(rows, dtype):
+    readonly = rows.copy()
+    readonly.flags.writeable = False
+    for boxes in (rows, readonly):
+        rois = _checks.rois_array(boxes, 2, np.dtype(dtype))
+        assert rois.dtype == dtype and rois.flags.c_contiguous and rois.dtype.isnative
+        np.testing.assert_array_equal(rois, rows.astype(dtype))
+
+
+def test_the_batch_index_is_checked_before_it_is_converted():
+    # 1 + 1e-9 rounds to 1.0 in float32, but it is not a whole number
+    with pytest.raises(ValueError, match=r"boxes\[1, 0\] is the batch index and must be a whole number, got .*1\.0+1"):
+        _checks.rois_array(np.array([[0, 0, 0, 1, 1], [1 + 1e-9, 0, 0, 1, 1]]), 3, np.dtype(np.float32))
+    with pytest.raises(ValueError, match="whole number"):
+        _checks.rois_array(np.array([[np.inf, 0, 0, 1, 1]]), 3, np.dtype(np.float32))
+    with pytest.raises(ValueError, match=r"boxes\[0, 0\] .* must be in \[0, 3\), got .*300"):
+        _checks.rois_array(np.array([[300, 0, 0, 1, 1]], np.int64), 3, np.dtype(np.float32))
+
+
+def test_the_first_bad_row_is_reported():
+    rows = np.array([[0, 0, 0, 1, 1], [0, 0, np.nan, 1, 1], [7, 0, 0, 1, 1]], np.float32)
+    with pytest.raises(ValueError, match="box 1 has a coordinate that is NaN"):
+        _checks.rois_array(rows, 2, np.dtype(np.float32))
+    with pytest.raises(ValueError, match=r"boxes\[1, 0\] is the batch index and must be in"):
+        _checks.rois_array(rows[[0, 2, 1]], 2, np.dtype(np.float32))
+
+
+def test_boxes_that_overflow_the_compute_dtype_are_refused_only_there():
+    rows = np.array([[0, 0, 0, 1e39, 1]], np.float64)
+    np.testing.assert_array_equal(_checks.rois_array(rows, 1, np.dtype(np.float64)), rows)
+    with pytest.raises(ValueError, match=r"box 0 has a coordinate that is NaN or infinite \(or overflows float32\)"):
+        _checks.rois_array(rows, 1, np.dtype(np.float32))

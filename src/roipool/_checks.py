@@ -121,17 +121,52 @@ def rois_array(boxes, num_images: int, dtype: np.dtype, name: str = "boxes") -> 
     ``boxes`` is a ``(K, 5)`` array of ``[batch_index, x1, y1, x2, y2]`` rows or a
     list of ``num_images`` arrays ``(L_i, 4)`` of ``[x1, y1, x2, y2]``.
     Batch indices must be whole numbers in ``[0, num_images)`` and coordinates
-    finite.
+    finite (after the conversion: a value that overflows ``dtype`` is refused).
+    The first bad row is reported.
     """
-    rois = _assemble_rois(boxes, num_images, dtype, name, 4, box_list_item_shape, rois_shape)
-    coords = rois[:, 1:]
-    finite = np.isfinite(coords)
-    if not finite.all():
-        k = int(np.flatnonzero(~finite.all(axis=1))[0])
+    if isinstance(boxes, (list, tuple)):
+        rows = _assemble_rois(boxes, num_images, dtype, name, 4, box_list_item_shape, rois_shape)
+    else:
+        rows = _real_array(boxes, name)
+        rois_shape(rows.shape, name)
+    out = np.empty(rows.shape, np.dtype(dtype).newbyteorder("="))
+    compiled = _compiled()
+    k, problem = compiled.rois_rows(_compiled_operand(rows), num_images, out)
+    if problem == compiled.BATCH_NOT_WHOLE:
+        raise ValueError(f"{name}[{k}, 0] is the batch index and must be a whole number, got {rows[k, 0]!r}")
+    if problem == compiled.BATCH_OUT_OF_RANGE:
+        raise ValueError(f"{name}[{k}, 0] is the batch index and must be in [0, {num_images}), got {rows[k, 0]!r}")
+    if problem == compiled.COORD_NOT_FINITE:
         raise ValueError(
-            f"{name}: box {k} has a coordinate that is NaN or infinite (or overflows {rois.dtype}): {rois[k, 1:]}"
+            f"{name}: box {k} has a coordinate that is NaN or infinite (or overflows {out.dtype}): {out[k, 1:]}"
         )
-    return rois
+    return out
+
+
+def _compiled():
+    """The module ``_rows`` (Numba), imported on the first call that needs it."""
+    global _ROWS
+    if _ROWS is None:
+        from . import _rows
+
+        _ROWS = _rows
+    return _ROWS
+
+
+_ROWS = None
+
+
+def _compiled_operand(a: np.ndarray) -> np.ndarray:
+    """``a`` as the checks' compiled code takes it: C-contiguous, writeable (Numba compiles
+    read-only arrays apart), float32 or float64 in native byte order; a copy only where needed,
+    other dtypes to float64, which holds every valid batch index exactly."""
+    if a.dtype in _COMPILED_DTYPES and a.flags.c_contiguous and a.flags.writeable:
+        return a
+    native = a.dtype.newbyteorder("=")
+    return np.array(a, native if native in _COMPILED_DTYPES else np.float64)
+
+
+_COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _assemble_rois(boxes, num_images: int, dtype, name: str, columns: int, item_shape, rows_shape) -> np.ndarray:
@@ -168,13 +203,8 @@ def scaled_boxes_finite(rois: np.ndarray, scale, offset=0.0, name: str = "boxes"
     divided by a positive output size, are then finite too.)
     """
     t = rois.dtype.type
-    with np.errstate(over="ignore", invalid="ignore"):
-        corners = rois[:, 1:5] * t(scale)
-        corners -= t(offset)
-        extents = corners[:, 2:] - corners[:, :2]
-    # an extent is finite only if both its corners are
-    if not np.isfinite(extents).all():
-        k = int(np.flatnonzero(~np.isfinite(extents).all(axis=1))[0])
+    k = _compiled().first_overflowing_box(_compiled_operand(rois), t(scale), t(offset))
+    if k >= 0:
         raise ValueError(
             f"{name}: box {k} {rois[k, 1:]} times spatial_scale {scale} overflows {rois.dtype} "
             "(corners or extent not finite)"
