@@ -170,3 +170,35 @@ def test_cpu_name_says_family_model_and_vector_width():
     intel = amd.replace("AMD EPYC", "Intel(R) Xeon(R) Processor @ 2.50GHz").replace("fma\n", "fma avx512f avx512bw\n")
     assert bench._cpu_name(intel).endswith("(family 25, model 17, AVX-512)")
     assert bench._cpu_name("model name\t: Some CPU\n") == "Some CPU"
+
+
+def test_calls_back_to_back_are_timed_together_and_reported_per_call():
+    import time
+
+    from roipool.bench import Candidate, measure
+
+    ran = []
+
+    def run():
+        ran.append(None)
+        time.sleep(0.01)
+
+    times = measure([Candidate("sleeper", run, True)], repeat=3, warmup=1, calls=5)
+    assert len(ran) == 1 + 3 * 5
+    # each repeat is the mean of its five calls: about 10 ms, not their 50 ms sum
+    assert len(times["sleeper"]) == 3 and all(10 <= t < 45 for t in times["sleeper"])
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--calls", "0"], "roipool bench: --calls must be at least 1"),
+        (["--calls", "5", "--device", "cuda"], "roipool bench: --calls is for CPU timings (CUDA events time one call)"),
+    ],
+)
+def test_bench_refuses_a_bad_call_count_in_one_line(extra, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "roipool.cli", "bench", "--workload", "tiny", *extra], capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip() == message

@@ -38,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time the ops against the installed peers")
     p.add_argument("--workload", action="append", help="workload name (repeatable; default: all)")
     p.add_argument("--repeat", type=int, default=7, help="timed repeats per measurement (median reported)")
+    p.add_argument(
+        "--calls",
+        type=int,
+        default=1,
+        help="calls back to back per timing, their mean reported (default 1: one call after the process was idle)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run")
     p.add_argument(

@@ -121,9 +121,9 @@ class _CudaTimer:
 
 
 def measure(
-    cands: list[Candidate], repeat: int, warmup: int = 1, touch_bytes: int = 0, timer=None
+    cands: list[Candidate], repeat: int, warmup: int = 1, touch_bytes: int = 0, timer=None, calls: int = 1
 ) -> dict[str, list[float]]:
-    """Interleaved timings in ms: each repeat runs every candidate once.
+    """Interleaved timings in ms: each repeat runs every candidate once (``calls`` times in a row).
 
     The order rotates from one repeat to the next, and before each timed call
     the process waits until its threads are idle (:func:`_quiesce`) and
@@ -133,6 +133,12 @@ def measure(
     long call pays the host's page faults again, up to 300 ms for 200 MB;
     in a training loop the op runs often enough that its memory stays with
     the guest. Touching first gives every candidate that steady state.
+
+    ``calls`` > 1 (wall clock only) times that many calls back to back and reports their mean,
+    each call's result dropped when the next one returns, as in a loop: the
+    steady state of small calls made one after the other (caches, and threads
+    that have not yet gone to sleep, warm from the call before), where the
+    default times a call after the process has been idle.
 
     ``timer(run) -> (ms, result)`` replaces the wall clock (``_CudaTimer`` on a GPU).
     """
@@ -149,8 +155,9 @@ def measure(
                 _quiesce()
                 _touch(touch_bytes)
                 t0 = time.perf_counter()
-                result = c.run()
-                ms = (time.perf_counter() - t0) * 1e3
+                for _ in range(calls):
+                    result = c.run()
+                ms = (time.perf_counter() - t0) * 1e3 / calls
             times[c.impl].append(ms)
             del result
     return times
@@ -225,10 +232,12 @@ def run(
     bandwidth: float | None = None,
     jax: bool = False,
     channels_last: bool = False,
+    calls: int = 1,
 ) -> list[Row]:
     """Rows for every op of every workload; on ``cuda`` timed by CUDA events, with floors at
     ``bandwidth`` bytes/s (measured here when not given). ``channels_last``: every feature map
-    in channels-last memory, the workloads named ``<name>/channels-last``."""
+    in channels-last memory, the workloads named ``<name>/channels-last``. ``calls``: see
+    :func:`measure`."""
     timer = None
     if device == "cuda":
         import torch
@@ -243,7 +252,7 @@ def run(
             cands = cands_for(mode)
             if not any(c.is_ours for c in cands):
                 continue
-            times = measure(cands, repeat, touch_bytes=3 * output_bytes, timer=timer)
+            times = measure(cands, repeat, touch_bytes=3 * output_bytes, timer=timer, calls=calls)
             timed = [
                 Row(wname, op, mode, c.impl, statistics.median(times[c.impl]), [round(t, 3) for t in times[c.impl]])
                 for c in cands
@@ -330,6 +339,11 @@ def main(args) -> int:
         raise SystemExit(f"roipool bench: unknown workload {unknown[0]!r}; choose from {', '.join(known)}")
     if args.repeat < 1:
         raise SystemExit("roipool bench: --repeat must be at least 1")
+    calls = getattr(args, "calls", 1)
+    if calls < 1:
+        raise SystemExit("roipool bench: --calls must be at least 1")
+    if calls > 1 and args.device == "cuda":
+        raise SystemExit("roipool bench: --calls is for CPU timings (CUDA events time one call)")
     if args.device == "cuda":
         torch = _optional("torch")
         if torch is None or not torch.cuda.is_available():
@@ -344,14 +358,18 @@ def main(args) -> int:
         bandwidth=bandwidth,
         jax=getattr(args, "jax", False),
         channels_last=getattr(args, "channels_last", False),
+        calls=calls,
     )
     info = machine(args.device)
     if bandwidth:
         info["copy_bandwidth_gb_s"] = round(bandwidth / 1e9, 1)
     if args.json:
-        print(json.dumps({"machine": info, "results": [r.__dict__ for r in rows]}, indent=2))
+        print(json.dumps({"machine": info, "calls": calls, "results": [r.__dict__ for r in rows]}, indent=2))
     else:
         print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
         print(format_table(rows))
-        print(f"(medians of {args.repeat} interleaved repeats; speed-up = the fastest peer's median / this median)")
+        each = f", each the mean of {calls} calls back to back" if calls > 1 else ""
+        print(
+            f"(medians of {args.repeat} interleaved repeats{each}; speed-up = the fastest peer's median / this median)"
+        )
     return 0
