@@ -1,5 +1,7 @@
 """Eager CPU calls that want no gradient run the kernel without the custom op's dispatch
-(``_torch._library.eager_cpu``): the same result, and whatever watches the ops still sees them."""
+(``_torch._library.eager_cpu``), and ``roi_pool`` and ``roi_align`` training calls run their
+kernels through a plain autograd function (``eager_cpu_training``): the same results and
+gradients, and whatever watches the ops still sees them."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from .roi_family import OpLog, make_input, make_rois, torch
 # isort: split
 
 import roipool  # noqa: E402
-from roipool._torch._library import eager_cpu  # noqa: E402
+from roipool._torch import roi_pool as torch_roi_pool  # noqa: E402
+from roipool._torch._library import eager_cpu, eager_cpu_training  # noqa: E402
 
 # op: (public call, the same through torch.ops, channels of the map, box columns)
 OPS = {
@@ -128,7 +131,7 @@ def test_a_dispatch_mode_and_the_profiler_still_see_the_op(op):
 
 
 @pytest.mark.parametrize("op", sorted(OPS))
-def test_a_call_that_wants_a_gradient_still_goes_through_the_op(op):
+def test_a_call_that_wants_a_gradient_gets_the_ops_gradient(op):
     public, through_op = OPS[op][:2]
     x, rois = _inputs(torch.float64, op=op)
     x.requires_grad_()
@@ -137,3 +140,63 @@ def test_a_call_that_wants_a_gradient_still_goes_through_the_op(op):
     (grad,) = torch.autograd.grad(out.sum(), x)
     (want,) = torch.autograd.grad(through_op(x, rois).sum(), x)
     np.testing.assert_array_equal(grad.numpy(), want.numpy())
+
+
+# op: the same training call through the custom ops (the ops' own autograd)
+TRAINING = {
+    "roi_pool/argmax": lambda x, r: torch.ops.roipool.roi_pool_with_argmax(x, r, 0.5, 3, 2)[0],
+    "roi_pool/recompute": lambda x, r: torch.ops.roipool.roi_pool(x, r, 0.5, 3, 2),
+    "roi_align": OPS["roi_align"][1],
+}
+
+
+@pytest.mark.parametrize("route", sorted(TRAINING))
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_a_training_call_gives_the_bits_gradients_and_formats_of_the_ops(route, layout, dtype, monkeypatch):
+    op = route.split("/")[0]
+    if op == "roi_pool":  # each of roi_pool's two training routes, whichever this CPU would pick
+        recompute = route.endswith("recompute")
+        monkeypatch.setattr(torch_roi_pool, "recompute_pays", lambda *args: recompute)
+    public, through_op = OPS[op][0], TRAINING[route]
+    x, rois = _inputs(dtype, layout, op)
+    x.requires_grad_()
+    assert eager_cpu_training(x, rois)
+    got, want = public(x, rois), through_op(x, rois)
+    assert type(got.grad_fn).__name__.startswith("_Eager")  # the plain autograd function ran
+    assert torch.equal(got, want) and got.stride() == want.stride()
+    upstream = torch.linspace(-1, 2, got.numel(), dtype=torch.float64).reshape(got.shape).to(dtype)
+    upstream.requires_grad_()
+    (grad,) = torch.autograd.grad(got, x, upstream, create_graph=True)
+    (grad_want,) = torch.autograd.grad(want, x, upstream, create_graph=True)
+    assert torch.equal(grad, grad_want) and grad.stride() == grad_want.stride() == x.stride()
+    # double backward (the backward is linear in the upstream gradient) through the differentiable
+    # backward op, as through the ops
+    probe = torch.linspace(0, 1, x.numel(), dtype=torch.float64).reshape(x.shape).to(dtype)
+    (again,) = torch.autograd.grad((grad * probe).sum(), upstream)
+    (again_want,) = torch.autograd.grad((grad_want * probe).sum(), upstream)
+    assert torch.equal(again, again_want)
+
+
+def test_a_training_call_skips_the_ops_only_when_nothing_watches():
+    x, rois = _inputs()
+    x.requires_grad_()
+    assert eager_cpu_training(x, rois)
+    assert not eager_cpu_training(x.detach(), rois)  # no gradient wanted: eager_cpu's case
+    assert not eager_cpu_training(x, rois.clone().requires_grad_())  # a box gradient
+    assert not eager_cpu_training(torch.nn.Parameter(x.detach()), rois)  # a subclass
+    with torch.no_grad():
+        assert not eager_cpu_training(x, rois)
+    for watcher in (OpLog, _Functions, torch.profiler.profile):
+        with watcher():
+            assert not eager_cpu_training(x, rois)
+    for op in ("roi_pool", "roi_align"):
+        with OpLog() as log:
+            OPS[op][0](x, rois).sum().backward()
+        assert f"roipool::{op}" in log.called or f"roipool::{op}_with_argmax" in log.called
+        assert any(name.startswith(f"roipool::{op}_backward") for name in log.called)
+        out = OPS[op][0](x, rois)  # the plain function's forward; a watcher that starts after it
+        assert type(out.grad_fn).__name__.startswith("_Eager")
+        with OpLog() as log:
+            out.sum().backward()
+        assert any(name.startswith(f"roipool::{op}_backward") for name in log.called)  # still sees the backward

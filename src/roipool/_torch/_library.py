@@ -252,6 +252,35 @@ def eager_cpu(*tensors: torch.Tensor) -> bool:
     return not _watchers_active()
 
 
+def eager_cpu_training(input: torch.Tensor, rois: torch.Tensor) -> bool:
+    """Whether a training call may run its CPU kernels through a plain ``torch.autograd.Function``
+    instead of its custom ops: as :func:`eager_cpu`, but autograd wants a gradient for ``input``
+    (and none for ``rois``).
+
+    The custom ops' autograd goes through ``torch.library``'s dispatch twice a
+    step (forward and backward), 110 to 140 us of Python a step on a 2-core AMD
+    EPYC, about the kernels' time on a small call (``docs/pytorch.md``). The
+    function's backward calls the backward op where :func:`backward_through_op`
+    says so (double backward then works as through the ops); the kernels, and
+    so the gradients, are the same.
+    """
+    if torch.compiler.is_compiling():  # first: Dynamo cannot trace the probes below
+        return False
+    if type(input) is not torch.Tensor or type(rois) is not torch.Tensor:
+        return False
+    if input.device.type != "cpu" or rois.device.type != "cpu" or rois.requires_grad:
+        return False
+    return input.requires_grad and torch.is_grad_enabled() and not _watchers_active()
+
+
+def backward_through_op() -> bool:
+    """Whether the backward of an eager training call (:func:`eager_cpu_training`) must call its
+    backward op rather than its kernel: when the backward is itself recorded (``create_graph``,
+    for double backward), or when something that watches or traces the ops is active now (it may
+    have started after the forward)."""
+    return torch.is_grad_enabled() or torch.compiler.is_compiling() or _watchers_active()
+
+
 def cpu_nhwc(input: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
     """``input (N, C, H, W)`` as a C-contiguous ``(N, H, W, C)`` NumPy array of ``dtype``.
 

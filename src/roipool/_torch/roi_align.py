@@ -17,6 +17,7 @@ from .. import _checks
 from ..cpu import roi_align as cpu
 from . import onnx
 from ._library import (
+    backward_through_op,
     boxes_to_rois,
     channels_last,
     check_input,
@@ -25,6 +26,7 @@ from ._library import (
     cpu_geometry,
     define,
     eager_cpu,
+    eager_cpu_training,
     fake_output,
     new_cpu_output,
     quiet_when_tracing,
@@ -201,6 +203,27 @@ roi_align_boxes_backward_op.register_autograd(
 )
 
 
+class _EagerRoIAlign(torch.autograd.Function):
+    """A CPU training call without the custom ops' dispatch (``eager_cpu_training``; boxes that
+    need no gradient): the same kernels as the ops' autograd."""
+
+    @staticmethod
+    def forward(ctx, input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+        ctx.save_for_backward(rois)
+        ctx.params = (spatial_scale, pooled_height, pooled_width)
+        ctx.sampling = (sampling_ratio, aligned)
+        ctx.input_shape = tuple(input.shape)
+        ctx.channels_last = channels_last(input)
+        return _roi_align_cpu(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (rois,) = ctx.saved_tensors
+        args = (grad_output, rois, *ctx.params, *ctx.input_shape, *ctx.sampling, ctx.channels_last)
+        grad = torch.ops.roipool.roi_align_backward(*args) if backward_through_op() else _roi_align_backward_cpu(*args)
+        return grad, None, None, None, None, None, None
+
+
 def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
     """Tensor RoIAlign; see :func:`roipool.roi_align`.
 
@@ -232,4 +255,6 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
         return onnx.roi_align_node(input, rois, scale, pooled_h, pooled_w, ratio, aligned)
     if eager_cpu(input, rois):
         return _roi_align_cpu(input, rois, scale, pooled_h, pooled_w, ratio, aligned)
+    if eager_cpu_training(input, rois):
+        return _EagerRoIAlign.apply(input, rois, scale, pooled_h, pooled_w, ratio, aligned)
     return torch.ops.roipool.roi_align(input, rois, scale, pooled_h, pooled_w, ratio, aligned)

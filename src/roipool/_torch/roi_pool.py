@@ -16,6 +16,7 @@ from ..cpu import roi_pool as cpu
 from ..cpu._machine import avx512, l2_bytes
 from . import onnx
 from ._library import (
+    backward_through_op,
     boxes_to_rois,
     channels_last,
     check_input,
@@ -26,6 +27,7 @@ from ._library import (
     cpu_nhwc,
     define,
     eager_cpu,
+    eager_cpu_training,
     fake_output,
     needs_grad,
     new_cpu_output,
@@ -233,6 +235,40 @@ roi_pool_with_argmax_op.register_autograd(_roi_pool_with_argmax_grad, setup_cont
 roi_pool_op.register_autograd(_roi_pool_grad, setup_context=_roi_pool_setup)
 
 
+class _EagerRoIPool(torch.autograd.Function):
+    """A CPU training call without the custom ops' dispatch (``eager_cpu_training``): the same
+    routes (a stored argmax, or the maxima found again) and kernels as the ops' autograd."""
+
+    @staticmethod
+    def forward(ctx, input, rois, spatial_scale, pooled_height, pooled_width, recompute):
+        ctx.params = (spatial_scale, pooled_height, pooled_width)
+        ctx.recompute = recompute
+        if recompute:
+            ctx.save_for_backward(input, rois)
+            return _roi_pool_cpu(input, rois, spatial_scale, pooled_height, pooled_width)
+        out, argmax = _roi_pool_with_argmax_cpu(input, rois, spatial_scale, pooled_height, pooled_width)
+        ctx.save_for_backward(rois, argmax)
+        ctx.input_shape = tuple(input.shape)
+        ctx.channels_last = channels_last(input)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        through_op = backward_through_op()
+        if ctx.recompute:
+            input, rois = ctx.saved_tensors
+            args = (grad_output, input, rois, *ctx.params)
+            if through_op:
+                grad = torch.ops.roipool.roi_pool_backward_recompute(*args)
+            else:
+                grad = _roi_pool_backward_recompute_cpu(*args)
+        else:
+            rois, argmax = ctx.saved_tensors
+            args = (grad_output, argmax, rois, *ctx.input_shape, ctx.channels_last)
+            grad = torch.ops.roipool.roi_pool_backward(*args) if through_op else _roi_pool_backward_cpu(*args)
+        return grad, None, None, None, None, None
+
+
 def roi_pool(input, boxes, output_size, spatial_scale=1.0):
     """Tensor RoI max pooling; see :func:`roipool.roi_pool`.
 
@@ -257,6 +293,9 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0):
         return onnx.max_roi_pool_node(input, rois, scale, pooled_h, pooled_w)
     if eager_cpu(input, rois):
         return _roi_pool_cpu(input, rois, scale, pooled_h, pooled_w)
+    if eager_cpu_training(input, rois):
+        recompute = recompute_pays(input, rois, scale, pooled_h, pooled_w)
+        return _EagerRoIPool.apply(input, rois, scale, pooled_h, pooled_w, recompute)
     if needs_grad(input) and not recompute_pays(input, rois, scale, pooled_h, pooled_w):
         return torch.ops.roipool.roi_pool_with_argmax(input, rois, scale, pooled_h, pooled_w)[0]
     # The training forward is the inference op too: its backward finds the
