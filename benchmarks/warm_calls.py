@@ -2,17 +2,17 @@
 
 Usage: ``PYTHONPATH=src python benchmarks/warm_calls.py [workload] [rounds]`` (defaults: ``tiny``, 9),
 in the peer venv to include the peers. For ``roi_align`` and ``roi_pool``, forward and training
-step, every candidate ``roipool bench`` times is called two ways in each round, one candidate
-after the other: 20 calls back to back (warm, as inside a model's loop), and one call after the bench's
-own wait until the process's threads have been idle for 20 ms (``bench._quiesce``). Prints
-the CPU and the medians in ms.
+step, every candidate ``roipool bench`` times is timed both ways ``roipool bench`` can
+(``bench.measure``): 20 calls back to back (``--calls 20``: warm, as inside a model's loop),
+and one call after the bench's own wait until the process's threads have been idle for
+20 ms (the default, ``bench._quiesce``), in rounds interleaving the candidates. Prints the
+CPU and the medians in ms.
 """
 
 from __future__ import annotations
 
 import statistics
 import sys
-import time
 
 from roipool import bench
 from roipool.bench.candidates import candidates
@@ -25,21 +25,9 @@ def main(workload: str = "tiny", rounds: int = 9) -> None:
     print(f"cpu: {bench.machine()['cpu']}")
     for op, mode in [(op, mode) for op in ("roi_align", "roi_pool") for mode in bench.MODES]:
         cands = candidates(w, op, mode)
-        for c in cands:
-            for _ in range(BACK_TO_BACK):
-                c.run()
-        warm = {c.impl: [] for c in cands}
-        idle = {c.impl: [] for c in cands}
-        for _ in range(rounds):
-            for c in cands:
-                t0 = time.perf_counter()
-                for _ in range(BACK_TO_BACK):
-                    c.run()
-                warm[c.impl].append((time.perf_counter() - t0) / BACK_TO_BACK * 1e3)
-                bench._quiesce()
-                t0 = time.perf_counter()
-                c.run()
-                idle[c.impl].append((time.perf_counter() - t0) * 1e3)
+        # the two timings of roipool bench: --calls BACK_TO_BACK, and its default
+        warm = bench.measure(cands, rounds, warmup=BACK_TO_BACK, calls=BACK_TO_BACK)
+        idle = bench.measure(cands, rounds)
         for c in cands:
             print(
                 f"{workload} {op:10s} {mode:17s} {c.impl:30s} warm {statistics.median(warm[c.impl]):7.3f} ms"
