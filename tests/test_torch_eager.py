@@ -1,7 +1,7 @@
 """Eager CPU calls that want no gradient run the kernel without the custom op's dispatch
-(``_torch._library.eager_cpu``), and ``roi_pool`` and ``roi_align`` training calls run their
-kernels through a plain autograd function (``eager_cpu_training``): the same results and
-gradients, and whatever watches the ops still sees them."""
+(``_torch._library.eager_cpu``), and training calls run the ops' kernels and backward functions
+through a plain autograd function (``train_eagerly``): the same results and gradients, and
+whatever watches the ops still sees them."""
 
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def test_a_call_that_wants_a_gradient_gets_the_ops_gradient(op):
 TRAINING = {
     "roi_pool/argmax": lambda x, r: torch.ops.roipool.roi_pool_with_argmax(x, r, 0.5, 3, 2)[0],
     "roi_pool/recompute": lambda x, r: torch.ops.roipool.roi_pool(x, r, 0.5, 3, 2),
-    "roi_align": OPS["roi_align"][1],
+    **{op: calls[1] for op, calls in OPS.items() if op != "roi_pool"},
 }
 
 
@@ -190,7 +190,9 @@ def test_a_training_call_skips_the_ops_only_when_nothing_watches():
     for watcher in (OpLog, _Functions, torch.profiler.profile):
         with watcher():
             assert not eager_cpu_training(x, rois)
-    for op in ("roi_pool", "roi_align"):
+    for op in sorted(OPS):
+        x, rois = _inputs(op=op)
+        x.requires_grad_()
         with OpLog() as log:
             OPS[op][0](x, rois).sum().backward()
         assert f"roipool::{op}" in log.called or f"roipool::{op}_with_argmax" in log.called

@@ -44,6 +44,7 @@ import contextlib
 import importlib
 import threading
 import warnings
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -253,17 +254,8 @@ def eager_cpu(*tensors: torch.Tensor) -> bool:
 
 
 def eager_cpu_training(input: torch.Tensor, rois: torch.Tensor) -> bool:
-    """Whether a training call may run its CPU kernels through a plain ``torch.autograd.Function``
-    instead of its custom ops: as :func:`eager_cpu`, but autograd wants a gradient for ``input``
-    (and none for ``rois``).
-
-    The custom ops' autograd goes through ``torch.library``'s dispatch twice a
-    step (forward and backward), 110 to 140 us of Python a step on a 2-core AMD
-    EPYC, about the kernels' time on a small call (``docs/pytorch.md``). The
-    function's backward calls the backward op where :func:`backward_through_op`
-    says so (double backward then works as through the ops); the kernels, and
-    so the gradients, are the same.
-    """
+    """Whether a training call may run through :func:`train_eagerly` instead of its custom op: as
+    :func:`eager_cpu`, but autograd wants a gradient for ``input`` (and none for ``rois``)."""
     if torch.compiler.is_compiling():  # first: Dynamo cannot trace the probes below
         return False
     if type(input) is not torch.Tensor or type(rois) is not torch.Tensor:
@@ -273,12 +265,59 @@ def eager_cpu_training(input: torch.Tensor, rois: torch.Tensor) -> bool:
     return input.requires_grad and torch.is_grad_enabled() and not _watchers_active()
 
 
+class Training(NamedTuple):
+    """An op's training call as its custom op's autograd runs it: the CPU kernel, and the
+    ``setup_context`` and backward functions registered with ``register_autograd``."""
+
+    cpu: Callable
+    setup: Callable
+    grad: Callable
+
+
+class _EagerTraining(torch.autograd.Function):
+    """:func:`train_eagerly`: the op's arguments, then its :class:`Training` last (so that
+    ``ctx.needs_input_grad`` lines up with the op's arguments, as its backward expects)."""
+
+    @staticmethod
+    def forward(ctx, *args):
+        *inputs, training = args
+        output = training.cpu(*inputs)
+        ctx.eager, ctx.training = True, training
+        training.setup(ctx, tuple(inputs), output)
+        return output
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return (*ctx.training.grad(ctx, *grads), None)
+
+
+def train_eagerly(training: Training, *inputs):
+    """``training.cpu(*inputs)`` under a plain ``torch.autograd.Function`` that runs the op's own
+    ``setup_context`` and backward: a training call without its custom op's dispatch.
+
+    Where :func:`eager_cpu_training` allows it. A custom op's autograd goes
+    through ``torch.library``'s dispatch in the forward and again in the
+    backward, 110 to 140 us of Python a step on a 2-core AMD EPYC, about the
+    kernels' time on a small call (``docs/pytorch.md``). The backward calls the
+    backward op's kernel directly too (:func:`call_backward`). The kernels, and
+    so the results and gradients, are the same.
+    """
+    return _EagerTraining.apply(*inputs, training)
+
+
 def backward_through_op() -> bool:
-    """Whether the backward of an eager training call (:func:`eager_cpu_training`) must call its
-    backward op rather than its kernel: when the backward is itself recorded (``create_graph``,
-    for double backward), or when something that watches or traces the ops is active now (it may
-    have started after the forward)."""
+    """Whether the backward of an eager training call must call its backward op rather than its
+    kernel: when the backward is itself recorded (``create_graph``, for double backward), or when
+    something that watches or traces the ops is active now (it may have started after the forward)."""
     return torch.is_grad_enabled() or torch.compiler.is_compiling() or _watchers_active()
+
+
+def call_backward(ctx, op, kernel, *args):
+    """``op(*args)``, a backward op, from an op's backward function; its CPU ``kernel`` directly in
+    the backward of :func:`train_eagerly` where :func:`backward_through_op` does not forbid it."""
+    if getattr(ctx, "eager", False) and not backward_through_op():
+        return kernel(*args)
+    return op(*args)
 
 
 def cpu_nhwc(input: torch.Tensor, dtype: torch.dtype) -> np.ndarray:

@@ -23,7 +23,9 @@ import torch
 from .. import _checks
 from ..cpu import prroi_pool as cpu
 from ._library import (
+    Training,
     boxes_to_rois,
+    call_backward,
     channels_last,
     check_input,
     check_output_fits,
@@ -31,10 +33,12 @@ from ._library import (
     cpu_rois,
     define,
     eager_cpu,
+    eager_cpu_training,
     fake_output,
     new_cpu_output,
     new_cpu_tensor,
     quiet_when_tracing,
+    train_eagerly,
 )
 
 _PARAMS = "float spatial_scale, int pooled_height, int pooled_width"
@@ -128,8 +132,15 @@ def _grad(ctx, grad_output):
     input, rois = ctx.saved_tensors
     grad_input = grad_rois = None
     if ctx.needs_input_grad[0]:
-        grad_input = torch.ops.roipool.prroi_pool_backward(
-            grad_output, rois, *ctx.params, *ctx.input_shape, ctx.channels_last
+        grad_input = call_backward(
+            ctx,
+            torch.ops.roipool.prroi_pool_backward,
+            _prroi_pool_backward_cpu,
+            grad_output,
+            rois,
+            *ctx.params,
+            *ctx.input_shape,
+            ctx.channels_last,
         )
     if ctx.needs_input_grad[1]:
         grad_rois = torch.ops.roipool.prroi_pool_boxes_backward(grad_output, input, rois, *ctx.params)
@@ -153,6 +164,7 @@ def _backward_grad(ctx, grad_grad_input):
 
 prroi_pool_op.register_autograd(_grad, setup_context=_setup)
 prroi_pool_backward_op.register_autograd(_backward_grad, setup_context=_backward_setup)
+_TRAINING = Training(_prroi_pool_cpu, _setup, _grad)  # without the ops' dispatch (train_eagerly)
 
 
 def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
@@ -177,4 +189,6 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
         check_output_fits(input, rois, input.shape[1], (pooled_h, pooled_w), output_size)
     if eager_cpu(input, rois):
         return _prroi_pool_cpu(input, rois, scale, pooled_h, pooled_w)
+    if eager_cpu_training(input, rois):
+        return train_eagerly(_TRAINING, input, rois, scale, pooled_h, pooled_w)
     return torch.ops.roipool.prroi_pool(input, rois, scale, pooled_h, pooled_w)

@@ -15,7 +15,9 @@ from .. import _checks
 from ..cpu import ps_roi as cpu
 from ..cpu.ps_roi import PSRoITaps
 from ._library import (
+    Training,
     boxes_to_rois,
+    call_backward,
     channels_last,
     check_input,
     check_output_fits,
@@ -24,9 +26,11 @@ from ._library import (
     cpu_nchw,
     define,
     eager_cpu,
+    eager_cpu_training,
     fake_output,
     in_format,
     quiet_when_tracing,
+    train_eagerly,
 )
 
 
@@ -179,13 +183,29 @@ def _ps_backward_setup(num_params):
 
 def _ps_roi_pool_grad(ctx, grad_output):
     (rois,) = ctx.saved_tensors
-    grad_input = torch.ops.roipool.ps_roi_pool_backward(grad_output, rois, *ctx.params, *ctx.input_layout)
+    grad_input = call_backward(
+        ctx,
+        torch.ops.roipool.ps_roi_pool_backward,
+        _ps_roi_pool_backward_cpu,
+        grad_output,
+        rois,
+        *ctx.params,
+        *ctx.input_layout,
+    )
     return grad_input, None, None, None, None
 
 
 def _ps_roi_align_grad(ctx, grad_output):
     (rois,) = ctx.saved_tensors
-    grad_input = torch.ops.roipool.ps_roi_align_backward(grad_output, rois, *ctx.params, *ctx.input_layout)
+    grad_input = call_backward(
+        ctx,
+        torch.ops.roipool.ps_roi_align_backward,
+        _ps_roi_align_backward_cpu,
+        grad_output,
+        rois,
+        *ctx.params,
+        *ctx.input_layout,
+    )
     return grad_input, None, None, None, None, None
 
 
@@ -204,6 +224,9 @@ ps_roi_pool_op.register_autograd(_ps_roi_pool_grad, setup_context=_ps_forward_se
 ps_roi_align_op.register_autograd(_ps_roi_align_grad, setup_context=_ps_forward_setup)
 ps_roi_pool_backward_op.register_autograd(_ps_roi_pool_backward_grad, setup_context=_ps_backward_setup(3))
 ps_roi_align_backward_op.register_autograd(_ps_roi_align_backward_grad, setup_context=_ps_backward_setup(4))
+# without the ops' dispatch (train_eagerly)
+_PS_ROI_POOL_TRAINING = Training(_ps_roi_pool_cpu, _ps_forward_setup, _ps_roi_pool_grad)
+_PS_ROI_ALIGN_TRAINING = Training(_ps_roi_align_cpu, _ps_forward_setup, _ps_roi_align_grad)
 
 
 def _ps_public(input, boxes, output_size, spatial_scale):
@@ -235,6 +258,8 @@ def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
     rois, scale, pooled_h, pooled_w = _ps_public(input, boxes, output_size, spatial_scale)
     if eager_cpu(input, rois):
         return _ps_roi_pool_cpu(input, rois, scale, pooled_h, pooled_w)
+    if eager_cpu_training(input, rois):
+        return train_eagerly(_PS_ROI_POOL_TRAINING, input, rois, scale, pooled_h, pooled_w)
     return torch.ops.roipool.ps_roi_pool(input, rois, scale, pooled_h, pooled_w)
 
 
@@ -248,4 +273,6 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
     ratio = _checks.sampling_ratio_int(sampling_ratio)
     if eager_cpu(input, rois):
         return _ps_roi_align_cpu(input, rois, scale, pooled_h, pooled_w, ratio)
+    if eager_cpu_training(input, rois):
+        return train_eagerly(_PS_ROI_ALIGN_TRAINING, input, rois, scale, pooled_h, pooled_w, ratio)
     return torch.ops.roipool.ps_roi_align(input, rois, scale, pooled_h, pooled_w, ratio)

@@ -17,8 +17,9 @@ from .. import _checks
 from ..cpu import roi_align as cpu
 from . import onnx
 from ._library import (
-    backward_through_op,
+    Training,
     boxes_to_rois,
+    call_backward,
     channels_last,
     check_input,
     check_output_fits,
@@ -30,6 +31,7 @@ from ._library import (
     fake_output,
     new_cpu_output,
     quiet_when_tracing,
+    train_eagerly,
 )
 
 _ROI_ALIGN_PARAMS = "float spatial_scale, int pooled_height, int pooled_width, int sampling_ratio, bool aligned"
@@ -155,7 +157,10 @@ def _roi_align_grad(ctx, grad_output):
     spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = ctx.params
     grad_input = grad_rois = None
     if ctx.needs_input_grad[0]:
-        grad_input = torch.ops.roipool.roi_align_backward(
+        grad_input = call_backward(
+            ctx,
+            torch.ops.roipool.roi_align_backward,
+            _roi_align_backward_cpu,
             grad_output,
             rois,
             spatial_scale,
@@ -203,25 +208,8 @@ roi_align_boxes_backward_op.register_autograd(
 )
 
 
-class _EagerRoIAlign(torch.autograd.Function):
-    """A CPU training call without the custom ops' dispatch (``eager_cpu_training``; boxes that
-    need no gradient): the same kernels as the ops' autograd."""
-
-    @staticmethod
-    def forward(ctx, input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
-        ctx.save_for_backward(rois)
-        ctx.params = (spatial_scale, pooled_height, pooled_width)
-        ctx.sampling = (sampling_ratio, aligned)
-        ctx.input_shape = tuple(input.shape)
-        ctx.channels_last = channels_last(input)
-        return _roi_align_cpu(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (rois,) = ctx.saved_tensors
-        args = (grad_output, rois, *ctx.params, *ctx.input_shape, *ctx.sampling, ctx.channels_last)
-        grad = torch.ops.roipool.roi_align_backward(*args) if backward_through_op() else _roi_align_backward_cpu(*args)
-        return grad, None, None, None, None, None, None
+# A CPU training call without the custom ops' dispatch (``train_eagerly``; boxes that want no gradient)
+_TRAINING = Training(_roi_align_cpu, _roi_align_setup, _roi_align_grad)
 
 
 def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
@@ -256,5 +244,5 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     if eager_cpu(input, rois):
         return _roi_align_cpu(input, rois, scale, pooled_h, pooled_w, ratio, aligned)
     if eager_cpu_training(input, rois):
-        return _EagerRoIAlign.apply(input, rois, scale, pooled_h, pooled_w, ratio, aligned)
+        return train_eagerly(_TRAINING, input, rois, scale, pooled_h, pooled_w, ratio, aligned)
     return torch.ops.roipool.roi_align(input, rois, scale, pooled_h, pooled_w, ratio, aligned)

@@ -24,17 +24,21 @@ from .. import _checks
 from ..cpu import roi_align_rotated as kernels
 from ..cpu._tiles import channels_last_copy
 from ._library import (
+    Training,
     boxes_to_rois,
+    call_backward,
     channels_last,
     check_feature_map,
     compute_dtype,
     cpu_rois,
     define,
     eager_cpu,
+    eager_cpu_training,
     fake_output,
     new_cpu_output,
     numpy_dtype,
     quiet_when_tracing,
+    train_eagerly,
 )
 
 _ARGS = "float spatial_scale, int pooled_height, int pooled_width, int sampling_ratio, bool aligned, bool clockwise"
@@ -146,8 +150,15 @@ def _grad(ctx, grad_output):
     input, rois = ctx.saved_tensors
     grad_input = grad_rois = None
     if ctx.needs_input_grad[0]:
-        grad_input = torch.ops.roipool.roi_align_rotated_backward(
-            grad_output, rois, *ctx.params, *ctx.input_shape, ctx.channels_last
+        grad_input = call_backward(
+            ctx,
+            torch.ops.roipool.roi_align_rotated_backward,
+            _backward_cpu,
+            grad_output,
+            rois,
+            *ctx.params,
+            *ctx.input_shape,
+            ctx.channels_last,
         )
     if ctx.needs_input_grad[1]:
         grad_rois = torch.ops.roipool.roi_align_rotated_box_backward(grad_output, input, rois, *ctx.params)
@@ -155,6 +166,7 @@ def _grad(ctx, grad_output):
 
 
 roi_align_rotated_op.register_autograd(_grad, setup_context=_setup)
+_TRAINING = Training(_forward_cpu, _setup, _grad)  # without the ops' dispatch (train_eagerly)
 
 
 def _backward_setup(ctx, inputs, output):
@@ -200,6 +212,8 @@ def roi_align_rotated(input, boxes, output_size, spatial_scale=1.0, sampling_rat
         rois = boxes_to_rois(boxes, input, rotated=True)
     if eager_cpu(input, rois):
         return _forward_cpu(input, rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise)
+    if eager_cpu_training(input, rois):
+        return train_eagerly(_TRAINING, input, rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise)
     return torch.ops.roipool.roi_align_rotated(
         input, rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise
     )

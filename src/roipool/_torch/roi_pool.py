@@ -16,8 +16,9 @@ from ..cpu import roi_pool as cpu
 from ..cpu._machine import avx512, l2_bytes
 from . import onnx
 from ._library import (
-    backward_through_op,
+    Training,
     boxes_to_rois,
+    call_backward,
     channels_last,
     check_input,
     check_output_fits,
@@ -32,6 +33,7 @@ from ._library import (
     needs_grad,
     new_cpu_output,
     quiet_when_tracing,
+    train_eagerly,
 )
 
 _ROI_POOL_ARGS = "Tensor input, Tensor rois, float spatial_scale, int pooled_height, int pooled_width"
@@ -214,7 +216,16 @@ def _roi_pool_with_argmax_grad(ctx, grad_output, _grad_argmax):
     if grad_output is None:  # the pooled output did not reach the loss
         return None, None, None, None, None
     rois, argmax = ctx.saved_tensors
-    grad_input = torch.ops.roipool.roi_pool_backward(grad_output, argmax, rois, *ctx.input_shape, ctx.channels_last)
+    grad_input = call_backward(
+        ctx,
+        torch.ops.roipool.roi_pool_backward,
+        _roi_pool_backward_cpu,
+        grad_output,
+        argmax,
+        rois,
+        *ctx.input_shape,
+        ctx.channels_last,
+    )
     return grad_input, None, None, None, None
 
 
@@ -227,7 +238,15 @@ def _roi_pool_grad(ctx, grad_output):
     # The training forward on the CPU (see roi_pool()): the backward finds
     # the maxima again from the saved input instead of reading an argmax.
     input, rois = ctx.saved_tensors
-    grad_input = torch.ops.roipool.roi_pool_backward_recompute(grad_output, input, rois, *ctx.params)
+    grad_input = call_backward(
+        ctx,
+        torch.ops.roipool.roi_pool_backward_recompute,
+        _roi_pool_backward_recompute_cpu,
+        grad_output,
+        input,
+        rois,
+        *ctx.params,
+    )
     return grad_input, None, None, None, None
 
 
@@ -235,38 +254,9 @@ roi_pool_with_argmax_op.register_autograd(_roi_pool_with_argmax_grad, setup_cont
 roi_pool_op.register_autograd(_roi_pool_grad, setup_context=_roi_pool_setup)
 
 
-class _EagerRoIPool(torch.autograd.Function):
-    """A CPU training call without the custom ops' dispatch (``eager_cpu_training``): the same
-    routes (a stored argmax, or the maxima found again) and kernels as the ops' autograd."""
-
-    @staticmethod
-    def forward(ctx, input, rois, spatial_scale, pooled_height, pooled_width, recompute):
-        ctx.params = (spatial_scale, pooled_height, pooled_width)
-        ctx.recompute = recompute
-        if recompute:
-            ctx.save_for_backward(input, rois)
-            return _roi_pool_cpu(input, rois, spatial_scale, pooled_height, pooled_width)
-        out, argmax = _roi_pool_with_argmax_cpu(input, rois, spatial_scale, pooled_height, pooled_width)
-        ctx.save_for_backward(rois, argmax)
-        ctx.input_shape = tuple(input.shape)
-        ctx.channels_last = channels_last(input)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        through_op = backward_through_op()
-        if ctx.recompute:
-            input, rois = ctx.saved_tensors
-            args = (grad_output, input, rois, *ctx.params)
-            if through_op:
-                grad = torch.ops.roipool.roi_pool_backward_recompute(*args)
-            else:
-                grad = _roi_pool_backward_recompute_cpu(*args)
-        else:
-            rois, argmax = ctx.saved_tensors
-            args = (grad_output, argmax, rois, *ctx.input_shape, ctx.channels_last)
-            grad = torch.ops.roipool.roi_pool_backward(*args) if through_op else _roi_pool_backward_cpu(*args)
-        return grad, None, None, None, None, None
+# A CPU training call without the custom ops' dispatch (``train_eagerly``), on either route
+_WITH_ARGMAX_TRAINING = Training(_roi_pool_with_argmax_cpu, _roi_pool_with_argmax_setup, _roi_pool_with_argmax_grad)
+_RECOMPUTE_TRAINING = Training(_roi_pool_cpu, _roi_pool_setup, _roi_pool_grad)
 
 
 def roi_pool(input, boxes, output_size, spatial_scale=1.0):
@@ -294,8 +284,9 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0):
     if eager_cpu(input, rois):
         return _roi_pool_cpu(input, rois, scale, pooled_h, pooled_w)
     if eager_cpu_training(input, rois):
-        recompute = recompute_pays(input, rois, scale, pooled_h, pooled_w)
-        return _EagerRoIPool.apply(input, rois, scale, pooled_h, pooled_w, recompute)
+        if recompute_pays(input, rois, scale, pooled_h, pooled_w):
+            return train_eagerly(_RECOMPUTE_TRAINING, input, rois, scale, pooled_h, pooled_w)
+        return train_eagerly(_WITH_ARGMAX_TRAINING, input, rois, scale, pooled_h, pooled_w)[0]
     if needs_grad(input) and not recompute_pays(input, rois, scale, pooled_h, pooled_w):
         return torch.ops.roipool.roi_pool_with_argmax(input, rois, scale, pooled_h, pooled_w)[0]
     # The training forward is the inference op too: its backward finds the
