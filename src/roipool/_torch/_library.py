@@ -23,6 +23,11 @@ wired in four steps, all built from the pieces here:
    ``spatial_scale``) from ``_checks``, boxes to rois (:func:`boxes_to_rois`),
    then the training op if a gradient is wanted (:func:`needs_grad`) and the
    inference op otherwise, so no argmax is computed when no one will use it.
+   On plain CPU tensors with nothing watching the ops, the CPU kernel runs
+   without the op's dispatch: directly (:func:`eager_cpu`), or for training
+   under a plain autograd function with the op's own setup and backward
+   (:func:`train_eagerly`, :class:`Training`; backward ops through
+   :func:`call_backward`).
 
 Value checks that depend on the boxes' contents (batch index, finite
 coordinates) run inside the kernels (:func:`cpu_rois`, :func:`cpu_geometry`):
