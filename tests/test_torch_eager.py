@@ -202,3 +202,20 @@ def test_a_training_call_skips_the_ops_only_when_nothing_watches():
         with OpLog() as log:
             out.sum().backward()
         assert any(name.startswith(f"roipool::{op}_backward") for name in log.called)  # still sees the backward
+
+
+def test_an_eager_step_does_not_check_its_own_argmax_and_the_backward_op_checks_any(monkeypatch):
+    monkeypatch.setattr(torch_roi_pool, "recompute_pays", lambda *args: False)  # the stored-argmax route
+    checked = []
+    check = torch_roi_pool.cpu.argmax_outside
+    monkeypatch.setattr(torch_roi_pool.cpu, "argmax_outside", lambda *args: checked.append(1) or check(*args))
+    x, rois = _inputs(torch.float64, op="roi_pool")
+    x.requires_grad_()
+    out = OPS["roi_pool"][0](x, rois)
+    (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
+    assert checked == []  # its forward made the argmax, and only autograd holds it
+    (want,) = torch.autograd.grad(TRAINING["roi_pool/argmax"](x, rois), x, torch.ones_like(out))
+    assert checked and torch.equal(grad, want)  # through the op, the same gradient, checked
+    _, argmax = torch.ops.roipool.roi_pool_with_argmax(x.detach(), rois, 0.5, 3, 2)
+    with pytest.raises(ValueError, match="argmax holds indices outside"):
+        torch.ops.roipool.roi_pool_backward(torch.ones_like(out), argmax + 1000, rois, *x.shape)
