@@ -293,16 +293,16 @@ def roi_align_arguments(output_size, spatial_scale, sampling_ratio, aligned):
     return pooled_h, pooled_w, scale, sampling_ratio_int(sampling_ratio), flag(aligned, "aligned")
 
 
-def _memory_bytes() -> int:
-    """Physical memory of this machine in bytes (2**48 where the platform does not say)."""
+def physical_memory() -> int | None:
+    """Physical memory of this machine in bytes, or None where the platform does not say."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name
-        return 2**48
+        return None
 
 
-#: Read once at import: a plain number is also what ``torch.compile`` traces through.
-MEMORY_BYTES = _memory_bytes()
+#: Read once at import (2**48 where unknown): a plain number is also what ``torch.compile`` traces through.
+MEMORY_BYTES = physical_memory() or 2**48
 
 
 def fits_in_memory(shape, itemsize: int, name: str, asked, what: str = "the output") -> None:

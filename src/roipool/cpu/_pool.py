@@ -25,6 +25,7 @@ from collections import OrderedDict
 import numba
 import numpy as np
 
+from .. import _checks
 from ._parallel import launch
 
 ENVIRONMENT = "ROIPOOL_MEMORY_CACHE"
@@ -38,10 +39,8 @@ def default_limit() -> int:
             return checked_limit(int(value))
         except ValueError:
             raise ValueError(f"{ENVIRONMENT} must be a whole number of bytes, 0 or more, got {value!r}") from None
-    try:
-        return min(1 << 30, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 16)
-    except (AttributeError, ValueError, OSError):  # not POSIX: no sysconf names
-        return 256 << 20
+    memory = _checks.physical_memory()
+    return min(1 << 30, memory // 16) if memory else 256 << 20
 
 
 def checked_limit(max_bytes) -> int:
