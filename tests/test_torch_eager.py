@@ -1,5 +1,5 @@
 """Eager CPU calls that want no gradient run the kernel without the custom op's dispatch
-(``_torch._library.eager_cpu``), and training calls run the ops' kernels and backward functions
+(``_torch._library.eager_route``), and training calls run the ops' kernels and backward functions
 through a plain autograd function (``train_eagerly``): the same results and gradients, and
 whatever watches the ops still sees them."""
 
@@ -14,8 +14,8 @@ from .roi_family import OpLog, make_input, make_rois, torch
 # isort: split
 
 import roipool  # noqa: E402
+from roipool._torch import _library  # noqa: E402
 from roipool._torch import roi_pool as torch_roi_pool  # noqa: E402
-from roipool._torch._library import eager_cpu, eager_cpu_training  # noqa: E402
 
 # op: (public call, the same through torch.ops, channels of the map, box columns)
 OPS = {
@@ -80,7 +80,7 @@ def test_an_eager_call_gives_the_bits_and_memory_format_of_the_op(op, layout, dt
         x.requires_grad_()
     ctx = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}.get(grad_mode)
     with ctx() if ctx else torch.autograd.set_grad_enabled(True):
-        assert eager_cpu(x, rois)
+        assert _library.eager_route(x, rois) is _library.INFERENCE
         got = public(x, rois)
         want = through_op(x, rois)
     assert got.dtype == want.dtype == dtype and not got.requires_grad
@@ -95,27 +95,30 @@ class _Functions(torch.overrides.TorchFunctionMode):
 
 def test_the_kernel_runs_directly_only_when_nothing_watches():
     x, rois = _inputs()
-    assert eager_cpu(x, rois)
-    assert not eager_cpu(x.clone().requires_grad_(), rois)  # autograd wants a gradient
-    assert not eager_cpu(x, rois.clone().requires_grad_())  # a box gradient, for roi_align
-    assert not eager_cpu(torch.nn.Parameter(x), rois)  # a subclass
-    assert not eager_cpu(x.to("meta"), rois)
+    assert _library.eager_route(x, rois) is _library.INFERENCE
+    assert _library.eager_route(x.clone().requires_grad_(), rois) is _library.TRAINING  # autograd wants a gradient
+    assert _library.eager_route(x, rois.clone().requires_grad_()) is None  # a box gradient, for roi_align
+    assert _library.eager_route(torch.nn.Parameter(x), rois) is None  # a subclass
+    assert _library.eager_route(x, torch.nn.Parameter(rois, requires_grad=False)) is None
+    assert _library.eager_route(x.to("meta"), rois) is None
+    assert _library.eager_route(x, rois.to("meta")) is None
     with torch.no_grad():
-        assert eager_cpu(x.clone().requires_grad_(), rois)
+        assert _library.eager_route(x.clone().requires_grad_(), rois) is _library.INFERENCE
+        assert _library.eager_route(x, rois.clone().requires_grad_()) is _library.INFERENCE  # nothing is recorded
     with OpLog():
-        assert not eager_cpu(x, rois)
+        assert _library.eager_route(x, rois) is None
     with _Functions():
-        assert not eager_cpu(x, rois)
+        assert _library.eager_route(x, rois) is None
     with torch.profiler.profile():
-        assert not eager_cpu(x, rois)
+        assert _library.eager_route(x, rois) is None
     seen = []
 
     def probe(t):
-        seen.append(eager_cpu(t, rois))
+        seen.append(_library.eager_route(t, rois))
         return t
 
     torch.func.vmap(probe)(x)
-    assert seen == [False]
+    assert seen == [None]
 
 
 @pytest.mark.parametrize("op", sorted(OPS))
@@ -161,7 +164,7 @@ def test_a_training_call_gives_the_bits_gradients_and_formats_of_the_ops(route, 
     public, through_op = OPS[op][0], TRAINING[route]
     x, rois = _inputs(dtype, layout, op)
     x.requires_grad_()
-    assert eager_cpu_training(x, rois)
+    assert _library.eager_route(x, rois) is _library.TRAINING
     got, want = public(x, rois), through_op(x, rois)
     assert type(got.grad_fn).__name__.startswith("_Eager")  # the plain autograd function ran
     assert torch.equal(got, want) and got.stride() == want.stride()
@@ -181,15 +184,15 @@ def test_a_training_call_gives_the_bits_gradients_and_formats_of_the_ops(route, 
 def test_a_training_call_skips_the_ops_only_when_nothing_watches():
     x, rois = _inputs()
     x.requires_grad_()
-    assert eager_cpu_training(x, rois)
-    assert not eager_cpu_training(x.detach(), rois)  # no gradient wanted: eager_cpu's case
-    assert not eager_cpu_training(x, rois.clone().requires_grad_())  # a box gradient
-    assert not eager_cpu_training(torch.nn.Parameter(x.detach()), rois)  # a subclass
+    assert _library.eager_route(x, rois) is _library.TRAINING
+    assert _library.eager_route(x.detach(), rois) is _library.INFERENCE  # no gradient wanted
+    assert _library.eager_route(x, rois.clone().requires_grad_()) is None  # a box gradient
+    assert _library.eager_route(torch.nn.Parameter(x.detach()), rois) is None  # a subclass
     with torch.no_grad():
-        assert not eager_cpu_training(x, rois)
+        assert _library.eager_route(x, rois) is _library.INFERENCE
     for watcher in (OpLog, _Functions, torch.profiler.profile):
         with watcher():
-            assert not eager_cpu_training(x, rois)
+            assert _library.eager_route(x, rois) is None
     for op in sorted(OPS):
         x, rois = _inputs(op=op)
         x.requires_grad_()
@@ -219,3 +222,36 @@ def test_an_eager_step_does_not_check_its_own_argmax_and_the_backward_op_checks_
     _, argmax = torch.ops.roipool.roi_pool_with_argmax(x.detach(), rois, 0.5, 3, 2)
     with pytest.raises(ValueError, match="argmax holds indices outside"):
         torch.ops.roipool.roi_pool_backward(torch.ones_like(out), argmax + 1000, rois, *x.shape)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int32])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("zeros", [False, True])
+def test_outputs_start_on_a_cache_line_and_large_ones_come_from_numpy(dtype, channels_last, zeros):
+    from roipool.cpu._simd import HUGE_FROM, HUGE_PAGE
+
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    small = (3, 5, 7, 2)
+    large = (2, 64, 16, HUGE_FROM // (2 * 64 * itemsize))  # exactly HUGE_FROM bytes
+    for shape in (small, large):
+        out = _library.new_cpu_output(shape, dtype, channels_last, zeros)
+        want = torch.empty(
+            shape, dtype=dtype, memory_format=torch.channels_last if channels_last else torch.contiguous_format
+        )
+        assert out.shape == shape and out.dtype == dtype and out.stride() == want.stride()
+        assert out.data_ptr() % 64 == 0
+        if zeros:
+            assert not out.any()
+    # a NumPy buffer (huge pages, the memory cache) from HUGE_FROM bytes on, torch's own below
+    assert out.data_ptr() % HUGE_PAGE == 0
+    assert _library.new_cpu_tensor(small, dtype).untyped_storage().data_ptr() % 64 == 0
+
+
+def test_cpu_array_is_a_view_in_the_compute_dtype():
+    x = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4).transpose(1, 2).requires_grad_()
+    a = _library.cpu_array(x, torch.float32)
+    assert a.ctypes.data == x.data_ptr() and a.strides == tuple(4 * s for s in x.stride())  # no copy
+    b = _library.cpu_array(x, torch.float64)
+    assert b.dtype == np.float64 and np.array_equal(b, a)
+    assert _library.of_dtype(x, torch.float32) is x
+    assert _library.of_dtype(x, torch.float64).dtype == torch.float64

@@ -24,7 +24,7 @@ wired in four steps, all built from the pieces here:
    then the training op if a gradient is wanted (:func:`needs_grad`) and the
    inference op otherwise, so no argmax is computed when no one will use it.
    On plain CPU tensors with nothing watching the ops, the CPU kernel runs
-   without the op's dispatch: directly (:func:`eager_cpu`), or for training
+   without the op's dispatch (:func:`eager_route`): directly, or for training
    under a plain autograd function with the op's own setup and backward
    (:func:`train_eagerly`, :class:`Training`; backward ops through
    :func:`call_backward`).
@@ -47,6 +47,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import importlib
+import math
 import threading
 import warnings
 from typing import Callable, NamedTuple
@@ -55,7 +56,7 @@ import numpy as np
 import torch
 
 from .. import _checks
-from ..cpu._simd import empty_lines
+from ..cpu._simd import HUGE_FROM, empty_lines
 from ..cpu._tiles import channels_last_copy
 
 NAMESPACE = "roipool"
@@ -228,7 +229,7 @@ def _watchers_active() -> bool:
     function mode (``FakeTensorMode``, ``torch.export``), a functorch transform (``vmap``,
     ``grad``), the profiler or TorchScript tracing. Torch releases that lack one of the
     private probes count as watched. (Not to be traced by ``torch.compile``: see
-    :func:`eager_cpu`.)"""
+    :func:`eager_route`.)"""
     try:
         return bool(
             torch._C._len_torch_dispatch_stack()
@@ -241,33 +242,31 @@ def _watchers_active() -> bool:
         return True
 
 
-def eager_cpu(*tensors: torch.Tensor) -> bool:
-    """Whether an op's CPU kernel may run directly, without going through its custom op.
+#: :func:`eager_route`'s answers: the op's CPU kernel runs directly, or under :func:`train_eagerly`.
+INFERENCE, TRAINING = "inference", "training"
+
+
+def eager_route(input: torch.Tensor, rois: torch.Tensor) -> str | None:
+    """How an op's call may skip its custom op's dispatch: :data:`INFERENCE`, :data:`TRAINING`, or None.
 
     A call through ``torch.ops`` costs 60 to 150 us of Python dispatch here
     (``docs/pytorch.md``), as long as a small call's work. It is skipped only
-    where nothing can tell: plain tensors (not a subclass) on the CPU, none that
-    autograd wants a gradient for, and nothing watching (:func:`_watchers_active`).
-    The kernel and its result are the same either way.
+    where nothing can tell: plain tensors (not a subclass) on the CPU, boxes
+    that autograd wants no gradient for, and nothing watching
+    (:func:`_watchers_active`). Then :data:`INFERENCE` when autograd wants no
+    gradient for ``input`` either (the CPU kernel runs directly), else
+    :data:`TRAINING` (:func:`train_eagerly`). The kernels, and so the results
+    and gradients, are the same either way.
     """
     if torch.compiler.is_compiling():  # first: Dynamo cannot trace the probes below
-        return False
-    for t in tensors:
-        if type(t) is not torch.Tensor or t.device.type != "cpu" or (t.requires_grad and torch.is_grad_enabled()):
-            return False
-    return not _watchers_active()
-
-
-def eager_cpu_training(input: torch.Tensor, rois: torch.Tensor) -> bool:
-    """Whether a training call may run through :func:`train_eagerly` instead of its custom op: as
-    :func:`eager_cpu`, but autograd wants a gradient for ``input`` (and none for ``rois``)."""
-    if torch.compiler.is_compiling():  # first: Dynamo cannot trace the probes below
-        return False
-    if type(input) is not torch.Tensor or type(rois) is not torch.Tensor:
-        return False
-    if input.device.type != "cpu" or rois.device.type != "cpu" or rois.requires_grad:
-        return False
-    return input.requires_grad and torch.is_grad_enabled() and not _watchers_active()
+        return None
+    if type(input) is not torch.Tensor or type(rois) is not torch.Tensor or not (input.is_cpu and rois.is_cpu):
+        return None
+    grad = torch.is_grad_enabled()
+    if grad and rois.requires_grad:
+        return None
+    route = TRAINING if grad and input.requires_grad else INFERENCE
+    return None if _watchers_active() else route
 
 
 class Training(NamedTuple):
@@ -300,7 +299,7 @@ def train_eagerly(training: Training, *inputs):
     """``training.cpu(*inputs)`` under a plain ``torch.autograd.Function`` that runs the op's own
     ``setup_context`` and backward: a training call without its custom op's dispatch.
 
-    Where :func:`eager_cpu_training` allows it. A custom op's autograd goes
+    Where :func:`eager_route` allows it. A custom op's autograd goes
     through ``torch.library``'s dispatch in the forward and again in the
     backward, 110 to 140 us of Python a step on a 2-core AMD EPYC, about the
     kernels' time on a small call (``docs/pytorch.md``). The backward calls the
@@ -341,14 +340,21 @@ def cpu_nhwc(input: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
 
 
 def new_cpu_tensor(shape, dtype: torch.dtype, zeros: bool = False) -> torch.Tensor:
-    """An uninitialised (or zeroed) CPU tensor whose memory NumPy allocated.
+    """An uninitialised (or zeroed) CPU tensor, its data on a cache line.
 
-    NumPy asks the kernel for huge pages on large arrays, which halves the cost
-    of first touching a large output (the RoI family's outputs and argmaxes
-    are hundreds of MB on detection workloads); torch's CPU allocator does not.
-    Its data starts on a cache line, as torch's would (``cpu._simd.empty_lines``).
+    From ``cpu._simd.HUGE_FROM`` bytes its memory comes from NumPy
+    (``cpu._simd.empty_lines``): NumPy asks the kernel for huge pages on large
+    arrays, which halves the cost of first touching a large output (the RoI
+    family's outputs and argmaxes are hundreds of MB on detection workloads),
+    and roipool's memory cache keeps them between calls; torch's CPU
+    allocator does neither. A smaller one is torch's own (on a 64-byte line
+    too), one call instead of half a dozen: about 90 us less after an idle
+    spell on a 2-core AMD EPYC, a sixth of a small call there.
     """
-    return torch.from_numpy(empty_lines(tuple(shape), numpy_dtype(dtype), zeros))
+    shape = tuple(int(d) for d in shape)
+    if math.prod(shape) * dtype.itemsize < HUGE_FROM:
+        return (torch.zeros if zeros else torch.empty)(shape, dtype=dtype)
+    return torch.from_numpy(empty_lines(shape, numpy_dtype(dtype), zeros))
 
 
 def channels_last(input: torch.Tensor) -> bool:
@@ -402,6 +408,17 @@ def cpu_batch_index(rois: torch.Tensor, num_images: int) -> np.ndarray:
     if batch.size and (batch.min() < 0 or batch.max() >= num_images):
         raise ValueError(f"rois hold batch indices outside [0, {num_images})")
     return batch
+
+
+def cpu_array(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """The CPU tensor ``t`` as a NumPy array of ``dtype``: a view of its memory, strides kept, when it already
+    is of ``dtype`` (no ``.to`` call then: 10 to 40 us on a small call after an idle spell here)."""
+    return of_dtype(t.detach(), dtype).numpy()
+
+
+def of_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t.to(dtype)``, without the call when ``t`` already is of ``dtype`` (the same tensor either way)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def numpy_dtype(dtype: torch.dtype) -> np.dtype:

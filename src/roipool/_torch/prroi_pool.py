@@ -23,6 +23,8 @@ import torch
 from .. import _checks
 from ..cpu import prroi_pool as cpu
 from ._library import (
+    INFERENCE,
+    TRAINING,
     Training,
     boxes_to_rois,
     call_backward,
@@ -30,13 +32,14 @@ from ._library import (
     check_input,
     check_output_fits,
     compute_dtype,
+    cpu_array,
     cpu_rois,
     define,
-    eager_cpu,
-    eager_cpu_training,
+    eager_route,
     fake_output,
     new_cpu_output,
     new_cpu_tensor,
+    of_dtype,
     quiet_when_tracing,
     train_eagerly,
 )
@@ -52,11 +55,11 @@ def _taps(rois, num_images, dtype, spatial_scale, pooled_height, pooled_width, h
 def _prroi_pool_cpu(input, rois, spatial_scale, pooled_height, pooled_width):
     n, channels, height, width = input.shape
     dtype = compute_dtype(input.dtype)
-    x = input.detach().to(dtype).numpy()  # no copy in the compute dtype; the launcher reads any strides
+    x = cpu_array(input, dtype)  # no copy in the compute dtype; the launcher reads any strides
     rois_np, taps = _taps(rois, n, dtype, spatial_scale, pooled_height, pooled_width, height, width)
     out = new_cpu_output((rois_np.shape[0], channels, pooled_height, pooled_width), dtype, channels_last(input))
     cpu.launch_forward(x, taps, out.numpy())
-    return out.to(input.dtype)
+    return of_dtype(out, input.dtype)
 
 
 def _prroi_pool_fake(input, rois, spatial_scale, pooled_height, pooled_width):
@@ -67,11 +70,11 @@ def _prroi_pool_backward_cpu(
     grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, channels_last=False
 ):
     dtype = compute_dtype(grad.dtype)
-    grad_out = grad.detach().to(dtype).numpy()  # read in place when contiguous or channels-last
+    grad_out = cpu_array(grad, dtype)  # read in place when contiguous or channels-last
     _, taps = _taps(rois, batch_size, dtype, spatial_scale, pooled_height, pooled_width, height, width)
     grad_in = new_cpu_output((batch_size, channels, height, width), dtype, channels_last)
     cpu.launch_backward(grad_out, taps, grad_in.numpy())
-    return grad_in.to(grad.dtype)
+    return of_dtype(grad_in, grad.dtype)
 
 
 def _prroi_pool_backward_fake(
@@ -84,8 +87,8 @@ def _prroi_pool_boxes_backward_cpu(grad, input, rois, spatial_scale, pooled_heig
     n, channels, height, width = input.shape
     dtype = compute_dtype(input.dtype)
     k = grad.shape[0]
-    grad_out = grad.detach().to(dtype).numpy()
-    x = input.detach().to(dtype).numpy()
+    grad_out = cpu_array(grad, dtype)
+    x = cpu_array(input, dtype)
     _, taps = _taps(rois, n, dtype, spatial_scale, pooled_height, pooled_width, height, width)
     grad_boxes = new_cpu_tensor((k, 5), dtype, zeros=True)
     corners = grad_boxes.numpy()[:, 1:]
@@ -187,8 +190,9 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0):
         pooled_h, pooled_w, scale = _checks.prroi_arguments(output_size, spatial_scale)
         rois = boxes_to_rois(boxes, input)
         check_output_fits(input, rois, input.shape[1], (pooled_h, pooled_w), output_size)
-    if eager_cpu(input, rois):
+    route = eager_route(input, rois)
+    if route is INFERENCE:
         return _prroi_pool_cpu(input, rois, scale, pooled_h, pooled_w)
-    if eager_cpu_training(input, rois):
+    if route is TRAINING:
         return train_eagerly(_TRAINING, input, rois, scale, pooled_h, pooled_w)
     return torch.ops.roipool.prroi_pool(input, rois, scale, pooled_h, pooled_w)

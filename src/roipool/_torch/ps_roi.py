@@ -15,6 +15,8 @@ from .. import _checks
 from ..cpu import ps_roi as cpu
 from ..cpu.ps_roi import PSRoITaps
 from ._library import (
+    INFERENCE,
+    TRAINING,
     Training,
     boxes_to_rois,
     call_backward,
@@ -25,10 +27,10 @@ from ._library import (
     cpu_geometry,
     cpu_nchw,
     define,
-    eager_cpu,
-    eager_cpu_training,
+    eager_route,
     fake_output,
     in_format,
+    of_dtype,
     quiet_when_tracing,
     train_eagerly,
 )
@@ -55,7 +57,7 @@ def _ps_forward_cpu(make_taps, input, rois, spatial_scale, pooled_height, pooled
     _, taps = _taps(
         make_taps, rois, n, input.dtype, (spatial_scale, pooled_height, pooled_width, sampling_ratio), height, width
     )
-    out = torch.from_numpy(cpu.launch_forward(cpu_nchw(input), taps)).to(input.dtype)
+    out = of_dtype(torch.from_numpy(cpu.launch_forward(cpu_nchw(input), taps)), input.dtype)
     # The position-sensitive kernels write NCHW (their map copy is bin-major):
     # a channels-last result costs one transposing copy.
     return in_format(out, channels_last(input))
@@ -72,7 +74,7 @@ def _ps_backward_cpu(
     expected = (rois_np.shape[0], channels_out, pooled_height, pooled_width)
     _checks.grad_output_shape(grad.shape, expected, f"these rois and input shape {shape}", "grad")
     grad_in = cpu.launch_backward(cpu_nchw(grad), taps, shape)
-    return in_format(torch.from_numpy(grad_in).to(grad.dtype), channels_last)
+    return in_format(of_dtype(torch.from_numpy(grad_in), grad.dtype), channels_last)
 
 
 def _ps_forward_fake(input, rois, spatial_scale, pooled_height, pooled_width, *sampling_ratio):
@@ -256,9 +258,10 @@ def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
         dtype, differentiable with respect to ``input``.
     """
     rois, scale, pooled_h, pooled_w = _ps_public(input, boxes, output_size, spatial_scale)
-    if eager_cpu(input, rois):
+    route = eager_route(input, rois)
+    if route is INFERENCE:
         return _ps_roi_pool_cpu(input, rois, scale, pooled_h, pooled_w)
-    if eager_cpu_training(input, rois):
+    if route is TRAINING:
         return train_eagerly(_PS_ROI_POOL_TRAINING, input, rois, scale, pooled_h, pooled_w)
     return torch.ops.roipool.ps_roi_pool(input, rois, scale, pooled_h, pooled_w)
 
@@ -271,8 +274,9 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
     """
     rois, scale, pooled_h, pooled_w = _ps_public(input, boxes, output_size, spatial_scale)
     ratio = _checks.sampling_ratio_int(sampling_ratio)
-    if eager_cpu(input, rois):
+    route = eager_route(input, rois)
+    if route is INFERENCE:
         return _ps_roi_align_cpu(input, rois, scale, pooled_h, pooled_w, ratio)
-    if eager_cpu_training(input, rois):
+    if route is TRAINING:
         return train_eagerly(_PS_ROI_ALIGN_TRAINING, input, rois, scale, pooled_h, pooled_w, ratio)
     return torch.ops.roipool.ps_roi_align(input, rois, scale, pooled_h, pooled_w, ratio)

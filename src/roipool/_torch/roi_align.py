@@ -17,6 +17,8 @@ from .. import _checks
 from ..cpu import roi_align as cpu
 from . import onnx
 from ._library import (
+    INFERENCE,
+    TRAINING,
     Training,
     boxes_to_rois,
     call_backward,
@@ -24,12 +26,13 @@ from ._library import (
     check_input,
     check_output_fits,
     compute_dtype,
+    cpu_array,
     cpu_geometry,
     define,
-    eager_cpu,
-    eager_cpu_training,
+    eager_route,
     fake_output,
     new_cpu_output,
+    of_dtype,
     quiet_when_tracing,
     train_eagerly,
 )
@@ -46,13 +49,13 @@ def _taps(rois, num_images, dtype, spatial_scale, pooled_height, pooled_width, s
 def _roi_align_cpu(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
     n, channels, height, width = input.shape
     dtype = compute_dtype(input.dtype)
-    x = input.detach().to(dtype).numpy()  # no copy in the compute dtype; the kernel reads any strides
+    x = cpu_array(input, dtype)  # no copy in the compute dtype; the kernel reads any strides
     rois_np, taps = _taps(
         rois, n, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, height, width
     )
     out = new_cpu_output((rois_np.shape[0], channels, pooled_height, pooled_width), dtype, channels_last(input))
     cpu.launch_forward(x, taps, out.numpy())
-    return out.to(input.dtype)
+    return of_dtype(out, input.dtype)
 
 
 def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
@@ -74,13 +77,13 @@ def _roi_align_backward_cpu(
     channels_last=False,
 ):
     dtype = compute_dtype(grad.dtype)
-    grad_out = grad.detach().to(dtype).numpy()  # read in place when contiguous or channels-last
+    grad_out = cpu_array(grad, dtype)  # read in place when contiguous or channels-last
     _, taps = _taps(
         rois, batch_size, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, height, width
     )
     grad_in = new_cpu_output((batch_size, channels, height, width), dtype, channels_last)
     cpu.launch_backward(grad_out, taps, grad_in.numpy())
-    return grad_in.to(grad.dtype)
+    return of_dtype(grad_in, grad.dtype)
 
 
 def _roi_align_backward_fake(
@@ -123,10 +126,10 @@ def _roi_align_boxes_backward_cpu(
     rois_np, taps = _taps(
         rois, n, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, height, width
     )
-    x = input.detach().to(dtype).numpy()
-    grad_out = grad.detach().to(dtype).numpy()
+    x = cpu_array(input, dtype)
+    grad_out = cpu_array(grad, dtype)
     grad_rois = cpu.launch_boxes_backward(x, grad_out, rois_np, taps, float(spatial_scale), sampling_ratio, aligned)
-    return torch.from_numpy(grad_rois).to(rois.dtype)
+    return of_dtype(torch.from_numpy(grad_rois), rois.dtype)
 
 
 def _roi_align_boxes_backward_fake(
@@ -239,10 +242,11 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
         )
         rois = boxes_to_rois(boxes, input)
         check_output_fits(input, rois, input.shape[1], (pooled_h, pooled_w), output_size)
+    route = eager_route(input, rois)
+    if route is INFERENCE:
+        return _roi_align_cpu(input, rois, scale, pooled_h, pooled_w, ratio, aligned)
+    if route is TRAINING:
+        return train_eagerly(_TRAINING, input, rois, scale, pooled_h, pooled_w, ratio, aligned)
     if onnx.dynamo_onnx_export():
         return onnx.roi_align_node(input, rois, scale, pooled_h, pooled_w, ratio, aligned)
-    if eager_cpu(input, rois):
-        return _roi_align_cpu(input, rois, scale, pooled_h, pooled_w, ratio, aligned)
-    if eager_cpu_training(input, rois):
-        return train_eagerly(_TRAINING, input, rois, scale, pooled_h, pooled_w, ratio, aligned)
     return torch.ops.roipool.roi_align(input, rois, scale, pooled_h, pooled_w, ratio, aligned)

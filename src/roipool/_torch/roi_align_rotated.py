@@ -24,33 +24,28 @@ from .. import _checks
 from ..cpu import roi_align_rotated as kernels
 from ..cpu._tiles import channels_last_copy
 from ._library import (
+    INFERENCE,
+    TRAINING,
     Training,
     boxes_to_rois,
     call_backward,
     channels_last,
     check_feature_map,
     compute_dtype,
+    cpu_array,
     cpu_rois,
     define,
-    eager_cpu,
-    eager_cpu_training,
+    eager_route,
     fake_output,
     new_cpu_output,
     numpy_dtype,
+    of_dtype,
     quiet_when_tracing,
     train_eagerly,
 )
 
 _ARGS = "float spatial_scale, int pooled_height, int pooled_width, int sampling_ratio, bool aligned, bool clockwise"
 _SHAPE = "int batch_size, int channels, int height, int width"
-
-
-def _numpy(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
-    """``t`` as a NumPy array of ``dtype`` (a view when it already is; strides kept)."""
-    t = t.detach()
-    if t.dtype != dtype:
-        t = t.to(dtype)
-    return t.numpy()
 
 
 def _frames(rois, num_images, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise):
@@ -66,8 +61,8 @@ def _forward_cpu(input, rois, spatial_scale, pooled_height, pooled_width, sampli
     frames = _frames(rois, n, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise)
     out = new_cpu_output((frames.num_rois, channels, pooled_height, pooled_width), dtype, channels_last(input))
     if out.numel():
-        kernels.launch_forward(_numpy(input, dtype), frames, out.numpy())
-    return out.to(input.dtype)
+        kernels.launch_forward(cpu_array(input, dtype), frames, out.numpy())
+    return of_dtype(out, input.dtype)
 
 
 def _forward_fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise):
@@ -80,7 +75,7 @@ def _grad_out(grad, frames, channels):
     expected = (frames.num_rois, channels, frames.pooled_h, frames.pooled_w)
     if tuple(grad.shape) != expected:
         raise ValueError(f"grad must have shape {expected} for these rois, got {tuple(grad.shape)}")
-    return _numpy(grad, compute_dtype(grad.dtype))
+    return cpu_array(grad, compute_dtype(grad.dtype))
 
 
 def _backward_cpu(
@@ -94,7 +89,7 @@ def _backward_cpu(
     grad_out = _grad_out(grad, frames, channels)
     grad_in = new_cpu_output((batch_size, channels, height, width), dtype, channels_last)
     kernels.launch_backward(grad_out, frames, grad_in.numpy())
-    return grad_in.to(grad.dtype)
+    return of_dtype(grad_in, grad.dtype)
 
 
 def _backward_fake(
@@ -111,10 +106,10 @@ def _box_backward_cpu(
     n, channels = input.shape[:2]
     frames = _frames(rois, n, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise)
     grad_out = _grad_out(grad.to(dtype), frames, channels)
-    x_nhwc = channels_last_copy(_numpy(input, dtype))
+    x_nhwc = channels_last_copy(cpu_array(input, dtype))
     grad_boxes = np.zeros((frames.num_rois, 6), numpy_dtype(dtype))
     kernels.launch_box_backward(x_nhwc, grad_out, frames, grad_boxes[:, 1:])
-    return torch.from_numpy(grad_boxes).to(rois.dtype)
+    return of_dtype(torch.from_numpy(grad_boxes), rois.dtype)
 
 
 def _box_backward_fake(grad, input, rois, *args):
@@ -210,9 +205,10 @@ def roi_align_rotated(input, boxes, output_size, spatial_scale=1.0, sampling_rat
         aligned = _checks.flag(aligned, "aligned")
         clockwise = _checks.flag(clockwise, "clockwise")
         rois = boxes_to_rois(boxes, input, rotated=True)
-    if eager_cpu(input, rois):
+    route = eager_route(input, rois)
+    if route is INFERENCE:
         return _forward_cpu(input, rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise)
-    if eager_cpu_training(input, rois):
+    if route is TRAINING:
         return train_eagerly(_TRAINING, input, rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise)
     return torch.ops.roipool.roi_align_rotated(
         input, rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise

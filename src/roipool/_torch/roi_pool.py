@@ -16,6 +16,8 @@ from ..cpu import roi_pool as cpu
 from ..cpu._machine import avx512, l2_bytes
 from . import onnx
 from ._library import (
+    INFERENCE,
+    TRAINING,
     Training,
     boxes_to_rois,
     call_backward,
@@ -23,15 +25,16 @@ from ._library import (
     check_input,
     check_output_fits,
     compute_dtype,
+    cpu_array,
     cpu_batch_index,
     cpu_geometry,
     cpu_nhwc,
     define,
-    eager_cpu,
-    eager_cpu_training,
+    eager_route,
     fake_output,
     needs_grad,
     new_cpu_output,
+    of_dtype,
     quiet_when_tracing,
     train_eagerly,
 )
@@ -67,7 +70,7 @@ def _roi_pool_cpu(input, rois, spatial_scale, pooled_height, pooled_width):
     call = _CpuRoIPool(input, rois, spatial_scale, pooled_height, pooled_width)
     out = call.new_output()
     cpu.launch_forward(call.x, call.bins, out.numpy())
-    return out.to(call.input_dtype)
+    return of_dtype(out, call.input_dtype)
 
 
 def _roi_pool_fake(input, rois, spatial_scale, pooled_height, pooled_width):
@@ -79,7 +82,7 @@ def _roi_pool_with_argmax_cpu(input, rois, spatial_scale, pooled_height, pooled_
     out = call.new_output()
     argmax = call.new_output(torch.int32)
     cpu.launch_forward_argmax(call.x, call.bins, out.numpy(), argmax.numpy())
-    return out.to(call.input_dtype), argmax
+    return of_dtype(out, call.input_dtype), argmax
 
 
 def _roi_pool_with_argmax_fake(input, rois, spatial_scale, pooled_height, pooled_width):
@@ -105,11 +108,11 @@ def _own_argmax_backward_cpu(grad, argmax, rois, batch_size, channels, height, w
 
 def _scatter_at_argmax(grad, argmax_np, rois, batch_size, channels, height, width, channels_last):
     dtype = compute_dtype(grad.dtype)
-    grad_out = grad.detach().to(dtype).numpy()  # read in place when in the gradient's memory order
+    grad_out = cpu_array(grad, dtype)  # read in place when in the gradient's memory order
     batch = cpu_batch_index(rois, batch_size)
     grad_in = new_cpu_output((batch_size, channels, height, width), dtype, channels_last, zeros=True)
     cpu.launch_backward(grad_out, argmax_np, batch, grad_in.numpy())
-    return grad_in.to(grad.dtype)
+    return of_dtype(grad_in, grad.dtype)
 
 
 def _roi_pool_backward_fake(grad, argmax, rois, batch_size, channels, height, width, channels_last=False):
@@ -140,7 +143,7 @@ def _roi_pool_backward_recompute_cpu(grad, input, rois, spatial_scale, pooled_he
     grad_out = grad.detach().to(call.dtype).numpy()  # read in place when contiguous or channels-last
     grad_in = new_cpu_output(input.shape, call.dtype, call.channels_last_output)
     cpu.launch_backward_recompute(call.x, call.channels_last, call.bins, grad_out, grad_in.numpy())
-    return grad_in.to(grad.dtype)
+    return of_dtype(grad_in, grad.dtype)
 
 
 def _roi_pool_backward_recompute_fake(grad, input, rois, spatial_scale, pooled_height, pooled_width):
@@ -290,14 +293,15 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0):
         scale = _checks.positive_scale(spatial_scale)
         rois = boxes_to_rois(boxes, input)
         check_output_fits(input, rois, input.shape[1], (pooled_h, pooled_w), output_size)
-    if onnx.dynamo_onnx_export():
-        return onnx.max_roi_pool_node(input, rois, scale, pooled_h, pooled_w)
-    if eager_cpu(input, rois):
+    route = eager_route(input, rois)
+    if route is INFERENCE:
         return _roi_pool_cpu(input, rois, scale, pooled_h, pooled_w)
-    if eager_cpu_training(input, rois):
+    if route is TRAINING:
         if recompute_pays(input, rois, scale, pooled_h, pooled_w):
             return train_eagerly(_RECOMPUTE_TRAINING, input, rois, scale, pooled_h, pooled_w)
         return train_eagerly(_WITH_ARGMAX_TRAINING, input, rois, scale, pooled_h, pooled_w)[0]
+    if onnx.dynamo_onnx_export():
+        return onnx.max_roi_pool_node(input, rois, scale, pooled_h, pooled_w)
     if needs_grad(input) and not recompute_pays(input, rois, scale, pooled_h, pooled_w):
         return torch.ops.roipool.roi_pool_with_argmax(input, rois, scale, pooled_h, pooled_w)[0]
     # The training forward is the inference op too: its backward finds the
