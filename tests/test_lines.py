@@ -1,5 +1,6 @@
 """Arrays that start on a 64-byte cache line: ``cpu._simd.empty_lines`` and ``scratch_lines``, and the
-outputs and map copies allocated through them (NumPy starts a large array 16 bytes into a line)."""
+outputs and map copies allocated through them (NumPy starts a large array 16 bytes into a line);
+results under ``_numpy._layout.LINES_FROM`` bytes are NumPy's own."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import pytest
 import torch
 
 import roipool
+from roipool._numpy import _layout
+from roipool._numpy._layout import LINES_FROM
 from roipool.cpu._simd import HUGE_FROM, HUGE_PAGE, VECTOR_BYTES, empty_lines, scratch_lines
 from roipool.cpu._tiles import channels_last_copy
 from roipool.cpu.roi_align import blocked_map
@@ -113,3 +116,20 @@ def test_outputs_and_map_copies_start_on_a_line():
         blocked_map(x),
     ):
         assert _starts_a_line(out)
+
+
+@pytest.mark.parametrize("nhwc", [False, True])
+@pytest.mark.parametrize("zeros", [False, True])
+def test_small_results_are_numpys_own_and_large_ones_start_a_line(nhwc, zeros):
+    for channels, expect_line in ((LINES_FROM // (4 * 64) - 1, False), (LINES_FROM // (4 * 64), True)):
+        shape = (2, channels, 4, 8)  # float32: just under LINES_FROM bytes, then exactly
+        a = _layout.empty(shape, np.float32, nhwc, zeros)
+        assert a.shape == shape and a.dtype == np.float32
+        assert (np.moveaxis(a, 1, -1) if nhwc else a).flags.c_contiguous
+        if expect_line:
+            assert _starts_a_line(a)
+        else:
+            own = a.base if nhwc else a  # the channels-last result is a view of it
+            assert own.base is None  # NumPy's own allocation, not a view into a longer buffer
+        if zeros:
+            assert not a.any()

@@ -12,6 +12,8 @@ wrote channels-last memory.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import _checks
@@ -41,13 +43,29 @@ def shape_in(input_shape, nhwc: bool, name: str = "input_shape"):
     return n, c, h, w
 
 
+#: Results of fewer bytes are NumPy's own arrays, not moved onto a cache line (:func:`empty`).
+LINES_FROM = 256 << 10
+
+
 def empty(shape, dtype, nhwc: bool, zeros: bool = False) -> np.ndarray:
     """An uninitialised (or zeroed) array of logical shape ``shape (A, C, B, D)``, channels-last in
-    memory when ``nhwc``, starting on a cache line (``cpu._simd.empty_lines``)."""
-    if not nhwc:
-        return empty_lines(shape, dtype, zeros)
+    memory when ``nhwc``; from :data:`LINES_FROM` bytes it starts on a cache line
+    (``cpu._simd.empty_lines``).
+
+    A result is written once, so on a small one the line saves less than it
+    costs: asking NumPy where its buffer starts took 35 to 70 us of a small
+    call after an idle spell on a 2-core AMD EPYC, against well under a
+    microsecond of vector stores split over two lines. (The kernels' copies of
+    a feature map, whose cells are read many times, always start on a line.)
+    """
     a, c, b, d = shape
-    return np.moveaxis(empty_lines((a, b, d, c), dtype, zeros), 3, 1)
+    order = (a, b, d, c) if nhwc else (a, c, b, d)
+    dtype = np.dtype(dtype)
+    if math.prod(order) * dtype.itemsize >= LINES_FROM:
+        out = empty_lines(order, dtype, zeros)
+    else:
+        out = (np.zeros if zeros else np.empty)(order, dtype)
+    return np.moveaxis(out, 3, 1) if nhwc else out
 
 
 def map_out(result: np.ndarray, nhwc: bool) -> np.ndarray:
