@@ -236,3 +236,41 @@ def test_balanced_chunks_follow_their_definition(seed, two_threads):
     bounds = _parallel.balanced_chunks(cost, per_thread)
     assert bounds.dtype == np.int64
     assert bounds.tolist() == _chunks_by_definition(cost, min(k, 2 * per_thread))
+
+
+def test_a_one_thread_launch_takes_every_roi_in_one_run_and_the_split_is_made_for_more(two_threads, monkeypatch):
+    from roipool.cpu import roi_align
+
+    rois = random_rois(np.random.default_rng(7), 40, 1, 8, 8, 0.5).astype(np.float32)
+    taps = roi_align.RoIAlignTaps(rois, 0.5, 3, 3, 2, True, 8, 8)
+    monkeypatch.setattr(_parallel, "GRAIN", 1000)
+    assert taps.runs(999).tolist() == [0, 40]
+    assert "bounds" not in vars(taps)  # not computed: one thread takes the RoIs in one run
+    assert taps.runs(1000).tolist() == _parallel.balanced_chunks(taps.cost).tolist()
+    assert len(taps.runs(1000)) > 2
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_every_op_gives_the_same_bits_in_one_run_on_one_thread_as_in_parts(two_threads, monkeypatch, layout):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 12, 9, 11)).astype(np.float32)
+    xl = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if layout == "nhwc" else x
+    rois = random_rois(rng, 23, 2, 9, 11, 0.5).astype(np.float32)
+    centres, sides = rng.uniform(0, 20, (23, 2)), rng.uniform(1, 9, (23, 2))
+    rotated = np.column_stack([rois[:, :1], centres, sides, rng.uniform(-2, 2, 23)]).astype(np.float32)
+    calls = {
+        "roi_pool": lambda: roipool.roi_pool(xl, rois, 3, 0.5, layout=layout),
+        "roi_pool argmax": lambda: roipool.roi_pool_with_argmax(xl, rois, 3, 0.5, layout=layout)[1],
+        "roi_align": lambda: roipool.roi_align(xl, rois, 3, 0.5, 2, True, layout=layout),
+        "prroi_pool": lambda: roipool.prroi_pool(xl, rois, 3, 0.5, layout=layout),
+        "roi_align_rotated": lambda: roipool.roi_align_rotated(xl, rotated, 3, 0.5, 2, True, layout=layout),
+    }
+    if layout == "nchw":  # the box gradients' runs
+        upstream = rng.standard_normal((23, 12, 3, 3)).astype(np.float32)
+        calls["roi_align boxes"] = lambda: roipool.roi_align_boxes_backward(upstream, x, rois, 3, 0.5, 2, True)
+        calls["prroi_pool boxes"] = lambda: roipool.prroi_pool_boxes_backward(upstream, x, rois, 3, 0.5)
+    for name, call in calls.items():
+        monkeypatch.setattr(_parallel, "GRAIN", 0)  # in parts, the RoIs in balanced runs
+        in_parts = call()
+        monkeypatch.setattr(_parallel, "GRAIN", MANY)  # on the calling thread, all in one run
+        np.testing.assert_array_equal(call(), in_parts, err_msg=name)

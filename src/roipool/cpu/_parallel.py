@@ -17,6 +17,7 @@ it.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import platform
@@ -200,6 +201,12 @@ def _workers(count: int) -> _Pool:
         return _pool
 
 
+def launch_threads(values: int, tasks: int | None = None) -> int:
+    """How many threads :func:`launch` runs a kernel of ``values`` (and ``tasks``, where given) on."""
+    count = threads() if values >= GRAIN else 1
+    return count if tasks is None else max(1, min(count, tasks))
+
+
 def launch(kernel, *args, values: int, tasks: int | None = None) -> list:
     """``[kernel(*args, part, parts) for part in range(parts)]``, the parts shared out as threads come free.
 
@@ -217,9 +224,7 @@ def launch(kernel, *args, values: int, tasks: int | None = None) -> list:
     first error is raised), so no thread still writes into the caller's
     arrays.
     """
-    count = threads() if values >= GRAIN else 1
-    if tasks is not None:
-        count = max(1, min(count, tasks))
+    count = launch_threads(values, tasks)
     if count == 1:
         return [kernel(*args, 0, 1)]
     parts = count * min(PARTS_PER_THREAD, max(1, values // (count * PART_VALUES)))
@@ -243,6 +248,27 @@ def launch(kernel, *args, values: int, tasks: int | None = None) -> list:
     if failed:
         raise failed[0]
     return results
+
+
+class BalancedRuns:
+    """A call's geometry (taps, bins) whose RoIs a kernel visits by runs: its ``cost (K,)`` gives
+    :attr:`bounds`, computed when first asked for, and :meth:`runs` for a given launch."""
+
+    cost: np.ndarray
+
+    @functools.cached_property
+    def bounds(self) -> np.ndarray:
+        """Runs of RoIs of about equal cost (:func:`balanced_chunks`), for a launch on several threads."""
+        return balanced_chunks(self.cost)
+
+    def runs(self, values: int) -> np.ndarray:
+        """:attr:`bounds` for a launch of ``values`` (:func:`launch`), or one run of every RoI where
+        that launch takes one thread: it visits the same RoIs in the same order, so the results
+        are the same, and the split, a compiled call of 20 to 30 us after an idle spell, is not
+        made."""
+        if launch_threads(values) == 1:
+            return np.array([0, len(self.cost)], np.int64)
+        return self.bounds
 
 
 def balanced_chunks(cost: np.ndarray, pieces_per_thread: int = 8) -> np.ndarray:

@@ -49,7 +49,7 @@ import numpy as np
 
 from .. import _checks
 from . import roi_align as align
-from ._parallel import balanced_chunks, launch, share
+from ._parallel import BalancedRuns, launch, share
 from ._simd import ZERO, borrowed, scratch_lines, vector_lanes
 from ._tiles import bins_order, load_tile
 
@@ -278,7 +278,7 @@ def _accumulate(acc, at1, at2, e1, e2, g, t, cw):
 # ---- launchers: the NumPy and torch frontends call these ----
 
 
-class PrRoITaps:
+class PrRoITaps(BalancedRuns):
     """The taps of every RoI of one call and the split of the RoIs into balanced runs.
 
     ``rois (K, 5)`` validated (``_checks.rois_array``) in the compute dtype;
@@ -293,9 +293,8 @@ class PrRoITaps:
         _checks.scaled_boxes_finite(rois, scale)
         (
             self.batch, self.hptr, self.hidx, self.hwt, self.hd1, self.hd2,
-            self.wptr, self.widx, self.wwt, self.wd1, self.wd2, cost,
+            self.wptr, self.widx, self.wwt, self.wd1, self.wd2, self.cost,
         ) = prroi_taps(rois, scale, pooled_h, pooled_w, height, width)  # fmt: skip
-        self.bounds = balanced_chunks(cost)
 
     @property
     def arrays(self):
@@ -324,4 +323,5 @@ def launch_boxes_backward(grad_out, x, taps: PrRoITaps, grad_boxes) -> None:
         return
     go, go_nhwc = bins_order(grad_out, copy=True)
     xb = align.blocked_map(x)
-    launch(boxes_backward, xb, go, go_nhwc, *taps.derivative_arrays, taps.bounds, grad_boxes, values=xb.size + go.size)
+    values = xb.size + go.size
+    launch(boxes_backward, xb, go, go_nhwc, *taps.derivative_arrays, taps.runs(values), grad_boxes, values=values)

@@ -89,7 +89,7 @@ import numpy as np
 
 from .. import _checks
 from ._machine import avx512, scratch_band, sweep_strip, sweeps_map_rows
-from ._parallel import balanced_chunks, launch, row_sweep, share, sweep_band, threads, whole_rois
+from ._parallel import BalancedRuns, launch, row_sweep, share, sweep_band, threads, whole_rois
 from ._simd import (
     FALSE,
     VECTOR_BYTES,
@@ -843,7 +843,7 @@ def _scatter2(src, t, dst, base, step_i, idx_i, wt_i, i0, i1, step_j, idx_j, wt_
 TAP_EVALUATION = AUTO
 
 
-class RoIAlignTaps:
+class RoIAlignTaps(BalancedRuns):
     """The separable bilinear taps of every RoI of one call and the split of the RoIs into balanced runs.
 
     ``rois (K, 5)`` are validated (``_checks.rois_array``) and in the compute
@@ -858,10 +858,9 @@ class RoIAlignTaps:
         self.num_rois = rois.shape[0]
         scale = rois.dtype.type(spatial_scale)
         _checks.scaled_boxes_finite(rois, scale, 0.5 if aligned else 0.0)
-        (self.batch, self.hptr, self.hidx, self.hwt, self.wptr, self.widx, self.wwt, cost) = roi_align_taps(
+        (self.batch, self.hptr, self.hidx, self.hwt, self.wptr, self.widx, self.wwt, self.cost) = roi_align_taps(
             rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width
         )
-        self.bounds = balanced_chunks(cost)
 
     @property
     def arrays(self):
@@ -903,7 +902,7 @@ def launch_forward(x, taps: RoIAlignTaps, out) -> None:
     # (kernels.md; on the maskrcnn workload the copy alone moves 56 MB each way).
     x_nhwc = x.transpose(0, 2, 3, 1).flags.c_contiguous
     xb = x.transpose(0, 2, 3, 1) if x_nhwc else blocked_map(x)
-    bounds, items = _forward_items(x, taps, nhwc)
+    bounds, items = _forward_items(x, taps, nhwc, x.size + view.size)
     # a swept NCHW output is written channels-last in its own memory, then each RoI turned in place
     transpose = not nhwc and items.shape[0] > 0
     dst = view.reshape(view.shape[0], -1, view.shape[1]) if transpose else view
@@ -923,16 +922,17 @@ def launch_forward(x, taps: RoIAlignTaps, out) -> None:
         channels_first_in_place(dst)
 
 
-def _forward_items(x, taps, nhwc: bool) -> tuple[np.ndarray, np.ndarray]:
+def _forward_items(x, taps, nhwc: bool, values: int) -> tuple[np.ndarray, np.ndarray]:
     """``(bounds, items)`` of :func:`forward`: on a map larger than a quarter of the L3
     (``_machine.sweeps_map_rows``), pieces of bin rows in the order of a sweep down strips of
     the map, for either output (:func:`launch_forward` writes an NCHW one channels-last first);
-    otherwise whole RoIs into channels-last, and into NCHW the RoI runs alone (no items)."""
+    otherwise whole RoIs into channels-last, and into NCHW the RoI runs alone (no items), for a
+    launch of ``values`` (``RoIAlignTaps.runs``)."""
     _, channels, height, width = x.shape
     if not sweeps_map_rows(height * width * channels * x.itemsize):
         if not nhwc:
-            return taps.bounds, np.zeros((0, 5), np.int64)
-        return taps.bounds, whole_rois(taps.num_rois, taps.pooled_h, taps.pooled_w)
+            return taps.runs(values), np.zeros((0, 5), np.int64)
+        return taps.runs(values), whole_rois(taps.num_rois, taps.pooled_h, taps.pooled_w)
     rows, cols = np.diff(taps.hptr, axis=1), np.diff(taps.wptr, axis=1)  # taps per bin row, bin column
     strip = sweep_strip(sweep_band(rows, cols), channels * x.itemsize)
     first_row, first_col = _first_taps(taps.hptr, taps.hidx), _first_taps(taps.wptr, taps.widx)
@@ -1236,8 +1236,9 @@ def launch_boxes_backward(x, grad_out, rois, taps: RoIAlignTaps, spatial_scale, 
     nhwc = channels_last_copy(x)
     go, go_nhwc = bins_order(grad_out, copy=True)
     scale = rois.dtype.type(spatial_scale)
+    values = nhwc.size + go.size
     launch(
-        boxes_backward, nhwc, go, go_nhwc, rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, taps.bounds,
-        grad_rois, values=nhwc.size + go.size,
+        boxes_backward, nhwc, go, go_nhwc, rois, scale, pooled_h, pooled_w, sampling_ratio, aligned,
+        taps.runs(values), grad_rois, values=values,
     )  # fmt: skip
     return grad_rois

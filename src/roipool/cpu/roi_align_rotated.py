@@ -40,7 +40,7 @@ import math
 import numba
 import numpy as np
 
-from ._parallel import balanced_chunks, launch, share, threads
+from ._parallel import BalancedRuns, launch, share, threads
 from ._simd import FALSE, ZERO, borrowed, scratch_lines, vector_lanes
 from ._tiles import bins_order, load_tile, memory_order, store_tile, store_tile_lines
 from .roi_align import UNROLL, _gather, _scatter, blocked_map, channel_block, map_origin, rois_by_image
@@ -357,7 +357,7 @@ def _slope_dot(xl, n, y, x, height, width, g):
 # ---- the geometry of one call, and the launchers ----
 
 
-class Frames:
+class Frames(BalancedRuns):
     """The frame of every rotated RoI (centre, bin sizes, cos, sin), its sample grid, and the work split.
 
     ``rois (K, 6)`` are validated (``_checks.rotated_rois_array`` and
@@ -404,8 +404,7 @@ class Frames:
             grids[:, 0] = np.maximum(np.ceil(roi_h / t(pooled_h)), 0)
             grids[:, 1] = np.maximum(np.ceil(roi_w / t(pooled_w)), 0)
         self.grids = grids
-        cost = (grids[:, 0] * grids[:, 1] + 1).astype(np.float64) * (pooled_h * pooled_w)
-        self.bounds = balanced_chunks(cost)
+        self.cost = (grids[:, 0] * grids[:, 1] + 1).astype(np.float64) * (pooled_h * pooled_w)
 
     @property
     def arrays(self):
@@ -423,7 +422,8 @@ def launch_forward(x, frames: Frames, out) -> None:
     view, nhwc = bins_order(out)
     x_nhwc = x.transpose(0, 2, 3, 1).flags.c_contiguous  # read in place: no blocked copy
     xb = x.transpose(0, 2, 3, 1) if x_nhwc else blocked_map(x)
-    launch(forward, xb, x_nhwc, *frames.arrays, frames.bounds, view, nhwc, values=xb.size + view.size)
+    values = xb.size + view.size
+    launch(forward, xb, x_nhwc, *frames.arrays, frames.runs(values), view, nhwc, values=values)
 
 
 def launch_backward(grad_out, frames: Frames, grad_in) -> None:

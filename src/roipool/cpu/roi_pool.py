@@ -50,7 +50,7 @@ import numba
 import numpy as np
 
 from ._machine import scratch_band, sweep_strip, sweeps_map_rows, tile_channels
-from ._parallel import balanced_chunks, launch, row_sweep, share, sweep_band, threads, whole_rois
+from ._parallel import BalancedRuns, launch, row_sweep, share, sweep_band, threads, whole_rois
 from ._simd import (
     FALSE,
     VECTOR_BYTES,
@@ -673,7 +673,7 @@ def count_outside(values, lo, hi, part, parts):
 # (which hands in views of its own tensors) share them.
 
 
-class RoIPoolBins:
+class RoIPoolBins(BalancedRuns):
     """Bin edges of every RoI of one call and the split of the RoIs into balanced runs.
 
     ``rois (K, 5)`` are validated (``_checks.rois_array``) and in the compute
@@ -688,7 +688,6 @@ class RoIPoolBins:
         self.batch, self.hbins, self.wbins, self.cost = roi_pool_bins(
             rois, rois.dtype.type(spatial_scale), pooled_h, pooled_w, height, width
         )
-        self.bounds = balanced_chunks(self.cost)
 
     def cells_per_bin(self) -> float:
         """Mean number of map cells a bin reads; 0 without RoIs."""
@@ -716,9 +715,10 @@ def _forward_plan(x_nhwc, bins: RoIPoolBins, view, nhwc: bool):
     """
     k, channels = bins.num_rois, x_nhwc.shape[3]
     if not sweeps_map_rows(x_nhwc[0].nbytes):
+        runs = bins.runs(x_nhwc.size + view.size)  # the launch's values
         if not nhwc:
-            return view, bins.bounds, np.zeros((0, 5), np.int64), False
-        return view, bins.bounds, whole_rois(k, bins.pooled_h, bins.pooled_w), False
+            return view, runs, np.zeros((0, 5), np.int64), False
+        return view, runs, whole_rois(k, bins.pooled_h, bins.pooled_w), False
     rows, cols = np.diff(bins.hbins, axis=2)[:, :, 0], np.diff(bins.wbins, axis=2)[:, :, 0]
     strip = sweep_strip(sweep_band(rows, cols), channels * x_nhwc.itemsize)
     items, bounds = row_sweep(bins.hbins[:, :, 0], bins.wbins[:, :, 0], rows, cols, bins.batch, x_nhwc.shape[1], strip)
