@@ -170,3 +170,19 @@ def test_boxes_that_overflow_the_compute_dtype_are_refused_only_there():
     np.testing.assert_array_equal(_checks.rois_array(rows, 1, np.dtype(np.float64)), rows)
     with pytest.raises(ValueError, match=r"box 0 has a coordinate that is NaN or infinite \(or overflows float32\)"):
         _checks.rois_array(rows, 1, np.dtype(np.float32))
+
+
+def test_boxes_as_a_list_become_the_rows_of_every_image_in_order():
+    per_image = [
+        np.array([[1, 2, 3, 4], [5, 6, 7, 8]], ">f8"),  # big-endian float64
+        np.zeros((0, 4), np.float32),  # an image without boxes
+        np.array([[9, 10, 11, 12]], np.int16),
+    ]
+    rows = _checks.rois_array(per_image, 3, np.dtype(np.float32))
+    want = np.array([[0, 1, 2, 3, 4], [0, 5, 6, 7, 8], [2, 9, 10, 11, 12]], np.float32)
+    assert rows.dtype == np.float32 and rows.flags.c_contiguous
+    np.testing.assert_array_equal(rows, want)
+    assert _checks.rois_array([np.zeros((0, 4))] * 2, 2, np.dtype(np.float64)).shape == (0, 5)
+    # a coordinate that overflows the compute dtype is reported by its row among all images' rows
+    with pytest.raises(ValueError, match="box 2 has a coordinate that is NaN or infinite"):
+        _checks.rois_array([per_image[0], np.array([[0, 0, 1e39, 1]])], 2, np.dtype(np.float32))

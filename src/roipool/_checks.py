@@ -125,11 +125,12 @@ def rois_array(boxes, num_images: int, dtype: np.dtype, name: str = "boxes") -> 
     The first bad row is reported.
     """
     if isinstance(boxes, (list, tuple)):
-        rows = _assemble_rois(boxes, num_images, dtype, name, 4, box_list_item_shape, rois_shape)
+        # assembled in a new array of the output's dtype: checked in place
+        rows = out = _assemble_rois(boxes, num_images, dtype, name, 4, box_list_item_shape, rois_shape)
     else:
         rows = _real_array(boxes, name)
         rois_shape(rows.shape, name)
-    out = np.empty(rows.shape, np.dtype(dtype).newbyteorder("="))
+        out = np.empty(rows.shape, np.dtype(dtype).newbyteorder("="))
     compiled = _compiled()
     k, problem = compiled.rois_rows(_compiled_operand(rows), num_images, out)
     if problem == compiled.BATCH_NOT_WHOLE:
@@ -178,16 +179,19 @@ def _assemble_rois(boxes, num_images: int, dtype, name: str, columns: int, item_
     dtype = np.dtype(dtype).newbyteorder("=")
     if isinstance(boxes, (list, tuple)):
         box_list_length(len(boxes), num_images, name)
-        parts = []
+        arrays = []
         for i, b in enumerate(boxes):
-            arr = _real_array(b, f"{name}[{i}]")
-            item_shape(arr.shape, f"{name}[{i}]")
-            part = np.empty((arr.shape[0], columns + 1), dtype=dtype)
-            part[:, 0] = i
+            arrays.append(_real_array(b, f"{name}[{i}]"))
+            item_shape(arrays[-1].shape, f"{name}[{i}]")
+        out = np.empty((sum(a.shape[0] for a in arrays), columns + 1), dtype)
+        start = 0
+        for i, arr in enumerate(arrays):  # each image's rows written once, in place
+            rows = out[start : start + arr.shape[0]]
+            rows[:, 0] = i
             with np.errstate(over="ignore"):
-                part[:, 1:] = arr
-            parts.append(part)
-        return np.concatenate(parts, axis=0) if parts else np.empty((0, columns + 1), dtype)
+                rows[:, 1:] = arr
+            start += arr.shape[0]
+        return out
     arr = _real_array(boxes, name)
     rows_shape(arr.shape, name)
     _batch_index_column(arr[:, 0], num_images, name)
