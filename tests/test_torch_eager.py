@@ -255,3 +255,27 @@ def test_cpu_array_is_a_view_in_the_compute_dtype():
     assert b.dtype == np.float64 and np.array_equal(b, a)
     assert _library.of_dtype(x, torch.float32) is x
     assert _library.of_dtype(x, torch.float64).dtype == torch.float64
+
+
+FIRST_CALL_COMPILED = """
+import torch, roipool
+x, r = torch.randn(1, 4, 8, 8), torch.tensor([[0, 0, 0, 4, 4.0]])
+for op in (roipool.roi_align, roipool.roi_pool, roipool.prroi_pool):
+    torch._dynamo.reset()
+    step = torch.compile(lambda x, r: op(x, r, 2, 1.0), fullgraph=True, backend="aot_eager")
+    assert torch.equal(step(x, r), op(x, r, 2, 1.0))
+print("ok")
+"""
+
+
+def test_the_first_call_of_a_process_may_be_under_torch_compile_fullgraph():
+    """The public functions' lazy imports must be ones Dynamo traces (an ``importlib`` call is not)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(roipool.__file__)))
+    result = subprocess.run(
+        [sys.executable, "-c", FIRST_CALL_COMPILED], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]

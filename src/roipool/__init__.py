@@ -36,6 +36,31 @@ __all__ = [
 ]
 
 
+def _frontend(name: str):
+    """The NumPy frontend module ``roipool._numpy.<name>``. They are imported together on the
+    first NumPy call (Numba's import is most of the cost either way) and kept here: an import
+    statement in every call took 10 to 20 us of a small call after an idle spell (the import
+    machinery's Python code), a lookup here a few. The torch paths keep their import statement,
+    which ``torch.compile`` traces."""
+    module = _FRONTENDS.get(name)
+    if module is None:
+        from ._numpy import _layout, prroi_pool, ps_roi, roi_align, roi_align_rotated, roi_pool
+
+        _FRONTENDS.update(
+            _layout=_layout,
+            prroi_pool=prroi_pool,
+            ps_roi=ps_roi,
+            roi_align=roi_align,
+            roi_align_rotated=roi_align_rotated,
+            roi_pool=roi_pool,
+        )
+        module = _FRONTENDS[name]
+    return module
+
+
+_FRONTENDS: dict = {}
+
+
 def _is_tensor(x) -> bool:
     """A torch tensor, or a ``torch.fx.Proxy`` standing for one while ``torch.fx`` traces (the torch path records it)."""
     torch = sys.modules.get("torch")
@@ -49,6 +74,8 @@ def _is_tensor(x) -> bool:
 
 def _tensor_layout(layout) -> None:
     """Tensors carry their memory format: ``layout`` may only be its default there."""
+    if type(layout) is str and layout == "nchw":  # the default, without the checks' case folding
+        return
     from ._checks import layout_is_nhwc
 
     if layout_is_nhwc(layout):
@@ -59,6 +86,8 @@ def _tensor_layout(layout) -> None:
 
 
 def _nhwc(layout) -> bool:
+    if type(layout) is str and layout == "nchw":  # the default: 40 us less after an idle spell
+        return False
     from ._checks import layout_is_nhwc
 
     return layout_is_nhwc(layout)
@@ -89,8 +118,8 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0, *, layout="nchw"):
 
         _tensor_layout(layout)
         return torch_frontend.roi_pool(input, boxes, output_size, spatial_scale)
-    from ._numpy import _layout
-    from ._numpy import roi_pool as numpy_frontend
+    _layout = _frontend("_layout")
+    numpy_frontend = _frontend("roi_pool")
 
     nhwc = _nhwc(layout)
     out = numpy_frontend.roi_pool(_layout.map_in(input, nhwc, "input"), boxes, output_size, spatial_scale, nhwc)
@@ -106,8 +135,8 @@ def roi_pool_with_argmax(input, boxes, output_size, spatial_scale=1.0, *, layout
 
     ``layout="nhwc"``: every array and shape channels-last, as in :func:`roi_pool`.
     """
-    from ._numpy import _layout
-    from ._numpy import roi_pool as numpy_frontend
+    _layout = _frontend("_layout")
+    numpy_frontend = _frontend("roi_pool")
 
     nhwc = _nhwc(layout)
     x = _layout.map_in(input, nhwc, "input")
@@ -132,8 +161,8 @@ def roi_pool_backward(grad_output, argmax, boxes, input_shape, *, input=None, sp
 
     ``layout="nhwc"``: every array and shape channels-last, as in :func:`roi_pool`.
     """
-    from ._numpy import _layout
-    from ._numpy import roi_pool as numpy_frontend
+    _layout = _frontend("_layout")
+    numpy_frontend = _frontend("roi_pool")
 
     nhwc = _nhwc(layout)
     grad = numpy_frontend.roi_pool_backward(
@@ -184,8 +213,8 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
 
         _tensor_layout(layout)
         return torch_frontend.roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
-    from ._numpy import _layout
-    from ._numpy import roi_align as numpy_frontend
+    _layout = _frontend("_layout")
+    numpy_frontend = _frontend("roi_align")
 
     nhwc = _nhwc(layout)
     x = _layout.map_in(input, nhwc, "input")
@@ -205,8 +234,8 @@ def roi_align_backward(
 
     ``layout="nhwc"``: every array and shape channels-last, as in :func:`roi_align`.
     """
-    from ._numpy import _layout
-    from ._numpy import roi_align as numpy_frontend
+    _layout = _frontend("_layout")
+    numpy_frontend = _frontend("roi_align")
 
     nhwc = _nhwc(layout)
     grad = numpy_frontend.roi_align_backward(
@@ -241,8 +270,8 @@ def roi_align_boxes_backward(
 
     ``layout="nhwc"``: every array and shape channels-last, as in :func:`roi_align`.
     """
-    from ._numpy import _layout
-    from ._numpy import roi_align as numpy_frontend
+    _layout = _frontend("_layout")
+    numpy_frontend = _frontend("roi_align")
 
     nhwc = _nhwc(layout)
     return numpy_frontend.roi_align_boxes_backward(
@@ -288,8 +317,8 @@ def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0, *, layout="nchw"):
 
         _tensor_layout(layout)
         return torch_frontend.ps_roi_pool(input, boxes, output_size, spatial_scale)
-    from ._numpy import _layout
-    from ._numpy import ps_roi as numpy_frontend
+    _layout = _frontend("_layout")
+    numpy_frontend = _frontend("ps_roi")
 
     nhwc = _nhwc(layout)
     out = numpy_frontend.ps_roi_pool(_layout.map_in(input, nhwc, "input"), boxes, output_size, spatial_scale)
@@ -306,8 +335,8 @@ def ps_roi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_s
 
     ``layout="nhwc"``: every array and shape channels-last, as in :func:`ps_roi_pool`.
     """
-    from ._numpy import _layout
-    from ._numpy import ps_roi as numpy_frontend
+    _layout = _frontend("_layout")
+    numpy_frontend = _frontend("ps_roi")
 
     nhwc = _nhwc(layout)
     grad = numpy_frontend.ps_roi_pool_backward(
@@ -350,8 +379,8 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
 
         _tensor_layout(layout)
         return torch_frontend.ps_roi_align(input, boxes, output_size, spatial_scale, sampling_ratio)
-    from ._numpy import _layout
-    from ._numpy import ps_roi as numpy_frontend
+    _layout = _frontend("_layout")
+    numpy_frontend = _frontend("ps_roi")
 
     nhwc = _nhwc(layout)
     x = _layout.map_in(input, nhwc, "input")
@@ -368,8 +397,8 @@ def ps_roi_align_backward(
 
     ``layout="nhwc"``: every array and shape channels-last, as in :func:`ps_roi_align`.
     """
-    from ._numpy import _layout
-    from ._numpy import ps_roi as numpy_frontend
+    _layout = _frontend("_layout")
+    numpy_frontend = _frontend("ps_roi")
 
     nhwc = _nhwc(layout)
     grad = numpy_frontend.ps_roi_align_backward(
@@ -430,8 +459,8 @@ def roi_align_rotated(
         return torch_frontend.roi_align_rotated(
             input, boxes, output_size, spatial_scale, sampling_ratio, aligned, clockwise
         )
-    from ._numpy import _layout
-    from ._numpy import roi_align_rotated as _rotated
+    _layout = _frontend("_layout")
+    _rotated = _frontend("roi_align_rotated")
 
     nhwc = _nhwc(layout)
     x = _layout.map_in(input, nhwc, "input")
@@ -460,8 +489,8 @@ def roi_align_rotated_backward(
 
     ``layout="nhwc"``: every array and shape channels-last, as in :func:`roi_align_rotated`.
     """
-    from ._numpy import _layout
-    from ._numpy import roi_align_rotated as _rotated
+    _layout = _frontend("_layout")
+    _rotated = _frontend("roi_align_rotated")
 
     nhwc = _nhwc(layout)
     grad = _rotated.roi_align_rotated_backward(
@@ -515,8 +544,8 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0, *, layout="nchw"):
 
         _tensor_layout(layout)
         return torch_frontend.prroi_pool(input, boxes, output_size, spatial_scale)
-    from ._numpy import _layout
-    from ._numpy import prroi_pool as _prroi
+    _layout = _frontend("_layout")
+    _prroi = _frontend("prroi_pool")
 
     nhwc = _nhwc(layout)
     out = _prroi.prroi_pool(_layout.map_in(input, nhwc, "input"), boxes, output_size, spatial_scale, nhwc)
@@ -534,8 +563,8 @@ def prroi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_sc
 
     ``layout="nhwc"``: every array and shape channels-last, as in :func:`prroi_pool`.
     """
-    from ._numpy import _layout
-    from ._numpy import prroi_pool as _prroi
+    _layout = _frontend("_layout")
+    _prroi = _frontend("prroi_pool")
 
     nhwc = _nhwc(layout)
     grad = _prroi.prroi_pool_backward(
@@ -561,8 +590,8 @@ def prroi_pool_boxes_backward(grad_output, input, boxes, output_size, spatial_sc
 
     ``layout="nhwc"``: every array and shape channels-last, as in :func:`prroi_pool`.
     """
-    from ._numpy import _layout
-    from ._numpy import prroi_pool as _prroi
+    _layout = _frontend("_layout")
+    _prroi = _frontend("prroi_pool")
 
     nhwc = _nhwc(layout)
     return _prroi.prroi_pool_boxes_backward(
