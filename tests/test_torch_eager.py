@@ -97,7 +97,7 @@ def test_the_kernel_runs_directly_only_when_nothing_watches():
     x, rois = _inputs()
     assert _library.eager_route(x, rois) is _library.INFERENCE
     assert _library.eager_route(x.clone().requires_grad_(), rois) is _library.TRAINING  # autograd wants a gradient
-    assert _library.eager_route(x, rois.clone().requires_grad_()) is None  # a box gradient, for roi_align
+    assert _library.eager_route(x, rois.clone().requires_grad_()) is _library.TRAINING  # a box gradient
     assert _library.eager_route(torch.nn.Parameter(x), rois) is None  # a subclass
     assert _library.eager_route(x, torch.nn.Parameter(rois, requires_grad=False)) is None
     assert _library.eager_route(x.to("meta"), rois) is None
@@ -186,7 +186,7 @@ def test_a_training_call_skips_the_ops_only_when_nothing_watches():
     x.requires_grad_()
     assert _library.eager_route(x, rois) is _library.TRAINING
     assert _library.eager_route(x.detach(), rois) is _library.INFERENCE  # no gradient wanted
-    assert _library.eager_route(x, rois.clone().requires_grad_()) is None  # a box gradient
+    assert _library.eager_route(x, rois.clone().requires_grad_()) is _library.TRAINING  # a box gradient too
     assert _library.eager_route(torch.nn.Parameter(x.detach()), rois) is None  # a subclass
     with torch.no_grad():
         assert _library.eager_route(x, rois) is _library.INFERENCE
@@ -279,3 +279,46 @@ def test_the_first_call_of_a_process_may_be_under_torch_compile_fullgraph():
         [sys.executable, "-c", FIRST_CALL_COMPILED], env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+# ops with a gradient with respect to the boxes
+BOX_GRADIENTS = ["roi_align", "prroi_pool", "roi_align_rotated"]
+
+
+@pytest.mark.parametrize("op", BOX_GRADIENTS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("wanted", ["both", "boxes"])
+def test_a_training_call_with_box_gradients_gives_the_ops_gradients(op, layout, wanted):
+    public, through_op = OPS[op][:2]
+    x, rois = _inputs(torch.float64, layout, op)
+    x.requires_grad_(wanted == "both")
+    rois.requires_grad_()
+    assert _library.eager_route(x, rois) is _library.TRAINING
+    got, want = public(x, rois), through_op(x, rois)
+    assert type(got.grad_fn).__name__.startswith("_Eager")
+    assert torch.equal(got, want)
+    upstream = torch.linspace(-1, 2, got.numel(), dtype=torch.float64).reshape(got.shape)
+    inputs = (x, rois) if wanted == "both" else (rois,)
+    grads = torch.autograd.grad(got, inputs, upstream)
+    grads_want = torch.autograd.grad(want, inputs, upstream)
+    for g, w in zip(grads, grads_want):
+        assert torch.equal(g, w) and g.stride() == w.stride()
+    assert grads[-1].abs().sum() > 0  # the boxes' gradient is there, not zeros
+    out = public(x, rois)  # nothing watches this forward; a watcher that starts after it
+    with OpLog() as log:
+        torch.autograd.grad(out, inputs, upstream)
+    assert any("box" in name and name.endswith("backward") for name in log.called)  # still sees the backward
+
+
+@pytest.mark.parametrize("op", sorted(set(OPS) - set(BOX_GRADIENTS)))
+def test_boxes_that_want_a_gradient_get_none_from_an_op_without_one_as_through_the_op(op):
+    public, through_op = OPS[op][:2]
+    x, rois = _inputs(torch.float64, op=op)
+    x.requires_grad_()
+    rois.requires_grad_()
+    got, want = public(x, rois), through_op(x, rois)
+    assert type(got.grad_fn).__name__.startswith("_Eager")
+    grads = torch.autograd.grad(got.sum(), (x, rois), allow_unused=True)
+    grads_want = torch.autograd.grad(want.sum(), (x, rois), allow_unused=True)
+    assert torch.equal(grads[0], grads_want[0])
+    assert grads[1] is None and grads_want[1] is None

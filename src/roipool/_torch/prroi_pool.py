@@ -146,7 +146,15 @@ def _grad(ctx, grad_output):
             ctx.channels_last,
         )
     if ctx.needs_input_grad[1]:
-        grad_rois = torch.ops.roipool.prroi_pool_boxes_backward(grad_output, input, rois, *ctx.params)
+        grad_rois = call_backward(
+            ctx,
+            torch.ops.roipool.prroi_pool_boxes_backward,
+            _prroi_pool_boxes_backward_cpu,
+            grad_output,
+            input,
+            rois,
+            *ctx.params,
+        )
     return grad_input, grad_rois, None, None, None
 
 

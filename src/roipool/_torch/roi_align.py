@@ -175,7 +175,15 @@ def _roi_align_grad(ctx, grad_output):
             ctx.channels_last,
         )
     if ctx.boxes_grad:
-        grad_rois = torch.ops.roipool.roi_align_boxes_backward(grad_output, input, rois, *ctx.params)
+        grad_rois = call_backward(
+            ctx,
+            torch.ops.roipool.roi_align_boxes_backward,
+            _roi_align_boxes_backward_cpu,
+            grad_output,
+            input,
+            rois,
+            *ctx.params,
+        )
     return grad_input, grad_rois, None, None, None, None, None
 
 

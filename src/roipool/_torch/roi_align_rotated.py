@@ -156,7 +156,15 @@ def _grad(ctx, grad_output):
             ctx.channels_last,
         )
     if ctx.needs_input_grad[1]:
-        grad_rois = torch.ops.roipool.roi_align_rotated_box_backward(grad_output, input, rois, *ctx.params)
+        grad_rois = call_backward(
+            ctx,
+            torch.ops.roipool.roi_align_rotated_box_backward,
+            _box_backward_cpu,
+            grad_output,
+            input,
+            rois,
+            *ctx.params,
+        )
     return grad_input, grad_rois, None, None, None, None, None, None
 
 

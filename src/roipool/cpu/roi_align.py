@@ -849,7 +849,7 @@ class RoIAlignTaps(BalancedRuns):
     ``rois (K, 5)`` are validated (``_checks.rois_array``) and in the compute
     dtype; the feature map is ``height x width``. Raises ``ValueError`` for a
     box whose scaled corners or extent overflow the compute dtype.
-    :attr:`arrays` (``geometry.roi_align_taps``) and ``bounds`` are what the
+    :attr:`arrays` (``geometry.roi_align_taps``) and :meth:`runs` are what the
     kernels take.
     """
 

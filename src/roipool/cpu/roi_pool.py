@@ -679,7 +679,7 @@ class RoIPoolBins(BalancedRuns):
     ``rois (K, 5)`` are validated (``_checks.rois_array``) and in the compute
     dtype; the feature map is ``height x width``. Attributes ``batch (K,)``,
     ``hbins (K, PH, 2)``, ``wbins (K, PW, 2)`` (``geometry.roi_pool_bins``),
-    ``cost (K,)`` and ``bounds`` are what the kernels take.
+    ``cost (K,)`` and the runs (:meth:`runs`) are what the kernels take.
     """
 
     def __init__(self, rois, spatial_scale, pooled_h, pooled_w, height, width):
