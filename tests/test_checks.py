@@ -186,3 +186,30 @@ def test_boxes_as_a_list_become_the_rows_of_every_image_in_order():
     # a coordinate that overflows the compute dtype is reported by its row among all images' rows
     with pytest.raises(ValueError, match="box 2 has a coordinate that is NaN or infinite"):
         _checks.rois_array([per_image[0], np.array([[0, 0, 1e39, 1]])], 2, np.dtype(np.float32))
+
+
+def test_scalar_arguments_give_plain_python_values_of_any_accepted_type():
+    """Plain ints, floats and bools take a shortcut; NumPy scalars and sequences the full checks: same values."""
+    for size in (7, np.int64(7), np.uint8(7), (7, 7), [7, np.int32(7)], np.array([7, 7])):
+        assert _checks.output_size_pair(size) == (7, 7)
+        assert all(type(v) is int for v in _checks.output_size_pair(size))
+    for scale in (0.25, np.float32(0.25), np.float64(0.25), 1):
+        value = _checks.positive_scale(scale)
+        assert type(value) is float and value == float(scale)
+    for ratio in (2, -1, 0, np.int16(2), 2**31 - 1):
+        value = _checks.sampling_ratio_int(ratio)
+        assert type(value) is int and value == int(ratio)
+    for flag in (True, False, np.bool_(True)):
+        value = _checks.flag(flag, "aligned")
+        assert type(value) is bool and value == bool(flag)
+    for bad, error in ((0, ValueError), (-3, ValueError), (True, TypeError)):
+        with pytest.raises(error, match="output_size"):
+            _checks.output_size_pair(bad)
+    for bad in (0.0, -0.5, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="spatial_scale must be finite and positive"):
+            _checks.positive_scale(bad)
+    with pytest.raises(ValueError, match="below 2"):
+        _checks.sampling_ratio_int(2**31)
+    assert _checks.compute_dtype(np.float16) == np.float32 and _checks.compute_dtype(">f8") == np.float64
+    for _ in range(2):  # computed, then remembered
+        assert _checks.compute_dtype(np.dtype(">f8")) == np.float64 and _checks.compute_dtype(np.dtype(">f8")).isnative

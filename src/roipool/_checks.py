@@ -3,6 +3,11 @@
 Each check raises ``TypeError`` (wrong kind of thing) or ``ValueError`` (right
 kind, bad value) with a message that names the argument. Checks never modify
 the caller's arrays: anything normalised is a new array.
+
+The scalar checks try a plain ``int``, ``float`` or ``bool`` first: the
+``numbers`` ABCs' ``isinstance`` took 30 of the 43 us that checking
+``roi_align``'s four arguments took after an idle spell (AMD EPYC), and a
+small call makes a dozen such checks.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ _FLOAT_KINDS = ("f",)
 
 def output_size_pair(output_size, name: str = "output_size") -> tuple[int, int]:
     """``int`` or ``(pooled_h, pooled_w)`` -> ``(pooled_h, pooled_w)``, both positive."""
+    if type(output_size) is int and output_size > 0:  # the common case, without the ABC checks
+        return output_size, output_size
     if isinstance(output_size, (bool, np.bool_)):
         raise TypeError(f"{name} must be an int or a pair of ints, got bool {output_size!r}")
     if isinstance(output_size, numbers.Integral):
@@ -39,6 +46,8 @@ def output_size_pair(output_size, name: str = "output_size") -> tuple[int, int]:
 
 def positive_scale(spatial_scale, name: str = "spatial_scale") -> float:
     """A finite, positive real number."""
+    if type(spatial_scale) is float and 0.0 < spatial_scale < math.inf:  # the common case, as below
+        return spatial_scale
     if isinstance(spatial_scale, (bool, np.bool_)) or not isinstance(spatial_scale, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(spatial_scale).__name__}")
     value = float(spatial_scale)
@@ -50,6 +59,8 @@ def positive_scale(spatial_scale, name: str = "spatial_scale") -> float:
 
 def sampling_ratio_int(sampling_ratio, name: str = "sampling_ratio") -> int:
     """An int below ``2**31`` (a C int, as in torchvision); ``<= 0`` means adaptive."""
+    if type(sampling_ratio) is int and sampling_ratio < 2**31:  # the common case, as below
+        return sampling_ratio
     if isinstance(sampling_ratio, (bool, np.bool_)) or not isinstance(sampling_ratio, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(sampling_ratio).__name__}")
     if sampling_ratio >= 2**31:
@@ -60,6 +71,8 @@ def sampling_ratio_int(sampling_ratio, name: str = "sampling_ratio") -> int:
 def flag(value, name: str) -> bool:
     """A bool (Python or NumPy); anything else is a TypeError, so that a
     misplaced positional argument (say a sampling ratio) is not read as truth."""
+    if type(value) is bool:
+        return value
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
     return bool(value)
@@ -72,8 +85,18 @@ def compute_dtype(dtype) -> np.dtype:
     it from here). For max pooling the conversion is exact both ways and the
     maximum is one of the inputs; the averaging ops round once, at the end.
     """
-    dtype = np.dtype(dtype)
-    return np.dtype(np.float32) if dtype.itemsize < 4 else dtype.newbyteorder("=")
+    try:
+        return _COMPUTE_DTYPES[dtype]  # 8 us after an idle spell, against 19 for NumPy's dtype calls
+    except (KeyError, TypeError):  # not seen yet, or not hashable
+        pass
+    given, dtype = dtype, np.dtype(dtype)
+    result = np.dtype(np.float32) if dtype.itemsize < 4 else dtype.newbyteorder("=")
+    if dtype.kind == "f":  # a handful of keys at most
+        _COMPUTE_DTYPES[given] = result
+    return result
+
+
+_COMPUTE_DTYPES: dict = {}
 
 
 def feature_map(input, name: str = "input", accepted: str = "a NumPy array or a torch tensor") -> np.ndarray:
