@@ -46,14 +46,8 @@ def _frontend(name: str):
     if module is None:
         from ._numpy import _layout, prroi_pool, ps_roi, roi_align, roi_align_rotated, roi_pool
 
-        _FRONTENDS.update(
-            _layout=_layout,
-            prroi_pool=prroi_pool,
-            ps_roi=ps_roi,
-            roi_align=roi_align,
-            roi_align_rotated=roi_align_rotated,
-            roi_pool=roi_pool,
-        )
+        modules = (_layout, prroi_pool, ps_roi, roi_align, roi_align_rotated, roi_pool)
+        _FRONTENDS.update((m.__name__.rpartition(".")[2], m) for m in modules)
         module = _FRONTENDS[name]
     return module
 
