@@ -213,3 +213,10 @@ def test_scalar_arguments_give_plain_python_values_of_any_accepted_type():
     assert _checks.compute_dtype(np.float16) == np.float32 and _checks.compute_dtype(">f8") == np.float64
     for _ in range(2):  # computed, then remembered
         assert _checks.compute_dtype(np.dtype(">f8")) == np.float64 and _checks.compute_dtype(np.dtype(">f8")).isnative
+
+
+def test_a_bad_batch_index_is_shown_as_a_plain_number():
+    with pytest.raises(ValueError, match=r"must be in \[0, 2\), got 5\.0$"):
+        _checks.rois_array(np.array([[5, 0, 0, 1, 1]], np.float32), 2, np.dtype(np.float32))
+    with pytest.raises(ValueError, match=r"must be a whole number, got 0\.5$"):
+        _checks.rois_array(np.array([[0.5, 0, 0, 1, 1]], ">f8"), 2, np.dtype(np.float32))

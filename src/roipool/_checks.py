@@ -157,9 +157,11 @@ def rois_array(boxes, num_images: int, dtype: np.dtype, name: str = "boxes") -> 
     compiled = _compiled()
     k, problem = compiled.rois_rows(_compiled_operand(rows), num_images, out)
     if problem == compiled.BATCH_NOT_WHOLE:
-        raise ValueError(f"{name}[{k}, 0] is the batch index and must be a whole number, got {rows[k, 0]!r}")
+        raise ValueError(f"{name}[{k}, 0] is the batch index and must be a whole number, got {rows[k, 0].item()!r}")
     if problem == compiled.BATCH_OUT_OF_RANGE:
-        raise ValueError(f"{name}[{k}, 0] is the batch index and must be in [0, {num_images}), got {rows[k, 0]!r}")
+        raise ValueError(
+            f"{name}[{k}, 0] is the batch index and must be in [0, {num_images}), got {rows[k, 0].item()!r}"
+        )
     if problem == compiled.COORD_NOT_FINITE:
         raise ValueError(
             f"{name}: box {k} has a coordinate that is NaN or infinite (or overflows {out.dtype}): {out[k, 1:]}"
@@ -401,11 +403,11 @@ def _batch_index_column(batch, num_images: int, name: str) -> None:
         bad = ~np.isfinite(batch) | (batch != np.floor(batch))
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{name}[{k}, 0] is the batch index and must be a whole number, got {batch[k]!r}")
+            raise ValueError(f"{name}[{k}, 0] is the batch index and must be a whole number, got {batch[k].item()!r}")
     bad = (batch < 0) | (batch >= num_images)
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{name}[{k}, 0] is the batch index and must be in [0, {num_images}), got {batch[k]!r}")
+        raise ValueError(f"{name}[{k}, 0] is the batch index and must be in [0, {num_images}), got {batch[k].item()!r}")
 
 
 def rotated_box_values(rois: np.ndarray, name: str = "boxes") -> None:
