@@ -219,7 +219,7 @@ roi_align_boxes_backward_op.register_autograd(
 )
 
 
-# A CPU training call without the custom ops' dispatch (``train_eagerly``; boxes that want no gradient)
+# A CPU training call without the custom ops' dispatch (``train_eagerly``), the boxes' gradient included
 _TRAINING = Training(_roi_align_cpu, _roi_align_setup, _roi_align_grad)
 
 

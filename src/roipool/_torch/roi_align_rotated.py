@@ -105,7 +105,7 @@ def _box_backward_cpu(
     dtype = compute_dtype(input.dtype)
     n, channels = input.shape[:2]
     frames = _frames(rois, n, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, clockwise)
-    grad_out = _grad_out(grad.to(dtype), frames, channels)
+    grad_out = _grad_out(of_dtype(grad, dtype), frames, channels)
     x_nhwc = channels_last_copy(cpu_array(input, dtype))
     grad_boxes = np.zeros((frames.num_rois, 6), numpy_dtype(dtype))
     kernels.launch_box_backward(x_nhwc, grad_out, frames, grad_boxes[:, 1:])

@@ -92,7 +92,7 @@ def _roi_pool_with_argmax_fake(input, rois, spatial_scale, pooled_height, pooled
 
 
 def _roi_pool_backward_cpu(grad, argmax, rois, batch_size, channels, height, width, channels_last=False):
-    argmax_np = argmax.detach().to(torch.int32).numpy()
+    argmax_np = cpu_array(argmax, torch.int32)
     if argmax_np.size and cpu.argmax_outside(argmax_np, height * width):
         # an index past the map would be a write out of bounds in the kernel
         raise ValueError(f"argmax holds indices outside [-1, H * W = {height * width})")
@@ -140,7 +140,7 @@ def _roi_pool_backward_recompute_cpu(grad, input, rois, spatial_scale, pooled_he
         raise TypeError(f"grad must have the input's dtype {input.dtype}, got {grad.dtype}")
     call = _CpuRoIPool(input, rois, spatial_scale, pooled_height, pooled_width, nchw_ok=True)
     _checks.grad_output_shape(grad.shape, call.shape, "these rois and input", "grad")
-    grad_out = grad.detach().to(call.dtype).numpy()  # read in place when contiguous or channels-last
+    grad_out = cpu_array(grad, call.dtype)  # read in place when contiguous or channels-last
     grad_in = new_cpu_output(input.shape, call.dtype, call.channels_last_output)
     cpu.launch_backward_recompute(call.x, call.channels_last, call.bins, grad_out, grad_in.numpy())
     return of_dtype(grad_in, grad.dtype)
