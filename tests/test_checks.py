@@ -118,12 +118,20 @@ def test_backward_rejects_mismatched_arguments():
     ],
 )
 def test_scaled_boxes_must_have_finite_corners_and_extents(box, scale, offset, bad):
+    from roipool.cpu.roi_align import RoIAlignTaps
+
     rois = np.array([[0, 0, 0, 1, 1], box], np.float32)
-    if bad:
-        with pytest.raises(ValueError, match=r"box 1 .* overflows float32"):
-            _checks.scaled_boxes_finite(rois, scale, offset)
-    else:
-        _checks.scaled_boxes_finite(rois, scale, offset)
+    # RoIAlign's taps find the box in their own pass, by the same rule
+    checks = [
+        lambda: _checks.scaled_boxes_finite(rois, scale, offset),
+        lambda: RoIAlignTaps(rois, scale, 2, 2, 2, offset == 0.5, 8, 8),
+    ]
+    for check in checks:
+        if bad:
+            with pytest.raises(ValueError, match=r"box 1 .* overflows float32"):
+                check()
+        else:
+            check()
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,7 @@ def clear():
 def test_row_sweep_orders_pieces_of_bin_rows_by_image_strip_and_first_map_row_and_balances_the_runs():
     import numpy as np
 
-    from roipool.cpu._parallel import balanced_chunks, row_sweep, whole_rois
+    from roipool.cpu._parallel import balanced_chunks, row_sweep
 
     first_row = np.array([[5, 7], [0, 3], [5, 1], [2, 2]])  # (K=4 RoIs, PH=2 bin rows)
     first_col = np.array([[0, 3], [1, 2], [0, 0], [4, 9]])  # (K, PW=2 bin columns)
@@ -72,7 +72,6 @@ def test_row_sweep_orders_pieces_of_bin_rows_by_image_strip_and_first_map_row_an
     assert [tuple(r) for r in items[:, :2]] == want
     assert (items[:, 2] == items[:, 1] + 1).all() and (items[:, 3] == 0).all() and (items[:, 4] == 2).all()
     assert bounds[0] == 0 and bounds[-1] == 8 and (np.diff(bounds) > 0).all()
-    assert whole_rois(3, 7, 4).tolist() == [[0, 0, 7, 0, 4], [1, 0, 7, 0, 4], [2, 0, 7, 0, 4]]
     # strips of 3 columns: a bin row whose bins start in two strips is cut in two pieces (RoIs 0
     # and 3); each image goes strip by strip (RoI 3's columns 4 and 9 are in strips 1 and 3), each
     # strip down the rows

@@ -251,13 +251,18 @@ def test_a_one_thread_launch_takes_every_roi_in_one_run_and_the_split_is_made_fo
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-def test_every_op_gives_the_same_bits_in_one_run_on_one_thread_as_in_parts(two_threads, monkeypatch, layout):
+@pytest.mark.parametrize("channels, dtype", [(12, np.float32), (131, np.float64)])
+def test_every_op_gives_the_same_bits_in_one_run_on_one_thread_as_in_parts(
+    two_threads, monkeypatch, layout, channels, dtype
+):
+    # On one thread an NCHW map is copied into channel blocks by the kernel's own call (131
+    # channels: a full block of 128 and a narrow one; float64: 64 and three narrow ones).
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((2, 12, 9, 11)).astype(np.float32)
+    x = rng.standard_normal((2, channels, 9, 11)).astype(dtype)
     xl = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if layout == "nhwc" else x
-    rois = random_rois(rng, 23, 2, 9, 11, 0.5).astype(np.float32)
+    rois = random_rois(rng, 23, 2, 9, 11, 0.5).astype(dtype)
     centres, sides = rng.uniform(0, 20, (23, 2)), rng.uniform(1, 9, (23, 2))
-    rotated = np.column_stack([rois[:, :1], centres, sides, rng.uniform(-2, 2, 23)]).astype(np.float32)
+    rotated = np.column_stack([rois[:, :1], centres, sides, rng.uniform(-2, 2, 23)]).astype(dtype)
     calls = {
         "roi_pool": lambda: roipool.roi_pool(xl, rois, 3, 0.5, layout=layout),
         "roi_pool argmax": lambda: roipool.roi_pool_with_argmax(xl, rois, 3, 0.5, layout=layout)[1],
@@ -266,7 +271,7 @@ def test_every_op_gives_the_same_bits_in_one_run_on_one_thread_as_in_parts(two_t
         "roi_align_rotated": lambda: roipool.roi_align_rotated(xl, rotated, 3, 0.5, 2, True, layout=layout),
     }
     if layout == "nchw":  # the box gradients' runs
-        upstream = rng.standard_normal((23, 12, 3, 3)).astype(np.float32)
+        upstream = rng.standard_normal((23, channels, 3, 3)).astype(dtype)
         calls["roi_align boxes"] = lambda: roipool.roi_align_boxes_backward(upstream, x, rois, 3, 0.5, 2, True)
         calls["prroi_pool boxes"] = lambda: roipool.prroi_pool_boxes_backward(upstream, x, rois, 3, 0.5)
     for name, call in calls.items():

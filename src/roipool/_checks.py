@@ -232,7 +232,11 @@ def scaled_boxes_finite(rois: np.ndarray, scale, offset=0.0, name: str = "boxes"
     divided by a positive output size, are then finite too.)
     """
     t = rois.dtype.type
-    k = _compiled().first_overflowing_box(_compiled_operand(rois), t(scale), t(offset))
+    overflowing_box(rois, _compiled().first_overflowing_box(_compiled_operand(rois), t(scale), t(offset)), scale, name)
+
+
+def overflowing_box(rois: np.ndarray, k: int, scale, name: str = "boxes") -> None:
+    """:func:`scaled_boxes_finite`'s error for box ``k`` of ``rois``, found by a caller; nothing when ``k < 0``."""
     if k >= 0:
         raise ValueError(
             f"{name}: box {k} {rois[k, 1:]} times spatial_scale {scale} overflows {rois.dtype} "

@@ -27,7 +27,7 @@ def map_in(array, nhwc: bool, name: str, dims: str = "N, H, W, C"):
         return array  # the frontend's own checks name what is wrong with it
     if array.ndim != 4:
         raise ValueError(f"{name} must have 4 dimensions ({dims}) with layout='nhwc', got shape {array.shape}")
-    return np.moveaxis(array, 3, 1)
+    return array.transpose(0, 3, 1, 2)  # np.moveaxis, without its Python-level steps
 
 
 def pooled_in(array, nhwc: bool, name: str):
@@ -65,7 +65,7 @@ def empty(shape, dtype, nhwc: bool, zeros: bool = False) -> np.ndarray:
         out = empty_lines(order, dtype, zeros)
     else:
         out = (np.zeros if zeros else np.empty)(order, dtype)
-    return np.moveaxis(out, 3, 1) if nhwc else out
+    return out.transpose(0, 3, 1, 2) if nhwc else out
 
 
 def map_out(result: np.ndarray, nhwc: bool) -> np.ndarray:
@@ -73,4 +73,5 @@ def map_out(result: np.ndarray, nhwc: bool) -> np.ndarray:
     (C-contiguous: a view of channels-last memory, else a copy)."""
     if not nhwc:
         return result
-    return np.ascontiguousarray(np.moveaxis(result, 1, -1))
+    moved = result.transpose(0, 2, 3, 1)
+    return moved if moved.flags.c_contiguous else np.ascontiguousarray(moved)

@@ -72,6 +72,7 @@ def vector_lanes(typingctx, array):
 # caller then links and optimises that copy too. The kernels pass these non-literal
 # constants instead: one compiled copy per helper, less first-call compile time.
 ZERO = np.int64(0)
+ONE = np.int64(1)
 FALSE = np.bool_(False)
 
 

@@ -115,10 +115,13 @@ def roi_align_taps(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, alig
       with weights ``hwt`` (``T``, already divided by the samples per side);
     - ``wptr (K, pooled_w + 1)``, ``widx``, ``wwt`` likewise for columns.
 
-    Also returns ``batch (K,)`` int32 and ``cost (K,)`` int64, the number of
-    (row, column) taps the RoI reads, for load balancing. The sample rules are
-    those of ``docs/semantics.md`` (roi_align); ``roipool.reference`` restates them per sample.
-    Coordinates, extents and bin sizes must be finite in ``T`` (the frontend checks).
+    Also returns ``batch (K,)`` int32, ``cost (K,)`` int64, the number of
+    (row, column) taps the RoI reads, for load balancing, and ``overflow``: -1,
+    or the first RoI whose scaled corners or extent are not finite in ``T``
+    (then nothing else is computed: the caller refuses the boxes, as
+    ``_checks.scaled_boxes_finite`` would, without a compiled call of its own). The sample
+    rules are those of ``docs/semantics.md`` (roi_align); ``roipool.reference`` restates
+    them per sample. Coordinates must be finite in ``T`` (the frontend checks).
     """
     k_total = rois.shape[0]
     t = rois.dtype.type
@@ -139,6 +142,10 @@ def roi_align_taps(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, alig
         y0 = rois[k, 2] * spatial_scale - offset
         roi_w = (rois[k, 3] * spatial_scale - offset) - x0
         roi_h = (rois[k, 4] * spatial_scale - offset) - y0
+        if not (np.isfinite(roi_w) and np.isfinite(roi_h)):  # an extent is finite only if both its corners are
+            empty_taps = np.empty(0, np.int32)
+            empty_weights = np.empty(0, rois.dtype)
+            return batch, hptr, empty_taps, empty_weights, wptr, empty_taps, empty_weights, cost, k
         if not aligned:
             # legacy rule: an extent below one cell (or negative) counts as one cell
             roi_w = max(roi_w, t(1.0))
@@ -162,7 +169,7 @@ def roi_align_taps(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, alig
         hpos = _axis_taps(starts[k, 0], bins[k, 0], grids[k, 0], height, hptr[k], hidx, hwt, hpos, scratch, rois.dtype)
         wpos = _axis_taps(starts[k, 1], bins[k, 1], grids[k, 1], width, wptr[k], widx, wwt, wpos, scratch, rois.dtype)
         cost[k] = (hptr[k, pooled_h] - hptr[k, 0]) * (wptr[k, pooled_w] - wptr[k, 0]) + pooled_h * pooled_w
-    return batch, hptr, hidx, hwt, wptr, widx, wwt, cost
+    return batch, hptr, hidx, hwt, wptr, widx, wwt, cost, -1
 
 
 @numba.njit(cache=True, nogil=True)

@@ -89,9 +89,10 @@ import numpy as np
 
 from .. import _checks
 from ._machine import avx512, scratch_band, sweep_strip, sweeps_map_rows
-from ._parallel import BalancedRuns, launch, row_sweep, share, sweep_band, threads, whole_rois
+from ._parallel import WHOLE_ROIS, BalancedRuns, launch, launch_threads, row_sweep, share, sweep_band, threads
 from ._simd import (
     FALSE,
+    ONE,
     VECTOR_BYTES,
     ZERO,
     borrowed,
@@ -198,14 +199,17 @@ def channel_blocks(x, cell_step, channel_step, xb, part, parts):
 
 
 @numba.njit(cache=True, nogil=True)
-def forward(xb, x_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, items, path, out, nhwc, part, parts):
+def forward(xb, x_nhwc, copy_map, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, items, path, out, nhwc, part, parts):
     """``out (K, C, PH * PW)`` (or, ``nhwc``, ``(K, PH * PW, C)``) <- RoIAlign of ``xb`` from the taps.
 
     ``xb`` is the map in the layout of :func:`channel_blocks` (shape ``(N, C, H, W)``), or, with
-    ``x_nhwc``, the channels-last map ``(N, H, W, C)`` read in place. ``out`` must be C-contiguous.
+    ``x_nhwc``, the channels-last map ``(N, H, W, C)`` read in place, or, with ``copy_map``, a
+    C-contiguous ``(N, C, H, W)`` map that this call copies into that layout first (for a
+    launch on one thread: each part would copy it all). ``out`` must be C-contiguous.
     Into NCHW, ``bounds`` splits the RoIs into runs; into channels-last it splits
     ``items``, rows ``(RoI, ph_lo, ph_hi, pw_lo, pw_hi)`` of bins to sum (pieces of bin
-    rows, ``_parallel.row_sweep``, or ``whole_rois``).
+    rows, ``_parallel.row_sweep``), or, where there are none (``_parallel.WHOLE_ROIS``),
+    the RoIs, each taken whole.
     """
     xb, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, items, out = borrowed(
         (xb, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, items, out)
@@ -215,6 +219,11 @@ def forward(xb, x_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, items, 
     else:
         _, channels, height, width = xb.shape
     xf = xb.reshape(-1)
+    if copy_map:
+        # the small call's map copy in the kernel's own call: one compiled call fewer, and no
+        # NumPy allocation (each a step of 25 to 70 us after an idle spell, docs/benchmarks.md)
+        xf = scratch_lines(xb.size, xb)
+        channel_blocks(xb.reshape(-1), ONE, height * width, xf.reshape(xb.shape), ZERO, ONE)
     outf = out.reshape(-1)
     nbins = out.shape[1] if nhwc else out.shape[2]
     pooled_h = hptr.shape[1] - 1
@@ -230,12 +239,14 @@ def forward(xb, x_nhwc, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, items, 
             # output, a bin's channel blocks one after the other: a channels-last cell's
             # channels are read whole.
             rows = scratch_lines(width * channels, xb)
+            whole = items.shape[0] == 0  # WHOLE_ROIS: the run is of RoIs, each taken whole
             for i in range(lo, hi):
-                k = items[i, 0]
+                k = i if whole else items[i, 0]
+                ph_lo, ph_hi = (ZERO, pooled_h) if whole else (items[i, 1], items[i, 2])
+                pw_lo, pw_hi = (ZERO, pooled_w) if whole else (items[i, 3], items[i, 4])
                 _forward_bins(
                     xf, x_nhwc, batch[k], channels, ZERO, channels, height, width, hptr[k], hidx, hwt,
-                    wptr[k], widx, wwt, path, rows, outf, k * nbins * channels, channels, items[i, 1], items[i, 2],
-                    items[i, 3], items[i, 4],
+                    wptr[k], widx, wwt, path, rows, outf, k * nbins * channels, channels, ph_lo, ph_hi, pw_lo, pw_hi,
                 )  # fmt: skip
         else:
             # Channel blocks outermost: the run's RoIs then read one block of the map
@@ -857,10 +868,11 @@ class RoIAlignTaps(BalancedRuns):
         self.pooled_h, self.pooled_w = pooled_h, pooled_w
         self.num_rois = rois.shape[0]
         scale = rois.dtype.type(spatial_scale)
-        _checks.scaled_boxes_finite(rois, scale, 0.5 if aligned else 0.0)
-        (self.batch, self.hptr, self.hidx, self.hwt, self.wptr, self.widx, self.wwt, self.cost) = roi_align_taps(
-            rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width
+        # the taps' pass also finds a box that overflows (_checks.scaled_boxes_finite's rule)
+        (self.batch, self.hptr, self.hidx, self.hwt, self.wptr, self.widx, self.wwt, self.cost, overflow) = (
+            roi_align_taps(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width)
         )
+        _checks.overflowing_box(rois, overflow, scale)
 
     @property
     def arrays(self):
@@ -901,8 +913,11 @@ def launch_forward(x, taps: RoIAlignTaps, out) -> None:
     # A channels-last map is read in place: its blocked copy costs more than it saves
     # (kernels.md; on the maskrcnn workload the copy alone moves 56 MB each way).
     x_nhwc = x.transpose(0, 2, 3, 1).flags.c_contiguous
-    xb = x.transpose(0, 2, 3, 1) if x_nhwc else blocked_map(x)
-    bounds, items = _forward_items(x, taps, nhwc, x.size + view.size)
+    values = x.size + view.size
+    bounds, items = _forward_items(x, taps, nhwc, values)
+    # A small NCHW map that one thread reads is copied by the kernel's own call (copy_map).
+    copy_map = not x_nhwc and x.flags.c_contiguous and not items.shape[0] and launch_threads(values) == 1
+    xb = x.transpose(0, 2, 3, 1) if x_nhwc else x if copy_map else blocked_map(x)
     # a swept NCHW output is written channels-last in its own memory, then each RoI turned in place
     transpose = not nhwc and items.shape[0] > 0
     dst = view.reshape(view.shape[0], -1, view.shape[1]) if transpose else view
@@ -910,13 +925,14 @@ def launch_forward(x, taps: RoIAlignTaps, out) -> None:
         forward,
         xb,
         x_nhwc,
+        copy_map,
         *taps.arrays,
         bounds,
         items,
         TAP_EVALUATION,
         dst,
         nhwc or transpose,
-        values=xb.size + dst.size,
+        values=values,
     )
     if transpose:
         channels_first_in_place(dst)
@@ -926,13 +942,11 @@ def _forward_items(x, taps, nhwc: bool, values: int) -> tuple[np.ndarray, np.nda
     """``(bounds, items)`` of :func:`forward`: on a map larger than a quarter of the L3
     (``_machine.sweeps_map_rows``), pieces of bin rows in the order of a sweep down strips of
     the map, for either output (:func:`launch_forward` writes an NCHW one channels-last first);
-    otherwise whole RoIs into channels-last, and into NCHW the RoI runs alone (no items), for a
+    otherwise the RoI runs alone (no items, ``_parallel.WHOLE_ROIS``), into either order, for a
     launch of ``values`` (``RoIAlignTaps.runs``)."""
     _, channels, height, width = x.shape
     if not sweeps_map_rows(height * width * channels * x.itemsize):
-        if not nhwc:
-            return taps.runs(values), np.zeros((0, 5), np.int64)
-        return taps.runs(values), whole_rois(taps.num_rois, taps.pooled_h, taps.pooled_w)
+        return taps.runs(values), WHOLE_ROIS
     rows, cols = np.diff(taps.hptr, axis=1), np.diff(taps.wptr, axis=1)  # taps per bin row, bin column
     strip = sweep_strip(sweep_band(rows, cols), channels * x.itemsize)
     first_row, first_col = _first_taps(taps.hptr, taps.hidx), _first_taps(taps.wptr, taps.widx)

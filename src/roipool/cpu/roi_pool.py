@@ -50,7 +50,7 @@ import numba
 import numpy as np
 
 from ._machine import scratch_band, sweep_strip, sweeps_map_rows, tile_channels
-from ._parallel import BalancedRuns, launch, row_sweep, share, sweep_band, threads, whole_rois
+from ._parallel import WHOLE_ROIS, BalancedRuns, launch, row_sweep, share, sweep_band, threads
 from ._simd import (
     FALSE,
     VECTOR_BYTES,
@@ -71,6 +71,7 @@ from ._tiles import (
     bins_as,
     bins_order,
     channels_first_in_place,
+    channels_moved_last,
     copy_run,
     load_rows,
     memory_order,
@@ -93,8 +94,9 @@ def forward(x, batch, hbins, wbins, bounds, items, out, nhwc, chunk, part, parts
     ``batch (K,)``, ``hbins (K, PH, 2)``, ``wbins (K, PW, 2)`` come from
     ``geometry.roi_pool_bins``. Into channels-last ``bounds`` splits
     ``items``, rows ``(RoI, ph_lo, ph_hi, pw_lo, pw_hi)`` of bins to pool
-    (pieces of bin rows, ``_parallel.row_sweep``, or ``whole_rois``), into
-    runs; into NCHW there are no items and it splits the RoIs.
+    (pieces of bin rows, ``_parallel.row_sweep``), into runs, or, where
+    there are none (``_parallel.WHOLE_ROIS``), the RoIs, each taken whole;
+    into NCHW there are no items and it splits the RoIs.
     ``chunk``: channels per NCHW tile (``_machine.tile_channels``). ``out``
     must be C-contiguous (it is written through a flat view); ``x`` should
     be (a strided ``x`` is copied first).
@@ -167,12 +169,17 @@ def forward_argmax(x, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chu
 def _pool_items(xf, shape, batch, hbins, wbins, items, lo, hi, outf, argf):
     """The bins of ``items[lo:hi]`` (rows ``(RoI, ph_lo, ph_hi, pw_lo, pw_hi)``) straight into
     their RoIs' ``(bins, C)`` rows of the flat channels-last output ``outf (K, PH * PW, C)``,
-    and their argmax into ``argf`` (the same shape), or no argmax if ``argf`` is empty."""
+    and their argmax into ``argf`` (the same shape), or no argmax if ``argf`` is empty. Without
+    items (``_parallel.WHOLE_ROIS``) the RoIs ``lo <= k < hi``, each whole."""
     _, height, width, channels = shape
-    pooled_w = wbins.shape[1]
-    nbins = hbins.shape[1] * pooled_w
+    pooled_h, pooled_w = hbins.shape[1], wbins.shape[1]
+    nbins = pooled_h * pooled_w
+    whole = items.shape[0] == 0
     for i in range(lo, hi):
-        k, ph_lo, ph_hi, pw_lo, pw_hi = items[i, 0], items[i, 1], items[i, 2], items[i, 3], items[i, 4]
+        if whole:
+            k, ph_lo, ph_hi, pw_lo, pw_hi = i, ZERO, pooled_h, ZERO, pooled_w
+        else:
+            k, ph_lo, ph_hi, pw_lo, pw_hi = items[i, 0], items[i, 1], items[i, 2], items[i, 3], items[i, 4]
         base = batch[k] * height * width * channels
         hb, wb = hbins[k, ph_lo:ph_hi], wbins[k, pw_lo:pw_hi]
         out_at, row_step = (k * nbins + ph_lo * pooled_w + pw_lo) * channels, pooled_w * channels
@@ -711,14 +718,11 @@ def _forward_plan(x_nhwc, bins: RoIPoolBins, view, nhwc: bool):
     strips of the map by pieces of bin rows, into channels-last; an NCHW ``view`` is then
     written channels-last in its own memory (``dst``) and ``transpose`` says to turn each RoI
     in place afterwards (``_tiles.channels_first_in_place``). On a smaller map they go RoI by
-    RoI: whole RoIs into channels-last, or into NCHW the RoI runs alone (no items).
+    RoI, in runs, with no items (``_parallel.WHOLE_ROIS``), into either order.
     """
     k, channels = bins.num_rois, x_nhwc.shape[3]
     if not sweeps_map_rows(x_nhwc[0].nbytes):
-        runs = bins.runs(x_nhwc.size + view.size)  # the launch's values
-        if not nhwc:
-            return view, runs, np.zeros((0, 5), np.int64), False
-        return view, runs, whole_rois(k, bins.pooled_h, bins.pooled_w), False
+        return view, bins.runs(x_nhwc.size + view.size), WHOLE_ROIS, False  # runs for the launch's values
     rows, cols = np.diff(bins.hbins, axis=2)[:, :, 0], np.diff(bins.wbins, axis=2)[:, :, 0]
     strip = sweep_strip(sweep_band(rows, cols), channels * x_nhwc.itemsize)
     items, bounds = row_sweep(bins.hbins[:, :, 0], bins.wbins[:, :, 0], rows, cols, bins.batch, x_nhwc.shape[1], strip)
@@ -827,7 +831,7 @@ def argmax_outside(argmax: np.ndarray, cells: int) -> bool:
 
     The backward writes at these indices, so both frontends check them first.
     """
-    in_order = argmax.flags.c_contiguous or (argmax.ndim == 4 and np.moveaxis(argmax, 1, -1).flags.c_contiguous)
+    in_order = argmax.flags.c_contiguous or (argmax.ndim == 4 and channels_moved_last(argmax).flags.c_contiguous)
     if argmax.dtype == np.int32 and argmax.dtype.isnative and in_order:
         view, _ = memory_order(argmax)  # NCHW or channels-last: one pass over its memory either way
         return sum(launch(count_outside, view.reshape(-1), -1, cells, values=view.size)) > 0
