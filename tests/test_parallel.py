@@ -270,7 +270,11 @@ def test_every_op_gives_the_same_bits_in_one_run_on_one_thread_as_in_parts(
         "prroi_pool": lambda: roipool.prroi_pool(xl, rois, 3, 0.5, layout=layout),
         "roi_align_rotated": lambda: roipool.roi_align_rotated(xl, rotated, 3, 0.5, 2, True, layout=layout),
     }
-    if layout == "nchw":  # the box gradients' runs
+    if layout == "nchw":  # the box gradients' runs; torch's forwards hand the kernels the NCHW map too
+        torch = pytest.importorskip("torch")
+        xt, rt = torch.from_numpy(x), torch.from_numpy(rois)
+        calls["torch roi_pool"] = lambda: roipool.roi_pool(xt, rt, 3, 0.5).numpy()
+        calls["torch roi_align"] = lambda: roipool.roi_align(xt, rt, 3, 0.5, 2, True).numpy()
         upstream = rng.standard_normal((23, channels, 3, 3)).astype(dtype)
         calls["roi_align boxes"] = lambda: roipool.roi_align_boxes_backward(upstream, x, rois, 3, 0.5, 2, True)
         calls["prroi_pool boxes"] = lambda: roipool.prroi_pool_boxes_backward(upstream, x, rois, 3, 0.5)

@@ -50,6 +50,13 @@ def test_numpy_gradient_too_large_for_memory_fails_first(no_geometry):
         roipool.roi_pool_backward(g, np.zeros(g.shape, np.int32), _boxes(), huge)
 
 
+def test_bin_tables_too_large_for_memory_fail_first_without_channels(no_geometry):
+    # no output values at all (0 channels), but a bin table per RoI for 10**12 bin columns
+    x = np.zeros((1, 0, 16, 16), np.float32)
+    with pytest.raises(ValueError, match=r"output_size=\(1, 1000000000000\) asks for bin tables of shape"):
+        roipool.roi_align(x, _boxes(), (1, 10**12), 1.0, 2, True)
+
+
 def test_a_size_that_fits_still_runs():
     x = np.ones((1, 2, 4, 4), np.float32)
     assert roipool.roi_pool(x, _boxes()[:1], (3, 50)).shape == (1, 2, 3, 50)

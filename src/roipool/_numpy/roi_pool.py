@@ -39,6 +39,13 @@ class RoIPoolCall:
         """A new ``(N, H, W, C)`` copy in the compute dtype (native byte order)."""
         return channels_last_copy(self.input, self.dtype)
 
+    def compute_map(self) -> np.ndarray:
+        """The input ``(N, C, H, W)`` in the compute dtype: itself when it is of it (the kernels'
+        launchers read any strides), else an ``(N, C, H, W)`` view of :meth:`channels_last`."""
+        if self.input.dtype == self.dtype:
+            return self.input
+        return self.channels_last().transpose(0, 3, 1, 2)
+
     def empty_output(self, dtype, nhwc):
         """``(K, C, pooled_h, pooled_w)``, channels-last in memory when ``nhwc``."""
         shape = (self.rois.shape[0], self.input_shape[1], self.pooled_h, self.pooled_w)
@@ -48,7 +55,7 @@ class RoIPoolCall:
 def roi_pool(input, boxes, output_size, spatial_scale=1.0, nhwc=False):
     call = RoIPoolCall(input, boxes, output_size, spatial_scale)
     out = call.empty_output(call.dtype, nhwc)
-    cpu.launch_forward(call.channels_last(), call.bins, out)
+    cpu.launch_forward(call.compute_map(), call.bins, out)
     return out.astype(call.input_dtype, copy=False)
 
 
@@ -56,7 +63,7 @@ def roi_pool_with_argmax(input, boxes, output_size, spatial_scale=1.0, nhwc=Fals
     call = RoIPoolCall(input, boxes, output_size, spatial_scale, accepted=_NUMPY)
     out = call.empty_output(call.dtype, nhwc)
     argmax = call.empty_output(np.int32, nhwc)
-    cpu.launch_forward_argmax(call.channels_last(), call.bins, out, argmax)
+    cpu.launch_forward_argmax(call.compute_map(), call.bins, out, argmax)
     return out.astype(call.input_dtype, copy=False), argmax
 
 

@@ -9,6 +9,7 @@ the ONNX exporters are in ``_torch/onnx.py``.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .. import _checks
@@ -43,19 +44,17 @@ _ROI_POOL_ARGS = "Tensor input, Tensor rois, float spatial_scale, int pooled_hei
 
 
 class _CpuRoIPool:
-    """One CPU call: the input as NumPy (channels-last, or NCHW where the caller allows) and the bins, in the compute dtype.
+    """One CPU call: the bins, and the input as NumPy in the compute dtype (:meth:`forward_map`, :meth:`scan_map`).
 
     The validated rois and the bins come from :func:`cpu_geometry`, so the
     forward and backward of a training step compute them once.
     """
 
-    def __init__(self, input, rois, spatial_scale, pooled_height, pooled_width, nchw_ok=False):
+    def __init__(self, input, rois, spatial_scale, pooled_height, pooled_width):
         n, self.channels, height, width = input.shape
+        self.input = input
         self.input_dtype = input.dtype
         self.dtype = compute_dtype(input.dtype)
-        # nchw_ok: the caller also takes an NCHW-contiguous map (channels_last False)
-        self.channels_last = not (nchw_ok and input.dtype == self.dtype and input.is_contiguous())
-        self.x = cpu_nhwc(input, self.dtype) if self.channels_last else input.detach().numpy()
         rois_np, self.bins = cpu_geometry(
             cpu.RoIPoolBins, rois, n, self.dtype, float(spatial_scale), pooled_height, pooled_width, height, width
         )
@@ -65,11 +64,26 @@ class _CpuRoIPool:
     def new_output(self, dtype=None) -> torch.Tensor:
         return new_cpu_output(self.shape, dtype or self.dtype, self.channels_last_output)
 
+    def forward_map(self) -> np.ndarray:
+        """The map ``(N, C, H, W)`` for the forward launchers (which read any strides): a view of the
+        input when it is in the compute dtype, else of a channels-last copy in it."""
+        if self.input.dtype == self.dtype:
+            return cpu_array(self.input, self.dtype)
+        return cpu_nhwc(self.input, self.dtype).transpose(0, 3, 1, 2)
+
+    def scan_map(self) -> tuple[np.ndarray, bool]:
+        """``(x, channels_last)`` for the re-scanning backward: the input itself when it is
+        NCHW-contiguous in the compute dtype, else its ``(N, H, W, C)`` copy (none when it is
+        channels-last already)."""
+        if self.input.dtype == self.dtype and self.input.is_contiguous():
+            return self.input.detach().numpy(), False
+        return cpu_nhwc(self.input, self.dtype), True
+
 
 def _roi_pool_cpu(input, rois, spatial_scale, pooled_height, pooled_width):
     call = _CpuRoIPool(input, rois, spatial_scale, pooled_height, pooled_width)
     out = call.new_output()
-    cpu.launch_forward(call.x, call.bins, out.numpy())
+    cpu.launch_forward(call.forward_map(), call.bins, out.numpy())
     return of_dtype(out, call.input_dtype)
 
 
@@ -81,7 +95,7 @@ def _roi_pool_with_argmax_cpu(input, rois, spatial_scale, pooled_height, pooled_
     call = _CpuRoIPool(input, rois, spatial_scale, pooled_height, pooled_width)
     out = call.new_output()
     argmax = call.new_output(torch.int32)
-    cpu.launch_forward_argmax(call.x, call.bins, out.numpy(), argmax.numpy())
+    cpu.launch_forward_argmax(call.forward_map(), call.bins, out.numpy(), argmax.numpy())
     return of_dtype(out, call.input_dtype), argmax
 
 
@@ -138,11 +152,12 @@ roi_pool_backward_op = define(
 def _roi_pool_backward_recompute_cpu(grad, input, rois, spatial_scale, pooled_height, pooled_width):
     if grad.dtype != input.dtype:
         raise TypeError(f"grad must have the input's dtype {input.dtype}, got {grad.dtype}")
-    call = _CpuRoIPool(input, rois, spatial_scale, pooled_height, pooled_width, nchw_ok=True)
+    call = _CpuRoIPool(input, rois, spatial_scale, pooled_height, pooled_width)
     _checks.grad_output_shape(grad.shape, call.shape, "these rois and input", "grad")
     grad_out = cpu_array(grad, call.dtype)  # read in place when contiguous or channels-last
     grad_in = new_cpu_output(input.shape, call.dtype, call.channels_last_output)
-    cpu.launch_backward_recompute(call.x, call.channels_last, call.bins, grad_out, grad_in.numpy())
+    x, x_channels_last = call.scan_map()
+    cpu.launch_backward_recompute(x, x_channels_last, call.bins, grad_out, grad_in.numpy())
     return of_dtype(grad_in, grad.dtype)
 
 

@@ -161,7 +161,7 @@ def bins_as(a: np.ndarray, nhwc: bool) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _nchw_to_nhwc(src, channels, plane, dst, cells, part, parts):
+def nchw_to_nhwc(src, channels, plane, dst, cells, part, parts):
     """``dst`` (flat ``(N, H * W, C)``) <- the transpose of each image of ``src`` (flat ``(N, C, H * W)``).
 
     A task takes ``cells`` consecutive cells of an image, all channels: it
@@ -217,5 +217,5 @@ def channels_last_copy(x: np.ndarray, dtype=None) -> np.ndarray:
         return np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=dtype)
     n, c, h, w = x.shape
     out = empty_lines((n, h, w, c), dtype)
-    launch(_nchw_to_nhwc, x.reshape(-1), c, h * w, out.reshape(-1), copy_cells(c, x.itemsize), values=x.size)
+    launch(nchw_to_nhwc, x.reshape(-1), c, h * w, out.reshape(-1), copy_cells(c, x.itemsize), values=x.size)
     return out

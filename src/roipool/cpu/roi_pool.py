@@ -50,9 +50,10 @@ import numba
 import numpy as np
 
 from ._machine import scratch_band, sweep_strip, sweeps_map_rows, tile_channels
-from ._parallel import WHOLE_ROIS, BalancedRuns, launch, row_sweep, share, sweep_band, threads
+from ._parallel import WHOLE_ROIS, BalancedRuns, launch, launch_threads, row_sweep, share, sweep_band, threads
 from ._simd import (
     FALSE,
+    ONE,
     VECTOR_BYTES,
     ZERO,
     borrowed,
@@ -71,10 +72,12 @@ from ._tiles import (
     bins_as,
     bins_order,
     channels_first_in_place,
+    channels_last_copy,
     channels_moved_last,
     copy_run,
     load_rows,
     memory_order,
+    nchw_to_nhwc,
     store_rows,
     store_tile_lines,
 )
@@ -88,8 +91,27 @@ UNROLL = 8
 
 
 @numba.njit(cache=True, nogil=True)
-def forward(x, batch, hbins, wbins, bounds, items, out, nhwc, chunk, part, parts):
-    """``out (K, C, PH * PW)`` (or, ``nhwc``, ``(K, PH * PW, C)``) <- bin maxima of ``x (N, H, W, C)``; no argmax.
+def _map_cells(x, copy_map):
+    """``(xf, (N, H, W, C))``: the channels-last map the kernels read, flat, and its shape. ``x`` is
+    that map ``(N, H, W, C)`` (a strided one is copied), or with ``copy_map`` a C-contiguous
+    ``(N, C, H, W)`` map, copied here channels-last (for a launch on one thread: every part of a
+    launch in parts would copy it all)."""
+    if copy_map:
+        # the small call's map copy in the kernel's own call: one compiled call fewer, and no
+        # NumPy allocation (each a step of 25 to 70 us after an idle spell, docs/benchmarks.md)
+        images, channels, height, width = x.shape
+        xf = scratch_lines(x.size, x)
+        nchw_to_nhwc(np.ascontiguousarray(x).reshape(-1), channels, height * width, xf, height * width, ZERO, ONE)
+    else:
+        images, height, width, channels = x.shape
+        xf = np.ascontiguousarray(x).reshape(-1)
+    return xf, (images, height, width, channels)
+
+
+@numba.njit(cache=True, nogil=True)
+def forward(x, copy_map, batch, hbins, wbins, bounds, items, out, nhwc, chunk, part, parts):
+    """``out (K, C, PH * PW)`` (or, ``nhwc``, ``(K, PH * PW, C)``) <- bin maxima of the map ``x``
+    (``(N, H, W, C)``, or ``(N, C, H, W)`` with ``copy_map``: :func:`_map_cells`); no argmax.
 
     ``batch (K,)``, ``hbins (K, PH, 2)``, ``wbins (K, PW, 2)`` come from
     ``geometry.roi_pool_bins``. Into channels-last ``bounds`` splits
@@ -102,8 +124,8 @@ def forward(x, batch, hbins, wbins, bounds, items, out, nhwc, chunk, part, parts
     be (a strided ``x`` is copied first).
     """
     x, batch, hbins, wbins, bounds, items, out = borrowed((x, batch, hbins, wbins, bounds, items, out))
-    _, height, width, channels = x.shape
-    xf = np.ascontiguousarray(x).reshape(-1)
+    xf, shape = _map_cells(x, copy_map)
+    _, height, width, channels = shape
     outf = out.reshape(-1)
     nbins = hbins.shape[1] * wbins.shape[1]
     block = UNROLL * vector_lanes(x)
@@ -111,7 +133,7 @@ def forward(x, batch, hbins, wbins, bounds, items, out, nhwc, chunk, part, parts
     for run in share(bounds.shape[0] - 1, part, parts):
         if nhwc:  # by pieces of bin rows or whole RoIs, all channels of each bin in turn
             _pool_items(
-                xf, x.shape, batch, hbins, wbins, items, bounds[run], bounds[run + 1], outf, np.empty(0, np.int32)
+                xf, shape, batch, hbins, wbins, items, bounds[run], bounds[run + 1], outf, np.empty(0, np.int32)
             )
             continue
         tile = scratch_lines(nbins * chunk, x)
@@ -128,14 +150,14 @@ def forward(x, batch, hbins, wbins, bounds, items, out, nhwc, chunk, part, parts
 
 
 @numba.njit(cache=True, nogil=True)
-def forward_argmax(x, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chunk, part, parts):
+def forward_argmax(x, copy_map, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chunk, part, parts):
     """As :func:`forward`, also writing ``argmax`` (the shape and order of ``out``): ``h * W + w`` or -1.
 
     ``out`` and ``argmax`` must be C-contiguous.
     """
     x, batch, hbins, wbins, bounds, items, out, argmax = borrowed((x, batch, hbins, wbins, bounds, items, out, argmax))
-    _, height, width, channels = x.shape
-    xf = np.ascontiguousarray(x).reshape(-1)
+    xf, shape = _map_cells(x, copy_map)
+    _, height, width, channels = shape
     outf = out.reshape(-1)
     argf = argmax.reshape(-1)
     # the int32 argmax is stored as float32 bits: the stores only move values, and so share the
@@ -146,7 +168,7 @@ def forward_argmax(x, batch, hbins, wbins, bounds, items, out, argmax, nhwc, chu
     pooled_w = wbins.shape[1]
     for run in share(bounds.shape[0] - 1, part, parts):
         if nhwc:  # by pieces of bin rows or whole RoIs, as in forward
-            _pool_items(xf, x.shape, batch, hbins, wbins, items, bounds[run], bounds[run + 1], outf, argf)
+            _pool_items(xf, shape, batch, hbins, wbins, items, bounds[run], bounds[run + 1], outf, argf)
             continue
         tile = scratch_lines(nbins * chunk, x)
         itile = scratch_lines(nbins * chunk, argf)
@@ -704,15 +726,15 @@ class RoIPoolBins(BalancedRuns):
         return float(self.cost.sum() - k * bins) / (k * bins)  # cost: cells read plus bins written
 
 
-def _chunk(bins: RoIPoolBins, x_nhwc) -> int:
+def _chunk(bins: RoIPoolBins, x) -> int:
     """Channels per tile of an NCHW output: a RoI's bins of that many channels stay in L2."""
-    block = UNROLL * (VECTOR_BYTES // x_nhwc.itemsize)
-    return tile_channels(bins.pooled_h * bins.pooled_w, x_nhwc.shape[3], x_nhwc.itemsize, block)
+    block = UNROLL * (VECTOR_BYTES // x.itemsize)
+    return tile_channels(bins.pooled_h * bins.pooled_w, x.shape[1], x.itemsize, block)
 
 
-def _forward_plan(x_nhwc, bins: RoIPoolBins, view, nhwc: bool):
+def _forward_plan(x, bins: RoIPoolBins, view, nhwc: bool):
     """``(dst, bounds, items, transpose)``: how :func:`forward` and :func:`forward_argmax` fill
-    ``view`` (``_tiles.bins_order``).
+    ``view`` (``_tiles.bins_order``) from the map ``x (N, C, H, W)``.
 
     On a map larger than a quarter of the L3 (``_machine.sweeps_map_rows``) they sweep down
     strips of the map by pieces of bin rows, into channels-last; an NCHW ``view`` is then
@@ -720,45 +742,60 @@ def _forward_plan(x_nhwc, bins: RoIPoolBins, view, nhwc: bool):
     in place afterwards (``_tiles.channels_first_in_place``). On a smaller map they go RoI by
     RoI, in runs, with no items (``_parallel.WHOLE_ROIS``), into either order.
     """
-    k, channels = bins.num_rois, x_nhwc.shape[3]
-    if not sweeps_map_rows(x_nhwc[0].nbytes):
-        return view, bins.runs(x_nhwc.size + view.size), WHOLE_ROIS, False  # runs for the launch's values
+    k, channels = bins.num_rois, x.shape[1]
+    if not sweeps_map_rows(x[0].nbytes):
+        return view, bins.runs(x.size + view.size), WHOLE_ROIS, False  # runs for the launch's values
     rows, cols = np.diff(bins.hbins, axis=2)[:, :, 0], np.diff(bins.wbins, axis=2)[:, :, 0]
-    strip = sweep_strip(sweep_band(rows, cols), channels * x_nhwc.itemsize)
-    items, bounds = row_sweep(bins.hbins[:, :, 0], bins.wbins[:, :, 0], rows, cols, bins.batch, x_nhwc.shape[1], strip)
+    strip = sweep_strip(sweep_band(rows, cols), channels * x.itemsize)
+    items, bounds = row_sweep(bins.hbins[:, :, 0], bins.wbins[:, :, 0], rows, cols, bins.batch, x.shape[2], strip)
     return (view, bounds, items, False) if nhwc else (view.reshape(k, -1, channels), bounds, items, True)
 
 
-def launch_forward(x_nhwc, bins: RoIPoolBins, out) -> None:
-    """``out (K, C, PH, PW)`` <- bin maxima of ``x_nhwc (N, H, W, C)`` (C-contiguous, compute dtype).
+def _kernel_map(x, items, values: int) -> tuple[np.ndarray, bool]:
+    """``(map, copy_map)`` of the forward kernels (:func:`_map_cells`) for ``x (N, C, H, W)``:
+    channels-last memory as it is; a C-contiguous map that a launch of ``values`` on one thread
+    reads RoI by RoI (no ``items``) as it is, for the kernel to copy; else a channels-last copy."""
+    moved = channels_moved_last(x)
+    if moved.flags.c_contiguous:
+        return moved, False
+    if x.flags.c_contiguous and not items.shape[0] and launch_threads(values) == 1:
+        return x, True
+    return channels_last_copy(x), False
+
+
+def launch_forward(x, bins: RoIPoolBins, out) -> None:
+    """``out (K, C, PH, PW)`` <- bin maxima of ``x (N, C, H, W)`` (compute dtype, any strides: a
+    channels-last map is read in place, another through a channels-last copy, :func:`_kernel_map`).
 
     ``out`` is C-contiguous in NCHW or channels-last order (``_tiles.memory_order``).
     """
     if out.size:
         view, nhwc = bins_order(out)
-        dst, bounds, items, transpose = _forward_plan(x_nhwc, bins, view, nhwc)
-        chunk = _chunk(bins, x_nhwc)
+        dst, bounds, items, transpose = _forward_plan(x, bins, view, nhwc)
+        values = x.size + dst.size
+        xk, copy_map = _kernel_map(x, items, values)
         launch(
-            forward, x_nhwc, bins.batch, bins.hbins, bins.wbins, bounds, items, dst, nhwc or transpose, chunk,
-            values=x_nhwc.size + dst.size,
+            forward, xk, copy_map, bins.batch, bins.hbins, bins.wbins, bounds, items, dst, nhwc or transpose,
+            _chunk(bins, x), values=values,
         )  # fmt: skip
         if transpose:
             channels_first_in_place(dst)
 
 
-def launch_forward_argmax(x_nhwc, bins: RoIPoolBins, out, argmax) -> None:
+def launch_forward_argmax(x, bins: RoIPoolBins, out, argmax) -> None:
     """As :func:`launch_forward`, also writing ``argmax (K, C, PH, PW)`` (int32, in ``out``'s order)."""
     if out.size:
         view, nhwc = bins_order(out)
         arg_view, arg_nhwc = bins_order(argmax)
         if arg_nhwc != nhwc:
             raise ValueError("internal: out and argmax must be in the same memory order")
-        dst, bounds, items, transpose = _forward_plan(x_nhwc, bins, view, nhwc)
+        dst, bounds, items, transpose = _forward_plan(x, bins, view, nhwc)
         arg_dst = arg_view.reshape(dst.shape)
-        chunk = _chunk(bins, x_nhwc)
+        values = x.size + dst.size
+        xk, copy_map = _kernel_map(x, items, values)
         launch(
-            forward_argmax, x_nhwc, bins.batch, bins.hbins, bins.wbins, bounds, items, dst, arg_dst, nhwc or transpose,
-            chunk, values=x_nhwc.size + dst.size,
+            forward_argmax, xk, copy_map, bins.batch, bins.hbins, bins.wbins, bounds, items, dst, arg_dst,
+            nhwc or transpose, _chunk(bins, x), values=values,
         )  # fmt: skip
         if transpose:
             channels_first_in_place(dst)
