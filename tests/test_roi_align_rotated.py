@@ -218,6 +218,16 @@ def test_row_clipping_of_large_adaptive_grids_matches_reference():
     check_against_reference(x, rois, 1, 1.0, 13, False, True)
 
 
+@pytest.mark.parametrize("angle", [np.pi / 2, np.pi, -np.pi / 2])
+def test_row_clipping_keeps_samples_on_the_border_of_a_quarter_turned_box(angle):
+    # cos(pi / 2) is 6e-17, not 0: a row's columns then move by 1e-16 per sample, and the
+    # samples sitting exactly on x = W (read at the last column) must survive the clipping
+    x = np.random.default_rng(0).standard_normal((1, 2, 33, 2))
+    rois = np.array([[0, 1.5, 22.5, 42.0, 2.0, angle], [0, 1.0, 16.0, 40.0, 4.0, angle]])
+    check_against_reference(x, rois, (2, 3), 1.0, -1, False, False)
+    check_against_reference(x, rois, (2, 3), 1.0, 14, True, True)
+
+
 def test_huge_adaptive_box_runs_fast_and_counts_every_sample():
     # 5000 x 5000 cells, 1 x 1 output: 25e6 samples, of which only those near the 4 x 5 map are read
     x = np.ones((1, 1, 4, 5))

@@ -78,7 +78,7 @@ def set_threads(n: int) -> None:
     _threads = int(n)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath=False)
 def share(n, part, parts):
     """The items ``part`` of ``parts`` does of ``n``: a contiguous run, the runs about equal in count.
 

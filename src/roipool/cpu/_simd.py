@@ -298,7 +298,7 @@ def transpose_block(typingctx, src, src_start, src_stride, dst, dst_start, dst_s
     return types.void(src, types.intp, types.intp, dst, types.intp, types.intp), codegen
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, fastmath=False)
 def transpose_tile(src, src_start, src_stride, rows, cols, dst, dst_start, dst_stride):
     """``dst[dst_start + j * dst_stride + r] = src[src_start + r * src_stride + j]`` for ``r < rows``, ``j < cols``.
 

@@ -34,7 +34,7 @@ from ._simd import (
 )
 
 
-@numba.njit(nogil=True, inline="always")
+@numba.njit(nogil=True, inline="always", fastmath=False)
 def copy_run(src, s, dst, d, n):
     """``dst[d : d + n] = src[s : s + n]`` a vector at a time (a slice assignment would first
     check the two arrays for overlap, and copy through a temporary if they might)."""
@@ -47,13 +47,13 @@ def copy_run(src, s, dst, d, n):
         dst[d + j] = src[s + j]
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, fastmath=False)
 def load_tile(src, item, channels, c0, rows, cw, tile, stride, nhwc):
     """``tile[r * stride + c]`` <- channel ``c0 + c`` of row ``r`` of item ``item`` of ``src``, ``r < rows``, ``c < cw``."""
     load_rows(src, item, channels, c0, rows, ZERO, rows, cw, tile, stride, nhwc)
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, fastmath=False)
 def load_rows(src, item, channels, c0, rows, r0, r1, cw, tile, stride, nhwc):
     """:func:`load_tile` of rows ``r0 <= r < r1`` only (of an item of ``rows`` rows), into the same places."""
     if nhwc:

@@ -100,6 +100,25 @@ GRID_LIMIT = 2**31 - 1
 _WINDOW_MIN_GRID = 32
 
 
+@numba.njit(cache=True, nogil=True, fastmath=False)
+def roi_align_extent(rois, k, spatial_scale, offset):
+    """``(x0, y0, roi_w, roi_h)`` of RoI ``k``: its scaled start and extent, before the legacy
+    one-cell rule, for the taps and the box gradient alike.
+
+    This module's functions say ``fastmath=False`` outright: Numba compiles a callee that
+    leaves it unset with its first caller's ``fastmath`` and keeps that one compiled copy
+    for every later caller, so the box gradient's kernel (compiled with ``fastmath``) would
+    otherwise fuse these operations into multiply-adds, for itself and, compiled first,
+    for the forward's taps too: a sample a rounding below a whole cell would land on it
+    and take the slope of the other piece (found by differential fuzzing against the
+    reference; ``tests/test_fastmath.py``)."""
+    x0 = rois[k, 1] * spatial_scale - offset
+    y0 = rois[k, 2] * spatial_scale - offset
+    roi_w = (rois[k, 3] * spatial_scale - offset) - x0
+    roi_h = (rois[k, 4] * spatial_scale - offset) - y0
+    return x0, y0, roi_w, roi_h
+
+
 @numba.njit(cache=True, nogil=True)
 def roi_align_taps(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width):
     """Separable bilinear taps of every RoIAlign bin.
@@ -138,10 +157,7 @@ def roi_align_taps(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, alig
     wcap = 0
     for k in range(k_total):
         batch[k] = int(rois[k, 0])
-        x0 = rois[k, 1] * spatial_scale - offset
-        y0 = rois[k, 2] * spatial_scale - offset
-        roi_w = (rois[k, 3] * spatial_scale - offset) - x0
-        roi_h = (rois[k, 4] * spatial_scale - offset) - y0
+        x0, y0, roi_w, roi_h = roi_align_extent(rois, k, spatial_scale, offset)
         if not (np.isfinite(roi_w) and np.isfinite(roi_h)):  # an extent is finite only if both its corners are
             empty_taps = np.empty(0, np.int32)
             empty_weights = np.empty(0, rois.dtype)
@@ -172,7 +188,7 @@ def roi_align_taps(rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, alig
     return batch, hptr, hidx, hwt, wptr, widx, wwt, cost, -1
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath=False)
 def _grid(sampling_ratio, bin_size):
     """Samples per bin side: ``sampling_ratio`` if positive, else ``ceil(bin_size)``
     (no samples for a zero or negative extent), capped at ``GRID_LIMIT``."""
@@ -184,13 +200,13 @@ def _grid(sampling_ratio, bin_size):
     return int(min(g, GRID_LIMIT))
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath=False)
 def _sample_position(base, bin_size, grid, i, dtype):
     t = dtype.type
     return base + (t(i) + t(0.5)) * bin_size / t(grid)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath=False)
 def _window(base, bin_size, grid, size, dtype):
     """Sample indices ``[i0, i1)`` that hold every sample lying in ``[-1, size]``.
 
@@ -222,7 +238,7 @@ def _window(base, bin_size, grid, size, dtype):
     return first, lo
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=False)
 def bilinear_corners(y, size, dtype):
     """Bilinear corners of a sample at ``y`` on an axis of ``size`` cells: ``(low, high, frac)``.
 

@@ -118,7 +118,7 @@ from ._tiles import (
     store_rows,
     store_tile_lines,
 )
-from .geometry import _grid, _sample_position, _window, bilinear_corners, roi_align_taps
+from .geometry import _grid, _sample_position, _window, bilinear_corners, roi_align_extent, roi_align_taps
 
 _FASTMATH = {"contract"}  # allow fused multiply-add; no reassociation
 
@@ -1029,7 +1029,7 @@ def channel_block(channels: int, images: int, itemsize: int, threads: int) -> in
 # ---- gradient with respect to the boxes ----
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath=False)
 def _axis_grad_weights(start, bin_size, grid, size, pooled, scale, free, lo, num, wt, d1, d2, dtype):
     """Per-axis weights of each bin's samples, and of their derivatives with respect to the box's corners.
 
@@ -1139,10 +1139,7 @@ def boxes_backward(
         used = np.empty(width + 1, np.int64)
         for k in range(bounds[run], bounds[run + 1]):
             n = int(rois[k, 0])
-            x0 = rois[k, 1] * spatial_scale - offset
-            y0 = rois[k, 2] * spatial_scale - offset
-            roi_w = (rois[k, 3] * spatial_scale - offset) - x0
-            roi_h = (rois[k, 4] * spatial_scale - offset) - y0
+            x0, y0, roi_w, roi_h = roi_align_extent(rois, k, spatial_scale, offset)  # the forward's, unfused
             free_w = aligned or roi_w >= 1
             free_h = aligned or roi_h >= 1
             if not aligned:

@@ -13,7 +13,8 @@ last bits (fused multiply-adds).
 Adaptive sampling of a box much larger than the map would visit billions of
 samples that all lie off the map; each row of samples is therefore clipped
 to the columns that can land within one cell of the map (a line against a
-rectangle, in float64, widened by two samples) before the exact per-sample test.
+rectangle, in float64, with the bounds widened by far more than the samples'
+own rounding, and by two samples) before the exact per-sample test.
 
 Forward: the map is copied into ``roi_align``'s channel-blocked layout
 (:func:`roipool.cpu.roi_align.channel_blocks`: each block of channels of an
@@ -63,26 +64,49 @@ def _rnd(buf, value):
 
 @numba.njit(cache=True, nogil=True)
 def _row_span(v, frame, gw, pw, height, width):
-    """Columns ``[lo, hi)`` of sample row ``v`` that can fall within one cell of the map (conservative)."""
+    """Columns ``[lo, hi)`` of sample row ``v`` that can fall within one cell of the map (conservative).
+
+    Sample ``i`` of the row lies on the line ``p + i * q`` (one per coordinate), up to the
+    rounding of its own arithmetic in the compute dtype: a few units in the last place of
+    its largest term (``size``). The bounds are widened by far more than that before they
+    are turned into columns: where ``q`` is tiny but not 0 (``cos`` of a quarter turn is
+    6e-17), one unit in the last place is millions of columns, and a sample exactly on
+    the map's border would otherwise be cut (found by differential fuzzing against the
+    reference).
+    """
     if gw <= 8:
         return 0, gw
     cos = float(frame[COS])
     sin = float(frame[SIN])
     d = float(frame[BIN_W]) / gw
     a = float(frame[START_W]) + pw * float(frame[BIN_W]) + 0.5 * d
+    reach = abs(a) + abs(d) * gw  # the largest |u| of the row
     lo = 0.0
     hi = gw - 1.0
     # x = v * sin + (a + i * d) * cos + cx in [-1, W]; y = v * cos - (a + i * d) * sin + cy in [-1, H]
-    for p, q, bound_lo, bound_hi in (
-        (float(v) * sin + a * cos + float(frame[CX]), d * cos, -1.0, float(width)),
-        (float(v) * cos - a * sin + float(frame[CY]), -d * sin, -1.0, float(height)),
+    for p, q, size, bound_lo, bound_hi in (
+        (
+            float(v) * sin + a * cos + float(frame[CX]),
+            d * cos,
+            abs(float(v) * sin) + reach * abs(cos) + abs(float(frame[CX])),
+            -1.0,
+            float(width),
+        ),
+        (
+            float(v) * cos - a * sin + float(frame[CY]),
+            -d * sin,
+            abs(float(v) * cos) + reach * abs(sin) + abs(float(frame[CY])),
+            -1.0,
+            float(height),
+        ),
     ):
+        slack = 1e-5 * size  # float32 rounds at 6e-8 of it: a hundredfold margin and more
         if q == 0.0:
-            if p < bound_lo - 1.0 or p > bound_hi + 1.0:
+            if p < bound_lo - 1.0 - slack or p > bound_hi + 1.0 + slack:
                 return 0, 0
         else:
-            i0 = (bound_lo - p) / q
-            i1 = (bound_hi - p) / q
+            i0 = (bound_lo - slack - p) / q
+            i1 = (bound_hi + slack - p) / q
             lo = max(lo, min(i0, i1))
             hi = min(hi, max(i0, i1))
     if not (lo <= hi + 4.0):
