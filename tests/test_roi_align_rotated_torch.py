@@ -178,6 +178,28 @@ def test_box_gradient_matches_reference_and_leaves_the_batch_index_alone():
     np.testing.assert_allclose(boxes.grad[:, 1:].numpy(), want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "shape, box, size, scale, ratio",
+    [
+        ((1, 16, 24, 1), [0, 8.0, 248.0, 0.0, 432.0, np.pi], (3, 5), 1 / 16, 3),
+        ((1, 64, 13, 5), [0, 2.0, 6.0, 100.0, 76.0, np.pi / 4], (1, 1), 1 / 4, -1),
+    ],
+)
+def test_float32_box_gradient_takes_the_float64_frame_of_the_reference(shape, box, size, scale, ratio):
+    # boxes from differential fuzzing: with the forward's float32 frame (centre, size, cos, sin)
+    # some samples sat a rounding across a whole cell from the float64 reference's, and the
+    # gradient was off by up to half its size
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal(shape)).float()
+    rois = np.array([box])
+    boxes = torch.from_numpy(rois).float().requires_grad_()
+    out = roipool.roi_align_rotated(x, boxes, size, scale, ratio, True, True)
+    g = torch.from_numpy(rng.standard_normal(out.shape)).float()
+    out.backward(g)
+    want = reference.roi_align_rotated_box_grad(x.numpy(), rois.astype(np.float32), g.numpy(), scale, ratio, True, True)
+    np.testing.assert_allclose(boxes.grad[:, 1:].numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 def test_box_gradient_through_a_list_of_boxes_and_adaptive_grid():
     # adaptive grid: the grid size is held constant (piecewise); boxes away from a change of grid size
     rng = np.random.default_rng(22)

@@ -84,6 +84,28 @@ def test_large_adaptive_grid_is_clipped_like_the_cpu_path():
     np.testing.assert_allclose(got_grad.cpu().numpy(), want_grad, rtol=1e-12, atol=1e-15)
 
 
+def test_clipping_keeps_samples_on_the_border_of_a_quarter_turned_box():
+    # as tests/test_roi_align_rotated.py: cos(pi / 2) is 6e-17, so a row's columns move by 1e-16
+    # per sample, and samples exactly on x = W must survive the clipping
+    x = np.random.default_rng(0).standard_normal((1, 1, 33, 2))
+    rois = np.array([[0, 1.5, 22.5, 42.0, 2.0, np.pi / 2]])
+    want = reference.roi_align_rotated(x, rois, 2, 3, 1.0, -1, False, False)
+    got = rt.roi_align_rotated_forward(torch.from_numpy(x).to(DEVICE), torch.from_numpy(rois).to(DEVICE), 1.0, 2, 3,
+                                       -1, False, False)  # fmt: skip
+    np.testing.assert_allclose(got.cpu().numpy(), want, rtol=1e-12, atol=1e-15)
+
+
+def test_float32_box_gradient_takes_the_float64_frame_as_the_cpu_path():
+    # a box from differential fuzzing whose float32 frame put a sample across a whole cell
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 4, 24, 1))).float()
+    rois = torch.tensor([[0, 8.0, 248.0, 0.0, 432.0, np.pi]], dtype=torch.float32)
+    args = (1 / 16, 3, 5, 3, True, True)
+    g = torch.from_numpy(np.random.default_rng(1).standard_normal((1, 4, 3, 5))).float()
+    want = torch.ops.roipool.roi_align_rotated_box_backward(g, x, rois, *args)
+    got = rt.roi_align_rotated_box_backward(g.to(DEVICE), x.to(DEVICE), rois.to(DEVICE), *args)
+    torch.testing.assert_close(got.cpu().float(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
 @pytest.mark.parametrize("aligned, clockwise", [(True, False), (False, True)])
 def test_box_gradient_matches_the_cpu_path(aligned, clockwise):
     x, rois = cases(5, k=4)

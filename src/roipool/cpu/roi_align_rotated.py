@@ -391,8 +391,10 @@ class Frames(BalancedRuns):
 
     def __init__(self, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise):
         t = rois.dtype.type
+        self.rois = rois
         self.pooled_h, self.pooled_w = pooled_h, pooled_w
         self.spatial_scale = float(spatial_scale)
+        self.sampling_ratio, self.aligned = sampling_ratio, aligned
         self.clockwise = bool(clockwise)
         self.num_rois = rois.shape[0]
         self.batch = rois[:, 0].astype(np.int64)
@@ -434,6 +436,16 @@ class Frames(BalancedRuns):
     def arrays(self):
         return self.batch, self.frames, self.grids, self.pooled_h, self.pooled_w
 
+    def in_float64(self) -> Frames:
+        """These RoIs' frames computed in float64 from the same box values (the box gradient's,
+        as ``reference.roi_align_rotated_box_grad``'s): itself when they already are."""
+        if self.frames.dtype == np.float64:
+            return self
+        return Frames(
+            self.rois.astype(np.float64), self.spatial_scale, self.pooled_h, self.pooled_w,
+            self.sampling_ratio, self.aligned, self.clockwise,
+        )  # fmt: skip
+
 
 def launch_forward(x, frames: Frames, out) -> None:
     """``out (K, C, PH, PW)`` (C-contiguous in NCHW or channels-last order, ``_tiles.memory_order``)
@@ -474,7 +486,9 @@ def launch_backward(grad_out, frames: Frames, grad_in) -> None:
 
 def launch_box_backward(x_nhwc, grad_out, frames: Frames, grad_boxes) -> None:
     """``grad_boxes (K, 5)`` <- d/d ``[cx, cy, w, h, angle]`` from ``x_nhwc (N, H, W, C)`` and
-    ``grad_out (K, C, PH * PW)`` (any strides)."""
+    ``grad_out (K, C, PH * PW)`` (any strides), on the RoIs' frames in float64 whatever the
+    compute dtype (``docs/semantics.md``: a float32 frame put samples within its rounding of a
+    whole cell on the other side of it than the float64 reference, found by fuzzing)."""
     if not grad_boxes.size:
         return
     if not x_nhwc.size:
@@ -485,7 +499,7 @@ def launch_box_backward(x_nhwc, grad_out, frames: Frames, grad_boxes) -> None:
         box_backward,
         x_nhwc,
         go,
-        *frames.arrays,
+        *frames.in_float64().arrays,
         frames.spatial_scale,
         frames.clockwise,
         grad_boxes,

@@ -118,13 +118,21 @@ def _sample(f, ph, pw, iy, ix, gh, gw):
 
 
 @triton.jit
-def _axis_span(p, q, limit, lo, hi):
-    """Narrow ``[lo, hi]`` (floats, per lane) to the ``i`` with ``-1 <= p + q * i <= limit``, widened by a sample."""
+def _axis_span(p, q, size, limit, lo, hi):
+    """Narrow ``[lo, hi]`` (floats, per lane) to the ``i`` with ``-1 <= p + q * i <= limit``, widened by a sample.
+
+    As the CPU kernels' ``_row_span``: the bounds are first widened by 1e-5 of ``size``, the
+    largest term of the samples' own arithmetic, far more than its rounding (where ``q`` is
+    tiny, as at a quarter turn, one rounding is millions of samples).
+    """
+    slack = 1e-5 * size
     safe_q = tl.where(q == 0.0, 1.0, q)
-    i0 = (-1.0 - p) / safe_q
-    i1 = (limit - p) / safe_q
+    i0 = (-1.0 - slack - p) / safe_q
+    i1 = (limit + slack - p) / safe_q
     lo = tl.where(
-        q == 0.0, tl.where((p >= -2.0) & (p <= limit + 1.0), lo, hi + 8.0), tl.maximum(lo, tl.minimum(i0, i1))
+        q == 0.0,
+        tl.where((p >= -2.0 - slack) & (p <= limit + 1.0 + slack), lo, hi + 8.0),
+        tl.maximum(lo, tl.minimum(i0, i1)),
     )
     hi = tl.where(q == 0.0, hi, tl.minimum(hi, tl.maximum(i0, i1)))
     return lo, hi
@@ -142,10 +150,15 @@ def _row_span(f, v, pw, gw, ok, height, width):
     d = bin_w / tl.maximum(gw, 1)
     a = tl.load(f + 4).to(tl.float64) + pw.to(tl.float64) * bin_w + 0.5 * d
     v = v.to(tl.float64)
+    cx = tl.load(f + 2).to(tl.float64)
+    cy = tl.load(f + 1).to(tl.float64)
+    reach = tl.abs(a) + tl.abs(d) * gw  # the largest |u| of the row
     lo = tl.zeros_like(v)
     hi = lo + (gw - 1.0)
-    lo, hi = _axis_span(v * sin + a * cos + tl.load(f + 2).to(tl.float64), d * cos, width * 1.0, lo, hi)
-    lo, hi = _axis_span(v * cos - a * sin + tl.load(f + 1).to(tl.float64), -d * sin, height * 1.0, lo, hi)
+    size_x = tl.abs(v * sin) + reach * tl.abs(cos) + tl.abs(cx)
+    size_y = tl.abs(v * cos) + reach * tl.abs(sin) + tl.abs(cy)
+    lo, hi = _axis_span(v * sin + a * cos + cx, d * cos, size_x, width * 1.0, lo, hi)
+    lo, hi = _axis_span(v * cos - a * sin + cy, -d * sin, size_y, height * 1.0, lo, hi)
     keep = ok & (lo <= hi + 4.0)
     lo_i = tl.min(tl.where(keep, tl.maximum(tl.floor(lo) - 2.0, 0.0), gw * 1.0), axis=0).to(tl.int32)
     hi_i = tl.max(tl.where(keep, tl.minimum(tl.ceil(hi) + 3.0, gw * 1.0), 0.0), axis=0).to(tl.int32)
@@ -357,11 +370,17 @@ def _box_backward_kernel(
     for b in range(POOLED_H * POOLED_W):
         ph = b // POOLED_W
         pw = b % POOLED_W
-        for iy in range(gh):
-            fv = -0.5 + (ph + (iy + 0.5) / gh) / POOLED_H
+        # the fractions in float64 from the start (Triton computes an int plus 0.5, divided by an
+        # int32, in float32: a position a rounding off the reference's takes the other piece at
+        # a whole cell); iy + 0.5 and ix + 0.5 are counted in float64, exactly
+        zero = tl.zeros((), tl.float64)
+        fy = zero + 0.5
+        for _iy in range(gh):
+            fv = -0.5 + ((zero + ph) + fy / (zero + gh)) / POOLED_H
             v = fv * roi_h
-            for ix in range(gw):
-                fu = -0.5 + (pw + (ix + 0.5) / gw) / POOLED_W
+            fx = zero + 0.5
+            for _ix in range(gw):
+                fu = -0.5 + ((zero + pw) + fx / (zero + gw)) / POOLED_W
                 u = fu * roi_w
                 y = v * cos - u * sin + cy
                 x = v * sin + u * cos + cx
@@ -398,6 +417,8 @@ def _box_backward_kernel(
                 s_w += fu * (gx * cos - gy * sin)
                 s_h += fv * (gy * cos + gx * sin)
                 s_a += gx * (v * cos - u * sin) - gy * (v * sin + u * cos)
+                fx += 1.0
+            fy += 1.0
     scale = tl.load(scale_ptr)
     row = out_ptr + k * 6
     tl.store(row + 1, s_cx * scale)
@@ -415,9 +436,12 @@ def roi_align_rotated_box_backward(grad, input, rois, spatial_scale, pooled_heig
     training boxes, whose grids are small).
     """
     device = _launch.check_device(grad=grad, input=input, rois=rois)
-    dtype = _launch.compute_dtype(input.dtype)
+    _launch.compute_dtype(input.dtype)  # checks the dtype
     ph, pw = int(pooled_height), int(pooled_width)
-    f, grids, _ = frames(rois, input.shape[0], dtype, spatial_scale, ph, pw, int(sampling_ratio), aligned, clockwise)
+    # the frame in float64 whatever the input's dtype, as the CPU kernel and the reference (docs/semantics.md)
+    f, grids, _ = frames(
+        rois, input.shape[0], torch.float64, spatial_scale, ph, pw, int(sampling_ratio), aligned, clockwise
+    )
     out = torch.zeros((rois.shape[0], 6), dtype=torch.float64, device=device)
     _, channels, height, width = input.shape
     if rois.shape[0] and input.numel():
