@@ -87,6 +87,33 @@ def test_double_backward_through_the_boxes_says_it_is_not_supported():
         g.sum().backward()
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_double_backward_through_the_input_gradient_reaches_the_boxes(layout):
+    # a penalty on the input's gradient with learnable boxes: <backward(g, boxes), v> is
+    # <g, forward(v, boxes)>, so its box gradient is the forward's at input v, weighed by g
+    rng = np.random.default_rng(9)
+    x = make_input((1, 2, 8, 9), torch.float64, layout).requires_grad_()
+    rois = inner_rois(1, 8, 9, 1.0, k=3, seed=4)
+    boxes = torch.from_numpy(rois).requires_grad_()
+    g = torch.from_numpy(rng.standard_normal((3, 2, 2, 3)))
+    v = torch.from_numpy(rng.standard_normal((1, 2, 8, 9)))
+    (gx,) = torch.autograd.grad(roipool.roi_align(x, boxes, (2, 3), 1.0, 2, True), x, g, create_graph=True)
+    (got,) = torch.autograd.grad((gx * v).sum(), boxes)
+    want = roipool.roi_align_boxes_backward(g.numpy(), v.numpy(), rois, (2, 3), 1.0, 2, True)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12)
+    assert np.abs(want[:, 1:]).min() > 0
+
+    def penalty(b):  # the same through NumPy's input gradient, by central differences
+        return (roipool.roi_align_backward(g.numpy(), b, (1, 2, 8, 9), (2, 3), 1.0, 2, True) * v.numpy()).sum()
+
+    h = 1e-6
+    for k, c in ((0, 1), (1, 4), (2, 2)):
+        up, down = rois.copy(), rois.copy()
+        up[k, c] += h
+        down[k, c] -= h
+        assert abs((penalty(up) - penalty(down)) / (2 * h) - want[k, c]) < 1e-6
+
+
 def test_opcheck_boxes_backward():
     x = make_input((2, 3, 6, 7), torch.float64, "contiguous")
     rois = torch.from_numpy(edge_rois(2, 6, 7, 0.5, 6, 8))

@@ -200,6 +200,31 @@ def test_float32_box_gradient_takes_the_float64_frame_of_the_reference(shape, bo
     np.testing.assert_allclose(boxes.grad[:, 1:].numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+def test_double_backward_through_the_input_gradient_reaches_the_boxes():
+    # as roi_align's: the box gradient of <backward(g, boxes), v> is the forward's at input v, weighed by g
+    rng = np.random.default_rng(10)
+    x = torch.from_numpy(rng.standard_normal((1, 2, 8, 9))).requires_grad_()
+    rois = kink_free_boxes(rng, 3, 8, 9, 1.0)
+    boxes = torch.from_numpy(rois).requires_grad_()
+    g = torch.from_numpy(rng.standard_normal((3, 2, 2, 3)))
+    v = torch.from_numpy(rng.standard_normal((1, 2, 8, 9)))
+    (gx,) = torch.autograd.grad(roipool.roi_align_rotated(x, boxes, (2, 3), 1.0, 2), x, g, create_graph=True)
+    (got,) = torch.autograd.grad((gx * v).sum(), boxes)
+    b2 = torch.from_numpy(rois).requires_grad_()
+    (want,) = torch.autograd.grad(roipool.roi_align_rotated(v, b2, (2, 3), 1.0, 2), b2, g)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+    def penalty(b):  # the same through NumPy's input gradient, by central differences
+        return (roipool.roi_align_rotated_backward(g.numpy(), b, (1, 2, 8, 9), (2, 3), 1.0, 2) * v.numpy()).sum()
+
+    h = 1e-6
+    for k, c in ((0, 1), (1, 3), (2, 5)):
+        up, down = rois.copy(), rois.copy()
+        up[k, c] += h
+        down[k, c] -= h
+        assert abs((penalty(up) - penalty(down)) / (2 * h) - want[k, c].item()) < 1e-6
+
+
 def test_box_gradient_through_a_list_of_boxes_and_adaptive_grid():
     # adaptive grid: the grid size is held constant (piecewise); boxes away from a change of grid size
     rng = np.random.default_rng(22)

@@ -188,17 +188,25 @@ def _roi_align_grad(ctx, grad_output):
 
 
 def _roi_align_backward_setup(ctx, inputs, output):
-    _, rois, spatial_scale, pooled_height, pooled_width, *_, sampling_ratio, aligned, _ = inputs
+    grad, rois, spatial_scale, pooled_height, pooled_width, *_, sampling_ratio, aligned, _ = inputs
     ctx.params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
-    ctx.save_for_backward(rois)
+    # ``grad`` is kept only when the boxes want a second derivative (it weighs their gradient)
+    ctx.save_for_backward(rois, grad if ctx.needs_input_grad[1] else None)
 
 
 def _roi_align_backward_grad(ctx, grad_grad_input):
     # The backward is linear in ``grad`` and its adjoint is the forward itself,
-    # so double backward (e.g. gradient penalties) costs one forward.
-    (rois,) = ctx.saved_tensors
-    grad_grad = torch.ops.roipool.roi_align(grad_grad_input, rois, *ctx.params)
-    return (grad_grad,) + (None,) * 11
+    # so double backward (e.g. gradient penalties) costs one forward:
+    # <backward(grad, rois), v> = <grad, forward(v, rois)>. Through the boxes, that
+    # same pairing differentiated in ``rois``: the forward's box gradient at input
+    # ``v`` (grad_grad_input), weighed by ``grad``.
+    rois, grad = ctx.saved_tensors
+    grad_grad = grad_rois = None
+    if ctx.needs_input_grad[0]:
+        grad_grad = torch.ops.roipool.roi_align(grad_grad_input, rois, *ctx.params)
+    if ctx.needs_input_grad[1]:
+        grad_rois = torch.ops.roipool.roi_align_boxes_backward(grad, grad_grad_input, rois, *ctx.params)
+    return (grad_grad, grad_rois) + (None,) * 10
 
 
 def _roi_align_boxes_backward_setup(ctx, inputs, output):
