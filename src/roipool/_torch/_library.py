@@ -321,6 +321,31 @@ def call_backward(ctx, op, kernel, *args):
     return op(*args)
 
 
+def save_for_adjoint(ctx, grad: torch.Tensor, rois: torch.Tensor, params) -> None:
+    """The ``setup_context`` of an input-gradient op ``backward(grad, rois, ...)`` for :func:`adjoint_grads`:
+    the rois and the forward's ``params``, and ``grad`` only when the rois want a second derivative."""
+    ctx.save_for_backward(rois, grad if ctx.needs_input_grad[1] else None)
+    ctx.params = tuple(params)
+
+
+def adjoint_grads(ctx, grad_grad_input, forward, boxes_backward):
+    """``(d/d grad, d/d rois)`` of ``<backward(grad, rois), grad_grad_input>`` for an input-gradient op
+    linear in ``grad`` whose adjoint is the ``forward`` op (saved by :func:`save_for_adjoint`).
+
+    ``<backward(grad, rois), v> = <grad, forward(v, rois)>``: the first is the forward at
+    ``v`` (so double backward, e.g. a gradient penalty, costs one forward), the second the
+    forward's box gradient at input ``v`` weighed by ``grad`` (``boxes_backward(grad, v,
+    rois, ...)``). Each is computed only when wanted.
+    """
+    rois, grad = ctx.saved_tensors
+    grad_grad = grad_rois = None
+    if ctx.needs_input_grad[0]:
+        grad_grad = forward(grad_grad_input, rois, *ctx.params)
+    if ctx.needs_input_grad[1]:
+        grad_rois = boxes_backward(grad, grad_grad_input, rois, *ctx.params)
+    return grad_grad, grad_rois
+
+
 def cpu_nhwc(input: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
     """``input (N, C, H, W)`` as a C-contiguous ``(N, H, W, C)`` NumPy array of ``dtype``.
 

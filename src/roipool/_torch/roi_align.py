@@ -20,6 +20,7 @@ from ._library import (
     INFERENCE,
     TRAINING,
     Training,
+    adjoint_grads,
     boxes_to_rois,
     call_backward,
     channels_last,
@@ -34,6 +35,7 @@ from ._library import (
     new_cpu_output,
     of_dtype,
     quiet_when_tracing,
+    save_for_adjoint,
     train_eagerly,
 )
 
@@ -189,24 +191,14 @@ def _roi_align_grad(ctx, grad_output):
 
 def _roi_align_backward_setup(ctx, inputs, output):
     grad, rois, spatial_scale, pooled_height, pooled_width, *_, sampling_ratio, aligned, _ = inputs
-    ctx.params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
-    # ``grad`` is kept only when the boxes want a second derivative (it weighs their gradient)
-    ctx.save_for_backward(rois, grad if ctx.needs_input_grad[1] else None)
+    save_for_adjoint(ctx, grad, rois, (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned))
 
 
 def _roi_align_backward_grad(ctx, grad_grad_input):
-    # The backward is linear in ``grad`` and its adjoint is the forward itself,
-    # so double backward (e.g. gradient penalties) costs one forward:
-    # <backward(grad, rois), v> = <grad, forward(v, rois)>. Through the boxes, that
-    # same pairing differentiated in ``rois``: the forward's box gradient at input
-    # ``v`` (grad_grad_input), weighed by ``grad``.
-    rois, grad = ctx.saved_tensors
-    grad_grad = grad_rois = None
-    if ctx.needs_input_grad[0]:
-        grad_grad = torch.ops.roipool.roi_align(grad_grad_input, rois, *ctx.params)
-    if ctx.needs_input_grad[1]:
-        grad_rois = torch.ops.roipool.roi_align_boxes_backward(grad, grad_grad_input, rois, *ctx.params)
-    return (grad_grad, grad_rois) + (None,) * 10
+    # linear in grad, the forward its adjoint: double backward (a gradient penalty) is one forward,
+    # and into the boxes the forward's box gradient (adjoint_grads)
+    grads = adjoint_grads(ctx, grad_grad_input, torch.ops.roipool.roi_align, torch.ops.roipool.roi_align_boxes_backward)
+    return grads + (None,) * 10
 
 
 def _roi_align_boxes_backward_setup(ctx, inputs, output):

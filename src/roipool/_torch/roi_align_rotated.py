@@ -27,6 +27,7 @@ from ._library import (
     INFERENCE,
     TRAINING,
     Training,
+    adjoint_grads,
     boxes_to_rois,
     call_backward,
     channels_last,
@@ -41,6 +42,7 @@ from ._library import (
     numpy_dtype,
     of_dtype,
     quiet_when_tracing,
+    save_for_adjoint,
     train_eagerly,
 )
 
@@ -174,22 +176,16 @@ _TRAINING = Training(_forward_cpu, _setup, _grad)  # without the ops' dispatch (
 
 def _backward_setup(ctx, inputs, output):
     grad, rois, *params = inputs
-    # ``grad`` is kept only when the boxes want a second derivative (it weighs their gradient)
-    ctx.save_for_backward(rois, grad if ctx.needs_input_grad[1] else None)
-    ctx.params = params[:6]
+    save_for_adjoint(ctx, grad, rois, params[:6])
 
 
 def _backward_grad(ctx, grad_grad_input):
-    # The input gradient is linear in grad and its adjoint is the forward:
-    # <backward(grad, rois), v> = <grad, forward(v, rois)>; through the boxes, the
-    # forward's box gradient at input v (grad_grad_input), weighed by grad.
-    rois, grad = ctx.saved_tensors
-    grad_grad = grad_rois = None
-    if ctx.needs_input_grad[0]:
-        grad_grad = torch.ops.roipool.roi_align_rotated(grad_grad_input, rois, *ctx.params)
-    if ctx.needs_input_grad[1]:
-        grad_rois = torch.ops.roipool.roi_align_rotated_box_backward(grad, grad_grad_input, rois, *ctx.params)
-    return (grad_grad, grad_rois) + (None,) * 11
+    # linear in grad, the forward its adjoint: the forward at grad_grad_input, and into the
+    # boxes the forward's box gradient (adjoint_grads)
+    grads = adjoint_grads(
+        ctx, grad_grad_input, torch.ops.roipool.roi_align_rotated, torch.ops.roipool.roi_align_rotated_box_backward
+    )
+    return grads + (None,) * 11
 
 
 roi_align_rotated_backward_op.register_autograd(_backward_grad, setup_context=_backward_setup)
