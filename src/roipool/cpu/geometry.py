@@ -105,13 +105,13 @@ def roi_align_extent(rois, k, spatial_scale, offset):
     """``(x0, y0, roi_w, roi_h)`` of RoI ``k``: its scaled start and extent, before the legacy
     one-cell rule, for the taps and the box gradient alike.
 
-    This module's functions say ``fastmath=False`` outright: Numba compiles a callee that
+    It and the other helpers here that the box gradient's kernel (compiled with
+    ``fastmath``) calls too say ``fastmath=False`` outright: Numba compiles a callee that
     leaves it unset with its first caller's ``fastmath`` and keeps that one compiled copy
-    for every later caller, so the box gradient's kernel (compiled with ``fastmath``) would
-    otherwise fuse these operations into multiply-adds, for itself and, compiled first,
-    for the forward's taps too: a sample a rounding below a whole cell would land on it
-    and take the slope of the other piece (found by differential fuzzing against the
-    reference; ``tests/test_fastmath.py``)."""
+    for every later caller, so that kernel would otherwise fuse these operations into
+    multiply-adds, for itself and, compiled first, for the forward's taps too: a sample a
+    rounding below a whole cell would land on it and take the slope of the other piece
+    (found by differential fuzzing against the reference; ``tests/test_fastmath.py``)."""
     x0 = rois[k, 1] * spatial_scale - offset
     y0 = rois[k, 2] * spatial_scale - offset
     roi_w = (rois[k, 3] * spatial_scale - offset) - x0
