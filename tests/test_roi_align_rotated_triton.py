@@ -119,6 +119,20 @@ def test_box_gradient_matches_the_cpu_path(aligned, clockwise):
     torch.testing.assert_close(got.cpu(), want, rtol=1e-9, atol=1e-9)
 
 
+def test_box_gradient_of_huge_and_quarter_turned_boxes_is_clipped_like_the_cpu_path():
+    # rows of 1500 adaptive samples, of which only those near the 5 x 6 map are visited; and a
+    # quarter-turned box (cos 6e-17) whose samples on the map's border must survive the clipping
+    x = torch.from_numpy(np.random.default_rng(8).standard_normal((1, 2, 5, 6)))
+    g = torch.from_numpy(np.random.default_rng(9).standard_normal((3, 2, 1, 2)))
+    rois = torch.tensor([[0, 2.5, 2.0, 3000.0, 2.0, 0.3], [0, 3.0, 2.5, 1500.0, 3.0, -1.2],
+                         [0, 1.5, 2.5, 42.0, 2.0, np.pi / 2]], dtype=torch.float64)  # fmt: skip
+    args = (1.0, 1, 2, -1, False, False)
+    want = torch.ops.roipool.roi_align_rotated_box_backward(g, x, rois, *args)
+    got = rt.roi_align_rotated_box_backward(g.to(DEVICE), x.to(DEVICE), rois.to(DEVICE), *args)
+    assert want[:, 1:].abs().min() > 0  # every derivative is reached
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-9, atol=1e-9)
+
+
 def test_bad_boxes_get_the_cpu_paths_errors():
     x = torch.zeros((2, 3, 5, 5), device=DEVICE)
     with pytest.raises(ValueError, match="negative size"):

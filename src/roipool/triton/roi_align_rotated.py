@@ -378,8 +378,12 @@ def _box_backward_kernel(
         for _iy in range(gh):
             fv = -0.5 + ((zero + ph) + fy / (zero + gh)) / POOLED_H
             v = fv * roi_h
-            fx = zero + 0.5
-            for _ix in range(gw):
+            # only the columns of the row that can land on the map, as the forward (a huge adaptive
+            # grid would otherwise be visited whole); the span is widened by samples, so the
+            # rounding between this v and the forward's does not matter
+            ix_lo, ix_hi = _row_span(f, v[None], (zero + pw)[None], gw, tl.full((1,), 1, tl.int1), height, width)
+            fx = (zero + ix_lo) + 0.5
+            for _ix in range(ix_lo, ix_hi):
                 fu = -0.5 + ((zero + pw) + fx / (zero + gw)) / POOLED_W
                 u = fu * roi_w
                 y = v * cos - u * sin + cy
@@ -432,8 +436,8 @@ def roi_align_rotated_box_backward(grad, input, rois, spatial_scale, pooled_heig
                                    aligned, clockwise):  # fmt: skip
     """Gradient of :func:`roi_align_rotated_forward` with respect to ``rois (K, 6)`` (column 0 gets 0); deterministic.
 
-    Samples are visited without the row clipping (the box gradient is for
-    training boxes, whose grids are small).
+    Each row of samples is clipped to the columns that can land on the map,
+    as in the forward, so a huge adaptive grid visits only the samples near it.
     """
     device = _launch.check_device(grad=grad, input=input, rois=rois)
     _launch.compute_dtype(input.dtype)  # checks the dtype
