@@ -324,6 +324,18 @@ def test_bad_arguments_are_named(call, error, words):
         call(x, rois, g)
 
 
+def test_the_first_box_whose_scaled_extent_overflows_is_named():
+    # box 1's corners are finite in float32, their difference is not; box 2 overflows too, later
+    x = np.ones((1, 2, 5, 5), np.float32)
+    rois = np.array([[0, 0, 0, 2, 2], [0, -3e38, 0, 3e38, 1], [0, 1e38, 1, 2, 2]], np.float32)
+    with pytest.raises(ValueError, match=r"boxes: box 1 .* overflows float32"):
+        roipool.prroi_pool(x, rois, 2)
+    rois[1] = [0, 0, 0, 1, 1]
+    with pytest.raises(ValueError, match=r"boxes: box 2 .* times spatial_scale 4.0 overflows float32"):
+        roipool.prroi_pool(x, rois, 2, 4.0)
+    assert np.isfinite(roipool.prroi_pool(x, rois[[0, 0]], 2)).all()
+
+
 def test_concurrent_calls_from_python_threads_give_the_same_results():
     rng = np.random.default_rng(12)
     x = rng.standard_normal((2, 20, 8, 8))

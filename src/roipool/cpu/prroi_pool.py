@@ -64,10 +64,12 @@ def prroi_taps(rois, spatial_scale, pooled_h, pooled_w, height, width):
     ``ph`` of RoI ``k`` are ``hidx[hptr[k, ph]:hptr[k, ph + 1]]`` with weights
     ``hwt`` and their derivatives with respect to the box's ``y1`` (``hd1``)
     and ``y2`` (``hd2``); ``wptr``, ``widx``, ``wwt``, ``wd1``, ``wd2`` likewise
-    for columns and ``x1``, ``x2``; ``cost (K,)`` int64 for load balancing.
+    for columns and ``x1``, ``x2``; ``cost (K,)`` int64 for load balancing; and
+    ``overflow``: -1, or the first RoI whose scaled corners or extent are not finite
+    in ``T`` (then no taps are computed: the caller refuses the boxes, by
+    ``_checks.scaled_boxes_finite``'s rule, without a compiled call of its own).
     A RoI of zero width or height (after scaling, ``x2' <= x1'`` or ``y2' <= y1'``)
     gets no taps on either axis: its bins are 0 with zero gradients.
-    Coordinates times the scale must be finite in ``T`` (the frontend checks).
     """
     k_total = rois.shape[0]
     t = rois.dtype.type
@@ -78,12 +80,18 @@ def prroi_taps(rois, spatial_scale, pooled_h, pooled_w, height, width):
     geom = np.empty((k_total, 4), rois.dtype)  # y1', bin_h, x1', bin_w
     hcap = 0
     wcap = 0
+    overflow = -1
     for k in range(k_total):
         batch[k] = int(rois[k, 0])
         x1 = rois[k, 1] * spatial_scale
         y1 = rois[k, 2] * spatial_scale
-        bin_w = max(rois[k, 3] * spatial_scale - x1, t(0.0)) / t(pooled_w)
-        bin_h = max(rois[k, 4] * spatial_scale - y1, t(0.0)) / t(pooled_h)
+        x2 = rois[k, 3] * spatial_scale
+        y2 = rois[k, 4] * spatial_scale
+        if not (np.isfinite(x2 - x1) and np.isfinite(y2 - y1)):  # an extent is finite only if both its corners are
+            overflow = k
+            break
+        bin_w = max(x2 - x1, t(0.0)) / t(pooled_w)
+        bin_h = max(y2 - y1, t(0.0)) / t(pooled_h)
         if not (bin_h > 0 and bin_w > 0):
             bin_h = t(0.0)
             bin_w = t(0.0)
@@ -98,13 +106,13 @@ def prroi_taps(rois, spatial_scale, pooled_h, pooled_w, height, width):
     hwt = np.empty((3, hcap), rois.dtype)
     wwt = np.empty((3, wcap), rois.dtype)
     hpos = wpos = ZERO  # a plain int64, not the literal 0: one compiled _axis_taps
-    for k in range(k_total):
+    for k in range(k_total if overflow < 0 else 0):
         hpos = _axis_taps(geom[k, 0], geom[k, 1], height, spatial_scale, hptr[k], hidx, hwt, hpos)
         wpos = _axis_taps(geom[k, 2], geom[k, 3], width, spatial_scale, wptr[k], widx, wwt, wpos)
         cost[k] = (hptr[k, pooled_h] - hptr[k, 0]) * (wptr[k, pooled_w] - wptr[k, 0]) + pooled_h * pooled_w
     return (
         batch, hptr, hidx[:hpos], hwt[0, :hpos], hwt[1, :hpos], hwt[2, :hpos],
-        wptr, widx[:wpos], wwt[0, :wpos], wwt[1, :wpos], wwt[2, :wpos], cost,
+        wptr, widx[:wpos], wwt[0, :wpos], wwt[1, :wpos], wwt[2, :wpos], cost, overflow,
     )  # fmt: skip
 
 
@@ -290,11 +298,12 @@ class PrRoITaps(BalancedRuns):
         self.pooled_h, self.pooled_w = pooled_h, pooled_w
         self.num_rois = rois.shape[0]
         scale = rois.dtype.type(spatial_scale)
-        _checks.scaled_boxes_finite(rois, scale)
         (
             self.batch, self.hptr, self.hidx, self.hwt, self.hd1, self.hd2,
-            self.wptr, self.widx, self.wwt, self.wd1, self.wd2, self.cost,
+            self.wptr, self.widx, self.wwt, self.wd1, self.wd2, self.cost, overflow,
         ) = prroi_taps(rois, scale, pooled_h, pooled_w, height, width)  # fmt: skip
+        # the taps' pass also finds a box that overflows (_checks.scaled_boxes_finite's rule)
+        _checks.overflowing_box(rois, overflow, scale)
 
     @property
     def arrays(self):
