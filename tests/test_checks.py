@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -79,6 +81,39 @@ def test_bad_output_size(output_size, error):
 def test_bad_spatial_scale(scale, error):
     with pytest.raises(error, match="spatial_scale"):
         roipool.roi_pool(X, ROIS, 2, scale)
+
+
+SCALED_OPS = {  # op: (output_size, boxes) on a (1, 4, 8, 8) map
+    "roi_pool": (2, ROIS[:1]),
+    "roi_align": (2, ROIS[:1]),
+    "prroi_pool": (2, ROIS[:1]),
+    "ps_roi_pool": (2, ROIS[:1]),
+    "ps_roi_align": (2, ROIS[:1]),
+    "roi_align_rotated": (2, np.array([[0, 3, 3, 2, 2, 0.5]], np.float32)),
+}
+
+
+@pytest.mark.parametrize("frontend", ["numpy", "torch", "jax"])
+@pytest.mark.parametrize("op", list(SCALED_OPS))
+def test_a_spatial_scale_that_overflows_or_vanishes_in_the_maps_dtype_is_refused(op, frontend):
+    # finite and positive as a float, but infinite, 0 or subnormal in float32 (which XLA's CPU
+    # runtime flushes to 0): every op and frontend refuses it
+    size, boxes = SCALED_OPS[op]
+    x = np.ones((1, 4, 8, 8), np.float32)
+    if frontend == "torch":
+        torch = pytest.importorskip("torch")
+        call, x, boxes = getattr(roipool, op), torch.from_numpy(x), torch.from_numpy(boxes)
+    elif frontend == "jax":
+        pytest.importorskip("jax")
+        import roipool.jax as rj
+
+        call = getattr(rj, op)
+    else:
+        call = getattr(roipool, op)
+    for scale in (1e300, 1e-300, 1e-40):
+        with pytest.raises(ValueError, match=re.escape(f"spatial_scale={scale!r} is not representable in float32")):
+            call(x, boxes, size, scale)
+    assert np.isfinite(np.asarray(call(x, boxes, size, 1.2e-38))).all()  # the smallest normal float32 is kept
 
 
 def test_errors_leave_inputs_untouched():
@@ -178,6 +213,16 @@ def test_boxes_that_overflow_the_compute_dtype_are_refused_only_there():
     np.testing.assert_array_equal(_checks.rois_array(rows, 1, np.dtype(np.float64)), rows)
     with pytest.raises(ValueError, match=r"box 0 has a coordinate that is NaN or infinite \(or overflows float32\)"):
         _checks.rois_array(rows, 1, np.dtype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_box_that_is_not_finite_is_printed_as_given(dtype):
+    # the converted row is filled only up to its first bad value; the message shows the row given
+    rows = np.array([[0, 1, 2, 3, 4], [1, 5, np.nan, 7, 8]], dtype)
+    with pytest.raises(ValueError, match=r"box 1 has a coordinate .*: \[ *5\. +nan +7\. +8\.\]$"):
+        _checks.rois_array(rows, 2, np.dtype(dtype))
+    with pytest.raises(ValueError, match=r"overflows float32\): \[ *0\.e\+00 +1\.e\+39 +1\.e\+00 +2\.e\+00\]$"):
+        _checks.rois_array(np.array([[0, 0, 1e39, 1, 2]]), 1, np.dtype(np.float32))
 
 
 def test_boxes_as_a_list_become_the_rows_of_every_image_in_order():

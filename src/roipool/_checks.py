@@ -162,9 +162,9 @@ def rois_array(boxes, num_images: int, dtype: np.dtype, name: str = "boxes") -> 
         raise ValueError(
             f"{name}[{k}, 0] is the batch index and must be in [0, {num_images}), got {rows[k, 0].item()!r}"
         )
-    if problem == compiled.COORD_NOT_FINITE:
+    if problem == compiled.COORD_NOT_FINITE:  # the row as given: out is filled only up to the bad value
         raise ValueError(
-            f"{name}: box {k} has a coordinate that is NaN or infinite (or overflows {out.dtype}): {out[k, 1:]}"
+            f"{name}: box {k} has a coordinate that is NaN or infinite (or overflows {out.dtype}): {rows[k, 1:]}"
         )
     return out
 
@@ -294,12 +294,20 @@ def ps_channels(channels: int, output_size: tuple[int, int]) -> int:
 
 
 def scale_in_dtype(spatial_scale: float, dtype, name: str = "spatial_scale"):
-    """``spatial_scale`` (already checked positive) as a finite, nonzero scalar of ``dtype``."""
-    with np.errstate(over="ignore", under="ignore"):  # reported just below
-        value = np.dtype(dtype).type(spatial_scale)
-    if not np.isfinite(value) or value == 0:
-        raise ValueError(f"{name}={spatial_scale!r} is not representable in {np.dtype(dtype)}")
-    return value
+    """``spatial_scale`` (a float already checked positive and finite) as a scalar of ``dtype``,
+    where it must be a normal number: one that overflows there, or lies below the smallest
+    normal number (a subnormal scale would be flushed to 0 by runtimes that flush
+    subnormals, XLA's on the CPU among them), is a ``ValueError``."""
+    dtype = np.dtype(dtype)
+    lo, hi = _NORMAL_RANGE.get(dtype) or (float(np.finfo(dtype).tiny), float(np.finfo(dtype).max))
+    if not (lo <= spatial_scale <= hi):
+        raise ValueError(
+            f"{name}={spatial_scale!r} is not representable in {dtype} as a normal number (from {lo:.8g} to {hi:.8g})"
+        )
+    return dtype.type(spatial_scale)
+
+
+_NORMAL_RANGE = {np.dtype(t): (float(np.finfo(t).tiny), float(np.finfo(t).max)) for t in (np.float32, np.float64)}
 
 
 def grad_output_array(grad_output, name: str = "grad_output") -> np.ndarray:

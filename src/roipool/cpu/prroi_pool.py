@@ -297,7 +297,7 @@ class PrRoITaps(BalancedRuns):
     def __init__(self, rois, spatial_scale, pooled_h, pooled_w, height, width):
         self.pooled_h, self.pooled_w = pooled_h, pooled_w
         self.num_rois = rois.shape[0]
-        scale = rois.dtype.type(spatial_scale)
+        scale = _checks.scale_in_dtype(spatial_scale, rois.dtype)
         (
             self.batch, self.hptr, self.hidx, self.hwt, self.hd1, self.hd2,
             self.wptr, self.widx, self.wwt, self.wd1, self.wd2, self.cost, overflow,

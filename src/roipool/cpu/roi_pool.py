@@ -49,6 +49,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .. import _checks
 from ._machine import scratch_band, sweep_strip, sweeps_map_rows, tile_channels
 from ._parallel import WHOLE_ROIS, BalancedRuns, launch, launch_threads, row_sweep, share, sweep_band, threads
 from ._simd import (
@@ -715,7 +716,7 @@ class RoIPoolBins(BalancedRuns):
         self.pooled_h, self.pooled_w = pooled_h, pooled_w
         self.num_rois = rois.shape[0]
         self.batch, self.hbins, self.wbins, self.cost = roi_pool_bins(
-            rois, rois.dtype.type(spatial_scale), pooled_h, pooled_w, height, width
+            rois, _checks.scale_in_dtype(spatial_scale, rois.dtype), pooled_h, pooled_w, height, width
         )
 
     def cells_per_bin(self) -> float:

@@ -135,7 +135,9 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0, *, backend=None, layo
     x, rois, dtype, nhwc = _prepare_call(input, boxes, layout)
     size = _checks.output_size_pair(output_size)
     _output_fits(x, rois, x.shape[1], size, output_size)
-    static = (size, _checks.positive_scale(spatial_scale), x.shape)
+    scale = _checks.positive_scale(spatial_scale)
+    _checks.scale_in_dtype(scale, x.dtype)
+    static = (size, scale, x.shape)
     op = _ops.roi_pool_callback if _use_callback(backend, x) else _ops.roi_pool_xla
     return _result(op(static, x, rois), dtype, nhwc)
 
@@ -160,6 +162,7 @@ def roi_align(
     scale = _checks.positive_scale(spatial_scale)
     sampling_ratio = _checks.sampling_ratio_int(sampling_ratio)
     aligned = _checks.flag(aligned, "aligned")
+    _checks.scale_in_dtype(scale, x.dtype)
     _prepare.check_scaled_boxes(rois, scale, 0.5 if aligned else 0.0)
     _output_fits(x, rois, x.shape[1], size, output_size)
     static = (size, scale, sampling_ratio, aligned, x.shape)
@@ -273,6 +276,7 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0, *, backend=None, la
     """
     x, rois, dtype, nhwc = _prepare_call(input, boxes, layout)
     pooled_h, pooled_w, scale = _checks.prroi_arguments(output_size, spatial_scale)
+    _checks.scale_in_dtype(scale, x.dtype)
     _prepare.check_scaled_boxes(rois, scale, 0.0)
     _output_fits(x, rois, x.shape[1], (pooled_h, pooled_w), output_size)
     static = ((pooled_h, pooled_w), scale, x.shape)

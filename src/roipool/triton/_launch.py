@@ -14,6 +14,7 @@ import os
 import torch
 import triton
 
+from .. import _checks
 from .._torch import _library
 from .._torch._library import SUPPORTED_DTYPES
 
@@ -69,7 +70,9 @@ def scale_tensor(spatial_scale: float, dtype: torch.dtype, device: torch.device)
 
     A Python float argument would reach a kernel as float32 (and the
     interpreter always makes it float32), which would round a float64 scale.
+    A scale that overflows the dtype or rounds to 0 there is refused, as on the CPU.
     """
+    _checks.scale_in_dtype(float(spatial_scale), _library.numpy_dtype(dtype))
     return torch.full((1,), float(spatial_scale), dtype=dtype, device=device)
 
 
