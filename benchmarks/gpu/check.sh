@@ -25,11 +25,15 @@ if [ "$dry" = 1 ]; then
     tests=gpu # the interpreter runs the Triton tests in make test already, and too slowly for this limit
     bench_args=(--device cpu --workload tiny --repeat 1)
     more_args=(--device cpu --workload tiny --repeat 1)
+    jax_args=(--device cpu --workload tiny --repeat 1) # XLA compiles vgg16 for 30 to 137 s on a CPU (jax.md)
+    tests_limit=300 # Numba compiles the CPU path the tests compare with, on two cores
 else
     unset TRITON_INTERPRET ROIPOOL_GPU_DRY_RUN
     tests="triton or gpu"
     bench_args=(--device cuda --workload vgg16 --workload maskrcnn-fpn --repeat 15)
     more_args=(--device cuda --workload rfcn --workload dota --repeat 10)
+    jax_args=(--device cuda --workload vgg16 --repeat 5)
+    tests_limit=180
 fi
 : >"$out/steps.txt"
 
@@ -47,7 +51,7 @@ step environment 20 "$py" benchmarks/gpu/environment.py "$out/environment.json"
 parallel=()
 if "$py" -c "import xdist" 2>/dev/null; then parallel=(-n "$(( $(nproc) < 8 ? $(nproc) : 8 ))" --dist load); fi
 if "$py" -c "import pytest_timeout" 2>/dev/null; then parallel+=(--timeout 150); fi
-step tests 180 "$py" -m pytest -m "$tests" -q -p no:cacheprovider -o addopts="" -rfEs "${parallel[@]}" \
+step tests "$tests_limit" "$py" -m pytest -m "$tests" -q -p no:cacheprovider -o addopts="" -rfEs "${parallel[@]}" \
     --junitxml="$out/tests.xml"
 step bench 80 sh -c '"$0" -m roipool.cli bench --json "$@" >"$ROIPOOL_GPU_OUT/bench.json"' "$py" "${bench_args[@]}"
 # the position-sensitive ops (rfcn) and rotated RoIAlign (dota, no peer on the GPU): a step of their own,
@@ -56,7 +60,7 @@ step bench-more 50 sh -c '"$0" -m roipool.cli bench --json "$@" >"$ROIPOOL_GPU_O
     "${more_args[@]}"
 # roipool.jax's XLA path on JAX's GPU (vgg16 only; XLA compiles each variant first): a step of its own
 step bench-jax 40 sh -c '"$0" -m roipool.cli bench --json --jax "$@" >"$ROIPOOL_GPU_OUT/bench-jax.json"' "$py" \
-    "${bench_args[0]}" "${bench_args[1]}" --workload vgg16 --repeat 5
+    "${jax_args[@]}"
 # the Triton launch settings of roi_pool and roi_align against torchvision, in one process
 step sweep 90 "$py" benchmarks/gpu/sweep.py "$out/sweep.json"
 step summary 20 "$py" benchmarks/gpu/summarize.py "$out"
