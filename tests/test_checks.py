@@ -116,6 +116,31 @@ def test_a_spatial_scale_that_overflows_or_vanishes_in_the_maps_dtype_is_refused
     assert np.isfinite(np.asarray(call(x, boxes, size, 1.2e-38))).all()  # the smallest normal float32 is kept
 
 
+@pytest.mark.parametrize("frontend", ["numpy", "torch", "jax"])
+@pytest.mark.parametrize("op", ["roi_align", "ps_roi_align", "roi_align_rotated"])
+def test_a_sampling_ratio_that_would_run_for_minutes_is_refused_at_once(op, frontend):
+    # the separable ops visit up to sampling_ratio samples per bin and axis, the rotated one its
+    # square: 10**9 ran for minutes on one small box (bad-input fuzzing); the limits are refused
+    size, boxes = SCALED_OPS[op]
+    x = np.ones((1, 4, 8, 8), np.float32)
+    limit = _checks.MAX_ROTATED_SAMPLING_RATIO if op == "roi_align_rotated" else _checks.MAX_SAMPLING_RATIO
+    if frontend == "torch":
+        torch = pytest.importorskip("torch")
+        call, x, boxes = getattr(roipool, op), torch.from_numpy(x), torch.from_numpy(boxes)
+    elif frontend == "jax":
+        pytest.importorskip("jax")
+        import roipool.jax as rj
+
+        call = getattr(rj, op)
+    else:
+        call = getattr(roipool, op)
+    for ratio in (limit + 1, 10**9, 2**31 - 1):
+        with pytest.raises(ValueError, match=f"sampling_ratio must be at most {limit} samples per bin side"):
+            call(x, boxes, size, 1.0, ratio)
+    if op == "roi_align_rotated":  # the limit itself still runs: a 1024 x 1024 grid per bin
+        assert np.isfinite(np.asarray(call(x, boxes, 1, 1.0, limit))).all()
+
+
 def test_errors_leave_inputs_untouched():
     rois = np.array([[0, 0, 0, 4, 4], [3, 1, 1, 5, 5]], np.float64)
     before = rois.copy()
@@ -249,7 +274,7 @@ def test_scalar_arguments_give_plain_python_values_of_any_accepted_type():
     for scale in (0.25, np.float32(0.25), np.float64(0.25), 1):
         value = _checks.positive_scale(scale)
         assert type(value) is float and value == float(scale)
-    for ratio in (2, -1, 0, np.int16(2), 2**31 - 1):
+    for ratio in (2, -1, 0, np.int16(2), 2**20, np.int64(-(2**31))):
         value = _checks.sampling_ratio_int(ratio)
         assert type(value) is int and value == int(ratio)
     for flag in (True, False, np.bool_(True)):
@@ -261,8 +286,13 @@ def test_scalar_arguments_give_plain_python_values_of_any_accepted_type():
     for bad in (0.0, -0.5, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="spatial_scale must be finite and positive"):
             _checks.positive_scale(bad)
-    with pytest.raises(ValueError, match="below 2"):
+    with pytest.raises(ValueError, match=r"at most 1048576 samples per bin side, got 2147483648 \(<= 0: adaptive\)"):
         _checks.sampling_ratio_int(2**31)
+    with pytest.raises(
+        ValueError, match=r"at least -2\*\*31 \(any value <= 0 samples adaptively\), got -1000000000000"
+    ):
+        _checks.sampling_ratio_int(-(10**12))
+    assert _checks.sampling_ratio_int(-(2**31)) == -(2**31) and _checks.sampling_ratio_int(2**20) == 2**20
     assert _checks.compute_dtype(np.float16) == np.float32 and _checks.compute_dtype(">f8") == np.float64
     for _ in range(2):  # computed, then remembered
         assert _checks.compute_dtype(np.dtype(">f8")) == np.float64 and _checks.compute_dtype(np.dtype(">f8")).isnative

@@ -242,9 +242,10 @@ def test_enormous_boxes_return_promptly_and_count_every_sample():
 
 
 def test_huge_sampling_ratio_on_a_zero_size_box_is_one_point():
-    # 10**9 x 10**9 coinciding samples: the value is that of their common point (1, 2)
+    # 2**20 x 2**20 coinciding samples (the largest sampling_ratio): the value is that of their
+    # common point (1, 2)
     x = np.random.default_rng(14).standard_normal((1, 4, 4, 5))
-    out = roipool.ps_roi_align(x, np.array([[0, 2.5, 1.5, 2.5, 1.5]]), 2, 1.0, 10**9)
+    out = roipool.ps_roi_align(x, np.array([[0, 2.5, 1.5, 2.5, 1.5]]), 2, 1.0, 2**20)
     np.testing.assert_array_equal(out[0].reshape(4), x[0, :, 1, 2])
 
 

@@ -185,8 +185,8 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
             per image ``[x1, y1, x2, y2]``.
         output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
         spatial_scale (float): image-to-feature-map factor (1/16 for VGG16 conv5).
-        sampling_ratio (int): samples per bin side; ``<= 0`` means adaptive,
-            ``ceil(roi_size / output_size)`` per side.
+        sampling_ratio (int): samples per bin side, at most ``2**20``; ``<= 0``
+            means adaptive, ``ceil(roi_size / output_size)`` per side.
         aligned (bool): ``True`` shifts boxes by half a cell so that cell
             centres sit at half-integer coordinates (the correct pixel model);
             ``False`` keeps the legacy rule (no shift; extents below one cell
@@ -357,7 +357,7 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
         boxes (ndarray or Tensor[K, 5], or list of N arrays [L_i, 4]): as for :func:`roi_pool`.
         output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
         spatial_scale (float): image-to-feature-map factor.
-        sampling_ratio (int): samples per bin side; ``<= 0`` adaptive.
+        sampling_ratio (int): samples per bin side, at most ``2**20``; ``<= 0`` adaptive.
         layout ("nchw" or "nhwc"): NumPy only; ``"nhwc"`` takes and returns
             channels-last arrays, ``(N, H, W, C)`` in and ``(K, pooled_h, pooled_w, C)``
             out, with the same values bit for bit. A tensor's memory format
@@ -428,8 +428,8 @@ def roi_align_rotated(
             ``w, h >= 0``.
         output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
         spatial_scale (float): image-to-feature-map factor.
-        sampling_ratio (int): samples per bin side; ``<= 0`` means adaptive,
-            ``ceil(scaled size / output size)`` per side.
+        sampling_ratio (int): samples per bin side, at most ``2**10``; ``<= 0``
+            means adaptive, ``ceil(scaled size / output size)`` per side.
         aligned (bool): ``True`` shifts the centre by half a cell (the pixel
             model of ``roi_align(aligned=True)``); ``False`` keeps the legacy
             rule (no shift; sizes below one cell are read as one cell).

@@ -57,14 +57,24 @@ def positive_scale(spatial_scale, name: str = "spatial_scale") -> float:
     return value
 
 
-def sampling_ratio_int(sampling_ratio, name: str = "sampling_ratio") -> int:
-    """An int below ``2**31`` (a C int, as in torchvision); ``<= 0`` means adaptive."""
-    if type(sampling_ratio) is int and sampling_ratio < 2**31:  # the common case, as below
+#: Samples per bin side a positive ``sampling_ratio`` may ask for. RoIAlign and the
+#: position-sensitive RoIAlign (and their gradients) visit up to this many per bin and axis,
+#: about 5 ms a bin here at the limit; far beyond it a call of a few boxes ran for minutes.
+MAX_SAMPLING_RATIO = 2**20
+#: The same for rotated RoIAlign, which visits the square of its ratio per bin.
+MAX_ROTATED_SAMPLING_RATIO = 2**10
+
+
+def sampling_ratio_int(sampling_ratio, name: str = "sampling_ratio", limit: int = MAX_SAMPLING_RATIO) -> int:
+    """An int from ``-2**31`` (a C int, as in torchvision) to ``limit``; ``<= 0`` means adaptive."""
+    if type(sampling_ratio) is int and -(2**31) <= sampling_ratio <= limit:  # the common case, as below
         return sampling_ratio
     if isinstance(sampling_ratio, (bool, np.bool_)) or not isinstance(sampling_ratio, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(sampling_ratio).__name__}")
-    if sampling_ratio >= 2**31:
-        raise ValueError(f"{name} must be below 2**31 samples per bin side, got {sampling_ratio}")
+    if sampling_ratio > limit:
+        raise ValueError(f"{name} must be at most {limit} samples per bin side, got {sampling_ratio} (<= 0: adaptive)")
+    if sampling_ratio < -(2**31):
+        raise ValueError(f"{name} must be at least -2**31 (any value <= 0 samples adaptively), got {sampling_ratio}")
     return int(sampling_ratio)
 
 

@@ -27,7 +27,7 @@ def arguments(output_size, spatial_scale, sampling_ratio, aligned, clockwise):
         pooled_h,
         pooled_w,
         scale,
-        _checks.sampling_ratio_int(sampling_ratio),
+        _checks.sampling_ratio_int(sampling_ratio, limit=_checks.MAX_ROTATED_SAMPLING_RATIO),
         _checks.flag(aligned, "aligned"),
         _checks.flag(clockwise, "clockwise"),
     )

@@ -212,7 +212,7 @@ def roi_align_rotated(input, boxes, output_size, spatial_scale=1.0, sampling_rat
         check_feature_map(input)
         pooled_h, pooled_w = _checks.output_size_pair(output_size)
         scale = _checks.positive_scale(spatial_scale)
-        sampling_ratio = _checks.sampling_ratio_int(sampling_ratio)
+        sampling_ratio = _checks.sampling_ratio_int(sampling_ratio, limit=_checks.MAX_ROTATED_SAMPLING_RATIO)
         aligned = _checks.flag(aligned, "aligned")
         clockwise = _checks.flag(clockwise, "clockwise")
         rois = boxes_to_rois(boxes, input, rotated=True)

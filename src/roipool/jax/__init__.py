@@ -148,7 +148,7 @@ def roi_align(
     """RoIAlign (Mask R-CNN), torchvision's ``roi_align`` to float rounding.
 
     Args as :func:`roi_pool`, plus:
-        sampling_ratio (int): samples per bin side; ``<= 0``: adaptive, ``ceil(bin size)``.
+        sampling_ratio (int): samples per bin side, at most ``2**20``; ``<= 0``: adaptive, ``ceil(bin size)``.
         aligned (bool): ``True`` shifts boxes by half a cell (the correct pixel
             model); ``False`` the legacy rule.
 
@@ -233,7 +233,7 @@ def roi_align_rotated(
             in radians; ``w, h >= 0``), or per image ``[cx, cy, w, h, angle]``.
         output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
         spatial_scale (float): image-to-feature-map factor.
-        sampling_ratio (int): samples per bin side; ``<= 0``: adaptive,
+        sampling_ratio (int): samples per bin side, at most ``2**10``; ``<= 0``: adaptive,
             ``ceil(scaled size / output size)`` per side.
         aligned (bool): ``True`` shifts the centre by half a cell; ``False``
             the legacy rule (no shift, sizes below one cell read as one cell).
@@ -250,7 +250,7 @@ def roi_align_rotated(
     x, rois, dtype, nhwc = _prepare_call(input, boxes, layout, _prepare.rotated_rois)
     size = _checks.output_size_pair(output_size)
     scale = _checks.positive_scale(spatial_scale)
-    sampling_ratio = _checks.sampling_ratio_int(sampling_ratio)
+    sampling_ratio = _checks.sampling_ratio_int(sampling_ratio, limit=_checks.MAX_ROTATED_SAMPLING_RATIO)
     aligned = _checks.flag(aligned, "aligned")
     clockwise = _checks.flag(clockwise, "clockwise")
     _checks.scale_in_dtype(scale, x.dtype)

@@ -57,8 +57,8 @@ from ._ops import _callback_op, _same_channels
 from ._prepare import batch_index, box_is_valid, chunk_bytes, exact_div, scale_in
 
 _HIGHEST = lax.Precision.HIGHEST
-#: Sample counts are int32; a fixed grid above this many samples per side would overflow them.
-MAX_SAMPLING_RATIO = 46340
+# Sample counts are int32: they hold a fixed grid of up to 46340 samples per side, and the public
+# function refuses more than _checks.MAX_ROTATED_SAMPLING_RATIO (1024).
 
 
 def samples_per_step(sampling_ratio: int) -> int:
@@ -257,8 +257,6 @@ def forward(x, rois, static):
     k = rois.shape[0]
     (pooled_h, pooled_w), _, sampling_ratio, *_ = static
     dtype = np.dtype(x.dtype)
-    if sampling_ratio > MAX_SAMPLING_RATIO:
-        raise ValueError(f"sampling_ratio={sampling_ratio} is above {MAX_SAMPLING_RATIO} (int32 sample counts)")
     if k == 0 or channels == 0 or height == 0 or width == 0:
         return jnp.zeros((k, channels, pooled_h, pooled_w), dtype)
     xf, chunks, per_step, dtype = _setup(x, rois, static)
