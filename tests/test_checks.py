@@ -56,6 +56,7 @@ BAD_SCALES = [
     (np.nan, ValueError),
     ("1", TypeError),
     (None, TypeError),
+    (10**400, ValueError),  # an int beyond any float
 ]
 
 
@@ -139,6 +140,67 @@ def test_a_sampling_ratio_that_would_run_for_minutes_is_refused_at_once(op, fron
             call(x, boxes, size, 1.0, ratio)
     if op == "roi_align_rotated":  # the limit itself still runs: a 1024 x 1024 grid per bin
         assert np.isfinite(np.asarray(call(x, boxes, 1, 1.0, limit))).all()
+
+
+# ---- found by bad-input fuzzing: each was another exception, a hang or a message naming nothing ----
+
+
+def test_long_double_maps_and_gradients_are_refused_by_name():
+    # the kernels compute in float32 or float64; float128 was a Numba TypingError (or rounded)
+    x = np.ones((1, 4, 8, 8), np.longdouble)
+    g = np.ones((1, 4, 2, 2), np.longdouble)
+    words = r"must have a real floating dtype \(float16, float32, float64\), got float128"
+    for call in (
+        lambda: roipool.roi_pool(x, ROIS[:1], 2),
+        lambda: roipool.roi_align(x, ROIS[:1], 2),
+        lambda: roipool.roi_align_rotated(x, np.array([[0, 3, 3, 2, 2, 0.5]]), 2),
+        lambda: roipool.roi_align_boxes_backward(g.astype(np.float32), x, ROIS[:1], 2),
+    ):
+        with pytest.raises(TypeError, match="input " + words):
+            call()
+    for call in (
+        lambda: roipool.roi_align_backward(g, ROIS[:1], (1, 4, 8, 8), 2),
+        lambda: roipool.roi_align_rotated_backward(g, np.array([[0, 3, 3, 2, 2, 0.5]]), (1, 4, 8, 8), 2),
+        lambda: roipool.prroi_pool_boxes_backward(g, X[:1, :, :, :].repeat(4, 0)[:1, :4] * 0 + 1, ROIS[:1], 2),
+    ):
+        with pytest.raises(TypeError, match="grad_output " + words):
+            call()
+
+
+@pytest.mark.parametrize(
+    "input_shape",
+    [(1, 4.7, 8, 8), (True, 4, 8, 8), (1, 4, np.inf, 8), (1, 4, np.nan, 8), "1488", (1, 4, "8", 8), None, 5],
+    ids=str,
+)
+def test_input_shape_must_hold_ints(input_shape):
+    # int() read 4.7 as 4, True as 1 and "1488" as (1, 4, 8, 8); inf and NaN raised OverflowError and
+    # an unnamed ValueError
+    g = np.ones((1, 4, 2, 2), np.float32)
+    with pytest.raises(TypeError, match=r"input_shape must be a sequence of 4 ints \(N, C, H, W\)"):
+        roipool.roi_align_backward(g, ROIS[:1], input_shape, 2)
+    want = roipool.roi_align_backward(g, ROIS[:1], (1, 4, 8, 8), 2)
+    np.testing.assert_array_equal(roipool.roi_align_backward(g, ROIS[:1], (np.int64(1), 4, np.array(8), 8), 2), want)
+
+
+def test_ragged_boxes_a_zero_d_output_size_and_a_list_gradient():
+    with pytest.raises(ValueError, match=r"boxes\[0\] must be an array of numbers; its rows have different lengths"):
+        roipool.roi_pool(X, [[[1.0, 2, 3, 4], [1.0]], np.zeros((0, 4))], 2)
+    # a 0-d integer array is an int, as NumPy indexing takes it
+    np.testing.assert_array_equal(roipool.roi_pool(X, ROIS, np.array(2)), roipool.roi_pool(X, ROIS, 2))
+    with pytest.raises(TypeError, match="grad_output must be a NumPy array, got list"):
+        roipool.roi_align_rotated_backward([[1.0]], np.array([[0, 3, 3, 2, 2, 0.5]]), (1, 4, 8, 8), 2)
+
+
+def test_sparse_tensors_are_refused_by_name():
+    torch = pytest.importorskip("torch")
+    x, rois = torch.from_numpy(X), torch.from_numpy(ROIS)
+    for call, name in (
+        (lambda: roipool.roi_align(x.to_sparse(), rois, 2), "input"),
+        (lambda: roipool.roi_pool(x, rois.to_sparse(), 2), "boxes"),
+        (lambda: roipool.prroi_pool(x, [rois[:1, 1:].to_sparse(), rois[1:, 1:]], 2), r"boxes\[0\]"),
+    ):
+        with pytest.raises(TypeError, match=name + r" must be a dense tensor \(layout torch.strided\), got layout"):
+            call()
 
 
 def test_errors_leave_inputs_untouched():

@@ -41,6 +41,23 @@ def test_numpy_output_too_large_for_memory_fails_first(no_geometry):
         roipool.ps_roi_pool(x, _boxes(), HUGE)
 
 
+def test_rotated_output_too_large_for_memory_fails_first(monkeypatch):
+    # it ran into NumPy's MemoryError (or "Maximum allowed dimension exceeded") before
+    from roipool.cpu import roi_align_rotated
+
+    def built(*args, **kwargs):
+        raise AssertionError("the frames were built before the size check")
+
+    monkeypatch.setattr(roi_align_rotated.Frames, "__init__", built)
+    x = np.zeros((1, 256, 16, 16), np.float32)
+    boxes = np.array([[0, 8, 8, 4, 4, 0.5]] * 16, np.float32)
+    with pytest.raises(ValueError, match=MESSAGE):
+        roipool.roi_align_rotated(x, boxes, HUGE)
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ValueError, match=MESSAGE):
+        roipool.roi_align_rotated(torch.from_numpy(x), torch.from_numpy(boxes), HUGE)
+
+
 def test_numpy_gradient_too_large_for_memory_fails_first(no_geometry):
     g = np.zeros((16, 256, 2, 2), np.float32)
     huge = (1, 256, 10**7, 10**7)

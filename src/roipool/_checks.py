@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 import os
 from typing import Sequence
 
@@ -30,6 +31,8 @@ def output_size_pair(output_size, name: str = "output_size") -> tuple[int, int]:
         raise TypeError(f"{name} must be an int or a pair of ints, got bool {output_size!r}")
     if isinstance(output_size, numbers.Integral):
         pair = (output_size, output_size)
+    elif isinstance(output_size, np.ndarray) and output_size.ndim == 0:  # np.array(7): one value, as an int
+        pair = (output_size.item(), output_size.item())
     elif isinstance(output_size, (Sequence, np.ndarray)) and not isinstance(output_size, (str, bytes)):
         pair = tuple(output_size)
         if len(pair) != 2:
@@ -50,7 +53,10 @@ def positive_scale(spatial_scale, name: str = "spatial_scale") -> float:
         return spatial_scale
     if isinstance(spatial_scale, (bool, np.bool_)) or not isinstance(spatial_scale, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(spatial_scale).__name__}")
-    value = float(spatial_scale)
+    try:
+        value = float(spatial_scale)
+    except OverflowError:  # an int such as 10**400
+        value = math.inf
     # comparisons, not math.isfinite: torch.compile traces them with no graph break (NaN fails both)
     if not (0.0 < value < math.inf):
         raise ValueError(f"{name} must be finite and positive, got {spatial_scale!r}")
@@ -119,8 +125,14 @@ def feature_map(input, name: str = "input", accepted: str = "a NumPy array or a 
     """
     if not isinstance(input, np.ndarray):
         raise TypeError(f"{name} must be {accepted}, got {type(input).__name__}")
-    feature_map_dtype_and_shape(input.dtype.kind == "f", input.dtype, input.shape, name)
+    feature_map_dtype_and_shape(is_kernel_float(input.dtype), input.dtype, input.shape, name)
     return input
+
+
+def is_kernel_float(dtype: np.dtype) -> bool:
+    """float16, float32 or float64 (any byte order): the types the kernels compute in or from;
+    a long double (float128) is refused rather than rounded to float64."""
+    return dtype.kind == "f" and dtype.itemsize <= 8
 
 
 def feature_map_dtype_and_shape(
@@ -282,7 +294,10 @@ def real_numbers(is_real: bool, dtype, name: str) -> None:
 
 
 def _real_array(value, name: str) -> np.ndarray:
-    arr = np.asarray(value)
+    try:
+        arr = np.asarray(value)
+    except ValueError:  # ragged nested lists: NumPy's message names no argument
+        raise ValueError(f"{name} must be an array of numbers; its rows have different lengths") from None
     real_numbers(arr.dtype.kind in "fiu", arr.dtype, name)
     return arr
 
@@ -324,8 +339,8 @@ def grad_output_array(grad_output, name: str = "grad_output") -> np.ndarray:
     """The gradient of a NumPy backward: a real floating NumPy array ``(K, C, pooled_h, pooled_w)``, not copied."""
     if not isinstance(grad_output, np.ndarray):
         raise TypeError(f"{name} must be a NumPy array, got {type(grad_output).__name__}")
-    if grad_output.dtype.kind != "f":
-        raise TypeError(f"{name} must have a real floating dtype, got {grad_output.dtype}")
+    if not is_kernel_float(grad_output.dtype):
+        raise TypeError(f"{name} must have a real floating dtype (float16, float32, float64), got {grad_output.dtype}")
     if grad_output.ndim != 4:
         raise ValueError(f"{name} must have shape (K, C, pooled_h, pooled_w), got {grad_output.shape}")
     return grad_output
@@ -394,13 +409,22 @@ def pooled_output_fits(num_rois: int, channels: int, pooled_h: int, pooled_w: in
 def input_shape_tuple(input_shape, name: str = "input_shape", dims: str = "N, C, H, W") -> tuple[int, int, int, int]:
     """Four non-negative ints (``dims`` names them in the message: ``"N, H, W, C"`` for channels-last)."""
     try:
-        shape = tuple(int(s) for s in input_shape)
+        if isinstance(input_shape, (str, bytes)):
+            raise TypeError
+        shape = tuple(_int_size(s) for s in input_shape)
     except TypeError:
         raise TypeError(f"{name} must be a sequence of 4 ints ({dims}), got {input_shape!r}") from None
     if len(shape) != 4 or min(shape) < 0:
         raise ValueError(f"{name} must be ({dims}) of non-negative ints, got {input_shape!r}")
     fits_in_memory(shape, 4, name, input_shape, "a gradient")
     return shape
+
+
+def _int_size(value) -> int:
+    """An int (Python, NumPy, or a 0-d integer array; not a bool, float or str), else a TypeError."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError
+    return operator.index(value)
 
 
 # ---- rotated boxes (roi_align_rotated) ----
@@ -510,8 +534,8 @@ def prroi_grad_output(grad_output, expected, why: str, name: str = "grad_output"
     """A real floating NumPy array of the forward output's shape ``expected`` (not copied); ``why`` says what fixed it."""
     if not isinstance(grad_output, np.ndarray):
         raise TypeError(f"{name} must be a NumPy array, got {type(grad_output).__name__}")
-    if grad_output.dtype.kind != "f":
-        raise TypeError(f"{name} must have a real floating dtype, got {grad_output.dtype}")
+    if not is_kernel_float(grad_output.dtype):
+        raise TypeError(f"{name} must have a real floating dtype (float16, float32, float64), got {grad_output.dtype}")
     if grad_output.shape != tuple(expected):
         raise ValueError(
             f"{name} must have shape {tuple(expected)} (K, C, pooled_h, pooled_w) for {why}, got {grad_output.shape}"

@@ -44,6 +44,7 @@ def roi_align_rotated(
     dtype = compute_dtype(input.dtype)
     _checks.scale_in_dtype(scale, dtype)
     rois = _checks.rotated_rois_array(boxes, n, dtype)
+    _checks.pooled_output_fits(rois.shape[0], channels, pooled_h, pooled_w, dtype.itemsize, output_size)
     _checks.rotated_scaled_boxes(rois, scale, pooled_h, pooled_w, sampling_ratio <= 0)
     frames = Frames(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise)
     out = _layout.empty((rois.shape[0], channels, pooled_h, pooled_w), dtype, nhwc)
@@ -63,11 +64,7 @@ def roi_align_rotated_backward(
     clockwise=False,
     nhwc=False,
 ):
-    grad_output = np.asarray(grad_output)
-    if grad_output.dtype.kind != "f":
-        raise TypeError(f"grad_output must have a real floating dtype, got {grad_output.dtype}")
-    if grad_output.ndim != 4:
-        raise ValueError(f"grad_output must have shape (K, C, pooled_h, pooled_w), got {grad_output.shape}")
+    grad_output = _checks.grad_output_array(grad_output)
     n, channels, height, width = _checks.input_shape_tuple(input_shape)
     if grad_output.shape[1] != channels:
         raise ValueError(f"grad_output has {grad_output.shape[1]} channels but input_shape has {channels}")

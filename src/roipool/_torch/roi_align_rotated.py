@@ -32,6 +32,7 @@ from ._library import (
     call_backward,
     channels_last,
     check_feature_map,
+    check_output_fits,
     compute_dtype,
     cpu_array,
     cpu_rois,
@@ -216,6 +217,7 @@ def roi_align_rotated(input, boxes, output_size, spatial_scale=1.0, sampling_rat
         aligned = _checks.flag(aligned, "aligned")
         clockwise = _checks.flag(clockwise, "clockwise")
         rois = boxes_to_rois(boxes, input, rotated=True)
+        check_output_fits(input, rois, input.shape[1], (pooled_h, pooled_w), output_size)
     route = eager_route(input, rois)
     if route is INFERENCE:
         return _forward_cpu(input, rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise)
