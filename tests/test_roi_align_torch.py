@@ -195,3 +195,72 @@ def test_multiscale_needs_image_shapes():
     layer = roipool.nn.MultiScaleRoIAlign(["p2"], 2, 2)
     with pytest.raises(ValueError, match="image_shapes"):
         layer(pyramid(), [torch.zeros((0, 4)), torch.zeros((0, 4))], [])
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(featmap_names="p2p3"), TypeError, "featmap_names must be a list of names"),
+        (dict(featmap_names=[]), ValueError, "featmap_names must be a non-empty list"),
+        (dict(featmap_names=["p2", 3]), ValueError, "featmap_names must be a non-empty list"),
+        (dict(canonical_scale=0), ValueError, "canonical_scale must be finite and positive"),
+        (dict(canonical_level=float("nan")), TypeError, "canonical_level must be an int"),
+        (dict(canonical_level="4"), TypeError, "canonical_level must be an int"),
+        (dict(canonical_level=10**30), ValueError, "canonical_level must be a pyramid level"),
+        (dict(output_size=0), ValueError, "output_size must be positive"),
+        (dict(sampling_ratio=2.5), TypeError, "sampling_ratio must be an int"),
+    ],
+)
+def test_multiscale_refuses_bad_arguments_when_built(kwargs, error, words):
+    # bad-input fuzzing: "p2p3" matched names by substring; nan and -1 levels pooled zeros
+    args = dict(featmap_names=["p2", "p3"], output_size=2, sampling_ratio=2) | kwargs
+    with pytest.raises(error, match=words):
+        roipool.nn.MultiScaleRoIAlign(**args)
+
+
+def _two_images_boxes():
+    return [torch.tensor([[0.0, 0, 30, 20], [4, 4, 60, 50]], dtype=torch.float64), torch.tensor([[5.0, 5, 60, 40]])]
+
+
+@pytest.mark.parametrize(
+    "change, error, words",
+    [
+        (lambda x, b, s: (list(x.values()), b, s), TypeError, "x must be a dict of feature maps"),
+        (lambda x, b, s: ({"p2": x["p2"]}, b, s), ValueError, "x has no feature map named 'p3'"),
+        (lambda x, b, s: (x | {"p3": x["p3"][:, :2]}, b, s), ValueError, r"x\['p3'\] has shape \(2, 2, 8, 12\)"),
+        (lambda x, b, s: (x | {"p3": x["p3"][:, :, :0]}, b, s), ValueError, r"x\['p3'\] has no rows"),
+        (lambda x, b, s: (x | {"p3": x["p3"][0]}, b, s), ValueError, r"x\['p3'\] must be a Tensor\[N, C, H, W\]"),
+        (lambda x, b, s: (x, torch.cat(b), s), TypeError, "boxes must be a list of 2 Tensor"),
+        (lambda x, b, s: (x, b[:1], s), TypeError, "boxes must be a list of 2 Tensor"),
+        (lambda x, b, s: (x, [t.numpy() for t in b], s), TypeError, r"boxes\[0\] must be a Tensor"),
+        (lambda x, b, s: (x, b, None), ValueError, "image_shapes must be a list"),
+        (lambda x, b, s: (x, b, [(3, 64, 96)] * 2), ValueError, "image_shapes must hold \\(height, width\\) pairs"),
+        (lambda x, b, s: (x, b, [64, 96]), ValueError, "image_shapes must hold \\(height, width\\) pairs"),
+        (lambda x, b, s: (x, b, [(0, 0)] * 2), ValueError, "pairs of positive ints"),
+        (lambda x, b, s: (x, b, [(1e300, 1e300)] * 2), ValueError, "pairs of positive ints"),
+        (lambda x, b, s: (x, b, [(8, 12)] * 2), ValueError, r"x\['p2'\] has 16 rows, more than the tallest image"),
+    ],
+)
+def test_multiscale_refuses_bad_calls_by_name(change, error, words):
+    # bad-input fuzzing: these raised AttributeError, ZeroDivisionError, "math domain error",
+    # cat()'s TypeError, or pooled from wrong scales without a word
+    x = {k: v for k, v in pyramid().items() if k in ("p2", "p3")}
+    layer = roipool.nn.MultiScaleRoIAlign(["p2", "p3"], 2, 2)
+    with pytest.raises(error, match=words):
+        layer(*change(x, _two_images_boxes(), [(64, 96)] * 2))
+    assert layer.scales is None  # nothing was inferred from the bad call
+
+
+def test_multiscale_refuses_a_box_that_is_not_finite_and_an_output_too_large():
+    x = pyramid()
+    layer = roipool.nn.MultiScaleRoIAlign(["p2", "p3"], 2, 2)
+    boxes = _two_images_boxes()
+    boxes[1][0, 2] = float("nan")  # box 2 of all: it was given no level and pooled as zeros
+    with pytest.raises(ValueError, match=r"boxes: box 2 has a coordinate that is NaN or infinite: \[5.0, 5.0, nan"):
+        layer(x, boxes, [(64, 96)])
+    # compiled graphs cannot read the values first: the NaN box goes to the finest level, whose op refuses it
+    levels = roipool.nn.box_levels(boxes, (2, 3), 224, 4)
+    assert levels.tolist() == [0, 0, 0]
+    huge = roipool.nn.MultiScaleRoIAlign(["p2", "p3"], (1, 10**9), 2)
+    with pytest.raises(ValueError, match=r"output_size=\(1, 1000000000\) asks for the output"):
+        huge(x, _two_images_boxes(), [(64, 96)])

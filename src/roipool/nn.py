@@ -16,11 +16,14 @@ ops and their ONNX exporters.
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Mapping
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from . import _checks
 from . import torch as _ops
 from ._torch._tracing import fx_module_call
 from ._torch.onnx import onnx_translation_table
@@ -213,11 +216,18 @@ class MultiScaleRoIAlign(nn.Module):
         canonical_level: int = 4,
     ):
         super().__init__()
-        if isinstance(output_size, int):
-            output_size = (output_size, output_size)
-        self.featmap_names = featmap_names
-        self.sampling_ratio = sampling_ratio
-        self.output_size = tuple(output_size)
+        if isinstance(featmap_names, (str, bytes)) or not isinstance(featmap_names, (list, tuple)):
+            raise TypeError(f"featmap_names must be a list of names (str), got {featmap_names!r}")
+        if len(featmap_names) == 0 or not all(isinstance(name, str) for name in featmap_names):
+            raise ValueError(f"featmap_names must be a non-empty list of names (str), got {featmap_names!r}")
+        _checks.positive_scale(canonical_scale, "canonical_scale")
+        if isinstance(canonical_level, bool) or not isinstance(canonical_level, int):
+            raise TypeError(f"canonical_level must be an int, got {canonical_level!r}")
+        if abs(canonical_level) > 1024:  # a pyramid level: 2**1024 overflows a float
+            raise ValueError(f"canonical_level must be a pyramid level (|level| <= 1024), got {canonical_level}")
+        self.featmap_names = list(featmap_names)
+        self.sampling_ratio = _checks.sampling_ratio_int(sampling_ratio)
+        self.output_size = _checks.output_size_pair(output_size)
         self.canonical_scale = canonical_scale
         self.canonical_level = canonical_level
         self.scales = None
@@ -228,6 +238,7 @@ class MultiScaleRoIAlign(nn.Module):
             node = fx_module_call(self, x, boxes, image_shapes)  # a leaf module under torch.fx tracing
             if node is not None:
                 return node
+            _check_pyramid_call(self, x, boxes, image_shapes)
         # Plain loops, no comprehension with ``if``: TorchScript compiles them, torch.compile unrolls them.
         features: List[Tensor] = []
         for name, feature in x.items():
@@ -245,6 +256,8 @@ class MultiScaleRoIAlign(nn.Module):
         rois = _ops.rois_tensor(first, boxes)
         if len(features) == 1:
             return _ops.roi_align(first, rois, self.output_size, scales[0], self.sampling_ratio)
+        if not torch.jit.is_scripting():
+            _check_box_values(rois)
         levels = box_levels(boxes, level_range, self.canonical_scale, self.canonical_level)
         result = first.new_zeros((rois.shape[0], first.shape[1], self.output_size[0], self.output_size[1]))
         for level in range(len(features)):
@@ -259,6 +272,70 @@ class MultiScaleRoIAlign(nn.Module):
             f"{self.__class__.__name__}(featmap_names={self.featmap_names}, "
             f"output_size={self.output_size}, sampling_ratio={self.sampling_ratio})"
         )
+
+
+def _check_pyramid_call(layer: MultiScaleRoIAlign, x, boxes, image_shapes) -> None:
+    """``MultiScaleRoIAlign``'s arguments, in Python (not in TorchScript): a ``ValueError`` or
+    ``TypeError`` naming the argument, before any work (torchvision's layer raises whatever its
+    arithmetic does, or pools from wrong scales)."""
+    if not isinstance(x, Mapping):
+        raise TypeError(f"x must be a dict of feature maps (name: Tensor[N, C, H, W]), got {type(x).__name__}")
+    missing = [name for name in layer.featmap_names if name not in x]
+    if missing:
+        raise ValueError(
+            f"x has no feature map named {missing[0]!r} (featmap_names {layer.featmap_names}, x {list(x)})"
+        )
+    features = [(name, f) for name, f in x.items() if name in layer.featmap_names]
+    for name, f in features:
+        if not isinstance(f, torch.Tensor) or f.dim() != 4:
+            raise ValueError(f"x[{name!r}] must be a Tensor[N, C, H, W], got {getattr(f, 'shape', type(f).__name__)}")
+        if f.shape[0] != features[0][1].shape[0] or f.shape[1] != features[0][1].shape[1]:
+            raise ValueError(
+                f"x[{name!r}] has shape {tuple(f.shape)}, but x[{features[0][0]!r}] {tuple(features[0][1].shape)}: "
+                "every level must hold the same images and channels"
+            )
+        if f.shape[2] == 0:
+            raise ValueError(f"x[{name!r}] has no rows (shape {tuple(f.shape)}): no scale can be inferred from it")
+    images = features[0][1].shape[0]
+    if not isinstance(boxes, (list, tuple)) or len(boxes) != images:
+        got = f"{len(boxes)} items" if isinstance(boxes, (list, tuple)) else type(boxes).__name__
+        raise TypeError(f"boxes must be a list of {images} Tensor[L_i, 4], one per image, got {got}")
+    for i, b in enumerate(boxes):
+        if not isinstance(b, torch.Tensor):
+            raise TypeError(f"boxes[{i}] must be a Tensor[L, 4], got {type(b).__name__}")
+    # torchvision reads only the tallest of them: any number of shapes, at least one
+    if not isinstance(image_shapes, (list, tuple)) or len(image_shapes) == 0:
+        raise ValueError(f"image_shapes must be a list of the images' (height, width), got {image_shapes!r}")
+    for shape in image_shapes:
+        if not isinstance(shape, (list, tuple, torch.Size)) or len(shape) != 2:
+            raise ValueError(f"image_shapes must hold (height, width) pairs, got {shape!r}")
+        for side in shape:
+            if isinstance(side, bool) or not isinstance(side, numbers.Integral) or not 0 < side <= 2**31:
+                raise ValueError(f"image_shapes must hold (height, width) pairs of positive ints, got {shape!r}")
+    image_h = max(int(shape[0]) for shape in image_shapes)
+    for name, f in features:
+        if f.shape[2] > image_h:
+            raise ValueError(
+                f"x[{name!r}] has {f.shape[2]} rows, more than the tallest image ({image_h}) in image_shapes, "
+                "which holds (height, width) in image pixels"
+            )
+    first = features[0][1]
+    if not torch.compiler.is_compiling():  # a box count may have no value while tracing
+        count = sum(int(b.shape[0]) for b in boxes)
+        itemsize = 4 if first.element_size() < 4 else first.element_size()
+        _checks.pooled_output_fits(count, int(first.shape[1]), *layer.output_size, itemsize, layer.output_size)
+
+
+def _check_box_values(rois: Tensor) -> None:
+    """Every box's corners are finite: a NaN one would be given no level and pooled as zeros. Eager
+    calls only (it reads the values); compiled graphs raise from the kernel of the level that box
+    is sent to (:func:`box_levels`)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return
+    finite = torch.isfinite(rois[:, 1:]).all(dim=1)
+    if not bool(finite.all()):
+        k = int(torch.nonzero(~finite)[0, 0])
+        raise ValueError(f"boxes: box {k} has a coordinate that is NaN or infinite: {rois[k, 1:].tolist()}")
 
 
 def infer_scales(features: List[Tensor], image_shapes: List[Tuple[int, int]]) -> Tuple[List[float], Tuple[int, int]]:
@@ -295,6 +372,8 @@ def box_levels(boxes: List[Tensor], level_range: Tuple[int, int], canonical_scal
     side = torch.sqrt((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))
     eps = torch.tensor(1e-6, dtype=side.dtype)
     level = torch.floor(canonical_level + torch.log2(side / canonical_scale) + eps)
+    # a box with a NaN corner goes to the finest level, whose roi_align refuses it (not to no level)
+    level = torch.nan_to_num(level, nan=float(k_min))
     return torch.clamp(level, min=k_min, max=k_max).to(torch.int64) - k_min
 
 
