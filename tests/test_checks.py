@@ -100,10 +100,17 @@ def test_a_spatial_scale_that_overflows_or_vanishes_in_the_maps_dtype_is_refused
     # finite and positive as a float, but infinite, 0 or subnormal in float32 (which XLA's CPU
     # runtime flushes to 0): every op and frontend refuses it
     size, boxes = SCALED_OPS[op]
+    small = boxes.copy()
+    small[:, 1:5] *= 0.1  # whose corners and sizes stay finite at float32's largest scale
     x = np.ones((1, 4, 8, 8), np.float32)
     if frontend == "torch":
         torch = pytest.importorskip("torch")
-        call, x, boxes = getattr(roipool, op), torch.from_numpy(x), torch.from_numpy(boxes)
+        call, x, boxes, small = (
+            getattr(roipool, op),
+            torch.from_numpy(x),
+            torch.from_numpy(boxes),
+            torch.from_numpy(small),
+        )
     elif frontend == "jax":
         pytest.importorskip("jax")
         import roipool.jax as rj
@@ -114,7 +121,10 @@ def test_a_spatial_scale_that_overflows_or_vanishes_in_the_maps_dtype_is_refused
     for scale in (1e300, 1e-300, 1e-40):
         with pytest.raises(ValueError, match=re.escape(f"spatial_scale={scale!r} is not representable in float32")):
             call(x, boxes, size, scale)
-    assert np.isfinite(np.asarray(call(x, boxes, size, 1.2e-38))).all()  # the smallest normal float32 is kept
+    # the smallest and largest normal float32 are kept, also as they print (3.4028235e38 rounds to the largest)
+    fixed = (2,) if op == "roi_align_rotated" else ()  # an adaptive grid would be refused at this scale
+    for scale in (1.2e-38, 3.4028235e38):
+        assert not np.isnan(np.asarray(call(x, small, size, scale, *fixed))).any()
 
 
 @pytest.mark.parametrize("frontend", ["numpy", "torch", "jax"])
@@ -161,6 +171,7 @@ def test_long_double_maps_and_gradients_are_refused_by_name():
     for call in (
         lambda: roipool.roi_align_backward(g, ROIS[:1], (1, 4, 8, 8), 2),
         lambda: roipool.roi_align_rotated_backward(g, np.array([[0, 3, 3, 2, 2, 0.5]]), (1, 4, 8, 8), 2),
+        lambda: roipool.prroi_pool_backward(g, ROIS[:1], (1, 4, 8, 8), 2),
         lambda: roipool.prroi_pool_boxes_backward(g, X[:1, :, :, :].repeat(4, 0)[:1, :4] * 0 + 1, ROIS[:1], 2),
     ):
         with pytest.raises(TypeError, match="grad_output " + words):
@@ -189,6 +200,21 @@ def test_ragged_boxes_a_zero_d_output_size_and_a_list_gradient():
     np.testing.assert_array_equal(roipool.roi_pool(X, ROIS, np.array(2)), roipool.roi_pool(X, ROIS, 2))
     with pytest.raises(TypeError, match="grad_output must be a NumPy array, got list"):
         roipool.roi_align_rotated_backward([[1.0]], np.array([[0, 3, 3, 2, 2, 0.5]]), (1, 4, 8, 8), 2)
+
+
+@pytest.mark.parametrize("frontend", ["torch", "jax"])
+def test_ragged_boxes_are_refused_by_name_in_the_other_frontends(frontend):
+    ragged = [[[1.0, 2, 3, 4], [1.0]], np.zeros((0, 4), np.float32)]
+    if frontend == "torch":
+        torch = pytest.importorskip("torch")
+        call = lambda: roipool.roi_align(torch.from_numpy(X), ragged, 2)  # noqa: E731
+    else:
+        pytest.importorskip("jax")
+        import roipool.jax as rj
+
+        call = lambda: rj.roi_align(X, ragged, 2)  # noqa: E731
+    with pytest.raises(ValueError, match=r"boxes\[0\] must be an array of numbers; its rows have different lengths"):
+        call()
 
 
 def test_sparse_tensors_are_refused_by_name():

@@ -231,14 +231,19 @@ def _two_images_boxes():
         (lambda x, b, s: (x | {"p3": x["p3"][:, :, :0]}, b, s), ValueError, r"x\['p3'\] has no rows"),
         (lambda x, b, s: (x | {"p3": x["p3"][0]}, b, s), ValueError, r"x\['p3'\] must be a Tensor\[N, C, H, W\]"),
         (lambda x, b, s: (x, torch.cat(b), s), TypeError, "boxes must be a list of 2 Tensor"),
-        (lambda x, b, s: (x, b[:1], s), TypeError, "boxes must be a list of 2 Tensor"),
+        (lambda x, b, s: (x, b[:1], s), ValueError, r"boxes must hold one Tensor\[L_i, 4\] per image \(2\), got 1"),
         (lambda x, b, s: (x, [t.numpy() for t in b], s), TypeError, r"boxes\[0\] must be a Tensor"),
         (lambda x, b, s: (x, b, None), ValueError, "image_shapes must be a list"),
         (lambda x, b, s: (x, b, [(3, 64, 96)] * 2), ValueError, "image_shapes must hold \\(height, width\\) pairs"),
         (lambda x, b, s: (x, b, [64, 96]), ValueError, "image_shapes must hold \\(height, width\\) pairs"),
-        (lambda x, b, s: (x, b, [(0, 0)] * 2), ValueError, "pairs of positive ints"),
-        (lambda x, b, s: (x, b, [(1e300, 1e300)] * 2), ValueError, "pairs of positive ints"),
-        (lambda x, b, s: (x, b, [(8, 12)] * 2), ValueError, r"x\['p2'\] has 16 rows, more than the tallest image"),
+        (lambda x, b, s: (x, b, [(0, 0)] * 2), ValueError, "pairs of positive sizes"),
+        (lambda x, b, s: (x, b, [(1e300, 1e300)] * 2), ValueError, "pairs of positive sizes"),
+        (lambda x, b, s: (x, b, [(64.5, 96)] * 2), ValueError, "pairs of positive sizes"),
+        (
+            lambda x, b, s: (x, b, [np.zeros((2, 2))] * 2),
+            ValueError,
+            "image_shapes must hold \\(height, width\\) pairs",
+        ),
     ],
 )
 def test_multiscale_refuses_bad_calls_by_name(change, error, words):
@@ -251,6 +256,30 @@ def test_multiscale_refuses_bad_calls_by_name(change, error, words):
     assert layer.scales is None  # nothing was inferred from the bad call
 
 
+def test_multiscale_takes_what_torchvision_takes():
+    # what the first version of the checks refused (found by fuzzing them): image sizes as tensors,
+    # arrays or whole floats, NumPy ints, a tuple of boxes, a padded batch whose finest level is
+    # taller than the tallest image, a level finer than the image
+    x = {k: v for k, v in pyramid().items() if k in ("p2", "p3")}
+    want = roipool.nn.MultiScaleRoIAlign(["p2", "p3"], 2, 2)(x, _two_images_boxes(), [(64, 96)] * 2)
+    for shapes in (
+        [(torch.tensor(64), torch.tensor(96))] * 2,
+        [np.array([64, 96])],
+        [(64.0, 96.0)],
+        [torch.Size((64, 96))],
+    ):
+        got = roipool.nn.MultiScaleRoIAlign(["p2", "p3"], 2, 2, canonical_level=np.int64(4))(
+            x, tuple(_two_images_boxes()), shapes
+        )
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    padded = roipool.nn.MultiScaleRoIAlign(["p2", "p3"], 2, 2)
+    padded(x, _two_images_boxes(), [(60, 90), (56, 80)])  # x["p2"] has 16 rows: a stride of 4 with padding
+    assert padded.scales == [1 / 4, 1 / 8]
+    fine = roipool.nn.MultiScaleRoIAlign(["p2", "p3"], 2, 2)
+    fine(x, _two_images_boxes(), [(8, 12)])  # levels finer than the image, as torchvision allows
+    assert fine.scales == [2.0, 1.0]
+
+
 def test_multiscale_refuses_a_box_that_is_not_finite_and_an_output_too_large():
     x = pyramid()
     layer = roipool.nn.MultiScaleRoIAlign(["p2", "p3"], 2, 2)
@@ -261,6 +290,9 @@ def test_multiscale_refuses_a_box_that_is_not_finite_and_an_output_too_large():
     # compiled graphs cannot read the values first: the NaN box goes to the finest level, whose op refuses it
     levels = roipool.nn.box_levels(boxes, (2, 3), 224, 4)
     assert levels.tolist() == [0, 0, 0]
+    meta = {k: v.to("meta") for k, v in x.items()}  # a meta call cannot read values: not checked
+    with pytest.raises(NotImplementedError):  # torch.where has no meta kernel for the level split
+        layer(meta, [b.to("meta") for b in _two_images_boxes()], [(64, 96)])
     huge = roipool.nn.MultiScaleRoIAlign(["p2", "p3"], (1, 10**9), 2)
     with pytest.raises(ValueError, match=r"output_size=\(1, 1000000000\) asks for the output"):
         huge(x, _two_images_boxes(), [(64, 96)])

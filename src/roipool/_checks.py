@@ -173,7 +173,7 @@ def rois_array(boxes, num_images: int, dtype: np.dtype, name: str = "boxes") -> 
         # assembled in a new array of the output's dtype: checked in place
         rows = out = _assemble_rois(boxes, num_images, dtype, name, 4, box_list_item_shape, rois_shape)
     else:
-        rows = _real_array(boxes, name)
+        rows = real_array(boxes, name)
         rois_shape(rows.shape, name)
         out = np.empty(rows.shape, np.dtype(dtype).newbyteorder("="))
     compiled = _compiled()
@@ -228,7 +228,7 @@ def _assemble_rois(boxes, num_images: int, dtype, name: str, columns: int, item_
         box_list_length(len(boxes), num_images, name)
         arrays = []
         for i, b in enumerate(boxes):
-            arrays.append(_real_array(b, f"{name}[{i}]"))
+            arrays.append(real_array(b, f"{name}[{i}]"))
             item_shape(arrays[-1].shape, f"{name}[{i}]")
         out = np.empty((sum(a.shape[0] for a in arrays), columns + 1), dtype)
         start = 0
@@ -239,7 +239,7 @@ def _assemble_rois(boxes, num_images: int, dtype, name: str, columns: int, item_
                 rows[:, 1:] = arr
             start += arr.shape[0]
         return out
-    arr = _real_array(boxes, name)
+    arr = real_array(boxes, name)
     rows_shape(arr.shape, name)
     _batch_index_column(arr[:, 0], num_images, name)
     with np.errstate(over="ignore"):
@@ -293,7 +293,8 @@ def real_numbers(is_real: bool, dtype, name: str) -> None:
         raise TypeError(f"{name} must hold real numbers, got dtype {dtype}")
 
 
-def _real_array(value, name: str) -> np.ndarray:
+def real_array(value, name: str) -> np.ndarray:
+    """``value`` as a NumPy array of real numbers (not copied when it is one), else an error naming ``name``."""
     try:
         arr = np.asarray(value)
     except ValueError:  # ragged nested lists: NumPy's message names no argument
@@ -325,11 +326,15 @@ def scale_in_dtype(spatial_scale: float, dtype, name: str = "spatial_scale"):
     subnormals, XLA's on the CPU among them), is a ``ValueError``."""
     dtype = np.dtype(dtype)
     lo, hi = _NORMAL_RANGE.get(dtype) or (float(np.finfo(dtype).tiny), float(np.finfo(dtype).max))
-    if not (lo <= spatial_scale <= hi):
+    if lo <= spatial_scale <= hi:  # the common case: nothing to round away
+        return dtype.type(spatial_scale)
+    with np.errstate(over="ignore", under="ignore"):  # judged just below
+        value = dtype.type(spatial_scale)  # 3.4028235e38, as float32's largest prints, rounds to it
+    if not lo <= value <= hi:
         raise ValueError(
             f"{name}={spatial_scale!r} is not representable in {dtype} as a normal number (from {lo:.8g} to {hi:.8g})"
         )
-    return dtype.type(spatial_scale)
+    return value
 
 
 _NORMAL_RANGE = {np.dtype(t): (float(np.finfo(t).tiny), float(np.finfo(t).max)) for t in (np.float32, np.float64)}

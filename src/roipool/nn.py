@@ -20,6 +20,7 @@ import numbers
 from collections.abc import Mapping
 from typing import Dict, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -221,7 +222,7 @@ class MultiScaleRoIAlign(nn.Module):
         if len(featmap_names) == 0 or not all(isinstance(name, str) for name in featmap_names):
             raise ValueError(f"featmap_names must be a non-empty list of names (str), got {featmap_names!r}")
         _checks.positive_scale(canonical_scale, "canonical_scale")
-        if isinstance(canonical_level, bool) or not isinstance(canonical_level, int):
+        if isinstance(canonical_level, (bool, np.bool_)) or not isinstance(canonical_level, numbers.Integral):
             raise TypeError(f"canonical_level must be an int, got {canonical_level!r}")
         if abs(canonical_level) > 1024:  # a pyramid level: 2**1024 overflows a float
             raise ValueError(f"canonical_level must be a pyramid level (|level| <= 1024), got {canonical_level}")
@@ -229,7 +230,7 @@ class MultiScaleRoIAlign(nn.Module):
         self.sampling_ratio = _checks.sampling_ratio_int(sampling_ratio)
         self.output_size = _checks.output_size_pair(output_size)
         self.canonical_scale = canonical_scale
-        self.canonical_level = canonical_level
+        self.canonical_level = int(canonical_level)
         self.scales = None
         self.level_range = None
 
@@ -238,6 +239,8 @@ class MultiScaleRoIAlign(nn.Module):
             node = fx_module_call(self, x, boxes, image_shapes)  # a leaf module under torch.fx tracing
             if node is not None:
                 return node
+            if isinstance(boxes, tuple):
+                boxes = list(boxes)
             _check_pyramid_call(self, x, boxes, image_shapes)
         # Plain loops, no comprehension with ``if``: TorchScript compiles them, torch.compile unrolls them.
         features: List[Tensor] = []
@@ -297,9 +300,10 @@ def _check_pyramid_call(layer: MultiScaleRoIAlign, x, boxes, image_shapes) -> No
         if f.shape[2] == 0:
             raise ValueError(f"x[{name!r}] has no rows (shape {tuple(f.shape)}): no scale can be inferred from it")
     images = features[0][1].shape[0]
-    if not isinstance(boxes, (list, tuple)) or len(boxes) != images:
-        got = f"{len(boxes)} items" if isinstance(boxes, (list, tuple)) else type(boxes).__name__
-        raise TypeError(f"boxes must be a list of {images} Tensor[L_i, 4], one per image, got {got}")
+    if not isinstance(boxes, list):
+        raise TypeError(f"boxes must be a list of {images} Tensor[L_i, 4], one per image, got {type(boxes).__name__}")
+    if len(boxes) != images:
+        raise ValueError(f"boxes must hold one Tensor[L_i, 4] per image ({images}), got {len(boxes)}")
     for i, b in enumerate(boxes):
         if not isinstance(b, torch.Tensor):
             raise TypeError(f"boxes[{i}] must be a Tensor[L, 4], got {type(b).__name__}")
@@ -307,18 +311,11 @@ def _check_pyramid_call(layer: MultiScaleRoIAlign, x, boxes, image_shapes) -> No
     if not isinstance(image_shapes, (list, tuple)) or len(image_shapes) == 0:
         raise ValueError(f"image_shapes must be a list of the images' (height, width), got {image_shapes!r}")
     for shape in image_shapes:
-        if not isinstance(shape, (list, tuple, torch.Size)) or len(shape) != 2:
+        if len(getattr(shape, "shape", ())) > 1 or not hasattr(shape, "__len__") or len(shape) != 2:
             raise ValueError(f"image_shapes must hold (height, width) pairs, got {shape!r}")
         for side in shape:
-            if isinstance(side, bool) or not isinstance(side, numbers.Integral) or not 0 < side <= 2**31:
-                raise ValueError(f"image_shapes must hold (height, width) pairs of positive ints, got {shape!r}")
-    image_h = max(int(shape[0]) for shape in image_shapes)
-    for name, f in features:
-        if f.shape[2] > image_h:
-            raise ValueError(
-                f"x[{name!r}] has {f.shape[2]} rows, more than the tallest image ({image_h}) in image_shapes, "
-                "which holds (height, width) in image pixels"
-            )
+            if not _image_side(side):
+                raise ValueError(f"image_shapes must hold (height, width) pairs of positive sizes, got {shape!r}")
     first = features[0][1]
     if not torch.compiler.is_compiling():  # a box count may have no value while tracing
         count = sum(int(b.shape[0]) for b in boxes)
@@ -326,11 +323,25 @@ def _check_pyramid_call(layer: MultiScaleRoIAlign, x, boxes, image_shapes) -> No
         _checks.pooled_output_fits(count, int(first.shape[1]), *layer.output_size, itemsize, layer.output_size)
 
 
+def _image_side(side) -> bool:
+    """A positive size in pixels, as torchvision's ``int()`` reads it: an int (a symbolic one
+    under ``torch.compile``), a whole float, or a 0-d tensor holding one."""
+    if isinstance(side, (bool, np.bool_)):
+        return False
+    if isinstance(side, numbers.Integral):
+        return 0 < side <= 2**31
+    try:
+        value = float(side)
+    except (TypeError, ValueError, RuntimeError):  # not a number, or a tensor of several
+        return False
+    return 0 < value <= 2**31 and value == math.floor(value)
+
+
 def _check_box_values(rois: Tensor) -> None:
     """Every box's corners are finite: a NaN one would be given no level and pooled as zeros. Eager
     calls only (it reads the values); compiled graphs raise from the kernel of the level that box
     is sent to (:func:`box_levels`)."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or rois.is_meta:
         return
     finite = torch.isfinite(rois[:, 1:]).all(dim=1)
     if not bool(finite.all()):

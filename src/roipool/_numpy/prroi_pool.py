@@ -32,7 +32,8 @@ def prroi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_sc
     pooled_h, pooled_w, scale = _checks.prroi_arguments(output_size, spatial_scale)
     if not isinstance(grad_output, np.ndarray):
         raise TypeError(f"grad_output must be a NumPy array, got {type(grad_output).__name__}")
-    dtype = compute_dtype(grad_output.dtype) if grad_output.dtype.kind == "f" else np.dtype(np.float64)
+    # float64 for a gradient prroi_grad_output will refuse (below, once the boxes give its shape)
+    dtype = compute_dtype(grad_output.dtype) if _checks.is_kernel_float(grad_output.dtype) else np.dtype(np.float64)
     rois = _checks.rois_array(boxes, n, dtype)
     k = rois.shape[0]
     _checks.prroi_grad_output(

@@ -203,8 +203,7 @@ def _box_tensor(boxes, input: torch.Tensor, name: str) -> torch.Tensor:
         if boxes.device != input.device:
             raise ValueError(f"{name} must be on the input's device ({input.device}), got {boxes.device}")
         return boxes
-    arr = np.asarray(boxes)
-    _checks.real_numbers(arr.dtype.kind in "fiu", arr.dtype, name)
+    arr = _checks.real_array(boxes, name)
     arr = np.ascontiguousarray(arr, arr.dtype.newbyteorder("="))
     return torch.from_numpy(arr).to(input.device)
 

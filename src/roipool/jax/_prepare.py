@@ -78,7 +78,8 @@ def _assemble(boxes, num_images: int, dtype, name: str, concrete, item_shape, ro
     dtype = np.dtype(dtype)
     items = list(boxes) if isinstance(boxes, (list, tuple)) else [boxes]
     if not any(_is_traced(b) for b in items):
-        host = [np.asarray(b) for b in items]
+        listed = isinstance(boxes, (list, tuple))
+        host = [_checks.real_array(b, f"{name}[{i}]" if listed else name) for i, b in enumerate(items)]
         return jnp.asarray(concrete(host if isinstance(boxes, (list, tuple)) else host[0], num_images, dtype, name))
     if isinstance(boxes, (list, tuple)):
         _checks.box_list_length(len(boxes), num_images, name)
@@ -96,7 +97,7 @@ def _assemble(boxes, num_images: int, dtype, name: str, concrete, item_shape, ro
 def _real(value, name: str):
     """A traced or concrete array of real numbers (not bool, not complex)."""
     if not isinstance(value, (jax.Array, np.ndarray)):
-        value = np.asarray(value)
+        value = _checks.real_array(value, name)
     dtype = np.dtype(value.dtype)
     _checks.real_numbers(dtype.kind in "fiu", dtype, name)
     return jnp.asarray(value)
