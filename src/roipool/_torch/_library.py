@@ -141,7 +141,8 @@ def check_feature_map(input: torch.Tensor, name: str = "input") -> None:
             f"{name} is a quantized tensor ({input.dtype}); of roipool's ops only roi_align (and the RoIAlign "
             "layer) accepts quantized CPU tensors; dequantize it (input.dequantize()) for this op"
         )
-    dense_tensor(input, name)
+    if input.layout is not torch.strided:
+        dense_tensor(input, name)
     _checks.feature_map_dtype_and_shape(
         input.dtype in SUPPORTED_DTYPES, input.dtype, input.shape, name, "float16, bfloat16, float32, float64"
     )
@@ -190,7 +191,8 @@ def boxes_to_rois(boxes, input: torch.Tensor, name: str = "boxes", rotated: bool
 
 
 def dense_tensor(t: torch.Tensor, name: str) -> None:
-    """``t`` is a dense tensor (``torch.strided``): the kernels read memory, not a sparse format."""
+    """``t`` is a dense tensor (``torch.strided``): the kernels read memory, not a sparse format.
+    (Callers test ``t.layout is not torch.strided`` first: a call fewer on every call.)"""
     if t.layout != torch.strided:
         raise TypeError(f"{name} must be a dense tensor (layout torch.strided), got layout {t.layout}; use .to_dense()")
 
@@ -199,7 +201,8 @@ def _box_tensor(boxes, input: torch.Tensor, name: str) -> torch.Tensor:
     if isinstance(boxes, torch.Tensor):
         real = not (boxes.dtype.is_complex or boxes.dtype == torch.bool)
         _checks.real_numbers(real, boxes.dtype, name)
-        dense_tensor(boxes, name)
+        if boxes.layout is not torch.strided:
+            dense_tensor(boxes, name)
         if boxes.device != input.device:
             raise ValueError(f"{name} must be on the input's device ({input.device}), got {boxes.device}")
         return boxes
