@@ -180,7 +180,8 @@ def test_long_double_maps_and_gradients_are_refused_by_name():
 
 @pytest.mark.parametrize(
     "input_shape",
-    [(1, 4.7, 8, 8), (True, 4, 8, 8), (1, 4, np.inf, 8), (1, 4, np.nan, 8), "1488", (1, 4, "8", 8), None, 5],
+    [(1, 4.7, 8, 8), (True, 4, 8, 8), (1, 4, np.inf, 8), (1, 4, np.nan, 8), "1488", (1, 4, "8", 8), None, 5]
+    + [{0: 1, 1: 4, 2: 8, 3: 8}, {1, 4, 8, 9}],
     ids=str,
 )
 def test_input_shape_must_hold_ints(input_shape):
@@ -215,6 +216,12 @@ def test_ragged_boxes_are_refused_by_name_in_the_other_frontends(frontend):
         call = lambda: rj.roi_align(X, ragged, 2)  # noqa: E731
     with pytest.raises(ValueError, match=r"boxes\[0\] must be an array of numbers; its rows have different lengths"):
         call()
+
+
+def test_a_gradient_without_bins_is_named_in_the_recomputing_roi_pool_backward():
+    # it said "output_size must be positive", an argument this call does not take
+    with pytest.raises(ValueError, match=r"grad_output must have at least one bin .*got \(2, 3, 0, 2\)"):
+        roipool.roi_pool_backward(np.ones((2, 3, 0, 2), np.float32), None, ROIS, X.shape, input=X)
 
 
 def test_sparse_tensors_are_refused_by_name():

@@ -419,7 +419,7 @@ def pooled_output_fits(num_rois: int, channels: int, pooled_h: int, pooled_w: in
 def input_shape_tuple(input_shape, name: str = "input_shape", dims: str = "N, C, H, W") -> tuple[int, int, int, int]:
     """Four non-negative ints (``dims`` names them in the message: ``"N, H, W, C"`` for channels-last)."""
     try:
-        if isinstance(input_shape, (str, bytes)):
+        if isinstance(input_shape, (str, bytes, set, frozenset, dict)):  # not an ordered run of sizes
             raise TypeError
         shape = tuple(_int_size(s) for s in input_shape)
     except TypeError:

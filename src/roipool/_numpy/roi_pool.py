@@ -100,6 +100,8 @@ def roi_pool_backward(grad_output, argmax, boxes, input_shape, *, input=None, sp
 
 def _backward_recompute(grad_output, input, boxes, input_shape, spatial_scale, nhwc):
     """:func:`roi_pool_backward` from the forward's input instead of its argmax (one fused kernel)."""
+    if 0 in grad_output.shape[2:]:  # the bins give the output size: no argument of that name to blame
+        raise ValueError(f"grad_output must have at least one bin (pooled_h, pooled_w >= 1), got {grad_output.shape}")
     call = RoIPoolCall(input, boxes, grad_output.shape[2:], spatial_scale, accepted=_NUMPY)
     if _checks.input_shape_tuple(input_shape) != call.input_shape:
         raise ValueError(f"input_shape {tuple(input_shape)} is not the shape of input {call.input_shape}")
