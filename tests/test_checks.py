@@ -155,6 +155,25 @@ def test_a_sampling_ratio_that_would_run_for_minutes_is_refused_at_once(op, fron
 # ---- found by bad-input fuzzing: each was another exception, a hang or a message naming nothing ----
 
 
+def test_the_custom_ops_called_directly_refuse_the_same_sampling_ratios():
+    # pytorch.md documents the roipool::* ops: called directly they skip the public checks, so
+    # the CPU geometry checks the limit too
+    torch = pytest.importorskip("torch")
+    import roipool.nn  # noqa: F401  (registers the ops)
+
+    x, rois = torch.ones((1, 4, 8, 8)), torch.from_numpy(ROIS[:1])
+    rotated = torch.tensor([[0, 3, 3, 2, 2, 0.5]])
+    for call, limit in (
+        (lambda r: torch.ops.roipool.roi_align(x, rois, 1.0, 2, 2, r, True), _checks.MAX_SAMPLING_RATIO),
+        (lambda r: torch.ops.roipool.ps_roi_align(x, rois, 1.0, 2, 2, r), _checks.MAX_SAMPLING_RATIO),
+        (lambda r: torch.ops.roipool.roi_align_rotated(x, rotated, 1.0, 2, 2, r, True, False), 1024),
+    ):
+        for ratio in (10**9, -(2**40)):
+            with pytest.raises(ValueError, match="sampling_ratio must be at"):
+                call(ratio)
+        assert call(limit // 512).shape[0] == 1
+
+
 def test_long_double_maps_and_gradients_are_refused_by_name():
     # the kernels compute in float32 or float64; float128 was a Numba TypingError (or rounded)
     x = np.ones((1, 4, 8, 8), np.longdouble)

@@ -41,6 +41,7 @@ import math
 import numba
 import numpy as np
 
+from .. import _checks
 from ._parallel import BalancedRuns, launch, share, threads
 from ._simd import FALSE, ZERO, borrowed, scratch_lines, vector_lanes
 from ._tiles import bins_order, load_tile, memory_order, store_tile, store_tile_lines
@@ -390,6 +391,8 @@ class Frames(BalancedRuns):
     """
 
     def __init__(self, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise):
+        if not -(2**31) <= sampling_ratio <= _checks.MAX_ROTATED_SAMPLING_RATIO:  # a direct torch.ops call
+            _checks.sampling_ratio_int(sampling_ratio, limit=_checks.MAX_ROTATED_SAMPLING_RATIO)
         t = rois.dtype.type
         self.rois = rois
         self.pooled_h, self.pooled_w = pooled_h, pooled_w
