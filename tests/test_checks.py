@@ -174,6 +174,28 @@ def test_the_custom_ops_called_directly_refuse_the_same_sampling_ratios():
         assert call(limit // 512).shape[0] == 1
 
 
+def test_the_custom_ops_called_directly_refuse_an_empty_output_size():
+    # a direct call with pooled_h = 0 raised ZeroDivisionError (rotated returned an empty output)
+    torch = pytest.importorskip("torch")
+    import roipool.nn  # noqa: F401  (registers the ops)
+
+    x, rois = torch.ones((1, 4, 8, 8)), torch.from_numpy(ROIS[:1])
+    rotated = torch.tensor([[0, 3, 3, 2, 2, 0.5]])
+    ops = torch.ops.roipool
+    for call in (
+        lambda h: ops.roi_pool(x, rois, 1.0, h, 2),
+        lambda h: ops.roi_align(x, rois, 1.0, h, 2, 2, True),
+        lambda h: ops.ps_roi_pool(x, rois, 1.0, h, 2),
+        lambda h: ops.ps_roi_align(x, rois, 1.0, h, 2, 2),
+        lambda h: ops.prroi_pool(x, rois, 1.0, h, 2),
+        lambda h: ops.roi_align_rotated(x, rotated, 1.0, h, 2, 2, True, False),
+    ):
+        for h in (0, -3):
+            with pytest.raises(ValueError, match=rf"output_size must be positive, got \({h}, 2\)"):
+                call(h)
+        assert call(1).shape[2:] == (1, 2)
+
+
 def test_long_double_maps_and_gradients_are_refused_by_name():
     # the kernels compute in float32 or float64; float128 was a Numba TypingError (or rounded)
     x = np.ones((1, 4, 8, 8), np.longdouble)

@@ -309,6 +309,8 @@ def real_array(value, name: str) -> np.ndarray:
 def ps_channels(channels: int, output_size: tuple[int, int]) -> int:
     """Output channels ``C / (pooled_h * pooled_w)``; ValueError unless ``C`` is a multiple."""
     pooled_h, pooled_w = output_size
+    if pooled_h <= 0 or pooled_w <= 0:  # checked already, except in a direct torch.ops call
+        output_size_pair(output_size)
     bins = pooled_h * pooled_w
     if channels % bins:
         raise ValueError(
