@@ -84,6 +84,16 @@ def sampling_ratio_int(sampling_ratio, name: str = "sampling_ratio", limit: int 
     return int(sampling_ratio)
 
 
+def geometry_limits(pooled_h: int, pooled_w: int, sampling_ratio: int = 0, limit: int = MAX_SAMPLING_RATIO) -> None:
+    """The public errors of :func:`output_size_pair` and :func:`sampling_ratio_int`, for the CPU
+    geometry: a direct ``torch.ops.roipool.*`` call reaches it without the public checks (a
+    ``pooled_h`` of 0 divided by zero, a huge ratio ran for minutes). Two comparisons when all is well."""
+    if pooled_h <= 0 or pooled_w <= 0:
+        output_size_pair((pooled_h, pooled_w))
+    if not -(2**31) <= sampling_ratio <= limit:
+        sampling_ratio_int(sampling_ratio, limit=limit)
+
+
 def flag(value, name: str) -> bool:
     """A bool (Python or NumPy); anything else is a TypeError, so that a
     misplaced positional argument (say a sampling ratio) is not read as truth."""
@@ -309,8 +319,7 @@ def real_array(value, name: str) -> np.ndarray:
 def ps_channels(channels: int, output_size: tuple[int, int]) -> int:
     """Output channels ``C / (pooled_h * pooled_w)``; ValueError unless ``C`` is a multiple."""
     pooled_h, pooled_w = output_size
-    if pooled_h <= 0 or pooled_w <= 0:  # checked already, except in a direct torch.ops call
-        output_size_pair(output_size)
+    geometry_limits(pooled_h, pooled_w)
     bins = pooled_h * pooled_w
     if channels % bins:
         raise ValueError(

@@ -205,8 +205,7 @@ class PSRoITaps:
     @classmethod
     def align(cls, rois, output_size, spatial_scale, sampling_ratio, height, width) -> PSRoITaps:
         dtype = rois.dtype
-        if not -(2**31) <= sampling_ratio <= _checks.MAX_SAMPLING_RATIO:  # a direct torch.ops call is not checked
-            _checks.sampling_ratio_int(sampling_ratio)
+        _checks.geometry_limits(*output_size, sampling_ratio)
         scale = _checks.scale_in_dtype(spatial_scale, dtype)
         taps = ps_roi_align_taps(
             rois,

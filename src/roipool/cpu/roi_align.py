@@ -867,10 +867,7 @@ class RoIAlignTaps(BalancedRuns):
     def __init__(self, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width):
         self.pooled_h, self.pooled_w = pooled_h, pooled_w
         self.num_rois = rois.shape[0]
-        if pooled_h <= 0 or pooled_w <= 0:  # a direct torch.ops call is not checked: the public error
-            _checks.output_size_pair((pooled_h, pooled_w))
-        if not -(2**31) <= sampling_ratio <= _checks.MAX_SAMPLING_RATIO:  # likewise
-            _checks.sampling_ratio_int(sampling_ratio)
+        _checks.geometry_limits(pooled_h, pooled_w, sampling_ratio)
         scale = _checks.scale_in_dtype(spatial_scale, rois.dtype)
         # the taps' pass also finds a box that overflows (_checks.scaled_boxes_finite's rule)
         (self.batch, self.hptr, self.hidx, self.hwt, self.wptr, self.widx, self.wwt, self.cost, overflow) = (

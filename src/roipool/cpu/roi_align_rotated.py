@@ -391,10 +391,7 @@ class Frames(BalancedRuns):
     """
 
     def __init__(self, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise):
-        if pooled_h <= 0 or pooled_w <= 0:  # a direct torch.ops call is not checked: the public error
-            _checks.output_size_pair((pooled_h, pooled_w))
-        if not -(2**31) <= sampling_ratio <= _checks.MAX_ROTATED_SAMPLING_RATIO:  # likewise
-            _checks.sampling_ratio_int(sampling_ratio, limit=_checks.MAX_ROTATED_SAMPLING_RATIO)
+        _checks.geometry_limits(pooled_h, pooled_w, sampling_ratio, _checks.MAX_ROTATED_SAMPLING_RATIO)
         t = rois.dtype.type
         self.rois = rois
         self.pooled_h, self.pooled_w = pooled_h, pooled_w

@@ -715,8 +715,7 @@ class RoIPoolBins(BalancedRuns):
     def __init__(self, rois, spatial_scale, pooled_h, pooled_w, height, width):
         self.pooled_h, self.pooled_w = pooled_h, pooled_w
         self.num_rois = rois.shape[0]
-        if pooled_h <= 0 or pooled_w <= 0:  # a direct torch.ops call is not checked: the public error
-            _checks.output_size_pair((pooled_h, pooled_w))
+        _checks.geometry_limits(pooled_h, pooled_w)
         self.batch, self.hbins, self.wbins, self.cost = roi_pool_bins(
             rois, _checks.scale_in_dtype(spatial_scale, rois.dtype), pooled_h, pooled_w, height, width
         )
