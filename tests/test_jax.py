@@ -20,6 +20,8 @@ from jax.test_util import check_grads  # noqa: E402
 
 import roipool  # noqa: E402
 import roipool.jax as rj  # noqa: E402
+from roipool._numpy import _layout  # noqa: E402
+from roipool.jax import _ops  # noqa: E402
 
 from .helpers import random_rois  # noqa: E402
 from .jax_helpers import bits, dtype_fixture, enable_x64  # noqa: E402, F401 (the dtype fixture)
@@ -123,6 +125,64 @@ def test_callback_path_is_the_numpy_path(case):
     out, grad = jax_forward_and_grad(case, "callback")(jnp.asarray(x), jnp.asarray(rois, np.float32), jnp.asarray(g))
     np.testing.assert_array_equal(bits(out), bits(want_out))
     np.testing.assert_array_equal(bits(grad), bits(want_grad))
+
+
+needs_buffer_callback = pytest.mark.skipif(
+    _ops._buffer_callback is None, reason="this JAX has no jax.experimental.buffer_callback"
+)
+
+
+@needs_buffer_callback
+@pytest.mark.parametrize("name", ["roi_align", "roi_pool", "prroi_pool"])
+def test_callback_kernels_write_into_xlas_output_buffer(name, monkeypatch):
+    # the array the NumPy function allocates is XLA's buffer: the jitted program's output itself
+    allocated = []
+    empty = _layout.empty
+    monkeypatch.setattr(_layout, "empty", lambda *a, **k: allocated.append(empty(*a, **k)) or allocated[-1])
+    x, rois = cases_map(np.float32), cases_rois(seed=1).astype(np.float32)
+    out = jax.jit(lambda x, r: getattr(rj, name)(x, r, SIZE, SCALE, backend="callback"))(x, rois)
+    assert [a.ctypes.data for a in allocated] == [out.unsafe_buffer_pointer()]
+    np.testing.assert_array_equal(bits(out), bits(getattr(roipool, name)(x, rois, SIZE, SCALE)))
+
+
+@pytest.mark.parametrize("case", list(OPS))
+def test_callback_path_without_buffer_callback_is_the_numpy_path(case, monkeypatch):
+    # a JAX without buffer_callback: pure_callback, which copies the result, gives the same bits
+    monkeypatch.setattr(_ops, "_buffer_callback", None)
+    x, rois = cases_map(np.float32), cases_rois(seed=1).astype(np.float32)
+    out0 = getattr(roipool, op_name(case))(x, rois, SIZE, SCALE, **OPS[case])
+    g = np.random.default_rng(2).standard_normal(out0.shape).astype(np.float32)
+    want_out, want_grad = numpy_forward_and_grad(case, x, rois, g)
+
+    @jax.jit
+    def run(x, rois, g):
+        fn = getattr(rj, op_name(case))
+        out, vjp = jax.vjp(lambda x: fn(x, rois, SIZE, SCALE, backend="callback", **OPS[case]), x)
+        return out, vjp(g)[0]
+
+    out, grad = run(x, rois, g)
+    np.testing.assert_array_equal(bits(out), bits(want_out))
+    np.testing.assert_array_equal(bits(grad), bits(want_grad))
+
+
+@pytest.mark.parametrize("callback", ["buffer_callback", "pure_callback"])
+def test_callback_errors_at_run_time_carry_the_numpy_message(callback, monkeypatch):
+    if callback == "pure_callback":
+        monkeypatch.setattr(_ops, "_buffer_callback", None)
+    elif _ops._buffer_callback is None:
+        pytest.skip("this JAX has no jax.experimental.buffer_callback")
+    x, rois = cases_map(np.float32), cases_rois(seed=1).astype(np.float32)
+    rois[3, 0] = 7  # only 2 images: found by the NumPy function inside the callback, under jit
+    run = jax.jit(lambda x, r: rj.roi_align(x, r, SIZE, SCALE, backend="callback"))
+    with pytest.raises(jax.errors.JaxRuntimeError, match=r"boxes\[3, 0\] is the batch index and must be in \[0, 2\)"):
+        run(x, rois).block_until_ready()
+
+
+@needs_buffer_callback
+def test_a_callback_result_of_another_shape_is_refused():
+    wrong = jax.jit(lambda x: _ops._call(lambda x: np.zeros(3, np.float32), jax.ShapeDtypeStruct((2,), x.dtype), x))
+    with pytest.raises(jax.errors.JaxRuntimeError, match=r"result has shape \(3,\), its output \(2,\)"):
+        wrong(jnp.ones(2, jnp.float32)).block_until_ready()
 
 
 def test_roi_pool_special_values_follow_the_reference_scan():

@@ -9,10 +9,13 @@ for byte.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
 import roipool
+from roipool._numpy import _layout
 
 SHAPE = (2, 147, 9, 11)  # 147 channels: the kernels' full blocks, one-vector and scalar remainders
 BOXES = np.array(
@@ -269,3 +272,75 @@ def test_tensors_refuse_nhwc_and_point_to_their_memory_format():
     with pytest.raises(ValueError, match="memory format"):
         roipool.roi_align(x, torch.from_numpy(BOXES).float(), 2, layout="nhwc")
     assert roipool.roi_align(x, torch.from_numpy(BOXES).float(), 2, layout="nchw").shape == (5, 3, 2, 2)
+
+
+# ---- results_into: a caller's buffer as the result (the JAX callback hands over XLA's output) ----
+
+
+def _calls(x):
+    """``(name, call, result shape)`` of NumPy functions whose NCHW result comes from ``_layout.empty``."""
+    g = np.random.default_rng(3).standard_normal((5, SHAPE[1], 7, 7)).astype(x.dtype)
+    _, argmax = roipool.roi_pool_with_argmax(x, BOXES, 7, 0.5)
+    pooled, whole = (5, SHAPE[1], 7, 7), SHAPE
+    return [
+        ("roi_pool", lambda: roipool.roi_pool(x, BOXES, 7, 0.5), pooled),
+        ("roi_align", lambda: roipool.roi_align(x, BOXES, 7, 0.5, 2, True), pooled),
+        ("prroi_pool", lambda: roipool.prroi_pool(x, BOXES, 7, 0.5), pooled),
+        ("roi_align_rotated", lambda: roipool.roi_align_rotated(x, ROTATED, 7, 0.5), (3, SHAPE[1], 7, 7)),
+        ("roi_align_backward", lambda: roipool.roi_align_backward(g, BOXES, x.shape, 7, 0.5, 2, True), whole),
+        # zeroed first: most of the map gets no gradient
+        ("roi_pool_backward argmax", lambda: roipool.roi_pool_backward(g, argmax, BOXES, x.shape), whole),
+        ("roi_pool_backward input", lambda: roipool.roi_pool_backward(g, None, BOXES, x.shape, input=x, spatial_scale=0.5), whole),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("index", range(7))
+def test_a_lent_buffer_is_the_result_with_the_bits_of_a_new_one(index):
+    x = make_map(np.float32)
+    name, call, shape = _calls(x)[index]
+    want = call()
+    lent = np.full(shape, np.nan, np.float32)  # every element must be written
+    with _layout.results_into(lent):
+        got = call()
+        again = call()  # lent once: the second result is a new array
+    assert got is lent, name
+    assert lent.tobytes() == want.tobytes(), name
+    assert again is not lent and again.tobytes() == want.tobytes(), name
+
+
+def test_a_lent_buffer_of_another_shape_dtype_or_layout_is_left_alone():
+    x = make_map(np.float32)
+    want = roipool.roi_align(x, BOXES, 7, 0.5)
+    for lent in [np.zeros((5, SHAPE[1], 7, 6), np.float32), np.zeros(want.shape, np.float64)]:
+        with _layout.results_into(lent):
+            got = roipool.roi_align(x, BOXES, 7, 0.5)
+        assert got is not lent and not lent.any() and got.tobytes() == want.tobytes()
+    lent = np.zeros((5, 7, 7, SHAPE[1]), np.float32)  # an nhwc result of the right size is not lent
+    with _layout.results_into(lent):
+        got = roipool.roi_align(nhwc(x), BOXES, 7, 0.5, layout="nhwc")
+    assert not np.shares_memory(got, lent) and not lent.any()
+    same_bytes(got, want)
+
+
+def test_a_lent_buffer_serves_only_its_own_thread_and_block():
+    x = make_map(np.float32)
+    lent = np.zeros((5, SHAPE[1], 7, 7), np.float32)
+    other = []
+    with _layout.results_into(lent):
+        thread = threading.Thread(target=lambda: other.append(roipool.roi_pool(x, BOXES, 7, 0.5)))
+        thread.start()
+        thread.join()
+        assert other[0] is not lent and not lent.any()
+        with _layout.results_into(np.zeros(1)):  # nested: the outer buffer comes back after it
+            pass
+        assert roipool.roi_pool(x, BOXES, 7, 0.5) is lent
+    assert roipool.roi_pool(x, BOXES, 7, 0.5) is not lent
+
+
+def test_results_into_needs_a_contiguous_writable_array():
+    read_only = np.zeros((5, 3, 2, 2), np.float32)
+    read_only.flags.writeable = False
+    for bad in [np.zeros((5, 2, 2, 3), np.float32).transpose(0, 3, 1, 2), read_only]:
+        with pytest.raises(ValueError, match="C-contiguous, writable"):
+            with _layout.results_into(bad):
+                pass

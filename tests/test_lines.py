@@ -4,6 +4,10 @@ results under ``_numpy._layout.LINES_FROM`` bytes are NumPy's own."""
 
 from __future__ import annotations
 
+import mmap
+import os
+import sys
+
 import numba
 import numpy as np
 import pytest
@@ -12,7 +16,7 @@ import torch
 import roipool
 from roipool._numpy import _layout
 from roipool._numpy._layout import LINES_FROM
-from roipool.cpu._simd import HUGE_FROM, HUGE_PAGE, VECTOR_BYTES, empty_lines, scratch_lines
+from roipool.cpu._simd import HUGE_FROM, HUGE_PAGE, VECTOR_BYTES, advise_huge_pages, empty_lines, scratch_lines
 from roipool.cpu._tiles import channels_last_copy
 from roipool.cpu.roi_align import blocked_map
 
@@ -133,3 +137,38 @@ def test_small_results_are_numpys_own_and_large_ones_start_a_line(nhwc, zeros):
             assert own.base is None  # NumPy's own allocation, not a view into a longer buffer
         if zeros:
             assert not a.any()
+
+
+def test_huge_pages_are_asked_for_on_large_arrays_only_and_nothing_moves():
+    small = np.arange(1000, dtype=np.float32)
+    assert not advise_huge_pages(small) and not advise_huge_pages(np.empty(0, np.float32))
+    large = np.arange(3 * HUGE_FROM // 4, dtype=np.float32)[1:]  # 12 MiB from an address off any page boundary
+    want = large.copy()
+    advised = advise_huge_pages(large)
+    if sys.platform.startswith("linux") and os.path.exists(THP):
+        assert advised
+    assert np.array_equal(large, want) and np.array_equal(small, np.arange(1000, dtype=np.float32))
+
+
+THP = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+@pytest.mark.skipif(
+    not os.path.exists(THP) or "[never]" in open(THP).read(), reason="no transparent huge pages on this system"
+)
+def test_memory_advised_by_us_gets_huge_pages():
+    # private anonymous memory that nobody has advised yet (NumPy advises its own large arrays)
+    def huge_kib():
+        with open("/proc/self/smaps") as smaps:
+            return sum(int(line.split()[1]) for line in smaps if line.startswith("AnonHugePages:"))
+
+    memory = mmap.mmap(-1, 16 * HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        a = np.frombuffer(memory, np.float32)
+        before = huge_kib()
+        assert advise_huge_pages(a)
+        a[:] = 1
+        assert huge_kib() > before  # at least one of its 16 huge pages (the host may be short of whole ones)
+        del a
+    finally:
+        memory.close()

@@ -8,11 +8,17 @@ outputs and their gradients ``(K, pooled_h, pooled_w, C)``, ``input_shape``
 in place; results are allocated channels-last (:func:`empty`) and handed back
 in the caller's order (:func:`map_out`), without a copy where the kernels
 wrote channels-last memory.
+
+A caller that already holds the memory a result should go to (the JAX
+callback backend: XLA's own output buffer) lends it with
+:func:`results_into`, so that the kernels write there directly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 
 import numpy as np
 
@@ -43,6 +49,28 @@ def shape_in(input_shape, nhwc: bool, name: str = "input_shape"):
     return n, c, h, w
 
 
+_lent = threading.local()
+
+
+@contextlib.contextmanager
+def results_into(array: np.ndarray):
+    """Within the block, the first NCHW result of ``array``'s shape and dtype that a NumPy function
+    allocates on this thread (:func:`empty`) is ``array`` itself (C-contiguous, writable), so that
+    the kernels write into it; the result returned is then ``array``.
+
+    A function whose result comes from elsewhere (a small array, a kernel that allocates its own)
+    returns a new array as usual: the caller copies it over. Other threads are not affected.
+    """
+    if not (array.flags.c_contiguous and array.flags.writeable):
+        raise ValueError("results_into needs a C-contiguous, writable array")
+    previous = getattr(_lent, "array", None)
+    _lent.array = array
+    try:
+        yield
+    finally:
+        _lent.array = previous
+
+
 #: Results of fewer bytes are NumPy's own arrays, not moved onto a cache line (:func:`empty`).
 LINES_FROM = 256 << 10
 
@@ -61,6 +89,12 @@ def empty(shape, dtype, nhwc: bool, zeros: bool = False) -> np.ndarray:
     a, c, b, d = shape
     order = (a, b, d, c) if nhwc else (a, c, b, d)
     dtype = np.dtype(dtype)
+    lent = getattr(_lent, "array", None)
+    if lent is not None and lent.shape == order and lent.dtype == dtype and not nhwc:
+        _lent.array = None  # one result only
+        if zeros:
+            lent.fill(0)
+        return lent
     if math.prod(order) * dtype.itemsize >= LINES_FROM:
         out = empty_lines(order, dtype, zeros)
     else:

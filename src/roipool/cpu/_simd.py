@@ -13,7 +13,11 @@ All loads and stores are unaligned and unchecked: callers index in range.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
+import mmap
+import sys
 
 import numba
 import numpy as np
@@ -110,6 +114,37 @@ def empty_lines(shape, dtype, zeros: bool = False) -> np.ndarray:
         buffer = (np.zeros if zeros else np.empty)(size, np.uint8)
     start = -buffer.ctypes.data % align
     return buffer[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def advise_huge_pages(array: np.ndarray) -> bool:
+    """Ask Linux for transparent huge pages on the whole 2 MiB ranges inside ``array``'s memory,
+    before anything is written there; True if it was asked.
+
+    For memory roipool did not allocate (XLA's output buffers): NumPy asks for
+    huge pages on its own large arrays, other allocators do not, and a fresh
+    100 MB output faulted in 4 KiB pages costs its kernel several times the
+    writing (``docs/jax.md``). Arrays under :data:`HUGE_FROM` bytes, other
+    systems, and a refusal (``THP`` off) leave everything as it was.
+    """
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if array.nbytes < HUGE_FROM or advice is None or not sys.platform.startswith("linux"):
+        return False
+    madvise = _madvise()
+    start = array.__array_interface__["data"][0]
+    lo, hi = -(-start // HUGE_PAGE) * HUGE_PAGE, (start + array.nbytes) // HUGE_PAGE * HUGE_PAGE
+    return madvise is not None and hi > lo and madvise(lo, hi - lo, advice) == 0
+
+
+@functools.cache
+def _madvise():
+    """libc's ``madvise``, or None where it cannot be found."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

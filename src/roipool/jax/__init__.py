@@ -22,7 +22,9 @@ functions of the same names; ``docs/semantics.md`` defines every op and
   follow), and gradients flow through the transposes.
 
 Backends: ``"xla"`` (pure jnp/lax, every device) or ``"callback"`` (the NumPy
-path's Numba kernels via ``jax.pure_callback``, CPU only). ``"auto"`` (the
+path's Numba kernels, writing into XLA's output buffers through
+``jax.experimental.buffer_callback``, or via ``jax.pure_callback`` on a JAX
+without it; CPU only). ``"auto"`` (the
 default) takes the callback on the CPU, where it is faster (``docs/jax.md``
 has the figures), and XLA elsewhere. Choose with :func:`set_backend` or each
 call's ``backend=`` argument.

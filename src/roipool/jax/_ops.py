@@ -4,7 +4,9 @@ Two backends compute the same function (``docs/jax.md``):
 
 - ``"xla"``: pure jnp/lax (``_pool``, ``_align``, ``_prroi``), any device, any transform.
 - ``"callback"``: roipool's NumPy functions (the Numba CPU kernels) through
-  ``jax.pure_callback``; CPU only. Gradients with respect to the input come
+  ``jax.experimental.buffer_callback``, which hands them XLA's output buffer
+  to write into (``jax.pure_callback``, which copies the result into a new
+  buffer, where a JAX has no ``buffer_callback``); CPU only. Gradients with respect to the input come
   from the NumPy backward; with respect to the boxes from the XLA path
   (roi_align, ps_roi_align; XLA drops it under ``jit`` when unused) or from
   the CPU box kernels (prroi_pool, and roi_align_rotated, whose ops live in
@@ -26,6 +28,11 @@ import numpy as np
 import roipool
 
 from . import _align, _pool, _prroi
+
+try:  # experimental, in newer JAX releases (0.10 has it); where it is missing, pure_callback
+    from jax.experimental.buffer_callback import buffer_callback as _buffer_callback
+except ImportError:  # pragma: no cover - depends on the JAX installed
+    _buffer_callback = None
 
 # ---- roi_pool: the gradient goes to the argmax (kept from the forward) ----
 
@@ -50,9 +57,32 @@ def _roi_pool_xla_bwd(static, res, g):
 roi_pool_xla.defvjp(_roi_pool_xla_fwd, _roi_pool_xla_bwd)
 
 
-def _call(fn, shapes, *args):
-    """``fn`` on NumPy copies of ``args`` via ``jax.pure_callback`` (a vmap runs it once per example)."""
-    return jax.pure_callback(lambda *a: fn(*map(np.asarray, a)), shapes, *args, vmap_method="sequential")
+def _call(fn, shape, *args):
+    """``fn`` (a NumPy function's call) on ``args`` as NumPy arrays, its result of ``shape`` (a
+    ``jax.ShapeDtypeStruct``) the op's output; a vmap runs it once per example.
+
+    Through ``buffer_callback`` the result's memory is XLA's output buffer: it is lent to the
+    NumPy function (``_numpy._layout.results_into``), whose kernels write there directly, after
+    asking for huge pages on it. A result allocated elsewhere is copied over. Without
+    ``buffer_callback``, ``pure_callback`` copies the result into a new buffer.
+    """
+    if _buffer_callback is None:
+        return jax.pure_callback(lambda *a: fn(*map(np.asarray, a)), shape, *args, vmap_method="sequential")
+
+    def callback(ctx, out, *buffers):
+        from .._numpy import _layout  # here: `import roipool.jax` loads no Numba
+        from ..cpu._simd import advise_huge_pages
+
+        out = np.asarray(out)
+        advise_huge_pages(out)
+        with _layout.results_into(out):
+            result = fn(*map(np.asarray, buffers))
+        if result is not out:
+            if result.shape != out.shape:
+                raise ValueError(f"the callback's result has shape {result.shape}, its output {out.shape}")
+            np.copyto(out, result, casting="no")
+
+    return _buffer_callback(callback, shape, vmap_method="sequential")(*args)
 
 
 def _result(x, rois, channels, size):
