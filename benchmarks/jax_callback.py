@@ -1,6 +1,6 @@
 """roipool.jax's CPU callback backend against the NumPy call it wraps, in one process, interleaved.
 
-Usage: ``PYTHONPATH=src python benchmarks/jax_callback.py [rounds] [workload ...]``
+Usage: ``PYTHONPATH=src python benchmarks/jax_callback.py [--vmap] [rounds] [workload ...]``
 (defaults: 9 rounds; ``tiny``, ``small-batch``, ``vgg16`` and ``maskrcnn``).
 
 For each workload and op (``roi_align`` with the workload's sampling ratio,
@@ -15,6 +15,11 @@ gives them):
 - ``jax pure_callback``: the same program traced with ``buffer_callback``
   hidden, the backend's path on a JAX without it (and roipool's before
   2026-11-28): the NumPy result is copied into a new XLA buffer.
+
+With ``--vmap`` the workloads' images become the examples of a ``jax.vmap``
+(each image with its own boxes; ``small-batch`` is 8 images): the callback as
+it ships takes the whole batch in one call (``expand_dims``), ``pure_callback``
+runs once per example (``sequential``), and ``numpy`` loops over the examples.
 
 Every round runs each candidate once, in a rotating order, each after the
 process's threads have been idle (``bench.measure``, as ``roipool bench``).
@@ -40,7 +45,7 @@ from roipool.bench.workloads import WORKLOADS
 from roipool.jax import _ops
 
 
-def _jitted(op, w, kw, pure: bool, x, r, g):
+def _jitted(op, w, kw, pure: bool, x, r, g, vmap: bool = False):
     """``(forward, step)`` jitted and traced for ``x, r, g`` (a new shape would trace again), with or
     without ``buffer_callback``."""
     kept = _ops._buffer_callback
@@ -56,14 +61,15 @@ def _jitted(op, w, kw, pure: bool, x, r, g):
             out, vjp = jax.vjp(lambda x: call(x, r), x)
             return out, vjp(g)[0]
 
-        forward, step = jax.jit(call), jax.jit(step)
+        forward, step = (jax.vmap(call), jax.vmap(step)) if vmap else (call, step)
+        forward, step = jax.jit(forward), jax.jit(step)
         jax.block_until_ready((forward(x, r), step(x, r, g)))  # traced now, while the switch holds
         return forward, step
     finally:
         _ops._buffer_callback = kept
 
 
-def _numpy(op, w, kw):
+def _numpy(op, w, kw, vmap: bool = False):
     fn = getattr(roipool, op)
 
     def forward(x, r):
@@ -77,28 +83,48 @@ def _numpy(op, w, kw):
             grad = roipool.roi_align_backward(g, r, x.shape, w.output_size, w.spatial_scale, **kw)
         return out, grad
 
+    if vmap:  # one call per example, stacked
+        return (
+            lambda x, r: np.stack([forward(*a) for a in zip(x, r)]),
+            lambda x, r, g: tuple(map(np.stack, zip(*[step(*a) for a in zip(x, r, g)]))),
+        )
     return forward, step
 
 
+def _examples(x, rois):
+    """``(x (N, 1, C, H, W), rois (N, K, 5))``: each image with its own boxes (batch index 0), for a
+    vmap over the images (every image of the workloads holds as many boxes)."""
+    n = x.shape[0]
+    order = np.argsort(rois[:, 0], kind="stable")
+    per = rois[order].reshape(n, -1, 5).copy()
+    per[..., 0] = 0
+    return x[:, None], per
+
+
 def main() -> None:
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 9
-    names = sys.argv[2:] or ["tiny", "small-batch", "vgg16", "maskrcnn"]
+    argv = sys.argv[1:]
+    vmap = "--vmap" in argv
+    argv = [a for a in argv if a != "--vmap"]
+    rounds = int(argv[0]) if argv else 9
+    names = argv[1:] or (["tiny", "small-batch"] if vmap else ["tiny", "small-batch", "vgg16", "maskrcnn"])
     print(f"# {bench.machine()['cpu']}, {os.cpu_count()} cores, load {os.getloadavg()}, jax {jax.__version__}")
     if _ops._buffer_callback is None:
         print("# this JAX has no buffer_callback: both JAX rows take pure_callback")
     for name in names:
         w = WORKLOADS[name]
         x, rois = w.make()
+        if vmap:
+            x, rois = _examples(x, rois)
         xj, rj_ = jnp.asarray(x), jnp.asarray(rois)
         for op in ["roi_align", "roi_pool"]:
             kw = {"sampling_ratio": w.sampling_ratio, "aligned": w.aligned} if op == "roi_align" else {}
-            numpy = _numpy(op, w, kw)
+            numpy = _numpy(op, w, kw, vmap)
             g = np.random.default_rng(1).standard_normal(numpy[0](x, rois).shape, np.float32)
             gj = jnp.asarray(g)
             impls = {
                 "numpy": numpy,
-                "jax buffer_callback": _jitted(op, w, kw, False, xj, rj_, gj),
-                "jax pure_callback": _jitted(op, w, kw, True, xj, rj_, gj),
+                "jax buffer_callback": _jitted(op, w, kw, False, xj, rj_, gj, vmap),
+                "jax pure_callback": _jitted(op, w, kw, True, xj, rj_, gj, vmap),
             }
             want_out, want_grad = numpy[1](x, rois, g)
             for impl in list(impls)[1:]:
@@ -114,7 +140,9 @@ def main() -> None:
                 )
             times = bench.measure(cands, rounds)
             for impl, ms in times.items():
-                print(f"{name:12s} {op:10s} {impl:40s} {statistics.median(ms):9.3f} ({min(ms):9.3f}) ms")
+                print(
+                    f"{name + (' vmap' if vmap else ''):17s} {op:10s} {impl:40s} {statistics.median(ms):9.3f} ({min(ms):9.3f}) ms"
+                )
 
 
 if __name__ == "__main__":

@@ -233,6 +233,37 @@ def test_callback_path_under_vmap_and_grad():
         np.testing.assert_array_equal(np.asarray(grads[i]), want)
 
 
+@pytest.mark.parametrize("mapped", ["both", "maps", "boxes", "nested"])
+def test_callback_under_vmap_gives_each_examples_numpy_bits(mapped):
+    # one callback takes the batch; an argument not mapped over is shared by every example
+    xs = np.stack([cases_map(np.float32, seed=s) for s in range(6)])
+    rs = np.stack([cases_rois(seed=s) for s in range(6)]).astype(np.float32)
+    g = np.random.default_rng(3).standard_normal((rs.shape[1], SHAPE[1], *SIZE)).astype(np.float32)
+
+    def one(x, r):  # forward, and the map's gradient for a fixed upstream gradient
+        out, vjp = jax.vjp(lambda x: rj.roi_align(x, r, SIZE, SCALE, 2, True, backend="callback"), x)
+        return out, vjp(jnp.asarray(g))[0], rj.prroi_pool(x, r, SIZE, SCALE, backend="callback")
+
+    if mapped == "both":
+        run, pairs = jax.vmap(one), lambda: [(xs[i], rs[i]) for i in range(6)]
+        args = (xs, rs)
+    elif mapped == "maps":
+        run, pairs, args = jax.vmap(one, (0, None)), lambda: [(xs[i], rs[0]) for i in range(6)], (xs, rs[0])
+    elif mapped == "boxes":
+        run, pairs, args = jax.vmap(one, (None, 0)), lambda: [(xs[0], rs[i]) for i in range(6)], (xs[0], rs)
+    else:
+        run, pairs = jax.vmap(jax.vmap(one)), lambda: [(xs[i], rs[i]) for i in range(6)]
+        args = (xs.reshape(2, 3, *xs.shape[1:]), rs.reshape(2, 3, *rs.shape[1:]))
+    outs, grads, prroi = (np.asarray(a).reshape(6, *a.shape[-4:]) for a in jax.jit(run)(*args))
+    for i, (x, r) in enumerate(pairs()):
+        want = roipool.roi_align(x, r, SIZE, SCALE, 2, True)
+        np.testing.assert_array_equal(bits(outs[i]), bits(want))
+        np.testing.assert_array_equal(
+            bits(grads[i]), bits(roipool.roi_align_backward(g, r, x.shape, SIZE, SCALE, 2, True))
+        )
+        np.testing.assert_array_equal(bits(prroi[i]), bits(roipool.prroi_pool(x, r, SIZE, SCALE)))
+
+
 def test_check_grads_float64_input_and_boxes():
     with enable_x64(True):
         rng = np.random.default_rng(5)

@@ -59,30 +59,38 @@ roi_pool_xla.defvjp(_roi_pool_xla_fwd, _roi_pool_xla_bwd)
 
 def _call(fn, shape, *args):
     """``fn`` (a NumPy function's call) on ``args`` as NumPy arrays, its result of ``shape`` (a
-    ``jax.ShapeDtypeStruct``) the op's output; a vmap runs it once per example.
+    ``jax.ShapeDtypeStruct``) the op's output.
 
     Through ``buffer_callback`` the result's memory is XLA's output buffer: it is lent to the
     NumPy function (``_numpy._layout.results_into``), whose kernels write there directly, after
-    asking for huge pages on it. A result allocated elsewhere is copied over. Without
-    ``buffer_callback``, ``pure_callback`` copies the result into a new buffer.
+    asking for huge pages on it. A result allocated elsewhere is copied over. Under ``vmap``
+    one callback takes the whole batch (``expand_dims``) and calls ``fn`` once per example, each
+    writing into its own slice of the buffer. Without ``buffer_callback``, ``pure_callback``
+    copies each result into a new buffer, and a ``vmap`` runs it once per example.
     """
     if _buffer_callback is None:
         return jax.pure_callback(lambda *a: fn(*map(np.asarray, a)), shape, *args, vmap_method="sequential")
+    rank = len(shape.shape)
 
     def callback(ctx, out, *buffers):
         from .._numpy import _layout  # here: `import roipool.jax` loads no Numba
         from ..cpu._simd import advise_huge_pages
 
         out = np.asarray(out)
+        arrays = [np.asarray(b) for b in buffers]
         advise_huge_pages(out)
-        with _layout.results_into(out):
-            result = fn(*map(np.asarray, buffers))
-        if result is not out:
-            if result.shape != out.shape:
-                raise ValueError(f"the callback's result has shape {result.shape}, its output {out.shape}")
-            np.copyto(out, result, casting="no")
+        lead = out.ndim - rank  # vmapped axes; an argument not mapped over has 1 there
+        for index in np.ndindex(out.shape[:lead]):
+            target = out[index]
+            example = [a[tuple(i if n > 1 else 0 for i, n in zip(index, a.shape))] for a in arrays]
+            with _layout.results_into(target):
+                result = fn(*example)
+            if result is not target:
+                if result.shape != target.shape:
+                    raise ValueError(f"the callback's result has shape {result.shape}, its output {target.shape}")
+                np.copyto(target, result, casting="no")
 
-    return _buffer_callback(callback, shape, vmap_method="sequential")(*args)
+    return _buffer_callback(callback, shape, vmap_method="expand_dims")(*args)
 
 
 def _result(x, rois, channels, size):
