@@ -404,7 +404,7 @@ def test_boxes_as_a_list_become_the_rows_of_every_image_in_order():
 
 def test_scalar_arguments_give_plain_python_values_of_any_accepted_type():
     """Plain ints, floats and bools take a shortcut; NumPy scalars and sequences the full checks: same values."""
-    for size in (7, np.int64(7), np.uint8(7), (7, 7), [7, np.int32(7)], np.array([7, 7])):
+    for size in (7, np.int64(7), np.uint8(7), (7, 7), [7, np.int32(7)], np.array([7, 7]), (np.array(7), 7)):
         assert _checks.output_size_pair(size) == (7, 7)
         assert all(type(v) is int for v in _checks.output_size_pair(size))
     for scale in (0.25, np.float32(0.25), np.float64(0.25), 1):
@@ -416,9 +416,11 @@ def test_scalar_arguments_give_plain_python_values_of_any_accepted_type():
     for flag in (True, False, np.bool_(True)):
         value = _checks.flag(flag, "aligned")
         assert type(value) is bool and value == bool(flag)
-    for bad, error in ((0, ValueError), (-3, ValueError), (True, TypeError)):
+    for bad, error in ((0, ValueError), (-3, ValueError), (True, TypeError), ((np.array(7.0), 7), TypeError)):
         with pytest.raises(error, match="output_size"):
             _checks.output_size_pair(bad)
+    with pytest.raises(TypeError, match="output_size must hold ints, got array"):
+        _checks.output_size_pair((np.array(True), 7))
     for bad in (0.0, -0.5, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="spatial_scale must be finite and positive"):
             _checks.positive_scale(bad)

@@ -39,6 +39,8 @@ def output_size_pair(output_size, name: str = "output_size") -> tuple[int, int]:
             raise ValueError(f"{name} must be an int or a pair (pooled_h, pooled_w), got {len(pair)} values")
     else:
         raise TypeError(f"{name} must be an int or a pair of ints, got {type(output_size).__name__}")
+    # a 0-d integer array inside the pair is an int too, as it is alone (and as NumPy indexing takes it)
+    pair = tuple(v.item() if isinstance(v, np.ndarray) and v.ndim == 0 and v.dtype.kind in "iu" else v for v in pair)
     for v in pair:
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
             raise TypeError(f"{name} must hold ints, got {v!r} of type {type(v).__name__}")
