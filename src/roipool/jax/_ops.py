@@ -6,11 +6,11 @@ Two backends compute the same function (``docs/jax.md``):
 - ``"callback"``: roipool's NumPy functions (the Numba CPU kernels) through
   ``jax.experimental.buffer_callback``, which hands them XLA's output buffer
   to write into (``jax.pure_callback``, which copies the result into a new
-  buffer, where a JAX has no ``buffer_callback``); CPU only. Gradients with respect to the input come
-  from the NumPy backward; with respect to the boxes from the XLA path
-  (roi_align, ps_roi_align; XLA drops it under ``jit`` when unused) or from
-  the CPU box kernels (prroi_pool, and roi_align_rotated, whose ops live in
-  ``_rotated`` and are built here by :func:`_callback_op`).
+  buffer, where a JAX has no ``buffer_callback``); CPU only. Gradients with
+  respect to the input come from the NumPy backward; with respect to the boxes
+  from the CPU box kernels (roi_align, prroi_pool, and roi_align_rotated, whose
+  ops live in ``_rotated`` and are built here by :func:`_callback_op`) or, for
+  ps_roi_align, from the XLA path (under ``jit`` XLA drops either when unused).
 
 Each op is ``op(static, x, rois)``: ``static`` a hashable tuple of Python
 numbers (output size, scale, ..., and the input shape), ``x`` and ``rois``
@@ -194,6 +194,7 @@ roi_align_callback = _callback_op(
     roi_align_xla,
     _same_channels,
     box_gradient=True,
+    boxes_backward=lambda g, x, r, s: roipool.roi_align_boxes_backward(g, x, r, s[0], s[1], s[2], s[3]),
 )
 ps_roi_align_callback = _callback_op(
     lambda x, r, s: roipool.ps_roi_align(x, r, s[0], s[1], s[2]),
