@@ -1,0 +1,77 @@
+"""A jitted ``roipool.jax.roi_align`` step asking for both gradients (map and boxes), callback backend.
+
+Usage: ``python benchmarks/jax_box_gradient.py [rounds] [workload,...] SRC [SRC ...]``
+(defaults: 3 rounds; ``tiny,small-batch,maskrcnn``). Each ``SRC`` is a
+checkout's ``src`` folder (``git archive <rev> src | tar -x -C /tmp/old``
+gives an older one), run in its own process, one after the other. For each
+workload it prints the first call (tracing, compiling, running) and the median
+of ``rounds`` calls after an idle wait, and how far the box gradient is from
+``roipool.roi_align_boxes_backward`` (the NumPy function), relative to its
+largest magnitude.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def run(names: list[str], rounds: int) -> None:
+    import statistics
+    import time
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import roipool
+    import roipool.jax as rj
+    from roipool import bench
+    from roipool.bench.workloads import WORKLOADS
+
+    for name in names:
+        w = WORKLOADS[name]
+        x, rois = w.make()
+        args = (w.output_size, w.spatial_scale, w.sampling_ratio, w.aligned)
+        g = np.random.default_rng(1).standard_normal(roipool.roi_align(x, rois, *args).shape, np.float32)
+
+        def grads(x, r, g, args=args):
+            _, vjp = jax.vjp(lambda x, r: rj.roi_align(x, r, *args, backend="callback"), x, r)
+            return vjp(g)
+
+        step = jax.jit(grads)
+        xj, rj_, gj = jnp.asarray(x), jnp.asarray(rois), jnp.asarray(g)
+        began = time.perf_counter()
+        _, box_grad = jax.block_until_ready(step(xj, rj_, gj))
+        first = time.perf_counter() - began
+        times = []
+        for _ in range(rounds):
+            bench._quiesce()
+            began = time.perf_counter()
+            jax.block_until_ready(step(xj, rj_, gj))
+            times.append(time.perf_counter() - began)
+        want = roipool.roi_align_boxes_backward(g, x, rois, *args)
+        off = np.abs(np.asarray(box_grad) - want).max() / max(np.abs(want).max(), 1.0)
+        print(
+            f"{name:12s} first call {first:6.2f} s, median {1e3 * statistics.median(times):9.1f} ms;"
+            f" box gradient off NumPy's by {off:.1e}",
+            flush=True,
+        )
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if argv and argv[0] == "--child":
+        run(argv[1].split(","), int(argv[2]))
+        return
+    rounds = int(argv.pop(0)) if argv and argv[0].isdigit() else 3
+    names = argv.pop(0) if argv and not os.path.isdir(argv[0]) else "tiny,small-batch,maskrcnn"
+    for src in argv:
+        print(f"# {src}", flush=True)
+        env = dict(os.environ, PYTHONPATH=src)
+        subprocess.run([sys.executable, __file__, "--child", names, str(rounds)], env=env, check=True)
+
+
+if __name__ == "__main__":
+    main()
