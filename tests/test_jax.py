@@ -178,6 +178,38 @@ def test_callback_errors_at_run_time_carry_the_numpy_message(callback, monkeypat
         run(x, rois).block_until_ready()
 
 
+@pytest.mark.parametrize("callback", ["buffer_callback", "pure_callback"])
+def test_callback_roi_pool_gradient_goes_through_the_forwards_argmax(callback, monkeypatch):
+    # with buffer_callback the argmax is handed over without a copy: the backward scatters through it;
+    # with pure_callback the backward finds the maxima again from the input. The same bits.
+    if callback == "pure_callback":
+        monkeypatch.setattr(_ops, "_buffer_callback", None)
+    elif _ops._buffer_callback is None:
+        pytest.skip("this JAX has no jax.experimental.buffer_callback")
+    routes = []
+    backward = roipool.roi_pool_backward
+    monkeypatch.setattr(
+        roipool,
+        "roi_pool_backward",
+        lambda g, a, *rest, **kw: routes.append(a is not None) or backward(g, a, *rest, **kw),
+    )
+    x, rois = cases_map(np.float32), cases_rois(seed=1).astype(np.float32)
+    out0 = roipool.roi_pool(x, rois, SIZE, SCALE)
+    g = np.random.default_rng(2).standard_normal(out0.shape).astype(np.float32)
+    xs, rs, gs = np.stack([x, x[::-1]]), np.stack([rois, rois]), np.stack([g, -g])
+
+    def step(x, r, g):
+        out, vjp = jax.vjp(lambda x: rj.roi_pool(x, r, SIZE, SCALE, backend="callback"), x)
+        return out, vjp(g)[0]
+
+    outs, grads = jax.jit(jax.vmap(step))(xs, rs, gs)  # two results (output and argmax) per example
+    assert routes == [callback == "buffer_callback"] * 2
+    for i in range(2):
+        want_out, want_grad = numpy_forward_and_grad("roi_pool", xs[i], rois, gs[i])
+        np.testing.assert_array_equal(bits(outs[i]), bits(want_out))
+        np.testing.assert_array_equal(bits(grads[i]), bits(want_grad))
+
+
 @needs_buffer_callback
 def test_a_callback_result_of_another_shape_is_refused():
     wrong = jax.jit(lambda x: _ops._call(lambda x: np.zeros(3, np.float32), jax.ShapeDtypeStruct((2,), x.dtype), x))

@@ -308,6 +308,16 @@ def test_a_lent_buffer_is_the_result_with_the_bits_of_a_new_one(index):
     assert again is not lent and again.tobytes() == want.tobytes(), name
 
 
+def test_an_output_and_an_argmax_lent_together_are_both_written():
+    x = make_map(np.float32)
+    want_out, want_argmax = roipool.roi_pool_with_argmax(x, BOXES, 7, 0.5)
+    lent_argmax, lent_out = np.full(want_argmax.shape, -7, np.int32), np.full(want_out.shape, np.nan, np.float32)
+    with _layout.results_into(lent_argmax, lent_out):  # matched by shape and dtype, in any order
+        out, argmax = roipool.roi_pool_with_argmax(x, BOXES, 7, 0.5)
+    assert out is lent_out and argmax is lent_argmax
+    assert out.tobytes() == want_out.tobytes() and argmax.tobytes() == want_argmax.tobytes()
+
+
 def test_a_lent_buffer_of_another_shape_dtype_or_layout_is_left_alone():
     x = make_map(np.float32)
     want = roipool.roi_align(x, BOXES, 7, 0.5)
@@ -342,5 +352,5 @@ def test_results_into_needs_a_contiguous_writable_array():
     read_only.flags.writeable = False
     for bad in [np.zeros((5, 2, 2, 3), np.float32).transpose(0, 3, 1, 2), read_only]:
         with pytest.raises(ValueError, match="C-contiguous, writable"):
-            with _layout.results_into(bad):
+            with _layout.results_into(np.zeros(3), bad):
                 pass

@@ -23,6 +23,7 @@ import threading
 import numpy as np
 
 from .. import _checks
+from ..cpu._pool import zero_fill
 from ..cpu._simd import empty_lines
 
 
@@ -53,22 +54,34 @@ _lent = threading.local()
 
 
 @contextlib.contextmanager
-def results_into(array: np.ndarray):
-    """Within the block, the first NCHW result of ``array``'s shape and dtype that a NumPy function
-    allocates on this thread (:func:`empty`) is ``array`` itself (C-contiguous, writable), so that
-    the kernels write into it; the result returned is then ``array``.
+def results_into(*arrays: np.ndarray):
+    """Within the block, each NCHW result that a NumPy function allocates on this thread
+    (:func:`empty`) with the shape and dtype of one of ``arrays`` (C-contiguous, writable) is that
+    array itself, each array lent once: the kernels write into it, and the result returned is
+    that array (``roi_pool_with_argmax`` takes an output and an argmax).
 
     A function whose result comes from elsewhere (a small array, a kernel that allocates its own)
     returns a new array as usual: the caller copies it over. Other threads are not affected.
     """
-    if not (array.flags.c_contiguous and array.flags.writeable):
-        raise ValueError("results_into needs a C-contiguous, writable array")
-    previous = getattr(_lent, "array", None)
-    _lent.array = array
+    for array in arrays:
+        if not (array.flags.c_contiguous and array.flags.writeable):
+            raise ValueError("results_into needs C-contiguous, writable arrays")
+    previous = getattr(_lent, "arrays", None)
+    _lent.arrays = list(arrays)
     try:
         yield
     finally:
-        _lent.array = previous
+        _lent.arrays = previous
+
+
+def _lent_array(order, dtype):
+    """The array lent for a result of shape ``order`` and ``dtype`` (taken: lent once), or None."""
+    lent = getattr(_lent, "arrays", None)
+    if lent:
+        for i, array in enumerate(lent):
+            if array.shape == order and array.dtype == dtype:
+                return lent.pop(i)
+    return None
 
 
 #: Results of fewer bytes are NumPy's own arrays, not moved onto a cache line (:func:`empty`).
@@ -89,11 +102,10 @@ def empty(shape, dtype, nhwc: bool, zeros: bool = False) -> np.ndarray:
     a, c, b, d = shape
     order = (a, b, d, c) if nhwc else (a, c, b, d)
     dtype = np.dtype(dtype)
-    lent = getattr(_lent, "array", None)
-    if lent is not None and lent.shape == order and lent.dtype == dtype and not nhwc:
-        _lent.array = None  # one result only
+    lent = None if nhwc else _lent_array(order, dtype)
+    if lent is not None:
         if zeros:
-            lent.fill(0)
+            zero_fill(lent)
         return lent
     if math.prod(order) * dtype.itemsize >= LINES_FROM:
         out = empty_lines(order, dtype, zeros)

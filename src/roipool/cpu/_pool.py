@@ -126,8 +126,14 @@ def lend(nbytes: int, zeros: bool = False) -> np.ndarray:
     if buffer is None:
         buffer = (np.zeros if zeros else np.empty)(nbytes, np.uint8)
     elif zeros:
-        launch(_zero_part, buffer, values=buffer.size // 4)
+        zero_fill(buffer)
     return np.asarray(_Lease(buffer))
+
+
+def zero_fill(array: np.ndarray) -> None:
+    """``array`` (C-contiguous) <- 0, on roipool's threads when it is large."""
+    flat = array.reshape(-1).view(np.uint8)
+    launch(_zero_part, flat, values=flat.size // 4)
 
 
 @numba.njit(cache=True, nogil=True)
