@@ -8,13 +8,15 @@ For each workload and op (``roi_align`` with the workload's sampling ratio,
 (output and input gradient for a fixed upstream gradient, as ``jax.vjp``
 gives them):
 
-- ``numpy``: the NumPy functions (``roipool.roi_align`` and its backward);
+- ``numpy``: the NumPy functions (``roipool.roi_align`` and its backward;
+  ``roipool.roi_pool_with_argmax`` and the backward through its argmax);
 - ``jax buffer_callback``: ``roipool.jax`` jitted, with the callback backend
   as it ships: the kernels write into XLA's own output buffers
   (``jax.experimental.buffer_callback``, huge pages asked for on them);
 - ``jax pure_callback``: the same program traced with ``buffer_callback``
   hidden, the backend's path on a JAX without it (and roipool's before
-  2026-11-28): the NumPy result is copied into a new XLA buffer.
+  2026-11-28): the NumPy result is copied into a new XLA buffer, and
+  ``roi_pool``'s backward finds the maxima again from the input.
 
 With ``--vmap`` the workloads' images become the examples of a ``jax.vmap``
 (each image with its own boxes; ``small-batch`` is 8 images): the callback as
@@ -76,12 +78,11 @@ def _numpy(op, w, kw, vmap: bool = False):
         return fn(x, r, w.output_size, w.spatial_scale, **kw)
 
     def step(x, r, g):
+        if op == "roi_pool":  # through the argmax, as the callback does (since 2026-11-28)
+            out, argmax = roipool.roi_pool_with_argmax(x, r, w.output_size, w.spatial_scale)
+            return out, roipool.roi_pool_backward(g, argmax, r, x.shape)
         out = forward(x, r)
-        if op == "roi_pool":
-            grad = roipool.roi_pool_backward(g, None, r, x.shape, input=x, spatial_scale=w.spatial_scale)
-        else:
-            grad = roipool.roi_align_backward(g, r, x.shape, w.output_size, w.spatial_scale, **kw)
-        return out, grad
+        return out, roipool.roi_align_backward(g, r, x.shape, w.output_size, w.spatial_scale, **kw)
 
     if vmap:  # one call per example, stacked
         return (
