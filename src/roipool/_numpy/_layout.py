@@ -98,6 +98,9 @@ def empty(shape, dtype, nhwc: bool, zeros: bool = False) -> np.ndarray:
     call after an idle spell on a 2-core AMD EPYC, against well under a
     microsecond of vector stores split over two lines. (The kernels' copies of
     a feature map, whose cells are read many times, always start on a line.)
+
+    Within :func:`results_into` an NCHW result of a lent array's shape and
+    dtype is that array (zeroed first when ``zeros``).
     """
     a, c, b, d = shape
     order = (a, b, d, c) if nhwc else (a, c, b, d)
