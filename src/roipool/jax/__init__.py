@@ -12,9 +12,11 @@ functions of the same names; ``docs/semantics.md`` defines every op and
   ``sampling_ratio`` and ``aligned`` are Python values (static under jit).
 - :func:`roi_align_rotated` takes rotated boxes instead: ``(K, 6)`` rows
   ``[batch_index, cx, cy, w, h, angle]`` or a list of ``N`` arrays ``(L_i, 5)``.
+- :func:`multi_scale_roi_align` pools from a feature pyramid, each box from the
+  level its size picks (torchvision's ``MultiScaleRoIAlign`` as a function).
 - Gradients: with respect to ``input`` for every op; also with respect to the
-  boxes for :func:`roi_align`, :func:`ps_roi_align`, :func:`roi_align_rotated` and
-  :func:`prroi_pool`.
+  boxes for :func:`roi_align`, :func:`ps_roi_align`, :func:`roi_align_rotated`,
+  :func:`prroi_pool` and :func:`multi_scale_roi_align`.
 - ``layout="nhwc"`` (keyword, every op): ``input`` is ``(N, H, W, C)``, the
   layout of Flax's convolutions, and the result ``(K, pooled_h, pooled_w,
   C_out)``, with the same values as the ``"nchw"`` call; the array is
@@ -32,6 +34,9 @@ call's ``backend=`` argument.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,6 +51,7 @@ __all__ = [
     "ps_roi_align",
     "roi_align_rotated",
     "prroi_pool",
+    "multi_scale_roi_align",
     "set_backend",
     "get_backend",
 ]
@@ -284,3 +290,103 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0, *, backend=None, la
     static = ((pooled_h, pooled_w), scale, x.shape)
     op = _ops.prroi_pool_callback if _use_callback(backend, x) else _ops.prroi_pool_xla
     return _result(op(static, x, rois), dtype, nhwc)
+
+
+def multi_scale_roi_align(
+    features,
+    boxes,
+    image_shapes,
+    output_size,
+    sampling_ratio=-1,
+    *,
+    canonical_scale=224,
+    canonical_level=4,
+    backend=None,
+    layout="nchw",
+):
+    """RoIAlign over a feature pyramid (FPN): each box pooled from the level its size picks,
+    torchvision's ``MultiScaleRoIAlign`` as a function (``roipool.nn.MultiScaleRoIAlign``'s values).
+
+    Args:
+        features (sequence of jax.Array[N, C, H_l, W_l]): the levels to pool from, finest first,
+            of one dtype, with the same ``N`` and ``C``.
+        boxes (jax.Array[K, 5] or list of N jax.Array[L_i, 4]): boxes in image coordinates.
+        image_shapes (sequence of (int, int)): each image's ``(height, width)`` before padding;
+            the largest height sets the scales.
+        output_size (int or (int, int)): ``(pooled_h, pooled_w)``.
+        sampling_ratio (int): samples per bin side, at most ``2**20``; ``<= 0``: adaptive.
+        canonical_scale (float), canonical_level (int): a box of side ``canonical_scale``
+            (``sqrt(w * h)``, image pixels) goes to level ``canonical_level``.
+        backend, layout: as for :func:`roi_align` (``"nhwc"``: every level ``(N, H_l, W_l, C)``,
+            the result ``(K, pooled_h, pooled_w, C)``).
+
+    Level ``l``'s scale is ``2 ** round(log2(H_l / H_image))``; with ``k_min`` and ``k_max`` the
+    exponents of the finest and coarsest levels negated, a box goes to level
+    ``clamp(floor(canonical_level + log2(sqrt(w * h) / canonical_scale) + 1e-6), k_min, k_max)``
+    (a NaN side, from a NaN corner or an inverted box, to the finest) and is pooled there by
+    :func:`roi_align` with ``aligned=False`` (``docs/semantics.md``).
+
+    Returns:
+        jax.Array[K, C, pooled_h, pooled_w] of the levels' dtype, differentiable with respect to
+        every level and the box coordinates. The callback backend pools each box once, from its
+        level; the XLA backend (static shapes) pools every box from every level and keeps one.
+    """
+    nhwc = _checks.layout_is_nhwc(layout)
+    if not isinstance(features, (list, tuple)) or len(features) == 0:
+        raise TypeError(f"features must be a non-empty list of feature maps, got {features!r:.80}")
+    levels = []
+    for i, feature in enumerate(features):
+        if nhwc and isinstance(feature, (jax.Array, np.ndarray)) and feature.ndim == 4:
+            feature = jnp.transpose(jnp.asarray(feature), (0, 3, 1, 2))
+        levels.append(_prepare.feature_map(feature, f"features[{i}]"))
+    first = levels[0]
+    for i, level in enumerate(levels[1:], 1):
+        if level.dtype != first.dtype or level.shape[:2] != first.shape[:2]:
+            raise ValueError(
+                f"features[{i}] must have the dtype, batch and channels of features[0] "
+                f"({first.dtype}, N={first.shape[0]}, C={first.shape[1]}), got {level.dtype} {level.shape}"
+            )
+    dtype = _prepare.compute_dtype(first.dtype)
+    levels = [level.astype(dtype) for level in levels]
+    rois = _prepare.rois(boxes, first.shape[0], dtype)
+    size = _checks.output_size_pair(output_size)
+    sampling_ratio = _checks.sampling_ratio_int(sampling_ratio)
+    _checks.positive_scale(canonical_scale, "canonical_scale")
+    if isinstance(canonical_level, (bool, np.bool_)) or not isinstance(canonical_level, numbers.Integral):
+        raise TypeError(f"canonical_level must be an int, got {canonical_level!r}")
+    if abs(canonical_level) > 1024:
+        raise ValueError(f"canonical_level must be a pyramid level (|level| <= 1024), got {canonical_level}")
+    scales, level_range = _pyramid_scales([level.shape[2] for level in levels], image_shapes)
+    for scale in scales:
+        _checks.scale_in_dtype(scale, dtype)
+    _prepare.check_scaled_boxes(rois, max(scales), 0.0)
+    _output_fits(levels[0], rois, first.shape[1], size, output_size)
+    shapes = tuple(tuple(level.shape) for level in levels)
+    static = (size, scales, sampling_ratio, level_range, canonical_scale, int(canonical_level), shapes)
+    op = _ops.multi_scale_callback if _use_callback(backend, levels[0]) else _ops.multi_scale_xla
+    return _result(op(static, tuple(levels), rois), first.dtype, nhwc)
+
+
+def _pyramid_scales(heights, image_shapes):
+    """Each level's scale ``2 ** round(log2(H_l / H_image))`` (half to even) and ``(k_min, k_max)``,
+    ``H_image`` the largest height in ``image_shapes`` (a ``ValueError`` naming it otherwise)."""
+    if not isinstance(image_shapes, (list, tuple)) or len(image_shapes) == 0:
+        raise ValueError(f"image_shapes must be a non-empty list of (height, width) pairs, got {image_shapes!r:.80}")
+    for shape in image_shapes:
+        pair = tuple(shape) if isinstance(shape, (list, tuple, np.ndarray)) else ()
+        if len(pair) != 2 or not all(_image_side(side) for side in pair):
+            raise ValueError(f"image_shapes must hold (height, width) pairs of positive whole sizes, got {shape!r}")
+    image_h = max(int(shape[0]) for shape in image_shapes)
+    exponents = [round(math.log2(height / image_h)) for height in heights]
+    return tuple(2.0**e for e in exponents), (-exponents[0], -exponents[-1])
+
+
+def _image_side(side) -> bool:
+    """A positive whole number of pixels (an int, or a float or 0-d array holding one)."""
+    if isinstance(side, (bool, np.bool_)):
+        return False
+    try:
+        value = float(side)
+    except (TypeError, ValueError):
+        return False
+    return 0 < value <= 2**31 and value == math.floor(value)

@@ -27,7 +27,7 @@ import numpy as np
 
 import roipool
 
-from . import _align, _pool, _prroi
+from . import _align, _pool, _prepare, _prroi
 
 try:  # experimental, in newer JAX releases (0.10 has it); where it is missing, pure_callback
     from jax.experimental.buffer_callback import buffer_callback as _buffer_callback
@@ -249,3 +249,98 @@ prroi_pool_callback = _callback_op(
     box_gradient=True,
     boxes_backward=lambda g, x, r, s: roipool.prroi_pool_boxes_backward(g, x, r, s[0], s[1]),
 )
+
+
+# ---- multi_scale_roi_align: each box pooled by roi_align (aligned=False) from the level its size picks ----
+# static: (size, scales, sampling_ratio, (k_min, k_max), canonical_scale, canonical_level, shapes)
+
+
+def box_levels(rois, level_range, canonical_scale, canonical_level):
+    """Pyramid level index (0 = the finest level given) of every row of ``rois (K, 5)``, in the
+    boxes' dtype: ``floor(canonical_level + log2(sqrt(w * h) / canonical_scale) + 1e-6)`` clamped
+    to ``level_range``, torchvision's rule; a box whose side is NaN (a NaN corner, or an inverted
+    box) goes to the finest level, as in ``roipool.nn.MultiScaleRoIAlign``."""
+    k_min, k_max = level_range
+    side = jnp.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))
+    # a true division (XLA would multiply by 1/224, an ulp off): the level's edge as torch computes it
+    level = jnp.floor(
+        canonical_level + jnp.log2(_prepare.exact_div(side, canonical_scale)) + jnp.asarray(1e-6, side.dtype)
+    )
+    level = jnp.where(jnp.isnan(level), k_min, level)
+    return (jnp.clip(level, k_min, k_max) - k_min).astype(jnp.int32)
+
+
+def _levels_of(static, rois):
+    _, _, _, level_range, canonical_scale, canonical_level, _ = static
+    return jax.lax.stop_gradient(box_levels(rois, level_range, canonical_scale, canonical_level))
+
+
+def multi_scale_xla(static, features, rois):
+    """Every box pooled from every level, each kept where its level is the box's (XLA has static
+    shapes): ``L`` times the work of one level, differentiable by plain autodiff."""
+    size, scales, sampling_ratio, *_ = static
+    levels = _levels_of(static, rois)
+    out = None
+    for level, (feature, scale) in enumerate(zip(features, scales)):
+        pooled = _align.roi_align(feature, rois, *size, scale, sampling_ratio, False)
+        out = pooled if out is None else jnp.where((levels == level)[:, None, None, None], pooled, out)
+    return out
+
+
+def _per_level(levels, count):
+    """Row indices of each level's boxes, in order."""
+    return [np.flatnonzero(levels == level) for level in range(count)]
+
+
+def _multi_scale_forward(static, levels, rois, *features):
+    from .. import _checks
+    from .._numpy import _layout
+
+    size, scales, sampling_ratio, *_ = static
+    _checks.rois_array(rois, features[0].shape[0], rois.dtype)  # a bad box named by its row among all
+    out = _layout.empty((rois.shape[0], features[0].shape[1], *size), rois.dtype, False)  # XLA's buffer
+    for feature, scale, rows in zip(features, scales, _per_level(levels, len(features))):
+        out[rows] = roipool.roi_align(feature, rois[rows], size, scale, sampling_ratio, False)
+    return out
+
+
+def _multi_scale_input_grads(static, g, levels, rois):
+    size, scales, sampling_ratio, *_, shapes = static
+    return tuple(
+        roipool.roi_align_backward(g[rows], rois[rows], shape, size, scale, sampling_ratio, False)
+        for shape, scale, rows in zip(shapes, scales, _per_level(levels, len(shapes)))
+    )
+
+
+def _multi_scale_box_grads(static, g, levels, rois, *features):
+    size, scales, sampling_ratio, *_ = static
+    grad = np.zeros_like(rois)
+    for feature, scale, rows in zip(features, scales, _per_level(levels, len(features))):
+        grad[rows] = roipool.roi_align_boxes_backward(g[rows], feature, rois[rows], size, scale, sampling_ratio, False)
+    return grad
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def multi_scale_callback(static, features, rois):
+    """One callback for the whole pyramid: each level's boxes pooled by the NumPy ``roi_align``
+    (the work of one level), written into XLA's output."""
+    size = static[0]
+    res = jax.ShapeDtypeStruct((rois.shape[0], features[0].shape[1], *size), rois.dtype)
+    return _call(partial(_multi_scale_forward, static), res, _levels_of(static, rois), rois, *features)
+
+
+def _multi_scale_callback_fwd(static, features, rois):
+    return multi_scale_callback(static, features, rois), (features, rois)
+
+
+def _multi_scale_callback_bwd(static, res, g):
+    features, rois = res
+    levels = _levels_of(static, rois)
+    shapes = tuple(jax.ShapeDtypeStruct(f.shape, g.dtype) for f in features)
+    grad_features = _call(partial(_multi_scale_input_grads, static), shapes, g, levels, rois)
+    boxes = jax.ShapeDtypeStruct(rois.shape, g.dtype)
+    grad_rois = _call(partial(_multi_scale_box_grads, static), boxes, g, levels, rois, *features)
+    return tuple(grad_features), grad_rois
+
+
+multi_scale_callback.defvjp(_multi_scale_callback_fwd, _multi_scale_callback_bwd)
