@@ -45,6 +45,8 @@ def main() -> None:
     torch_boxes, torch_g = [torch.from_numpy(b) for b in boxes], torch.from_numpy(g)
 
     def torch_step():
+        for leaf in leaves.values():
+            leaf.grad = None  # as a training loop's zero_grad: each step's gradients are new tensors
         out = layer(leaves, torch_boxes, shapes)
         out.backward(torch_g)
         return out

@@ -171,6 +171,23 @@ def test_multiscale_pools_each_box_from_the_level_its_size_selects():
         np.testing.assert_array_equal(got[k : k + 1].numpy(), want, err_msg=f"box of side {side}")
 
 
+def test_multiscale_with_a_level_missing_leaves_its_boxes_zero_as_torchvision():
+    # P2 and P4 only: k_min 2, k_max 4, so level 3's boxes go to the second map given (P4, at 1/16,
+    # torchvision's indexing) and level 4's have no map and stay zero
+    x = pyramid()
+    sides = [20.0, 25.0, 40.0, 60.0, 120.0]  # levels 2, 2, 3, 4, 4 (clamped) with canonical_scale 56
+    boxes = [torch.tensor([[2.0, 3.0, 2.0 + s, 3.0 + s] for s in sides], dtype=torch.float64), torch.zeros((0, 4))]
+    rois = np.column_stack([np.zeros(len(sides)), boxes[0].numpy()])
+    layer = roipool.nn.MultiScaleRoIAlign(["p2", "p4"], 3, 2, canonical_scale=56)
+    for _ in range(3):  # freed memory full of NaN, which a result not zeroed would show
+        torch.full((len(sides), x["p2"].shape[1], 3, 3), float("nan"), dtype=torch.float64)
+        got = layer({"p2": x["p2"], "p4": x["p4"]}, boxes, [(64, 96), (64, 96)])
+        assert layer.scales == [1 / 4, 1 / 16]
+        np.testing.assert_array_equal(got[:2].numpy(), roipool.roi_align(x["p2"].numpy(), rois[:2], 3, 1 / 4, 2))
+        np.testing.assert_array_equal(got[2:3].numpy(), roipool.roi_align(x["p4"].numpy(), rois[2:3], 3, 1 / 16, 2))
+        assert (got[3:] == 0).all()
+
+
 def test_multiscale_with_one_level_is_roi_align_and_is_differentiable():
     x = pyramid(seed=1)
     x["p3"].requires_grad_()
