@@ -12,6 +12,18 @@ except AttributeError:  # pragma: no cover - older jax
     from jax.experimental import enable_x64
 
 
+def take_callback(kind: str, monkeypatch) -> None:
+    """Run the callback backend through ``kind``: ``"pure_callback"`` (as on a JAX without
+    ``buffer_callback``, which is hidden for the test) or ``"buffer_callback"`` (skipped where
+    this JAX has none)."""
+    from roipool.jax import _ops
+
+    if kind == "pure_callback":
+        monkeypatch.setattr(_ops, "_buffer_callback", None)
+    elif _ops._buffer_callback is None:
+        pytest.skip("this JAX has no jax.experimental.buffer_callback")
+
+
 def bits(a) -> np.ndarray:
     """``a``'s bits as unsigned integers of its width: equal bits, equal arrays (NaN included)."""
     a = np.asarray(a)

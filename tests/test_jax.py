@@ -24,7 +24,7 @@ from roipool._numpy import _layout  # noqa: E402
 from roipool.jax import _ops  # noqa: E402
 
 from .helpers import random_rois  # noqa: E402
-from .jax_helpers import bits, dtype_fixture, enable_x64  # noqa: E402, F401 (the dtype fixture)
+from .jax_helpers import bits, dtype_fixture, enable_x64, take_callback  # noqa: E402, F401 (the dtype fixture)
 from .test_checks import BAD_BOXES, BAD_INPUTS  # noqa: E402
 
 SHAPE = (2, 8, 9, 11)  # C = 8: a multiple of the 2x2 bins of the position-sensitive ops
@@ -167,10 +167,7 @@ def test_callback_path_without_buffer_callback_is_the_numpy_path(case, monkeypat
 
 @pytest.mark.parametrize("callback", ["buffer_callback", "pure_callback"])
 def test_callback_errors_at_run_time_carry_the_numpy_message(callback, monkeypatch):
-    if callback == "pure_callback":
-        monkeypatch.setattr(_ops, "_buffer_callback", None)
-    elif _ops._buffer_callback is None:
-        pytest.skip("this JAX has no jax.experimental.buffer_callback")
+    take_callback(callback, monkeypatch)
     x, rois = cases_map(np.float32), cases_rois(seed=1).astype(np.float32)
     rois[3, 0] = 7  # only 2 images: found by the NumPy function inside the callback, under jit
     run = jax.jit(lambda x, r: rj.roi_align(x, r, SIZE, SCALE, backend="callback"))
@@ -182,10 +179,7 @@ def test_callback_errors_at_run_time_carry_the_numpy_message(callback, monkeypat
 def test_callback_roi_pool_gradient_goes_through_the_forwards_argmax(callback, monkeypatch):
     # with buffer_callback the argmax is handed over without a copy: the backward scatters through it;
     # with pure_callback the backward finds the maxima again from the input. The same bits.
-    if callback == "pure_callback":
-        monkeypatch.setattr(_ops, "_buffer_callback", None)
-    elif _ops._buffer_callback is None:
-        pytest.skip("this JAX has no jax.experimental.buffer_callback")
+    take_callback(callback, monkeypatch)
     routes = []
     backward = roipool.roi_pool_backward
     monkeypatch.setattr(

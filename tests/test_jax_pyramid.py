@@ -18,7 +18,7 @@ import roipool.jax as rj  # noqa: E402
 from roipool.jax import _ops  # noqa: E402
 from roipool.nn import MultiScaleRoIAlign, box_levels  # noqa: E402
 
-from .jax_helpers import bits  # noqa: E402
+from .jax_helpers import bits, take_callback  # noqa: E402
 
 N, C = 2, 8
 IMAGE_SHAPES = [(128, 160), (120, 144)]  # the largest height, 128, sets the scales
@@ -110,10 +110,7 @@ def test_one_level_is_roi_align_with_its_scale():
 
 @pytest.mark.parametrize("callback", ["buffer_callback", "pure_callback"])
 def test_vmap_and_both_callbacks_give_each_examples_values(callback, monkeypatch):
-    if callback == "pure_callback":
-        monkeypatch.setattr(_ops, "_buffer_callback", None)
-    elif _ops._buffer_callback is None:
-        pytest.skip("this JAX has no jax.experimental.buffer_callback")
+    take_callback(callback, monkeypatch)
     stacks = [np.stack([a, b]) for a, b in zip(pyramid(1), pyramid(2))]
     rois = np.stack([np.concatenate([np.c_[np.full(len(b), i), b] for i, b in enumerate(boxes(s))]) for s in (1, 2)])
     batched = jax.jit(jax.vmap(lambda f, r: rj.multi_scale_roi_align(f, r, IMAGE_SHAPES, 3, 2, backend="callback")))
