@@ -92,6 +92,24 @@ def test_pools_each_box_from_its_level_as_the_torch_layer(backend, kw):
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("backend", ["callback", "xla"])
+def test_a_level_missing_leaves_its_boxes_zero_as_the_torch_layer(backend):
+    # P2 and P4 only: level 3's boxes are pooled from P4 (at 1/16), level 4's and 5's stay zero
+    features, per_image = pyramid()[::2][:2], boxes()
+    k = sum(len(b) for b in per_image)
+    g = np.random.default_rng(8).standard_normal((k, C, 3, 3)).astype(np.float32)
+    want_out, want_maps, want_boxes = torch_layer(features, per_image, g)
+    assert (want_out == 0).all(axis=(1, 2, 3)).any()  # some boxes have no map
+    out, maps, box_grads = jax_call(backend)(features, per_image, g)
+    tolerance = 0 if backend == "callback" else 1e-5
+    np.testing.assert_allclose(out, want_out, rtol=0, atol=tolerance * np.abs(want_out).max())
+    np.testing.assert_array_equal(np.asarray(out) == 0, want_out == 0)
+    for got, want in zip(maps, want_maps):
+        np.testing.assert_allclose(got, want, rtol=0, atol=tolerance * np.abs(want).max())
+    for got, want in zip(box_grads, want_boxes):
+        np.testing.assert_allclose(got, want, rtol=0, atol=10 * tolerance * np.abs(want).max())
+
+
 def test_levels_follow_torchvisions_rule_at_their_edges():
     # sides just under and at each level's edge (56, 112, 224, 448 px from level 2 up), and past the top
     sides = [55.99, 56, 111.99, 112, 223.99, 224, 447.99, 448, 1e4, 1.0]

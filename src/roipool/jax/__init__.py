@@ -323,8 +323,10 @@ def multi_scale_roi_align(
     Level ``l``'s scale is ``2 ** round(log2(H_l / H_image))``; with ``k_min`` and ``k_max`` the
     exponents of the finest and coarsest levels negated, a box goes to level
     ``clamp(floor(canonical_level + log2(sqrt(w * h) / canonical_scale) + 1e-6), k_min, k_max)``
-    (a NaN side, from a NaN corner or an inverted box, to the finest) and is pooled there by
-    :func:`roi_align` with ``aligned=False`` (``docs/semantics.md``).
+    (a NaN side, from a NaN corner or a box inverted in one axis, to the finest) and is pooled
+    there by :func:`roi_align` with ``aligned=False`` (``docs/semantics.md``). With a level missing
+    between the finest and the coarsest map, the boxes past the last map stay zero (torchvision's
+    indexing: a box's level index picks the map given at that position).
 
     Returns:
         jax.Array[K, C, pooled_h, pooled_w] of the levels' dtype, differentiable with respect to

@@ -110,7 +110,7 @@ def roi_pool_callback(static, x, rois):
 def _roi_pool_callback_fwd(static, x, rois):
     # With buffer_callback the forward keeps its argmax (written into XLA's buffer, no copy) and
     # the backward scatters through it: on maskrcnn a NumPy step that way took 109 ms, against 383
-    # for finding each bin's maximum again from the input (docs/jax.md). Without it (each result
+    # for finding each bin's maximum again from the input (docs/benchmarks.md). Without it (each result
     # copied), the backward finds the maxima again, which spares handing an int32 array the size
     # of the output through two callbacks. The same bits either way.
     size, scale, _ = static
@@ -258,8 +258,8 @@ prroi_pool_callback = _callback_op(
 def box_levels(rois, level_range, canonical_scale, canonical_level):
     """Pyramid level index (0 = the finest level given) of every row of ``rois (K, 5)``, in the
     boxes' dtype: ``floor(canonical_level + log2(sqrt(w * h) / canonical_scale) + 1e-6)`` clamped
-    to ``level_range``, torchvision's rule; a box whose side is NaN (a NaN corner, or an inverted
-    box) goes to the finest level, as in ``roipool.nn.MultiScaleRoIAlign``."""
+    to ``level_range``, torchvision's rule; a box whose side is NaN (a NaN corner, or a box
+    inverted in one axis) goes to the finest level, as in ``roipool.nn.MultiScaleRoIAlign``."""
     k_min, k_max = level_range
     side = jnp.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))
     # a true division (XLA would multiply by 1/224, an ulp off): the level's edge as torch computes it
@@ -275,6 +275,13 @@ def _levels_of(static, rois):
     return jax.lax.stop_gradient(box_levels(rois, level_range, canonical_scale, canonical_level))
 
 
+def _complete(static) -> bool:
+    """Whether every level from the finest to the coarsest has a map: else the boxes of the
+    levels past the last map get none and stay zero, as in torchvision."""
+    _, _, _, (k_min, k_max), _, _, shapes = static
+    return k_max - k_min + 1 == len(shapes)
+
+
 def multi_scale_xla(static, features, rois):
     """Every box pooled from every level, each kept where its level is the box's (XLA has static
     shapes): ``L`` times the work of one level, differentiable by plain autodiff."""
@@ -283,7 +290,10 @@ def multi_scale_xla(static, features, rois):
     out = None
     for level, (feature, scale) in enumerate(zip(features, scales)):
         pooled = _align.roi_align(feature, rois, *size, scale, sampling_ratio, False)
-        out = pooled if out is None else jnp.where((levels == level)[:, None, None, None], pooled, out)
+        if out is None and _complete(static):
+            out = pooled  # the finest level's rows, the others replaced below
+        else:
+            out = jnp.where((levels == level)[:, None, None, None], pooled, 0 if out is None else out)
     return out
 
 
@@ -298,7 +308,7 @@ def _multi_scale_forward(static, levels, rois, *features):
 
     size, scales, sampling_ratio, *_ = static
     _checks.rois_array(rois, features[0].shape[0], rois.dtype)  # a bad box named by its row among all
-    out = _layout.empty((rois.shape[0], features[0].shape[1], *size), rois.dtype, False)  # XLA's buffer
+    out = _layout.empty((rois.shape[0], features[0].shape[1], *size), rois.dtype, False, zeros=not _complete(static))
     for feature, scale, rows in zip(features, scales, _per_level(levels, len(features))):
         out[rows] = roipool.roi_align(feature, rois[rows], size, scale, sampling_ratio, False)
     return out
