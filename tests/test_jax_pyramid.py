@@ -136,9 +136,7 @@ def test_vmap_and_both_callbacks_give_each_examples_values(callback, monkeypatch
     rois = np.stack([np.concatenate([np.c_[np.full(len(b), i), b] for i, b in enumerate(boxes(s))]) for s in (1, 2)])
     batched = jax.jit(jax.vmap(lambda f, r: rj.multi_scale_roi_align(f, r, IMAGE_SHAPES, 3, 2, backend="callback")))
     got = batched(stacks, rois)
-    for i in range(2):
-        want = rj.multi_scale_roi_align([s[i] for s in stacks], rois[i], IMAGE_SHAPES, 3, 2, backend="xla")
-        np.testing.assert_allclose(got[i], want, rtol=0, atol=1e-5 * np.abs(want).max())
+    for i in range(2):  # each example as a call of its own (itself checked against the torch layer above)
         single = rj.multi_scale_roi_align([s[i] for s in stacks], rois[i], IMAGE_SHAPES, 3, 2, backend="callback")
         np.testing.assert_array_equal(bits(got[i]), bits(single))
 
