@@ -336,37 +336,37 @@ def multi_scale_roi_align(
     nhwc = _checks.layout_is_nhwc(layout)
     if not isinstance(features, (list, tuple)) or len(features) == 0:
         raise TypeError(f"features must be a non-empty list of feature maps, got {features!r:.80}")
-    levels = []
+    maps = []
     for i, feature in enumerate(features):
         if nhwc and isinstance(feature, (jax.Array, np.ndarray)) and feature.ndim == 4:
             feature = jnp.transpose(jnp.asarray(feature), (0, 3, 1, 2))
-        levels.append(_prepare.feature_map(feature, f"features[{i}]"))
-    first = levels[0]
-    for i, level in enumerate(levels[1:], 1):
+        maps.append(_prepare.feature_map(feature, f"features[{i}]"))
+    first = maps[0]
+    for i, level in enumerate(maps[1:], 1):
         if level.dtype != first.dtype or level.shape[:2] != first.shape[:2]:
             raise ValueError(
                 f"features[{i}] must have the dtype, batch and channels of features[0] "
                 f"({first.dtype}, N={first.shape[0]}, C={first.shape[1]}), got {level.dtype} {level.shape}"
             )
     dtype = _prepare.compute_dtype(first.dtype)
-    levels = [level.astype(dtype) for level in levels]
+    maps = [level.astype(dtype) for level in maps]
     rois = _prepare.rois(boxes, first.shape[0], dtype)
     size = _checks.output_size_pair(output_size)
     sampling_ratio = _checks.sampling_ratio_int(sampling_ratio)
-    _checks.positive_scale(canonical_scale, "canonical_scale")
+    canonical_scale = _checks.positive_scale(canonical_scale, "canonical_scale")
     if isinstance(canonical_level, (bool, np.bool_)) or not isinstance(canonical_level, numbers.Integral):
         raise TypeError(f"canonical_level must be an int, got {canonical_level!r}")
     if abs(canonical_level) > 1024:
         raise ValueError(f"canonical_level must be a pyramid level (|level| <= 1024), got {canonical_level}")
-    scales, level_range = _pyramid_scales([level.shape[2] for level in levels], image_shapes)
+    scales, level_range = _pyramid_scales([level.shape[2] for level in maps], image_shapes)
     for scale in scales:
         _checks.scale_in_dtype(scale, dtype)
     _prepare.check_scaled_boxes(rois, max(scales), 0.0)
-    _output_fits(levels[0], rois, first.shape[1], size, output_size)
-    shapes = tuple(tuple(level.shape) for level in levels)
+    _output_fits(first, rois, first.shape[1], size, output_size)
+    shapes = tuple(tuple(level.shape) for level in maps)
     static = (size, scales, sampling_ratio, level_range, canonical_scale, int(canonical_level), shapes)
-    op = _ops.multi_scale_callback if _use_callback(backend, levels[0]) else _ops.multi_scale_xla
-    return _result(op(static, tuple(levels), rois), first.dtype, nhwc)
+    op = _ops.multi_scale_callback if _use_callback(backend, first) else _ops.multi_scale_xla
+    return _result(op(static, tuple(maps), rois), first.dtype, nhwc)
 
 
 def _pyramid_scales(heights, image_shapes):
@@ -379,6 +379,9 @@ def _pyramid_scales(heights, image_shapes):
         if len(pair) != 2 or not all(_image_side(side) for side in pair):
             raise ValueError(f"image_shapes must hold (height, width) pairs of positive whole sizes, got {shape!r}")
     image_h = max(int(shape[0]) for shape in image_shapes)
+    for i, height in enumerate(heights):
+        if height == 0:
+            raise ValueError(f"features[{i}] has no rows: a level's height sets its scale")
     exponents = [round(math.log2(height / image_h)) for height in heights]
     return tuple(2.0**e for e in exponents), (-exponents[0], -exponents[-1])
 
