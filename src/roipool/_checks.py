@@ -450,6 +450,46 @@ def _int_size(value) -> int:
     return operator.index(value)
 
 
+# ---- feature pyramids (roipool.nn.MultiScaleRoIAlign, roipool.jax.multi_scale_roi_align) ----
+
+
+def pyramid_level(level, name: str = "canonical_level") -> int:
+    """A pyramid level: an int (not a bool) with ``|level| <= 1024`` (``2**1024`` overflows a float)."""
+    if isinstance(level, (bool, np.bool_)) or not isinstance(level, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {level!r}")
+    if abs(level) > 1024:
+        raise ValueError(f"{name} must be a pyramid level (|level| <= 1024), got {level}")
+    return int(level)
+
+
+def image_shapes_list(image_shapes) -> None:
+    """``image_shapes``: a non-empty list (or tuple) of ``(height, width)`` pairs of positive whole
+    sizes (:func:`image_side`), else a ``ValueError`` naming it. Only the tallest is read, as in
+    torchvision."""
+    if not isinstance(image_shapes, (list, tuple)) or len(image_shapes) == 0:
+        raise ValueError(f"image_shapes must be a list of the images' (height, width), got {image_shapes!r}")
+    for shape in image_shapes:
+        if len(getattr(shape, "shape", ())) > 1 or not hasattr(shape, "__len__") or len(shape) != 2:
+            raise ValueError(f"image_shapes must hold (height, width) pairs, got {shape!r}")
+        for side in shape:
+            if not image_side(side):
+                raise ValueError(f"image_shapes must hold (height, width) pairs of positive sizes, got {shape!r}")
+
+
+def image_side(side) -> bool:
+    """A positive size in pixels, as torchvision's ``int()`` reads it: an int (a symbolic one
+    under ``torch.compile``), a whole float, or a 0-d array or tensor holding one."""
+    if isinstance(side, (bool, np.bool_)):
+        return False
+    if isinstance(side, numbers.Integral):
+        return 0 < side <= 2**31
+    try:
+        value = float(side)
+    except (TypeError, ValueError, RuntimeError):  # not a number, or a tensor of several
+        return False
+    return 0 < value <= 2**31 and value == math.floor(value)
+
+
 # ---- rotated boxes (roi_align_rotated) ----
 
 #: Adaptive sampling of a rotated box takes ``ceil(size / pooled)`` samples per

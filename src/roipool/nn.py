@@ -16,11 +16,9 @@ ops and their ONNX exporters.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping
 from typing import Dict, List, Optional, Tuple, Union
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -222,15 +220,12 @@ class MultiScaleRoIAlign(nn.Module):
         if len(featmap_names) == 0 or not all(isinstance(name, str) for name in featmap_names):
             raise ValueError(f"featmap_names must be a non-empty list of names (str), got {featmap_names!r}")
         _checks.positive_scale(canonical_scale, "canonical_scale")
-        if isinstance(canonical_level, (bool, np.bool_)) or not isinstance(canonical_level, numbers.Integral):
-            raise TypeError(f"canonical_level must be an int, got {canonical_level!r}")
-        if abs(canonical_level) > 1024:  # a pyramid level: 2**1024 overflows a float
-            raise ValueError(f"canonical_level must be a pyramid level (|level| <= 1024), got {canonical_level}")
+        canonical_level = _checks.pyramid_level(canonical_level)
         self.featmap_names = list(featmap_names)
         self.sampling_ratio = _checks.sampling_ratio_int(sampling_ratio)
         self.output_size = _checks.output_size_pair(output_size)
         self.canonical_scale = canonical_scale
-        self.canonical_level = int(canonical_level)
+        self.canonical_level = canonical_level
         self.scales = None
         self.level_range = None
 
@@ -314,34 +309,12 @@ def _check_pyramid_call(layer: MultiScaleRoIAlign, x, boxes, image_shapes) -> No
     for i, b in enumerate(boxes):
         if not isinstance(b, torch.Tensor):
             raise TypeError(f"boxes[{i}] must be a Tensor[L, 4], got {type(b).__name__}")
-    # torchvision reads only the tallest of them: any number of shapes, at least one
-    if not isinstance(image_shapes, (list, tuple)) or len(image_shapes) == 0:
-        raise ValueError(f"image_shapes must be a list of the images' (height, width), got {image_shapes!r}")
-    for shape in image_shapes:
-        if len(getattr(shape, "shape", ())) > 1 or not hasattr(shape, "__len__") or len(shape) != 2:
-            raise ValueError(f"image_shapes must hold (height, width) pairs, got {shape!r}")
-        for side in shape:
-            if not _image_side(side):
-                raise ValueError(f"image_shapes must hold (height, width) pairs of positive sizes, got {shape!r}")
+    _checks.image_shapes_list(image_shapes)
     first = features[0][1]
     if not torch.compiler.is_compiling():  # a box count may have no value while tracing
         count = sum(int(b.shape[0]) for b in boxes)
         itemsize = 4 if first.element_size() < 4 else first.element_size()
         _checks.pooled_output_fits(count, int(first.shape[1]), *layer.output_size, itemsize, layer.output_size)
-
-
-def _image_side(side) -> bool:
-    """A positive size in pixels, as torchvision's ``int()`` reads it: an int (a symbolic one
-    under ``torch.compile``), a whole float, or a 0-d tensor holding one."""
-    if isinstance(side, (bool, np.bool_)):
-        return False
-    if isinstance(side, numbers.Integral):
-        return 0 < side <= 2**31
-    try:
-        value = float(side)
-    except (TypeError, ValueError, RuntimeError):  # not a number, or a tensor of several
-        return False
-    return 0 < value <= 2**31 and value == math.floor(value)
 
 
 def _check_box_values(rois: Tensor) -> None:

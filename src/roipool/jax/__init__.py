@@ -35,7 +35,6 @@ call's ``backend=`` argument.
 from __future__ import annotations
 
 import math
-import numbers
 
 import jax
 import jax.numpy as jnp
@@ -354,44 +353,25 @@ def multi_scale_roi_align(
     size = _checks.output_size_pair(output_size)
     sampling_ratio = _checks.sampling_ratio_int(sampling_ratio)
     canonical_scale = _checks.positive_scale(canonical_scale, "canonical_scale")
-    if isinstance(canonical_level, (bool, np.bool_)) or not isinstance(canonical_level, numbers.Integral):
-        raise TypeError(f"canonical_level must be an int, got {canonical_level!r}")
-    if abs(canonical_level) > 1024:
-        raise ValueError(f"canonical_level must be a pyramid level (|level| <= 1024), got {canonical_level}")
+    canonical_level = _checks.pyramid_level(canonical_level)
     scales, level_range = _pyramid_scales([level.shape[2] for level in maps], image_shapes)
     for scale in scales:
         _checks.scale_in_dtype(scale, dtype)
     _prepare.check_scaled_boxes(rois, max(scales), 0.0)
     _output_fits(first, rois, first.shape[1], size, output_size)
     shapes = tuple(tuple(level.shape) for level in maps)
-    static = (size, scales, sampling_ratio, level_range, canonical_scale, int(canonical_level), shapes)
+    static = (size, scales, sampling_ratio, level_range, canonical_scale, canonical_level, shapes)
     op = _ops.multi_scale_callback if _use_callback(backend, first) else _ops.multi_scale_xla
     return _result(op(static, tuple(maps), rois), first.dtype, nhwc)
 
 
 def _pyramid_scales(heights, image_shapes):
     """Each level's scale ``2 ** round(log2(H_l / H_image))`` (half to even) and ``(k_min, k_max)``,
-    ``H_image`` the largest height in ``image_shapes`` (a ``ValueError`` naming it otherwise)."""
-    if not isinstance(image_shapes, (list, tuple)) or len(image_shapes) == 0:
-        raise ValueError(f"image_shapes must be a non-empty list of (height, width) pairs, got {image_shapes!r:.80}")
-    for shape in image_shapes:
-        pair = tuple(shape) if isinstance(shape, (list, tuple, np.ndarray)) else ()
-        if len(pair) != 2 or not all(_image_side(side) for side in pair):
-            raise ValueError(f"image_shapes must hold (height, width) pairs of positive whole sizes, got {shape!r}")
+    ``H_image`` the largest height in ``image_shapes`` (``_checks.image_shapes_list``'s rules)."""
+    _checks.image_shapes_list(image_shapes)
     image_h = max(int(shape[0]) for shape in image_shapes)
     for i, height in enumerate(heights):
         if height == 0:
             raise ValueError(f"features[{i}] has no rows: a level's height sets its scale")
     exponents = [round(math.log2(height / image_h)) for height in heights]
     return tuple(2.0**e for e in exponents), (-exponents[0], -exponents[-1])
-
-
-def _image_side(side) -> bool:
-    """A positive whole number of pixels (an int, or a float or 0-d array holding one)."""
-    if isinstance(side, (bool, np.bool_)):
-        return False
-    try:
-        value = float(side)
-    except (TypeError, ValueError):
-        return False
-    return 0 < value <= 2**31 and value == math.floor(value)
