@@ -28,6 +28,7 @@ def run(names: list[str], rounds: int) -> None:
     import roipool
     import roipool.jax as rj
     from roipool import bench
+    from roipool.bench.candidates import Candidate
     from roipool.bench.workloads import WORKLOADS
 
     for name in names:
@@ -45,16 +46,12 @@ def run(names: list[str], rounds: int) -> None:
         began = time.perf_counter()
         _, box_grad = jax.block_until_ready(step(xj, rj_, gj))
         first = time.perf_counter() - began
-        times = []
-        for _ in range(rounds):
-            bench._quiesce()
-            began = time.perf_counter()
-            jax.block_until_ready(step(xj, rj_, gj))
-            times.append(time.perf_counter() - began)
+        candidate = Candidate(name, lambda a=(xj, rj_, gj), step=step: jax.block_until_ready(step(*a)))
+        (times,) = bench.measure([candidate], rounds, warmup=0).values()
         want = roipool.roi_align_boxes_backward(g, x, rois, *args)
         off = np.abs(np.asarray(box_grad) - want).max() / max(np.abs(want).max(), 1.0)
         print(
-            f"{name:12s} first call {first:6.2f} s, median {1e3 * statistics.median(times):9.1f} ms;"
+            f"{name:12s} first call {first:6.2f} s, median {statistics.median(times):9.1f} ms;"
             f" box gradient off NumPy's by {off:.1e}",
             flush=True,
         )

@@ -7,7 +7,7 @@ channels, float32), 512 boxes with sides log-uniform from 16 to 800 px, 7 x 7
 bins, ``sampling_ratio=2``: the forward, and the forward with the levels'
 gradients for a fixed upstream gradient. Both run roipool's CPU kernels; the
 outputs are checked equal first. Medians of interleaved rounds after an idle
-wait (``bench._quiesce``), ms.
+wait (``bench.measure``, as ``roipool bench``), ms.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +23,7 @@ import torch
 
 import roipool.jax as rj
 from roipool import bench
+from roipool.bench.candidates import Candidate
 from roipool.nn import MultiScaleRoIAlign
 
 
@@ -61,24 +61,14 @@ def main() -> None:
     forward, step = jax.jit(pooled), jax.jit(step)
     jf, jb, jg = [jnp.asarray(f) for f in features], [jnp.asarray(b) for b in boxes], jnp.asarray(g)
     assert np.array_equal(np.asarray(forward(jf, jb)), layer(maps, torch_boxes, shapes).numpy())
-    calls = {
-        "torch MultiScaleRoIAlign forward": lambda: layer(maps, torch_boxes, shapes),
-        "jax multi_scale_roi_align forward": lambda: jax.block_until_ready(forward(jf, jb)),
-        "torch MultiScaleRoIAlign forward+backward": torch_step,
-        "jax multi_scale_roi_align forward+backward": lambda: jax.block_until_ready(step(jf, jb, jg)),
-    }
-    times = {name: [] for name in calls}
-    for call in calls.values():
-        call()
-    for _ in range(rounds):
-        for name, call in calls.items():
-            bench._quiesce()
-            began = time.perf_counter()
-            result = call()
-            times[name].append(time.perf_counter() - began)
-            del result
-    for name, ms in times.items():
-        print(f"{name:45s} {1e3 * statistics.median(ms):8.1f} ({1e3 * min(ms):8.1f}) ms")
+    cands = [
+        Candidate("torch MultiScaleRoIAlign forward", lambda: layer(maps, torch_boxes, shapes)),
+        Candidate("jax multi_scale_roi_align forward", lambda: jax.block_until_ready(forward(jf, jb))),
+        Candidate("torch MultiScaleRoIAlign forward+backward", torch_step),
+        Candidate("jax multi_scale_roi_align forward+backward", lambda: jax.block_until_ready(step(jf, jb, jg))),
+    ]
+    for name, ms in bench.measure(cands, rounds).items():
+        print(f"{name:45s} {statistics.median(ms):8.1f} ({min(ms):8.1f}) ms")
 
 
 if __name__ == "__main__":
