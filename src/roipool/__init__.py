@@ -24,6 +24,7 @@ __all__ = [
     "ps_roi_pool_backward",
     "ps_roi_align",
     "ps_roi_align_backward",
+    "ps_roi_align_boxes_backward",
     "roi_align_rotated",
     "roi_align_rotated_backward",
     "prroi_pool",
@@ -366,7 +367,8 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
 
     Returns:
         ndarray or Tensor[K, C / (pooled_h * pooled_w), pooled_h, pooled_w] of the
-        input's dtype; a tensor result is differentiable with respect to ``input``.
+        input's dtype; a tensor result is differentiable with respect to ``input``
+        and the box coordinates (:func:`ps_roi_align_boxes_backward`'s values).
     """
     if _is_tensor(input):
         from . import torch as torch_frontend  # torch-only functions: scriptable, FX leaves
@@ -404,6 +406,38 @@ def ps_roi_align_backward(
         sampling_ratio,
     )
     return _layout.map_out(grad, nhwc)
+
+
+def ps_roi_align_boxes_backward(
+    grad_output, input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, *, layout="nchw"
+):
+    """Gradient of :func:`ps_roi_align` with respect to the box coordinates (NumPy).
+
+    ``grad_output (K, C / (pooled_h * pooled_w), pooled_h, pooled_w)``; ``input
+    (N, C, H, W)``, ``boxes`` and the other arguments as in the forward call
+    (the argument order of :func:`roi_align_boxes_backward`). Returns the
+    gradient in the format of ``boxes``: a ``(K, 5)`` array (column 0, the
+    batch index, zero) or a list of ``(L_i, 4)`` arrays, in ``input``'s dtype
+    (computed in its compute dtype). Each sample moves with the box; one
+    clamped at the map's border, or outside it, does not; an adaptive grid is
+    held at its size (``docs/semantics.md``, position-sensitive pooling).
+    Deterministic: the result does not depend on the thread count.
+    torchvision's ``ps_roi_align`` has no gradient for the boxes.
+
+    ``layout="nhwc"``: every array channels-last, as in :func:`ps_roi_align`.
+    """
+    _layout = _frontend("_layout")
+    numpy_frontend = _frontend("ps_roi")
+
+    nhwc = _nhwc(layout)
+    return numpy_frontend.ps_roi_align_boxes_backward(
+        _layout.pooled_in(grad_output, nhwc, "grad_output"),
+        _layout.map_in(input, nhwc, "input"),
+        boxes,
+        output_size,
+        spatial_scale,
+        sampling_ratio,
+    )
 
 
 # ---- rotated RoIAlign (oriented detection; mmcv/mmrotate's roi_align_rotated) ----

@@ -7,6 +7,8 @@ map. float16 is computed in float32 and rounded once at the end.
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import _checks
 from ..cpu import ps_roi as cpu
 from ..cpu.ps_roi import PSRoITaps
@@ -69,3 +71,25 @@ def ps_roi_align_backward(grad_output, boxes, input_shape, output_size, spatial_
     )
     taps = PSRoITaps.align(rois, output_size, scale, sampling_ratio, *shape[2:])
     return cpu.launch_backward(grad_output, taps, shape).astype(grad_output.dtype, copy=False)
+
+
+def ps_roi_align_boxes_backward(grad_output, input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1):
+    sampling_ratio = _checks.sampling_ratio_int(sampling_ratio)
+    input, rois, output_size, scale = _checked_input(input, boxes, output_size, spatial_scale)
+    grad_output = _checks.grad_output_array(grad_output)
+    channels_out = input.shape[1] // (output_size[0] * output_size[1])
+    _checks.grad_output_shape(
+        grad_output.shape,
+        (rois.shape[0], channels_out, *output_size),
+        f"{rois.shape[0]} boxes, input of shape {input.shape} and output_size={output_size} "
+        "(K, C / (pooled_h * pooled_w), pooled_h, pooled_w)",
+    )
+    dtype = rois.dtype
+    grad = cpu.launch_align_boxes_backward(
+        input.astype(dtype, copy=False), grad_output.astype(dtype, copy=False), rois, output_size, scale, sampling_ratio
+    ).astype(input.dtype)
+    if isinstance(boxes, (list, tuple)):
+        # the format of ``boxes``: per image, the (L_i, 4) coordinates' gradient
+        ends = np.cumsum([len(b) for b in boxes])
+        return [part[:, 1:] for part in np.split(grad, ends[:-1])] if len(boxes) else []
+    return grad

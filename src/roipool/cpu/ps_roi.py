@@ -16,6 +16,9 @@ Forward: runs of RoIs (balanced by cost) in parallel. Backward: tasks are
 (bin, channel range) pairs; a task owns the slab ``grad[b, :, :, :, c0:c1]``
 it writes and visits RoIs in ascending order, so there are no atomics and
 the result does not depend on the thread count.
+
+Box gradient (ps_roi_align): one task per RoI, which visits its samples in a
+fixed order (:func:`align_boxes_backward`); also the same bits for any thread count.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from .. import _checks
 from . import _parallel
 from ._parallel import balanced_chunks, launch, share
 from ._simd import borrowed, empty_lines
-from .ps_geometry import align_coord_limit, ps_roi_align_taps, ps_roi_pool_taps
+from .ps_geometry import _align_axis, _sample_range, align_coord_limit, ps_roi_align_taps, ps_roi_pool_taps
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -291,6 +294,116 @@ def launch_backward(grad_output, taps: PSRoITaps, input_shape) -> np.ndarray:
         else:
             launch(channels_first, g, grad_nc, values=g.size)
     return grad_in
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _axis_slope(pos, size):
+    """``(low, high, frac, free)`` of a sample at ``pos`` in ``[-1, size]`` on an axis of ``size``
+    cells: its bilinear corners, the weight ``frac`` of ``high`` (float64), and 1.0 where
+    ``pos`` is inside the clamped range (the sample moves with it), 0.0 where it is clamped
+    at 0 or at the last cell (``reference.bilinear_position_grad``'s rules)."""
+    if pos <= 0:
+        low, frac, free = 0, 0.0, 0.0
+    else:
+        low = int(pos)
+        frac, free = float(pos) - low, 1.0
+    if low >= size - 1:
+        return size - 1, size - 1, 0.0, 0.0
+    return low, low + 1, frac, free
+
+
+@numba.njit(cache=True, nogil=True)
+def align_boxes_backward(x, grad_out, rois, spatial_scale, sampling_ratio, coord_limit, eps, grad_rois, part, parts):
+    """``grad_rois[k, 1:]`` <- ps_roi_align's gradient with respect to the corners of each RoI ``k`` of ``part``.
+
+    ``x (N, C, H, W)`` and ``grad_out (K, C_out, PH, PW)`` in the compute dtype
+    of ``rois (K, 5)`` (validated), any strides; ``spatial_scale`` in that dtype;
+    ``coord_limit`` and ``eps`` as for ``ps_roi_align_taps``. Samples are placed
+    exactly as the forward's taps place them (``ps_geometry._align_axis`` and
+    ``_align_bin``: in the compute dtype, only those that can land on the map
+    visited, coincident ones once); each moves along the slope of its bilinear
+    piece on the bin's own channel, summed in float64
+    (``reference.ps_roi_align_boxes_backward``).
+    """
+    _, _, height, width = x.shape
+    k_total, channels_out, pooled_h, pooled_w = grad_out.shape
+    dtype = rois.dtype
+    T = dtype.type
+    limit = T(coord_limit)
+    geo = np.empty((2, 3), np.float64)
+    for k in share(k_total, part, parts):
+        n = int(rois[k, 0])
+        _align_axis(rois[k, 2], rois[k, 4], spatial_scale, pooled_h, sampling_ratio, coord_limit, dtype, geo[0])
+        _align_axis(rois[k, 1], rois[k, 3], spatial_scale, pooled_w, sampling_ratio, coord_limit, dtype, geo[1])
+        start_h, bin_h, g_h = T(geo[0, 0]), T(geo[0, 1]), geo[0, 2]
+        start_w, bin_w, g_w = T(geo[1, 0]), T(geo[1, 1]), geo[1, 2]
+        # every sample of the grid weighs 1 / (g_h * g_w); coincident ones (an empty extent) are visited once
+        same_h = g_h if bin_h == 0 else 1.0
+        same_w = g_w if bin_w == 0 else 1.0
+        weight = same_h * same_w / (g_h * g_w)
+        d_x1 = d_y1 = d_x2 = d_y2 = 0.0
+        for ph in range(pooled_h):
+            row_start = T(ph) * bin_h + start_h
+            iy0, ny = _sample_range(float(row_start), float(bin_h), g_h, height, eps)
+            if bin_h == 0:
+                ny = 1
+            for pw in range(pooled_w):
+                col_start = T(pw) * bin_w + start_w
+                ix0, nx = _sample_range(float(col_start), float(bin_w), g_w, width, eps)
+                if bin_w == 0:
+                    nx = 1
+                for jy in range(ny):
+                    iy = iy0 + jy
+                    y = row_start + (T(iy + 0.5) * bin_h) / T(g_h)
+                    if not (y >= -1 and y <= height):
+                        continue
+                    # d y / d start: 1 - a; d y / d end: a (coincident samples: their mean)
+                    a_y = (ph + (0.5 if bin_h == 0 else (iy + 0.5) / g_h)) / pooled_h
+                    y_low, y_high, ly, free_y = _axis_slope(y, height)
+                    for jx in range(nx):
+                        ix = ix0 + jx
+                        xs = col_start + (T(ix + 0.5) * bin_w) / T(g_w)
+                        if not (xs >= -1 and xs <= width):
+                            continue
+                        a_x = (pw + (0.5 if bin_w == 0 else (ix + 0.5) / g_w)) / pooled_w
+                        x_low, x_high, lx, free_x = _axis_slope(xs, width)
+                        hy, hx = 1.0 - ly, 1.0 - lx
+                        s_y = s_x = 0.0
+                        for c in range(channels_out):
+                            channel = (c * pooled_h + ph) * pooled_w + pw
+                            g = float(grad_out[k, c, ph, pw])
+                            v00 = float(x[n, channel, y_low, x_low])
+                            v01 = float(x[n, channel, y_low, x_high])
+                            v10 = float(x[n, channel, y_high, x_low])
+                            v11 = float(x[n, channel, y_high, x_high])
+                            s_y += g * (hx * (v10 - v00) + lx * (v11 - v01))
+                            s_x += g * (hy * (v01 - v00) + ly * (v11 - v10))
+                        s_y *= free_y * weight
+                        s_x *= free_x * weight
+                        d_y1 += s_y * (1.0 - a_y)
+                        d_y2 += s_y * a_y
+                        d_x1 += s_x * (1.0 - a_x)
+                        d_x2 += s_x * a_x
+        # d corner / d coordinate: the scale, or 0 where the corner is held at the limit
+        for j, d in ((1, d_x1), (2, d_y1), (3, d_x2), (4, d_y2)):
+            scaled = rois[k, j] * spatial_scale
+            grad_rois[k, j] = d * float(spatial_scale) if -limit < scaled < limit else 0.0
+
+
+def launch_align_boxes_backward(x, grad_output, rois, output_size, spatial_scale, sampling_ratio) -> np.ndarray:
+    """ps_roi_align's gradient with respect to ``rois (K, 5)`` (validated, in the compute dtype):
+    ``(K, 5)`` float64, column 0 zero. ``x (N, C, H, W)`` and ``grad_output (K, C_out, PH, PW)``
+    checked and in that dtype, any strides. The adaptive grid is held fixed (``docs/semantics.md``)."""
+    dtype = rois.dtype
+    _checks.geometry_limits(*output_size, sampling_ratio)
+    scale = _checks.scale_in_dtype(spatial_scale, dtype)
+    k = rois.shape[0]
+    grad_rois = np.zeros((k, 5), np.float64)
+    if k and grad_output.shape[1] and x.shape[2] and x.shape[3]:
+        coord_limit, eps = align_coord_limit(dtype), float(np.finfo(dtype).eps)
+        args = (x, grad_output, rois, scale, sampling_ratio, coord_limit, eps, grad_rois)
+        launch(align_boxes_backward, *args, values=4 * grad_output.size, tasks=k)
+    return grad_rois
 
 
 # Below these sizes a parallel launch costs more than it saves (waking the

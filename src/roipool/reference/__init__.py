@@ -11,7 +11,13 @@ One module per op family; every public name is importable from here
 
 from ._common import bilinear_taps, c_round
 from .prroi_pool import hat_integral, prroi_bins, prroi_pool, prroi_pool_backward, prroi_pool_boxes_backward
-from .ps_roi import ps_roi_align, ps_roi_align_backward, ps_roi_pool, ps_roi_pool_backward
+from .ps_roi import (
+    ps_roi_align,
+    ps_roi_align_backward,
+    ps_roi_align_boxes_backward,
+    ps_roi_pool,
+    ps_roi_pool_backward,
+)
 from .roi_align import (
     roi_align,
     roi_align_backward,
@@ -38,6 +44,7 @@ __all__ = [
     "prroi_pool_boxes_backward",
     "ps_roi_align",
     "ps_roi_align_backward",
+    "ps_roi_align_boxes_backward",
     "ps_roi_pool",
     "ps_roi_pool_backward",
     "roi_align",

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from ._common import bilinear_taps, c_round
+from .roi_align import bilinear_position_grad
 
 
 def ps_roi_pool(input, rois, pooled_h, pooled_w, spatial_scale):
@@ -112,6 +113,18 @@ def ps_roi_align(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio)
 
 def _ps_align_samples(dtype, roi, spatial_scale, ph, pw, pooled_h, pooled_w, sampling_ratio):
     """Sample points ``(y, x)`` of one bin, computed in ``dtype``."""
+    y1, x1, bin_h, bin_w, grid_h, grid_w = _ps_align_grid(dtype, roi, spatial_scale, pooled_h, pooled_w, sampling_ratio)
+    hstart = dtype(ph) * bin_h + y1
+    wstart = dtype(pw) * bin_w + x1
+    return [
+        (hstart + dtype(iy + 0.5) * bin_h / dtype(grid_h), wstart + dtype(ix + 0.5) * bin_w / dtype(grid_w))
+        for iy in range(grid_h)
+        for ix in range(grid_w)
+    ]
+
+
+def _ps_align_grid(dtype, roi, spatial_scale, pooled_h, pooled_w, sampling_ratio):
+    """``(y1, x1, bin_h, bin_w, grid_h, grid_w)`` of one box: its scaled corners, in ``dtype``."""
     scale = dtype(spatial_scale)
     limit = dtype(np.finfo(dtype).max / 8)  # keeps every extent finite
 
@@ -126,13 +139,7 @@ def _ps_align_samples(dtype, roi, spatial_scale, ph, pw, pooled_h, pooled_w, sam
     else:
         grid_h = max(math.ceil((y2 - y1) / dtype(pooled_h)), 1)
         grid_w = max(math.ceil((x2 - x1) / dtype(pooled_w)), 1)
-    hstart = dtype(ph) * bin_h + y1
-    wstart = dtype(pw) * bin_w + x1
-    return [
-        (hstart + dtype(iy + 0.5) * bin_h / dtype(grid_h), wstart + dtype(ix + 0.5) * bin_w / dtype(grid_w))
-        for iy in range(grid_h)
-        for ix in range(grid_w)
-    ]
+    return y1, x1, bin_h, bin_w, grid_h, grid_w
 
 
 def ps_roi_align_backward(grad_output, rois, input_shape, spatial_scale, sampling_ratio):
@@ -157,4 +164,53 @@ def ps_roi_align_backward(grad_output, rois, input_shape, spatial_scale, samplin
     return grad_input.astype(grad_output.dtype)
 
 
-# ---- roi_align -------------------------------------------------------------
+def ps_roi_align_boxes_backward(input, grad_output, rois, spatial_scale, sampling_ratio):
+    """Gradient of :func:`ps_roi_align` with respect to ``rois (K, 5)``: ``(K, 5)`` float64, column 0 zero.
+
+    ``input (N, C, H, W)``, ``grad_output (K, C / (PH * PW), PH, PW)``. Sample
+    ``(iy, ix)`` of bin ``(ph, pw)`` sits at ``y = y1' + a * (y2' - y1')``, with
+    the corners ``y1' = y1 * s - 0.5`` and ``a = (ph + (iy + 0.5) / grid_h) / PH``,
+    so ``dy/dy1 = s * (1 - a)`` and ``dy/dy2 = s * a`` (``x`` likewise); a
+    corner held at the coordinate limit (``|c * s| >= max / 8``) does not move.
+    Each sample moves along the slope of its bilinear piece
+    (:func:`bilinear_position_grad`) on the bin's own input channel
+    ``(c * PH + ph) * PW + pw``. The grid is held fixed (an adaptive one is
+    piecewise constant in the box size). Positions in the input's dtype, as
+    the forward places them; sums in float64.
+    """
+    t = input.dtype.type
+    _, _, height, width = input.shape
+    num_rois, channels_out, pooled_h, pooled_w = grad_output.shape
+    grad_rois = np.zeros((num_rois, 5), np.float64)
+    limit = t(np.finfo(input.dtype).max / 8)
+    scale = t(spatial_scale)
+    for k in range(num_rois):
+        n = int(rois[k, 0])
+        # d corner / d coordinate: the scale, or 0 where the corner is clamped
+        moves = [float(scale) if -limit < t(rois[k, j]) * scale < limit else 0.0 for j in range(5)]
+        y1, x1, bin_h, bin_w, grid_h, grid_w = _ps_align_grid(
+            t, rois[k], spatial_scale, pooled_h, pooled_w, sampling_ratio
+        )
+        count = grid_h * grid_w
+        for ph in range(pooled_h):
+            for pw in range(pooled_w):
+                hstart = t(ph) * bin_h + y1
+                wstart = t(pw) * bin_w + x1
+                for iy in range(grid_h):
+                    y = hstart + t(iy + 0.5) * bin_h / t(grid_h)
+                    a_y = (ph + (iy + 0.5) / grid_h) / pooled_h
+                    for ix in range(grid_w):
+                        x = wstart + t(ix + 0.5) * bin_w / t(grid_w)
+                        a_x = (pw + (ix + 0.5) / grid_w) / pooled_w
+                        gy = gx = 0.0
+                        for c in range(channels_out):
+                            channel = (c * pooled_h + ph) * pooled_w + pw
+                            _, dy, dx = bilinear_position_grad(y, x, height, width, input[n, channel])
+                            g = float(grad_output[k, c, ph, pw]) / count
+                            gy += g * dy
+                            gx += g * dx
+                        grad_rois[k, 1] += gx * (1 - a_x) * moves[1]
+                        grad_rois[k, 3] += gx * a_x * moves[3]
+                        grad_rois[k, 2] += gy * (1 - a_y) * moves[2]
+                        grad_rois[k, 4] += gy * a_y * moves[4]
+    return grad_rois
