@@ -373,6 +373,7 @@ OP_NAMES = [
     "ps_roi_pool_backward",
     "ps_roi_align",
     "ps_roi_align_backward",
+    "ps_roi_align_boxes_backward",
 ]
 
 
@@ -580,4 +581,24 @@ def test_roi_align_boxes_gradient_matches_the_cpu_op(dtype, sampling_ratio, alig
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(got.cpu(), want, rtol=tol, atol=tol)
     again = rt.roi_align.roi_align_boxes_backward(grad.to(DEVICE), x.to(DEVICE), rois.to(DEVICE), *args)
+    assert torch.equal(got, again)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
+@pytest.mark.parametrize("sampling_ratio", [2, -1])
+def test_ps_roi_align_boxes_gradient_matches_the_cpu_op(dtype, sampling_ratio):
+    rng = np.random.default_rng(22)
+    x = torch.from_numpy(rng.standard_normal((N, 12, 7, 8))).to(dtype)  # 2 output channels x 3 x 2 bins
+    rois = boxes(rng, k=5, h=7, w=8).to(dtype)
+    rois[3, 1:] = torch.tensor([2.1, 2.2, 2.1, 2.9], dtype=dtype)  # no width: coincident samples
+    rois[4, 1:] = torch.tensor([-3.0, 5.5, 20.0, 30.0], dtype=dtype)  # past the map's edges
+    grad = torch.from_numpy(rng.standard_normal((5, 2, 3, 2))).to(dtype)
+    args = (0.5, 3, 2, sampling_ratio)
+    got = rt.ps_roi.ps_roi_align_boxes_backward(grad.to(DEVICE), x.to(DEVICE), rois.to(DEVICE), *args)
+    want = torch.ops.roipool.ps_roi_align_boxes_backward(grad, x, rois, *args)
+    assert got.dtype == dtype and got.shape == (5, 5) and not got[:, 0].any()
+    assert want[:, 1:].abs().min() > 0
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(got.cpu(), want, rtol=tol, atol=tol)
+    again = rt.ps_roi.ps_roi_align_boxes_backward(grad.to(DEVICE), x.to(DEVICE), rois.to(DEVICE), *args)
     assert torch.equal(got, again)

@@ -1,9 +1,11 @@
 """Position-sensitive RoI pooling on torch tensors (ps_roi_pool, ps_roi_align): custom ops, autograd, public functions.
 
-Both ops are linear in the input, so the backward needs only the boxes: one
+Both ops are linear in the input, so the input's gradient needs only the boxes: one
 forward op per family (no training variant) whose autograd calls the
 backward op, and a backward op whose own gradient is the forward again
-(double backward). The CPU kernels are ``cpu/ps_roi.py``'s; CUDA kernels come
+(double backward). ``ps_roi_align`` is also differentiable in the box
+coordinates (``roipool::ps_roi_align_boxes_backward``, run only when the
+boxes require a gradient; the map is then kept for it). The CPU kernels are ``cpu/ps_roi.py``'s; CUDA kernels come
 from ``roipool.triton``. ONNX has no such op: nothing is exported.
 """
 
@@ -18,12 +20,14 @@ from ._library import (
     INFERENCE,
     TRAINING,
     Training,
+    adjoint_grads,
     boxes_to_rois,
     call_backward,
     channels_last,
     check_input,
     check_output_fits,
     compute_dtype,
+    cpu_array,
     cpu_geometry,
     cpu_nchw,
     define,
@@ -32,6 +36,7 @@ from ._library import (
     in_format,
     of_dtype,
     quiet_when_tracing,
+    save_for_adjoint,
     train_eagerly,
 )
 
@@ -139,6 +144,26 @@ def _ps_roi_align_backward_cpu(
     )
 
 
+def _ps_roi_align_boxes_backward_cpu(grad, input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio):
+    n, _, height, width = input.shape
+    dtype = compute_dtype(input.dtype)
+    params = (spatial_scale, pooled_height, pooled_width, sampling_ratio)
+    rois_np, _ = _taps(_align_taps, rois, n, input.dtype, params, height, width)
+    grad_rois = cpu.launch_align_boxes_backward(
+        cpu_array(input, dtype),
+        cpu_array(grad, dtype),
+        rois_np,
+        (pooled_height, pooled_width),
+        float(spatial_scale),
+        sampling_ratio,
+    )
+    return of_dtype(torch.from_numpy(grad_rois), rois.dtype)
+
+
+def _ps_roi_align_boxes_backward_fake(grad, input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio):
+    return rois.new_empty(rois.shape)
+
+
 _PS_ARGS = "Tensor rois, float spatial_scale, int pooled_height, int pooled_width"
 _PS_SHAPE = "int batch_size, int channels, int height, int width, bool channels_last=False"
 
@@ -164,11 +189,26 @@ ps_roi_align_backward_op = define(
     fake=_ps_roi_align_backward_fake,
 )
 
+ps_roi_align_boxes_backward_op = define(
+    "ps_roi_align_boxes_backward",
+    f"(Tensor grad, Tensor input, {_PS_ARGS}, int sampling_ratio) -> Tensor",
+    cpu=_ps_roi_align_boxes_backward_cpu,
+    fake=_ps_roi_align_boxes_backward_fake,
+)
+
 
 def _ps_forward_setup(ctx, inputs, output):
     input, rois, *ctx.params = inputs  # spatial_scale, pooled sizes (, sampling_ratio)
     ctx.save_for_backward(rois)
     ctx.input_layout = (*input.shape, channels_last(input))  # the gradient's shape and memory format
+
+
+def _ps_align_setup(ctx, inputs, output):
+    input, rois, *ctx.params = inputs  # spatial_scale, pooled sizes, sampling_ratio
+    # the map is kept only when the boxes' gradient is wanted (it reads the map)
+    ctx.boxes_grad = ctx.needs_input_grad[1]
+    ctx.save_for_backward(rois, input if ctx.boxes_grad else None)
+    ctx.input_layout = (*input.shape, channels_last(input))
 
 
 def _ps_backward_setup(num_params):
@@ -198,17 +238,29 @@ def _ps_roi_pool_grad(ctx, grad_output):
 
 
 def _ps_roi_align_grad(ctx, grad_output):
-    (rois,) = ctx.saved_tensors
-    grad_input = call_backward(
-        ctx,
-        torch.ops.roipool.ps_roi_align_backward,
-        _ps_roi_align_backward_cpu,
-        grad_output,
-        rois,
-        *ctx.params,
-        *ctx.input_layout,
-    )
-    return grad_input, None, None, None, None, None
+    rois, input = ctx.saved_tensors
+    grad_input = grad_rois = None
+    if ctx.needs_input_grad[0]:
+        grad_input = call_backward(
+            ctx,
+            torch.ops.roipool.ps_roi_align_backward,
+            _ps_roi_align_backward_cpu,
+            grad_output,
+            rois,
+            *ctx.params,
+            *ctx.input_layout,
+        )
+    if ctx.boxes_grad:
+        grad_rois = call_backward(
+            ctx,
+            torch.ops.roipool.ps_roi_align_boxes_backward,
+            _ps_roi_align_boxes_backward_cpu,
+            grad_output,
+            input,
+            rois,
+            *ctx.params,
+        )
+    return grad_input, grad_rois, None, None, None, None
 
 
 def _ps_roi_pool_backward_grad(ctx, grad_grad_input):
@@ -217,18 +269,42 @@ def _ps_roi_pool_backward_grad(ctx, grad_grad_input):
     return (torch.ops.roipool.ps_roi_pool(grad_grad_input, rois, *ctx.params),) + (None,) * (ctx.num_args - 1)
 
 
+def _ps_roi_align_backward_setup(ctx, inputs, output):
+    grad, rois, *params = inputs
+    save_for_adjoint(ctx, grad, rois, params[:4])
+    ctx.num_args = len(inputs)
+
+
 def _ps_roi_align_backward_grad(ctx, grad_grad_input):
-    (rois,) = ctx.saved_tensors
-    return (torch.ops.roipool.ps_roi_align(grad_grad_input, rois, *ctx.params),) + (None,) * (ctx.num_args - 1)
+    # linear in grad, the forward its adjoint: double backward is one forward, and into the
+    # boxes the forward's box gradient (adjoint_grads)
+    grads = adjoint_grads(
+        ctx, grad_grad_input, torch.ops.roipool.ps_roi_align, torch.ops.roipool.ps_roi_align_boxes_backward
+    )
+    return grads + (None,) * (ctx.num_args - 2)
+
+
+def _ps_roi_align_boxes_backward_setup(ctx, inputs, output):
+    pass
+
+
+def _ps_roi_align_boxes_backward_grad(ctx, grad_grad_rois):
+    raise RuntimeError(
+        "ps_roi_align: the gradient with respect to the boxes cannot be differentiated again "
+        "(double backward through the boxes is not supported; the input's gradient can be)"
+    )
 
 
 ps_roi_pool_op.register_autograd(_ps_roi_pool_grad, setup_context=_ps_forward_setup)
-ps_roi_align_op.register_autograd(_ps_roi_align_grad, setup_context=_ps_forward_setup)
+ps_roi_align_op.register_autograd(_ps_roi_align_grad, setup_context=_ps_align_setup)
 ps_roi_pool_backward_op.register_autograd(_ps_roi_pool_backward_grad, setup_context=_ps_backward_setup(3))
-ps_roi_align_backward_op.register_autograd(_ps_roi_align_backward_grad, setup_context=_ps_backward_setup(4))
+ps_roi_align_backward_op.register_autograd(_ps_roi_align_backward_grad, setup_context=_ps_roi_align_backward_setup)
+ps_roi_align_boxes_backward_op.register_autograd(
+    _ps_roi_align_boxes_backward_grad, setup_context=_ps_roi_align_boxes_backward_setup
+)
 # without the ops' dispatch (train_eagerly)
 _PS_ROI_POOL_TRAINING = Training(_ps_roi_pool_cpu, _ps_forward_setup, _ps_roi_pool_grad)
-_PS_ROI_ALIGN_TRAINING = Training(_ps_roi_align_cpu, _ps_forward_setup, _ps_roi_align_grad)
+_PS_ROI_ALIGN_TRAINING = Training(_ps_roi_align_cpu, _ps_align_setup, _ps_roi_align_grad)
 
 
 def _ps_public(input, boxes, output_size, spatial_scale):
@@ -270,7 +346,10 @@ def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1
     """Tensor position-sensitive RoIAlign; see :func:`roipool.ps_roi_align`.
 
     Arguments and result as :func:`ps_roi_pool`, plus ``sampling_ratio``
-    (samples per bin side; ``<= 0`` adaptive, at least one).
+    (samples per bin side; ``<= 0`` adaptive, at least one); the result is
+    also differentiable, once, with respect to the box coordinates (``boxes``
+    that require a gradient, a tensor or a list; the batch index gets 0),
+    computed only when asked for (``docs/semantics.md``).
     """
     rois, scale, pooled_h, pooled_w = _ps_public(input, boxes, output_size, spatial_scale)
     ratio = _checks.sampling_ratio_int(sampling_ratio)

@@ -45,6 +45,7 @@ LAUNCHERS = {
     "ps_roi_pool_backward": (ps_roi.ps_roi_pool_backward, 1, ps_roi.ps_roi_pool_backward),
     "ps_roi_align": (ps_roi.ps_roi_align_forward, 1, ps_roi.ps_roi_align_forward),
     "ps_roi_align_backward": (ps_roi.ps_roi_align_backward, 1, ps_roi.ps_roi_align_backward),
+    "ps_roi_align_boxes_backward": (ps_roi.ps_roi_align_boxes_backward, 1, ps_roi.ps_roi_align_boxes_backward),
     "roi_align_rotated": (roi_align_rotated.roi_align_rotated_forward, 1, roi_align_rotated.roi_align_rotated_forward),
     "roi_align_rotated_backward": (
         roi_align_rotated.roi_align_rotated_backward,
