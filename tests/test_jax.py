@@ -290,21 +290,31 @@ def test_callback_under_vmap_gives_each_examples_numpy_bits(mapped):
         np.testing.assert_array_equal(bits(prroi[i]), bits(roipool.prroi_pool(x, r, SIZE, SCALE)))
 
 
-@pytest.mark.parametrize("sampling_ratio, aligned", [(2, True), (-1, False)])
-def test_callback_box_gradient_of_roi_align_is_the_numpy_kernels(sampling_ratio, aligned):
-    # the CPU box kernel (roipool.roi_align_boxes_backward), not the XLA path: the same bits as NumPy,
+@pytest.mark.parametrize(
+    "op, kwargs",
+    [
+        ("roi_align", {"sampling_ratio": 2, "aligned": True}),
+        ("roi_align", {"sampling_ratio": -1, "aligned": False}),
+        ("ps_roi_align", {"sampling_ratio": 2}),
+        ("ps_roi_align", {"sampling_ratio": -1}),
+    ],
+)
+def test_callback_box_gradient_is_the_numpy_kernels(op, kwargs):
+    # the CPU box kernel (roipool.<op>_boxes_backward), not the XLA path: the same bits as NumPy,
     # and the XLA path's values to float rounding
     x, rois = cases_map(np.float32, seed=3), cases_rois(seed=4).astype(np.float32)
-    g = np.random.default_rng(5).standard_normal((rois.shape[0], SHAPE[1], *SIZE)).astype(np.float32)
+    channels = SHAPE[1] // (SIZE[0] * SIZE[1]) if op.startswith("ps_") else SHAPE[1]
+    g = np.random.default_rng(5).standard_normal((rois.shape[0], channels, *SIZE)).astype(np.float32)
 
     def box_grad(backend):
         def run(x, r):
-            _, vjp = jax.vjp(lambda r: rj.roi_align(x, r, SIZE, SCALE, sampling_ratio, aligned, backend=backend), r)
+            _, vjp = jax.vjp(lambda r: getattr(rj, op)(x, r, SIZE, SCALE, **kwargs, backend=backend), r)
             return vjp(jnp.asarray(g))[0]
 
         return np.asarray(jax.jit(run)(x, rois))
 
-    want = roipool.roi_align_boxes_backward(g, x, rois, SIZE, SCALE, sampling_ratio, aligned)
+    want = getattr(roipool, f"{op}_boxes_backward")(g, x, rois, SIZE, SCALE, *kwargs.values())
+    assert np.abs(want[:, 1:]).max() > 0
     got = box_grad("callback")
     np.testing.assert_array_equal(bits(got), bits(want))
     np.testing.assert_allclose(box_grad("xla"), want, rtol=0, atol=1e-5 * np.abs(want).max())
@@ -325,10 +335,12 @@ def test_check_grads_float64_input_and_boxes():
         align = jax.jit(lambda x, c: rj.roi_align(x, boxes(c), 2, 0.25, 2, True, backend="xla"))
         align_cb = jax.jit(lambda x, c: rj.roi_align(x, boxes(c), 2, 0.25, 2, True, backend="callback"))
         ps_align = jax.jit(lambda x, c: rj.ps_roi_align(x, boxes(c), 1, 0.25, 2, backend="xla"))
+        ps_align_cb = jax.jit(lambda x, c: rj.ps_roi_align(x, boxes(c), 1, 0.25, 2, backend="callback"))
         pool = jax.jit(lambda x: rj.roi_pool(x, rois, 2, 0.25, backend="xla"))
         check_grads(align, (x, coords), 1, modes=["rev"])
         check_grads(align_cb, (x, coords), 1, modes=["rev"])
         check_grads(ps_align, (x, coords), 1, modes=["rev"])
+        check_grads(ps_align_cb, (x, coords), 1, modes=["rev"])
         distinct = jnp.asarray(rng.permutation(120).reshape(1, 4, 5, 6) / 7.0)  # no ties: the argmax is stable
         check_grads(pool, (distinct,), 1, modes=["rev"])
 

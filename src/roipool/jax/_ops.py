@@ -165,13 +165,13 @@ def ps_roi_pool_xla(static, x, rois):
     return _align.ps_roi_pool(x, jax.lax.stop_gradient(rois), *size, scale)
 
 
-def _callback_op(forward, backward, xla, channels_out, box_gradient, boxes_backward=None):
-    """A ``custom_vjp`` op whose forward and input gradient are NumPy callbacks.
+def _callback_op(forward, backward, channels_out, boxes_backward=None):
+    """A ``custom_vjp`` op whose forward and gradients are NumPy callbacks.
 
     ``forward(x, rois, static)`` and ``backward(g, rois, static)`` call the
     NumPy functions; the boxes' gradient comes from ``boxes_backward(g, x,
-    rois, static)`` (a NumPy function returning ``(K, 5)``) if given, else
-    from ``xla`` (or is zero without ``box_gradient``).
+    rois, static)`` (a NumPy function returning ``(K, 5)``), or is zero
+    without one (an op piecewise constant in the boxes).
     """
 
     @partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -190,9 +190,6 @@ def _callback_op(forward, backward, xla, channels_out, box_gradient, boxes_backw
             grad_rois = _call(
                 lambda g, x, r: boxes_backward(g, x, r, static), jax.ShapeDtypeStruct(rois.shape, g.dtype), g, x, rois
             )
-        elif box_gradient:
-            _, vjp = jax.vjp(lambda r: xla(static, x, r), rois)
-            (grad_rois,) = vjp(g)
         else:
             grad_rois = jnp.zeros_like(rois)
         return grad_x, grad_rois
@@ -212,24 +209,19 @@ def _ps_channels(channels, size):
 roi_align_callback = _callback_op(
     lambda x, r, s: roipool.roi_align(x, r, s[0], s[1], s[2], s[3]),
     lambda g, r, s: roipool.roi_align_backward(g, r, s[4], s[0], s[1], s[2], s[3]),
-    roi_align_xla,
     _same_channels,
-    box_gradient=True,
     boxes_backward=lambda g, x, r, s: roipool.roi_align_boxes_backward(g, x, r, s[0], s[1], s[2], s[3]),
 )
 ps_roi_align_callback = _callback_op(
     lambda x, r, s: roipool.ps_roi_align(x, r, s[0], s[1], s[2]),
     lambda g, r, s: roipool.ps_roi_align_backward(g, r, s[3], s[0], s[1], s[2]),
-    ps_roi_align_xla,
     _ps_channels,
-    box_gradient=True,
+    boxes_backward=lambda g, x, r, s: roipool.ps_roi_align_boxes_backward(g, x, r, s[0], s[1], s[2]),
 )
 ps_roi_pool_callback = _callback_op(
     lambda x, r, s: roipool.ps_roi_pool(x, r, s[0], s[1]),
     lambda g, r, s: roipool.ps_roi_pool_backward(g, r, s[2], s[0], s[1]),
-    ps_roi_pool_xla,
     _ps_channels,
-    box_gradient=False,
 )
 
 
@@ -244,9 +236,7 @@ def prroi_pool_xla(static, x, rois):
 prroi_pool_callback = _callback_op(
     lambda x, r, s: roipool.prroi_pool(x, r, s[0], s[1]),
     lambda g, r, s: roipool.prroi_pool_backward(g, r, s[2], s[0], s[1]),
-    prroi_pool_xla,
     _same_channels,
-    box_gradient=True,
     boxes_backward=lambda g, x, r, s: roipool.prroi_pool_boxes_backward(g, x, r, s[0], s[1]),
 )
 

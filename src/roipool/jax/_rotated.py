@@ -432,8 +432,6 @@ def _numpy_box_grad(g, x, rois, static):
 roi_align_rotated_callback = _callback_op(
     lambda x, r, s: roipool.roi_align_rotated(x, r, s[0], *s[1:-1]),
     lambda g, r, s: roipool.roi_align_rotated_backward(g, r, s[-1], s[0], *s[1:-1]),
-    roi_align_rotated_xla,
     _same_channels,
-    box_gradient=True,
     boxes_backward=_numpy_box_grad,
 )
