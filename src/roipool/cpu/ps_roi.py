@@ -313,11 +313,13 @@ def _axis_slope(pos, size):
 
 
 @numba.njit(cache=True, nogil=True)
-def align_boxes_backward(x, grad_out, rois, spatial_scale, sampling_ratio, coord_limit, eps, grad_rois, part, parts):
+def align_boxes_backward(xb, grad_out, rois, spatial_scale, sampling_ratio, coord_limit, eps, grad_rois, part, parts):
     """``grad_rois[k, 1:]`` <- ps_roi_align's gradient with respect to the corners of each RoI ``k`` of ``part``.
 
-    ``x (N, C, H, W)`` and ``grad_out (K, C_out, PH, PW)`` in the compute dtype
-    of ``rois (K, 5)`` (validated), any strides; ``spatial_scale`` in that dtype;
+    ``xb (B, N, H, W, C_out)``: the map bin-major and channels-last, as the
+    forward copies it (the ``C_out`` channels a bin reads are contiguous);
+    ``grad_out (K, C_out, PH, PW)``, both in the compute dtype of ``rois (K, 5)``
+    (validated), any strides; ``spatial_scale`` in that dtype;
     ``coord_limit`` and ``eps`` as for ``ps_roi_align_taps``. Samples are placed
     exactly as the forward's taps place them (``ps_geometry._align_axis`` and
     ``_align_bin``: in the compute dtype, only those that can land on the map
@@ -325,12 +327,13 @@ def align_boxes_backward(x, grad_out, rois, spatial_scale, sampling_ratio, coord
     piece on the bin's own channel, summed in float64
     (``reference.ps_roi_align_boxes_backward``).
     """
-    _, _, height, width = x.shape
+    _, _, height, width, _ = xb.shape
     k_total, channels_out, pooled_h, pooled_w = grad_out.shape
     dtype = rois.dtype
     T = dtype.type
     limit = T(coord_limit)
     geo = np.empty((2, 3), np.float64)
+    acc = np.empty((4, channels_out), np.float64)
     for k in share(k_total, part, parts):
         n = int(rois[k, 0])
         _align_axis(rois[k, 2], rois[k, 4], spatial_scale, pooled_h, sampling_ratio, coord_limit, dtype, geo[0])
@@ -352,6 +355,11 @@ def align_boxes_backward(x, grad_out, rois, spatial_scale, sampling_ratio, coord
                 ix0, nx = _sample_range(float(col_start), float(bin_w), g_w, width, eps)
                 if bin_w == 0:
                     nx = 1
+                b = ph * pooled_w + pw
+                # per channel, each sample's slopes weighed by how it moves with each corner
+                # (channel by channel, so the loop over channels vectorises); then dotted with
+                # the bin's gradients
+                acc[:] = 0.0
                 for jy in range(ny):
                     iy = iy0 + jy
                     y = row_start + (T(iy + 0.5) * bin_h) / T(g_h)
@@ -360,6 +368,7 @@ def align_boxes_backward(x, grad_out, rois, spatial_scale, sampling_ratio, coord
                     # d y / d start: 1 - a; d y / d end: a (coincident samples: their mean)
                     a_y = (ph + (0.5 if bin_h == 0 else (iy + 0.5) / g_h)) / pooled_h
                     y_low, y_high, ly, free_y = _axis_slope(y, height)
+                    m_y1, m_y2 = free_y * weight * (1.0 - a_y), free_y * weight * a_y
                     for jx in range(nx):
                         ix = ix0 + jx
                         xs = col_start + (T(ix + 0.5) * bin_w) / T(g_w)
@@ -367,23 +376,23 @@ def align_boxes_backward(x, grad_out, rois, spatial_scale, sampling_ratio, coord
                             continue
                         a_x = (pw + (0.5 if bin_w == 0 else (ix + 0.5) / g_w)) / pooled_w
                         x_low, x_high, lx, free_x = _axis_slope(xs, width)
+                        m_x1, m_x2 = free_x * weight * (1.0 - a_x), free_x * weight * a_x
                         hy, hx = 1.0 - ly, 1.0 - lx
-                        s_y = s_x = 0.0
+                        v00, v01 = xb[b, n, y_low, x_low], xb[b, n, y_low, x_high]
+                        v10, v11 = xb[b, n, y_high, x_low], xb[b, n, y_high, x_high]
                         for c in range(channels_out):
-                            channel = (c * pooled_h + ph) * pooled_w + pw
-                            g = float(grad_out[k, c, ph, pw])
-                            v00 = float(x[n, channel, y_low, x_low])
-                            v01 = float(x[n, channel, y_low, x_high])
-                            v10 = float(x[n, channel, y_high, x_low])
-                            v11 = float(x[n, channel, y_high, x_high])
-                            s_y += g * (hx * (v10 - v00) + lx * (v11 - v01))
-                            s_x += g * (hy * (v01 - v00) + ly * (v11 - v10))
-                        s_y *= free_y * weight
-                        s_x *= free_x * weight
-                        d_y1 += s_y * (1.0 - a_y)
-                        d_y2 += s_y * a_y
-                        d_x1 += s_x * (1.0 - a_x)
-                        d_x2 += s_x * a_x
+                            dy = hx * (float(v10[c]) - float(v00[c])) + lx * (float(v11[c]) - float(v01[c]))
+                            dx = hy * (float(v01[c]) - float(v00[c])) + ly * (float(v11[c]) - float(v10[c]))
+                            acc[0, c] += m_y1 * dy
+                            acc[1, c] += m_y2 * dy
+                            acc[2, c] += m_x1 * dx
+                            acc[3, c] += m_x2 * dx
+                for c in range(channels_out):
+                    g = float(grad_out[k, c, ph, pw])
+                    d_y1 += g * acc[0, c]
+                    d_y2 += g * acc[1, c]
+                    d_x1 += g * acc[2, c]
+                    d_x2 += g * acc[3, c]
         # d corner / d coordinate: the scale, or 0 where the corner is held at the limit
         for j, d in ((1, d_x1), (2, d_y1), (3, d_x2), (4, d_y2)):
             scaled = rois[k, j] * spatial_scale
@@ -393,15 +402,26 @@ def align_boxes_backward(x, grad_out, rois, spatial_scale, sampling_ratio, coord
 def launch_align_boxes_backward(x, grad_output, rois, output_size, spatial_scale, sampling_ratio) -> np.ndarray:
     """ps_roi_align's gradient with respect to ``rois (K, 5)`` (validated, in the compute dtype):
     ``(K, 5)`` float64, column 0 zero. ``x (N, C, H, W)`` and ``grad_output (K, C_out, PH, PW)``
-    checked and in that dtype, any strides. The adaptive grid is held fixed (``docs/semantics.md``)."""
+    checked and in that dtype, any strides. The adaptive grid is held fixed (``docs/semantics.md``).
+
+    The kernel reads the bin-major channels-last copy the forward reads: a bin's channels are
+    then a few cache lines, not one line in each of ``C_out`` planes. On ``rfcn``, one thread
+    of a 2-core AMD EPYC (Zen 4, AVX2): 58 ms reading the map in place, channel by channel;
+    42.5 with the copy (1.1 ms of it); 35.9 summing each channel's slopes by sample first.
+    """
     dtype = rois.dtype
     _checks.geometry_limits(*output_size, sampling_ratio)
     scale = _checks.scale_in_dtype(spatial_scale, dtype)
     k = rois.shape[0]
     grad_rois = np.zeros((k, 5), np.float64)
-    if k and grad_output.shape[1] and x.shape[2] and x.shape[3]:
+    n, channels, height, width = x.shape
+    nbins = output_size[0] * output_size[1]
+    channels_out = channels // nbins
+    if k and channels_out and height and width:
+        xb = empty_lines((nbins, n, height, width, channels_out), dtype)
+        xb[...] = x.reshape(n, channels_out, nbins, height, width).transpose(2, 0, 3, 4, 1)
         coord_limit, eps = align_coord_limit(dtype), float(np.finfo(dtype).eps)
-        args = (x, grad_output, rois, scale, sampling_ratio, coord_limit, eps, grad_rois)
+        args = (xb, grad_output, rois, scale, sampling_ratio, coord_limit, eps, grad_rois)
         launch(align_boxes_backward, *args, values=4 * grad_output.size, tasks=k)
     return grad_rois
 
