@@ -179,6 +179,9 @@ def test_bad_arguments_are_refused_by_name():
         call(features, per_image, IMAGE_SHAPES, 0)
     with pytest.raises(ValueError, match=r"features\[1\] has no rows"):
         call([features[0], features[1][:, :, :0]], per_image, IMAGE_SHAPES, 3)
+    nhwc = [f.transpose(0, 2, 3, 1) for f in features]
+    with pytest.raises(ValueError, match=r"features\[1\] must have 4 dimensions \(N, H, W, C\) with layout='nhwc'"):
+        call([nhwc[0], nhwc[1][0]], per_image, IMAGE_SHAPES, 3, layout="nhwc")
     with pytest.raises(ValueError, match=r"batch index and must be in \[0, 2\)"):
         call(features, np.array([[2, 0, 0, 10, 10]], np.float32), IMAGE_SHAPES, 3)
 

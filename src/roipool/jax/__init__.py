@@ -96,14 +96,20 @@ def _prepare_call(input, boxes, layout, to_rois=_prepare.rois):
     rows, or ``(K, 6)`` with ``_prepare.rotated_rois``), the input's own dtype, and whether the
     caller's arrays are channels-last (``layout="nhwc"``)."""
     nhwc = _checks.layout_is_nhwc(layout)
-    if nhwc and isinstance(input, (jax.Array, np.ndarray)):
-        if input.ndim != 4:
-            raise ValueError(f"input must have 4 dimensions (N, H, W, C) with layout='nhwc', got shape {input.shape}")
-        input = jnp.transpose(input, (0, 3, 1, 2)) if isinstance(input, jax.Array) else np.moveaxis(input, 3, 1)
-    input = _prepare.feature_map(input)
+    input = _prepare.feature_map(_channels_first(input, nhwc, "input"))
     dtype = _prepare.compute_dtype(input.dtype)
     rois = to_rois(boxes, input.shape[0], dtype)
     return input.astype(dtype), rois, input.dtype, nhwc
+
+
+def _channels_first(input, nhwc: bool, name: str):
+    """``input`` as given, or with ``nhwc`` a 4-D channels-last array turned ``(N, C, H, W)``
+    (another rank refused by name; other types are left to ``_prepare.feature_map``)."""
+    if nhwc and isinstance(input, (jax.Array, np.ndarray)):
+        if input.ndim != 4:
+            raise ValueError(f"{name} must have 4 dimensions (N, H, W, C) with layout='nhwc', got shape {input.shape}")
+        input = jnp.transpose(input, (0, 3, 1, 2)) if isinstance(input, jax.Array) else np.moveaxis(input, 3, 1)
+    return input
 
 
 def _output_fits(x, rois, channels, size, output_size) -> None:
@@ -335,11 +341,10 @@ def multi_scale_roi_align(
     nhwc = _checks.layout_is_nhwc(layout)
     if not isinstance(features, (list, tuple)) or len(features) == 0:
         raise TypeError(f"features must be a non-empty list of feature maps, got {features!r:.80}")
-    maps = []
-    for i, feature in enumerate(features):
-        if nhwc and isinstance(feature, (jax.Array, np.ndarray)) and feature.ndim == 4:
-            feature = jnp.transpose(jnp.asarray(feature), (0, 3, 1, 2))
-        maps.append(_prepare.feature_map(feature, f"features[{i}]"))
+    maps = [
+        _prepare.feature_map(_channels_first(f, nhwc, f"features[{i}]"), f"features[{i}]")
+        for i, f in enumerate(features)
+    ]
     first = maps[0]
     for i, level in enumerate(maps[1:], 1):
         if level.dtype != first.dtype or level.shape[:2] != first.shape[:2]:
