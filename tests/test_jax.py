@@ -133,7 +133,7 @@ needs_buffer_callback = pytest.mark.skipif(
 
 
 @needs_buffer_callback
-@pytest.mark.parametrize("name", ["roi_align", "roi_pool", "prroi_pool"])
+@pytest.mark.parametrize("name", ["roi_align", "roi_pool", "prroi_pool", "ps_roi_pool", "ps_roi_align"])
 def test_callback_kernels_write_into_xlas_output_buffer(name, monkeypatch):
     # the array the NumPy function allocates is XLA's buffer: the jitted program's output itself
     allocated = []

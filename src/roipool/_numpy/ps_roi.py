@@ -12,6 +12,7 @@ import numpy as np
 from .. import _checks
 from ..cpu import ps_roi as cpu
 from ..cpu.ps_roi import PSRoITaps
+from . import _layout
 
 
 def _checked_input(input, boxes, output_size, spatial_scale):
@@ -43,17 +44,23 @@ def _checked_grad(grad_output, boxes, input_shape, output_size, spatial_scale):
     return grad_output, rois, shape, output_size, spatial_scale
 
 
+def _forward(input, taps):
+    """The forward into a new array (``_layout.empty``: a lent buffer where a caller lends one),
+    in the input's dtype."""
+    channels_out = input.shape[1] // (taps.pooled_h * taps.pooled_w)
+    out = _layout.empty((taps.num_rois, channels_out, taps.pooled_h, taps.pooled_w), taps.dtype, False)
+    return cpu.launch_forward(input, taps, out).astype(input.dtype, copy=False)
+
+
 def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
     input, rois, output_size, scale = _checked_input(input, boxes, output_size, spatial_scale)
-    taps = PSRoITaps.pool(rois, output_size, scale, *input.shape[2:])
-    return cpu.launch_forward(input, taps).astype(input.dtype, copy=False)
+    return _forward(input, PSRoITaps.pool(rois, output_size, scale, *input.shape[2:]))
 
 
 def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1):
     sampling_ratio = _checks.sampling_ratio_int(sampling_ratio)
     input, rois, output_size, scale = _checked_input(input, boxes, output_size, spatial_scale)
-    taps = PSRoITaps.align(rois, output_size, scale, sampling_ratio, *input.shape[2:])
-    return cpu.launch_forward(input, taps).astype(input.dtype, copy=False)
+    return _forward(input, PSRoITaps.align(rois, output_size, scale, sampling_ratio, *input.shape[2:]))
 
 
 def ps_roi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0):

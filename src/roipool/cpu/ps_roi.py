@@ -223,8 +223,9 @@ class PSRoITaps:
         return cls(rois, output_size, taps, mean=False)
 
 
-def launch_forward(input, taps: PSRoITaps) -> np.ndarray:
-    """``(K, C_out, PH, PW)`` in the taps' dtype (the compute dtype) from a checked ``input (N, C, H, W)``."""
+def launch_forward(input, taps: PSRoITaps, result=None) -> np.ndarray:
+    """``(K, C_out, PH, PW)`` in the taps' dtype (the compute dtype) from a checked ``input (N, C, H, W)``;
+    written into ``result`` when given (C-contiguous, of that shape and dtype: a caller's buffer)."""
     dtype = taps.dtype
     n, channels, height, width = input.shape
     output_size = (taps.pooled_h, taps.pooled_w)
@@ -249,12 +250,17 @@ def launch_forward(input, taps: PSRoITaps) -> np.ndarray:
                 out,
                 values=x.size + out.size,
             )
+    rows = None if result is None else result.reshape(taps.num_rois, channels_out, nbins)  # a view
     if out.size < _SMALL_LAYOUT:
-        result = np.ascontiguousarray(out.transpose(1, 2, 0))
+        if rows is None:
+            rows = np.ascontiguousarray(out.transpose(1, 2, 0))
+        else:
+            rows[...] = out.transpose(1, 2, 0)
     else:
-        result = empty_lines((taps.num_rois, channels_out, nbins), dtype)
-        launch(rois_last, out, result, values=out.size)
-    return result.reshape(taps.num_rois, channels_out, *output_size)
+        if rows is None:
+            rows = empty_lines((taps.num_rois, channels_out, nbins), dtype)
+        launch(rois_last, out, rows, values=out.size)
+    return rows.reshape(taps.num_rois, channels_out, *output_size)
 
 
 def launch_backward(grad_output, taps: PSRoITaps, input_shape) -> np.ndarray:
