@@ -282,7 +282,7 @@ def test_the_first_call_of_a_process_may_be_under_torch_compile_fullgraph():
 
 
 # ops with a gradient with respect to the boxes
-BOX_GRADIENTS = ["roi_align", "prroi_pool", "roi_align_rotated"]
+BOX_GRADIENTS = ["roi_align", "ps_roi_align", "prroi_pool", "roi_align_rotated"]
 
 
 @pytest.mark.parametrize("op", BOX_GRADIENTS)
