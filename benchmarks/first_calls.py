@@ -58,6 +58,7 @@ STEPS = [
             roipool.ps_roi_align_backward(grad_ps, boxes, x.shape, 3, 1.0, 2),
         ),
     ),
+    ("ps_roi_align_boxes_backward", lambda: roipool.ps_roi_align_boxes_backward(grad_ps, x, boxes, 3, 1.0, 2)),
     (
         "roi_pool + roi_align, layout='nhwc'",
         lambda: (
