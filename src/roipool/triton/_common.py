@@ -151,6 +151,86 @@ def sample_at(start, size, p, i, grid):
 
 
 @triton.jit
+def moving_sample(start, size, p, i, grid, limit, POOLED: tl.constexpr):
+    """One axis of sample ``i`` of bins ``p`` for a box gradient: ``bilinear_axis``'s
+    ``(valid, low, high, w_low, w_high)``, then ``moves`` (false where the coordinate is clamped,
+    at or below 0 or at the last cell, so the sample does not move along this axis) and
+    ``a = (p + (i + 0.5) / grid) / POOLED``: the sample sits at ``start' + a * extent``, so it
+    moves by ``1 - a`` with the box's first corner and by ``a`` with its second."""
+    y = sample_at(start, size, p, i, grid)
+    valid, low, high, w_low, w_high = bilinear_axis(y, limit)
+    moves = (y > 0.0) & (low != high)
+    a = tl.cast(p, size.dtype) + div_exact(tl.cast(i, size.dtype) + 0.5, tl.cast(grid, size.dtype))
+    a = div_exact(a, tl.full((), POOLED, size.dtype))
+    return valid, low, high, w_low, w_high, moves, a
+
+
+@triton.jit
+def bilinear_slopes(input_ptr, plane, width, mask, y_low, y_high, x_low, x_high, wy_low, wy_high, wx_low, wx_high, g):
+    """``(g * d value / dy, g * d value / dx)`` of the bilinear samples at the given corners
+    (``(BLOCK_C, BLOCK_P)``: ``plane`` the lanes' plane offsets, ``g`` their gradients), in ``g``'s
+    dtype; 0 where ``mask`` is false."""
+    v1 = tl.load(input_ptr + plane + (y_low * width + x_low)[None, :], mask=mask, other=0.0).to(g.dtype)
+    v2 = tl.load(input_ptr + plane + (y_low * width + x_high)[None, :], mask=mask, other=0.0).to(g.dtype)
+    v3 = tl.load(input_ptr + plane + (y_high * width + x_low)[None, :], mask=mask, other=0.0).to(g.dtype)
+    v4 = tl.load(input_ptr + plane + (y_high * width + x_high)[None, :], mask=mask, other=0.0).to(g.dtype)
+    d_y = g * (wx_low[None, :] * (v3 - v1) + wx_high[None, :] * (v4 - v2))
+    d_x = g * (wy_low[None, :] * (v2 - v1) + wy_high[None, :] * (v4 - v3))
+    return d_y, d_x
+
+
+@triton.jit
+def add_box_slopes(
+    acc_x1, acc_y1, acc_x2, acc_y2, input_ptr, plane, g, c_ok, p_ok, ph, pw,
+    start_h, size_h, grid_h, start_w, size_w, grid_w, height, width, scale,
+    free_h, free_w, moves_x1, moves_y1, moves_x2, moves_y2,
+    POOLED_H: tl.constexpr, POOLED_W: tl.constexpr,
+):  # fmt: skip
+    """The sums of a box gradient over one channel block, ``(BLOCK_C, BLOCK_P)`` each, plus every
+    sample of bins ``(ph, pw)``: its slopes (:func:`bilinear_slopes`, weighed by ``g``) times how
+    it moves with each corner. A sample moves by ``scale * (1 - a)`` with the first corner and
+    ``scale * a`` with the second (:func:`moving_sample`); where the extent does not follow the
+    box (``free_*`` false: RoIAlign's legacy one-cell extent) by ``scale`` with the first and not
+    with the second; not at all with a corner whose ``moves_*`` is false (held at a limit).
+    """
+    for iy in range(grid_h):
+        y_ok, y_low, y_high, wy_low, wy_high, y_moves, a_y = moving_sample(
+            start_h, size_h, ph, iy, grid_h, height, POOLED_H
+        )
+        m1_y = tl.where(moves_y1, scale * tl.where(free_h, 1.0 - a_y, 1.0), 0.0)
+        m2_y = tl.where(moves_y2 & free_h, scale * a_y, 0.0)
+        for ix in range(grid_w):
+            x_ok, x_low, x_high, wx_low, wx_high, x_moves, a_x = moving_sample(
+                start_w, size_w, pw, ix, grid_w, width, POOLED_W
+            )
+            m1_x = tl.where(moves_x1, scale * tl.where(free_w, 1.0 - a_x, 1.0), 0.0)
+            m2_x = tl.where(moves_x2 & free_w, scale * a_x, 0.0)
+            ok = p_ok & y_ok & x_ok
+            d_y, d_x = bilinear_slopes(
+                input_ptr, plane, width, c_ok[:, None] & ok[None, :],
+                y_low, y_high, x_low, x_high, wy_low, wy_high, wx_low, wx_high, g,
+            )  # fmt: skip
+            d_y = tl.where((ok & y_moves)[None, :], d_y, 0.0)
+            d_x = tl.where((ok & x_moves)[None, :], d_x, 0.0)
+            acc_y1 += d_y * m1_y[None, :]
+            acc_y2 += d_y * m2_y[None, :]
+            acc_x1 += d_x * m1_x[None, :]
+            acc_x2 += d_x * m2_x[None, :]
+    return acc_x1, acc_y1, acc_x2, acc_y2
+
+
+@triton.jit
+def store_box_gradient(grad_rois_ptr, k, acc_x1, acc_y1, acc_x2, acc_y2, count):
+    """Row ``k`` of ``grad_rois (K, 5)``, columns 1 to 4: each ``(BLOCK_C, BLOCK_P)`` sum over
+    its lanes, divided by the sample ``count`` (column 0, the batch index, stays 0)."""
+    out = grad_rois_ptr + k * 5
+    tl.store(out + 1, div_exact(tl.sum(tl.sum(acc_x1, axis=1), axis=0), count))
+    tl.store(out + 2, div_exact(tl.sum(tl.sum(acc_y1, axis=1), axis=0), count))
+    tl.store(out + 3, div_exact(tl.sum(tl.sum(acc_x2, axis=1), axis=0), count))
+    tl.store(out + 4, div_exact(tl.sum(tl.sum(acc_y2, axis=1), axis=0), count))
+
+
+@triton.jit
 def sample_spans(start, size, grid, p, limit):
     """Inclusive ``(first, last)`` cells that the samples of bins ``p`` (a lane vector) touch.
 

@@ -103,6 +103,42 @@ def triton_next_pow2(n: int) -> int:
     return 1 << (max(int(n), 1) - 1).bit_length()
 
 
+def box_gradient(kernel, grad, input, rois, spatial_scale, pooled, sampling_ratio, lanes, **constants):
+    """``(K, 5)`` of ``rois``' dtype (column 0 zero) from a box-gradient ``kernel``: one program per
+    RoI, lanes ``BLOCK_C`` of the ``lanes`` channels it sums over by ``BLOCK_P`` bins; computed in
+    the input's compute dtype. ``constants`` are the kernel's own compile-time arguments."""
+    device = check_device(grad=grad, input=input, rois=rois)
+    dtype = compute_dtype(input.dtype)
+    check_rois(rois, input.shape[0], dtype)
+    prepared = prepare_rois(rois, dtype)
+    k_total = prepared.shape[0]
+    _, _, height, width = input.shape
+    out = torch.zeros((k_total, 5), dtype=dtype, device=device)
+    if k_total == 0 or lanes == 0 or height == 0 or width == 0:
+        return out.to(rois.dtype)
+    ph, pw = int(pooled[0]), int(pooled[1])
+    block_p = triton_next_pow2(ph * pw)
+    kernel[(k_total,)](
+        grad.contiguous(),
+        input.contiguous(),
+        prepared,
+        scale_tensor(spatial_scale, dtype, device),
+        out,
+        int(sampling_ratio),
+        input.shape[0],
+        lanes,
+        height,
+        width,
+        POOLED_H=ph,
+        POOLED_W=pw,
+        BLOCK_C=channel_block(lanes, block_p),
+        BLOCK_P=block_p,
+        enable_fp_fusion=False,
+        **constants,
+    )
+    return out.to(rois.dtype)
+
+
 def check_rois(rois: torch.Tensor, num_images: int, dtype: torch.dtype) -> None:
     """Raise the CPU path's error if a batch index or a coordinate is invalid.
 

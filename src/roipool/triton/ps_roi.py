@@ -40,6 +40,7 @@ from . import _launch
 from ._common import (
     NONE_LEFT,
     SCAN,
+    add_box_slopes,
     axis_weights,
     bilinear_axis,
     cast_rne,
@@ -52,6 +53,7 @@ from ._common import (
     sample_at,
     sample_spans,
     span_meets,
+    store_box_gradient,
     store_spans,
 )
 
@@ -441,42 +443,13 @@ def _ps_align_boxes_kernel(
         plane = _input_planes(n, c, p, channels_out, height, width, bins)
         g_at = (k.to(tl.int64) * channels_out + c.to(tl.int64))[:, None] * bins + p[None, :]
         g = tl.load(grad_ptr + g_at, mask=c_ok[:, None] & p_ok[None, :], other=0.0).to(scale.dtype)
-        for iy in range(grid_h):
-            y = sample_at(start_h, size_h, ph, iy, grid_h)
-            y_ok, y_low, y_high, wy_low, wy_high = bilinear_axis(y, height)
-            # clamped at or below 0, or at the last row: the sample does not move along y
-            y_moves = (y > 0.0) & (y_low != y_high)
-            a_y = tl.cast(ph, scale.dtype) + div_exact(tl.cast(iy, scale.dtype) + 0.5, tl.cast(grid_h, scale.dtype))
-            a_y = div_exact(a_y, tl.full((), POOLED_H, scale.dtype))
-            m1_y = tl.where(moves_y1, scale * (1.0 - a_y), 0.0)
-            m2_y = tl.where(moves_y2, scale * a_y, 0.0)
-            for ix in range(grid_w):
-                x = sample_at(start_w, size_w, pw, ix, grid_w)
-                x_ok, x_low, x_high, wx_low, wx_high = bilinear_axis(x, width)
-                x_moves = (x > 0.0) & (x_low != x_high)
-                a_x = tl.cast(pw, scale.dtype) + div_exact(tl.cast(ix, scale.dtype) + 0.5, tl.cast(grid_w, scale.dtype))
-                a_x = div_exact(a_x, tl.full((), POOLED_W, scale.dtype))
-                m1_x = tl.where(moves_x1, scale * (1.0 - a_x), 0.0)
-                m2_x = tl.where(moves_x2, scale * a_x, 0.0)
-                ok = p_ok & y_ok & x_ok
-                m = c_ok[:, None] & ok[None, :]
-                v1 = tl.load(input_ptr + plane + (y_low * width + x_low)[None, :], mask=m, other=0.0).to(scale.dtype)
-                v2 = tl.load(input_ptr + plane + (y_low * width + x_high)[None, :], mask=m, other=0.0).to(scale.dtype)
-                v3 = tl.load(input_ptr + plane + (y_high * width + x_low)[None, :], mask=m, other=0.0).to(scale.dtype)
-                v4 = tl.load(input_ptr + plane + (y_high * width + x_high)[None, :], mask=m, other=0.0).to(scale.dtype)
-                d_y = g * (wx_low[None, :] * (v3 - v1) + wx_high[None, :] * (v4 - v2))
-                d_x = g * (wy_low[None, :] * (v2 - v1) + wy_high[None, :] * (v4 - v3))
-                d_y = tl.where((ok & y_moves)[None, :], d_y, 0.0)
-                d_x = tl.where((ok & x_moves)[None, :], d_x, 0.0)
-                acc_y1 += d_y * m1_y[None, :]
-                acc_y2 += d_y * m2_y[None, :]
-                acc_x1 += d_x * m1_x[None, :]
-                acc_x2 += d_x * m2_x[None, :]
-    out = grad_rois_ptr + k * 5
-    tl.store(out + 1, div_exact(tl.sum(tl.sum(acc_x1, axis=1), axis=0), count))
-    tl.store(out + 2, div_exact(tl.sum(tl.sum(acc_y1, axis=1), axis=0), count))
-    tl.store(out + 3, div_exact(tl.sum(tl.sum(acc_x2, axis=1), axis=0), count))
-    tl.store(out + 4, div_exact(tl.sum(tl.sum(acc_y2, axis=1), axis=0), count))
+        acc_x1, acc_y1, acc_x2, acc_y2 = add_box_slopes(
+            acc_x1, acc_y1, acc_x2, acc_y2, input_ptr, plane, g, c_ok, p_ok, ph, pw,
+            start_h, size_h, grid_h, start_w, size_w, grid_w, height, width, scale,
+            True, True, moves_x1, moves_y1, moves_x2, moves_y2,
+            POOLED_H, POOLED_W,
+        )  # fmt: skip
+    store_box_gradient(grad_rois_ptr, k, acc_x1, acc_y1, acc_x2, acc_y2, count)
 
 
 def ps_roi_pool_forward(input, rois, spatial_scale, pooled_height, pooled_width):
@@ -521,34 +494,14 @@ def ps_roi_align_boxes_backward(grad, input, rois, spatial_scale, pooled_height,
     Computed in the input's compute dtype, the adaptive grid held fixed;
     deterministic (one program per RoI, a fixed reduction order).
     """
-    device = _launch.check_device(grad=grad, input=input, rois=rois)
-    dtype = _launch.compute_dtype(input.dtype)
-    _launch.check_rois(rois, input.shape[0], dtype)
-    prepared = _launch.prepare_rois(rois, dtype)
-    k_total = prepared.shape[0]
-    _, channels, height, width = input.shape
-    ph, pw = int(pooled_height), int(pooled_width)
-    channels_out = _out_channels(channels, ph, pw)
-    out = torch.zeros((k_total, 5), dtype=dtype, device=device)
-    if k_total == 0 or channels_out == 0 or height == 0 or width == 0:
-        return out.to(rois.dtype)
-    block_p = _launch.triton_next_pow2(ph * pw)
-    block_c = _launch.channel_block(channels_out, block_p)
-    _ps_align_boxes_kernel[(k_total,)](
-        grad.contiguous(),
-        input.contiguous(),
-        prepared,
-        _launch.scale_tensor(spatial_scale, dtype, device),
-        out,
-        int(sampling_ratio),
-        input.shape[0],
+    channels_out = _out_channels(input.shape[1], int(pooled_height), int(pooled_width))
+    return _launch.box_gradient(
+        _ps_align_boxes_kernel,
+        grad,
+        input,
+        rois,
+        spatial_scale,
+        (pooled_height, pooled_width),
+        sampling_ratio,
         channels_out,
-        height,
-        width,
-        POOLED_H=ph,
-        POOLED_W=pw,
-        BLOCK_C=block_c,
-        BLOCK_P=block_p,
-        enable_fp_fusion=False,
     )
-    return out.to(rois.dtype)
