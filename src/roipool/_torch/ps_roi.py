@@ -1,12 +1,13 @@
 """Position-sensitive RoI pooling on torch tensors (ps_roi_pool, ps_roi_align): custom ops, autograd, public functions.
 
-Both ops are linear in the input, so the input's gradient needs only the boxes: one
-forward op per family (no training variant) whose autograd calls the
-backward op, and a backward op whose own gradient is the forward again
+Both ops are linear in the input, so the input's gradient needs only the
+boxes: one forward op per family (no training variant) whose autograd calls
+the backward op, and a backward op whose own gradient is the forward again
 (double backward). ``ps_roi_align`` is also differentiable in the box
 coordinates (``roipool::ps_roi_align_boxes_backward``, run only when the
-boxes require a gradient; the map is then kept for it). The CPU kernels are ``cpu/ps_roi.py``'s; CUDA kernels come
-from ``roipool.triton``. ONNX has no such op: nothing is exported.
+boxes require a gradient; the map is then kept for it). The CPU kernels are
+``cpu/ps_roi.py``'s; CUDA kernels come from ``roipool.triton``. ONNX has no
+such op: nothing is exported.
 """
 
 from __future__ import annotations

@@ -223,6 +223,15 @@ class PSRoITaps:
         return cls(rois, output_size, taps, mean=False)
 
 
+def bin_major(x, nbins: int, dtype) -> np.ndarray:
+    """``x (N, C_out * B, H, W)`` copied bin-major and channels-last, ``(B, N, H, W, C_out)`` of
+    ``dtype``: the ``C_out`` channels a bin reads are contiguous."""
+    n, channels, height, width = x.shape
+    xb = empty_lines((nbins, n, height, width, channels // nbins), dtype)
+    xb[...] = x.reshape(n, channels // nbins, nbins, height, width).transpose(2, 0, 3, 4, 1)
+    return xb
+
+
 def launch_forward(input, taps: PSRoITaps, result=None) -> np.ndarray:
     """``(K, C_out, PH, PW)`` in the taps' dtype (the compute dtype) from a checked ``input (N, C, H, W)``;
     written into ``result`` when given (C-contiguous, of that shape and dtype: a caller's buffer)."""
@@ -234,9 +243,7 @@ def launch_forward(input, taps: PSRoITaps, result=None) -> np.ndarray:
     # a map without cells pools to zeros; otherwise the kernel writes every (bin, RoI)
     out = empty_lines((nbins, taps.num_rois, channels_out), dtype, zeros=not (height and width))
     if out.size and height and width:
-        # bin-major channels-last: (N, C_out * B, H, W) -> (B, N, H, W, C_out)
-        x = empty_lines((nbins, n, height, width, channels_out), dtype)
-        x[...] = input.reshape(n, channels_out, nbins, height, width).transpose(2, 0, 3, 4, 1)
+        x = bin_major(input, nbins, dtype)
         if _small(taps, channels_out):  # on this thread, as the one part there is
             forward(x, taps.batch, *taps.axes, taps.mean, _forward_tasks(nbins, taps.cost, 1), out, 0, 1)
         else:
@@ -424,8 +431,7 @@ def launch_align_boxes_backward(x, grad_output, rois, output_size, spatial_scale
     nbins = output_size[0] * output_size[1]
     channels_out = channels // nbins
     if k and channels_out and height and width:
-        xb = empty_lines((nbins, n, height, width, channels_out), dtype)
-        xb[...] = x.reshape(n, channels_out, nbins, height, width).transpose(2, 0, 3, 4, 1)
+        xb = bin_major(x, nbins, dtype)
         coord_limit, eps = align_coord_limit(dtype), float(np.finfo(dtype).eps)
         args = (xb, grad_output, rois, scale, sampling_ratio, coord_limit, eps, grad_rois)
         launch(align_boxes_backward, *args, values=4 * grad_output.size, tasks=k)
