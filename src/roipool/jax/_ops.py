@@ -248,7 +248,8 @@ prroi_pool_callback = _callback_op(
 def box_levels(rois, level_range, canonical_scale, canonical_level):
     """Pyramid level index (0 = the finest level given) of every row of ``rois (K, 5)``, in the
     boxes' dtype: ``floor(canonical_level + log2(sqrt(w * h) / canonical_scale) + 1e-6)`` clamped
-    to ``level_range``, torchvision's rule, each step correctly rounded (:func:`_log2`); a box
+    to ``level_range``, torchvision's rule, every step correctly rounded where the level changes
+    (:func:`_log2`); a box
     whose side is NaN (a box inverted in one axis) goes to the finest level, as in
     ``roipool.nn.MultiScaleRoIAlign``."""
     k_min, k_max = level_range
