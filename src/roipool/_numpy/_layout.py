@@ -124,3 +124,10 @@ def map_out(result: np.ndarray, nhwc: bool) -> np.ndarray:
         return result
     moved = result.transpose(0, 2, 3, 1)
     return moved if moved.flags.c_contiguous else np.ascontiguousarray(moved)
+
+
+def per_image(boxes, rows: np.ndarray) -> list:
+    """``rows (K, ...)``, one per box of ``boxes`` given as a list of per-image arrays, split back
+    into that list's parts (views): a box gradient in the format of the boxes it was asked for."""
+    ends = np.cumsum([len(b) for b in boxes])
+    return np.split(rows, ends[:-1]) if len(boxes) else []

@@ -58,6 +58,5 @@ def prroi_pool_boxes_backward(grad_output, input, boxes, output_size, spatial_sc
     cpu.launch_boxes_backward(grad_output.astype(dtype, copy=False), input.astype(dtype, copy=False), taps, grad)
     grad = grad.astype(input.dtype, copy=False)
     if isinstance(boxes, (list, tuple)):
-        ends = np.cumsum([len(b) for b in boxes])
-        return [part.copy() for part in np.split(grad, ends[:-1])] if len(boxes) else []
+        return [part.copy() for part in _layout.per_image(boxes, grad)]
     return np.concatenate([np.zeros((k, 1), grad.dtype), grad], axis=1)

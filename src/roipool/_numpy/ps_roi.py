@@ -7,8 +7,6 @@ map. float16 is computed in float32 and rounded once at the end.
 
 from __future__ import annotations
 
-import numpy as np
-
 from .. import _checks
 from ..cpu import ps_roi as cpu
 from ..cpu.ps_roi import PSRoITaps
@@ -97,6 +95,5 @@ def ps_roi_align_boxes_backward(grad_output, input, boxes, output_size, spatial_
     ).astype(input.dtype)
     if isinstance(boxes, (list, tuple)):
         # the format of ``boxes``: per image, the (L_i, 4) coordinates' gradient
-        ends = np.cumsum([len(b) for b in boxes])
-        return [part[:, 1:] for part in np.split(grad, ends[:-1])] if len(boxes) else []
+        return _layout.per_image(boxes, grad[:, 1:])
     return grad

@@ -7,8 +7,6 @@ channel.
 
 from __future__ import annotations
 
-import numpy as np
-
 from .. import _checks
 from ..cpu import roi_align as cpu
 from . import _layout
@@ -83,6 +81,5 @@ def roi_align_boxes_backward(
     ).astype(input.dtype)
     if isinstance(boxes, (list, tuple)):
         # the same format as ``boxes``: per image, the (L_i, 4) coordinates' gradient
-        ends = np.cumsum([len(b) for b in boxes])
-        return [part[:, 1:] for part in np.split(grad, ends[:-1])] if len(boxes) else []
+        return _layout.per_image(boxes, grad[:, 1:])
     return grad
