@@ -188,6 +188,63 @@ def test_multiscale_with_a_level_missing_leaves_its_boxes_zero_as_torchvision():
         assert (got[3:] == 0).all()
 
 
+@pytest.mark.parametrize("names", [["p2", "p3", "p4", "p5"], ["p2", "p4"]], ids=["every-level", "a-level-missing"])
+def test_multiscale_training_step_equals_level_by_level_writes_and_copies_no_gradient_of_the_results_size(names):
+    # eager training calls put the levels' rows in place in one autograd step (nn._LevelRows);
+    # the scripted layer writes level by level as torchvision does: the same values and gradients,
+    # without the copy of the whole gradient that each write after the first costs in the backward
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Sizes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    self.largest = max(self.largest, t.numel())
+            return out
+
+    x = pyramid(channels=4, seed=2)
+    gen = torch.Generator().manual_seed(3)
+    corners = torch.rand((2, 80, 2), generator=gen, dtype=torch.float64) * torch.tensor([90.0, 60.0])
+    sides = torch.exp(torch.rand((2, 80, 2), generator=gen, dtype=torch.float64) * math.log(16)) * 5
+    boxes = [torch.cat([c, c + s], 1) for c, s in zip(corners, sides)]  # sides 5 to 80 px: every level
+    layer = roipool.nn.MultiScaleRoIAlign(names, 3, 2, canonical_scale=56)
+    scripted = torch.jit.script(roipool.nn.MultiScaleRoIAlign(names, 3, 2, canonical_scale=56))
+    results = []
+    for pool in (layer, scripted):
+        levels = {name: x[name].clone().requires_grad_() for name in names}
+        leaf_boxes = [b.clone().requires_grad_() for b in boxes]
+        out = pool(levels, leaf_boxes, [(64, 96), (64, 96)])
+        upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(4), dtype=out.dtype)
+        sizes = Sizes()
+        with sizes:
+            out.backward(upstream)
+        results.append((out, [levels[n].grad for n in names], [b.grad for b in leaf_boxes], sizes.largest))
+    (out, level_grads, box_grads, largest), (want, want_level_grads, want_box_grads, want_largest) = results
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    for got_grad, want_grad in zip(level_grads + box_grads, want_level_grads + want_box_grads):
+        torch.testing.assert_close(got_grad, want_grad, rtol=0, atol=0)
+    assert max(x[n].numel() for n in names) < out.numel() <= want_largest  # the scripted layer copies the gradient
+    assert largest < out.numel()
+
+
+def test_multiscale_training_step_has_a_second_derivative():
+    x = pyramid(seed=5)
+    levels = [x["p2"][:1, :2].clone().requires_grad_(), x["p3"][:1, :2].clone().requires_grad_()]
+    boxes = [torch.tensor([[2.0, 3.0, 12.0, 11.0], [1.0, 0.0, 40.0, 30.0], [5.0, 4.0, 9.0, 20.0]], dtype=torch.float64)]
+    layer = roipool.nn.MultiScaleRoIAlign(["p2", "p3"], 2, 2, canonical_scale=56)
+
+    def pooled(p2, p3):
+        return layer({"p2": p2, "p3": p3}, boxes, [(64, 96)])
+
+    assert torch.autograd.gradcheck(pooled, levels)
+    assert torch.autograd.gradgradcheck(pooled, levels)
+
+
 def test_multiscale_with_one_level_is_roi_align_and_is_differentiable():
     x = pyramid(seed=1)
     x["p3"].requires_grad_()

@@ -258,13 +258,20 @@ class MultiScaleRoIAlign(nn.Module):
             _check_box_values(rois)
         levels = box_levels(boxes, level_range, self.canonical_scale, self.canonical_level)
         shape = (rois.shape[0], first.shape[1], self.output_size[0], self.output_size[1])
-        if level_range[1] - level_range[0] + 1 == len(features):
-            # every box has a map to be pooled from, so every row is written: no zero fill, whose
-            # parallel pass left torch's OpenMP threads spinning beside roipool's kernels (a
-            # maskrcnn-sized P2 to P5 forward 50 -> 41 ms; docs/pytorch.md)
-            result = first.new_empty(shape)
-        else:  # levels missing between the finest and the coarsest: their boxes stay zero, as in torchvision
-            result = first.new_zeros(shape)
+        # every box has a map to be pooled from, so every row is written: no zero fill, whose
+        # parallel pass left torch's OpenMP threads spinning beside roipool's kernels (a
+        # maskrcnn-sized P2 to P5 forward 50 -> 41 ms; docs/pytorch.md); with levels missing
+        # between the finest and the coarsest, their boxes stay zero, as in torchvision
+        every_row = level_range[1] - level_range[0] + 1 == len(features)
+        if not torch.jit.is_scripting():  # a plain condition: TorchScript then skips the block
+            if _rows_in_one_step(features, rois):
+                indices = [torch.where(levels == level)[0] for level in range(len(features))]
+                pooled = [
+                    _ops.roi_align(feature, rois[index], self.output_size, scale, self.sampling_ratio).to(first.dtype)
+                    for feature, index, scale in zip(features, indices, scales)
+                ]
+                return _LevelRows.apply(shape, every_row, indices, *pooled)
+        result = first.new_empty(shape) if every_row else first.new_zeros(shape)
         for level in range(len(features)):
             # the one data-dependent step (under torch.compile: captured with fullgraph=True, else a graph break)
             index = torch.where(levels == level)[0]
@@ -277,6 +284,40 @@ class MultiScaleRoIAlign(nn.Module):
             f"{self.__class__.__name__}(featmap_names={self.featmap_names}, "
             f"output_size={self.output_size}, sampling_ratio={self.sampling_ratio})"
         )
+
+
+def _rows_in_one_step(features: List[Tensor], rois: Tensor) -> bool:
+    """Whether ``MultiScaleRoIAlign`` puts the levels' rows in place through :class:`_LevelRows`:
+    an eager call (not compiled, traced or under a ``torch.func`` transform) whose autograd wants
+    a gradient for a level or the boxes."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active():
+        return False
+    return torch.is_grad_enabled() and (rois.requires_grad or any(f.requires_grad for f in features))
+
+
+class _LevelRows(torch.autograd.Function):
+    """The levels' pooled rows, each level's at its boxes' ``index``, as one autograd step whose
+    backward hands each level its rows of the gradient (``grad[index]``).
+
+    Written as ``result[index] = pooled`` level by level, as torchvision does, every write after
+    the first makes autograd copy the whole gradient in the backward (``IndexPutBackward0``'s
+    gradient for the tensor written into): three copies of the result's size for P2 to P5, a
+    third of a training step on the CPU (docs/pytorch.md). The price is that every level's
+    output is held until all are put in place, twice the result's memory for that moment, so
+    calls that want no gradient keep the level-by-level writes.
+    """
+
+    @staticmethod
+    def forward(ctx, shape: List[int], every_row: bool, indices: List[Tensor], *pooled: Tensor) -> Tensor:
+        result = pooled[0].new_empty(shape) if every_row else pooled[0].new_zeros(shape)
+        for index, rows in zip(indices, pooled):
+            result[index] = rows
+        ctx.indices = indices
+        return result
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return (None, None, None, *(grad[index] for index in ctx.indices))
 
 
 def _check_pyramid_call(layer: MultiScaleRoIAlign, x, boxes, image_shapes) -> None:
