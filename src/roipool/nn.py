@@ -297,7 +297,7 @@ def _rows_in_one_step(features: List[Tensor], rois: Tensor) -> bool:
 
 class _LevelRows(torch.autograd.Function):
     """The levels' pooled rows, each level's at its boxes' ``index``, as one autograd step whose
-    backward hands each level its rows of the gradient (``grad[index]``).
+    backward hands each level its rows of the gradient (``grad.index_select(0, index)``).
 
     Written as ``result[index] = pooled`` level by level, as torchvision does, every write after
     the first makes autograd copy the whole gradient in the backward (``IndexPutBackward0``'s
@@ -317,7 +317,8 @@ class _LevelRows(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return (None, None, None, *(grad[index] for index in ctx.indices))
+        # index_select copies whole rows: 1.1 ms for 304 rows of 256 x 7 x 7 where grad[index] took 2.9 (one thread)
+        return (None, None, None, *(grad.index_select(0, index) for index in ctx.indices))
 
 
 def _check_pyramid_call(layer: MultiScaleRoIAlign, x, boxes, image_shapes) -> None:

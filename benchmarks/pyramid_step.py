@@ -1,0 +1,67 @@
+"""A training step of ``roipool.nn.MultiScaleRoIAlign``: the levels' rows put in place level by level
+or as one autograd step.
+
+Usage: ``PYTHONPATH=src python benchmarks/pyramid_step.py [rounds] [output_size]`` (defaults 11, 7).
+
+One 800 x 1088 image with an FPN's P2 to P5 (strides 4 to 32, 256 channels,
+float32) that require a gradient, 512 boxes with sides log-uniform from 16 to
+800 px, ``sampling_ratio=2``: forward and backward of a fixed upstream
+gradient, the levels' gradients cleared before each step as a training loop
+does. "level by level" is the route compiled, traced and scripted calls take
+(``result[index] = pooled`` per level, torchvision's way); "one step" is the
+eager route (``nn._LevelRows``). The levels' gradients are checked equal first,
+bit for bit. Medians (minima) of interleaved rounds after an idle wait
+(``bench.measure``), ms.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+
+import numpy as np
+import torch
+
+import roipool.nn as rnn
+from roipool import bench
+from roipool.bench.candidates import Candidate
+
+
+def main() -> None:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 11
+    size = int(sys.argv[2]) if len(sys.argv) > 2 else 7
+    print(f"# {bench.machine()['cpu']}, {os.cpu_count()} cores, load {os.getloadavg()}, torch {torch.__version__}")
+    rng = np.random.default_rng(0)
+    height, width, k = 800, 1088, 512
+    features = [rng.standard_normal((1, 256, height // s, width // s), np.float32) for s in (4, 8, 16, 32)]
+    corner = rng.uniform(0, [width, height], (k, 2))
+    sides = np.exp(rng.uniform(np.log(16), np.log(800), (k, 2)))
+    boxes = [
+        torch.from_numpy(np.concatenate([corner, np.minimum(corner + sides, [width, height])], 1).astype(np.float32))
+    ]
+    upstream = torch.from_numpy(rng.standard_normal((k, 256, size, size), np.float32))
+    layer = rnn.MultiScaleRoIAlign(["p2", "p3", "p4", "p5"], size, 2)
+    leaves = {name: torch.from_numpy(f).requires_grad_() for name, f in zip(layer.featmap_names, features)}
+    one_step = rnn._rows_in_one_step
+
+    def step(way):
+        def run():
+            rnn._rows_in_one_step = one_step if way == "one step" else (lambda *args: False)
+            for leaf in leaves.values():
+                leaf.grad = None
+            layer(leaves, boxes, [(height, width)]).backward(upstream)
+            return [leaf.grad for leaf in leaves.values()]
+
+        return run
+
+    ways = ("level by level", "one step")
+    first, second = (step(way)() for way in ways)
+    assert all(torch.equal(a, b) for a, b in zip(first, second)), "the two routes' gradients differ"
+    cands = [Candidate(f"{size}x{size} step, {way}", step(way)) for way in ways]
+    for name, ms in bench.measure(cands, rounds).items():
+        print(f"{name:30s} {statistics.median(ms):8.1f} ({min(ms):8.1f}) ms")
+
+
+if __name__ == "__main__":
+    main()
