@@ -7,9 +7,9 @@ One 800 x 1088 image with an FPN's P2 to P5 (strides 4 to 32, 256 channels,
 float32) that require a gradient, 512 boxes with sides log-uniform from 16 to
 800 px, ``sampling_ratio=2``: forward and backward of a fixed upstream
 gradient, the levels' gradients cleared before each step as a training loop
-does. "level by level" is the route compiled, traced and scripted calls take
+does. "level by level" is the route scripted and ``jit.trace``d calls take
 (``result[index] = pooled`` per level, torchvision's way); "one step" is the
-eager route (``nn._LevelRows``). The levels' gradients are checked equal first,
+route of eager and compiled calls (``nn._LevelRows``). The levels' gradients are checked equal first,
 bit for bit. Medians (minima) of interleaved rounds after an idle wait
 (``bench.measure``), ms.
 """

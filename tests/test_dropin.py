@@ -87,6 +87,30 @@ def test_compile_fullgraph_of_the_detector_is_one_graph_and_does_not_recompile_p
         assert counters["stats"]["unique_graphs"] <= 2
 
 
+def test_compile_fullgraph_of_a_training_step_equals_eager():
+    # boxes on both levels (test_boxes_fall_on_both_levels): the compiled graph puts the levels' rows
+    # in place in one autograd step, as the eager call does (nn._LevelRows)
+    from torch._dynamo.utils import counters
+
+    model = TinyDetector()
+    model(IMAGES, BOXES[0])  # the first call sets the scales
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    for boxes in BOXES:
+        outputs, grads = [], []
+        for call in (compiled, model):
+            model.zero_grad(set_to_none=True)
+            out = call(IMAGES, boxes)
+            out.square().sum().backward()
+            outputs.append(out)
+            grads.append([p.grad for p in model.parameters()])
+        torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+        for got, want in zip(*grads):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert counters["stats"]["unique_graphs"] <= 2
+
+
 def test_multiscale_scales_are_plain_python_numbers():
     layer = roipool.nn.MultiScaleRoIAlign(["a", "b", "c"], 2, 2)
     features = [torch.zeros(1, 1, 200, 304), torch.zeros(1, 1, 100, 152), torch.zeros(1, 1, 50, 76)]

@@ -288,9 +288,9 @@ class MultiScaleRoIAlign(nn.Module):
 
 def _rows_in_one_step(features: List[Tensor], rois: Tensor) -> bool:
     """Whether ``MultiScaleRoIAlign`` puts the levels' rows in place through :class:`_LevelRows`:
-    an eager call (not compiled, traced or under a ``torch.func`` transform) whose autograd wants
-    a gradient for a level or the boxes."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active():
+    a call whose autograd wants a gradient for a level or the boxes, eager or compiled (Dynamo
+    traces the function; not under ``torch.jit.trace`` or a ``torch.func`` transform)."""
+    if torch.jit.is_tracing() or torch._C._are_functorch_transforms_active():
         return False
     return torch.is_grad_enabled() and (rois.requires_grad or any(f.requires_grad for f in features))
 
