@@ -1,7 +1,8 @@
 """A training step of ``roipool.nn.MultiScaleRoIAlign``: the levels' rows put in place level by level
 or as one autograd step.
 
-Usage: ``PYTHONPATH=src python benchmarks/pyramid_step.py [rounds] [output_size]`` (defaults 11, 7).
+Usage: ``PYTHONPATH=src python benchmarks/pyramid_step.py [rounds] [output_size] [--compile]``
+(defaults 11, 7; ``--compile``: the layer under ``torch.compile(fullgraph=True)``, both routes).
 
 One 800 x 1088 image with an FPN's P2 to P5 (strides 4 to 32, 256 channels,
 float32) that require a gradient, 512 boxes with sides log-uniform from 16 to
@@ -29,8 +30,10 @@ from roipool.bench.candidates import Candidate
 
 
 def main() -> None:
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 11
-    size = int(sys.argv[2]) if len(sys.argv) > 2 else 7
+    args = [a for a in sys.argv[1:] if a != "--compile"]
+    rounds = int(args[0]) if args else 11
+    size = int(args[1]) if len(args) > 1 else 7
+    compiled = "--compile" in sys.argv
     print(f"# {bench.machine()['cpu']}, {os.cpu_count()} cores, load {os.getloadavg()}, torch {torch.__version__}")
     rng = np.random.default_rng(0)
     height, width, k = 800, 1088, 512
@@ -44,13 +47,16 @@ def main() -> None:
     layer = rnn.MultiScaleRoIAlign(["p2", "p3", "p4", "p5"], size, 2)
     leaves = {name: torch.from_numpy(f).requires_grad_() for name, f in zip(layer.featmap_names, features)}
     one_step = rnn._rows_in_one_step
+    layer(leaves, boxes, [(height, width)])  # sets the scales before any compiling
+    # the route is read from the module when traced: one graph for each (Dynamo guards on the function)
+    call = torch.compile(layer, fullgraph=True) if compiled else layer
 
     def step(way):
         def run():
             rnn._rows_in_one_step = one_step if way == "one step" else (lambda *args: False)
             for leaf in leaves.values():
                 leaf.grad = None
-            layer(leaves, boxes, [(height, width)]).backward(upstream)
+            call(leaves, boxes, [(height, width)]).backward(upstream)
             return [leaf.grad for leaf in leaves.values()]
 
         return run
@@ -58,9 +64,10 @@ def main() -> None:
     ways = ("level by level", "one step")
     first, second = (step(way)() for way in ways)
     assert all(torch.equal(a, b) for a, b in zip(first, second)), "the two routes' gradients differ"
-    cands = [Candidate(f"{size}x{size} step, {way}", step(way)) for way in ways]
+    label = f"{size}x{size} {'compiled ' if compiled else ''}step"
+    cands = [Candidate(f"{label}, {way}", step(way)) for way in ways]
     for name, ms in bench.measure(cands, rounds).items():
-        print(f"{name:30s} {statistics.median(ms):8.1f} ({min(ms):8.1f}) ms")
+        print(f"{name:40s} {statistics.median(ms):8.1f} ({min(ms):8.1f}) ms")
 
 
 if __name__ == "__main__":
