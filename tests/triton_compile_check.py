@@ -45,6 +45,7 @@ KERNELS = [
     (ps_roi._ps_spans_kernel, {"ALIGN": False, **POOL, "BLOCK_PH": 8, "BLOCK_PW": 8}),
     (ps_roi._ps_backward_kernel, {"ALIGN": True, **POOL, "BLOCK_C": 32, "TILE_H": 8, "TILE_W": 8}),
     (ps_roi._ps_backward_kernel, {"ALIGN": False, **POOL, "BLOCK_C": 32, "TILE_H": 8, "TILE_W": 8}),
+    (ps_roi._ps_align_boxes_kernel, {**POOL, "BLOCK_C": 32, "BLOCK_P": 64}),
     (prroi_pool._forward_kernel, {**POOL, "BLOCK_C": 32, "BLOCK_P": 64}),
     (prroi_pool._backward_kernel, {**POOL, "BLOCK_C": 32, "TILE_H": 8, "TILE_W": 8}),
     (prroi_pool._boxes_backward_kernel, {**POOL, "BLOCK_C": 32, "BLOCK_P": 64}),

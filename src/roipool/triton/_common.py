@@ -21,6 +21,15 @@ import triton.language as tl
 
 # Rounded box corners are clamped to +-2**30 cells, as roipool.cpu.geometry.COORD_LIMIT.
 COORD_LIMIT = tl.constexpr(1073741824.0)
+# roi_align's adaptive grid is capped at 2**31 - 1 samples per bin side, as roipool.cpu.geometry.GRID_LIMIT.
+GRID_LIMIT = tl.constexpr(2147483647)
+# ps_roi_align's adaptive grid has no cap (roipool.cpu.ps_geometry); its sample indices stop at 2**62.
+INDEX_LIMIT = tl.constexpr(4611686018427387904.0)
+# Up to this many samples per bin side every sample is visited, as roipool.cpu.geometry._WINDOW_MIN_GRID;
+# past it only those that can land on the map (sample_window), and past RUN_MIN_GRID a run of samples
+# at one position once.
+WINDOW_MIN_GRID = tl.constexpr(32)
+RUN_MIN_GRID = tl.constexpr(1024)
 
 
 @triton.jit
@@ -144,23 +153,125 @@ def sample_at(start, size, p, i, grid):
     """Sampling coordinate ``i`` of ``grid`` in bin ``p``: ``start + p*size + (i + 0.5)*size/grid``.
 
     The same association as torchvision's kernels: the bin's first edge, plus
-    the offset inside the bin. ``p`` may be a lane vector; the rest are scalars.
+    the offset inside the bin. ``p`` and ``i`` may be lane vectors; the rest are scalars.
+    ``i + 0.5`` is rounded to the compute type as the CPU path rounds it: an integer
+    ``grid`` (roi_align's) rounds ``i`` and then adds 0.5 (``cpu.geometry``), a float
+    ``grid`` (ps_roi_align's, see :func:`sample_window`) rounds ``i + 0.5`` once, from
+    float64 (``cpu.ps_geometry``); the two agree below ``2**24`` samples a side in float32
+    (``2**52`` in float64), so ordinary grids are placed as before.
     """
-    offset = div_exact((tl.cast(i, size.dtype) + 0.5) * size, tl.cast(grid, size.dtype))
+    if grid.dtype.is_floating():
+        half = (tl.cast(i, tl.float64) + 0.5).to(size.dtype)
+    else:
+        half = tl.cast(i, size.dtype) + 0.5
+    offset = div_exact(half * size, tl.cast(grid, size.dtype))
     return (start + tl.cast(p, size.dtype) * size) + offset
 
 
 @triton.jit
-def moving_sample(start, size, p, i, grid, limit, POOLED: tl.constexpr):
-    """One axis of sample ``i`` of bins ``p`` for a box gradient: ``bilinear_axis``'s
-    ``(valid, low, high, w_low, w_high)``, then ``moves`` (false where the coordinate is clamped,
-    at or below 0 or at the last cell, so the sample does not move along this axis) and
-    ``a = (p + (i + 0.5) / grid) / POOLED``: the sample sits at ``start' + a * extent``, so it
-    moves by ``1 - a`` with the box's first corner and by ``a`` with its second."""
+def _first_beyond(start, size, p, grid, lo, hi, bound, STRICT: tl.constexpr):
+    """The first index in ``[lo, hi)`` (per lane, int64) whose sample lies beyond ``bound``, else ``hi``.
+
+    Beyond means ``s * y > bound`` (``STRICT``) or ``s * y >= bound``, ``s`` the sign of ``size``:
+    positions rise with the index for a positive bin size and fall for a negative one (every
+    rounding step is monotone), so bisection finds it, in at most 63 halvings. A NaN position
+    is never beyond, as in ``roipool.cpu.geometry._window``.
+    """
+    s = tl.where(size > 0, 1.0, -1.0).to(size.dtype)
+    while tl.max((lo < hi).to(tl.int32), axis=0) > 0:
+        mid = lo + (hi - lo) // 2
+        y = s * sample_at(start, size, p, mid, grid)
+        if STRICT:
+            beyond = y > bound
+        else:
+            beyond = y >= bound
+        searching = lo < hi
+        hi = tl.where(searching & beyond, mid, hi)
+        lo = tl.where(searching & ~beyond, mid + 1, lo)
+    return lo
+
+
+@triton.jit
+def _run_end(start, size, p, grid, i, end):
+    """The first index after ``i`` in ``[i, end)`` (per lane) whose sample lies elsewhere than
+    sample ``i``'s, else ``end``; ``i`` itself on lanes where ``i >= end``."""
+    s = tl.where(size > 0, 1.0, -1.0).to(size.dtype)
+    here = s * sample_at(start, size, p, i, grid)
+    after = i + 1
+    # most samples lie apart from the next one: bisect only where one does not
+    same = (after < end) & (s * sample_at(start, size, p, after, grid) <= here)
+    if tl.max(same.to(tl.int32), axis=0) > 0:
+        after = _first_beyond(start, size, p, grid, after, tl.where(same, end, after), here, True)
+    return tl.where(i < end, after, i)
+
+
+@triton.jit
+def sample_window(start, size, p, grid, limit):
+    """The samples of bins ``p`` (a lane vector) to visit: ``(first, end, steps, runs)``.
+
+    ``[first, end)`` (int64, per lane) holds every sample of the bin that lies in
+    ``[-1, limit]``: up to ``WINDOW_MIN_GRID`` samples a side the whole grid; past that no
+    other sample (positions are monotone in the index, so bisection finds its ends, as
+    ``roipool.cpu.geometry._window``; the samples skipped added nothing). ``steps`` (int64,
+    per lane) is how many visits the loops make: ``end - first``, or with ``runs`` (a scalar,
+    true past ``RUN_MIN_GRID`` samples a side) the number of runs of samples at one position,
+    each visited once and weighed by its length (:func:`next_sample`). A run is longer than
+    one sample only where a huge box rounds its positions together (float32 past about 2**24
+    cells) or an empty one puts them all at one point.
+    ``grid`` is an int (roi_align's, at most ``GRID_LIMIT``) or a whole float (ps_roi_align's,
+    uncapped: only its first ``INDEX_LIMIT`` samples are indexed).
+    """
+    zero = p.to(tl.int64) * 0
+    if grid.dtype.is_floating():
+        total = tl.minimum(grid, INDEX_LIMIT).to(tl.int64)
+    else:
+        total = grid.to(tl.int64)
+    first = zero
+    end = zero + total
+    steps = end
+    runs = total > RUN_MIN_GRID
+    if total > WINDOW_MIN_GRID:
+        # falling positions (an inverted box): the window opens at limit and closes at -1
+        rising = size > 0
+        lower = tl.where(rising, -1.0, -(limit * 1.0)).to(size.dtype)
+        upper = tl.where(rising, limit * 1.0, 1.0).to(size.dtype)
+        first = _first_beyond(start, size, p, grid, zero, end, lower, False)
+        end = _first_beyond(start, size, p, grid, first, end, upper, True)
+        steps = end - first
+        if runs:
+            steps = zero
+            i = first
+            while tl.max((i < end).to(tl.int32), axis=0) > 0:
+                steps += (i < end).to(tl.int64)
+                i = _run_end(start, size, p, grid, i, end)
+    return first, end, steps, runs
+
+
+@triton.jit
+def next_sample(start, size, p, grid, i, end, runs):
+    """Where the lanes go after sample ``i`` of :func:`sample_window`'s ``[first, end)``: ``i + 1``,
+    or with ``runs`` the end of ``i``'s run of samples at the same position (``i`` once past
+    ``end``). ``next_sample(...) - i`` is how many samples the visit of ``i`` stands for."""
+    after = i + 1
+    if runs:
+        after = _run_end(start, size, p, grid, i, end)
+    return after
+
+
+@triton.jit
+def moving_sample(start, size, p, i, m, grid, limit, POOLED: tl.constexpr):
+    """One axis of the run of ``m`` samples from ``i`` (lane vectors; ``m`` in the compute type, 1 but
+    where :func:`next_sample` joins samples at one position) of bins ``p`` for a box gradient:
+    ``bilinear_axis``'s ``(valid, low, high, w_low, w_high)``, then ``moves`` (false where the
+    coordinate is clamped, at or below 0 or at the last cell, so the sample does not move along
+    this axis) and ``a = (p + (i + m / 2) / grid) / POOLED``, for ``m = 1`` the sample's
+    ``(p + (i + 0.5) / grid) / POOLED``: the sample sits at ``start' + a * extent``, so it
+    moves by ``1 - a`` with the box's first corner and by ``a`` with its second (for a run,
+    ``a`` is the mean over its samples)."""
     y = sample_at(start, size, p, i, grid)
     valid, low, high, w_low, w_high = bilinear_axis(y, limit)
     moves = (y > 0.0) & (low != high)
-    a = tl.cast(p, size.dtype) + div_exact(tl.cast(i, size.dtype) + 0.5, tl.cast(grid, size.dtype))
+    a = tl.cast(p, size.dtype) + div_exact(tl.cast(i, size.dtype) + 0.5 * m, tl.cast(grid, size.dtype))
     a = div_exact(a, tl.full((), POOLED, size.dtype))
     return valid, low, high, w_low, w_high, moves, a
 
@@ -192,30 +303,44 @@ def add_box_slopes(
     ``scale * a`` with the second (:func:`moving_sample`); where the extent does not follow the
     box (``free_*`` false: RoIAlign's legacy one-cell extent) by ``scale`` with the first and not
     with the second; not at all with a corner whose ``moves_*`` is false (held at a limit).
+    Only the samples of :func:`sample_window` are visited, a run of them at one position once.
     """
-    for iy in range(grid_h):
+    iy0, iy_end, y_steps, y_runs = sample_window(start_h, size_h, ph, grid_h, height)
+    ix0, ix_end, x_steps, x_runs = sample_window(start_w, size_w, pw, grid_w, width)
+    iy = iy0
+    for _ in range(tl.max(y_steps, axis=0)):
+        iy_next = next_sample(start_h, size_h, ph, grid_h, iy, iy_end, y_runs)
+        my = tl.cast(iy_next - iy, scale.dtype)
         y_ok, y_low, y_high, wy_low, wy_high, y_moves, a_y = moving_sample(
-            start_h, size_h, ph, iy, grid_h, height, POOLED_H
+            start_h, size_h, ph, iy, my, grid_h, height, POOLED_H
         )
-        m1_y = tl.where(moves_y1, scale * tl.where(free_h, 1.0 - a_y, 1.0), 0.0)
-        m2_y = tl.where(moves_y2 & free_h, scale * a_y, 0.0)
-        for ix in range(grid_w):
+        y_ok = y_ok & (iy < iy_end)
+        m1_y = tl.where(moves_y1, scale * tl.where(free_h, 1.0 - a_y, 1.0), 0.0) * my
+        m2_y = tl.where(moves_y2 & free_h, scale * a_y, 0.0) * my
+        ix = ix0
+        for _ in range(tl.max(x_steps, axis=0)):
+            ix_next = next_sample(start_w, size_w, pw, grid_w, ix, ix_end, x_runs)
+            mx = tl.cast(ix_next - ix, scale.dtype)
             x_ok, x_low, x_high, wx_low, wx_high, x_moves, a_x = moving_sample(
-                start_w, size_w, pw, ix, grid_w, width, POOLED_W
+                start_w, size_w, pw, ix, mx, grid_w, width, POOLED_W
             )
-            m1_x = tl.where(moves_x1, scale * tl.where(free_w, 1.0 - a_x, 1.0), 0.0)
-            m2_x = tl.where(moves_x2 & free_w, scale * a_x, 0.0)
+            x_ok = x_ok & (ix < ix_end)
+            m1_x = tl.where(moves_x1, scale * tl.where(free_w, 1.0 - a_x, 1.0), 0.0) * mx
+            m2_x = tl.where(moves_x2 & free_w, scale * a_x, 0.0) * mx
             ok = p_ok & y_ok & x_ok
             d_y, d_x = bilinear_slopes(
                 input_ptr, plane, width, c_ok[:, None] & ok[None, :],
                 y_low, y_high, x_low, x_high, wy_low, wy_high, wx_low, wx_high, g,
             )  # fmt: skip
-            d_y = tl.where((ok & y_moves)[None, :], d_y, 0.0)
-            d_x = tl.where((ok & x_moves)[None, :], d_x, 0.0)
+            # each of the run's mx columns (my rows) moves with the rows (columns) alike
+            d_y = tl.where((ok & y_moves)[None, :], d_y, 0.0) * mx[None, :]
+            d_x = tl.where((ok & x_moves)[None, :], d_x, 0.0) * my[None, :]
             acc_y1 += d_y * m1_y[None, :]
             acc_y2 += d_y * m2_y[None, :]
             acc_x1 += d_x * m1_x[None, :]
             acc_x2 += d_x * m2_x[None, :]
+            ix = ix_next
+        iy = iy_next
     return acc_x1, acc_y1, acc_x2, acc_y2
 
 
@@ -234,14 +359,20 @@ def store_box_gradient(grad_rois_ptr, k, acc_x1, acc_y1, acc_x2, acc_y2, count):
 def sample_spans(start, size, grid, p, limit):
     """Inclusive ``(first, last)`` cells that the samples of bins ``p`` (a lane vector) touch.
 
-    Samples outside ``[-1, limit]`` touch nothing; ``last < first`` means no cell.
+    Samples outside ``[-1, limit]`` touch nothing; ``last < first`` means no cell. Only the
+    samples of :func:`sample_window` are visited.
     """
     first = tl.full(p.shape, 2147483647, tl.int32)
     last = tl.full(p.shape, -1, tl.int32)
-    for i in range(grid):
+    i0, end, steps, runs = sample_window(start, size, p, grid, limit)
+    i = i0
+    for _ in range(tl.max(steps, axis=0)):
+        following = next_sample(start, size, p, grid, i, end, runs)
         valid, low, high, w_low, w_high = bilinear_axis(sample_at(start, size, p, i, grid), limit)
+        valid = valid & (i < end)
         first = tl.where(valid, tl.minimum(first, low), first)
         last = tl.where(valid, tl.maximum(last, high), last)
+        i = following
     return first, last
 
 
@@ -251,17 +382,25 @@ def axis_weights(start, size, grid, p, cells, limit, ACC_DTYPE: tl.constexpr):
 
     Returns ``(weight, touched)``: ``touched`` marks the cells some valid sample
     names as a corner (even with weight 0, so that a NaN or infinite gradient
-    spreads exactly where a per-sample scatter would put it).
+    spreads exactly where a per-sample scatter would put it). Only the samples of
+    :func:`sample_window` are visited, a run of them at one position once, weighed by its length.
     """
     weight = tl.zeros(cells.shape, ACC_DTYPE)
     touched = cells < 0
-    for i in range(grid):
-        valid, low, high, w_low, w_high = bilinear_axis(sample_at(start, size, p, i, grid), limit)
+    bins = p + tl.zeros((1,), p.dtype)  # the bin as a one-lane vector, for sample_window
+    i0, end, steps, runs = sample_window(start, size, bins, grid, limit)
+    i = i0
+    for _ in range(tl.max(steps, axis=0)):
+        following = next_sample(start, size, bins, grid, i, end, runs)
+        valid, low, high, w_low, w_high = bilinear_axis(sample_at(start, size, bins, i, grid), limit)
+        valid = valid & (i < end)
+        m = tl.cast(following - i, w_low.dtype)
         # an invalid sample names cell -1, which no lane holds
         at_low = cells == tl.where(valid, low, -1)
         at_high = cells == tl.where(valid, high, -1)
-        weight += tl.where(at_low, w_low, 0.0) + tl.where(at_high, w_high, 0.0)
+        weight += tl.where(at_low, w_low * m, 0.0) + tl.where(at_high, w_high * m, 0.0)
         touched = touched | at_low | at_high
+        i = following
     return weight, touched
 
 

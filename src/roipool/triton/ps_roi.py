@@ -47,11 +47,13 @@ from ._common import (
     clamp_image,
     div_exact,
     lane_value,
+    next_sample,
     next_set,
     pool_bin_edges,
     rounded_box,
     sample_at,
     sample_spans,
+    sample_window,
     span_meets,
     store_box_gradient,
     store_spans,
@@ -86,10 +88,12 @@ def _ps_align_box(rois_ptr, k, scale, sampling_ratio, POOLED_H: tl.constexpr, PO
     roi_h = (tl.minimum(tl.maximum(tl.load(row + 4) * scale, -limit), limit) - 0.5) - start_h
     size_h = div_exact(roi_h, tl.full((), POOLED_H, scale.dtype))
     size_w = div_exact(roi_w, tl.full((), POOLED_W, scale.dtype))
-    # adaptive grids take at least one sample per side, so no bin divides by zero
-    grid_h = tl.where(sampling_ratio > 0, sampling_ratio, tl.maximum(tl.ceil(size_h), 1.0).to(tl.int32))
-    grid_w = tl.where(sampling_ratio > 0, sampling_ratio, tl.maximum(tl.ceil(size_w), 1.0).to(tl.int32))
-    count = tl.cast(grid_h * grid_w, scale.dtype)
+    # adaptive grids take at least one sample per side, so no bin divides by zero; they are not
+    # capped (roipool.cpu.ps_geometry), so the grid is a whole number in the compute type
+    grid_h = tl.where(sampling_ratio > 0, tl.cast(sampling_ratio, scale.dtype), tl.maximum(tl.ceil(size_h), 1.0))
+    grid_w = tl.where(sampling_ratio > 0, tl.cast(sampling_ratio, scale.dtype), tl.maximum(tl.ceil(size_w), 1.0))
+    # the product in float64, as the CPU path (exact below 2**53), rounded to the compute type
+    count = (grid_h.to(tl.float64) * grid_w.to(tl.float64)).to(scale.dtype)
     return n, start_h, start_w, size_h, size_w, grid_h, grid_w, count
 
 
@@ -133,10 +137,25 @@ def _ps_forward_kernel(
         )
         n = clamp_image(n, num_images)
         plane = _input_planes(n, c, p, channels_out, height, width, bins)
-        for iy in range(grid_h):
+        # only the samples that can land on the map; a run of them at one position once, weighed by its length
+        iy0, iy_end, y_steps, y_runs = sample_window(start_h, size_h, ph, grid_h, height)
+        ix0, ix_end, x_steps, x_runs = sample_window(start_w, size_w, pw, grid_w, width)
+        iy = iy0
+        for _ in range(tl.max(y_steps, axis=0)):
+            iy_next = next_sample(start_h, size_h, ph, grid_h, iy, iy_end, y_runs)
             y_ok, y_low, y_high, wy_low, wy_high = bilinear_axis(sample_at(start_h, size_h, ph, iy, grid_h), height)
-            for ix in range(grid_w):
+            y_ok = y_ok & (iy < iy_end)
+            my = tl.cast(iy_next - iy, scale.dtype)
+            wy_low = wy_low * my
+            wy_high = wy_high * my
+            ix = ix0
+            for _ in range(tl.max(x_steps, axis=0)):
+                ix_next = next_sample(start_w, size_w, pw, grid_w, ix, ix_end, x_runs)
                 x_ok, x_low, x_high, wx_low, wx_high = bilinear_axis(sample_at(start_w, size_w, pw, ix, grid_w), width)
+                x_ok = x_ok & (ix < ix_end)
+                mx = tl.cast(ix_next - ix, scale.dtype)
+                wx_low = wx_low * mx
+                wx_high = wx_high * mx
                 ok = p_ok & y_ok & x_ok
                 m = c_ok[:, None] & ok[None, :]
                 v1 = tl.load(input_ptr + plane + (y_low * width + x_low)[None, :], mask=m, other=0.0)
@@ -150,6 +169,8 @@ def _ps_forward_kernel(
                     + (wy_high * wx_high)[None, :] * v4.to(scale.dtype)
                 )
                 acc = tl.where(ok[None, :], acc + val, acc)
+                ix = ix_next
+            iy = iy_next
         result = div_exact(acc, count)
     else:
         n, y1, x1, size_h, size_w = _ps_pool_box(rois_ptr, k, scale, POOLED_H, POOLED_W)

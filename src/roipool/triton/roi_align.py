@@ -34,6 +34,7 @@ import triton.language as tl
 
 from . import _launch
 from ._common import (
+    GRID_LIMIT,
     NONE_LEFT,
     SCAN,
     add_box_slopes,
@@ -43,10 +44,12 @@ from ._common import (
     clamp_image,
     div_exact,
     lane_value,
+    next_sample,
     next_set,
     rois_near_tile,
     sample_at,
     sample_spans,
+    sample_window,
     spans_hit,
     store_box_gradient,
     store_spans,
@@ -76,11 +79,22 @@ def _align_box(
         roi_h = tl.maximum(roi_h, 1.0)
     size_h = div_exact(roi_h, tl.full((), POOLED_H, scale.dtype))
     size_w = div_exact(roi_w, tl.full((), POOLED_W, scale.dtype))
-    # adaptive: about one sample per cell; a zero or negative extent gives none
-    grid_h = tl.where(sampling_ratio > 0, sampling_ratio, tl.maximum(tl.ceil(size_h), 0.0).to(tl.int32))
-    grid_w = tl.where(sampling_ratio > 0, sampling_ratio, tl.maximum(tl.ceil(size_w), 0.0).to(tl.int32))
-    count = tl.cast(tl.maximum(grid_h * grid_w, 1), scale.dtype)
+    grid_h = tl.where(sampling_ratio > 0, sampling_ratio, _adaptive_grid(size_h))
+    grid_w = tl.where(sampling_ratio > 0, sampling_ratio, _adaptive_grid(size_w))
+    # the exact product (below 2**62), rounded once, as the CPU path
+    count = tl.cast(tl.maximum(grid_h.to(tl.int64) * grid_w.to(tl.int64), 1), scale.dtype)
     return n, start_h, start_w, size_h, size_w, grid_h, grid_w, count
+
+
+@triton.jit
+def _adaptive_grid(size):
+    """Adaptive samples per bin side, int32: about one per cell, ``ceil(size)``, none for a zero or
+    negative extent, at most ``GRID_LIMIT`` (``roipool.cpu.geometry._grid``).
+
+    The float is capped before the cast, at ``2**31`` (float32 has no ``2**31 - 1``), then the int.
+    """
+    whole = tl.minimum(tl.maximum(tl.ceil(size), 0.0), 2147483648.0).to(tl.int64)
+    return tl.minimum(whole, GRID_LIMIT).to(tl.int32)
 
 
 @triton.jit
@@ -115,10 +129,25 @@ def _roi_align_forward_kernel(
     plane = ((n.to(tl.int64) * channels + c.to(tl.int64)) * height * width)[:, None]
 
     acc = tl.zeros((BLOCK_C, BLOCK_P), scale.dtype)
-    for iy in range(grid_h):
+    # only the samples that can land on the map; a run of them at one position once, weighed by its length
+    iy0, iy_end, y_steps, y_runs = sample_window(start_h, size_h, ph, grid_h, height)
+    ix0, ix_end, x_steps, x_runs = sample_window(start_w, size_w, pw, grid_w, width)
+    iy = iy0
+    for _ in range(tl.max(y_steps, axis=0)):
+        iy_next = next_sample(start_h, size_h, ph, grid_h, iy, iy_end, y_runs)
         y_ok, y_low, y_high, wy_low, wy_high = bilinear_axis(sample_at(start_h, size_h, ph, iy, grid_h), height)
-        for ix in range(grid_w):
+        y_ok = y_ok & (iy < iy_end)
+        my = tl.cast(iy_next - iy, scale.dtype)
+        wy_low = wy_low * my
+        wy_high = wy_high * my
+        ix = ix0
+        for _ in range(tl.max(x_steps, axis=0)):
+            ix_next = next_sample(start_w, size_w, pw, grid_w, ix, ix_end, x_runs)
             x_ok, x_low, x_high, wx_low, wx_high = bilinear_axis(sample_at(start_w, size_w, pw, ix, grid_w), width)
+            x_ok = x_ok & (ix < ix_end)
+            mx = tl.cast(ix_next - ix, scale.dtype)
+            wx_low = wx_low * mx
+            wx_high = wx_high * mx
             ok = p_ok & y_ok & x_ok
             m = c_ok[:, None] & ok[None, :]
             v1 = tl.load(input_ptr + plane + (y_low * width + x_low)[None, :], mask=m, other=0.0).to(scale.dtype)
@@ -130,6 +159,8 @@ def _roi_align_forward_kernel(
             w3 = (wy_high * wx_low)[None, :]
             w4 = (wy_high * wx_high)[None, :]
             acc = tl.where(ok[None, :], acc + (w1 * v1 + w2 * v2 + w3 * v3 + w4 * v4), acc)
+            ix = ix_next
+        iy = iy_next
 
     out = (k.to(tl.int64) * channels + c.to(tl.int64))[:, None] * (POOLED_H * POOLED_W) + p[None, :]
     tl.store(

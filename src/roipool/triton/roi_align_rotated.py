@@ -187,7 +187,8 @@ def _forward_kernel(
     gh = tl.load(grids_ptr + k * 2)
     gw = tl.load(grids_ptr + k * 2 + 1)
     dt = tl.load(f + 1).dtype
-    count = tl.cast(tl.maximum(gh * gw, 1), dt)
+    # the exact product, rounded once: grids of up to 2**20 a side overflow an int32 product
+    count = tl.cast(tl.maximum(gh.to(tl.int64) * gw.to(tl.int64), 1), dt)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     p = tl.arange(0, BLOCK_P)
     c_ok = c < channels
@@ -258,7 +259,7 @@ def _backward_kernel(
             f = frames_ptr + k * 11
             gh = tl.load(grids_ptr + k * 2)
             gw = tl.load(grids_ptr + k * 2 + 1)
-            count = tl.cast(tl.maximum(gh * gw, 1), dt)
+            count = tl.cast(tl.maximum(gh.to(tl.int64) * gw.to(tl.int64), 1), dt)
             bins = (k.to(tl.int64) * channels + c.to(tl.int64)) * (POOLED_H * POOLED_W)
             for b in range(POOLED_H * POOLED_W):
                 g = div_exact(tl.load(grad_ptr + bins + b, mask=c_ok, other=0.0).to(dt), count)
@@ -359,7 +360,7 @@ def _box_backward_kernel(
     roi_w = -2.0 * tl.load(f + 4).to(tl.float64)
     cos = tl.load(f + 7).to(tl.float64)
     sin = tl.load(f + 8).to(tl.float64)
-    count = tl.maximum(gh * gw, 1).to(tl.float64)
+    count = tl.maximum(gh.to(tl.int64) * gw.to(tl.int64), 1).to(tl.float64)
     s_cx = tl.zeros((), tl.float64)
     s_cy = tl.zeros((), tl.float64)
     s_w = tl.zeros((), tl.float64)
