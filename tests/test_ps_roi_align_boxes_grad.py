@@ -10,6 +10,7 @@ import pytest
 import roipool
 from roipool import reference
 
+from .test_ps_roi_numpy import FAR, far_boxes, ps_roi_align_by_runs, runs_on_the_map
 from .test_roi_align_boxes_grad_numpy import edge_rois, inner_rois
 
 SIZE = (3, 2)
@@ -81,6 +82,64 @@ def test_kernel_visits_only_the_samples_on_the_map_of_a_huge_adaptive_grid():
     want = reference.ps_roi_align_boxes_backward(x, g, rois, 1.0, -1)
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13)
     assert np.abs(got[:, 1:]).min() > 0
+
+
+def boxes_backward_by_runs(x, g, rois, pooled):
+    """``reference.ps_roi_align_boxes_backward`` (scale 1, adaptive grid), each run of samples at one
+    position taken once: its slopes times its length, and its samples' ``a`` summed in closed form."""
+    from roipool.reference.ps_roi import _ps_align_grid
+    from roipool.reference.roi_align import bilinear_position_grad
+
+    t = x.dtype.type
+    _, _, height, width = x.shape
+    limit = t(np.finfo(x.dtype).max / 8)
+    grad = np.zeros((len(rois), 5))
+    for k, roi in enumerate(rois):
+        moves = [1.0 if -limit < t(roi[j]) < limit else 0.0 for j in range(5)]
+        y1, x1, bin_h, bin_w, grid_h, grid_w = _ps_align_grid(t, roi, 1.0, pooled, pooled, -1)
+        for ph in range(pooled):
+            rows = runs_on_the_map(t(ph) * bin_h + y1, bin_h, grid_h, height, t)
+            for pw in range(pooled):
+                cols = runs_on_the_map(t(pw) * bin_w + x1, bin_w, grid_w, width, t)
+                for iy, ny, y in rows:
+                    # the sum over the run of a = (ph + (i + 0.5) / grid) / pooled, i from iy to iy + ny - 1
+                    sum_ay = (ny * ph + (ny * iy + ny * ny / 2) / grid_h) / pooled
+                    for ix, nx, xs in cols:
+                        sum_ax = (nx * pw + (nx * ix + nx * nx / 2) / grid_w) / pooled
+                        gy = gx = 0.0
+                        for c in range(g.shape[1]):
+                            plane = x[int(roi[0]), (c * pooled + ph) * pooled + pw]
+                            _, dy, dx = bilinear_position_grad(y, xs, height, width, plane)
+                            share = float(g[k, c, ph, pw]) / (float(grid_h) * float(grid_w))
+                            gy += share * dy
+                            gx += share * dx
+                        grad[k, 1] += gx * ny * (nx - sum_ax) * moves[1]
+                        grad[k, 3] += gx * ny * sum_ax * moves[3]
+                        grad[k, 2] += gy * nx * (ny - sum_ay) * moves[2]
+                        grad[k, 4] += gy * nx * sum_ay * moves[4]
+    return grad
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("extent", [1e12, *FAR])
+def test_boxes_far_past_the_map_on_both_axes_move_every_sample_on_it(extent, dtype):
+    # Float32 boxes this far out put thousands (at 1e12) to 1e23 (at 1e30) samples at each
+    # position on the map: the kernel visited them one by one (201 s for one box at 1e12), and
+    # past about 2e12 cells its window missed some. Now each run at one position is visited once.
+    rng = np.random.default_rng(19)
+    x = rng.standard_normal((1, CHANNELS_OUT * 4, 6, 7)).astype(dtype)
+    rois = far_boxes(extent).astype(dtype)
+    g = rng.standard_normal((len(rois), CHANNELS_OUT, 2, 2)).astype(dtype)
+    got = roipool.ps_roi_align_boxes_backward(g, x, rois, 2, 1.0, -1)
+    want = boxes_backward_by_runs(x, g, rois, 2)
+    assert np.abs(want).max() > 0 and not got[:, 0].any()
+    # to the magnitude of the terms: a sample moves by at most 1 along a slope of at most 2 max|x|,
+    # weighed by its bin's gradient over the bin's samples; the share of those on the map is the
+    # forward on a map of ones
+    on_map = ps_roi_align_by_runs(np.ones_like(x), rois, 2, -1)
+    terms = 2 * np.abs(x).max() * (np.abs(g) * on_map).sum((1, 2, 3))[:, None]
+    rtol = 1e-12 if dtype == np.float64 else 2e-6
+    assert (np.abs(got - want) <= rtol * (np.abs(want) + terms) + np.finfo(dtype).smallest_subnormal).all()
 
 
 def test_boxes_without_extent_move_their_coincident_samples_together():

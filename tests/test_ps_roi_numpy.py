@@ -249,6 +249,108 @@ def test_huge_sampling_ratio_on_a_zero_size_box_is_one_point():
     np.testing.assert_array_equal(out[0].reshape(4), x[0, :, 1, 2])
 
 
+# ---- boxes far past the map: only the samples on it, by runs ----
+
+
+def first_beyond(position, lo, hi, bound, strict):
+    """The first int in ``[lo, hi)`` with ``position(i) > bound`` (``strict``) or ``>= bound``, else ``hi``
+    (``position`` rising with ``i``)."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        y = position(mid)
+        if y > bound if strict else y >= bound:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def runs_on_the_map(start, size, grid, limit, t):
+    """``[(i, count, position)]``: one bin side's samples, placed as ``reference.ps_roi_align`` places
+    them (``start + t(i + 0.5) * size / t(grid)`` in ``t``, ``i`` a Python int), that lie in
+    ``[-1, limit]``, grouped into runs at one position. Found by bisection over Python ints (positions
+    move monotonically with ``i``), independently of the kernels' float64 indices: a bin side of
+    ``10**30`` samples costs a few hundred positions."""
+    sign = 1 if size >= 0 else -1
+
+    def position(i):
+        with np.errstate(over="ignore"):  # float32 products past 3.4e38 are inf, as in the kernels
+            return sign * (start + t(i + 0.5) * size / t(grid))
+
+    bounds = (-1.0, limit) if sign > 0 else (-limit, 1.0)
+    i = first_beyond(position, 0, grid, t(bounds[0]), False)
+    end = first_beyond(position, i, grid, t(bounds[1]), True)
+    runs = []
+    while i < end:
+        after = first_beyond(position, i + 1, end, position(i), True)
+        runs.append((i, after - i, sign * position(i)))
+        i = after
+    return runs
+
+
+def ps_roi_align_by_runs(x, rois, pooled, sampling_ratio):
+    """``reference.ps_roi_align`` (scale 1), each run of samples at one position taken once times its
+    length: the forward of boxes whose grids are far too large to visit sample by sample."""
+    from roipool.reference import _common
+    from roipool.reference.ps_roi import _ps_align_grid
+
+    t = x.dtype.type
+    _, channels, height, width = x.shape
+    out = np.zeros((len(rois), channels // pooled**2, pooled, pooled))
+    for k, roi in enumerate(rois):
+        y1, x1, bin_h, bin_w, grid_h, grid_w = _ps_align_grid(t, roi, 1.0, pooled, pooled, sampling_ratio)
+        for ph in range(pooled):
+            rows = runs_on_the_map(t(ph) * bin_h + y1, bin_h, grid_h, height, t)
+            for pw in range(pooled):
+                cols = runs_on_the_map(t(pw) * bin_w + x1, bin_w, grid_w, width, t)
+                for c in range(out.shape[1]):
+                    plane = x[int(roi[0]), (c * pooled + ph) * pooled + pw]
+                    total = 0.0
+                    for _, ny, y in rows:
+                        for _, nx, xs in cols:
+                            taps = _common.bilinear_taps(y, xs, height, width)
+                            total += ny * nx * sum(float(w) * float(plane[h, v]) for h, v, w in taps)
+                    out[k, c, ph, pw] = total / (float(grid_h) * float(grid_w))
+    return out
+
+
+FAR = [1e13, 1e15, 1e20, 1e30]
+
+
+def far_boxes(extent):
+    """Boxes reaching ``extent`` cells out on both axes, across the map, and inverted: float32
+    positions then round together in runs of up to ``extent * 2**-23`` samples on the map."""
+    e = extent
+    return np.array(
+        [
+            [0, -e, -e, e, 0.25 * e],
+            [0, -e, -0.5 * e, 3.0, 4.0],
+            [0, 2.5, 1.0, e, e],
+            [0, e, 5.0, -e, -e],
+            [0, -e, 1.5, e, 5.0],
+        ]
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("extent", FAR)
+def test_boxes_far_past_the_map_count_every_sample_that_lands_on_it(extent, dtype):
+    # The windows of samples that land on the map were estimated with a margin capped at a
+    # million samples: from about 2e12 cells out in float32 that missed samples on the map.
+    # Past 1024 samples a side the runs of samples at one position are visited once.
+    rng = np.random.default_rng(17)
+    x = ps_input(rng, 1, 2, (2, 2), 6, 7, dtype)
+    rois = far_boxes(extent).astype(dtype)
+    got = roipool.ps_roi_align(x, rois, 2, 1.0, -1)
+    want = ps_roi_align_by_runs(x, rois, 2, -1)
+    assert np.abs(want).max() > 0
+    # the sums run over up to 1e29 samples in another order: to the magnitude of their terms
+    # (float32 results below its smallest subnormal are 0)
+    terms = ps_roi_align_by_runs(np.abs(x), rois, 2, -1)
+    rtol = 1e-12 if dtype == np.float64 else 2e-6
+    assert (np.abs(got - want) <= rtol * (np.abs(want) + terms) + np.finfo(dtype).smallest_subnormal).all()
+
+
 def test_tiny_boxes_match_reference():
     rng = np.random.default_rng(5)
     x = ps_input(rng, 1, 2, (2, 2), 6, 6, np.float64)

@@ -87,11 +87,10 @@ def _pool_axis(start, end, pooled, limit, first, count, dtype):
 
 
 @numba.njit(cache=True, nogil=True)
-def ps_roi_align_taps(rois, spatial_scale, pooled_h, pooled_w, height, width, sampling_ratio, coord_limit, eps):
+def ps_roi_align_taps(rois, spatial_scale, pooled_h, pooled_w, height, width, sampling_ratio, coord_limit):
     """Taps of every RoI for ``ps_roi_align``; returns as :func:`ps_roi_pool_taps`.
 
-    ``coord_limit`` is :func:`align_coord_limit` and ``eps`` the machine
-    epsilon, both of the compute dtype.
+    ``coord_limit`` is :func:`align_coord_limit` of the compute dtype.
     Weights already include the ``1 / g`` of each axis, so a bin's value is
     the plain weighted sum (no further division).
     """
@@ -111,17 +110,17 @@ def ps_roi_align_taps(rois, spatial_scale, pooled_h, pooled_w, height, width, sa
         _align_axis(rois[k, 2], rois[k, 4], spatial_scale, pooled_h, sampling_ratio, coord_limit, dtype, geo[k, 0])
         _align_axis(rois[k, 1], rois[k, 3], spatial_scale, pooled_w, sampling_ratio, coord_limit, dtype, geo[k, 1])
         for p in range(pooled_h):
-            y_first[k, p], y_count[k, p] = _align_bin(geo[k, 0], p, height, dtype, eps, 0, no_weights)
+            y_first[k, p], y_count[k, p] = _align_bin(geo[k, 0], p, height, dtype, 0, no_weights)
         for p in range(pooled_w):
-            x_first[k, p], x_count[k, p] = _align_bin(geo[k, 1], p, width, dtype, eps, 0, no_weights)
+            x_first[k, p], x_count[k, p] = _align_bin(geo[k, 1], p, width, dtype, 0, no_weights)
     # weights are summed in float64, then rounded once to the compute dtype
     y_weight = np.zeros((k_total, pooled_h, max(1, _max_or_zero(y_count))), np.float64)
     x_weight = np.zeros((k_total, pooled_w, max(1, _max_or_zero(x_count))), np.float64)
     for k in range(k_total):
         for p in range(pooled_h):
-            _align_bin(geo[k, 0], p, height, dtype, eps, y_first[k, p], y_weight[k, p])
+            _align_bin(geo[k, 0], p, height, dtype, y_first[k, p], y_weight[k, p])
         for p in range(pooled_w):
-            _align_bin(geo[k, 1], p, width, dtype, eps, x_first[k, p], x_weight[k, p])
+            _align_bin(geo[k, 1], p, width, dtype, x_first[k, p], x_weight[k, p])
     cost = _cost(y_count, x_count)
     return (batch, y_first, y_count, y_weight.astype(dtype), x_first, x_count, x_weight.astype(dtype), cost)
 
@@ -147,65 +146,168 @@ def _align_axis(c1, c2, spatial_scale, pooled, sampling_ratio, coord_limit, dtyp
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _align_bin(geo, p, limit, dtype, eps, first, weight):
+def _align_bin(geo, p, limit, dtype, first, weight):
     """Cells ``(first, count)`` that the samples of bin ``p`` touch.
 
     With a non-empty ``weight`` (float64, indexed from ``first``) also add
     each sample's bilinear weights divided by ``g``. Samples are placed and
-    clamped in ``dtype`` exactly as the reference does; only samples that can
-    land in ``[-1, limit]`` are visited, so a huge box costs no more than the
-    map it covers.
+    clamped in ``dtype`` exactly as the reference does; only those that land
+    in ``[-1, limit]`` are visited (:func:`sample_window`), and past
+    ``RUN_MIN_GRID`` samples a side a run of them at one position once, so a
+    huge box costs no more than the map it covers.
     """
     T = dtype.type
     start = T(geo[0])
     bin_size = T(geo[1])
     g = geo[2]
-    g_t = T(g)
     bin_start = T(p) * bin_size + start
-    i0, n = _sample_range(float(bin_start), float(bin_size), g, limit, eps)
+    i, end, runs = sample_window(bin_start, bin_size, g, limit, dtype)
     fill = weight.shape[0] > 0
-    inv_g = 1.0 / g
-    if bin_size == 0:
-        # all g samples coincide: visit one, worth all of them
-        n = 1
-        inv_g = 1.0
-    lo = limit
-    hi = -1
-    for j in range(n):
-        y = bin_start + (T(i0 + j + 0.5) * bin_size) / g_t
-        if not (y >= -1 and y <= limit):
-            continue  # off the map: adds 0 but still counts in g
-        low, high, frac = bilinear_corners(y, limit, dtype)
-        lo = min(lo, low)
-        hi = max(hi, high)
-        if fill:
-            weight[low - first] += float(T(1) - frac) * inv_g
-            weight[high - first] += float(frac) * inv_g
+    # an empty bin's one sample is worth all g of them
+    inv_g = 1.0 if bin_size == 0 else 1.0 / g
+    lo, hi = limit, -1  # the lowest and highest cell touched
+    if not runs:
+        for j in range(int(end - i)):
+            y = sample_position(bin_start, bin_size, g, i + j, dtype)
+            lo, hi = _add_sample(y, limit, dtype, first, weight, fill, inv_g, lo, hi)
+    while runs and i < end:
+        after = next_sample(bin_start, bin_size, g, i, end, runs, dtype)
+        # a run of samples at one position counts for each of them
+        y = sample_position(bin_start, bin_size, g, i, dtype)
+        lo, hi = _add_sample(y, limit, dtype, first, weight, fill, inv_g * samples_between(i, after, g), lo, hi)
+        i = after
     if hi < lo:
         return 0, 0
     return lo, hi - lo + 1
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _sample_range(bin_start, bin_size, g, limit, eps):
-    """First sample index and how many to visit so as to cover every in-map sample."""
-    if g <= 64 + 4 * limit:
-        return 0.0, int(g)
-    step = bin_size / g
-    if step == 0.0:
-        return 0.0, 1  # every sample is at bin_start (see _align_bin)
-    # a margin for the rounding of positions computed in the compute dtype
-    margin = 2.0 + min(4.0 * eps * (abs(bin_start) + abs(bin_size) + limit + 1.0) / abs(step), 1e6)
-    t_lo = (-1.0 - bin_start) / step - 0.5
-    t_hi = (limit - bin_start) / step - 0.5
-    if step < 0:
-        t_lo, t_hi = t_hi, t_lo
-    i0 = max(0.0, np.floor(t_lo - margin))
-    i1 = min(g - 1.0, np.ceil(t_hi + margin))
-    if i1 < i0:
-        return 0.0, 0
-    n = min(i1 - i0 + 1.0, np.floor((limit + 1.0) / abs(step)) + 2.0 * margin + 4.0)
-    return i0, int(n)
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=False)
+def _add_sample(y, limit, dtype, first, weight, fill, share, lo, hi):
+    """One sample (or run) of :func:`_align_bin` at ``y``, worth ``share`` of the bin: the cells
+    ``(lo, hi)`` touched so far, widened to its own."""
+    if not (y >= -1 and y <= limit):
+        return lo, hi
+    low, high, frac = bilinear_corners(y, limit, dtype)
+    if fill:
+        weight[low - first] += float(dtype.type(1) - frac) * share
+        weight[high - first] += float(frac) * share
+    return min(lo, low), max(hi, high)
+
+
+# Up to this many samples per bin side every sample is visited; past it only those that land on
+# the map (sample_window), and past RUN_MIN_GRID a run of samples at one position once
+# (roipool.triton._common has the same two thresholds).
+WINDOW_MIN_GRID = 32
+RUN_MIN_GRID = 1024
+
+
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=False)
+def sample_position(bin_start, bin_size, g, i, dtype):
+    """Sample ``i`` (a whole float64) of a bin of ``g`` samples from ``bin_start`` (both in ``dtype``):
+    ``bin_start + (i + 0.5) * bin_size / g``, with ``i + 0.5`` rounded once, from float64."""
+    T = dtype.type
+    return bin_start + (T(i + 0.5) * bin_size) / T(g)
+
+
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=False)
+def _following(i):
+    """The next whole float64 after ``i``: ``i + 1``, or past ``2**53`` the next float64."""
+    after = i + 1.0
+    return after if after > i else np.nextafter(i, np.inf)
+
+
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=False)
+def _rounded_up(v):
+    """How far below the whole float64 ``v`` the first int it stands for lies: 0 below ``2**53``.
+    Past it each whole float64 stands for the ints that round to it, from half its spacing below
+    it (that tie only where it rounds to ``v``: ties go to the even one)."""
+    if v <= 2.0**53:
+        return 0.0
+    spacing = v - np.nextafter(v, -np.inf)
+    odd = (v / (np.nextafter(v, np.inf) - v)) % 2.0 == 1.0  # then the tie goes to the even one below
+    return spacing * 0.5 - (1.0 if odd else 0.0)
+
+
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=False)
+def first_sample(v, g):
+    """The first of the sample indices (the ints ``0 <= i < g``) that the whole float64 ``v`` stands
+    for. Sample ``i`` sits where ``float64(i)`` does (``i + 0.5`` is rounded from float64, as the
+    reference computes it from a Python int), so past ``2**53`` each whole float64 index stands for
+    the ints that round to it. ``v`` itself below ``2**53``; past it to float64 rounding."""
+    return min(v - _rounded_up(v), g)
+
+
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=False)
+def samples_between(i, after, g):
+    """How many sample indices (ints ``0 <= i < g``) the whole float64s in ``[i, after)`` stand for
+    (:func:`first_sample`): ``after - i`` below ``2**53``, past it exact but for the float64
+    rounding of the count (``after`` and ``i`` are close: their difference is exact)."""
+    if after <= 2.0**53:
+        return min(after, g) - min(i, g)
+    if after - _rounded_up(after) >= g:  # after stands for ints up to g or past it
+        return (g - i) + _rounded_up(i)
+    return (after - i) - (_rounded_up(after) - _rounded_up(i))
+
+
+@numba.njit(cache=True, nogil=True, fastmath=False)
+def _first_beyond(bin_start, bin_size, g, lo, hi, bound, strict, dtype):
+    """The first sample index in ``[lo, hi)`` (whole float64s) whose position lies beyond
+    ``bound``, else ``hi``: ``s * y > bound`` (``strict``) or ``s * y >= bound``, ``s`` the sign
+    of ``bin_size``. Every rounding step of :func:`sample_position` is monotone, so positions
+    rise with the index for a positive bin size and fall for a negative one: bisection finds
+    it, in one halving per bit of the range (64 for ``2**64`` samples, about a thousand for the
+    largest float64 grids)."""
+    s = 1.0 if bin_size > 0 else -1.0
+    while lo < hi:
+        mid = np.floor(lo + (hi - lo) * 0.5)
+        if mid >= hi:  # hi is lo's next float64
+            mid = lo
+        y = s * sample_position(bin_start, bin_size, g, mid, dtype)
+        if (y > bound) if strict else (y >= bound):
+            hi = mid
+        else:
+            lo = _following(mid)
+    return lo
+
+
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=False)
+def sample_window(bin_start, bin_size, g, limit, dtype):
+    """``(first, end, runs)``: the samples of a bin to visit, ``[first, end)`` (whole float64s,
+    each past ``2**53`` standing for the ints that round to it: :func:`first_sample`), and whether
+    to visit them by runs (:func:`next_sample`).
+
+    Up to ``WINDOW_MIN_GRID`` samples a side, the whole grid; past it exactly the samples that
+    lie in ``[-1, limit]`` (the others add nothing), found by bisection. For an empty bin
+    (``bin_size == 0``: every sample at ``bin_start``) the first sample only, which the
+    callers weigh as all ``g``. ``runs`` is true past ``RUN_MIN_GRID`` samples a side.
+    """
+    if bin_size == 0:
+        return 0.0, 1.0, False
+    if g <= WINDOW_MIN_GRID:
+        return 0.0, g, False
+    # the float64 indices of ints 0 to g - 1 (past 2**53 the last may round up to g or beyond)
+    last = g if g <= 2.0**53 else np.nextafter(g - 1.0, np.inf)
+    rising = bin_size > 0
+    first = _first_beyond(bin_start, bin_size, g, 0.0, last, -1.0 if rising else -float(limit), False, dtype)
+    end = _first_beyond(bin_start, bin_size, g, first, last, float(limit) if rising else 1.0, True, dtype)
+    return first, end, g > RUN_MIN_GRID
+
+
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=False)
+def next_sample(bin_start, bin_size, g, i, end, runs, dtype):
+    """The sample after ``i`` in ``[i, end)``: ``i + 1``, or with ``runs`` the first whose position
+    differs from sample ``i``'s (else ``end``). The ``samples_between(i, next_sample(...), g)``
+    samples from ``i`` lie at ``i``'s position: 1 but where a huge box rounds positions
+    together (float32 past about ``2**24`` cells)."""
+    after = _following(i)
+    if not runs or after >= end:
+        return min(after, end)
+    s = 1.0 if bin_size > 0 else -1.0
+    here = s * sample_position(bin_start, bin_size, g, i, dtype)
+    # most samples lie apart from the next one: bisect only where one does not
+    if s * sample_position(bin_start, bin_size, g, after, dtype) <= here:
+        return _first_beyond(bin_start, bin_size, g, after, end, here, True, dtype)
+    return after
 
 
 @numba.njit(cache=True, nogil=True)

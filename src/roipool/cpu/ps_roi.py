@@ -30,7 +30,17 @@ from .. import _checks
 from . import _parallel
 from ._parallel import balanced_chunks, launch, share
 from ._simd import borrowed, empty_lines
-from .ps_geometry import _align_axis, _sample_range, align_coord_limit, ps_roi_align_taps, ps_roi_pool_taps
+from .ps_geometry import (
+    _align_axis,
+    align_coord_limit,
+    first_sample,
+    next_sample,
+    ps_roi_align_taps,
+    ps_roi_pool_taps,
+    sample_position,
+    sample_window,
+    samples_between,
+)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -218,7 +228,6 @@ class PSRoITaps:
             width,
             sampling_ratio,
             align_coord_limit(dtype),
-            float(np.finfo(dtype).eps),
         )
         return cls(rois, output_size, taps, mean=False)
 
@@ -326,17 +335,17 @@ def _axis_slope(pos, size):
 
 
 @numba.njit(cache=True, nogil=True)
-def align_boxes_backward(xb, grad_out, rois, spatial_scale, sampling_ratio, coord_limit, eps, grad_rois, part, parts):
+def align_boxes_backward(xb, grad_out, rois, spatial_scale, sampling_ratio, coord_limit, grad_rois, part, parts):
     """``grad_rois[k, 1:]`` <- ps_roi_align's gradient with respect to the corners of each RoI ``k`` of ``part``.
 
     ``xb (B, N, H, W, C_out)``: the map bin-major and channels-last, as the
     forward copies it (the ``C_out`` channels a bin reads are contiguous);
     ``grad_out (K, C_out, PH, PW)``, both in the compute dtype of ``rois (K, 5)``
     (validated), any strides; ``spatial_scale`` in that dtype;
-    ``coord_limit`` and ``eps`` as for ``ps_roi_align_taps``. Samples are placed
-    exactly as the forward's taps place them (``ps_geometry._align_axis`` and
-    ``_align_bin``: in the compute dtype, only those that can land on the map
-    visited, coincident ones once); each moves along the slope of its bilinear
+    ``coord_limit`` as for ``ps_roi_align_taps``. Samples are placed exactly as
+    the forward's taps place them (``ps_geometry._align_axis`` and
+    ``sample_window``: in the compute dtype, only those that land on the map
+    visited, a run at one position once); each moves along the slope of its bilinear
     piece on the bin's own channel, summed in float64
     (``reference.ps_roi_align_boxes_backward``).
     """
@@ -360,46 +369,52 @@ def align_boxes_backward(xb, grad_out, rois, spatial_scale, sampling_ratio, coor
         d_x1 = d_y1 = d_x2 = d_y2 = 0.0
         for ph in range(pooled_h):
             row_start = T(ph) * bin_h + start_h
-            iy0, ny = _sample_range(float(row_start), float(bin_h), g_h, height, eps)
-            if bin_h == 0:
-                ny = 1
+            iy0, y_end, y_runs = sample_window(row_start, bin_h, g_h, height, dtype)
             for pw in range(pooled_w):
                 col_start = T(pw) * bin_w + start_w
-                ix0, nx = _sample_range(float(col_start), float(bin_w), g_w, width, eps)
-                if bin_w == 0:
-                    nx = 1
+                ix0, x_end, x_runs = sample_window(col_start, bin_w, g_w, width, dtype)
                 b = ph * pooled_w + pw
                 # per channel, each sample's slopes weighed by how it moves with each corner
                 # (channel by channel, so the loop over channels vectorises); then dotted with
-                # the bin's gradients
+                # the bin's gradients. A run of samples at one position (past RUN_MIN_GRID a
+                # side) is visited once, weighed by its length m and its samples' mean a.
                 acc[:] = 0.0
-                for jy in range(ny):
-                    iy = iy0 + jy
-                    y = row_start + (T(iy + 0.5) * bin_h) / T(g_h)
-                    if not (y >= -1 and y <= height):
-                        continue
-                    # d y / d start: 1 - a; d y / d end: a (coincident samples: their mean)
-                    a_y = (ph + (0.5 if bin_h == 0 else (iy + 0.5) / g_h)) / pooled_h
-                    y_low, y_high, ly, free_y = _axis_slope(y, height)
-                    m_y1, m_y2 = free_y * weight * (1.0 - a_y), free_y * weight * a_y
-                    for jx in range(nx):
-                        ix = ix0 + jx
-                        xs = col_start + (T(ix + 0.5) * bin_w) / T(g_w)
-                        if not (xs >= -1 and xs <= width):
-                            continue
-                        a_x = (pw + (0.5 if bin_w == 0 else (ix + 0.5) / g_w)) / pooled_w
-                        x_low, x_high, lx, free_x = _axis_slope(xs, width)
-                        m_x1, m_x2 = free_x * weight * (1.0 - a_x), free_x * weight * a_x
-                        hy, hx = 1.0 - ly, 1.0 - lx
-                        v00, v01 = xb[b, n, y_low, x_low], xb[b, n, y_low, x_high]
-                        v10, v11 = xb[b, n, y_high, x_low], xb[b, n, y_high, x_high]
-                        for c in range(channels_out):
-                            dy = hx * (float(v10[c]) - float(v00[c])) + lx * (float(v11[c]) - float(v01[c]))
-                            dx = hy * (float(v01[c]) - float(v00[c])) + ly * (float(v11[c]) - float(v10[c]))
-                            acc[0, c] += m_y1 * dy
-                            acc[1, c] += m_y2 * dy
-                            acc[2, c] += m_x1 * dx
-                            acc[3, c] += m_x2 * dx
+                iy = iy0
+                while iy < y_end:
+                    iy_next = next_sample(row_start, bin_h, g_h, iy, y_end, y_runs, dtype)
+                    y = sample_position(row_start, bin_h, g_h, iy, dtype)
+                    if y >= -1 and y <= height:
+                        first_y, m_y = (
+                            (first_sample(iy, g_h), samples_between(iy, iy_next, g_h)) if y_runs else (iy, 1.0)
+                        )
+                        # d y / d start: 1 - a; d y / d end: a (coincident samples: their mean)
+                        a_y = (ph + (0.5 if bin_h == 0 else (first_y + 0.5 * m_y) / g_h)) / pooled_h
+                        y_low, y_high, ly, free_y = _axis_slope(y, height)
+                        m_y1, m_y2 = free_y * weight * (1.0 - a_y) * m_y, free_y * weight * a_y * m_y
+                        ix = ix0
+                        while ix < x_end:
+                            ix_next = next_sample(col_start, bin_w, g_w, ix, x_end, x_runs, dtype)
+                            xs = sample_position(col_start, bin_w, g_w, ix, dtype)
+                            if xs >= -1 and xs <= width:
+                                first_x, m_x = (
+                                    (first_sample(ix, g_w), samples_between(ix, ix_next, g_w)) if x_runs else (ix, 1.0)
+                                )
+                                a_x = (pw + (0.5 if bin_w == 0 else (first_x + 0.5 * m_x) / g_w)) / pooled_w
+                                x_low, x_high, lx, free_x = _axis_slope(xs, width)
+                                m_x1, m_x2 = free_x * weight * (1.0 - a_x) * m_x, free_x * weight * a_x * m_x
+                                hy, hx = 1.0 - ly, 1.0 - lx
+                                w_y1, w_y2, w_x1, w_x2 = m_y1 * m_x, m_y2 * m_x, m_x1 * m_y, m_x2 * m_y
+                                v00, v01 = xb[b, n, y_low, x_low], xb[b, n, y_low, x_high]
+                                v10, v11 = xb[b, n, y_high, x_low], xb[b, n, y_high, x_high]
+                                for c in range(channels_out):
+                                    dy = hx * (float(v10[c]) - float(v00[c])) + lx * (float(v11[c]) - float(v01[c]))
+                                    dx = hy * (float(v01[c]) - float(v00[c])) + ly * (float(v11[c]) - float(v10[c]))
+                                    acc[0, c] += w_y1 * dy
+                                    acc[1, c] += w_y2 * dy
+                                    acc[2, c] += w_x1 * dx
+                                    acc[3, c] += w_x2 * dx
+                            ix = ix_next
+                    iy = iy_next
                 for c in range(channels_out):
                     g = float(grad_out[k, c, ph, pw])
                     d_y1 += g * acc[0, c]
@@ -432,8 +447,7 @@ def launch_align_boxes_backward(x, grad_output, rois, output_size, spatial_scale
     channels_out = channels // nbins
     if k and channels_out and height and width:
         xb = bin_major(x, nbins, dtype)
-        coord_limit, eps = align_coord_limit(dtype), float(np.finfo(dtype).eps)
-        args = (xb, grad_output, rois, scale, sampling_ratio, coord_limit, eps, grad_rois)
+        args = (xb, grad_output, rois, scale, sampling_ratio, align_coord_limit(dtype), grad_rois)
         launch(align_boxes_backward, *args, values=4 * grad_output.size, tasks=k)
     return grad_rois
 
