@@ -42,7 +42,9 @@ def roi_align_samples(roi, spatial_scale, pooled_h, pooled_w, sampling_ratio, al
     """For every bin ``(ph, pw)``: the list of its bilinear taps, and the sample count.
 
     Sample ``(iy, ix)`` of bin ``(ph, pw)`` sits at
-    ``y = y0 + ph * bin_h + (iy + 0.5) * bin_h / grid_h`` (and likewise ``x``).
+    ``y = y0 + ph * bin_h + (iy + 0.5) * bin_h / grid_h`` (and likewise ``x``), in ``dtype``,
+    ``iy`` rounded to it before 0.5 is added (torchvision's float32 rounding; past ``2**24``
+    samples a side in float32 it differs from rounding ``iy + 0.5`` once).
     """
     t = np.dtype(dtype).type
     y0, x0, bin_h, bin_w, grid_h, grid_w = roi_align_geometry(
@@ -54,9 +56,9 @@ def roi_align_samples(roi, spatial_scale, pooled_h, pooled_w, sampling_ratio, al
         for pw in range(pooled_w):
             taps = []
             for iy in range(grid_h):
-                y = t(t(y0 + t(ph) * bin_h) + t(t(iy + 0.5) * bin_h) / t(grid_h))
+                y = t(t(y0 + t(ph) * bin_h) + t(t(t(iy) + t(0.5)) * bin_h) / t(grid_h))
                 for ix in range(grid_w):
-                    x = t(t(x0 + t(pw) * bin_w) + t(t(ix + 0.5) * bin_w) / t(grid_w))
+                    x = t(t(x0 + t(pw) * bin_w) + t(t(t(ix) + t(0.5)) * bin_w) / t(grid_w))
                     taps.extend(bilinear_taps(y, x, height, width))
             bins[ph, pw] = taps
     return bins, count
@@ -175,10 +177,10 @@ def roi_align_boxes_backward(input, grad_output, rois, spatial_scale, sampling_r
         for ph in range(pooled_h):
             for pw in range(pooled_w):
                 for iy in range(grid_h):
-                    y = t(t(y0 + t(ph) * bin_h) + t(t(iy + 0.5) * bin_h) / t(grid_h))
+                    y = t(t(y0 + t(ph) * bin_h) + t(t(t(iy) + t(0.5)) * bin_h) / t(grid_h))
                     a_y = (ph + (iy + 0.5) / grid_h) / pooled_h
                     for ix in range(grid_w):
-                        x = t(t(x0 + t(pw) * bin_w) + t(t(ix + 0.5) * bin_w) / t(grid_w))
+                        x = t(t(x0 + t(pw) * bin_w) + t(t(t(ix) + t(0.5)) * bin_w) / t(grid_w))
                         a_x = (pw + (ix + 0.5) / grid_w) / pooled_w
                         gy = gx = 0.0
                         for c in range(channels):
