@@ -6,13 +6,17 @@ for NVIDIA sm_90 through PTX with ptxas (shipped with triton), for each data
 type, and checks the PTX for the exact-arithmetic promises: float32
 division is ``div.rn`` (never the approximate ``div.full``) and no fused
 multiply-add appears. It must run without ``TRITON_INTERPRET``.
-Usage: ``python tests/triton_compile_check.py`` (prints one line per kernel).
+Usage: ``python tests/triton_compile_check.py [--ptx-dir DIR]`` (prints one line per kernel;
+with ``--ptx-dir``, also writes each kernel's PTX there, a file per line printed, so that two
+trees' compiled code can be compared with ``diff -r``).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+from pathlib import Path
 
 assert os.environ.get("TRITON_INTERPRET", "0") in ("", "0"), "run without TRITON_INTERPRET"
 
@@ -79,7 +83,12 @@ def compile_kernel(kernel, constexprs, data, compute, ints_are_one=False):
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"enable_fp_fusion": False})
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ptx-dir", type=Path, help="also write each kernel's PTX to this folder")
+    ptx_dir = parser.parse_args(argv).ptx_dir
+    if ptx_dir is not None:
+        ptx_dir.mkdir(parents=True, exist_ok=True)
     failures = 0
     variants = [(data, compute, False) for data, compute in DTYPES.items()] + [("fp32", "fp32", True)]
     for kernel, constexprs in KERNELS:
@@ -87,10 +96,12 @@ def main() -> int:
             ptx = compile_kernel(kernel, constexprs, data, compute, ints_are_one).asm["ptx"]
             problems = [word for word in ("div.full", "div.approx", "fma.") if word in ptx]
             failures += bool(problems)
-            print(
-                f"{kernel.__name__} {constexprs.get('ALIGN', constexprs.get('ALIGNED', ''))} {data}"
-                f"{' ints=1' if ints_are_one else ''}: {'FAIL ' + ', '.join(problems) if problems else 'ok'}"
-            )
+            flag = constexprs.get("ALIGN", constexprs.get("ALIGNED", ""))
+            ints = " ints=1" if ints_are_one else ""
+            print(f"{kernel.__name__} {flag} {data}{ints}: {'FAIL ' + ', '.join(problems) if problems else 'ok'}")
+            if ptx_dir is not None:
+                name = f"{kernel.__name__}-{flag}-{data}{'-ints1' if ints_are_one else ''}.ptx"
+                (ptx_dir / name).write_text(ptx)
     return 1 if failures else 0
 
 

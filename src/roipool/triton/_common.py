@@ -277,6 +277,26 @@ def moving_sample(start, size, p, i, m, grid, limit, POOLED: tl.constexpr):
 
 
 @triton.jit
+def axis_step(start, size, p, grid, i, end, runs, limit, POOLED: tl.constexpr = 0):
+    """One axis of the visit to sample ``i`` of :func:`sample_window`'s ``[first, end)`` (``p`` and
+    ``i`` lane vectors): ``(after, ok, low, high, w_low, w_high)``. ``after`` is where the lanes go
+    next (:func:`next_sample`), ``ok`` is :func:`bilinear_axis`'s ``valid`` and ``i < end``, and the
+    weights are its weights times ``m = after - i`` (in the compute type), the samples the visit
+    stands for. Given ``POOLED`` (bins a side, for a box gradient) the weights stay one sample's
+    and ``(m, moves, a)`` follow, ``moves`` and ``a`` as :func:`moving_sample`'s."""
+    after = next_sample(start, size, p, grid, i, end, runs)
+    if POOLED:
+        m = tl.cast(after - i, size.dtype)
+        valid, low, high, w_low, w_high, moves, a = moving_sample(start, size, p, i, m, grid, limit, POOLED)
+        return after, valid & (i < end), low, high, w_low, w_high, m, moves, a
+    else:
+        valid, low, high, w_low, w_high = bilinear_axis(sample_at(start, size, p, i, grid), limit)
+        valid = valid & (i < end)
+        m = tl.cast(after - i, size.dtype)
+        return after, valid, low, high, w_low * m, w_high * m
+
+
+@triton.jit
 def bilinear_slopes(input_ptr, plane, width, mask, y_low, y_high, x_low, x_high, wy_low, wy_high, wx_low, wx_high, g):
     """``(g * d value / dy, g * d value / dx)`` of the bilinear samples at the given corners
     (``(BLOCK_C, BLOCK_P)``: ``plane`` the lanes' plane offsets, ``g`` their gradients), in ``g``'s
@@ -309,22 +329,16 @@ def add_box_slopes(
     ix0, ix_end, x_steps, x_runs = sample_window(start_w, size_w, pw, grid_w, width)
     iy = iy0
     for _ in range(tl.max(y_steps, axis=0)):
-        iy_next = next_sample(start_h, size_h, ph, grid_h, iy, iy_end, y_runs)
-        my = tl.cast(iy_next - iy, scale.dtype)
-        y_ok, y_low, y_high, wy_low, wy_high, y_moves, a_y = moving_sample(
-            start_h, size_h, ph, iy, my, grid_h, height, POOLED_H
+        iy_next, y_ok, y_low, y_high, wy_low, wy_high, my, y_moves, a_y = axis_step(
+            start_h, size_h, ph, grid_h, iy, iy_end, y_runs, height, POOLED_H
         )
-        y_ok = y_ok & (iy < iy_end)
         m1_y = tl.where(moves_y1, scale * tl.where(free_h, 1.0 - a_y, 1.0), 0.0) * my
         m2_y = tl.where(moves_y2 & free_h, scale * a_y, 0.0) * my
         ix = ix0
         for _ in range(tl.max(x_steps, axis=0)):
-            ix_next = next_sample(start_w, size_w, pw, grid_w, ix, ix_end, x_runs)
-            mx = tl.cast(ix_next - ix, scale.dtype)
-            x_ok, x_low, x_high, wx_low, wx_high, x_moves, a_x = moving_sample(
-                start_w, size_w, pw, ix, mx, grid_w, width, POOLED_W
+            ix_next, x_ok, x_low, x_high, wx_low, wx_high, mx, x_moves, a_x = axis_step(
+                start_w, size_w, pw, grid_w, ix, ix_end, x_runs, width, POOLED_W
             )
-            x_ok = x_ok & (ix < ix_end)
             m1_x = tl.where(moves_x1, scale * tl.where(free_w, 1.0 - a_x, 1.0), 0.0) * mx
             m2_x = tl.where(moves_x2 & free_w, scale * a_x, 0.0) * mx
             ok = p_ok & y_ok & x_ok

@@ -41,17 +41,15 @@ from ._common import (
     NONE_LEFT,
     SCAN,
     add_box_slopes,
+    axis_step,
     axis_weights,
-    bilinear_axis,
     cast_rne,
     clamp_image,
     div_exact,
     lane_value,
-    next_sample,
     next_set,
     pool_bin_edges,
     rounded_box,
-    sample_at,
     sample_spans,
     sample_window,
     span_meets,
@@ -142,20 +140,14 @@ def _ps_forward_kernel(
         ix0, ix_end, x_steps, x_runs = sample_window(start_w, size_w, pw, grid_w, width)
         iy = iy0
         for _ in range(tl.max(y_steps, axis=0)):
-            iy_next = next_sample(start_h, size_h, ph, grid_h, iy, iy_end, y_runs)
-            y_ok, y_low, y_high, wy_low, wy_high = bilinear_axis(sample_at(start_h, size_h, ph, iy, grid_h), height)
-            y_ok = y_ok & (iy < iy_end)
-            my = tl.cast(iy_next - iy, scale.dtype)
-            wy_low = wy_low * my
-            wy_high = wy_high * my
+            iy_next, y_ok, y_low, y_high, wy_low, wy_high = axis_step(
+                start_h, size_h, ph, grid_h, iy, iy_end, y_runs, height
+            )
             ix = ix0
             for _ in range(tl.max(x_steps, axis=0)):
-                ix_next = next_sample(start_w, size_w, pw, grid_w, ix, ix_end, x_runs)
-                x_ok, x_low, x_high, wx_low, wx_high = bilinear_axis(sample_at(start_w, size_w, pw, ix, grid_w), width)
-                x_ok = x_ok & (ix < ix_end)
-                mx = tl.cast(ix_next - ix, scale.dtype)
-                wx_low = wx_low * mx
-                wx_high = wx_high * mx
+                ix_next, x_ok, x_low, x_high, wx_low, wx_high = axis_step(
+                    start_w, size_w, pw, grid_w, ix, ix_end, x_runs, width
+                )
                 ok = p_ok & y_ok & x_ok
                 m = c_ok[:, None] & ok[None, :]
                 v1 = tl.load(input_ptr + plane + (y_low * width + x_low)[None, :], mask=m, other=0.0)
