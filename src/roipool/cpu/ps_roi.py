@@ -334,6 +334,24 @@ def _axis_slope(pos, size):
     return low, low + 1, frac, free
 
 
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=False)
+def _moving_run(start, size, g, i, end, runs, limit, p, pooled, dtype):
+    """Sample ``i`` of bin ``p``'s ``sample_window`` on one axis (with ``runs``, the run of samples
+    at its position) for the box gradient: ``(after, on_map, low, high, frac, free, m, a)``:
+    the next sample to visit, whether this one lies in ``[-1, limit]``, then
+    :func:`_axis_slope`'s corners, weight and freedom, the samples it stands for, and their
+    mean ``a = (p + (i + 0.5) / g) / pooled`` (0.5 for an empty bin, whose one sample stands
+    for all)."""
+    after = next_sample(start, size, g, i, end, runs, dtype)
+    pos = sample_position(start, size, g, i, dtype)
+    if not (pos >= -1 and pos <= limit):
+        return after, False, 0, 0, 0.0, 0.0, 0.0, 0.0
+    first, m = (first_sample(i, g), samples_between(i, after, g)) if runs else (i, 1.0)
+    a = (p + (0.5 if size == 0 else (first + 0.5 * m) / g)) / pooled
+    low, high, frac, free = _axis_slope(pos, limit)
+    return after, True, low, high, frac, free, m, a
+
+
 @numba.njit(cache=True, nogil=True)
 def align_boxes_backward(xb, grad_out, rois, spatial_scale, sampling_ratio, coord_limit, grad_rois, part, parts):
     """``grad_rois[k, 1:]`` <- ps_roi_align's gradient with respect to the corners of each RoI ``k`` of ``part``.
@@ -381,26 +399,18 @@ def align_boxes_backward(xb, grad_out, rois, spatial_scale, sampling_ratio, coor
                 acc[:] = 0.0
                 iy = iy0
                 while iy < y_end:
-                    iy_next = next_sample(row_start, bin_h, g_h, iy, y_end, y_runs, dtype)
-                    y = sample_position(row_start, bin_h, g_h, iy, dtype)
-                    if y >= -1 and y <= height:
-                        first_y, m_y = (
-                            (first_sample(iy, g_h), samples_between(iy, iy_next, g_h)) if y_runs else (iy, 1.0)
-                        )
-                        # d y / d start: 1 - a; d y / d end: a (coincident samples: their mean)
-                        a_y = (ph + (0.5 if bin_h == 0 else (first_y + 0.5 * m_y) / g_h)) / pooled_h
-                        y_low, y_high, ly, free_y = _axis_slope(y, height)
+                    iy_next, y_on, y_low, y_high, ly, free_y, m_y, a_y = _moving_run(
+                        row_start, bin_h, g_h, iy, y_end, y_runs, height, ph, pooled_h, dtype
+                    )
+                    if y_on:
+                        # d y / d start: 1 - a; d y / d end: a (a run of samples: their mean, times m)
                         m_y1, m_y2 = free_y * weight * (1.0 - a_y) * m_y, free_y * weight * a_y * m_y
                         ix = ix0
                         while ix < x_end:
-                            ix_next = next_sample(col_start, bin_w, g_w, ix, x_end, x_runs, dtype)
-                            xs = sample_position(col_start, bin_w, g_w, ix, dtype)
-                            if xs >= -1 and xs <= width:
-                                first_x, m_x = (
-                                    (first_sample(ix, g_w), samples_between(ix, ix_next, g_w)) if x_runs else (ix, 1.0)
-                                )
-                                a_x = (pw + (0.5 if bin_w == 0 else (first_x + 0.5 * m_x) / g_w)) / pooled_w
-                                x_low, x_high, lx, free_x = _axis_slope(xs, width)
+                            ix_next, x_on, x_low, x_high, lx, free_x, m_x, a_x = _moving_run(
+                                col_start, bin_w, g_w, ix, x_end, x_runs, width, pw, pooled_w, dtype
+                            )
+                            if x_on:
                                 m_x1, m_x2 = free_x * weight * (1.0 - a_x) * m_x, free_x * weight * a_x * m_x
                                 hy, hx = 1.0 - ly, 1.0 - lx
                                 w_y1, w_y2, w_x1, w_x2 = m_y1 * m_x, m_y2 * m_x, m_x1 * m_y, m_x2 * m_y
