@@ -116,6 +116,23 @@ def test_xla_path_matches_numpy_on_random_and_adversarial_boxes(case, dtype):
         np.testing.assert_allclose(grad, want_grad, rtol=0, atol=rtol * scale_grad)
 
 
+def test_xla_ps_roi_align_places_the_samples_of_huge_boxes_as_numpy(dtype):
+    # ps_roi_align rounds i + 0.5 once (roi_align rounds i, then adds 0.5): the two differ past
+    # 2**24 samples a side in float32, here about 1.4e8 (the XLA path took roi_align's rule and
+    # was off by 3% of the summed terms). Grids stay below 2**31, where the XLA path caps them.
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((1, 8, 6, 7)).astype(dtype)
+    e = 1e9
+    rois = np.array([[0, -e, -e, e, 0.25 * e], [0, -e, -0.5 * e, 3.0, 4.0], [0, 2.5, 1.0, e, e], [0, -e, 1.5, e, 5.0]])
+    rois = rois.astype(dtype)
+    want = roipool.ps_roi_align(x, rois, SIZE, 1.0, -1)
+    terms = roipool.ps_roi_align(np.abs(x), rois, SIZE, 1.0, -1)
+    got = np.asarray(rj.ps_roi_align(jnp.asarray(x), jnp.asarray(rois), SIZE, 1.0, -1, backend="xla"))
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    assert np.abs(want).max() > 0
+    assert (np.abs(got - want) <= rtol * terms).all()
+
+
 @pytest.mark.parametrize("case", list(OPS))
 def test_callback_path_is_the_numpy_path(case):
     x, rois = cases_map(np.float32), cases_rois(seed=1)

@@ -57,10 +57,18 @@ def chunk_size(sampling_ratio: int, size: int, pooled: int) -> int:
     return max(1, min(sampling_ratio, adaptive) if sampling_ratio > 0 else adaptive)
 
 
-def _position(base, bin_size, grid, i, dtype):
-    """``base + (i + 0.5) * bin_size / grid`` in ``dtype``: sample ``i`` of a bin starting at ``base``."""
+def _position(base, bin_size, grid, i, dtype, half_once=False):
+    """``base + (i + 0.5) * bin_size / grid`` in ``dtype``: sample ``i`` of a bin starting at ``base``.
+
+    ``i + 0.5`` is roi_align's: ``i`` rounded to ``dtype``, then 0.5 added; with ``half_once``
+    ps_roi_align's, rounded once (as ``2 i + 1``, exact in uint32 below ``2**31``, then
+    halved), as the NumPy path rounds it from float64 (``docs/semantics.md``)."""
     t = dtype.type
-    return base + exact_div((i.astype(dtype) + t(0.5)) * bin_size, grid.astype(dtype))
+    if half_once:
+        half = (i.astype(jnp.uint32) * 2 + 1).astype(dtype) * t(0.5)
+    else:
+        half = i.astype(dtype) + t(0.5)
+    return base + exact_div(half * bin_size, grid.astype(dtype))
 
 
 def _first(pred, grid):
@@ -78,13 +86,14 @@ def _first(pred, grid):
     return lo
 
 
-def axis_weights(start, bin_size, grid, pooled: int, size: int, chunk: int, dtype):
+def axis_weights(start, bin_size, grid, pooled: int, size: int, chunk: int, dtype, half_once=False):
     """Row (or column) weights of every bin of one RoI: ``(pooled, size)``, plus their derivatives.
 
     ``start``, ``bin_size`` are ``T`` scalars (no gradient flows through
     here), ``grid`` the int32 samples per side. Returns ``(w, d_start, d_bin)``,
     each ``(pooled, size)``: ``w[p, r]`` sums the bilinear weights of row ``r``
-    over the samples of bin ``p`` (not yet divided by ``grid``).
+    over the samples of bin ``p`` (not yet divided by ``grid``). ``half_once``: samples placed as
+    ps_roi_align places them (:func:`_position`).
     """
     t = dtype.type
     base = start + jnp.arange(pooled, dtype=dtype) * bin_size  # (P,)
@@ -92,7 +101,7 @@ def axis_weights(start, bin_size, grid, pooled: int, size: int, chunk: int, dtyp
     rising = bin_size >= 0
 
     def pos(i):
-        return _position(base, bin_size, grid_p, i, dtype)
+        return _position(base, bin_size, grid_p, i, dtype, half_once)
 
     # samples [i0, i1) are those within a cell of the map (the rest read 0)
     i0 = _first(lambda i: jnp.where(rising, pos(i) >= -1, pos(i) <= size), grid_p)
@@ -106,7 +115,7 @@ def axis_weights(start, bin_size, grid, pooled: int, size: int, chunk: int, dtyp
         w, d_start, d_bin = acc
         i = i0[:, None] + s * chunk + offsets  # (P, S)
         live = i < i1[:, None]
-        y = _position(base[:, None], bin_size, grid_p[:, None], i, dtype)
+        y = _position(base[:, None], bin_size, grid_p[:, None], i, dtype, half_once)
         live = live & (y >= -1) & (y <= size)
         y0 = jnp.where(y <= 0, t(0), y)
         low = jnp.floor(y0).astype(jnp.int32)
@@ -140,9 +149,11 @@ def _differentiable(weights, start, bin_size, grid, dtype):
     return exact_div(w, jnp.maximum(grid, 1).astype(dtype))
 
 
-def _one_roi_weights(start_y, start_x, bin_h, bin_w, grid_h, grid_w, pooled_h, pooled_w, height, width, chunks, dtype):
-    wy = axis_weights(sg(start_y), sg(bin_h), grid_h, pooled_h, height, chunks[0], dtype)
-    wx = axis_weights(sg(start_x), sg(bin_w), grid_w, pooled_w, width, chunks[1], dtype)
+def _one_roi_weights(
+    start_y, start_x, bin_h, bin_w, grid_h, grid_w, pooled_h, pooled_w, height, width, chunks, dtype, half_once=False
+):
+    wy = axis_weights(sg(start_y), sg(bin_h), grid_h, pooled_h, height, chunks[0], dtype, half_once)
+    wx = axis_weights(sg(start_x), sg(bin_w), grid_w, pooled_w, width, chunks[1], dtype, half_once)
     return (
         _differentiable(wy, start_y, bin_h, grid_h, dtype),
         _differentiable(wx, start_x, bin_w, grid_w, dtype),
@@ -214,7 +225,9 @@ def ps_roi_align(x, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio):
 
     def one(args):
         n, y_start, x_start, bh, bw, gh, gw = args
-        wy, wx = _one_roi_weights(y_start, x_start, bh, bw, gh, gw, pooled_h, pooled_w, height, width, chunks, dtype)
+        wy, wx = _one_roi_weights(
+            y_start, x_start, bh, bw, gh, gw, pooled_h, pooled_w, height, width, chunks, dtype, half_once=True
+        )
         image = x[n].reshape(channels_out, pooled_h, pooled_w, height, width)
         rows = jnp.einsum("pr,cpqrw->cpqw", wy, image, precision=_HIGHEST)
         return jnp.einsum("cpqw,qw->cpq", rows, wx, precision=_HIGHEST)
