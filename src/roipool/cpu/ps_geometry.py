@@ -295,14 +295,22 @@ def sample_window(bin_start, bin_size, g, limit, dtype):
     Up to ``WINDOW_MIN_GRID`` samples a side, the whole grid; past it exactly the samples that
     lie in ``[-1, limit]`` (the others add nothing), found by bisection. For an empty bin
     (``bin_size == 0``: every sample at ``bin_start``) the first sample only, which the
-    callers weigh as all ``g``. ``runs`` is true past ``RUN_MIN_GRID`` samples a side.
+    callers weigh as all ``g``. ``runs`` is true past ``RUN_MIN_GRID`` samples a side where
+    samples can round to one position.
     """
     if bin_size == 0:
         return 0.0, 1.0, False
     if g <= WINDOW_MIN_GRID:
         return 0.0, g, False
     first, end = _window(bin_start, bin_size, g, limit, dtype)
-    return first, end, g > RUN_MIN_GRID
+    # A computed position is within 4.1 eps (|bin_start| + |bin_size|) of the exact one, so two
+    # samples a step apart can round together only below twice that (float32 boxes of about
+    # 2**24 cells and more, float32 grids of about 2**20 a side). Elsewhere each sample is its
+    # own run, visited without looking for one.
+    T = dtype.type
+    eps = float(np.nextafter(T(1), T(2)) - T(1))
+    runs = g > RUN_MIN_GRID and abs(bin_size) <= g * 8.0 * eps * (abs(bin_start) + abs(bin_size))
+    return first, end, runs
 
 
 @numba.njit(cache=True, nogil=True, fastmath=False)
