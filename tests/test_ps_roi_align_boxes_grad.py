@@ -61,7 +61,7 @@ def test_reference_clamped_samples_do_not_move():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("sampling_ratio", [2, 1, -1, 0])
+@pytest.mark.parametrize("sampling_ratio", [2, 1, -1, 0, 16])
 def test_kernel_matches_reference(dtype, sampling_ratio):
     x, rois, g = case(dtype, seed=int(sampling_ratio) + 5)
     got = roipool.ps_roi_align_boxes_backward(g, x, rois, SIZE, 0.5, sampling_ratio)
@@ -140,6 +140,26 @@ def test_boxes_far_past_the_map_on_both_axes_move_every_sample_on_it(extent, dty
     terms = 2 * np.abs(x).max() * (np.abs(g) * on_map).sum((1, 2, 3))[:, None]
     rtol = 1e-12 if dtype == np.float64 else 2e-6
     assert (np.abs(got - want) <= rtol * (np.abs(want) + terms) + np.finfo(dtype).smallest_subnormal).all()
+
+
+def test_a_large_fixed_grid_costs_the_cells_of_its_bins_not_its_samples_squared():
+    # 128 x 128 samples a bin: the kernel sums each axis's samples per cell first (the reference
+    # visits all 16384); before, it visited them all too, so sampling_ratio=2**10 took seconds a
+    # box and 2**20 never ended
+    x, _, _ = case(np.float64, seed=12, height=6, width=7, scale=1.0)
+    x = x[:, :CHANNELS_OUT]
+    rois = np.array([[0, 0.7, 1.3, 5.2, 4.9], [1, -2.5, 3.1, 4.4, 8.0]])
+    g = np.random.default_rng(13).standard_normal((2, CHANNELS_OUT, 1, 1))
+    got = roipool.ps_roi_align_boxes_backward(g, x, rois, 1, 1.0, 128)
+    want = reference.ps_roi_align_boxes_backward(x, g, rois, 1.0, 128)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+    assert np.abs(got[:, 1:]).min() > 0
+    # 2**40 samples a bin (float32 positions there round together in runs) take milliseconds, and
+    # as the grid gets finer the gradient settles, as 1 / sampling_ratio, to that of the bin's mean
+    fine = roipool.ps_roi_align_boxes_backward(g, x, rois, 1, 1.0, 2**12)
+    finest = roipool.ps_roi_align_boxes_backward(g.astype(np.float32), x.astype(np.float32), rois, 1, 1.0, 2**20)
+    assert np.isfinite(finest).all()
+    assert np.abs(finest - fine).max() < np.abs(fine - got).max() / 8
 
 
 def test_boxes_without_extent_move_their_coincident_samples_together():

@@ -352,6 +352,31 @@ def _moving_run(start, size, g, i, end, runs, limit, p, pooled, dtype):
     return after, True, low, high, frac, free, m, a
 
 
+@numba.njit(cache=True, nogil=True, fastmath=False)
+def _axis_moves(start, size, g, p, limit, pooled, share, dtype, w, s1, s2):
+    """One axis of bin ``p`` for the box gradient, summed over its samples (each run of samples
+    at one position once, times its length ``m``): ``w[r]``, their bilinear weights on cell
+    ``r``, and ``s1[r]``, ``s2[r]``, how the samples whose lower corner is ``r`` and that move
+    with the box (not clamped) move with its first and second corner, ``share * (1 - a) * m``
+    and ``share * a * m``. The arrays must be zero on ``[0, limit)``; returns the cells
+    ``(lo, hi)`` touched (``hi < lo``: none)."""
+    bin_start = dtype.type(p) * size + start
+    i, end, runs = sample_window(bin_start, size, g, limit, dtype)
+    lo, hi = limit, -1
+    while i < end:
+        after, on_map, low, high, frac, free, m, a = _moving_run(
+            bin_start, size, g, i, end, runs, limit, p, pooled, dtype
+        )
+        if on_map:
+            w[low] += (1.0 - frac) * m
+            w[high] += frac * m
+            s1[low] += free * share * (1.0 - a) * m
+            s2[low] += free * share * a * m
+            lo, hi = min(lo, low), max(hi, high)
+        i = after
+    return lo, hi
+
+
 @numba.njit(cache=True, nogil=True)
 def align_boxes_backward(xb, grad_out, rois, spatial_scale, sampling_ratio, coord_limit, grad_rois, part, parts):
     """``grad_rois[k, 1:]`` <- ps_roi_align's gradient with respect to the corners of each RoI ``k`` of ``part``.
@@ -363,9 +388,14 @@ def align_boxes_backward(xb, grad_out, rois, spatial_scale, sampling_ratio, coor
     ``coord_limit`` as for ``ps_roi_align_taps``. Samples are placed exactly as
     the forward's taps place them (``ps_geometry._align_axis`` and
     ``sample_window``: in the compute dtype, only those that land on the map
-    visited, a run at one position once); each moves along the slope of its bilinear
-    piece on the bin's own channel, summed in float64
+    visited, a run at one position once); each moves along the slope of its
+    bilinear piece on the bin's own channel, summed in float64
     (``reference.ps_roi_align_boxes_backward``).
+
+    Separably, as the forward: a sample's move along ``y`` weighs the row slope
+    ``v[r + 1, c] - v[r, c]`` by its column's bilinear weight, so each axis's samples are
+    summed per cell first (:func:`_axis_moves`) and a bin costs its cells, not the product of
+    its two sample counts (``sampling_ratio=2**10`` is 2**20 samples a bin).
     """
     _, _, height, width, _ = xb.shape
     k_total, channels_out, pooled_h, pooled_w = grad_out.shape
@@ -374,6 +404,10 @@ def align_boxes_backward(xb, grad_out, rois, spatial_scale, sampling_ratio, coor
     limit = T(coord_limit)
     geo = np.empty((2, 3), np.float64)
     acc = np.empty((4, channels_out), np.float64)
+    # per bin row: weights and moves of each map row; per bin column (all of them): of each column
+    rows = np.empty((3, height), np.float64)
+    cols = np.empty((pooled_w, 3, width), np.float64)
+    col_span = np.empty((pooled_w, 2), np.int64)
     for k in share(k_total, part, parts):
         n = int(rois[k, 0])
         _align_axis(rois[k, 2], rois[k, 4], spatial_scale, pooled_h, sampling_ratio, coord_limit, dtype, geo[0])
@@ -384,53 +418,48 @@ def align_boxes_backward(xb, grad_out, rois, spatial_scale, sampling_ratio, coor
         same_h = g_h if bin_h == 0 else 1.0
         same_w = g_w if bin_w == 0 else 1.0
         weight = same_h * same_w / (g_h * g_w)
+        cols[:] = 0.0
+        for pw in range(pooled_w):
+            c = cols[pw]
+            col_span[pw, 0], col_span[pw, 1] = _axis_moves(
+                start_w, bin_w, g_w, pw, width, pooled_w, weight, dtype, c[0], c[1], c[2]
+            )
         d_x1 = d_y1 = d_x2 = d_y2 = 0.0
         for ph in range(pooled_h):
-            row_start = T(ph) * bin_h + start_h
-            iy0, y_end, y_runs = sample_window(row_start, bin_h, g_h, height, dtype)
+            rows[:] = 0.0
+            r_lo, r_hi = _axis_moves(
+                start_h, bin_h, g_h, ph, height, pooled_h, weight, dtype, rows[0], rows[1], rows[2]
+            )
             for pw in range(pooled_w):
-                col_start = T(pw) * bin_w + start_w
-                ix0, x_end, x_runs = sample_window(col_start, bin_w, g_w, width, dtype)
                 b = ph * pooled_w + pw
-                # per channel, each sample's slopes weighed by how it moves with each corner
-                # (channel by channel, so the loop over channels vectorises); then dotted with
-                # the bin's gradients. A run of samples at one position (past RUN_MIN_GRID a
-                # side) is visited once, weighed by its length m and its samples' mean a.
+                c_lo, c_hi = col_span[pw, 0], col_span[pw, 1]
+                wx, sx1, sx2 = cols[pw, 0], cols[pw, 1], cols[pw, 2]
+                # per channel: row slopes weighed by the column weights and the rows' moves, column
+                # slopes by the row weights and the columns' moves (a loop over the channels that
+                # vectorises); then dotted with the bin's gradients
                 acc[:] = 0.0
-                iy = iy0
-                while iy < y_end:
-                    iy_next, y_on, y_low, y_high, ly, free_y, m_y, a_y = _moving_run(
-                        row_start, bin_h, g_h, iy, y_end, y_runs, height, ph, pooled_h, dtype
-                    )
-                    if y_on:
-                        # d y / d start: 1 - a; d y / d end: a (a run of samples: their mean, times m)
-                        m_y1, m_y2 = free_y * weight * (1.0 - a_y) * m_y, free_y * weight * a_y * m_y
-                        ix = ix0
-                        while ix < x_end:
-                            ix_next, x_on, x_low, x_high, lx, free_x, m_x, a_x = _moving_run(
-                                col_start, bin_w, g_w, ix, x_end, x_runs, width, pw, pooled_w, dtype
-                            )
-                            if x_on:
-                                m_x1, m_x2 = free_x * weight * (1.0 - a_x) * m_x, free_x * weight * a_x * m_x
-                                hy, hx = 1.0 - ly, 1.0 - lx
-                                w_y1, w_y2, w_x1, w_x2 = m_y1 * m_x, m_y2 * m_x, m_x1 * m_y, m_x2 * m_y
-                                v00, v01 = xb[b, n, y_low, x_low], xb[b, n, y_low, x_high]
-                                v10, v11 = xb[b, n, y_high, x_low], xb[b, n, y_high, x_high]
-                                for c in range(channels_out):
-                                    dy = hx * (float(v10[c]) - float(v00[c])) + lx * (float(v11[c]) - float(v01[c]))
-                                    dx = hy * (float(v01[c]) - float(v00[c])) + ly * (float(v11[c]) - float(v10[c]))
-                                    acc[0, c] += w_y1 * dy
-                                    acc[1, c] += w_y2 * dy
-                                    acc[2, c] += w_x1 * dx
-                                    acc[3, c] += w_x2 * dx
-                            ix = ix_next
-                    iy = iy_next
-                for c in range(channels_out):
-                    g = float(grad_out[k, c, ph, pw])
-                    d_y1 += g * acc[0, c]
-                    d_y2 += g * acc[1, c]
-                    d_x1 += g * acc[2, c]
-                    d_x2 += g * acc[3, c]
+                for r in range(r_lo, r_hi + 1):
+                    for c in range(c_lo, c_hi + 1):
+                        y1, y2 = rows[1, r] * wx[c], rows[2, r] * wx[c]
+                        x1, x2 = rows[0, r] * sx1[c], rows[0, r] * sx2[c]
+                        if y1 == 0.0 and y2 == 0.0 and x1 == 0.0 and x2 == 0.0:
+                            continue
+                        v = xb[b, n, r, c]
+                        below = xb[b, n, min(r + 1, height - 1), c]  # read only where rows move (r + 1 < H)
+                        right = xb[b, n, r, min(c + 1, width - 1)]
+                        for ch in range(channels_out):
+                            dy = float(below[ch]) - float(v[ch])
+                            dx = float(right[ch]) - float(v[ch])
+                            acc[0, ch] += y1 * dy
+                            acc[1, ch] += y2 * dy
+                            acc[2, ch] += x1 * dx
+                            acc[3, ch] += x2 * dx
+                for ch in range(channels_out):
+                    g = float(grad_out[k, ch, ph, pw])
+                    d_y1 += g * acc[0, ch]
+                    d_y2 += g * acc[1, ch]
+                    d_x1 += g * acc[2, ch]
+                    d_x2 += g * acc[3, ch]
         # d corner / d coordinate: the scale, or 0 where the corner is held at the limit
         for j, d in ((1, d_x1), (2, d_y1), (3, d_x2), (4, d_y2)):
             scaled = rois[k, j] * spatial_scale
