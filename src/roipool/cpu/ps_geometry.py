@@ -303,10 +303,11 @@ def sample_window(bin_start, bin_size, g, limit, dtype):
     if g <= WINDOW_MIN_GRID:
         return 0.0, g, False
     first, end = _window(bin_start, bin_size, g, limit, dtype)
-    # A computed position is within 4.1 eps (|bin_start| + |bin_size|) of the exact one, so two
-    # samples a step apart can round together only below twice that (float32 boxes of about
-    # 2**24 cells and more, float32 grids of about 2**20 a side). Elsewhere each sample is its
-    # own run, visited without looking for one.
+    # A computed position is within 2.5 eps (|bin_start| + |bin_size|) of the exact one (five
+    # roundings of at most half an eps each), so two samples a step apart can round together
+    # only if the step is below twice that; runs are looked for below 8 eps (...), a margin.
+    # That is float32 boxes of about 2**24 cells and more, or float32 grids of about 2**20 a
+    # side; elsewhere each sample is its own run, visited without looking for one.
     T = dtype.type
     eps = float(np.nextafter(T(1), T(2)) - T(1))
     runs = g > RUN_MIN_GRID and abs(bin_size) <= g * 8.0 * eps * (abs(bin_start) + abs(bin_size))
