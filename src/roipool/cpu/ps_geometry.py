@@ -190,8 +190,8 @@ def _align_runs(bin_start, bin_size, g, i, end, limit, dtype, first, weight, k, 
     samples: the cells ``(lo, hi)`` touched."""
     lo, hi = limit, -1
     while i < end:
-        after = next_sample(bin_start, bin_size, g, i, end, True, dtype)
         y = sample_position(bin_start, bin_size, g, i, dtype)
+        after = next_sample(bin_start, bin_size, g, i, y, end, True, dtype)
         lo, hi = _add_sample(y, limit, dtype, first, weight, k, p, fill, inv_g * samples_between(i, after, g), lo, hi)
         i = after
     return lo, hi
@@ -326,22 +326,22 @@ def _window(bin_start, bin_size, g, limit, dtype):
 
 
 @numba.njit(cache=True, nogil=True, inline="always", fastmath=False)
-def next_sample(bin_start, bin_size, g, i, end, runs, dtype):
+def next_sample(bin_start, bin_size, g, i, y, end, runs, dtype):
     """The sample after ``i`` in ``[i, end)``: ``i + 1``, or with ``runs`` the first whose position
-    differs from sample ``i``'s (else ``end``). The ``samples_between(i, next_sample(...), g)``
-    samples from ``i`` lie at ``i``'s position: 1 but where a huge box rounds positions
-    together (float32 past about ``2**24`` cells)."""
+    differs from ``y``, sample ``i``'s (:func:`sample_position`; else ``end``). The
+    ``samples_between(i, next_sample(...), g)`` samples from ``i`` lie at ``y``: 1 but where a
+    huge box rounds positions together (float32 past about ``2**24`` cells)."""
     after = _following(i)
     if not runs or after >= end:
         return min(after, end)
-    return _run_end(bin_start, bin_size, g, i, after, end, dtype)
+    return _run_end(bin_start, bin_size, g, y, after, end, dtype)
 
 
 @numba.njit(cache=True, nogil=True, fastmath=False)
-def _run_end(bin_start, bin_size, g, i, after, end, dtype):
-    """:func:`next_sample` with runs, from ``after``, the sample after ``i``, below ``end``."""
+def _run_end(bin_start, bin_size, g, y, after, end, dtype):
+    """:func:`next_sample` with runs, from ``after``, the sample after the one at ``y``, below ``end``."""
     s = 1.0 if bin_size > 0 else -1.0
-    here = s * sample_position(bin_start, bin_size, g, i, dtype)
+    here = s * y
     # most samples lie apart from the next one: bisect only where one does not
     if s * sample_position(bin_start, bin_size, g, after, dtype) <= here:
         return _first_beyond(bin_start, bin_size, g, after, end, here, True, dtype)

@@ -342,8 +342,8 @@ def _moving_run(start, size, g, i, end, runs, limit, p, pooled, dtype):
     :func:`_axis_slope`'s corners, weight and freedom, the samples it stands for, and their
     mean ``a = (p + (i + 0.5) / g) / pooled`` (0.5 for an empty bin, whose one sample stands
     for all)."""
-    after = next_sample(start, size, g, i, end, runs, dtype)
     pos = sample_position(start, size, g, i, dtype)
+    after = next_sample(start, size, g, i, pos, end, runs, dtype)
     if not (pos >= -1 and pos <= limit):
         return after, False, 0, 0, 0.0, 0.0, 0.0, 0.0
     first, m = (first_sample(i, g), samples_between(i, after, g)) if runs else (i, 1.0)
