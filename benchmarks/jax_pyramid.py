@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 import roipool.jax as rj
+from _fpn_scene import BOXES, HEIGHT, WIDTH, fpn_scene  # beside this script
 from roipool import bench
 from roipool.bench.candidates import Candidate
 from roipool.nn import MultiScaleRoIAlign
@@ -31,11 +32,9 @@ def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 7
     print(f"# {bench.machine()['cpu']}, {os.cpu_count()} cores, load {os.getloadavg()}, jax {jax.__version__}")
     rng = np.random.default_rng(0)
-    height, width, k = 800, 1088, 512
-    features = [rng.standard_normal((1, 256, height // s, width // s), np.float32) for s in (4, 8, 16, 32)]
-    corner = rng.uniform(0, [width, height], (k, 2))
-    sides = np.exp(rng.uniform(np.log(16), np.log(800), (k, 2)))
-    boxes = [np.concatenate([corner, np.minimum(corner + sides, [width, height])], 1).astype(np.float32)]
+    height, width, k = HEIGHT, WIDTH, BOXES
+    features, rows = fpn_scene(rng)
+    boxes = [rows]
     shapes = [(height, width)]
     g = rng.standard_normal((k, 256, 7, 7), np.float32)
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 import roipool.nn as rnn
+from _fpn_scene import BOXES, HEIGHT, WIDTH, fpn_scene  # beside this script
 from roipool import bench
 from roipool.bench.candidates import Candidate
 
@@ -36,13 +37,9 @@ def main() -> None:
     compiled = "--compile" in sys.argv
     print(f"# {bench.machine()['cpu']}, {os.cpu_count()} cores, load {os.getloadavg()}, torch {torch.__version__}")
     rng = np.random.default_rng(0)
-    height, width, k = 800, 1088, 512
-    features = [rng.standard_normal((1, 256, height // s, width // s), np.float32) for s in (4, 8, 16, 32)]
-    corner = rng.uniform(0, [width, height], (k, 2))
-    sides = np.exp(rng.uniform(np.log(16), np.log(800), (k, 2)))
-    boxes = [
-        torch.from_numpy(np.concatenate([corner, np.minimum(corner + sides, [width, height])], 1).astype(np.float32))
-    ]
+    height, width, k = HEIGHT, WIDTH, BOXES
+    features, rows = fpn_scene(rng)
+    boxes = [torch.from_numpy(rows)]
     upstream = torch.from_numpy(rng.standard_normal((k, 256, size, size), np.float32))
     layer = rnn.MultiScaleRoIAlign(["p2", "p3", "p4", "p5"], size, 2)
     leaves = {name: torch.from_numpy(f).requires_grad_() for name, f in zip(layer.featmap_names, features)}
