@@ -78,6 +78,7 @@ def vector_lanes(typingctx, array):
 ZERO = np.int64(0)
 ONE = np.int64(1)
 FALSE = np.bool_(False)
+TRUE = np.bool_(True)
 
 
 def empty_lines(shape, dtype, zeros: bool = False) -> np.ndarray:

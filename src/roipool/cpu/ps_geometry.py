@@ -36,6 +36,7 @@ import math
 import numba
 import numpy as np
 
+from ._simd import FALSE, TRUE
 from .geometry import bilinear_corners, rounded_box
 
 
@@ -328,8 +329,8 @@ def _window(bin_start, bin_size, g, limit, dtype):
     # the float64 indices of ints 0 to g - 1 (past 2**53 the last may round up to g or beyond)
     last = g if g <= 2.0**53 else np.nextafter(g - 1.0, np.inf)
     rising = bin_size > 0
-    first = _first_beyond(bin_start, bin_size, g, 0.0, last, -1.0 if rising else -float(limit), False, dtype)
-    end = _first_beyond(bin_start, bin_size, g, first, last, float(limit) if rising else 1.0, True, dtype)
+    first = _first_beyond(bin_start, bin_size, g, 0.0, last, -1.0 if rising else -float(limit), FALSE, dtype)
+    end = _first_beyond(bin_start, bin_size, g, first, last, float(limit) if rising else 1.0, TRUE, dtype)
     return first, end
 
 
@@ -352,7 +353,7 @@ def _run_end(bin_start, bin_size, g, y, after, end, dtype):
     here = s * y
     # most samples lie apart from the next one: bisect only where one does not
     if s * sample_position(bin_start, bin_size, g, after, dtype) <= here:
-        return _first_beyond(bin_start, bin_size, g, after, end, here, True, dtype)
+        return _first_beyond(bin_start, bin_size, g, after, end, here, TRUE, dtype)
     return after
 
 

@@ -621,6 +621,9 @@ def _grad_tile(xl, width, stride, cw, hb, wb, row0, gtile, acc, gof, ahead, ahea
                 continue
             t = (ph * pooled_w + pw) * stride
             j = 0
+            # the rows as int32, the forward's type: the argmax helpers below then share its
+            # compiled copies instead of compiling an int64 copy each
+            r0, r1 = np.int32(h0), np.int32(h1)
             if cw == RECOMPUTE_UNROLL * lanes:
                 _bin_grad4(xl, width, stride, h0, h1, w0, w1, gtile, t, acc)
                 j = cw
@@ -630,12 +633,12 @@ def _grad_tile(xl, width, stride, cw, hb, wb, row0, gtile, acc, gof, ahead, ahea
             if j < cw and cw >= lanes:
                 # the last channels' maxima found by the vector that ends at cw (the same cells
                 # as one channel at a time), their gradient added for those channels only
-                _bin_argmax1(xl, cw - lanes, width, stride, h0, h1, w0, w1, tail, tail_cells, ZERO)
+                _bin_argmax1(xl, cw - lanes, width, stride, r0, r1, w0, w1, tail, tail_cells, ZERO)
                 for jj in range(j, cw):
                     acc[tail_cells[jj - (cw - lanes)] * stride + jj] += gtile[t + jj]
                 j = cw
             for jj in range(j, cw):
-                _, cell = _bin_argmax_scalar(xl, jj, width, stride, h0, h1, w0, w1)
+                _, cell = _bin_argmax_scalar(xl, jj, width, stride, r0, r1, w0, w1)
                 acc[cell * stride + jj] += gtile[t + jj]
 
 
