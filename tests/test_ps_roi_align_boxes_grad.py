@@ -142,6 +142,24 @@ def test_boxes_far_past_the_map_on_both_axes_move_every_sample_on_it(extent, dty
     assert (np.abs(got - want) <= rtol * (np.abs(want) + terms) + np.finfo(dtype).smallest_subnormal).all()
 
 
+def test_a_run_that_ends_at_the_end_of_a_grid_past_2_53_counts_only_its_samples():
+    # Past 2**53 samples a side each float64 index stands for the ints that round to it. This
+    # box's last column bin ends in a run at 0.0 whose end index is g itself: ints 2**58 + 288
+    # to + 320 lie there, 33 samples, and those from g on are none; a float64 rounding in the
+    # test for that counted 48 (found by differential fuzzing against the oracle)
+    rois = np.array([[0, -1.0880016014565213e18, 0.0, 1.4, 1.0]])
+    ones = np.ones((1, 16, 4, 4))
+    want = ps_roi_align_by_runs(ones, rois, 4, -1)
+    np.testing.assert_allclose(roipool.ps_roi_align(ones, rois, 4, 1.0, -1), want, rtol=1e-12, atol=0)
+    assert 0 < want[0, 0, 0, 3] < 1e-15  # 33 samples of 2.7e17, the other bins' none
+    ramp = np.ones((1, 16, 4, 4)) * np.arange(4.0)[:, None]  # rows: the y corners move the value
+    g = np.ones((1, 1, 4, 4))
+    got = roipool.ps_roi_align_boxes_backward(g, ramp, rois, 4, 1.0, -1)
+    want = boxes_backward_by_runs(ramp, g, rois, 4)
+    assert np.abs(want).max() > 0
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+
+
 def test_a_large_fixed_grid_costs_the_cells_of_its_bins_not_its_samples_squared():
     # 128 x 128 samples a bin: the kernel sums each axis's samples per cell first (the reference
     # visits all 16384); before, it visited them all too, so sampling_ratio=2**10 took seconds a

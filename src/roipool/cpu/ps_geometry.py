@@ -269,7 +269,9 @@ def samples_between(i, after, g):
     rounding of the count (``after`` and ``i`` are close: their difference is exact)."""
     if after <= 2.0**53:
         return min(after, g) - min(i, g)
-    if after - _rounded_up(after) >= g:  # after stands for ints up to g or past it
+    # after stands for ints from g on (none of them samples): after - _rounded_up(after) >= g,
+    # compared without rounding that difference back to after
+    if after - g >= _rounded_up(after):
         return (g - i) + _rounded_up(i)
     return (after - i) - (_rounded_up(after) - _rounded_up(i))
 
