@@ -140,7 +140,16 @@ def _axis_span(p, q, size, limit, lo, hi):
 
 @triton.jit
 def _row_span(f, v, pw, gw, ok, height, width):
-    """Columns ``[lo, hi)`` of sample row ``v`` (per lane; lanes ``ok``) that can land within a cell of the map.
+    """Columns ``[lo, hi)`` of sample row ``v`` that can land within a cell of the map, over all
+    lanes ``ok`` (the union of :func:`_lane_spans`)."""
+    lo, hi = _lane_spans(f, v, pw, gw, ok, height, width)
+    return tl.min(lo, axis=0), tl.max(hi, axis=0)
+
+
+@triton.jit
+def _lane_spans(f, v, pw, gw, ok, height, width):
+    """Per lane, the columns ``[lo, hi)`` of sample row ``v`` of bin column ``pw`` that can land
+    within a cell of the map (empty, ``lo = gw``, ``hi = 0``, for lanes not ``ok``).
 
     The CPU kernels' clipping: a huge adaptive grid visits only the samples near the map.
     """
@@ -160,8 +169,8 @@ def _row_span(f, v, pw, gw, ok, height, width):
     lo, hi = _axis_span(v * sin + a * cos + cx, d * cos, size_x, width * 1.0, lo, hi)
     lo, hi = _axis_span(v * cos - a * sin + cy, -d * sin, size_y, height * 1.0, lo, hi)
     keep = ok & (lo <= hi + 4.0)
-    lo_i = tl.min(tl.where(keep, tl.maximum(tl.floor(lo) - 2.0, 0.0), gw * 1.0), axis=0).to(tl.int32)
-    hi_i = tl.max(tl.where(keep, tl.minimum(tl.ceil(hi) + 3.0, gw * 1.0), 0.0), axis=0).to(tl.int32)
+    lo_i = tl.where(keep, tl.maximum(tl.floor(lo) - 2.0, 0.0), gw * 1.0).to(tl.int32)
+    hi_i = tl.where(keep, tl.minimum(tl.ceil(hi) + 3.0, gw * 1.0), 0.0).to(tl.int32)
     small = gw <= 8
     return tl.where(small, 0, lo_i), tl.where(small, gw, hi_i)
 
@@ -199,12 +208,15 @@ def _forward_kernel(
     acc = tl.zeros((BLOCK_C, BLOCK_P), dt)
     for iy in range(gh):
         v = (tl.load(f + 3) + ph * tl.load(f + 5)) + div_exact((iy + 0.5) * tl.load(f + 5), tl.cast(gh, dt))
-        ix_lo, ix_hi = _row_span(f, v, pw, gw, p_ok, height, width)
-        for ix in range(ix_lo, ix_hi):
+        # each bin (lane) walks its own columns, in ascending order: a long box whose bins meet
+        # on the map would walk every sample of the row through the union of their spans
+        ix_lo, ix_hi = _lane_spans(f, v, pw, gw, p_ok, height, width)
+        for j in range(tl.max(ix_hi - ix_lo, axis=0)):
+            ix = ix_lo + j
             y, x = _sample(f, ph, pw, tl.cast(iy, dt), tl.cast(ix, dt), gh, gw)
             y_ok, y_low, y_high, wy_low, wy_high = bilinear_axis(y, height)
             x_ok, x_low, x_high, wx_low, wx_high = bilinear_axis(x, width)
-            ok = p_ok & y_ok & x_ok
+            ok = p_ok & (ix < ix_hi) & y_ok & x_ok
             m = c_ok[:, None] & ok[None, :]
             v1 = tl.load(input_ptr + plane + (y_low * width + x_low)[None, :], mask=m, other=0.0).to(dt)
             v2 = tl.load(input_ptr + plane + (y_low * width + x_high)[None, :], mask=m, other=0.0).to(dt)
