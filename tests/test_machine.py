@@ -52,6 +52,39 @@ def test_l2_bytes_reads_sys_or_falls_back_to_the_smaller_cache(monkeypatch, tmp_
         clear()
 
 
+@pytest.mark.parametrize(
+    "shared, l3",
+    [
+        (None, 491520 << 10),  # sharing not said: taken as reported
+        ("0-1\n", 32 << 20),  # a 2-vCPU VM shown its host's 480 MiB: 16 MiB for each CPU
+        ("0-7", 128 << 20),
+        ("0-63", 491520 << 10),  # a socket's own L3, under 16 MiB per CPU: as reported
+        ("0,2,4-5\n", 64 << 20),
+    ],
+)
+def test_l3_bytes_holds_an_l3_larger_than_any_cpu_has_to_16_mib_per_cpu_sharing_it(monkeypatch, tmp_path, shared, l3):
+    d = tmp_path / "index3"
+    d.mkdir()
+    (d / "level").write_text("3\n")
+    (d / "type").write_text("Unified\n")
+    (d / "size").write_text("491520K\n")
+    if shared is not None:
+        (d / "shared_cpu_list").write_text(shared)
+    monkeypatch.delenv("ROIPOOL_L3_BYTES", raising=False)
+    monkeypatch.setattr(_machine, "_CACHE_DIR", str(tmp_path))
+    clear()
+    assert _machine.l3_bytes() == l3
+    assert _machine.sweeps_map_rows(56 << 20) == (l3 // 4 < 56 << 20)  # maskrcnn's 56 MB map
+    monkeypatch.setenv("ROIPOOL_L3_BYTES", str(1 << 30))  # an override is taken as it is
+    clear()
+    assert _machine.l3_bytes() == 1 << 30
+
+
+@pytest.mark.parametrize("text, count", [("0", 1), ("0-1\n", 2), ("0,2,4-7", 6), ("3-3", 1)])
+def test_count_cpus_reads_the_sys_cpu_list(text, count):
+    assert _machine.count_cpus(text) == count
+
+
 def clear():
     _machine.l2_bytes.cache_clear()
     _machine.l3_bytes.cache_clear()

@@ -1,13 +1,14 @@
 """What the CPU reports about itself, for choices that depend on it rather than on constants.
 
-The development machines differ in their caches (an Intel VM here reports
-1 MiB of L2 per core; AMD Zen 3 has 512 KiB), so a working set that fits
+The development machines differ in their caches (Intel VMs here report
+1 or 2 MiB of L2 per core; AMD Zen 3 has 512 KiB), so a working set that fits
 one may spill on the other. :func:`l2_bytes` reads the L2 size per core from
 Linux's ``/sys`` once per process; where it cannot be read it assumes the
 smaller of the two, so a choice made from it errs towards the smaller cache.
 ``ROIPOOL_L2_BYTES`` overrides it (tests, or a machine that misreports);
-:func:`l3_bytes` and ``ROIPOOL_L3_BYTES`` likewise for the L3. :func:`avx512` says
-whether the kernels are compiled for AVX-512.
+:func:`l3_bytes` and ``ROIPOOL_L3_BYTES`` likewise for the L3, which is also held
+to :data:`MAX_L3_BYTES_PER_CPU` for each CPU said to share it (a VM may report its
+host's whole L3). :func:`avx512` says whether the kernels are compiled for AVX-512.
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ import os
 FALLBACK_L2_BYTES = 512 * 1024
 #: Assumed L3 when the machine does not say: between a client CPU's 8-12 MiB and Zen 3's 32 MiB.
 FALLBACK_L3_BYTES = 16 << 20
+#: The most L3 per CPU sharing it that :func:`l3_bytes` believes: more than any x86 part has
+#: (AMD's stacked-cache parts have 12 MiB per core; Xeons 2 to 5). A 2-vCPU Intel VM here
+#: reports 480 MiB shared by its 2 CPUs, its host's whole L3, which other guests share; taken
+#: at its word it turned off the map-row sweep and ``maskrcnn``'s channels-last ``roi_pool``
+#: took 37 ms instead of 19 (``docs/benchmarks.md``, "Intel Xeon with AMX").
+MAX_L3_BYTES_PER_CPU = 16 << 20
 
 _CACHE_DIR = "/sys/devices/system/cpu/cpu0/cache"
 
@@ -30,8 +37,18 @@ def parse_size(text: str) -> int:
     return int(text.rstrip("KMG")) * scale
 
 
-def _sys_cache_bytes(level: int) -> int | None:
-    """Size of cpu0's level-``level`` data (or unified) cache from ``/sys``, or None if unreadable."""
+def count_cpus(text: str) -> int:
+    """CPUs in a ``/sys`` CPU list such as ``"0-1"``, ``"0,2,4-7"`` or ``"3"``."""
+    count = 0
+    for part in text.strip().split(","):
+        first, _, last = part.partition("-")
+        count += int(last or first) - int(first) + 1
+    return count
+
+
+def _sys_cache(level: int) -> tuple[int, int | None] | None:
+    """Size of cpu0's level-``level`` data (or unified) cache from ``/sys``, and how many CPUs
+    share it (None where that is not said); None if the size is unreadable."""
     try:
         for entry in sorted(os.listdir(_CACHE_DIR)):
             path = os.path.join(_CACHE_DIR, entry)
@@ -41,30 +58,37 @@ def _sys_cache_bytes(level: int) -> int | None:
                 if lvl.read().strip() != str(level) or kind.read().strip() not in ("Unified", "Data"):
                     continue
             with open(os.path.join(path, "size")) as size:
-                return parse_size(size.read())
+                nbytes = parse_size(size.read())
+            try:
+                with open(os.path.join(path, "shared_cpu_list")) as shared:
+                    return nbytes, count_cpus(shared.read())
+            except (OSError, ValueError):
+                return nbytes, None
     except (OSError, ValueError):
         pass
     return None
 
 
-def _cache_bytes(variable: str, level: int, fallback: int) -> int:
-    """The environment ``variable`` if set, else the size ``/sys`` reports for ``level``, else ``fallback``."""
-    override = os.environ.get(variable)
-    if override:
-        return int(override)
-    return _sys_cache_bytes(level) or fallback
-
-
 @functools.cache
 def l2_bytes() -> int:
     """L2 cache per core in bytes: ``ROIPOOL_L2_BYTES``, else ``/sys``, else :data:`FALLBACK_L2_BYTES`."""
-    return _cache_bytes("ROIPOOL_L2_BYTES", 2, FALLBACK_L2_BYTES)
+    if os.environ.get("ROIPOOL_L2_BYTES"):
+        return int(os.environ["ROIPOOL_L2_BYTES"])
+    found = _sys_cache(2)
+    return found[0] if found and found[0] else FALLBACK_L2_BYTES
 
 
 @functools.cache
 def l3_bytes() -> int:
-    """L3 cache in bytes as cpu0 sees it: ``ROIPOOL_L3_BYTES``, else ``/sys``, else :data:`FALLBACK_L3_BYTES`."""
-    return _cache_bytes("ROIPOOL_L3_BYTES", 3, FALLBACK_L3_BYTES)
+    """L3 cache in bytes as cpu0 sees it: ``ROIPOOL_L3_BYTES``, else what ``/sys`` reports, at most
+    :data:`MAX_L3_BYTES_PER_CPU` for each CPU it says share it, else :data:`FALLBACK_L3_BYTES`."""
+    if os.environ.get("ROIPOOL_L3_BYTES"):
+        return int(os.environ["ROIPOOL_L3_BYTES"])
+    found = _sys_cache(3)
+    if not found or not found[0]:
+        return FALLBACK_L3_BYTES
+    nbytes, sharing = found
+    return nbytes if sharing is None else min(nbytes, MAX_L3_BYTES_PER_CPU * max(sharing, 1))
 
 
 def sweeps_map_rows(map_bytes: int) -> bool:
