@@ -172,6 +172,22 @@ def test_cpu_name_says_family_model_and_vector_width():
     assert bench._cpu_name("model name\t: Some CPU\n") == "Some CPU"
 
 
+def test_machine_names_the_cache_sizes_the_kernels_choose_by(monkeypatch):
+    """The L2 and L3 the kernels read (``cpu/_machine.py``), which may differ from what ``/sys`` says."""
+    from roipool.cpu import _machine
+
+    monkeypatch.setenv("ROIPOOL_L2_BYTES", str(1 << 20))
+    monkeypatch.setenv("ROIPOOL_L3_BYTES", str(36 << 20))
+    _machine.l2_bytes.cache_clear()
+    _machine.l3_bytes.cache_clear()
+    try:
+        info = bench.machine()
+    finally:
+        _machine.l2_bytes.cache_clear()
+        _machine.l3_bytes.cache_clear()
+    assert (info["roipool_l2"], info["roipool_l3"]) == ("1024 KiB", "36 MiB")
+
+
 def test_calls_back_to_back_are_timed_together_and_reported_per_call():
     import time
 

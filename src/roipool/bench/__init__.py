@@ -167,6 +167,7 @@ def machine(device: str = "cpu") -> dict:
     import numba
 
     import roipool
+    from roipool.cpu import _machine
 
     info = {
         "python": platform.python_version(),
@@ -176,6 +177,9 @@ def machine(device: str = "cpu") -> dict:
         "numba": numba.__version__,
         "roipool_threads": roipool.get_num_threads(),
         "roipool_memory_cache": f"{roipool.get_memory_cache()[0] >> 20} MiB",
+        # the cache sizes the kernels' choices read (cpu/_machine.py), not always what /sys says
+        "roipool_l2": f"{_machine.l2_bytes() >> 10} KiB",
+        "roipool_l3": f"{_machine.l3_bytes() >> 20} MiB",
     }
     for name in ("torch", "torchvision", "onnxruntime"):
         mod = _optional(name)
