@@ -3,9 +3,11 @@
 Some choices are made by the instructions the kernels are compiled for
 (``cpu/_machine.avx512``): on AVX2 a short gather sums an eight-vector block in
 two four-vector passes (``cpu/roi_align.TWO_PASSES_UP_TO``), which an AVX-512
-machine never compiles. An AVX-512 machine can compile and run the AVX2 code
-(``NUMBA_CPU_FEATURES``), so there both are compared here; an AVX2-only machine
-cannot run the AVX-512 code, and skips this.
+machine never compiles. And a sum the compiler may reassociate is vectorised
+in the CPU's vector width: ``roi_align``'s box gradient was, and differed in its
+last bits between the two (``cpu/roi_align._dot4``). An AVX-512 machine can
+compile and run the AVX2 code (``NUMBA_CPU_FEATURES``), so there both are
+compared here; an AVX2-only machine cannot run the AVX-512 code, and skips this.
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ CASE = textwrap.dedent(
             for ratio in (1, 2, -1):  # 4, 16 and, on the larger bins, more taps a bin
                 y = roipool.roi_align(xi, boxes, 5, 0.125, ratio, True, layout=layout)
                 out.append(y)
-                out.append(roipool.roi_align_backward(np.ones_like(y), boxes, xi.shape, 5, 0.125, ratio, True, layout=layout))
+                g = np.random.default_rng(ratio + 5).standard_normal(y.shape).astype(np.float32)
+                out.append(roipool.roi_align_backward(g, boxes, xi.shape, 5, 0.125, ratio, True, layout=layout))
+                out.append(roipool.roi_align_boxes_backward(g, xi, boxes, 5, 0.125, ratio, True, layout=layout))
             out.append(roipool.roi_pool(xi, boxes, 5, 0.125, layout=layout))
         return out
 

@@ -392,6 +392,41 @@ def vmuladd(typingctx, acc, weight, value):
 
 
 @intrinsic
+def vmuladd_lanes(typingctx, acc, a, b):
+    """``acc + a * b`` lane by lane, three vectors, flagged as :func:`vmuladd` is (fused, never
+    reassociated): a dot product built from it sums each lane in the order the caller wrote,
+    whatever vector instructions the CPU has."""
+
+    def codegen(context, builder, sig, args):
+        total, x, y = args
+        return builder.fadd(total, builder.fmul(x, y, flags=("contract",)), flags=("contract",))
+
+    return acc(acc, a, b), codegen
+
+
+@intrinsic
+def vsum(typingctx, value):
+    """The sum of a vector's lanes, always in the same order: the upper half of the lanes added to
+    the lower, then again, down to one lane (so the same bits on AVX2, where a 64-byte vector is
+    two registers, as on AVX-512)."""
+
+    def codegen(context, builder, sig, args):
+        v = args[0]
+        lanes = value.lanes
+        while lanes > 1:
+            half = lanes // 2
+            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), half), list(range(half))))
+            hi = builder.shuffle_vector(
+                v, v, ir.Constant(ir.VectorType(ir.IntType(32), half), list(range(half, lanes)))
+            )
+            v = builder.fadd(lo, hi)
+            lanes = half
+        return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+
+    return value.dtype(value), codegen
+
+
+@intrinsic
 def muladd(typingctx, acc, weight, value):
     """``acc + weight * value`` on scalars, flagged as :func:`vmuladd` is, so that LLVM fuses it the
     same way: a channel summed in a scalar tail then has the bits it would have in a vector (Numba's

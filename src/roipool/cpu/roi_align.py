@@ -104,7 +104,9 @@ from ._simd import (
     vector_lanes,
     vload,
     vmuladd,
+    vmuladd_lanes,
     vstore,
+    vsum,
     vzeros,
 )
 from ._tiles import (
@@ -1089,7 +1091,7 @@ def _axis_grad_weights(start, bin_size, grid, size, pooled, scale, free, lo, num
                 d2[p, high - lo[p]] += m2
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"})
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def boxes_backward(
     x,
     grad_out,
@@ -1112,9 +1114,10 @@ def boxes_backward(
     ``T`` (each RoI's gradient is moved to ``(PH * PW, C)`` in a private
     buffer, so that its channels are contiguous too); ``rois (K, 5)`` in ``T``,
     validated. ``bounds``: runs of RoIs (``RoIAlignTaps.bounds``). Each RoI
-    is summed by one thread, in a fixed order (the dot products over channels
-    may be reassociated by the compiler, to vectorise them, but the compiled
-    code is the same for every call and thread count).
+    is summed by one thread, in a fixed order: the same bits for every call
+    and thread count, and on AVX2 as on AVX-512 (the dot products over
+    channels are summed in 64-byte vectors by :func:`_dot4`, not vectorised
+    by the compiler, which would reassociate them by the CPU's vector width).
     """
     x, grad_out, rois, bounds, grad_rois = borrowed((x, grad_out, rois, bounds, grad_rois))
     _, height, width, channels = x.shape
@@ -1210,24 +1213,44 @@ def boxes_backward(
             grad_rois[k, 4] = gy2 / count
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"}, inline="always")
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
 def _dot4(a, b0, b1, b2, b3):
-    z = a.dtype.type(0.0)
-    s0 = s1 = s2 = s3 = z
-    for c in range(a.shape[0]):
-        v = a[c]
-        s0 += v * b0[c]
-        s1 += v * b1[c]
-        s2 += v * b2[c]
-        s3 += v * b3[c]
+    """The dot products of the contiguous ``a`` with ``b0`` to ``b3``, as float64: each summed
+    lane by lane in 64-byte vectors, the lanes added in a fixed order (``_simd.vsum``), then the
+    last channels one at a time, so that the bits do not depend on the CPU's vector width."""
+    lanes = vector_lanes(a)
+    n = a.shape[0]
+    v0 = v1 = v2 = v3 = vzeros(a)
+    c = 0
+    while c + lanes <= n:
+        v = vload(a, c)
+        v0 = vmuladd_lanes(v0, v, vload(b0, c))
+        v1 = vmuladd_lanes(v1, v, vload(b1, c))
+        v2 = vmuladd_lanes(v2, v, vload(b2, c))
+        v3 = vmuladd_lanes(v3, v, vload(b3, c))
+        c += lanes
+    s0, s1, s2, s3 = vsum(v0), vsum(v1), vsum(v2), vsum(v3)
+    for i in range(c, n):
+        s0 = muladd(s0, a[i], b0[i])
+        s1 = muladd(s1, a[i], b1[i])
+        s2 = muladd(s2, a[i], b2[i])
+        s3 = muladd(s3, a[i], b3[i])
     return np.float64(s0), np.float64(s1), np.float64(s2), np.float64(s3)
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"}, inline="always")
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
 def _dot(a, b):
-    s = a.dtype.type(0.0)
-    for c in range(a.shape[0]):
-        s += a[c] * b[c]
+    """One dot product of :func:`_dot4`'s, summed in its order."""
+    lanes = vector_lanes(a)
+    n = a.shape[0]
+    v0 = vzeros(a)
+    c = 0
+    while c + lanes <= n:
+        v0 = vmuladd_lanes(v0, vload(a, c), vload(b, c))
+        c += lanes
+    s = vsum(v0)
+    for i in range(c, n):
+        s = muladd(s, a[i], b[i])
     return np.float64(s)
 
 
