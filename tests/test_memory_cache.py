@@ -67,6 +67,36 @@ def test_a_freed_output_serves_the_next_call_and_a_live_one_never_does(cache):
     np.testing.assert_array_equal(fourth, kept)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("op", ["roi_align", "roi_pool"])
+def test_a_half_precision_map_is_widened_and_its_output_narrowed_into_kept_memory(op, channels_last, dtype, cache):
+    """A large half-precision map goes to the float32 kernels and back through memory the cache keeps
+    (``_library.of_dtype``), not ``.to``'s fresh pages: the same values and memory format as widening
+    with ``.to`` and narrowing the float32 call's output, the narrowed output in roipool's memory (on
+    a huge page), which the cache takes back when it is dropped."""
+    x, boxes = _map(channels=72)  # 72 x 128 x 128 float32 is 4.5 MiB, 100 outputs of 72 x 14 x 14 in half 2.8 MB
+    xt = torch.from_numpy(x).to(dtype)
+    if channels_last:
+        xt = xt.contiguous(memory_format=torch.channels_last)
+    rt = torch.from_numpy(boxes)
+    call = getattr(roipool, op)
+    kw = {"sampling_ratio": 2} if op == "roi_align" else {}
+    boxes_many = torch.cat([rt] * 2)  # 200 outputs: 5.6 MB in half, above HUGE_FROM
+    out = call(xt, boxes_many, 14, 1.0, **kw)
+    assert out.numel() * out.element_size() >= HUGE_FROM
+    expected = call(xt.to(torch.float32), boxes_many, 14, 1.0, **kw).to(dtype)
+    assert out.dtype == dtype and out.stride() == expected.stride()
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert torch.equal(out.view(torch.int16), expected.view(torch.int16))  # the same bits, NaN-free
+    assert out.data_ptr() % HUGE_PAGE == 0  # roipool's memory; .to's would start anywhere
+    held, size = roipool.get_memory_cache()[1], out.numel() * out.element_size()
+    del out
+    assert roipool.get_memory_cache()[1] >= held + size
+    again = call(xt, boxes_many, 14, 1.0, **kw)  # from kept memory, stale values overwritten
+    assert torch.equal(again.view(torch.int16), expected.view(torch.int16))
+
+
 def test_freed_memory_comes_back_to_the_same_size_of_call(cache):
     x, boxes = _map()
     out = roipool.roi_pool(x, boxes, 14, 1.0)

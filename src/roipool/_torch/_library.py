@@ -365,9 +365,7 @@ def cpu_nhwc(input: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
     transposing copy, an order of magnitude faster than ``Tensor.copy_`` from
     a permuted view here).
     """
-    x = input.detach()
-    if x.dtype == torch.bfloat16:  # NumPy has no bfloat16; widening keeps the strides
-        x = x.float()
+    x = of_dtype(input.detach(), dtype)  # a half-precision map widened first, its strides kept
     return channels_last_copy(x.numpy(), numpy_dtype(dtype))
 
 
@@ -386,6 +384,8 @@ def new_cpu_tensor(shape, dtype: torch.dtype, zeros: bool = False) -> torch.Tens
     shape = tuple(int(d) for d in shape)
     if math.prod(shape) * dtype.itemsize < HUGE_FROM:
         return (torch.zeros if zeros else torch.empty)(shape, dtype=dtype)
+    if dtype == torch.bfloat16:  # NumPy has no bfloat16: its bits, as uint16
+        return torch.from_numpy(empty_lines(shape, np.uint16, zeros)).view(torch.bfloat16)
     return torch.from_numpy(empty_lines(shape, numpy_dtype(dtype), zeros))
 
 
@@ -449,20 +449,35 @@ def cpu_array(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
 
 
 def of_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``t.to(dtype)``, without the call when ``t`` already is of ``dtype`` (the same tensor either way)."""
-    return t if t.dtype == dtype else t.to(dtype)
+    """``t.to(dtype)``, without the call when ``t`` already is of ``dtype`` (the same tensor either way).
+
+    A large CPU tensor in contiguous or channels-last memory (a half-precision map widened for
+    the kernels, their output narrowed back) is converted into :func:`new_cpu_tensor`'s memory,
+    which roipool's memory cache keeps between calls: ``.to`` takes fresh pages from the OS each
+    time, and faulting them in took as long as the conversion (a ``maskrcnn`` bfloat16 map's
+    ``roi_align``, channels-last: 58 -> 37 ms on a 2-vCPU Intel VM, ``docs/benchmarks.md``).
+    Same values and strides as ``.to``.
+    """
+    if t.dtype == dtype:
+        return t
+    if t.device.type == "cpu" and t.dim() == 4 and t.numel() * dtype.itemsize >= HUGE_FROM:
+        cl = channels_last(t)
+        if cl or t.is_contiguous():
+            return new_cpu_output(t.shape, dtype, cl).copy_(t)
+    return t.to(dtype)
 
 
 def numpy_dtype(dtype: torch.dtype) -> np.dtype:
-    """The NumPy dtype of a float32, float64 or int32 torch dtype."""
-    return np.dtype({torch.float32: np.float32, torch.float64: np.float64, torch.int32: np.int32}[dtype])
+    """The NumPy dtype of a float16, float32, float64 or int32 torch dtype."""
+    types = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64, torch.int32: np.int32}
+    return np.dtype(types[dtype])
 
 
 def cpu_nchw(input: torch.Tensor) -> np.ndarray:
     """``input`` as a NumPy view ``(N, C, H, W)``, any strides (bfloat16 widened to float32: NumPy has no bfloat16)."""
     x = input.detach()
     if x.dtype == torch.bfloat16:
-        x = x.float()
+        x = of_dtype(x, torch.float32)
     return x.numpy()
 
 
