@@ -455,7 +455,7 @@ def of_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     the kernels, their output narrowed back) is converted into :func:`new_cpu_tensor`'s memory,
     which roipool's memory cache keeps between calls: ``.to`` takes fresh pages from the OS each
     time, and faulting them in took as long as the conversion (a ``maskrcnn`` bfloat16 map's
-    ``roi_align``, channels-last: 58 -> 37 ms on a 2-vCPU Intel VM, ``docs/benchmarks.md``).
+    ``roi_align``, channels-last: 58 -> 33 ms on a 2-vCPU Intel VM, ``docs/benchmarks.md``).
     Same values and strides as ``.to``.
     """
     if t.dtype == dtype:
