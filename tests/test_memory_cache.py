@@ -97,6 +97,44 @@ def test_a_half_precision_map_is_widened_and_its_output_narrowed_into_kept_memor
     assert torch.equal(again.view(torch.int16), expected.view(torch.int16))
 
 
+@pytest.mark.parametrize("nhwc", [False, True])
+@pytest.mark.parametrize("op", ["roi_align", "roi_pool", "prroi_pool"])
+def test_a_float16_array_is_widened_and_its_output_narrowed_by_all_threads_into_kept_memory(op, nhwc, cache):
+    """NumPy's float16 goes to the float32 kernels and back through ``_tiles.as_dtype``: the values and
+    memory order of ``astype``, the narrowed output in roipool's memory (on a huge page)."""
+    x, boxes = _map(channels=72)
+    x16 = x.astype(np.float16)
+    kw = {"layout": "nhwc"} if nhwc else {}
+    if nhwc:
+        x16 = np.ascontiguousarray(x16.transpose(0, 2, 3, 1))
+    boxes = np.concatenate([boxes] * 2)  # 200 outputs of 72 x 14 x 14 in float16: 5.6 MB
+    call = getattr(roipool, op)
+    out = call(x16, boxes, 14, 1.0, **kw)
+    assert out.dtype == np.float16 and out.nbytes >= HUGE_FROM and out.flags.c_contiguous
+    expected = call(x16.astype(np.float32), boxes, 14, 1.0, **kw).astype(np.float16)
+    np.testing.assert_array_equal(out.view(np.uint16), expected.view(np.uint16))
+    assert _address(out) % HUGE_PAGE == 0  # roipool's memory; astype's would start anywhere
+
+
+@pytest.mark.parametrize("layout", ["c", "nhwc", "strided"])
+def test_as_dtype_gives_astype_values_and_memory_order(layout, cache):
+    from roipool.cpu._tiles import as_dtype
+
+    x = np.random.default_rng(4).standard_normal((2, 64, 128, 140)).astype(np.float32)  # 4.6 MB in float16
+    x[0, 0, 0, :4] = [np.nan, np.inf, -np.inf, 70000.0]  # the overflow rounds to inf in float16
+    a = {"c": x, "nhwc": np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2), "strided": x[:, ::2]}[
+        layout
+    ]
+    for dtype in (np.float16, np.float64):
+        got, want = as_dtype(a, dtype), a.astype(dtype)
+        assert got.dtype == want.dtype and got.strides == want.strides
+        np.testing.assert_array_equal(got, want)
+        assert (_address(got) % HUGE_PAGE == 0) == (layout != "strided")
+    assert as_dtype(a, np.float32) is a
+    small = x[:, :1, :8, :8]
+    assert as_dtype(small, np.float16).flags.c_contiguous == small.astype(np.float16).flags.c_contiguous
+
+
 def test_freed_memory_comes_back_to_the_same_size_of_call(cache):
     x, boxes = _map()
     out = roipool.roi_pool(x, boxes, 14, 1.0)

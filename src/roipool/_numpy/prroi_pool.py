@@ -11,6 +11,7 @@ import numpy as np
 from .. import _checks
 from .._checks import compute_dtype
 from ..cpu import prroi_pool as cpu
+from ..cpu._tiles import as_dtype
 from . import _layout
 
 
@@ -23,8 +24,8 @@ def prroi_pool(input, boxes, output_size, spatial_scale=1.0, nhwc=False):
     _checks.pooled_output_fits(rois.shape[0], channels, pooled_h, pooled_w, dtype.itemsize, output_size)
     taps = cpu.PrRoITaps(rois, scale, pooled_h, pooled_w, height, width)
     out = _layout.empty((rois.shape[0], channels, pooled_h, pooled_w), dtype, nhwc)
-    cpu.launch_forward(input.astype(dtype, copy=False), taps, out)
-    return out.astype(input.dtype, copy=False)
+    cpu.launch_forward(as_dtype(input, dtype), taps, out)
+    return as_dtype(out, input.dtype)
 
 
 def prroi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0, nhwc=False):
@@ -41,8 +42,8 @@ def prroi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_sc
     )
     taps = cpu.PrRoITaps(rois, scale, pooled_h, pooled_w, height, width)
     grad_in = _layout.empty((n, channels, height, width), dtype, nhwc)
-    cpu.launch_backward(grad_output.astype(dtype, copy=False), taps, grad_in)
-    return grad_in.astype(grad_output.dtype, copy=False)
+    cpu.launch_backward(as_dtype(grad_output, dtype), taps, grad_in)
+    return as_dtype(grad_in, grad_output.dtype)
 
 
 def prroi_pool_boxes_backward(grad_output, input, boxes, output_size, spatial_scale=1.0):
@@ -55,7 +56,7 @@ def prroi_pool_boxes_backward(grad_output, input, boxes, output_size, spatial_sc
     _checks.prroi_grad_output(grad_output, (k, channels, pooled_h, pooled_w), "these boxes, input and output_size")
     taps = cpu.PrRoITaps(rois, scale, pooled_h, pooled_w, height, width)
     grad = np.empty((k, 4), dtype)
-    cpu.launch_boxes_backward(grad_output.astype(dtype, copy=False), input.astype(dtype, copy=False), taps, grad)
+    cpu.launch_boxes_backward(as_dtype(grad_output, dtype), as_dtype(input, dtype), taps, grad)
     grad = grad.astype(input.dtype, copy=False)
     if isinstance(boxes, (list, tuple)):
         return [part.copy() for part in _layout.per_image(boxes, grad)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .. import _checks
 from ..cpu import ps_roi as cpu
+from ..cpu._tiles import as_dtype
 from ..cpu.ps_roi import PSRoITaps
 from . import _layout
 
@@ -47,7 +48,7 @@ def _forward(input, taps):
     in the input's dtype."""
     channels_out = input.shape[1] // (taps.pooled_h * taps.pooled_w)
     out = _layout.empty((taps.num_rois, channels_out, taps.pooled_h, taps.pooled_w), taps.dtype, False)
-    return cpu.launch_forward(input, taps, out).astype(input.dtype, copy=False)
+    return as_dtype(cpu.launch_forward(input, taps, out), input.dtype)
 
 
 def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
@@ -66,7 +67,7 @@ def ps_roi_pool_backward(grad_output, boxes, input_shape, output_size, spatial_s
         grad_output, boxes, input_shape, output_size, spatial_scale
     )
     taps = PSRoITaps.pool(rois, output_size, scale, *shape[2:])
-    return cpu.launch_backward(grad_output, taps, shape).astype(grad_output.dtype, copy=False)
+    return as_dtype(cpu.launch_backward(grad_output, taps, shape), grad_output.dtype)
 
 
 def ps_roi_align_backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0, sampling_ratio=-1):
@@ -75,7 +76,7 @@ def ps_roi_align_backward(grad_output, boxes, input_shape, output_size, spatial_
         grad_output, boxes, input_shape, output_size, spatial_scale
     )
     taps = PSRoITaps.align(rois, output_size, scale, sampling_ratio, *shape[2:])
-    return cpu.launch_backward(grad_output, taps, shape).astype(grad_output.dtype, copy=False)
+    return as_dtype(cpu.launch_backward(grad_output, taps, shape), grad_output.dtype)
 
 
 def ps_roi_align_boxes_backward(grad_output, input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1):
@@ -91,7 +92,7 @@ def ps_roi_align_boxes_backward(grad_output, input, boxes, output_size, spatial_
     )
     dtype = rois.dtype
     grad = cpu.launch_align_boxes_backward(
-        input.astype(dtype, copy=False), grad_output.astype(dtype, copy=False), rois, output_size, scale, sampling_ratio
+        as_dtype(input, dtype), as_dtype(grad_output, dtype), rois, output_size, scale, sampling_ratio
     ).astype(input.dtype)
     if isinstance(boxes, (list, tuple)):
         # the format of ``boxes``: per image, the (L_i, 4) coordinates' gradient

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .. import _checks
 from ..cpu import roi_align as cpu
+from ..cpu._tiles import as_dtype
 from . import _layout
 
 
@@ -24,8 +25,8 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     taps = cpu.RoIAlignTaps(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width)
     out = _layout.empty((rois.shape[0], channels, pooled_h, pooled_w), dtype, nhwc)
     if out.size:
-        cpu.launch_forward(input.astype(dtype, copy=False), taps, out)
-    return out.astype(input.dtype, copy=False)
+        cpu.launch_forward(as_dtype(input, dtype), taps, out)
+    return as_dtype(out, input.dtype)
 
 
 def roi_align_backward(
@@ -47,8 +48,8 @@ def roi_align_backward(
         raise ValueError(f"boxes hold {rois.shape[0]} RoIs but grad_output has {k}")
     taps = cpu.RoIAlignTaps(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width)
     grad_in = _layout.empty((n, channels, height, width), dtype, nhwc)
-    cpu.launch_backward(grad_output.astype(dtype, copy=False), taps, grad_in)
-    return grad_in.astype(grad_output.dtype, copy=False)
+    cpu.launch_backward(as_dtype(grad_output, dtype), taps, grad_in)
+    return as_dtype(grad_in, grad_output.dtype)
 
 
 def roi_align_boxes_backward(
@@ -71,8 +72,8 @@ def roi_align_boxes_backward(
         raise ValueError(f"boxes hold {rois.shape[0]} RoIs but grad_output has {k}")
     taps = cpu.RoIAlignTaps(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width)
     grad = cpu.launch_boxes_backward(
-        input.astype(dtype, copy=False),
-        grad_output.astype(dtype, copy=False),
+        as_dtype(input, dtype),
+        as_dtype(grad_output, dtype),
         rois,
         taps,
         scale,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _checks
+from ..cpu._tiles import as_dtype
 from ..cpu.roi_align_rotated import Frames, launch_backward, launch_forward
 from . import _layout
 
@@ -49,8 +50,8 @@ def roi_align_rotated(
     frames = Frames(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise)
     out = _layout.empty((rois.shape[0], channels, pooled_h, pooled_w), dtype, nhwc)
     if out.size:
-        launch_forward(input.astype(dtype, copy=False), frames, out)
-    return out.astype(input.dtype, copy=False)
+        launch_forward(as_dtype(input, dtype), frames, out)
+    return as_dtype(out, input.dtype)
 
 
 def roi_align_rotated_backward(
@@ -82,5 +83,5 @@ def roi_align_rotated_backward(
     _checks.rotated_scaled_boxes(rois, scale, pooled_h, pooled_w, sampling_ratio <= 0)
     frames = Frames(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, clockwise)
     grad_in = _layout.empty((n, channels, height, width), dtype, nhwc)
-    launch_backward(grad_output.astype(dtype, copy=False), frames, grad_in)
-    return grad_in.astype(grad_output.dtype, copy=False)
+    launch_backward(as_dtype(grad_output, dtype), frames, grad_in)
+    return as_dtype(grad_in, grad_output.dtype)

@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import _checks
 from ..cpu import roi_pool as cpu
-from ..cpu._tiles import channels_last_copy
+from ..cpu._tiles import as_dtype, channels_last_copy
 from . import _layout
 
 _NUMPY = "a NumPy array"
@@ -37,7 +37,7 @@ class RoIPoolCall:
 
     def channels_last(self) -> np.ndarray:
         """A new ``(N, H, W, C)`` copy in the compute dtype (native byte order)."""
-        return channels_last_copy(self.input, self.dtype)
+        return channels_last_copy(as_dtype(self.input, self.dtype))
 
     def compute_map(self) -> np.ndarray:
         """The input ``(N, C, H, W)`` in the compute dtype: itself when it is of it (the kernels'
@@ -56,7 +56,7 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0, nhwc=False):
     call = RoIPoolCall(input, boxes, output_size, spatial_scale)
     out = call.empty_output(call.dtype, nhwc)
     cpu.launch_forward(call.compute_map(), call.bins, out)
-    return out.astype(call.input_dtype, copy=False)
+    return as_dtype(out, call.input_dtype)
 
 
 def roi_pool_with_argmax(input, boxes, output_size, spatial_scale=1.0, nhwc=False):
@@ -64,7 +64,7 @@ def roi_pool_with_argmax(input, boxes, output_size, spatial_scale=1.0, nhwc=Fals
     out = call.empty_output(call.dtype, nhwc)
     argmax = call.empty_output(np.int32, nhwc)
     cpu.launch_forward_argmax(call.compute_map(), call.bins, out, argmax)
-    return out.astype(call.input_dtype, copy=False), argmax
+    return as_dtype(out, call.input_dtype), argmax
 
 
 def roi_pool_backward(grad_output, argmax, boxes, input_shape, *, input=None, spatial_scale=1.0, nhwc=False):
@@ -92,10 +92,10 @@ def roi_pool_backward(grad_output, argmax, boxes, input_shape, *, input=None, sp
         raise ValueError(f"boxes hold {rois.shape[0]} RoIs but grad_output has {grad_output.shape[0]}")
     grad_in = _layout.empty(shape, dtype, nhwc, zeros=True)
     if grad_output.size:
-        go = grad_output.astype(dtype, copy=False)
+        go = as_dtype(grad_output, dtype)
         am = argmax.astype(np.int32, copy=False)
         cpu.launch_backward(go, am, rois[:, 0].astype(np.int32), grad_in)
-    return grad_in.astype(grad_output.dtype, copy=False)
+    return as_dtype(grad_in, grad_output.dtype)
 
 
 def _backward_recompute(grad_output, input, boxes, input_shape, spatial_scale, nhwc):
@@ -112,10 +112,10 @@ def _backward_recompute(grad_output, input, boxes, input_shape, spatial_scale, n
         grad_output.shape, (call.rois.shape[0], call.input_shape[1], ph, pw), "these boxes and input"
     )
     grad_in = _layout.empty(call.input_shape, call.dtype, nhwc)
-    go = grad_output.astype(call.dtype, copy=False)
+    go = as_dtype(grad_output, call.dtype)
     x = call.input
     if x.dtype == call.dtype and x.flags.c_contiguous:  # read as NCHW, no channels-last copy
         cpu.launch_backward_recompute(x, False, call.bins, go, grad_in)
     else:
         cpu.launch_backward_recompute(call.channels_last(), True, call.bins, go, grad_in)
-    return grad_in.astype(grad_output.dtype, copy=False)
+    return as_dtype(grad_in, grad_output.dtype)

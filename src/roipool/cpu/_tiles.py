@@ -21,6 +21,7 @@ import numpy as np
 
 from ._parallel import launch, share, threads
 from ._simd import (
+    HUGE_FROM,
     VECTOR_BYTES,
     ZERO,
     borrowed,
@@ -202,6 +203,40 @@ def copy_cells(channels: int, itemsize: int) -> int:
     lanes = VECTOR_BYTES // itemsize
     want = max(64, 65536 // max(channels * itemsize, 1))
     return -(-want // lanes) * lanes
+
+
+def _convert_part(src, dst, part, parts):
+    """``dst[lo:hi] = src[lo:hi]``, cast, for this part's share of the flat arrays (NumPy's cast
+    releases the GIL, so the parts run side by side)."""
+    lo, hi = src.size * part // parts, src.size * (part + 1) // parts
+    np.copyto(dst[lo:hi], src[lo:hi], casting="unsafe")
+
+
+def as_dtype(a: np.ndarray, dtype) -> np.ndarray:
+    """``a.astype(dtype, copy=False)``: ``a`` itself when already of ``dtype``, else a copy in the
+    same memory order (``order="K"``), with the same values.
+
+    A large copy (``_simd.HUGE_FROM`` bytes or more) of a C-contiguous or channels-last
+    ``(N, C, H, W)`` array is cast by all threads into ``empty_lines`` memory, which roipool's
+    memory cache keeps between calls. NumPy's ``astype`` casts on one thread into fresh pages:
+    widening a ``maskrcnn`` float16 map and narrowing its ``roi_align`` output took 150 ms of a
+    call whose float32 kernels take 38 (``docs/benchmarks.md``).
+    """
+    dtype = np.dtype(dtype)
+    if a.dtype == dtype:
+        return a
+    if a.size * dtype.itemsize < HUGE_FROM:
+        return a.astype(dtype)
+    if a.flags.c_contiguous:
+        order, back = None, None
+    elif a.ndim == 4 and a.transpose(0, 2, 3, 1).flags.c_contiguous:
+        order, back = (0, 2, 3, 1), (0, 3, 1, 2)
+    else:
+        return a.astype(dtype)
+    src = a if order is None else a.transpose(order)
+    dst = empty_lines(src.shape, dtype)
+    launch(_convert_part, src.reshape(-1), dst.reshape(-1), values=src.size)
+    return dst if back is None else dst.transpose(back)
 
 
 def channels_last_copy(x: np.ndarray, dtype=None) -> np.ndarray:
