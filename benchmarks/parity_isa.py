@@ -85,15 +85,6 @@ def run() -> dict:
     return out
 
 
-def avx2_features() -> str:
-    """The features Numba compiles for on this host, with AVX-512 (and AMX, AVX10) turned off."""
-    from numba.core import codegen
-
-    flags = [f for f in codegen.get_host_cpu_features().split(",") if f]
-    off = ("avx512", "amx", "avx10", "evex512")
-    return ",".join("-" + f[1:] if f[1:].startswith(off) else f for f in flags)
-
-
 def main() -> None:
     if len(sys.argv) > 1:  # the child: save the outputs
         np.savez(sys.argv[1], avx512=_machine.avx512(), **run())
@@ -101,7 +92,11 @@ def main() -> None:
     if not _machine.avx512():
         sys.exit("this CPU does not run AVX-512 code: nothing to compare the AVX2 kernels with")
     with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, NUMBA_CPU_FEATURES=avx2_features(), NUMBA_CACHE_DIR=os.path.join(tmp, "cache"))
+        env = dict(
+            os.environ,
+            NUMBA_CPU_FEATURES=_machine.features_without_avx512(),
+            NUMBA_CACHE_DIR=os.path.join(tmp, "cache"),
+        )
         src = os.path.dirname(os.path.dirname(roipool.__file__))
         env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
         saved = os.path.join(tmp, "avx2.npz")

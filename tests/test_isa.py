@@ -60,21 +60,12 @@ CASE = textwrap.dedent(
 )
 
 
-def _avx2_features() -> str:
-    """The features Numba compiles for on this host, with AVX-512 (and AMX, AVX10) turned off."""
-    from numba.core import codegen
-
-    def off(feature):
-        name = feature[1:]
-        return name.startswith(("avx512", "amx", "avx10", "evex512"))
-
-    return ",".join("-" + f[1:] if off(f) else f for f in codegen.get_host_cpu_features().split(",") if f)
-
-
 def test_the_avx2_kernels_give_the_bits_of_the_avx512_kernels(tmp_path):
     script = tmp_path / "case.py"
     script.write_text(CASE)
-    env = dict(os.environ, NUMBA_CPU_FEATURES=_avx2_features(), NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    env = dict(
+        os.environ, NUMBA_CPU_FEATURES=_machine.features_without_avx512(), NUMBA_CACHE_DIR=str(tmp_path / "cache")
+    )
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(roipool.__file__)), env.get("PYTHONPATH", "")])
     saved = tmp_path / "avx2.npz"
     subprocess.run([sys.executable, str(script), str(saved)], env=env, check=True, timeout=600)

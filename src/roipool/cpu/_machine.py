@@ -159,3 +159,14 @@ def avx512() -> bool:
 
     features = config.CPU_FEATURES if config.CPU_FEATURES is not None else codegen.get_host_cpu_features()
     return "+avx512f" in features.split(",")
+
+
+def features_without_avx512() -> str:
+    """The host's features as Numba reads them, with AVX-512 (and AMX, AVX10) turned off: the
+    ``NUMBA_CPU_FEATURES`` that compiles the AVX2 code on an AVX-512 machine, so that both can be
+    compared there (``tests/test_isa.py``, ``benchmarks/parity_isa.py``)."""
+    from numba.core import codegen
+
+    wide = ("avx512", "amx", "avx10", "evex512")
+    flags = [f for f in codegen.get_host_cpu_features().split(",") if f]
+    return ",".join("-" + f[1:] if f[1:].startswith(wide) else f for f in flags)
