@@ -74,7 +74,8 @@ def test_a_half_precision_map_is_widened_and_its_output_narrowed_into_kept_memor
     """A large half-precision map goes to the float32 kernels and back through memory the cache keeps
     (``_library.of_dtype``), not ``.to``'s fresh pages: the same values and memory format as widening
     with ``.to`` and narrowing the float32 call's output, the narrowed output in roipool's memory (on
-    a huge page), which the cache takes back when it is dropped."""
+    a huge page), which the cache takes back when it is dropped. (``roi_align``'s kernel reads a
+    channels-last one as it is, ``tests/test_half_maps.py``: its output is in that memory too.)"""
     x, boxes = _map(channels=72)  # 72 x 128 x 128 float32 is 4.5 MiB, 100 outputs of 72 x 14 x 14 in half 2.8 MB
     xt = torch.from_numpy(x).to(dtype)
     if channels_last:

@@ -23,7 +23,15 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     rois = _checks.rois_array(boxes, n, dtype)
     _checks.pooled_output_fits(rois.shape[0], channels, pooled_h, pooled_w, dtype.itemsize, output_size)
     taps = cpu.RoIAlignTaps(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width)
-    out = _layout.empty((rois.shape[0], channels, pooled_h, pooled_w), dtype, nhwc)
+    shape = (rois.shape[0], channels, pooled_h, pooled_w)
+    # a channels-last float16 map is read, and its output written, as float16 (the same bits)
+    bits = cpu.reads_half(input.dtype) if nhwc and input.transpose(0, 2, 3, 1).flags.c_contiguous else None
+    if bits is not None:
+        out = _layout.empty(shape, bits, nhwc)
+        if out.size:
+            cpu.launch_forward(input.view(bits), taps, out)
+        return out.view(input.dtype)
+    out = _layout.empty(shape, dtype, nhwc)
     if out.size:
         cpu.launch_forward(as_dtype(input, dtype), taps, out)
     return as_dtype(out, input.dtype)

@@ -467,6 +467,22 @@ def of_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.to(dtype)
 
 
+def half_map_bits(input: torch.Tensor, reads_half) -> np.ndarray | None:
+    """The memory of a channels-last float16 or bfloat16 CPU map ``input`` as the bits a kernel
+    reads in place (a NumPy view of the dtype ``reads_half(dtype name)`` gives, as
+    ``cpu/_simd.HALF_BITS`` defines), or None: another dtype or memory format, or a kernel that
+    does not read it on this CPU (it then computes from a float32 copy)."""
+    if input.dtype not in (torch.float16, torch.bfloat16) or not channels_last(input):
+        return None
+    bits = reads_half("bfloat16" if input.dtype == torch.bfloat16 else "float16")
+    return None if bits is None else bits_of(input.detach(), bits)
+
+
+def bits_of(t: torch.Tensor, bits: np.dtype) -> np.ndarray:
+    """A NumPy view of the 16-bit CPU tensor ``t``'s memory as ``bits`` (int16 or uint16), strides kept."""
+    return t.view(torch.int16).numpy().view(bits)
+
+
 def numpy_dtype(dtype: torch.dtype) -> np.dtype:
     """The NumPy dtype of a float16, float32, float64 or int32 torch dtype."""
     types = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64, torch.int32: np.int32}

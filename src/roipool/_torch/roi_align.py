@@ -21,6 +21,7 @@ from ._library import (
     TRAINING,
     Training,
     adjoint_grads,
+    bits_of,
     boxes_to_rois,
     call_backward,
     channels_last,
@@ -32,6 +33,7 @@ from ._library import (
     define,
     eager_route,
     fake_output,
+    half_map_bits,
     new_cpu_output,
     of_dtype,
     quiet_when_tracing,
@@ -51,11 +53,17 @@ def _taps(rois, num_images, dtype, spatial_scale, pooled_height, pooled_width, s
 def _roi_align_cpu(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
     n, channels, height, width = input.shape
     dtype = compute_dtype(input.dtype)
-    x = cpu_array(input, dtype)  # no copy in the compute dtype; the kernel reads any strides
     rois_np, taps = _taps(
         rois, n, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, height, width
     )
-    out = new_cpu_output((rois_np.shape[0], channels, pooled_height, pooled_width), dtype, channels_last(input))
+    shape = (rois_np.shape[0], channels, pooled_height, pooled_width)
+    bits = half_map_bits(input, cpu.reads_half)  # a channels-last 16-bit map, read and written as it is
+    if bits is not None:
+        out = new_cpu_output(shape, input.dtype, True)
+        cpu.launch_forward(bits, taps, bits_of(out, bits.dtype))
+        return out
+    x = cpu_array(input, dtype)  # no copy in the compute dtype; the kernel reads any strides
+    out = new_cpu_output(shape, dtype, channels_last(input))
     cpu.launch_forward(x, taps, out.numpy())
     return of_dtype(out, input.dtype)
 

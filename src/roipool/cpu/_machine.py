@@ -8,7 +8,8 @@ smaller of the two, so a choice made from it errs towards the smaller cache.
 ``ROIPOOL_L2_BYTES`` overrides it (tests, or a machine that misreports);
 :func:`l3_bytes` and ``ROIPOOL_L3_BYTES`` likewise for the L3, which is also held
 to :data:`MAX_L3_BYTES_PER_CPU` for each CPU said to share it (a VM may report its
-host's whole L3). :func:`avx512` says whether the kernels are compiled for AVX-512.
+host's whole L3). :func:`avx512` says whether the kernels are compiled for AVX-512, and
+:func:`half_conversions` whether they convert float16 in hardware.
 """
 
 from __future__ import annotations
@@ -155,10 +156,25 @@ def avx512() -> bool:
     """Whether Numba compiles the kernels for AVX-512: ``+avx512f`` in ``NUMBA_CPU_FEATURES``
     where set, else in the host's features as Numba reads them (a hypervisor may hide AVX-512
     from a CPU that has it; this says what the compiled code uses)."""
+    return "+avx512f" in _compiled_features()
+
+
+def _compiled_features() -> list[str]:
+    """The CPU features Numba compiles for: ``NUMBA_CPU_FEATURES`` where set, else the host's."""
     from numba.core import codegen, config
 
     features = config.CPU_FEATURES if config.CPU_FEATURES is not None else codegen.get_host_cpu_features()
-    return "+avx512f" in features.split(",")
+    return features.split(",")
+
+
+@functools.cache
+def half_conversions() -> bool:
+    """Whether the compiled code converts float16 in hardware: F16C on x86 (every AVX2 CPU has
+    it), or an AArch64 CPU (always). Without it LLVM calls a runtime function for the conversion,
+    which Numba does not link, so float16 maps are then widened outside the kernels."""
+    import platform
+
+    return platform.machine().lower() in ("aarch64", "arm64") or "+f16c" in _compiled_features()
 
 
 def features_without_avx512() -> str:

@@ -51,9 +51,62 @@ class _VectorModel(models.PrimitiveModel):
         super().__init__(dmm, fe_type, ir.VectorType(element, fe_type.lanes))
 
 
+#: Half-precision storage. Numba has no float16 on the CPU and NumPy no bfloat16, so a 16-bit
+#: float array reaches the kernels as its bits: ``int16`` for bfloat16, ``uint16`` for float16.
+#: :func:`vload`, :func:`vstore`, :func:`vzeros`, :func:`vector_lanes`, :func:`load`,
+#: :func:`store` and :func:`szero` take such an array as float32 values: widened exactly on
+#: load, rounded to the nearest (ties to even) on store. (No kernel holds 16-bit integers.)
+HALF_BITS = {types.int16: "bfloat16", types.uint16: "float16"}
+
+
+def compute_type(dtype):
+    """The Numba type a kernel computes in for an array of ``dtype``: float32 for half-precision
+    bits (:data:`HALF_BITS`), else ``dtype`` itself."""
+    return types.float32 if dtype in HALF_BITS else dtype
+
+
 def lanes_of(dtype) -> int:
-    """Lanes of a 64-byte vector of ``dtype`` (a Numba scalar type)."""
-    return VECTOR_BYTES * 8 // dtype.bitwidth
+    """Lanes of a 64-byte vector of ``dtype``'s compute type (a Numba scalar type): 16 for
+    float32 and for half-precision bits (their loads read 32 bytes), 8 for float64."""
+    return VECTOR_BYTES * 8 // compute_type(dtype).bitwidth
+
+
+def _splat(value_type, value):
+    """The constant ``value`` in every lane of the integer vector (or scalar) type ``value_type``."""
+    if isinstance(value_type, ir.VectorType):
+        return ir.Constant(value_type, [ir.Constant(value_type.element, value)] * value_type.count)
+    return ir.Constant(value_type, value)
+
+
+def _of_lanes(element, like):
+    """``element`` as a vector of as many lanes as the LLVM type ``like`` has (or a scalar)."""
+    return ir.VectorType(element, like.count) if isinstance(like, ir.VectorType) else element
+
+
+def _widen(builder, bits, dtype):
+    """The float32 value(s) of half-precision ``bits`` (an i16 scalar or vector) of Numba type
+    ``dtype`` (:data:`HALF_BITS`); exact."""
+    if HALF_BITS[dtype] == "bfloat16":  # the upper half of a float32
+        wide = builder.zext(bits, _of_lanes(ir.IntType(32), bits.type))
+        return builder.bitcast(builder.shl(wide, _splat(wide.type, 16)), _of_lanes(ir.FloatType(), bits.type))
+    half = builder.bitcast(bits, _of_lanes(ir.HalfType(), bits.type))
+    return builder.fpext(half, _of_lanes(ir.FloatType(), bits.type))  # one vcvtph2ps with F16C
+
+
+def _narrow(builder, value, dtype):
+    """The half-precision bits (i16) of the float32 ``value`` (scalar or vector), rounded to the
+    nearest, ties to even; a NaN stays a NaN: bfloat16 keeps its sign and upper payload bits and
+    sets the quiet bit, as the CPUs' own conversions (``vcvtneps2bf16``) do."""
+    short = _of_lanes(ir.IntType(16), value.type)
+    if HALF_BITS[dtype] == "float16":
+        return builder.bitcast(builder.fptrunc(value, _of_lanes(ir.HalfType(), value.type)), short)
+    bits = builder.bitcast(value, _of_lanes(ir.IntType(32), value.type))
+    upper = builder.lshr(bits, _splat(bits.type, 16))
+    odd = builder.and_(upper, _splat(bits.type, 1))
+    rounded = builder.lshr(builder.add(builder.add(bits, _splat(bits.type, 0x7FFF)), odd), _splat(bits.type, 16))
+    quiet_nan = builder.or_(upper, _splat(bits.type, 0x40))
+    is_nan = builder.fcmp_unordered("uno", value, value)
+    return builder.trunc(builder.select(is_nan, quiet_nan, rounded), short)
 
 
 @intrinsic
@@ -201,26 +254,70 @@ def borrowed(typingctx, arrays):
 
 @intrinsic
 def vload(typingctx, array, index):
-    """The vector ``array[index : index + lanes]`` of a contiguous 1-D array."""
-    vt = Vector(array.dtype, lanes_of(array.dtype))
+    """The vector ``array[index : index + lanes]`` of a contiguous 1-D array (widened to float32
+    from half-precision bits, :data:`HALF_BITS`)."""
+    lanes = lanes_of(array.dtype)
+    vt = Vector(compute_type(array.dtype), lanes)
 
     def codegen(context, builder, sig, args):
-        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], vt)
-        return builder.load(ptr, align=array.dtype.bitwidth // 8)
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], Vector(array.dtype, lanes))
+        value = builder.load(ptr, align=array.dtype.bitwidth // 8)
+        return _widen(builder, value, array.dtype) if array.dtype in HALF_BITS else value
 
     return vt(array, types.intp), codegen
 
 
 @intrinsic
 def vstore(typingctx, array, index, value):
-    """``array[index : index + lanes] = value``."""
+    """``array[index : index + lanes] = value`` (rounded to half-precision bits, :data:`HALF_BITS`)."""
+    stored = Vector(array.dtype, value.lanes)
 
     def codegen(context, builder, sig, args):
-        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[2])
-        builder.store(args[2], ptr, align=array.dtype.bitwidth // 8)
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], stored)
+        bits = _narrow(builder, args[2], array.dtype) if array.dtype in HALF_BITS else args[2]
+        builder.store(bits, ptr, align=array.dtype.bitwidth // 8)
         return context.get_dummy_value()
 
     return types.void(array, types.intp, value), codegen
+
+
+@intrinsic
+def load(typingctx, array, index):
+    """``array[index]`` of a contiguous 1-D array, unchecked, in its compute type (widened from
+    half-precision bits, :data:`HALF_BITS`)."""
+
+    def codegen(context, builder, sig, args):
+        ptr = builder.gep(context.make_array(sig.args[0])(context, builder, args[0]).data, [args[1]])
+        value = builder.load(ptr, align=array.dtype.bitwidth // 8)
+        return _widen(builder, value, array.dtype) if array.dtype in HALF_BITS else value
+
+    return compute_type(array.dtype)(array, types.intp), codegen
+
+
+@intrinsic
+def store(typingctx, array, index, value):
+    """``array[index] = value``, unchecked, ``value`` of the array's compute type (rounded to
+    half-precision bits as :func:`vstore` rounds, :data:`HALF_BITS`)."""
+
+    def codegen(context, builder, sig, args):
+        ptr = builder.gep(context.make_array(sig.args[0])(context, builder, args[0]).data, [args[1]])
+        v = context.cast(builder, args[2], sig.args[2], compute_type(array.dtype))
+        bits = _narrow(builder, v, array.dtype) if array.dtype in HALF_BITS else v
+        builder.store(bits, ptr, align=array.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.void(array, types.intp, value), codegen
+
+
+@intrinsic
+def szero(typingctx, like):
+    """Zero in the compute type of the array ``like`` (a scalar :func:`vzeros`)."""
+    zero_type = compute_type(like.dtype)
+
+    def codegen(context, builder, sig, args):
+        return context.get_constant(zero_type, 0)
+
+    return zero_type(like), codegen
 
 
 def _beats(builder, value, best):
@@ -361,8 +458,8 @@ def transpose_tile(src, src_start, src_stride, rows, cols, dst, dst_start, dst_s
 
 @intrinsic
 def vzeros(typingctx, like):
-    """A vector of zeros of the dtype of the array ``like``."""
-    vt = Vector(like.dtype, lanes_of(like.dtype))
+    """A vector of zeros of the compute type of the array ``like``."""
+    vt = Vector(compute_type(like.dtype), lanes_of(like.dtype))
 
     def codegen(context, builder, sig, args):
         return ir.Constant(context.get_value_type(vt), None)

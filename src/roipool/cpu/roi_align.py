@@ -88,18 +88,22 @@ import numba
 import numpy as np
 
 from .. import _checks
-from ._machine import avx512, scratch_band, sweep_strip, sweeps_map_rows
+from ._machine import avx512, half_conversions, scratch_band, sweep_strip, sweeps_map_rows
 from ._parallel import WHOLE_ROIS, BalancedRuns, launch, launch_threads, row_sweep, share, sweep_band, threads
 from ._simd import (
     FALSE,
     ONE,
+    TRUE,
     VECTOR_BYTES,
     ZERO,
     borrowed,
     empty_lines,
+    load,
     muladd,
     prefetch,
     scratch_lines,
+    store,
+    szero,
     transpose_tile,
     vector_lanes,
     vload,
@@ -235,21 +239,9 @@ def forward(xb, x_nhwc, copy_map, batch, hptr, hidx, hwt, wptr, widx, wwt, bound
     for run in share(bounds.shape[0] - 1, part, parts):
         lo, hi = bounds[run], bounds[run + 1]
         if nhwc:
-            # Whole RoIs, or on a large map pieces of bin rows in the order of the map rows
-            # they read (a sweep down each strip of each image, sharing the rows being read
-            # between the RoIs that cross them), each summed straight into its (bins, C)
-            # output, a bin's channel blocks one after the other: a channels-last cell's
-            # channels are read whole.
-            rows = scratch_lines(width * channels, xb)
-            whole = items.shape[0] == 0  # WHOLE_ROIS: the run is of RoIs, each taken whole
-            for i in range(lo, hi):
-                k = i if whole else items[i, 0]
-                ph_lo, ph_hi = (ZERO, pooled_h) if whole else (items[i, 1], items[i, 2])
-                pw_lo, pw_hi = (ZERO, pooled_w) if whole else (items[i, 3], items[i, 4])
-                _forward_bins(
-                    xf, x_nhwc, batch[k], channels, ZERO, channels, height, width, hptr[k], hidx, hwt,
-                    wptr[k], widx, wwt, path, rows, outf, k * nbins * channels, channels, ph_lo, ph_hi, pw_lo, pw_hi,
-                )  # fmt: skip
+            _forward_pieces(
+                xf, x_nhwc, channels, height, width, batch, hptr, hidx, hwt, wptr, widx, wwt, items, lo, hi, path, outf
+            )
         else:
             # Channel blocks outermost: the run's RoIs then read one block of the map
             # (H * W * block values, L2-sized) before moving to the next; each RoI's
@@ -266,6 +258,54 @@ def forward(xb, x_nhwc, copy_map, batch, hptr, hidx, hwt, wptr, widx, wwt, bound
                         hptr[k], hidx, hwt, wptr[k], widx, wwt, path, rows, tile, ZERO, block, ZERO, pooled_h, ZERO, pooled_w,
                     )  # fmt: skip
                     store_tile_lines(tile, block, nbins, cw, stage, outf, k, channels, c0, FALSE)
+
+
+@numba.njit(cache=True, nogil=True)
+def forward_half(x, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, items, path, out, part, parts):
+    """:func:`forward` of a channels-last half-precision map ``x (N, H, W, C)`` into a channels-last
+    output ``out (K, PH * PW, C)`` of the same format, both as their bits (``_simd.HALF_BITS``:
+    int16 for bfloat16, uint16 for float16), summed in float32 as a float32 map's would be.
+
+    Each cell is widened (exactly) as it is read and each bin rounded once as it is stored, so the
+    result has the bits of widening the map, the float32 kernel, and rounding its output, without
+    the passes over the map and the output that takes (nor their memory).
+    """
+    x, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, items, out = borrowed(
+        (x, batch, hptr, hidx, hwt, wptr, widx, wwt, bounds, items, out)
+    )
+    _, height, width, channels = x.shape
+    xf, outf = x.reshape(-1), out.reshape(-1)
+    for run in share(bounds.shape[0] - 1, part, parts):
+        _forward_pieces(
+            xf, TRUE, channels, height, width, batch, hptr, hidx, hwt, wptr, widx, wwt, items,
+            bounds[run], bounds[run + 1], path, outf,
+        )  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _forward_pieces(
+    xf, x_nhwc, channels, height, width, batch, hptr, hidx, hwt, wptr, widx, wwt, items, lo, hi, path, outf
+):
+    """Runs ``[lo, hi)`` of :func:`forward` into a channels-last output ``outf``.
+
+    Whole RoIs, or on a large map pieces of bin rows in the order of the map rows
+    they read (a sweep down each strip of each image, sharing the rows being read
+    between the RoIs that cross them), each summed straight into its (bins, C)
+    output, a bin's channel blocks one after the other: a channels-last cell's
+    channels are read whole.
+    """
+    pooled_h, pooled_w = hptr.shape[1] - 1, wptr.shape[1] - 1
+    nbins = pooled_h * pooled_w
+    rows = scratch_lines(width * channels, hwt)  # interpolated rows, in the compute dtype (the taps')
+    whole = items.shape[0] == 0  # WHOLE_ROIS: the run is of RoIs, each taken whole
+    for i in range(lo, hi):
+        k = i if whole else items[i, 0]
+        ph_lo, ph_hi = (ZERO, pooled_h) if whole else (items[i, 1], items[i, 2])
+        pw_lo, pw_hi = (ZERO, pooled_w) if whole else (items[i, 3], items[i, 4])
+        _forward_bins(
+            xf, x_nhwc, batch[k], channels, ZERO, channels, height, width, hptr[k], hidx, hwt,
+            wptr[k], widx, wwt, path, rows, outf, k * nbins * channels, channels, ph_lo, ph_hi, pw_lo, pw_hi,
+        )  # fmt: skip
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -621,10 +661,10 @@ def _gather(src, base, step, idx, wt, m0, m1, dst, t, cw, add=False):
         vstore(dst, t + c, a)
         c += lanes
     for cc in range(c, cw):
-        if not add:
-            dst[t + cc] = 0
+        s = load(dst, t + cc) if add else szero(dst)
         for m in range(np.uint64(m0), np.uint64(m1)):
-            dst[t + cc] = muladd(dst[t + cc], wt[m], src[base + idx[m] * step + cc])
+            s = muladd(s, wt[m], load(src, base + idx[m] * step + cc))
+        store(dst, t + cc, s)
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
@@ -701,12 +741,13 @@ def _gather2(src, base, step_i, idx_i, wt_i, i0, i1, step_j, idx_j, wt_j, j0, j1
         vstore(dst, t + c, a)
         c += lanes
     for cc in range(c, cw):
-        dst[t + cc] = 0
+        s = szero(dst)
         for i in range(np.uint64(i0), np.uint64(i1)):
             oi = base + idx_i[i] * step_i + cc
             wi = wt_i[i]
             for j in range(np.uint64(j0), np.uint64(j1)):
-                dst[t + cc] = muladd(dst[t + cc], wi * wt_j[j], src[oi + idx_j[j] * step_j])
+                s = muladd(s, wi * wt_j[j], load(src, oi + idx_j[j] * step_j))
+        store(dst, t + cc, s)
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
@@ -906,10 +947,27 @@ def rois_by_image(batch: np.ndarray, images: int) -> tuple[np.ndarray, np.ndarra
     return order, np.searchsorted(batch[order], np.arange(images + 1)).astype(np.int64)
 
 
+def reads_half(dtype) -> np.dtype | None:
+    """The dtype of the bits (``_simd.HALF_BITS``) in which :func:`launch_forward` takes a
+    channels-last map of the 16-bit float ``dtype`` (``"bfloat16"`` or NumPy's float16) and its
+    channels-last output, or None where it computes only from a float32 copy here: float16
+    needs the CPU's conversions on x86 (F16C), which every AVX2 CPU has; LLVM would otherwise
+    call a runtime function that Numba does not link."""
+    if str(dtype) == "bfloat16":
+        return np.dtype(np.int16)
+    if str(dtype) == "float16" and half_conversions():
+        return np.dtype(np.uint16)
+    return None
+
+
 def launch_forward(x, taps: RoIAlignTaps, out) -> None:
     """``out (K, C, PH, PW)`` <- RoIAlign of ``x (N, C, H, W)`` (compute dtype, any strides),
     read in place when channels-last, else through :func:`blocked_map`. ``out`` is C-contiguous in NCHW or channels-last order
-    (``_tiles.memory_order``); the kernel writes it in place, in its own order."""
+    (``_tiles.memory_order``); the kernel writes it in place, in its own order.
+
+    A channels-last half-precision map may come as its bits (:func:`reads_half`), with a
+    channels-last ``out`` of the same bits: it is then read and written in place
+    (:func:`forward_half`), with the bits of computing from a float32 copy."""
     if not out.size:
         return
     view, nhwc = bins_order(out)
@@ -918,6 +976,13 @@ def launch_forward(x, taps: RoIAlignTaps, out) -> None:
     x_nhwc = x.transpose(0, 2, 3, 1).flags.c_contiguous
     values = x.size + view.size
     bounds, items = _forward_items(x, taps, nhwc, values)
+    if x.dtype.itemsize == 2:  # half-precision bits (reads_half), channels-last in and out
+        if not (x_nhwc and nhwc and out.dtype == x.dtype):
+            raise ValueError(
+                "a half-precision map is read only channels-last, into a channels-last output of its dtype"
+            )
+        launch(forward_half, x.transpose(0, 2, 3, 1), *taps.arrays, bounds, items, TAP_EVALUATION, view, values=values)
+        return
     # A small NCHW map that one thread reads is copied by the kernel's own call (copy_map).
     copy_map = not x_nhwc and x.flags.c_contiguous and not items.shape[0] and launch_threads(values) == 1
     xb = x.transpose(0, 2, 3, 1) if x_nhwc else x if copy_map else blocked_map(x)

@@ -1,0 +1,203 @@
+"""Half-precision maps read and written by the kernels themselves (``cpu/_simd.HALF_BITS``).
+
+A channels-last float16 or bfloat16 map goes to ``roi_align``'s kernel as it is, each cell widened
+as it is read and each bin rounded once as it is stored. The result must have the bits of the
+float32 route it replaces: widen the map, compute in float32, round the output (to nearest, ties
+to even), for every path through the kernel; and the conversions themselves must be those of
+torch and NumPy for every value but NaN payloads.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import roipool  # noqa: E402
+from roipool.cpu import roi_align as kernels  # noqa: E402
+from roipool.cpu._simd import load, store, vector_lanes, vload, vstore  # noqa: E402
+
+HALVES = [torch.bfloat16, torch.float16]
+BITS = {torch.bfloat16: np.int16, torch.float16: np.uint16}
+
+
+def _needs_hardware_float16(dtype):
+    if kernels.reads_half(str(dtype).removeprefix("torch.")) is None:
+        pytest.skip("float16 is widened outside the kernels on this CPU (no F16C)")
+
+
+@numba.njit
+def _through_vectors(src, dst):
+    """``dst`` <- ``src`` through the vector loads and stores (whole vectors), the rest one by one
+    (scalar loads and stores): half-precision bits to float32 or back."""
+    lanes = vector_lanes(src)
+    i = 0
+    while i + lanes <= src.size:
+        vstore(dst, i, vload(src, i))
+        i += lanes
+    for j in range(i, src.size):
+        store(dst, j, load(src, j))
+
+
+def _float32_awkward():
+    """float32 values whose rounding to 16 bits is hard: ties of either parity, one ulp around
+    them, overflow to inf, subnormal results, the largest finite ones, signed zeros and infinities."""
+    rng = np.random.default_rng(0)
+    upper = rng.integers(0, 1 << 16, 2000, dtype=np.uint32) << 16
+    bits = [upper | 0x8000, upper | 0x7FFF, upper | 0x8001, upper | (1 << 12), upper | (1 << 13) | (1 << 12)]
+    bits.append(rng.integers(0, 1 << 32, 4000, dtype=np.uint64).astype(np.uint32))
+    x = np.concatenate(bits).view(np.float32)
+    special = [0.0, -0.0, np.inf, -np.inf, 65504.0, 65520.0, 65519.99, 6e-8, 3e-8, 2.98e-8, 1e-40, 3.4e38, -3.4e38]
+    x = np.concatenate(
+        [x, np.array(special, np.float32), np.float32(1 + 2.0**-8) * np.arange(-300, 300, dtype=np.float32)]
+    )
+    return x[~np.isnan(x)]
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+def test_stores_round_as_torch_and_numpy_do_and_loads_widen_exactly(dtype):
+    _needs_hardware_float16(dtype)
+    bits = BITS[dtype]
+    x = _float32_awkward()
+    got = np.empty(x.size, bits)
+    _through_vectors(x, got)
+    want = torch.from_numpy(x).to(dtype).view(torch.int16).numpy().view(bits)
+    np.testing.assert_array_equal(got, want)
+    if dtype == torch.float16:
+        with np.errstate(over="ignore"):
+            np.testing.assert_array_equal(got, x.astype(np.float16).view(np.uint16))
+    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(bits)  # every 16-bit pattern, 4096 vectors
+    wide = np.empty(every.size + 3, np.float32)
+    _through_vectors(np.concatenate([every, every[:3]]), wide)  # the last three widened one by one
+    want = torch.from_numpy(every.view(np.int16)).view(dtype).float().numpy()
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(wide[: every.size][~nan].view(np.uint32), want[~nan].view(np.uint32))
+    assert np.isnan(wide[: every.size][nan]).all()
+    np.testing.assert_array_equal(wide[every.size :].view(np.uint32), wide[:3].view(np.uint32))
+
+
+def test_a_nan_stays_a_nan_and_bfloat16_keeps_its_sign():
+    # quiet and signalling NaNs of either sign; those with a payload below bfloat16's bits only
+    # would round to an infinity: 18 values, a vector and two single stores
+    nans = [0x7FC00000, 0xFFC00000, 0x7F800001, 0xFF80FFFF, 0x7FFFFFFF, 0xFF812345]
+    x = np.array(nans * 3, np.uint32).view(np.float32)
+    for bits, upper in ((np.int16, 0x7F80), (np.uint16, 0x7C00)):
+        got = np.empty(x.size, bits)
+        _through_vectors(x, got)
+        u = got.view(np.uint16).astype(np.int64)
+        assert ((u & 0x7FFF) > upper).all() and ((u & 0x7FFF) & ~upper > 0).all()
+        if bits is np.int16:
+            assert ((u >> 15) == (x.view(np.uint32) >> 31)).all()
+
+
+@pytest.fixture
+def half_kernel_calls(monkeypatch):
+    """The calls of ``forward_half`` made in the test (a list, one entry a part)."""
+    calls, kernel = [], kernels.forward_half
+    monkeypatch.setattr(kernels, "forward_half", lambda *args: calls.append(args[-2:]) or kernel(*args))
+    return calls
+
+
+def _boxes(rng, k, images, height, width, scale):
+    """Boxes of every kind: inside, half outside, outside, degenerate, tiny, huge, half-way coordinates."""
+    side = rng.uniform(0.2, 1.2 * max(height, width) / scale, (k, 2))
+    xy = rng.uniform(-0.3 * width / scale, 1.1 * width / scale, (k, 2))
+    boxes = np.column_stack([rng.integers(0, images, k), xy, xy + side])
+    boxes[:6, 1:] = [
+        [-90, -90, -50, -50],
+        [3, 3, 3, 3],
+        [7, 9, 5, 2],
+        [0, 0, 1e5, 1e5],
+        [2.5, 4.5, 6.5, 10.5],
+        [1, 1, 1.01, 1.01],
+    ]
+    return torch.from_numpy(boxes.round(2)).float()
+
+
+@pytest.mark.parametrize("path", ["AUTO", "DIRECT", "ROWS_FIRST"])
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+def test_a_channels_last_half_map_gives_the_bits_of_the_float32_route(monkeypatch, half_kernel_calls, dtype, path):
+    """Every channel count the register blocks split differently (one scalar channel, a vector and
+    a rest, a 128-channel block and a rest), both sampling rules, both ways of evaluating the taps;
+    the output channels-last in the map's dtype, bit for bit the float32 call's output rounded."""
+    _needs_hardware_float16(dtype)
+    monkeypatch.setattr(kernels, "TAP_EVALUATION", getattr(kernels, path))
+    rng = np.random.default_rng(3)
+    for channels in (1, 3, 16, 21, 130, 257):
+        x = (torch.randn(2, channels, 13, 17) * 40).to(dtype).contiguous(memory_format=torch.channels_last)
+        before = x.clone()
+        boxes = _boxes(rng, 25, 2, 13, 17, 0.5)
+        for size, ratio, aligned in (((7, 5), 2, True), (3, -1, False)):
+            before_calls = len(half_kernel_calls)
+            got = roipool.roi_align(x, boxes, size, 0.5, ratio, aligned)
+            # read in place, not through a float32 copy; one channel's map is contiguous too, and NCHW
+            assert (len(half_kernel_calls) > before_calls) == (channels > 1)
+            want = roipool.roi_align(x.float(), boxes, size, 0.5, ratio, aligned).to(dtype)
+            assert got.dtype == dtype and got.stride() == want.stride()
+            assert got.is_contiguous(memory_format=torch.channels_last)
+            assert torch.equal(got.view(torch.int16), want.view(torch.int16)), (channels, size)
+        assert torch.equal(x.view(torch.int16), before.view(torch.int16))  # the map is not modified
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+def test_the_map_row_sweep_of_a_half_map_gives_the_same_bits(monkeypatch, dtype):
+    """On a map the sweep is taken for (forced here), pieces of bin rows down strips of the map."""
+    _needs_hardware_float16(dtype)
+    x = torch.randn(2, 40, 30, 44).to(dtype).contiguous(memory_format=torch.channels_last)
+    boxes = _boxes(np.random.default_rng(8), 60, 2, 30, 44, 0.25)
+    want = roipool.roi_align(x.float(), boxes, 7, 0.25, 2, True).to(dtype)
+    monkeypatch.setattr(kernels, "sweeps_map_rows", lambda nbytes: True)
+    monkeypatch.setattr(kernels, "sweep_strip", lambda rows, cell_bytes: 5)  # strips cut the bin rows
+    got = roipool.roi_align(x, boxes, 7, 0.25, 2, True)
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+
+
+def test_a_channels_last_float16_array_gives_the_bits_of_astype(half_kernel_calls):
+    """NumPy: ``layout="nhwc"`` float16 in, float16 out, the bits of the float32 call's output
+    rounded by ``astype``; an NHWC-strided array without the layout keeps the float32 route."""
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((2, 11, 15, 37)) * 100).astype(np.float16)
+    boxes = _boxes(rng, 20, 2, 11, 15, 1.0).numpy()
+    got = roipool.roi_align(x, boxes, 4, 1.0, 2, True, layout="nhwc")
+    want = roipool.roi_align(x.astype(np.float32), boxes, 4, 1.0, 2, True, layout="nhwc").astype(np.float16)
+    assert got.dtype == np.float16 and got.flags.c_contiguous and got.shape == (20, 4, 4, 37)
+    assert bool(half_kernel_calls) == (kernels.reads_half("float16") is not None)
+    np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
+    strided = roipool.roi_align(x.transpose(0, 3, 1, 2), boxes, 4, 1.0, 2, True)
+    np.testing.assert_array_equal(strided.transpose(0, 2, 3, 1).view(np.uint16), want.view(np.uint16))
+    empty = roipool.roi_align(x, np.zeros((0, 5), np.float32), 4, 1.0, 2, True, layout="nhwc")
+    assert empty.shape == (0, 4, 4, 37) and empty.dtype == np.float16
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+def test_without_the_kernels_reading_it_a_half_map_takes_the_float32_route(monkeypatch, half_kernel_calls, dtype):
+    """Where the kernels do not read a format (float16 without F16C), the map is widened outside
+    them as before: the same bits and memory format either way."""
+    x = torch.randn(1, 20, 9, 9).to(dtype).contiguous(memory_format=torch.channels_last)
+    boxes = _boxes(np.random.default_rng(2), 10, 1, 9, 9, 1.0)
+    direct = roipool.roi_align(x, boxes, 3, 1.0, 2, True)
+    monkeypatch.setattr(kernels, "reads_half", lambda dtype: None)
+    calls = len(half_kernel_calls)
+    widened = roipool.roi_align(x, boxes, 3, 1.0, 2, True)
+    assert len(half_kernel_calls) == calls
+    assert torch.equal(direct.view(torch.int16), widened.view(torch.int16)) and direct.stride() == widened.stride()
+
+
+def test_float16_is_read_in_the_kernels_only_with_hardware_conversions(monkeypatch):
+    from roipool.cpu import _machine
+
+    assert kernels.reads_half("bfloat16") == np.int16
+    assert kernels.reads_half("float16") == (np.uint16 if _machine.half_conversions() else None)
+    assert kernels.reads_half(">f2") is None and kernels.reads_half("float32") is None  # byte-swapped: widened
+    monkeypatch.setattr(kernels, "half_conversions", lambda: False)
+    assert kernels.reads_half("float16") is None and kernels.reads_half("bfloat16") == np.int16
+
+
+def test_half_bits_into_an_nchw_output_are_refused():
+    x = torch.randn(1, 8, 6, 6).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    taps = kernels.RoIAlignTaps(np.array([[0, 0, 0, 4, 4]], np.float32), 1.0, 2, 2, 2, True, 6, 6)
+    bits = x.view(torch.int16).numpy()
+    with pytest.raises(ValueError, match="channels-last"):
+        kernels.launch_forward(bits, taps, np.empty((1, 8, 2, 2), np.int16))
