@@ -93,10 +93,15 @@ def test_a_nan_stays_a_nan_and_bfloat16_keeps_its_sign():
 
 
 @pytest.fixture
-def half_kernel_calls(monkeypatch):
-    """The calls of ``forward_half`` made in the test (a list, one entry a part)."""
-    calls, kernel = [], kernels.forward_half
-    monkeypatch.setattr(kernels, "forward_half", lambda *args: calls.append(args[-2:]) or kernel(*args))
+def launches(monkeypatch):
+    """The kernels ``cpu/roi_align.py`` launched in the test: ``(name, dtypes of its array arguments)``, one a launch."""
+    calls, launch = [], kernels.launch
+
+    def recorded(kernel, *args, **kw):
+        calls.append((kernel.__name__, [a.dtype for a in args if isinstance(a, np.ndarray)]))
+        return launch(kernel, *args, **kw)
+
+    monkeypatch.setattr(kernels, "launch", recorded)
     return calls
 
 
@@ -116,72 +121,101 @@ def _boxes(rng, k, images, height, width, scale):
     return torch.from_numpy(boxes.round(2)).float()
 
 
+def _in_layout(x, layout):
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":  # every other row of a taller map: neither contiguous nor channels-last
+        return torch.cat([x, x], dim=2)[:, :, ::2]
+    return x
+
+
+LAYOUTS = ["channels_last", "contiguous", "strided"]
+
+
+def _kernel_of(launches, dtype):
+    """The kernel that computed the last output: ``forward_half`` or ``forward``, the output in 16 bits."""
+    name, dtypes = next((n, d) for n, d in reversed(launches) if n.startswith("forward"))
+    assert dtypes[-1] == BITS[dtype]  # written in 16 bits, no float32 output narrowed after
+    return name
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("path", ["AUTO", "DIRECT", "ROWS_FIRST"])
 @pytest.mark.parametrize("dtype", HALVES, ids=str)
-def test_a_channels_last_half_map_gives_the_bits_of_the_float32_route(monkeypatch, half_kernel_calls, dtype, path):
+def test_a_half_map_gives_the_bits_of_the_float32_route(monkeypatch, launches, dtype, path, layout):
     """Every channel count the register blocks split differently (one scalar channel, a vector and
-    a rest, a 128-channel block and a rest), both sampling rules, both ways of evaluating the taps;
-    the output channels-last in the map's dtype, bit for bit the float32 call's output rounded."""
+    a rest, a 128-channel block and a rest), both sampling rules, both ways of evaluating the taps,
+    each memory format: the output in the map's dtype and format, bit for bit the float32 call's
+    output rounded. A channels-last map is read in place (``forward_half``), any other widened as
+    it is copied into the blocked layout."""
     _needs_hardware_float16(dtype)
     monkeypatch.setattr(kernels, "TAP_EVALUATION", getattr(kernels, path))
     rng = np.random.default_rng(3)
     for channels in (1, 3, 16, 21, 130, 257):
-        x = (torch.randn(2, channels, 13, 17) * 40).to(dtype).contiguous(memory_format=torch.channels_last)
+        x = _in_layout((torch.randn(2, channels, 13, 17) * 40).to(dtype), layout)
         before = x.clone()
         boxes = _boxes(rng, 25, 2, 13, 17, 0.5)
         for size, ratio, aligned in (((7, 5), 2, True), (3, -1, False)):
-            before_calls = len(half_kernel_calls)
             got = roipool.roi_align(x, boxes, size, 0.5, ratio, aligned)
-            # read in place, not through a float32 copy; one channel's map is contiguous too, and NCHW
-            assert (len(half_kernel_calls) > before_calls) == (channels > 1)
+            # one channel's channels-last map is contiguous too, and taken as NCHW
+            in_place = layout == "channels_last" and channels > 1
+            assert _kernel_of(launches, dtype) == ("forward_half" if in_place else "forward")
             want = roipool.roi_align(x.float(), boxes, size, 0.5, ratio, aligned).to(dtype)
             assert got.dtype == dtype and got.stride() == want.stride()
-            assert got.is_contiguous(memory_format=torch.channels_last)
             assert torch.equal(got.view(torch.int16), want.view(torch.int16)), (channels, size)
         assert torch.equal(x.view(torch.int16), before.view(torch.int16))  # the map is not modified
 
 
+@pytest.mark.parametrize("layout", LAYOUTS[:2])
 @pytest.mark.parametrize("dtype", HALVES, ids=str)
-def test_the_map_row_sweep_of_a_half_map_gives_the_same_bits(monkeypatch, dtype):
-    """On a map the sweep is taken for (forced here), pieces of bin rows down strips of the map."""
+def test_the_map_row_sweep_of_a_half_map_gives_the_same_bits(monkeypatch, launches, dtype, layout):
+    """On a map the sweep is taken for (forced here), pieces of bin rows down strips of the map;
+    an NCHW output is then written channels-last in its own memory and turned, in 16 bits."""
     _needs_hardware_float16(dtype)
-    x = torch.randn(2, 40, 30, 44).to(dtype).contiguous(memory_format=torch.channels_last)
+    x = _in_layout(torch.randn(2, 40, 30, 44).to(dtype), layout)
     boxes = _boxes(np.random.default_rng(8), 60, 2, 30, 44, 0.25)
     want = roipool.roi_align(x.float(), boxes, 7, 0.25, 2, True).to(dtype)
     monkeypatch.setattr(kernels, "sweeps_map_rows", lambda nbytes: True)
     monkeypatch.setattr(kernels, "sweep_strip", lambda rows, cell_bytes: 5)  # strips cut the bin rows
     got = roipool.roi_align(x, boxes, 7, 0.25, 2, True)
-    assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+    _kernel_of(launches, dtype)
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16)) and got.stride() == want.stride()
 
 
-def test_a_channels_last_float16_array_gives_the_bits_of_astype(half_kernel_calls):
-    """NumPy: ``layout="nhwc"`` float16 in, float16 out, the bits of the float32 call's output
-    rounded by ``astype``; an NHWC-strided array without the layout keeps the float32 route."""
+@pytest.mark.parametrize("layout", ["nhwc", "nchw", "nhwc memory, nchw layout"])
+def test_a_float16_array_gives_the_bits_of_astype(launches, layout):
+    """NumPy: float16 in, float16 out in the layout asked for, the bits of the float32 call's
+    output rounded by ``astype``."""
     rng = np.random.default_rng(5)
-    x = (rng.standard_normal((2, 11, 15, 37)) * 100).astype(np.float16)
+    x = (rng.standard_normal((2, 11, 15, 37)) * 100).astype(np.float16)  # NHWC
     boxes = _boxes(rng, 20, 2, 11, 15, 1.0).numpy()
-    got = roipool.roi_align(x, boxes, 4, 1.0, 2, True, layout="nhwc")
     want = roipool.roi_align(x.astype(np.float32), boxes, 4, 1.0, 2, True, layout="nhwc").astype(np.float16)
-    assert got.dtype == np.float16 and got.flags.c_contiguous and got.shape == (20, 4, 4, 37)
-    assert bool(half_kernel_calls) == (kernels.reads_half("float16") is not None)
+    if layout == "nhwc":
+        got = roipool.roi_align(x, boxes, 4, 1.0, 2, True, layout="nhwc")
+    else:
+        given = np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if layout == "nchw" else x.transpose(0, 3, 1, 2)
+        got = roipool.roi_align(given, boxes, 4, 1.0, 2, True).transpose(0, 2, 3, 1)
+    assert got.dtype == np.float16 and got.shape == (20, 4, 4, 37)
+    assert got.flags.c_contiguous == (layout == "nhwc")
+    if kernels.reads_half("float16") is not None:
+        assert _kernel_of(launches, torch.float16) == ("forward_half" if layout == "nhwc" else "forward")
     np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
-    strided = roipool.roi_align(x.transpose(0, 3, 1, 2), boxes, 4, 1.0, 2, True)
-    np.testing.assert_array_equal(strided.transpose(0, 2, 3, 1).view(np.uint16), want.view(np.uint16))
     empty = roipool.roi_align(x, np.zeros((0, 5), np.float32), 4, 1.0, 2, True, layout="nhwc")
     assert empty.shape == (0, 4, 4, 37) and empty.dtype == np.float16
 
 
+@pytest.mark.parametrize("layout", LAYOUTS[:2])
 @pytest.mark.parametrize("dtype", HALVES, ids=str)
-def test_without_the_kernels_reading_it_a_half_map_takes_the_float32_route(monkeypatch, half_kernel_calls, dtype):
+def test_without_the_kernels_reading_it_a_half_map_takes_the_float32_route(monkeypatch, launches, dtype, layout):
     """Where the kernels do not read a format (float16 without F16C), the map is widened outside
     them as before: the same bits and memory format either way."""
-    x = torch.randn(1, 20, 9, 9).to(dtype).contiguous(memory_format=torch.channels_last)
+    x = _in_layout(torch.randn(1, 20, 9, 9).to(dtype), layout)
     boxes = _boxes(np.random.default_rng(2), 10, 1, 9, 9, 1.0)
     direct = roipool.roi_align(x, boxes, 3, 1.0, 2, True)
     monkeypatch.setattr(kernels, "reads_half", lambda dtype: None)
-    calls = len(half_kernel_calls)
+    del launches[:]
     widened = roipool.roi_align(x, boxes, 3, 1.0, 2, True)
-    assert len(half_kernel_calls) == calls
+    assert all(np.dtype(np.float32) in dtypes for _, dtypes in launches)
     assert torch.equal(direct.view(torch.int16), widened.view(torch.int16)) and direct.stride() == widened.stride()
 
 
@@ -195,9 +229,10 @@ def test_float16_is_read_in_the_kernels_only_with_hardware_conversions(monkeypat
     assert kernels.reads_half("float16") is None and kernels.reads_half("bfloat16") == np.int16
 
 
-def test_half_bits_into_an_nchw_output_are_refused():
+def test_half_bits_into_an_output_of_another_dtype_are_refused():
     x = torch.randn(1, 8, 6, 6).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     taps = kernels.RoIAlignTaps(np.array([[0, 0, 0, 4, 4]], np.float32), 1.0, 2, 2, 2, True, 6, 6)
     bits = x.view(torch.int16).numpy()
-    with pytest.raises(ValueError, match="channels-last"):
-        kernels.launch_forward(bits, taps, np.empty((1, 8, 2, 2), np.int16))
+    for out in (np.empty((1, 8, 2, 2), np.float32), np.empty((1, 8, 2, 2), np.uint16)):
+        with pytest.raises(ValueError, match="half-precision bits"):
+            kernels.launch_forward(bits, taps, out)

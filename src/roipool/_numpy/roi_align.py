@@ -24,8 +24,7 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     _checks.pooled_output_fits(rois.shape[0], channels, pooled_h, pooled_w, dtype.itemsize, output_size)
     taps = cpu.RoIAlignTaps(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width)
     shape = (rois.shape[0], channels, pooled_h, pooled_w)
-    # a channels-last float16 map is read, and its output written, as float16 (the same bits)
-    bits = cpu.reads_half(input.dtype) if nhwc and input.transpose(0, 2, 3, 1).flags.c_contiguous else None
+    bits = cpu.reads_half(input.dtype)  # a float16 map is read, and its output written, in 16 bits
     if bits is not None:
         out = _layout.empty(shape, bits, nhwc)
         if out.size:

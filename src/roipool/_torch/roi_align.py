@@ -57,9 +57,9 @@ def _roi_align_cpu(input, rois, spatial_scale, pooled_height, pooled_width, samp
         rois, n, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, height, width
     )
     shape = (rois_np.shape[0], channels, pooled_height, pooled_width)
-    bits = half_map_bits(input, cpu.reads_half)  # a channels-last 16-bit map, read and written as it is
+    bits = half_map_bits(input, cpu.reads_half)  # a 16-bit map, read and written in 16 bits
     if bits is not None:
-        out = new_cpu_output(shape, input.dtype, True)
+        out = new_cpu_output(shape, input.dtype, channels_last(input))
         cpu.launch_forward(bits, taps, bits_of(out, bits.dtype))
         return out
     x = cpu_array(input, dtype)  # no copy in the compute dtype; the kernel reads any strides

@@ -281,6 +281,54 @@ def vstore(typingctx, array, index, value):
     return types.void(array, types.intp, value), codegen
 
 
+def _converted(builder, value, src, dst):
+    """``value``, read from an array of Numba type ``src``, as it is stored into one of ``dst``: the
+    same bits where the types are the same, else widened from or rounded to half-precision bits."""
+    if src == dst:
+        return value
+    if src in HALF_BITS:
+        value = _widen(builder, value, src)
+    return _narrow(builder, value, dst) if dst in HALF_BITS else value
+
+
+def _movable(src, dst) -> bool:
+    """Whether values move between arrays of these Numba types: the same compute type."""
+    return compute_type(src.dtype) == compute_type(dst.dtype)
+
+
+@intrinsic
+def vmove(typingctx, src, s, dst, d):
+    """``dst[d : d + lanes] = src[s : s + lanes]``: the bits as they are between arrays of one type,
+    widened or rounded between half-precision bits and float32 (:data:`HALF_BITS`)."""
+    if not _movable(src, dst):
+        return None
+    lanes = lanes_of(src.dtype)
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], Vector(src.dtype, lanes))
+        value = _converted(builder, builder.load(ptr, align=src.dtype.bitwidth // 8), src.dtype, dst.dtype)
+        ptr = _element_pointer(context, builder, sig.args[2], args[2], args[3], Vector(dst.dtype, lanes))
+        builder.store(value, ptr, align=dst.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.void(src, types.intp, dst, types.intp), codegen
+
+
+@intrinsic
+def move(typingctx, src, s, dst, d):
+    """``dst[d] = src[s]``, unchecked, converted as :func:`vmove` converts."""
+    if not _movable(src, dst):
+        return None
+
+    def codegen(context, builder, sig, args):
+        value = builder.load(builder.gep(context.make_array(sig.args[0])(context, builder, args[0]).data, [args[1]]))
+        ptr = builder.gep(context.make_array(sig.args[2])(context, builder, args[2]).data, [args[3]])
+        builder.store(_converted(builder, value, src.dtype, dst.dtype), ptr)
+        return context.get_dummy_value()
+
+    return types.void(src, types.intp, dst, types.intp), codegen
+
+
 @intrinsic
 def load(typingctx, array, index):
     """``array[index]`` of a contiguous 1-D array, unchecked, in its compute type (widened from
@@ -392,8 +440,11 @@ def transpose_block(typingctx, src, src_start, src_stride, dst, dst_start, dst_s
     ``dst[dst_start + j * dst_stride + r] = src[src_start + r * src_stride + j]``
     for ``r, j < lanes``, as ``lanes`` vector loads, ``lanes * log2(lanes)``
     two-source shuffles and ``lanes`` vector stores. ``src`` and ``dst`` are
-    contiguous 1-D arrays of the same 4- or 8-byte type.
+    contiguous 1-D arrays of one 4- or 8-byte type, or one holds half-precision
+    bits and the other float32: the values are then converted as :func:`vmove` does.
     """
+    if not _movable(src, dst):
+        return None
     lanes = lanes_of(src.dtype)
     vt = Vector(src.dtype, lanes)
 
@@ -424,7 +475,9 @@ def transpose_block(typingctx, src, src_start, src_stride, dst, dst_start, dst_s
         for j in range(lanes):
             off = builder.add(d0, builder.mul(ds, ir.Constant(ds.type, j)))
             builder.store(
-                rows[j], _element_pointer(context, builder, sig.args[3], d, off, vt), align=dst.dtype.bitwidth // 8
+                _converted(builder, rows[j], src.dtype, dst.dtype),
+                _element_pointer(context, builder, sig.args[3], d, off, Vector(dst.dtype, lanes)),
+                align=dst.dtype.bitwidth // 8,
             )
         return context.get_dummy_value()
 
@@ -438,7 +491,8 @@ def transpose_tile(src, src_start, src_stride, rows, cols, dst, dst_start, dst_s
     Whole ``lanes x lanes`` blocks go through registers (:func:`transpose_block`);
     the ragged edges (``rows`` or ``cols`` not a multiple of ``lanes``) are
     copied one value at a time. ``src`` and ``dst`` are contiguous 1-D arrays
-    of the same 4- or 8-byte type.
+    of the same 4- or 8-byte type, or half-precision bits and float32 (converted,
+    :func:`vmove`).
     """
     lanes = vector_lanes(src)
     jv = cols - cols % lanes
@@ -450,10 +504,10 @@ def transpose_tile(src, src_start, src_stride, rows, cols, dst, dst_start, dst_s
             )
         for j in range(j0, j0 + lanes):
             for r in range(rv, rows):
-                dst[dst_start + j * dst_stride + r] = src[src_start + r * src_stride + j]
+                move(src, src_start + r * src_stride + j, dst, dst_start + j * dst_stride + r)
     for j in range(jv, cols):
         for r in range(rows):
-            dst[dst_start + j * dst_stride + r] = src[src_start + r * src_stride + j]
+            move(src, src_start + r * src_stride + j, dst, dst_start + j * dst_stride + r)
 
 
 @intrinsic
@@ -587,15 +641,15 @@ def copy_to_lines(src, dst, start, length):
     A RoI's output rows (``PH * PW`` values each) do not start on cache
     lines, so transposing a tile straight into them would split most vector
     stores over two lines; the kernels transpose into ``src`` (in L1) and
-    copy from there.
+    copy from there (into half-precision bits from float32, rounded: :func:`vmove`).
     """
     lanes = vector_lanes(dst)
     head = min(length, ((-(dst.ctypes.data + start * dst.itemsize)) % VECTOR_BYTES) // dst.itemsize)
     for i in range(head):
-        dst[start + i] = src[i]
+        move(src, i, dst, start + i)
     i = head
     while i + lanes <= length:
-        vstore(dst, start + i, vload(src, i))
+        vmove(src, i, dst, start + i)
         i += lanes
     for j in range(i, length):
-        dst[start + j] = src[j]
+        move(src, j, dst, start + j)

@@ -27,25 +27,26 @@ from ._simd import (
     borrowed,
     copy_to_lines,
     empty_lines,
+    move,
     scratch_lines,
     transpose_tile,
     vector_lanes,
-    vload,
-    vstore,
+    vmove,
 )
 
 
 @numba.njit(nogil=True, inline="always", fastmath=False)
 def copy_run(src, s, dst, d, n):
     """``dst[d : d + n] = src[s : s + n]`` a vector at a time (a slice assignment would first
-    check the two arrays for overlap, and copy through a temporary if they might)."""
+    check the two arrays for overlap, and copy through a temporary if they might); between
+    half-precision bits and float32 converted (``_simd.vmove``)."""
     lanes = vector_lanes(src)
     i = 0
     while i + lanes <= n:
-        vstore(dst, d + i, vload(src, s + i))
+        vmove(src, s + i, dst, d + i)
         i += lanes
     for j in range(i, n):
-        dst[d + j] = src[s + j]
+        move(src, s + j, dst, d + j)
 
 
 @numba.njit(nogil=True, fastmath=False)

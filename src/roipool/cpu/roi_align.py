@@ -228,7 +228,7 @@ def forward(xb, x_nhwc, copy_map, batch, hptr, hidx, hwt, wptr, widx, wwt, bound
     if copy_map:
         # the small call's map copy in the kernel's own call: one compiled call fewer, and no
         # NumPy allocation (each a step of 25 to 70 us after an idle spell, docs/benchmarks.md)
-        xf = scratch_lines(xb.size, xb)
+        xf = scratch_lines(xb.size, hwt)
         channel_blocks(xb.reshape(-1), ONE, height * width, xf.reshape(xb.shape), ZERO, ONE)
     outf = out.reshape(-1)
     nbins = out.shape[1] if nhwc else out.shape[2]
@@ -246,9 +246,9 @@ def forward(xb, x_nhwc, copy_map, batch, hptr, hidx, hwt, wptr, widx, wwt, bound
             # Channel blocks outermost: the run's RoIs then read one block of the map
             # (H * W * block values, L2-sized) before moving to the next; each RoI's
             # block is summed into a (bins, block) tile and transposed into the output.
-            tile = scratch_lines(nbins * block, xb)
-            stage = scratch_lines(nbins * block, xb)
-            rows = scratch_lines(width * block, xb)
+            tile = scratch_lines(nbins * block, hwt)  # in the compute dtype (the taps'), as the sums
+            stage = scratch_lines(nbins * block, hwt)
+            rows = scratch_lines(width * block, hwt)
             for q in range(nblocks):
                 c0 = q * block
                 cw = min(block, channels - c0)
@@ -924,17 +924,19 @@ class RoIAlignTaps(BalancedRuns):
 
 
 def blocked_map(x) -> np.ndarray:
-    """``x (N, C, H, W)`` (compute dtype, any strides) as a new array in the channel-blocked
-    layout the kernels read (:func:`channel_blocks`), copied from ``(N, C, H, W)`` or
-    channels-last memory directly, otherwise from a C-contiguous copy."""
-    xb = empty_lines(x.shape, x.dtype)
+    """``x (N, C, H, W)`` (compute dtype or half-precision bits, any strides) as a new array in
+    the channel-blocked layout the kernels read (:func:`channel_blocks`), in the compute dtype,
+    copied from ``(N, C, H, W)`` or channels-last memory directly, otherwise from a C-contiguous
+    copy."""
+    dtype = np.float32 if x.itemsize == 2 else x.dtype  # half bits widened as they are copied
+    xb = empty_lines(x.shape, dtype)
     if x.flags.c_contiguous:
         flat, cell_step, channel_step = x.reshape(-1), 1, x.shape[2] * x.shape[3]
     elif x.transpose(0, 2, 3, 1).flags.c_contiguous:
         flat, cell_step, channel_step = x.transpose(0, 2, 3, 1).reshape(-1), x.shape[1], 1
     else:
         flat, cell_step, channel_step = np.ascontiguousarray(x).reshape(-1), 1, x.shape[2] * x.shape[3]
-    block = UNROLL * (VECTOR_BYTES // x.itemsize)
+    block = UNROLL * (VECTOR_BYTES // xb.itemsize)
     tasks = x.shape[0] * -(-x.shape[1] // block)  # (image, channel block)
     launch(channel_blocks, flat, cell_step, channel_step, xb, values=xb.size, tasks=tasks)
     return xb
@@ -949,8 +951,8 @@ def rois_by_image(batch: np.ndarray, images: int) -> tuple[np.ndarray, np.ndarra
 
 def reads_half(dtype) -> np.dtype | None:
     """The dtype of the bits (``_simd.HALF_BITS``) in which :func:`launch_forward` takes a
-    channels-last map of the 16-bit float ``dtype`` (``"bfloat16"`` or NumPy's float16) and its
-    channels-last output, or None where it computes only from a float32 copy here: float16
+    map of the 16-bit float ``dtype`` (``"bfloat16"`` or NumPy's float16) and its output, or
+    None where it computes only from a float32 copy here: float16
     needs the CPU's conversions on x86 (F16C), which every AVX2 CPU has; LLVM would otherwise
     call a runtime function that Numba does not link."""
     if str(dtype) == "bfloat16":
@@ -965,26 +967,31 @@ def launch_forward(x, taps: RoIAlignTaps, out) -> None:
     read in place when channels-last, else through :func:`blocked_map`. ``out`` is C-contiguous in NCHW or channels-last order
     (``_tiles.memory_order``); the kernel writes it in place, in its own order.
 
-    A channels-last half-precision map may come as its bits (:func:`reads_half`), with a
-    channels-last ``out`` of the same bits: it is then read and written in place
-    (:func:`forward_half`), with the bits of computing from a float32 copy."""
+    A half-precision map may come as its bits (:func:`reads_half`), with ``out`` of the same
+    bits: a channels-last map into a channels-last output is read in place, 16 bits a cell
+    (:func:`forward_half`); any other is widened as it is copied into the blocked layout, and
+    each bin rounded as it is stored. Either way the bits are those of computing from a
+    float32 copy of the map and rounding the float32 output."""
     if not out.size:
         return
     view, nhwc = bins_order(out)
+    half = x.itemsize == 2  # half-precision bits (reads_half)
+    if half and out.dtype != x.dtype:
+        raise ValueError(f"a map of half-precision bits ({x.dtype}) needs an output of the same, got {out.dtype}")
     # A channels-last map is read in place: its blocked copy costs more than it saves
-    # (kernels.md; on the maskrcnn workload the copy alone moves 56 MB each way).
-    x_nhwc = x.transpose(0, 2, 3, 1).flags.c_contiguous
+    # (kernels.md; on the maskrcnn workload the copy alone moves 56 MB each way). A half-precision
+    # one only into a channels-last output: into NCHW it goes through the blocked copy, widened.
+    x_nhwc = x.transpose(0, 2, 3, 1).flags.c_contiguous and (nhwc or not half)
     values = x.size + view.size
-    bounds, items = _forward_items(x, taps, nhwc, values)
-    if x.dtype.itemsize == 2:  # half-precision bits (reads_half), channels-last in and out
-        if not (x_nhwc and nhwc and out.dtype == x.dtype):
-            raise ValueError(
-                "a half-precision map is read only channels-last, into a channels-last output of its dtype"
-            )
+    read_itemsize = 4 if half and not x_nhwc else x.itemsize  # the blocked copy is float32
+    bounds, items = _forward_items(x, taps, nhwc, values, read_itemsize)
+    if half and x_nhwc:
         launch(forward_half, x.transpose(0, 2, 3, 1), *taps.arrays, bounds, items, TAP_EVALUATION, view, values=values)
         return
-    # A small NCHW map that one thread reads is copied by the kernel's own call (copy_map).
-    copy_map = not x_nhwc and x.flags.c_contiguous and not items.shape[0] and launch_threads(values) == 1
+    # A small NCHW map that one thread reads is copied by the kernel's own call (copy_map); a
+    # half-precision one always by blocked_map (the kernel then has one compiled copy per
+    # output dtype, not two).
+    copy_map = not half and not x_nhwc and x.flags.c_contiguous and not items.shape[0] and launch_threads(values) == 1
     xb = x.transpose(0, 2, 3, 1) if x_nhwc else x if copy_map else blocked_map(x)
     # a swept NCHW output is written channels-last in its own memory, then each RoI turned in place
     transpose = not nhwc and items.shape[0] > 0
@@ -1006,17 +1013,18 @@ def launch_forward(x, taps: RoIAlignTaps, out) -> None:
         channels_first_in_place(dst)
 
 
-def _forward_items(x, taps, nhwc: bool, values: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(bounds, items)`` of :func:`forward`: on a map larger than a quarter of the L3
+def _forward_items(x, taps, nhwc: bool, values: int, itemsize: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(bounds, items)`` of :func:`forward`, whose map has ``itemsize`` bytes a value as the
+    kernel reads it: on a map larger than a quarter of the L3
     (``_machine.sweeps_map_rows``), pieces of bin rows in the order of a sweep down strips of
     the map, for either output (:func:`launch_forward` writes an NCHW one channels-last first);
     otherwise the RoI runs alone (no items, ``_parallel.WHOLE_ROIS``), into either order, for a
     launch of ``values`` (``RoIAlignTaps.runs``)."""
     _, channels, height, width = x.shape
-    if not sweeps_map_rows(height * width * channels * x.itemsize):
+    if not sweeps_map_rows(height * width * channels * itemsize):
         return taps.runs(values), WHOLE_ROIS
     rows, cols = np.diff(taps.hptr, axis=1), np.diff(taps.wptr, axis=1)  # taps per bin row, bin column
-    strip = sweep_strip(sweep_band(rows, cols), channels * x.itemsize)
+    strip = sweep_strip(sweep_band(rows, cols), channels * itemsize)
     first_row, first_col = _first_taps(taps.hptr, taps.hidx), _first_taps(taps.wptr, taps.widx)
     items, bounds = row_sweep(first_row, first_col, rows, cols, taps.batch, height, strip)
     return bounds, items
