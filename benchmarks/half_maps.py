@@ -2,14 +2,17 @@
 
 Usage: ``PYTHONPATH=src python benchmarks/half_maps.py [rounds] [workload ...]`` (defaults: 11
 rounds, ``maskrcnn`` and ``vgg16``). For each workload, 16-bit dtype and memory format, the torch
-op is timed as it is (a channels-last map is read by the kernel in 16 bits,
-``cpu/roi_align.forward_half``) and, for a channels-last map, with that kernel turned off
-(``reads_half`` giving None: the map widened to float32 first, the output rounded after, the route
-before it), beside float32 for scale; and Intel Extension for PyTorch's ``roi_align`` on bfloat16
-and float32 where it is importable (run it from the venv that has it, with ``PYTHONPATH=src``).
-Every round runs each candidate once, in turn, each after the process's threads have been idle
-for 20 ms (``bench._quiesce``); the values are checked first (roipool's routes bit for bit, the
-peer within 0.05). Prints the CPU and medians in ms.
+op is timed as it is (the kernels read and write 16 bits: ``cpu/roi_align.forward_half`` for a
+channels-last map, the widening blocked copy for NCHW) and with that turned off (``reads_half``
+giving None: the map widened to float32 first, the output rounded after, the route before it),
+beside float32 for scale; for float16 the NumPy function both ways too; and Intel Extension for
+PyTorch's ``roi_align`` on bfloat16 and float32 where it is importable (run it from the venv that
+has it, with ``PYTHONPATH=src``).
+The torch candidates' training steps (the forward, then the gradient with respect to the map,
+16-bit in and out) are timed the same way. Every round runs each candidate once, in turn, each
+after the process's threads have been idle for 20 ms (``bench._quiesce``); the values are checked
+first (roipool's routes bit for bit, the peer's forward within 0.05; its gradient's largest
+difference is printed). Prints the CPU and medians in ms.
 """
 
 from __future__ import annotations
@@ -47,12 +50,86 @@ def _candidates(x, rois, w):
             kernels.reads_half = reads_half
 
     out = {"roipool": ours}
-    if x.dtype != torch.float32 and x.is_contiguous(memory_format=torch.channels_last):
+    if x.dtype != torch.float32:
         out["roipool via float32"] = via_float32
+    if x.dtype == torch.float16:  # NumPy's own float16, NCHW or NHWC (layout="nhwc")
+        nhwc = x.is_contiguous(memory_format=torch.channels_last)
+        xn = x.permute(0, 2, 3, 1).contiguous().numpy() if nhwc else x.numpy()
+        layout = "nhwc" if nhwc else "nchw"
+
+        def numpy_call():
+            return torch.from_numpy(roipool.roi_align(xn, rois.numpy(), size, scale, ratio, aligned, layout=layout))
+
+        def numpy_via_float32():
+            kernels.reads_half = lambda dtype: None
+            try:
+                return numpy_call()
+            finally:
+                kernels.reads_half = reads_half
+
+        out["roipool NumPy"] = numpy_call
+        out["roipool NumPy via float32"] = numpy_via_float32
     if ipex is not None and x.dtype != torch.float16:
         layer = ipex.nn.modules._roi_align.RoIAlign((size, size), scale, ratio, aligned=aligned)
         out["intel-extension-for-pytorch"] = lambda: layer(x, rois)
     return out
+
+
+def _step_candidates(x, rois, w):
+    """Training steps (the forward, then the gradient with respect to the map) of the torch candidates."""
+    forwards = {k: v for k, v in _candidates(x, rois, w).items() if "NumPy" not in k}
+    reads_half = kernels.reads_half
+    leaf = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(True)
+    size, scale, ratio, aligned = w.output_size, w.spatial_scale, w.sampling_ratio, w.aligned
+    with torch.no_grad():
+        upstream = torch.ones_like(roipool.roi_align(x, rois, size, scale, ratio, aligned))
+
+    def step(name):
+        def run():
+            if "via float32" in name:
+                kernels.reads_half = lambda dtype: None
+            try:
+                y = (
+                    roipool.roi_align(leaf, rois, size, scale, ratio, aligned)
+                    if name.startswith("roipool")
+                    else ipex_layer(leaf, rois)
+                )
+                return torch.autograd.grad(y, leaf, upstream)[0]
+            finally:
+                kernels.reads_half = reads_half
+
+        return run
+
+    if "intel-extension-for-pytorch" in forwards:
+        ipex_layer = ipex.nn.modules._roi_align.RoIAlign((size, size), scale, ratio, aligned=aligned)
+    return {f"{k} step": step(k) for k in forwards}
+
+
+def _time(candidates, rounds, dtype, grad):
+    """Medians (ms) of ``rounds`` interleaved rounds, after checking the values: roipool's routes
+    bit for bit, the peer's forward within 0.05 (its gradient's largest difference is printed)."""
+    times = {k: [] for k in candidates}
+    with torch.set_grad_enabled(grad):
+        want = candidates[next(iter(candidates))]()
+        for k, call in candidates.items():
+            got = call()
+            if "NumPy" in k and want.is_contiguous(memory_format=torch.channels_last):
+                got = got.permute(0, 3, 1, 2)  # NHWC -> the logical (K, C, PH, PW)
+            error = (got.float() - want.float()).abs().max().item()
+            bits = torch.int16 if dtype != torch.float32 else torch.int32  # NaN-free: bits
+            if k.startswith("roipool"):
+                assert torch.equal(got.view(bits), want.view(bits)), k
+            elif grad:
+                print(f"  ({k}: largest difference from roipool's {error:.3g})")
+            else:
+                assert error <= 0.05, (k, error)
+        for _ in range(rounds):
+            for k, call in candidates.items():
+                bench._quiesce()
+                start = time.perf_counter()
+                call()
+                times[k].append(time.perf_counter() - start)
+    return {k: 1e3 * statistics.median(ts) for k, ts in times.items()}
 
 
 def main(rounds: int = 11, workloads=("maskrcnn", "vgg16")) -> None:
@@ -66,26 +143,12 @@ def main(rounds: int = 11, workloads=("maskrcnn", "vgg16")) -> None:
                 xt = torch.from_numpy(x).to(dtype)
                 if channels_last:
                     xt = xt.contiguous(memory_format=torch.channels_last)
-                candidates = _candidates(xt, rt, w)
-                times = {k: [] for k in candidates}
-                with torch.no_grad():
-                    want = candidates["roipool"]()
-                    for k, call in candidates.items():
-                        got = call()
-                        error = (got.float() - want.float()).abs().max().item()
-                        bits = torch.int16 if dtype != torch.float32 else torch.int32  # NaN-free: bits
-                        bitwise = k.startswith("roipool") and torch.equal(got.view(bits), want.view(bits))
-                        assert bitwise or (not k.startswith("roipool") and error <= 0.05), (k, error)
-                    for _ in range(rounds):
-                        for k, call in candidates.items():
-                            bench._quiesce()
-                            start = time.perf_counter()
-                            call()
-                            times[k].append(time.perf_counter() - start)
                 layout = "channels-last" if channels_last else "NCHW"
                 print(f"{name} {str(dtype)[6:]} {layout} (medians of {rounds} interleaved rounds, ms)")
-                for k, ts in times.items():
-                    print(f"  {k:32s} {1e3 * statistics.median(ts):8.1f}")
+                medians = _time(_candidates(xt, rt, w), rounds, dtype, grad=False)
+                medians.update(_time(_step_candidates(xt, rt, w), rounds, dtype, grad=True))
+                for k, ms in medians.items():
+                    print(f"  {k:40s} {ms:8.1f}")
     print(f"load after: {os.getloadavg()[0]:.2f}")
 
 

@@ -219,6 +219,49 @@ def test_without_the_kernels_reading_it_a_half_map_takes_the_float32_route(monke
     assert torch.equal(direct.view(torch.int16), widened.view(torch.int16)) and direct.stride() == widened.stride()
 
 
+@pytest.mark.parametrize("layout", LAYOUTS[:2])
+@pytest.mark.parametrize("path", ["DIRECT", "ROWS_FIRST"])
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+def test_the_gradient_of_a_half_map_has_the_bits_of_the_float32_route(monkeypatch, launches, dtype, path, layout):
+    """The backward reads a 16-bit output gradient (in place when channels-last, else through a
+    widened tile) and writes the 16-bit input gradient: the bits of widening the gradient, the
+    float32 backward, and rounding; in bands of the map too, and with narrow channel blocks."""
+    _needs_hardware_float16(dtype)
+    monkeypatch.setattr(kernels, "TAP_EVALUATION", getattr(kernels, path))
+    rng = np.random.default_rng(6)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    for channels, band, block in ((3, None, None), (21, 5, None), (150, None, 16)):
+        if band:
+            monkeypatch.setattr(kernels, "scratch_band", lambda height, *args, band=band: band)
+        if block:
+            monkeypatch.setattr(kernels, "channel_block", lambda *args, block=block: block)
+        x = _in_layout(torch.randn(2, channels, 13, 17).to(dtype), layout)
+        boxes = _boxes(rng, 20, 2, 13, 17, 0.5)
+        leaf = x.clone().requires_grad_(True)
+        y = roipool.roi_align(leaf, boxes, (4, 5), 0.5, 2, True)
+        up = torch.randn(y.shape).to(dtype).contiguous(memory_format=fmt)
+        (got,) = torch.autograd.grad(y, leaf, up)
+        launched = [dtypes for name, dtypes in launches if name == "backward"][-1]
+        assert launched[0] == launched[-1] == BITS[dtype]  # 16 bits in and out
+        leaf32 = x.float().requires_grad_(True)
+        (want,) = torch.autograd.grad(roipool.roi_align(leaf32, boxes, (4, 5), 0.5, 2, True), leaf32, up.float())
+        assert got.dtype == dtype and got.stride() == x.stride()
+        assert torch.equal(got.view(torch.int16), want.to(dtype).view(torch.int16)), channels
+
+
+def test_the_gradient_of_a_float16_array_has_the_bits_of_astype():
+    rng = np.random.default_rng(7)
+    boxes = _boxes(rng, 20, 2, 11, 15, 1.0).numpy()
+    grad = (rng.standard_normal((20, 4, 4, 37)) * 10).astype(np.float16)
+    for layout, g in (("nhwc", grad), ("nchw", np.ascontiguousarray(grad.transpose(0, 3, 1, 2)))):
+        shape = (2, 11, 15, 37) if layout == "nhwc" else (2, 37, 11, 15)
+        got = roipool.roi_align_backward(g, boxes, shape, 4, 1.0, 2, True, layout=layout)
+        want = roipool.roi_align_backward(g.astype(np.float32), boxes, shape, 4, 1.0, 2, True, layout=layout)
+        assert got.dtype == np.float16 and got.shape == shape and got.flags.c_contiguous
+        with np.errstate(over="ignore"):
+            np.testing.assert_array_equal(got.view(np.uint16), want.astype(np.float16).view(np.uint16))
+
+
 def test_float16_is_read_in_the_kernels_only_with_hardware_conversions(monkeypatch):
     from roipool.cpu import _machine
 
@@ -230,9 +273,15 @@ def test_float16_is_read_in_the_kernels_only_with_hardware_conversions(monkeypat
 
 
 def test_half_bits_into_an_output_of_another_dtype_are_refused():
+    """The launchers' own check (the frontends always pair them): an output of other bits would
+    be written as garbage."""
     x = torch.randn(1, 8, 6, 6).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     taps = kernels.RoIAlignTaps(np.array([[0, 0, 0, 4, 4]], np.float32), 1.0, 2, 2, 2, True, 6, 6)
     bits = x.view(torch.int16).numpy()
     for out in (np.empty((1, 8, 2, 2), np.float32), np.empty((1, 8, 2, 2), np.uint16)):
         with pytest.raises(ValueError, match="half-precision bits"):
             kernels.launch_forward(bits, taps, out)
+        with pytest.raises(ValueError, match="half-precision bits"):
+            kernels.launch_backward(
+                np.zeros((1, 2, 2, 8), np.int16).transpose(0, 3, 1, 2), taps, out.reshape(1, 8, 2, 2)
+            )

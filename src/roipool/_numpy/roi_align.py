@@ -54,6 +54,11 @@ def roi_align_backward(
     if rois.shape[0] != k:
         raise ValueError(f"boxes hold {rois.shape[0]} RoIs but grad_output has {k}")
     taps = cpu.RoIAlignTaps(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width)
+    bits = cpu.reads_half(grad_output.dtype)  # a float16 gradient is read, and grad_in written, in 16 bits
+    if bits is not None:
+        grad_in = _layout.empty((n, channels, height, width), bits, nhwc)
+        cpu.launch_backward(grad_output.view(bits), taps, grad_in)
+        return grad_in.view(grad_output.dtype)
     grad_in = _layout.empty((n, channels, height, width), dtype, nhwc)
     cpu.launch_backward(as_dtype(grad_output, dtype), taps, grad_in)
     return as_dtype(grad_in, grad_output.dtype)

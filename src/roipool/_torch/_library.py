@@ -467,15 +467,15 @@ def of_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.to(dtype)
 
 
-def half_map_bits(input: torch.Tensor, reads_half) -> np.ndarray | None:
-    """The memory of a float16 or bfloat16 CPU map ``input`` as the bits a kernel reads itself (a
-    NumPy view of the dtype ``reads_half(dtype name)`` gives, as ``cpu/_simd.HALF_BITS`` defines;
-    strides kept), or None: another dtype, or a kernel that does not read it on this CPU (it
-    then computes from a float32 copy)."""
-    if input.dtype not in (torch.float16, torch.bfloat16):
+def half_bits(t: torch.Tensor, reads_half) -> np.ndarray | None:
+    """The memory of a float16 or bfloat16 CPU tensor ``t`` (a map, or a gradient) as the bits a
+    kernel reads itself (a NumPy view of the dtype ``reads_half(dtype name)`` gives, as
+    ``cpu/_simd.HALF_BITS`` defines; strides kept), or None: another dtype, or a kernel that does
+    not read it on this CPU (it then computes from a float32 copy)."""
+    if t.dtype not in (torch.float16, torch.bfloat16):
         return None
-    bits = reads_half("bfloat16" if input.dtype == torch.bfloat16 else "float16")
-    return None if bits is None else bits_of(input.detach(), bits)
+    bits = reads_half("bfloat16" if t.dtype == torch.bfloat16 else "float16")
+    return None if bits is None else bits_of(t.detach(), bits)
 
 
 def bits_of(t: torch.Tensor, bits: np.dtype) -> np.ndarray:

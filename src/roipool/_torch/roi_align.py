@@ -33,7 +33,7 @@ from ._library import (
     define,
     eager_route,
     fake_output,
-    half_map_bits,
+    half_bits,
     new_cpu_output,
     of_dtype,
     quiet_when_tracing,
@@ -57,7 +57,7 @@ def _roi_align_cpu(input, rois, spatial_scale, pooled_height, pooled_width, samp
         rois, n, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, height, width
     )
     shape = (rois_np.shape[0], channels, pooled_height, pooled_width)
-    bits = half_map_bits(input, cpu.reads_half)  # a 16-bit map, read and written in 16 bits
+    bits = half_bits(input, cpu.reads_half)  # a 16-bit map, read and written in 16 bits
     if bits is not None:
         out = new_cpu_output(shape, input.dtype, channels_last(input))
         cpu.launch_forward(bits, taps, bits_of(out, bits.dtype))
@@ -87,11 +87,17 @@ def _roi_align_backward_cpu(
     channels_last=False,
 ):
     dtype = compute_dtype(grad.dtype)
-    grad_out = cpu_array(grad, dtype)  # read in place when contiguous or channels-last
     _, taps = _taps(
         rois, batch_size, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, height, width
     )
-    grad_in = new_cpu_output((batch_size, channels, height, width), dtype, channels_last)
+    shape = (batch_size, channels, height, width)
+    bits = half_bits(grad, cpu.reads_half)  # a 16-bit gradient, read and written in 16 bits
+    if bits is not None:
+        grad_in = new_cpu_output(shape, grad.dtype, channels_last)
+        cpu.launch_backward(bits, taps, bits_of(grad_in, bits.dtype))
+        return grad_in
+    grad_out = cpu_array(grad, dtype)  # read in place when contiguous or channels-last
+    grad_in = new_cpu_output(shape, dtype, channels_last)
     cpu.launch_backward(grad_out, taps, grad_in.numpy())
     return of_dtype(grad_in, grad.dtype)
 

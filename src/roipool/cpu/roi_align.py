@@ -432,7 +432,6 @@ def backward(
     gof = grad_out.reshape(-1)
     gif = grad_in.reshape(-1)
     nblocks = (channels + block - 1) // block
-    pooled_w = wptr.shape[1] - 1
     bands = (height + band - 1) // band
     plane = height * width
     for item in share(images * nblocks * bands, part, parts):
@@ -441,41 +440,59 @@ def backward(
         cw = min(block, channels - c0)
         h0 = item % bands * band
         h1 = min(h0 + band, height)
-        acc = scratch_lines((h1 - h0) * width * block, grad_out, True)  # the band's (rows, W, block), channels-last
-        g = scratch_lines(nbins * block, grad_out)
-        cols = scratch_lines(width * block, grad_out)
-        for r in range(starts[n], starts[n + 1]):
-            k = order[r]
-            pa, pb = _bins_meeting(hptr[k], hidx, h0, h1)  # the bin rows with taps in the band
-            if pa == pb:
-                continue
-            # bin b's gradient is src[gbase + b * gstride + c]: read in place from a
-            # channels-last grad_out, else from a transposed tile of the bin rows needed
-            if go_nhwc:
-                src, gbase, gstride = gof, k * nbins * channels + c0, channels
-            else:
-                load_rows(gof, k, channels, c0, nbins, pa * pooled_w, pb * pooled_w, cw, g, block, FALSE)
-                src, gbase, gstride = g, 0, block
-            # While this RoI is summed, the next one's gradient comes in from memory (a
-            # hint per bin, so the loads overlap the arithmetic); with one band only.
-            ahead = ahead_len = 0
-            if r + 1 < starts[n + 1] and bands == 1:
-                ahead = order[r + 1] * channels * nbins + (c0 if go_nhwc else c0 * nbins)
-                ahead_len = cw * nbins
-            ahead_step = channels if go_nhwc else 0
-            cmin, span = _column_span(wptr[k], widx)
-            if _rows_first_pays(hptr[k], wptr[k], span, path):
-                _backward_rows_first(
-                    src, gbase, gstride, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, h0, h1, width,
-                    cmin, span, cols, block, gof, ahead, ahead_len, ahead_step,
-                )  # fmt: skip
-            else:
-                _backward_direct(
-                    src, gbase, gstride, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, h0, h1, width, block,
-                    gof, ahead, ahead_len, ahead_step,
-                )  # fmt: skip
+        # in the compute dtype (the taps'): the band's (rows, W, block), channels-last, and tiles
+        acc = scratch_lines((h1 - h0) * width * block, hwt, True)
+        g = scratch_lines(nbins * block, hwt)
+        cols = scratch_lines(width * block, hwt)
+        # bin b's gradient is read in place from a channels-last grad_out (half-precision bits
+        # too), else from a transposed tile g of the bin rows needed, in the compute dtype: two
+        # types of array for 16-bit gradients, hence one call each way
+        args = (gof, go_nhwc, g, starts[n], starts[n + 1], order, channels, nbins, c0, cw, bands, block, h0, h1)
+        taps = (hptr, hidx, hwt, wptr, widx, wwt)
+        if go_nhwc:
+            _backward_rois(gof, *args, *taps, acc, width, cols, path)
+        else:
+            _backward_rois(g, *args, *taps, acc, width, cols, path)
         # the band into the gradient: its cells are contiguous there too
         store_rows(acc, ZERO, block, plane, h0 * width, h1 * width, cw, gif, n, channels, c0, gi_nhwc)
+
+
+@numba.njit(cache=True, nogil=True)
+def _backward_rois(
+    src, gof, go_nhwc, g, r0, r1, order, channels, nbins, c0, cw, bands, block, h0, h1, hptr, hidx, hwt, wptr, widx,
+    wwt, acc, width, cols, path,
+):  # fmt: skip
+    """The RoIs ``order[r0:r1]`` of one task of :func:`backward` into ``acc``, the gradient read from
+    ``src``: ``gof`` in place (``go_nhwc``), else ``g``, loaded with each RoI's bin rows."""
+    pooled_w = wptr.shape[1] - 1
+    for r in range(r0, r1):
+        k = order[r]
+        pa, pb = _bins_meeting(hptr[k], hidx, h0, h1)  # the bin rows with taps in the band
+        if pa == pb:
+            continue
+        # While this RoI is summed, the next one's gradient comes in from memory (a
+        # hint per bin, so the loads overlap the arithmetic); with one band only.
+        ahead = ahead_len = 0
+        if r + 1 < r1 and bands == 1:
+            ahead = order[r + 1] * channels * nbins + (c0 if go_nhwc else c0 * nbins)
+            ahead_len = cw * nbins
+        ahead_step = channels if go_nhwc else 0
+        if go_nhwc:
+            gbase, gstride = k * nbins * channels + c0, channels
+        else:
+            load_rows(gof, k, channels, c0, nbins, pa * pooled_w, pb * pooled_w, cw, g, block, FALSE)
+            gbase, gstride = ZERO, block
+        cmin, span = _column_span(wptr[k], widx)
+        if _rows_first_pays(hptr[k], wptr[k], span, path):
+            _backward_rows_first(
+                src, gbase, gstride, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, h0, h1, width,
+                cmin, span, cols, block, gof, ahead, ahead_len, ahead_step,
+            )  # fmt: skip
+        else:
+            _backward_direct(
+                src, gbase, gstride, cw, hptr[k], hidx, hwt, wptr[k], widx, wwt, acc, h0, h1, width, block,
+                gof, ahead, ahead_len, ahead_step,
+            )  # fmt: skip
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -806,7 +823,7 @@ def _scatter(src, t, dst, base, step, idx, wt, m0, m1, cw):
             vstore(dst, o, vmuladd(vload(dst, o), wt[m], v))
         c += lanes
     for cc in range(c, cw):
-        v = src[t + cc]
+        v = load(src, t + cc)
         for m in range(np.uint64(m0), np.uint64(m1)):
             o = base + idx[m] * step + cc
             dst[o] = muladd(dst[o], wt[m], v)
@@ -881,7 +898,7 @@ def _scatter2(src, t, dst, base, step_i, idx_i, wt_i, i0, i1, step_j, idx_j, wt_
                 vstore(dst, o, vmuladd(vload(dst, o), wi * wt_j[j], v))
         c += lanes
     for cc in range(c, cw):
-        v = src[t + cc]
+        v = load(src, t + cc)
         for i in range(np.uint64(i0), np.uint64(i1)):
             oi = base + idx_i[i] * step_i + cc
             wi = wt_i[i]
@@ -1043,8 +1060,12 @@ def launch_backward(grad_out, taps: RoIAlignTaps, grad_in) -> None:
     ``grad_in`` is C-contiguous in NCHW or channels-last order
     (``_tiles.memory_order``); ``grad_out`` has any strides (read in place
     in either order, else through a copy). Every element of
-    ``grad_in`` is written (no zeroing needed beforehand).
+    ``grad_in`` is written (no zeroing needed beforehand). Both may be half-precision bits of
+    one dtype (:func:`reads_half`): read and written in 16 bits, summed in float32, with the
+    bits of widening ``grad_out`` and rounding a float32 ``grad_in``.
     """
+    if grad_out.itemsize == 2 and grad_in.dtype != grad_out.dtype:
+        raise ValueError(f"a gradient of half-precision bits ({grad_out.dtype}) needs grad_in of the same")
     if not grad_in.size:
         return
     if not grad_out.size:
@@ -1054,8 +1075,9 @@ def launch_backward(grad_out, taps: RoIAlignTaps, grad_in) -> None:
     go, go_nhwc = bins_order(grad_out, copy=True)
     gi, gi_nhwc = memory_order(grad_in)
     order, starts = rois_by_image(taps.batch, images)
-    block = channel_block(channels, images, grad_out.itemsize, threads())
-    band = scratch_band(height, width, block * grad_out.itemsize, threads())
+    itemsize = 4 if grad_out.itemsize == 2 else grad_out.itemsize  # the scratch's, in the compute dtype
+    block = channel_block(channels, images, itemsize, threads())
+    band = scratch_band(height, width, block * itemsize, threads())
     launch(
         backward,
         go,
