@@ -3,7 +3,7 @@
 Usage: ``PYTHONPATH=src python benchmarks/half_maps.py [rounds] [workload ...]`` (defaults: 11
 rounds, ``maskrcnn`` and ``vgg16``). For each workload, 16-bit dtype and memory format, the torch
 op is timed as it is (the kernels read and write 16 bits: ``cpu/roi_align.forward_half`` for a
-channels-last map, the widening blocked copy for NCHW) and with that turned off (``reads_half``
+channels-last map, the widening blocked copy for NCHW) and with that turned off (``_tiles.reads_half``
 giving None: the map widened to float32 first, the output rounded after, the route before it),
 beside float32 for scale; for float16 the NumPy function both ways too; and Intel Extension for
 PyTorch's ``roi_align`` on bfloat16 and float32 where it is importable (run it from the venv that
@@ -12,7 +12,8 @@ The torch candidates' training steps (the forward, then the gradient with respec
 16-bit in and out) are timed the same way. Every round runs each candidate once, in turn, each
 after the process's threads have been idle for 20 ms (``bench._quiesce``); the values are checked
 first (roipool's routes bit for bit, the peer's forward within 0.05; its gradient's largest
-difference is printed). Prints the CPU and medians in ms.
+difference is printed). ``roi_pool``'s torch forward is timed too, both ways. Prints the CPU and
+medians in ms.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 import roipool
 from roipool import bench
 from roipool.bench.workloads import WORKLOADS
-from roipool.cpu import roi_align as kernels
+from roipool.cpu import _tiles
 
 try:
     import intel_extension_for_pytorch as ipex
@@ -37,17 +38,17 @@ except ImportError:
 
 def _candidates(x, rois, w):
     size, scale, ratio, aligned = w.output_size, w.spatial_scale, w.sampling_ratio, w.aligned
-    reads_half = kernels.reads_half
+    reads_half = _tiles.reads_half
 
     def ours():
         return roipool.roi_align(x, rois, size, scale, ratio, aligned)
 
     def via_float32():
-        kernels.reads_half = lambda dtype: None
+        _tiles.reads_half = lambda dtype: None
         try:
             return ours()
         finally:
-            kernels.reads_half = reads_half
+            _tiles.reads_half = reads_half
 
     out = {"roipool": ours}
     if x.dtype != torch.float32:
@@ -61,11 +62,11 @@ def _candidates(x, rois, w):
             return torch.from_numpy(roipool.roi_align(xn, rois.numpy(), size, scale, ratio, aligned, layout=layout))
 
         def numpy_via_float32():
-            kernels.reads_half = lambda dtype: None
+            _tiles.reads_half = lambda dtype: None
             try:
                 return numpy_call()
             finally:
-                kernels.reads_half = reads_half
+                _tiles.reads_half = reads_half
 
         out["roipool NumPy"] = numpy_call
         out["roipool NumPy via float32"] = numpy_via_float32
@@ -75,10 +76,31 @@ def _candidates(x, rois, w):
     return out
 
 
+def _pool_candidates(x, rois, w):
+    """``roi_pool``'s forward, torch: as it is, and through a float32 copy (16-bit maps)."""
+    reads_half = _tiles.reads_half
+
+    def ours():
+        return roipool.roi_pool(x, rois, w.output_size, w.spatial_scale)
+
+    def via_float32():
+        _tiles.reads_half = lambda dtype: None
+        try:
+            return ours()
+        finally:
+            _tiles.reads_half = reads_half
+
+    return (
+        {"roipool roi_pool": ours, "roipool roi_pool via float32": via_float32}
+        if x.dtype != torch.float32
+        else {"roipool roi_pool": ours}
+    )
+
+
 def _step_candidates(x, rois, w):
     """Training steps (the forward, then the gradient with respect to the map) of the torch candidates."""
     forwards = {k: v for k, v in _candidates(x, rois, w).items() if "NumPy" not in k}
-    reads_half = kernels.reads_half
+    reads_half = _tiles.reads_half
     leaf = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(True)
     size, scale, ratio, aligned = w.output_size, w.spatial_scale, w.sampling_ratio, w.aligned
     with torch.no_grad():
@@ -87,7 +109,7 @@ def _step_candidates(x, rois, w):
     def step(name):
         def run():
             if "via float32" in name:
-                kernels.reads_half = lambda dtype: None
+                _tiles.reads_half = lambda dtype: None
             try:
                 y = (
                     roipool.roi_align(leaf, rois, size, scale, ratio, aligned)
@@ -96,7 +118,7 @@ def _step_candidates(x, rois, w):
                 )
                 return torch.autograd.grad(y, leaf, upstream)[0]
             finally:
-                kernels.reads_half = reads_half
+                _tiles.reads_half = reads_half
 
         return run
 
@@ -147,6 +169,7 @@ def main(rounds: int = 11, workloads=("maskrcnn", "vgg16")) -> None:
                 print(f"{name} {str(dtype)[6:]} {layout} (medians of {rounds} interleaved rounds, ms)")
                 medians = _time(_candidates(xt, rt, w), rounds, dtype, grad=False)
                 medians.update(_time(_step_candidates(xt, rt, w), rounds, dtype, grad=True))
+                medians.update(_time(_pool_candidates(xt, rt, w), rounds, dtype, grad=False))
                 for k, ms in medians.items():
                     print(f"  {k:40s} {ms:8.1f}")
     print(f"load after: {os.getloadavg()[0]:.2f}")

@@ -1,10 +1,10 @@
 """Half-precision maps read and written by the kernels themselves (``cpu/_simd.HALF_BITS``).
 
-A channels-last float16 or bfloat16 map goes to ``roi_align``'s kernel as it is, each cell widened
-as it is read and each bin rounded once as it is stored. The result must have the bits of the
-float32 route it replaces: widen the map, compute in float32, round the output (to nearest, ties
-to even), for every path through the kernel; and the conversions themselves must be those of
-torch and NumPy for every value but NaN payloads.
+A float16 or bfloat16 map goes to ``roi_align``'s kernels (forward and backward) and ``roi_pool``'s
+forwards in 16 bits, each cell widened as it is read and each result rounded once as it is
+stored. The result must have the bits of the float32 route it replaces: widen the map, compute
+in float32, round the output (to nearest, ties to even), for every path through the kernels; and
+the conversions themselves must be those of torch and NumPy for every value but NaN payloads.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import roipool  # noqa: E402
+from roipool.cpu import _tiles  # noqa: E402
 from roipool.cpu import roi_align as kernels  # noqa: E402
 from roipool.cpu._simd import load, store, vector_lanes, vload, vstore  # noqa: E402
 
@@ -24,7 +25,7 @@ BITS = {torch.bfloat16: np.int16, torch.float16: np.uint16}
 
 
 def _needs_hardware_float16(dtype):
-    if kernels.reads_half(str(dtype).removeprefix("torch.")) is None:
+    if _tiles.reads_half(str(dtype).removeprefix("torch.")) is None:
         pytest.skip("float16 is widened outside the kernels on this CPU (no F16C)")
 
 
@@ -197,7 +198,7 @@ def test_a_float16_array_gives_the_bits_of_astype(launches, layout):
         got = roipool.roi_align(given, boxes, 4, 1.0, 2, True).transpose(0, 2, 3, 1)
     assert got.dtype == np.float16 and got.shape == (20, 4, 4, 37)
     assert got.flags.c_contiguous == (layout == "nhwc")
-    if kernels.reads_half("float16") is not None:
+    if _tiles.reads_half("float16") is not None:
         assert _kernel_of(launches, torch.float16) == ("forward_half" if layout == "nhwc" else "forward")
     np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
     empty = roipool.roi_align(x, np.zeros((0, 5), np.float32), 4, 1.0, 2, True, layout="nhwc")
@@ -212,7 +213,7 @@ def test_without_the_kernels_reading_it_a_half_map_takes_the_float32_route(monke
     x = _in_layout(torch.randn(1, 20, 9, 9).to(dtype), layout)
     boxes = _boxes(np.random.default_rng(2), 10, 1, 9, 9, 1.0)
     direct = roipool.roi_align(x, boxes, 3, 1.0, 2, True)
-    monkeypatch.setattr(kernels, "reads_half", lambda dtype: None)
+    monkeypatch.setattr(_tiles, "reads_half", lambda dtype: None)
     del launches[:]
     widened = roipool.roi_align(x, boxes, 3, 1.0, 2, True)
     assert all(np.dtype(np.float32) in dtypes for _, dtypes in launches)
@@ -262,14 +263,69 @@ def test_the_gradient_of_a_float16_array_has_the_bits_of_astype():
             np.testing.assert_array_equal(got.view(np.uint16), want.astype(np.float16).view(np.uint16))
 
 
+@pytest.fixture
+def pool_launches(monkeypatch):
+    """The kernels ``cpu/roi_pool.py`` launched in the test, as :func:`launches` records them."""
+    from roipool.cpu import roi_pool as pool_kernels
+
+    calls, launch = [], pool_kernels.launch
+
+    def recorded(kernel, *args, **kw):
+        calls.append((kernel.__name__, [a.dtype for a in args if isinstance(a, np.ndarray)]))
+        return launch(kernel, *args, **kw)
+
+    monkeypatch.setattr(pool_kernels, "launch", recorded)
+    return calls
+
+
+@pytest.mark.parametrize("sweep", [False, True])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+def test_roi_pool_of_a_half_map_gives_the_bits_of_the_float32_route(monkeypatch, pool_launches, dtype, layout, sweep):
+    """``roi_pool`` (with and without argmax, and its training step) pools 16-bit cells and stores
+    each maximum in 16 bits: the float32 route's output rounded, which is exact, and its argmax.
+    Small whole numbers make ties, which the first cell in scan order wins in any precision."""
+    from roipool.cpu import roi_pool as pool_kernels
+
+    _needs_hardware_float16(dtype)
+    if sweep:  # pieces of bin rows down strips of the map; an NCHW output turned in place after
+        monkeypatch.setattr(pool_kernels, "sweeps_map_rows", lambda nbytes: True)
+        monkeypatch.setattr(pool_kernels, "sweep_strip", lambda rows, cell_bytes: 5)
+    rng = np.random.default_rng(9)
+    for channels in (3, 21, 130):
+        x = _in_layout(torch.from_numpy(rng.integers(-3, 4, (2, channels, 13, 17))).to(dtype), layout)
+        x[0, :, 2, 3] = 1e4 if dtype == torch.float16 else 3e38  # large values round trip too
+        boxes = _boxes(rng, 25, 2, 13, 17, 0.5)
+        got = roipool.roi_pool(x, boxes, (4, 3), 0.5)
+        name, dtypes = [c for c in pool_launches if c[0].startswith("forward")][-1]
+        assert dtypes[-1] == BITS[dtype]  # the maxima stored in 16 bits
+        want = roipool.roi_pool(x.float(), boxes, (4, 3), 0.5).to(dtype)
+        assert got.dtype == dtype and got.stride() == want.stride()
+        assert torch.equal(got.view(torch.int16), want.view(torch.int16)), channels
+        xn = x.numpy() if dtype == torch.float16 else None
+        if xn is not None:  # NumPy, with argmax: the maxima and where they are
+            out, argmax = roipool.roi_pool_with_argmax(xn, boxes.numpy(), (4, 3), 0.5)
+            out32, argmax32 = roipool.roi_pool_with_argmax(xn.astype(np.float32), boxes.numpy(), (4, 3), 0.5)
+            np.testing.assert_array_equal(out.view(np.uint16), out32.astype(np.float16).view(np.uint16))
+            np.testing.assert_array_equal(argmax, argmax32)
+        leaf = x.clone().requires_grad_(True)
+        y = roipool.roi_pool(leaf, boxes, (4, 3), 0.5)
+        assert torch.equal(y.view(torch.int16), want.view(torch.int16))
+        (grad,) = torch.autograd.grad(y, leaf, torch.ones_like(y))
+        leaf32 = x.float().requires_grad_(True)
+        y32 = roipool.roi_pool(leaf32, boxes, (4, 3), 0.5)
+        (grad32,) = torch.autograd.grad(y32, leaf32, torch.ones_like(y32))
+        assert torch.equal(grad.view(torch.int16), grad32.to(dtype).view(torch.int16))
+
+
 def test_float16_is_read_in_the_kernels_only_with_hardware_conversions(monkeypatch):
     from roipool.cpu import _machine
 
-    assert kernels.reads_half("bfloat16") == np.int16
-    assert kernels.reads_half("float16") == (np.uint16 if _machine.half_conversions() else None)
-    assert kernels.reads_half(">f2") is None and kernels.reads_half("float32") is None  # byte-swapped: widened
-    monkeypatch.setattr(kernels, "half_conversions", lambda: False)
-    assert kernels.reads_half("float16") is None and kernels.reads_half("bfloat16") == np.int16
+    assert _tiles.reads_half("bfloat16") == np.int16
+    assert _tiles.reads_half("float16") == (np.uint16 if _machine.half_conversions() else None)
+    assert _tiles.reads_half(">f2") is None and _tiles.reads_half("float32") is None  # byte-swapped: widened
+    monkeypatch.setattr(_tiles, "half_conversions", lambda: False)
+    assert _tiles.reads_half("float16") is None and _tiles.reads_half("bfloat16") == np.int16
 
 
 def test_half_bits_into_an_output_of_another_dtype_are_refused():

@@ -102,7 +102,9 @@ def test_a_half_precision_map_is_widened_and_its_output_narrowed_into_kept_memor
 @pytest.mark.parametrize("op", ["roi_align", "roi_pool", "prroi_pool"])
 def test_a_float16_array_is_widened_and_its_output_narrowed_by_all_threads_into_kept_memory(op, nhwc, cache):
     """NumPy's float16 goes to the float32 kernels and back through ``_tiles.as_dtype``: the values and
-    memory order of ``astype``, the narrowed output in roipool's memory (on a huge page)."""
+    memory order of ``astype``, the narrowed output in roipool's memory (on a huge page). (The
+    ``roi_align`` and ``roi_pool`` kernels read and write float16 themselves where the CPU converts
+    it, ``tests/test_half_maps.py``: the same bits, and the output in that memory too.)"""
     x, boxes = _map(channels=72)
     x16 = x.astype(np.float16)
     kw = {"layout": "nhwc"} if nhwc else {}

@@ -8,6 +8,7 @@ channel.
 from __future__ import annotations
 
 from .. import _checks
+from ..cpu import _tiles
 from ..cpu import roi_align as cpu
 from ..cpu._tiles import as_dtype
 from . import _layout
@@ -24,7 +25,7 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     _checks.pooled_output_fits(rois.shape[0], channels, pooled_h, pooled_w, dtype.itemsize, output_size)
     taps = cpu.RoIAlignTaps(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width)
     shape = (rois.shape[0], channels, pooled_h, pooled_w)
-    bits = cpu.reads_half(input.dtype)  # a float16 map is read, and its output written, in 16 bits
+    bits = _tiles.reads_half(input.dtype)  # a float16 map is read, and its output written, in 16 bits
     if bits is not None:
         out = _layout.empty(shape, bits, nhwc)
         if out.size:
@@ -54,7 +55,7 @@ def roi_align_backward(
     if rois.shape[0] != k:
         raise ValueError(f"boxes hold {rois.shape[0]} RoIs but grad_output has {k}")
     taps = cpu.RoIAlignTaps(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width)
-    bits = cpu.reads_half(grad_output.dtype)  # a float16 gradient is read, and grad_in written, in 16 bits
+    bits = _tiles.reads_half(grad_output.dtype)  # a float16 gradient is read, and grad_in written, in 16 bits
     if bits is not None:
         grad_in = _layout.empty((n, channels, height, width), bits, nhwc)
         cpu.launch_backward(grad_output.view(bits), taps, grad_in)

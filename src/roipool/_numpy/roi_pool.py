@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _checks
+from ..cpu import _tiles
 from ..cpu import roi_pool as cpu
 from ..cpu._tiles import as_dtype, channels_last_copy
 from . import _layout
@@ -34,17 +35,30 @@ class RoIPoolCall:
         )
         self.bins = cpu.RoIPoolBins(self.rois, scale, self.pooled_h, self.pooled_w, height, width)
         self.input = input
+        # a float16 map is pooled, and its output written, in 16 bits (exact: a maximum is a cell)
+        self.bits = _tiles.reads_half(input.dtype)
 
     def channels_last(self) -> np.ndarray:
         """A new ``(N, H, W, C)`` copy in the compute dtype (native byte order)."""
         return channels_last_copy(as_dtype(self.input, self.dtype))
 
     def compute_map(self) -> np.ndarray:
-        """The input ``(N, C, H, W)`` in the compute dtype: itself when it is of it (the kernels'
-        launchers read any strides), else an ``(N, C, H, W)`` view of :meth:`channels_last`."""
+        """The input ``(N, C, H, W)`` for the forward launchers (which read any strides): itself
+        when it is in the compute dtype, its bits when the kernels read its 16 bits, else an
+        ``(N, C, H, W)`` view of :meth:`channels_last`."""
         if self.input.dtype == self.dtype:
             return self.input
+        if self.bits is not None:
+            return self.input.view(self.bits)
         return self.channels_last().transpose(0, 3, 1, 2)
+
+    def forward_output(self, nhwc):
+        """The forward's output, as the kernels write it: in the compute dtype, or the input's bits."""
+        return self.empty_output(self.dtype if self.bits is None else self.bits, nhwc)
+
+    def result(self, out):
+        """The forward's output in the input's dtype."""
+        return as_dtype(out, self.input_dtype) if self.bits is None else out.view(self.input_dtype)
 
     def empty_output(self, dtype, nhwc):
         """``(K, C, pooled_h, pooled_w)``, channels-last in memory when ``nhwc``."""
@@ -54,17 +68,17 @@ class RoIPoolCall:
 
 def roi_pool(input, boxes, output_size, spatial_scale=1.0, nhwc=False):
     call = RoIPoolCall(input, boxes, output_size, spatial_scale)
-    out = call.empty_output(call.dtype, nhwc)
+    out = call.forward_output(nhwc)
     cpu.launch_forward(call.compute_map(), call.bins, out)
-    return as_dtype(out, call.input_dtype)
+    return call.result(out)
 
 
 def roi_pool_with_argmax(input, boxes, output_size, spatial_scale=1.0, nhwc=False):
     call = RoIPoolCall(input, boxes, output_size, spatial_scale, accepted=_NUMPY)
-    out = call.empty_output(call.dtype, nhwc)
+    out = call.forward_output(nhwc)
     argmax = call.empty_output(np.int32, nhwc)
     cpu.launch_forward_argmax(call.compute_map(), call.bins, out, argmax)
-    return as_dtype(out, call.input_dtype), argmax
+    return call.result(out), argmax
 
 
 def roi_pool_backward(grad_output, argmax, boxes, input_shape, *, input=None, spatial_scale=1.0, nhwc=False):

@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from .. import _checks
+from ..cpu import _tiles
 from ..cpu._simd import HUGE_FROM, empty_lines
 from ..cpu._tiles import channels_last_copy
 
@@ -467,14 +468,14 @@ def of_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.to(dtype)
 
 
-def half_bits(t: torch.Tensor, reads_half) -> np.ndarray | None:
-    """The memory of a float16 or bfloat16 CPU tensor ``t`` (a map, or a gradient) as the bits a
-    kernel reads itself (a NumPy view of the dtype ``reads_half(dtype name)`` gives, as
-    ``cpu/_simd.HALF_BITS`` defines; strides kept), or None: another dtype, or a kernel that does
-    not read it on this CPU (it then computes from a float32 copy)."""
+def half_bits(t: torch.Tensor) -> np.ndarray | None:
+    """The memory of a float16 or bfloat16 CPU tensor ``t`` (a map, or a gradient) as the bits the
+    kernels read themselves (a NumPy view of the dtype ``cpu._tiles.reads_half`` gives, as
+    ``cpu/_simd.HALF_BITS`` defines; strides kept), or None: another dtype, or one the kernels do
+    not read on this CPU (they then compute from a float32 copy)."""
     if t.dtype not in (torch.float16, torch.bfloat16):
         return None
-    bits = reads_half("bfloat16" if t.dtype == torch.bfloat16 else "float16")
+    bits = _tiles.reads_half("bfloat16" if t.dtype == torch.bfloat16 else "float16")
     return None if bits is None else bits_of(t.detach(), bits)
 
 

@@ -57,7 +57,7 @@ def _roi_align_cpu(input, rois, spatial_scale, pooled_height, pooled_width, samp
         rois, n, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, height, width
     )
     shape = (rois_np.shape[0], channels, pooled_height, pooled_width)
-    bits = half_bits(input, cpu.reads_half)  # a 16-bit map, read and written in 16 bits
+    bits = half_bits(input)  # a 16-bit map, read and written in 16 bits
     if bits is not None:
         out = new_cpu_output(shape, input.dtype, channels_last(input))
         cpu.launch_forward(bits, taps, bits_of(out, bits.dtype))
@@ -91,7 +91,7 @@ def _roi_align_backward_cpu(
         rois, batch_size, dtype, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, height, width
     )
     shape = (batch_size, channels, height, width)
-    bits = half_bits(grad, cpu.reads_half)  # a 16-bit gradient, read and written in 16 bits
+    bits = half_bits(grad)  # a 16-bit gradient, read and written in 16 bits
     if bits is not None:
         grad_in = new_cpu_output(shape, grad.dtype, channels_last)
         cpu.launch_backward(bits, taps, bits_of(grad_in, bits.dtype))

@@ -20,6 +20,7 @@ from ._library import (
     INFERENCE,
     TRAINING,
     Training,
+    bits_of,
     boxes_to_rois,
     call_backward,
     channels_last,
@@ -33,6 +34,7 @@ from ._library import (
     define,
     eager_route,
     fake_output,
+    half_bits,
     needs_grad,
     new_cpu_output,
     of_dtype,
@@ -44,7 +46,7 @@ _ROI_POOL_ARGS = "Tensor input, Tensor rois, float spatial_scale, int pooled_hei
 
 
 class _CpuRoIPool:
-    """One CPU call: the bins, and the input as NumPy in the compute dtype (:meth:`forward_map`, :meth:`scan_map`).
+    """One CPU call: the bins, and the input as NumPy for the kernels (:meth:`forward_io`, :meth:`scan_map`).
 
     The validated rois and the bins come from :func:`cpu_geometry`, so the
     forward and backward of a training step compute them once.
@@ -60,16 +62,24 @@ class _CpuRoIPool:
         )
         self.shape = (rois_np.shape[0], self.channels, pooled_height, pooled_width)
         self.channels_last_output = channels_last(input)  # the output follows the input's memory format
+        # a 16-bit map is pooled, and its output written, in 16 bits (exact: a maximum is a cell)
+        self.bits = half_bits(input)
 
     def new_output(self, dtype=None) -> torch.Tensor:
         return new_cpu_output(self.shape, dtype or self.dtype, self.channels_last_output)
 
-    def forward_map(self) -> np.ndarray:
-        """The map ``(N, C, H, W)`` for the forward launchers (which read any strides): a view of the
-        input when it is in the compute dtype, else of a channels-last copy in it."""
+    def forward_io(self) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
+        """``(map, out, out_array)`` of a forward launcher (which reads any strides): the map a
+        view of the input (its bits when the kernels read its 16 bits), else of a channels-last
+        copy in the compute dtype; the output in the input's dtype then, else in the compute
+        dtype, and the NumPy view the kernel writes."""
+        if self.bits is not None:
+            out = self.new_output(self.input_dtype)
+            return self.bits, out, bits_of(out, self.bits.dtype)
+        out = self.new_output()
         if self.input.dtype == self.dtype:
-            return cpu_array(self.input, self.dtype)
-        return cpu_nhwc(self.input, self.dtype).transpose(0, 3, 1, 2)
+            return cpu_array(self.input, self.dtype), out, out.numpy()
+        return cpu_nhwc(self.input, self.dtype).transpose(0, 3, 1, 2), out, out.numpy()
 
     def scan_map(self) -> tuple[np.ndarray, bool]:
         """``(x, channels_last)`` for the re-scanning backward: the input itself when it is
@@ -82,8 +92,8 @@ class _CpuRoIPool:
 
 def _roi_pool_cpu(input, rois, spatial_scale, pooled_height, pooled_width):
     call = _CpuRoIPool(input, rois, spatial_scale, pooled_height, pooled_width)
-    out = call.new_output()
-    cpu.launch_forward(call.forward_map(), call.bins, out.numpy())
+    x, out, out_np = call.forward_io()
+    cpu.launch_forward(x, call.bins, out_np)
     return of_dtype(out, call.input_dtype)
 
 
@@ -93,9 +103,9 @@ def _roi_pool_fake(input, rois, spatial_scale, pooled_height, pooled_width):
 
 def _roi_pool_with_argmax_cpu(input, rois, spatial_scale, pooled_height, pooled_width):
     call = _CpuRoIPool(input, rois, spatial_scale, pooled_height, pooled_width)
-    out = call.new_output()
+    x, out, out_np = call.forward_io()
     argmax = call.new_output(torch.int32)
-    cpu.launch_forward_argmax(call.forward_map(), call.bins, out.numpy(), argmax.numpy())
+    cpu.launch_forward_argmax(x, call.bins, out_np, argmax.numpy())
     return of_dtype(out, call.input_dtype), argmax
 
 

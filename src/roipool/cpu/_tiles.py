@@ -19,6 +19,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ._machine import half_conversions
 from ._parallel import launch, share, threads
 from ._simd import (
     HUGE_FROM,
@@ -213,6 +214,20 @@ def _convert_part(src, dst, part, parts):
     np.copyto(dst[lo:hi], src[lo:hi], casting="unsafe")
 
 
+def reads_half(dtype) -> np.dtype | None:
+    """The dtype of the bits (``_simd.HALF_BITS``) in which the kernels that read 16-bit floats
+    (``roi_align``'s, ``roi_pool``'s forwards) take a map of the 16-bit float ``dtype``
+    (``"bfloat16"`` or NumPy's float16), or None where they compute only from a float32 copy
+    here: float16
+    needs the CPU's conversions on x86 (F16C), which every AVX2 CPU has; LLVM would otherwise
+    call a runtime function that Numba does not link."""
+    if str(dtype) == "bfloat16":
+        return np.dtype(np.int16)
+    if str(dtype) == "float16" and half_conversions():
+        return np.dtype(np.uint16)
+    return None
+
+
 def as_dtype(a: np.ndarray, dtype) -> np.ndarray:
     """``a.astype(dtype, copy=False)``: ``a`` itself when already of ``dtype``, else a copy in the
     same memory order (``order="K"``), with the same values.
@@ -240,16 +255,20 @@ def as_dtype(a: np.ndarray, dtype) -> np.ndarray:
     return dst if back is None else dst.transpose(back)
 
 
+#: The dtypes :func:`channels_last_copy` transposes on all threads (native byte order).
+_TRANSPOSED = tuple(np.dtype(t) for t in (np.float32, np.float64, np.int16, np.uint16))
+
+
 def channels_last_copy(x: np.ndarray, dtype=None) -> np.ndarray:
     """A new C-contiguous ``(N, H, W, C)`` array of ``dtype`` (default ``x``'s) holding ``x (N, C, H, W)``.
 
-    A C-contiguous float32 or float64 ``x`` already of ``dtype`` is transposed
-    by all threads, 16 x 16 blocks in registers (NumPy's own transposing copy
-    runs on one thread: 31 ms against 16 ms for a 56 MB ``maskrcnn`` map
+    A C-contiguous float32 or float64 ``x`` (or half-precision bits, ``_simd.HALF_BITS``)
+    already of ``dtype`` is transposed by all threads, 16 x 16 blocks in registers (NumPy's
+    own transposing copy runs on one thread: 31 ms against 16 ms for a 56 MB ``maskrcnn`` map
     here, into fresh memory); anything else goes through NumPy.
     """
     dtype = x.dtype if dtype is None else np.dtype(dtype)
-    if not (x.flags.c_contiguous and x.dtype == dtype and dtype in (np.float32, np.float64) and x.size):
+    if not (x.flags.c_contiguous and x.dtype == dtype and dtype in _TRANSPOSED and x.size):
         return np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=dtype)
     n, c, h, w = x.shape
     out = empty_lines((n, h, w, c), dtype)

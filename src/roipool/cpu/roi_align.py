@@ -88,7 +88,7 @@ import numba
 import numpy as np
 
 from .. import _checks
-from ._machine import avx512, half_conversions, scratch_band, sweep_strip, sweeps_map_rows
+from ._machine import avx512, scratch_band, sweep_strip, sweeps_map_rows
 from ._parallel import WHOLE_ROIS, BalancedRuns, launch, launch_threads, row_sweep, share, sweep_band, threads
 from ._simd import (
     FALSE,
@@ -966,25 +966,12 @@ def rois_by_image(batch: np.ndarray, images: int) -> tuple[np.ndarray, np.ndarra
     return order, np.searchsorted(batch[order], np.arange(images + 1)).astype(np.int64)
 
 
-def reads_half(dtype) -> np.dtype | None:
-    """The dtype of the bits (``_simd.HALF_BITS``) in which :func:`launch_forward` takes a
-    map of the 16-bit float ``dtype`` (``"bfloat16"`` or NumPy's float16) and its output, or
-    None where it computes only from a float32 copy here: float16
-    needs the CPU's conversions on x86 (F16C), which every AVX2 CPU has; LLVM would otherwise
-    call a runtime function that Numba does not link."""
-    if str(dtype) == "bfloat16":
-        return np.dtype(np.int16)
-    if str(dtype) == "float16" and half_conversions():
-        return np.dtype(np.uint16)
-    return None
-
-
 def launch_forward(x, taps: RoIAlignTaps, out) -> None:
     """``out (K, C, PH, PW)`` <- RoIAlign of ``x (N, C, H, W)`` (compute dtype, any strides),
     read in place when channels-last, else through :func:`blocked_map`. ``out`` is C-contiguous in NCHW or channels-last order
     (``_tiles.memory_order``); the kernel writes it in place, in its own order.
 
-    A half-precision map may come as its bits (:func:`reads_half`), with ``out`` of the same
+    A half-precision map may come as its bits (``_tiles.reads_half``), with ``out`` of the same
     bits: a channels-last map into a channels-last output is read in place, 16 bits a cell
     (:func:`forward_half`); any other is widened as it is copied into the blocked layout, and
     each bin rounded as it is stored. Either way the bits are those of computing from a
@@ -992,7 +979,7 @@ def launch_forward(x, taps: RoIAlignTaps, out) -> None:
     if not out.size:
         return
     view, nhwc = bins_order(out)
-    half = x.itemsize == 2  # half-precision bits (reads_half)
+    half = x.itemsize == 2  # half-precision bits (_tiles.reads_half)
     if half and out.dtype != x.dtype:
         raise ValueError(f"a map of half-precision bits ({x.dtype}) needs an output of the same, got {out.dtype}")
     # A channels-last map is read in place: its blocked copy costs more than it saves
@@ -1061,7 +1048,7 @@ def launch_backward(grad_out, taps: RoIAlignTaps, grad_in) -> None:
     (``_tiles.memory_order``); ``grad_out`` has any strides (read in place
     in either order, else through a copy). Every element of
     ``grad_in`` is written (no zeroing needed beforehand). Both may be half-precision bits of
-    one dtype (:func:`reads_half`): read and written in 16 bits, summed in float32, with the
+    one dtype (``_tiles.reads_half``): read and written in 16 bits, summed in float32, with the
     bits of widening ``grad_out`` and rounding a float32 ``grad_in``.
     """
     if grad_out.itemsize == 2 and grad_in.dtype != grad_out.dtype:

@@ -58,8 +58,10 @@ from ._simd import (
     VECTOR_BYTES,
     ZERO,
     borrowed,
+    load,
     prefetch_l2,
     scratch_lines,
+    store,
     transpose_tile,
     vadd_where,
     vector_lanes,
@@ -249,7 +251,7 @@ def _pool_tile(xf, origin, width, channels, cw, hb, wb, tile, base, stride, row_
                 _bin_max1(xf, origin + cw - lanes, width, channels, h0, h1, w0, w1, tile, t + cw - lanes)
                 j = cw
             for jj in range(j, cw):
-                tile[t + jj] = _bin_max_scalar(xf, origin + jj, width, channels, h0, h1, w0, w1)
+                store(tile, t + jj, _bin_max_scalar(xf, origin + jj, width, channels, h0, h1, w0, w1))
 
 
 @numba.njit(nogil=True)
@@ -278,7 +280,8 @@ def _pool_tile_argmax(xf, origin, width, channels, cw, hb, wb, tile, itile, base
                 _bin_argmax1(xf, origin + cw - lanes, width, channels, h0, h1, w0, w1, tile, itile, t + cw - lanes)
                 j = cw
             for jj in range(j, cw):
-                tile[t + jj], itile[t + jj] = _bin_argmax_scalar(xf, origin + jj, width, channels, h0, h1, w0, w1)
+                best, itile[t + jj] = _bin_argmax_scalar(xf, origin + jj, width, channels, h0, h1, w0, w1)
+                store(tile, t + jj, best)
 
 
 # The bin scans below start from the bin's first cell (the reference does
@@ -329,10 +332,10 @@ def _bin_max1(xf, origin, width, channels, h0, h1, w0, w1, tile, t):
 
 @numba.njit(nogil=True)
 def _bin_max_scalar(xf, origin, width, channels, h0, h1, w0, w1):
-    best = xf[origin + (h0 * width + w0) * channels]
+    best = load(xf, origin + (h0 * width + w0) * channels)
     for h in range(h0, h1):
         for w in range(w0 + 1 if h == h0 else w0, w1):
-            v = xf[origin + (h * width + w) * channels]
+            v = load(xf, origin + (h * width + w) * channels)
             if v > best or (v != v and best == best):
                 best = v
     return best
@@ -396,11 +399,11 @@ def _bin_argmax1(xf, origin, width, channels, h0, h1, w0, w1, tile, itile, t):
 @numba.njit(nogil=True)
 def _bin_argmax_scalar(xf, origin, width, channels, h0, h1, w0, w1):
     best_cell = h0 * width + w0
-    best = xf[origin + best_cell * channels]
+    best = load(xf, origin + best_cell * channels)
     for h in range(h0, h1):
         for w in range(w0 + 1 if h == h0 else w0, w1):
             cell = h * width + w
-            v = xf[origin + cell * channels]
+            v = load(xf, origin + cell * channels)
             if v > best or (v != v and best == best):
                 best = v
                 best_cell = cell
@@ -733,7 +736,7 @@ class RoIPoolBins(BalancedRuns):
 
 def _chunk(bins: RoIPoolBins, x) -> int:
     """Channels per tile of an NCHW output: a RoI's bins of that many channels stay in L2."""
-    block = UNROLL * (VECTOR_BYTES // x.itemsize)
+    block = UNROLL * (VECTOR_BYTES // max(x.itemsize, 4))  # half-precision bits: float32 vectors
     return tile_channels(bins.pooled_h * bins.pooled_w, x.shape[1], x.itemsize, block)
 
 
@@ -768,12 +771,21 @@ def _kernel_map(x, items, values: int) -> tuple[np.ndarray, bool]:
     return channels_last_copy(x), False
 
 
+def _same_bits(x, out) -> None:
+    if x.itemsize == 2 and out.dtype != x.dtype:
+        raise ValueError(f"a map of half-precision bits ({x.dtype}) needs an output of the same, got {out.dtype}")
+
+
 def launch_forward(x, bins: RoIPoolBins, out) -> None:
     """``out (K, C, PH, PW)`` <- bin maxima of ``x (N, C, H, W)`` (compute dtype, any strides: a
     channels-last map is read in place, another through a channels-last copy, :func:`_kernel_map`).
 
-    ``out`` is C-contiguous in NCHW or channels-last order (``_tiles.memory_order``).
+    ``out`` is C-contiguous in NCHW or channels-last order (``_tiles.memory_order``). A
+    half-precision map may come as its bits (``_tiles.reads_half``), with ``out`` of the same
+    bits: each cell is widened as it is read and each maximum stored back in 16 bits, which is
+    exact, as it is one of the cells.
     """
+    _same_bits(x, out)
     if out.size:
         view, nhwc = bins_order(out)
         dst, bounds, items, transpose = _forward_plan(x, bins, view, nhwc)
@@ -789,6 +801,7 @@ def launch_forward(x, bins: RoIPoolBins, out) -> None:
 
 def launch_forward_argmax(x, bins: RoIPoolBins, out, argmax) -> None:
     """As :func:`launch_forward`, also writing ``argmax (K, C, PH, PW)`` (int32, in ``out``'s order)."""
+    _same_bits(x, out)
     if out.size:
         view, nhwc = bins_order(out)
         arg_view, arg_nhwc = bins_order(argmax)
