@@ -36,23 +36,30 @@ except ImportError:
     ipex = None
 
 
-def _candidates(x, rois, w):
-    size, scale, ratio, aligned = w.output_size, w.spatial_scale, w.sampling_ratio, w.aligned
+def _via_float32(call):
+    """``call`` with the 16-bit kernels turned off (``_tiles.reads_half`` giving None): the map
+    widened to float32 first and the output rounded after, the route before them."""
     reads_half = _tiles.reads_half
 
-    def ours():
-        return roipool.roi_align(x, rois, size, scale, ratio, aligned)
-
-    def via_float32():
+    def run():
         _tiles.reads_half = lambda dtype: None
         try:
-            return ours()
+            return call()
         finally:
             _tiles.reads_half = reads_half
 
-    out = {"roipool": ours}
-    if x.dtype != torch.float32:
-        out["roipool via float32"] = via_float32
+    return run
+
+
+def _both_routes(name, call, x):
+    """``{name: call}``, and for a 16-bit map the same through float32 (:func:`_via_float32`)."""
+    return {name: call} if x.dtype == torch.float32 else {name: call, f"{name} via float32": _via_float32(call)}
+
+
+def _candidates(x, rois, w):
+    """``roi_align``'s forward: torch (and NumPy for float16) both ways, and IPEX where it is importable."""
+    size, scale, ratio, aligned = w.output_size, w.spatial_scale, w.sampling_ratio, w.aligned
+    out = _both_routes("roipool", lambda: roipool.roi_align(x, rois, size, scale, ratio, aligned), x)
     if x.dtype == torch.float16:  # NumPy's own float16, NCHW or NHWC (layout="nhwc")
         nhwc = x.is_contiguous(memory_format=torch.channels_last)
         xn = x.permute(0, 2, 3, 1).contiguous().numpy() if nhwc else x.numpy()
@@ -61,15 +68,7 @@ def _candidates(x, rois, w):
         def numpy_call():
             return torch.from_numpy(roipool.roi_align(xn, rois.numpy(), size, scale, ratio, aligned, layout=layout))
 
-        def numpy_via_float32():
-            _tiles.reads_half = lambda dtype: None
-            try:
-                return numpy_call()
-            finally:
-                _tiles.reads_half = reads_half
-
-        out["roipool NumPy"] = numpy_call
-        out["roipool NumPy via float32"] = numpy_via_float32
+        out.update(_both_routes("roipool NumPy", numpy_call, x))
     if ipex is not None and x.dtype != torch.float16:
         layer = ipex.nn.modules._roi_align.RoIAlign((size, size), scale, ratio, aligned=aligned)
         out["intel-extension-for-pytorch"] = lambda: layer(x, rois)
@@ -77,54 +76,26 @@ def _candidates(x, rois, w):
 
 
 def _pool_candidates(x, rois, w):
-    """``roi_pool``'s forward, torch: as it is, and through a float32 copy (16-bit maps)."""
-    reads_half = _tiles.reads_half
-
-    def ours():
-        return roipool.roi_pool(x, rois, w.output_size, w.spatial_scale)
-
-    def via_float32():
-        _tiles.reads_half = lambda dtype: None
-        try:
-            return ours()
-        finally:
-            _tiles.reads_half = reads_half
-
-    return (
-        {"roipool roi_pool": ours, "roipool roi_pool via float32": via_float32}
-        if x.dtype != torch.float32
-        else {"roipool roi_pool": ours}
-    )
+    """``roi_pool``'s forward, torch, both ways."""
+    return _both_routes("roipool roi_pool", lambda: roipool.roi_pool(x, rois, w.output_size, w.spatial_scale), x)
 
 
 def _step_candidates(x, rois, w):
-    """Training steps (the forward, then the gradient with respect to the map) of the torch candidates."""
-    forwards = {k: v for k, v in _candidates(x, rois, w).items() if "NumPy" not in k}
-    reads_half = _tiles.reads_half
+    """Training steps (the forward, then the gradient with respect to the map): roipool's torch
+    call both ways, and IPEX's."""
     leaf = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(True)
     size, scale, ratio, aligned = w.output_size, w.spatial_scale, w.sampling_ratio, w.aligned
     with torch.no_grad():
         upstream = torch.ones_like(roipool.roi_align(x, rois, size, scale, ratio, aligned))
 
-    def step(name):
-        def run():
-            if "via float32" in name:
-                _tiles.reads_half = lambda dtype: None
-            try:
-                y = (
-                    roipool.roi_align(leaf, rois, size, scale, ratio, aligned)
-                    if name.startswith("roipool")
-                    else ipex_layer(leaf, rois)
-                )
-                return torch.autograd.grad(y, leaf, upstream)[0]
-            finally:
-                _tiles.reads_half = reads_half
+    def step(forward):
+        return lambda: torch.autograd.grad(forward(leaf), leaf, upstream)[0]
 
-        return run
-
-    if "intel-extension-for-pytorch" in forwards:
-        ipex_layer = ipex.nn.modules._roi_align.RoIAlign((size, size), scale, ratio, aligned=aligned)
-    return {f"{k} step": step(k) for k in forwards}
+    out = _both_routes("roipool step", step(lambda z: roipool.roi_align(z, rois, size, scale, ratio, aligned)), x)
+    if ipex is not None and x.dtype != torch.float16:
+        layer = ipex.nn.modules._roi_align.RoIAlign((size, size), scale, ratio, aligned=aligned)
+        out["intel-extension-for-pytorch step"] = step(lambda z: layer(z, rois))
+    return out
 
 
 def _time(candidates, rounds, dtype, grad):

@@ -93,17 +93,22 @@ def test_a_nan_stays_a_nan_and_bfloat16_keeps_its_sign():
             assert ((u >> 15) == (x.view(np.uint32) >> 31)).all()
 
 
-@pytest.fixture
-def launches(monkeypatch):
-    """The kernels ``cpu/roi_align.py`` launched in the test: ``(name, dtypes of its array arguments)``, one a launch."""
-    calls, launch = [], kernels.launch
+def _record_launches(monkeypatch, module):
+    """The kernels ``module`` launches from now on: ``(name, dtypes of its array arguments)``, one a launch."""
+    calls, launch = [], module.launch
 
     def recorded(kernel, *args, **kw):
         calls.append((kernel.__name__, [a.dtype for a in args if isinstance(a, np.ndarray)]))
         return launch(kernel, *args, **kw)
 
-    monkeypatch.setattr(kernels, "launch", recorded)
+    monkeypatch.setattr(module, "launch", recorded)
     return calls
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """The kernels ``cpu/roi_align.py`` launched in the test (:func:`_record_launches`)."""
+    return _record_launches(monkeypatch, kernels)
 
 
 def _boxes(rng, k, images, height, width, scale):
@@ -265,17 +270,10 @@ def test_the_gradient_of_a_float16_array_has_the_bits_of_astype():
 
 @pytest.fixture
 def pool_launches(monkeypatch):
-    """The kernels ``cpu/roi_pool.py`` launched in the test, as :func:`launches` records them."""
+    """The kernels ``cpu/roi_pool.py`` launched in the test (:func:`_record_launches`)."""
     from roipool.cpu import roi_pool as pool_kernels
 
-    calls, launch = [], pool_kernels.launch
-
-    def recorded(kernel, *args, **kw):
-        calls.append((kernel.__name__, [a.dtype for a in args if isinstance(a, np.ndarray)]))
-        return launch(kernel, *args, **kw)
-
-    monkeypatch.setattr(pool_kernels, "launch", recorded)
-    return calls
+    return _record_launches(monkeypatch, pool_kernels)
 
 
 @pytest.mark.parametrize("sweep", [False, True])
