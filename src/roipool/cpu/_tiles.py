@@ -216,11 +216,11 @@ def _convert_part(src, dst, part, parts):
 
 def reads_half(dtype) -> np.dtype | None:
     """The dtype of the bits (``_simd.HALF_BITS``) in which the kernels that read 16-bit floats
-    (``roi_align``'s, ``roi_pool``'s forwards) take a map of the 16-bit float ``dtype``
-    (``"bfloat16"`` or NumPy's float16), or None where they compute only from a float32 copy
-    here: float16
-    needs the CPU's conversions on x86 (F16C), which every AVX2 CPU has; LLVM would otherwise
-    call a runtime function that Numba does not link."""
+    (``roi_align``'s forward and backward, ``roi_pool``'s forwards) take a map, output or
+    gradient of the 16-bit float ``dtype`` (``"bfloat16"`` or NumPy's float16), or None where
+    they compute only from a float32 copy here. float16 needs the CPU's own conversions on x86
+    (F16C, which every AVX2 CPU has): LLVM would otherwise call a runtime function that Numba
+    does not link."""
     if str(dtype) == "bfloat16":
         return np.dtype(np.int16)
     if str(dtype) == "float16" and half_conversions():

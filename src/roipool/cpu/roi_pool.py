@@ -36,6 +36,11 @@ or of pieces of bin rows (``bounds``, from ``_parallel.balanced_chunks``),
 are split between threads; each output element is written by exactly one
 thread.
 
+A 16-bit map (float16, bfloat16) may come as its bits (``_simd.HALF_BITS``):
+each cell is widened as it is compared and each maximum stored back in 16
+bits, exactly, since it is one of the cells; the output is then of the same
+bits. The backwards take float32 gradients.
+
 The maximum is strict (``>``, first in row-major scan order wins) and NaN
 wins over numbers: once a NaN is seen the bin keeps it (``_simd.vmax``).
 Empty bins give 0 and argmax -1. Both backwards (:func:`backward` from a
