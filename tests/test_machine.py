@@ -60,6 +60,7 @@ def test_l2_bytes_reads_sys_or_falls_back_to_the_smaller_cache(monkeypatch, tmp_
         ("0-7", 128 << 20),
         ("0-63", 491520 << 10),  # a socket's own L3, under 16 MiB per CPU: as reported
         ("0,2,4-5\n", 64 << 20),
+        ("0-63 pinned to 0-1", 32 << 20),  # a container given 2 CPUs of the socket: 16 MiB for each
     ],
 )
 def test_l3_bytes_holds_an_l3_larger_than_any_cpu_has_to_16_mib_per_cpu_sharing_it(monkeypatch, tmp_path, shared, l3):
@@ -68,7 +69,10 @@ def test_l3_bytes_holds_an_l3_larger_than_any_cpu_has_to_16_mib_per_cpu_sharing_
     (d / "level").write_text("3\n")
     (d / "type").write_text("Unified\n")
     (d / "size").write_text("491520K\n")
-    if shared is not None:
+    shared, _, pinned = (shared or "").partition(" pinned to ")
+    affinity = _machine.cpus_in(pinned) if pinned else set(range(64))
+    monkeypatch.setattr(_machine.os, "sched_getaffinity", lambda pid: affinity, raising=False)
+    if shared:
         (d / "shared_cpu_list").write_text(shared)
     monkeypatch.delenv("ROIPOOL_L3_BYTES", raising=False)
     monkeypatch.setattr(_machine, "_CACHE_DIR", str(tmp_path))
@@ -81,8 +85,30 @@ def test_l3_bytes_holds_an_l3_larger_than_any_cpu_has_to_16_mib_per_cpu_sharing_
 
 
 @pytest.mark.parametrize("text, count", [("0", 1), ("0-1\n", 2), ("0,2,4-7", 6), ("3-3", 1)])
-def test_count_cpus_reads_the_sys_cpu_list(text, count):
+def test_count_cpus_reads_the_sys_cpu_list(monkeypatch, text, count):
+    assert len(_machine.cpus_in(text)) == count
+    monkeypatch.setattr(_machine.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
     assert _machine.count_cpus(text) == count
+
+
+@pytest.mark.parametrize(
+    "affinity, count",
+    [({0, 1}, 2), ({5, 6, 7, 40}, 3), ({40, 41}, 8), (OSError, 8), (AttributeError, 8)],
+)
+def test_count_cpus_counts_the_cpus_this_process_may_run_on(monkeypatch, affinity, count):
+    """A container pinned to some CPUs of the 8 said to share a cache counts those; pinned to none
+    of them (cpu0's cache, another socket's CPUs), or where the OS has no affinity, all 8."""
+    if isinstance(affinity, set):
+        monkeypatch.setattr(_machine.os, "sched_getaffinity", lambda pid: affinity, raising=False)
+    elif affinity is OSError:
+
+        def refused(pid):
+            raise OSError("not allowed")
+
+        monkeypatch.setattr(_machine.os, "sched_getaffinity", refused, raising=False)
+    else:
+        monkeypatch.delattr(_machine.os, "sched_getaffinity", raising=False)
+    assert _machine.count_cpus("0-7\n") == count
 
 
 def clear():

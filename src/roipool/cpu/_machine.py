@@ -7,8 +7,8 @@ Linux's ``/sys`` once per process; where it cannot be read it assumes the
 smaller of the two, so a choice made from it errs towards the smaller cache.
 ``ROIPOOL_L2_BYTES`` overrides it (tests, or a machine that misreports);
 :func:`l3_bytes` and ``ROIPOOL_L3_BYTES`` likewise for the L3, which is also held
-to :data:`MAX_L3_BYTES_PER_CPU` for each CPU said to share it (a VM may report its
-host's whole L3). :func:`avx512` says whether the kernels are compiled for AVX-512, and
+to :data:`MAX_L3_BYTES_PER_CPU` for each CPU said to share it that the process may run
+on (a VM may report its host's whole L3, a container its socket's). :func:`avx512` says whether the kernels are compiled for AVX-512, and
 :func:`half_conversions` whether they convert float16 in hardware.
 """
 
@@ -38,13 +38,28 @@ def parse_size(text: str) -> int:
     return int(text.rstrip("KMG")) * scale
 
 
-def count_cpus(text: str) -> int:
-    """CPUs in a ``/sys`` CPU list such as ``"0-1"``, ``"0,2,4-7"`` or ``"3"``."""
-    count = 0
+def cpus_in(text: str) -> set[int]:
+    """The CPUs of a ``/sys`` CPU list such as ``"0-1"``, ``"0,2,4-7"`` or ``"3"``."""
+    cpus = set()
     for part in text.strip().split(","):
         first, _, last = part.partition("-")
-        count += int(last or first) - int(first) + 1
-    return count
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def count_cpus(text: str) -> int:
+    """How many CPUs of the ``/sys`` CPU list ``text`` this process may run on (its affinity,
+    ``os.sched_getaffinity``, where the OS has one and it meets the list), else how many it names.
+
+    A container or a batch job pinned to a few CPUs of a large socket still sees the socket's
+    whole L3 listed as shared by all of its CPUs; the others run someone else's work.
+    """
+    cpus = cpus_in(text)
+    try:
+        mine = cpus & os.sched_getaffinity(0)
+    except (AttributeError, OSError):  # no affinity on this OS
+        mine = set()
+    return len(mine or cpus)
 
 
 def _sys_cache(level: int) -> tuple[int, int | None] | None:
@@ -82,7 +97,8 @@ def l2_bytes() -> int:
 @functools.cache
 def l3_bytes() -> int:
     """L3 cache in bytes as cpu0 sees it: ``ROIPOOL_L3_BYTES``, else what ``/sys`` reports, at most
-    :data:`MAX_L3_BYTES_PER_CPU` for each CPU it says share it, else :data:`FALLBACK_L3_BYTES`."""
+    :data:`MAX_L3_BYTES_PER_CPU` for each CPU it says share it that this process may run on
+    (:func:`count_cpus`), else :data:`FALLBACK_L3_BYTES`."""
     if os.environ.get("ROIPOOL_L3_BYTES"):
         return int(os.environ["ROIPOOL_L3_BYTES"])
     found = _sys_cache(3)
