@@ -152,8 +152,8 @@ def test_a_half_map_gives_the_bits_of_the_float32_route(monkeypatch, launches, d
     """Every channel count the register blocks split differently (one scalar channel, a vector and
     a rest, a 128-channel block and a rest), both sampling rules, both ways of evaluating the taps,
     each memory format: the output in the map's dtype and format, bit for bit the float32 call's
-    output rounded. A channels-last map is read in place (``forward_half``), any other widened as
-    it is copied into the blocked layout."""
+    output rounded. ``forward_half`` reads a channels-last map in place, any other through a
+    16-bit channels-last copy, and writes an NCHW output channels-last, then turned."""
     _needs_hardware_float16(dtype)
     monkeypatch.setattr(kernels, "TAP_EVALUATION", getattr(kernels, path))
     rng = np.random.default_rng(3)
@@ -163,9 +163,7 @@ def test_a_half_map_gives_the_bits_of_the_float32_route(monkeypatch, launches, d
         boxes = _boxes(rng, 25, 2, 13, 17, 0.5)
         for size, ratio, aligned in (((7, 5), 2, True), (3, -1, False)):
             got = roipool.roi_align(x, boxes, size, 0.5, ratio, aligned)
-            # one channel's channels-last map is contiguous too, and taken as NCHW
-            in_place = layout == "channels_last" and channels > 1
-            assert _kernel_of(launches, dtype) == ("forward_half" if in_place else "forward")
+            assert _kernel_of(launches, dtype) == "forward_half"
             want = roipool.roi_align(x.float(), boxes, size, 0.5, ratio, aligned).to(dtype)
             assert got.dtype == dtype and got.stride() == want.stride()
             assert torch.equal(got.view(torch.int16), want.view(torch.int16)), (channels, size)
@@ -204,7 +202,7 @@ def test_a_float16_array_gives_the_bits_of_astype(launches, layout):
     assert got.dtype == np.float16 and got.shape == (20, 4, 4, 37)
     assert got.flags.c_contiguous == (layout == "nhwc")
     if _tiles.reads_half("float16") is not None:
-        assert _kernel_of(launches, torch.float16) == ("forward_half" if layout == "nhwc" else "forward")
+        assert _kernel_of(launches, torch.float16) == "forward_half"
     np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
     empty = roipool.roi_align(x, np.zeros((0, 5), np.float32), 4, 1.0, 2, True, layout="nhwc")
     assert empty.shape == (0, 4, 4, 37) and empty.dtype == np.float16

@@ -56,10 +56,10 @@ channels-last in its own memory, then each RoI turned in place
 (``_tiles.channels_first_in_place``; ``maskrcnn`` NumPy forward 72 to 57 ms).
 
 16-bit maps (float16, bfloat16) are computed in float32 from their bits
-(``_simd.HALF_BITS``): a channels-last map into a channels-last output is read
-in place (:func:`forward_half`), any other is widened as it is copied into the
-blocked layout, and every bin is rounded once as it is stored into a 16-bit
-output; the backward reads and writes 16-bit gradients the same way. The bits
+(``_simd.HALF_BITS``): :func:`forward_half` reads a channels-last map (the map
+itself, or a 16-bit copy) and rounds each bin once as it stores it into a
+channels-last output (into NCHW through the same turn as the sweep's); the
+backward reads and writes 16-bit gradients the same way. The bits
 are those of the float32 kernels on a widened copy, rounded after (maskrcnn in
 bfloat16, channels-last: 31 to 12 ms).
 
@@ -949,12 +949,10 @@ class RoIAlignTaps(BalancedRuns):
 
 
 def blocked_map(x) -> np.ndarray:
-    """``x (N, C, H, W)`` (compute dtype or half-precision bits, any strides) as a new array in
-    the channel-blocked layout the kernels read (:func:`channel_blocks`), in the compute dtype,
-    copied from ``(N, C, H, W)`` or channels-last memory directly, otherwise from a C-contiguous
-    copy."""
-    dtype = np.float32 if x.itemsize == 2 else x.dtype  # half bits widened as they are copied
-    xb = empty_lines(x.shape, dtype)
+    """``x (N, C, H, W)`` (compute dtype, any strides) as a new array in the channel-blocked
+    layout the kernels read (:func:`channel_blocks`), copied from ``(N, C, H, W)`` or
+    channels-last memory directly, otherwise from a C-contiguous copy."""
+    xb = empty_lines(x.shape, x.dtype)
     if x.flags.c_contiguous:
         flat, cell_step, channel_step = x.reshape(-1), 1, x.shape[2] * x.shape[3]
     elif x.transpose(0, 2, 3, 1).flags.c_contiguous:
@@ -980,30 +978,24 @@ def launch_forward(x, taps: RoIAlignTaps, out) -> None:
     (``_tiles.memory_order``); the kernel writes it in place, in its own order.
 
     A half-precision map may come as its bits (``_tiles.reads_half``), with ``out`` of the same
-    bits: a channels-last map into a channels-last output is read in place, 16 bits a cell
-    (:func:`forward_half`); any other is widened as it is copied into the blocked layout, and
-    each bin rounded as it is stored. Either way the bits are those of computing from a
-    float32 copy of the map and rounding the float32 output."""
+    bits. It is read in 16 bits by :func:`forward_half`, in place when channels-last, else from
+    a channels-last copy (16-bit too), into a channels-last output, or an NCHW one written
+    channels-last in its own memory and then turned in place: one compiled kernel for every
+    memory format. The bits are those of computing from a float32 copy of the map and rounding
+    the float32 output."""
     if not out.size:
         return
     view, nhwc = bins_order(out)
-    half = x.itemsize == 2  # half-precision bits (_tiles.reads_half)
-    if half and out.dtype != x.dtype:
-        raise ValueError(f"a map of half-precision bits ({x.dtype}) needs an output of the same, got {out.dtype}")
-    # A channels-last map is read in place: its blocked copy costs more than it saves
-    # (kernels.md; on the maskrcnn workload the copy alone moves 56 MB each way). A half-precision
-    # one only into a channels-last output: into NCHW it goes through the blocked copy, widened.
-    x_nhwc = x.transpose(0, 2, 3, 1).flags.c_contiguous and (nhwc or not half)
-    values = x.size + view.size
-    read_itemsize = 4 if half and not x_nhwc else x.itemsize  # the blocked copy is float32
-    bounds, items = _forward_items(x, taps, nhwc, values, read_itemsize)
-    if half and x_nhwc:
-        launch(forward_half, x.transpose(0, 2, 3, 1), *taps.arrays, bounds, items, TAP_EVALUATION, view, values=values)
+    if x.itemsize == 2:
+        _launch_forward_half(x, taps, out, view, nhwc)
         return
-    # A small NCHW map that one thread reads is copied by the kernel's own call (copy_map); a
-    # half-precision one always by blocked_map (the kernel then has one compiled copy per
-    # output dtype, not two).
-    copy_map = not half and not x_nhwc and x.flags.c_contiguous and not items.shape[0] and launch_threads(values) == 1
+    # A channels-last map is read in place: its blocked copy costs more than it saves
+    # (kernels.md; on the maskrcnn workload the copy alone moves 56 MB each way).
+    x_nhwc = x.transpose(0, 2, 3, 1).flags.c_contiguous
+    values = x.size + view.size
+    bounds, items = _forward_items(x, taps, nhwc, values)
+    # A small NCHW map that one thread reads is copied by the kernel's own call (copy_map).
+    copy_map = not x_nhwc and x.flags.c_contiguous and not items.shape[0] and launch_threads(values) == 1
     xb = x.transpose(0, 2, 3, 1) if x_nhwc else x if copy_map else blocked_map(x)
     # a swept NCHW output is written channels-last in its own memory, then each RoI turned in place
     transpose = not nhwc and items.shape[0] > 0
@@ -1025,18 +1017,32 @@ def launch_forward(x, taps: RoIAlignTaps, out) -> None:
         channels_first_in_place(dst)
 
 
-def _forward_items(x, taps, nhwc: bool, values: int, itemsize: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(bounds, items)`` of :func:`forward`, whose map has ``itemsize`` bytes a value as the
-    kernel reads it: on a map larger than a quarter of the L3
+def _launch_forward_half(x, taps: RoIAlignTaps, out, view, nhwc: bool) -> None:
+    """:func:`launch_forward` of half-precision bits ``x`` into ``out`` (``view``: its bins order)."""
+    if out.dtype != x.dtype:
+        raise ValueError(f"a map of half-precision bits ({x.dtype}) needs an output of the same, got {out.dtype}")
+    xl = x.transpose(0, 2, 3, 1)
+    if not xl.flags.c_contiguous:
+        xl = channels_last_copy(x)  # 16 bits, on all threads
+    values = x.size + view.size
+    bounds, items = _forward_items(x, taps, True, values)
+    dst = view if nhwc else view.reshape(view.shape[0], -1, view.shape[1])  # NCHW: channels-last first
+    launch(forward_half, xl, *taps.arrays, bounds, items, TAP_EVALUATION, dst, values=values)
+    if not nhwc:
+        channels_first_in_place(dst)
+
+
+def _forward_items(x, taps, nhwc: bool, values: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(bounds, items)`` of :func:`forward`: on a map larger than a quarter of the L3
     (``_machine.sweeps_map_rows``), pieces of bin rows in the order of a sweep down strips of
     the map, for either output (:func:`launch_forward` writes an NCHW one channels-last first);
     otherwise the RoI runs alone (no items, ``_parallel.WHOLE_ROIS``), into either order, for a
     launch of ``values`` (``RoIAlignTaps.runs``)."""
     _, channels, height, width = x.shape
-    if not sweeps_map_rows(height * width * channels * itemsize):
+    if not sweeps_map_rows(height * width * channels * x.itemsize):
         return taps.runs(values), WHOLE_ROIS
     rows, cols = np.diff(taps.hptr, axis=1), np.diff(taps.wptr, axis=1)  # taps per bin row, bin column
-    strip = sweep_strip(sweep_band(rows, cols), channels * itemsize)
+    strip = sweep_strip(sweep_band(rows, cols), channels * x.itemsize)
     first_row, first_col = _first_taps(taps.hptr, taps.hidx), _first_taps(taps.wptr, taps.widx)
     items, bounds = row_sweep(first_row, first_col, rows, cols, taps.batch, height, strip)
     return bounds, items
