@@ -221,6 +221,8 @@ def reads_half(dtype) -> np.dtype | None:
     they compute only from a float32 copy here. float16 needs the CPU's own conversions on x86
     (F16C, which every AVX2 CPU has): LLVM would otherwise call a runtime function that Numba
     does not link."""
+    if getattr(dtype, "itemsize", 2) != 2:  # a NumPy dtype of another size: no str() (2 us a call)
+        return None
     if str(dtype) == "bfloat16":
         return np.dtype(np.int16)
     if str(dtype) == "float16" and half_conversions():

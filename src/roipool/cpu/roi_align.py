@@ -236,7 +236,7 @@ def forward(xb, x_nhwc, copy_map, batch, hptr, hidx, hwt, wptr, widx, wwt, bound
     if copy_map:
         # the small call's map copy in the kernel's own call: one compiled call fewer, and no
         # NumPy allocation (each a step of 25 to 70 us after an idle spell, docs/benchmarks.md)
-        xf = scratch_lines(xb.size, hwt)
+        xf = scratch_lines(xb.size, xb)
         channel_blocks(xb.reshape(-1), ONE, height * width, xf.reshape(xb.shape), ZERO, ONE)
     outf = out.reshape(-1)
     nbins = out.shape[1] if nhwc else out.shape[2]
@@ -254,9 +254,9 @@ def forward(xb, x_nhwc, copy_map, batch, hptr, hidx, hwt, wptr, widx, wwt, bound
             # Channel blocks outermost: the run's RoIs then read one block of the map
             # (H * W * block values, L2-sized) before moving to the next; each RoI's
             # block is summed into a (bins, block) tile and transposed into the output.
-            tile = scratch_lines(nbins * block, hwt)  # in the compute dtype (the taps'), as the sums
-            stage = scratch_lines(nbins * block, hwt)
-            rows = scratch_lines(width * block, hwt)
+            tile = scratch_lines(nbins * block, xb)
+            stage = scratch_lines(nbins * block, xb)
+            rows = scratch_lines(width * block, xb)
             for q in range(nblocks):
                 c0 = q * block
                 cw = min(block, channels - c0)
